@@ -1,0 +1,210 @@
+package edge
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is the whole broker configuration, as read from the YAML file.
+// Every field has a default (DefaultConfig); a file sets only what it changes.
+// Sizes are ByteSize (an integer of bytes, or a string like "256KiB", "1MiB");
+// durations are Go duration strings ("10s", "50ms").
+type Config struct {
+	// Listeners are the MQTT endpoints. Default: TCP on 127.0.0.1:1883 and
+	// WebSocket on 127.0.0.1:8083 path /mqtt. An empty list is an error.
+	Listeners []ListenerConfig `yaml:"listeners"`
+	// HTTP is the operator endpoint: /metrics, /healthz, /readyz.
+	HTTP HTTPConfig `yaml:"http"`
+	// Auth holds authentication and the ACL.
+	Auth AuthConfig `yaml:"auth"`
+	// Limits bound what one client may cost.
+	Limits LimitsConfig `yaml:"limits"`
+	// Storage is the durable log.
+	Storage StorageConfig `yaml:"storage"`
+	// Log is the broker's own logging.
+	Log LogConfig `yaml:"log"`
+	// Shutdown governs SIGTERM handling.
+	Shutdown ShutdownConfig `yaml:"shutdown"`
+}
+
+// ListenerConfig is one MQTT endpoint.
+type ListenerConfig struct {
+	// Name identifies the listener in logs and metrics labels. Default: the
+	// type and position, e.g. "tcp0". Must be unique.
+	Name string `yaml:"name"`
+	// Type is "tcp" (MQTT over TCP, or TLS when TLS is set) or "ws"
+	// (MQTT over WebSocket, or WSS when TLS is set).
+	Type string `yaml:"type"`
+	// Address is host:port to bind. With no authentication configured at all
+	// the host is forced to loopback (see AuthConfig).
+	Address string `yaml:"address"`
+	// Path is the HTTP path for "ws" listeners. Default: "/mqtt".
+	Path string `yaml:"path"`
+	// AllowedOrigins lists the Origin host patterns ("example.com",
+	// "*.example.com") a browser may connect from on a "ws" listener.
+	// Default: empty, meaning same-origin only. "*" allows every origin:
+	// dangerous, any web page a user visits can then reach the broker.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// TLS turns on TLS for this listener when CertFile is set.
+	TLS TLSConfig `yaml:"tls"`
+}
+
+// TLSConfig is a listener's server certificate and optional client-certificate policy.
+type TLSConfig struct {
+	// CertFile is the PEM server certificate chain. Empty: no TLS.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key for CertFile.
+	KeyFile string `yaml:"key_file"`
+	// ClientCAFile is a PEM bundle of CAs that sign client certificates.
+	// Default: empty (client certificates are not requested).
+	ClientCAFile string `yaml:"client_ca_file"`
+	// RequireClientCert rejects clients without a certificate signed by
+	// ClientCAFile. Default: false.
+	RequireClientCert bool `yaml:"require_client_cert"`
+	// UseCNAsUsername makes the verified client certificate's Common Name the
+	// client's username, replacing any username in CONNECT. Default: false.
+	UseCNAsUsername bool `yaml:"use_cn_as_username"`
+}
+
+// HTTPConfig is the operator HTTP endpoint.
+type HTTPConfig struct {
+	// Address is host:port for /metrics, /healthz and /readyz.
+	// Default: "127.0.0.1:8080". Empty disables the HTTP side.
+	Address string `yaml:"address"`
+}
+
+// AuthConfig is authentication and authorisation.
+//
+// With neither PasswordFile nor AllowAnonymous set, no authentication is
+// configured: clients connect anonymously and every listener (and HTTP) is
+// bound to loopback only, whatever its configured host, as Mosquitto 2 does.
+type AuthConfig struct {
+	// PasswordFile is a file of "user:bcrypt-hash" lines, as written by
+	// `edgemq passwd`. Default: empty.
+	PasswordFile string `yaml:"password_file"`
+	// AllowAnonymous lets clients without a username connect. Default: false.
+	// Dangerous on a non-loopback listener.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
+	// ACL rules. Empty: every authenticated client may publish and subscribe
+	// to everything. Non-empty: what no rule allows is denied.
+	ACL []ACLRule `yaml:"acl"`
+}
+
+// ACLRule allows or denies topic access. Topic may use %u (username) and %c
+// (client id), which are substituted before matching.
+type ACLRule struct {
+	// User the rule applies to; empty applies to every client (a pattern rule).
+	User string `yaml:"user"`
+	// Topic is an MQTT topic filter, with %u and %c substitution.
+	Topic string `yaml:"topic"`
+	// Access is "read" (subscribe), "write" (publish), "readwrite", or "deny".
+	// A matching deny rule wins over any allow rule.
+	Access string `yaml:"access"`
+}
+
+// LimitsConfig bounds what clients may cost.
+type LimitsConfig struct {
+	// MaxPacketSize is the largest MQTT packet accepted, in bytes. Default: 1MiB.
+	MaxPacketSize ByteSize `yaml:"max_packet_size"`
+	// MaxClients is the most concurrent connections. Default: 10000.
+	MaxClients int `yaml:"max_clients"`
+	// MaxTopicLength is the longest topic name or filter in bytes. Default: 1024.
+	MaxTopicLength int `yaml:"max_topic_length"`
+	// MinKeepalive and MaxKeepalive bound the client keepalive. A v5 client
+	// asking for more than MaxKeepalive is told the server keepalive; 0 from a
+	// client (no keepalive) is raised to MaxKeepalive. Defaults: 0s and 1h.
+	MinKeepalive time.Duration `yaml:"min_keepalive"`
+	MaxKeepalive time.Duration `yaml:"max_keepalive"`
+	// ReceiveMaximum is the inbound QoS 1/2 window per client (v5 Receive
+	// Maximum sent in CONNACK). Default: 128.
+	ReceiveMaximum int `yaml:"receive_maximum"`
+	// MaxInflight is the outbound unacknowledged QoS 1/2 window per client.
+	// Default: 128.
+	MaxInflight int `yaml:"max_inflight"`
+	// WriteTimeout is the deadline of each socket write. A subscriber that
+	// cannot take a write within it is disconnected (its persistent session
+	// keeps its messages). Default: 10s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxWritesPending is the per-client outbound packet queue. Default: 1024.
+	MaxWritesPending int `yaml:"max_writes_pending"`
+}
+
+// StorageConfig is the durable log.
+type StorageConfig struct {
+	// Dir is where the log lives. Default: "data".
+	Dir string `yaml:"dir"`
+	// Sync is "always" (ack after fsync, grouped), "interval" (ack after
+	// write, fsync every SyncInterval) or "never". Default: "always".
+	Sync string `yaml:"sync"`
+	// SyncInterval is the fsync period under Sync "interval". Default: 50ms.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+	// SegmentSize is the size at which a log segment is rolled. Default: 16MiB.
+	SegmentSize ByteSize `yaml:"segment_size"`
+	// MaxDiskBytes is the disk budget of the log. Default: 1GiB. 0: no budget
+	// beyond the disk itself.
+	MaxDiskBytes ByteSize `yaml:"max_disk_bytes"`
+}
+
+// LogConfig is the broker's logging.
+type LogConfig struct {
+	// Level is "debug", "info", "warn" or "error". Default: "info".
+	Level string `yaml:"level"`
+	// Format is "text" or "json". Default: "text".
+	Format string `yaml:"format"`
+}
+
+// ShutdownConfig governs a graceful stop.
+type ShutdownConfig struct {
+	// Grace is how long clients are given to be disconnected, in batches,
+	// before the rest are cut. Default: 10s.
+	Grace time.Duration `yaml:"grace"`
+	// BatchSize is how many clients are disconnected at a time. Default: 100.
+	BatchSize int `yaml:"batch_size"`
+}
+
+// ByteSize is a count of bytes; in YAML an integer or a string with a unit
+// (B, KB, KiB, MB, MiB, GB, GiB).
+type ByteSize int64
+
+// DefaultConfig returns the configuration used when no file is given.
+func DefaultConfig() Config {
+	return Config{
+		Listeners: []ListenerConfig{
+			{Name: "tcp", Type: "tcp", Address: "127.0.0.1:1883"},
+			{Name: "ws", Type: "ws", Address: "127.0.0.1:8083", Path: "/mqtt"},
+		},
+		HTTP: HTTPConfig{Address: "127.0.0.1:8080"},
+		Limits: LimitsConfig{
+			MaxPacketSize:    1 << 20,
+			MaxClients:       10000,
+			MaxTopicLength:   1024,
+			MaxKeepalive:     time.Hour,
+			ReceiveMaximum:   128,
+			MaxInflight:      128,
+			WriteTimeout:     10 * time.Second,
+			MaxWritesPending: 1024,
+		},
+		Storage: StorageConfig{
+			Dir:          "data",
+			Sync:         "always",
+			SyncInterval: 50 * time.Millisecond,
+			SegmentSize:  16 << 20,
+			MaxDiskBytes: 1 << 30,
+		},
+		Log:      LogConfig{Level: "info", Format: "text"},
+		Shutdown: ShutdownConfig{Grace: 10 * time.Second, BatchSize: 100},
+	}
+}
+
+// logLevel maps Level to slog; Validate rejects unknown names.
+func (c LogConfig) logLevel() slog.Level {
+	switch c.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
