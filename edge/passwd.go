@@ -1,0 +1,120 @@
+package edge
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// PasswordCost is the bcrypt cost of hashes written by SetPassword.
+const PasswordCost = 10
+
+// Passwords maps a username to its bcrypt hash.
+type Passwords map[string][]byte
+
+// LoadPasswordFile reads a file of "user:bcrypt-hash" lines. Blank lines and
+// lines starting with '#' are skipped. A line that is not a user and a bcrypt
+// hash is an error naming the line number; the hash is never echoed.
+func LoadPasswordFile(path string) (Passwords, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("password file: %w", err)
+	}
+	pw := Passwords{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, hash, ok := strings.Cut(line, ":")
+		if !ok || user == "" {
+			return nil, fmt.Errorf("password file %s:%d: want user:bcrypt-hash", path, n)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("password file %s:%d: user %q: not a bcrypt hash", path, n, user)
+		}
+		pw[user] = []byte(hash)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("password file %s: %w", path, err)
+	}
+	return pw, nil
+}
+
+// Check reports whether password is user's password. An unknown user costs
+// the same bcrypt comparison, so timing does not reveal which users exist.
+func (p Passwords) Check(user string, password []byte) bool {
+	hash, ok := p[user]
+	if !ok {
+		_ = bcrypt.CompareHashAndPassword(dummyHash, password)
+		return false
+	}
+	return bcrypt.CompareHashAndPassword(hash, password) == nil
+}
+
+// dummyHash is compared against for unknown users.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("edgemq-no-such-user"), PasswordCost)
+
+// SetPassword adds or replaces user's password in the file at path, creating
+// the file (mode 0600) if needed, like mosquitto_passwd. The file is replaced
+// atomically.
+func SetPassword(path, user, password string) error {
+	if user == "" || strings.ContainsAny(user, ":\n\r") {
+		return errors.New("passwd: username must be non-empty and contain no ':' or newline")
+	}
+	if password == "" {
+		return errors.New("passwd: empty password")
+	}
+	pw := Passwords{}
+	if _, err := os.Stat(path); err == nil {
+		if pw, err = LoadPasswordFile(path); err != nil {
+			return err
+		}
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), PasswordCost)
+	if err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	pw[user] = hash
+	users := make([]string, 0, len(pw))
+	for u := range pw {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	var buf bytes.Buffer
+	for _, u := range users {
+		fmt.Fprintf(&buf, "%s:%s\n", u, pw[u])
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".passwd-*")
+	if err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("passwd: %w", err)
+	}
+	if _, err := tmp.Write(buf.Bytes()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("passwd: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("passwd: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	return nil
+}
