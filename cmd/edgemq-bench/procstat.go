@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat. It is
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// procCPUSeconds is the user plus system CPU time a process has used.
+func procCPUSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces: split after its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
+	}
+	return float64(ut+st) / clockTicks, nil
+}
+
+// procStatusKB reads one "kB" line of /proc/PID/status, e.g. VmRSS (resident
+// now) or VmHWM (peak resident).
+func procStatusKB(pid int, key string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			v = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, key)
+}
+
+// selfCPUSeconds is the generator's own user plus system CPU time.
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 {
+		return float64(t.Sec) + float64(t.Usec)/1e6
+	}
+	return tv(ru.Utime) + tv(ru.Stime)
+}
+
+// brokerProbe samples a broker process around a measured span.
+type brokerProbe struct {
+	pid int
+	cpu float64
+	at  time.Time
+}
+
+func startProbe(pid int) *brokerProbe {
+	if pid <= 0 {
+		return nil
+	}
+	cpu, err := procCPUSeconds(pid)
+	if err != nil {
+		return nil
+	}
+	return &brokerProbe{pid: pid, cpu: cpu, at: time.Now()}
+}
+
+// finish fills the broker's CPU seconds over the span and its peak RSS.
+func (bp *brokerProbe) finish(r *Result) {
+	if bp == nil {
+		return
+	}
+	if cpu, err := procCPUSeconds(bp.pid); err == nil {
+		r.BrokerCPUSeconds = cpu - bp.cpu
+	} else {
+		r.Notes = append(r.Notes, "broker CPU unreadable: "+err.Error())
+	}
+	if hwm, err := procStatusKB(bp.pid, "VmHWM"); err == nil {
+		r.BrokerPeakRSSMB = float64(hwm) / 1024
+	}
+}

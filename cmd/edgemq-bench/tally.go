@@ -1,0 +1,200 @@
+package main
+
+import (
+	"encoding/binary"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// Every payload starts with a header that makes each message identifiable,
+// so that counting is exact: the run's nonce (messages of another run are
+// "foreign"), the publisher id, its sequence number and the send time.
+const headerSize = 24
+
+func encodeHeader(b []byte, nonce, pub uint32, seq uint64, sentNanos int64) {
+	binary.LittleEndian.PutUint32(b[0:], nonce)
+	binary.LittleEndian.PutUint32(b[4:], pub)
+	binary.LittleEndian.PutUint64(b[8:], seq)
+	binary.LittleEndian.PutUint64(b[16:], uint64(sentNanos))
+}
+
+func decodeHeader(b []byte) (nonce, pub uint32, seq uint64, sentNanos int64, ok bool) {
+	if len(b) < headerSize {
+		return 0, 0, 0, 0, false
+	}
+	return binary.LittleEndian.Uint32(b[0:]), binary.LittleEndian.Uint32(b[4:]),
+		binary.LittleEndian.Uint64(b[8:]), int64(binary.LittleEndian.Uint64(b[16:])), true
+}
+
+// window is the closed loop: at most limit messages are in flight end to
+// end (published and not yet seen by every subscriber that should get them).
+// A publisher takes a token per message; subscribers give tokens back as
+// their per-publisher high-water marks advance. Advancing past a gap returns
+// the gap's tokens too, so a lost message does not leak its token forever;
+// a reordered late message returns none (its token came back with the gap).
+type window struct {
+	tokens   chan struct{}
+	copies   int64 // deliveries that make one message complete (fan-out: subscribers)
+	credited atomic.Int64
+	released atomic.Int64
+	resets   atomic.Int64
+}
+
+func newWindow(limit, copies int) *window {
+	w := &window{tokens: make(chan struct{}, limit), copies: int64(copies)}
+	for range limit {
+		w.tokens <- struct{}{}
+	}
+	return w
+}
+
+// credit records n deliveries' worth of high-water advance.
+func (w *window) credit(n int64) {
+	want := w.credited.Add(n) / w.copies
+	for {
+		r := w.released.Load()
+		if r >= want {
+			return
+		}
+		if w.released.CompareAndSwap(r, want) {
+			for i := r; i < want; i++ {
+				select {
+				case w.tokens <- struct{}{}:
+				default: // refilled by a reset already
+				}
+			}
+			return
+		}
+	}
+}
+
+// reset refills the window after a stall (every message in flight lost,
+// the broker stuck): counted, so a run that needed it says so.
+func (w *window) reset() {
+	w.resets.Add(1)
+	for {
+		select {
+		case w.tokens <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// pubTrack is what one subscriber (or one shared group) saw of one publisher.
+type pubTrack struct {
+	seen    []uint64 // bitset of sequence numbers seen
+	hw      int64    // highest sequence seen, -1 before the first
+	unique  uint64
+	dup     uint64
+	reorder uint64
+}
+
+// tally counts what subscribers receive. A tally belongs to one subscriber's
+// read loop, or (shared subscriptions) to a group, then mu is used.
+type tally struct {
+	mu       *sync.Mutex
+	nonce    uint32
+	pubs     []pubTrack
+	win      *window
+	foreign  uint64
+	short    uint64
+	uniqueN  atomic.Uint64 // for progress monitoring during the run
+	lastNano int64         // receive time of the last new message
+	// phases splits latency samples by send time (burst); phase i holds
+	// messages sent before phaseEnds[i]. One phase when nil.
+	phaseEnds []int64
+	lat       [][]uint32 // microseconds, per phase
+	maxLat    int
+}
+
+func newTally(nonce uint32, pubs int, win *window, shared bool, phaseEnds []int64) *tally {
+	t := &tally{nonce: nonce, pubs: make([]pubTrack, pubs), win: win, phaseEnds: phaseEnds, maxLat: 4 << 20}
+	for i := range t.pubs {
+		t.pubs[i].hw = -1
+	}
+	if shared {
+		t.mu = new(sync.Mutex)
+	}
+	n := len(phaseEnds)
+	if n == 0 {
+		n = 1
+	}
+	t.lat = make([][]uint32, n)
+	return t
+}
+
+// record counts one received payload at time now.
+func (t *tally) record(payload []byte, now int64) {
+	nonce, pub, seq, sent, ok := decodeHeader(payload)
+	if t.mu != nil {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+	}
+	if !ok {
+		t.short++
+		return
+	}
+	if nonce != t.nonce || int(pub) >= len(t.pubs) {
+		t.foreign++
+		return
+	}
+	p := &t.pubs[pub]
+	word, bit := seq/64, uint64(1)<<(seq%64)
+	if word >= uint64(len(p.seen)) {
+		grown := make([]uint64, max(int(word)+1, 2*len(p.seen), 1024))
+		copy(grown, p.seen)
+		p.seen = grown
+	}
+	if p.seen[word]&bit != 0 {
+		p.dup++
+		return
+	}
+	p.seen[word] |= bit
+	p.unique++
+	t.uniqueN.Add(1)
+	t.lastNano = now
+	if int64(seq) < p.hw {
+		p.reorder++
+	} else {
+		adv := int64(seq) - p.hw
+		p.hw = int64(seq)
+		if t.win != nil {
+			t.win.credit(adv)
+		}
+	}
+	ph := 0
+	for ph < len(t.phaseEnds)-1 && sent >= t.phaseEnds[ph] {
+		ph++
+	}
+	if len(t.lat[ph]) < t.maxLat {
+		d := (now - sent) / 1000
+		if d < 0 {
+			d = 0
+		}
+		t.lat[ph] = append(t.lat[ph], uint32(min(d, int64(^uint32(0)))))
+	}
+}
+
+// latencyStats are end-to-end latencies in milliseconds.
+type latencyStats struct {
+	Samples int     `json:"samples"`
+	P50     float64 `json:"p50_ms"`
+	P99     float64 `json:"p99_ms"`
+	P999    float64 `json:"p999_ms"`
+	Max     float64 `json:"max_ms"`
+}
+
+func summarize(samples []uint32) latencyStats {
+	if len(samples) == 0 {
+		return latencyStats{}
+	}
+	slices.Sort(samples)
+	q := func(f float64) float64 {
+		i := int(f * float64(len(samples)-1))
+		return float64(samples[i]) / 1000
+	}
+	return latencyStats{Samples: len(samples), P50: q(0.50), P99: q(0.99), P999: q(0.999),
+		Max: float64(samples[len(samples)-1]) / 1000}
+}
