@@ -96,7 +96,7 @@ func (s *wsStream) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (s *wsStream) Close() error                       { return s.ws.Close() }
+func (s *wsStream) Close() error                      { return s.ws.Close() }
 func (s *wsStream) SetReadDeadline(t time.Time) error { return s.ws.SetReadDeadline(t) }
 
 // batchWriter gives a connection one writer goroutine that coalesces what

@@ -119,15 +119,15 @@ type Result struct {
 	// Lossy is true when any expected delivery is missing.
 	Lossy bool `json:"lossy"`
 	// MsgPerSec is unique deliveries per second over Seconds.
-	MsgPerSec     float64         `json:"msg_per_sec"`
-	PublishPerSec float64         `json:"publish_per_sec"`
-	Latency       *latencyStats   `json:"latency,omitempty"`
-	Phases        []phaseResult   `json:"phases,omitempty"`
-	Conns         int             `json:"conns,omitempty"`
-	ConnectPerSec float64         `json:"connect_per_sec,omitempty"`
-	RSSPerConnKB  float64         `json:"rss_per_conn_kb,omitempty"`
-	DrainSeconds  float64         `json:"drain_seconds,omitempty"`
-	GenCPUSeconds float64         `json:"generator_cpu_seconds"`
+	MsgPerSec     float64       `json:"msg_per_sec"`
+	PublishPerSec float64       `json:"publish_per_sec"`
+	Latency       *latencyStats `json:"latency,omitempty"`
+	Phases        []phaseResult `json:"phases,omitempty"`
+	Conns         int           `json:"conns,omitempty"`
+	ConnectPerSec float64       `json:"connect_per_sec,omitempty"`
+	RSSPerConnKB  float64       `json:"rss_per_conn_kb,omitempty"`
+	DrainSeconds  float64       `json:"drain_seconds,omitempty"`
+	GenCPUSeconds float64       `json:"generator_cpu_seconds"`
 	// Broker figures need the broker's PID.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMB  float64 `json:"broker_peak_rss_mb,omitempty"`
