@@ -1,0 +1,142 @@
+package qos
+
+import "sync"
+
+// Entry is one message in a Queue: its log offset and, while it is fresh,
+// the decoded message shared by every queue it was offered to.
+type Entry struct {
+	Offset uint64
+	Msg    *Message
+}
+
+// Queue is one consumer's backlog: the log offsets it must still take, in
+// log order. The log is the queue; a Queue holds at most Limit recent
+// entries in RAM as a shortcut. Past that bound, and while the consumer is
+// offline, it holds only a position, and the consumer scans the log from it
+// (scan mode) until it has caught up with the log's end; then it takes
+// offers again (push mode).
+//
+// One goroutine offers, in increasing offset order and only offsets the log
+// already holds (the dispatcher); one goroutine takes (the consumer). Every
+// offset from the first Offer or scan position on is either queued, or
+// found by the consumer's scan: none is lost and none is taken twice.
+type Queue struct {
+	mu    sync.Mutex
+	next  uint64 // every matching offset below next is queued or taken
+	ring  []Entry
+	head  int
+	scan  bool
+	limit int
+	wake  chan struct{}
+}
+
+// NewQueue returns a queue in scan mode at position next, holding at most
+// limit entries in RAM (limit < 1 means 1).
+func NewQueue(next uint64, limit int) *Queue {
+	return &Queue{next: next, scan: true, limit: max(limit, 1), wake: make(chan struct{}, 1)}
+}
+
+// Offer queues a matching message. It returns false if the queue is in scan
+// mode or has just overflowed into it: the consumer's scan will find it.
+func (q *Queue) Offer(e Entry) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e.Offset < q.next || q.scan {
+		return false
+	}
+	if len(q.ring)-q.head >= q.limit {
+		q.scan = true // q.next stays at e.Offset: the scan resumes there
+		q.signal()
+		return false
+	}
+	q.ring = append(q.ring, e)
+	q.next = e.Offset + 1
+	q.signal()
+	return true
+}
+
+func (q *Queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wake returns a channel that receives after an Offer or a Park; the
+// consumer waits on it when Pop and Scan have nothing for it.
+func (q *Queue) Wake() <-chan struct{} { return q.wake }
+
+// Pop takes the oldest queued entry.
+func (q *Queue) Pop() (Entry, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.ring) {
+		return Entry{}, false
+	}
+	e := q.ring[q.head]
+	q.ring[q.head] = Entry{}
+	q.head++
+	if q.head == len(q.ring) {
+		q.ring, q.head = q.ring[:0], 0
+	}
+	return e, true
+}
+
+// Scan reports whether the consumer must read the log, and from where: the
+// queue is in scan mode and has no RAM entries left before the position.
+func (q *Queue) Scan() (from uint64, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.next, q.scan && q.head == len(q.ring)
+}
+
+// Scanned moves the scan position past offset: the consumer has taken or
+// skipped every offset up to and including it.
+func (q *Queue) Scanned(offset uint64) {
+	q.mu.Lock()
+	q.next = max(q.next, offset+1)
+	q.mu.Unlock()
+}
+
+// CatchUp switches the queue back to push mode if the scan has reached the
+// end of the log. end must return the offset the log will assign next; it
+// is called under the queue's lock, which is what makes the switch safe
+// against a concurrent Offer.
+func (q *Queue) CatchUp(end func() uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.scan && q.head == len(q.ring) && q.next >= end() {
+		q.scan = false
+	}
+	return !q.scan
+}
+
+// Park drops the RAM entries and puts the queue in scan mode at the oldest
+// one not taken: the consumer went offline, and its backlog stays in the log.
+func (q *Queue) Park() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head < len(q.ring) {
+		q.next = q.ring[q.head].Offset
+	}
+	q.ring, q.head, q.scan = nil, 0, true
+	q.signal()
+}
+
+// Position returns the offset from which the queue's backlog starts: the
+// oldest RAM entry, or the scan position. The log must keep it.
+func (q *Queue) Position() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head < len(q.ring) {
+		return q.ring[q.head].Offset
+	}
+	return q.next
+}
+
+// Len returns the number of entries held in RAM.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ring) - q.head
+}

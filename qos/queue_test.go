@@ -1,0 +1,92 @@
+package qos_test
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// TestQueueTakesEveryOffsetOnceInOrder runs a dispatcher that appends to a
+// simulated log and offers every third offset, against a consumer that pops,
+// scans, catches up and parks at random. The consumer must see exactly the
+// matching offsets, each once, in order.
+func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
+	for _, limit := range []int{1, 4, 64} {
+		const n = 20000
+		matches := func(o uint64) bool { return o%3 == 0 }
+		var end atomic.Uint64 // the offset the log assigns next
+		q := qos.NewQueue(0, limit)
+
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // the dispatcher: append, then offer
+			defer wg.Done()
+			for o := uint64(0); o < n; o++ {
+				end.Store(o + 1)
+				if matches(o) {
+					q.Offer(qos.Entry{Offset: o})
+				}
+			}
+		}()
+
+		var got []uint64
+		rng := rand.New(rand.NewPCG(1, uint64(limit)))
+		for len(got) < n/3+1 {
+			if e, ok := q.Pop(); ok {
+				got = append(got, e.Offset)
+				continue
+			}
+			if from, ok := q.Scan(); ok {
+				if from < end.Load() { // the record exists: read it
+					if matches(from) {
+						got = append(got, from)
+					}
+					q.Scanned(from)
+				} else {
+					q.CatchUp(end.Load)
+				}
+				continue
+			}
+			if rng.IntN(50) == 0 {
+				q.Park()
+			}
+		}
+		wg.Wait()
+		for i, o := range got {
+			if o != uint64(i)*3 {
+				t.Fatalf("limit %d: entry %d is offset %d, want %d", limit, i, o, i*3)
+			}
+		}
+		if _, ok := q.Pop(); ok {
+			t.Fatalf("limit %d: queue holds more than the matching offsets", limit)
+		}
+	}
+}
+
+func TestQueueParkKeepsOldestUntaken(t *testing.T) {
+	q := qos.NewQueue(10, 8)
+	if !q.CatchUp(func() uint64 { return 10 }) {
+		t.Fatal("queue at the log's end did not switch to push mode")
+	}
+	for _, o := range []uint64{12, 15, 19} {
+		if !q.Offer(qos.Entry{Offset: o}) {
+			t.Fatalf("offer %d refused in push mode", o)
+		}
+	}
+	if e, _ := q.Pop(); e.Offset != 12 {
+		t.Fatalf("pop = %d, want 12", e.Offset)
+	}
+	q.Park()
+	if from, ok := q.Scan(); !ok || from != 15 {
+		t.Fatalf("after park: scan from %d (%v), want 15", from, ok)
+	}
+	if q.Offer(qos.Entry{Offset: 20}) {
+		t.Fatal("a parked queue took an offer")
+	}
+	if q.Len() != 0 || q.Position() != 15 {
+		t.Fatalf("parked queue: len %d position %d", q.Len(), q.Position())
+	}
+}

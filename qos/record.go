@@ -1,0 +1,245 @@
+package qos
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Record kinds after KindMessage. Values are on disk: never renumber, only add.
+const (
+	// KindSession opens or refreshes a persistent session (Session).
+	KindSession Kind = 2
+	// KindDisconnect marks a session offline from a time on (Disconnect).
+	KindDisconnect Kind = 3
+	// KindSessionEnd removes a session and everything it holds (ClientRef).
+	KindSessionEnd Kind = 4
+	// KindSubscribe grants one subscription (Subscribe).
+	KindSubscribe Kind = 5
+	// KindUnsubscribe removes one subscription (Unsubscribe).
+	KindUnsubscribe Kind = 6
+	// KindDeliver assigns a logged message to a session's packet id (Deliver).
+	KindDeliver Kind = 7
+	// KindRelease records an outbound QoS 2 message reaching the PUBREL
+	// stage: its PUBLISH must never be sent again [MQTT-4.3.3-5] (PacketRef).
+	KindRelease Kind = 8
+	// KindComplete frees an outbound packet id: PUBACK or PUBCOMP (PacketRef).
+	KindComplete Kind = 9
+	// KindInboundRelease ends an inbound QoS 2 exchange: the publisher's
+	// PUBREL arrived, so its packet id may carry a new message (PacketRef).
+	KindInboundRelease Kind = 10
+)
+
+const recordVersion = 1
+
+// KindOf returns the kind of an encoded record, or 0 for an empty one.
+func KindOf(rec []byte) Kind {
+	if len(rec) == 0 {
+		return 0
+	}
+	return Kind(rec[0])
+}
+
+// Session is what a persistent session needs to outlive its connection.
+type Session struct {
+	Client string
+	// ProtocolVersion is 3, 4 or 5, as in CONNECT.
+	ProtocolVersion byte
+	// ExpiryInterval is how long, in seconds, the session outlives its
+	// connection [MQTT-3.1.2-23]; math.MaxUint32 never expires.
+	ExpiryInterval uint32
+	// Will is the will message, if any, and WillDelay its delay in seconds.
+	Will      *Message
+	WillDelay uint32
+}
+
+// Disconnect marks Client offline since At (Unix seconds). ExpiryInterval
+// is the expiry in force at the disconnect: a v5 DISCONNECT may change it.
+type Disconnect struct {
+	Client         string
+	At             int64
+	ExpiryInterval uint32
+}
+
+// ClientRef names a client: the body of KindSessionEnd.
+type ClientRef struct {
+	Client string
+}
+
+// Subscribe is one granted subscription. Filter is as the client sent it,
+// including any "$share/<group>/" prefix.
+type Subscribe struct {
+	Client            string
+	Filter            string
+	QoS               byte
+	NoLocal           bool
+	RetainAsPublished bool
+	RetainHandling    byte
+	Identifier        int
+}
+
+// Unsubscribe removes the subscription Filter of Client.
+type Unsubscribe struct {
+	Client string
+	Filter string
+}
+
+// Deliver assigns the message logged at Offset to Client under PacketID, at
+// QoS (the smaller of the message's and the subscription's). Group names the
+// shared subscription group it came through, if any.
+type Deliver struct {
+	Client   string
+	PacketID uint16
+	Offset   uint64
+	QoS      byte
+	Group    string
+}
+
+// PacketRef names one packet id of one client: the body of KindRelease,
+// KindComplete and KindInboundRelease.
+type PacketRef struct {
+	Client   string
+	PacketID uint16
+}
+
+// Encode returns the record for one of the record bodies above (Message,
+// Session, Disconnect, Subscribe, Unsubscribe, Deliver) or, for the
+// reference bodies, EncodeRef and EncodeEnd.
+func Encode(v any) ([]byte, error) {
+	b := make([]byte, 0, 64)
+	switch r := v.(type) {
+	case *Message:
+		return r.AppendBinary(b)
+	case *Session:
+		b = append(b, byte(KindSession), recordVersion, r.ProtocolVersion)
+		b = appendString(b, r.Client)
+		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
+		b = binary.AppendUvarint(b, uint64(r.WillDelay))
+		if r.Will == nil {
+			return append(b, 0), nil
+		}
+		b = append(b, 1)
+		return r.Will.AppendBinary(b)
+	case *Disconnect:
+		b = append(b, byte(KindDisconnect), recordVersion)
+		b = appendString(b, r.Client)
+		b = binary.AppendVarint(b, r.At)
+		return binary.AppendUvarint(b, uint64(r.ExpiryInterval)), nil
+	case *Subscribe:
+		if r.QoS > 2 || r.RetainHandling > 2 {
+			return nil, fmt.Errorf("%w: subscribe qos %d retain handling %d", ErrBadRecord, r.QoS, r.RetainHandling)
+		}
+		var flags byte
+		if r.NoLocal {
+			flags |= 1
+		}
+		if r.RetainAsPublished {
+			flags |= 2
+		}
+		b = append(b, byte(KindSubscribe), recordVersion, r.QoS, flags, r.RetainHandling)
+		b = appendString(b, r.Client)
+		b = appendString(b, r.Filter)
+		return binary.AppendVarint(b, int64(r.Identifier)), nil
+	case *Unsubscribe:
+		b = append(b, byte(KindUnsubscribe), recordVersion)
+		b = appendString(b, r.Client)
+		return appendString(b, r.Filter), nil
+	case *Deliver:
+		if r.QoS > 2 {
+			return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
+		}
+		b = append(b, byte(KindDeliver), recordVersion, r.QoS)
+		b = binary.BigEndian.AppendUint16(b, r.PacketID)
+		b = binary.AppendUvarint(b, r.Offset)
+		b = appendString(b, r.Client)
+		return appendString(b, r.Group), nil
+	}
+	return nil, fmt.Errorf("%w: cannot encode %T", ErrBadRecord, v)
+}
+
+// EncodeRef returns a KindRelease, KindComplete or KindInboundRelease record.
+func EncodeRef(k Kind, r PacketRef) []byte {
+	b := make([]byte, 0, 8+len(r.Client))
+	b = append(b, byte(k), recordVersion)
+	b = binary.BigEndian.AppendUint16(b, r.PacketID)
+	return appendString(b, r.Client)
+}
+
+// EncodeEnd returns a KindSessionEnd record for client.
+func EncodeEnd(client string) []byte {
+	return appendString([]byte{byte(KindSessionEnd), recordVersion}, client)
+}
+
+// Decode decodes any record into a pointer to its body type (*Message,
+// *Session, *Disconnect, *ClientRef, *Subscribe, *Unsubscribe, *Deliver or
+// *PacketRef) and returns its kind. Malformed input wraps ErrBadRecord.
+func Decode(rec []byte) (Kind, any, error) {
+	k := KindOf(rec)
+	if k == KindMessage {
+		m := new(Message)
+		return k, m, m.UnmarshalBinary(rec)
+	}
+	d := decoder{b: rec}
+	d.byte()
+	if v := d.byte(); v != recordVersion && d.err == nil {
+		return k, nil, fmt.Errorf("%w: kind %d version %d", ErrBadRecord, k, v)
+	}
+	var out any
+	switch k {
+	case KindSession:
+		s := &Session{ProtocolVersion: d.byte(), Client: d.string()}
+		s.ExpiryInterval = d.uint32()
+		s.WillDelay = d.uint32()
+		if d.byte() == 1 && d.err == nil {
+			s.Will = new(Message)
+			if err := s.Will.UnmarshalBinary(d.b); err != nil {
+				return k, nil, err
+			}
+			d.b = nil
+		}
+		out = s
+	case KindDisconnect:
+		out = &Disconnect{Client: d.string(), At: d.varint(), ExpiryInterval: d.uint32()}
+	case KindSessionEnd:
+		out = &ClientRef{Client: d.string()}
+	case KindSubscribe:
+		s := &Subscribe{QoS: d.byte()}
+		flags := d.byte()
+		s.RetainHandling = d.byte()
+		s.Client, s.Filter = d.string(), d.string()
+		s.Identifier = int(d.varint())
+		if d.err == nil && (s.QoS > 2 || s.RetainHandling > 2 || flags > 3) {
+			return k, nil, fmt.Errorf("%w: subscribe qos %d flags %#x", ErrBadRecord, s.QoS, flags)
+		}
+		s.NoLocal, s.RetainAsPublished = flags&1 != 0, flags&2 != 0
+		out = s
+	case KindUnsubscribe:
+		out = &Unsubscribe{Client: d.string(), Filter: d.string()}
+	case KindDeliver:
+		r := &Deliver{QoS: d.byte(), PacketID: d.uint16(), Offset: d.uvarint()}
+		r.Client, r.Group = d.string(), d.string()
+		if d.err == nil && r.QoS > 2 {
+			return k, nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
+		}
+		out = r
+	case KindRelease, KindComplete, KindInboundRelease:
+		out = &PacketRef{PacketID: d.uint16(), Client: d.string()}
+	default:
+		return k, nil, fmt.Errorf("%w: unknown kind %d", ErrBadRecord, k)
+	}
+	if d.err != nil {
+		return k, nil, d.err
+	}
+	if len(d.b) != 0 {
+		return k, nil, fmt.Errorf("%w: kind %d: %d trailing bytes", ErrBadRecord, k, len(d.b))
+	}
+	return k, out, nil
+}
+
+func (d *decoder) uint32() uint32 {
+	v := d.uvarint()
+	if v > 1<<32-1 {
+		d.fail("uint32")
+		return 0
+	}
+	return uint32(v)
+}

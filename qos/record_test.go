@@ -1,0 +1,80 @@
+package qos_test
+
+import (
+	"errors"
+	"math"
+	"reflect"
+	"testing"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+func sampleRecords() [][]byte {
+	must := func(b []byte, err error) []byte {
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
+	will := &qos.Message{Topic: "dev/1/status", Payload: []byte("offline"), QoS: 1, Retain: true}
+	return [][]byte{
+		must(qos.Encode(&qos.Message{Topic: "a", Payload: []byte("x"), QoS: 2, Origin: "c", OriginPacketID: 3})),
+		must(qos.Encode(&qos.Session{Client: "c1", ProtocolVersion: 5, ExpiryInterval: math.MaxUint32})),
+		must(qos.Encode(&qos.Session{Client: "c2", ProtocolVersion: 4, ExpiryInterval: 60, Will: will, WillDelay: 30})),
+		must(qos.Encode(&qos.Disconnect{Client: "c1", At: 1700000000, ExpiryInterval: 10})),
+		must(qos.Encode(&qos.Subscribe{Client: "c1", Filter: "$share/g/a/#", QoS: 2, NoLocal: true, RetainAsPublished: true, RetainHandling: 2, Identifier: 268435455})),
+		must(qos.Encode(&qos.Unsubscribe{Client: "c1", Filter: "a/+"})),
+		must(qos.Encode(&qos.Deliver{Client: "c1", PacketID: 65535, Offset: 1 << 40, QoS: 1, Group: "g"})),
+		qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: "c1", PacketID: 1}),
+		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Client: "c1", PacketID: 2}),
+		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "c1", PacketID: 3}),
+		qos.EncodeEnd("c1"),
+	}
+}
+
+func TestRecordsRoundTrip(t *testing.T) {
+	for i, rec := range sampleRecords() {
+		k, v, err := qos.Decode(rec)
+		if err != nil {
+			t.Fatalf("%d: decode: %v", i, err)
+		}
+		if k != qos.KindOf(rec) {
+			t.Fatalf("%d: kind %d, want %d", i, k, qos.KindOf(rec))
+		}
+		var again []byte
+		switch r := v.(type) {
+		case *qos.PacketRef:
+			again = qos.EncodeRef(k, *r)
+		case *qos.ClientRef:
+			again = qos.EncodeEnd(r.Client)
+		default:
+			again, err = qos.Encode(v)
+		}
+		if err != nil || !reflect.DeepEqual(again, rec) {
+			t.Fatalf("%d: re-encode of %+v differs (err %v)", i, v, err)
+		}
+		for n := 0; n < len(rec); n++ {
+			if _, _, err := qos.Decode(rec[:n]); !errors.Is(err, qos.ErrBadRecord) {
+				t.Fatalf("%d: prefix %d/%d: err = %v, want ErrBadRecord", i, n, len(rec), err)
+			}
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, rec := range sampleRecords() {
+		f.Add(rec)
+	}
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		k, v, err := qos.Decode(rec)
+		if err != nil {
+			if !errors.Is(err, qos.ErrBadRecord) {
+				t.Fatalf("error does not wrap ErrBadRecord: %v", err)
+			}
+			return
+		}
+		if k != qos.KindOf(rec) || v == nil {
+			t.Fatalf("kind %d body %v", k, v)
+		}
+	})
+}

@@ -1,0 +1,188 @@
+package qos
+
+import (
+	"fmt"
+	"maps"
+)
+
+// Inflight is one outbound QoS 1/2 message a session holds under a packet id.
+type Inflight struct {
+	// Offset is where the message is in the log.
+	Offset uint64
+	// QoS is the delivery QoS.
+	QoS byte
+	// Released is true once the QoS 2 exchange reached PUBREL: the PUBLISH
+	// must not be sent again, only the PUBREL [MQTT-4.3.3-5].
+	Released bool
+	// Group is the shared subscription group the message came through.
+	Group string
+}
+
+// Sub is a granted subscription and where in the log it starts: only
+// messages logged after Since match it.
+type Sub struct {
+	Subscribe
+	Since uint64
+}
+
+// SessionState is a session as the log knows it.
+type SessionState struct {
+	Session
+	// Connected is true between its Session and Disconnect records.
+	Connected bool
+	// DisconnectedAt is when it went offline, Unix seconds.
+	DisconnectedAt int64
+	// Subs by filter as subscribed (with any $share prefix).
+	Subs map[string]Sub
+	// Inflight by packet id.
+	Inflight map[uint16]Inflight
+	// Next is the first log offset whose fan-out to this session is not yet
+	// done: the session's backlog is every matching message from Next on.
+	Next uint64
+}
+
+// Expired reports whether the session has outlived its expiry at now (Unix
+// seconds). A connected session never expires.
+func (s *SessionState) Expired(now int64) bool {
+	if s.Connected || s.ExpiryInterval == 1<<32-1 {
+		return false
+	}
+	return now >= s.DisconnectedAt+int64(s.ExpiryInterval)
+}
+
+// Retained is the retained message of one topic and where it was logged.
+type Retained struct {
+	Offset  uint64
+	Message Message
+}
+
+// State is everything the broker must remember across a restart, rebuilt by
+// applying the log's records in order. It is not safe for concurrent use.
+type State struct {
+	// Sessions by client id.
+	Sessions map[string]*SessionState
+	// Retained by topic.
+	Retained map[string]Retained
+	// Inbound holds QoS 2 publishes acknowledged with PUBREC whose PUBREL has
+	// not arrived: client id -> packet id -> offset of the message. A
+	// duplicate PUBLISH of one of them must not be delivered again [MQTT-4.3.3].
+	Inbound map[string]map[uint16]uint64
+	// GroupNext is, per shared group key ("$share/<group>/<filter>"), the
+	// first offset not yet handed to a member.
+	GroupNext map[string]uint64
+}
+
+// NewState returns an empty State.
+func NewState() *State {
+	return &State{
+		Sessions:  map[string]*SessionState{},
+		Retained:  map[string]Retained{},
+		Inbound:   map[string]map[uint16]uint64{},
+		GroupNext: map[string]uint64{},
+	}
+}
+
+// Apply applies the record logged at offset. Records must be applied in log
+// order. A record that refers to state that does not exist (a delivery for
+// an ended session) is ignored: the state is what survives, not an audit.
+func (st *State) Apply(offset uint64, rec []byte) error {
+	k, v, err := Decode(rec)
+	if err != nil {
+		return fmt.Errorf("offset %d: %w", offset, err)
+	}
+	switch r := v.(type) {
+	case *Message:
+		if r.QoS == 2 && r.Origin != "" {
+			in := st.Inbound[r.Origin]
+			if in == nil {
+				in = map[uint16]uint64{}
+				st.Inbound[r.Origin] = in
+			}
+			in[r.OriginPacketID] = offset
+		}
+		if r.Retain {
+			if len(r.Payload) == 0 {
+				delete(st.Retained, r.Topic) // [MQTT-3.3.1-6]
+			} else {
+				st.Retained[r.Topic] = Retained{Offset: offset, Message: *r}
+			}
+		}
+	case *Session:
+		s := st.Sessions[r.Client]
+		if s == nil {
+			s = &SessionState{Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}, Next: offset + 1}
+			st.Sessions[r.Client] = s
+		}
+		s.Session = *r
+		s.Connected = true
+	case *Disconnect:
+		if s := st.Sessions[r.Client]; s != nil {
+			s.Connected = false
+			s.DisconnectedAt = r.At
+			s.ExpiryInterval = r.ExpiryInterval
+		}
+	case *ClientRef:
+		delete(st.Sessions, r.Client)
+		delete(st.Inbound, r.Client)
+	case *Subscribe:
+		if s := st.Sessions[r.Client]; s != nil {
+			s.Subs[r.Filter] = Sub{Subscribe: *r, Since: offset}
+			if g, _ := SplitShared(r.Filter); g != "" {
+				if _, ok := st.GroupNext[r.Filter]; !ok {
+					st.GroupNext[r.Filter] = offset + 1
+				}
+			}
+		}
+	case *Unsubscribe:
+		if s := st.Sessions[r.Client]; s != nil {
+			delete(s.Subs, r.Filter)
+		}
+	case *Deliver:
+		if r.Group != "" {
+			st.GroupNext[r.Group] = max(st.GroupNext[r.Group], r.Offset+1)
+		}
+		if s := st.Sessions[r.Client]; s != nil {
+			s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Group: r.Group}
+			if r.Group == "" {
+				s.Next = max(s.Next, r.Offset+1)
+			}
+		}
+	case *PacketRef:
+		switch k {
+		case KindInboundRelease:
+			delete(st.Inbound[r.Client], r.PacketID)
+			if len(st.Inbound[r.Client]) == 0 {
+				delete(st.Inbound, r.Client)
+			}
+		case KindRelease:
+			if s := st.Sessions[r.Client]; s != nil {
+				if in, ok := s.Inflight[r.PacketID]; ok {
+					in.Released = true
+					s.Inflight[r.PacketID] = in
+				}
+			}
+		case KindComplete:
+			if s := st.Sessions[r.Client]; s != nil {
+				delete(s.Inflight, r.PacketID)
+			}
+		}
+	}
+	return nil
+}
+
+// Clone returns a deep copy, for comparing a live state with a replayed one.
+func (st *State) Clone() *State {
+	c := NewState()
+	for id, s := range st.Sessions {
+		cs := *s
+		cs.Subs = maps.Clone(s.Subs)
+		cs.Inflight = maps.Clone(s.Inflight)
+		c.Sessions[id] = &cs
+	}
+	maps.Copy(c.Retained, st.Retained)
+	for id, in := range st.Inbound {
+		c.Inbound[id] = maps.Clone(in)
+	}
+	maps.Copy(c.GroupNext, st.GroupNext)
+	return c
+}

@@ -1,0 +1,69 @@
+package qos_test
+
+import (
+	"testing"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// TestStateApply replays a short history and checks what a restart would see.
+func TestStateApply(t *testing.T) {
+	st := qos.NewState()
+	var off uint64
+	apply := func(rec []byte, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Apply(off, rec); err != nil {
+			t.Fatalf("apply at %d: %v", off, err)
+		}
+		off++
+	}
+	apply(qos.Encode(&qos.Session{Client: "s", ProtocolVersion: 5, ExpiryInterval: 100}))              // 0
+	apply(qos.Encode(&qos.Subscribe{Client: "s", Filter: "a/#", QoS: 2}))                              // 1
+	apply(qos.Encode(&qos.Subscribe{Client: "s", Filter: "$share/g/b", QoS: 1}))                       // 2
+	apply(qos.Encode(&qos.Message{Topic: "a/1", QoS: 2, Origin: "p", OriginPacketID: 7}))              // 3
+	apply(qos.Encode(&qos.Message{Topic: "a/r", QoS: 1, Retain: true, Payload: []byte("x")}))          // 4
+	apply(qos.Encode(&qos.Deliver{Client: "s", PacketID: 1, Offset: 3, QoS: 2}))                       // 5
+	apply(qos.Encode(&qos.Deliver{Client: "s", PacketID: 2, Offset: 4, QoS: 1}))                       // 6
+	apply(qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: "s", PacketID: 1}), nil)                // 7
+	apply(qos.EncodeRef(qos.KindComplete, qos.PacketRef{Client: "s", PacketID: 2}), nil)               // 8
+	apply(qos.Encode(&qos.Disconnect{Client: "s", At: 1000, ExpiryInterval: 50}))                      // 9
+	apply(qos.Encode(&qos.Message{Topic: "b", QoS: 1, Origin: "p", OriginPacketID: 8}))                // 10
+	apply(qos.Encode(&qos.Deliver{Client: "s", PacketID: 3, Offset: 10, QoS: 1, Group: "$share/g/b"})) // 11
+	apply(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "p", PacketID: 9}), nil)         // 12: unknown, ignored
+
+	s := st.Sessions["s"]
+	if s == nil || s.Connected || s.DisconnectedAt != 1000 || s.ExpiryInterval != 50 {
+		t.Fatalf("session = %+v", s)
+	}
+	if s.Expired(1049) || !s.Expired(1050) {
+		t.Fatal("expiry is not DisconnectedAt + ExpiryInterval")
+	}
+	if len(s.Subs) != 2 || s.Subs["a/#"].Since != 1 {
+		t.Fatalf("subs = %+v", s.Subs)
+	}
+	if in := s.Inflight[1]; !in.Released || in.Offset != 3 || len(s.Inflight) != 2 {
+		t.Fatalf("inflight = %+v", s.Inflight)
+	}
+	if s.Next != 7 {
+		t.Fatalf("next = %d, want 7 (after the last own delivery)", s.Next)
+	}
+	if st.GroupNext["$share/g/b"] != 11 {
+		t.Fatalf("group next = %v", st.GroupNext)
+	}
+	if st.Inbound["p"][7] != 3 {
+		t.Fatalf("inbound = %v", st.Inbound)
+	}
+	if r := st.Retained["a/r"]; r.Offset != 4 || string(r.Message.Payload) != "x" {
+		t.Fatalf("retained = %+v", st.Retained)
+	}
+
+	apply(qos.Encode(&qos.Message{Topic: "a/r", QoS: 0, Retain: true})) // clears
+	apply(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "p", PacketID: 7}), nil)
+	apply(qos.EncodeEnd("s"), nil)
+	if len(st.Retained) != 0 || len(st.Inbound) != 0 || len(st.Sessions) != 0 {
+		t.Fatalf("after clear, release and end: %+v %+v %+v", st.Retained, st.Inbound, st.Sessions)
+	}
+}
