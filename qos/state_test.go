@@ -47,8 +47,8 @@ func TestStateApply(t *testing.T) {
 	if in := s.Inflight[1]; !in.Released || in.Offset != 3 || len(s.Inflight) != 2 {
 		t.Fatalf("inflight = %+v", s.Inflight)
 	}
-	if s.Next != 7 {
-		t.Fatalf("next = %d, want 7 (after the last own delivery)", s.Next)
+	if s.Next != 5 {
+		t.Fatalf("next = %d, want 5 (after the last message delivered)", s.Next)
 	}
 	if st.GroupNext["$share/g/b"] != 11 {
 		t.Fatalf("group next = %v", st.GroupNext)
