@@ -127,6 +127,10 @@ type LimitsConfig struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// MaxWritesPending is the per-client outbound packet queue. Default: 1024.
 	MaxWritesPending int `yaml:"max_writes_pending"`
+	// ConnectTimeout bounds the TLS handshake, the WebSocket upgrade and the
+	// wait for CONNECT on a new connection. Default: 10s. Too long lets idle
+	// sockets pile up; too short cuts clients on slow links.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 }
 
 // StorageConfig is the durable log.
@@ -183,6 +187,7 @@ func DefaultConfig() Config {
 			MaxInflight:      128,
 			WriteTimeout:     10 * time.Second,
 			MaxWritesPending: 1024,
+			ConnectTimeout:   10 * time.Second,
 		},
 		Storage: StorageConfig{
 			Dir:          "data",

@@ -1,0 +1,156 @@
+package edge
+
+import (
+	"context"
+	"log/slog"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// authHook authenticates clients and applies the ACL.
+//
+// Authentication happens in OnConnect rather than OnConnectAuthenticate so
+// that each refusal gets its own CONNACK code: mochi answers a failed
+// OnConnectAuthenticate with one fixed code, and maps it to v3 0x05 where
+// 0x04 (bad user name or password) is the right one.
+//
+// Who gets in:
+//   - a client on a TLS listener with use_cn_as_username and a verified
+//     client certificate: its username is the certificate's CN, no password;
+//   - with a password file: a username whose password matches its bcrypt
+//     hash; no username only with allow_anonymous;
+//   - without a password file: everyone (either allow_anonymous, or no
+//     authentication at all, in which case the listeners are on loopback).
+//     Usernames are then unverified, and ACL rules for a user trust them.
+type authHook struct {
+	mqtt.HookBase
+	b              *Broker
+	passwords      Passwords // nil: no password file
+	allowAnonymous bool
+	acl            *acl
+}
+
+// ID names the hook.
+func (h *authHook) ID() string { return "edge-auth" }
+
+// Provides lists the events handled.
+func (h *authHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish:
+		return true
+	}
+	return false
+}
+
+// OnConnect authenticates the client and checks its will topic.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	certAuth := false
+	if wc, ok := cl.Net.Conn.(*conn); ok {
+		if cn, ok := wc.certUsername(); ok {
+			cl.Properties.Username = []byte(cn)
+			certAuth = true
+		}
+	}
+	user := string(cl.Properties.Username)
+	if !certAuth && h.passwords != nil {
+		reason := ""
+		switch {
+		case !pk.Connect.UsernameFlag || user == "":
+			if !h.allowAnonymous {
+				reason = "anonymous"
+			}
+		case !h.passwords.Check(user, pk.Connect.Password):
+			reason = "bad_credentials"
+		}
+		if reason != "" {
+			h.b.metrics.authFailures.WithLabelValues(reason).Inc()
+			h.b.throttledLog.info(h.b.log, "authentication failed",
+				"reason", reason, "client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+			return refuseConnect(cl, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword.Code)
+		}
+	}
+	if pk.Connect.WillFlag && !h.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
+		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
+		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
+		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
+	}
+	return nil
+}
+
+// OnConnectAuthenticate lets through what OnConnect let through.
+func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// OnACLCheck decides read access: subscriptions (a filter, refused with
+// SUBACK 0x87, or 0x80 for v3) and each delivery (a topic name, silently
+// skipped). Write access always passes here and is decided in OnPublish:
+// mochi checks it before resolving topic aliases, and for v3 it would
+// disconnect the client, which then resends the same message forever.
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if write || cl.Net.Inline {
+		return true
+	}
+	if h.acl.allowed(string(cl.Properties.Username), cl.ID, topic, false) {
+		return true
+	}
+	h.b.metrics.aclDenials.WithLabelValues("read").Inc()
+	return false
+}
+
+// OnPublish decides write access on the resolved topic. A denied message is
+// neither delivered nor retained: v5 gets PUBACK/PUBREC 0x87, v3 a normal
+// acknowledgement [MQTT-3.3.5-2], QoS 0 nothing.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline || h.acl.allowed(string(cl.Properties.Username), cl.ID, pk.TopicName, true) {
+		return pk, nil
+	}
+	h.b.metrics.aclDenials.WithLabelValues("write").Inc()
+	if h.b.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.b.log.Debug("publish denied by acl", "client", cl.ID, "topic", pk.TopicName)
+	}
+	return pk, refusePublish(cl, pk, packets.ErrNotAuthorized)
+}
+
+// refuseConnect sends a refusing CONNACK and returns the error that makes
+// mochi drop the connection. v3 clients get v3Code (MQTT 3.1.1 §3.2.2.3).
+func refuseConnect(cl *mqtt.Client, code packets.Code, v3Code byte) error {
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connack},
+		ReasonCode:  code.Code,
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		ack.ReasonCode = v3Code
+	} else {
+		ack.Properties.ReasonString = code.Reason
+	}
+	_ = cl.WritePacket(ack) // [MQTT-3.2.2-6] session present 0; the connection closes next
+	return code
+}
+
+// refusePublish answers a PUBLISH that is not delivered and returns what
+// the OnPublish hook must return:
+//   - QoS 0: nothing to answer.
+//   - v5 QoS 1/2: PUBACK or PUBREC with code, written here, because mochi
+//     answers a QoS 2 refusal with a PUBACK and logs the packet at Error.
+//   - v3 QoS 1/2: MQTT 3.1.1 cannot refuse a PUBLISH; the server MUST either
+//     acknowledge it normally or close the connection [MQTT-3.3.5-2]. Closing
+//     makes the client resend it forever, so it is acknowledged and dropped.
+func refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	if pk.FixedHeader.Qos == 0 {
+		return packets.ErrRejectPacket
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		return packets.CodeSuccessIgnore
+	}
+	typ := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		typ = packets.Pubrec
+	}
+	_ = cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: typ},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Properties:  packets.Properties{ReasonString: code.Reason},
+	})
+	return packets.ErrRejectPacket
+}

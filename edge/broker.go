@@ -1,0 +1,353 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Errors returned by the Broker.
+var (
+	// ErrStarted is returned by a second Start: a Broker runs once.
+	ErrStarted = errors.New("edge: broker already started")
+	// ErrStopped is returned by Start after Shutdown.
+	ErrStopped = errors.New("edge: broker stopped")
+)
+
+// Options are the parts of a broker that come from its embedder rather than
+// the config file.
+type Options struct {
+	// Logger is the root logger; the broker narrows it with
+	// component=edge. nil: slog.Default().
+	Logger *slog.Logger
+	// Registry receives the broker's metrics and is served on /metrics.
+	// nil: a new registry. A registry serves one broker: registering a
+	// second one on it fails.
+	Registry *prometheus.Registry
+}
+
+// Broker is the MQTT broker: mochi's engine behind our listeners, hooks and
+// HTTP side. Build it with New, run it with Start and Shutdown (or Run).
+type Broker struct {
+	cfg          Config
+	log          *slog.Logger
+	reg          *prometheus.Registry
+	metrics      *metrics
+	srv          *mqtt.Server
+	listeners    []edgeListener
+	byName       map[string]edgeListener
+	http         *httpSide // nil: HTTP disabled
+	throttledLog *logThrottle
+	loopback     []string // listeners (and "http") forced onto loopback
+
+	// storage is the durable log. The durability work opens it in Start,
+	// before the listeners, and Shutdown closes it last. nil until then.
+	storage io.Closer
+
+	connsMu     sync.Mutex
+	conns       map[*conn]struct{}
+	connsClosed bool
+
+	mu       sync.Mutex
+	started  bool // Start bound everything and mochi serves
+	stopped  bool // Shutdown ran
+	ready    atomic.Bool
+	stopping atomic.Bool
+}
+
+// New validates cfg and builds a broker. It reads the password file and the
+// TLS files, and binds nothing.
+func New(cfg Config, opts Options) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	b := &Broker{
+		log:          logger.With("component", "edge"),
+		reg:          reg,
+		byName:       map[string]edgeListener{},
+		throttledLog: newLogThrottle(time.Second),
+		conns:        map[*conn]struct{}{},
+	}
+	cfg.Listeners = append([]ListenerConfig(nil), cfg.Listeners...)
+	noAuth := cfg.Auth.PasswordFile == "" && !cfg.Auth.AllowAnonymous
+	if noAuth && cfg.HTTP.Address != "" {
+		if a, changed := loopbackAddress(cfg.HTTP.Address); changed {
+			cfg.HTTP.Address = a
+			b.loopback = append(b.loopback, "http")
+		}
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if lc.Name == "" {
+			lc.Name = lc.Type + strconv.Itoa(i)
+		}
+		if lc.Type == "ws" && lc.Path == "" {
+			lc.Path = "/mqtt"
+		}
+		if noAuth {
+			if a, changed := loopbackAddress(lc.Address); changed {
+				lc.Address = a
+				b.loopback = append(b.loopback, lc.Name)
+			}
+		}
+	}
+	b.cfg = cfg
+
+	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous}
+	if cfg.Auth.PasswordFile != "" {
+		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		auth.passwords = pw
+	}
+	a, err := compileACL(cfg.Auth.ACL)
+	if err != nil {
+		return nil, err
+	}
+	auth.acl = a
+
+	caps := capabilities(cfg.Limits)
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger: slog.New(&mochiHandler{
+			inner:    logger.With("component", "mochi").Handler(),
+			throttle: b.throttledLog,
+		}),
+	})
+	if b.metrics, err = newMetrics(reg, b.srv); err != nil {
+		return nil, err
+	}
+	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
+		}
+	}
+
+	for i, lc := range cfg.Listeners {
+		if _, dup := b.byName[lc.Name]; dup {
+			return nil, fmt.Errorf("listeners[%d].name: duplicate (got %q)", i, lc.Name)
+		}
+		tlsConfig, err := serverTLS(lc.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("listeners[%d].tls: %w", i, err)
+		}
+		var l edgeListener
+		switch lc.Type {
+		case "tcp":
+			l = newTCPListener(b, lc, tlsConfig)
+		case "ws":
+			l = newWSListener(b, lc, tlsConfig)
+		default:
+			return nil, fmt.Errorf("listeners[%d].type: must be tcp or ws (got %q)", i, lc.Type)
+		}
+		b.listeners = append(b.listeners, l)
+		b.byName[lc.Name] = l
+	}
+	if cfg.HTTP.Address != "" {
+		b.http = newHTTPSide(b, cfg.HTTP.Address, reg)
+	}
+	return b, nil
+}
+
+// Start binds every listener and the HTTP side, starts serving, and logs
+// where it listens. It returns once every listener accepts connections.
+func (b *Broker) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return ErrStopped
+	}
+	if b.started {
+		return ErrStarted
+	}
+	for _, name := range b.loopback {
+		b.log.Warn("no authentication configured (auth.password_file and auth.allow_anonymous unset): binding to loopback only", "listener", name)
+	}
+	// Storage opens here, before any client can connect.
+	bound := 0
+	fail := func(err error) error {
+		b.stopped = true // half-bound: a Broker is not restartable
+		for _, l := range b.listeners[:bound] {
+			l.stopAccepting()
+		}
+		return err
+	}
+	for _, l := range b.listeners {
+		if err := b.srv.AddListener(l); err != nil {
+			return fail(err)
+		}
+		bound++
+	}
+	if b.http != nil {
+		if err := b.http.listen(); err != nil {
+			return fail(err)
+		}
+	}
+	if err := b.srv.Serve(); err != nil {
+		if b.http != nil {
+			_ = b.http.ln.Close()
+		}
+		return fail(fmt.Errorf("edge: start mqtt engine: %w", err))
+	}
+	b.started = true
+	if b.http != nil {
+		b.http.serve()
+	}
+	for _, l := range b.listeners {
+		b.log.Info("listening", "listener", l.ID(), "type", l.kind(), "address", l.Address())
+	}
+	if b.http != nil {
+		b.log.Info("listening", "listener", "http", "type", "http", "address", b.http.ln.Addr().String())
+	}
+	b.ready.Store(true)
+	return nil
+}
+
+// Addr returns the bound address of the listener called name, or nil when
+// there is no such listener or it is not bound. With port 0 in the config it
+// tells the port the system chose.
+func (b *Broker) Addr(name string) net.Addr {
+	l, ok := b.byName[name]
+	if !ok {
+		return nil
+	}
+	return l.addr()
+}
+
+// HTTPAddr returns the bound address of the HTTP side, or nil.
+func (b *Broker) HTTPAddr() net.Addr {
+	if b.http == nil || b.http.ln == nil {
+		return nil
+	}
+	return b.http.ln.Addr()
+}
+
+// notReady says why /readyz fails, or "" when ready.
+func (b *Broker) notReady() string {
+	switch {
+	case b.stopping.Load():
+		return "shutting down"
+	case !b.ready.Load():
+		return "starting"
+	}
+	return ""
+}
+
+// Run starts a broker on cfg, serves until ctx is done, then shuts down
+// gracefully: clients are disconnected over cfg.Shutdown.Grace, and the
+// whole shutdown is cut off a few seconds after that.
+func Run(ctx context.Context, cfg Config, opts Options) error {
+	b, err := New(cfg, opts)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Grace+shutdownSlack)
+	defer cancel()
+	return b.Shutdown(sctx)
+}
+
+// connectTimeout bounds the TLS handshake, the WebSocket upgrade and the wait
+// for CONNECT.
+func (b *Broker) connectTimeout() time.Duration {
+	if d := b.cfg.Limits.ConnectTimeout; d > 0 {
+		return d
+	}
+	return defaultConnectTimeout
+}
+
+// track registers an accepted connection; false once shutdown has cut all.
+func (b *Broker) track(c *conn) bool {
+	b.connsMu.Lock()
+	defer b.connsMu.Unlock()
+	if b.connsClosed {
+		return false
+	}
+	b.conns[c] = struct{}{}
+	return true
+}
+
+func (b *Broker) untrack(c *conn) {
+	b.connsMu.Lock()
+	defer b.connsMu.Unlock()
+	delete(b.conns, c)
+}
+
+// loopbackAddress rewrites addr's host to 127.0.0.1 unless it is loopback
+// already.
+func loopbackAddress(addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, false // Validate reports it; Listen will fail on it
+	}
+	if host == "localhost" {
+		return addr, false
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return addr, false
+	}
+	return net.JoinHostPort("127.0.0.1", port), true
+}
+
+// serverTLS builds a listener's TLS configuration; nil without a certificate.
+func serverTLS(c TLSConfig) (*tls.Config, error) {
+	if c.CertFile == "" {
+		if c.RequireClientCert || c.ClientCAFile != "" || c.UseCNAsUsername {
+			return nil, errors.New("client certificate options need cert_file")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.ClientCAFile == "" {
+		if c.RequireClientCert || c.UseCNAsUsername {
+			return nil, errors.New("require_client_cert and use_cn_as_username need client_ca_file")
+		}
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(c.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client CA %s: no PEM certificate found", c.ClientCAFile)
+	}
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	if c.RequireClientCert {
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}

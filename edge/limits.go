@@ -1,0 +1,168 @@
+package edge
+
+import (
+	"math"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+const (
+	// maxMQTTPacket is the largest packet MQTT can frame: a 1-byte header,
+	// a 4-byte remaining length and 268,435,455 bytes [MQTT-2.2.3].
+	maxMQTTPacket = 268435455 + 5
+	// topicAliasMaximum is the inbound topic alias window per v5 client,
+	// advertised in CONNACK. mochi's default (65535) lets one client pin
+	// 65535 topic strings in memory.
+	topicAliasMaximum = 64
+	// defaultConnectTimeout bounds the TLS handshake, the WebSocket upgrade
+	// and the wait for CONNECT when limits.connect_timeout is unset.
+	defaultConnectTimeout = 10 * time.Second
+)
+
+// capabilities maps LimitsConfig onto mochi's capabilities, starting from
+// mochi's defaults (never from its config package, which zeroes every
+// capability a file does not name).
+func capabilities(l LimitsConfig) *mqtt.Capabilities {
+	c := mqtt.NewDefaultServerCapabilities()
+	if l.MaxPacketSize > 0 {
+		c.MaximumPacketSize = uint32(min(int64(l.MaxPacketSize), maxMQTTPacket))
+	}
+	if l.MaxClients > 0 {
+		c.MaximumClients = int64(l.MaxClients)
+	}
+	if l.ReceiveMaximum > 0 {
+		c.ReceiveMaximum = uint16(min(l.ReceiveMaximum, math.MaxUint16))
+	}
+	if l.MaxInflight > 0 {
+		c.MaximumInflight = uint16(min(l.MaxInflight, math.MaxUint16))
+	}
+	if l.MaxWritesPending > 0 {
+		c.MaximumClientWritesPending = int32(min(l.MaxWritesPending, math.MaxInt32))
+	}
+	c.TopicAliasMaximum = topicAliasMaximum
+	return c
+}
+
+// limitsHook enforces what mochi's capabilities do not: topic length,
+// keepalive bounds, and the CONNACK properties mochi leaves out.
+type limitsHook struct {
+	mqtt.HookBase
+	b            *Broker
+	maxTopic     int
+	minKeepalive uint16
+	maxKeepalive uint16 // 0: no maximum
+	caps         *mqtt.Capabilities
+}
+
+func newLimitsHook(b *Broker, caps *mqtt.Capabilities) *limitsHook {
+	l := b.cfg.Limits
+	return &limitsHook{
+		b:            b,
+		maxTopic:     l.MaxTopicLength,
+		minKeepalive: keepaliveSeconds(l.MinKeepalive),
+		maxKeepalive: keepaliveSeconds(l.MaxKeepalive),
+		caps:         caps,
+	}
+}
+
+func keepaliveSeconds(d time.Duration) uint16 {
+	s := (d + time.Second - 1) / time.Second
+	return uint16(min(max(int64(s), 0), math.MaxUint16))
+}
+
+// ID names the hook.
+func (h *limitsHook) ID() string { return "edge-limits" }
+
+// Provides lists the events handled.
+func (h *limitsHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode:
+		return true
+	}
+	return false
+}
+
+// OnConnect bounds the keepalive and the will topic.
+//
+// Keepalive: a v5 client is told the server's value in CONNACK (Server Keep
+// Alive, which it MUST then use [MQTT-3.2.2-21]): 0 or more than
+// max_keepalive becomes max_keepalive, less than min_keepalive becomes
+// min_keepalive. A v3 client cannot be told. Raising its value only makes
+// the server wait longer, so 0 becomes max_keepalive and a short one
+// min_keepalive; a value above max_keepalive is refused with 0x02
+// (identifier rejected, as Mosquitto does), since shortening it would cut a
+// client that keeps to its own promise.
+func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if pk.Connect.WillFlag && h.maxTopic > 0 && len(pk.Connect.WillTopic) > h.maxTopic {
+		h.b.metrics.dropped.topicTooLong.Add(1)
+		return refuseConnect(cl, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized.Code)
+	}
+	v5 := cl.Properties.ProtocolVersion == 5
+	ka := cl.State.Keepalive
+	want := ka
+	switch {
+	case ka == 0:
+		want = h.maxKeepalive
+	case h.maxKeepalive > 0 && ka > h.maxKeepalive:
+		if !v5 {
+			h.b.log.Debug("keepalive above max_keepalive refused", "client", cl.ID, "keepalive", ka, "max", h.maxKeepalive)
+			return refuseConnect(cl, packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid.Code)
+		}
+		want = h.maxKeepalive
+	case ka < h.minKeepalive:
+		want = h.minKeepalive
+	}
+	if want != ka {
+		cl.State.Keepalive = want
+		cl.State.ServerKeepalive = v5 // mochi then sends Server Keep Alive in CONNACK
+	}
+	return nil
+}
+
+// invalidFilter replaces a filter that is too long; mochi refuses it as an
+// invalid filter, SUBACK 0x8F (0x80 for v3) [MQTT-3.9.3].
+const invalidFilter = "#/topic-filter-too-long"
+
+// OnSubscribe refuses filters longer than max_topic_length.
+func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if h.maxTopic <= 0 {
+		return pk
+	}
+	var filters packets.Subscriptions
+	for i, f := range pk.Filters {
+		if len(f.Filter) <= h.maxTopic {
+			continue
+		}
+		if filters == nil {
+			filters = append(packets.Subscriptions(nil), pk.Filters...)
+		}
+		filters[i].Filter = invalidFilter
+	}
+	if filters != nil {
+		pk.Filters = filters
+	}
+	return pk
+}
+
+// OnPublish refuses topic names longer than max_topic_length (0x90).
+func (h *limitsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.maxTopic <= 0 || len(pk.TopicName) <= h.maxTopic || cl.Net.Inline {
+		return pk, nil
+	}
+	h.b.metrics.dropped.topicTooLong.Add(1)
+	return pk, refusePublish(cl, pk, packets.ErrTopicNameInvalid)
+}
+
+// OnPacketEncode adds the limits a v5 client must know to a successful
+// CONNACK: Maximum Packet Size [MQTT-3.2.2-15] and Topic Alias Maximum
+// [MQTT-3.2.2-17], which mochi enforces but does not announce.
+func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack || pk.ProtocolVersion != 5 || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		return pk
+	}
+	pk.Properties.MaximumPacketSize = h.caps.MaximumPacketSize
+	pk.Properties.TopicAliasMaximum = h.caps.TopicAliasMaximum
+	return pk
+}

@@ -1,0 +1,147 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// edgeListener is what the broker needs from its listeners beyond mochi's
+// listeners.Listener.
+type edgeListener interface {
+	listeners.Listener
+	// addr is the bound address (after Init).
+	addr() net.Addr
+	// stopAccepting closes the socket; accepted connections keep running.
+	stopAccepting()
+	// wait blocks until the accept loop and every connection goroutine are
+	// done, or ctx ends. started says whether Serve was ever called.
+	wait(ctx context.Context, started bool) error
+	// kind is "tcp", "tls", "ws" or "wss".
+	kind() string
+}
+
+// connGate counts a listener's connection goroutines and refuses new ones
+// once closed, so that waiting for them cannot race with a late Add.
+type connGate struct {
+	mu     sync.Mutex
+	closed bool
+	n      int
+	zero   chan struct{} // closed when closed && n == 0
+	stop   chan struct{} // closed on close, wakes sleepers
+}
+
+func (g *connGate) init() {
+	if g.stop == nil {
+		g.stop = make(chan struct{})
+		g.zero = make(chan struct{})
+	}
+}
+
+func (g *connGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.init()
+	if g.closed {
+		return false
+	}
+	g.n++
+	return true
+}
+
+func (g *connGate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.closed && g.n == 0 {
+		close(g.zero)
+	}
+}
+
+func (g *connGate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.init()
+	if g.closed {
+		return
+	}
+	g.closed = true
+	close(g.stop)
+	if g.n == 0 {
+		close(g.zero)
+	}
+}
+
+func (g *connGate) isClosed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
+}
+
+// sleep waits d, or returns false at once when the gate closes.
+func (g *connGate) sleep(d time.Duration) bool {
+	g.mu.Lock()
+	g.init()
+	stop := g.stop
+	g.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop:
+		return false
+	}
+}
+
+// wait blocks until the gate is closed and empty, or ctx ends.
+func (g *connGate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	g.init()
+	zero := g.zero
+	g.mu.Unlock()
+	select {
+	case <-zero:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// serveConn wraps an accepted connection and hands it to mochi; it returns
+// when the client is gone.
+func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, tlsState *tls.ConnectionState, useCN bool, establish listeners.EstablishFn) {
+	remote := c.RemoteAddr().String()
+	wc := &conn{
+		Conn:         c,
+		writeTimeout: b.cfg.Limits.WriteTimeout,
+		closeNow:     closeNow,
+		tlsState:     tlsState,
+		useCN:        useCN,
+		onSlow: func() {
+			b.metrics.slowConsumers.Inc()
+			b.throttledLog.warn(b.log, "slow consumer disconnected: a write missed its deadline",
+				"listener", listener, "remote", remote, "write_timeout", b.cfg.Limits.WriteTimeout)
+		},
+	}
+	if !b.track(wc) {
+		wc.cut()
+		return
+	}
+	defer b.untrack(wc)
+	b.metrics.accepted.WithLabelValues(listener).Inc()
+
+	// mochi reads CONNECT with no deadline at all; a client that connects and
+	// says nothing would hold its goroutine forever. After CONNECT mochi sets
+	// the keepalive deadline itself.
+	_ = c.SetReadDeadline(time.Now().Add(b.connectTimeout()))
+	err := establish(listener, wc)
+	_ = wc.Close()
+	if err != nil {
+		b.log.Debug("connection ended", "listener", listener, "remote", remote, "error", err)
+	}
+}

@@ -1,0 +1,187 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// wsSubprotocols are the WebSocket subprotocols accepted. MQTT 3.1.1 and 5
+// require "mqtt" [MQTT-6.0.0-3]; "mqttv3.1" is what MQTT 3.1 clients offer.
+var wsSubprotocols = []string{"mqtt", "mqttv3.1"}
+
+// wsListener is MQTT over WebSocket (WSS when tlsConfig is set), on
+// github.com/coder/websocket. Each binary WebSocket message is part of the
+// MQTT byte stream: messages may split or join MQTT packets. A text frame
+// closes the connection with 1003 (unsupported data); a client that offers
+// no MQTT subprotocol is closed with 1008 (policy violation).
+type wsListener struct {
+	b         *Broker
+	name      string
+	address   string
+	path      string
+	origins   []string
+	tlsConfig *tls.Config
+	useCN     bool
+	readLimit int64
+	log       *slog.Logger
+
+	ln        net.Listener
+	srv       *http.Server
+	establish listeners.EstablishFn
+	served    chan struct{}
+	gate      connGate
+}
+
+func newWSListener(b *Broker, lc ListenerConfig, tlsConfig *tls.Config) *wsListener {
+	// NetConn turns coder's read limit off. mochi bounds each MQTT packet;
+	// this bounds each WebSocket message, leaving room for a client that
+	// packs a few packets into one message.
+	limit := 2*int64(b.cfg.Limits.MaxPacketSize) + 1024
+	if b.cfg.Limits.MaxPacketSize <= 0 {
+		limit = 2*maxMQTTPacket + 1024
+	}
+	return &wsListener{
+		b:         b,
+		name:      lc.Name,
+		address:   lc.Address,
+		path:      lc.Path,
+		origins:   lc.AllowedOrigins,
+		tlsConfig: tlsConfig,
+		useCN:     lc.TLS.UseCNAsUsername,
+		readLimit: limit,
+		log:       b.log.With("listener", lc.Name),
+		served:    make(chan struct{}),
+	}
+}
+
+// Init binds the socket.
+func (l *wsListener) Init(*slog.Logger) error {
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", l.name, err)
+	}
+	l.ln = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc(l.path, l.handle)
+	l.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: l.b.connectTimeout(),
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+	}
+	if l.tlsConfig != nil {
+		cfg := l.tlsConfig.Clone()
+		// WebSocket needs HTTP/1.1 (Go keeps RFC 8441 extended CONNECT off).
+		cfg.NextProtos = []string{"http/1.1"}
+		l.srv.TLSConfig = cfg
+		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
+	return nil
+}
+
+// Serve serves HTTP until the listener is closed.
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	defer close(l.served)
+	l.establish = establish
+	var err error
+	if l.tlsConfig != nil {
+		err = l.srv.ServeTLS(l.ln, "", "")
+	} else {
+		err = l.srv.Serve(l.ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		l.log.Error("websocket listener stopped", "error", err)
+	}
+}
+
+// handle upgrades one request and runs the MQTT session on it.
+func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
+	if !l.gate.enter() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer l.gate.leave()
+
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:   wsSubprotocols,
+		OriginPatterns: l.origins,
+	})
+	if err != nil {
+		// Accept has answered with the HTTP error already.
+		l.b.metrics.rejected.WithLabelValues(l.name, "ws_handshake").Inc()
+		l.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "error", err)
+		return
+	}
+	if ws.Subprotocol() == "" {
+		l.b.metrics.rejected.WithLabelValues(l.name, "ws_subprotocol").Inc()
+		l.log.Debug("websocket client offered no mqtt subprotocol", "remote", r.RemoteAddr)
+		_ = ws.Close(websocket.StatusPolicyViolation, "subprotocol mqtt required")
+		return
+	}
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	ws.SetReadLimit(l.readLimit)
+	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.establish)
+}
+
+// ID is the listener name.
+func (l *wsListener) ID() string { return l.name }
+
+// Address is the bound address.
+func (l *wsListener) Address() string {
+	if l.ln == nil {
+		return l.address
+	}
+	return l.ln.Addr().String()
+}
+
+// Protocol is "ws" or "wss".
+func (l *wsListener) Protocol() string { return l.kind() }
+
+func (l *wsListener) kind() string {
+	if l.tlsConfig != nil {
+		return "wss"
+	}
+	return "ws"
+}
+
+func (l *wsListener) addr() net.Addr {
+	if l.ln == nil {
+		return nil
+	}
+	return l.ln.Addr()
+}
+
+// Close stops accepting; see tcpListener.Close for why closeClients is not called.
+func (l *wsListener) Close(listeners.CloseFn) { l.stopAccepting() }
+
+// stopAccepting closes the socket and every connection still in its HTTP
+// phase. Upgraded (hijacked) connections are not the http.Server's any more:
+// the broker ends those.
+func (l *wsListener) stopAccepting() {
+	l.gate.close()
+	if l.srv != nil {
+		_ = l.srv.Close()
+	}
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+}
+
+func (l *wsListener) wait(ctx context.Context, started bool) error {
+	if started {
+		select {
+		case <-l.served:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return l.gate.wait(ctx)
+}

@@ -1,0 +1,187 @@
+package edge
+
+import (
+	"fmt"
+	"strconv"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the broker's Prometheus metrics, registered on the registry
+// passed in Options. Labels never hold client ids or topics.
+//
+//	edgemq_mqtt_connections                      gauge    connected clients
+//	edgemq_mqtt_sessions                         gauge    sessions, connected or not
+//	edgemq_mqtt_subscriptions                    gauge    subscriptions
+//	edgemq_mqtt_retained_messages                gauge    retained messages
+//	edgemq_mqtt_inflight_messages                gauge    unacknowledged outbound QoS 1/2 messages, incl. those queued for offline sessions
+//	edgemq_mqtt_messages_received_total{qos}     counter  PUBLISH packets accepted for processing
+//	edgemq_mqtt_messages_sent_total{qos}         counter  PUBLISH packets written to clients
+//	edgemq_mqtt_received_bytes_total             counter
+//	edgemq_mqtt_sent_bytes_total                 counter
+//	edgemq_mqtt_dropped_messages_total{reason}   counter  queue_full, inflight_full, topic_too_long
+//	edgemq_mqtt_slow_consumer_disconnects_total  counter  clients cut because a write missed limits.write_timeout
+//	edgemq_auth_failures_total{reason}           counter  anonymous, bad_credentials
+//	edgemq_acl_denials_total{access}             counter  read (subscribe or delivery), write (publish or will)
+//	edgemq_listener_accepted_connections_total{listener}
+//	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol
+type metrics struct {
+	received      [3]prometheus.Counter
+	sent          [3]prometheus.Counter
+	authFailures  *prometheus.CounterVec
+	aclDenials    *prometheus.CounterVec
+	slowConsumers prometheus.Counter
+	accepted      *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	dropped       *droppedCollector
+}
+
+func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) (*metrics, error) {
+	received := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgemq_mqtt_messages_received_total",
+		Help: "PUBLISH packets received from clients and accepted for processing, by QoS.",
+	}, []string{"qos"})
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgemq_mqtt_messages_sent_total",
+		Help: "PUBLISH packets written to clients, by QoS.",
+	}, []string{"qos"})
+	m := &metrics{
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgemq_auth_failures_total",
+			Help: "Refused CONNECTs, by reason: anonymous (no username, anonymous not allowed), bad_credentials.",
+		}, []string{"reason"}),
+		aclDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgemq_acl_denials_total",
+			Help: "ACL refusals: read (a subscription, or one delivery), write (a publish or a will).",
+		}, []string{"access"}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgemq_mqtt_slow_consumer_disconnects_total",
+			Help: "Clients disconnected because a socket write missed limits.write_timeout.",
+		}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgemq_listener_accepted_connections_total",
+			Help: "Connections handed to the MQTT engine, by listener.",
+		}, []string{"listener"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgemq_listener_rejected_connections_total",
+			Help: "Connections refused before MQTT, by listener and reason (tls_handshake, ws_handshake, ws_subprotocol).",
+		}, []string{"listener", "reason"}),
+		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
+			"edgemq_mqtt_dropped_messages_total",
+			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (the client's outbound queue, limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long.",
+			[]string{"reason"}, nil)},
+	}
+	for q := range 3 {
+		m.received[q] = received.WithLabelValues(strconv.Itoa(q))
+		m.sent[q] = sent.WithLabelValues(strconv.Itoa(q))
+	}
+	info := srv.Info
+	collectors := []prometheus.Collector{
+		received, sent, m.authFailures, m.aclDenials, m.slowConsumers, m.accepted, m.rejected, m.dropped,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_connections",
+			Help: "Connected MQTT clients.",
+		}, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_sessions",
+			Help: "Client sessions known to the broker, connected or not.",
+		}, func() float64 { return float64(srv.Clients.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_subscriptions",
+			Help: "Subscriptions.",
+		}, func() float64 { return float64(atomic.LoadInt64(&info.Subscriptions)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_retained_messages",
+			Help: "Retained messages.",
+		}, func() float64 { return float64(atomic.LoadInt64(&info.Retained)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_inflight_messages",
+			Help: "Outbound QoS 1/2 messages not yet acknowledged, including those queued for offline sessions.",
+		}, func() float64 {
+			// Summed on scrape: mochi's own counter drifts (its rollbacks do
+			// not decrement it).
+			n := 0
+			for _, cl := range srv.Clients.GetAll() {
+				n += cl.State.Inflight.Len()
+			}
+			return float64(n)
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgemq_mqtt_received_bytes_total",
+			Help: "Bytes of MQTT packets received.",
+		}, func() float64 { return float64(atomic.LoadInt64(&info.BytesReceived)) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgemq_mqtt_sent_bytes_total",
+			Help: "Bytes of MQTT packets sent.",
+		}, func() float64 { return float64(atomic.LoadInt64(&info.BytesSent)) }),
+	}
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// droppedCollector serves edgemq_mqtt_dropped_messages_total from our own
+// counters and mochi's InflightDropped.
+type droppedCollector struct {
+	info         *system.Info
+	desc         *prometheus.Desc
+	queueFull    atomic.Int64
+	topicTooLong atomic.Int64
+}
+
+// Describe implements prometheus.Collector.
+func (d *droppedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc }
+
+// Collect implements prometheus.Collector.
+func (d *droppedCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.queueFull.Load()), "queue_full")
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(atomic.LoadInt64(&d.info.InflightDropped)), "inflight_full")
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.topicTooLong.Load()), "topic_too_long")
+}
+
+// metricsHook counts messages in and out.
+type metricsHook struct {
+	mqtt.HookBase
+	m *metrics
+}
+
+// ID names the hook.
+func (h *metricsHook) ID() string { return "edge-metrics" }
+
+// Provides lists the events handled.
+func (h *metricsHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublish, mqtt.OnPacketSent, mqtt.OnPublishDropped:
+		return true
+	}
+	return false
+}
+
+// OnPublish counts an inbound message (first in the chain, so refused ones
+// count too).
+func (h *metricsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if q := pk.FixedHeader.Qos; q < 3 {
+		h.m.received[q].Inc()
+	}
+	return pk, nil
+}
+
+// OnPacketSent counts an outbound message.
+func (h *metricsHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos < 3 {
+		h.m.sent[pk.FixedHeader.Qos].Inc()
+	}
+}
+
+// OnPublishDropped counts a message dropped because the subscriber's
+// outbound queue was full.
+func (h *metricsHook) OnPublishDropped(*mqtt.Client, packets.Packet) {
+	h.m.dropped.queueFull.Add(1)
+}
