@@ -1,0 +1,271 @@
+package wal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// Report is what Check found, and what Repair did.
+type Report struct {
+	// Segments, Records (holes included), Holes and Bytes of the log.
+	Segments int
+	Records  uint64
+	Holes    uint64
+	Bytes    int64
+	// FirstOffset and LastOffset as Open would see them.
+	FirstOffset uint64
+	LastOffset  uint64
+	// TornTail is invalid data at the end of the last segment: a write cut
+	// short by a crash. Open cuts it by itself; it is not an error.
+	TornTail *Damage
+	// Damage is everything else that is wrong. Non-empty means Check returned
+	// an error matching ErrCorrupt.
+	Damage []Damage
+	// Repaired lists what Repair changed (empty for Check).
+	Repaired []string
+	// LostRecords is the number of records Repair turned into holes or cut.
+	LostRecords uint64
+}
+
+// Damage is one damaged place in a segment file.
+type Damage struct {
+	Segment string
+	Pos     int64  // byte position of the damage
+	Offset  uint64 // offset of the first damaged record
+	Bytes   int64  // bytes from Pos to the end of the file
+	Reason  string
+}
+
+// segmentScan is the result of walking one segment file.
+type segmentScan struct {
+	name    string
+	base    uint64
+	want    int64 // expected records, -1 for the last segment
+	size    int64
+	records uint64
+	holes   uint64
+	damage  *Damage
+	torn    bool
+}
+
+// Check reads every record of the log in dir and reports damage without
+// changing anything. It returns a *CorruptError (ErrCorrupt) for the first
+// damage found, other than a torn tail, and I/O errors as they come. It may
+// run while the log is open; records being appended may then show as a torn
+// tail.
+func Check(dir string) (Report, error) {
+	return check(dir, FS{}.withDefaults(), nil)
+}
+
+// Repair is Check followed by the fixes: it cuts a torn tail (as Open does);
+// it turns damaged records of older segments into holes, keeping every
+// offset in place (the rest of a segment whose framing is lost becomes
+// holes); and in the last segment it keeps the good records before and after
+// a damaged one when the framing allows, and cuts the rest. Each repaired
+// segment is rewritten to a temporary file, fsynced and renamed over the
+// original. The log must not be open. What was lost is logged at Warn and
+// counted in the report. logger nil means slog.Default().
+func Repair(dir string, logger *slog.Logger) (Report, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	fs := FS{}.withDefaults()
+	rep, err := check(dir, fs, logger.With("component", "wal"))
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return rep, err
+	}
+	after, err := check(dir, fs, nil) // the state of the repaired log
+	after.Repaired, after.LostRecords = rep.Repaired, rep.LostRecords
+	return after, err
+}
+
+// check scans the log; with repair non-nil it also fixes what it finds.
+func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
+	var rep Report
+	ents, err := fs.ReadDir(dir)
+	if err != nil {
+		return rep, fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	var bases []uint64
+	for _, e := range ents {
+		if b, ok := parseSegmentName(e.Name()); ok && !e.IsDir() {
+			bases = append(bases, b)
+		}
+	}
+	sort.Slice(bases, func(i, j int) bool { return bases[i] < bases[j] })
+	rep.Segments = len(bases)
+	if len(bases) == 0 {
+		rep.FirstOffset = 1
+		return rep, nil
+	}
+	rep.FirstOffset = bases[0]
+	var firstErr error
+	for i, base := range bases {
+		want := int64(-1)
+		if i+1 < len(bases) {
+			want = int64(bases[i+1] - base)
+		}
+		path := filepath.Join(dir, segmentName(base))
+		data, err := readAll(fs, path)
+		if err != nil {
+			return rep, fmt.Errorf("wal: read segment %s: %w", segmentName(base), err)
+		}
+		sc := scanSegment(data, base, want)
+		if repair != nil && (sc.damage != nil) {
+			out, lost := repairSegment(data, base, want)
+			if err := rewrite(fs, dir, path, out); err != nil {
+				return rep, fmt.Errorf("wal: repair segment %s: %w", sc.name, err)
+			}
+			msg := fmt.Sprintf("segment %s: %s at byte %d (offset %d): %d bytes rewritten, %d records lost",
+				sc.name, sc.damage.Reason, sc.damage.Pos, sc.damage.Offset, len(data)-len(out), lost)
+			repair.Warn("wal: repaired segment", "segment", sc.name, "reason", sc.damage.Reason,
+				"pos", sc.damage.Pos, "offset", sc.damage.Offset, "lost_records", lost)
+			rep.Repaired = append(rep.Repaired, msg)
+			rep.LostRecords += lost
+			data = out
+			sc = scanSegment(data, base, want)
+		}
+		rep.Records += sc.records
+		rep.Holes += sc.holes
+		rep.Bytes += int64(len(data))
+		if sc.damage != nil {
+			if sc.torn {
+				rep.TornTail = sc.damage
+			} else {
+				rep.Damage = append(rep.Damage, *sc.damage)
+				if firstErr == nil {
+					firstErr = &CorruptError{Segment: sc.name, Pos: sc.damage.Pos, Offset: sc.damage.Offset, Reason: sc.damage.Reason}
+				}
+			}
+		}
+		if want < 0 {
+			rep.LastOffset = base + sc.records - 1
+		}
+	}
+	return rep, firstErr
+}
+
+func readAll(fs FS, path string) ([]byte, error) {
+	f, err := fs.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	data := make([]byte, info.Size())
+	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return data, nil
+}
+
+// scanSegment checks every record of one segment file. want is the number
+// of records it must hold (-1: the last segment, any number).
+func scanSegment(data []byte, base uint64, want int64) segmentScan {
+	sc := segmentScan{name: segmentName(base), base: base, want: want, size: int64(len(data))}
+	off, pos := base, 0
+	for pos < len(data) && (want < 0 || int64(off-base) < want) {
+		kind, _, n, err := decodeEntry(off, data[pos:])
+		if err != nil {
+			sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Bytes: int64(len(data) - pos), Reason: err.Error()}
+			sc.torn = want < 0 && !validAfter(data, pos, off)
+			return sc
+		}
+		if kind == kindHole {
+			sc.holes++
+		}
+		sc.records++
+		pos += n
+		off++
+	}
+	if want >= 0 && int64(sc.records) < want {
+		sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Reason: fmt.Sprintf("segment ends %d records early", want-int64(sc.records))}
+	} else if pos < len(data) {
+		sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Bytes: int64(len(data) - pos), Reason: "data after the segment's last record"}
+	}
+	return sc
+}
+
+// repairSegment rebuilds a segment: good records are kept, bad ones whose
+// length is readable become holes, and when the framing is lost the rest
+// becomes holes up to want (an older segment) or is cut (the last one).
+func repairSegment(data []byte, base uint64, want int64) (out []byte, lost uint64) {
+	off, pos := base, 0
+	keep := 0 // len(out) after the last good record (for the last segment)
+	keepOff := off
+	for pos < len(data) && (want < 0 || int64(off-base) < want) {
+		size, n := binary.Uvarint(data[pos:])
+		if n <= 0 || uint64(len(data)-pos-n) < size {
+			break
+		}
+		entry := data[pos : pos+n+int(size)]
+		if _, _, _, err := decodeEntry(off, entry); err == nil {
+			out = append(out, entry...)
+			keep, keepOff = len(out), off+1
+		} else {
+			out = appendEntry(out, off, kindHole, nil)
+			lost++
+		}
+		pos += len(entry)
+		off++
+	}
+	if want < 0 {
+		// Nothing valid after keep: it was a torn tail, not lost records.
+		lost -= countHoles(out[keep:], keepOff)
+		return out[:keep], lost
+	}
+	for int64(off-base) < want {
+		out = appendEntry(out, off, kindHole, nil)
+		lost++
+		off++
+	}
+	return out, lost
+}
+
+func countHoles(b []byte, off uint64) uint64 {
+	var n uint64
+	for len(b) > 0 {
+		_, _, k, err := decodeEntry(off, b)
+		if err != nil {
+			break
+		}
+		b = b[k:]
+		n++
+		off++
+	}
+	return n
+}
+
+// rewrite replaces path with data: temporary file, fsync, rename, directory
+// fsync.
+func rewrite(fs FS, dir, path string, data []byte) error {
+	tmp := path + ".repair"
+	f, err := fs.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fs.syncDir(dir)
+}

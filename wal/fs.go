@@ -1,0 +1,73 @@
+package wal
+
+import (
+	"io"
+	"os"
+)
+
+// File is what the log needs from an open file. *os.File implements it.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Closer
+	Sync() error
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+}
+
+// FS is the file-system seam: every file operation of the log goes through
+// it, so tests can inject ENOSPC or EIO at any write, fsync, truncate, rename
+// or remove (litestream-style function fields). A nil field means the os
+// package's function; the zero FS is the operating system.
+type FS struct {
+	// OpenFile opens a file (segments, the cursor table, and directories for
+	// their fsync). Default: os.OpenFile.
+	OpenFile func(name string, flag int, perm os.FileMode) (File, error)
+	// Remove removes a file. Default: os.Remove.
+	Remove func(name string) error
+	// Rename renames a file. Default: os.Rename.
+	Rename func(oldpath, newpath string) error
+	// MkdirAll creates a directory. Default: os.MkdirAll.
+	MkdirAll func(path string, perm os.FileMode) error
+	// ReadDir lists a directory. Default: os.ReadDir.
+	ReadDir func(name string) ([]os.DirEntry, error)
+}
+
+func (fs FS) withDefaults() FS {
+	if fs.OpenFile == nil {
+		fs.OpenFile = func(name string, flag int, perm os.FileMode) (File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			if err != nil {
+				return nil, err // never a typed nil in the interface
+			}
+			return f, nil
+		}
+	}
+	if fs.Remove == nil {
+		fs.Remove = os.Remove
+	}
+	if fs.Rename == nil {
+		fs.Rename = os.Rename
+	}
+	if fs.MkdirAll == nil {
+		fs.MkdirAll = os.MkdirAll
+	}
+	if fs.ReadDir == nil {
+		fs.ReadDir = os.ReadDir
+	}
+	return fs
+}
+
+// syncDir fsyncs a directory, so that a file created or removed in it
+// survives a power cut.
+func (fs FS) syncDir(dir string) error {
+	d, err := fs.OpenFile(dir, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

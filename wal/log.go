@@ -1,0 +1,540 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Log is an open append log. All methods are safe for concurrent use.
+//
+// Lock order: qmu, then smu, then lruMu, then segment.mu; cmu and cflushMu
+// are never held with the others.
+type Log struct {
+	dir string
+	cfg Config
+	fs  FS
+	log *slog.Logger
+
+	// smu guards the segment list and the durable state.
+	smu       sync.RWMutex
+	segs      []*segment // by base; the last one is the tail
+	durable   uint64     // last durable offset: readers see up to it
+	durableCh chan struct{}
+	holes     []span // offsets whose append failed, since Open
+	failed    error  // sticky: see ErrFailed
+	closed    bool
+
+	// qmu guards the queue of appends waiting for the writer.
+	qmu     sync.Mutex
+	next    uint64 // next offset to hand out
+	q       batch
+	spare   batch
+	qclosed bool
+	spaceCh chan struct{} // closed when the writer takes the queue
+
+	kick chan struct{} // capacity 1: "the queue is not empty"
+	stop chan struct{}
+	done chan struct{}
+
+	// Writer goroutine state (no lock: only the writer touches it).
+	tail     *segment
+	synced   []*segment // segments with unsynced data (the tail included)
+	dirDirty bool       // a segment file was created since the last dir fsync
+	holeFrom uint64     // offsets [holeFrom, holeTo] failed and still need
+	holeTo   uint64     // hole entries on disk (holeFrom == 0: none)
+	hbuf     []byte
+
+	retMu sync.Mutex // serialises retention passes
+
+	lruMu sync.Mutex
+	lru   []*segment // older segments whose index is loaded, oldest first
+
+	cursors cursorTable
+
+	stats counters
+}
+
+// batch is a run of encoded entries with consecutive offsets.
+type batch struct {
+	buf   []byte
+	sizes []uint32 // size of each entry in buf
+	first uint64   // offset of the first entry
+}
+
+func (b *batch) reset() { b.buf, b.sizes, b.first = b.buf[:0], b.sizes[:0], 0 }
+
+// span is a range of failed offsets and why they failed.
+type span struct {
+	from, to uint64
+	err      error
+}
+
+// Open opens (or creates) the log in dir. It cuts a torn or zero-filled tail
+// off the last segment, with a Warn log naming what was cut; damage anywhere
+// else is left alone and reported when read (see Check and Repair). Open
+// reads only the last segment, so its time does not grow with the log.
+func Open(dir string, cfg Config) (*Log, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("wal: config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	l := &Log{
+		dir:       dir,
+		cfg:       cfg,
+		fs:        cfg.FS,
+		log:       cfg.Logger.With("component", "wal"),
+		durableCh: make(chan struct{}),
+		spaceCh:   make(chan struct{}),
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	l.stats.init()
+	if err := l.fs.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	if err := l.load(); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	if err := l.cursors.load(l); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+// load reads the directory, repairs the tail and sets the offsets.
+func (l *Log) load() error {
+	ents, err := l.fs.ReadDir(l.dir)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", l.dir, err)
+	}
+	for _, e := range ents {
+		base, ok := parseSegmentName(e.Name())
+		if !ok || e.IsDir() {
+			continue
+		}
+		s := newSegment(l.dir, base)
+		if info, err := e.Info(); err == nil {
+			s.size.Store(info.Size())
+			s.mtime.Store(info.ModTime().UnixNano())
+		}
+		l.segs = append(l.segs, s)
+	}
+	sort.Slice(l.segs, func(i, j int) bool { return l.segs[i].base < l.segs[j].base })
+	if len(l.segs) == 0 {
+		s := newSegment(l.dir, 1)
+		f, err := l.fs.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
+		if err != nil {
+			return fmt.Errorf("wal: create segment: %w", err)
+		}
+		s.f = f
+		s.idx = []uint32{0}
+		s.mtime.Store(time.Now().UnixNano())
+		l.segs = []*segment{s}
+		if err := l.fs.syncDir(l.dir); err != nil {
+			return fmt.Errorf("wal: sync %s: %w", l.dir, err)
+		}
+	} else {
+		for i := 0; i < len(l.segs)-1; i++ {
+			l.segs[i].count.Store(l.segs[i+1].base - l.segs[i].base)
+		}
+		if err := l.loadTail(l.segs[len(l.segs)-1]); err != nil {
+			return err
+		}
+	}
+	l.tail = l.segs[len(l.segs)-1]
+	l.durable = l.tail.base + l.tail.count.Load() - 1
+	l.next = l.durable + 1
+	l.stats.segments.Store(int64(len(l.segs)))
+	var total int64
+	for _, s := range l.segs {
+		total += s.size.Load()
+	}
+	l.stats.diskBytes.Store(total)
+	return nil
+}
+
+// loadTail reads the last segment whole, checks every record and cuts a torn
+// tail.
+func (l *Log) loadTail(s *segment) error {
+	f, err := l.fs.OpenFile(s.path, os.O_RDWR, 0o640)
+	if err != nil {
+		return fmt.Errorf("wal: open segment %s: %w", s.name, err)
+	}
+	s.f = f
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("wal: stat segment %s: %w", s.name, err)
+	}
+	data := make([]byte, info.Size())
+	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("wal: read segment %s: %w", s.name, err)
+	}
+	idx, end, corrupt := scanTail(data, s)
+	if corrupt != nil {
+		return corrupt
+	}
+	if end < len(data) {
+		l.log.Warn("wal: cut a torn tail", "segment", s.name, "pos", end,
+			"bytes", len(data)-end, "last_offset", s.base+uint64(len(idx)-1)-1)
+		if err := f.Truncate(int64(end)); err != nil {
+			return fmt.Errorf("wal: cut torn tail of %s: %w", s.name, err)
+		}
+		l.stats.tornBytes.Add(int64(len(data) - end))
+	}
+	// What the previous process wrote may still be only in the page cache;
+	// from now on it is visible to readers, so make it durable first.
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("wal: sync segment %s: %w", s.name, err)
+	}
+	s.idx = idx
+	s.count.Store(uint64(len(idx) - 1))
+	s.size.Store(int64(end))
+	return nil
+}
+
+// Close writes and syncs everything queued, stops the writer and closes the
+// files. Appends still waiting when Close returns got their final answer.
+func (l *Log) Close() error {
+	l.qmu.Lock()
+	if l.qclosed {
+		l.qmu.Unlock()
+		return ErrClosed
+	}
+	l.qclosed = true
+	close(l.spaceCh)
+	l.spaceCh = make(chan struct{})
+	l.qmu.Unlock()
+	close(l.stop)
+	<-l.done
+
+	l.smu.Lock()
+	l.closed = true
+	close(l.durableCh)
+	l.durableCh = make(chan struct{})
+	l.smu.Unlock()
+	err := l.cursors.close(l)
+	if cerr := l.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (l *Log) closeFiles() error {
+	var first error
+	for _, s := range l.segs {
+		s.mu.Lock()
+		if s.f != nil {
+			if err := s.f.Close(); err != nil && first == nil {
+				first = fmt.Errorf("wal: close segment %s: %w", s.name, err)
+			}
+			s.f = nil
+		}
+		s.mu.Unlock()
+	}
+	return first
+}
+
+// Append queues the records, waits until they are durable under the sync
+// policy, and returns the offset of the first one; the others follow it
+// consecutively. Offsets grow monotonically and are never reused, not even
+// after a failed append. On error nothing was acknowledged: with ErrFull,
+// ErrTooLarge or ErrClosed the records got no offset; with an I/O error the
+// offsets are holes (Read returns ErrNotFound). If ctx ends first, Append
+// returns ctx.Err() and the records may still become durable.
+func (l *Log) Append(ctx context.Context, recs ...[]byte) (first uint64, err error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	start := time.Now()
+	first, err = l.enqueue(ctx, recs)
+	if err != nil {
+		return 0, err
+	}
+	if err := l.wait(ctx, first, first+uint64(len(recs))-1); err != nil {
+		return 0, err
+	}
+	l.stats.appendWait.observe(time.Since(start))
+	return first, nil
+}
+
+// AppendAsync queues the records and returns the offset of the first one
+// without waiting for them to be durable; WaitDurable waits. It blocks only
+// while the queue is over Config.QueueBytes. The records are copied.
+func (l *Log) AppendAsync(recs ...[]byte) (first uint64, err error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	return l.enqueue(nil, recs)
+}
+
+// WaitDurable waits until offset is durable under the sync policy. It
+// returns the append's error if offset failed, ErrNotFound for an offset
+// never handed out, and ctx.Err() if ctx ends first.
+func (l *Log) WaitDurable(ctx context.Context, offset uint64) error {
+	l.qmu.Lock()
+	next := l.next
+	l.qmu.Unlock()
+	if offset == 0 || offset >= next {
+		return fmt.Errorf("offset %d: %w", offset, ErrNotFound)
+	}
+	return l.wait(ctx, offset, offset)
+}
+
+func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
+	total := 0
+	for _, r := range recs {
+		if len(r) > l.cfg.MaxRecordSize {
+			return 0, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLarge, len(r), l.cfg.MaxRecordSize)
+		}
+		total += entrySize(len(r))
+	}
+	if err := l.admit(int64(total)); err != nil {
+		return 0, err
+	}
+	l.qmu.Lock()
+	for {
+		if l.qclosed {
+			l.qmu.Unlock()
+			return 0, ErrClosed
+		}
+		if len(l.q.buf) == 0 || len(l.q.buf)+total <= l.cfg.QueueBytes {
+			break
+		}
+		ch := l.spaceCh
+		l.qmu.Unlock()
+		if ctx == nil {
+			<-ch
+		} else {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		l.qmu.Lock()
+	}
+	if err := l.failure(); err != nil {
+		l.qmu.Unlock()
+		return 0, err
+	}
+	first := l.next
+	if len(l.q.sizes) == 0 {
+		l.q.first = first
+	}
+	for i, r := range recs {
+		l.q.buf = appendEntry(l.q.buf, first+uint64(i), kindRecord, r)
+		l.q.sizes = append(l.q.sizes, uint32(entrySize(len(r))))
+	}
+	l.next += uint64(len(recs))
+	l.stats.queued.Add(int64(total))
+	l.qmu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	return first, nil
+}
+
+func (l *Log) failure() error {
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	return l.failed
+}
+
+// wait blocks until [first, last] is durable or failed.
+func (l *Log) wait(ctx context.Context, first, last uint64) error {
+	for {
+		l.smu.RLock()
+		d, ch, closed, failed := l.durable, l.durableCh, l.closed, l.failed
+		herr := l.holeErr(first, last)
+		l.smu.RUnlock()
+		switch {
+		case herr != nil:
+			return herr
+		case d >= last:
+			return nil
+		case failed != nil:
+			return failed
+		case closed:
+			return ErrClosed
+		}
+		if ctx == nil {
+			<-ch
+			continue
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// holeErr returns the error of a failed append overlapping [first, last].
+// Called with smu held.
+func (l *Log) holeErr(first, last uint64) error {
+	for i := len(l.holes) - 1; i >= 0; i-- {
+		h := l.holes[i]
+		if h.from <= last && first <= h.to {
+			return h.err
+		}
+	}
+	return nil
+}
+
+// FirstOffset returns the offset of the oldest record still in the log. The
+// log is empty when FirstOffset() == LastOffset()+1; a new log has
+// FirstOffset 1 and LastOffset 0. Offset 0 is never a record.
+func (l *Log) FirstOffset() uint64 {
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	return l.segs[0].base
+}
+
+// LastOffset returns the offset of the newest durable record (0 if none was
+// ever written). Readers see exactly the records up to it.
+func (l *Log) LastOffset() uint64 {
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	return l.durable
+}
+
+// Read returns a copy of the record at offset. Errors: ErrTruncated below
+// FirstOffset, ErrNotFound above LastOffset or at a hole, a *CorruptError
+// (ErrCorrupt) if the record fails its checksum, ErrClosed.
+func (l *Log) Read(offset uint64) ([]byte, error) {
+	rec, _, err := l.read(offset)
+	return rec, err
+}
+
+// read returns the record at offset, or hole=true for a failed offset.
+func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
+	l.smu.RLock()
+	if l.closed {
+		l.smu.RUnlock()
+		return nil, false, ErrClosed
+	}
+	if offset > l.durable || offset == 0 {
+		l.smu.RUnlock()
+		return nil, false, fmt.Errorf("offset %d: %w", offset, ErrNotFound)
+	}
+	if offset < l.segs[0].base {
+		l.smu.RUnlock()
+		return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
+	}
+	i, _ := slices.BinarySearchFunc(l.segs, offset, func(s *segment, off uint64) int {
+		if s.base > off {
+			return 1
+		}
+		if s.base < off {
+			return -1
+		}
+		return 0
+	})
+	if i == len(l.segs) || l.segs[i].base != offset {
+		i--
+	}
+	s := l.segs[i]
+	isTail := i == len(l.segs)-1
+	l.smu.RUnlock()
+
+	idx, f, err := l.segmentIndex(s, isTail)
+	if err != nil && uint64(len(idx)) <= offset-s.base+1 {
+		return nil, false, err
+	}
+	k := offset - s.base
+	if k+1 >= uint64(len(idx)) {
+		return nil, false, &CorruptError{Segment: s.name, Offset: offset, Reason: "segment ends before the record"}
+	}
+	pos, end := int64(idx[k]), int64(idx[k+1])
+	buf := make([]byte, end-pos)
+	if _, err := f.ReadAt(buf, pos); err != nil {
+		if l.FirstOffset() > offset {
+			return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, false, &CorruptError{Segment: s.name, Pos: pos, Offset: offset, Reason: "segment file shorter than its index"}
+		}
+		return nil, false, fmt.Errorf("read segment %s: %w", s.name, err)
+	}
+	kind, payload, _, err := decodeEntry(offset, buf)
+	if err != nil {
+		l.stats.corrupt.Add(1)
+		return nil, false, &CorruptError{Segment: s.name, Pos: pos, Offset: offset, Reason: err.Error()}
+	}
+	if kind == kindHole {
+		return nil, true, fmt.Errorf("offset %d: failed append: %w", offset, ErrNotFound)
+	}
+	return payload, false, nil
+}
+
+// segmentIndex returns the record index and the file of s, loading them for
+// an older segment.
+func (l *Log) segmentIndex(s *segment, isTail bool) ([]uint32, File, error) {
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return nil, nil, ErrTruncated
+	}
+	if s.idx != nil || s.idxErr != nil {
+		idx, f, err := s.idx, s.f, s.idxErr
+		s.mu.Unlock()
+		return idx, f, err
+	}
+	if s.f == nil {
+		f, err := l.fs.OpenFile(s.path, os.O_RDONLY, 0)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, nil, fmt.Errorf("open segment %s: %w", s.name, err)
+		}
+		s.f = f
+	}
+	var size int64
+	if info, err := s.f.Stat(); err == nil {
+		size = info.Size()
+	}
+	idx, err := buildIndex(s.f, s, size)
+	var ce *CorruptError
+	if err != nil && !errors.As(err, &ce) {
+		s.mu.Unlock()
+		return nil, nil, err
+	}
+	s.idx, s.idxErr = idx, err
+	f := s.f
+	s.mu.Unlock()
+	if !isTail {
+		l.touchIndex(s)
+	}
+	return idx, f, err
+}
+
+// touchIndex records that s's index is loaded and evicts the oldest loaded
+// indexes beyond Config.IndexCacheSegments.
+func (l *Log) touchIndex(s *segment) {
+	l.lruMu.Lock()
+	defer l.lruMu.Unlock()
+	l.lru = slices.DeleteFunc(l.lru, func(x *segment) bool { return x == s })
+	l.lru = append(l.lru, s)
+	for len(l.lru) > l.cfg.IndexCacheSegments {
+		v := l.lru[0]
+		l.lru = l.lru[1:]
+		v.mu.Lock()
+		v.idx, v.idxErr = nil, nil
+		v.mu.Unlock()
+	}
+}
+
+// Dir returns the log's directory.
+func (l *Log) Dir() string { return l.dir }

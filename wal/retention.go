@@ -1,0 +1,140 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+)
+
+// Retention removes whole segment files from the front of the log, never
+// copying data (tidwall/wal's TruncateFront rewrites the surviving part of
+// a segment). A segment goes when:
+//   - cursors exist and every cursor is past its last record;
+//   - its newest record is older than Config.MaxAge (even if a cursor still
+//     needs it: the loss is counted and logged);
+//   - an append needs room under Config.MaxBytes and OnFull is
+//     FullDropOldest (same accounting).
+//
+// The tail and segments with unsynced data are never removed. With no
+// cursors and no limits the log keeps everything.
+
+// retain runs a retention pass; need > 0 asks for that many bytes of room
+// under MaxBytes. It returns whether the room is there.
+func (l *Log) retain(need int64) bool {
+	l.retMu.Lock()
+	defer l.retMu.Unlock()
+	if err := l.cursors.sync(); err != nil {
+		l.log.Error("wal: retention skipped: cursor table not durable", "err", err)
+		return false
+	}
+	fits := func() bool {
+		return l.cfg.MaxBytes == 0 || l.stats.diskBytes.Load()+l.stats.queued.Load()+need <= l.cfg.MaxBytes
+	}
+	now := time.Now()
+	for {
+		s, next, ok := l.oldest()
+		if !ok {
+			break
+		}
+		min, haveCursors := l.cursors.minOffset()
+		consumed := haveCursors && min >= next
+		old := l.cfg.MaxAge > 0 && now.Sub(time.Unix(0, s.mtime.Load())) > l.cfg.MaxAge
+		force := need > 0 && !fits() && l.cfg.OnFull == FullDropOldest
+		if !consumed && !old && !force {
+			break
+		}
+		reason := "consumed"
+		if !consumed {
+			reason = "max_age"
+			if !old {
+				reason = "max_bytes"
+			}
+		}
+		if err := l.removeFront(s, next, reason); err != nil {
+			l.log.Error("wal: retention failed", "segment", s.name, "err", err)
+			break
+		}
+	}
+	return fits()
+}
+
+// oldest returns the first segment if it may be removed (not the tail, no
+// unsynced data) and the offset after its last record.
+func (l *Log) oldest() (*segment, uint64, bool) {
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	if len(l.segs) < 2 {
+		return nil, 0, false
+	}
+	s := l.segs[0]
+	s.mu.Lock()
+	unsynced := s.unsynced
+	s.mu.Unlock()
+	if unsynced || l.segs[1].base > l.durable+1 {
+		return nil, 0, false
+	}
+	return s, l.segs[1].base, true
+}
+
+// removeFront removes segment s, the first one, whose records end before next.
+func (l *Log) removeFront(s *segment, next uint64, reason string) error {
+	l.smu.Lock()
+	if len(l.segs) < 2 || l.segs[0] != s {
+		l.smu.Unlock()
+		return nil
+	}
+	l.segs = l.segs[1:]
+	l.holes = slices.DeleteFunc(l.holes, func(h span) bool { return h.to < next })
+	l.smu.Unlock()
+
+	lost, _ := l.cursors.advance(next)
+	if lost > 0 {
+		l.stats.dropped.Add(lost)
+		l.log.Warn("wal: removed records a cursor still needed", "segment", s.name,
+			"reason", reason, "records", lost, "first_offset", next)
+		if err := l.cursors.flush(l, l.cfg.Sync != SyncNever); err != nil {
+			l.log.Error("wal: cursor table", "err", err)
+		}
+	} else {
+		l.log.Info("wal: removed segment", "segment", s.name, "reason", reason, "first_offset", next)
+	}
+	s.mu.Lock()
+	s.removed = true
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+	s.idx = nil
+	s.mu.Unlock()
+	l.lruMu.Lock()
+	l.lru = slices.DeleteFunc(l.lru, func(x *segment) bool { return x == s })
+	l.lruMu.Unlock()
+	l.stats.segments.Add(-1)
+	l.stats.diskBytes.Add(-s.size.Load())
+	l.stats.removedSegments.Add(1)
+	// The file goes last: if removing it fails, the log no longer uses it
+	// and the next Open sees an older first segment, which is harmless.
+	if err := l.fs.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// admit checks the disk budget for n more bytes, removing segments first if
+// that makes room.
+func (l *Log) admit(n int64) error {
+	if l.cfg.MaxBytes == 0 {
+		return nil
+	}
+	if l.stats.diskBytes.Load()+l.stats.queued.Load()+n <= l.cfg.MaxBytes {
+		return nil
+	}
+	if l.retain(n) {
+		return nil
+	}
+	l.stats.fullRefusals.Add(1)
+	return fmt.Errorf("%w: budget of %d bytes reached (%d on disk, %d queued)",
+		ErrFull, l.cfg.MaxBytes, l.stats.diskBytes.Load(), l.stats.queued.Load())
+}

@@ -1,0 +1,301 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// run is the writer goroutine, the only one that writes segment files. It
+// takes everything queued at once, writes it with one write() per segment it
+// touches, and (under SyncAlways) fsyncs once for the whole batch: while one
+// fsync runs, the next batch queues up, so one fsync covers every appender
+// that arrived meanwhile (group commit). Started by Open, stopped by Close.
+func (l *Log) run() {
+	defer close(l.done)
+	var syncC <-chan time.Time
+	if l.cfg.Sync == SyncInterval {
+		t := time.NewTicker(l.cfg.SyncInterval)
+		defer t.Stop()
+		syncC = t.C
+	}
+	ret := time.NewTicker(l.cfg.RetentionCheck)
+	defer ret.Stop()
+	for {
+		select {
+		case <-l.kick:
+			l.flush()
+		case <-syncC:
+			if err := l.syncFiles(); err != nil {
+				l.stats.syncErrors.Add(1)
+				l.log.Error("wal: periodic fsync failed; will retry", "err", err)
+			}
+		case <-ret.C:
+			l.retain(0)
+		case <-l.stop:
+			for l.flush() {
+			}
+			if err := l.syncFiles(); err != nil {
+				l.stats.syncErrors.Add(1)
+				l.log.Error("wal: fsync at close failed", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// flush writes the queue. It reports whether there was anything to write.
+func (l *Log) flush() bool {
+	l.qmu.Lock()
+	if len(l.q.sizes) == 0 {
+		l.qmu.Unlock()
+		return false
+	}
+	b := l.q
+	l.q = l.spare
+	l.q.reset()
+	l.spare = batch{}
+	close(l.spaceCh)
+	l.spaceCh = make(chan struct{})
+	l.qmu.Unlock()
+
+	l.writeBatch(&b)
+
+	l.stats.queued.Add(-int64(len(b.buf)))
+	b.reset()
+	l.qmu.Lock()
+	l.spare = b
+	l.qmu.Unlock()
+	return true
+}
+
+// chunk is a run of entries written to one segment in one write().
+type chunk struct {
+	s     *segment
+	pos   int64
+	sizes []uint32
+}
+
+// writeBatch writes b (after any holes left by a failed batch), makes it
+// durable under the policy, and publishes it to readers and waiters. On any
+// failure it puts the files back as they were before the batch and turns
+// the batch's offsets into holes.
+func (l *Log) writeBatch(b *batch) {
+	buf, sizes, first := b.buf, b.sizes, b.first
+	if l.holeFrom != 0 {
+		hb := l.hbuf[:0]
+		hs := make([]uint32, 0, int(l.holeTo-l.holeFrom+1)+len(sizes))
+		for off := l.holeFrom; off <= l.holeTo; off++ {
+			hb = appendEntry(hb, off, kindHole, nil)
+			hs = append(hs, uint32(entrySize(0)))
+		}
+		hb = append(hb, buf...)
+		hs = append(hs, sizes...)
+		l.hbuf = hb
+		buf, sizes, first = hb, hs, l.holeFrom
+	}
+	last := first + uint64(len(sizes)) - 1
+	prevTail := l.tail
+	var created []*segment
+	var chunks []chunk
+	pos := 0
+	for i := 0; i < len(sizes); {
+		t := l.tail
+		room := l.cfg.SegmentSize - t.size.Load()
+		n, nb := 0, 0
+		for i+n < len(sizes) && int64(nb+int(sizes[i+n])) <= room {
+			nb += int(sizes[i+n])
+			n++
+		}
+		if n == 0 && t.size.Load() == 0 {
+			n, nb = 1, int(sizes[i]) // cannot happen with MaxRecordSize; never loop
+		}
+		if n == 0 {
+			if err := l.roll(first + uint64(i)); err != nil {
+				l.rollback(prevTail, created, first, last, fmt.Errorf("create segment: %w", err))
+				return
+			}
+			created = append(created, l.tail)
+			continue
+		}
+		at := t.size.Load()
+		if _, err := t.f.WriteAt(buf[pos:pos+nb], at); err != nil {
+			l.stats.writeErrors.Add(1)
+			l.rollback(prevTail, created, first, last, fmt.Errorf("write segment %s: %w", t.name, err))
+			return
+		}
+		t.size.Store(at + int64(nb))
+		l.stats.diskBytes.Add(int64(nb))
+		l.markDirty(t)
+		chunks = append(chunks, chunk{s: t, pos: at, sizes: sizes[i : i+n]})
+		pos += nb
+		i += n
+	}
+	if l.cfg.Sync == SyncAlways {
+		if err := l.syncFiles(); err != nil {
+			l.stats.syncErrors.Add(1)
+			l.rollback(prevTail, created, first, last, err)
+			return
+		}
+	}
+	l.publish(chunks, prevTail, last, len(b.sizes), len(b.buf))
+}
+
+// roll starts a new tail segment whose first offset is base. It does not
+// fsync the old tail: under SyncAlways the batch's fsync covers it, under
+// SyncInterval the next tick does, so a roll never stalls the writer.
+func (l *Log) roll(base uint64) error {
+	s := newSegment(l.dir, base)
+	f, err := l.fs.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	s.f = f
+	s.idx = []uint32{0}
+	s.mtime.Store(time.Now().UnixNano())
+	l.smu.Lock()
+	l.segs = append(l.segs, s)
+	l.smu.Unlock()
+	l.tail = s
+	l.dirDirty = true
+	l.stats.segments.Add(1)
+	return nil
+}
+
+func (l *Log) markDirty(s *segment) {
+	s.mu.Lock()
+	dirty := s.unsynced
+	s.unsynced = true
+	s.mu.Unlock()
+	if !dirty {
+		l.synced = append(l.synced, s)
+	}
+}
+
+// syncFiles fsyncs every segment with unsynced data, then the directory if
+// a segment was created. Writer goroutine only.
+func (l *Log) syncFiles() error {
+	for len(l.synced) > 0 {
+		s := l.synced[0]
+		start := time.Now()
+		if err := s.f.Sync(); err != nil {
+			return fmt.Errorf("fsync segment %s: %w", s.name, err)
+		}
+		l.stats.fsyncs.Add(1)
+		l.stats.fsyncLatency.observe(time.Since(start))
+		s.mu.Lock()
+		s.unsynced = false
+		s.mu.Unlock()
+		l.synced = l.synced[1:]
+	}
+	if l.dirDirty {
+		if err := l.fs.syncDir(l.dir); err != nil {
+			return fmt.Errorf("fsync %s: %w", l.dir, err)
+		}
+		l.dirDirty = false
+	}
+	return nil
+}
+
+// publish makes a written batch visible: it extends the segment indexes and
+// moves the durable offset, which wakes the waiters.
+func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, bytes int) {
+	now := time.Now().UnixNano()
+	for _, c := range chunks {
+		c.s.mu.Lock()
+		p := c.pos
+		for _, sz := range c.sizes {
+			p += int64(sz)
+			c.s.idx = append(c.s.idx, uint32(p))
+		}
+		c.s.count.Store(uint64(len(c.s.idx) - 1))
+		c.s.mu.Unlock()
+		c.s.mtime.Store(now)
+	}
+	l.smu.Lock()
+	l.durable = last
+	close(l.durableCh)
+	l.durableCh = make(chan struct{})
+	l.smu.Unlock()
+	l.holeFrom, l.holeTo = 0, 0
+	l.stats.appends.Add(uint64(records))
+	l.stats.appendBytes.Add(uint64(bytes))
+	l.stats.batches.Add(1)
+	l.stats.groupSize.observeValue(float64(records))
+	// Segments that stopped being the tail join the index cache.
+	if prevTail != l.tail {
+		l.touchIndex(prevTail)
+		for _, c := range chunks {
+			if c.s != l.tail && c.s != prevTail {
+				l.touchIndex(c.s)
+			}
+		}
+		l.retain(0)
+	}
+}
+
+// rollback undoes a failed batch: it removes the segments the batch created,
+// cuts the old tail back to its last durable record, and records the
+// batch's offsets as holes (written as hole entries before the next batch,
+// so offsets stay consecutive in the files and are never reused). If the
+// files cannot be put back, the log fails: see ErrFailed.
+func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64, cause error) {
+	if errors.Is(cause, syscall.ENOSPC) {
+		cause = fmt.Errorf("wal: append: %w: %w", ErrFull, cause)
+	} else {
+		cause = fmt.Errorf("wal: append: %w", cause)
+	}
+	l.log.Error("wal: append failed; offsets left as holes", "first", first, "last", last, "err", cause)
+	var fatal error
+	for i := len(created) - 1; i >= 0; i-- {
+		s := created[i]
+		l.smu.Lock()
+		l.segs = slices.DeleteFunc(l.segs, func(x *segment) bool { return x == s })
+		l.smu.Unlock()
+		l.synced = slices.DeleteFunc(l.synced, func(x *segment) bool { return x == s })
+		l.stats.segments.Add(-1)
+		l.stats.diskBytes.Add(-s.size.Load())
+		s.mu.Lock()
+		s.removed = true
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
+		}
+		s.mu.Unlock()
+		if err := l.fs.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) && fatal == nil {
+			fatal = fmt.Errorf("remove segment %s: %w", s.name, err)
+		}
+	}
+	l.tail = prevTail
+	prevTail.mu.Lock()
+	end := int64(prevTail.idx[len(prevTail.idx)-1])
+	prevTail.mu.Unlock()
+	if size := prevTail.size.Load(); size != end {
+		if err := prevTail.f.Truncate(end); err != nil && fatal == nil {
+			fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
+		}
+		l.stats.diskBytes.Add(end - size)
+		prevTail.size.Store(end)
+	}
+	if l.holeFrom == 0 {
+		l.holeFrom = first
+	}
+	l.holeTo = last
+	l.smu.Lock()
+	if n := len(l.holes); n > 0 && l.holes[n-1].to+1 >= first {
+		l.holes[n-1].to = last
+		l.holes[n-1].err = cause
+	} else {
+		l.holes = append(l.holes, span{from: first, to: last, err: cause})
+	}
+	if fatal != nil && l.failed == nil {
+		l.failed = fmt.Errorf("%w: %w (after %w)", ErrFailed, fatal, cause)
+		l.log.Error("wal: cannot undo a failed write; the log takes no more appends until reopened", "err", fatal)
+	}
+	close(l.durableCh)
+	l.durableCh = make(chan struct{})
+	l.smu.Unlock()
+}
