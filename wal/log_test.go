@@ -29,7 +29,9 @@ func mustOpen(t testing.TB, dir string, cfg wal.Config) *wal.Log {
 	return l
 }
 
-func rec(i uint64) []byte { return []byte(fmt.Sprintf("record-%06d-%s", i, bytes.Repeat([]byte{byte(i)}, int(i%37)))) }
+func rec(i uint64) []byte {
+	return []byte(fmt.Sprintf("record-%06d-%s", i, bytes.Repeat([]byte{byte(i)}, int(i%37))))
+}
 
 func TestAppendReadReopen(t *testing.T) {
 	for _, pol := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncInterval, wal.SyncNever} {

@@ -273,13 +273,13 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 	prevTail.mu.Lock()
 	end := int64(prevTail.idx[len(prevTail.idx)-1])
 	prevTail.mu.Unlock()
-	if size := prevTail.size.Load(); size != end {
-		if err := prevTail.f.Truncate(end); err != nil && fatal == nil {
-			fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
-		}
-		l.stats.diskBytes.Add(end - size)
-		prevTail.size.Store(end)
+	// Always truncate: a failed write may have written part of its data
+	// beyond what size counts.
+	if err := prevTail.f.Truncate(end); err != nil && fatal == nil {
+		fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
 	}
+	l.stats.diskBytes.Add(end - prevTail.size.Load())
+	prevTail.size.Store(end)
 	if l.holeFrom == 0 {
 		l.holeFrom = first
 	}
