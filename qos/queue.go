@@ -99,9 +99,11 @@ func (q *Queue) Scanned(offset uint64) {
 }
 
 // CatchUp switches the queue back to push mode if the scan has reached the
-// end of the log. end must return the offset the log will assign next; it
-// is called under the queue's lock, which is what makes the switch safe
-// against a concurrent Offer.
+// dispatcher. end must return the dispatcher's position: every offset below
+// it has been, or is being, offered, and no offer at or above it has begun
+// (the dispatcher moves its position before it offers). The scan must only
+// read offsets below that position. end is called under the queue's lock,
+// which is what makes the switch safe against a concurrent Offer.
 func (q *Queue) CatchUp(end func() uint64) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -85,7 +85,8 @@ type Unsubscribe struct {
 
 // Deliver assigns the message logged at Offset to Client under PacketID, at
 // QoS (the smaller of the message's and the subscription's). Group names the
-// shared subscription group it came through, if any.
+// shared subscription group it came through, if any. A QoS 0 delivery has no
+// packet id: it only records that the session (or group) got past Offset.
 type Deliver struct {
 	Client   string
 	PacketID uint16

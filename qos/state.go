@@ -142,7 +142,9 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 			st.GroupNext[r.Group] = max(st.GroupNext[r.Group], r.Offset+1)
 		}
 		if s := st.Sessions[r.Client]; s != nil {
-			s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Group: r.Group}
+			if r.QoS > 0 { // a QoS 0 delivery only moves the position
+				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Group: r.Group}
+			}
 			if r.Group == "" {
 				s.Next = max(s.Next, r.Offset+1)
 			}
