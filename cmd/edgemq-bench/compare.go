@@ -1,11 +1,560 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
 )
 
+// compareScenario is one row of the comparison: a scenario with fixed
+// parameters, run the same way against every broker.
+type compareScenario struct {
+	name string
+	p    params
+	// metric picks the headline figure from a result; lowerIsBetter says
+	// how to read it.
+	metric        func(Result) float64
+	unit          string
+	lowerIsBetter bool
+}
+
+func compareScenarios(duration time.Duration, quick bool) []compareScenario {
+	rate := func(r Result) float64 { return r.MsgPerSec }
+	p99 := func(r Result) float64 {
+		if r.Latency == nil {
+			return 0
+		}
+		return r.Latency.P99
+	}
+	conns, backlog := 1000, 10000
+	if quick {
+		conns, backlog = 200, 2000
+	}
+	flow := func(scenario string, qos byte) params {
+		return params{scenario: scenario, qos: qos, duration: duration}
+	}
+	return []compareScenario{
+		{name: "fanin qos0", p: flow("fanin", 0), metric: rate, unit: "msg/s"},
+		{name: "fanin qos1", p: flow("fanin", 1), metric: rate, unit: "msg/s"},
+		{name: "fanin qos2", p: flow("fanin", 2), metric: rate, unit: "msg/s"},
+		{name: "fanout qos0", p: flow("fanout", 0), metric: rate, unit: "deliveries/s"},
+		{name: "latency qos1 5k/s", p: params{scenario: "latency", qos: 1, rate: 5000, duration: duration},
+			metric: p99, unit: "p99 ms", lowerIsBetter: true},
+		{name: "conns idle", p: params{scenario: "conns", conns: conns},
+			metric: func(r Result) float64 { return r.RSSPerConnKB }, unit: "KB RSS/conn", lowerIsBetter: true},
+		{name: "backlog qos1", p: params{scenario: "backlog", qos: 1, backlog: backlog}, metric: rate, unit: "drain msg/s"},
+	}
+}
+
+// brokerSpec knows how to start one broker configuration.
+type brokerSpec struct {
+	name string
+	note string
+	// start launches the broker listening on tcpPort (and wsPort) and
+	// returns the command; dir is a fresh directory for its files.
+	start func(dir string, tcpPort, wsPort int) (*exec.Cmd, error)
+}
+
+// runningBroker is a broker subprocess owned by the compare driver.
+type runningBroker struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string
+}
+
+func launch(spec brokerSpec, dir string) (*runningBroker, int, error) {
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd, err := spec.start(dir, ports[0], ports[1])
+	if err != nil {
+		return nil, 0, err
+	}
+	logPath := filepath.Join(dir, "broker.log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, 0, fmt.Errorf("start %s: %w", spec.name, err)
+	}
+	rb := &runningBroker{cmd: cmd, done: make(chan struct{}), log: logPath}
+	go func() {
+		_ = cmd.Wait()
+		lf.Close()
+		close(rb.done)
+	}()
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return rb, ports[0], nil
+		}
+		select {
+		case <-rb.done:
+			return nil, 0, fmt.Errorf("%s exited at start: %s", spec.name, tail(logPath))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			rb.stop()
+			return nil, 0, fmt.Errorf("%s did not listen on %s within 15 s: %s", spec.name, addr, tail(logPath))
+		}
+	}
+}
+
+// stop sends SIGTERM, then SIGKILL after 5 s, and waits for the exit.
+func (rb *runningBroker) stop() {
+	_ = rb.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-rb.done:
+	case <-time.After(5 * time.Second):
+		_ = rb.cmd.Process.Kill()
+		<-rb.done
+	}
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	b = bytes.TrimSpace(b)
+	if len(b) > 600 {
+		b = b[len(b)-600:]
+	}
+	return string(b)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func mosquittoSpec(bin string) brokerSpec {
+	return brokerSpec{
+		name: "mosquitto",
+		note: "Mosquitto (Debian package), default config: no persistence, max_queued_messages 1000, max_inflight_messages 20",
+		start: func(dir string, tcp, ws int) (*exec.Cmd, error) {
+			conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nlistener %d 127.0.0.1\nprotocol websockets\n", tcp, ws)
+			path := filepath.Join(dir, "mosquitto.conf")
+			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+				return nil, err
+			}
+			return exec.Command(bin, "-c", path), nil
+		},
+	}
+}
+
+func mochiSpec(bin string) brokerSpec {
+	return brokerSpec{
+		name: "mochi",
+		note: "plain mochi-mqtt v2.7.9, default capabilities, allow-all auth, no storage (cmd/edgemq-bench/plainmochi)",
+		start: func(dir string, tcp, ws int) (*exec.Cmd, error) {
+			return exec.Command(bin, "-addr", fmt.Sprintf("127.0.0.1:%d", tcp), "-ws", fmt.Sprintf("127.0.0.1:%d", ws)), nil
+		},
+	}
+}
+
+func edgemqSpec(bin, sync string, durable bool) brokerSpec {
+	name := "edgemq-" + sync
+	note := fmt.Sprintf("edgemq, storage.sync %s", sync)
+	if sync == "always" && !durable {
+		name += "*"
+		note += "; * durability not landed in this build: acks do NOT wait for an fsync yet"
+	}
+	return brokerSpec{
+		name: name,
+		note: note,
+		start: func(dir string, tcp, ws int) (*exec.Cmd, error) {
+			ports, err := freePorts(1)
+			if err != nil {
+				return nil, err
+			}
+			conf := fmt.Sprintf(`listeners:
+  - name: tcp
+    type: tcp
+    address: 127.0.0.1:%d
+  - name: ws
+    type: ws
+    address: 127.0.0.1:%d
+http:
+  address: 127.0.0.1:%d
+storage:
+  dir: %s
+  sync: %s
+auth:
+  allow_anonymous: true
+log:
+  level: warn
+`, tcp, ws, ports[0], filepath.Join(dir, "data"), sync)
+			path := filepath.Join(dir, "edgemq.yaml")
+			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+				return nil, err
+			}
+			return exec.Command(bin, "run", "-c", path), nil
+		},
+	}
+}
+
+// buildInModule runs `go build` of pkg into dir and returns the binary.
+func buildInModule(ctx context.Context, pkg, dir, name string) (string, error) {
+	out := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	if root, err := moduleRoot(ctx); err == nil {
+		cmd.Dir = root
+	}
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build %s: %w: %s", pkg, err, bytes.TrimSpace(b))
+	}
+	return out, nil
+}
+
+func moduleRoot(ctx context.Context) (string, error) {
+	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	mod := strings.TrimSpace(string(b))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside a Go module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// cell is the summary of one scenario on one broker over the rounds.
+type cell struct {
+	Scenario   string    `json:"scenario"`
+	Broker     string    `json:"broker"`
+	Unit       string    `json:"unit"`
+	Median     float64   `json:"median"`
+	Values     []float64 `json:"values"`
+	Lost       uint64    `json:"lost"`
+	Expected   uint64    `json:"expected"`
+	Duplicated uint64    `json:"duplicated"`
+	Lossy      bool      `json:"lossy"`
+	CPUPerM    float64   `json:"broker_cpu_sec_per_million"`
+	PeakRSSMB  float64   `json:"broker_peak_rss_mb"`
+	GenCPU     float64   `json:"generator_cpu_seconds"`
+	BrokerCPU  float64   `json:"broker_cpu_seconds"`
+	Errors     []string  `json:"errors,omitempty"`
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// compareReport is the JSON output of a comparison.
+type compareReport struct {
+	Started time.Time         `json:"started"`
+	Seconds float64           `json:"seconds"`
+	Rounds  int               `json:"rounds"`
+	Brokers map[string]string `json:"brokers"`
+	Cells   []*cell           `json:"cells"`
+	Runs    []Result          `json:"runs"`
+	Skipped []string          `json:"skipped,omitempty"`
+}
+
 func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not yet")
+	fs := flag.NewFlagSet("edgemq-bench compare", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "smoke test: 1 round, 1 s per scenario, fewer connections")
+	rounds := fs.Int("rounds", 3, "rounds; brokers alternate within each round")
+	duration := fs.Duration("duration", 4*time.Second, "publish phase of each flow scenario")
+	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary; empty: skip")
+	mochi := fs.String("mochi", "", "plain mochi binary; empty: go build ./cmd/edgemq-bench/plainmochi")
+	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq (skipped if that fails); \"none\": skip")
+	durable := fs.Bool("durable", false, "the edgemq binary acks after fsync under sync always (set once durability has landed)")
+	only := fs.String("scenarios", "", "comma-separated subset of scenario names (default: all)")
+	jsonOut := fs.String("json", "", "also write the raw runs and the summary as JSON to this file")
+	inflight := fs.Int("inflight", 100, "most unacknowledged QoS 1/2 publishes per connection")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *quick {
+		*rounds, *duration = 1, time.Second
+	}
+	work, err := os.MkdirTemp("", "edgemq-bench-compare-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	rep := compareReport{Started: time.Now().UTC(), Rounds: *rounds, Brokers: map[string]string{}}
+	var specs []brokerSpec
+	if *mosq != "" {
+		if _, err := os.Stat(*mosq); err == nil {
+			specs = append(specs, mosquittoSpec(*mosq))
+		} else {
+			rep.Skipped = append(rep.Skipped, "mosquitto: "+err.Error())
+		}
+	}
+	if *mochi == "" {
+		if *mochi, err = buildInModule(ctx, "./cmd/edgemq-bench/plainmochi", work, "plainmochi"); err != nil {
+			return err
+		}
+	}
+	specs = append(specs, mochiSpec(*mochi))
+	if *edgemq == "" {
+		if *edgemq, err = buildInModule(ctx, "./cmd/edgemq", work, "edgemq"); err != nil {
+			rep.Skipped = append(rep.Skipped, "edgemq: "+firstLine(err.Error()))
+			*edgemq = "none"
+		}
+	}
+	if *edgemq != "none" {
+		specs = append(specs, edgemqSpec(*edgemq, "always", *durable), edgemqSpec(*edgemq, "never", *durable))
+	}
+	for _, s := range specs {
+		rep.Brokers[s.name] = s.note
+	}
+	scens := compareScenarios(*duration, *quick)
+	if *only != "" {
+		want := strings.Split(*only, ",")
+		scens = slices.DeleteFunc(scens, func(s compareScenario) bool {
+			return !slices.ContainsFunc(want, func(w string) bool { return strings.TrimSpace(w) == s.name })
+		})
+		if len(scens) == 0 {
+			return fmt.Errorf("-scenarios: none of %q known", *only)
+		}
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintln(stderr, "skipped:", s)
+	}
+
+	cells := map[[2]string]*cell{}
+	cpuPerM := map[[2]string][]float64{}
+	rss := map[[2]string][]float64{}
+	gen := map[[2]string][]float64{}
+	bcpu := map[[2]string][]float64{}
+	for _, sc := range scens {
+		for _, b := range specs {
+			c := &cell{Scenario: sc.name, Broker: b.name, Unit: sc.unit}
+			cells[[2]string{sc.name, b.name}] = c
+			rep.Cells = append(rep.Cells, c)
+		}
+	}
+	n := 0
+	for round := range *rounds {
+		for si, sc := range scens {
+			// Alternate: rotate the broker order every round and scenario.
+			order := slices.Clone(specs)
+			k := (round + si) % len(order)
+			order = append(order[k:], order[:k]...)
+			for _, b := range order {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				n++
+				dir := filepath.Join(work, fmt.Sprintf("run%03d", n))
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					return err
+				}
+				key := [2]string{sc.name, b.name}
+				c := cells[key]
+				res, err := compareOne(ctx, b, sc, dir, *inflight)
+				if err != nil {
+					c.Errors = append(c.Errors, fmt.Sprintf("round %d: %v", round+1, err))
+					fmt.Fprintf(stderr, "round %d %-18s %-14s ERROR %v\n", round+1, sc.name, b.name, err)
+					continue
+				}
+				rep.Runs = append(rep.Runs, res)
+				v := sc.metric(res)
+				c.Values = append(c.Values, v)
+				c.Lost += res.Lost
+				c.Expected += res.Expected
+				c.Duplicated += res.Duplicated
+				c.Lossy = c.Lossy || res.Lossy
+				if res.CPUSecPerMillion > 0 {
+					cpuPerM[key] = append(cpuPerM[key], res.CPUSecPerMillion)
+				}
+				rss[key] = append(rss[key], res.BrokerPeakRSSMB)
+				gen[key] = append(gen[key], res.GenCPUSeconds)
+				bcpu[key] = append(bcpu[key], res.BrokerCPUSeconds)
+				flag := ""
+				if res.Lossy {
+					flag = fmt.Sprintf("  LOSSY %d/%d", res.Lost, res.Expected)
+				}
+				if res.Duplicated > 0 {
+					flag += fmt.Sprintf("  DUP %d", res.Duplicated)
+				}
+				fmt.Fprintf(stderr, "round %d %-18s %-14s %12.1f %s%s\n", round+1, sc.name, b.name, v, sc.unit, flag)
+			}
+		}
+	}
+	for key, c := range cells {
+		c.Median = median(c.Values)
+		c.CPUPerM = median(cpuPerM[key])
+		c.PeakRSSMB = median(rss[key])
+		c.GenCPU = median(gen[key])
+		c.BrokerCPU = median(bcpu[key])
+	}
+	rep.Seconds = time.Since(rep.Started).Seconds()
+	printCompare(stdout, rep, scens, specs)
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " ..."
+	}
+	return s
+}
+
+// compareOne starts a fresh broker, runs one scenario against it, stops it.
+// A fresh broker per run makes CPU and peak RSS belong to that run alone.
+func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir string, inflight int) (Result, error) {
+	rb, port, err := launch(b, dir)
+	if err != nil {
+		return Result{}, err
+	}
+	defer rb.stop()
+	p := sc.p
+	p.target = target{addr: fmt.Sprintf("127.0.0.1:%d", port), transport: "tcp", version: proto311}
+	p.label = b.name
+	p.pid = rb.cmd.Process.Pid
+	p.inflight = inflight
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	res, err := runScenario(rctx, p)
+	select {
+	case <-rb.done:
+		return res, fmt.Errorf("%s exited during the run: %s", b.name, tail(rb.log))
+	default:
+	}
+	return res, err
+}
+
+// printCompare writes the medians table and the ratios.
+func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs []brokerSpec) {
+	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 over TCP, 256-byte payloads\n\n", rep.Rounds, rep.Seconds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
+	byKey := map[[2]string]*cell{}
+	for _, c := range rep.Cells {
+		byKey[[2]string{c.Scenario, c.Broker}] = c
+	}
+	for _, sc := range scens {
+		for _, b := range specs {
+			c := byKey[[2]string{sc.name, b.name}]
+			if c == nil {
+				continue
+			}
+			lost := "0"
+			if c.Lossy {
+				lost = fmt.Sprintf("%d (%.1f%%) LOSSY", c.Lost, 100*float64(c.Lost)/float64(max(c.Expected, 1)))
+			}
+			if len(c.Values) == 0 {
+				fmt.Fprintf(tw, "%s\t%s\tERROR\t%s\t\t\t\t\t\t\n", sc.name, b.name, sc.unit)
+				continue
+			}
+			cpu := "-"
+			if c.CPUPerM > 0 {
+				cpu = fmt.Sprintf("%.1f", c.CPUPerM)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%.2f\t\n", sc.name, b.name, fmtValue(c.Median), sc.unit, lost, c.Duplicated, cpu, c.PeakRSSMB, c.GenCPU)
+		}
+	}
+	tw.Flush()
+
+	var edges []string
+	for _, b := range specs {
+		if strings.HasPrefix(b.name, "edgemq") {
+			edges = append(edges, b.name)
+		}
+	}
+	if len(edges) > 0 {
+		fmt.Fprintln(w, "\nratios of medians (higher is better for msg/s; for p99 and KB/conn a ratio below 1 is better):")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		head := "scenario\t"
+		for _, e := range edges {
+			head += e + "/mosquitto\t" + e + "/mochi\t"
+		}
+		fmt.Fprintln(tw, head)
+		for _, sc := range scens {
+			line := sc.name + "\t"
+			for _, e := range edges {
+				for _, base := range []string{"mosquitto", "mochi"} {
+					line += ratio(byKey[[2]string{sc.name, e}], byKey[[2]string{sc.name, base}]) + "\t"
+				}
+			}
+			fmt.Fprintln(tw, line)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w, "\nbrokers:")
+	for _, b := range specs {
+		fmt.Fprintf(w, "  %-14s %s\n", b.name, b.note)
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintln(w, "  skipped: "+s)
+	}
+	for _, c := range rep.Cells {
+		for _, e := range c.Errors {
+			fmt.Fprintf(w, "  error: %s on %s: %s\n", c.Scenario, c.Broker, firstLine(e))
+		}
+	}
+}
+
+func fmtValue(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func ratio(a, b *cell) string {
+	if a == nil || b == nil || len(a.Values) == 0 || len(b.Values) == 0 || b.Median == 0 {
+		return "-"
+	}
+	s := fmt.Sprintf("%.2fx", a.Median/b.Median)
+	if a.Lossy {
+		s += " (lossy)"
+	}
+	return s
 }

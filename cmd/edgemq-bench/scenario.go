@@ -300,7 +300,9 @@ func (pb *publisher) publish(ctx context.Context, nonce uint32, size int, win *w
 }
 
 // subscriberLoop reads deliveries into t and acknowledges them at qos.
-func subscriberLoop(c *client, t *tally) error {
+// member is the shared-subscription member's own high-water marks (nil
+// otherwise), see tally.record.
+func subscriberLoop(c *client, t *tally, member []int64) error {
 	var scratch [8]byte
 	for {
 		pk, err := c.pr.read()
@@ -313,7 +315,7 @@ func subscriberLoop(c *client, t *tally) error {
 			if err != nil {
 				return err
 			}
-			t.record(v.payload, time.Now().UnixNano())
+			t.record(v.payload, time.Now().UnixNano(), member)
 			switch v.qos {
 			case 1:
 				err = c.w.write(appendAck(scratch[:0], pktPuback, v.pid))
@@ -447,11 +449,17 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	}
 	for i, c := range subs {
 		t := sharedTally
+		var member []int64
 		if t == nil {
 			t = newTally(nonce, p.pubs, win, false, phaseEnds)
 			tallies = append(tallies, t)
+		} else {
+			member = make([]int64, p.pubs)
+			for j := range member {
+				member[j] = -1
+			}
 		}
-		subLoops.goRun(fmt.Sprintf("subscriber %d", i), func() error { return subscriberLoop(c, t) })
+		subLoops.goRun(fmt.Sprintf("subscriber %d", i), func() error { return subscriberLoop(c, t, member) })
 	}
 	for i, pb := range pubs {
 		pubLoops.goRun(fmt.Sprintf("publisher %d", i), pb.readLoop)
@@ -765,7 +773,7 @@ func runBacklog(ctx context.Context, p params, r *Result) error {
 	}
 	t := newTally(nonce, 1, nil, false, nil)
 	var subLoops loops
-	subLoops.goRun("subscriber", func() error { return subscriberLoop(sc, t) })
+	subLoops.goRun("subscriber", func() error { return subscriberLoop(sc, t, nil) })
 	want := r.Published - r.Rejected
 	last, since = 0, time.Now()
 	for t.uniqueN.Load() < want && ctx.Err() == nil {

@@ -125,8 +125,10 @@ func newTally(nonce uint32, pubs int, win *window, shared bool, phaseEnds []int6
 	return t
 }
 
-// record counts one received payload at time now.
-func (t *tally) record(payload []byte, now int64) {
+// record counts one received payload at time now. member, when not nil, is
+// the receiving group member's own per-publisher high-water marks: in a
+// shared subscription order holds per member, not across the group.
+func (t *tally) record(payload []byte, now int64, member []int64) {
 	nonce, pub, seq, sent, ok := decodeHeader(payload)
 	if t.mu != nil {
 		t.mu.Lock()
@@ -155,8 +157,17 @@ func (t *tally) record(payload []byte, now int64) {
 	p.unique++
 	t.uniqueN.Add(1)
 	t.lastNano = now
+	if member != nil {
+		if int64(seq) < member[pub] {
+			p.reorder++
+		} else {
+			member[pub] = int64(seq)
+		}
+	}
 	if int64(seq) < p.hw {
-		p.reorder++
+		if member == nil {
+			p.reorder++
+		}
 	} else {
 		adv := int64(seq) - p.hw
 		p.hw = int64(seq)

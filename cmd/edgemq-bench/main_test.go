@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startPlainMochi builds and starts the baseline broker as a subprocess on
+// loopback ports and stops it when the test ends.
+func startPlainMochi(t *testing.T) (tcpAddr, wsAddr string, pid int) {
+	t.Helper()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go tool to build plainmochi")
+	}
+	dir := t.TempDir()
+	bin, err := buildInModule(context.Background(), "./cmd/edgemq-bench/plainmochi", dir, "plainmochi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, port, err := launch(mochiSpec(bin), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rb.stop)
+	return addrOf(port), wsAddrOf(rb), rb.cmd.Process.Pid
+}
+
+func addrOf(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// wsAddrOf recovers the WebSocket address from the command line that
+// mochiSpec built.
+func wsAddrOf(rb *runningBroker) string {
+	args := rb.cmd.Args
+	for i, a := range args {
+		if a == "-ws" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// TestExactCounts runs short scenarios against plain mochi and checks that
+// every message is counted once: published == acknowledged == delivered,
+// nothing lost, duplicated or reordered.
+func TestExactCounts(t *testing.T) {
+	tcpAddr, wsAddr, pid := startPlainMochi(t)
+	cases := []struct {
+		name string
+		p    params
+	}{
+		{"fanin qos1 tcp 3.1.1", params{scenario: "fanin", qos: 1, pubs: 4,
+			target: target{addr: tcpAddr, transport: "tcp", version: proto311}}},
+		{"fanin qos2 ws 3.1.1", params{scenario: "fanin", qos: 2, pubs: 4,
+			target: target{addr: wsAddr, transport: "ws", version: proto311}}},
+		{"fanin qos0 tcp 5", params{scenario: "fanin", qos: 0, pubs: 4,
+			target: target{addr: tcpAddr, transport: "tcp", version: proto5}}},
+		{"fanout qos1 tcp 3.1.1", params{scenario: "fanout", qos: 1, subs: 5,
+			target: target{addr: tcpAddr, transport: "tcp", version: proto311}}},
+		{"shared qos1 tcp 3.1.1", params{scenario: "shared", qos: 1, subs: 3,
+			target: target{addr: tcpAddr, transport: "tcp", version: proto311}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.p
+			p.duration = 500 * time.Millisecond
+			p.pid = pid
+			p.drain = 5 * time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			r, err := runScenario(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Published == 0 {
+				t.Fatal("nothing published")
+			}
+			copies := uint64(1)
+			if p.scenario == "fanout" {
+				copies = uint64(p.subs)
+			}
+			if r.Expected != r.Published*copies || r.Delivered != r.Expected {
+				t.Errorf("published %d expected %d delivered %d (copies %d)", r.Published, r.Expected, r.Delivered, copies)
+			}
+			if p.qos > 0 && r.Acknowledged != r.Published {
+				t.Errorf("published %d acknowledged %d", r.Published, r.Acknowledged)
+			}
+			if r.Lost != 0 || r.Duplicated != 0 || r.Reordered != 0 || r.Foreign != 0 || r.Lossy {
+				t.Errorf("lost %d dup %d reordered %d foreign %d lossy %v", r.Lost, r.Duplicated, r.Reordered, r.Foreign, r.Lossy)
+			}
+			if r.Latency == nil || r.Latency.Samples != int(r.Delivered) {
+				t.Errorf("latency samples %+v, delivered %d", r.Latency, r.Delivered)
+			}
+			if r.BrokerPeakRSSMB <= 0 {
+				t.Errorf("broker peak RSS not measured: %+v", r)
+			}
+			for _, n := range r.Notes {
+				t.Log("note:", n)
+			}
+		})
+	}
+}
+
+// TestBacklogAndConns runs the two scenarios that do not stream: an offline
+// persistent session's backlog (within mochi's 8192-message offline bound)
+// and idle connections.
+func TestBacklogAndConns(t *testing.T) {
+	tcpAddr, _, pid := startPlainMochi(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tgt := target{addr: tcpAddr, transport: "tcp", version: proto311}
+	r, err := runScenario(ctx, params{scenario: "backlog", qos: 1, backlog: 1000, target: tgt, pid: pid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Published != 1000 || r.Delivered != 1000 || r.Lost != 0 || r.Duplicated != 0 {
+		t.Errorf("backlog: published %d delivered %d lost %d dup %d", r.Published, r.Delivered, r.Lost, r.Duplicated)
+	}
+	r, err = runScenario(ctx, params{scenario: "conns", conns: 50, target: tgt, pid: pid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Conns != 50 || r.RSSPerConnKB == 0 {
+		t.Errorf("conns: %d connections, %.1f KB each", r.Conns, r.RSSPerConnKB)
+	}
+}
+
+// TestTally checks the counting itself: duplicates, reordering, gaps (loss)
+// and foreign messages, and that the closed-loop window gets its tokens back
+// across a gap.
+func TestTally(t *testing.T) {
+	const nonce = 7
+	win := newWindow(10, 1)
+	for range 10 {
+		<-win.tokens
+	}
+	tl := newTally(nonce, 2, win, false, nil)
+	msg := func(n uint32, pub uint32, seq uint64) []byte {
+		b := make([]byte, 32)
+		encodeHeader(b, n, pub, seq, time.Now().UnixNano())
+		return b
+	}
+	now := time.Now().UnixNano()
+	for _, s := range []uint64{0, 1, 1, 3, 2, 5} { // dup 1, 2 late, 4 missing
+		tl.record(msg(nonce, 0, s), now, nil)
+	}
+	tl.record(msg(nonce+1, 0, 9), now, nil) // another run
+	tl.record(msg(nonce, 5, 0), now, nil)   // unknown publisher
+	tl.record([]byte("short"), now, nil)
+	p := tl.pubs[0]
+	if p.unique != 5 || p.dup != 1 || p.reorder != 1 || p.hw != 5 {
+		t.Errorf("unique %d dup %d reorder %d hw %d, want 5 1 1 5", p.unique, p.dup, p.reorder, p.hw)
+	}
+	if tl.foreign != 2 || tl.short != 1 {
+		t.Errorf("foreign %d short %d, want 2 1", tl.foreign, tl.short)
+	}
+	// seq 0..5 advanced the high-water mark by 6: six tokens back, although
+	// seq 4 never arrived.
+	if got := len(win.tokens); got != 6 {
+		t.Errorf("window tokens back %d, want 6", got)
+	}
+	if l := tl.lat[0]; len(l) != 5 {
+		t.Errorf("latency samples %d, want 5", len(l))
+	}
+}
