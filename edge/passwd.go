@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -54,18 +55,23 @@ func LoadPasswordFile(path string) (Passwords, error) {
 func (p Passwords) Check(user string, password []byte) bool {
 	hash, ok := p[user]
 	if !ok {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, password)
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), password)
 		return false
 	}
 	return bcrypt.CompareHashAndPassword(hash, password) == nil
 }
 
-// dummyHash is compared against for unknown users.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("edgemq-no-such-user"), PasswordCost)
+// dummyHash is compared against for unknown users. It is made on first use,
+// not at start: a bcrypt hash costs tens of milliseconds, which every program
+// and test importing this package would otherwise pay.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("edgemq-no-such-user"), PasswordCost)
+	return h
+})
 
 // SetPassword adds or replaces user's password in the file at path, creating
 // the file (mode 0600) if needed, like mosquitto_passwd. The file is replaced
-// atomically.
+// atomically; comment lines in it are not kept.
 func SetPassword(path, user, password string) error {
 	if user == "" || strings.ContainsAny(user, ":\n\r") {
 		return errors.New("passwd: username must be non-empty and contain no ':' or newline")
@@ -84,6 +90,29 @@ func SetPassword(path, user, password string) error {
 		return fmt.Errorf("passwd: %w", err)
 	}
 	pw[user] = hash
+	return writePasswordFile(path, pw)
+}
+
+// ErrNoSuchUser is returned by DeletePassword for a user not in the file.
+var ErrNoSuchUser = errors.New("passwd: no such user")
+
+// DeletePassword removes user from the file at path, like mosquitto_passwd -D.
+// The file is replaced atomically; comment lines in it are not kept.
+func DeletePassword(path, user string) error {
+	pw, err := LoadPasswordFile(path)
+	if err != nil {
+		return err
+	}
+	if _, ok := pw[user]; !ok {
+		return fmt.Errorf("%w: %q", ErrNoSuchUser, user)
+	}
+	delete(pw, user)
+	return writePasswordFile(path, pw)
+}
+
+// writePasswordFile writes pw to path, sorted by user, through a temporary
+// file in the same directory that is synced and renamed over path.
+func writePasswordFile(path string, pw Passwords) error {
 	users := make([]string, 0, len(pw))
 	for u := range pw {
 		users = append(users, u)
@@ -93,7 +122,8 @@ func SetPassword(path, user, password string) error {
 	for _, u := range users {
 		fmt.Fprintf(&buf, "%s:%s\n", u, pw[u])
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".passwd-*")
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".passwd-*")
 	if err != nil {
 		return fmt.Errorf("passwd: %w", err)
 	}
@@ -115,6 +145,11 @@ func SetPassword(path, user, password string) error {
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("passwd: %w", err)
+	}
+	// Make the rename itself durable.
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
 	}
 	return nil
 }
