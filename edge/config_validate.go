@@ -193,6 +193,9 @@ func (v *validator) limits(l LimitsConfig) {
 	if l.WriteTimeout <= 0 {
 		v.add("limits.write_timeout", "must be positive (got %s)", l.WriteTimeout)
 	}
+	if l.ConnectTimeout <= 0 {
+		v.add("limits.connect_timeout", "must be positive (got %s)", l.ConnectTimeout)
+	}
 	if l.MaxWritesPending < 1 || l.MaxWritesPending > math.MaxInt32 {
 		v.add("limits.max_writes_pending", "must be between 1 and %d (got %d)", math.MaxInt32, l.MaxWritesPending)
 	}
