@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader in two goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// result is what one run of the command line gave.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCmd runs a command line as main would and returns its exit code and output.
+func runCmd(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), args, strings.NewReader(stdin), &stdout, &stderr)
+	code := exitCode(err, &stderr)
+	return result{code, stdout.String(), stderr.String()}
+}
+
+func (r result) want(t *testing.T, code int, stdout, stderr []string) {
+	t.Helper()
+	if r.code != code {
+		t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, s := range stdout {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("stdout %q does not contain %q", r.stdout, s)
+		}
+	}
+	for _, s := range stderr {
+		if !strings.Contains(r.stderr, s) {
+			t.Errorf("stderr %q does not contain %q", r.stderr, s)
+		}
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestVersion(t *testing.T) {
+	runCmd(t, "", "version").want(t, 0, []string{"edgemq dev\n", "go     go1.", "mochi  v2."}, nil)
+	runCmd(t, "", "version", "x").want(t, 2, nil, []string{"version takes no arguments"})
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}} {
+		runCmd(t, "", args...).want(t, 0, []string{"edgemq check", "edgemq passwd"}, nil)
+	}
+	runCmd(t, "", "serve").want(t, 2, nil, []string{`unknown command "serve"`, "edgemq help"})
+	runCmd(t, "", "run", "-x").want(t, 2, nil, []string{"flag provided but not defined: -x"})
+	runCmd(t, "", "run", "edgemq.yaml").want(t, 2, nil, []string{"run takes no arguments"})
+	runCmd(t, "", "run", "-h").want(t, 0, nil, []string{"-c FILE"})
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good.yaml", "storage:\n  dir: "+filepath.Join(dir, "data")+"\n  sync: interval\n")
+	runCmd(t, "", "check", "-c", good).want(t, 0, []string{good + ": OK"}, nil)
+	runCmd(t, "", "check", good).want(t, 0, []string{good + ": OK"}, nil)
+	runCmd(t, "", "check", "-c", "../../deploy/edgemq.example.yaml").want(t, 0, []string{"OK"}, nil)
+
+	bad := writeFile(t, dir, "bad.yaml", "storage:\n  sync: sometimes\nlog:\n  colour: red\nlisteners:\n  - type: tcp\n    address: foo\n")
+	r := runCmd(t, "", "check", "-c", bad)
+	r.want(t, 1, nil, []string{
+		bad + ":4: log.colour: unknown field; valid: format, level\n",
+	})
+	// A file with a parse problem stops there; fix it and the values are checked.
+	bad = writeFile(t, dir, "bad.yaml", "storage:\n  sync: sometimes\nlisteners:\n  - type: tcp\n    address: foo\n")
+	runCmd(t, "", "check", bad).want(t, 1, nil, []string{
+		bad + `:2: storage.sync: must be always, interval or never (got "sometimes")` + "\n",
+		bad + `:5: listeners[0].address: must be host:port (got "foo")` + "\n",
+		bad + ": 2 problems\n",
+	})
+	if strings.Contains(r.stderr, "edgemq: ") {
+		t.Errorf("check printed a summary error line on top of its list: %q", r.stderr)
+	}
+
+	// check goes further than the YAML: the files the config names must load.
+	noPasswd := writeFile(t, dir, "nopasswd.yaml", "auth:\n  password_file: "+filepath.Join(dir, "missing")+"\n")
+	runCmd(t, "", "check", noPasswd).want(t, 1, nil, []string{"edgemq: " + noPasswd + ": password file", "no such file"})
+	noCert := writeFile(t, dir, "nocert.yaml", "listeners:\n  - type: tcp\n    address: 127.0.0.1:0\n    tls: {cert_file: "+filepath.Join(dir, "c.pem")+", key_file: "+filepath.Join(dir, "k.pem")+"}\n")
+	runCmd(t, "", "check", noCert).want(t, 1, nil, []string{"edgemq: " + noCert + ": "})
+
+	runCmd(t, "", "check", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"no such file"})
+	runCmd(t, "", "check").want(t, 2, nil, []string{"check needs one config file"})
+	runCmd(t, "", "check", "a", "b").want(t, 2, nil, []string{"check needs one config file"})
+}
+
+func TestPasswd(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "passwd")
+	runCmd(t, "", "passwd", "-b", file, "alice", "s3cret").want(t, 0, nil, nil)
+	runCmd(t, "hunter2\n", "passwd", file, "bob").want(t, 0, nil, nil)
+	runCmd(t, "no-newline", "passwd", file, "carol").want(t, 0, nil, nil)
+	runCmd(t, "", "passwd", file, "dave").want(t, 1, nil, []string{"edgemq: passwd: empty password"})
+	pw, err := edge.LoadPasswordFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pw.Check("alice", []byte("s3cret")) || !pw.Check("bob", []byte("hunter2")) || !pw.Check("carol", []byte("no-newline")) {
+		t.Fatalf("passwords not set as given: %v", pw)
+	}
+	if _, ok := pw["dave"]; ok {
+		t.Fatal("dave was added with an empty password")
+	}
+
+	runCmd(t, "", "passwd", "-D", file, "bob").want(t, 0, nil, nil)
+	runCmd(t, "", "passwd", "-D", file, "bob").want(t, 1, nil, []string{"passwd: no such user"})
+	if pw, _ = edge.LoadPasswordFile(file); len(pw) != 2 {
+		t.Fatalf("after -D bob: %d users, want 2", len(pw))
+	}
+
+	runCmd(t, "", "passwd", file).want(t, 2, nil, []string{"edgemq passwd [-D] FILE USER"})
+	runCmd(t, "", "passwd", "-b", file, "x").want(t, 2, nil, []string{"edgemq passwd -b FILE USER PASSWORD"})
+	runCmd(t, "", "passwd", "-b", "-D", file, "x", "y").want(t, 2, nil, []string{"-b and -D together"})
+	runCmd(t, "", "passwd", "-b", file, "a:b", "x").want(t, 1, nil, []string{"username must be non-empty"})
+}
+
+func TestRunBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := writeFile(t, dir, "bad.yaml", "listeners:\n  - type: udp\n    address: 127.0.0.1:0\n")
+	runCmd(t, "", "run", "-c", bad).want(t, 1, nil, []string{"edgemq: " + bad + `:2: listeners[0].type: must be tcp or ws (got "udp")`})
+	runCmd(t, "", "-c", bad).want(t, 1, nil, []string{"listeners[0].type"})
+	runCmd(t, "", "run", "-c", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"no such file"})
+	// A broken YAML file gets its line.
+	broken := writeFile(t, dir, "broken.yaml", "storage:\n  dir: [unclosed\n")
+	runCmd(t, "", "run", "-config", broken).want(t, 1, nil, []string{broken + ":"})
+}
+
+// testConfig is a config on free loopback ports with its log in dir.
+func testConfig(dir string) string {
+	return `
+listeners:
+  - {type: tcp, address: "127.0.0.1:0"}
+  - {type: ws, address: "127.0.0.1:0"}
+http:
+  address: 127.0.0.1:0
+storage:
+  dir: ` + filepath.Join(dir, "data") + `
+shutdown:
+  grace: 1s
+log:
+  format: json
+`
+}
+
+func TestRunUntilCancelled(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "edgemq.yaml", testConfig(dir))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"run", "-c", cfg}, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+
+	waitFor(t, &stderr, done, `"msg":"listening"`)
+	cancel(errors.New("received terminated"))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run after cancel = %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after its context was cancelled")
+	}
+	for _, s := range []string{`"msg":"edgemq starting"`, `"msg":"shutting down gracefully; a second signal exits at once","cause":"received terminated"`, `"msg":"edgemq exited cleanly"`} {
+		if !strings.Contains(stderr.String(), s) {
+			t.Errorf("log does not contain %s:\n%s", s, stderr.String())
+		}
+	}
+}
+
+// waitFor waits until out contains s, failing if done reports first.
+func waitFor(t *testing.T, out interface{ String() string }, done <-chan error, s string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), s) {
+		select {
+		case err := <-done:
+			t.Fatalf("exited (%v) before logging %s:\n%s", err, s, out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in:\n%s", s, out.String())
+		}
+	}
+}
+
+func TestHandleSignals(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 2)
+	exited := make(chan int, 1)
+	var stderr syncBuffer
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		handleSignals(sigs, cancel, &stderr, func(code int) { exited <- code })
+	}()
+
+	sigs <- syscall.SIGTERM
+	<-ctx.Done()
+	if got := context.Cause(ctx).Error(); got != "received terminated" {
+		t.Errorf("cause = %q", got)
+	}
+	select {
+	case code := <-exited:
+		t.Fatalf("exit(%d) after one signal", code)
+	default:
+	}
+	sigs <- syscall.SIGINT
+	if code := <-exited; code != 130 {
+		t.Errorf("exit code after a second signal = %d, want 130", code)
+	}
+	<-finished
+	if !strings.Contains(stderr.String(), "second signal (interrupt): exiting at once") {
+		t.Errorf("stderr = %q", stderr.String())
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	var b bytes.Buffer
+	for _, c := range []struct {
+		err  error
+		code int
+	}{
+		{nil, 0}, {errReported, 1}, {errors.New("x"), 1},
+	} {
+		if got := exitCode(c.err, &b); got != c.code {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.code)
+		}
+	}
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+// runBroker is `edgemq run [-c FILE]`: load the config (or take the embedded
+// defaults), build the logger and the metrics registry, and run the broker
+// until ctx is cancelled.
+func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("run", stderr)
+	var path string
+	fs.StringVar(&path, "c", "", "config file `FILE` (YAML); empty: embedded defaults")
+	fs.StringVar(&path, "config", "", "same as -c")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: run takes no arguments (got %q); use -c FILE", errUsage, fs.Args())
+	}
+	cfg := edge.DefaultConfig()
+	source := "embedded defaults"
+	if path != "" {
+		var err error
+		if cfg, err = edge.LoadConfig(path); err != nil {
+			return err
+		}
+		source = path
+	}
+	logger := newLogger(stderr, cfg.Log)
+	logger.Info("edgemq starting", "version", version, "config", source,
+		"storage", cfg.Storage.Dir, "sync", cfg.Storage.Sync)
+	stop := context.AfterFunc(ctx, func() {
+		logger.Info("shutting down gracefully; a second signal exits at once",
+			"cause", context.Cause(ctx), "grace", cfg.Shutdown.Grace)
+	})
+	defer stop()
+	if err := edge.Run(ctx, cfg, edge.Options{Logger: logger, Registry: prometheus.NewRegistry()}); err != nil {
+		return err
+	}
+	logger.Info("edgemq exited cleanly")
+	return nil
+}
+
+// newLogger is the root logger: text or JSON lines on w at the configured level.
+func newLogger(w io.Writer, c edge.LogConfig) *slog.Logger {
+	level := slog.LevelInfo
+	switch c.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
