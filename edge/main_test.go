@@ -405,6 +405,12 @@ func (rc *rawClient) read(d time.Duration) (packets.Packet, error) {
 // connect sends CONNECT and returns the CONNACK.
 func (rc *rawClient) connect(id string, clean bool, keepalive uint16) packets.Packet {
 	rc.t.Helper()
+	return rc.connectWith(id, clean, keepalive, nil)
+}
+
+// connectWith is connect with a chance to change the CONNECT packet.
+func (rc *rawClient) connectWith(id string, clean bool, keepalive uint16, tune func(*packets.Packet)) packets.Packet {
+	rc.t.Helper()
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
 	pk.Connect.ProtocolName = []byte("MQTT")
 	pk.Connect.ClientIdentifier = id
@@ -414,12 +420,25 @@ func (rc *rawClient) connect(id string, clean bool, keepalive uint16) packets.Pa
 		pk.Properties.SessionExpiryInterval = 300
 		pk.Properties.SessionExpiryIntervalFlag = true
 	}
+	if tune != nil {
+		tune(&pk)
+	}
 	rc.send(pk)
 	ack, err := rc.read(5 * time.Second)
 	if err != nil || ack.FixedHeader.Type != packets.Connack {
 		rc.t.Fatalf("connack: %v (type %d)", err, ack.FixedHeader.Type)
 	}
 	return ack
+}
+
+// subscribe sends SUBSCRIBE for one filter.
+func (rc *rawClient) subscribe(id uint16, filter string, qos byte) {
+	rc.t.Helper()
+	rc.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		PacketID:    id,
+		Filters:     packets.Subscriptions{{Filter: filter, Qos: qos}},
+	})
 }
 
 // closed reports whether the peer closed the connection within d (reading
