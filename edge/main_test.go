@@ -351,6 +351,12 @@ func encode(t *testing.T, version byte, pk packets.Packet) []byte {
 		err = pk.PublishEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
 	case packets.Pingreq:
@@ -396,6 +402,12 @@ func (rc *rawClient) read(d time.Duration) (packets.Packet, error) {
 		err = pk.PublishDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
 	case packets.Disconnect:
 		err = pk.DisconnectDecode(body)
 	}
@@ -457,3 +469,5 @@ func (rc *rawClient) closed(d time.Duration) bool {
 }
 
 func payload(format string, args ...any) []byte { return []byte(fmt.Sprintf(format, args...)) }
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

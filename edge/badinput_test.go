@@ -1,0 +1,322 @@
+package edge_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+// stillServes checks that the broker carries a message after bad input.
+func stillServes(t *testing.T, tb *testBroker) {
+	t.Helper()
+	addr := tb.Addr("tcp").String()
+	s, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "healthy-sub"})
+	s.subscribe(t, "healthy", 1)
+	p, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "healthy-pub"})
+	if _, err := p.publish(t, "healthy", 1, false, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	s.receive(t, 1)
+}
+
+// TestMalformedPackets: each kind of malformed input closes that one
+// connection; a client connected throughout keeps working.
+func TestMalformedPackets(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	bystander, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "bystander"})
+	bystander.subscribe(t, "by/#", 1)
+
+	for _, tc := range []struct {
+		name      string
+		connected bool // send a valid v3.1.1 CONNECT first
+		bytes     []byte
+	}{
+		{"publish before connect", false, []byte{0x30, 0x03, 0x00, 0x01, 'a'}},
+		{"bad protocol name", false, []byte{0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'X', 'X', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00}},
+		{"remaining length overflow", false, []byte{0x10, 0xff, 0xff, 0xff, 0xff, 0x7f}},
+		{"reserved packet type 0", true, []byte{0x00, 0x00}},
+		{"subscribe with wrong flags", true, []byte{0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 'a', 0x00}},
+		{"publish qos 3", true, []byte{0x36, 0x05, 0x00, 0x01, 'a', 0x00, 0x01}},
+		{"second connect", true, []byte{0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00}},
+		{"topic with wildcard", true, []byte{0x30, 0x03, 0x00, 0x01, '#'}},
+		{"length beyond packet", true, []byte{0x30, 0x05, 0x00, 0x09, 'a', 'b', 'c'}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := dialRaw(t, addr, 4)
+			if tc.connected {
+				rc.connect("bad-"+strings.ReplaceAll(tc.name, " ", "-"), true, 30)
+			}
+			if _, err := rc.c.Write(tc.bytes); err != nil {
+				t.Fatal(err)
+			}
+			if tc.name == "length beyond packet" {
+				_ = rc.c.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			if !rc.closed(5 * time.Second) {
+				t.Fatal("connection still open")
+			}
+		})
+	}
+	if _, err := bystander.publish(t, "by/x", 1, false, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	bystander.receive(t, 1)
+	stillServes(t, tb)
+}
+
+// TestOversizedPacket: limits.max_packet_size is announced to v5 clients and
+// a larger packet closes the connection, over TCP and WebSocket.
+func TestOversizedPacket(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxPacketSize = 1024
+	tb := startBroker(t, cfg)
+	_, ack := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "mps"})
+	if ack.Properties == nil || ack.Properties.MaximumPacketSize == nil || *ack.Properties.MaximumPacketSize != 1024 {
+		t.Fatalf("CONNACK Maximum Packet Size: %+v", ack.Properties)
+	}
+
+	rc := dialRaw(t, tb.Addr("tcp").String(), 4)
+	rc.connect("big-tcp", true, 30)
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "big", Payload: make([]byte, 2048)})
+	if !rc.closed(5 * time.Second) {
+		t.Fatal("tcp: connection still open after an oversized packet")
+	}
+
+	ws := dialNet(t, "ws", tb.Addr("ws").String(), nil)
+	defer ws.Close()
+	wrc := &rawClient{t: t, c: ws, r: newReader(ws), version: 4}
+	wrc.connect("big-ws", true, 30)
+	wrc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "big", Payload: make([]byte, 2048)})
+	if !wrc.closed(5 * time.Second) {
+		t.Fatal("ws: connection still open after an oversized packet")
+	}
+	stillServes(t, tb)
+}
+
+// TestWebSocketHandshake: a text frame is closed with 1003, a client that
+// offers no mqtt subprotocol with 1008, a foreign Origin gets 403 unless
+// allowed, another path 404.
+func TestWebSocketHandshake(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Listeners = append(cfg.Listeners, edge.ListenerConfig{
+		Name: "ws-cors", Type: "ws", Address: "127.0.0.1:0", Path: "/mqtt", AllowedOrigins: []string{"*.example.com"},
+	})
+	tb := startBroker(t, cfg)
+	url := "ws://" + tb.Addr("ws").String() + "/mqtt"
+	ctx := context.Background()
+
+	t.Run("text frame", func(t *testing.T) {
+		c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		connect := encode(t, 4, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "text", Clean: true, Keepalive: 30}})
+		if err := c.Write(ctx, websocket.MessageText, connect); err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, _, err = c.Read(rctx)
+		if s := websocket.CloseStatus(err); s != websocket.StatusUnsupportedData {
+			t.Fatalf("close status %v (%v), want 1003", s, err)
+		}
+	})
+	t.Run("no subprotocol", func(t *testing.T) {
+		c, _, err := websocket.Dial(ctx, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, _, err = c.Read(rctx)
+		if s := websocket.CloseStatus(err); s != websocket.StatusPolicyViolation {
+			t.Fatalf("close status %v (%v), want 1008", s, err)
+		}
+	})
+	t.Run("foreign origin", func(t *testing.T) {
+		_, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
+			Subprotocols: []string{"mqtt"},
+			HTTPHeader:   http.Header{"Origin": {"https://app.example.com"}},
+		})
+		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("err %v, response %v, want 403", err, resp)
+		}
+	})
+	t.Run("allowed origin", func(t *testing.T) {
+		c, _, err := websocket.Dial(ctx, "ws://"+tb.Addr("ws-cors").String()+"/mqtt", &websocket.DialOptions{
+			Subprotocols: []string{"mqtt"},
+			HTTPHeader:   http.Header{"Origin": {"https://app.example.com"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc := websocket.NetConn(ctx, c, websocket.MessageBinary)
+		defer nc.Close()
+		rc := &rawClient{t: t, c: nc, r: newReader(nc), version: 4}
+		if ack := rc.connect("cors", true, 30); ack.ReasonCode != 0 {
+			t.Fatalf("connack %#x", ack.ReasonCode)
+		}
+	})
+	t.Run("wrong path", func(t *testing.T) {
+		_, resp, err := websocket.Dial(ctx, "ws://"+tb.Addr("ws").String()+"/other", &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err == nil || resp == nil || resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("err %v, response %v, want 404", err, resp)
+		}
+	})
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "ws", "reason", "ws_subprotocol"); v != 1 {
+		t.Errorf("rejected{ws_subprotocol} = %v, want 1", v)
+	}
+	stillServes(t, tb)
+}
+
+// TestConnectTimeout: a connection that never sends CONNECT is closed after
+// limits.connect_timeout.
+func TestConnectTimeout(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.ConnectTimeout = 200 * time.Millisecond
+	tb := startBroker(t, cfg)
+	rc := dialRaw(t, tb.Addr("tcp").String(), 4)
+	if !rc.closed(5 * time.Second) {
+		t.Fatal("silent connection still open")
+	}
+	// A half-sent CONNECT too.
+	rc = dialRaw(t, tb.Addr("tcp").String(), 4)
+	_, _ = rc.c.Write([]byte{0x10, 0x0c, 0x00})
+	if !rc.closed(5 * time.Second) {
+		t.Fatal("half CONNECT still open")
+	}
+}
+
+// TestKeepaliveBounds: v5 clients are told the server keepalive when theirs
+// is 0 or out of bounds; a v3 client above the maximum is refused (0x02).
+func TestKeepaliveBounds(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MinKeepalive = 10 * time.Second
+	cfg.Limits.MaxKeepalive = 60 * time.Second
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	for _, tc := range []struct {
+		asked uint16
+		want  uint16 // 0: no Server Keep Alive
+	}{{0, 60}, {3600, 60}, {5, 10}, {30, 0}} {
+		rc := dialRaw(t, addr, 5)
+		ack := rc.connect("ka", true, tc.asked)
+		got := uint16(0)
+		if ack.Properties.ServerKeepAliveFlag {
+			got = ack.Properties.ServerKeepAlive
+		}
+		if ack.ReasonCode != 0 || got != tc.want {
+			t.Errorf("keepalive %d: reason %#x, server keepalive %d, want %d", tc.asked, ack.ReasonCode, got, tc.want)
+		}
+	}
+	if ack := dialRaw(t, addr, 4).connect("ka3", true, 120); ack.ReasonCode != 0x02 {
+		t.Errorf("v3 keepalive 120: return code %#x, want 0x02", ack.ReasonCode)
+	}
+	if ack := dialRaw(t, addr, 4).connect("ka3", true, 0); ack.ReasonCode != 0 {
+		t.Errorf("v3 keepalive 0: return code %#x, want 0", ack.ReasonCode)
+	}
+}
+
+// TestTopicLength: names and filters over limits.max_topic_length are
+// refused with the reason codes for invalid topics.
+func TestTopicLength(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxTopicLength = 32
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	long := strings.Repeat("x", 33)
+	c, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "long"})
+	c.subscribe(t, "#", 1)
+	if pr, _ := c.publish(t, long, 1, false, []byte("x")); pr == nil || pr.ReasonCode != 0x90 {
+		t.Errorf("qos 1: %+v, want PUBACK 0x90", pr)
+	}
+	if pr, _ := c.publish(t, long, 2, false, []byte("x")); pr == nil || pr.ReasonCode != 0x90 {
+		t.Errorf("qos 2: %+v, want PUBREC 0x90", pr)
+	}
+	c.quiet(t, 200*time.Millisecond)
+	if sa := c.subscribe(t, long, 1); sa.Reasons[0] != 0x8F {
+		t.Errorf("subscribe: %#x, want 0x8F", sa.Reasons[0])
+	}
+	rc := dialRaw(t, addr, 4)
+	rc.connect("long3", true, 30)
+	rc.subscribe(1, long, 1)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.ReasonCodes[0] != 0x80 {
+		t.Errorf("v3 subscribe: %v %v, want 0x80", err, ack.ReasonCodes)
+	}
+	_, ack, err := tryConnectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "longwill", will: &paho.WillMessage{Topic: long, Payload: []byte("x")}})
+	if err == nil || ack == nil || ack.ReasonCode != 0x90 {
+		t.Errorf("long will: %v %+v, want CONNACK 0x90", err, ack)
+	}
+	if v := tb.metric(t, "edgemq_mqtt_dropped_messages_total", "reason", "topic_too_long"); v < 2 {
+		t.Errorf("dropped{topic_too_long} = %v, want >= 2", v)
+	}
+}
+
+// TestMaxClients: past limits.max_clients, CONNECT is refused with 0x89
+// (v5) or 0x03 (v3).
+func TestMaxClients(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxClients = 2
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "c1"})
+	connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "c2"})
+	if ack := dialRaw(t, addr, 5).connect("c3", true, 30); ack.ReasonCode != 0x89 {
+		t.Errorf("v5: %#x, want 0x89", ack.ReasonCode)
+	}
+	if ack := dialRaw(t, addr, 4).connect("c4", true, 30); ack.ReasonCode != 0x03 {
+		t.Errorf("v3: %#x, want 0x03", ack.ReasonCode)
+	}
+}
+
+// TestBrokenConfig: New reports what it cannot build, naming the field.
+func TestBrokenConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*edge.Config)
+		want string
+	}{
+		{"acl access", func(c *edge.Config) { c.Auth.ACL = []edge.ACLRule{{Topic: "a", Access: "all"}} }, "auth.acl[0].access"},
+		{"acl filter", func(c *edge.Config) { c.Auth.ACL = []edge.ACLRule{{Topic: "a/#/b", Access: "read"}} }, "auth.acl[0].topic"},
+		{"missing certificate", func(c *edge.Config) {
+			c.Listeners[0].TLS = edge.TLSConfig{CertFile: "/nonexistent/cert.pem", KeyFile: "/nonexistent/key.pem"}
+		}, "listeners[0].tls"},
+		{"missing password file", func(c *edge.Config) { c.Auth.PasswordFile = "/nonexistent/passwd" }, "password file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			tc.edit(&cfg)
+			_, err := edge.New(cfg, edge.Options{Logger: testLogger(t)})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+	// A port already taken: Start fails and releases what it bound.
+	tb := startBroker(t, testConfig(t))
+	cfg := testConfig(t)
+	cfg.Listeners[1].Address = tb.Addr("tcp").String()
+	b, err := edge.New(cfg, edge.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err == nil {
+		t.Fatal("Start on a taken port succeeded")
+	}
+	if err := b.Start(context.Background()); !errors.Is(err, edge.ErrStopped) {
+		t.Fatalf("second Start: %v, want ErrStopped", err)
+	}
+}
