@@ -48,8 +48,7 @@ type Config struct {
 	// SegmentSize is the size in bytes at which the log starts a new segment
 	// file. Retention removes whole segments, so it is also the granularity
 	// of retention; Open reads the last segment in full, so it bounds Open's
-	// time; readers cache the record index of a few segments (4 bytes per
-	// record). Default: 16 MiB. Minimum 4 KiB.
+	// time. Default: 16 MiB. Minimum 4 KiB.
 	SegmentSize int64
 	// MaxRecordSize is the largest record accepted, in bytes. Default and
 	// maximum: SegmentSize minus the framing.
@@ -68,9 +67,6 @@ type Config struct {
 	// it, Append and AppendAsync block until the writer catches up. Default:
 	// 4 MiB. It also bounds one write() call.
 	QueueBytes int
-	// IndexCacheSegments is how many older segments keep their record index
-	// in memory for reads. Default: 8.
-	IndexCacheSegments int
 	// RetentionCheck is how often the writer applies retention (cursors,
 	// MaxAge) when nothing else triggers it. Default: 1s.
 	RetentionCheck time.Duration
@@ -86,13 +82,12 @@ type Config struct {
 // no age limit.
 func DefaultConfig() Config {
 	return Config{
-		Sync:               SyncAlways,
-		SyncInterval:       50 * time.Millisecond,
-		SegmentSize:        16 << 20,
-		OnFull:             FullRefuse,
-		QueueBytes:         4 << 20,
-		IndexCacheSegments: 8,
-		RetentionCheck:     time.Second,
+		Sync:           SyncAlways,
+		SyncInterval:   50 * time.Millisecond,
+		SegmentSize:    16 << 20,
+		OnFull:         FullRefuse,
+		QueueBytes:     4 << 20,
+		RetentionCheck: time.Second,
 	}
 }
 
@@ -127,9 +122,6 @@ func (c Config) Validate() error {
 	if c.QueueBytes < 0 {
 		return fmt.Errorf("queue_bytes: must not be negative (got %d)", c.QueueBytes)
 	}
-	if c.IndexCacheSegments < 0 {
-		return fmt.Errorf("index_cache_segments: must not be negative (got %d)", c.IndexCacheSegments)
-	}
 	if c.RetentionCheck < 0 {
 		return fmt.Errorf("retention_check: must not be negative (got %s)", c.RetentionCheck)
 	}
@@ -157,9 +149,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.QueueBytes == 0 {
 		c.QueueBytes = d.QueueBytes
-	}
-	if c.IndexCacheSegments == 0 {
-		c.IndexCacheSegments = d.IndexCacheSegments
 	}
 	if c.RetentionCheck == 0 {
 		c.RetentionCheck = d.RetentionCheck

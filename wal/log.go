@@ -15,8 +15,8 @@ import (
 
 // Log is an open append log. All methods are safe for concurrent use.
 //
-// Lock order: qmu, then smu, then lruMu, then segment.mu; cmu and cflushMu
-// are never held with the others.
+// Lock order: qmu, then smu, then segment.mu. The cursor table's locks are
+// never held with these.
 type Log struct {
 	dir string
 	cfg Config
@@ -53,9 +53,6 @@ type Log struct {
 	hbuf     []byte
 
 	retMu sync.Mutex // serialises retention passes
-
-	lruMu sync.Mutex
-	lru   []*segment // older segments whose index is loaded, oldest first
 
 	cursors cursorTable
 
@@ -139,7 +136,7 @@ func (l *Log) load() error {
 			return fmt.Errorf("wal: create segment: %w", err)
 		}
 		s.f = f
-		s.idx = []uint32{0}
+		s.loaded = true
 		s.mtime.Store(time.Now().UnixNano())
 		l.segs = []*segment{s}
 		if err := l.fs.syncDir(l.dir); err != nil {
@@ -181,13 +178,14 @@ func (l *Log) loadTail(s *segment) error {
 	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("wal: read segment %s: %w", s.name, err)
 	}
-	idx, end, corrupt := scanTail(data, s)
+	x, corrupt := scanTail(data, s)
 	if corrupt != nil {
 		return corrupt
 	}
+	end := int(x.end)
 	if end < len(data) {
 		l.log.Warn("wal: cut a torn tail", "segment", s.name, "pos", end,
-			"bytes", len(data)-end, "last_offset", s.base+uint64(len(idx)-1)-1)
+			"bytes", len(data)-end, "last_offset", s.base+x.n-1)
 		if err := f.Truncate(int64(end)); err != nil {
 			return fmt.Errorf("wal: cut torn tail of %s: %w", s.name, err)
 		}
@@ -198,8 +196,8 @@ func (l *Log) loadTail(s *segment) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("wal: sync segment %s: %w", s.name, err)
 	}
-	s.idx = idx
-	s.count.Store(uint64(len(idx) - 1))
+	s.ix, s.loaded = x, true
+	s.count.Store(x.n)
 	s.size.Store(int64(end))
 	return nil
 }
@@ -447,93 +445,80 @@ func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
 		i--
 	}
 	s := l.segs[i]
-	isTail := i == len(l.segs)-1
 	l.smu.RUnlock()
 
-	idx, f, err := l.segmentIndex(s, isTail)
-	if err != nil && uint64(len(idx)) <= offset-s.base+1 {
+	x, f, err := l.segmentIndex(s)
+	k := offset - s.base
+	if k >= x.n {
+		if err == nil {
+			err = &CorruptError{Segment: s.name, Pos: x.end, Offset: offset, Reason: "segment ends before the record"}
+		}
 		return nil, false, err
 	}
-	k := offset - s.base
-	if k+1 >= uint64(len(idx)) {
-		return nil, false, &CorruptError{Segment: s.name, Offset: offset, Reason: "segment ends before the record"}
-	}
-	pos, end := int64(idx[k]), int64(idx[k+1])
-	buf := make([]byte, end-pos)
-	if _, err := f.ReadAt(buf, pos); err != nil {
+	startRel, start, end := x.window(k)
+	buf := make([]byte, end-start)
+	if _, err := f.ReadAt(buf, start); err != nil {
 		if l.FirstOffset() > offset {
 			return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 		}
 		if errors.Is(err, io.EOF) {
-			return nil, false, &CorruptError{Segment: s.name, Pos: pos, Offset: offset, Reason: "segment file shorter than its index"}
+			return nil, false, &CorruptError{Segment: s.name, Pos: start, Offset: offset, Reason: "segment file shorter than its index"}
 		}
 		return nil, false, fmt.Errorf("read segment %s: %w", s.name, err)
 	}
+	pos := 0
+	for r := startRel; r < k; r++ {
+		n, err := entryLen(buf[pos:], len(buf)-pos)
+		if err != nil {
+			return nil, false, &CorruptError{Segment: s.name, Pos: start + int64(pos), Offset: s.base + r, Reason: err.Error()}
+		}
+		pos += n
+	}
+	buf = buf[pos:]
+	pos64 := start + int64(pos)
 	kind, payload, _, err := decodeEntry(offset, buf)
 	if err != nil {
 		l.stats.corrupt.Add(1)
-		return nil, false, &CorruptError{Segment: s.name, Pos: pos, Offset: offset, Reason: err.Error()}
+		return nil, false, &CorruptError{Segment: s.name, Pos: pos64, Offset: offset, Reason: err.Error()}
 	}
 	if kind == kindHole {
 		return nil, true, fmt.Errorf("offset %d: failed append: %w", offset, ErrNotFound)
 	}
+	if cap(buf) > 2*len(payload)+64 {
+		payload = append([]byte(nil), payload...) // do not pin the window
+	}
 	return payload, false, nil
 }
 
-// segmentIndex returns the record index and the file of s, loading them for
-// an older segment.
-func (l *Log) segmentIndex(s *segment, isTail bool) ([]uint32, File, error) {
+// segmentIndex returns a snapshot of s's index and its file, loading them
+// for an older segment.
+func (l *Log) segmentIndex(s *segment) (index, File, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.removed {
-		s.mu.Unlock()
-		return nil, nil, ErrTruncated
+		return index{}, nil, ErrTruncated
 	}
-	if s.idx != nil || s.idxErr != nil {
-		idx, f, err := s.idx, s.f, s.idxErr
-		s.mu.Unlock()
-		return idx, f, err
+	if s.loaded {
+		return s.ix, s.f, s.ixErr
 	}
 	if s.f == nil {
 		f, err := l.fs.OpenFile(s.path, os.O_RDONLY, 0)
 		if err != nil {
-			s.mu.Unlock()
-			return nil, nil, fmt.Errorf("open segment %s: %w", s.name, err)
+			return index{}, nil, fmt.Errorf("open segment %s: %w", s.name, err)
 		}
 		s.f = f
 	}
-	var size int64
-	if info, err := s.f.Stat(); err == nil {
-		size = info.Size()
+	info, err := s.f.Stat()
+	if err != nil {
+		return index{}, nil, fmt.Errorf("stat segment %s: %w", s.name, err)
 	}
-	idx, err := buildIndex(s.f, s, size)
+	x, err := buildIndex(s.f, s, info.Size())
 	var ce *CorruptError
 	if err != nil && !errors.As(err, &ce) {
-		s.mu.Unlock()
-		return nil, nil, err
+		return index{}, nil, err
 	}
-	s.idx, s.idxErr = idx, err
-	f := s.f
-	s.mu.Unlock()
-	if !isTail {
-		l.touchIndex(s)
-	}
-	return idx, f, err
-}
-
-// touchIndex records that s's index is loaded and evicts the oldest loaded
-// indexes beyond Config.IndexCacheSegments.
-func (l *Log) touchIndex(s *segment) {
-	l.lruMu.Lock()
-	defer l.lruMu.Unlock()
-	l.lru = slices.DeleteFunc(l.lru, func(x *segment) bool { return x == s })
-	l.lru = append(l.lru, s)
-	for len(l.lru) > l.cfg.IndexCacheSegments {
-		v := l.lru[0]
-		l.lru = l.lru[1:]
-		v.mu.Lock()
-		v.idx, v.idxErr = nil, nil
-		v.mu.Unlock()
-	}
+	s.ix, s.ixErr, s.loaded = x, err, true
+	return x, s.f, err
 }
 
 // Dir returns the log's directory.

@@ -106,11 +106,8 @@ func (l *Log) removeFront(s *segment, next uint64, reason string) error {
 		s.f.Close()
 		s.f = nil
 	}
-	s.idx = nil
+	s.ix = index{}
 	s.mu.Unlock()
-	l.lruMu.Lock()
-	l.lru = slices.DeleteFunc(l.lru, func(x *segment) bool { return x == s })
-	l.lruMu.Unlock()
 	l.stats.segments.Add(-1)
 	l.stats.diskBytes.Add(-s.size.Load())
 	l.stats.removedSegments.Add(1)

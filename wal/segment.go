@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,14 +14,14 @@ import (
 
 // segment is one segment file: the records from base to base+count-1.
 //
-// Lock order: Log.smu, then Log.lruMu, then segment.mu.
+// Lock order: Log.smu, then segment.mu.
 type segment struct {
 	base uint64
 	name string // 20 digits, tidwall/wal's naming
 	path string
 
 	// size is the bytes written to the file (the writer's view; it may run
-	// ahead of what index covers until the write is durable).
+	// ahead of what the index covers until the write is durable).
 	size atomic.Int64
 	// mtime is when the newest record was written (unix nanoseconds).
 	mtime atomic.Int64
@@ -29,15 +30,50 @@ type segment struct {
 	// segment it is the next segment's base minus base.
 	count atomic.Uint64
 
-	mu  sync.Mutex
-	f   File // opened lazily for older segments; the tail's is read-write
-	idx []uint32
-	// idx[i] is the byte position of record base+i, and idx[count] the end
-	// of the last record; nil while not loaded (older segments only).
-	idxErr error // set when loading the index met damage (a *CorruptError)
+	mu     sync.Mutex
+	f      File  // opened lazily for older segments; the tail's is read-write
+	ix     index // loaded lazily for older segments
+	loaded bool
+	ixErr  error // set when loading the index met damage (a *CorruptError)
 	// unsynced: written data not yet fsynced (writer; read by retention).
 	unsynced bool
 	removed  bool // retention removed it; f is closed
+}
+
+// pointEvery is the spacing of index points, in bytes. A read fetches the
+// records between two points, about this much, and walks to its record, so
+// the index costs 8 bytes per 4 KiB of log whatever the record size (0.2%):
+// every segment's index stays in memory, and a random read is one pread.
+const pointEvery = 4096
+
+// point says that record base+rel starts at byte pos.
+type point struct{ rel, pos uint32 }
+
+// index is a sparse record index of one segment.
+type index struct {
+	points []point
+	end    int64  // end of the last indexed record
+	n      uint64 // records indexed
+}
+
+// add indexes the next record, of size bytes.
+func (x *index) add(size int) {
+	if len(x.points) == 0 || x.end-int64(x.points[len(x.points)-1].pos) >= pointEvery {
+		x.points = append(x.points, point{rel: uint32(x.n), pos: uint32(x.end)})
+	}
+	x.n++
+	x.end += int64(size)
+}
+
+// window returns the byte range [start, end) to read for record rel, and the
+// record that starts at start. rel must be < x.n.
+func (x *index) window(rel uint64) (startRel uint64, start, end int64) {
+	i := sort.Search(len(x.points), func(i int) bool { return uint64(x.points[i].rel) > rel }) - 1
+	start, end = int64(x.points[i].pos), x.end
+	if i+1 < len(x.points) {
+		end = int64(x.points[i+1].pos)
+	}
+	return uint64(x.points[i].rel), start, end
 }
 
 func segmentName(base uint64) string { return fmt.Sprintf("%020d", base) }
@@ -68,50 +104,41 @@ func newSegment(dir string, base uint64) *segment {
 const scanChunk = 1 << 20
 
 // buildIndex reads the entry lengths of an older segment file (no CRC checks:
-// every Read checks its record's CRC). It stops at the first damage and
-// returns the positions found so far with a *CorruptError.
-func buildIndex(f File, s *segment, size int64) ([]uint32, error) {
+// every read checks its record's CRC). It stops at the first damage and
+// returns the index so far with a *CorruptError.
+func buildIndex(f File, s *segment, size int64) (index, error) {
 	want := s.count.Load()
-	idx := make([]uint32, 0, want+1)
-	buf := make([]byte, 0, scanChunk)
-	var pos int64    // file position of buf[0]
+	var x index
+	var buf []byte
 	var filled int64 // file position of buf's end
-	for uint64(len(idx)) < want {
-		entryPos := pos
-		idx = append(idx, uint32(entryPos))
-		for {
-			n, err := entryLen(buf, maxFrame)
-			if err == nil && int64(n) <= int64(len(buf)) {
-				buf = buf[n:]
-				pos += int64(n)
-				break
-			}
-			if err == errBadLength || filled >= size {
-				// idx ends with the damaged entry's position, which is the
-				// end of the last good one.
-				return idx, &CorruptError{Segment: s.name, Pos: entryPos, Offset: s.base + uint64(len(idx)-1),
-					Reason: fmt.Sprintf("index: %v", errOr(err, errShortEntry))}
-			}
-			// refill: keep the unread tail, read more.
-			need := int64(scanChunk)
-			if err == nil && int64(n) > need {
-				need = int64(n)
-			}
-			nb := make([]byte, len(buf), int64(len(buf))+need)
-			copy(nb, buf)
-			m, rerr := f.ReadAt(nb[len(nb):cap(nb)], filled)
-			if rerr != nil && !errors.Is(rerr, io.EOF) {
-				return idx[:len(idx)-1], fmt.Errorf("read segment %s: %w", s.name, rerr)
-			}
-			buf = nb[:len(nb)+m]
-			filled += int64(m)
-			if m == 0 {
-				filled = size // EOF
-			}
+	for x.n < want {
+		n, err := entryLen(buf, maxFrame)
+		if err == nil && n <= len(buf) {
+			buf = buf[n:]
+			x.add(n)
+			continue
+		}
+		if err == errBadLength || filled >= size {
+			return x, &CorruptError{Segment: s.name, Pos: x.end, Offset: s.base + x.n,
+				Reason: fmt.Sprintf("index: %v", errOr(err, errShortEntry))}
+		}
+		need := int64(scanChunk)
+		if err == nil && int64(n) > need {
+			need = int64(n)
+		}
+		nb := make([]byte, len(buf), int64(len(buf))+need)
+		copy(nb, buf)
+		m, rerr := f.ReadAt(nb[len(nb):cap(nb)], filled)
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return x, fmt.Errorf("read segment %s: %w", s.name, rerr)
+		}
+		buf = nb[:len(nb)+m]
+		filled += int64(m)
+		if m == 0 {
+			filled = size
 		}
 	}
-	idx = append(idx, uint32(pos))
-	return idx, nil
+	return x, nil
 }
 
 func errOr(err, def error) error {
@@ -121,27 +148,26 @@ func errOr(err, def error) error {
 	return def
 }
 
-// scanTail reads a whole tail segment file, checks every record, and returns
-// the record positions (with the end appended) and the byte position where
-// the valid records end. damaged is true when invalid data follows that end;
-// corrupt is non-nil when valid records follow the damage, which is not a
-// torn tail but damage inside the log.
-func scanTail(data []byte, s *segment) (idx []uint32, end int, corrupt *CorruptError) {
+// scanTail checks every record of a whole tail segment file and returns the
+// index of the valid ones; x.end is where they end. corrupt is non-nil when
+// valid records follow invalid data, which is not a torn tail but damage
+// inside the log.
+func scanTail(data []byte, s *segment) (x index, corrupt *CorruptError) {
 	off := s.base
 	pos := 0
 	for pos < len(data) {
 		_, _, n, err := decodeEntry(off, data[pos:])
 		if err != nil {
 			if validAfter(data, pos, off) {
-				return nil, pos, &CorruptError{Segment: s.name, Pos: int64(pos), Offset: off, Reason: err.Error()}
+				return x, &CorruptError{Segment: s.name, Pos: int64(pos), Offset: off, Reason: err.Error()}
 			}
 			break
 		}
-		idx = append(idx, uint32(pos))
+		x.add(n)
 		pos += n
 		off++
 	}
-	return append(idx, uint32(pos)), pos, nil
+	return x, nil
 }
 
 // validAfter reports whether a valid record follows the invalid entry at pos,

@@ -154,7 +154,7 @@ func (l *Log) roll(base uint64) error {
 		return err
 	}
 	s.f = f
-	s.idx = []uint32{0}
+	s.loaded = true
 	s.mtime.Store(time.Now().UnixNano())
 	l.smu.Lock()
 	l.segs = append(l.segs, s)
@@ -206,12 +206,10 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 	now := time.Now().UnixNano()
 	for _, c := range chunks {
 		c.s.mu.Lock()
-		p := c.pos
 		for _, sz := range c.sizes {
-			p += int64(sz)
-			c.s.idx = append(c.s.idx, uint32(p))
+			c.s.ix.add(int(sz))
 		}
-		c.s.count.Store(uint64(len(c.s.idx) - 1))
+		c.s.count.Store(c.s.ix.n)
 		c.s.mu.Unlock()
 		c.s.mtime.Store(now)
 	}
@@ -225,15 +223,8 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 	l.stats.appendBytes.Add(uint64(bytes))
 	l.stats.batches.Add(1)
 	l.stats.groupSize.observeValue(float64(records))
-	// Segments that stopped being the tail join the index cache.
 	if prevTail != l.tail {
-		l.touchIndex(prevTail)
-		for _, c := range chunks {
-			if c.s != l.tail && c.s != prevTail {
-				l.touchIndex(c.s)
-			}
-		}
-		l.retain(0)
+		l.retain(0) // a segment was completed: maybe one can go
 	}
 }
 
@@ -271,7 +262,7 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 	}
 	l.tail = prevTail
 	prevTail.mu.Lock()
-	end := int64(prevTail.idx[len(prevTail.idx)-1])
+	end := prevTail.ix.end
 	prevTail.mu.Unlock()
 	// Always truncate: a failed write may have written part of its data
 	// beyond what size counts.
