@@ -1,0 +1,138 @@
+package edge_test
+
+import (
+	"net"
+	"runtime"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// stuckSubscriber connects over network ("tcp" or "ws") with a small receive
+// buffer, subscribes to topic at QoS 1 with a persistent session, and then
+// never reads again.
+func stuckSubscriber(t *testing.T, network, addr, id, topic string) *rawClient {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	var c net.Conn
+	switch network {
+	case "tcp":
+		var err error
+		if c, err = d.Dial("tcp", addr); err != nil {
+			t.Fatal(err)
+		}
+	case "ws":
+		c = dialNet(t, "ws", addr, nil) // coder's client; it reads only when asked
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	rc := &rawClient{t: t, c: c, r: newReader(c), version: 4}
+	if ack := rc.connect(id, false, 0); ack.ReasonCode != 0 {
+		t.Fatalf("connack %#x", ack.ReasonCode)
+	}
+	rc.subscribe(1, topic, 1)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("suback: %v", err)
+	}
+	return rc
+}
+
+// TestSlowSubscriber: a QoS 1 subscriber that stops reading does not hold a
+// publisher's PUBACKs for longer than the write timeout (mochi alone would
+// hold them as long as the socket stays blocked: forever with keepalive 0).
+// The stuck subscriber is disconnected and counted, its persistent session
+// keeps messages for it, and the heap stays bounded.
+func TestSlowSubscriber(t *testing.T) {
+	for _, network := range []string{"tcp", "ws"} {
+		t.Run(network, func(t *testing.T) {
+			const writeTimeout = 300 * time.Millisecond
+			cfg := testConfig(t)
+			cfg.Limits.WriteTimeout = writeTimeout
+			// A wide outbound window, so that the stuck subscriber's socket
+			// fills (with the default 128 x 1 KiB the kernel buffers take all
+			// and no write ever blocks).
+			cfg.Limits.MaxInflight = 65535
+			tb := startBroker(t, cfg)
+			addr := tb.Addr(network).String()
+
+			runtime.GC()
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+
+			stuck := stuckSubscriber(t, network, addr, "stuck-"+network, "slow/t")
+			pub, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "fast-pub"})
+			body := make([]byte, 1024)
+			var lat []time.Duration
+			after := -1 // publishes since the stuck subscriber was cut
+			for i := 0; i < 50000 && after < 500; i++ {
+				start := time.Now()
+				if _, err := pub.publish(t, "slow/t", 1, false, body); err != nil {
+					t.Fatalf("publish %d: %v", i, err)
+				}
+				lat = append(lat, time.Since(start))
+				if after >= 0 {
+					after++
+				} else if tb.metric(t, "edgemq_mqtt_slow_consumer_disconnects_total") >= 1 {
+					after = 0
+				}
+			}
+			if after < 0 {
+				t.Fatalf("stuck subscriber never cut after %d publishes", len(lat))
+			}
+			slices.Sort(lat)
+			maxLat := lat[len(lat)-1]
+			t.Logf("%d publishes: PUBACK latency median %v, p99 %v, max %v (write timeout %v)",
+				len(lat), lat[len(lat)/2], lat[len(lat)*99/100], maxLat, writeTimeout)
+			// Generous slack for a loaded 2-core machine; without the write
+			// deadline the stall has no bound at all.
+			if limit := writeTimeout + 3*time.Second; maxLat > limit {
+				t.Errorf("a PUBACK took %v, more than the write timeout + slack (%v)", maxLat, limit)
+			}
+			if !stuck.closed(10 * time.Second) {
+				t.Error("stuck subscriber's connection still open")
+			}
+
+			runtime.GC()
+			var now runtime.MemStats
+			runtime.ReadMemStats(&now)
+			growth := int64(now.HeapInuse) - int64(before.HeapInuse)
+			t.Logf("heap in use grew by %d KiB", growth/1024)
+			if growth > 64<<20 {
+				t.Errorf("heap grew by %d MiB", growth>>20)
+			}
+
+			// The session kept what it was owed, up to limits.max_inflight.
+			back := dialRaw(t, addr, 4)
+			if network == "ws" {
+				c := dialNet(t, "ws", addr, nil)
+				t.Cleanup(func() { _ = c.Close() })
+				back = &rawClient{t: t, c: c, r: newReader(c), version: 4}
+			}
+			if ack := back.connect("stuck-"+network, false, 30); !ack.SessionPresent {
+				t.Fatal("session not present")
+			}
+			got := 0
+			for {
+				pk, err := back.read(time.Second)
+				if err != nil {
+					break
+				}
+				if pk.FixedHeader.Type == packets.Publish {
+					got++
+					back.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+				}
+			}
+			t.Logf("reconnected subscriber received %d queued messages", got)
+			if got == 0 {
+				t.Error("no queued messages after reconnect")
+			}
+
+		})
+	}
+}
