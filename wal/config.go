@@ -111,6 +111,14 @@ func (c Config) Validate() error {
 	if c.MaxBytes < 0 {
 		return fmt.Errorf("max_bytes: must not be negative (got %d)", c.MaxBytes)
 	}
+	if seg := c.SegmentSize; c.MaxBytes > 0 {
+		if seg == 0 {
+			seg = DefaultConfig().SegmentSize
+		}
+		if c.MaxBytes < 2*seg {
+			return fmt.Errorf("max_bytes: must be at least twice segment_size (got %d, segment_size %d)", c.MaxBytes, seg)
+		}
+	}
 	switch c.OnFull {
 	case "", FullRefuse, FullDropOldest:
 	default:
