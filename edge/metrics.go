@@ -75,6 +75,14 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) (*metrics, error) {
 			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (the client's outbound queue, limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long.",
 			[]string{"reason"}, nil)},
 	}
+	// Every known label value exists from the start, so that dashboards and
+	// rate() see a zero rather than nothing.
+	for _, r := range []string{"anonymous", "bad_credentials"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, a := range []string{"read", "write"} {
+		m.aclDenials.WithLabelValues(a)
+	}
 	for q := range 3 {
 		m.received[q] = received.WithLabelValues(strconv.Itoa(q))
 		m.sent[q] = sent.WithLabelValues(strconv.Itoa(q))
