@@ -123,9 +123,11 @@ func TestSlowSubscriber(t *testing.T) {
 				if err != nil {
 					break
 				}
+				// Not acknowledged: mochi resends the whole backlog before it
+				// reads again, so PUBACKs written meanwhile could fill both
+				// directions of the socket.
 				if pk.FixedHeader.Type == packets.Publish {
 					got++
-					back.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 				}
 			}
 			t.Logf("reconnected subscriber received %d queued messages", got)
