@@ -57,7 +57,7 @@ flags:
 	fs.IntVar(&p.subs, "subs", 0, "subscribers (default per scenario: 1; fanout 50; shared 4)")
 	fs.IntVar(&p.size, "size", 256, "payload bytes (at least 24, the bench header)")
 	fs.IntVar(&p.window, "window", 500, "closed loop: most messages in flight end to end")
-	fs.IntVar(&p.inflight, "inflight", 500, "most unacknowledged QoS 1/2 publishes per connection (capped by the broker's v5 Receive Maximum)")
+	fs.IntVar(&p.inflight, "inflight", 100, "most unacknowledged QoS 1/2 publishes per connection (capped by the broker's v5 Receive Maximum)")
 	fs.DurationVar(&p.duration, "duration", 5*time.Second, "publish phase")
 	fs.IntVar(&p.rate, "rate", 0, "latency and burst: total msg/s (default 5000; burst base 2000)")
 	fs.IntVar(&p.conns, "conns", 1000, "conns: idle connections")

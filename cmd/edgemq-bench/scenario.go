@@ -29,6 +29,12 @@ type params struct {
 	backlog  int           // backlog: messages queued for the offline subscriber
 	drain    time.Duration // give up waiting after this long without progress
 	pid      int           // broker process, for CPU and RSS; 0: unknown
+	// count, when set, makes each publisher of a flow stop after count
+	// messages instead of after duration (go test -bench uses it).
+	count int
+	// measure, when set, is called with true as publishing starts (after
+	// connecting) and with false when the drain ends.
+	measure func(start bool)
 }
 
 // defaults fills the zero fields with the scenario's defaults.
@@ -63,7 +69,7 @@ func (p *params) defaults() {
 		p.size = headerSize
 	}
 	def(&p.window, 500)
-	def(&p.inflight, 500)
+	def(&p.inflight, 100)
 	def(&p.conns, 1000)
 	def(&p.backlog, 10000)
 	if p.duration == 0 {
@@ -248,12 +254,12 @@ type rateFn func(t time.Time) float64
 
 // publish sends until ctx ends: closed loop through win when rate is nil,
 // otherwise on a fixed schedule.
-func (pb *publisher) publish(ctx context.Context, nonce uint32, size int, win *window, rate rateFn, start time.Time) {
+func (pb *publisher) publish(ctx context.Context, nonce uint32, size int, win *window, rate rateFn, start time.Time, limit uint64) {
 	payload := make([]byte, size)
 	pkt := make([]byte, 0, size+64)
 	next := start
 	done := ctx.Done()
-	for seq := uint64(0); ; seq++ {
+	for seq := uint64(0); limit == 0 || seq < limit; seq++ {
 		if rate != nil {
 			now := time.Now()
 			if d := next.Sub(now); d > 0 {
@@ -467,14 +473,30 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 
 	probe := startProbe(p.pid)
 	time.Sleep(time.Until(start))
-	pubCtx, cancel := context.WithDeadline(ctx, start.Add(p.duration))
+	if p.measure != nil {
+		p.measure(true)
+	}
+	var pubCtx context.Context
+	var cancel context.CancelFunc
+	if p.count > 0 {
+		pubCtx, cancel = context.WithCancel(ctx)
+	} else {
+		pubCtx, cancel = context.WithDeadline(ctx, start.Add(p.duration))
+	}
 	defer cancel()
+	// With a count, the last publisher to finish ends the publish phase
+	// (and with it the stall watch).
+	var remaining atomic.Int64
+	remaining.Store(int64(len(pubs)))
 	var pubWG sync.WaitGroup
 	for _, pb := range pubs {
 		pubWG.Add(1)
 		go func() {
 			defer pubWG.Done()
-			pb.publish(pubCtx, nonce, p.size, win, rate, start)
+			pb.publish(pubCtx, nonce, p.size, win, rate, start, uint64(p.count))
+			if remaining.Add(-1) == 0 && p.count > 0 {
+				cancel()
+			}
 		}()
 	}
 	delivered := func() uint64 {
@@ -539,6 +561,9 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 		return sum(func(pb *publisher) uint64 { return pb.sent.Load() - pb.rejected.Load() }) * uint64(copies)
 	}
 	waitFor(delivered, expected)
+	if p.measure != nil {
+		p.measure(false)
+	}
 	probe.finish(r)
 
 	// Stop the read loops before reading the tallies.
