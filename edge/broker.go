@@ -49,6 +49,7 @@ type Broker struct {
 	srv          *mqtt.Server
 	listeners    []edgeListener
 	byName       map[string]edgeListener
+	auth         *authHook
 	http         *httpSide // nil: HTTP disabled
 	throttledLog *logThrottle
 	loopback     []string // listeners (and "http") forced onto loopback
@@ -127,6 +128,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	auth.acl = a
+	b.auth = auth
 
 	caps := capabilities(cfg.Limits)
 	b.srv = mqtt.New(&mqtt.Options{
@@ -189,13 +191,19 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.log.Warn("no authentication configured (auth.password_file and auth.allow_anonymous unset): binding to loopback only", "listener", name)
 	}
 	// Storage opens here, before any client can connect.
+	ds, err := b.openStorage()
+	if err != nil {
+		b.stopped = true
+		return err
+	}
+	b.storage = ds
 	bound := 0
 	fail := func(err error) error {
 		b.stopped = true // half-bound: a Broker is not restartable
 		for _, l := range b.listeners[:bound] {
 			l.stopAccepting()
 		}
-		return err
+		return errors.Join(err, ds.Close())
 	}
 	for _, l := range b.listeners {
 		if err := b.srv.AddListener(l); err != nil {
@@ -215,6 +223,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fail(fmt.Errorf("edge: start mqtt engine: %w", err))
 	}
 	b.started = true
+	ds.store.start()
 	if b.http != nil {
 		b.http.serve()
 	}

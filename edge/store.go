@@ -1,0 +1,1228 @@
+package edge
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/qos"
+	"github.com/edgemq/edgemq/wal"
+)
+
+// store is the mochi hook that keeps the durability contract (see doc.go):
+// it logs every accepted QoS 1/2 message before mochi acknowledges it, and
+// delivers QoS 1/2 messages itself, from the log, in place of mochi's
+// in-RAM fan-out and offline queues.
+//
+// mochi remains the protocol engine: it parses packets, writes CONNACK,
+// SUBACK and the acknowledgements of inbound messages, and answers PUBREC
+// with PUBREL. OnPublish returns CodeSuccessIgnore for every QoS 1/2 message,
+// which makes mochi acknowledge it without fanning it out. The dispatcher
+// goroutine reads the log in order and offers each message to the queues of
+// the sessions (and shared groups) it matches; one pump goroutine per
+// connected session takes from its queues and writes to the client.
+//
+// Lock order: store.mu, then session.mu, then group.mu, then a qos.Queue's.
+type store struct {
+	mqtt.HookBase
+	srv     *mqtt.Server
+	log     *wal.Log
+	lg      *slog.Logger
+	m       *storeMetrics
+	canRead func(cl *mqtt.Client, topic string) bool // the read ACL
+
+	queueLimit  int // RAM entries per queue before it scans the log
+	maxInflight int // outbound window per client, before its Receive Maximum
+
+	ctx    context.Context // the store's lifetime: cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the dispatcher, the expiry loop and the pumps
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	groups   map[string]*group
+	inbound  map[string]map[uint16]uint64 // client -> QoS 2 packet id awaiting PUBREL -> offset
+
+	dispatched atomic.Uint64 // the next offset the dispatcher looks at
+}
+
+// session is a client's session as the store keeps it. While the client is
+// connected, p is its pump; offline, only the queue's position, the
+// subscriptions and the unacknowledged packet ids stay in RAM.
+type session struct {
+	id    string
+	queue *qos.Queue
+
+	mu         sync.Mutex
+	persistent bool
+	subs       map[string]qos.Sub // by filter as subscribed
+	inflight   map[uint16]*flight
+	cl         *mqtt.Client // nil while offline
+	p          *pump
+	expiresAt  int64 // offline: Unix second the session ends (0: never)
+	resumed    bool  // the current connection took over an existing session
+}
+
+// flight is one outbound QoS 1/2 message waiting for its acknowledgement.
+type flight struct {
+	offset   uint64
+	qos      byte
+	released bool   // PUBREC came: only PUBREL may be sent again
+	group    string // the shared group it came through
+	msg      *qos.Message
+}
+
+// group is a shared subscription group: one queue its members take from.
+type group struct {
+	key    string // "$share/<name>/<filter>", as subscribed
+	filter string
+	since  uint64
+	queue  *qos.Queue
+	scanMu sync.Mutex // one member scans the log at a time
+}
+
+// pump delivers one connection's messages.
+type pump struct {
+	cl     *mqtt.Client
+	window int
+	wake   chan struct{} // capacity 1: a queue, a group or the window changed
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func (p *pump) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// errStoreClosed is returned by appends after close.
+var errStoreClosed = errors.New("edge: store closed")
+
+// storeOptions configure a store.
+type storeOptions struct {
+	queueLimit  int
+	maxInflight int
+	canRead     func(cl *mqtt.Client, topic string) bool
+}
+
+// newStore recovers the state in l into srv (sessions, subscriptions,
+// retained messages) and returns the hook. Call start once srv serves.
+func newStore(srv *mqtt.Server, l *wal.Log, lg *slog.Logger, m *storeMetrics, o storeOptions) (*store, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &store{
+		srv: srv, log: l, lg: lg, m: m, canRead: o.canRead,
+		queueLimit: max(o.queueLimit, 1), maxInflight: max(o.maxInflight, 1),
+		ctx: ctx, cancel: cancel,
+		sessions: map[string]*session{},
+		groups:   map[string]*group{},
+		inbound:  map[string]map[uint16]uint64{},
+	}
+	if s.canRead == nil {
+		s.canRead = func(*mqtt.Client, string) bool { return true }
+	}
+	if err := s.recover(); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// ID names the hook.
+func (s *store) ID() string { return "edge-store" }
+
+// Provides lists the events the store handles.
+func (s *store) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnPublish, mqtt.OnPacketRead, mqtt.OnPacketEncode,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnClientExpired:
+		return true
+	}
+	return false
+}
+
+// start runs the dispatcher from the end of the log, and the session
+// expiry loop.
+func (s *store) start() {
+	s.dispatched.Store(s.end())
+	s.wg.Add(2)
+	go s.dispatch()
+	go s.expireLoop()
+}
+
+// close stops the dispatcher and every pump and waits for them. The log is
+// closed by its owner, after.
+func (s *store) close() {
+	s.cancel()
+	s.mu.Lock()
+	for _, sess := range s.sessions {
+		sess.mu.Lock()
+		if sess.p != nil {
+			sess.stopPump()
+		}
+		sess.mu.Unlock()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// end returns the offset the log assigns next.
+func (s *store) end() uint64 { return s.log.LastOffset() + 1 }
+
+// persistent reports whether cl's session outlives its connection
+// [MQTT-3.1.2-23] [MQTT-3.1.2-6].
+func persistent(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func expiryOf(cl *mqtt.Client) uint32 {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval
+	}
+	if cl.Properties.Clean {
+		return 0
+	}
+	return math.MaxUint32
+}
+
+// appendWait appends records and waits until they are durable.
+func (s *store) appendWait(recs ...[]byte) (uint64, error) {
+	if s.ctx.Err() != nil {
+		return 0, errStoreClosed
+	}
+	off, err := s.log.Append(s.ctx, recs...)
+	if err != nil {
+		s.m.appendErrors.Inc()
+	}
+	return off, err
+}
+
+// appendAsync appends records without waiting for the fsync.
+func (s *store) appendAsync(recs ...[]byte) (uint64, error) {
+	off, err := s.log.AppendAsync(recs...)
+	if err != nil {
+		s.m.appendErrors.Inc()
+	}
+	return off, err
+}
+
+// OnSessionEstablish runs before mochi looks for an existing session and
+// writes CONNACK: a clean start ends the old session here, and a
+// persistent session is logged, durably, before its CONNACK.
+func (s *store) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	if last, ok := s.establish(cl, pk); ok {
+		if err := s.log.WaitDurable(s.ctx, last); err != nil {
+			s.lg.Warn("session not logged: it may not survive a restart", "client", cl.ID, "error", err)
+		}
+	}
+}
+
+// establish attaches cl to its session (a new one on clean start) and
+// returns the offset of the last record it appended, if any.
+func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logged bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	note := func(rec []byte) {
+		off, err := s.appendAsync(rec)
+		if err != nil {
+			s.lg.Warn("session change not logged", "client", cl.ID, "error", err)
+			return
+		}
+		last, logged = off, true
+	}
+	sess := s.sessions[cl.ID]
+	if pk.Connect.Clean { // [MQTT-3.1.2-4]
+		if sess != nil {
+			s.endSessionLocked(sess)
+			sess = nil
+		} else if s.inbound[cl.ID] != nil {
+			delete(s.inbound, cl.ID)
+			note(qos.EncodeEnd(cl.ID))
+		}
+	}
+	resumed := sess != nil
+	if sess == nil {
+		sess = &session{id: cl.ID, subs: map[string]qos.Sub{}, inflight: map[uint16]*flight{}}
+		sess.queue = qos.NewQueue(s.dispatched.Load(), s.queueLimit)
+		s.sessions[cl.ID] = sess
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.resumed = resumed
+	if sess.p != nil { // a takeover: the old connection's pump stops
+		sess.stopPump()
+		s.m.online.Dec()
+	}
+	sess.cl = cl
+	sess.expiresAt = 0
+	sess.persistent = persistent(cl)
+	if sess.persistent {
+		rec, _ := qos.Encode(&qos.Session{Client: cl.ID, ProtocolVersion: cl.Properties.ProtocolVersion, ExpiryInterval: expiryOf(cl)})
+		note(rec)
+	}
+	// mochi's own copy of an offline session is dropped at its disconnect
+	// (see OnDisconnect), so it cannot re-add the subscriptions: give the
+	// client its subscription set back, as mochi's takeover would.
+	for filter, sub := range sess.subs {
+		cl.State.Subscriptions.Add(filter, subPacket(sub.Subscribe))
+	}
+	for pid := range s.inbound[cl.ID] {
+		// A QoS 2 message acknowledged before a restart: mochi must know it
+		// waits for PUBREL, or it answers the PUBREL with 0x92.
+		cl.State.Inflight.Set(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+			PacketID:    pid,
+			Created:     time.Now().Unix(),
+		})
+	}
+	return last, logged
+}
+
+// OnSessionEstablished starts the session's pump once CONNACK is out.
+func (s *store) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	s.mu.Lock()
+	sess := s.sessions[cl.ID]
+	s.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.cl != cl || sess.p != nil {
+		return // taken over already
+	}
+	window := s.maxInflight
+	if cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.ReceiveMaximum > 0 {
+		window = min(window, int(cl.Properties.Props.ReceiveMaximum)) // [MQTT-3.3.4-9]
+	}
+	p := &pump{cl: cl, window: window, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	sess.p = p
+	s.m.online.Inc()
+	s.wg.Add(1)
+	go s.run(sess, p)
+}
+
+// stopPump tells the pump to stop; it exits on its own (a blocked write
+// ends at the write deadline). Called with sess.mu held.
+func (sess *session) stopPump() {
+	close(sess.p.stop)
+	sess.p = nil
+}
+
+// OnPacketEncode marks a persistent session present in CONNACK: after a
+// restart mochi does not know the sessions the log kept [MQTT-3.2.2-3].
+func (s *store) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 || pk.SessionPresent {
+		return pk
+	}
+	s.mu.Lock()
+	sess := s.sessions[cl.ID]
+	s.mu.Unlock()
+	if sess != nil {
+		sess.mu.Lock()
+		pk.SessionPresent = sess.cl == cl && sess.resumed
+		sess.mu.Unlock()
+	}
+	return pk
+}
+
+// OnDisconnect parks the session: its RAM queue is dropped, its backlog
+// stays in the log. A session that ends with its connection is removed.
+func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if cl.Net.Inline {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[cl.ID]
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	if sess.cl != cl { // taken over: the new connection owns the session
+		sess.mu.Unlock()
+		return
+	}
+	if sess.p != nil {
+		sess.stopPump()
+		s.m.online.Dec()
+	}
+	sess.cl = nil
+	sess.expiresAt = 0
+	if e := expiryOf(cl); e != math.MaxUint32 {
+		sess.expiresAt = time.Now().Unix() + int64(e)
+	}
+	wasPersistent := sess.persistent
+	sess.mu.Unlock()
+	if expire {
+		if wasPersistent || s.inbound[cl.ID] != nil {
+			s.endSessionLocked(sess)
+		} else {
+			s.forgetLocked(sess)
+		}
+		return
+	}
+	sess.queue.Park()
+	rec, _ := qos.Encode(&qos.Disconnect{Client: cl.ID, At: time.Now().Unix(), ExpiryInterval: expiryOf(cl)})
+	if _, err := s.appendAsync(rec); err != nil {
+		s.lg.Warn("disconnect not logged", "client", cl.ID, "error", err)
+	}
+	// mochi keeps an offline client, with its write queue, for as long as
+	// the session lives. The store keeps the session; mochi's copy goes.
+	// Safe against a reconnect: OnSessionEstablish takes s.mu first.
+	if cur, ok := s.srv.Clients.Get(cl.ID); ok && cur == cl {
+		s.srv.Clients.Delete(cl.ID)
+	}
+}
+
+// OnClientExpired is mochi's own expiry of a session it still holds.
+func (s *store) OnClientExpired(cl *mqtt.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sess := s.sessions[cl.ID]; sess != nil && sess.cl == nil {
+		s.endSessionLocked(sess)
+	}
+}
+
+// endSessionLocked removes a session for good, logged. Called with s.mu held.
+func (s *store) endSessionLocked(sess *session) {
+	if _, err := s.appendAsync(qos.EncodeEnd(sess.id)); err != nil {
+		s.lg.Warn("session end not logged", "client", sess.id, "error", err)
+	}
+	delete(s.inbound, sess.id)
+	s.forgetLocked(sess)
+}
+
+// forgetLocked removes a session from RAM and from mochi's topic index.
+func (s *store) forgetLocked(sess *session) {
+	sess.mu.Lock()
+	if sess.p != nil {
+		sess.stopPump()
+		s.m.online.Dec()
+	}
+	subs := sess.subs
+	sess.subs = map[string]qos.Sub{}
+	sess.inflight = map[uint16]*flight{}
+	sess.mu.Unlock()
+	for filter := range subs {
+		s.srv.Topics.Unsubscribe(filter, sess.id)
+	}
+	if s.sessions[sess.id] == sess {
+		delete(s.sessions, sess.id)
+	}
+}
+
+// expireLoop ends offline sessions whose expiry has passed.
+func (s *store) expireLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().Unix()
+		s.mu.Lock()
+		for _, sess := range s.sessions {
+			sess.mu.Lock()
+			offline, at := sess.cl == nil, sess.expiresAt
+			sess.mu.Unlock()
+			if offline && at > 0 && now >= at { // [MQTT-3.1.2-23]
+				s.endSessionLocked(sess)
+				s.m.expired.Inc()
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// OnPublish makes a QoS 1/2 message durable before mochi acknowledges it,
+// and takes its delivery over from mochi.
+func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	q := pk.FixedHeader.Qos
+	if q == 0 {
+		if pk.FixedHeader.Retain { // mochi delivers it; the log keeps the retained state
+			rec, _ := qos.Encode(messageOf(cl, pk))
+			if _, err := s.appendAsync(rec); err != nil {
+				s.lg.Warn("retained message not logged", "topic_len", len(pk.TopicName), "error", err)
+			}
+		}
+		return pk, nil
+	}
+	if q == 2 {
+		s.mu.Lock()
+		_, dup := s.inbound[cl.ID][pk.PacketID]
+		s.mu.Unlock()
+		if dup { // PUBREC again, deliver nothing [MQTT-4.3.3-9]
+			s.m.duplicates.Inc()
+			return pk, packets.CodeSuccessIgnore
+		}
+	}
+	msg := messageOf(cl, pk)
+	rec, err := qos.Encode(msg)
+	if err != nil {
+		return pk, refusePublish(cl, pk, packets.ErrMalformedPacket)
+	}
+	off, err := s.appendWait(rec)
+	if err != nil {
+		s.m.refused.WithLabelValues(refuseReason(err)).Inc()
+		s.lg.Warn("publish refused: not logged", "client", cl.ID, "error", err)
+		return pk, refuseStored(cl, pk, err)
+	}
+	if q == 2 {
+		s.mu.Lock()
+		if s.inbound[cl.ID] == nil {
+			s.inbound[cl.ID] = map[uint16]uint64{}
+		}
+		s.inbound[cl.ID][pk.PacketID] = off
+		s.mu.Unlock()
+	}
+	if pk.FixedHeader.Retain {
+		// mochi skips retaining an ignored message: keep it in its index,
+		// from which new subscribers get it [MQTT-3.3.1-5].
+		s.srv.Topics.RetainMessage(pk.Copy(false))
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+// refuseStored answers a publish the log could not take.
+func refuseStored(cl *mqtt.Client, pk packets.Packet, err error) error {
+	code := packets.ErrImplementationSpecificError
+	if errors.Is(err, wal.ErrFull) {
+		code = packets.ErrQuotaExceeded
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		// MQTT 3.1.1 has no refusal: no acknowledgement, and the client
+		// sends it again when it reconnects [MQTT-4.4.0-1].
+		return packets.ErrRejectPacket
+	}
+	return refusePublish(cl, pk, code)
+}
+
+func refuseReason(err error) string {
+	if errors.Is(err, wal.ErrFull) {
+		return "storage_full"
+	}
+	return "storage_error"
+}
+
+// messageOf builds the log record of an inbound PUBLISH.
+func messageOf(cl *mqtt.Client, pk packets.Packet) *qos.Message {
+	m := &qos.Message{
+		Topic:             pk.TopicName,
+		Payload:           pk.Payload,
+		QoS:               pk.FixedHeader.Qos,
+		Retain:            pk.FixedHeader.Retain,
+		Origin:            cl.ID,
+		OriginPacketID:    pk.PacketID,
+		Created:           time.Now().UnixNano(),
+		Expiry:            pk.Expiry,
+		PayloadFormat:     pk.Properties.PayloadFormat,
+		PayloadFormatFlag: pk.Properties.PayloadFormatFlag,
+		ContentType:       pk.Properties.ContentType,
+		ResponseTopic:     pk.Properties.ResponseTopic,
+		CorrelationData:   pk.Properties.CorrelationData,
+	}
+	for _, u := range pk.Properties.User {
+		m.User = append(m.User, qos.Property{Key: u.Key, Value: u.Val})
+	}
+	return m
+}
+
+// OnPacketRead takes the acknowledgements of outbound messages, and the
+// PUBREL of inbound QoS 2 ones, before mochi answers them: the state change
+// is logged first, so no PUBREL or PUBCOMP goes out before it is durable.
+func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+		s.complete(cl, pk.PacketID, pk.FixedHeader.Type)
+	case packets.Pubrec:
+		s.received(cl, pk)
+	case packets.Pubrel:
+		s.mu.Lock()
+		_, ok := s.inbound[cl.ID][pk.PacketID]
+		if ok {
+			delete(s.inbound[cl.ID], pk.PacketID)
+			if len(s.inbound[cl.ID]) == 0 {
+				delete(s.inbound, cl.ID)
+			}
+		}
+		s.mu.Unlock()
+		if ok {
+			// A lost InboundRelease would make the next message on this
+			// packet id look like a duplicate: durable before PUBCOMP.
+			if _, err := s.appendWait(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
+				s.lg.Warn("pubrel not logged", "client", cl.ID, "error", err)
+			}
+		}
+	case packets.Publish:
+		if pk.FixedHeader.Qos == 2 {
+			// mochi answers a duplicate of a QoS 2 message that waits for
+			// PUBREL with PUBREC 0x91; the spec wants a plain PUBREC
+			// [MQTT-4.3.3-9]. Let it through to OnPublish, which ignores it.
+			if in, ok := cl.State.Inflight.Get(pk.PacketID); ok && in.FixedHeader.Type == packets.Pubrec {
+				s.mu.Lock()
+				_, ours := s.inbound[cl.ID][pk.PacketID]
+				s.mu.Unlock()
+				if ours && cl.State.Inflight.Delete(pk.PacketID) {
+					cl.State.Inflight.IncreaseReceiveQuota()
+				}
+			}
+		}
+	}
+	return pk, nil
+}
+
+// session returns cl's session if cl is its current connection.
+func (s *store) sessionOf(cl *mqtt.Client) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[cl.ID]
+}
+
+// complete frees an outbound packet id on PUBACK or PUBCOMP.
+func (s *store) complete(cl *mqtt.Client, pid uint16, typ byte) {
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	f := sess.inflight[pid]
+	if f == nil || (typ == packets.Puback) != (f.qos == 1) {
+		sess.mu.Unlock()
+		return
+	}
+	delete(sess.inflight, pid)
+	logIt := sess.persistent || f.group != ""
+	p := sess.p
+	sess.mu.Unlock()
+	if logIt {
+		if _, err := s.appendAsync(qos.EncodeRef(qos.KindComplete, qos.PacketRef{Client: cl.ID, PacketID: pid})); err != nil {
+			s.lg.Warn("completion not logged", "client", cl.ID, "error", err)
+		}
+	}
+	s.m.acked.Inc()
+	if p != nil {
+		p.signal()
+	}
+}
+
+// received moves an outbound QoS 2 message to the PUBREL stage, durably,
+// before mochi sends the PUBREL [MQTT-4.3.3-5]. A PUBREC with an error code
+// ends the exchange [MQTT-4.3.3-4].
+func (s *store) received(cl *mqtt.Client, pk packets.Packet) {
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	f := sess.inflight[pk.PacketID]
+	if f == nil || f.qos != 2 || f.released {
+		sess.mu.Unlock()
+		return
+	}
+	logIt := sess.persistent || f.group != ""
+	if pk.ReasonCode >= 0x80 {
+		sess.mu.Unlock()
+		s.complete(cl, pk.PacketID, packets.Pubcomp)
+		return
+	}
+	f.released = true
+	f.msg = nil // only the PUBREL is sent again: the message may go
+	sess.mu.Unlock()
+	if logIt {
+		if _, err := s.appendWait(qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
+			s.lg.Warn("pubrec not logged", "client", cl.ID, "error", err)
+		}
+	}
+}
+
+// OnSubscribed logs the granted subscriptions, durably before SUBACK, and
+// gives them their start in the log. Refused filters are not kept.
+func (s *store) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if cl.Net.Inline {
+		return
+	}
+	if last, wait := s.subscribe(cl, pk, codes); wait {
+		if err := s.log.WaitDurable(s.ctx, last); err != nil {
+			s.lg.Warn("subscription not logged: it may not survive a restart", "client", cl.ID, "error", err)
+		}
+	}
+}
+
+// subscribe records the granted filters of pk. The locks are held across
+// the append, so the dispatcher, which takes them to match, cannot see a
+// message logged after a subscription before the subscription has its start.
+func (s *store) subscribe(cl *mqtt.Client, pk packets.Packet, codes []byte) (last uint64, wait bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[cl.ID]
+	if sess == nil {
+		return 0, false
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	var recs [][]byte
+	var subs []qos.Subscribe
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		sub := qos.Subscribe{Client: cl.ID, Filter: f.Filter, QoS: min(f.Qos, codes[i]), NoLocal: f.NoLocal,
+			RetainAsPublished: f.RetainAsPublished, RetainHandling: f.RetainHandling, Identifier: f.Identifier}
+		rec, err := qos.Encode(&sub)
+		if err != nil {
+			continue
+		}
+		recs, subs = append(recs, rec), append(subs, sub)
+	}
+	if len(recs) == 0 {
+		return 0, false
+	}
+	first, err := s.appendAsync(recs...)
+	if err != nil {
+		s.lg.Warn("subscription not logged: it may not survive a restart", "client", cl.ID, "error", err)
+		first = s.dispatched.Load()
+	}
+	for i, sub := range subs {
+		since := first + uint64(i)
+		sess.subs[sub.Filter] = qos.Sub{Subscribe: sub, Since: since}
+		if g, inner := qos.SplitShared(sub.Filter); g != "" && s.groups[sub.Filter] == nil {
+			s.groups[sub.Filter] = &group{key: sub.Filter, filter: inner, since: since, queue: qos.NewQueue(since+1, s.queueLimit)}
+		}
+	}
+	if sess.p != nil {
+		sess.p.signal()
+	}
+	return first + uint64(len(recs)) - 1, err == nil && sess.persistent
+}
+
+// OnUnsubscribed logs removed subscriptions, durably before UNSUBACK. mochi
+// also calls it when it clears a clean session's subscriptions; that
+// session's end is logged instead.
+func (s *store) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	if sess.cl != cl {
+		sess.mu.Unlock()
+		return
+	}
+	var recs [][]byte
+	for _, f := range pk.Filters {
+		if _, ok := sess.subs[f.Filter]; !ok {
+			continue
+		}
+		delete(sess.subs, f.Filter)
+		rec, _ := qos.Encode(&qos.Unsubscribe{Client: cl.ID, Filter: f.Filter})
+		recs = append(recs, rec)
+	}
+	persistent := sess.persistent
+	sess.mu.Unlock()
+	if len(recs) > 0 && persistent {
+		if _, err := s.appendWait(recs...); err != nil {
+			s.lg.Warn("unsubscribe not logged", "client", cl.ID, "error", err)
+		}
+	}
+}
+
+// subPacket is the mochi form of a logged subscription.
+func subPacket(s qos.Subscribe) packets.Subscription {
+	return packets.Subscription{
+		Filter: s.Filter, Qos: s.QoS, NoLocal: s.NoLocal, RetainAsPublished: s.RetainAsPublished,
+		RetainHandling: s.RetainHandling, Identifier: s.Identifier,
+	}
+}
+
+// dispatch reads the log in order and offers each QoS 1/2 message to the
+// queues it matches.
+func (s *store) dispatch() {
+	defer s.wg.Done()
+	r := s.log.NewReader(s.dispatched.Load())
+	for {
+		off, rec, err := r.Next(s.ctx)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			s.lg.Error("dispatcher: log read failed", "offset", s.dispatched.Load(), "error", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			r = s.log.NewReader(max(s.dispatched.Load(), s.log.FirstOffset()))
+			continue
+		}
+		// Progress moves before the offers: a pump that has scanned up to
+		// it may switch to taking offers (qos.Queue.CatchUp), and must not
+		// do so while this record is being offered.
+		s.dispatched.Store(off + 1)
+		if qos.KindOf(rec) == qos.KindMessage {
+			m := new(qos.Message)
+			if err := m.UnmarshalBinary(rec); err != nil {
+				s.lg.Error("dispatcher: bad message record", "offset", off, "error", err)
+			} else if m.QoS > 0 {
+				s.fanout(off, m)
+			}
+		}
+	}
+}
+
+// fanout offers the message at off to every matching session and group.
+func (s *store) fanout(off uint64, m *qos.Message) {
+	subs := s.srv.Topics.Subscribers(m.Topic)
+	e := qos.Entry{Offset: off, Msg: m}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range subs.Subscriptions {
+		sess := s.sessions[id]
+		if sess == nil {
+			continue
+		}
+		sess.mu.Lock()
+		_, ok := sess.match(off, m)
+		p := sess.p
+		sess.mu.Unlock()
+		if ok && sess.queue.Offer(e) && p != nil {
+			p.signal()
+		}
+	}
+	for key, members := range subs.Shared {
+		g := s.groups[key]
+		if g == nil || off <= g.since {
+			continue
+		}
+		g.queue.Offer(e)
+		for id := range members {
+			if sess := s.sessions[id]; sess != nil {
+				sess.mu.Lock()
+				if sess.p != nil {
+					sess.p.signal()
+				}
+				sess.mu.Unlock()
+			}
+		}
+	}
+	s.m.dispatched.Inc()
+}
+
+// match returns the delivery options for a message logged at off from the
+// session's own (not shared) subscriptions: the highest QoS of those that
+// match, all their identifiers [MQTT-3.3.4-3], and whether any matches.
+// Called with sess.mu held.
+func (sess *session) match(off uint64, m *qos.Message) (delivery, bool) {
+	var d delivery
+	found := false
+	for filter, sub := range sess.subs {
+		if sub.Since >= off {
+			continue
+		}
+		if g, _ := qos.SplitShared(filter); g != "" {
+			continue
+		}
+		if !qos.Match(filter, m.Topic) {
+			continue
+		}
+		if sub.NoLocal && m.Origin == sess.id { // [MQTT-3.8.3-3]
+			continue
+		}
+		if !found || sub.QoS > d.qos {
+			d.qos = sub.QoS
+		}
+		d.rap = d.rap || sub.RetainAsPublished
+		if sub.Identifier > 0 {
+			d.ids = append(d.ids, sub.Identifier)
+		}
+		found = true
+	}
+	return d, found
+}
+
+// delivery is how one message goes to one session.
+type delivery struct {
+	qos   byte
+	rap   bool
+	ids   []int
+	group string
+}
+
+// run is a pump: it resends what the session holds unacknowledged, then
+// delivers its queues in order, as fast as the client's window allows.
+func (s *store) run(sess *session, p *pump) {
+	defer s.wg.Done()
+	defer close(p.done)
+	if !s.resend(sess, p) {
+		return
+	}
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-s.ctx.Done():
+			return
+		default:
+		}
+		if !s.hasWindow(sess, p) {
+			if !s.wait(sess, p) {
+				return
+			}
+			continue
+		}
+		progressed, ok := s.step(sess, p)
+		if !ok {
+			return
+		}
+		if !progressed && !s.wait(sess, p) {
+			return
+		}
+	}
+}
+
+// wait blocks until something may have changed for the pump. The ticker is
+// a safety net only: every change signals.
+func (s *store) wait(sess *session, p *pump) bool {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-p.stop:
+		return false
+	case <-s.ctx.Done():
+		return false
+	case <-p.wake:
+	case <-sess.queue.Wake():
+	case <-t.C:
+	}
+	return true
+}
+
+func (s *store) hasWindow(sess *session, p *pump) bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return len(sess.inflight) < p.window
+}
+
+// step delivers at most one message: from the session's RAM queue, else
+// one record of its log scan, else from one of its shared groups. It
+// reports whether it did anything, and false for ok when the connection
+// is gone.
+func (s *store) step(sess *session, p *pump) (progressed, ok bool) {
+	if e, found := sess.queue.Pop(); found {
+		return true, s.deliverOwn(sess, p, e)
+	}
+	if from, scanning := sess.queue.Scan(); scanning {
+		if from >= s.dispatched.Load() {
+			if sess.queue.CatchUp(s.dispatched.Load) {
+				return true, true
+			}
+			return s.stepGroups(sess, p) // the dispatcher has not got there yet
+		}
+		e, err := s.readEntry(from)
+		if err != nil {
+			s.lg.Warn("session scan: log read failed", "client", sess.id, "offset", from, "error", err)
+			sess.queue.Scanned(from) // what the log lost cannot be delivered
+			return true, true
+		}
+		ok := true
+		if e.Msg != nil {
+			ok = s.deliverOwn(sess, p, e)
+		}
+		sess.queue.Scanned(from)
+		return true, ok
+	}
+	return s.stepGroups(sess, p)
+}
+
+// readEntry reads the record at off; Msg is nil for a record that is not a
+// QoS 1/2 message.
+func (s *store) readEntry(off uint64) (qos.Entry, error) {
+	rec, err := s.log.Read(off)
+	if err != nil {
+		return qos.Entry{Offset: off}, err
+	}
+	if qos.KindOf(rec) != qos.KindMessage {
+		return qos.Entry{Offset: off}, nil
+	}
+	m := new(qos.Message)
+	if err := m.UnmarshalBinary(rec); err != nil {
+		return qos.Entry{Offset: off}, err
+	}
+	if m.QoS == 0 {
+		return qos.Entry{Offset: off}, nil
+	}
+	return qos.Entry{Offset: off, Msg: m}, nil
+}
+
+// deliverOwn delivers an entry of the session's own queue if the session
+// still matches it.
+func (s *store) deliverOwn(sess *session, p *pump, e qos.Entry) bool {
+	sess.mu.Lock()
+	d, ok := sess.match(e.Offset, e.Msg)
+	sess.mu.Unlock()
+	if !ok {
+		return true
+	}
+	return s.send(sess, p, e, d)
+}
+
+// stepGroups takes one message from a shared group the session belongs to.
+func (s *store) stepGroups(sess *session, p *pump) (progressed, ok bool) {
+	sess.mu.Lock()
+	var keys []string
+	var subs []qos.Sub
+	for filter, sub := range sess.subs {
+		if g, _ := qos.SplitShared(filter); g != "" {
+			keys, subs = append(keys, filter), append(subs, sub)
+		}
+	}
+	sess.mu.Unlock()
+	for i, key := range keys {
+		s.mu.Lock()
+		g := s.groups[key]
+		s.mu.Unlock()
+		if g == nil {
+			continue
+		}
+		e, found := s.takeGroup(g)
+		if !found {
+			continue
+		}
+		if e.Msg == nil || !qos.Match(g.filter, e.Msg.Topic) {
+			return true, true
+		}
+		d := delivery{qos: subs[i].QoS, rap: subs[i].RetainAsPublished, group: key}
+		if subs[i].Identifier > 0 {
+			d.ids = []int{subs[i].Identifier}
+		}
+		return true, s.send(sess, p, e, d)
+	}
+	return false, true
+}
+
+// takeGroup takes the next entry of a group: from its RAM queue, or one
+// record of its scan (Msg nil when the record is not for the group).
+func (s *store) takeGroup(g *group) (qos.Entry, bool) {
+	if e, ok := g.queue.Pop(); ok {
+		return e, true
+	}
+	g.scanMu.Lock()
+	defer g.scanMu.Unlock()
+	from, scanning := g.queue.Scan()
+	if !scanning {
+		return qos.Entry{}, false
+	}
+	if from >= s.dispatched.Load() {
+		g.queue.CatchUp(s.dispatched.Load)
+		return qos.Entry{}, false
+	}
+	e, err := s.readEntry(from)
+	g.queue.Scanned(from)
+	if err != nil {
+		s.lg.Warn("group scan: log read failed", "group", g.key, "offset", from, "error", err)
+		return qos.Entry{Offset: from}, true
+	}
+	return e, true
+}
+
+// send writes one message to the client: QoS 0 as is; QoS 1/2 under a new
+// packet id, logged for a persistent session (QoS 2: durably, before the
+// PUBLISH is written). It returns false when the connection is gone.
+func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
+	m := e.Msg
+	now := time.Now()
+	if m.Expiry > 0 && m.Expiry <= now.Unix() { // [MQTT-3.3.2-5]
+		s.m.dropped.WithLabelValues("expired").Inc()
+		return true
+	}
+	if !s.canRead(p.cl, m.Topic) {
+		s.m.dropped.WithLabelValues("acl").Inc()
+		return true
+	}
+	out := publishPacket(m, min(m.QoS, d.qos), d, p.cl.Properties.ProtocolVersion)
+	if out.FixedHeader.Qos == 0 {
+		sess.mu.Lock()
+		logIt := sess.persistent || d.group != ""
+		sess.mu.Unlock()
+		if logIt { // only the position moves: at most once, even after a restart
+			rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, Offset: e.Offset, Group: d.group})
+			_, _ = s.appendAsync(rec)
+		}
+		return s.write(sess, p, out)
+	}
+	pid, err := p.cl.NextPacketID()
+	if err != nil {
+		s.m.dropped.WithLabelValues("packet_ids").Inc()
+		return true
+	}
+	out.PacketID = uint16(pid)
+	f := &flight{offset: e.Offset, qos: out.FixedHeader.Qos, group: d.group, msg: m}
+	sess.mu.Lock()
+	if sess.p != p {
+		sess.mu.Unlock()
+		return false
+	}
+	sess.inflight[out.PacketID] = f
+	logIt := sess.persistent || d.group != ""
+	sess.mu.Unlock()
+	tracked := out
+	tracked.Expiry = 0 // mochi must not drop it from its map on its own
+	p.cl.State.Inflight.Set(tracked)
+	if logIt {
+		rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, PacketID: out.PacketID, Offset: e.Offset, QoS: out.FixedHeader.Qos, Group: d.group})
+		off, err := s.appendAsync(rec)
+		if err == nil && out.FixedHeader.Qos == 2 {
+			err = s.log.WaitDurable(s.ctx, off) // durable before the wire
+		}
+		if err != nil && out.FixedHeader.Qos == 2 {
+			// Without its record the PUBLISH could be sent twice after a
+			// restart: leave it unsent; the reconnect resends it.
+			s.lg.Warn("qos 2 delivery not logged: held back", "client", sess.id, "error", err)
+			return false
+		}
+	}
+	return s.write(sess, p, out)
+}
+
+// write writes a packet; a failed write ends the pump (the connection is
+// closing: the write deadline cut it, or the peer left).
+func (s *store) write(sess *session, p *pump, out packets.Packet) bool {
+	err := p.cl.WritePacket(out)
+	if errors.Is(err, packets.ErrPacketTooLarge) { // [MQTT-3.1.2-25]
+		s.m.dropped.WithLabelValues("too_large").Inc()
+		if out.FixedHeader.Qos > 0 {
+			s.complete(p.cl, out.PacketID, ackType(out.FixedHeader.Qos))
+			p.cl.State.Inflight.Delete(out.PacketID)
+		}
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	s.m.delivered.WithLabelValues(qosLabel(out.FixedHeader.Qos)).Inc()
+	return true
+}
+
+func ackType(q byte) byte {
+	if q == 1 {
+		return packets.Puback
+	}
+	return packets.Pubcomp
+}
+
+func qosLabel(q byte) string { return string('0' + q) }
+
+// resend sends again, in log order, what the session holds unacknowledged:
+// PUBLISH with DUP, or PUBREL for a released QoS 2 message [MQTT-4.4.0-1].
+func (s *store) resend(sess *session, p *pump) bool {
+	sess.mu.Lock()
+	type pending struct {
+		pid uint16
+		f   *flight
+	}
+	var list []pending
+	for pid, f := range sess.inflight {
+		list = append(list, pending{pid, f})
+	}
+	sess.mu.Unlock()
+	slices.SortFunc(list, func(a, b pending) int { return cmp.Compare(a.f.offset, b.f.offset) })
+	for _, it := range list {
+		if _, ok := p.cl.State.Inflight.Get(it.pid); ok {
+			continue // mochi's takeover resent it already
+		}
+		var out packets.Packet
+		if it.f.released {
+			out = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: it.pid}
+		} else {
+			m := it.f.msg
+			if m == nil {
+				e, err := s.readEntry(it.f.offset)
+				if err != nil || e.Msg == nil {
+					s.lg.Warn("resend: message gone from the log", "client", sess.id, "offset", it.f.offset, "error", err)
+					s.complete(p.cl, it.pid, ackType(it.f.qos))
+					continue
+				}
+				m = e.Msg
+				sess.mu.Lock()
+				it.f.msg = m
+				sess.mu.Unlock()
+			}
+			sess.mu.Lock()
+			var d delivery
+			if sub, ok := sess.subs[it.f.group]; ok && it.f.group != "" {
+				d = delivery{qos: sub.QoS, rap: sub.RetainAsPublished, group: it.f.group}
+			} else {
+				d, _ = sess.match(it.f.offset, m)
+			}
+			sess.mu.Unlock()
+			out = publishPacket(m, it.f.qos, d, p.cl.Properties.ProtocolVersion)
+			out.PacketID = it.pid
+			out.FixedHeader.Dup = true // [MQTT-3.3.1-1]
+		}
+		tracked := out
+		tracked.Expiry = 0
+		p.cl.State.Inflight.Set(tracked)
+		if err := p.cl.WritePacket(out); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// publishPacket builds the PUBLISH of a logged message at QoS q.
+func publishPacket(m *qos.Message, q byte, d delivery, version byte) packets.Packet {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		Origin:      m.Origin,
+		Created:     m.Created / int64(time.Second),
+		Expiry:      m.Expiry,
+		Properties: packets.Properties{
+			PayloadFormat:     m.PayloadFormat,
+			PayloadFormatFlag: m.PayloadFormatFlag,
+			ContentType:       m.ContentType,
+			ResponseTopic:     m.ResponseTopic,
+			CorrelationData:   m.CorrelationData,
+		},
+	}
+	// Live delivery clears RETAIN unless the v5 subscription asked for
+	// Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
+	pk.FixedHeader.Retain = m.Retain && d.rap && version == 5
+	for _, u := range m.User {
+		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: u.Key, Val: u.Value})
+	}
+	if len(d.ids) > 0 {
+		pk.Properties.SubscriptionIdentifier = append([]int(nil), d.ids...)
+	}
+	return pk
+}

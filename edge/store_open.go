@@ -1,0 +1,76 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/edgemq/edgemq/wal"
+)
+
+// durableStorage is the log and the store hook on it, closed as one: the
+// store's goroutines first, the log last.
+type durableStorage struct {
+	store *store
+	log   *wal.Log
+}
+
+// Close stops the store and closes the log.
+func (d *durableStorage) Close() error {
+	d.store.close()
+	return d.log.Close()
+}
+
+// walConfig maps the storage section onto the log's configuration.
+func walConfig(c StorageConfig) wal.Config {
+	wc := wal.DefaultConfig()
+	wc.Sync = wal.SyncPolicy(c.Sync)
+	wc.SyncInterval = c.SyncInterval
+	wc.SegmentSize = int64(c.SegmentSize)
+	wc.MaxBytes = int64(c.MaxDiskBytes)
+	return wc
+}
+
+// openStorage opens the log, replays it into the broker (sessions,
+// subscriptions, retained messages) and adds the store hook. It runs in
+// Start, before any listener accepts.
+func (b *Broker) openStorage() (*durableStorage, error) {
+	// The store tracks its outbound messages in mochi's inflight map only
+	// for mochi's acknowledgement handling; mochi must not expire them on
+	// its own (its default forces a one-day expiry), or it could hand out
+	// their packet ids again. Message expiry is the store's [MQTT-3.3.2-5].
+	b.srv.Options.Capabilities.MaximumMessageExpiryInterval = 0
+	wc := walConfig(b.cfg.Storage)
+	wc.Logger = b.log.With("component", "wal")
+	l, err := wal.Open(b.cfg.Storage.Dir, wc)
+	if err != nil {
+		return nil, fmt.Errorf("edge: open storage %s: %w", b.cfg.Storage.Dir, err)
+	}
+	if err := b.reg.Register(newLogCollector(l)); err != nil {
+		return nil, errors.Join(fmt.Errorf("edge: log metrics: %w", err), l.Close())
+	}
+	m, err := newStoreMetrics(b.reg)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("edge: store metrics: %w", err), l.Close())
+	}
+	s, err := newStore(b.srv, l, b.log.With("component", "store"), m, storeOptions{
+		queueLimit:  storeQueueLimit,
+		maxInflight: b.cfg.Limits.MaxInflight,
+		canRead: func(cl *mqtt.Client, topic string) bool {
+			return b.auth.OnACLCheck(cl, topic, false)
+		},
+	})
+	if err != nil {
+		return nil, errors.Join(err, l.Close())
+	}
+	if err := b.srv.AddHook(s, nil); err != nil {
+		s.close()
+		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", s.ID(), err), l.Close())
+	}
+	return &durableStorage{store: s, log: l}, nil
+}
+
+// storeQueueLimit is how many messages a session's queue holds in RAM
+// before it reads its backlog from the log instead.
+const storeQueueLimit = 1024

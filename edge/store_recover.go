@@ -1,0 +1,94 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// recover replays the log into a qos.State and rebuilds from it what the
+// broker needs: sessions with their subscriptions (in mochi's topic index
+// too), positions and unacknowledged packet ids; shared groups; retained
+// messages; inbound QoS 2 messages waiting for PUBREL. A session that was
+// connected when the broker stopped is offline from now on. It runs before
+// the listeners start.
+func (s *store) recover() error {
+	started := time.Now()
+	st := qos.NewState()
+	first, last := s.log.FirstOffset(), s.log.LastOffset()
+	r := s.log.NewReader(first)
+	var records int
+	for r.Offset() <= last {
+		off, rec, err := r.Next(context.Background())
+		if err != nil {
+			return fmt.Errorf("edge: replay the log at offset %d: %w", r.Offset(), err)
+		}
+		if err := st.Apply(off, rec); err != nil {
+			// A record this version cannot read: say so, keep the rest.
+			s.lg.Error("replay: record skipped", "offset", off, "error", err)
+			continue
+		}
+		records++
+	}
+
+	now := time.Now().Unix()
+	var ended []string
+	for id, ss := range st.Sessions {
+		if ss.Connected { // it was online when the broker stopped
+			ss.DisconnectedAt = now
+		}
+		if ss.Expired(now) {
+			ended = append(ended, id)
+			continue
+		}
+		sess := &session{
+			id:         id,
+			persistent: true,
+			subs:       ss.Subs,
+			inflight:   make(map[uint16]*flight, len(ss.Inflight)),
+			queue:      qos.NewQueue(ss.Next, s.queueLimit),
+		}
+		if ss.ExpiryInterval != math.MaxUint32 {
+			sess.expiresAt = ss.DisconnectedAt + int64(ss.ExpiryInterval)
+		}
+		for pid, in := range ss.Inflight {
+			sess.inflight[pid] = &flight{offset: in.Offset, qos: in.QoS, released: in.Released, group: in.Group}
+		}
+		for filter, sub := range ss.Subs {
+			s.srv.Topics.Subscribe(id, subPacket(sub.Subscribe))
+			if g, inner := qos.SplitShared(filter); g != "" && s.groups[filter] == nil {
+				next, ok := st.GroupNext[filter]
+				if !ok {
+					next = sub.Since + 1
+				}
+				s.groups[filter] = &group{key: filter, filter: inner, queue: qos.NewQueue(next, s.queueLimit)}
+			}
+		}
+		s.sessions[id] = sess
+	}
+	for _, id := range ended {
+		if _, err := s.log.AppendAsync(qos.EncodeEnd(id)); err != nil {
+			s.lg.Warn("replay: expired session end not logged", "client", id, "error", err)
+		}
+	}
+	for _, r := range st.Retained {
+		s.srv.Topics.RetainMessage(retainedPacket(&r.Message))
+	}
+	s.inbound = st.Inbound
+	s.lg.Info("log replayed", "records", records, "first_offset", first, "last_offset", last,
+		"sessions", len(s.sessions), "expired_sessions", len(ended), "retained", len(st.Retained),
+		"seconds", time.Since(started).Seconds())
+	return nil
+}
+
+// retainedPacket is the mochi form of a logged retained message.
+func retainedPacket(m *qos.Message) packets.Packet {
+	pk := publishPacket(m, m.QoS, delivery{rap: true}, 5)
+	pk.FixedHeader.Retain = true
+	return pk
+}

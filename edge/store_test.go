@@ -1,0 +1,314 @@
+package edge_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+// restartable runs a broker on one storage directory across restarts.
+type restartable struct {
+	t   *testing.T
+	cfg edge.Config
+	tb  *testBroker
+}
+
+func newRestartable(t *testing.T, tune func(*edge.Config)) *restartable {
+	cfg := testConfig(t)
+	if tune != nil {
+		tune(&cfg)
+	}
+	r := &restartable{t: t, cfg: cfg}
+	r.tb = startBroker(t, cfg)
+	return r
+}
+
+// restart shuts the broker down (a clean stop) and starts a new one on the
+// same directory.
+func (r *restartable) restart() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := r.tb.Shutdown(ctx); err != nil {
+		r.t.Fatalf("shutdown: %v", err)
+	}
+	r.tb = startBroker(r.t, r.cfg)
+}
+
+func (r *restartable) ep() endpoint {
+	return endpoint{network: "tcp", addr: r.tb.Addr("tcp").String()}
+}
+
+// persistentV3 connects a 3.1.1 client with clean session false.
+func persistentV3(t *testing.T, ep endpoint, id string) (pahov3.Client, chan msg) {
+	return connectV3(t, ep, id, func(o *pahov3.ClientOptions) { o.SetCleanSession(false) })
+}
+
+// TestBacklogSurvivesRestart: messages acknowledged while a persistent
+// subscriber is offline reach it, in order and once, after a restart.
+func TestBacklogSurvivesRestart(t *testing.T) {
+	for _, version := range []string{"v5", "v311"} {
+		t.Run(version, func(t *testing.T) {
+			r := newRestartable(t, nil)
+			const n = 200
+			id := "backlog-" + version
+			topic := "backlog/" + version
+			switch version {
+			case "v5":
+				s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id, persistent: true})
+				s.subscribe(t, topic+"/#", 2)
+				_ = s.Disconnect(&paho.Disconnect{})
+			default:
+				s, _ := persistentV3(t, r.ep(), id)
+				if tok := s.Subscribe(topic+"/#", 2, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Fatalf("subscribe: %v", tok.Error())
+				}
+				s.Disconnect(100)
+			}
+			p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id + "-pub"})
+			for i := range n {
+				q := byte(1 + i%2)
+				if _, err := p.publish(t, fmt.Sprintf("%s/q%d", topic, q), q, false, []byte(strconv.Itoa(i))); err != nil {
+					t.Fatalf("publish %d: %v", i, err)
+				}
+			}
+			r.restart()
+
+			var got []string
+			switch version {
+			case "v5":
+				s, ack := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id, persistent: true})
+				if !ack.SessionPresent {
+					t.Fatal("CONNACK session present = false after restart")
+				}
+				for _, m := range s.receive(t, n) {
+					got = append(got, string(m.Payload))
+				}
+				s.quiet(t, 300*time.Millisecond)
+			default:
+				_, ch := persistentV3(t, r.ep(), id)
+				for _, m := range receiveV3(t, ch, n) {
+					got = append(got, m.payload)
+				}
+			}
+			for i, g := range got {
+				if g != strconv.Itoa(i) {
+					t.Fatalf("message %d is %q: lost, duplicated or reordered", i, g)
+				}
+			}
+		})
+	}
+}
+
+// TestQoS2ExactlyOnceAcrossRestarts: an offline QoS 2 backlog is delivered
+// once, and a second restart delivers nothing again.
+func TestQoS2ExactlyOnceAcrossRestarts(t *testing.T) {
+	r := newRestartable(t, nil)
+	const n = 50
+	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "eo-sub", persistent: true})
+	s.subscribe(t, "eo/#", 2)
+	_ = s.Disconnect(&paho.Disconnect{})
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "eo-pub"})
+	for i := range n {
+		if _, err := p.publish(t, "eo/t", 2, false, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	r.restart()
+	s, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "eo-sub", persistent: true})
+	for i, m := range s.receive(t, n) {
+		if string(m.Payload) != strconv.Itoa(i) || m.QoS != 2 {
+			t.Fatalf("message %d: %q at QoS %d", i, m.Payload, m.QoS)
+		}
+	}
+	s.quiet(t, 300*time.Millisecond)
+	_ = s.Disconnect(&paho.Disconnect{})
+	<-doneOrTimeout(s.Done())
+	r.restart()
+	s, ack := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "eo-sub", persistent: true})
+	if !ack.SessionPresent {
+		t.Fatal("session lost on the second restart")
+	}
+	s.quiet(t, time.Second)
+}
+
+// TestRetainedAcrossRestarts: set, changed and cleared retained messages
+// survive restarts as they were last left.
+func TestRetainedAcrossRestarts(t *testing.T) {
+	r := newRestartable(t, nil)
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "ret-pub"})
+	for _, pub := range []struct {
+		topic string
+		qos   byte
+		body  string
+	}{{"ret/a", 1, "a1"}, {"ret/b", 0, "b1"}, {"ret/c", 2, "c1"}, {"ret/a", 2, "a2"}, {"ret/c", 1, ""}} {
+		if _, err := p.publish(t, pub.topic, pub.qos, true, []byte(pub.body)); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the QoS 0 retained record is logged without a wait
+	for round := range 2 {
+		r.restart()
+		s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: fmt.Sprintf("ret-sub-%d", round)})
+		s.subscribe(t, "ret/#", 2)
+		got := map[string]string{}
+		for _, m := range s.receive(t, 2) {
+			got[m.Topic] = string(m.Payload)
+		}
+		s.quiet(t, 300*time.Millisecond)
+		if got["ret/a"] != "a2" || got["ret/b"] != "b1" || len(got) != 2 {
+			t.Fatalf("round %d: retained = %v, want ret/a=a2 ret/b=b1", round, got)
+		}
+	}
+}
+
+// TestInboundQoS2DuplicateAfterRestart: a publisher that got PUBREC before a
+// restart and sends the PUBLISH again after it gets a plain PUBREC, and the
+// message is delivered once [MQTT-4.3.3-9].
+func TestInboundQoS2DuplicateAfterRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "dup-sub", persistent: true})
+	s.subscribe(t, "dup/#", 2)
+	_ = s.Disconnect(&paho.Disconnect{})
+	<-doneOrTimeout(s.Done())
+
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, TopicName: "dup/t", PacketID: 7, Payload: []byte("once")}
+	rc := dialRaw(t, r.ep().addr, 5)
+	rc.connect("dup-pub", false, 30)
+	rc.send(pub)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Pubrec || ack.ReasonCode != 0 {
+		t.Fatalf("first PUBREC: %v %+v", err, ack)
+	}
+	r.restart()
+
+	rc = dialRaw(t, r.ep().addr, 5)
+	if ack := rc.connect("dup-pub", false, 30); !ack.SessionPresent {
+		t.Fatal("publisher session not present after restart")
+	}
+	pub.FixedHeader.Dup = true
+	rc.send(pub)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Pubrec || ack.ReasonCode != 0 {
+		t.Fatalf("PUBREC for the duplicate: %v type %d reason %#x", err, ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 7})
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Pubcomp || ack.ReasonCode != 0 {
+		t.Fatalf("PUBCOMP: %v type %d reason %#x", err, ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	// The packet id is free again: a new message on it is a new message.
+	pub.FixedHeader.Dup, pub.Payload = false, []byte("twice")
+	rc.send(pub)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Pubrec {
+		t.Fatalf("PUBREC for a new message: %v %+v", err, ack)
+	}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 7})
+
+	s, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "dup-sub", persistent: true})
+	got := s.receive(t, 2)
+	if string(got[0].Payload) != "once" || string(got[1].Payload) != "twice" {
+		t.Fatalf("got %q, %q", got[0].Payload, got[1].Payload)
+	}
+	s.quiet(t, 300*time.Millisecond)
+}
+
+// TestOutboundPubrelStageAcrossRestart: once a subscriber has sent PUBREC,
+// the broker never sends that PUBLISH again, even after a restart: it sends
+// PUBREL [MQTT-4.3.3-5].
+func TestOutboundPubrelStageAcrossRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	sub := dialRaw(t, r.ep().addr, 5)
+	sub.connect("rel-sub", false, 30)
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "rel/#", Qos: 2}}})
+	if ack, err := sub.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("suback: %v %+v", err, ack)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "rel-pub"})
+	if _, err := p.publish(t, "rel/t", 2, false, []byte("x")); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	got, err := sub.read(5 * time.Second)
+	if err != nil || got.FixedHeader.Type != packets.Publish {
+		t.Fatalf("publish to subscriber: %v %+v", err, got)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: got.PacketID})
+	if rel, err := sub.read(5 * time.Second); err != nil || rel.FixedHeader.Type != packets.Pubrel {
+		t.Fatalf("pubrel: %v %+v", err, rel)
+	}
+	// No PUBCOMP: the exchange is cut here.
+	_ = sub.c.Close()
+	r.restart()
+
+	sub = dialRaw(t, r.ep().addr, 5)
+	if ack := sub.connect("rel-sub", false, 30); !ack.SessionPresent {
+		t.Fatal("session not present after restart")
+	}
+	rel, err := sub.read(5 * time.Second)
+	if err != nil || rel.FixedHeader.Type != packets.Pubrel || rel.PacketID != got.PacketID {
+		t.Fatalf("after restart: %v, got packet type %d id %d, want PUBREL %d", err, rel.FixedHeader.Type, rel.PacketID, got.PacketID)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: got.PacketID})
+	if pk, err := sub.read(500 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected packet type %d after PUBCOMP", pk.FixedHeader.Type)
+	}
+}
+
+// TestBacklogRespectsReceiveMaximum: a reconnecting v5 subscriber with
+// Receive Maximum 3 never holds more than 3 unacknowledged messages, and
+// gets its backlog in order.
+func TestBacklogRespectsReceiveMaximum(t *testing.T) {
+	r := newRestartable(t, nil)
+	sub := dialRaw(t, r.ep().addr, 5)
+	sub.connect("rm-sub", false, 30)
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "rm/#", Qos: 1}}})
+	if _, err := sub.read(5 * time.Second); err != nil {
+		t.Fatalf("suback: %v", err)
+	}
+	_ = sub.c.Close()
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "rm-pub"})
+	const n = 30
+	for i := range n {
+		if _, err := p.publish(t, "rm/t", 1, false, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+
+	sub = dialRaw(t, r.ep().addr, 5)
+	con := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+	con.Connect.ProtocolName, con.Connect.ClientIdentifier, con.Connect.Keepalive = []byte("MQTT"), "rm-sub", 30
+	con.Properties.SessionExpiryInterval, con.Properties.SessionExpiryIntervalFlag = 300, true
+	con.Properties.ReceiveMaximum = 3
+	sub.send(con)
+	if ack, err := sub.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Connack {
+		t.Fatalf("connack: %v", err)
+	}
+	next := 0
+	for next < n {
+		var held []packets.Packet
+		for {
+			pk, err := sub.read(300 * time.Millisecond)
+			if err != nil {
+				break // the broker stopped sending: its window is full
+			}
+			held = append(held, pk)
+		}
+		if len(held) == 0 || len(held) > 3 {
+			t.Fatalf("after %d messages: %d unacknowledged at once, want 1..3", next, len(held))
+		}
+		for _, pk := range held {
+			if string(pk.Payload) != strconv.Itoa(next) {
+				t.Fatalf("got %q, want %d", pk.Payload, next)
+			}
+			next++
+			sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+		}
+	}
+}
