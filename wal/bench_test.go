@@ -1,0 +1,184 @@
+package wal_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	tidwall "github.com/tidwall/wal"
+
+	"github.com/edgemq/edgemq/wal"
+)
+
+// The benchmarks behind the README's figures:
+//
+//	go test ./wal -run '^$' -bench . -benchtime 3s -count 5
+//
+// BenchmarkAppend reports appends/s and the latency of one Append (p50, p99,
+// max, in ms) for 256-byte records: tidwall/wal's plain Write with its own
+// fsync per call (the baseline, serialised by a mutex when concurrent,
+// since tidwall needs the caller to assign indexes), and this package under
+// each sync policy. The max latency includes every segment roll of the run
+// (default 16 MiB segments: a roll every 60k records).
+
+const benchRecord = 256
+
+type latencies struct {
+	mu  sync.Mutex
+	all []time.Duration
+}
+
+func (l *latencies) add(d []time.Duration) {
+	l.mu.Lock()
+	l.all = append(l.all, d...)
+	l.mu.Unlock()
+}
+
+func (l *latencies) report(b *testing.B, elapsed time.Duration) {
+	slices.Sort(l.all)
+	q := func(p float64) float64 {
+		if len(l.all) == 0 {
+			return 0
+		}
+		return float64(l.all[int(p*float64(len(l.all)-1))]) / 1e6
+	}
+	b.ReportMetric(float64(len(l.all))/elapsed.Seconds(), "appends/s")
+	b.ReportMetric(q(0.5), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+	b.ReportMetric(q(1), "max-ms")
+}
+
+// runAppenders splits b.N appends over n goroutines, timing each.
+func runAppenders(b *testing.B, n int, appendOne func() error) {
+	var lat latencies
+	var wg sync.WaitGroup
+	per := max(b.N/n, 1)
+	b.ResetTimer()
+	start := time.Now()
+	for g := 0; g < n; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := make([]time.Duration, 0, per)
+			for i := 0; i < per; i++ {
+				t0 := time.Now()
+				if err := appendOne(); err != nil {
+					b.Error(err)
+					return
+				}
+				d = append(d, time.Since(t0))
+			}
+			lat.add(d)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	lat.report(b, elapsed)
+}
+
+func BenchmarkAppend(b *testing.B) {
+	rec := make([]byte, benchRecord)
+	for _, n := range []int{1, 16, 64, 256} {
+		b.Run(fmt.Sprintf("tidwall-write/appenders=%d", n), func(b *testing.B) {
+			tl, err := tidwall.Open(b.TempDir(), &tidwall.Options{NoSync: false})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tl.Close()
+			var mu sync.Mutex
+			var idx uint64
+			runAppenders(b, n, func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				idx++
+				return tl.Write(idx, rec)
+			})
+		})
+	}
+	for _, pol := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncInterval, wal.SyncNever} {
+		for _, n := range []int{1, 16, 64, 256} {
+			if pol != wal.SyncAlways && n != 64 {
+				continue
+			}
+			b.Run(fmt.Sprintf("edgemq-%s/appenders=%d", pol, n), func(b *testing.B) {
+				cfg := wal.DefaultConfig()
+				cfg.Sync = pol
+				cfg.Logger = quietLogger()
+				l, err := wal.Open(b.TempDir(), cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer l.Close()
+				ctx := context.Background()
+				runAppenders(b, n, func() error {
+					_, err := l.Append(ctx, rec)
+					return err
+				})
+				s := l.Stats()
+				if s.Batches > 0 {
+					b.ReportMetric(float64(s.Appends)/float64(s.Batches), "records/batch")
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkOpen1GiB measures Open (and Close) of a 1 GiB log of 256-byte
+// records whose last segment is almost full (Open reads and checks the last
+// segment whole, so that is its worst case), then the first read in an old
+// segment (which builds its index), and reports the bytes of overhead per
+// record.
+func BenchmarkOpen1GiB(b *testing.B) {
+	dir := b.TempDir()
+	cfg := wal.DefaultConfig()
+	cfg.Sync = wal.SyncNever
+	cfg.Logger = quietLogger()
+	l, err := wal.Open(dir, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := make([]byte, benchRecord)
+	batch := make([][]byte, 256)
+	for i := range batch {
+		batch[i] = rec
+	}
+	var last uint64
+	for l.Stats().DiskBytes+l.Stats().QueuedBytes < 1<<30+15<<20 {
+		first, err := l.AppendAsync(batch...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = first + uint64(len(batch)) - 1
+	}
+	if err := l.WaitDurable(context.Background(), last); err != nil {
+		b.Fatal(err)
+	}
+	s := l.Stats()
+	if err := l.Close(); err != nil {
+		b.Fatal(err)
+	}
+	overhead := float64(s.DiskBytes)/float64(s.LastOffset) - benchRecord
+	var firstRead time.Duration
+	for b.Loop() {
+		l, err := wal.Open(dir, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if l.LastOffset() != last {
+			b.Fatalf("last offset %d, want %d", l.LastOffset(), last)
+		}
+		t0 := time.Now()
+		if _, err := l.Read(last / 2); err != nil {
+			b.Fatal(err)
+		}
+		firstRead = time.Since(t0)
+		l.Close()
+	}
+	b.ReportMetric(float64(firstRead)/1e6, "first-old-read-ms")
+	b.ReportMetric(overhead, "overhead-bytes/record")
+	b.ReportMetric(float64(s.DiskBytes)/(1<<30), "GiB")
+}
