@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -159,12 +160,22 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func mosquittoSpec(bin string) brokerSpec {
+// mosquittoSpec is Mosquitto with its default config, or with unlimited
+// per-client queues (max_queued_messages 0), which it needs to lose nothing.
+func mosquittoSpec(bin string, unlimited bool) brokerSpec {
+	name := "mosquitto"
+	note := "Mosquitto (Debian package), default config: no persistence, max_queued_messages 1000, max_inflight_messages 20"
+	extra := ""
+	if unlimited {
+		name = "mosquitto-unl"
+		note = "Mosquitto (Debian package), no persistence, max_queued_messages 0 (unlimited queues)"
+		extra = "max_queued_messages 0\n"
+	}
 	return brokerSpec{
-		name: "mosquitto",
-		note: "Mosquitto (Debian package), default config: no persistence, max_queued_messages 1000, max_inflight_messages 20",
+		name: name,
+		note: note,
 		start: func(dir string, tcp, ws int) (*exec.Cmd, error) {
-			conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nlistener %d 127.0.0.1\nprotocol websockets\n", tcp, ws)
+			conf := fmt.Sprintf("%slistener %d 127.0.0.1\nallow_anonymous true\nlistener %d 127.0.0.1\nprotocol websockets\n", extra, tcp, ws)
 			path := filepath.Join(dir, "mosquitto.conf")
 			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 				return nil, err
@@ -290,6 +301,8 @@ type compareReport struct {
 	Cells   []*cell           `json:"cells"`
 	Runs    []Result          `json:"runs"`
 	Skipped []string          `json:"skipped,omitempty"`
+	// LoadAvg is the highest one-minute load average seen at the start of a run.
+	LoadAvg float64 `json:"max_load_avg_1m"`
 }
 
 func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -299,6 +312,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	rounds := fs.Int("rounds", 3, "rounds; brokers alternate within each round")
 	duration := fs.Duration("duration", 4*time.Second, "publish phase of each flow scenario")
 	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary; empty: skip")
+	mosqUnl := fs.Bool("mosquitto-unlimited", false, "also run Mosquitto with unlimited queues (max_queued_messages 0)")
 	mochi := fs.String("mochi", "", "plain mochi binary; empty: go build ./cmd/edgemq-bench/plainmochi")
 	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq (skipped if that fails); \"none\": skip")
 	durable := fs.Bool("durable", false, "the edgemq binary acks after fsync under sync always (set once durability has landed)")
@@ -321,7 +335,10 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var specs []brokerSpec
 	if *mosq != "" {
 		if _, err := os.Stat(*mosq); err == nil {
-			specs = append(specs, mosquittoSpec(*mosq))
+			specs = append(specs, mosquittoSpec(*mosq, false))
+			if *mosqUnl {
+				specs = append(specs, mosquittoSpec(*mosq, true))
+			}
 		} else {
 			rep.Skipped = append(rep.Skipped, "mosquitto: "+err.Error())
 		}
@@ -395,6 +412,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 					continue
 				}
 				rep.Runs = append(rep.Runs, res)
+				rep.LoadAvg = max(rep.LoadAvg, res.LoadAvg)
 				v := sc.metric(res)
 				c.Values = append(c.Values, v)
 				c.Lost += res.Lost
@@ -527,6 +545,11 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 		}
 		tw.Flush()
 	}
+	fmt.Fprintf(w, "\nhighest load average at the start of a run: %.1f on %d cores", rep.LoadAvg, runtime.NumCPU())
+	if rep.LoadAvg > float64(runtime.NumCPU()) {
+		fmt.Fprint(w, " (something else competed for the CPU: figures are not reliable)")
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "\nbrokers:")
 	for _, b := range specs {
 		fmt.Fprintf(w, "  %-14s %s\n", b.name, b.note)
@@ -553,8 +576,13 @@ func ratio(a, b *cell) string {
 		return "-"
 	}
 	s := fmt.Sprintf("%.2fx", a.Median/b.Median)
-	if a.Lossy {
-		s += " (lossy)"
+	switch {
+	case a.Lossy && b.Lossy:
+		s += " (both lossy)"
+	case a.Lossy:
+		s += " (edgemq lossy)"
+	case b.Lossy:
+		s += fmt.Sprintf(" (%s lost %.1f%%)", b.Broker, 100*float64(b.Lost)/float64(max(b.Expected, 1)))
 	}
 	return s
 }

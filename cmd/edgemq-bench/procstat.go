@@ -105,3 +105,17 @@ func (bp *brokerProbe) finish(r *Result) {
 		r.BrokerPeakRSSMB = float64(hwm) / 1024
 	}
 }
+
+// loadAvg1 is the one-minute load average, 0 when unreadable.
+func loadAvg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +135,9 @@ type Result struct {
 	RSSPerConnKB  float64       `json:"rss_per_conn_kb,omitempty"`
 	DrainSeconds  float64       `json:"drain_seconds,omitempty"`
 	GenCPUSeconds float64       `json:"generator_cpu_seconds"`
+	// LoadAvg is the machine's one-minute load average when the run started:
+	// above the core count, something else competed for the CPU.
+	LoadAvg float64 `json:"load_avg_1m"`
 	// Broker figures need the broker's PID.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMB  float64 `json:"broker_peak_rss_mb,omitempty"`
@@ -162,6 +166,10 @@ func runScenario(ctx context.Context, p params) (Result, error) {
 	r := Result{Scenario: p.scenario, Broker: p.label, Transport: p.target.transport,
 		Protocol: protoName(p.target.version), QoS: int(p.qos)}
 	cpu0 := selfCPUSeconds()
+	r.LoadAvg = loadAvg1()
+	if n := runtime.NumCPU(); r.LoadAvg > float64(n) {
+		r.Notes = append(r.Notes, fmt.Sprintf("machine busy: load average %.1f on %d cores before the run; figures are not reliable", r.LoadAvg, n))
+	}
 	var err error
 	switch p.scenario {
 	case "fanin", "fanout", "shared", "latency", "burst":
