@@ -122,6 +122,9 @@ func BenchmarkAppend(b *testing.B) {
 				if s.Batches > 0 {
 					b.ReportMetric(float64(s.Appends)/float64(s.Batches), "records/batch")
 				}
+				if s.RollSeconds.Count > 0 {
+					b.ReportMetric(float64(s.RollMax)/1e6, "roll-max-ms")
+				}
 			})
 		}
 	}

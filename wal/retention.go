@@ -17,7 +17,8 @@ import (
 //   - an append needs room under Config.MaxBytes and OnFull is
 //     FullDropOldest (same accounting).
 //
-// The tail and segments with unsynced data are never removed. With no
+// The tail is never removed. A removed segment with unsynced data is simply
+// not fsynced any more: its records are no longer needed. With no
 // cursors and no limits the log keeps everything.
 
 // retain runs a retention pass; need > 0 asks for that many bytes of room
@@ -60,22 +61,18 @@ func (l *Log) retain(need int64) bool {
 	return fits()
 }
 
-// oldest returns the first segment if it may be removed (not the tail, no
-// unsynced data) and the offset after its last record.
+// oldest returns the first segment if it may be removed (not the tail) and
+// the offset after its last record.
 func (l *Log) oldest() (*segment, uint64, bool) {
 	l.smu.RLock()
 	defer l.smu.RUnlock()
 	if len(l.segs) < 2 {
 		return nil, 0, false
 	}
-	s := l.segs[0]
-	s.mu.Lock()
-	unsynced := s.unsynced
-	s.mu.Unlock()
-	if unsynced || l.segs[1].base > l.durable+1 {
-		return nil, 0, false
+	if l.segs[1].base > l.durable+1 {
+		return nil, 0, false // the writer is still filling the segment's successor
 	}
-	return s, l.segs[1].base, true
+	return l.segs[0], l.segs[1].base, true
 }
 
 // removeFront removes segment s, the first one, whose records end before next.

@@ -35,7 +35,7 @@ type segment struct {
 	ix     index // loaded lazily for older segments
 	loaded bool
 	ixErr  error // set when loading the index met damage (a *CorruptError)
-	// unsynced: written data not yet fsynced (writer; read by retention).
+	// unsynced: written data not yet fsynced (the writer's; under mu).
 	unsynced bool
 	removed  bool // retention removed it; f is closed
 }

@@ -23,6 +23,10 @@ type Stats struct {
 	GroupSize Histogram
 	// AppendSeconds is the latency of Append, from call to durable.
 	AppendSeconds Histogram
+	// RollSeconds is how long the batches that started a new segment took to
+	// write and sync: the stall a segment roll causes (RollMax: the worst).
+	RollSeconds Histogram
+	RollMax     time.Duration
 	// Segments is the number of segment files; DiskBytes their total size.
 	Segments  int64
 	DiskBytes int64
@@ -101,13 +105,22 @@ type hist struct {
 	counts []atomic.Uint64 // per bucket, last is +Inf
 	count  atomic.Uint64
 	sumNs  atomic.Uint64 // sum in units of 1e-9
+	max    atomic.Int64  // largest observed duration (observe only)
 }
 
 func newHist(bounds []float64) *hist {
 	return &hist{bounds: bounds, counts: make([]atomic.Uint64, len(bounds)+1)}
 }
 
-func (h *hist) observe(d time.Duration) { h.observeValue(d.Seconds()) }
+func (h *hist) observe(d time.Duration) {
+	for {
+		m := h.max.Load()
+		if int64(d) <= m || h.max.CompareAndSwap(m, int64(d)) {
+			break
+		}
+	}
+	h.observeValue(d.Seconds())
+}
 
 func (h *hist) observeValue(v float64) {
 	i := sort.SearchFloat64s(h.bounds, v)
@@ -138,13 +151,14 @@ type counters struct {
 	writeErrors, syncErrors, fullRefusals, dropped atomic.Uint64
 	removedSegments, corrupt                       atomic.Uint64
 	segments, diskBytes, queued, tornBytes         atomic.Int64
-	fsyncLatency, groupSize, appendWait            *hist
+	fsyncLatency, groupSize, appendWait, roll      *hist
 }
 
 func (c *counters) init() {
 	c.fsyncLatency = newHist(latencyBounds)
 	c.appendWait = newHist(latencyBounds)
 	c.groupSize = newHist(groupBounds)
+	c.roll = newHist(latencyBounds)
 }
 
 // Stats returns the current figures. It takes no lock the writer holds for
@@ -158,6 +172,8 @@ func (l *Log) Stats() Stats {
 		FsyncSeconds:    l.stats.fsyncLatency.snapshot(),
 		GroupSize:       l.stats.groupSize.snapshot(),
 		AppendSeconds:   l.stats.appendWait.snapshot(),
+		RollSeconds:     l.stats.roll.snapshot(),
+		RollMax:         time.Duration(l.stats.roll.max.Load()),
 		Segments:        l.stats.segments.Load(),
 		DiskBytes:       l.stats.diskBytes.Load(),
 		MaxBytes:        l.cfg.MaxBytes,

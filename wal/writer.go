@@ -98,6 +98,7 @@ func (l *Log) writeBatch(b *batch) {
 		buf, sizes, first = hb, hs, l.holeFrom
 	}
 	last := first + uint64(len(sizes)) - 1
+	start := time.Now()
 	prevTail := l.tail
 	var created []*segment
 	var chunks []chunk
@@ -142,6 +143,9 @@ func (l *Log) writeBatch(b *batch) {
 		}
 	}
 	l.publish(chunks, prevTail, last, len(b.sizes), len(b.buf))
+	if l.tail != prevTail {
+		l.stats.roll.observe(time.Since(start))
+	}
 }
 
 // roll starts a new tail segment whose first offset is base. It does not
@@ -161,6 +165,13 @@ func (l *Log) roll(base uint64) error {
 	l.smu.Unlock()
 	l.tail = s
 	l.dirDirty = true
+	// Under SyncNever the list only empties at Close: forget what retention
+	// removed meanwhile.
+	l.synced = slices.DeleteFunc(l.synced, func(x *segment) bool {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.removed
+	})
 	l.stats.segments.Add(1)
 	return nil
 }
@@ -180,9 +191,19 @@ func (l *Log) markDirty(s *segment) {
 func (l *Log) syncFiles() error {
 	for len(l.synced) > 0 {
 		s := l.synced[0]
+		s.mu.Lock()
+		f, removed := s.f, s.removed
+		s.mu.Unlock()
 		start := time.Now()
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("fsync segment %s: %w", s.name, err)
+		if !removed {
+			if err := f.Sync(); err != nil {
+				s.mu.Lock()
+				removed = s.removed // retention closed it meanwhile
+				s.mu.Unlock()
+				if !removed {
+					return fmt.Errorf("fsync segment %s: %w", s.name, err)
+				}
+			}
 		}
 		l.stats.fsyncs.Add(1)
 		l.stats.fsyncLatency.observe(time.Since(start))
