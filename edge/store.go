@@ -53,6 +53,13 @@ type store struct {
 	inbound  map[string]map[uint16]uint64 // client -> QoS 2 packet id awaiting PUBREL -> offset
 
 	dispatched atomic.Uint64 // the next offset the dispatcher looks at
+	fannedOut  atomic.Uint64 // every offset below it has been offered everywhere
+
+	// Checkpoints (store_checkpoint.go).
+	cursor      *wal.Cursor
+	snapDir     string
+	shadow      *qos.State // the dispatcher's: the state after every record it read
+	checkpoints chan pendingCheckpoint
 }
 
 // session is a client's session as the store keeps it. While the client is
@@ -114,6 +121,8 @@ type storeOptions struct {
 	queueLimit  int
 	maxInflight int
 	canRead     func(cl *mqtt.Client, topic string) bool
+	cursor      *wal.Cursor // the store's retention cursor in the log
+	snapDir     string      // where snapshots are written
 }
 
 // newStore recovers the state in l into srv (sessions, subscriptions,
@@ -127,6 +136,8 @@ func newStore(srv *mqtt.Server, l *wal.Log, lg *slog.Logger, m *storeMetrics, o 
 		sessions: map[string]*session{},
 		groups:   map[string]*group{},
 		inbound:  map[string]map[uint16]uint64{},
+		cursor:   o.cursor, snapDir: o.snapDir,
+		checkpoints: make(chan pendingCheckpoint, 1),
 	}
 	if s.canRead == nil {
 		s.canRead = func(*mqtt.Client, string) bool { return true }
@@ -152,17 +163,18 @@ func (s *store) Provides(b byte) bool {
 	return false
 }
 
-// start runs the dispatcher from the end of the log, and the session
-// expiry loop.
+// start runs the dispatcher from the end of the log (recover positioned
+// it), the session expiry loop and the checkpointer.
 func (s *store) start() {
-	s.dispatched.Store(s.end())
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.dispatch()
 	go s.expireLoop()
+	go s.checkpointLoop()
 }
 
-// close stops the dispatcher and every pump and waits for them. The log is
-// closed by its owner, after.
+// close stops the dispatcher and every pump, waits for them, and writes a
+// last checkpoint so the next start replays little. The log is closed by
+// its owner, after.
 func (s *store) close() {
 	s.cancel()
 	s.mu.Lock()
@@ -175,6 +187,20 @@ func (s *store) close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	// Nothing appends now: bring the shadow to the end and snapshot it.
+	r := s.log.NewReader(s.dispatched.Load())
+	for r.Offset() <= s.log.LastOffset() {
+		off, rec, err := r.Next(context.Background())
+		if err != nil {
+			s.lg.Warn("last checkpoint skipped", "error", err)
+			return
+		}
+		_ = s.shadow.Apply(off, rec)
+	}
+	s.fannedOut.Store(r.Offset())
+	if err := s.checkpoint(s.shadow, r.Offset()); err != nil {
+		s.lg.Warn("last checkpoint failed", "error", err)
+	}
 }
 
 // end returns the offset the log assigns next.
@@ -199,12 +225,11 @@ func expiryOf(cl *mqtt.Client) uint32 {
 	return math.MaxUint32
 }
 
-// appendWait appends records and waits until they are durable.
+// appendWait appends records and waits until they are durable. It does
+// not depend on the store's lifetime: the log itself ends the wait if it
+// closes.
 func (s *store) appendWait(recs ...[]byte) (uint64, error) {
-	if s.ctx.Err() != nil {
-		return 0, errStoreClosed
-	}
-	off, err := s.log.Append(s.ctx, recs...)
+	off, err := s.log.Append(context.Background(), recs...)
 	if err != nil {
 		s.m.appendErrors.Inc()
 	}
@@ -315,6 +340,7 @@ func (s *store) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.ReceiveMaximum > 0 {
 		window = min(window, int(cl.Properties.Props.ReceiveMaximum)) // [MQTT-3.3.4-9]
 	}
+	sess.queue.Resume(s.fannedOut.Load())
 	p := &pump{cl: cl, window: window, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sess.p = p
 	s.m.online.Inc()
@@ -382,7 +408,7 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		}
 		return
 	}
-	sess.queue.Park()
+	sess.queue.Park(s.fannedOut.Load())
 	rec, _ := qos.Encode(&qos.Disconnect{Client: cl.ID, At: time.Now().Unix(), ExpiryInterval: expiryOf(cl)})
 	if _, err := s.appendAsync(rec); err != nil {
 		s.lg.Warn("disconnect not logged", "client", cl.ID, "error", err)
@@ -769,6 +795,7 @@ func subPacket(s qos.Subscribe) packets.Subscription {
 func (s *store) dispatch() {
 	defer s.wg.Done()
 	r := s.log.NewReader(s.dispatched.Load())
+	lastCheckpoint := time.Now()
 	for {
 		off, rec, err := r.Next(s.ctx)
 		if err != nil {
@@ -794,6 +821,17 @@ func (s *store) dispatch() {
 				s.lg.Error("dispatcher: bad message record", "offset", off, "error", err)
 			} else if m.QoS > 0 {
 				s.fanout(off, m)
+			}
+		}
+		s.fannedOut.Store(off + 1)
+		if err := s.shadow.Apply(off, rec); err != nil {
+			s.lg.Error("dispatcher: record not understood", "offset", off, "error", err)
+		}
+		if time.Since(lastCheckpoint) >= checkpointInterval {
+			select {
+			case s.checkpoints <- pendingCheckpoint{st: s.shadow.Clone(), offset: off + 1}:
+				lastCheckpoint = time.Now()
+			default: // the last one is still being written
 			}
 		}
 	}

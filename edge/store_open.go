@@ -3,6 +3,8 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
@@ -43,9 +45,19 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	b.srv.Options.Capabilities.MaximumMessageExpiryInterval = 0
 	wc := walConfig(b.cfg.Storage)
 	wc.Logger = b.log.With("component", "wal")
-	l, err := wal.Open(b.cfg.Storage.Dir, wc)
+	logDir, snapDir := filepath.Join(b.cfg.Storage.Dir, "log"), filepath.Join(b.cfg.Storage.Dir, "snapshots")
+	for _, d := range []string{logDir, snapDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("edge: storage: %w", err)
+		}
+	}
+	l, err := wal.Open(logDir, wc)
 	if err != nil {
-		return nil, fmt.Errorf("edge: open storage %s: %w", b.cfg.Storage.Dir, err)
+		return nil, fmt.Errorf("edge: open storage %s: %w", logDir, err)
+	}
+	cursor, err := l.Cursor(cursorName)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("edge: storage cursor: %w", err), l.Close())
 	}
 	if err := b.reg.Register(newLogCollector(l)); err != nil {
 		return nil, errors.Join(fmt.Errorf("edge: log metrics: %w", err), l.Close())
@@ -60,6 +72,8 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 		canRead: func(cl *mqtt.Client, topic string) bool {
 			return b.auth.OnACLCheck(cl, topic, false)
 		},
+		cursor:  cursor,
+		snapDir: snapDir,
 	})
 	if err != nil {
 		return nil, errors.Join(err, l.Close())

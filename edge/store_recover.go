@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"time"
 
@@ -19,9 +20,16 @@ import (
 // the listeners start.
 func (s *store) recover() error {
 	started := time.Now()
-	st := qos.NewState()
+	st, from := s.loadSnapshot()
 	first, last := s.log.FirstOffset(), s.log.LastOffset()
-	r := s.log.NewReader(first)
+	if from < first {
+		if from > 0 || first > 1 {
+			s.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",
+				"snapshot_offset", from, "first_offset", first)
+		}
+		from = first
+	}
+	r := s.log.NewReader(from)
 	var records int
 	for r.Offset() <= last {
 		off, rec, err := r.Next(context.Background())
@@ -49,9 +57,9 @@ func (s *store) recover() error {
 		sess := &session{
 			id:         id,
 			persistent: true,
-			subs:       ss.Subs,
+			subs:       maps.Clone(ss.Subs), // the shadow state keeps its own
 			inflight:   make(map[uint16]*flight, len(ss.Inflight)),
-			queue:      qos.NewQueue(ss.Next, s.queueLimit),
+			queue:      qos.NewQueue(max(ss.Next, first), s.queueLimit),
 		}
 		if ss.ExpiryInterval != math.MaxUint32 {
 			sess.expiresAt = ss.DisconnectedAt + int64(ss.ExpiryInterval)
@@ -66,7 +74,7 @@ func (s *store) recover() error {
 				if !ok {
 					next = sub.Since + 1
 				}
-				s.groups[filter] = &group{key: filter, filter: inner, queue: qos.NewQueue(next, s.queueLimit)}
+				s.groups[filter] = &group{key: filter, filter: inner, queue: qos.NewQueue(max(next, first), s.queueLimit)}
 			}
 		}
 		s.sessions[id] = sess
@@ -79,8 +87,13 @@ func (s *store) recover() error {
 	for _, r := range st.Retained {
 		s.srv.Topics.RetainMessage(retainedPacket(&r.Message))
 	}
-	s.inbound = st.Inbound
-	s.lg.Info("log replayed", "records", records, "first_offset", first, "last_offset", last,
+	for id, in := range st.Inbound {
+		s.inbound[id] = maps.Clone(in)
+	}
+	s.shadow = st
+	s.dispatched.Store(r.Offset())
+	s.fannedOut.Store(r.Offset())
+	s.lg.Info("log replayed", "records", records, "from_offset", from, "last_offset", last,
 		"sessions", len(s.sessions), "expired_sessions", len(ended), "retained", len(st.Retained),
 		"seconds", time.Since(started).Seconds())
 	return nil

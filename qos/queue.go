@@ -28,6 +28,11 @@ type Queue struct {
 	scan  bool
 	limit int
 	wake  chan struct{}
+	// clean is true while the queue is parked with nothing pending at the
+	// park: then its backlog starts at missed, the first offer it turned
+	// down (0: none yet), not at next.
+	clean  bool
+	missed uint64
 }
 
 // NewQueue returns a queue in scan mode at position next, holding at most
@@ -41,11 +46,17 @@ func NewQueue(next uint64, limit int) *Queue {
 func (q *Queue) Offer(e Entry) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if e.Offset < q.next || q.scan {
+	if e.Offset < q.next {
+		return false
+	}
+	if q.scan {
+		if q.clean && q.missed == 0 {
+			q.missed = e.Offset
+		}
 		return false
 	}
 	if len(q.ring)-q.head >= q.limit {
-		q.scan = true // q.next stays at e.Offset: the scan resumes there
+		q.scan, q.clean = true, false // q.next stays at e.Offset: the scan resumes there
 		q.signal()
 		return false
 	}
@@ -114,24 +125,57 @@ func (q *Queue) CatchUp(end func() uint64) bool {
 }
 
 // Park drops the RAM entries and puts the queue in scan mode at the oldest
-// one not taken: the consumer went offline, and its backlog stays in the log.
-func (q *Queue) Park() {
+// one not taken: the consumer went offline, and its backlog stays in the
+// log. progress is the dispatcher's completed position (every offset below
+// it has been offered to every queue it matches): a queue that had taken
+// everything it was offered has no backlog below it.
+func (q *Queue) Park(progress uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.head < len(q.ring) {
+	q.clean, q.missed = false, 0
+	switch {
+	case q.head < len(q.ring):
 		q.next = q.ring[q.head].Offset
+	case !q.scan:
+		q.next = max(q.next, progress)
+		q.clean = true
 	}
 	q.ring, q.head, q.scan = nil, 0, true
 	q.signal()
 }
 
-// Position returns the offset from which the queue's backlog starts: the
-// oldest RAM entry, or the scan position. The log must keep it.
-func (q *Queue) Position() uint64 {
+// Resume is called when the consumer comes back: a queue parked clean
+// starts its scan at the first offer it turned down, or at progress if it
+// turned none down, instead of reading what it already knows holds nothing
+// for it.
+func (q *Queue) Resume(progress uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.head < len(q.ring) {
+	if q.clean {
+		if q.missed > 0 {
+			q.next = max(q.next, q.missed)
+		} else {
+			q.next = max(q.next, progress)
+		}
+		q.clean, q.missed = false, 0
+	}
+}
+
+// Position returns the offset from which the queue's backlog starts: the
+// oldest RAM entry, or where its scan must start. The log must keep every
+// record from it on. progress is as for Park.
+func (q *Queue) Position(progress uint64) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case q.head < len(q.ring):
 		return q.ring[q.head].Offset
+	case !q.scan:
+		return max(q.next, progress)
+	case q.clean && q.missed > 0:
+		return max(q.next, q.missed)
+	case q.clean:
+		return max(q.next, progress)
 	}
 	return q.next
 }

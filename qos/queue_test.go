@@ -17,7 +17,8 @@ func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 	for _, limit := range []int{1, 4, 64} {
 		const n = 20000
 		matches := func(o uint64) bool { return o%3 == 0 }
-		var end atomic.Uint64 // the offset the log assigns next
+		var end atomic.Uint64  // the dispatcher's position: moves before its offer
+		var done atomic.Uint64 // its completed position: moves after the offer
 		q := qos.NewQueue(0, limit)
 
 		var wg sync.WaitGroup
@@ -29,6 +30,7 @@ func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 				if matches(o) {
 					q.Offer(qos.Entry{Offset: o})
 				}
+				done.Store(o + 1)
 			}
 		}()
 
@@ -50,8 +52,12 @@ func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 				}
 				continue
 			}
-			if rng.IntN(50) == 0 {
-				q.Park()
+			if rng.IntN(50) == 0 { // offline, then back
+				q.Park(done.Load())
+				if p := q.Position(done.Load()); p > uint64(len(got))*3 {
+					t.Fatalf("limit %d: parked position %d is past the first untaken match %d", limit, p, len(got)*3)
+				}
+				q.Resume(done.Load())
 			}
 		}
 		wg.Wait()
@@ -79,14 +85,37 @@ func TestQueueParkKeepsOldestUntaken(t *testing.T) {
 	if e, _ := q.Pop(); e.Offset != 12 {
 		t.Fatalf("pop = %d, want 12", e.Offset)
 	}
-	q.Park()
+	q.Park(30)
 	if from, ok := q.Scan(); !ok || from != 15 {
 		t.Fatalf("after park: scan from %d (%v), want 15", from, ok)
 	}
 	if q.Offer(qos.Entry{Offset: 20}) {
 		t.Fatal("a parked queue took an offer")
 	}
-	if q.Len() != 0 || q.Position() != 15 {
-		t.Fatalf("parked queue: len %d position %d", q.Len(), q.Position())
+	if q.Len() != 0 || q.Position(30) != 15 {
+		t.Fatalf("parked queue: len %d position %d", q.Len(), q.Position(30))
+	}
+}
+
+// TestQueueParkedCleanSkipsWhatHoldsNothing: a queue parked with nothing
+// pending keeps no backlog below the dispatcher's progress, and resumes at
+// the first offer it turned down.
+func TestQueueParkedCleanSkipsWhatHoldsNothing(t *testing.T) {
+	q := qos.NewQueue(1, 8)
+	q.CatchUp(func() uint64 { return 1 })
+	q.Offer(qos.Entry{Offset: 3})
+	q.Pop()
+	q.Park(10)
+	if p := q.Position(50); p != 50 {
+		t.Fatalf("position of an idle parked queue = %d, want the progress 50", p)
+	}
+	q.Offer(qos.Entry{Offset: 60}) // turned down: it is parked
+	q.Offer(qos.Entry{Offset: 70})
+	if p := q.Position(80); p != 60 {
+		t.Fatalf("position = %d, want 60, the first offer turned down", p)
+	}
+	q.Resume(80)
+	if from, ok := q.Scan(); !ok || from != 60 {
+		t.Fatalf("resumed scan from %d (%v), want 60", from, ok)
 	}
 }

@@ -27,6 +27,9 @@ const (
 	// KindInboundRelease ends an inbound QoS 2 exchange: the publisher's
 	// PUBREL arrived, so its packet id may carry a new message (PacketRef).
 	KindInboundRelease Kind = 10
+	// KindCheckpoint marks that a snapshot of the state before an offset
+	// is being written; replay ignores it (EncodeCheckpoint).
+	KindCheckpoint Kind = 11
 )
 
 const recordVersion = 1
@@ -93,6 +96,11 @@ type Deliver struct {
 	Offset   uint64
 	QoS      byte
 	Group    string
+}
+
+// Checkpoint is the body of KindCheckpoint.
+type Checkpoint struct {
+	Offset uint64
 }
 
 // PacketRef names one packet id of one client: the body of KindRelease,
@@ -165,14 +173,20 @@ func EncodeRef(k Kind, r PacketRef) []byte {
 	return appendString(b, r.Client)
 }
 
+// EncodeCheckpoint returns a KindCheckpoint record for a snapshot of the
+// state before offset.
+func EncodeCheckpoint(offset uint64) []byte {
+	return binary.AppendUvarint([]byte{byte(KindCheckpoint), recordVersion}, offset)
+}
+
 // EncodeEnd returns a KindSessionEnd record for client.
 func EncodeEnd(client string) []byte {
 	return appendString([]byte{byte(KindSessionEnd), recordVersion}, client)
 }
 
 // Decode decodes any record into a pointer to its body type (*Message,
-// *Session, *Disconnect, *ClientRef, *Subscribe, *Unsubscribe, *Deliver or
-// *PacketRef) and returns its kind. Malformed input wraps ErrBadRecord.
+// *Session, *Disconnect, *ClientRef, *Subscribe, *Unsubscribe, *Deliver,
+// *PacketRef or *Checkpoint) and returns its kind. Malformed input wraps ErrBadRecord.
 func Decode(rec []byte) (Kind, any, error) {
 	k := KindOf(rec)
 	if k == KindMessage {
@@ -224,6 +238,8 @@ func Decode(rec []byte) (Kind, any, error) {
 		out = r
 	case KindRelease, KindComplete, KindInboundRelease:
 		out = &PacketRef{PacketID: d.uint16(), Client: d.string()}
+	case KindCheckpoint:
+		out = &Checkpoint{Offset: d.uvarint()}
 	default:
 		return k, nil, fmt.Errorf("%w: unknown kind %d", ErrBadRecord, k)
 	}

@@ -29,6 +29,7 @@ func sampleRecords() [][]byte {
 		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Client: "c1", PacketID: 2}),
 		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "c1", PacketID: 3}),
 		qos.EncodeEnd("c1"),
+		qos.EncodeCheckpoint(1 << 33),
 	}
 }
 
@@ -47,6 +48,8 @@ func TestRecordsRoundTrip(t *testing.T) {
 			again = qos.EncodeRef(k, *r)
 		case *qos.ClientRef:
 			again = qos.EncodeEnd(r.Client)
+		case *qos.Checkpoint:
+			again = qos.EncodeCheckpoint(r.Offset)
 		default:
 			again, err = qos.Encode(v)
 		}

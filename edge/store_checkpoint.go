@@ -1,0 +1,202 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// Checkpoints bound replay and let the log be trimmed. The dispatcher keeps
+// a shadow qos.State, applying every record it reads; every
+// checkpointInterval it hands a copy to the checkpointer, which
+//
+//  1. moves each session's position in the copy up to where its runtime
+//     queue stands (the copy only knows deliveries, the queue also knows
+//     what did not match);
+//  2. appends a checkpoint record and waits for it to be durable, so every
+//     delivery record the positions rely on is durable too;
+//  3. writes the snapshot file (temp file, fsync, rename, directory fsync)
+//     and removes older ones;
+//  4. commits the log cursor "store" to the lowest offset anything still
+//     needs: the snapshot's offset, each queue's position, each unreleased
+//     message a session holds. Retention may then remove whole segments
+//     below it.
+//
+// On start, recover loads the newest snapshot that reads back whole and
+// replays the log from its offset.
+
+// checkpointInterval is how often a snapshot is written while records
+// arrive.
+const checkpointInterval = 10 * time.Second
+
+// cursorName is the store's log cursor.
+const cursorName = "store"
+
+const snapshotPrefix, snapshotSuffix = "snapshot-", ".bin"
+
+// snapshotName names the snapshot of the state before offset; the fixed
+// width keeps names in offset order.
+func snapshotName(offset uint64) string {
+	return fmt.Sprintf("%s%020d%s", snapshotPrefix, offset, snapshotSuffix)
+}
+
+// snapshots lists the snapshot files in dir, newest first.
+func snapshots(dir string) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var offs []uint64
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, snapshotPrefix) || !strings.HasSuffix(name, snapshotSuffix) {
+			continue
+		}
+		off, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, snapshotPrefix), snapshotSuffix), 10, 64)
+		if err == nil {
+			offs = append(offs, off)
+		}
+	}
+	slices.Sort(offs)
+	slices.Reverse(offs)
+	return offs, nil
+}
+
+// loadSnapshot returns the newest snapshot in dir that reads back whole, or
+// an empty state at offset 0 if there is none. Damaged ones are logged and
+// skipped: an older one and a longer replay give the same state.
+func (s *store) loadSnapshot() (*qos.State, uint64) {
+	offs, err := snapshots(s.snapDir)
+	if err != nil {
+		s.lg.Error("snapshots unreadable: replaying the whole log", "dir", s.snapDir, "error", err)
+	}
+	for _, off := range offs {
+		path := filepath.Join(s.snapDir, snapshotName(off))
+		f, err := os.Open(path)
+		if err != nil {
+			s.lg.Error("snapshot unreadable", "file", path, "error", err)
+			continue
+		}
+		st, at, err := qos.ReadSnapshot(f)
+		f.Close()
+		if err != nil {
+			s.lg.Error("snapshot damaged: trying an older one", "file", path, "error", err)
+			continue
+		}
+		return st, at
+	}
+	return qos.NewState(), 0
+}
+
+// checkpointLoop writes the snapshots the dispatcher hands it.
+func (s *store) checkpointLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case c := <-s.checkpoints:
+			if err := s.checkpoint(c.st, c.offset); err != nil {
+				s.lg.Error("checkpoint failed: replay will be longer and the log is not trimmed", "offset", c.offset, "error", err)
+			}
+		}
+	}
+}
+
+// pendingCheckpoint is a copy of the shadow state after every record below
+// offset.
+type pendingCheckpoint struct {
+	st     *qos.State
+	offset uint64
+}
+
+// checkpoint runs the steps in the comment at the top of this file.
+func (s *store) checkpoint(st *qos.State, offset uint64) error {
+	started := time.Now()
+	progress := s.fannedOut.Load()
+	floor := offset
+	s.mu.Lock()
+	for id, sess := range s.sessions {
+		pos := sess.queue.Position(progress)
+		sess.mu.Lock()
+		for _, f := range sess.inflight {
+			if !f.released {
+				floor = min(floor, f.offset)
+			}
+		}
+		persistent := sess.persistent
+		sess.mu.Unlock()
+		floor = min(floor, pos)
+		if ss := st.Sessions[id]; ss != nil && persistent {
+			ss.Next = max(ss.Next, pos)
+		}
+	}
+	for key, g := range s.groups {
+		pos := g.queue.Position(progress)
+		floor = min(floor, pos)
+		st.GroupNext[key] = max(st.GroupNext[key], pos)
+	}
+	s.mu.Unlock()
+
+	// Every delivery record the positions above rely on was appended before
+	// this one; once it is durable, they are.
+	if _, err := s.appendWait(qos.EncodeCheckpoint(offset)); err != nil {
+		return fmt.Errorf("checkpoint record: %w", err)
+	}
+	if err := writeFileAtomic(s.snapDir, snapshotName(offset), func(f *os.File) error {
+		return qos.WriteSnapshot(f, st, offset)
+	}); err != nil {
+		return err
+	}
+	if offs, err := snapshots(s.snapDir); err == nil {
+		for _, old := range offs[min(len(offs), 2):] { // keep the newest two
+			_ = os.Remove(filepath.Join(s.snapDir, snapshotName(old)))
+		}
+	}
+	if err := s.cursor.Commit(floor); err != nil {
+		return fmt.Errorf("commit cursor at %d: %w", floor, err)
+	}
+	s.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
+	return nil
+}
+
+// writeFileAtomic writes dir/name through a temporary file, fsyncs it,
+// renames it into place and fsyncs the directory.
+func writeFileAtomic(dir, name string, write func(*os.File) error) error {
+	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := write(tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
