@@ -89,10 +89,8 @@ func (h *httpSide) shutdown(ctx context.Context, served bool) error {
 		_ = h.ln.Close()
 	}
 	if served {
-		select {
-		case <-h.served:
-		case <-ctx.Done():
-			return ctx.Err()
+		if werr := waitDone(ctx, h.served); werr != nil {
+			return werr
 		}
 	}
 	return err

@@ -33,13 +33,25 @@ type connGate struct {
 	n      int
 	zero   chan struct{} // closed when closed && n == 0
 	stop   chan struct{} // closed on close, wakes sleepers
+	ctx    context.Context
+	cancel context.CancelFunc // cancels ctx on close
 }
 
 func (g *connGate) init() {
 	if g.stop == nil {
 		g.stop = make(chan struct{})
 		g.zero = make(chan struct{})
+		g.ctx, g.cancel = context.WithCancel(context.Background())
 	}
+}
+
+// context is cancelled when the gate closes: it bounds work done before a
+// connection is handed to mochi (the TLS handshake).
+func (g *connGate) context() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.init()
+	return g.ctx
 }
 
 func (g *connGate) enter() bool {
@@ -71,6 +83,7 @@ func (g *connGate) close() {
 	}
 	g.closed = true
 	close(g.stop)
+	g.cancel()
 	if g.n == 0 {
 		close(g.zero)
 	}
@@ -104,12 +117,7 @@ func (g *connGate) wait(ctx context.Context) error {
 	g.init()
 	zero := g.zero
 	g.mu.Unlock()
-	select {
-	case <-zero:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return waitDone(ctx, zero)
 }
 
 // serveConn wraps an accepted connection and hands it to mochi; it returns

@@ -89,7 +89,7 @@ func (l *tcpListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		return
 	}
 	tc := tls.Server(raw, l.tlsConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), l.b.connectTimeout())
+	ctx, cancel := context.WithTimeout(l.gate.context(), l.b.connectTimeout())
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
@@ -146,10 +146,8 @@ func (l *tcpListener) stopAccepting() {
 
 func (l *tcpListener) wait(ctx context.Context, started bool) error {
 	if started {
-		select {
-		case <-l.served:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := waitDone(ctx, l.served); err != nil {
+			return err
 		}
 	}
 	return l.gate.wait(ctx)

@@ -177,10 +177,8 @@ func (l *wsListener) stopAccepting() {
 
 func (l *wsListener) wait(ctx context.Context, started bool) error {
 	if started {
-		select {
-		case <-l.served:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := waitDone(ctx, l.served); err != nil {
+			return err
 		}
 	}
 	return l.gate.wait(ctx)

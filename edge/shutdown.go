@@ -63,10 +63,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 			defer close(done)
 			_ = b.srv.Close()
 		}()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			errs = append(errs, fmt.Errorf("mqtt engine close: %w", ctx.Err()))
+		if err := waitDone(ctx, done); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt engine close: %w", err))
 		}
 	}
 	if b.http != nil {
@@ -85,6 +83,34 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	b.log.Info("stopped")
 	return nil
 }
+
+// waitDone waits for done until ctx ends. done wins when both are ready,
+// and a goroutine that is merely finishing (its connection was cut) gets a
+// last moment even past the deadline, so that an expired context does not
+// turn a clean stop into a leak.
+func waitDone(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	default:
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(finishingGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return ctx.Err()
+	}
+}
+
+// finishingGrace is waitDone's last moment past the deadline.
+const finishingGrace = 200 * time.Millisecond
 
 // disconnectClients ends every connected client, in batches spread over the
 // grace period; when ctx ends, the remaining batches go at once.
