@@ -42,8 +42,7 @@ func dial(ctx context.Context, t target) (rawConn, error) {
 		}
 		return c.(*net.TCPConn), nil
 	case "ws":
-		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second,
-			ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+		d := websocket.Dialer{Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
 		path := t.wsPath
 		if path == "" {
 			path = "/mqtt"
@@ -60,9 +59,12 @@ func dial(ctx context.Context, t target) (rawConn, error) {
 	return nil, fmt.Errorf("unknown transport %q", t.transport)
 }
 
-// wsStream adapts a WebSocket to a byte stream: each Write is one binary
-// message, and Read concatenates incoming messages. MQTT over WebSocket lets
-// packets span messages, so this is all the framing needed.
+// wsStream adapts a WebSocket to a byte stream: Read concatenates incoming
+// messages, and Write sends each MQTT packet of its (whole-packet) input as
+// one binary message. MQTT allows several packets per message
+// [MQTT-6.0.0-2], but Mosquitto 2.0.11 then handles one packet per incoming
+// message and leaves the rest waiting (measured: a few msg/s), and real
+// clients (paho, MQTT.js) send one packet per message, so the generator does too.
 type wsStream struct {
 	ws  *websocket.Conn
 	cur io.Reader
@@ -90,10 +92,19 @@ func (s *wsStream) Read(p []byte) (int, error) {
 }
 
 func (s *wsStream) Write(p []byte) (int, error) {
-	if err := s.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
+	n := 0
+	for n < len(p) {
+		size, m, err := readVarint(p[n+1:])
+		if err != nil || n+1+m+size > len(p) {
+			return n, errMalformed
+		}
+		end := n + 1 + m + size
+		if err := s.ws.WriteMessage(websocket.BinaryMessage, p[n:end]); err != nil {
+			return n, err
+		}
+		n = end
 	}
-	return len(p), nil
+	return n, nil
 }
 
 func (s *wsStream) Close() error                      { return s.ws.Close() }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
@@ -26,26 +25,12 @@ func startPlainMochi(t *testing.T) (tcpAddr, wsAddr string, pid int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, port, err := launch(mochiSpec(bin), dir)
+	rb, err := launch(mochiSpec(bin), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(rb.stop)
-	return addrOf(port), wsAddrOf(rb), rb.cmd.Process.Pid
-}
-
-func addrOf(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
-
-// wsAddrOf recovers the WebSocket address from the command line that
-// mochiSpec built.
-func wsAddrOf(rb *runningBroker) string {
-	args := rb.cmd.Args
-	for i, a := range args {
-		if a == "-ws" && i+1 < len(args) {
-			return args[i+1]
-		}
-	}
-	return ""
+	return rb.tcpAddr, rb.wsAddr, rb.cmd.Process.Pid
 }
 
 // TestExactCounts runs short scenarios against plain mochi and checks that
