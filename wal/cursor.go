@@ -52,23 +52,29 @@ func (c *Cursor) Commit(next uint64) error {
 		return fmt.Errorf("%w: commit %s to %d: beyond the log (last offset %d)", ErrCursor, c.name, next, last)
 	}
 	c.off.Store(next)
-	return c.l.cursors.flush(c.l, c.l.cfg.Sync == SyncAlways)
+	t := &c.l.cursors
+	return t.flush(c.l, t.changed(), c.l.cfg.Sync == SyncAlways)
 }
 
 type cursorTable struct {
 	mu sync.Mutex // guards m
 	m  map[string]*Cursor
 
-	gen atomic.Uint64 // bumped by every change
+	gen atomic.Uint64 // bumped after every change
 
-	fmu     sync.Mutex // guards what follows; held while writing
-	files   [2]File
-	active  int    // file holding the newest good copy
-	seq     uint64 // its sequence number
-	written uint64 // gen of the newest write
-	synced  uint64 // gen of the newest fsynced write
-	buf     []byte
+	fmu        sync.Mutex // guards what follows; held while writing
+	files      [2]File
+	active     int    // file holding the newest good copy
+	seq        uint64 // its sequence number
+	written    uint64 // gen of the newest write
+	synced     uint64 // gen of the newest fsynced write
+	writtenMin uint64 // smallest offset in the newest write (0: no cursors)
+	syncedMin  uint64 // smallest offset in the newest fsynced write
+	buf        []byte
 }
+
+// changed marks a change of the table and returns its generation.
+func (t *cursorTable) changed() uint64 { return t.gen.Add(1) }
 
 // Cursor returns the named cursor, creating it at FirstOffset if it does not
 // exist.
@@ -99,7 +105,7 @@ func (l *Log) CursorFrom(name string, from uint64) (*Cursor, error) {
 	c.off.Store(from)
 	t.m[name] = c
 	t.mu.Unlock()
-	if err := t.flush(l, l.cfg.Sync != SyncNever); err != nil {
+	if err := t.flush(l, t.changed(), l.cfg.Sync != SyncNever); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -116,7 +122,7 @@ func (l *Log) DeleteCursor(name string) error {
 	if !ok {
 		return nil
 	}
-	return t.flush(l, l.cfg.Sync != SyncNever)
+	return t.flush(l, t.changed(), l.cfg.Sync != SyncNever)
 }
 
 // Cursors returns the cursor names, sorted.
@@ -179,18 +185,16 @@ func (t *cursorTable) stats(first, last uint64) []CursorStats {
 	return out
 }
 
-// flush writes the table if it changed since the last write (and fsyncs it
-// if doSync and not yet synced).
-func (t *cursorTable) flush(l *Log, doSync bool) error {
-	gen := t.gen.Add(1)
+// flush writes the table unless a write covering generation gen is done,
+// and fsyncs it if doSync and not yet synced. Concurrent callers share one
+// write: whoever holds fmu writes everything changed so far.
+func (t *cursorTable) flush(l *Log, gen uint64, doSync bool) error {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
-	if t.written >= gen && (!doSync || t.synced >= gen) {
-		return nil // another committer wrote our change
-	}
 	if t.written < gen {
 		cur := t.gen.Load()
-		t.buf = t.encode(t.buf[:0], t.seq+1)
+		var min uint64
+		t.buf, min = t.encode(t.buf[:0], t.seq+1)
 		next := 1 - t.active
 		if t.files[next] == nil {
 			f, err := l.fs.OpenFile(cursorPath(l.dir, next), os.O_CREATE|os.O_RDWR, 0o640)
@@ -206,30 +210,36 @@ func (t *cursorTable) flush(l *Log, doSync bool) error {
 		if err := f.Truncate(int64(len(t.buf))); err != nil {
 			return fmt.Errorf("wal: write cursor table: %w", err)
 		}
-		t.active, t.seq, t.written = next, t.seq+1, cur
+		t.active, t.seq, t.written, t.writtenMin = next, t.seq+1, cur, min
 	}
 	if doSync && t.synced < t.written {
 		if err := t.files[t.active].Sync(); err != nil {
 			return fmt.Errorf("wal: fsync cursor table: %w", err)
 		}
-		t.synced = t.written
+		t.synced, t.syncedMin = t.written, t.writtenMin
 	}
 	return nil
 }
 
-// sync makes the last written table durable (retention calls it before
-// acting on cursor positions).
-func (t *cursorTable) sync() error {
+// retainFrom makes the table durable and returns the offset below which no
+// cursor needs anything: the smaller of the durable and the in-memory
+// positions (a commit not yet durable does not count, a move backwards
+// does). It returns false when there are no cursors.
+func (t *cursorTable) retainFrom(l *Log) (uint64, bool, error) {
+	if err := t.flush(l, t.gen.Load(), true); err != nil {
+		return 0, false, err
+	}
 	t.fmu.Lock()
-	defer t.fmu.Unlock()
-	if t.synced >= t.written || t.files[t.active] == nil {
-		return nil
+	durable := t.syncedMin
+	t.fmu.Unlock()
+	mem, ok := t.minOffset()
+	if !ok {
+		return 0, false, nil
 	}
-	if err := t.files[t.active].Sync(); err != nil {
-		return fmt.Errorf("wal: fsync cursor table: %w", err)
+	if durable != 0 && durable < mem {
+		mem = durable
 	}
-	t.synced = t.written
-	return nil
+	return mem, true, nil
 }
 
 func cursorPath(dir string, i int) string {
@@ -237,8 +247,9 @@ func cursorPath(dir string, i int) string {
 }
 
 // encode appends the table: magic, seq, count, (uvarint name length, name,
-// offset)..., CRC-32C of all that.
-func (t *cursorTable) encode(dst []byte, seq uint64) []byte {
+// offset)..., CRC-32C of all that. It also returns the smallest offset.
+func (t *cursorTable) encode(dst []byte, seq uint64) ([]byte, uint64) {
+	var min uint64
 	t.mu.Lock()
 	names := make([]string, 0, len(t.m))
 	for n := range t.m {
@@ -251,10 +262,14 @@ func (t *cursorTable) encode(dst []byte, seq uint64) []byte {
 	for _, n := range names {
 		dst = binary.AppendUvarint(dst, uint64(len(n)))
 		dst = append(dst, n...)
-		dst = binary.LittleEndian.AppendUint64(dst, t.m[n].off.Load())
+		off := t.m[n].off.Load()
+		if min == 0 || off < min {
+			min = off
+		}
+		dst = binary.LittleEndian.AppendUint64(dst, off)
 	}
 	t.mu.Unlock()
-	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst, castagnoli))
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst, castagnoli)), min
 }
 
 var errBadTable = errors.New("bad cursor table")
@@ -336,9 +351,17 @@ func (t *cursorTable) load(l *Log) error {
 }
 
 func (t *cursorTable) close(l *Log) error {
-	err := t.sync()
+	err := t.flush(l, t.gen.Load(), true)
+	if cerr := t.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (t *cursorTable) closeFiles() error {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
+	var err error
 	for i, f := range t.files {
 		if f != nil {
 			if cerr := f.Close(); err == nil {

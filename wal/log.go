@@ -103,6 +103,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		return nil, err
 	}
 	if err := l.cursors.load(l); err != nil {
+		l.cursors.closeFiles()
 		l.closeFiles()
 		return nil, err
 	}

@@ -26,10 +26,6 @@ import (
 func (l *Log) retain(need int64) bool {
 	l.retMu.Lock()
 	defer l.retMu.Unlock()
-	if err := l.cursors.sync(); err != nil {
-		l.log.Error("wal: retention skipped: cursor table not durable", "err", err)
-		return false
-	}
 	fits := func() bool {
 		return l.cfg.MaxBytes == 0 || l.stats.diskBytes.Load()+l.stats.queued.Load()+need <= l.cfg.MaxBytes
 	}
@@ -39,7 +35,11 @@ func (l *Log) retain(need int64) bool {
 		if !ok {
 			break
 		}
-		min, haveCursors := l.cursors.minOffset()
+		min, haveCursors, err := l.cursors.retainFrom(l)
+		if err != nil {
+			l.log.Error("wal: retention skipped: cursor table not durable", "err", err)
+			break
+		}
 		consumed := haveCursors && min >= next
 		old := l.cfg.MaxAge > 0 && now.Sub(time.Unix(0, s.mtime.Load())) > l.cfg.MaxAge
 		force := need > 0 && !fits() && l.cfg.OnFull == FullDropOldest
@@ -91,7 +91,7 @@ func (l *Log) removeFront(s *segment, next uint64, reason string) error {
 		l.stats.dropped.Add(lost)
 		l.log.Warn("wal: removed records a cursor still needed", "segment", s.name,
 			"reason", reason, "records", lost, "first_offset", next)
-		if err := l.cursors.flush(l, l.cfg.Sync != SyncNever); err != nil {
+		if err := l.cursors.flush(l, l.cursors.changed(), l.cfg.Sync != SyncNever); err != nil {
 			l.log.Error("wal: cursor table", "err", err)
 		}
 	} else {
