@@ -221,9 +221,14 @@ func mochiSpec(bin string) brokerSpec {
 func edgemqSpec(bin, sync string, durable bool) brokerSpec {
 	name := "edgemq-" + sync
 	note := fmt.Sprintf("edgemq, storage.sync %s", sync)
-	if sync == "always" && !durable {
+	switch {
+	case sync == "always" && durable:
+		note += ": each PUBACK/PUBREC after the fsync of its log record (group commit)"
+	case sync == "always":
 		name += "*"
-		note += "; * durability not landed in this build: acks do NOT wait for an fsync yet"
+		note += "; * this build does NOT wait for an fsync before acking (-durable=false)"
+	case sync == "never":
+		note += ": records go to the OS page cache, no fsync; not durable across a power cut"
 	}
 	return brokerSpec{
 		name: name,
@@ -317,6 +322,7 @@ func median(v []float64) float64 {
 
 // compareReport is the JSON output of a comparison.
 type compareReport struct {
+	Machine string            `json:"machine"`
 	Started time.Time         `json:"started"`
 	Seconds float64           `json:"seconds"`
 	Rounds  int               `json:"rounds"`
@@ -333,12 +339,12 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	quick := fs.Bool("quick", false, "smoke test: 1 round, 1 s per scenario, fewer connections")
 	rounds := fs.Int("rounds", 3, "rounds; brokers alternate within each round")
-	duration := fs.Duration("duration", 4*time.Second, "publish phase of each flow scenario")
+	duration := fs.Duration("duration", 3*time.Second, "publish phase of each flow scenario")
 	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary; empty: skip")
 	mosqUnl := fs.Bool("mosquitto-unlimited", false, "also run Mosquitto with unlimited queues (max_queued_messages 0)")
 	mochi := fs.String("mochi", "", "plain mochi binary; empty: go build ./cmd/edgemq-bench/plainmochi")
 	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq (skipped if that fails); \"none\": skip")
-	durable := fs.Bool("durable", false, "the edgemq binary acks after fsync under sync always (set once durability has landed)")
+	durable := fs.Bool("durable", true, "the edgemq binary acks QoS 1/2 only after an fsync under sync always; false marks a build where it does not")
 	only := fs.String("scenarios", "", "comma-separated subset of scenario names (default: all)")
 	jsonOut := fs.String("json", "", "also write the raw runs and the summary as JSON to this file")
 	inflight := fs.Int("inflight", 100, "most unacknowledged QoS 1/2 publishes per connection")
@@ -354,7 +360,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer os.RemoveAll(work)
 
-	rep := compareReport{Started: time.Now().UTC(), Rounds: *rounds, Brokers: map[string]string{}}
+	rep := compareReport{Machine: machine(), Started: time.Now().UTC(), Rounds: *rounds, Brokers: map[string]string{}}
 	var specs []brokerSpec
 	if *mosq != "" {
 		if _, err := os.Stat(*mosq); err == nil {
@@ -532,7 +538,8 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 
 // printCompare writes the medians table and the ratios.
 func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs []brokerSpec) {
-	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 (over TCP unless the scenario says ws), 256-byte payloads\n\n", rep.Rounds, rep.Seconds)
+	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 (over TCP unless the scenario says ws), 256-byte payloads\n", rep.Rounds, rep.Seconds)
+	fmt.Fprintf(w, "machine: %s; started %s\n\n", rep.Machine, rep.Started.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
 	byKey := map[[2]string]*cell{}

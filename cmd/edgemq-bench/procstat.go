@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,7 +43,12 @@ func procCPUSeconds(pid int) (float64, error) {
 // procStatusKB reads one "kB" line of /proc/PID/status, e.g. VmRSS (resident
 // now) or VmHWM (peak resident).
 func procStatusKB(pid int, key string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	return procStatusKBFile(fmt.Sprintf("/proc/%d/status", pid), key)
+}
+
+// procStatusKBFile reads a "Key: N kB" line of a /proc file.
+func procStatusKBFile(path, key string) (int64, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
@@ -58,7 +64,7 @@ func procStatusKB(pid int, key string) (int64, error) {
 	if err := sc.Err(); err != nil {
 		return 0, err
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, key)
+	return 0, fmt.Errorf("%s: no %s", path, key)
 }
 
 // selfCPUSeconds is the generator's own user plus system CPU time.
@@ -118,4 +124,22 @@ func loadAvg1() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// machine describes the host for reports: CPU model, cores, memory.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := ""
+	if kb, err := procStatusKBFile("/proc/meminfo", "MemTotal"); err == nil {
+		mem = fmt.Sprintf(", %.0f GiB RAM", float64(kb)/(1<<20))
+	}
+	return fmt.Sprintf("%s, %d cores%s, Linux", model, runtime.NumCPU(), mem)
 }
