@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 
 // testConfig is a broker on 127.0.0.1:0: TCP listener "tcp", WebSocket
 // listener "ws", HTTP on port 0, no authentication.
-func testConfig(t *testing.T) edge.Config {
+func testConfig(t testing.TB) edge.Config {
 	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Listeners = []edge.ListenerConfig{
@@ -51,7 +51,7 @@ type testBroker struct {
 }
 
 // startBroker starts a broker and shuts it down when the test ends.
-func startBroker(t *testing.T, cfg edge.Config) *testBroker {
+func startBroker(t testing.TB, cfg edge.Config) *testBroker {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	b, err := edge.New(cfg, edge.Options{Logger: testLogger(t), Registry: reg})
@@ -72,13 +72,13 @@ func startBroker(t *testing.T, cfg edge.Config) *testBroker {
 }
 
 // testLogger logs Info and above through t.Log.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(&testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 type testWriter struct {
 	mu sync.Mutex
-	t  *testing.T
+	t  testing.TB
 }
 
 func (w *testWriter) Write(p []byte) (int, error) {
@@ -90,7 +90,7 @@ func (w *testWriter) Write(p []byte) (int, error) {
 
 // metric returns the value of a counter or gauge with the given labels
 // (name=value pairs), or 0 if it does not exist.
-func (tb *testBroker) metric(t *testing.T, name string, labels ...string) float64 {
+func (tb *testBroker) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	families, err := tb.reg.Gather()
 	if err != nil {
@@ -128,7 +128,7 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 }
 
 // eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -158,7 +158,7 @@ type v5Opts struct {
 }
 
 // dialV5 opens the transport to listener "tcp"/"tls" (addr) or "ws"/"wss" (URL).
-func dialNet(t *testing.T, network, addr string, tlsConfig *tls.Config) net.Conn {
+func dialNet(t testing.TB, network, addr string, tlsConfig *tls.Config) net.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -194,7 +194,7 @@ func dialNet(t *testing.T, network, addr string, tlsConfig *tls.Config) net.Conn
 
 // connectV5 connects a paho.golang client and disconnects it when the test
 // ends. It fails the test unless the CONNACK is a success.
-func connectV5(t *testing.T, c net.Conn, o v5Opts) (*v5Client, *paho.Connack) {
+func connectV5(t testing.TB, c net.Conn, o v5Opts) (*v5Client, *paho.Connack) {
 	t.Helper()
 	cl, ack, err := tryConnectV5(t, c, o)
 	if err != nil {
@@ -203,7 +203,7 @@ func connectV5(t *testing.T, c net.Conn, o v5Opts) (*v5Client, *paho.Connack) {
 	return cl, ack
 }
 
-func tryConnectV5(t *testing.T, c net.Conn, o v5Opts) (*v5Client, *paho.Connack, error) {
+func tryConnectV5(t testing.TB, c net.Conn, o v5Opts) (*v5Client, *paho.Connack, error) {
 	t.Helper()
 	vc := &v5Client{
 		msgs: make(chan *paho.Publish, 10000),
@@ -272,7 +272,7 @@ func doneOrTimeout(done <-chan struct{}) <-chan struct{} {
 	return out
 }
 
-func (vc *v5Client) subscribe(t *testing.T, filter string, qos byte) *paho.Suback {
+func (vc *v5Client) subscribe(t testing.TB, filter string, qos byte) *paho.Suback {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -283,7 +283,7 @@ func (vc *v5Client) subscribe(t *testing.T, filter string, qos byte) *paho.Subac
 	return sa
 }
 
-func (vc *v5Client) publish(t *testing.T, topic string, qos byte, retain bool, payload []byte) (*paho.PublishResponse, error) {
+func (vc *v5Client) publish(t testing.TB, topic string, qos byte, retain bool, payload []byte) (*paho.PublishResponse, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -291,7 +291,7 @@ func (vc *v5Client) publish(t *testing.T, topic string, qos byte, retain bool, p
 }
 
 // receive waits for n messages.
-func (vc *v5Client) receive(t *testing.T, n int) []*paho.Publish {
+func (vc *v5Client) receive(t testing.TB, n int) []*paho.Publish {
 	t.Helper()
 	var out []*paho.Publish
 	timeout := time.After(10 * time.Second)
@@ -307,7 +307,7 @@ func (vc *v5Client) receive(t *testing.T, n int) []*paho.Publish {
 }
 
 // quiet asserts that no message arrives for d.
-func (vc *v5Client) quiet(t *testing.T, d time.Duration) {
+func (vc *v5Client) quiet(t testing.TB, d time.Duration) {
 	t.Helper()
 	select {
 	case m := <-vc.msgs:
@@ -319,13 +319,13 @@ func (vc *v5Client) quiet(t *testing.T, d time.Duration) {
 // ---- raw MQTT over a socket, for bad input and stuck peers ----
 
 type rawClient struct {
-	t       *testing.T
+	t       testing.TB
 	c       net.Conn
 	r       *bufio.Reader
 	version byte
 }
 
-func dialRaw(t *testing.T, addr string, version byte) *rawClient {
+func dialRaw(t testing.TB, addr string, version byte) *rawClient {
 	t.Helper()
 	c := dialNet(t, "tcp", addr, nil)
 	t.Cleanup(func() { _ = c.Close() })
@@ -339,8 +339,17 @@ func (rc *rawClient) send(pk packets.Packet) {
 	}
 }
 
-func encode(t *testing.T, version byte, pk packets.Packet) []byte {
+func encode(t testing.TB, version byte, pk packets.Packet) []byte {
 	t.Helper()
+	b, err := encodePacket(version, pk)
+	if err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	return b
+}
+
+// encodePacket encodes pk for a client of the given protocol version.
+func encodePacket(version byte, pk packets.Packet) ([]byte, error) {
 	pk.ProtocolVersion = version
 	var buf bytes.Buffer
 	var err error
@@ -364,12 +373,9 @@ func encode(t *testing.T, version byte, pk packets.Packet) []byte {
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
 	default:
-		t.Fatalf("encode: type %d not supported", pk.FixedHeader.Type)
+		return nil, fmt.Errorf("encode: type %d not supported", pk.FixedHeader.Type)
 	}
-	if err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	return buf.Bytes()
+	return buf.Bytes(), err
 }
 
 // read reads one packet within d.

@@ -75,8 +75,9 @@ type session struct {
 	inflight   map[uint16]*flight
 	cl         *mqtt.Client // nil while offline
 	p          *pump
-	expiresAt  int64 // offline: Unix second the session ends (0: never)
-	resumed    bool  // the current connection took over an existing session
+	prevDone   chan struct{} // closed when the last stopped pump has exited
+	expiresAt  int64         // offline: Unix second the session ends (0: never)
+	resumed    bool          // the current connection took over an existing session
 }
 
 // flight is one outbound QoS 1/2 message waiting for its acknowledgement.
@@ -340,18 +341,26 @@ func (s *store) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.ReceiveMaximum > 0 {
 		window = min(window, int(cl.Properties.Props.ReceiveMaximum)) // [MQTT-3.3.4-9]
 	}
-	sess.queue.Resume(s.fannedOut.Load())
 	p := &pump{cl: cl, window: window, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sess.p = p
 	s.m.online.Inc()
 	s.wg.Add(1)
-	go s.run(sess, p)
+	go func(prev chan struct{}) {
+		// One pump per session at a time: the last one may still be
+		// giving back what it took (session.requeue).
+		if prev != nil {
+			<-prev
+		}
+		sess.queue.Resume(s.fannedOut.Load())
+		s.run(sess, p)
+	}(sess.prevDone)
 }
 
 // stopPump tells the pump to stop; it exits on its own (a blocked write
 // ends at the write deadline). Called with sess.mu held.
 func (sess *session) stopPump() {
 	close(sess.p.stop)
+	sess.prevDone = sess.p.done
 	sess.p = nil
 }
 
@@ -1125,8 +1134,9 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 	out.PacketID = uint16(pid)
 	f := &flight{offset: e.Offset, qos: out.FixedHeader.Qos, group: d.group, msg: m}
 	sess.mu.Lock()
-	if sess.p != p {
+	if sess.p != p { // the connection went before the message was its
 		sess.mu.Unlock()
+		s.requeue(sess, e, d.group)
 		return false
 	}
 	sess.inflight[out.PacketID] = f
@@ -1149,6 +1159,20 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 		}
 	}
 	return s.write(sess, p, out)
+}
+
+// requeue gives an entry the pump took back to the queue it came from.
+func (s *store) requeue(sess *session, e qos.Entry, group string) {
+	if group == "" {
+		sess.queue.Requeue(e)
+		return
+	}
+	s.mu.Lock()
+	g := s.groups[group]
+	s.mu.Unlock()
+	if g != nil {
+		g.queue.Requeue(e)
+	}
 }
 
 // write writes a packet; a failed write ends the pump (the connection is
@@ -1225,6 +1249,15 @@ func (s *store) resend(sess *session, p *pump) bool {
 			out = publishPacket(m, it.f.qos, d, p.cl.Properties.ProtocolVersion)
 			out.PacketID = it.pid
 			out.FixedHeader.Dup = true // [MQTT-3.3.1-1]
+			if it.f.qos == 2 && logIt(sess, it.f.group) {
+				// Its first PUBLISH may have gone out with its delivery
+				// record still unwritten (send held it back): the record
+				// must be durable before this one goes.
+				rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, PacketID: it.pid, Offset: it.f.offset, QoS: 2, Group: it.f.group})
+				if _, err := s.appendWait(rec); err != nil {
+					return false
+				}
+			}
 		}
 		tracked := out
 		tracked.Expiry = 0
@@ -1234,6 +1267,15 @@ func (s *store) resend(sess *session, p *pump) bool {
 		}
 	}
 	return true
+}
+
+// logIt reports whether deliveries to sess through group are logged: a
+// persistent session's always, and every shared group's, because the
+// group's position in the log is made of them.
+func logIt(sess *session, group string) bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.persistent || group != ""
 }
 
 // publishPacket builds the PUBLISH of a logged message at QoS q.

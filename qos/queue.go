@@ -93,6 +93,21 @@ func (q *Queue) Pop() (Entry, bool) {
 	return e, true
 }
 
+// Requeue gives back an entry the consumer popped but could not deliver (it
+// lost its connection first): the entry goes back to the head of the RAM
+// queue, or, if the queue was parked meanwhile, the scan resumes at it.
+func (q *Queue) Requeue(e Entry) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.scan {
+		q.next = min(q.next, e.Offset)
+		q.clean, q.missed = false, 0
+		return
+	}
+	q.ring = append([]Entry{e}, q.ring[q.head:]...)
+	q.head = 0
+}
+
 // Scan reports whether the consumer must read the log, and from where: the
 // queue is in scan mode and has no RAM entries left before the position.
 func (q *Queue) Scan() (from uint64, ok bool) {

@@ -119,3 +119,32 @@ func TestQueueParkedCleanSkipsWhatHoldsNothing(t *testing.T) {
 		t.Fatalf("resumed scan from %d (%v), want 60", from, ok)
 	}
 }
+
+func TestQueueRequeue(t *testing.T) {
+	q := qos.NewQueue(1, 8)
+	q.CatchUp(func() uint64 { return 1 })
+	for _, o := range []uint64{2, 4, 6} {
+		q.Offer(qos.Entry{Offset: o})
+	}
+	e, _ := q.Pop()
+	q.Requeue(e) // push mode: back at the head
+	if e2, _ := q.Pop(); e2.Offset != 2 {
+		t.Fatalf("after requeue in push mode, pop = %d, want 2", e2.Offset)
+	}
+	e, _ = q.Pop() // 4
+	q.Park(10)     // 6 is still queued: the scan resumes there
+	q.Requeue(e)   // and now at 4
+	if from, ok := q.Scan(); !ok || from != 4 {
+		t.Fatalf("after requeue in scan mode, scan from %d (%v), want 4", from, ok)
+	}
+	e, _ = qos.Entry{Offset: 20}, true
+	q2 := qos.NewQueue(1, 8)
+	q2.CatchUp(func() uint64 { return 1 })
+	q2.Offer(e)
+	q2.Pop()
+	q2.Park(30) // clean: nothing pending
+	q2.Requeue(e)
+	if p := q2.Position(30); p != 20 {
+		t.Fatalf("clean parked queue after requeue: position %d, want 20", p)
+	}
+}
