@@ -13,7 +13,7 @@ import (
 	"github.com/edgemq/edgemq/edge"
 )
 
-func passwordFile(t *testing.T, users ...string) string {
+func passwordFile(t testing.TB, users ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "passwd")
 	for i := 0; i+1 < len(users); i += 2 {
@@ -110,7 +110,7 @@ func TestNoAuthBindsLoopback(t *testing.T) {
 // aclConfig: alice owns devices/alice/# except devices/alice/secret, every
 // client may read public/# and write to its own clients/<id>/#, admin may
 // write everywhere.
-func aclConfig(t *testing.T) edge.Config {
+func aclConfig(t testing.TB) edge.Config {
 	cfg := testConfig(t)
 	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw", "admin", "pw")
 	cfg.Auth.ACL = []edge.ACLRule{

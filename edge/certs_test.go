@@ -24,7 +24,7 @@ type testPKI struct {
 	client                    tls.Certificate // CN "device-7"
 }
 
-func newTestPKI(t *testing.T) *testPKI {
+func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
 	dir := t.TempDir()
 	caKey := newKey(t)
@@ -86,7 +86,7 @@ func (p *testPKI) clientTLS(withCert bool) *tls.Config {
 	return cfg
 }
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 	return k
 }
 
-func marshalKey(t *testing.T, k *ecdsa.PrivateKey) []byte {
+func marshalKey(t testing.TB, k *ecdsa.PrivateKey) []byte {
 	der, err := x509.MarshalECPrivateKey(k)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func marshalKey(t *testing.T, k *ecdsa.PrivateKey) []byte {
 	return der
 }
 
-func writePEM(t *testing.T, path, typ string, der []byte) {
+func writePEM(t testing.TB, path, typ string, der []byte) {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}

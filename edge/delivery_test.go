@@ -15,7 +15,7 @@ import (
 )
 
 // allTransports is a broker with plain and TLS listeners of both kinds.
-func allTransports(t *testing.T) (*testBroker, *testPKI) {
+func allTransports(t testing.TB) (*testBroker, *testPKI) {
 	t.Helper()
 	pki := newTestPKI(t)
 	cfg := testConfig(t)
@@ -105,7 +105,7 @@ type publishFn func(topic string, qos byte, retain bool, payload string)
 
 // clientPair connects a subscriber on prefix/# (QoS 2) and a publisher.
 // The returned sub waits for n messages.
-func clientPair(t *testing.T, ep endpoint, version, prefix string) (func(n int) []msg, publishFn) {
+func clientPair(t testing.TB, ep endpoint, version, prefix string) (func(n int) []msg, publishFn) {
 	t.Helper()
 	id := strings.ReplaceAll(prefix, "/", "-")
 	if version == "v5" {
@@ -140,7 +140,7 @@ func clientPair(t *testing.T, ep endpoint, version, prefix string) (func(n int) 
 
 // connectV3 connects a paho.mqtt.golang client (MQTT 3.1.1) and returns it
 // with the channel its messages arrive on.
-func connectV3(t *testing.T, ep endpoint, id string, tune func(*pahov3.ClientOptions)) (pahov3.Client, chan msg) {
+func connectV3(t testing.TB, ep endpoint, id string, tune func(*pahov3.ClientOptions)) (pahov3.Client, chan msg) {
 	t.Helper()
 	c, ch, err := tryConnectV3(t, ep, id, tune)
 	if err != nil {
@@ -149,7 +149,7 @@ func connectV3(t *testing.T, ep endpoint, id string, tune func(*pahov3.ClientOpt
 	return c, ch
 }
 
-func tryConnectV3(t *testing.T, ep endpoint, id string, tune func(*pahov3.ClientOptions)) (pahov3.Client, chan msg, error) {
+func tryConnectV3(t testing.TB, ep endpoint, id string, tune func(*pahov3.ClientOptions)) (pahov3.Client, chan msg, error) {
 	t.Helper()
 	ch := make(chan msg, 10000)
 	o := pahov3.NewClientOptions().
@@ -183,7 +183,7 @@ func tryConnectV3(t *testing.T, ep endpoint, id string, tune func(*pahov3.Client
 	return c, ch, nil
 }
 
-func receiveV3(t *testing.T, ch chan msg, n int) []msg {
+func receiveV3(t testing.TB, ch chan msg, n int) []msg {
 	t.Helper()
 	var out []msg
 	timeout := time.After(10 * time.Second)

@@ -14,7 +14,7 @@ import (
 // stuckSubscriber connects over network ("tcp" or "ws") with a small receive
 // buffer, subscribes to topic at QoS 1 with a persistent session, and then
 // never reads again.
-func stuckSubscriber(t *testing.T, network, addr, id, topic string) *rawClient {
+func stuckSubscriber(t testing.TB, network, addr, id, topic string) *rawClient {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) {
