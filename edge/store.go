@@ -78,6 +78,9 @@ type session struct {
 	prevDone   chan struct{} // closed when the last stopped pump has exited
 	expiresAt  int64         // offline: Unix second the session ends (0: never)
 	resumed    bool          // the current connection took over an existing session
+	will       *qos.Message  // the current or last connection's will, nil: none
+	willDelay  uint32        // seconds
+	willDue    int64         // offline: Unix second the will is published (0: not pending)
 }
 
 // flight is one outbound QoS 1/2 message waiting for its acknowledgement.
@@ -273,6 +276,7 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 		}
 		last, logged = off, true
 	}
+	will, willDelay := takeWill(cl)
 	sess := s.sessions[cl.ID]
 	if pk.Connect.Clean { // [MQTT-3.1.2-4]
 		if sess != nil {
@@ -299,8 +303,12 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 	sess.cl = cl
 	sess.expiresAt = 0
 	sess.persistent = persistent(cl)
-	if sess.persistent {
-		rec, _ := qos.Encode(&qos.Session{Client: cl.ID, ProtocolVersion: cl.Properties.ProtocolVersion, ExpiryInterval: expiryOf(cl)})
+	// A new connection cancels a pending will [MQTT-3.1.3-9]; its own will
+	// replaces it.
+	sess.will, sess.willDelay, sess.willDue = will, willDelay, 0
+	if sess.persistent || will != nil {
+		rec, _ := qos.Encode(&qos.Session{Client: cl.ID, ProtocolVersion: cl.Properties.ProtocolVersion,
+			ExpiryInterval: expiryOf(cl), Will: will, WillDelay: willDelay})
 		note(rec)
 	}
 	// mochi's own copy of an offline session is dropped at its disconnect
@@ -319,6 +327,40 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 		})
 	}
 	return last, logged
+}
+
+// takeWill takes cl's will away from mochi, which would publish it around
+// the log (straight into its in-RAM fan-out), and returns it as the store
+// publishes it: through the log, like any message [MQTT-3.1.2-8].
+func takeWill(cl *mqtt.Client) (*qos.Message, uint32) {
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+		return nil, 0
+	}
+	w := cl.Properties.Will
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	m := &qos.Message{Topic: w.TopicName, Payload: w.Payload, QoS: w.Qos, Retain: w.Retain, Will: true, Origin: cl.ID}
+	for _, u := range w.User {
+		m.User = append(m.User, qos.Property{Key: u.Key, Value: u.Val})
+	}
+	return m, w.WillDelayInterval
+}
+
+// publishWill logs a will as a message; the dispatcher delivers it. A
+// retained will also replaces the topic's retained message.
+func (s *store) publishWill(m *qos.Message) {
+	m.Created = time.Now().UnixNano()
+	rec, err := qos.Encode(m)
+	if err == nil {
+		_, err = s.appendAsync(rec)
+	}
+	if err != nil {
+		s.lg.Warn("will not published: not logged", "client", m.Origin, "error", err)
+		return
+	}
+	if m.Retain {
+		s.srv.Topics.RetainMessage(retainedPacket(m))
+	}
+	s.m.wills.Inc()
 }
 
 // OnSessionEstablished starts the session's pump once CONNACK is out.
@@ -402,15 +444,34 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		sess.stopPump()
 		s.m.online.Dec()
 	}
+	now := time.Now().Unix()
 	sess.cl = nil
 	sess.expiresAt = 0
-	if e := expiryOf(cl); e != math.MaxUint32 {
-		sess.expiresAt = time.Now().Unix() + int64(e)
+	expiry := expiryOf(cl)
+	if expiry != math.MaxUint32 {
+		sess.expiresAt = now + int64(expiry)
 	}
-	wasPersistent := sess.persistent
+	// The will goes when the connection ends without a normal DISCONNECT
+	// (err is nil only for one), after its delay or when the session
+	// ends, whichever comes first [MQTT-3.1.2-8] [MQTT-3.1.3-9].
+	will, logged := sess.will, sess.persistent || sess.will != nil
+	if err == nil {
+		will = nil
+	}
+	sess.will, sess.willDue = nil, 0
+	if will != nil && !expire {
+		if delay := min(sess.willDelay, expiry); delay > 0 {
+			sess.will, sess.willDue = will, now+int64(delay)
+			will = nil
+		}
+	}
+	pending := sess.willDue > 0
 	sess.mu.Unlock()
+	if will != nil {
+		s.publishWill(will)
+	}
 	if expire {
-		if wasPersistent || s.inbound[cl.ID] != nil {
+		if logged || s.inbound[cl.ID] != nil {
 			s.endSessionLocked(sess)
 		} else {
 			s.forgetLocked(sess)
@@ -418,7 +479,7 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	sess.queue.Park(s.fannedOut.Load())
-	rec, _ := qos.Encode(&qos.Disconnect{Client: cl.ID, At: time.Now().Unix(), ExpiryInterval: expiryOf(cl)})
+	rec, _ := qos.Encode(&qos.Disconnect{Client: cl.ID, At: now, ExpiryInterval: expiry, WillPending: pending})
 	if _, err := s.appendAsync(rec); err != nil {
 		s.lg.Warn("disconnect not logged", "client", cl.ID, "error", err)
 	}
@@ -439,8 +500,19 @@ func (s *store) OnClientExpired(cl *mqtt.Client) {
 	}
 }
 
-// endSessionLocked removes a session for good, logged. Called with s.mu held.
+// endSessionLocked removes a session for good, logged, publishing its
+// pending will first. Called with s.mu held.
 func (s *store) endSessionLocked(sess *session) {
+	sess.mu.Lock()
+	will := sess.will
+	if sess.willDue == 0 {
+		will = nil
+	}
+	sess.will, sess.willDue = nil, 0
+	sess.mu.Unlock()
+	if will != nil {
+		s.publishWill(will)
+	}
 	if _, err := s.appendAsync(qos.EncodeEnd(sess.id)); err != nil {
 		s.lg.Warn("session end not logged", "client", sess.id, "error", err)
 	}
@@ -483,7 +555,14 @@ func (s *store) expireLoop() {
 		for _, sess := range s.sessions {
 			sess.mu.Lock()
 			offline, at := sess.cl == nil, sess.expiresAt
+			var will *qos.Message
+			if offline && sess.willDue > 0 && now >= sess.willDue {
+				will, sess.will, sess.willDue = sess.will, nil, 0
+			}
 			sess.mu.Unlock()
+			if will != nil {
+				s.publishWill(will)
+			}
 			if offline && at > 0 && now >= at { // [MQTT-3.1.2-23]
 				s.endSessionLocked(sess)
 				s.m.expired.Inc()
@@ -828,7 +907,7 @@ func (s *store) dispatch() {
 			m := new(qos.Message)
 			if err := m.UnmarshalBinary(rec); err != nil {
 				s.lg.Error("dispatcher: bad message record", "offset", off, "error", err)
-			} else if m.QoS > 0 {
+			} else if m.QoS > 0 || m.Will {
 				s.fanout(off, m)
 			}
 		}
@@ -1024,8 +1103,8 @@ func (s *store) readEntry(off uint64) (qos.Entry, error) {
 	if err := m.UnmarshalBinary(rec); err != nil {
 		return qos.Entry{Offset: off}, err
 	}
-	if m.QoS == 0 {
-		return qos.Entry{Offset: off}, nil
+	if m.QoS == 0 && !m.Will {
+		return qos.Entry{Offset: off}, nil // mochi delivered it
 	}
 	return qos.Entry{Offset: off, Msg: m}, nil
 }

@@ -9,6 +9,7 @@ import (
 // storeMetrics are the durable delivery path's figures.
 type storeMetrics struct {
 	online       prometheus.Gauge
+	wills        prometheus.Counter
 	expired      prometheus.Counter
 	duplicates   prometheus.Counter
 	appendErrors prometheus.Counter
@@ -24,6 +25,10 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 		online: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgemq_sessions_delivering",
 			Help: "Connected sessions whose delivery pump runs.",
+		}),
+		wills: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgemq_wills_published_total",
+			Help: "Will messages published (connection lost, will delay passed or session ended).",
 		}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgemq_sessions_expired_total",
@@ -58,7 +63,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 			Help: "Messages written to subscribers by the durable delivery path, by QoS.",
 		}, []string{"qos"}),
 	}
-	for _, c := range []prometheus.Collector{m.online, m.expired, m.duplicates, m.appendErrors, m.acked, m.dispatched, m.refused, m.dropped, m.delivered} {
+	for _, c := range []prometheus.Collector{m.online, m.wills, m.expired, m.duplicates, m.appendErrors, m.acked, m.dispatched, m.refused, m.dropped, m.delivered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

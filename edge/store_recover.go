@@ -46,9 +46,22 @@ func (s *store) recover() error {
 
 	now := time.Now().Unix()
 	var ended []string
+	var wills []*qos.Message
 	for id, ss := range st.Sessions {
-		if ss.Connected { // it was online when the broker stopped
-			ss.DisconnectedAt = now
+		if ss.Connected { // it was online when the broker stopped: it lost its connection
+			ss.Connected, ss.DisconnectedAt = false, now
+			if ss.Will != nil {
+				ss.WillDue = now + int64(min(ss.WillDelay, ss.ExpiryInterval))
+			}
+			rec, _ := qos.Encode(&qos.Disconnect{Client: id, At: now, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
+			if _, err := s.log.AppendAsync(rec); err != nil {
+				s.lg.Warn("replay: lost connection not logged", "client", id, "error", err)
+			}
+		}
+		if ss.Will != nil && ss.WillDue > 0 && (ss.Expired(now) || ss.WillDue <= now) {
+			w := *ss.Will
+			wills = append(wills, &w)
+			ss.Will, ss.WillDue = nil, 0
 		}
 		if ss.Expired(now) {
 			ended = append(ended, id)
@@ -64,6 +77,10 @@ func (s *store) recover() error {
 		if ss.ExpiryInterval != math.MaxUint32 {
 			sess.expiresAt = ss.DisconnectedAt + int64(ss.ExpiryInterval)
 		}
+		if ss.Will != nil && ss.WillDue > 0 {
+			w := *ss.Will
+			sess.will, sess.willDelay, sess.willDue = &w, ss.WillDelay, ss.WillDue
+		}
 		for pid, in := range ss.Inflight {
 			sess.inflight[pid] = &flight{offset: in.Offset, qos: in.QoS, released: in.Released, group: in.Group}
 		}
@@ -78,6 +95,9 @@ func (s *store) recover() error {
 			}
 		}
 		s.sessions[id] = sess
+	}
+	for _, w := range wills { // due while the broker was down
+		s.publishWill(w)
 	}
 	for _, id := range ended {
 		if _, err := s.log.AppendAsync(qos.EncodeEnd(id)); err != nil {

@@ -35,6 +35,9 @@ type Message struct {
 	QoS byte
 	// Retain is the publish retain flag.
 	Retain bool
+	// Will marks a will message the broker published for Origin: it is
+	// delivered at its own QoS, 0 included, like any publish.
+	Will bool
 	// Origin is the publishing client's id; OriginPacketID its packet id,
 	// which identifies a QoS 2 publish until its PUBREL [MQTT-4.3.3].
 	Origin         string
@@ -62,6 +65,8 @@ const maxField = 1 << 28
 const (
 	flagRetain = 1 << iota
 	flagPayloadFormat
+	flagWill
+	flagsKnown = flagRetain | flagPayloadFormat | flagWill
 )
 
 // AppendBinary appends the record encoding of m (kind, version, fields) to b.
@@ -75,6 +80,9 @@ func (m *Message) AppendBinary(b []byte) ([]byte, error) {
 	}
 	if m.PayloadFormatFlag {
 		flags |= flagPayloadFormat
+	}
+	if m.Will {
+		flags |= flagWill
 	}
 	b = append(b, byte(KindMessage), messageVersion, m.QoS, flags, m.PayloadFormat)
 	b = binary.BigEndian.AppendUint16(b, m.OriginPacketID)
@@ -137,11 +145,12 @@ func (m *Message) UnmarshalBinary(b []byte) error {
 	if len(d.b) != 0 {
 		return fmt.Errorf("%w: %d trailing bytes", ErrBadRecord, len(d.b))
 	}
-	if out.QoS > 2 || flags&^(flagRetain|flagPayloadFormat) != 0 {
+	if out.QoS > 2 || flags&^flagsKnown != 0 {
 		return fmt.Errorf("%w: qos %d flags %#x", ErrBadRecord, out.QoS, flags)
 	}
 	out.Retain = flags&flagRetain != 0
 	out.PayloadFormatFlag = flags&flagPayloadFormat != 0
+	out.Will = flags&flagWill != 0
 	*m = out
 	return nil
 }

@@ -57,10 +57,13 @@ type Session struct {
 
 // Disconnect marks Client offline since At (Unix seconds). ExpiryInterval
 // is the expiry in force at the disconnect: a v5 DISCONNECT may change it.
+// WillPending is true when the connection ended without a normal
+// DISCONNECT and the will waits for its delay; false discards the will.
 type Disconnect struct {
 	Client         string
 	At             int64
 	ExpiryInterval uint32
+	WillPending    bool
 }
 
 // ClientRef names a client: the body of KindSessionEnd.
@@ -132,7 +135,11 @@ func Encode(v any) ([]byte, error) {
 		b = append(b, byte(KindDisconnect), recordVersion)
 		b = appendString(b, r.Client)
 		b = binary.AppendVarint(b, r.At)
-		return binary.AppendUvarint(b, uint64(r.ExpiryInterval)), nil
+		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
+		if r.WillPending {
+			return append(b, 1), nil
+		}
+		return append(b, 0), nil
 	case *Subscribe:
 		if r.QoS > 2 || r.RetainHandling > 2 {
 			return nil, fmt.Errorf("%w: subscribe qos %d retain handling %d", ErrBadRecord, r.QoS, r.RetainHandling)
@@ -213,7 +220,15 @@ func Decode(rec []byte) (Kind, any, error) {
 		}
 		out = s
 	case KindDisconnect:
-		out = &Disconnect{Client: d.string(), At: d.varint(), ExpiryInterval: d.uint32()}
+		r := &Disconnect{Client: d.string(), At: d.varint(), ExpiryInterval: d.uint32()}
+		switch d.byte() {
+		case 0:
+		case 1:
+			r.WillPending = true
+		default:
+			d.fail("will flag")
+		}
+		out = r
 	case KindSessionEnd:
 		out = &ClientRef{Client: d.string()}
 	case KindSubscribe:

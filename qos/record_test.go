@@ -22,6 +22,8 @@ func sampleRecords() [][]byte {
 		must(qos.Encode(&qos.Session{Client: "c1", ProtocolVersion: 5, ExpiryInterval: math.MaxUint32})),
 		must(qos.Encode(&qos.Session{Client: "c2", ProtocolVersion: 4, ExpiryInterval: 60, Will: will, WillDelay: 30})),
 		must(qos.Encode(&qos.Disconnect{Client: "c1", At: 1700000000, ExpiryInterval: 10})),
+		must(qos.Encode(&qos.Disconnect{Client: "c2", At: 1700000001, ExpiryInterval: 60, WillPending: true})),
+		must(qos.Encode(&qos.Message{Topic: "dev/1/status", Payload: []byte("gone"), Will: true, Origin: "c2"})),
 		must(qos.Encode(&qos.Subscribe{Client: "c1", Filter: "$share/g/a/#", QoS: 2, NoLocal: true, RetainAsPublished: true, RetainHandling: 2, Identifier: 268435455})),
 		must(qos.Encode(&qos.Unsubscribe{Client: "c1", Filter: "a/+"})),
 		must(qos.Encode(&qos.Deliver{Client: "c1", PacketID: 65535, Offset: 1 << 40, QoS: 1, Group: "g"})),

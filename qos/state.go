@@ -39,6 +39,9 @@ type SessionState struct {
 	// Next is the first log offset whose fan-out to this session is not yet
 	// done: the session's backlog is every matching message from Next on.
 	Next uint64
+	// WillDue is when the pending will is published, Unix seconds; 0 while
+	// connected or when no will waits. Session.Will is the will itself.
+	WillDue int64
 }
 
 // Expired reports whether the session has outlived its expiry at now (Unix
@@ -92,7 +95,12 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 	}
 	switch r := v.(type) {
 	case *Message:
-		if r.QoS == 2 && r.Origin != "" {
+		if r.Will {
+			if s := st.Sessions[r.Origin]; s != nil {
+				s.Will, s.WillDue = nil, 0 // published
+			}
+		}
+		if r.QoS == 2 && r.Origin != "" && !r.Will {
 			in := st.Inbound[r.Origin]
 			if in == nil {
 				in = map[uint16]uint64{}
@@ -115,11 +123,17 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 		}
 		s.Session = *r
 		s.Connected = true
+		s.WillDue = 0 // a new connection cancels a pending will [MQTT-3.1.3-9]
 	case *Disconnect:
 		if s := st.Sessions[r.Client]; s != nil {
 			s.Connected = false
 			s.DisconnectedAt = r.At
 			s.ExpiryInterval = r.ExpiryInterval
+			if r.WillPending && s.Will != nil {
+				s.WillDue = r.At + int64(min(s.WillDelay, r.ExpiryInterval))
+			} else {
+				s.Will, s.WillDue = nil, 0
+			}
 		}
 	case *ClientRef:
 		delete(st.Sessions, r.Client)

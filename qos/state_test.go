@@ -67,3 +67,33 @@ func TestStateApply(t *testing.T) {
 		t.Fatalf("after clear, release and end: %+v %+v %+v", st.Retained, st.Inbound, st.Sessions)
 	}
 }
+
+// TestStateWill: a will waits for its delay from the disconnect, is
+// cancelled by a reconnect, and is gone once published.
+func TestStateWill(t *testing.T) {
+	st := qos.NewState()
+	will := &qos.Message{Topic: "w", Payload: []byte("gone"), Will: true, Origin: "c"}
+	recs := []any{
+		&qos.Session{Client: "c", ProtocolVersion: 5, ExpiryInterval: 60, Will: will, WillDelay: 30},
+		&qos.Disconnect{Client: "c", At: 1000, ExpiryInterval: 20, WillPending: true},
+	}
+	for i, r := range recs {
+		b, _ := qos.Encode(r)
+		if err := st.Apply(uint64(i+1), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := st.Sessions["c"]; s.Will == nil || s.WillDue != 1020 {
+		t.Fatalf("will due %d (%v), want 1020: the session expiry comes first", s.WillDue, s.Will)
+	}
+	b, _ := qos.Encode(will)
+	_ = st.Apply(3, b)
+	if s := st.Sessions["c"]; s.Will != nil || s.WillDue != 0 {
+		t.Fatalf("published will still pending: %+v", s)
+	}
+	b, _ = qos.Encode(&qos.Disconnect{Client: "c", At: 2000, ExpiryInterval: 60})
+	_ = st.Apply(4, b)
+	if s := st.Sessions["c"]; s.Will != nil {
+		t.Fatal("a normal disconnect kept the will")
+	}
+}
