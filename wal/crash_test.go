@@ -23,21 +23,22 @@ const (
 	crashChildEnv = "EDGEMQ_WAL_CRASH_CHILD" // the log directory
 	crashBaseEnv  = "EDGEMQ_WAL_CRASH_BASE"  // first payload id of this child
 	crashItersEnv = "EDGEMQ_WAL_CRASH_ITERS" // kills in TestCrashSIGKILL (default 20)
+	crashSyncEnv  = "EDGEMQ_WAL_CRASH_SYNC"  // the child's sync policy
 )
 
-func crashConfig() wal.Config {
+func crashConfig(pol wal.SyncPolicy) wal.Config {
 	cfg := testConfig()
-	cfg.Sync = wal.SyncAlways
+	cfg.Sync = pol
 	cfg.SegmentSize = 64 << 10
 	return cfg
 }
 
-// crashChild appends from 8 goroutines under sync always and prints
+// crashChild appends from 8 goroutines under the given policy and prints
 // "offset id" for every acknowledged append, until it is killed.
 func crashChild() {
 	dir := os.Getenv(crashChildEnv)
 	base, _ := strconv.ParseUint(os.Getenv(crashBaseEnv), 10, 64)
-	l, err := wal.Open(dir, crashConfig())
+	l, err := wal.Open(dir, crashConfig(wal.SyncPolicy(os.Getenv(crashSyncEnv))))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(2)
@@ -81,6 +82,21 @@ func TestCrashSIGKILL(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv(crashItersEnv)); err == nil && v > 0 {
 		iters = v
 	}
+	crashLoop(t, wal.SyncAlways, iters)
+}
+
+// TestCrashSIGKILLInterval: under sync interval an append is acknowledged
+// after write(), before any fsync; kill -9 must still lose nothing, since
+// the page cache outlives the process.
+func TestCrashSIGKILLInterval(t *testing.T) {
+	iters := 5
+	if v, err := strconv.Atoi(os.Getenv(crashItersEnv)); err == nil && v > 0 {
+		iters = v
+	}
+	crashLoop(t, wal.SyncInterval, iters)
+}
+
+func crashLoop(t *testing.T, pol wal.SyncPolicy, iters int) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +106,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	for it := 0; it < iters; it++ {
 		t0 := time.Now()
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashBaseEnv+"="+strconv.Itoa(it<<48))
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashBaseEnv+"="+strconv.Itoa(it<<48), crashSyncEnv+"="+string(pol))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		stdout, err := cmd.StdoutPipe()
@@ -144,7 +160,7 @@ func TestCrashSIGKILL(t *testing.T) {
 			acked[off] = id
 			n++
 		}
-		l, err := wal.Open(dir, crashConfig())
+		l, err := wal.Open(dir, crashConfig(wal.SyncPolicy(os.Getenv(crashSyncEnv))))
 		if err != nil {
 			t.Fatalf("kill %d: open: %v", it, err)
 		}
