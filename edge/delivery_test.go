@@ -10,6 +10,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgemq/edgemq/edge"
 )
@@ -352,5 +353,30 @@ func TestSharedSubscription(t *testing.T) {
 		if c != 1 {
 			t.Errorf("message %s delivered %d times", k, c)
 		}
+	}
+}
+
+// TestMQTT31: an MQTT 3.1 client (protocol name MQIsdp, level 3) connects,
+// subscribes and receives.
+func TestMQTT31(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	rc := dialRaw(t, addr, 3)
+	if ack := rc.connectWith("old-client", true, 30, func(pk *packets.Packet) {
+		pk.Connect.ProtocolName = []byte("MQIsdp")
+	}); ack.ReasonCode != 0 {
+		t.Fatalf("connack %#x", ack.ReasonCode)
+	}
+	rc.subscribe(1, "old/#", 1)
+	if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback || ack.ReasonCodes[0] != 1 {
+		t.Fatalf("suback %v %v", err, ack.ReasonCodes)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "new-pub"})
+	if _, err := p.publish(t, "old/x", 1, false, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rc.read(5 * time.Second)
+	if err != nil || m.FixedHeader.Type != packets.Publish || string(m.Payload) != "hi" {
+		t.Fatalf("publish: %v %+v", err, m)
 	}
 }

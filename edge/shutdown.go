@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -154,12 +155,15 @@ func (b *Broker) disconnectClients(ctx context.Context) {
 }
 
 // disconnect ends one client: DISCONNECT 0x8B for v5 [MQTT-3.14.2], a plain
-// close for v3, which has no server-sent DISCONNECT.
+// close for v3, which has no server-sent DISCONNECT. Wills are not
+// published: the broker went away, not the client (mochi already skips the
+// will after a server DISCONNECT; the v3 close is made to match).
 func (b *Broker) disconnect(cl *mqtt.Client) {
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		return
 	}
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 	cl.Stop(packets.ErrServerShuttingDown)
 }
 

@@ -58,6 +58,8 @@ func TestSlowSubscriber(t *testing.T) {
 			// fills (with the default 128 x 1 KiB the kernel buffers take all
 			// and no write ever blocks).
 			cfg.Limits.MaxInflight = 65535
+			// The write deadline is under test, not the disk: no fsync.
+			cfg.Storage.Sync = "never"
 			tb := startBroker(t, cfg)
 			addr := tb.Addr(network).String()
 
