@@ -179,7 +179,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want      []string
 	}{
 		{"unknown key", "storage:\n  dir: x\n  sycn: always\n",
-			[]string{"line 3: storage.sycn: unknown field; valid: dir, max_disk_bytes, segment_size, sync, sync_interval"}},
+			[]string{"line 3: storage.sycn: unknown field; valid: checkpoint_interval, dir, max_disk_bytes, segment_size, sync, sync_interval"}},
 		{"unknown top-level key", "\n\nstorgae:\n  dir: x\n",
 			[]string{"line 3: storgae: unknown field; valid: auth, http, limits, listeners, log, shutdown, storage"}},
 		{"unknown key in a list", "listeners:\n  - type: tcp\n    adress: 127.0.0.1:1883\n",
@@ -472,7 +472,7 @@ func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 		"limits.max_packet_size", "limits.max_clients", "limits.max_topic_length", "limits.min_keepalive",
 		"limits.max_keepalive", "limits.receive_maximum", "limits.max_inflight", "limits.write_timeout",
 		"limits.max_writes_pending", "limits.connect_timeout",
-		"storage.dir", "storage.sync", "storage.sync_interval", "storage.segment_size", "storage.max_disk_bytes",
+		"storage.dir", "storage.sync", "storage.sync_interval", "storage.checkpoint_interval", "storage.segment_size", "storage.max_disk_bytes",
 		"log.level", "log.format",
 		"shutdown.grace", "shutdown.batch_size",
 	}
@@ -546,6 +546,7 @@ func TestExampleConfig(t *testing.T) {
 		{"shutdown", cfg.Shutdown, def.Shutdown},
 		{"storage.sync", cfg.Storage.Sync, def.Storage.Sync},
 		{"storage.sync_interval", cfg.Storage.SyncInterval, def.Storage.SyncInterval},
+		{"storage.checkpoint_interval", cfg.Storage.CheckpointInterval, def.Storage.CheckpointInterval},
 		{"storage.segment_size", cfg.Storage.SegmentSize, def.Storage.SegmentSize},
 		{"storage.max_disk_bytes", cfg.Storage.MaxDiskBytes, def.Storage.MaxDiskBytes},
 		{"auth.allow_anonymous", cfg.Auth.AllowAnonymous, def.Auth.AllowAnonymous},

@@ -213,6 +213,9 @@ func (v *validator) storage(s StorageConfig) {
 	if s.SyncInterval < 0 || (s.Sync == "interval" && s.SyncInterval == 0) {
 		v.add("storage.sync_interval", "must be positive (got %s)", s.SyncInterval)
 	}
+	if s.CheckpointInterval < 100*time.Millisecond {
+		v.add("storage.checkpoint_interval", "must be at least 100ms (got %s)", s.CheckpointInterval)
+	}
 	if s.SegmentSize < minSegmentSize {
 		v.add("storage.segment_size", "must be at least %s (got %s)", formatBytes(minSegmentSize), formatBytes(s.SegmentSize))
 	}

@@ -40,8 +40,9 @@ type store struct {
 	m       *storeMetrics
 	canRead func(cl *mqtt.Client, topic string) bool // the read ACL
 
-	queueLimit  int // RAM entries per queue before it scans the log
-	maxInflight int // outbound window per client, before its Receive Maximum
+	queueLimit  int   // RAM entries per queue before it scans the log
+	budget      int64 // the log's disk budget in bytes, 0: none
+	maxInflight int   // outbound window per client, before its Receive Maximum
 
 	ctx    context.Context // the store's lifetime: cancelled by close
 	cancel context.CancelFunc
@@ -56,10 +57,11 @@ type store struct {
 	fannedOut  atomic.Uint64 // every offset below it has been offered everywhere
 
 	// Checkpoints (store_checkpoint.go).
-	cursor      *wal.Cursor
-	snapDir     string
-	shadow      *qos.State // the dispatcher's: the state after every record it read
-	checkpoints chan pendingCheckpoint
+	cursor          *wal.Cursor
+	snapDir         string
+	checkpointEvery time.Duration
+	shadow          *qos.State // the dispatcher's: the state after every record it read
+	checkpoints     chan pendingCheckpoint
 }
 
 // session is a client's session as the store keeps it. While the client is
@@ -127,6 +129,8 @@ type storeOptions struct {
 	canRead     func(cl *mqtt.Client, topic string) bool
 	cursor      *wal.Cursor // the store's retention cursor in the log
 	snapDir     string      // where snapshots are written
+	checkpoint  time.Duration
+	budget      int64 // the log's disk budget, for admission
 }
 
 // newStore recovers the state in l into srv (sessions, subscriptions,
@@ -135,12 +139,12 @@ func newStore(srv *mqtt.Server, l *wal.Log, lg *slog.Logger, m *storeMetrics, o 
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
 		srv: srv, log: l, lg: lg, m: m, canRead: o.canRead,
-		queueLimit: max(o.queueLimit, 1), maxInflight: max(o.maxInflight, 1),
+		queueLimit: max(o.queueLimit, 1), maxInflight: max(o.maxInflight, 1), budget: o.budget,
 		ctx: ctx, cancel: cancel,
 		sessions: map[string]*session{},
 		groups:   map[string]*group{},
 		inbound:  map[string]map[uint16]uint64{},
-		cursor:   o.cursor, snapDir: o.snapDir,
+		cursor:   o.cursor, snapDir: o.snapDir, checkpointEvery: max(o.checkpoint, 100*time.Millisecond),
 		checkpoints: make(chan pendingCheckpoint, 1),
 	}
 	if s.canRead == nil {
@@ -602,6 +606,10 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	if err != nil {
 		return pk, refusePublish(cl, pk, packets.ErrMalformedPacket)
 	}
+	if !s.admit(len(rec)) {
+		s.m.refused.WithLabelValues("storage_full").Inc()
+		return pk, refuseStored(cl, pk, wal.ErrFull)
+	}
 	off, err := s.appendWait(rec)
 	if err != nil {
 		s.m.refused.WithLabelValues(refuseReason(err)).Inc()
@@ -622,6 +630,19 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		s.srv.Topics.RetainMessage(pk.Copy(false))
 	}
 	return pk, packets.CodeSuccessIgnore
+}
+
+// admit decides whether a new message of n bytes may go into the log. New
+// messages stop at the high watermark, a tenth of the budget below it, so
+// that what the broker must still write to make progress (deliveries,
+// acknowledgements, sessions, checkpoints) always has room: a full log
+// must never stop subscribers from draining it.
+func (s *store) admit(n int) bool {
+	if s.budget <= 0 {
+		return true
+	}
+	disk, queued := s.log.Usage()
+	return disk+queued+int64(n) <= s.budget-s.budget/10
 }
 
 // refuseStored answers a publish the log could not take.
@@ -883,12 +904,33 @@ func subPacket(s qos.Subscribe) packets.Subscription {
 func (s *store) dispatch() {
 	defer s.wg.Done()
 	r := s.log.NewReader(s.dispatched.Load())
-	lastCheckpoint := time.Now()
+	// Checkpoints are taken every checkpointEvery while records come, and
+	// when the log goes idle with changes not yet in a snapshot: the
+	// reader's deadline (one timer per interval, not per record) wakes the
+	// dispatcher then.
+	lastCheckpoint, dirty := time.Now(), false
+	idle, stopIdle := s.idleContext()
+	defer func() { stopIdle() }()
+	checkpoint := func() {
+		select {
+		case s.checkpoints <- pendingCheckpoint{st: s.shadow.Clone(), offset: s.dispatched.Load()}:
+			lastCheckpoint, dirty = time.Now(), false
+		default: // the last one is still being written
+		}
+	}
 	for {
-		off, rec, err := r.Next(s.ctx)
+		off, rec, err := r.Next(idle)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				stopIdle()
+				idle, stopIdle = s.idleContext()
+				if dirty {
+					checkpoint()
+				}
+				continue
 			}
 			s.lg.Error("dispatcher: log read failed", "offset", s.dispatched.Load(), "error", err)
 			select {
@@ -903,7 +945,8 @@ func (s *store) dispatch() {
 		// it may switch to taking offers (qos.Queue.CatchUp), and must not
 		// do so while this record is being offered.
 		s.dispatched.Store(off + 1)
-		if qos.KindOf(rec) == qos.KindMessage {
+		kind := qos.KindOf(rec)
+		if kind == qos.KindMessage {
 			m := new(qos.Message)
 			if err := m.UnmarshalBinary(rec); err != nil {
 				s.lg.Error("dispatcher: bad message record", "offset", off, "error", err)
@@ -915,14 +958,17 @@ func (s *store) dispatch() {
 		if err := s.shadow.Apply(off, rec); err != nil {
 			s.lg.Error("dispatcher: record not understood", "offset", off, "error", err)
 		}
-		if time.Since(lastCheckpoint) >= checkpointInterval {
-			select {
-			case s.checkpoints <- pendingCheckpoint{st: s.shadow.Clone(), offset: off + 1}:
-				lastCheckpoint = time.Now()
-			default: // the last one is still being written
-			}
+		// A checkpoint's own record is no reason for another checkpoint.
+		dirty = dirty || kind != qos.KindCheckpoint
+		if dirty && time.Since(lastCheckpoint) >= s.checkpointEvery {
+			checkpoint()
 		}
 	}
+}
+
+// idleContext is the dispatcher's read deadline: one checkpoint interval.
+func (s *store) idleContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.ctx, s.checkpointEvery)
 }
 
 // fanout offers the message at off to every matching session and group.

@@ -33,10 +33,6 @@ import (
 // On start, recover loads the newest snapshot that reads back whole and
 // replays the log from its offset.
 
-// checkpointInterval is how often a snapshot is written while records
-// arrive.
-const checkpointInterval = 10 * time.Second
-
 // cursorName is the store's log cursor.
 const cursorName = "store"
 

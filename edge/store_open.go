@@ -72,8 +72,10 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 		canRead: func(cl *mqtt.Client, topic string) bool {
 			return b.auth.OnACLCheck(cl, topic, false)
 		},
-		cursor:  cursor,
-		snapDir: snapDir,
+		cursor:     cursor,
+		snapDir:    snapDir,
+		checkpoint: b.cfg.Storage.CheckpointInterval,
+		budget:     int64(b.cfg.Storage.MaxDiskBytes),
 	})
 	if err != nil {
 		return nil, errors.Join(err, l.Close())

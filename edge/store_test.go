@@ -349,3 +349,65 @@ func TestDelayedWillAcrossRestart(t *testing.T) {
 		t.Errorf("wills_published_total = %v after the restart, want 1", v)
 	}
 }
+
+// TestDiskBudgetFull: when the log's disk budget is full, publishes are
+// refused with 0x97 (quota exceeded), the broker keeps serving, nothing
+// acknowledged is lost, and publishing resumes once the backlog is
+// consumed and the log trimmed.
+func TestDiskBudgetFull(t *testing.T) {
+	r := newRestartable(t, func(c *edge.Config) {
+		c.Storage.SegmentSize = 64 << 10
+		c.Storage.MaxDiskBytes = 256 << 10
+		c.Storage.CheckpointInterval = 100 * time.Millisecond
+	})
+	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "full-sub", persistent: true})
+	s.subscribe(t, "full/#", 1)
+	_ = s.Disconnect(&paho.Disconnect{})
+	<-doneOrTimeout(s.Done())
+
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "full-pub"})
+	body := make([]byte, 1024)
+	acked := 0
+	for {
+		resp, err := p.publish(t, "full/t", 1, false, append([]byte(strconv.Itoa(acked)+":"), body...))
+		if err != nil && resp == nil {
+			t.Fatalf("publish %d: %v", acked, err)
+		}
+		if resp.ReasonCode == 0x97 {
+			break
+		}
+		if resp.ReasonCode != 0 {
+			t.Fatalf("publish %d: reason %#x, want 0 or 0x97", acked, resp.ReasonCode)
+		}
+		acked++
+		if acked > 10000 {
+			t.Fatal("the budget never filled")
+		}
+	}
+	t.Logf("budget full after %d acknowledged messages", acked)
+	if v := r.tb.metric(t, "edgemq_publishes_refused_total", "reason", "storage_full"); v < 1 {
+		t.Errorf("publishes_refused_total{reason=storage_full} = %v", v)
+	}
+	// Still serving: a new client connects and gets the refusal too.
+	p2, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "full-pub2"})
+	if resp, _ := p2.publish(t, "full/t", 1, false, body); resp == nil || resp.ReasonCode != 0x97 {
+		t.Fatalf("second publisher: %+v, want 0x97", resp)
+	}
+
+	s, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "full-sub", persistent: true})
+	for i, m := range s.receive(t, acked) {
+		if want := strconv.Itoa(i) + ":"; string(m.Payload[:len(want)]) != want {
+			t.Fatalf("message %d: %q...", i, m.Payload[:8])
+		}
+	}
+	eventually(t, "publishing to resume", func() bool {
+		resp, err := p.publish(t, "full/t", 1, false, []byte("after"))
+		return err == nil && resp.ReasonCode == 0
+	})
+	if m := s.receive(t, 1)[0]; string(m.Payload) != "after" {
+		t.Fatalf("after the refusal: %q", m.Payload)
+	}
+	if v := r.tb.metric(t, "edgemq_store_append_errors_total"); v != 0 {
+		t.Errorf("store_append_errors_total = %v: the bookkeeping of a full log must still fit", v)
+	}
+}
