@@ -45,10 +45,10 @@ func compileACL(rules []ACLRule) (*acl, error) {
 		case "deny":
 			cr.deny = true
 		default:
-			return nil, fmt.Errorf("auth.acl[%d].access: must be read, write, readwrite or deny (got %q)", i, r.Access)
+			return nil, &ConfigError{Path: fmt.Sprintf("auth.acl[%d].access", i), Reason: fmt.Sprintf("must be read, write, readwrite or deny (got %q)", r.Access)}
 		}
 		if !validFilter(r.Topic) {
-			return nil, fmt.Errorf("auth.acl[%d].topic: not a valid topic filter (got %q)", i, r.Topic)
+			return nil, &ConfigError{Path: fmt.Sprintf("auth.acl[%d].topic", i), Reason: fmt.Sprintf("not a valid topic filter (got %q)", r.Topic)}
 		}
 		a.rules = append(a.rules, cr)
 	}

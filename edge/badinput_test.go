@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -300,10 +302,18 @@ func TestBrokenConfig(t *testing.T) {
 			cfg := testConfig(t)
 			tc.edit(&cfg)
 			_, err := edge.New(cfg, edge.Options{Logger: testLogger(t)})
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, edge.ErrConfig) {
+				t.Fatalf("err = %v, want a ConfigError naming %q", err, tc.want)
 			}
 		})
+	}
+	// A broken file: the loader names the file and line, and nothing starts.
+	path := filepath.Join(t.TempDir(), "edgemq.yaml")
+	if err := os.WriteFile(path, []byte("listeners:\n  - type: tcp\n    address: [oops\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := edge.LoadConfig(path); err == nil || !strings.Contains(err.Error(), path+":") {
+		t.Fatalf("LoadConfig of a broken file: %v", err)
 	}
 	// A port already taken: Start fails and releases what it bound.
 	tb := startBroker(t, testConfig(t))

@@ -70,7 +70,8 @@ type Broker struct {
 }
 
 // New validates cfg and builds a broker. It reads the password file and the
-// TLS files, and binds nothing.
+// TLS files, and binds nothing. Problems with the configuration are
+// *ConfigError (errors.Is(err, ErrConfig)).
 func New(cfg Config, opts Options) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -119,7 +120,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	if cfg.Auth.PasswordFile != "" {
 		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
 		if err != nil {
-			return nil, err
+			return nil, &ConfigError{Path: "auth.password_file", Reason: err.Error()}
 		}
 		auth.passwords = pw
 	}
@@ -149,11 +150,11 @@ func New(cfg Config, opts Options) (*Broker, error) {
 
 	for i, lc := range cfg.Listeners {
 		if _, dup := b.byName[lc.Name]; dup {
-			return nil, fmt.Errorf("listeners[%d].name: duplicate (got %q)", i, lc.Name)
+			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].name", i), Reason: fmt.Sprintf("duplicate (got %q)", lc.Name)}
 		}
 		tlsConfig, err := serverTLS(lc.TLS)
 		if err != nil {
-			return nil, fmt.Errorf("listeners[%d].tls: %w", i, err)
+			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].tls", i), Reason: err.Error()}
 		}
 		var l edgeListener
 		switch lc.Type {
@@ -162,7 +163,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		case "ws":
 			l = newWSListener(b, lc, tlsConfig)
 		default:
-			return nil, fmt.Errorf("listeners[%d].type: must be tcp or ws (got %q)", i, lc.Type)
+			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].type", i), Reason: fmt.Sprintf("must be tcp or ws (got %q)", lc.Type)}
 		}
 		b.listeners = append(b.listeners, l)
 		b.byName[lc.Name] = l
