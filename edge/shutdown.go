@@ -47,6 +47,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	for _, l := range b.listeners {
 		l.stopAccepting()
 	}
+	b.storageStopping()
 	b.disconnectClients(ctx)
 	b.cutConns()
 

@@ -53,6 +53,7 @@ type store struct {
 	groups   map[string]*group
 	inbound  map[string]map[uint16]uint64 // client -> QoS 2 packet id awaiting PUBREL -> offset
 
+	stopping   atomic.Bool   // the broker is shutting down (Broker.Shutdown)
 	dispatched atomic.Uint64 // the next offset the dispatcher looks at
 	fannedOut  atomic.Uint64 // every offset below it has been offered everywhere
 
@@ -468,6 +469,12 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 			sess.will, sess.willDue = will, now+int64(delay)
 			will = nil
 		}
+	}
+	if s.stopping.Load() {
+		// The broker goes, not the client: a will is not published now, but
+		// a delayed one stays pending, for after the restart, and goes if
+		// the client is not back by then.
+		will = nil
 	}
 	pending := sess.willDue > 0
 	sess.mu.Unlock()

@@ -87,6 +87,14 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	return &durableStorage{store: s, log: l}, nil
 }
 
+// storageStopping tells the store that the broker is shutting down: the
+// connections about to be cut are not clients going away.
+func (b *Broker) storageStopping() {
+	if ds, ok := b.storage.(*durableStorage); ok {
+		ds.store.stopping.Store(true)
+	}
+}
+
 // storeQueueLimit is how many messages a session's queue holds in RAM
 // before it reads its backlog from the log instead.
 const storeQueueLimit = 1024

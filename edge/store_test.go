@@ -314,32 +314,34 @@ func TestBacklogRespectsReceiveMaximum(t *testing.T) {
 }
 
 // TestDelayedWillAcrossRestart: a will whose delay has not passed when the
-// broker stops is published after the restart [MQTT-3.1.3-9], and a will
-// cancelled by a reconnect is not.
+// broker stops is published after the restart [MQTT-3.1.3-9], a will
+// cancelled by a reconnect is not, and a will without delay is not published
+// by a shutdown (the broker went, not the client).
 func TestDelayedWillAcrossRestart(t *testing.T) {
 	r := newRestartable(t, nil)
 	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "will-sub", persistent: true})
 	s.subscribe(t, "will/#", 1)
 
-	withWill := func(id string) *rawClient {
+	withWill := func(id string, delay uint32) *rawClient {
 		rc := dialRaw(t, r.ep().addr, 5)
 		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
 		pk.Connect.ProtocolName, pk.Connect.ClientIdentifier, pk.Connect.Keepalive = []byte("MQTT"), id, 30
 		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
 		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillQos = true, "will/"+id, 1
 		pk.Connect.WillPayload = []byte(id + " gone")
-		pk.Connect.WillProperties.WillDelayInterval = 2
+		pk.Connect.WillProperties.WillDelayInterval = delay
 		rc.send(pk)
 		if ack, err := rc.read(5 * time.Second); err != nil || ack.ReasonCode != 0 {
 			t.Fatalf("connack: %v %+v", err, ack)
 		}
 		return rc
 	}
-	withWill("w1")
-	withWill("w2")
-	r.restart() // both lose their connection: their wills wait 2 s
+	withWill("w1", 2)
+	withWill("w2", 2)
+	withWill("w3", 0)
+	r.restart() // all lose their connection: w1's and w2's wills wait 2 s
 	s, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "will-sub", persistent: true})
-	withWill("w2") // back in time: its will must not go
+	withWill("w2", 2) // back in time: its will must not go
 	got := s.receive(t, 1)
 	if got[0].Topic != "will/w1" || string(got[0].Payload) != "w1 gone" {
 		t.Fatalf("got %s %q, want w1's will", got[0].Topic, got[0].Payload)
