@@ -337,7 +337,7 @@ type compareReport struct {
 func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edgemq-bench compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	quick := fs.Bool("quick", false, "smoke test: 1 round, 1 s per scenario, fewer connections")
+	quick := fs.Bool("quick", false, "smoke test: 1 round and 1 s per flow unless -rounds or -duration say otherwise; fewer connections and a smaller backlog")
 	rounds := fs.Int("rounds", 3, "rounds; brokers alternate within each round")
 	duration := fs.Duration("duration", 3*time.Second, "publish phase of each flow scenario")
 	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary; empty: skip")
@@ -352,7 +352,14 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if *quick {
-		*rounds, *duration = 1, time.Second
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["rounds"] {
+			*rounds = 1
+		}
+		if !set["duration"] {
+			*duration = time.Second
+		}
 	}
 	work, err := os.MkdirTemp("", "edgemq-bench-compare-")
 	if err != nil {
@@ -541,7 +548,7 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 (over TCP unless the scenario says ws), 256-byte payloads\n", rep.Rounds, rep.Seconds)
 	fmt.Fprintf(w, "machine: %s; started %s\n\n", rep.Machine, rep.Started.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
+	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\trounds min-max\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
 	byKey := map[[2]string]*cell{}
 	for _, c := range rep.Cells {
 		byKey[[2]string{c.Scenario, c.Broker}] = c
@@ -557,14 +564,15 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 				lost = fmt.Sprintf("%d (%.1f%%) LOSSY", c.Lost, 100*float64(c.Lost)/float64(max(c.Expected, 1)))
 			}
 			if len(c.Values) == 0 {
-				fmt.Fprintf(tw, "%s\t%s\tERROR\t%s\t\t\t\t\t\t\n", sc.name, b.name, sc.unit)
+				fmt.Fprintf(tw, "%s\t%s\tERROR\t%s\t\t\t\t\t\t\t\n", sc.name, b.name, sc.unit)
 				continue
 			}
 			cpu := "-"
 			if c.CPUPerM > 0 {
 				cpu = fmt.Sprintf("%.1f", c.CPUPerM)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%.2f\t\n", sc.name, b.name, fmtValue(c.Median), sc.unit, lost, c.Duplicated, cpu, c.PeakRSSMB, c.GenCPU)
+			spread := fmtValue(slices.Min(c.Values)) + "-" + fmtValue(slices.Max(c.Values))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f\t%.2f\t\n", sc.name, b.name, fmtValue(c.Median), sc.unit, spread, lost, c.Duplicated, cpu, c.PeakRSSMB, c.GenCPU)
 		}
 	}
 	tw.Flush()
