@@ -131,23 +131,6 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	auth.acl = a
 	b.auth = auth
 
-	caps := capabilities(cfg.Limits)
-	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		Logger: slog.New(&mochiHandler{
-			inner:    logger.With("component", "mochi").Handler(),
-			throttle: b.throttledLog,
-		}),
-	})
-	if b.metrics, err = newMetrics(reg, b.srv); err != nil {
-		return nil, err
-	}
-	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
-		if err := b.srv.AddHook(h, nil); err != nil {
-			return nil, fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
-		}
-	}
-
 	for i, lc := range cfg.Listeners {
 		if _, dup := b.byName[lc.Name]; dup {
 			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].name", i), Reason: fmt.Sprintf("duplicate (got %q)", lc.Name)}
@@ -168,6 +151,26 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		b.listeners = append(b.listeners, l)
 		b.byName[lc.Name] = l
 	}
+
+	caps := capabilities(cfg.Limits)
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger: slog.New(&mochiHandler{
+			inner:    logger.With("component", "mochi").Handler(),
+			throttle: b.throttledLog,
+		}),
+	})
+	// Metrics last among what can fail on the configuration, so that a
+	// refused config leaves the caller's registry as it was.
+	if b.metrics, err = newMetrics(reg, b.srv); err != nil {
+		return nil, err
+	}
+	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
+		}
+	}
+
 	if cfg.HTTP.Address != "" {
 		b.http = newHTTPSide(b, cfg.HTTP.Address, reg)
 	}

@@ -127,9 +127,12 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) (*metrics, error) {
 			Help: "Bytes of MQTT packets sent.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.BytesSent)) }),
 	}
-	for _, c := range collectors {
+	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metrics: %w", err)
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("edge: register metrics: %w", err)
 		}
 	}
 	return m, nil
