@@ -45,12 +45,14 @@ type Log struct {
 	done chan struct{}
 
 	// Writer goroutine state (no lock: only the writer touches it).
-	tail     *segment
-	synced   []*segment // segments with unsynced data (the tail included)
-	dirDirty bool       // a segment file was created since the last dir fsync
-	holeFrom uint64     // offsets [holeFrom, holeTo] failed and still need
-	holeTo   uint64     // hole entries on disk (holeFrom == 0: none)
-	hbuf     []byte
+	tail        *segment
+	synced      []*segment // segments with unsynced data (the tail included)
+	dirDirty    bool       // a segment file was created since the last dir fsync
+	holeFrom    uint64     // offsets [holeFrom, holeTo] failed and still need
+	holeTo      uint64     // hole entries on disk (holeFrom == 0: none)
+	hbuf        []byte
+	concurrency int           // Append calls in the last batch and queued behind it
+	lastFsync   time.Duration // duration of the last segment fsync
 
 	retMu sync.Mutex // serialises retention passes
 
@@ -61,12 +63,13 @@ type Log struct {
 
 // batch is a run of encoded entries with consecutive offsets.
 type batch struct {
-	buf   []byte
-	sizes []uint32 // size of each entry in buf
-	first uint64   // offset of the first entry
+	buf     []byte
+	sizes   []uint32 // size of each entry in buf
+	first   uint64   // offset of the first entry
+	waiters int      // Append calls (not AppendAsync) with records here
 }
 
-func (b *batch) reset() { b.buf, b.sizes, b.first = b.buf[:0], b.sizes[:0], 0 }
+func (b *batch) reset() { b.buf, b.sizes, b.first, b.waiters = b.buf[:0], b.sizes[:0], 0, 0 }
 
 // span is a range of failed offsets and why they failed.
 type span struct {
@@ -337,6 +340,9 @@ func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 		l.q.sizes = append(l.q.sizes, uint32(entrySize(len(r))))
 	}
 	l.next += uint64(len(recs))
+	if ctx != nil {
+		l.q.waiters++
+	}
 	l.stats.queued.Add(int64(total))
 	l.qmu.Unlock()
 	select {

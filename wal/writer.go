@@ -54,6 +54,11 @@ func (l *Log) flush() bool {
 		l.qmu.Unlock()
 		return false
 	}
+	if n := l.q.waiters; l.cfg.Sync == SyncAlways && l.concurrency >= 2 && n < l.concurrency && !l.closing() {
+		l.qmu.Unlock()
+		l.linger(l.concurrency)
+		l.qmu.Lock()
+	}
 	b := l.q
 	l.q = l.spare
 	l.q.reset()
@@ -70,6 +75,47 @@ func (l *Log) flush() bool {
 	l.spare = b
 	l.qmu.Unlock()
 	return true
+}
+
+// linger keeps group commit from splitting the appenders in two groups that
+// alternate: while group A's fsync runs, group B queues; when A is released,
+// a writer that took B at once would fsync for half the appenders, with A
+// queueing meanwhile, and so on. The writer knows how many Append calls
+// were waiting at the last fsync (concurrency); when fewer are queued, it
+// waits for the released ones to queue again, at most a quarter of the last
+// fsync's time (and 1ms), so that one fsync covers everyone. A single
+// appender never waits.
+func (l *Log) linger(target int) {
+	d := min(l.lastFsync/4, time.Millisecond)
+	if d <= 0 {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		l.qmu.Lock()
+		n := l.q.waiters
+		l.qmu.Unlock()
+		if n >= target {
+			return
+		}
+		select {
+		case <-l.kick:
+		case <-timer.C:
+			return
+		case <-l.stop:
+			return
+		}
+	}
+}
+
+func (l *Log) closing() bool {
+	select {
+	case <-l.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // chunk is a run of entries written to one segment in one write().
@@ -143,6 +189,9 @@ func (l *Log) writeBatch(b *batch) {
 		}
 	}
 	l.publish(chunks, prevTail, last, len(b.sizes), len(b.buf))
+	l.qmu.Lock()
+	l.concurrency = b.waiters + l.q.waiters
+	l.qmu.Unlock()
 	if l.tail != prevTail {
 		l.stats.roll.observe(time.Since(start))
 	}
@@ -206,7 +255,8 @@ func (l *Log) syncFiles() error {
 			}
 		}
 		l.stats.fsyncs.Add(1)
-		l.stats.fsyncLatency.observe(time.Since(start))
+		l.lastFsync = time.Since(start)
+		l.stats.fsyncLatency.observe(l.lastFsync)
 		s.mu.Lock()
 		s.unsynced = false
 		s.mu.Unlock()
