@@ -58,10 +58,15 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		p.target.transport = "ws"
 		return p
 	}
+	v5 := func(p params) params {
+		p.target.version = proto5
+		return p
+	}
 	return []compareScenario{
 		{name: "fanin qos0", p: flow("fanin", 0), metric: rate, unit: "msg/s"},
 		{name: "fanin qos1", p: flow("fanin", 1), metric: rate, unit: "msg/s"},
 		{name: "fanin qos2", p: flow("fanin", 2), metric: rate, unit: "msg/s"},
+		{name: "fanin qos1 mqtt5", p: v5(flow("fanin", 1)), metric: rate, unit: "msg/s"},
 		{name: "fanin qos1 ws", p: ws(flow("fanin", 1)), metric: rate, unit: "msg/s",
 			skip: map[string]string{"mosquitto": mosquittoWSNote}},
 		{name: "fanout qos0", p: flow("fanout", 0), metric: rate, unit: "deliveries/s"},
@@ -228,7 +233,7 @@ func edgemqSpec(bin, sync string, durable bool) brokerSpec {
 		name += "*"
 		note += "; * this build does NOT wait for an fsync before acking (-durable=false)"
 	case sync == "never":
-		note += ": records go to the OS page cache, no fsync; not durable across a power cut"
+		note += ": no fsync at all; not durable"
 	}
 	return brokerSpec{
 		name: name,
@@ -525,9 +530,13 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 	}
 	defer rb.stop()
 	p := sc.p
-	p.target = target{addr: rb.tcpAddr, transport: "tcp", version: proto311}
+	version := sc.p.target.version
+	if version == 0 {
+		version = proto311
+	}
+	p.target = target{addr: rb.tcpAddr, transport: "tcp", version: version}
 	if sc.p.target.transport == "ws" {
-		p.target = target{addr: rb.wsAddr, transport: "ws", wsPath: "/mqtt", version: proto311}
+		p.target = target{addr: rb.wsAddr, transport: "ws", wsPath: "/mqtt", version: version}
 	}
 	p.label = b.name
 	p.pid = rb.cmd.Process.Pid
@@ -545,7 +554,7 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 
 // printCompare writes the medians table and the ratios.
 func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs []brokerSpec) {
-	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 (over TCP unless the scenario says ws), 256-byte payloads\n", rep.Rounds, rep.Seconds)
+	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 over TCP unless the scenario says mqtt5 or ws, 256-byte payloads\n", rep.Rounds, rep.Seconds)
 	fmt.Fprintf(w, "machine: %s; started %s\n\n", rep.Machine, rep.Started.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\trounds min-max\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
