@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +159,39 @@ func TestTally(t *testing.T) {
 	}
 	if l := tl.lat[0]; len(l) != 5 {
 		t.Errorf("latency samples %d, want 5", len(l))
+	}
+}
+
+// TestCompareQuick runs the compare driver end to end against plain mochi
+// alone: build, start, run, stop, summarize, JSON.
+func TestCompareQuick(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go tool to build plainmochi")
+	}
+	out := filepath.Join(t.TempDir(), "runs.json")
+	var stdout, stderr bytes.Buffer
+	args := []string{"compare", "-quick", "-duration", "300ms", "-mosquitto", "", "-edgemq", "none",
+		"-scenarios", "fanin qos1,conns idle", "-json", out}
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var rep compareReport
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 2 || len(rep.Cells) != 2 {
+		t.Fatalf("%d runs and %d cells, want 2 and 2:\n%s", len(rep.Runs), len(rep.Cells), stdout.String())
+	}
+	for _, c := range rep.Cells {
+		if c.Broker != "mochi" || len(c.Values) != 1 || c.Median <= 0 || c.Lossy || len(c.Errors) > 0 {
+			t.Errorf("cell %+v", c)
+		}
+	}
+	if !strings.Contains(stdout.String(), "fanin qos1") {
+		t.Errorf("no table in the output:\n%s", stdout.String())
 	}
 }
