@@ -297,6 +297,14 @@ func (b *Broker) connectTimeout() time.Duration {
 	return defaultConnectTimeout
 }
 
+// writeTimeout bounds each socket write (see conn).
+func (b *Broker) writeTimeout() time.Duration {
+	if d := b.cfg.Limits.WriteTimeout; d > 0 {
+		return d
+	}
+	return defaultWriteTimeout
+}
+
 // track registers an accepted connection; false once shutdown has cut all.
 func (b *Broker) track(c *conn) bool {
 	b.connsMu.Lock()

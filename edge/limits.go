@@ -19,6 +19,8 @@ const (
 	// defaultConnectTimeout bounds the TLS handshake, the WebSocket upgrade
 	// and the wait for CONNECT when limits.connect_timeout is unset.
 	defaultConnectTimeout = 10 * time.Second
+	// defaultWriteTimeout is used when limits.write_timeout is unset.
+	defaultWriteTimeout = 10 * time.Second
 )
 
 // capabilities maps LimitsConfig onto mochi's capabilities, starting from

@@ -126,14 +126,14 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 	remote := c.RemoteAddr().String()
 	wc := &conn{
 		Conn:         c,
-		writeTimeout: b.cfg.Limits.WriteTimeout,
+		writeTimeout: b.writeTimeout(),
 		closeNow:     closeNow,
 		tlsState:     tlsState,
 		useCN:        useCN,
 		onSlow: func() {
 			b.metrics.slowConsumers.Inc()
 			b.throttledLog.warn(b.log, "slow consumer disconnected: a write missed its deadline",
-				"listener", listener, "remote", remote, "write_timeout", b.cfg.Limits.WriteTimeout)
+				"listener", listener, "remote", remote, "write_timeout", b.writeTimeout())
 		},
 	}
 	if !b.track(wc) {
