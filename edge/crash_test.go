@@ -397,7 +397,7 @@ func (s *crashSub) init() {
 
 // session runs one connection until it breaks or stop closes. With
 // subscribe it subscribes and returns.
-func (s *crashSub) session(addr string, stop <-chan struct{}, subscribe bool) error {
+func (s *crashSub) session(addr string, stop <-chan struct{}, subscribe bool, filter ...string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return err
@@ -421,7 +421,7 @@ func (s *crashSub) session(addr string, stop <-chan struct{}, subscribe bool) er
 	}
 	if subscribe {
 		if err := rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-			Filters: packets.Subscriptions{{Filter: "crash/#", Qos: s.qos}}}); err != nil {
+			Filters: packets.Subscriptions{{Filter: append(filter, "crash/#")[0], Qos: s.qos}}}); err != nil {
 			return err
 		}
 		if ack, err := rc.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback {

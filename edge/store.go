@@ -986,7 +986,7 @@ func (s *store) fanout(off uint64, m *qos.Message) {
 	defer s.mu.Unlock()
 	for id := range subs.Subscriptions {
 		sess := s.sessions[id]
-		if sess == nil {
+		if sess == nil || !sess.queue.Interested(off) {
 			continue
 		}
 		sess.mu.Lock()

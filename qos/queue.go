@@ -41,6 +41,16 @@ func NewQueue(next uint64, limit int) *Queue {
 	return &Queue{next: next, scan: true, limit: max(limit, 1), wake: make(chan struct{}, 1)}
 }
 
+// Interested reports whether an Offer of offset could change the queue: it
+// is in push mode, or parked clean and has turned no offer down yet. The
+// dispatcher asks first and skips matching a message against a queue whose
+// scan will find it anyway.
+func (q *Queue) Interested(offset uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return offset >= q.next && (!q.scan || (q.clean && q.missed == 0))
+}
+
 // Offer queues a matching message. It returns false if the queue is in scan
 // mode or has just overflowed into it: the consumer's scan will find it.
 func (q *Queue) Offer(e Entry) bool {

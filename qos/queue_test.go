@@ -148,3 +148,22 @@ func TestQueueRequeue(t *testing.T) {
 		t.Fatalf("clean parked queue after requeue: position %d, want 20", p)
 	}
 }
+
+func TestQueueInterested(t *testing.T) {
+	q := qos.NewQueue(5, 8)
+	if q.Interested(9) {
+		t.Fatal("a queue scanning from its start wants no offers")
+	}
+	q.CatchUp(func() uint64 { return 5 })
+	if !q.Interested(9) || q.Interested(4) {
+		t.Fatal("push mode: offers at or after next only")
+	}
+	q.Park(10)
+	if !q.Interested(12) {
+		t.Fatal("parked clean: the first offer turned down marks the backlog")
+	}
+	q.Offer(qos.Entry{Offset: 12})
+	if q.Interested(13) {
+		t.Fatal("parked with a backlog: the scan finds the rest")
+	}
+}
