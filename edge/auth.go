@@ -29,6 +29,17 @@ type authHook struct {
 	passwords      Passwords // nil: no password file
 	allowAnonymous bool
 	acl            *acl
+	// checks bounds concurrent bcrypt comparisons (one per CPU): each costs
+	// tens of milliseconds of CPU, and a flood of CONNECTs with passwords
+	// must not starve the message traffic. Full: the CONNECT waits.
+	checks chan struct{}
+}
+
+// checkPassword runs one bcrypt comparison within the concurrency bound.
+func (h *authHook) checkPassword(user string, password []byte) bool {
+	h.checks <- struct{}{}
+	defer func() { <-h.checks }()
+	return h.passwords.Check(user, password)
 }
 
 // ID names the hook.
@@ -60,7 +71,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			if !h.allowAnonymous {
 				reason = "anonymous"
 			}
-		case !h.passwords.Check(user, pk.Connect.Password):
+		case !h.checkPassword(user, pk.Connect.Password):
 			reason = "bad_credentials"
 		}
 		if reason != "" {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -116,7 +117,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	}
 	b.cfg = cfg
 
-	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous}
+	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous, checks: make(chan struct{}, runtime.NumCPU())}
 	if cfg.Auth.PasswordFile != "" {
 		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
 		if err != nil {
