@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -99,7 +100,10 @@ func heap() uint64 {
 //	go test ./edge -run '^$' -bench Restart -benchtime 1x
 func BenchmarkRestart(b *testing.B) {
 	const sessions = 100000
-	const logBytes = 1 << 30
+	logBytes := int64(1 << 30)
+	if v, err := strconv.ParseInt(os.Getenv("EDGEMQ_RESTART_BYTES"), 10, 64); err == nil && v > 0 {
+		logBytes = v
+	}
 	for range b.N {
 		b.StopTimer()
 		dir := b.TempDir()
