@@ -39,16 +39,49 @@
 //   - Logs never carry payloads or passwords; repeating lines are
 //     rate-limited, mochi's included.
 //
+// # Durability (store.go and its siblings)
+//
+// The store hook keeps MQTT's promises across kill -9 and, under sync
+// always, power cuts, with the log (package wal) as the only store:
+//
+//   - A QoS 1/2 PUBLISH is appended to the log, and the append is durable
+//     under storage.sync, before mochi writes PUBACK or PUBREC. A publish the
+//     log cannot take is refused: v5 PUBACK/PUBREC 0x97 when the disk budget
+//     is full (new messages stop at 90% of it, so acknowledgements and
+//     checkpoints always fit), 0x83 on an I/O error; v3 gets no
+//     acknowledgement and sends it again when it reconnects.
+//   - The store, not mochi, delivers QoS 1/2 messages: a dispatcher reads
+//     the log in order and offers each message to the queues of the
+//     sessions and shared groups it matches; one pump per connected session
+//     writes them in log order within the client's window (the smaller of
+//     its Receive Maximum and limits.max_inflight). A queue holds at most
+//     1024 entries in RAM; past that, and while its session is offline, it
+//     holds a position and its backlog is read back from the log, so an
+//     offline session costs the same RAM whatever its backlog.
+//   - Deliveries, acknowledgements and the QoS 2 stages are logged: a QoS 2
+//     PUBLISH or PUBREL leaves only once its record is durable, the inbound
+//     QoS 2 state (PUBREC sent, PUBREL awaited) survives restarts, so a QoS
+//     2 message is delivered once and a duplicate PUBLISH from its publisher
+//     is acknowledged and not delivered again.
+//   - Sessions with their expiry, granted subscriptions (refused ones are
+//     not kept), retained messages and their clearing, and wills with their
+//     delay survive restarts. A will is published through the log when a
+//     connection is lost (not at a broker shutdown, which keeps delayed wills
+//     pending for after the restart), after its delay or at session end.
+//   - Every storage.checkpoint_interval the state is snapshotted; a restart
+//     replays only the log written since, and the log is trimmed below what
+//     no session, group or snapshot needs.
+//
+// What it does not guarantee: retained messages sent to a new subscriber
+// and QoS 0 messages travel mochi's in-memory path (at most once); message
+// order between different publishers is log order, and a QoS 1 message may
+// be delivered again after a crash (at least once); a session offline
+// forever (v3 persistent sessions never expire unless configured) keeps its
+// backlog, and the log with it, until the disk budget refuses new messages.
+//
 // # What it does not (yet) guarantee
 //
-//   - Durability: messages, sessions and retained messages live in mochi's
-//     memory. The durable log (package wal) is wired in by the durability
-//     work: it opens in Start before the listeners, readiness waits for it,
-//     and Shutdown closes it last.
 //   - Without a password file, usernames are not verified, so ACL rules
 //     for a user trust whatever name a client sends.
-//   - A client whose queued backlog is large gets all of it written at
-//     reconnect before mochi reads from it again (mochi's resend); one that
-//     does not read meanwhile is cut by the write timeout.
 //   - MQTT 5 enhanced authentication (AUTH packets) is not supported.
 package edge
