@@ -413,3 +413,63 @@ func TestDiskBudgetFull(t *testing.T) {
 		t.Errorf("store_append_errors_total = %v: the bookkeeping of a full log must still fit", v)
 	}
 }
+
+// TestSessionExpiry: an offline session whose expiry passed is gone, with
+// its subscriptions and backlog, from RAM and from the log [MQTT-3.1.2-23].
+func TestSessionExpiry(t *testing.T) {
+	r := newRestartable(t, nil)
+	rc := dialRaw(t, r.ep().addr, 5)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+	pk.Connect.ProtocolName, pk.Connect.ClientIdentifier, pk.Connect.Keepalive = []byte("MQTT"), "short", 30
+	pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 1, true
+	rc.send(pk)
+	if _, err := rc.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rc.subscribe(1, "exp/#", 1)
+	if _, err := rc.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	eventually(t, "the session to expire", func() bool { return r.tb.metric(t, "edgemq_sessions_expired_total") == 1 })
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "exp-pub"})
+	if _, err := p.publish(t, "exp/t", 1, false, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	r.restart()
+	s, ack := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "short", persistent: true})
+	if ack.SessionPresent {
+		t.Fatal("an expired session is present after a restart")
+	}
+	s.quiet(t, 500*time.Millisecond)
+}
+
+// TestRefusedSubscriptionNotKept: a subscription the ACL refused is not
+// stored: once the ACL would allow the topic, the session still does not
+// have it.
+func TestRefusedSubscriptionNotKept(t *testing.T) {
+	r := newRestartable(t, func(c *edge.Config) {
+		c.Auth.AllowAnonymous = true
+		c.Auth.ACL = []edge.ACLRule{{Topic: "open/#", Access: "readwrite"}}
+	})
+	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "refused", persistent: true})
+	if sa := s.subscribe(t, "closed/#", 1); sa.Reasons[0] != 0x87 {
+		t.Fatalf("suback %#x, want 0x87", sa.Reasons[0])
+	}
+	s.subscribe(t, "open/#", 1)
+	_ = s.Disconnect(&paho.Disconnect{})
+	<-doneOrTimeout(s.Done())
+	r.cfg.Auth.ACL = nil // everything allowed now
+	r.restart()
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "refused-pub"})
+	for _, topic := range []string{"closed/x", "open/x"} {
+		if _, err := p.publish(t, topic, 1, false, []byte(topic)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "refused", persistent: true})
+	if m := s.receive(t, 1)[0]; m.Topic != "open/x" {
+		t.Fatalf("got %s: the refused subscription was kept", m.Topic)
+	}
+	s.quiet(t, 300*time.Millisecond)
+}
