@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -156,15 +155,13 @@ func (b *Broker) disconnectClients(ctx context.Context) {
 }
 
 // disconnect ends one client: DISCONNECT 0x8B for v5 [MQTT-3.14.2], a plain
-// close for v3, which has no server-sent DISCONNECT. Wills are not
-// published: the broker went away, not the client (mochi already skips the
-// will after a server DISCONNECT; the v3 close is made to match).
+// close for v3, which has no server-sent DISCONNECT. (Wills at shutdown are
+// the store's: it does not publish them while the broker stops.)
 func (b *Broker) disconnect(cl *mqtt.Client) {
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		return
 	}
-	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 	cl.Stop(packets.ErrServerShuttingDown)
 }
 
