@@ -104,6 +104,9 @@ func BenchmarkAppend(b *testing.B) {
 			if s.RollSeconds.Count > 0 {
 				b.ReportMetric(float64(s.RollMax)/1e6, "roll-max-ms")
 			}
+			if s.FsyncSeconds.Count > 0 {
+				b.ReportMetric(s.FsyncSeconds.Quantile(0.99)*1e3, "fsync-p99-ms(bucket)")
+			}
 		})
 	}
 	// Baseline and edgemq side by side for each concurrency, so that both

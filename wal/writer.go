@@ -148,6 +148,16 @@ func (l *Log) writeBatch(b *batch) {
 	prevTail := l.tail
 	var created []*segment
 	var chunks []chunk
+	// Start a new segment at the batch boundary rather than splitting the
+	// batch, so that the finished segment was already fsynced by the
+	// batches before (under SyncAlways) and the roll costs no extra fsync.
+	if t := l.tail; t.size.Load() > 0 && t.size.Load()+int64(len(buf)) > l.cfg.SegmentSize && int64(len(buf)) <= l.cfg.SegmentSize {
+		if err := l.roll(first); err != nil {
+			l.rollback(prevTail, created, first, last, fmt.Errorf("create segment: %w", err))
+			return
+		}
+		created = append(created, l.tail)
+	}
 	pos := 0
 	for i := 0; i < len(sizes); {
 		t := l.tail
