@@ -352,6 +352,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	durable := fs.Bool("durable", true, "the edgemq binary acks QoS 1/2 only after an fsync under sync always; false marks a build where it does not")
 	only := fs.String("scenarios", "", "comma-separated subset of scenario names (default: all)")
 	jsonOut := fs.String("json", "", "also write the raw runs and the summary as JSON to this file")
+	mdOut := fs.String("md", "", "also write the tables as Markdown to this file (as in deploy/bench/README.md)")
 	inflight := fs.Int("inflight", 100, "most unacknowledged QoS 1/2 publishes per connection")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -492,6 +493,13 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	printCompare(stdout, rep, scens, specs)
+	if *mdOut != "" {
+		var md bytes.Buffer
+		writeMarkdown(&md, rep)
+		if err := os.WriteFile(*mdOut, md.Bytes(), 0o644); err != nil {
+			return err
+		}
+	}
 	if *jsonOut != "" {
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {

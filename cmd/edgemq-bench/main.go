@@ -25,14 +25,20 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "compare" {
-		return runCompare(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "compare":
+			return runCompare(ctx, args[1:], stdout, stderr)
+		case "report":
+			return runReport(args[1:], stdout, stderr)
+		}
 	}
 	fs := flag.NewFlagSet("edgemq-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `usage: edgemq-bench [flags]          run one scenario against a running broker
        edgemq-bench compare [flags]  start Mosquitto, plain mochi and edgemq and compare them
+       edgemq-bench report runs.json Markdown tables of a saved comparison (compare -json)
 
 scenarios: fanin (N publishers, 1 wildcard subscriber), fanout (1 publisher, M subscribers),
 shared ($share group of workers), latency (fixed rate, end-to-end percentiles), conns (idle

@@ -247,7 +247,7 @@ func readVarint(b []byte) (value, n int, err error) {
 	return 0, 0, errMalformed
 }
 
-// ackView is a decoded PUBACK/PUBREC/PUBREL/PUBCOMP: packet id and, in v5,
+// parseAck decodes a PUBACK, PUBREC, PUBREL or PUBCOMP: the packet id and, in v5,
 // the reason code (0 when absent).
 func parseAck(p packet) (pid uint16, reason byte, err error) {
 	if len(p.body) < 2 {
