@@ -53,7 +53,8 @@ type Broker struct {
 	auth         *authHook
 	http         *httpSide // nil: HTTP disabled
 	throttledLog *logThrottle
-	loopback     []string // listeners (and "http") forced onto loopback
+	noAuth       bool           // neither a password file nor allow_anonymous
+	loopback     []loopbackMove // listeners (and "http") forced onto loopback
 
 	// storage is the durable log. The durability work opens it in Start,
 	// before the listeners, and Shutdown closes it last. nil until then.
@@ -94,10 +95,11 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	}
 	cfg.Listeners = append([]ListenerConfig(nil), cfg.Listeners...)
 	noAuth := cfg.Auth.PasswordFile == "" && !cfg.Auth.AllowAnonymous
+	b.noAuth = noAuth
 	if noAuth && cfg.HTTP.Address != "" {
 		if a, changed := loopbackAddress(cfg.HTTP.Address); changed {
+			b.loopback = append(b.loopback, loopbackMove{"http", cfg.HTTP.Address, a})
 			cfg.HTTP.Address = a
-			b.loopback = append(b.loopback, "http")
 		}
 	}
 	for i := range cfg.Listeners {
@@ -110,8 +112,8 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		}
 		if noAuth {
 			if a, changed := loopbackAddress(lc.Address); changed {
+				b.loopback = append(b.loopback, loopbackMove{lc.Name, lc.Address, a})
 				lc.Address = a
-				b.loopback = append(b.loopback, lc.Name)
 			}
 		}
 	}
@@ -192,8 +194,18 @@ func (b *Broker) Start(ctx context.Context) error {
 	if b.started {
 		return ErrStarted
 	}
-	for _, name := range b.loopback {
-		b.log.Warn("no authentication configured (auth.password_file and auth.allow_anonymous unset): binding to loopback only", "listener", name)
+	if b.noAuth {
+		b.log.Warn("no authentication configured (auth.password_file and auth.allow_anonymous unset): anonymous clients allowed, every listener on loopback only")
+	}
+	for _, m := range b.loopback {
+		b.log.Warn("listener moved to loopback: no authentication configured", "listener", m.listener, "configured", m.from, "address", m.to)
+	}
+	if b.cfg.Auth.AllowAnonymous {
+		for _, lc := range b.cfg.Listeners {
+			if _, exposed := loopbackAddress(lc.Address); exposed {
+				b.log.Warn("anonymous clients allowed on a listener that is not loopback", "listener", lc.Name, "address", lc.Address)
+			}
+		}
 	}
 	// Storage opens here, before any client can connect.
 	ds, err := b.openStorage()
@@ -322,6 +334,9 @@ func (b *Broker) untrack(c *conn) {
 	defer b.connsMu.Unlock()
 	delete(b.conns, c)
 }
+
+// loopbackMove records a listener whose host New rewrote to loopback.
+type loopbackMove struct{ listener, from, to string }
 
 // loopbackAddress rewrites addr's host to 127.0.0.1 unless it is loopback
 // already.
