@@ -200,6 +200,17 @@ func TestConnectTimeout(t *testing.T) {
 	if !rc.closed(5 * time.Second) {
 		t.Fatal("half CONNECT still open")
 	}
+	// Sessions outlive the connect timeout, over WebSocket too (the HTTP
+	// server's deadlines must not follow the upgraded connection).
+	for _, network := range []string{"tcp", "ws"} {
+		c, _ := connectV5(t, dialNet(t, network, tb.Addr(network).String(), nil), v5Opts{id: "long-" + network})
+		c.subscribe(t, "long/"+network, 1)
+		time.Sleep(500 * time.Millisecond)
+		if _, err := c.publish(t, "long/"+network, 1, false, []byte("x")); err != nil {
+			t.Fatalf("%s after the connect timeout: %v", network, err)
+		}
+		c.receive(t, 1)
+	}
 }
 
 // TestKeepaliveBounds: v5 clients are told the server keepalive when theirs

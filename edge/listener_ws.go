@@ -72,8 +72,13 @@ func (l *wsListener) Init(*slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc(l.path, l.handle)
 	l.srv = &http.Server{
-		Handler:           mux,
+		Handler: mux,
+		// The upgrade must happen within the connect timeout; an idle
+		// keep-alive connection that never upgrades is closed as soon.
+		// Hijacking clears these deadlines for the MQTT session.
 		ReadHeaderTimeout: l.b.connectTimeout(),
+		ReadTimeout:       l.b.connectTimeout(),
+		IdleTimeout:       l.b.connectTimeout(),
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 	}
