@@ -135,6 +135,31 @@ func TestWebSocketHandshake(t *testing.T) {
 			t.Fatalf("close status %v (%v), want 1003", s, err)
 		}
 	})
+	t.Run("split and joined packets", func(t *testing.T) {
+		c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		connect := encode(t, 4, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "split", Clean: true, Keepalive: 30}})
+		sub := encode(t, 4, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 7,
+			Filters: packets.Subscriptions{{Filter: "split/#", Qos: 1}}})
+		ping := encode(t, 4, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		for _, m := range [][]byte{connect[:5], connect[5:], append(sub, ping...)} {
+			if err := c.Write(ctx, websocket.MessageBinary, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nc := websocket.NetConn(ctx, c, websocket.MessageBinary)
+		rc := &rawClient{t: t, c: nc, r: newReader(nc), version: 4}
+		for _, want := range []byte{packets.Connack, packets.Suback, packets.Pingresp} {
+			pk, err := rc.read(5 * time.Second)
+			if err != nil || pk.FixedHeader.Type != want {
+				t.Fatalf("got type %d (%v), want %d", pk.FixedHeader.Type, err, want)
+			}
+		}
+	})
 	t.Run("no subprotocol", func(t *testing.T) {
 		c, _, err := websocket.Dial(ctx, url, nil)
 		if err != nil {
