@@ -99,7 +99,7 @@ func (ff *faultyFile) Truncate(size int64) error {
 
 // payload makes a self-checking record: crc32 | id | filler.
 func payload(id uint64) []byte {
-	body := []byte(fmt.Sprintf("id=%d;%s", id, bytes.Repeat([]byte{'a' + byte(id%26)}, int(id%200))))
+	body := []byte(fmt.Sprintf("id=%d;%s", id, bytes.Repeat([]byte{'a' + byte(id%26)}, 64+int(id%200))))
 	sum := crc32.ChecksumIEEE(body)
 	return append([]byte{byte(sum >> 24), byte(sum >> 16), byte(sum >> 8), byte(sum)}, body...)
 }
