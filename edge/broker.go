@@ -165,7 +165,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	})
 	// Metrics last among what can fail on the configuration, so that a
 	// refused config leaves the caller's registry as it was.
-	if b.metrics, err = newMetrics(reg, b.srv); err != nil {
+	if b.metrics, err = newMetrics(reg, b.srv, func() int { return b.blockedWriters(time.Second) }); err != nil {
 		return nil, err
 	}
 	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
@@ -316,6 +316,21 @@ func (b *Broker) writeTimeout() time.Duration {
 		return d
 	}
 	return defaultWriteTimeout
+}
+
+// blockedWriters counts connections whose current write has been blocked
+// for longer than d: subscribers that are not keeping up right now.
+func (b *Broker) blockedWriters(d time.Duration) int {
+	now := time.Now()
+	b.connsMu.Lock()
+	defer b.connsMu.Unlock()
+	n := 0
+	for c := range b.conns {
+		if c.blockedFor(now) > d {
+			n++
+		}
+	}
+	return n
 }
 
 // track registers an accepted connection; false once shutdown has cut all.

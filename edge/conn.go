@@ -48,6 +48,10 @@ type conn struct {
 	// onSlow is called once when a write misses its deadline.
 	onSlow func()
 
+	// writingSince is when the write in progress began (UnixNano), 0 when
+	// none is: the blocked-writers gauge reads it.
+	writingSince atomic.Int64
+
 	broken    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -64,9 +68,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.broken.Load() {
 		return 0, errConnBroken
 	}
-	deadline := time.Now().Add(c.writeTimeout)
+	now := time.Now()
+	deadline := now.Add(c.writeTimeout)
 	_ = c.Conn.SetWriteDeadline(deadline)
+	c.writingSince.Store(now.UnixNano())
 	n, err := c.Conn.Write(p)
+	c.writingSince.Store(0)
 	if err == nil {
 		return n, nil
 	}
@@ -90,6 +97,15 @@ func (c *conn) Close() error {
 		c.closeErr = c.Conn.Close()
 	})
 	return c.closeErr
+}
+
+// blockedFor says how long the write in progress has been blocked.
+func (c *conn) blockedFor(now time.Time) time.Duration {
+	since := c.writingSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, since))
 }
 
 // cut closes the connection without a goodbye (shutdown of stragglers).

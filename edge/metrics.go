@@ -25,6 +25,7 @@ import (
 //	edgemq_mqtt_sent_bytes_total                 counter
 //	edgemq_mqtt_dropped_messages_total{reason}   counter  queue_full, inflight_full, topic_too_long
 //	edgemq_mqtt_slow_consumer_disconnects_total  counter  clients cut because a write missed limits.write_timeout
+//	edgemq_mqtt_blocked_writers                  gauge    connections whose current write has been blocked for over 1 s
 //	edgemq_auth_failures_total{reason}           counter  anonymous, bad_credentials
 //	edgemq_acl_denials_total{access}             counter  read (subscribe or delivery), write (publish or will)
 //	edgemq_listener_accepted_connections_total{listener}
@@ -40,7 +41,7 @@ type metrics struct {
 	dropped       *droppedCollector
 }
 
-func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int) (*metrics, error) {
 	received := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgemq_mqtt_messages_received_total",
 		Help: "PUBLISH packets received from clients and accepted for processing, by QoS.",
@@ -118,6 +119,10 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) (*metrics, error) {
 			}
 			return float64(n)
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgemq_mqtt_blocked_writers",
+			Help: "Connections whose socket write in progress has been blocked for more than a second: subscribers not keeping up (each is cut at limits.write_timeout).",
+		}, func() float64 { return float64(blocked()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgemq_mqtt_received_bytes_total",
 			Help: "Bytes of MQTT packets received.",

@@ -140,3 +140,28 @@ func TestSlowSubscriber(t *testing.T) {
 		})
 	}
 }
+
+// TestBlockedWritersGauge: a subscriber whose write is blocked shows in
+// edgemq_mqtt_blocked_writers until the write timeout cuts it.
+func TestBlockedWritersGauge(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.WriteTimeout = 3 * time.Second
+	cfg.Limits.MaxInflight = 65535
+	cfg.Storage.Sync = "never"
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	stuckSubscriber(t, "tcp", addr, "blocked", "blk/t")
+	pub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "blk-pub"})
+	body := make([]byte, 1024)
+	for i := 0; tb.metric(t, "edgemq_mqtt_blocked_writers") == 0; i++ {
+		if i > 50000 {
+			t.Fatal("no writer blocked after 50000 messages")
+		}
+		if _, err := pub.publish(t, "blk/t", 1, false, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the blocked subscriber cut", func() bool {
+		return tb.metric(t, "edgemq_mqtt_slow_consumer_disconnects_total") == 1 && tb.metric(t, "edgemq_mqtt_blocked_writers") == 0
+	})
+}
