@@ -1,0 +1,39 @@
+# edgemq build, test and lint. `make help` lists the targets.
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
+BIN     := bin
+
+.PHONY: help build build-all test test-short fuzz lint clean
+
+help:
+	@echo "make build      static binary for this machine: $(BIN)/edgemq"
+	@echo "make build-all  static binaries for linux amd64, arm64, armv7: $(BIN)/edgemq-linux-*"
+	@echo "make test       go test ./... (the README's test command)"
+	@echo "make fuzz       fuzz the config loader for FUZZTIME (default 60s)"
+	@echo "make lint       gofmt, go vet and the import-direction check of DESIGN.md"
+
+build:
+	$(GOBUILD) -o $(BIN)/edgemq ./cmd/edgemq
+
+build-all:
+	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(BIN)/edgemq-linux-amd64 ./cmd/edgemq
+	GOOS=linux GOARCH=arm64 $(GOBUILD) -o $(BIN)/edgemq-linux-arm64 ./cmd/edgemq
+	GOOS=linux GOARCH=arm GOARM=7 $(GOBUILD) -o $(BIN)/edgemq-linux-armv7 ./cmd/edgemq
+
+test:
+	go test ./...
+
+FUZZTIME ?= 60s
+fuzz:
+	go test -run '^$$' -fuzz FuzzParseConfig -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./edge
+
+lint:
+	@out=$$(gofmt -l .); \
+	if [ -n "$$out" ]; then echo "gofmt -l: these files need gofmt -w:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	deploy/lint-imports.sh
+
+clean:
+	rm -rf $(BIN)
