@@ -199,22 +199,22 @@ func (t *cursorTable) flush(l *Log, gen uint64, doSync bool) error {
 		if t.files[next] == nil {
 			f, err := l.fs.OpenFile(cursorPath(l.dir, next), os.O_CREATE|os.O_RDWR, 0o640)
 			if err != nil {
-				return fmt.Errorf("wal: open cursor table: %w", err)
+				return ioError("open cursor table", err)
 			}
 			t.files[next] = f
 		}
 		f := t.files[next]
 		if _, err := f.WriteAt(t.buf, 0); err != nil {
-			return fmt.Errorf("wal: write cursor table: %w", err)
+			return ioError("write cursor table", err)
 		}
 		if err := f.Truncate(int64(len(t.buf))); err != nil {
-			return fmt.Errorf("wal: write cursor table: %w", err)
+			return ioError("write cursor table", err)
 		}
 		t.active, t.seq, t.written, t.writtenMin = next, t.seq+1, cur, min
 	}
 	if doSync && t.synced < t.written {
 		if err := t.files[t.active].Sync(); err != nil {
-			return fmt.Errorf("wal: fsync cursor table: %w", err)
+			return ioError("fsync cursor table", err)
 		}
 		t.synced, t.syncedMin = t.written, t.writtenMin
 	}

@@ -3,6 +3,7 @@ package wal
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 var (
@@ -20,10 +21,11 @@ var (
 	// ErrFull is returned by Append and AppendAsync when the record would not
 	// fit in Config.MaxBytes (after removing every segment no cursor needs), or
 	// when the disk itself is full. In the second case errors.Is(err,
-	// syscall.ENOSPC) is also true. Nothing already written is affected; the
-	// refused records were not written and have no offset. The caller decides
-	// whether to refuse, retry later or drop: appends work again as soon as
-	// there is room.
+	// syscall.ENOSPC) is also true. Nothing already written is affected.
+	// Refused by the budget, the records got no offset; failed on a full
+	// disk, their offsets became holes. The caller decides whether to refuse,
+	// retry later or drop: appends work again as soon as there is room. A
+	// cursor Commit on a full disk fails with ErrFull too.
 	ErrFull = errors.New("wal: log full")
 
 	// ErrNotFound is returned by Read for an offset that was never written:
@@ -71,3 +73,12 @@ func (e *CorruptError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrCorrupt) true.
 func (e *CorruptError) Unwrap() error { return ErrCorrupt }
+
+// ioError wraps a failed file operation once; a full disk also matches
+// ErrFull.
+func ioError(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("wal: %s: %w: %w", what, ErrFull, err)
+	}
+	return fmt.Errorf("wal: %s: %w", what, err)
+}

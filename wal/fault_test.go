@@ -139,6 +139,10 @@ func faultWorkload(t *testing.T, l *wal.Log, idBase uint64) (acked map[uint64]ui
 	t.Helper()
 	var mu sync.Mutex
 	acked = map[uint64]uint64{}
+	cur, err := l.Cursor("consumer")
+	if err != nil {
+		errs = append(errs, err)
+	}
 	var wg sync.WaitGroup
 	for w := uint64(0); w < 4; w++ {
 		wg.Add(1)
@@ -154,6 +158,15 @@ func faultWorkload(t *testing.T, l *wal.Log, idBase uint64) (acked map[uint64]ui
 					acked[off] = id
 				}
 				mu.Unlock()
+				if err == nil && cur != nil && w == 0 && i%5 == 0 {
+					// The cursor table's writes and fsyncs are fault points
+					// too. The cursor stays at 1, so retention keeps all.
+					if err := cur.Commit(1); err != nil {
+						mu.Lock()
+						errs = append(errs, err)
+						mu.Unlock()
+					}
+				}
 			}
 		}()
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"syscall"
 	"time"
 )
 
@@ -315,11 +314,7 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 // so offsets stay consecutive in the files and are never reused). If the
 // files cannot be put back, the log fails: see ErrFailed.
 func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64, cause error) {
-	if errors.Is(cause, syscall.ENOSPC) {
-		cause = fmt.Errorf("wal: append: %w: %w", ErrFull, cause)
-	} else {
-		cause = fmt.Errorf("wal: append: %w", cause)
-	}
+	cause = ioError("append", cause)
 	l.log.Error("wal: append failed; offsets left as holes", "first", first, "last", last, "err", cause)
 	var fatal error
 	for i := len(created) - 1; i >= 0; i-- {
