@@ -566,3 +566,14 @@ func wantErr(t *testing.T, err error, want string) {
 		t.Fatalf("error\n  %v\nwant it to contain\n  %s", err, want)
 	}
 }
+
+// TestContainerConfig loads the config baked into the container image.
+func TestContainerConfig(t *testing.T) {
+	cfg, err := edge.LoadConfig("../deploy/edgemq.container.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Auth.PasswordFile == "" {
+		t.Error("the container config binds every interface, so it must configure authentication")
+	}
+}
