@@ -48,10 +48,22 @@ func (h *authHook) ID() string { return "edge-auth" }
 // Provides lists the events handled.
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPacketRead:
 		return true
 	}
 	return false
+}
+
+// OnPacketRead lets a CONNECT carry an empty password. MQTT allows one
+// (3.1.1 §3.1.3.5, 5 §3.1.3.6), but mochi refuses it as a protocol
+// violation before any hook can judge it. An empty password is taken as no
+// password: no user of a password file has an empty one (SetPassword
+// refuses it), so it fails authentication either way.
+func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+		pk.Connect.PasswordFlag = false
+	}
+	return pk, nil
 }
 
 // OnConnect authenticates the client and checks its will topic.

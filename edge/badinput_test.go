@@ -366,3 +366,38 @@ func TestBrokenConfig(t *testing.T) {
 		t.Fatalf("second Start: %v, want ErrStopped", err)
 	}
 }
+
+// TestConnectRefusalCodes: refusals reach each protocol version in its own
+// terms: 0x01 (3.1.1) or 0x84 (5) for an unsupported level, 0x02 for an
+// empty client id with a persistent session [MQTT-3.1.3-8]; and an empty
+// password, which MQTT allows, is judged as no password.
+func TestConnectRefusalCodes(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	if ack := dialRaw(t, addr, 4).connect("", false, 30); ack.ReasonCode != 0x02 {
+		t.Errorf("empty id, clean 0: %#x, want 0x02", ack.ReasonCode)
+	}
+	// Level 7: encoded and decoded as 3.1.1 but for the level byte.
+	if ack := dialRaw(t, addr, 7).connect("lvl7", true, 30); ack.ReasonCode != 0x01 {
+		t.Errorf("level 7: %#x, want 0x01", ack.ReasonCode)
+	}
+	if ack := dialRaw(t, addr, 5).connectWith("lvl5", true, 30, func(pk *packets.Packet) {
+		pk.Connect.ProtocolName = []byte("MQIsdp")
+	}); ack.ReasonCode != 0x84 {
+		t.Errorf("MQIsdp level 5: %#x, want 0x84", ack.ReasonCode)
+	}
+	emptyPassword := func(pk *packets.Packet) {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte("alice")
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, nil
+	}
+	if ack := dialRaw(t, addr, 4).connectWith("nopw", true, 30, emptyPassword); ack.ReasonCode != 0 {
+		t.Errorf("empty password, no authentication configured: %#x, want 0", ack.ReasonCode)
+	}
+
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
+	auth := startBroker(t, cfg)
+	if ack := dialRaw(t, auth.Addr("tcp").String(), 4).connectWith("nopw", true, 30, emptyPassword); ack.ReasonCode != 0x04 {
+		t.Errorf("empty password with a password file: %#x, want 0x04", ack.ReasonCode)
+	}
+}

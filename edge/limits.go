@@ -123,6 +123,27 @@ func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
+// connackCode fixes the refusals mochi sends in forms the client cannot
+// read:
+//   - an unsupported protocol level gets 0x82 from mochi; MQTT 3.1.1 wants
+//     return code 0x01 [MQTT-3.1.2-2] and MQTT 5 reason 0x84. mochi writes
+//     every version but 5 in the 3.1.1 format, so 0x01 goes to those.
+//   - a 3.1.1 client with an empty client id and clean session 0 gets
+//     0x80, which 3.1.1 does not have; it wants 0x02 (identifier
+//     rejected) [MQTT-3.1.3-8].
+func connackCode(version, code byte, reason string) byte {
+	if reason == packets.ErrProtocolViolationProtocolVersion.Reason {
+		if version == 5 {
+			return packets.ErrUnsupportedProtocolVersion.Code
+		}
+		return packets.Err3UnsupportedProtocolVersion.Code
+	}
+	if version != 5 && code == packets.ErrUnspecifiedError.Code {
+		return packets.Err3ClientIdentifierNotValid.Code
+	}
+	return code
+}
+
 // invalidFilter replaces a filter that is too long; mochi refuses it as an
 // invalid filter, SUBACK 0x8F (0x80 for v3) [MQTT-3.9.3].
 const invalidFilter = "#/topic-filter-too-long"
@@ -159,9 +180,18 @@ func (h *limitsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 
 // OnPacketEncode adds the limits a v5 client must know to a successful
 // CONNACK: Maximum Packet Size [MQTT-3.2.2-15] and Topic Alias Maximum
-// [MQTT-3.2.2-17], which mochi enforces but does not announce.
+// [MQTT-3.2.2-17], which mochi enforces but does not announce. It also
+// corrects the refusals mochi words in v5 codes for clients that are not
+// v5 (see connackCode).
 func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Connack || pk.ProtocolVersion != 5 || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+	if pk.FixedHeader.Type != packets.Connack {
+		return pk
+	}
+	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		pk.ReasonCode = connackCode(pk.ProtocolVersion, pk.ReasonCode, pk.Properties.ReasonString)
+		return pk
+	}
+	if pk.ProtocolVersion != 5 {
 		return pk
 	}
 	pk.Properties.MaximumPacketSize = h.caps.MaximumPacketSize
