@@ -188,3 +188,58 @@ func BenchmarkOpen1GiB(b *testing.B) {
 	b.ReportMetric(overhead, "overhead-bytes/record")
 	b.ReportMetric(float64(s.DiskBytes)/(1<<30), "GiB")
 }
+
+// BenchmarkRead reports reads per second over a log of 256-byte records
+// spread over many segments: a Reader going through it in order, and Read
+// at random offsets from 4 goroutines.
+func BenchmarkRead(b *testing.B) {
+	dir := b.TempDir()
+	cfg := wal.DefaultConfig()
+	cfg.Sync = wal.SyncNever
+	cfg.SegmentSize = 1 << 20
+	cfg.Logger = quietLogger()
+	l, err := wal.Open(dir, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	rec := make([]byte, benchRecord)
+	const n = 200000
+	for i := 0; i < n; i++ {
+		if _, err := l.AppendAsync(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := l.WaitDurable(context.Background(), n); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("reader", func(b *testing.B) {
+		r := l.NewReader(1)
+		ctx := context.Background()
+		for b.Loop() {
+			if r.Offset() > n {
+				r.Seek(1)
+			}
+			if _, _, err := r.Next(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	})
+	b.Run("random-4-goroutines", func(b *testing.B) {
+		b.SetParallelism(2) // 2 x GOMAXPROCS(2)
+		b.RunParallel(func(pb *testing.PB) {
+			x := uint64(12345)
+			for pb.Next() {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				if _, err := l.Read(1 + x%n); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+	})
+}
