@@ -380,3 +380,22 @@ func TestMQTT31(t *testing.T) {
 		t.Fatalf("publish: %v %+v", err, m)
 	}
 }
+
+// TestEmptyWillPayload: a will with an empty payload is accepted and
+// published empty.
+func TestEmptyWillPayload(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	s, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "ew-watch"})
+	s.subscribe(t, "ew/#", 1)
+	rc := dialRaw(t, addr, 4)
+	if ack := rc.connectWith("ew", true, 30, func(pk *packets.Packet) {
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillQos = true, "ew/gone", 1
+	}); ack.ReasonCode != 0 {
+		t.Fatalf("connack %#x", ack.ReasonCode)
+	}
+	_ = rc.c.Close()
+	if m := s.receive(t, 1)[0]; m.Topic != "ew/gone" || len(m.Payload) != 0 {
+		t.Fatalf("will %s %q, want ew/gone with an empty payload", m.Topic, m.Payload)
+	}
+}

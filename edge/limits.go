@@ -80,10 +80,26 @@ func (h *limitsHook) ID() string { return "edge-limits" }
 // Provides lists the events handled.
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode:
+	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnPacketRead:
 		return true
 	}
 	return false
+}
+
+// emptyWill stands in for an empty will payload between OnPacketRead and
+// OnConnect; it is recognised by its address, never by its content.
+var emptyWill = []byte{0}
+
+// OnPacketRead lets a CONNECT carry a will with an empty payload, which MQTT
+// allows (3.1.1 §3.1.3.4, 5 §3.1.3.4) and mochi refuses as a protocol
+// violation before any hook can see it: the payload is swapped for a
+// placeholder, and OnConnect, which runs after mochi's check, puts the
+// empty payload back.
+func (h *limitsHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Connect && pk.Connect.WillFlag && len(pk.Connect.WillPayload) == 0 {
+		pk.Connect.WillPayload = emptyWill
+	}
+	return pk, nil
 }
 
 // OnConnect bounds the keepalive and the will topic.
@@ -97,6 +113,9 @@ func (h *limitsHook) Provides(b byte) bool {
 // (identifier rejected, as Mosquitto does), since shortening it would cut a
 // client that keeps to its own promise.
 func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if p := cl.Properties.Will.Payload; len(p) == 1 && &p[0] == &emptyWill[0] {
+		cl.Properties.Will.Payload = []byte{}
+	}
 	if pk.Connect.WillFlag && h.maxTopic > 0 && len(pk.Connect.WillTopic) > h.maxTopic {
 		h.b.metrics.dropped.topicTooLong.Add(1)
 		return refuseConnect(cl, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized.Code)
