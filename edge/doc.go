@@ -38,6 +38,13 @@
 //     context, and leaves no goroutine behind.
 //   - Logs never carry payloads or passwords; repeating lines are
 //     rate-limited, mochi's included.
+//   - Where mochi departs from the specification at CONNECT, the hooks put
+//     it right: an empty password and a will with an empty payload are
+//     accepted (mochi calls both protocol violations); refusals reach 3.1.1
+//     clients as 3.1.1 return codes (0x01 for an unsupported level, 0x02 for
+//     an empty client id with a persistent session) and v5 clients as v5
+//     reasons (0x84); v5 clients learn the Maximum Packet Size and Topic
+//     Alias Maximum in CONNACK.
 //
 // # Durability (store.go and its siblings)
 //
