@@ -56,8 +56,12 @@ func printResult(w io.Writer, r Result) {
 			fmt.Fprintf(w, "  latency ms: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (%d samples)\n", l.P50, l.P99, l.P999, l.Max, l.Samples)
 		}
 		for _, ph := range r.Phases {
-			fmt.Fprintf(w, "    %-10s %6d msg/s: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms\n",
+			fmt.Fprintf(w, "    %-10s %6d msg/s: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms",
 				ph.Name, ph.Rate, ph.Latency.P50, ph.Latency.P99, ph.Latency.P999, ph.Latency.Max)
+			if ph.RecoverySeconds > 0 {
+				fmt.Fprintf(w, "  (slow for %.2f s after the spike)", ph.RecoverySeconds)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	cpu := fmt.Sprintf("  generator CPU %.2f s", r.GenCPUSeconds)

@@ -151,6 +151,10 @@ type phaseResult struct {
 	Name    string       `json:"name"`
 	Rate    int          `json:"rate"`
 	Latency latencyStats `json:"latency"`
+	// RecoverySeconds (last phase only) is how long after the spike ended
+	// messages were still sent that took more than twice the base phase's
+	// p99 (at least 1 ms): the time the broker needed to catch up.
+	RecoverySeconds float64 `json:"recovery_seconds,omitempty"`
 }
 
 func protoName(v byte) string {
@@ -649,6 +653,21 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 				rt *= 10
 			}
 			r.Phases = append(r.Phases, phaseResult{Name: names[i], Rate: rt, Latency: summarize(l)})
+		}
+		if len(r.Phases) == 3 {
+			limit := uint32(max(2*r.Phases[0].Latency.P99*1000, 1000))
+			spikeEnd := phaseEnds[1]
+			var lastSlow int64
+			for _, t := range tallies {
+				for _, s := range t.lastPhase {
+					if s.us > limit && s.sent > lastSlow {
+						lastSlow = s.sent
+					}
+				}
+			}
+			if lastSlow > spikeEnd {
+				r.Phases[2].RecoverySeconds = time.Duration(lastSlow - spikeEnd).Seconds()
+			}
 		}
 	}
 	if late > 0 {

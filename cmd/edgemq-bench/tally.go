@@ -107,6 +107,15 @@ type tally struct {
 	phaseEnds []int64
 	lat       [][]uint32 // microseconds, per phase
 	maxLat    int
+	// lastPhase holds (send time, latency µs) of the last phase's samples
+	// when there are phases: the burst's recovery is read from it.
+	lastPhase []sentLatency
+}
+
+// sentLatency is one sample of the last burst phase.
+type sentLatency struct {
+	sent int64
+	us   uint32
 }
 
 func newTally(nonce uint32, pubs int, win *window, shared bool, phaseEnds []int64) *tally {
@@ -184,7 +193,11 @@ func (t *tally) record(payload []byte, now int64, member []int64) {
 		if d < 0 {
 			d = 0
 		}
-		t.lat[ph] = append(t.lat[ph], uint32(min(d, int64(^uint32(0)))))
+		us := uint32(min(d, int64(^uint32(0))))
+		t.lat[ph] = append(t.lat[ph], us)
+		if len(t.phaseEnds) > 1 && ph == len(t.phaseEnds)-1 {
+			t.lastPhase = append(t.lastPhase, sentLatency{sent: sent, us: us})
+		}
 	}
 }
 
