@@ -48,6 +48,10 @@ type store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the dispatcher, the expiry loop and the pumps
 
+	ackMu     sync.Mutex
+	ackers    map[*mqtt.Client]*acker
+	ackWindow int // acknowledgements one connection may have waiting
+
 	mu       sync.Mutex
 	sessions map[string]*session
 	groups   map[string]*group
@@ -127,6 +131,7 @@ var errStoreClosed = errors.New("edge: store closed")
 type storeOptions struct {
 	queueLimit  int
 	maxInflight int
+	ackWindow   int
 	canRead     func(cl *mqtt.Client, topic string) bool
 	cursor      *wal.Cursor // the store's retention cursor in the log
 	snapDir     string      // where snapshots are written
@@ -145,7 +150,8 @@ func newStore(srv *mqtt.Server, l *wal.Log, lg *slog.Logger, m *storeMetrics, o 
 		sessions: map[string]*session{},
 		groups:   map[string]*group{},
 		inbound:  map[string]map[uint16]uint64{},
-		cursor:   o.cursor, snapDir: o.snapDir, checkpointEvery: max(o.checkpoint, 100*time.Millisecond),
+		ackers:   map[*mqtt.Client]*acker{}, ackWindow: max(o.ackWindow, 1),
+		cursor: o.cursor, snapDir: o.snapDir, checkpointEvery: max(o.checkpoint, 100*time.Millisecond),
 		checkpoints: make(chan pendingCheckpoint, 1),
 	}
 	if s.canRead == nil {
@@ -434,6 +440,7 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if cl.Net.Inline {
 		return
 	}
+	s.stopAcker(cl)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess := s.sessions[cl.ID]
@@ -601,11 +608,12 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	}
 	if q == 2 {
 		s.mu.Lock()
-		_, dup := s.inbound[cl.ID][pk.PacketID]
+		orig, dup := s.inbound[cl.ID][pk.PacketID]
 		s.mu.Unlock()
-		if dup { // PUBREC again, deliver nothing [MQTT-4.3.3-9]
+		if dup { // PUBREC again, once the first is durable; deliver nothing [MQTT-4.3.3-9]
 			s.m.duplicates.Inc()
-			return pk, packets.CodeSuccessIgnore
+			s.ackerOf(cl).enqueue(orig, ackPacket(pk))
+			return pk, packets.ErrRejectPacket
 		}
 	}
 	msg := messageOf(cl, pk)
@@ -617,7 +625,8 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		s.m.refused.WithLabelValues("storage_full").Inc()
 		return pk, refuseStored(cl, pk, wal.ErrFull)
 	}
-	off, err := s.appendWait(rec)
+	a := s.ackerOf(cl)
+	off, err := s.appendAsync(rec)
 	if err != nil {
 		s.m.refused.WithLabelValues(refuseReason(err)).Inc()
 		s.lg.Warn("publish refused: not logged", "client", cl.ID, "error", err)
@@ -636,7 +645,19 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		// from which new subscribers get it [MQTT-3.3.1-5].
 		s.srv.Topics.RetainMessage(pk.Copy(false))
 	}
-	return pk, packets.CodeSuccessIgnore
+	// The acker writes PUBACK or PUBREC once the message is durable; mochi
+	// neither acknowledges nor delivers it.
+	a.enqueue(off, ackPacket(pk))
+	return pk, packets.ErrRejectPacket
+}
+
+// ackPacket is the acknowledgement of an inbound QoS 1 or 2 PUBLISH.
+func ackPacket(pk packets.Packet) packets.Packet {
+	typ := byte(packets.Puback)
+	if pk.FixedHeader.Qos == 2 {
+		typ = packets.Pubrec
+	}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pk.PacketID}
 }
 
 // admit decides whether a new message of n bytes may go into the log. New
@@ -731,8 +752,8 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 				s.mu.Lock()
 				_, ours := s.inbound[cl.ID][pk.PacketID]
 				s.mu.Unlock()
-				if ours && cl.State.Inflight.Delete(pk.PacketID) {
-					cl.State.Inflight.IncreaseReceiveQuota()
+				if ours {
+					cl.State.Inflight.Delete(pk.PacketID)
 				}
 			}
 		}

@@ -69,6 +69,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	s, err := newStore(b.srv, l, b.log.With("component", "store"), m, storeOptions{
 		queueLimit:  storeQueueLimit,
 		maxInflight: b.cfg.Limits.MaxInflight,
+		ackWindow:   b.cfg.Limits.ReceiveMaximum,
 		canRead: func(cl *mqtt.Client, topic string) bool {
 			return b.auth.OnACLCheck(cl, topic, false)
 		},
