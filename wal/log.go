@@ -53,6 +53,7 @@ type Log struct {
 	hbuf        []byte
 	concurrency int           // Append calls in the last batch and queued behind it
 	lastFsync   time.Duration // duration of the last segment fsync
+	closeErr    error         // the final fsync's failure, for Close
 
 	retMu sync.Mutex // serialises retention passes
 
@@ -226,7 +227,10 @@ func (l *Log) Close() error {
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
-	err := l.cursors.close(l)
+	err := l.closeErr
+	if cerr := l.cursors.close(l); err == nil {
+		err = cerr
+	}
 	if cerr := l.closeFiles(); err == nil {
 		err = cerr
 	}
@@ -467,6 +471,9 @@ func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
 	if _, err := f.ReadAt(buf, start); err != nil {
 		if l.FirstOffset() > offset {
 			return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
+		}
+		if errors.Is(err, os.ErrClosed) {
+			return nil, false, ErrClosed // Close ran meanwhile
 		}
 		if errors.Is(err, io.EOF) {
 			return nil, false, &CorruptError{Segment: s.name, Pos: start, Offset: offset, Reason: "segment file shorter than its index"}

@@ -39,7 +39,7 @@ func (l *Log) run() {
 			}
 			if err := l.syncFiles(); err != nil {
 				l.stats.syncErrors.Add(1)
-				l.log.Error("wal: fsync at close failed", "err", err)
+				l.closeErr = fmt.Errorf("wal: fsync at close: %w", err)
 			}
 			return
 		}
@@ -130,6 +130,12 @@ type chunk struct {
 // the batch's offsets into holes.
 func (l *Log) writeBatch(b *batch) {
 	buf, sizes, first := b.buf, b.sizes, b.first
+	if err := l.failure(); err != nil {
+		// Queued before the log failed: writing behind the half record
+		// would bury it. These offsets are holes too.
+		l.markHoles(first, first+uint64(len(sizes))-1, err)
+		return
+	}
 	if l.holeFrom != 0 {
 		hb := l.hbuf[:0]
 		hs := make([]uint32, 0, int(l.holeTo-l.holeFrom+1)+len(sizes))
@@ -347,6 +353,20 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 	}
 	l.stats.diskBytes.Add(end - prevTail.size.Load())
 	prevTail.size.Store(end)
+	if fatal != nil {
+		l.smu.Lock()
+		if l.failed == nil {
+			l.failed = fmt.Errorf("%w: %w (after %w)", ErrFailed, fatal, cause)
+		}
+		l.smu.Unlock()
+		l.log.Error("wal: cannot undo a failed write; the log takes no more appends until reopened", "err", fatal)
+	}
+	l.markHoles(first, last, cause)
+}
+
+// markHoles records [first, last] as failed offsets, to be written as hole
+// entries before the next batch, and wakes their waiters.
+func (l *Log) markHoles(first, last uint64, cause error) {
 	if l.holeFrom == 0 {
 		l.holeFrom = first
 	}
@@ -357,10 +377,6 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 		l.holes[n-1].err = cause
 	} else {
 		l.holes = append(l.holes, span{from: first, to: last, err: cause})
-	}
-	if fatal != nil && l.failed == nil {
-		l.failed = fmt.Errorf("%w: %w (after %w)", ErrFailed, fatal, cause)
-		l.log.Error("wal: cannot undo a failed write; the log takes no more appends until reopened", "err", fatal)
 	}
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
