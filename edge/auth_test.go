@@ -281,4 +281,15 @@ func TestTLSClientCertificate(t *testing.T) {
 	eventually(t, "rejected tls_handshake", func() bool {
 		return tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "mtls", "reason", "tls_handshake") >= 1
 	})
+	// The same over WSS.
+	ws := dialNet(t, "tls", tb.Addr("mwss").String(), pki.clientTLS(false))
+	defer ws.Close()
+	_, _ = ws.Write([]byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := ws.Read(make([]byte, 1)); err == nil {
+		t.Fatal("wss read succeeded without a client certificate")
+	}
+	eventually(t, "rejected tls_handshake on wss", func() bool {
+		return tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "mwss", "reason", "tls_handshake") >= 1
+	})
 }

@@ -1,10 +1,12 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -80,7 +82,7 @@ func (l *wsListener) Init(*slog.Logger) error {
 		ReadTimeout:       l.b.connectTimeout(),
 		IdleTimeout:       l.b.connectTimeout(),
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(httpErrorLog{l}, "", 0),
 	}
 	if l.tlsConfig != nil {
 		cfg := l.tlsConfig.Clone()
@@ -134,6 +136,19 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	ws.SetReadLimit(l.readLimit)
 	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.establish)
+}
+
+// httpErrorLog receives the HTTP server's error lines: failed TLS
+// handshakes are counted like the TCP listener's, and every line goes to
+// the log at Debug.
+type httpErrorLog struct{ l *wsListener }
+
+func (w httpErrorLog) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("TLS handshake error")) {
+		w.l.b.metrics.rejected.WithLabelValues(w.l.name, "tls_handshake").Inc()
+	}
+	w.l.log.Debug("http server", "message", string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
 }
 
 // ID is the listener name.
