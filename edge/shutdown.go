@@ -24,7 +24,7 @@ const shutdownSlack = 5 * time.Second
 //     DISCONNECT 0x8B (server shutting down); v3 has no server DISCONNECT, so
 //     their connection is closed. When ctx ends, the rest go at once;
 //  3. connections that never finished CONNECT are cut;
-//  4. mochi stops (sessions stay in memory until the process ends);
+//  4. mochi stops (persistent sessions live on in storage);
 //  5. the HTTP side stops, and storage is closed last.
 //
 // Shutdown honours ctx: past its deadline it stops waiting and returns the
