@@ -325,6 +325,7 @@ func TestValidate(t *testing.T) {
 		{"storage dir", func(c *edge.Config) { c.Storage.Dir = "" }, `storage.dir: must not be empty (got "")`},
 		{"storage sync", func(c *edge.Config) { c.Storage.Sync = "sometimes" }, `storage.sync: must be always, interval or never (got "sometimes")`},
 		{"sync interval", func(c *edge.Config) { c.Storage.Sync = "interval"; c.Storage.SyncInterval = 0 }, `storage.sync_interval: must be positive (got 0s)`},
+		{"checkpoint interval", func(c *edge.Config) { c.Storage.CheckpointInterval = 0 }, `storage.checkpoint_interval: must be at least 100ms (got 0s)`},
 		{"segment size", func(c *edge.Config) { c.Storage.SegmentSize = 1000 }, `storage.segment_size: must be at least 64KiB (got 1000B)`},
 		{"disk budget", func(c *edge.Config) { c.Storage.MaxDiskBytes = 1 << 20 }, `storage.max_disk_bytes: must be 0 (no budget) or at least two segments, 32MiB (got 1MiB)`},
 		{"negative disk budget", func(c *edge.Config) { c.Storage.MaxDiskBytes = -1 }, `storage.max_disk_bytes: must be 0 (no budget) or positive (got -1B)`},
