@@ -86,16 +86,7 @@
 // forever (v3 persistent sessions never expire unless configured) keeps its
 // backlog, and the log with it, until the disk budget refuses new messages.
 //
-// # Durability
-//
-// The store (store.go) keeps the durability contract on the log of package
-// wal: an accepted QoS 1/2 message is appended, and durable under
-// storage.sync, before it is acknowledged; QoS 1/2 delivery and the queues
-// of offline sessions come from the log rather than from mochi's memory.
-// The log opens in Start before any listener accepts, /readyz waits for it,
-// and Shutdown closes it last.
-//
-// # What it does not guarantee
+// # What the broker core does not guarantee
 //
 //   - Without a password file, usernames are not verified, so ACL rules
 //     for a user trust whatever name a client sends.
