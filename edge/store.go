@@ -610,7 +610,7 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		s.mu.Lock()
 		orig, dup := s.inbound[cl.ID][pk.PacketID]
 		s.mu.Unlock()
-		if dup { // PUBREC again, once the first is durable; deliver nothing [MQTT-4.3.3-9]
+		if dup && pk.FixedHeader.Dup { // PUBREC again, once the first is durable; deliver nothing [MQTT-4.3.3-9]
 			s.m.duplicates.Inc()
 			s.ackerOf(cl).enqueue(orig, ackPacket(pk))
 			return pk, packets.ErrRejectPacket
@@ -725,7 +725,7 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	case packets.Puback, packets.Pubcomp:
 		s.complete(cl, pk.PacketID, pk.FixedHeader.Type)
 	case packets.Pubrec:
-		s.received(cl, pk)
+		return s.received(cl, pk), nil
 	case packets.Pubrel:
 		s.mu.Lock()
 		_, ok := s.inbound[cl.ID][pk.PacketID]
@@ -737,17 +737,22 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		}
 		s.mu.Unlock()
 		if ok {
-			// A lost InboundRelease would make the next message on this
-			// packet id look like a duplicate: durable before PUBCOMP.
-			if _, err := s.appendWait(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
+			// Not waited for: if it is lost, the packet id still looks taken
+			// after a restart, but only a PUBLISH with DUP set counts as a
+			// duplicate, and a client reusing the id for a new message sends
+			// DUP 0 [MQTT-3.3.1-1] (see OnPublish).
+			if _, err := s.appendAsync(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
 				s.lg.Warn("pubrel not logged", "client", cl.ID, "error", err)
 			}
 		}
 	case packets.Publish:
 		if pk.FixedHeader.Qos == 2 {
-			// mochi answers a duplicate of a QoS 2 message that waits for
-			// PUBREL with PUBREC 0x91; the spec wants a plain PUBREC
-			// [MQTT-4.3.3-9]. Let it through to OnPublish, which ignores it.
+			// mochi answers a PUBLISH on a packet id that waits for PUBREL
+			// with PUBREC 0x91. The spec wants a duplicate acknowledged and
+			// not delivered again [MQTT-4.3.3-9], and a new message (DUP 0:
+			// the client got its PUBCOMP, the broker lost the PUBREL's
+			// record) taken. Let it through to OnPublish, which tells them
+			// apart.
 			if in, ok := cl.State.Inflight.Get(pk.PacketID); ok && in.FixedHeader.Type == packets.Pubrec {
 				s.mu.Lock()
 				_, ours := s.inbound[cl.ID][pk.PacketID]
@@ -795,34 +800,44 @@ func (s *store) complete(cl *mqtt.Client, pid uint16, typ byte) {
 	}
 }
 
-// received moves an outbound QoS 2 message to the PUBREL stage, durably,
-// before mochi sends the PUBREL [MQTT-4.3.3-5]. A PUBREC with an error code
-// ends the exchange [MQTT-4.3.3-4].
-func (s *store) received(cl *mqtt.Client, pk packets.Packet) {
+// received moves an outbound QoS 2 message to the PUBREL stage. For a
+// logged delivery the stage is logged and the PUBREL leaves only once that
+// record is durable [MQTT-4.3.3-5]: the store's acker writes it, and mochi
+// gets the PUBREC as a no-op (a PUBACK for packet id 0, which it ignores),
+// because it would answer the PUBREC at once. A PUBREC with an error code
+// ends the exchange [MQTT-4.3.3-4]; mochi handles that one.
+func (s *store) received(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	sess := s.sessionOf(cl)
 	if sess == nil {
-		return
+		return pk
 	}
 	sess.mu.Lock()
 	f := sess.inflight[pk.PacketID]
 	if f == nil || f.qos != 2 || f.released {
 		sess.mu.Unlock()
-		return
+		return pk
 	}
 	logIt := sess.persistent || f.group != ""
 	if pk.ReasonCode >= 0x80 {
 		sess.mu.Unlock()
 		s.complete(cl, pk.PacketID, packets.Pubcomp)
-		return
+		return pk
 	}
 	f.released = true
 	f.msg = nil // only the PUBREL is sent again: the message may go
 	sess.mu.Unlock()
-	if logIt {
-		if _, err := s.appendWait(qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
-			s.lg.Warn("pubrec not logged", "client", cl.ID, "error", err)
-		}
+	if !logIt {
+		return pk
 	}
+	off, err := s.appendAsync(qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID}))
+	if err != nil {
+		// Without its record a restart would send the PUBLISH again: send
+		// no PUBREL now; the reconnect resends it from the flight.
+		s.lg.Warn("pubrec not logged: pubrel held back", "client", cl.ID, "error", err)
+	} else {
+		s.ackerOf(cl).enqueue(off, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: pk.PacketID})
+	}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}} // a no-op for mochi
 }
 
 // OnSubscribed logs the granted subscriptions, durably before SUBACK, and

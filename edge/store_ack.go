@@ -9,7 +9,8 @@ import (
 )
 
 // acker writes one connection's PUBACKs and PUBRECs, in the order its
-// publishes came [MQTT-4.6.0-2], each once its message is durable. mochi
+// publishes came [MQTT-4.6.0-2], each once its message is durable, and the
+// PUBRELs of the messages it received, each once that stage is durable. mochi
 // would write the acknowledgement on the read goroutine right after
 // OnPublish returns, so waiting there for the fsync would let a connection
 // have one publish in the log's group commit at a time. With the acker the
@@ -113,6 +114,8 @@ func (a *acker) run() {
 		}
 		ack, write := head.ack, true
 		switch {
+		case err != nil && ack.FixedHeader.Type == packets.Pubrel:
+			write = false // the reconnect sends it, from the session's flight
 		case err != nil:
 			// The append failed after all: refuse it (v5), or leave it
 			// unacknowledged so that the v3 client sends it again.
@@ -120,8 +123,9 @@ func (a *acker) run() {
 			a.s.dropInbound(a.cl.ID, ack.PacketID, head.offset)
 			ack.ReasonCode = packets.ErrImplementationSpecificError.Code
 			write = a.cl.Properties.ProtocolVersion == 5
-		case ack.FixedHeader.Type == packets.Pubrec:
-			// mochi answers the PUBREL only for a packet id it holds.
+		case ack.FixedHeader.Type == packets.Pubrec, ack.FixedHeader.Type == packets.Pubrel:
+			// mochi answers a PUBREL, and takes a PUBCOMP, only for a packet
+			// id it holds in that stage.
 			a.cl.State.Inflight.Set(ack)
 		}
 		if write {
