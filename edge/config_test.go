@@ -578,3 +578,17 @@ func TestContainerConfig(t *testing.T) {
 		t.Error("the container config binds every interface, so it must configure authentication")
 	}
 }
+
+// BenchmarkParseExampleConfig measures loading the full example config.
+func BenchmarkParseExampleConfig(b *testing.B) {
+	data, err := os.ReadFile(exampleConfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := edge.ParseConfig(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
