@@ -213,7 +213,9 @@ func TestWebSocketHandshake(t *testing.T) {
 // limits.connect_timeout.
 func TestConnectTimeout(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Limits.ConnectTimeout = 200 * time.Millisecond
+	// Short, but not so short that a loaded machine misses it with a
+	// well-behaved client.
+	cfg.Limits.ConnectTimeout = time.Second
 	tb := startBroker(t, cfg)
 	rc := dialRaw(t, tb.Addr("tcp").String(), 4)
 	if !rc.closed(5 * time.Second) {
@@ -230,7 +232,7 @@ func TestConnectTimeout(t *testing.T) {
 	for _, network := range []string{"tcp", "ws"} {
 		c, _ := connectV5(t, dialNet(t, network, tb.Addr(network).String(), nil), v5Opts{id: "long-" + network})
 		c.subscribe(t, "long/"+network, 1)
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(1300 * time.Millisecond)
 		if _, err := c.publish(t, "long/"+network, 1, false, []byte("x")); err != nil {
 			t.Fatalf("%s after the connect timeout: %v", network, err)
 		}
