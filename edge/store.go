@@ -1290,7 +1290,9 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 		sess.mu.Unlock()
 		if logIt { // only the position moves: at most once, even after a restart
 			rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, Offset: e.Offset, Group: d.group})
-			_, _ = s.appendAsync(rec)
+			if off, err := s.appendAsync(rec); err == nil {
+				return s.handOver(p, off, out)
+			}
 		}
 		return s.write(sess, p, out)
 	}
@@ -1316,17 +1318,27 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 	if logIt {
 		rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, PacketID: out.PacketID, Offset: e.Offset, QoS: out.FixedHeader.Qos, Group: d.group})
 		off, err := s.appendAsync(rec)
-		if err == nil && out.FixedHeader.Qos == 2 {
-			err = s.log.WaitDurable(s.ctx, off) // durable before the wire
-		}
 		if err != nil && out.FixedHeader.Qos == 2 {
 			// Without its record the PUBLISH could be sent twice after a
 			// restart: leave it unsent; the reconnect resends it.
 			s.lg.Warn("qos 2 delivery not logged: held back", "client", sess.id, "error", err)
 			return false
 		}
+		if err == nil {
+			return s.handOver(p, off, out)
+		}
 	}
 	return s.write(sess, p, out)
+}
+
+// handOver gives a logged delivery to the connection's acker, which writes
+// it once its record is durable (a QoS 2 PUBLISH must not leave before),
+// while the pump goes on with the next message. All of a logged session's
+// deliveries take this path, so they leave in log order whatever their QoS.
+func (s *store) handOver(p *pump, off uint64, out packets.Packet) bool {
+	s.ackerOf(p.cl).enqueue(off, out)
+	s.m.delivered.WithLabelValues(qosLabel(out.FixedHeader.Qos)).Inc()
+	return true
 }
 
 // requeue gives an entry the pump took back to the queue it came from.

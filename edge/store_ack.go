@@ -2,15 +2,17 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// acker writes one connection's PUBACKs and PUBRECs, in the order its
-// publishes came [MQTT-4.6.0-2], each once its message is durable, and the
-// PUBRELs of the messages it received, each once that stage is durable. mochi
+// acker writes, each once its record is durable: one connection's PUBACKs
+// and PUBRECs, in the order its publishes came [MQTT-4.6.0-2]; the PUBRELs
+// of the QoS 2 messages it received; and the logged QoS 2 PUBLISHes the
+// session's pump hands it [MQTT-4.3.3]. Each kind keeps its order. mochi
 // would write the acknowledgement on the read goroutine right after
 // OnPublish returns, so waiting there for the fsync would let a connection
 // have one publish in the log's group commit at a time. With the acker the
@@ -114,6 +116,11 @@ func (a *acker) run() {
 		}
 		ack, write := head.ack, true
 		switch {
+		case err != nil && ack.FixedHeader.Type == packets.Publish:
+			// Its delivery record is lost: a QoS 2 PUBLISH waits for the
+			// reconnect, which logs it again; QoS 0/1 may go (at most or at
+			// least once either way).
+			write = ack.FixedHeader.Qos < 2
 		case err != nil && ack.FixedHeader.Type == packets.Pubrel:
 			write = false // the reconnect sends it, from the session's flight
 		case err != nil:
@@ -129,7 +136,12 @@ func (a *acker) run() {
 			a.cl.State.Inflight.Set(ack)
 		}
 		if write {
-			_ = a.cl.WritePacket(ack) // a failed write means the connection is ending
+			err := a.cl.WritePacket(ack)                                                              // a failed write means the connection is ending
+			if errors.Is(err, packets.ErrPacketTooLarge) && ack.FixedHeader.Type == packets.Publish { // [MQTT-3.1.2-25]
+				a.s.m.dropped.WithLabelValues("too_large").Inc()
+				a.s.complete(a.cl, ack.PacketID, packets.Pubcomp)
+				a.cl.State.Inflight.Delete(ack.PacketID)
+			}
 		}
 		a.mu.Lock()
 		a.q[0] = pendingAck{}
