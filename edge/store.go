@@ -82,12 +82,13 @@ type session struct {
 	inflight   map[uint16]*flight
 	cl         *mqtt.Client // nil while offline
 	p          *pump
-	prevDone   chan struct{} // closed when the last stopped pump has exited
-	expiresAt  int64         // offline: Unix second the session ends (0: never)
-	resumed    bool          // the current connection took over an existing session
-	will       *qos.Message  // the current or last connection's will, nil: none
-	willDelay  uint32        // seconds
-	willDue    int64         // offline: Unix second the will is published (0: not pending)
+	prevDone   chan struct{}   // closed when the last stopped pump has exited
+	expiresAt  int64           // offline: Unix second the session ends (0: never)
+	resumed    bool            // the current connection took over an existing session
+	parked     *packets.Packet // an outbound inflight entry hidden from mochi during a SUBSCRIBE (see OnPacketRead)
+	will       *qos.Message    // the current or last connection's will, nil: none
+	willDelay  uint32          // seconds
+	willDue    int64           // offline: Unix second the will is published (0: not pending)
 }
 
 // flight is one outbound QoS 1/2 message waiting for its acknowledgement.
@@ -420,6 +421,10 @@ func (sess *session) stopPump() {
 // OnPacketEncode marks a persistent session present in CONNACK: after a
 // restart mochi does not know the sessions the log kept [MQTT-3.2.2-3].
 func (s *store) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if t := pk.FixedHeader.Type; t == packets.Suback || t == packets.Unsuback {
+		s.unpark(cl, pk.PacketID)
+		return pk
+	}
 	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 || pk.SessionPresent {
 		return pk
 	}
@@ -432,6 +437,21 @@ func (s *store) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packe
 		sess.mu.Unlock()
 	}
 	return pk
+}
+
+// unpark gives mochi back the inflight entry OnPacketRead hid for the
+// SUBSCRIBE or UNSUBSCRIBE with packet id pid.
+func (s *store) unpark(cl *mqtt.Client, pid uint16) {
+	sess := s.sessionOf(cl)
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.parked != nil && sess.parked.PacketID == pid {
+		cl.State.Inflight.Set(*sess.parked)
+		sess.parked = nil
+	}
 }
 
 // OnDisconnect parks the session: its RAM queue is dropped, its backlog
@@ -743,6 +763,21 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 			// DUP 0 [MQTT-3.3.1-1] (see OnPublish).
 			if _, err := s.appendAsync(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: cl.ID, PacketID: pk.PacketID})); err != nil {
 				s.lg.Warn("pubrel not logged", "client", cl.ID, "error", err)
+			}
+		}
+	case packets.Subscribe, packets.Unsubscribe:
+		// mochi refuses a SUBSCRIBE or UNSUBSCRIBE whose packet id it holds
+		// in its inflight map (SUBACK 0x91), but the ids of the messages
+		// the server sends are its own, apart from the client's [MQTT-2.2.1].
+		// Hide such an entry from mochi until the SUBACK is written.
+		if in, ok := cl.State.Inflight.Get(pk.PacketID); ok && in.FixedHeader.Type != packets.Pubrec {
+			if sess := s.sessionOf(cl); sess != nil {
+				sess.mu.Lock()
+				if sess.cl == cl && sess.parked == nil {
+					sess.parked = &in
+					cl.State.Inflight.Delete(pk.PacketID)
+				}
+				sess.mu.Unlock()
 			}
 		}
 	case packets.Publish:
@@ -1296,7 +1331,7 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 		}
 		return s.write(sess, p, out)
 	}
-	pid, err := p.cl.NextPacketID()
+	pid, err := s.nextPacketID(sess, p.cl)
 	if err != nil {
 		s.m.dropped.WithLabelValues("packet_ids").Inc()
 		return true
@@ -1339,6 +1374,27 @@ func (s *store) handOver(p *pump, off uint64, out packets.Packet) bool {
 	s.ackerOf(p.cl).enqueue(off, out)
 	s.m.delivered.WithLabelValues(qosLabel(out.FixedHeader.Qos)).Inc()
 	return true
+}
+
+// nextPacketID takes a free outbound packet id: free in mochi's map and in
+// the session's, which differ while an entry is parked (OnPacketRead).
+func (s *store) nextPacketID(sess *session, cl *mqtt.Client) (uint32, error) {
+	for range 8 {
+		pid, err := cl.NextPacketID()
+		if err != nil {
+			return 0, err
+		}
+		sess.mu.Lock()
+		_, taken := sess.inflight[uint16(pid)]
+		if sess.parked != nil && sess.parked.PacketID == uint16(pid) {
+			taken = true
+		}
+		sess.mu.Unlock()
+		if !taken {
+			return pid, nil
+		}
+	}
+	return 0, packets.ErrQuotaExceeded
 }
 
 // requeue gives an entry the pump took back to the queue it came from.

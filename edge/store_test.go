@@ -473,3 +473,37 @@ func TestRefusedSubscriptionNotKept(t *testing.T) {
 	}
 	s.quiet(t, 300*time.Millisecond)
 }
+
+// TestResubscribeWithQueuedMessages: a client's SUBSCRIBE may carry a packet
+// id the broker uses for a message it sends: the two are apart [MQTT-2.2.1],
+// so the SUBACK is a success, not 0x91.
+func TestResubscribeWithQueuedMessages(t *testing.T) {
+	r := newRestartable(t, nil)
+	sub := dialRaw(t, r.ep().addr, 4)
+	sub.connect("resub", false, 30)
+	sub.subscribe(1, "resub/#", 1)
+	if _, err := sub.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "resub-pub"})
+	if _, err := p.publish(t, "resub/t", 1, false, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.read(5 * time.Second)
+	if err != nil || m.FixedHeader.Type != packets.Publish {
+		t.Fatalf("publish: %v %+v", err, m)
+	}
+	// Not acknowledged: the broker holds m.PacketID. Subscribe with it.
+	sub.subscribe(m.PacketID, "other/#", 1)
+	ack, err := sub.read(5 * time.Second)
+	if err != nil || ack.FixedHeader.Type != packets.Suback || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != 1 {
+		t.Fatalf("suback: %v type %d codes %v, want granted QoS 1", err, ack.FixedHeader.Type, ack.ReasonCodes)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: m.PacketID})
+	if _, err := p.publish(t, "resub/t", 1, false, []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if m2, err := sub.read(5 * time.Second); err != nil || string(m2.Payload) != "y" {
+		t.Fatalf("after the acknowledgement: %v %q", err, m2.Payload)
+	}
+}
