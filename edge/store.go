@@ -924,6 +924,11 @@ func (s *store) subscribe(cl *mqtt.Client, pk packets.Packet, codes []byte) (las
 	}
 	for i, sub := range subs {
 		since := first + uint64(i)
+		if old, ok := sess.subs[sub.Filter]; ok {
+			// A repeated subscription replaces the old one's options, not its
+			// start: what the session was owed stays owed [MQTT-3.8.4-3].
+			since = old.Since
+		}
 		sess.subs[sub.Filter] = qos.Sub{Subscribe: sub, Since: since}
 		if g, inner := qos.SplitShared(sub.Filter); g != "" && s.groups[sub.Filter] == nil {
 			s.groups[sub.Filter] = &group{key: sub.Filter, filter: inner, since: since, queue: qos.NewQueue(since+1, s.queueLimit)}

@@ -507,3 +507,46 @@ func TestResubscribeWithQueuedMessages(t *testing.T) {
 		t.Fatalf("after the acknowledgement: %v %q", err, m2.Payload)
 	}
 }
+
+// TestResubscribeKeepsBacklog: subscribing again to the same filter
+// replaces the subscription without losing what was queued for it
+// [MQTT-3.8.4-3], also across a restart.
+func TestResubscribeKeepsBacklog(t *testing.T) {
+	r := newRestartable(t, nil)
+	s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "keep", persistent: true})
+	s.subscribe(t, "keep/#", 1)
+	_ = s.Disconnect(&paho.Disconnect{})
+	<-doneOrTimeout(s.Done())
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "keep-pub"})
+	for i := range 50 {
+		if _, err := p.publish(t, "keep/t", 1, false, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.restart()
+	rc := dialRaw(t, r.ep().addr, 5)
+	con := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+	con.Connect.ProtocolName, con.Connect.ClientIdentifier, con.Connect.Keepalive = []byte("MQTT"), "keep", 30
+	con.Properties.SessionExpiryInterval, con.Properties.SessionExpiryIntervalFlag = 300, true
+	con.Properties.ReceiveMaximum = 1 // the backlog waits while the SUBSCRIBE goes in
+	rc.send(con)
+	if _, err := rc.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rc.subscribe(1, "keep/#", 1)
+	next := 0
+	for next < 50 {
+		pk, err := rc.read(5 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", next, err)
+		}
+		if pk.FixedHeader.Type != packets.Publish {
+			continue // the SUBACK
+		}
+		if string(pk.Payload) != strconv.Itoa(next) {
+			t.Fatalf("got %q, want %d", pk.Payload, next)
+		}
+		next++
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	}
+}

@@ -140,7 +140,11 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 		delete(st.Inbound, r.Client)
 	case *Subscribe:
 		if s := st.Sessions[r.Client]; s != nil {
-			s.Subs[r.Filter] = Sub{Subscribe: *r, Since: offset}
+			since := offset
+			if old, ok := s.Subs[r.Filter]; ok {
+				since = old.Since // a repeated subscription keeps its start [MQTT-3.8.4-3]
+			}
+			s.Subs[r.Filter] = Sub{Subscribe: *r, Since: since}
 			if g, _ := SplitShared(r.Filter); g != "" {
 				if _, ok := st.GroupNext[r.Filter]; !ok {
 					st.GroupNext[r.Filter] = offset + 1

@@ -298,19 +298,11 @@ func TestEndToEndMosquittoClients(t *testing.T) {
 	}
 }
 
-// TestEndToEndPersistentSessions is opt-in (EDGEMQ_E2E_SESSIONS=1) while the
-// broker has two known problems it shows, both reported:
-//   - mochi v2.7.9 checks an inbound SUBSCRIBE's packet id against the
-//     session's outbound inflight ids (server.go:1244) and answers 0x91
-//     "Packet Identifier in use", even to MQTT 3.1.1 clients, where 0x91 is not
-//     a SUBACK code; mosquitto_sub then gives up before completing QoS 2;
-//   - in one run of three, the QoS 1 and 2 messages queued for an offline
-//     persistent session were not delivered at all after a graceful restart
-//     (SUBACK granted QoS 2, then nothing within 30s).
+// TestEndToEndPersistentSessions: a 3.1.1 persistent session of
+// mosquitto_sub gets what was published while it was away, after a
+// reconnect (resubscribing while messages are queued for it) and after a
+// broker restart.
 func TestEndToEndPersistentSessions(t *testing.T) {
-	if os.Getenv("EDGEMQ_E2E_SESSIONS") == "" {
-		t.Skip("opt-in while known broker issues stand (see the comment); run with EDGEMQ_E2E_SESSIONS=1")
-	}
 	b := startAuthBroker(t)
 
 	t.Run("reconnect", func(t *testing.T) {
