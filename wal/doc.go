@@ -90,8 +90,10 @@
 //     fails, they stay, LastIndex does not move, and the next write puts
 //     entries at the wrong index. Its only way back is Close and Open.
 //   - The segment roll: cycle() fsyncs the full segment even with NoSync
-//     (wal.go:355-376), 100-300 ms with 20 MiB segments. Here the old segment
-//     is fsynced with the batch's fsync (always) or the next tick (interval).
+//     (wal.go:355-376), 100-300 ms with 20 MiB segments. Here a segment ends
+//     at a batch boundary, so under "always" the batches that filled it
+//     already fsynced it and a roll costs the new file's creation and a
+//     directory fsync; under "interval" the next tick fsyncs the old file.
 //   - Reads: tidwall's concurrent Reads of older segments race and panic
 //     (tidwall/wal#34), and each read of an uncached segment loads the whole
 //     file. Here every segment has a sparse index (8 bytes per 4 KiB, kept

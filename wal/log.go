@@ -430,18 +430,37 @@ func (l *Log) Read(offset uint64) ([]byte, error) {
 
 // read returns the record at offset, or hole=true for a failed offset.
 func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
+	w, err := l.readWindow(offset)
+	if err != nil {
+		return nil, false, err
+	}
+	rec, hole, _, err = l.decodeAt(w, offset)
+	return rec, hole, err
+}
+
+// window holds the records read around one offset: the bytes between two
+// index points (about 4 KiB), and pos, where the wanted entry starts.
+type window struct {
+	seg   *segment
+	start int64 // file position of buf[0]
+	buf   []byte
+	pos   int
+}
+
+// readWindow reads the window holding offset.
+func (l *Log) readWindow(offset uint64) (window, error) {
 	l.smu.RLock()
 	if l.closed {
 		l.smu.RUnlock()
-		return nil, false, ErrClosed
+		return window{}, ErrClosed
 	}
 	if offset > l.durable || offset == 0 {
 		l.smu.RUnlock()
-		return nil, false, fmt.Errorf("offset %d: %w", offset, ErrNotFound)
+		return window{}, fmt.Errorf("offset %d: %w", offset, ErrNotFound)
 	}
 	if offset < l.segs[0].base {
 		l.smu.RUnlock()
-		return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
+		return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 	}
 	i, _ := slices.BinarySearchFunc(l.segs, offset, func(s *segment, off uint64) int {
 		if s.base > off {
@@ -464,44 +483,46 @@ func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
 		if err == nil {
 			err = &CorruptError{Segment: s.name, Pos: x.end, Offset: offset, Reason: "segment ends before the record"}
 		}
-		return nil, false, err
+		return window{}, err
 	}
 	startRel, start, end := x.window(k)
 	buf := make([]byte, end-start)
 	if _, err := f.ReadAt(buf, start); err != nil {
 		if l.FirstOffset() > offset {
-			return nil, false, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
+			return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 		}
 		if errors.Is(err, os.ErrClosed) {
-			return nil, false, ErrClosed // Close ran meanwhile
+			return window{}, ErrClosed // Close ran meanwhile
 		}
 		if errors.Is(err, io.EOF) {
-			return nil, false, &CorruptError{Segment: s.name, Pos: start, Offset: offset, Reason: "segment file shorter than its index"}
+			return window{}, &CorruptError{Segment: s.name, Pos: start, Offset: offset, Reason: "segment file shorter than its index"}
 		}
-		return nil, false, fmt.Errorf("read segment %s: %w", s.name, err)
+		return window{}, fmt.Errorf("read segment %s: %w", s.name, err)
 	}
 	pos := 0
 	for r := startRel; r < k; r++ {
 		n, err := entryLen(buf[pos:], len(buf)-pos)
 		if err != nil {
-			return nil, false, &CorruptError{Segment: s.name, Pos: start + int64(pos), Offset: s.base + r, Reason: err.Error()}
+			return window{}, &CorruptError{Segment: s.name, Pos: start + int64(pos), Offset: s.base + r, Reason: err.Error()}
 		}
 		pos += n
 	}
-	buf = buf[pos:]
-	pos64 := start + int64(pos)
-	kind, payload, _, err := decodeEntry(offset, buf)
+	return window{seg: s, start: start, buf: buf, pos: pos}, nil
+}
+
+// decodeAt decodes the entry of offset at w.pos. It returns a copy of the
+// payload (so that a kept record does not pin the window) and the entry's
+// size.
+func (l *Log) decodeAt(w window, offset uint64) (rec []byte, hole bool, n int, err error) {
+	kind, payload, n, err := decodeEntry(offset, w.buf[w.pos:])
 	if err != nil {
 		l.stats.corrupt.Add(1)
-		return nil, false, &CorruptError{Segment: s.name, Pos: pos64, Offset: offset, Reason: err.Error()}
+		return nil, false, 0, &CorruptError{Segment: w.seg.name, Pos: w.start + int64(w.pos), Offset: offset, Reason: err.Error()}
 	}
 	if kind == kindHole {
-		return nil, true, fmt.Errorf("offset %d: failed append: %w", offset, ErrNotFound)
+		return nil, true, n, fmt.Errorf("offset %d: failed append: %w", offset, ErrNotFound)
 	}
-	if cap(buf) > 2*len(payload)+64 {
-		payload = append([]byte(nil), payload...) // do not pin the window
-	}
-	return payload, false, nil
+	return append([]byte(nil), payload...), false, n, nil
 }
 
 // segmentIndex returns a snapshot of s's index and its file, loading them

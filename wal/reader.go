@@ -6,11 +6,14 @@ import (
 )
 
 // Reader iterates over the log from an offset, oldest first, and waits for
-// new records at the end. It skips holes. A Reader is not safe for
+// new records at the end. It skips holes. It reads about 4 KiB at a time
+// and decodes the following records from memory. A Reader is not safe for
 // concurrent use; any number of Readers may run at once.
 type Reader struct {
 	l    *Log
 	next uint64
+	w    window // w.pos is where the entry of wOff starts
+	wOff uint64
 }
 
 // NewReader returns a Reader whose first record is at from (0: FirstOffset).
@@ -25,31 +28,46 @@ func (l *Log) NewReader(from uint64) *Reader {
 func (r *Reader) Offset() uint64 { return r.next }
 
 // Seek makes Next read offset next.
-func (r *Reader) Seek(offset uint64) { r.next = offset }
+func (r *Reader) Seek(offset uint64) { r.next, r.w = offset, window{} }
 
 // Next returns the next record, waiting until it is durable or ctx ends. It
 // returns ErrTruncated if retention removed the next record (Seek to
 // FirstOffset to go on), a *CorruptError for a damaged record (Seek past it
-// to go on), ErrClosed when the log closes.
+// to go on), ErrClosed when the log closes. The record is the caller's.
 func (r *Reader) Next(ctx context.Context) (offset uint64, rec []byte, err error) {
 	for {
 		off := r.next
-		rec, hole, err := r.l.read(off)
-		switch {
-		case err == nil:
-			r.next++
-			return off, rec, nil
-		case hole:
-			r.next++
-			continue
-		case errors.Is(err, ErrNotFound):
-			if err := r.l.waitFor(ctx, off); err != nil {
+		if r.w.buf == nil || r.wOff != off || r.w.pos >= len(r.w.buf) || r.l.isClosed() {
+			w, err := r.l.readWindow(off)
+			if errors.Is(err, ErrNotFound) {
+				if err := r.l.waitFor(ctx, off); err != nil {
+					return 0, nil, err
+				}
+				continue
+			}
+			if err != nil {
 				return 0, nil, err
 			}
-		default:
+			r.w, r.wOff = w, off
+		}
+		rec, hole, n, err := r.l.decodeAt(r.w, off)
+		if err != nil && !hole {
+			r.w = window{}
 			return 0, nil, err
 		}
+		r.w.pos += n
+		r.wOff++
+		r.next++
+		if !hole {
+			return off, rec, nil
+		}
 	}
+}
+
+func (l *Log) isClosed() bool {
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	return l.closed
 }
 
 // waitFor blocks until offset is durable, the log closes or ctx ends.
