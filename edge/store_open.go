@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -99,3 +100,40 @@ func (b *Broker) storageStopping() {
 // storeQueueLimit is how many messages a session's queue holds in RAM
 // before it reads its backlog from the log instead.
 const storeQueueLimit = 1024
+
+// CheckStorage checks the log under c.Dir and returns what it found, one
+// line each: records, segments, offsets, a torn tail, and every damaged
+// place with its segment and position. It returns an error (matching
+// wal.ErrCorrupt) if the log is damaged before its tail. With repair it
+// also mends the log: a torn tail is cut, damaged records become holes
+// (lost, and counted). Repair needs the broker stopped; a check may run
+// beside it. A storage directory without a log yet is not an error.
+func CheckStorage(c StorageConfig, repair bool, logger *slog.Logger) ([]string, error) {
+	dir := filepath.Join(c.Dir, "log")
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return []string{fmt.Sprintf("%s: no log yet", dir)}, nil
+	}
+	var rep wal.Report
+	var err error
+	if repair {
+		rep, err = wal.Repair(dir, logger)
+	} else {
+		rep, err = wal.Check(dir)
+	}
+	lines := []string{fmt.Sprintf("%s: %d records (%d holes) in %d segments, %d bytes, offsets %d..%d",
+		dir, rep.Records, rep.Holes, rep.Segments, rep.Bytes, rep.FirstOffset, rep.LastOffset)}
+	if d := rep.TornTail; d != nil {
+		lines = append(lines, fmt.Sprintf("%s: torn tail at byte %d (offset %d, %d bytes): %s; the next start cuts it",
+			d.Segment, d.Pos, d.Offset, d.Bytes, d.Reason))
+	}
+	for _, d := range rep.Damage {
+		lines = append(lines, fmt.Sprintf("%s: damaged at byte %d (offset %d, %d bytes): %s", d.Segment, d.Pos, d.Offset, d.Bytes, d.Reason))
+	}
+	for _, r := range rep.Repaired {
+		lines = append(lines, "repaired: "+r)
+	}
+	if rep.LostRecords > 0 {
+		lines = append(lines, fmt.Sprintf("repair lost %d records", rep.LostRecords))
+	}
+	return lines, err
+}

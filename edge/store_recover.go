@@ -34,7 +34,7 @@ func (s *store) recover() error {
 	for r.Offset() <= last {
 		off, rec, err := r.Next(context.Background())
 		if err != nil {
-			return fmt.Errorf("edge: replay the log at offset %d: %w", r.Offset(), err)
+			return fmt.Errorf("edge: replay the log at offset %d: %w (edgemq check -c FILE reports the damage, edgemq check -repair mends it)", r.Offset(), err)
 		}
 		if err := st.Apply(off, rec); err != nil {
 			// A record this version cannot read: say so, keep the rest.

@@ -2,8 +2,12 @@ package edge_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/edgemq/edgemq/edge"
+	"github.com/edgemq/edgemq/wal"
 )
 
 // restartable runs a broker on one storage directory across restarts.
@@ -549,4 +554,47 @@ func TestResubscribeKeepsBacklog(t *testing.T) {
 		next++
 		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 	}
+}
+
+// TestCheckStorage: edgemq check reports a damaged log with its segment and
+// position, and -repair mends it so the broker starts again.
+func TestCheckStorage(t *testing.T) {
+	r := newRestartable(t, func(c *edge.Config) { c.Storage.SegmentSize = 64 << 10 })
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "chk-pub"})
+	for i := range 400 {
+		if _, err := p.publish(t, "chk/t", 1, false, make([]byte, 512)); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := r.tb.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lines, err := edge.CheckStorage(r.cfg.Storage, false, nil); err != nil {
+		t.Fatalf("a clean log: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	segs, _ := filepath.Glob(filepath.Join(r.cfg.Storage.Dir, "log", "0*"))
+	if len(segs) < 2 {
+		t.Fatalf("want several segments, got %v", segs)
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(segs[0], b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := edge.CheckStorage(r.cfg.Storage, false, nil)
+	if !errors.Is(err, wal.ErrCorrupt) || !strings.Contains(strings.Join(lines, "\n"), filepath.Base(segs[0])+": damaged at byte") {
+		t.Fatalf("check of a damaged log: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	if lines, err := edge.CheckStorage(r.cfg.Storage, true, nil); err != nil {
+		t.Fatalf("repair: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	if lines, err := edge.CheckStorage(r.cfg.Storage, false, nil); err != nil {
+		t.Fatalf("after repair: %v\n%s", err, strings.Join(lines, "\n"))
+	}
+	r.tb = startBroker(t, r.cfg)
 }

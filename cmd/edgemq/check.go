@@ -16,6 +16,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	var path string
 	fs.StringVar(&path, "c", "", "config file `FILE` to check")
 	fs.StringVar(&path, "config", "", "same as -c")
+	repair := fs.Bool("repair", false, "also repair the log: cut a torn tail, turn damaged records into holes (the broker must be stopped)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -41,6 +42,14 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	// New reads the password file and the TLS certificates and keys, and binds nothing.
 	if _, err := edge.New(cfg, edge.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
+	}
+	// The log the file points at: its records, and any damage.
+	lines, err := edge.CheckStorage(cfg.Storage, *repair, slog.New(slog.NewTextHandler(stderr, nil)))
+	for _, l := range lines {
+		fmt.Fprintln(stdout, l)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: storage: %w (edgemq check -repair mends it, losing the damaged records)", path, err)
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", path)
 	return nil
