@@ -45,6 +45,7 @@ type Options struct {
 type Broker struct {
 	cfg          Config
 	log          *slog.Logger
+	root         *slog.Logger // the embedder's, for other components
 	reg          *prometheus.Registry
 	metrics      *metrics
 	srv          *mqtt.Server
@@ -88,6 +89,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	}
 	b := &Broker{
 		log:          logger.With("component", "edge"),
+		root:         logger,
 		reg:          reg,
 		byName:       map[string]edgeListener{},
 		throttledLog: newLogThrottle(time.Second),

@@ -45,7 +45,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	// their packet ids again. Message expiry is the store's [MQTT-3.3.2-5].
 	b.srv.Options.Capabilities.MaximumMessageExpiryInterval = 0
 	wc := walConfig(b.cfg.Storage)
-	wc.Logger = b.log.With("component", "wal")
+	wc.Logger = b.root.With("component", "wal")
 	logDir, snapDir := filepath.Join(b.cfg.Storage.Dir, "log"), filepath.Join(b.cfg.Storage.Dir, "snapshots")
 	for _, d := range []string{logDir, snapDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
@@ -67,7 +67,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("edge: store metrics: %w", err), l.Close())
 	}
-	s, err := newStore(b.srv, l, b.log.With("component", "store"), m, storeOptions{
+	s, err := newStore(b.srv, l, b.root.With("component", "store"), m, storeOptions{
 		queueLimit:  storeQueueLimit,
 		maxInflight: b.cfg.Limits.MaxInflight,
 		ackWindow:   b.cfg.Limits.ReceiveMaximum,
