@@ -57,18 +57,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, s := range subs[:2] { // the online ones
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				_ = s.session(d.addr(), stop, false)
-				select {
-				case <-stop:
-					return
-				case <-time.After(50 * time.Millisecond):
-				}
-			}
-		}()
+		s.stayConnected(&wg, d.addr, stop)
 	}
 	pubs := []*crashPub{
 		{id: "p5q1", version: 5, qos: 1}, {id: "p5q2", version: 5, qos: 2},
@@ -100,18 +89,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	done := make(chan struct{})
 	var dwg sync.WaitGroup
 	for _, s := range subs {
-		dwg.Add(1)
-		go func() {
-			defer dwg.Done()
-			for {
-				_ = s.session(d.addr(), done, false)
-				select {
-				case <-done:
-					return
-				case <-time.After(50 * time.Millisecond):
-				}
-			}
-		}()
+		s.stayConnected(&dwg, d.addr, done)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) && !allDelivered(subs, pubs) {
@@ -474,6 +452,23 @@ func (s *crashSub) session(addr string, stop <-chan struct{}, subscribe bool, fi
 			}
 		}
 	}
+}
+
+// stayConnected runs sessions one after the other, reconnecting after
+// every broken connection, until stop closes.
+func (s *crashSub) stayConnected(wg *sync.WaitGroup, addr func() string, stop <-chan struct{}) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			_ = s.session(addr(), stop, false)
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
 }
 
 func (s *crashSub) deliver(body []byte) {
