@@ -354,6 +354,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	jsonOut := fs.String("json", "", "also write the raw runs and the summary as JSON to this file")
 	mdOut := fs.String("md", "", "also write the tables as Markdown to this file (as in deploy/bench/README.md)")
 	inflight := fs.Int("inflight", 100, "most unacknowledged QoS 1/2 publishes per connection")
+	drain := fs.Duration("drain", 5*time.Second, "a message not delivered after this long without any delivery counts as lost")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -453,7 +454,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				}
 				key := [2]string{sc.name, b.name}
 				c := cells[key]
-				res, err := compareOne(ctx, b, sc, dir, *inflight)
+				res, err := compareOne(ctx, b, sc, dir, *inflight, *drain)
 				if err != nil {
 					c.Errors = append(c.Errors, fmt.Sprintf("round %d: %v", round+1, err))
 					fmt.Fprintf(stderr, "round %d %-18s %-14s ERROR %v\n", round+1, sc.name, b.name, err)
@@ -531,7 +532,7 @@ func skipped(sc compareScenario, broker string) string {
 
 // compareOne starts a fresh broker, runs one scenario against it, stops it.
 // A fresh broker per run makes CPU and peak RSS belong to that run alone.
-func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir string, inflight int) (Result, error) {
+func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir string, inflight int, drain time.Duration) (Result, error) {
 	rb, err := launch(b, dir)
 	if err != nil {
 		return Result{}, err
@@ -549,6 +550,7 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 	p.label = b.name
 	p.pid = rb.cmd.Process.Pid
 	p.inflight = inflight
+	p.drain = drain
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	res, err := runScenario(rctx, p)
