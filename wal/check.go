@@ -76,7 +76,7 @@ func Repair(dir string, logger *slog.Logger) (Report, error) {
 		logger = slog.Default()
 	}
 	fs := FS{}.withDefaults()
-	rep, err := check(dir, fs, logger.With("component", "wal"))
+	rep, err := check(dir, fs, logger)
 	if err != nil && !errors.Is(err, ErrCorrupt) {
 		return rep, err
 	}

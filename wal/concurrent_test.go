@@ -200,6 +200,9 @@ func TestCloseWithAsyncAppends(t *testing.T) {
 	}
 	l = mustOpen(t, dir, cfg)
 	defer l.Close()
+	if l.NextOffset() != last+1 {
+		t.Fatalf("next offset %d, want %d", l.NextOffset(), last+1)
+	}
 	if l.LastOffset() != last {
 		t.Fatalf("last offset %d, want %d", l.LastOffset(), last)
 	}

@@ -71,7 +71,8 @@ type Config struct {
 	// MaxAge) when nothing else triggers it. Default: 1s.
 	RetentionCheck time.Duration
 	// Logger receives repairs (Warn), I/O failures (Error) and retention
-	// (Info). Default: slog.Default().
+	// (Info). The log adds no "component" attribute: narrow it yourself.
+	// Default: slog.Default().
 	Logger *slog.Logger
 	// FS is the file-system seam, for fault injection in tests. The zero FS
 	// is the operating system.

@@ -91,7 +91,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		dir:       dir,
 		cfg:       cfg,
 		fs:        cfg.FS,
-		log:       cfg.Logger.With("component", "wal"),
+		log:       cfg.Logger,
 		durableCh: make(chan struct{}),
 		spaceCh:   make(chan struct{}),
 		kick:      make(chan struct{}, 1),
@@ -410,6 +410,15 @@ func (l *Log) FirstOffset() uint64 {
 	l.smu.RLock()
 	defer l.smu.RUnlock()
 	return l.segs[0].base
+}
+
+// NextOffset returns the offset the next append will get. Offsets from
+// LastOffset()+1 to NextOffset()-1 are queued or being written: not yet
+// durable, not yet readable.
+func (l *Log) NextOffset() uint64 {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	return l.next
 }
 
 // LastOffset returns the offset of the newest durable record (0 if none was
