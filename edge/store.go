@@ -1124,6 +1124,9 @@ func (sess *session) match(off uint64, m *qos.Message) (delivery, bool) {
 	return d, found
 }
 
+// pumpSafetyNet is how long an idle pump sleeps without a signal.
+const pumpSafetyNet = 5 * time.Second
+
 // delivery is how one message goes to one session.
 type delivery struct {
 	qos   byte
@@ -1164,10 +1167,11 @@ func (s *store) run(sess *session, p *pump) {
 	}
 }
 
-// wait blocks until something may have changed for the pump. The ticker is
-// a safety net only: every change signals.
+// wait blocks until something may have changed for the pump. The timer is
+// a safety net only (a group entry another member gave back does not
+// signal); it is long, so that idle connections cost no CPU.
 func (s *store) wait(sess *session, p *pump) bool {
-	t := time.NewTimer(time.Second)
+	t := time.NewTimer(pumpSafetyNet)
 	defer t.Stop()
 	select {
 	case <-p.stop:
@@ -1197,10 +1201,10 @@ func (s *store) step(sess *session, p *pump) (progressed, ok bool) {
 	}
 	if from, scanning := sess.queue.Scan(); scanning {
 		if from >= s.dispatched.Load() {
-			if sess.queue.CatchUp(s.dispatched.Load) {
-				return true, true
-			}
-			return s.stepGroups(sess, p) // the dispatcher has not got there yet
+			// Caught up: take offers from now on. Or the dispatcher moved on
+			// meanwhile, and there is more to scan: either way, go on.
+			sess.queue.CatchUp(s.dispatched.Load)
+			return true, true
 		}
 		e, err := s.readEntry(from)
 		if err != nil {
