@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 BIN     := bin
 
-.PHONY: help build build-all test test-short fuzz lint clean
+.PHONY: help build build-all test test-short fuzz lint clean bench-compare bench-quick
 
 help:
 	@echo "make build      static binary for this machine: $(BIN)/edgemq"
@@ -13,6 +13,8 @@ help:
 	@echo "make test       go test ./... (the README's test command)"
 	@echo "make fuzz       fuzz the config loader for FUZZTIME (default 60s)"
 	@echo "make lint       gofmt, go vet and the import-direction check of DESIGN.md"
+	@echo "make bench-compare  edgemq beside Mosquitto and plain mochi, 3 rounds, under 10 minutes (BENCHFLAGS=...)"
+	@echo "make bench-quick    the same as a one-minute smoke test"
 
 build:
 	$(GOBUILD) -o $(BIN)/edgemq ./cmd/edgemq
@@ -37,3 +39,12 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+# Side-by-side benchmark (deploy/bench/README.md). Needs /usr/sbin/mosquitto.
+# Example: make bench-compare BENCHFLAGS="-json runs.json -md table.md"
+BENCHFLAGS ?=
+bench-compare:
+	deploy/bench/compare.sh $(BENCHFLAGS)
+
+bench-quick:
+	deploy/bench/compare.sh -quick $(BENCHFLAGS)
