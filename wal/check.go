@@ -69,13 +69,21 @@ func Check(dir string) (Report, error) {
 // holes); and in the last segment it keeps the good records before and after
 // a damaged one when the framing allows, and cuts the rest. Each repaired
 // segment is rewritten to a temporary file, fsynced and renamed over the
-// original. The log must not be open. What was lost is logged at Warn and
-// counted in the report. logger nil means slog.Default().
+// original. What was lost is logged at Warn and
+// counted in the report. logger nil means slog.Default(). Repair fails with
+// ErrLocked while a Log has the directory open.
 func Repair(dir string, logger *slog.Logger) (Report, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	fs := FS{}.withDefaults()
+	lock, err := lockDir(dir)
+	if err != nil {
+		return Report{}, err
+	}
+	if lock != nil {
+		defer lock.Close()
+	}
 	rep, err := check(dir, fs, logger)
 	if err != nil && !errors.Is(err, ErrCorrupt) {
 		return rep, err

@@ -25,8 +25,10 @@
 //     Append returns after write(); the writer fsyncs every SyncInterval, so
 //     kill -9 loses nothing and a power cut at most the interval. "never":
 //     fsync only at Close.
-//   - Readers see exactly the durable records, never one that a failure could
-//     still take back.
+//   - Readers see exactly the records that are durable under the policy,
+//     never one that a failed write or fsync could still take back.
+//   - One Log per directory: Open and Repair take an exclusive flock on
+//     dir/LOCK and fail with ErrLocked if it is held. Check only reads.
 //   - Every record is framed with a length and a CRC-32C that also covers its
 //     offset. Open cuts a torn or zero-filled tail of the last segment at the
 //     last good record and logs it at Warn; damage anywhere else is never
@@ -62,7 +64,6 @@
 //   - Under "interval" and "never", a power cut can tear an older segment too;
 //     Check finds it, Repair fixes it.
 //   - A record is at most SegmentSize (minus framing) bytes.
-//   - One process per directory; nothing locks the directory.
 //   - If the process stops between a failed append and the next successful
 //     one, the failed offsets were never written and the next process hands
 //     them out again (nothing durable can refer to them).

@@ -18,10 +18,11 @@ import (
 // Lock order: qmu, then smu, then segment.mu. The cursor table's locks are
 // never held with these.
 type Log struct {
-	dir string
-	cfg Config
-	fs  FS
-	log *slog.Logger
+	dir  string
+	cfg  Config
+	lock *os.File // flock on dir/LOCK
+	fs   FS
+	log  *slog.Logger
 
 	// smu guards the segment list and the durable state.
 	smu       sync.RWMutex
@@ -102,6 +103,11 @@ func Open(dir string, cfg Config) (*Log, error) {
 	if err := l.fs.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l.lock = lock
 	if err := l.load(); err != nil {
 		l.closeFiles()
 		return nil, err
@@ -239,6 +245,10 @@ func (l *Log) Close() error {
 
 func (l *Log) closeFiles() error {
 	var first error
+	if l.lock != nil {
+		l.lock.Close() // releases the flock
+		l.lock = nil
+	}
 	for _, s := range l.segs {
 		s.mu.Lock()
 		if s.f != nil {

@@ -96,3 +96,22 @@ func TestAppendReadReopen(t *testing.T) {
 		})
 	}
 }
+
+// TestLocked: a second Open of the same directory, or a Repair, fails while
+// the log is open, and works after Close.
+func TestLocked(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, testConfig())
+	if _, err := wal.Open(dir, testConfig()); !errors.Is(err, wal.ErrLocked) {
+		t.Fatalf("second open: %v", err)
+	}
+	if _, err := wal.Repair(dir, quietLogger()); !errors.Is(err, wal.ErrLocked) {
+		t.Fatalf("repair of an open log: %v", err)
+	}
+	if _, err := wal.Check(dir); err != nil {
+		t.Fatalf("check of an open log: %v", err)
+	}
+	l.Close()
+	l = mustOpen(t, dir, testConfig())
+	l.Close()
+}
