@@ -55,6 +55,7 @@ type Log struct {
 	concurrency int           // Append calls in the last batch and queued behind it
 	lastFsync   time.Duration // duration of the last segment fsync
 	closeErr    error         // the final fsync's failure, for Close
+	errLog      rateLimit     // for the writer's repeating errors
 
 	retMu sync.Mutex // serialises retention passes
 

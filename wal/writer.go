@@ -30,7 +30,9 @@ func (l *Log) run() {
 		case <-syncC:
 			if err := l.syncFiles(); err != nil {
 				l.stats.syncErrors.Add(1)
-				l.log.Error("wal: periodic fsync failed; will retry", "err", err)
+				if n, ok := l.errLog.allow(time.Now()); ok {
+					l.log.Error("wal: periodic fsync failed; will retry", "err", err, "similar_errors_not_logged", n)
+				}
 			}
 		case <-ret.C:
 			l.retain(0)
@@ -321,7 +323,10 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 // files cannot be put back, the log fails: see ErrFailed.
 func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64, cause error) {
 	cause = ioError("append", cause)
-	l.log.Error("wal: append failed; offsets left as holes", "first", first, "last", last, "err", cause)
+	if n, ok := l.errLog.allow(time.Now()); ok {
+		l.log.Error("wal: append failed; offsets left as holes", "first", first, "last", last,
+			"err", cause, "similar_errors_not_logged", n)
+	}
 	var fatal error
 	for i := len(created) - 1; i >= 0; i-- {
 		s := created[i]
@@ -381,4 +386,23 @@ func (l *Log) markHoles(first, last uint64, cause error) {
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
+}
+
+// rateLimit lets one log line through per second and counts the others, so
+// that a full disk under load does not flood the log. Writer goroutine only.
+type rateLimit struct {
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many were suppressed since the
+// last line.
+func (r *rateLimit) allow(now time.Time) (int, bool) {
+	if now.Sub(r.last) < time.Second {
+		r.suppressed++
+		return 0, false
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	return n, true
 }
