@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/edgemq/edgemq/wal"
 )
@@ -122,11 +123,25 @@ func TestFaultInjection(t *testing.T) {
 	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EIO} {
 		for _, op := range []string{"write", "sync", "create"} {
 			// Count the calls of a clean run to know every injection point.
-			total := countCalls(t, op)
+			total := countCalls(t, op, wal.SyncAlways)
 			for at := 1; at <= total; at++ {
 				name := fmt.Sprintf("%s/%s/%d", errno, op, at)
-				t.Run(name, func(t *testing.T) { runFault(t, op, at, 1, errno) })
+				t.Run(name, func(t *testing.T) { runFault(t, wal.SyncAlways, op, at, 1, errno) })
 			}
+		}
+	}
+}
+
+// TestFaultInjectionInterval does the same under sync interval, where the
+// fsyncs run beside the writer and a failed one is retried: an append is
+// acknowledged after its write, and no fault may lose it.
+func TestFaultInjectionInterval(t *testing.T) {
+	for _, op := range []string{"write", "sync", "create"} {
+		total := countCalls(t, op, wal.SyncInterval)
+		for at := 1; at <= total; at++ {
+			t.Run(fmt.Sprintf("%s/%d", op, at), func(t *testing.T) {
+				runFault(t, wal.SyncInterval, op, at, 1, syscall.EIO)
+			})
 		}
 	}
 }
@@ -174,18 +189,22 @@ func faultWorkload(t *testing.T, l *wal.Log, idBase uint64) (acked map[uint64]ui
 	return acked, errs
 }
 
-func faultConfig(f *faults) wal.Config {
+func faultConfig(f *faults, pol ...wal.SyncPolicy) wal.Config {
 	cfg := testConfig()
 	cfg.SegmentSize = 4 << 10
+	if len(pol) > 0 {
+		cfg.Sync = pol[0]
+		cfg.SyncInterval = time.Millisecond
+	}
 	if f != nil {
 		cfg.FS = f.fs()
 	}
 	return cfg
 }
 
-func countCalls(t *testing.T, op string) int {
+func countCalls(t *testing.T, op string, pol wal.SyncPolicy) int {
 	f := newFaults(syscall.EIO) // nothing fails: no failAt
-	l := mustOpen(t, t.TempDir(), faultConfig(f))
+	l := mustOpen(t, t.TempDir(), faultConfig(f, pol))
 	faultWorkload(t, l, 0)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
@@ -195,12 +214,12 @@ func countCalls(t *testing.T, op string) int {
 	return f.calls[op]
 }
 
-func runFault(t *testing.T, op string, at, failFor int, errno syscall.Errno) {
+func runFault(t *testing.T, pol wal.SyncPolicy, op string, at, failFor int, errno syscall.Errno) {
 	dir := t.TempDir()
 	f := newFaults(errno)
 	f.failAt[op] = at
 	f.failFor = failFor
-	l, err := wal.Open(dir, faultConfig(f))
+	l, err := wal.Open(dir, faultConfig(f, pol))
 	if err != nil {
 		// The fault hit Open itself (creating the first segment): fine, as
 		// long as it says so and a retry works.
@@ -208,7 +227,7 @@ func runFault(t *testing.T, op string, at, failFor int, errno syscall.Errno) {
 			t.Fatalf("open: %v, want %v", err, errno)
 		}
 		f.heal()
-		l = mustOpen(t, dir, faultConfig(f))
+		l = mustOpen(t, dir, faultConfig(f, pol))
 	}
 	acked, errs := faultWorkload(t, l, 0)
 	for _, err := range errs {

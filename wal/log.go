@@ -10,13 +10,14 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Log is an open append log. All methods are safe for concurrent use.
 //
-// Lock order: qmu, then smu, then segment.mu. The cursor table's locks are
-// never held with these.
+// Lock order: qmu, then smu, then segment.mu; syncMu, then segment.mu. The
+// cursor table's locks and retMu are never taken under these.
 type Log struct {
 	dir  string
 	cfg  Config
@@ -47,15 +48,19 @@ type Log struct {
 
 	// Writer goroutine state (no lock: only the writer touches it).
 	tail        *segment
-	synced      []*segment // segments with unsynced data (the tail included)
-	dirDirty    bool       // a segment file was created since the last dir fsync
-	holeFrom    uint64     // offsets [holeFrom, holeTo] failed and still need
-	holeTo      uint64     // hole entries on disk (holeFrom == 0: none)
+	holeFrom    uint64 // offsets [holeFrom, holeTo] failed and still need
+	holeTo      uint64 // hole entries on disk (holeFrom == 0: none)
 	hbuf        []byte
-	concurrency int           // Append calls in the last batch and queued behind it
-	lastFsync   time.Duration // duration of the last segment fsync
-	closeErr    error         // the final fsync's failure, for Close
-	errLog      rateLimit     // for the writer's repeating errors
+	concurrency int          // Append calls in the last batch and queued behind it
+	lastFsync   atomic.Int64 // nanoseconds of the last segment fsync
+	closeErr    error        // the final fsync's failure, for Close
+	errLog      rateLimit    // for the writer's repeating errors
+
+	// syncMu guards what waits for an fsync: the writer adds, syncFiles
+	// (writer or, under SyncInterval, the sync goroutine) takes.
+	syncMu   sync.Mutex
+	synced   []*segment // segments with unsynced data (the tail included)
+	dirDirty bool       // a segment file was created since the last dir fsync
 
 	retMu sync.Mutex // serialises retention passes
 

@@ -15,11 +15,10 @@ import (
 // that arrived meanwhile (group commit). Started by Open, stopped by Close.
 func (l *Log) run() {
 	defer close(l.done)
-	var syncC <-chan time.Time
+	var syncDone chan struct{}
 	if l.cfg.Sync == SyncInterval {
-		t := time.NewTicker(l.cfg.SyncInterval)
-		defer t.Stop()
-		syncC = t.C
+		syncDone = make(chan struct{})
+		go l.syncLoop(syncDone)
 	}
 	ret := time.NewTicker(l.cfg.RetentionCheck)
 	defer ret.Stop()
@@ -27,22 +26,41 @@ func (l *Log) run() {
 		select {
 		case <-l.kick:
 			l.flush()
-		case <-syncC:
-			if err := l.syncFiles(); err != nil {
-				l.stats.syncErrors.Add(1)
-				if n, ok := l.errLog.allow(time.Now()); ok {
-					l.log.Error("wal: periodic fsync failed; will retry", "err", err, "similar_errors_not_logged", n)
-				}
-			}
 		case <-ret.C:
 			l.retain(0)
 		case <-l.stop:
 			for l.flush() {
 			}
+			if syncDone != nil {
+				<-syncDone
+			}
 			if err := l.syncFiles(); err != nil {
 				l.stats.syncErrors.Add(1)
 				l.closeErr = fmt.Errorf("wal: fsync at close: %w", err)
 			}
+			return
+		}
+	}
+}
+
+// syncLoop is the fsync goroutine of SyncInterval: it fsyncs what the writer
+// wrote every SyncInterval, while the writer goes on writing, so appends
+// never wait for these fsyncs. Started and waited for by run.
+func (l *Log) syncLoop(done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(l.cfg.SyncInterval)
+	defer t.Stop()
+	var errLog rateLimit
+	for {
+		select {
+		case <-t.C:
+			if err := l.syncFiles(); err != nil {
+				l.stats.syncErrors.Add(1)
+				if n, ok := errLog.allow(time.Now()); ok {
+					l.log.Error("wal: periodic fsync failed; will retry", "err", err, "similar_errors_not_logged", n)
+				}
+			}
+		case <-l.stop:
 			return
 		}
 	}
@@ -87,7 +105,7 @@ func (l *Log) flush() bool {
 // fsync's time (and 1ms), so that one fsync covers everyone. A single
 // appender never waits.
 func (l *Log) linger(target int) {
-	d := min(l.lastFsync/4, time.Millisecond)
+	d := min(time.Duration(l.lastFsync.Load())/4, time.Millisecond)
 	if d <= 0 {
 		return
 	}
@@ -230,6 +248,7 @@ func (l *Log) roll(base uint64) error {
 	l.segs = append(l.segs, s)
 	l.smu.Unlock()
 	l.tail = s
+	l.syncMu.Lock()
 	l.dirDirty = true
 	// Under SyncNever the list only empties at Close: forget what retention
 	// removed meanwhile.
@@ -238,54 +257,71 @@ func (l *Log) roll(base uint64) error {
 		defer x.mu.Unlock()
 		return x.removed
 	})
+	l.syncMu.Unlock()
 	l.stats.segments.Add(1)
 	return nil
 }
 
+// markDirty records that s has data to fsync.
 func (l *Log) markDirty(s *segment) {
 	s.mu.Lock()
 	dirty := s.unsynced
 	s.unsynced = true
 	s.mu.Unlock()
 	if !dirty {
+		l.syncMu.Lock()
 		l.synced = append(l.synced, s)
+		l.syncMu.Unlock()
 	}
 }
 
 // syncFiles fsyncs every segment with unsynced data, then the directory if
-// a segment was created. Writer goroutine only.
+// a segment was created. The writer calls it (SyncAlways, Close), or the
+// sync goroutine (SyncInterval) while the writer writes: a segment is marked
+// clean before its fsync, so a write during the fsync marks it again.
 func (l *Log) syncFiles() error {
-	for len(l.synced) > 0 {
-		s := l.synced[0]
+	l.syncMu.Lock()
+	list, dir := l.synced, l.dirDirty
+	l.synced, l.dirDirty = nil, false
+	l.syncMu.Unlock()
+	var err error
+	for i, s := range list {
 		s.mu.Lock()
 		f, removed := s.f, s.removed
-		s.mu.Unlock()
-		start := time.Now()
-		if !removed {
-			if err := f.Sync(); err != nil {
-				s.mu.Lock()
-				removed = s.removed // retention closed it meanwhile
-				s.mu.Unlock()
-				if !removed {
-					return fmt.Errorf("fsync segment %s: %w", s.name, err)
-				}
-			}
-		}
-		l.stats.fsyncs.Add(1)
-		l.lastFsync = time.Since(start)
-		l.stats.fsyncLatency.observe(l.lastFsync)
-		s.mu.Lock()
 		s.unsynced = false
 		s.mu.Unlock()
-		l.synced = l.synced[1:]
-	}
-	if l.dirDirty {
-		if err := l.fs.syncDir(l.dir); err != nil {
-			return fmt.Errorf("fsync %s: %w", l.dir, err)
+		if removed {
+			continue
 		}
-		l.dirDirty = false
+		start := time.Now()
+		if serr := f.Sync(); serr != nil {
+			s.mu.Lock()
+			removed = s.removed // retention closed it meanwhile
+			s.mu.Unlock()
+			if !removed {
+				err = fmt.Errorf("fsync segment %s: %w", s.name, serr)
+				for _, r := range list[i:] {
+					l.markDirty(r) // retry later
+				}
+				break
+			}
+		}
+		d := time.Since(start)
+		l.stats.fsyncs.Add(1)
+		l.lastFsync.Store(int64(d))
+		l.stats.fsyncLatency.observe(d)
 	}
-	return nil
+	if dir && err == nil {
+		if derr := l.fs.syncDir(l.dir); derr != nil {
+			err = fmt.Errorf("fsync %s: %w", l.dir, derr)
+		}
+	}
+	if dir && err != nil {
+		l.syncMu.Lock()
+		l.dirDirty = true
+		l.syncMu.Unlock()
+	}
+	return err
 }
 
 // publish makes a written batch visible: it extends the segment indexes and
@@ -333,7 +369,9 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 		l.smu.Lock()
 		l.segs = slices.DeleteFunc(l.segs, func(x *segment) bool { return x == s })
 		l.smu.Unlock()
+		l.syncMu.Lock()
 		l.synced = slices.DeleteFunc(l.synced, func(x *segment) bool { return x == s })
+		l.syncMu.Unlock()
 		l.stats.segments.Add(-1)
 		l.stats.diskBytes.Add(-s.size.Load())
 		s.mu.Lock()
