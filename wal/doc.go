@@ -22,8 +22,9 @@
 //     the directory, when the records opened a new segment file). One writer
 //     goroutine takes everything queued while the previous fsync ran and
 //     writes it with one write() and one fsync (group commit). "interval":
-//     Append returns after write(); the writer fsyncs every SyncInterval, so
-//     kill -9 loses nothing and a power cut at most the interval. "never":
+//     Append returns after write(); a second goroutine fsyncs every
+//     SyncInterval while the writer goes on, so kill -9 loses nothing, a power
+//     cut at most the interval, and appends never wait for an fsync. "never":
 //     fsync only at Close.
 //   - Readers see exactly the records that are durable under the policy,
 //     never one that a failed write or fsync could still take back.
@@ -94,7 +95,8 @@
 //     (wal.go:355-376), 100-300 ms with 20 MiB segments. Here a segment ends
 //     at a batch boundary, so under "always" the batches that filled it
 //     already fsynced it and a roll costs the new file's creation and a
-//     directory fsync; under "interval" the next tick fsyncs the old file.
+//     directory fsync; under "interval" the sync goroutine's next tick
+//     fsyncs the old file.
 //   - Reads: tidwall's concurrent Reads of older segments race and panic
 //     (tidwall/wal#34), and each read of an uncached segment loads the whole
 //     file. Here every segment has a sparse index (8 bytes per 4 KiB, kept
