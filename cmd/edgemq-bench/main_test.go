@@ -157,6 +157,9 @@ func TestTally(t *testing.T) {
 	if got := len(win.tokens); got != 6 {
 		t.Errorf("window tokens back %d, want 6", got)
 	}
+	if got := tl.missing(0, 7, 5); len(got) != 2 || got[0] != 4 || got[1] != 6 {
+		t.Errorf("missing %v, want [4 6]", got)
+	}
 	if l := tl.lat[0]; len(l) != 5 {
 		t.Errorf("latency samples %d, want 5", len(l))
 	}

@@ -606,6 +606,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	r.Expected = (r.Published - r.Rejected) * uint64(copies)
 	var lastNano int64
 	var lat [][]uint32
+	var missingNotes []string
 	for _, t := range tallies {
 		for i := range t.pubs {
 			tp := &t.pubs[i]
@@ -615,6 +616,10 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 			exp := pubsDone[i].sent.Load() - pubsDone[i].rejected.Load()
 			if tp.unique < exp {
 				r.Lost += exp - tp.unique
+				if len(missingNotes) < 5 && pubsDone[i].rejected.Load() == 0 {
+					missingNotes = append(missingNotes, fmt.Sprintf("publisher %d: %d missing, first %v",
+						i, exp-tp.unique, t.missing(i, exp, 5)))
+				}
 			}
 		}
 		r.Foreign += t.foreign + t.short
@@ -673,6 +678,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	if late > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("generator fell behind its schedule by more than 10 ms on %d sends", late))
 	}
+	r.Notes = append(r.Notes, missingNotes...)
 	r.Notes = append(r.Notes, pubLoops.errs...)
 	r.Notes = append(r.Notes, subLoops.errs...)
 	return nil
@@ -846,6 +852,9 @@ func runBacklog(ctx context.Context, p params, r *Result) error {
 	r.Foreign = t.foreign + t.short
 	if tp.unique < want {
 		r.Lost = want - tp.unique
+		if r.Rejected == 0 {
+			r.Notes = append(r.Notes, fmt.Sprintf("missing sequence numbers, first: %v", t.missing(0, want, 10)))
+		}
 	}
 	r.Lossy = r.Lost > 0
 	if t.lastNano > 0 {

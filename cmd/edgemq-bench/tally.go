@@ -222,3 +222,17 @@ func summarize(samples []uint32) latencyStats {
 	return latencyStats{Samples: len(samples), P50: q(0.50), P99: q(0.99), P999: q(0.999),
 		Max: float64(samples[len(samples)-1]) / 1000}
 }
+
+// missing lists up to limit sequence numbers below n that publisher pub
+// never delivered to this tally, for the notes of a lossy run.
+func (t *tally) missing(pub int, n uint64, limit int) []uint64 {
+	var out []uint64
+	p := &t.pubs[pub]
+	for seq := uint64(0); seq < n && len(out) < limit; seq++ {
+		w := seq / 64
+		if w >= uint64(len(p.seen)) || p.seen[w]&(1<<(seq%64)) == 0 {
+			out = append(out, seq)
+		}
+	}
+	return out
+}
