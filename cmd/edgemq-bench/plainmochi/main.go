@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -64,5 +66,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	<-ctx.Done()
-	return srv.Close()
+	// mochi's Close can block for good on a deadlocked client (the MQTT 5
+	// inflight deadlock of v2.7.9); a baseline broker must still exit.
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close() }()
+	select {
+	case err := <-closed:
+		return err
+	case <-time.After(5 * time.Second):
+		return errors.New("close: still blocked after 5 s, exiting anyway")
+	}
 }
