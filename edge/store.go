@@ -107,6 +107,9 @@ type group struct {
 	since  uint64
 	queue  *qos.Queue
 	scanMu sync.Mutex // one member scans the log at a time
+	// readFailures counts the tries of the record the scan stands at;
+	// guarded by scanMu.
+	readFailures int
 }
 
 // pump delivers one connection's messages.
@@ -114,8 +117,10 @@ type pump struct {
 	cl     *mqtt.Client
 	window int
 	wake   chan struct{} // capacity 1: a queue, a group or the window changed
-	stop   chan struct{}
-	done   chan struct{}
+	// readFailures counts the tries of the record the scan stands at.
+	readFailures int
+	stop         chan struct{}
+	done         chan struct{}
 }
 
 func (p *pump) signal() {
@@ -395,6 +400,11 @@ func (s *store) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.ReceiveMaximum > 0 {
 		window = min(window, int(cl.Properties.Props.ReceiveMaximum)) // [MQTT-3.3.4-9]
 	}
+	// The pump keeps the client's window; mochi's own send quota would
+	// only make it call Inflight.NextImmediate after every packet, which
+	// read-locks the inflight map twice (inflight.go:95-99) and deadlocks
+	// against the pump's Inflight.Set. With a zero quota mochi never does.
+	cl.State.Inflight.ResetSendQuota(0)
 	p := &pump{cl: cl, window: window, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sess.p = p
 	s.m.online.Inc()
@@ -1208,10 +1218,13 @@ func (s *store) step(sess *session, p *pump) (progressed, ok bool) {
 		}
 		e, err := s.readEntry(from)
 		if err != nil {
-			s.lg.Warn("session scan: log read failed", "client", sess.id, "offset", from, "error", err)
-			sess.queue.Scanned(from) // what the log lost cannot be delivered
+			if !s.skipUnreadable(&p.readFailures, from, err) {
+				return true, true // try it again
+			}
+			sess.queue.Scanned(from)
 			return true, true
 		}
+		p.readFailures = 0
 		ok := true
 		if e.Msg != nil {
 			ok = s.deliverOwn(sess, p, e)
@@ -1305,13 +1318,40 @@ func (s *store) takeGroup(g *group) (qos.Entry, bool) {
 		return qos.Entry{}, false
 	}
 	e, err := s.readEntry(from)
-	g.queue.Scanned(from)
-	if err != nil {
-		s.lg.Warn("group scan: log read failed", "group", g.key, "offset", from, "error", err)
-		return qos.Entry{Offset: from}, true
+	if err != nil && !s.skipUnreadable(&g.readFailures, from, err) {
+		return qos.Entry{}, false // try it again
 	}
+	g.readFailures = 0
+	g.queue.Scanned(from)
 	return e, true
 }
+
+// skipUnreadable decides what a scan does with a record it cannot read: a
+// record retention removed is skipped at once; any other error is tried
+// again (a read may fail for a moment) and skipped, counted and logged as
+// lost, only after maxReadFailures tries. failures counts the tries.
+func (s *store) skipUnreadable(failures *int, off uint64, err error) bool {
+	if errors.Is(err, wal.ErrTruncated) {
+		s.m.dropped.WithLabelValues("log_trimmed").Inc()
+		s.lg.Warn("scan: record removed by retention", "offset", off)
+		return true
+	}
+	*failures++
+	if *failures < maxReadFailures {
+		time.Sleep(readRetry)
+		return false
+	}
+	*failures = 0
+	s.m.dropped.WithLabelValues("log_unreadable").Inc()
+	s.lg.Error("scan: record unreadable, skipped", "offset", off, "error", err)
+	return true
+}
+
+// A scan tries an unreadable record maxReadFailures times, readRetry apart.
+const (
+	maxReadFailures = 20
+	readRetry       = 50 * time.Millisecond
+)
 
 // send writes one message to the client: QoS 0 as is; QoS 1/2 under a new
 // packet id, logged for a persistent session (QoS 2: durably, before the
@@ -1473,9 +1513,18 @@ func (s *store) resend(sess *session, p *pump) bool {
 			m := it.f.msg
 			if m == nil {
 				e, err := s.readEntry(it.f.offset)
-				if err != nil || e.Msg == nil {
-					s.lg.Warn("resend: message gone from the log", "client", sess.id, "offset", it.f.offset, "error", err)
-					s.complete(p.cl, it.pid, ackType(it.f.qos))
+				if err == nil && e.Msg == nil {
+					err = errors.New("not a message record")
+				}
+				if err != nil {
+					if errors.Is(err, wal.ErrTruncated) || errors.Is(err, qos.ErrBadRecord) {
+						s.lg.Warn("resend: message gone from the log", "client", sess.id, "offset", it.f.offset, "error", err)
+						s.m.dropped.WithLabelValues("log_trimmed").Inc()
+						s.complete(p.cl, it.pid, ackType(it.f.qos))
+					} else {
+						// Kept: the next connection tries again.
+						s.lg.Warn("resend: message unreadable for now", "client", sess.id, "offset", it.f.offset, "error", err)
+					}
 					continue
 				}
 				m = e.Msg

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -597,4 +598,61 @@ func TestCheckStorage(t *testing.T) {
 		t.Fatalf("after repair: %v\n%s", err, strings.Join(lines, "\n"))
 	}
 	r.tb = startBroker(t, r.cfg)
+}
+
+// TestV5SubscriberUnderLoad: an MQTT 5 subscriber with a Receive Maximum,
+// at QoS 1, gets every one of many concurrent publishers' messages. With a
+// send quota, mochi read-locked its inflight map twice after every packet
+// and deadlocked against the store's deliveries.
+func TestV5SubscriberUnderLoad(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	sub := dialRaw(t, addr, 5)
+	con := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+	con.Connect.ProtocolName, con.Connect.ClientIdentifier, con.Connect.Keepalive = []byte("MQTT"), "load-sub", 30
+	con.Connect.Clean = true
+	con.Properties.ReceiveMaximum = 100
+	sub.send(con)
+	if _, err := sub.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sub.subscribe(1, "load/#", 1)
+	if _, err := sub.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	const pubs, each = 8, 500
+	var wg sync.WaitGroup
+	for i := range pubs {
+		p, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: fmt.Sprintf("load-pub-%d", i)})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range each {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := p.Publish(ctx, &paho.Publish{Topic: fmt.Sprintf("load/%d", i), QoS: 1, Payload: []byte(strconv.Itoa(j))})
+				cancel()
+				if err != nil {
+					t.Errorf("publisher %d, message %d: %v", i, j, err)
+					return
+				}
+			}
+		}()
+	}
+	got := map[string]int{}
+	for n := 0; n < pubs*each; {
+		m, err := sub.read(10 * time.Second)
+		if err != nil {
+			t.Fatalf("received %d of %d: %v", n, pubs*each, err)
+		}
+		if m.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		if want := strconv.Itoa(got[m.TopicName]); string(m.Payload) != want {
+			t.Fatalf("%s: got %s, want %s", m.TopicName, m.Payload, want)
+		}
+		got[m.TopicName]++
+		n++
+		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: m.PacketID})
+	}
+	wg.Wait()
 }
