@@ -470,6 +470,10 @@ type window struct {
 	start int64 // file position of buf[0]
 	buf   []byte
 	pos   int
+	// durable is the durable offset when the window was read: the window
+	// may hold records after it, written but not yet durable, which a
+	// reader must not return.
+	durable uint64
 }
 
 // readWindow reads the window holding offset.
@@ -487,6 +491,7 @@ func (l *Log) readWindow(offset uint64) (window, error) {
 		l.smu.RUnlock()
 		return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 	}
+	durable := l.durable
 	i, _ := slices.BinarySearchFunc(l.segs, offset, func(s *segment, off uint64) int {
 		if s.base > off {
 			return 1
@@ -532,7 +537,7 @@ func (l *Log) readWindow(offset uint64) (window, error) {
 		}
 		pos += n
 	}
-	return window{seg: s, start: start, buf: buf, pos: pos}, nil
+	return window{seg: s, start: start, buf: buf, pos: pos, durable: durable}, nil
 }
 
 // decodeAt decodes the entry of offset at w.pos. It returns a copy of the

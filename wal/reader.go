@@ -37,7 +37,10 @@ func (r *Reader) Seek(offset uint64) { r.next, r.w = offset, window{} }
 func (r *Reader) Next(ctx context.Context) (offset uint64, rec []byte, err error) {
 	for {
 		off := r.next
-		if r.w.buf == nil || r.wOff != off || r.w.pos >= len(r.w.buf) || r.l.isClosed() {
+		// A new window also when the next record is past what was durable
+		// when this one was read: the window may hold it written, not yet
+		// durable.
+		if r.w.buf == nil || r.wOff != off || r.w.pos >= len(r.w.buf) || off > r.w.durable || r.l.isClosed() {
 			w, err := r.l.readWindow(off)
 			if errors.Is(err, ErrNotFound) {
 				if err := r.l.waitFor(ctx, off); err != nil {
