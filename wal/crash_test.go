@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -164,7 +165,13 @@ func crashLoop(t *testing.T, pol wal.SyncPolicy, iters int) {
 		if err != nil {
 			t.Fatalf("kill %d: open: %v", it, err)
 		}
-		for off, id := range acked {
+		offs := make([]uint64, 0, len(acked))
+		for off := range acked {
+			offs = append(offs, off)
+		}
+		slices.Sort(offs) // in order: one window read serves many records
+		for _, off := range offs {
+			id := acked[off]
 			rec, err := l.Read(off)
 			if err != nil || !bytes.Equal(rec, payload(id)) {
 				l.Close()
