@@ -224,9 +224,6 @@ func (s *store) close() {
 	}
 }
 
-// end returns the offset the log assigns next.
-func (s *store) end() uint64 { return s.log.LastOffset() + 1 }
-
 // persistent reports whether cl's session outlives its connection
 // [MQTT-3.1.2-23] [MQTT-3.1.2-6].
 func persistent(cl *mqtt.Client) bool {
