@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"log/slog"
 	"time"
 )
 
@@ -205,17 +204,4 @@ func DefaultConfig() Config {
 		Log:      LogConfig{Level: "info", Format: "text"},
 		Shutdown: ShutdownConfig{Grace: 10 * time.Second, BatchSize: 100},
 	}
-}
-
-// logLevel maps Level to slog; Validate rejects unknown names.
-func (c LogConfig) logLevel() slog.Level {
-	switch c.Level {
-	case "debug":
-		return slog.LevelDebug
-	case "warn":
-		return slog.LevelWarn
-	case "error":
-		return slog.LevelError
-	}
-	return slog.LevelInfo
 }

@@ -474,6 +474,4 @@ func (rc *rawClient) closed(d time.Duration) bool {
 	return true // reset and the like
 }
 
-func payload(format string, args ...any) []byte { return []byte(fmt.Sprintf(format, args...)) }
-
 func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -130,9 +130,6 @@ func (p *pump) signal() {
 	}
 }
 
-// errStoreClosed is returned by appends after close.
-var errStoreClosed = errors.New("edge: store closed")
-
 // storeOptions configure a store.
 type storeOptions struct {
 	queueLimit  int

@@ -248,29 +248,27 @@ func (c *client) subscribe(filter string, qos byte) error {
 	}
 	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer c.conn.SetReadDeadline(time.Time{})
-	for {
-		p, err := c.pr.read()
-		if err != nil {
-			return fmt.Errorf("read SUBACK: %w", err)
-		}
-		if p.typ != pktSuback {
-			// A persistent session may deliver its backlog before the SUBACK;
-			// the backlog scenario subscribes only on a clean session.
-			return fmt.Errorf("expected SUBACK, got packet type %d", p.typ)
-		}
-		codes := p.body[2:]
-		if c.version == proto5 {
-			pl, n, err := readVarint(codes)
-			if err != nil {
-				return err
-			}
-			codes = codes[n+pl:]
-		}
-		if len(codes) != 1 || codes[0] >= 0x80 {
-			return fmt.Errorf("subscribe %q refused: % x", filter, codes)
-		}
-		return nil
+	p, err := c.pr.read()
+	if err != nil {
+		return fmt.Errorf("read SUBACK: %w", err)
 	}
+	if p.typ != pktSuback {
+		// A persistent session may deliver its backlog before the SUBACK;
+		// the backlog scenario subscribes only on a clean session.
+		return fmt.Errorf("expected SUBACK, got packet type %d", p.typ)
+	}
+	codes := p.body[2:]
+	if c.version == proto5 {
+		pl, n, err := readVarint(codes)
+		if err != nil {
+			return err
+		}
+		codes = codes[n+pl:]
+	}
+	if len(codes) != 1 || codes[0] >= 0x80 {
+		return fmt.Errorf("subscribe %q refused: % x", filter, codes)
+	}
+	return nil
 }
 
 // close sends DISCONNECT when graceful, then closes the connection and
