@@ -662,3 +662,45 @@ func TestV5SubscriberUnderLoad(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestSharedGroupBacklogAcrossRestart: messages for a shared group whose
+// members are all offline wait in the log, survive a restart, and are
+// delivered once across the group when members return.
+func TestSharedGroupBacklogAcrossRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	for _, id := range []string{"w1", "w2"} {
+		s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id, persistent: true})
+		s.subscribe(t, "$share/workers/jobs/#", 1)
+		_ = s.Disconnect(&paho.Disconnect{})
+		<-doneOrTimeout(s.Done())
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "jobs-pub"})
+	const n = 100
+	for i := range n {
+		if _, err := p.publish(t, "jobs/x", 1, false, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.restart()
+	w1, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "w1", persistent: true})
+	w2, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "w2", persistent: true})
+	seen := map[string]int{}
+	deadline := time.After(15 * time.Second)
+	for len(seen) < n {
+		select {
+		case m := <-w1.msgs:
+			seen[string(m.Payload)]++
+		case m := <-w2.msgs:
+			seen[string(m.Payload)]++
+		case <-deadline:
+			t.Fatalf("the group got %d of %d jobs", len(seen), n)
+		}
+	}
+	w1.quiet(t, 300*time.Millisecond)
+	w2.quiet(t, 100*time.Millisecond)
+	for job, c := range seen {
+		if c != 1 {
+			t.Errorf("job %s delivered %d times", job, c)
+		}
+	}
+}
