@@ -311,6 +311,15 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 		sess.stopPump()
 		s.m.online.Dec()
 	}
+	if old := sess.cl; old != nil {
+		// A takeover: mochi copies the old connection's inflight map to the
+		// new one and writes it all again, around the log. The new pump
+		// resends the session's messages itself (a QoS 2 one only once its
+		// delivery record is durable), so mochi gets none of them to copy.
+		for pid := range sess.inflight {
+			old.State.Inflight.Delete(pid)
+		}
+	}
 	sess.cl = cl
 	sess.expiresAt = 0
 	sess.persistent = persistent(cl)
