@@ -704,3 +704,40 @@ func TestSharedGroupBacklogAcrossRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestTakeoverResendsUnacknowledged: messages the old connection held
+// unacknowledged go to the new one, once each, with DUP set, in order.
+func TestTakeoverResendsUnacknowledged(t *testing.T) {
+	r := newRestartable(t, nil)
+	old := dialRaw(t, r.ep().addr, 5)
+	old.connect("taker", false, 30)
+	old.subscribe(1, "tk/#", 1)
+	if _, err := old.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "tk-pub"})
+	for i := range 3 {
+		if _, err := p.publish(t, "tk/t", 1, false, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 { // read, do not acknowledge
+		if m, err := old.read(5 * time.Second); err != nil || m.FixedHeader.Type != packets.Publish {
+			t.Fatalf("old connection: %v %+v", err, m)
+		}
+	}
+	nu := dialRaw(t, r.ep().addr, 5)
+	if ack := nu.connect("taker", false, 30); !ack.SessionPresent {
+		t.Fatal("session not present at takeover")
+	}
+	for i := range 3 {
+		m, err := nu.read(5 * time.Second)
+		if err != nil || m.FixedHeader.Type != packets.Publish || string(m.Payload) != strconv.Itoa(i) || !m.FixedHeader.Dup {
+			t.Fatalf("resend %d: %v type %d payload %q dup %v", i, err, m.FixedHeader.Type, m.Payload, m.FixedHeader.Dup)
+		}
+		nu.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: m.PacketID})
+	}
+	if m, err := nu.read(500 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected packet type %d payload %q after the resends", m.FixedHeader.Type, m.Payload)
+	}
+}
