@@ -1181,8 +1181,8 @@ func (s *store) run(sess *session, p *pump) {
 }
 
 // wait blocks until something may have changed for the pump. The timer is
-// a safety net only (a group entry another member gave back does not
-// signal); it is long, so that idle connections cost no CPU.
+// a safety net only: every change signals. It is long, so that idle
+// connections cost no CPU.
 func (s *store) wait(sess *session, p *pump) bool {
 	t := time.NewTimer(pumpSafetyNet)
 	defer t.Stop()
@@ -1456,10 +1456,22 @@ func (s *store) requeue(sess *session, e qos.Entry, group string) {
 		return
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	g := s.groups[group]
-	s.mu.Unlock()
-	if g != nil {
-		g.queue.Requeue(e)
+	if g == nil {
+		return
+	}
+	g.queue.Requeue(e)
+	// Another member may take it now: wake the connected ones.
+	for _, m := range s.sessions {
+		if m == sess {
+			continue
+		}
+		m.mu.Lock()
+		if _, member := m.subs[group]; member && m.p != nil {
+			m.p.signal()
+		}
+		m.mu.Unlock()
 	}
 }
 
