@@ -110,6 +110,10 @@ type group struct {
 	// readFailures counts the tries of the record the scan stands at;
 	// guarded by scanMu.
 	readFailures int
+	// returned holds QoS 1 entries a member took and could not finish (it
+	// left, or its connection went first): members take them before the
+	// queue. Guarded by scanMu.
+	returned []qos.Entry
 }
 
 // pump delivers one connection's messages.
@@ -489,6 +493,20 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		sess.stopPump()
 		s.m.online.Dec()
 	}
+	// A QoS 1 message a shared group gave this member, unacknowledged, goes
+	// to another member [MQTT-4.8.2]; a QoS 2 one must stay with this
+	// member [MQTT-4.8.2-4] [MQTT-4.8.2-5].
+	var handBack []*flight
+	for pid, f := range sess.inflight {
+		if f.group != "" && f.qos == 1 {
+			// Not logged as complete: should the broker stop before another
+			// member takes it, this member still holds it after the restart
+			// (at least once).
+			handBack = append(handBack, f)
+			delete(sess.inflight, pid)
+			cl.State.Inflight.Delete(pid)
+		}
+	}
 	now := time.Now().Unix()
 	sess.cl = nil
 	sess.expiresAt = 0
@@ -518,6 +536,10 @@ func (s *store) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	pending := sess.willDue > 0
 	sess.mu.Unlock()
+	slices.SortFunc(handBack, func(a, b *flight) int { return cmp.Compare(a.offset, b.offset) })
+	for _, f := range handBack {
+		s.returnToGroupLocked(sess, f.group, qos.Entry{Offset: f.offset, Msg: f.msg})
+	}
 	if will != nil {
 		s.publishWill(will)
 	}
@@ -1307,6 +1329,19 @@ func (s *store) stepGroups(sess *session, p *pump) (progressed, ok bool) {
 // takeGroup takes the next entry of a group: from its RAM queue, or one
 // record of its scan (Msg nil when the record is not for the group).
 func (s *store) takeGroup(g *group) (qos.Entry, bool) {
+	g.scanMu.Lock()
+	if len(g.returned) > 0 {
+		e := g.returned[0]
+		g.returned = g.returned[1:]
+		g.scanMu.Unlock()
+		if e.Msg == nil { // a flight recovered from the log carries no message
+			if r, err := s.readEntry(e.Offset); err == nil {
+				e = r
+			}
+		}
+		return e, true
+	}
+	g.scanMu.Unlock()
 	if e, ok := g.queue.Pop(); ok {
 		return e, true
 	}
@@ -1457,11 +1492,21 @@ func (s *store) requeue(sess *session, e qos.Entry, group string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.returnToGroupLocked(sess, group, e)
+}
+
+// returnToGroupLocked gives an entry back to a shared group for another
+// member to take, and wakes them. Not to the queue itself: in scan mode
+// that would scan again what other members took. Called with s.mu held,
+// not sess.mu.
+func (s *store) returnToGroupLocked(sess *session, group string, e qos.Entry) {
 	g := s.groups[group]
 	if g == nil {
 		return
 	}
-	g.queue.Requeue(e)
+	g.scanMu.Lock()
+	g.returned = append(g.returned, e)
+	g.scanMu.Unlock()
 	// Another member may take it now: wake the connected ones.
 	for _, m := range s.sessions {
 		if m == sess {

@@ -741,3 +741,29 @@ func TestTakeoverResendsUnacknowledged(t *testing.T) {
 		t.Fatalf("unexpected packet type %d payload %q after the resends", m.FixedHeader.Type, m.Payload)
 	}
 }
+
+// TestSharedGroupHandsBackQoS1: a QoS 1 message a group member took and did
+// not acknowledge goes to another member when the first one leaves
+// [MQTT-4.8.2], even when the first had a clean session.
+func TestSharedGroupHandsBackQoS1(t *testing.T) {
+	r := newRestartable(t, nil)
+	quitter := dialRaw(t, r.ep().addr, 5)
+	quitter.connect("quitter", true, 30)
+	quitter.subscribe(1, "$share/pool/work/#", 1)
+	if _, err := quitter.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "work-pub"})
+	if _, err := p.publish(t, "work/1", 1, false, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := quitter.read(5 * time.Second); err != nil || string(m.Payload) != "job" {
+		t.Fatalf("first member: %v %+v", err, m)
+	}
+	stayer, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "stayer"})
+	stayer.subscribe(t, "$share/pool/work/#", 1)
+	_ = quitter.c.Close() // leaves without acknowledging
+	if m := stayer.receive(t, 1)[0]; string(m.Payload) != "job" {
+		t.Fatalf("second member got %q", m.Payload)
+	}
+}
