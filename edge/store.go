@@ -836,7 +836,8 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 	return pk, nil
 }
 
-// session returns cl's session if cl is its current connection.
+// sessionOf returns the session of cl's client id, which cl may no longer
+// own (callers that care compare session.cl).
 func (s *store) sessionOf(cl *mqtt.Client) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1063,18 +1064,16 @@ func (s *store) dispatch() {
 		// it may switch to taking offers (qos.Queue.CatchUp), and must not
 		// do so while this record is being offered.
 		s.dispatched.Store(off + 1)
-		kind := qos.KindOf(rec)
-		if kind == qos.KindMessage {
-			m := new(qos.Message)
-			if err := m.UnmarshalBinary(rec); err != nil {
-				s.lg.Error("dispatcher: bad message record", "offset", off, "error", err)
-			} else if m.QoS > 0 || m.Will {
-				s.fanout(off, m)
-			}
+		// One decode serves the fan-out and the shadow state.
+		kind, v, err := qos.Decode(rec)
+		if err != nil {
+			s.lg.Error("dispatcher: record not understood", "offset", off, "error", err)
+		} else if m, ok := v.(*qos.Message); ok && (m.QoS > 0 || m.Will) {
+			s.fanout(off, m)
 		}
 		s.fannedOut.Store(off + 1)
-		if err := s.shadow.Apply(off, rec); err != nil {
-			s.lg.Error("dispatcher: record not understood", "offset", off, "error", err)
+		if err == nil {
+			s.shadow.ApplyDecoded(off, kind, v)
 		}
 		// A checkpoint's own record is no reason for another checkpoint.
 		dirty = dirty || kind != qos.KindCheckpoint

@@ -93,6 +93,14 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 	if err != nil {
 		return fmt.Errorf("offset %d: %w", offset, err)
 	}
+	st.ApplyDecoded(offset, k, v)
+	return nil
+}
+
+// ApplyDecoded is Apply for a record its caller already decoded with
+// Decode (the dispatcher needs the message itself too). The body must not
+// be changed afterwards: the State may keep it (a retained message).
+func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	switch r := v.(type) {
 	case *Message:
 		if r.Will {
@@ -187,7 +195,6 @@ func (st *State) Apply(offset uint64, rec []byte) error {
 			}
 		}
 	}
-	return nil
 }
 
 // Clone returns a deep copy, for comparing a live state with a replayed one.
