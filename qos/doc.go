@@ -17,6 +17,10 @@
 //   - Queue: one consumer's backlog as log offsets, in RAM up to a bound, a
 //     position in the log beyond it or while the consumer is offline.
 //   - Match and SplitShared: MQTT topic filter matching [MQTT-4.7].
+//   - Log, LogReader, Cursor, Snapshots and Conn: what the delivery engine
+//     needs from the durable log, from checkpoint storage and from one
+//     client connection (edge adapts *wal.Log and mochi's client), with the
+//     error sentinels ErrHole, ErrTrimmed, ErrLogClosed and ErrTooLarge.
 //
 // # What it guarantees
 //

@@ -1,0 +1,164 @@
+package qos
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Errors a Log reports, by meaning. An implementation wraps its own error
+// with one of them (fmt.Errorf("%w: %w", qos.ErrHole, err)) so that the
+// engine can tell what to do without knowing the implementation.
+var (
+	// ErrHole is returned by Log.Read for an offset that holds no record:
+	// never written, or an append that failed. The engine skips it.
+	ErrHole = errors.New("qos: no record at offset")
+
+	// ErrTrimmed is returned by Log.Read and LogReader.Next for an offset
+	// below Log.FirstOffset: retention removed it. A reader goes on from
+	// FirstOffset; what was lost is counted.
+	ErrTrimmed = errors.New("qos: record removed from the log")
+
+	// ErrLogClosed is returned by every Log call after the log closed. The
+	// engine stops.
+	ErrLogClosed = errors.New("qos: log closed")
+
+	// ErrTooLarge is returned by Conn.Write for a packet larger than the
+	// client's Maximum Packet Size [MQTT-3.1.2-24]: nothing was written and
+	// the connection is fine. The engine drops the message for that client
+	// (counted) and goes on with the next one.
+	ErrTooLarge = errors.New("qos: packet larger than the client accepts")
+)
+
+// Log is the durable, ordered record log the engine keeps everything in:
+// messages, sessions, subscriptions and delivery state (edge adapts
+// *wal.Log). Offsets are consecutive from 1, never reused; a failed append
+// leaves holes. All methods must be safe for concurrent use.
+type Log interface {
+	// AppendAsync queues records and returns the offset of the first (the
+	// others follow it consecutively) without waiting for them to be
+	// durable. It may block briefly while the log's queue is full. An
+	// error means nothing was queued.
+	AppendAsync(recs ...[]byte) (first uint64, err error)
+	// WaitDurable waits until the record at offset is durable under the
+	// log's sync policy, and returns the append's error if it failed. When
+	// it returns nil for an offset, every record below it is either durable
+	// or a hole.
+	WaitDurable(ctx context.Context, offset uint64) error
+	// Read returns the durable record at offset (the caller's to keep).
+	// Errors wrap ErrHole, ErrTrimmed or ErrLogClosed; any other error is a
+	// damaged record, which the engine skips and counts.
+	Read(offset uint64) ([]byte, error)
+	// NewReader returns a reader whose first record is at from (0: the
+	// first record of the log).
+	NewReader(from uint64) LogReader
+	// FirstOffset is the oldest record still in the log.
+	FirstOffset() uint64
+	// LastOffset is the newest durable record (0 if none): readers see
+	// exactly the records up to it.
+	LastOffset() uint64
+	// Cursor returns the named durable read position, created at the
+	// first record if it does not exist. The log keeps every record at or
+	// after the oldest cursor. The engine keeps one ("engine") as its trim
+	// point; bridges keep one per forward rule.
+	Cursor(name string) (Cursor, error)
+}
+
+// LogReader reads a Log in offset order from a position, skipping holes,
+// and waits for new durable records at the end. It is used by one
+// goroutine at a time.
+type LogReader interface {
+	// Next returns the next durable record, waiting for it until ctx ends.
+	// Errors wrap ErrTrimmed (Seek to FirstOffset to go on) or ErrLogClosed;
+	// any other error is a damaged record at Offset (Seek past it to go on).
+	Next(ctx context.Context) (offset uint64, rec []byte, err error)
+	// Offset is the offset Next looks at next.
+	Offset() uint64
+	// Seek makes Next look at offset next.
+	Seek(offset uint64)
+}
+
+// Cursor is a named durable position in a Log: the next offset its
+// consumer needs. Every record before it may be removed.
+type Cursor interface {
+	// Offset returns the next offset the consumer needs.
+	Offset() uint64
+	// Commit records durably that every record before next is done.
+	Commit(next uint64) error
+}
+
+// Snapshots keeps the engine's checkpoints: a State with the offset it
+// stands for (see WriteSnapshot). Recovery starts from the newest one that
+// reads back whole and replays the log after it.
+type Snapshots interface {
+	// Save stores the snapshot durably: when it returns nil, a later Load
+	// may return it, and older snapshots may be removed.
+	Save(offset uint64, write func(w io.Writer) error) error
+	// Load calls read with each stored snapshot, newest first, until read
+	// returns nil. It returns nil without calling read when there is none,
+	// and read's last error when none reads back.
+	Load(read func(r io.Reader) error) error
+}
+
+// PacketType is an MQTT control packet type, as in the fixed header
+// [MQTT-2.1.2]: only the types the engine writes.
+type PacketType byte
+
+// The packets the engine writes to a Conn.
+const (
+	PacketPublish PacketType = 3
+	PacketPuback  PacketType = 4
+	PacketPubrec  PacketType = 5
+	PacketPubrel  PacketType = 6
+	PacketPubcomp PacketType = 7
+)
+
+// Packet is one packet the engine writes to a connection: a PUBLISH of a
+// logged (or QoS 0) message, or an acknowledgement. The engine owns packet
+// ids, QoS 1/2 flight state and topic aliases; the Conn only encodes.
+type Packet struct {
+	Type PacketType
+	// PacketID is the packet id: the engine's own for PUBLISH and PUBREL,
+	// the client's for PUBACK, PUBREC and PUBCOMP. 0 for a QoS 0 PUBLISH.
+	PacketID uint16
+	// ReasonCode of an acknowledgement (MQTT 5; 0 is success) [MQTT-3.4.2.1].
+	ReasonCode byte
+
+	// The fields below are for PUBLISH only.
+
+	// Message is the message, shared by every delivery of it: read only.
+	Message *Message
+	// QoS is the delivery QoS: the minimum of the message's and the
+	// subscription's [MQTT-3.8.4-8].
+	QoS byte
+	// Dup is set on a resend [MQTT-3.3.1-1]; Retain on a retained message
+	// sent at SUBSCRIBE, or when the subscription asked for Retain As
+	// Published [MQTT-3.3.1-12].
+	Dup, Retain bool
+	// TopicAlias, when not 0, is the outbound topic alias [MQTT-3.3.2-7];
+	// with AliasOnly the topic name is left empty because the client
+	// already knows the alias [MQTT-3.3.2-12].
+	TopicAlias uint16
+	AliasOnly  bool
+	// SubscriptionIDs are the identifiers of every subscription of the
+	// session the message matched [MQTT-3.3.4-3].
+	SubscriptionIDs []int
+}
+
+// Conn is one network connection of one client, as the engine writes to
+// it. The engine writes from one goroutine per connection at a time (its
+// sender), so Write needs no ordering of its own; Close may come from any
+// goroutine.
+type Conn interface {
+	// Write encodes and writes p. It must return within the connection's
+	// write deadline. ErrTooLarge (wrapped) means the packet exceeds what
+	// the client accepts: nothing was written. Any other error means the
+	// connection is gone (the engine stops writing to it and waits for
+	// Client.Disconnect).
+	Write(p *Packet) error
+	// Close ends the connection: for an MQTT 5 client it writes DISCONNECT
+	// with reason first [MQTT-3.14.2.1], after the packets already
+	// written. The engine calls it for protocol errors it finds (Receive
+	// Maximum exceeded, 0x93) and for a session taken over (0x8E).
+	Close(reason byte)
+}
