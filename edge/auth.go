@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -29,6 +30,11 @@ type authHook struct {
 	passwords      Passwords // nil: no password file
 	allowAnonymous bool
 	acl            *acl
+	// crossUserTakeover, useUsernameAsClientID and clientIDPrefix are
+	// their AuthConfig fields.
+	crossUserTakeover     bool
+	useUsernameAsClientID bool
+	clientIDPrefix        string
 	// checks bounds concurrent bcrypt comparisons (one per CPU): each costs
 	// tens of milliseconds of CPU, and a flood of CONNECTs with passwords
 	// must not starve the message traffic. Full: the CONNECT waits.
@@ -66,7 +72,8 @@ func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	return pk, nil
 }
 
-// OnConnect authenticates the client and checks its will topic.
+// OnConnect authenticates the client, applies the client id rules, checks
+// its will topic and that the session it asks for is its own.
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	certAuth := false
 	if wc, ok := cl.Net.Conn.(*conn); ok {
@@ -93,12 +100,43 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return refuseConnect(cl, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword.Code)
 		}
 	}
+	if h.useUsernameAsClientID && user != "" {
+		cl.ID = user
+	}
 	if pk.Connect.WillFlag && !h.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
 		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
 		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
 	}
+	if h.clientIDPrefix != "" && !strings.HasPrefix(cl.ID, strings.ReplaceAll(h.clientIDPrefix, "%u", user)) {
+		h.b.metrics.authFailures.WithLabelValues("client_id").Inc()
+		h.b.throttledLog.info(h.b.log, "client id refused: it does not start with auth.client_id_prefix",
+			"client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+		return refuseConnect(cl, packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid.Code)
+	}
+	// Last, so that nothing after it can refuse: a session belongs to the
+	// user that created it. Taking it over would hand another user what it
+	// holds and, with a clean start, destroy it. The check and the takeover
+	// are not atomic: two users racing for a client id that has no session
+	// yet may both pass, and the second then takes over an empty session
+	// whose owner stays the first; the read ACL on every delivery and
+	// resend still limits what it gets.
+	if owner, ok := h.b.sessionOwner(cl.ID); ok && owner != user && !h.crossUserTakeover {
+		h.b.metrics.authFailures.WithLabelValues("session_owner").Inc()
+		h.b.throttledLog.info(h.b.log, "session takeover by another user refused",
+			"client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
+	}
 	return nil
+}
+
+// sessionOwner returns the username that created client id's session, and
+// whether it has one.
+func (b *Broker) sessionOwner(id string) (string, bool) {
+	if ds, ok := b.storage.(*durableStorage); ok {
+		return ds.store.owner(id)
+	}
+	return "", false
 }
 
 // OnConnectAuthenticate lets through what OnConnect let through.

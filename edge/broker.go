@@ -121,7 +121,8 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	}
 	b.cfg = cfg
 
-	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous, checks: make(chan struct{}, runtime.NumCPU())}
+	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous, checks: make(chan struct{}, runtime.NumCPU()),
+		crossUserTakeover: cfg.Auth.CrossUserTakeover, useUsernameAsClientID: cfg.Auth.UseUsernameAsClientID, clientIDPrefix: cfg.Auth.ClientIDPrefix}
 	if cfg.Auth.PasswordFile != "" {
 		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
 		if err != nil {

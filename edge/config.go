@@ -87,6 +87,22 @@ type AuthConfig struct {
 	// ACL rules. Empty: every authenticated client may publish and subscribe
 	// to everything. Non-empty: what no rule allows is denied.
 	ACL []ACLRule `yaml:"acl"`
+	// CrossUserTakeover lets a client take over a session (by its client
+	// id) that another user created. Default: false, the other user is
+	// refused (v5 CONNACK 0x87, v3 0x05). Dangerous: with it, anyone who
+	// knows a client id can end that client's session or take its place;
+	// the read ACL still applies to what the session holds.
+	CrossUserTakeover bool `yaml:"cross_user_takeover"`
+	// UseUsernameAsClientID replaces each authenticated client's client id
+	// with its username, as Mosquitto's use_username_as_clientid: one
+	// session per user, and a user's second connection takes over the
+	// first. Default: false.
+	UseUsernameAsClientID bool `yaml:"use_username_as_clientid"`
+	// ClientIDPrefix, when set, is a prefix every client id must start
+	// with, %u standing for the username ("%u-" lets alice use "alice-1",
+	// not "bob-1"). Others are refused (v5 0x85, v3 0x02). Default: empty,
+	// any client id.
+	ClientIDPrefix string `yaml:"client_id_prefix"`
 }
 
 // ACLRule allows or denies topic access. Topic may use %u (username) and %c

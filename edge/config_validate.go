@@ -158,6 +158,9 @@ func (v *validator) auth(a AuthConfig) {
 			v.add(p+".access", "must be read, write, readwrite or deny (got %q)", r.Access)
 		}
 	}
+	if strings.Contains(strings.ReplaceAll(a.ClientIDPrefix, "%u", ""), "%") {
+		v.add("auth.client_id_prefix", "may hold no placeholder but %%u (got %q)", a.ClientIDPrefix)
+	}
 }
 
 func (v *validator) limits(l LimitsConfig) {

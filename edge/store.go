@@ -74,6 +74,7 @@ type store struct {
 // subscriptions and the unacknowledged packet ids stay in RAM.
 type session struct {
 	id    string
+	owner string // the username that created it (see authHook.OnConnect)
 	queue *qos.Queue
 
 	mu         sync.Mutex
@@ -304,7 +305,7 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 	}
 	resumed := sess != nil
 	if sess == nil {
-		sess = &session{id: cl.ID, subs: map[string]qos.Sub{}, inflight: map[uint16]*flight{}}
+		sess = &session{id: cl.ID, owner: string(cl.Properties.Username), subs: map[string]qos.Sub{}, inflight: map[uint16]*flight{}}
 		sess.queue = qos.NewQueue(s.dispatched.Load(), s.queueLimit)
 		s.sessions[cl.ID] = sess
 	}
@@ -332,7 +333,7 @@ func (s *store) establish(cl *mqtt.Client, pk packets.Packet) (last uint64, logg
 	sess.will, sess.willDelay, sess.willDue = will, willDelay, 0
 	if sess.persistent || will != nil {
 		rec, _ := qos.Encode(&qos.Session{Client: cl.ID, ProtocolVersion: cl.Properties.ProtocolVersion,
-			ExpiryInterval: expiryOf(cl), Will: will, WillDelay: willDelay})
+			ExpiryInterval: expiryOf(cl), Will: will, WillDelay: willDelay, Username: sess.owner})
 		note(rec)
 	}
 	// mochi's own copy of an offline session is dropped at its disconnect
@@ -834,6 +835,17 @@ func (s *store) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		}
 	}
 	return pk, nil
+}
+
+// owner returns the username that created the session of client id, and
+// whether there is one.
+func (s *store) owner(id string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sess := s.sessions[id]; sess != nil {
+		return sess.owner, true
+	}
+	return "", false
 }
 
 // sessionOf returns the session of cl's client id, which cl may no longer
@@ -1590,6 +1602,12 @@ func (s *store) resend(sess *session, p *pump) bool {
 				sess.mu.Lock()
 				it.f.msg = m
 				sess.mu.Unlock()
+			}
+			if !s.canRead(p.cl, m.Topic) {
+				// This connection may not read it (another user took the
+				// session over, or the ACL changed): not sent, and not
+				// completed either, so it stays owed to the session.
+				continue
 			}
 			sess.mu.Lock()
 			var d delivery

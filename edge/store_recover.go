@@ -69,6 +69,7 @@ func (s *store) recover() error {
 		}
 		sess := &session{
 			id:         id,
+			owner:      ss.Username,
 			persistent: true,
 			subs:       maps.Clone(ss.Subs), // the shadow state keeps its own
 			inflight:   make(map[uint16]*flight, len(ss.Inflight)),

@@ -53,6 +53,9 @@ type Session struct {
 	// Will is the will message, if any, and WillDelay its delay in seconds.
 	Will      *Message
 	WillDelay uint32
+	// Username is the session's owner: the user that created it. Records
+	// written before owners were recorded have "".
+	Username string
 }
 
 // Disconnect marks Client offline since At (Unix seconds). ExpiryInterval
@@ -126,10 +129,22 @@ func Encode(v any) ([]byte, error) {
 		b = appendString(b, r.Client)
 		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
 		b = binary.AppendUvarint(b, uint64(r.WillDelay))
-		if r.Will == nil {
-			return append(b, 0), nil
+		// Flags: 1 a will follows (last, it takes the rest), 2 the owner's
+		// username follows. Records from before owners hold 0 or 1.
+		var flags byte
+		if r.Will != nil {
+			flags |= 1
 		}
-		b = append(b, 1)
+		if r.Username != "" {
+			flags |= 2
+		}
+		b = append(b, flags)
+		if r.Username != "" {
+			b = appendString(b, r.Username)
+		}
+		if r.Will == nil {
+			return b, nil
+		}
 		return r.Will.AppendBinary(b)
 	case *Disconnect:
 		b = append(b, byte(KindDisconnect), recordVersion)
@@ -211,7 +226,14 @@ func Decode(rec []byte) (Kind, any, error) {
 		s := &Session{ProtocolVersion: d.byte(), Client: d.string()}
 		s.ExpiryInterval = d.uint32()
 		s.WillDelay = d.uint32()
-		if d.byte() == 1 && d.err == nil {
+		flags := d.byte()
+		if flags > 3 && d.err == nil {
+			return k, nil, fmt.Errorf("%w: session flags %#x", ErrBadRecord, flags)
+		}
+		if flags&2 != 0 {
+			s.Username = d.string()
+		}
+		if flags&1 != 0 && d.err == nil {
 			s.Will = new(Message)
 			if err := s.Will.UnmarshalBinary(d.b); err != nil {
 				return k, nil, err

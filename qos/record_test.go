@@ -21,6 +21,8 @@ func sampleRecords() [][]byte {
 		must(qos.Encode(&qos.Message{Topic: "a", Payload: []byte("x"), QoS: 2, Origin: "c", OriginPacketID: 3})),
 		must(qos.Encode(&qos.Session{Client: "c1", ProtocolVersion: 5, ExpiryInterval: math.MaxUint32})),
 		must(qos.Encode(&qos.Session{Client: "c2", ProtocolVersion: 4, ExpiryInterval: 60, Will: will, WillDelay: 30})),
+		must(qos.Encode(&qos.Session{Client: "c3", ProtocolVersion: 5, ExpiryInterval: 60, Username: "alice"})),
+		must(qos.Encode(&qos.Session{Client: "c4", ProtocolVersion: 5, ExpiryInterval: 60, Will: will, Username: "bob"})),
 		must(qos.Encode(&qos.Disconnect{Client: "c1", At: 1700000000, ExpiryInterval: 10})),
 		must(qos.Encode(&qos.Disconnect{Client: "c2", At: 1700000001, ExpiryInterval: 60, WillPending: true})),
 		must(qos.Encode(&qos.Message{Topic: "dev/1/status", Payload: []byte("gone"), Will: true, Origin: "c2"})),

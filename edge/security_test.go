@@ -1,0 +1,195 @@
+package edge_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+// login sets a CONNECT's username and password.
+func login(user, password string) func(*packets.Packet) {
+	return func(pk *packets.Packet) {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(user)
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(password)
+	}
+}
+
+// readPublishes reads n PUBLISH packets within d each, skipping others.
+func (rc *rawClient) readPublishes(n int, d time.Duration) []packets.Packet {
+	rc.t.Helper()
+	var out []packets.Packet
+	for len(out) < n {
+		pk, err := rc.read(d)
+		if err != nil {
+			rc.t.Fatalf("read publish %d of %d: %v", len(out)+1, n, err)
+		}
+		if pk.FixedHeader.Type == packets.Publish {
+			out = append(out, pk)
+		}
+	}
+	return out
+}
+
+// TestSessionOwner: alice's persistent session shared-X holds 3 QoS 1
+// messages unacknowledged and 3 more arrive while she is away. bob, with
+// his own valid password, asks for shared-X: v5 gets CONNACK 0x87, v3 0x05,
+// with clean start or not. alice then gets all 6, the 3 unacknowledged ones
+// again with DUP. With auth.cross_user_takeover, bob gets in.
+func TestSessionOwner(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw")
+	cfg.Auth.ACL = []edge.ACLRule{{Topic: "devices/%u/#", Access: "readwrite"}}
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+
+	alice := dialRaw(t, addr, 5)
+	if ack := alice.connectWith("shared-X", false, 30, login("alice", "pw")); ack.ReasonCode != 0 {
+		t.Fatalf("alice connack %#x", ack.ReasonCode)
+	}
+	alice.subscribe(1, "devices/alice/#", 1)
+	if sa, err := alice.read(5 * time.Second); err != nil || sa.ReasonCodes[0] != 1 {
+		t.Fatalf("suback %v %v", sa.ReasonCodes, err)
+	}
+	pub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "pub", username: "alice", password: "pw"})
+	for i := range 3 {
+		if _, err := pub.publish(t, "devices/alice/t", 1, false, []byte{'a' + byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice.readPublishes(3, 5*time.Second) // and never acknowledged
+	_ = alice.c.Close()
+	eventually(t, "alice offline", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 1 })
+	for i := range 3 {
+		if _, err := pub.publish(t, "devices/alice/t", 1, false, []byte{'d' + byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, clean := range []bool{false, true} {
+		bob := dialRaw(t, addr, 5)
+		if ack := bob.connectWith("shared-X", clean, 30, login("bob", "pw")); ack.ReasonCode != 0x87 {
+			t.Errorf("bob v5 clean=%v: connack %#x, want 0x87 not authorized", clean, ack.ReasonCode)
+		}
+		bob3 := dialRaw(t, addr, 4)
+		if ack := bob3.connectWith("shared-X", clean, 30, login("bob", "pw")); ack.ReasonCode != 0x05 {
+			t.Errorf("bob v3 clean=%v: connack %#x, want 0x05 not authorized", clean, ack.ReasonCode)
+		}
+	}
+	_, _, err := tryConnectV3(t, endpoint{network: "tcp", addr: addr}, "shared-X", func(o *pahov3.ClientOptions) {
+		o.SetUsername("bob")
+		o.SetPassword("pw")
+		o.SetCleanSession(false)
+	})
+	if err == nil || !strings.Contains(err.Error(), "not Authorized") {
+		t.Errorf("paho v3 bob: %v, want not authorized", err)
+	}
+
+	alice = dialRaw(t, addr, 5)
+	if ack := alice.connectWith("shared-X", false, 30, login("alice", "pw")); ack.ReasonCode != 0 || ack.SessionPresent != true {
+		t.Fatalf("alice back: connack %#x session present %v", ack.ReasonCode, ack.SessionPresent)
+	}
+	got := alice.readPublishes(6, 5*time.Second)
+	for i, pk := range got {
+		if want := string(rune('a' + i)); string(pk.Payload) != want || pk.FixedHeader.Dup != (i < 3) {
+			t.Errorf("message %d: %q dup %v, want %q dup %v", i, pk.Payload, pk.FixedHeader.Dup, want, i < 3)
+		}
+	}
+}
+
+// TestSessionOwnerTakeoverAllowed: auth.cross_user_takeover lets another
+// user take a session, and the read ACL still applies to what it resends:
+// bob gets none of alice's unacknowledged messages.
+func TestSessionOwnerTakeoverAllowed(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw")
+	cfg.Auth.ACL = []edge.ACLRule{{Topic: "devices/%u/#", Access: "readwrite"}}
+	cfg.Auth.CrossUserTakeover = true
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+
+	alice := dialRaw(t, addr, 5)
+	alice.connectWith("shared-X", false, 30, login("alice", "pw"))
+	alice.subscribe(1, "devices/alice/#", 1)
+	if _, err := alice.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "pub", username: "alice", password: "pw"})
+	if _, err := pub.publish(t, "devices/alice/t", 1, false, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	alice.readPublishes(1, 5*time.Second)
+	_ = alice.c.Close()
+	eventually(t, "alice offline", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 1 })
+
+	bob := dialRaw(t, addr, 5)
+	if ack := bob.connectWith("shared-X", false, 30, login("bob", "pw")); ack.ReasonCode != 0 {
+		t.Fatalf("bob: connack %#x, want success with cross_user_takeover", ack.ReasonCode)
+	}
+	if pk, err := bob.read(500 * time.Millisecond); err == nil {
+		t.Fatalf("bob got %v %q: the read ACL must hold on resend", pk.FixedHeader.Type, pk.Payload)
+	}
+	_ = bob.c.Close()
+	eventually(t, "bob offline", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 1 })
+	// What bob could not read is still owed to alice.
+	alice = dialRaw(t, addr, 5)
+	alice.connectWith("shared-X", false, 30, login("alice", "pw"))
+	if pk := alice.readPublishes(1, 5*time.Second)[0]; string(pk.Payload) != "a" || !pk.FixedHeader.Dup {
+		t.Fatalf("alice got %q dup %v, want \"a\" again", pk.Payload, pk.FixedHeader.Dup)
+	}
+}
+
+// TestSessionOwnerSurvivesRestart: the owner is in the log, so after a
+// restart bob is still refused alice's session.
+func TestSessionOwnerSurvivesRestart(t *testing.T) {
+	r := newRestartable(t, func(c *edge.Config) {
+		c.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw")
+	})
+	alice := dialRaw(t, r.tb.Addr("tcp").String(), 4)
+	alice.connectWith("dev-1", false, 30, login("alice", "pw"))
+	_ = alice.c.Close()
+	r.restart()
+	bob := dialRaw(t, r.tb.Addr("tcp").String(), 4)
+	if ack := bob.connectWith("dev-1", false, 30, login("bob", "pw")); ack.ReasonCode != 0x05 {
+		t.Fatalf("bob after restart: connack %#x, want 0x05", ack.ReasonCode)
+	}
+}
+
+// TestClientIDRules: use_username_as_clientid gives each user one session
+// named after it; client_id_prefix "%u-" refuses a client id that does not
+// start with the username (v5 0x85, v3 0x02).
+func TestClientIDRules(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
+	cfg.Auth.ClientIDPrefix = "%u-"
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	for _, tc := range []struct {
+		version byte
+		id      string
+		want    byte
+	}{{5, "alice-1", 0}, {5, "bob-1", 0x85}, {5, "alice", 0x85}, {4, "alice-2", 0}, {4, "bob-2", 0x02}} {
+		rc := dialRaw(t, addr, tc.version)
+		if ack := rc.connectWith(tc.id, true, 30, login("alice", "pw")); ack.ReasonCode != tc.want {
+			t.Errorf("v%d %s: connack %#x, want %#x", tc.version, tc.id, ack.ReasonCode, tc.want)
+		}
+	}
+
+	cfg = testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
+	cfg.Auth.UseUsernameAsClientID = true
+	tb = startBroker(t, cfg)
+	first := dialRaw(t, tb.Addr("tcp").String(), 5)
+	first.connectWith("anything", true, 30, login("alice", "pw"))
+	second := dialRaw(t, tb.Addr("tcp").String(), 5)
+	second.connectWith("something-else", true, 30, login("alice", "pw"))
+	// Same client id underneath: the second took the first over
+	// [MQTT-3.1.4-3], which gets DISCONNECT 0x8E and is closed.
+	if pk, err := first.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x8E {
+		t.Fatalf("first connection: %v %v, want DISCONNECT 0x8E session taken over", pk.FixedHeader.Type, err)
+	}
+}
