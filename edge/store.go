@@ -67,6 +67,10 @@ type store struct {
 	checkpointEvery time.Duration
 	shadow          *qos.State // the dispatcher's: the state after every record it read
 	checkpoints     chan pendingCheckpoint
+	// failedCheckpoints counts the failures since the last success; only
+	// the checkpointer (and close, after it stopped) touches it.
+	failedCheckpoints int
+	alarms            *logThrottle // repeating errors: one line a minute
 }
 
 // session is a client's session as the store keeps it. While the client is
@@ -161,6 +165,7 @@ func newStore(srv *mqtt.Server, l *wal.Log, lg *slog.Logger, m *storeMetrics, o 
 		ackers:   map[*mqtt.Client]*acker{}, ackWindow: max(o.ackWindow, 1),
 		cursor: o.cursor, snapDir: o.snapDir, checkpointEvery: max(o.checkpoint, 100*time.Millisecond),
 		checkpoints: make(chan pendingCheckpoint, 1),
+		alarms:      newLogThrottle(time.Minute),
 	}
 	if s.canRead == nil {
 		s.canRead = func(*mqtt.Client, string) bool { return true }
@@ -221,9 +226,7 @@ func (s *store) close() {
 		_ = s.shadow.Apply(off, rec)
 	}
 	s.fannedOut.Store(r.Offset())
-	if err := s.checkpoint(s.shadow, r.Offset()); err != nil {
-		s.lg.Warn("last checkpoint failed", "error", err)
-	}
+	s.runCheckpoint(s.shadow, r.Offset())
 }
 
 // persistent reports whether cl's session outlives its connection

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,11 +104,30 @@ func (s *store) checkpointLoop() {
 		case <-s.ctx.Done():
 			return
 		case c := <-s.checkpoints:
-			if err := s.checkpoint(c.st, c.offset); err != nil {
-				s.lg.Error("checkpoint failed: replay will be longer and the log is not trimmed", "offset", c.offset, "error", err)
-			}
+			s.runCheckpoint(c.st, c.offset)
 		}
 	}
+}
+
+// runCheckpoint writes a checkpoint and counts it. A failure is an alarm:
+// without checkpoints the log is never trimmed, so it is counted in
+// edgemq_storage_checkpoint_failures_total and logged at Error (once a
+// minute while it repeats), and the first success after it is logged too.
+func (s *store) runCheckpoint(st *qos.State, offset uint64) {
+	err := s.checkpoint(st, offset)
+	if err != nil {
+		s.m.checkpointFailures.Inc()
+		s.failedCheckpoints++
+		s.alarms.log(s.lg, slog.LevelError, "checkpoint failed: the log is not trimmed and replay grows until one succeeds",
+			"offset", offset, "failures", s.failedCheckpoints, "error", err)
+		return
+	}
+	if s.failedCheckpoints > 0 {
+		s.lg.Info("checkpoint succeeded again", "offset", offset, "failures_before", s.failedCheckpoints)
+		s.failedCheckpoints = 0
+	}
+	s.m.checkpoints.Inc()
+	s.m.checkpointLast.Set(float64(time.Now().UnixNano()) / 1e9)
 }
 
 // pendingCheckpoint is a copy of the shadow state after every record below

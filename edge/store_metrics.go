@@ -18,6 +18,10 @@ type storeMetrics struct {
 	refused      *prometheus.CounterVec
 	dropped      *prometheus.CounterVec
 	delivered    *prometheus.CounterVec
+
+	checkpoints        prometheus.Counter
+	checkpointFailures prometheus.Counter
+	checkpointLast     prometheus.Gauge
 }
 
 func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
@@ -62,8 +66,21 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 			Name: "edgemq_deliveries_total",
 			Help: "Messages written to subscribers by the durable delivery path, by QoS.",
 		}, []string{"qos"}),
+		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgemq_storage_checkpoints_total",
+			Help: "Checkpoints written (snapshot of the state, then the log trimmed below what is still needed).",
+		}),
+		checkpointFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgemq_storage_checkpoint_failures_total",
+			Help: "Checkpoints that failed. Alert on any increase: without checkpoints the log is never trimmed and fills its disk budget.",
+		}),
+		checkpointLast: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgemq_storage_checkpoint_last_success_timestamp_seconds",
+			Help: "Unix time of the last successful checkpoint (0: none since start). Alert when it lags far behind storage.checkpoint_interval.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.online, m.wills, m.expired, m.duplicates, m.appendErrors, m.acked, m.dispatched, m.refused, m.dropped, m.delivered} {
+	for _, c := range []prometheus.Collector{m.online, m.wills, m.expired, m.duplicates, m.appendErrors, m.acked, m.dispatched, m.refused, m.dropped, m.delivered,
+		m.checkpoints, m.checkpointFailures, m.checkpointLast} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

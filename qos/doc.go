@@ -22,6 +22,29 @@
 //     client connection (edge adapts *wal.Log and mochi's client), with the
 //     error sentinels ErrHole, ErrTrimmed, ErrLogClosed and ErrTooLarge.
 //
+// # Snapshot encoding
+//
+// A snapshot is a header (magic "EDGESNP", a version byte, the offset, the
+// body length, a CRC-32C of offset and body) and a body in the records' own
+// binary encoding: sessions, retained messages, inbound QoS 2 packet ids and
+// shared-group positions, each section a count and its entries in key order.
+// A session is embedded as its Session record, a subscription as its
+// Subscribe record, a retained message as its Message record, each followed
+// by the few fields only the state has (positions, flags, packet ids).
+//
+// Version 1 was encoding/gob, and gob was the wrong choice: it failed on any
+// State holding a retained message (Retained holds Message by value and its
+// MarshalBinary has a pointer receiver), so one retained message stopped
+// every checkpoint and the log was never trimmed. A hand-written encoding
+// built on the records has one definition of each entity on disk, fails
+// only for values Apply cannot produce, is deterministic (equal states give
+// equal bytes), and is fuzzed (FuzzSnapshotBody) and round-trip tested
+// against states built from every kind of record. Version 1 files are still
+// read, so an upgrade keeps what its last snapshot holds; they are never
+// written. A file of any other version, or damaged, is refused with
+// ErrBadSnapshot, and the broker falls back to an older snapshot or a
+// longer replay of the log.
+//
 // # What it guarantees
 //
 //   - Decoders never panic and never return garbage for malformed input:

@@ -9,52 +9,78 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
+	"slices"
 )
 
 // ErrBadSnapshot is returned by ReadSnapshot for a file that is not a whole,
-// undamaged snapshot.
+// undamaged snapshot of a version this build reads. The caller falls back to
+// an older snapshot or to a longer replay of the log.
 var ErrBadSnapshot = errors.New("qos: bad snapshot")
 
 // snapshotMagic starts every snapshot file; the byte after it is the version.
 var snapshotMagic = [7]byte{'E', 'D', 'G', 'E', 'S', 'N', 'P'}
 
-const snapshotVersion = 1
+// Snapshot versions. Version 1 was gob, which could not encode a State
+// holding a retained message; it is still read (see doc.go), never written.
+const (
+	snapshotGob     = 1
+	snapshotVersion = 2
+)
+
+// snapshotHeader is magic, version, offset, body length, CRC-32C. From
+// version 2 the CRC covers the offset too, so a damaged offset cannot make
+// a restart replay from the wrong place.
+const snapshotHeader = 28
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// WriteSnapshot writes st as the state after every record below offset:
-// a header (magic, version, offset, body length, CRC-32C of the body) and
-// the gob-encoded state.
+// WriteSnapshot writes st as the state after every record below offset: a
+// header (magic, version, offset, body length, CRC-32C of the offset and
+// the body) and the body (see doc.go). The same State always gives the same bytes. It fails
+// only for a State that Apply cannot have built (a QoS above 2).
 func WriteSnapshot(w io.Writer, st *State, offset uint64) error {
-	var body bytes.Buffer
-	if err := gob.NewEncoder(&body).Encode(st); err != nil {
+	body, err := st.appendBinary(nil)
+	if err != nil {
 		return fmt.Errorf("qos: encode snapshot: %w", err)
 	}
-	hdr := make([]byte, 0, 32)
-	hdr = append(hdr, snapshotMagic[:]...)
-	hdr = append(hdr, snapshotVersion)
-	hdr = binary.BigEndian.AppendUint64(hdr, offset)
-	hdr = binary.BigEndian.AppendUint64(hdr, uint64(body.Len()))
-	hdr = binary.BigEndian.AppendUint32(hdr, crc32.Checksum(body.Bytes(), castagnoli))
 	bw := bufio.NewWriter(w)
-	if _, err := bw.Write(hdr); err != nil {
+	if _, err := bw.Write(snapshotHeaderOf(snapshotVersion, offset, body)); err != nil {
 		return err
 	}
-	if _, err := body.WriteTo(bw); err != nil {
+	if _, err := bw.Write(body); err != nil {
 		return err
 	}
 	return bw.Flush()
 }
 
-// ReadSnapshot reads a snapshot written by WriteSnapshot and returns the
-// state and the offset replay resumes from. A truncated or damaged file
-// returns an error wrapping ErrBadSnapshot.
+func snapshotHeaderOf(version byte, offset uint64, body []byte) []byte {
+	hdr := make([]byte, 0, snapshotHeader)
+	hdr = append(hdr, snapshotMagic[:]...)
+	hdr = append(hdr, version)
+	hdr = binary.BigEndian.AppendUint64(hdr, offset)
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(body)))
+	return binary.BigEndian.AppendUint32(hdr, snapshotSum(version, hdr[8:16], body))
+}
+
+func snapshotSum(version byte, offset, body []byte) uint32 {
+	if version == snapshotGob {
+		return crc32.Checksum(body, castagnoli)
+	}
+	return crc32.Update(crc32.Checksum(offset, castagnoli), castagnoli, body)
+}
+
+// ReadSnapshot reads a snapshot written by WriteSnapshot (or a version 1
+// one) and returns the state and the offset replay resumes from. A
+// truncated, damaged or unknown file returns an error wrapping
+// ErrBadSnapshot.
 func ReadSnapshot(r io.Reader) (*State, uint64, error) {
-	var hdr [28]byte
+	var hdr [snapshotHeader]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, 0, fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
-	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || hdr[7] != snapshotVersion {
+	version := hdr[7]
+	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || (version != snapshotVersion && version != snapshotGob) {
 		return nil, 0, fmt.Errorf("%w: not a version %d snapshot", ErrBadSnapshot, snapshotVersion)
 	}
 	offset := binary.BigEndian.Uint64(hdr[8:])
@@ -67,12 +93,187 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: body: %v", ErrBadSnapshot, err)
 	}
-	if uint64(len(body)) != n || crc32.Checksum(body, castagnoli) != sum {
+	if uint64(len(body)) != n || snapshotSum(version, hdr[8:16], body) != sum {
 		return nil, 0, fmt.Errorf("%w: body truncated or damaged", ErrBadSnapshot)
 	}
+	var st *State
+	if version == snapshotGob {
+		st, err = decodeGobState(body)
+	} else {
+		st, err = decodeState(body)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: decode: %v", ErrBadSnapshot, err)
+	}
+	return st, offset, nil
+}
+
+// appendBinary appends the body of a snapshot: four sections, each a count
+// and its entries in key order, so that equal states encode equally.
+// Sessions, subscriptions and messages are embedded as their own records
+// (Encode), so a field added to a record reaches snapshots with the
+// record's version.
+func (st *State) appendBinary(b []byte) ([]byte, error) {
+	b = binary.AppendUvarint(b, uint64(len(st.Sessions)))
+	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
+		s := st.Sessions[id]
+		sess := s.Session
+		sess.Client = id // the key is what counts
+		rec, err := Encode(&sess)
+		if err != nil {
+			return nil, fmt.Errorf("session %q: %w", id, err)
+		}
+		b = appendBytes(b, rec)
+		var connected byte
+		if s.Connected {
+			connected = 1
+		}
+		b = append(b, connected)
+		b = binary.AppendVarint(b, s.DisconnectedAt)
+		b = binary.AppendUvarint(b, s.Next)
+		b = binary.AppendVarint(b, s.WillDue)
+		b = binary.AppendUvarint(b, uint64(len(s.Subs)))
+		for _, filter := range slices.Sorted(maps.Keys(s.Subs)) {
+			sub := s.Subs[filter]
+			sub.Filter = filter
+			rec, err := Encode(&sub.Subscribe)
+			if err != nil {
+				return nil, fmt.Errorf("session %q: %w", id, err)
+			}
+			b = appendBytes(b, rec)
+			b = binary.AppendUvarint(b, sub.Since)
+		}
+		b = binary.AppendUvarint(b, uint64(len(s.Inflight)))
+		for _, pid := range slices.Sorted(maps.Keys(s.Inflight)) {
+			in := s.Inflight[pid]
+			if in.QoS > 2 {
+				return nil, fmt.Errorf("%w: session %q inflight qos %d", ErrBadRecord, id, in.QoS)
+			}
+			var released byte
+			if in.Released {
+				released = 1
+			}
+			b = binary.BigEndian.AppendUint16(b, pid)
+			b = binary.AppendUvarint(b, in.Offset)
+			b = append(b, in.QoS, released)
+			b = appendString(b, in.Group)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.Retained)))
+	for _, topic := range slices.Sorted(maps.Keys(st.Retained)) {
+		r := st.Retained[topic]
+		r.Message.Topic = topic
+		b = binary.AppendUvarint(b, r.Offset)
+		rec, err := r.Message.MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("retained %q: %w", topic, err)
+		}
+		b = appendBytes(b, rec)
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.Inbound)))
+	for _, id := range slices.Sorted(maps.Keys(st.Inbound)) {
+		in := st.Inbound[id]
+		b = appendString(b, id)
+		b = binary.AppendUvarint(b, uint64(len(in)))
+		for _, pid := range slices.Sorted(maps.Keys(in)) {
+			b = binary.BigEndian.AppendUint16(b, pid)
+			b = binary.AppendUvarint(b, in[pid])
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.GroupNext)))
+	for _, key := range slices.Sorted(maps.Keys(st.GroupNext)) {
+		b = appendString(b, key)
+		b = binary.AppendUvarint(b, st.GroupNext[key])
+	}
+	return b, nil
+}
+
+// decodeState decodes what appendBinary wrote. Every error wraps
+// ErrBadRecord.
+func decodeState(body []byte) (*State, error) {
+	st := NewState()
+	d := decoder{b: body}
+	for range d.count() {
+		k, v, err := Decode(d.field())
+		if d.err != nil {
+			break
+		}
+		sess, ok := v.(*Session)
+		if err != nil || !ok {
+			return nil, fmt.Errorf("%w: session entry of kind %d (%v)", ErrBadRecord, k, err)
+		}
+		s := &SessionState{Session: *sess, Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}}
+		s.Connected = d.flag()
+		s.DisconnectedAt = d.varint()
+		s.Next = d.uvarint()
+		s.WillDue = d.varint()
+		for range d.count() {
+			k, v, err := Decode(d.field())
+			since := d.uvarint()
+			if d.err != nil {
+				break
+			}
+			sub, ok := v.(*Subscribe)
+			if err != nil || !ok {
+				return nil, fmt.Errorf("%w: subscription entry of kind %d (%v)", ErrBadRecord, k, err)
+			}
+			s.Subs[sub.Filter] = Sub{Subscribe: *sub, Since: since}
+		}
+		for range d.count() {
+			pid := d.uint16()
+			in := Inflight{Offset: d.uvarint(), QoS: d.byte(), Released: d.flag(), Group: d.string()}
+			if d.err == nil && in.QoS > 2 {
+				return nil, fmt.Errorf("%w: inflight qos %d", ErrBadRecord, in.QoS)
+			}
+			s.Inflight[pid] = in
+		}
+		if d.err != nil {
+			break
+		}
+		st.Sessions[s.Client] = s
+	}
+	for range d.count() {
+		off := d.uvarint()
+		rec := d.field()
+		if d.err != nil {
+			break
+		}
+		var m Message
+		if err := m.UnmarshalBinary(rec); err != nil {
+			return nil, err
+		}
+		st.Retained[m.Topic] = Retained{Offset: off, Message: m}
+	}
+	for range d.count() {
+		id := d.string()
+		in := map[uint16]uint64{}
+		for range d.count() {
+			pid := d.uint16()
+			in[pid] = d.uvarint()
+		}
+		if d.err != nil {
+			break
+		}
+		st.Inbound[id] = in
+	}
+	for range d.count() {
+		key := d.string()
+		st.GroupNext[key] = d.uvarint()
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: snapshot: %d trailing bytes", ErrBadRecord, len(d.b))
+	}
+	return st, nil
+}
+
+// decodeGobState reads a version 1 snapshot: a gob-encoded State.
+func decodeGobState(body []byte) (*State, error) {
 	st := NewState()
 	if err := gob.NewDecoder(bytes.NewReader(body)).Decode(st); err != nil {
-		return nil, 0, fmt.Errorf("%w: decode: %v", ErrBadSnapshot, err)
+		return nil, err
 	}
 	for _, s := range st.Sessions { // gob leaves empty maps nil
 		if s.Subs == nil {
@@ -82,5 +283,28 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 			s.Inflight = map[uint16]Inflight{}
 		}
 	}
-	return st, offset, nil
+	return st, nil
+}
+
+// count reads the length of a section; each entry takes at least one byte,
+// so a count beyond what is left is garbage, not an allocation to make.
+func (d *decoder) count() uint64 {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail("count")
+		return 0
+	}
+	return n
+}
+
+// flag reads a byte that must be 0 or 1.
+func (d *decoder) flag() bool {
+	switch d.byte() {
+	case 0:
+		return false
+	case 1:
+		return true
+	}
+	d.fail("flag")
+	return false
 }
