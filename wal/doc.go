@@ -15,7 +15,7 @@
 //
 //   - Offsets are consecutive, start at 1, grow monotonically and are never
 //     reused within a process, not even after a failed append: the offsets
-//     of a failed batch become holes (Read returns ErrNotFound, Readers skip
+//     of a failed batch become holes (Read returns ErrHole, Readers skip
 //     them). The log is empty when FirstOffset() == LastOffset()+1; a new log
 //     has FirstOffset 1, LastOffset 0.
 //   - Sync "always": Append returns after an fsync covering its records (and

@@ -33,6 +33,11 @@ var (
 	// are never reused, so a failed append leaves one).
 	ErrNotFound = errors.New("wal: record not found")
 
+	// ErrHole is returned by Read for an offset whose append failed (on a
+	// full disk, an I/O error): it never held a record and never will, so a
+	// reader goes past it at once. It matches ErrNotFound too.
+	ErrHole = fmt.Errorf("wal: offset of a failed append: %w", ErrNotFound)
+
 	// ErrTruncated is returned by Read and Reader.Next for an offset below
 	// FirstOffset: retention removed the segment that held it.
 	ErrTruncated = errors.New("wal: record removed by retention")

@@ -10,7 +10,7 @@ import (
 )
 
 // TestHoles: offsets of a failed append are never reused. WaitDurable
-// reports the failure, Read returns ErrNotFound for them before and after a
+// reports the failure, Read returns ErrHole (an ErrNotFound) for them before and after a
 // reopen, and Readers skip them.
 func TestHoles(t *testing.T) {
 	dir := t.TempDir()
@@ -37,7 +37,7 @@ func TestHoles(t *testing.T) {
 	check := func(l *wal.Log) {
 		t.Helper()
 		for _, o := range []uint64{2, 3} {
-			if _, err := l.Read(o); !errors.Is(err, wal.ErrNotFound) {
+			if _, err := l.Read(o); !errors.Is(err, wal.ErrHole) || !errors.Is(err, wal.ErrNotFound) {
 				t.Fatalf("read hole %d: %v", o, err)
 			}
 		}

@@ -446,7 +446,8 @@ func (l *Log) LastOffset() uint64 {
 }
 
 // Read returns a copy of the record at offset. Errors: ErrTruncated below
-// FirstOffset, ErrNotFound above LastOffset or at a hole, a *CorruptError
+// FirstOffset, ErrNotFound above LastOffset, ErrHole (which also matches
+// ErrNotFound) at the offset of a failed append, a *CorruptError
 // (ErrCorrupt) if the record fails its checksum, ErrClosed.
 func (l *Log) Read(offset uint64) ([]byte, error) {
 	rec, _, err := l.read(offset)
@@ -550,7 +551,7 @@ func (l *Log) decodeAt(w window, offset uint64) (rec []byte, hole bool, n int, e
 		return nil, false, 0, &CorruptError{Segment: w.seg.name, Pos: w.start + int64(w.pos), Offset: offset, Reason: err.Error()}
 	}
 	if kind == kindHole {
-		return nil, true, n, fmt.Errorf("offset %d: failed append: %w", offset, ErrNotFound)
+		return nil, true, n, fmt.Errorf("offset %d: %w", offset, ErrHole)
 	}
 	return append([]byte(nil), payload...), false, n, nil
 }
