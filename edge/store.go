@@ -1379,10 +1379,16 @@ func (s *store) takeGroup(g *group) (qos.Entry, bool) {
 }
 
 // skipUnreadable decides what a scan does with a record it cannot read: a
-// record retention removed is skipped at once; any other error is tried
-// again (a read may fail for a moment) and skipped, counted and logged as
-// lost, only after maxReadFailures tries. failures counts the tries.
+// hole (the offset of a failed append: it never held a record) is skipped
+// at once and silently, and a record retention removed at once; any other
+// error is tried again (a read may fail for a moment) and skipped, counted
+// and logged as lost, only after maxReadFailures tries. failures counts
+// the tries.
 func (s *store) skipUnreadable(failures *int, off uint64, err error) bool {
+	if errors.Is(err, wal.ErrHole) {
+		*failures = 0
+		return true
+	}
 	if errors.Is(err, wal.ErrTruncated) {
 		s.m.dropped.WithLabelValues("log_trimmed").Inc()
 		s.lg.Warn("scan: record removed by retention", "offset", off)

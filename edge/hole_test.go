@@ -1,0 +1,131 @@
+package edge_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/edgemq/edgemq/edge"
+)
+
+// smallDisk mounts a tmpfs of size bytes for the test (root only) and
+// returns its path.
+func smallDisk(t *testing.T, size int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "disk")
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// fillDisk writes a file in dir until the disk is full and returns a
+// function that removes it.
+func fillDisk(t *testing.T, dir string) func() {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+	return func() {
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFullDiskHoles: publishes refused on a full disk leave holes in the
+// log (offsets a failed append took). An offline persistent session gets
+// every acknowledged message at once when it comes back, before and after
+// a restart: a hole is not a record that might become readable, so no scan
+// waits on it.
+func TestFullDiskHoles(t *testing.T) {
+	disk := smallDisk(t, 4<<20)
+	r := newRestartable(t, func(c *edge.Config) {
+		c.Storage.Dir = disk
+		c.Storage.MaxDiskBytes = 0 // the disk itself is the limit
+		c.Storage.SegmentSize = 256 << 10
+	})
+	for _, id := range []string{"hole-a", "hole-b"} {
+		s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id, persistent: true})
+		s.subscribe(t, "hole/#", 1)
+		_ = s.Disconnect(&paho.Disconnect{})
+		<-doneOrTimeout(s.Done())
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "hole-pub"})
+	var acked []string
+	publish := func(name string, want byte) {
+		t.Helper()
+		resp, err := p.publish(t, "hole/t", 1, false, []byte(name))
+		if err != nil && resp == nil {
+			t.Fatalf("publish %s: %v", name, err)
+		}
+		switch {
+		case resp.ReasonCode == 0:
+			acked = append(acked, name)
+		case resp.ReasonCode != want:
+			t.Fatalf("publish %s: reason %#x, want %#x", name, resp.ReasonCode, want)
+		}
+	}
+	publish("before", 0)
+	free := fillDisk(t, disk)
+	refused := 0
+	for i := range 300 {
+		n := len(acked)
+		publish(fmt.Sprint("full-", i), 0x83)
+		if len(acked) == n {
+			refused++
+		}
+	}
+	if refused < 200 {
+		t.Fatalf("only %d of 300 publishes refused on a full disk", refused)
+	}
+	free()
+	for i := range 50 {
+		publish(fmt.Sprint("after-", i), 0)
+	}
+	t.Logf("%d publishes refused on the full disk, %d acknowledged", refused, len(acked))
+
+	check := func(id string) {
+		t.Helper()
+		s, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: id, persistent: true})
+		for i, m := range s.receive(t, len(acked)) {
+			if string(m.Payload) != acked[i] {
+				t.Fatalf("%s: message %d is %q, want %q", id, i, m.Payload, acked[i])
+			}
+		}
+		// A live message is not held behind anything.
+		if _, err := p.publish(t, "hole/t", 1, false, []byte("live-"+id)); err != nil {
+			t.Fatal(err)
+		}
+		if m := s.receive(t, 1)[0]; !strings.HasPrefix(string(m.Payload), "live-") {
+			t.Fatalf("%s: live message %q", id, m.Payload)
+		}
+		acked = append(acked, "live-"+id)
+	}
+	check("hole-a")
+	r.restart()
+	p, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "hole-pub"})
+	check("hole-b")
+}
