@@ -32,6 +32,8 @@ type compareScenario struct {
 	lowerIsBetter bool
 	// skip names brokers (by spec name prefix) left out of this scenario, and why.
 	skip map[string]string
+	// quickSkip leaves the scenario out of -quick runs.
+	quickSkip bool
 }
 
 // mosquittoWSNote is why the WebSocket scenario leaves Mosquitto out.
@@ -47,10 +49,11 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		}
 		return r.Latency.P99
 	}
-	conns, backlog := 1000, 10000
+	backlog := 10000
 	if quick {
-		conns, backlog = 200, 2000
+		backlog = 2000
 	}
+	connsRSS := func(r Result) float64 { return r.RSSPerConnKB }
 	flow := func(scenario string, qos byte) params {
 		return params{scenario: scenario, qos: qos, duration: duration}
 	}
@@ -62,7 +65,7 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		p.target.version = proto5
 		return p
 	}
-	return []compareScenario{
+	all := []compareScenario{
 		{name: "fanin qos0", p: flow("fanin", 0), metric: rate, unit: "msg/s"},
 		{name: "fanin qos1", p: flow("fanin", 1), metric: rate, unit: "msg/s"},
 		{name: "fanin qos2", p: flow("fanin", 2), metric: rate, unit: "msg/s"},
@@ -72,10 +75,16 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		{name: "fanout qos0", p: flow("fanout", 0), metric: rate, unit: "deliveries/s"},
 		{name: "latency qos1 5k/s", p: params{scenario: "latency", qos: 1, rate: 5000, duration: duration},
 			metric: p99, unit: "p99 ms", lowerIsBetter: true},
-		{name: "conns idle", p: params{scenario: "conns", conns: conns},
-			metric: func(r Result) float64 { return r.RSSPerConnKB }, unit: "KB RSS/conn", lowerIsBetter: true},
+		{name: "conns 1k", p: params{scenario: "conns", conns: 1000},
+			metric: connsRSS, unit: "KB RSS/conn", lowerIsBetter: true},
+		{name: "conns 10k", p: params{scenario: "conns", conns: 10000}, quickSkip: true,
+			metric: connsRSS, unit: "KB RSS/conn", lowerIsBetter: true},
 		{name: "backlog qos1", p: params{scenario: "backlog", qos: 1, backlog: backlog}, metric: rate, unit: "drain msg/s"},
 	}
+	if quick {
+		all = slices.DeleteFunc(all, func(s compareScenario) bool { return s.quickSkip })
+	}
+	return all
 }
 
 // brokerSpec knows how to start one broker configuration.
@@ -189,14 +198,16 @@ func freePorts(n int) ([]int, error) {
 }
 
 // mosquittoSpec is Mosquitto with its default config, or with unlimited
-// per-client queues (max_queued_messages 0), which it needs to lose nothing.
+// per-client queues (max_queued_messages 0), which it needs to lose nothing
+// under load. Both run in every comparison; ratios are quoted against the
+// one that lost nothing (bestBaseline).
 func mosquittoSpec(bin string, unlimited bool) brokerSpec {
 	name := "mosquitto"
 	note := "Mosquitto (Debian package), default config: no persistence, max_queued_messages 1000, max_inflight_messages 20"
 	extra := ""
 	if unlimited {
-		name = "mosquitto-unl"
-		note = "Mosquitto (Debian package), no persistence, max_queued_messages 0 (unlimited queues)"
+		name = "mosquitto-unlimited"
+		note = "Mosquitto (Debian package), no persistence, max_queued_messages 0 (unlimited queues: drops nothing, RAM grows instead)"
 		extra = "max_queued_messages 0\n"
 	}
 	return brokerSpec{
@@ -257,6 +268,8 @@ storage:
   sync: %s
 auth:
   allow_anonymous: true
+limits:
+  max_clients: 100000
 log:
   level: warn
 `, tcp, ws, ports[0], filepath.Join(dir, "data"), sync)
@@ -306,8 +319,15 @@ type cell struct {
 	Expected   uint64    `json:"expected"`
 	Duplicated uint64    `json:"duplicated"`
 	Lossy      bool      `json:"lossy"`
-	CPUPerM    float64   `json:"broker_cpu_sec_per_million"`
-	PeakRSSMB  float64   `json:"broker_peak_rss_mb"`
+	// LowerIsBetter says how to read Median (latency, KB per connection).
+	LowerIsBetter bool    `json:"lower_is_better,omitempty"`
+	CPUPerM       float64 `json:"broker_cpu_sec_per_million"`
+	PeakRSSMB     float64 `json:"broker_peak_rss_mb"`
+	// StartRSSMB and EndRSSMB are medians of the broker's VmRSS when the
+	// measured span began and ended (conns: before the first connection,
+	// that is the idle broker, and with every connection open).
+	StartRSSMB float64 `json:"broker_start_rss_mb,omitempty"`
+	EndRSSMB   float64 `json:"broker_end_rss_mb,omitempty"`
 	GenCPU     float64   `json:"generator_cpu_seconds"`
 	BrokerCPU  float64   `json:"broker_cpu_seconds"`
 	Errors     []string  `json:"errors,omitempty"`
@@ -345,8 +365,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	quick := fs.Bool("quick", false, "smoke test: 1 round and 1 s per flow unless -rounds or -duration say otherwise; fewer connections and a smaller backlog")
 	rounds := fs.Int("rounds", 3, "rounds; brokers alternate within each round")
 	duration := fs.Duration("duration", 3*time.Second, "publish phase of each flow scenario")
-	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary; empty: skip")
-	mosqUnl := fs.Bool("mosquitto-unlimited", false, "also run Mosquitto with unlimited queues (max_queued_messages 0)")
+	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary, run with its default queues and with max_queued_messages 0; empty: skip")
 	mochi := fs.String("mochi", "", "plain mochi binary; empty: go build ./cmd/edgemq-bench/plainmochi")
 	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq (skipped if that fails); \"none\": skip")
 	durable := fs.Bool("durable", true, "the edgemq binary acks QoS 1/2 only after an fsync under sync always; false marks a build where it does not")
@@ -368,6 +387,10 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			*duration = time.Second
 		}
 	}
+	// Before any broker starts, so that each inherits the raised limit.
+	if _, err := raiseFDLimit(); err != nil {
+		return err
+	}
 	work, err := os.MkdirTemp("", "edgemq-bench-compare-")
 	if err != nil {
 		return err
@@ -378,10 +401,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var specs []brokerSpec
 	if *mosq != "" {
 		if _, err := os.Stat(*mosq); err == nil {
-			specs = append(specs, mosquittoSpec(*mosq, false))
-			if *mosqUnl {
-				specs = append(specs, mosquittoSpec(*mosq, true))
-			}
+			specs = append(specs, mosquittoSpec(*mosq, false), mosquittoSpec(*mosq, true))
 		} else {
 			rep.Skipped = append(rep.Skipped, "mosquitto: "+err.Error())
 		}
@@ -421,6 +441,8 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cells := map[[2]string]*cell{}
 	cpuPerM := map[[2]string][]float64{}
 	rss := map[[2]string][]float64{}
+	startRSS := map[[2]string][]float64{}
+	endRSS := map[[2]string][]float64{}
 	gen := map[[2]string][]float64{}
 	bcpu := map[[2]string][]float64{}
 	for _, sc := range scens {
@@ -428,7 +450,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			if skipped(sc, b.name) != "" {
 				continue
 			}
-			c := &cell{Scenario: sc.name, Broker: b.name, Unit: sc.unit}
+			c := &cell{Scenario: sc.name, Broker: b.name, Unit: sc.unit, LowerIsBetter: sc.lowerIsBetter}
 			cells[[2]string{sc.name, b.name}] = c
 			rep.Cells = append(rep.Cells, c)
 		}
@@ -472,6 +494,8 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 					cpuPerM[key] = append(cpuPerM[key], res.CPUSecPerMillion)
 				}
 				rss[key] = append(rss[key], res.BrokerPeakRSSMB)
+				startRSS[key] = append(startRSS[key], res.BrokerStartRSSMB)
+				endRSS[key] = append(endRSS[key], res.BrokerEndRSSMB)
 				gen[key] = append(gen[key], res.GenCPUSeconds)
 				bcpu[key] = append(bcpu[key], res.BrokerCPUSeconds)
 				flag := ""
@@ -489,6 +513,8 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		c.Median = median(c.Values)
 		c.CPUPerM = median(cpuPerM[key])
 		c.PeakRSSMB = median(rss[key])
+		c.StartRSSMB = median(startRSS[key])
+		c.EndRSSMB = median(endRSS[key])
 		c.GenCPU = median(gen[key])
 		c.BrokerCPU = median(bcpu[key])
 	}
@@ -596,28 +622,22 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 	}
 	tw.Flush()
 
-	var edges []string
-	for _, b := range specs {
-		if strings.HasPrefix(b.name, "edgemq") {
-			edges = append(edges, b.name)
-		}
-	}
-	if len(edges) > 0 {
-		fmt.Fprintln(w, "\nratios of medians (higher is better for msg/s; for p99 and KB/conn a ratio below 1 is better):")
+	if head, rows := ratioTable(rep); len(rows) > 0 {
+		fmt.Fprintln(w, "\nratios of medians (higher is better for msg/s; for p99 and KB/conn a ratio below 1 is better);")
+		fmt.Fprintln(w, "each against the Mosquitto configuration that lost nothing in that scenario (the better one if both):")
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		head := "scenario\t"
-		for _, e := range edges {
-			head += e + "/mosquitto\t" + e + "/mochi\t"
+		fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
+		for _, row := range rows {
+			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
-		fmt.Fprintln(tw, head)
-		for _, sc := range scens {
-			line := sc.name + "\t"
-			for _, e := range edges {
-				for _, base := range []string{"mosquitto", "mochi"} {
-					line += ratio(byKey[[2]string{sc.name, e}], byKey[[2]string{sc.name, base}]) + "\t"
-				}
-			}
-			fmt.Fprintln(tw, line)
+		tw.Flush()
+	}
+	if head, rows := footprintTable(rep); len(rows) > 0 {
+		fmt.Fprintln(w, "\nfootprint (medians; RSS in MB, per connection in KB):")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
+		for _, row := range rows {
+			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
 		tw.Flush()
 	}
@@ -628,7 +648,7 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "\nbrokers:")
 	for _, b := range specs {
-		fmt.Fprintf(w, "  %-14s %s\n", b.name, b.note)
+		fmt.Fprintf(w, "  %-20s %s\n", b.name, b.note)
 	}
 	for _, s := range rep.Skipped {
 		fmt.Fprintln(w, "  skipped: "+s)
@@ -652,11 +672,16 @@ func fmtValue(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
-func ratio(a, b *cell) string {
+// ratio is a's median over b's, with what either lost; named says which
+// configuration b is when there is more than one of that broker.
+func ratio(a, b *cell, named bool) string {
 	if a == nil || b == nil || len(a.Values) == 0 || len(b.Values) == 0 || b.Median == 0 {
 		return "-"
 	}
 	s := fmt.Sprintf("%.2fx", a.Median/b.Median)
+	if named {
+		s += " vs " + b.Broker
+	}
 	switch {
 	case a.Lossy && b.Lossy:
 		s += " (both lossy)"
@@ -666,4 +691,142 @@ func ratio(a, b *cell) string {
 		s += fmt.Sprintf(" (%s lost %.1f%%)", b.Broker, 100*float64(b.Lost)/float64(max(b.Expected, 1)))
 	}
 	return s
+}
+
+// bestBaseline is the cell of scenario, among the brokers whose name starts
+// with base, that a ratio compares against: of the configurations that lost
+// nothing, the one with the best median; when every one lost, the one that
+// lost the smallest share. A ratio against a broker that drops messages
+// under load would flatter whoever does not.
+func bestBaseline(cells []*cell, scenario, base string) (best *cell, configs int) {
+	lossShare := func(c *cell) float64 { return float64(c.Lost) / float64(max(c.Expected, 1)) }
+	for _, c := range cells {
+		if c.Scenario != scenario || !strings.HasPrefix(c.Broker, base) || len(c.Values) == 0 {
+			continue
+		}
+		configs++
+		switch {
+		case best == nil:
+			best = c
+		case best.Lossy != c.Lossy:
+			if !c.Lossy {
+				best = c
+			}
+		case c.Lossy:
+			if lossShare(c) < lossShare(best) {
+				best = c
+			}
+		case c.LowerIsBetter == (c.Median < best.Median):
+			best = c
+		}
+	}
+	return best, configs
+}
+
+// ratioTable is the ratios of every edgemq configuration against the best
+// lossless Mosquitto and plain mochi, one row per scenario, in report order.
+func ratioTable(rep compareReport) (head []string, rows [][]string) {
+	var scenarios, edges []string
+	byKey := map[[2]string]*cell{}
+	for _, c := range rep.Cells {
+		byKey[[2]string{c.Scenario, c.Broker}] = c
+		if !slices.Contains(scenarios, c.Scenario) {
+			scenarios = append(scenarios, c.Scenario)
+		}
+		if strings.HasPrefix(c.Broker, "edgemq") && !slices.Contains(edges, c.Broker) {
+			edges = append(edges, c.Broker)
+		}
+	}
+	if len(edges) == 0 {
+		return nil, nil
+	}
+	head = []string{"scenario"}
+	for _, e := range edges {
+		head = append(head, e+" / lossless mosquitto", e+" / mochi")
+	}
+	for _, s := range scenarios {
+		row := []string{s}
+		for _, e := range edges {
+			for _, base := range []string{"mosquitto", "mochi"} {
+				b, n := bestBaseline(rep.Cells, s, base)
+				row = append(row, ratio(byKey[[2]string{s, e}], b, n > 1))
+			}
+		}
+		rows = append(rows, row)
+	}
+	return head, rows
+}
+
+// footprintTable is each broker's memory: idle, with the idle connections
+// of the conns scenarios, and at its peak under the steady QoS 1 load of
+// the latency scenario.
+func footprintTable(rep compareReport) (head []string, rows [][]string) {
+	var conns []string
+	var load string
+	var brokers []string
+	for _, c := range rep.Cells {
+		switch {
+		case strings.HasPrefix(c.Scenario, "conns"):
+			if !slices.Contains(conns, c.Scenario) {
+				conns = append(conns, c.Scenario)
+			}
+		case strings.HasPrefix(c.Scenario, "latency qos1"):
+			load = c.Scenario
+		default:
+			continue
+		}
+		if !slices.Contains(brokers, c.Broker) {
+			brokers = append(brokers, c.Broker)
+		}
+	}
+	if len(conns) == 0 && load == "" {
+		return nil, nil
+	}
+	byKey := map[[2]string]*cell{}
+	for _, c := range rep.Cells {
+		byKey[[2]string{c.Scenario, c.Broker}] = c
+	}
+	head = []string{"broker"}
+	if len(conns) > 0 {
+		head = append(head, "idle RSS MB")
+	}
+	for _, s := range conns {
+		head = append(head, s+": RSS MB", s+": KB/conn")
+	}
+	if load != "" {
+		head = append(head, load+": peak RSS MB")
+	}
+	mb := func(v float64) string {
+		if v == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
+	for _, b := range brokers {
+		row := []string{b}
+		if len(conns) > 0 {
+			idle := "-"
+			if c := byKey[[2]string{conns[0], b}]; c != nil {
+				idle = mb(c.StartRSSMB)
+			}
+			row = append(row, idle)
+		}
+		for _, s := range conns {
+			c := byKey[[2]string{s, b}]
+			if c == nil || len(c.Values) == 0 {
+				row = append(row, "-", "-")
+				continue
+			}
+			row = append(row, mb(c.EndRSSMB), fmt.Sprintf("%.2f", c.Median))
+		}
+		if load != "" {
+			v := "-"
+			if c := byKey[[2]string{load, b}]; c != nil && len(c.Values) > 0 {
+				v = mb(c.PeakRSSMB)
+			}
+			row = append(row, v)
+		}
+		rows = append(rows, row)
+	}
+	return head, rows
 }

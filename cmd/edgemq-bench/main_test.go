@@ -124,13 +124,13 @@ func TestBacklogAndConns(t *testing.T) {
 }
 
 // TestTally checks the counting itself: duplicates, reordering, gaps (loss)
-// and foreign messages, and that the closed-loop window gets its tokens back
-// across a gap.
+// and foreign messages, and that the closed-loop window gets a token back
+// per delivered message only, not for a lost one.
 func TestTally(t *testing.T) {
 	const nonce = 7
-	win := newWindow(10, 1)
-	for range 10 {
-		<-win.tokens
+	win := newWindow(10, 1, 2, time.Second)
+	for seq := range uint64(7) {
+		win.take(nil, 0, seq)
 	}
 	tl := newTally(nonce, 2, win, false, nil)
 	msg := func(n uint32, pub uint32, seq uint64) []byte {
@@ -152,16 +152,31 @@ func TestTally(t *testing.T) {
 	if tl.foreign != 2 || tl.short != 1 {
 		t.Errorf("foreign %d short %d, want 2 1", tl.foreign, tl.short)
 	}
-	// seq 0..5 advanced the high-water mark by 6: six tokens back, although
-	// seq 4 never arrived.
-	if got := len(win.tokens); got != 6 {
-		t.Errorf("window tokens back %d, want 6", got)
+	// Five unique deliveries give five tokens back (3 + 5 free): not the
+	// duplicate, and not seq 4, which never arrived although the high-water
+	// mark passed it, nor seq 6, not delivered yet.
+	if got := len(win.tokens); got != 8 {
+		t.Errorf("window tokens free %d, want 8", got)
 	}
 	if got := tl.missing(0, 7, 5); len(got) != 2 || got[0] != 4 || got[1] != 6 {
 		t.Errorf("missing %v, want [4 6]", got)
 	}
 	if l := tl.lat[0]; len(l) != 5 {
 		t.Errorf("latency samples %d, want 5", len(l))
+	}
+	// A second later, seq 4 and 6 are presumed lost: their tokens come back,
+	// and a late delivery of seq 4 then gives none.
+	win.reclaim(time.Now().Add(2 * time.Second))
+	if got, n := len(win.tokens), win.reclaimed.Load(); got != 10 || n != 2 {
+		t.Errorf("after reclaim: %d tokens free, %d reclaimed; want 10 and 2", got, n)
+	}
+	win.take(nil, 0, 7)
+	tl.record(msg(nonce, 0, 4), now, nil)
+	if got := len(win.tokens); got != 9 {
+		t.Errorf("a late delivery gave its token again: %d free, want 9", got)
+	}
+	if p := tl.pubs[0]; p.unique != 6 || p.reorder != 2 {
+		t.Errorf("late seq 4: unique %d reorder %d, want 6 2", p.unique, p.reorder)
 	}
 }
 
@@ -174,7 +189,7 @@ func TestCompareQuick(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "runs.json")
 	var stdout, stderr bytes.Buffer
 	args := []string{"compare", "-quick", "-duration", "300ms", "-mosquitto", "", "-edgemq", "none",
-		"-scenarios", "fanin qos1,conns idle", "-json", out}
+		"-scenarios", "fanin qos1,conns 1k", "-json", out}
 	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}

@@ -47,31 +47,23 @@ func writeMarkdown(w io.Writer, rep compareReport) {
 			fmtValue(c.Median), c.Unit, fmtValue(slices.Min(c.Values)), fmtValue(slices.Max(c.Values)),
 			lost, c.Duplicated, cpu, c.PeakRSSMB, c.GenCPU)
 	}
-	var edges []string
-	for _, b := range brokers {
-		if strings.HasPrefix(b, "edgemq") {
-			edges = append(edges, b)
+	table := func(head []string, rows [][]string) {
+		fmt.Fprintln(w, "| "+strings.Join(head, " | ")+" |")
+		fmt.Fprintln(w, "|"+strings.Repeat("---|", len(head)))
+		for _, r := range rows {
+			fmt.Fprintln(w, "| "+strings.Join(r, " | ")+" |")
 		}
 	}
-	if len(edges) > 0 {
-		fmt.Fprintln(w, "\nRatios of the medians (msg/s: higher is better; p99 ms and KB/conn: lower is better):")
+	if head, rows := ratioTable(rep); len(rows) > 0 {
+		fmt.Fprintln(w, "\nRatios of the medians (msg/s: higher is better; p99 ms and KB/conn: lower is better), each against")
+		fmt.Fprintln(w, "the Mosquitto configuration that lost nothing in that scenario (the better one if both did):")
 		fmt.Fprintln(w)
-		head, rule := "| scenario |", "|---|"
-		for _, e := range edges {
-			head += fmt.Sprintf(" %s / mosquitto | %s / mochi |", e, e)
-			rule += "---|---|"
-		}
-		fmt.Fprintln(w, head)
-		fmt.Fprintln(w, rule)
-		for _, s := range scenarios {
-			line := "| " + s + " |"
-			for _, e := range edges {
-				for _, base := range []string{"mosquitto", "mochi"} {
-					line += " " + ratio(byKey[[2]string{s, e}], byKey[[2]string{s, base}]) + " |"
-				}
-			}
-			fmt.Fprintln(w, line)
-		}
+		table(head, rows)
+	}
+	if head, rows := footprintTable(rep); len(rows) > 0 {
+		fmt.Fprintln(w, "\nFootprint (medians): the idle broker, with idle connections, and at its peak under the steady QoS 1 load:")
+		fmt.Fprintln(w)
+		table(head, rows)
 	}
 	fmt.Fprintln(w)
 	for _, b := range brokers {

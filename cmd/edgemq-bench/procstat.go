@@ -81,9 +81,10 @@ func selfCPUSeconds() float64 {
 
 // brokerProbe samples a broker process around a measured span.
 type brokerProbe struct {
-	pid int
-	cpu float64
-	at  time.Time
+	pid   int
+	cpu   float64
+	rssKB int64
+	at    time.Time
 }
 
 func startProbe(pid int) *brokerProbe {
@@ -94,10 +95,15 @@ func startProbe(pid int) *brokerProbe {
 	if err != nil {
 		return nil
 	}
-	return &brokerProbe{pid: pid, cpu: cpu, at: time.Now()}
+	rss, err := procStatusKB(pid, "VmRSS")
+	if err != nil {
+		return nil
+	}
+	return &brokerProbe{pid: pid, cpu: cpu, rssKB: rss, at: time.Now()}
 }
 
-// finish fills the broker's CPU seconds over the span and its peak RSS.
+// finish fills the broker's CPU seconds over the span, its RSS at both ends
+// and its peak RSS.
 func (bp *brokerProbe) finish(r *Result) {
 	if bp == nil {
 		return
@@ -107,9 +113,29 @@ func (bp *brokerProbe) finish(r *Result) {
 	} else {
 		r.Notes = append(r.Notes, "broker CPU unreadable: "+err.Error())
 	}
+	r.BrokerStartRSSMB = float64(bp.rssKB) / 1024
+	if rss, err := procStatusKB(bp.pid, "VmRSS"); err == nil {
+		r.BrokerEndRSSMB = float64(rss) / 1024
+	}
 	if hwm, err := procStatusKB(bp.pid, "VmHWM"); err == nil {
 		r.BrokerPeakRSSMB = float64(hwm) / 1024
 	}
+}
+
+// raiseFDLimit raises this process's soft limit on open files to its hard
+// limit and returns it. Brokers the compare driver starts inherit it (an
+// explicit Setrlimit stops Go from restoring the original soft limit in
+// children), so 10,000 idle connections fit on both sides.
+func raiseFDLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	rl.Cur = rl.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("setrlimit RLIMIT_NOFILE %d: %w", rl.Max, err)
+	}
+	return rl.Cur, nil
 }
 
 // loadAvg1 is the one-minute load average, 0 when unreadable.

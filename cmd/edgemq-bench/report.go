@@ -49,8 +49,8 @@ func printResult(w io.Writer, r Result) {
 			what = fmt.Sprintf("msg/s drained (%.2f s)", r.DrainSeconds)
 		}
 		fmt.Fprintf(w, "  %.0f %s over %.2f s (published %.0f/s): %s\n", r.MsgPerSec, what, r.Seconds, r.PublishPerSec, verdict)
-		if r.WindowResets > 0 {
-			fmt.Fprintf(w, "  closed loop stalled %d times (every message in flight lost) and was refilled\n", r.WindowResets)
+		if r.WindowReclaimed > 0 {
+			fmt.Fprintf(w, "  closed loop: %d tokens taken back from messages not delivered within 1 s\n", r.WindowReclaimed)
 		}
 		if l := r.Latency; l != nil && l.Samples > 0 {
 			fmt.Fprintf(w, "  latency ms: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (%d samples)\n", l.P50, l.P99, l.P999, l.Max, l.Samples)

@@ -120,9 +120,9 @@ type Result struct {
 	Reordered  uint64 `json:"reordered"`
 	// Foreign counts messages of other runs or without a bench header.
 	Foreign uint64 `json:"foreign"`
-	// WindowResets counts closed-loop windows refilled after a stall of a
-	// second without any delivery (every message in flight lost).
-	WindowResets int64 `json:"window_resets"`
+	// WindowReclaimed counts closed-loop tokens taken back from messages
+	// not delivered within a second of their sending (presumed lost).
+	WindowReclaimed int64 `json:"window_reclaimed"`
 	// Lossy is true when any expected delivery is missing.
 	Lossy bool `json:"lossy"`
 	// MsgPerSec is unique deliveries per second over Seconds.
@@ -141,6 +141,11 @@ type Result struct {
 	// Broker figures need the broker's PID.
 	BrokerCPUSeconds float64 `json:"broker_cpu_seconds,omitempty"`
 	BrokerPeakRSSMB  float64 `json:"broker_peak_rss_mb,omitempty"`
+	// BrokerStartRSSMB and BrokerEndRSSMB are the broker's VmRSS when the
+	// measured span began and ended (conns: before the first connection and
+	// with all of them open).
+	BrokerStartRSSMB float64 `json:"broker_start_rss_mb,omitempty"`
+	BrokerEndRSSMB   float64 `json:"broker_end_rss_mb,omitempty"`
 	// CPUSecPerMillion is broker CPU seconds per million deliveries.
 	CPUSecPerMillion float64  `json:"broker_cpu_sec_per_million,omitempty"`
 	Notes            []string `json:"notes,omitempty"`
@@ -288,9 +293,7 @@ func (pb *publisher) publish(ctx context.Context, nonce uint32, size int, win *w
 			next = next.Add(time.Duration(float64(time.Second) / rate(next)))
 		}
 		if win != nil {
-			select {
-			case <-win.tokens:
-			case <-done:
+			if !win.take(done, int(pb.id), seq) {
 				return
 			}
 		} else {
@@ -400,7 +403,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	closedLoop := p.scenario != "latency" && p.scenario != "burst"
 	var win *window
 	if closedLoop {
-		win = newWindow(p.window, copies)
+		win = newWindow(p.window, copies, p.pubs, time.Second)
 		r.Window = p.window
 	} else {
 		r.TargetRate = p.rate
@@ -497,7 +500,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	}
 	defer cancel()
 	// With a count, the last publisher to finish ends the publish phase
-	// (and with it the stall watch).
+	// (and with it the reclaim scan).
 	var remaining atomic.Int64
 	remaining.Store(int64(len(pubs)))
 	var pubWG sync.WaitGroup
@@ -518,13 +521,11 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 		}
 		return n
 	}
-	// Stall watch: a closed loop whose every in-flight message was lost
-	// would wait forever; refill it and count that.
+	// Reclaim: a message lost in the broker would hold its token forever.
 	if win != nil {
 		pubWG.Add(1)
 		go func() {
 			defer pubWG.Done()
-			last, since := win.credited.Load(), time.Now()
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
 			for {
@@ -532,12 +533,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 				case <-pubCtx.Done():
 					return
 				case now := <-tick.C:
-					if c := win.credited.Load(); c != last {
-						last, since = c, now
-					} else if now.Sub(since) > time.Second && len(win.tokens) == 0 {
-						win.reset()
-						since = now
-					}
+					win.reclaim(now)
 				}
 			}
 		}()
@@ -633,7 +629,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	}
 	r.Lossy = r.Lost > 0
 	if win != nil {
-		r.WindowResets = win.resets.Load()
+		r.WindowReclaimed = win.reclaimed.Load()
 	}
 	span := time.Duration(lastNano - start.UnixNano())
 	if lastNano == 0 {
@@ -688,14 +684,15 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 func runConns(ctx context.Context, p params, r *Result) error {
 	nonce := newNonce()
 	r.Conns = p.conns
-	var rss0 int64
-	var err error
-	if p.pid > 0 {
-		if rss0, err = procStatusKB(p.pid, "VmRSS"); err != nil {
-			return fmt.Errorf("broker RSS: %w", err)
-		}
+	if limit, err := raiseFDLimit(); err != nil {
+		return err
+	} else if need := uint64(p.conns) + 64; limit < need {
+		return fmt.Errorf("conns: %d connections need %d file descriptors, the hard limit is %d (ulimit -Hn)", p.conns, need, limit)
 	}
 	probe := startProbe(p.pid)
+	if p.pid > 0 && probe == nil {
+		return fmt.Errorf("broker %d: cannot read its /proc entry", p.pid)
+	}
 	clients := make([]*client, p.conns)
 	defer func() {
 		for _, c := range clients {
@@ -745,16 +742,15 @@ func runConns(ctx context.Context, p params, r *Result) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	probe.finish(r)
 	if p.pid > 0 {
-		rss1, err := procStatusKB(p.pid, "VmRSS")
-		if err != nil {
-			return fmt.Errorf("broker RSS: %w", err)
+		if r.BrokerEndRSSMB == 0 {
+			return fmt.Errorf("broker %d: RSS unreadable", p.pid)
 		}
-		r.RSSPerConnKB = float64(rss1-rss0) / float64(p.conns)
+		r.RSSPerConnKB = (r.BrokerEndRSSMB - r.BrokerStartRSSMB) * 1024 / float64(p.conns)
 	} else {
 		r.Notes = append(r.Notes, "no -pid: broker RSS per connection not measured")
 	}
-	probe.finish(r)
 	return nil
 }
 

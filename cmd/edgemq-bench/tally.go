@@ -27,61 +27,6 @@ func decodeHeader(b []byte) (nonce, pub uint32, seq uint64, sentNanos int64, ok 
 		binary.LittleEndian.Uint64(b[8:]), int64(binary.LittleEndian.Uint64(b[16:])), true
 }
 
-// window is the closed loop: at most limit messages are in flight end to
-// end (published and not yet seen by every subscriber that should get them).
-// A publisher takes a token per message; subscribers give tokens back as
-// their per-publisher high-water marks advance. Advancing past a gap returns
-// the gap's tokens too, so a lost message does not leak its token forever;
-// a reordered late message returns none (its token came back with the gap).
-type window struct {
-	tokens   chan struct{}
-	copies   int64 // deliveries that make one message complete (fan-out: subscribers)
-	credited atomic.Int64
-	released atomic.Int64
-	resets   atomic.Int64
-}
-
-func newWindow(limit, copies int) *window {
-	w := &window{tokens: make(chan struct{}, limit), copies: int64(copies)}
-	for range limit {
-		w.tokens <- struct{}{}
-	}
-	return w
-}
-
-// credit records n deliveries' worth of high-water advance.
-func (w *window) credit(n int64) {
-	want := w.credited.Add(n) / w.copies
-	for {
-		r := w.released.Load()
-		if r >= want {
-			return
-		}
-		if w.released.CompareAndSwap(r, want) {
-			for i := r; i < want; i++ {
-				select {
-				case w.tokens <- struct{}{}:
-				default: // refilled by a reset already
-				}
-			}
-			return
-		}
-	}
-}
-
-// reset refills the window after a stall (every message in flight lost,
-// the broker stuck): counted, so a run that needed it says so.
-func (w *window) reset() {
-	w.resets.Add(1)
-	for {
-		select {
-		case w.tokens <- struct{}{}:
-		default:
-			return
-		}
-	}
-}
-
 // pubTrack is what one subscriber (or one shared group) saw of one publisher.
 type pubTrack struct {
 	seen    []uint64 // bitset of sequence numbers seen
@@ -166,6 +111,9 @@ func (t *tally) record(payload []byte, now int64, member []int64) {
 	p.unique++
 	t.uniqueN.Add(1)
 	t.lastNano = now
+	if t.win != nil {
+		t.win.delivered(pub, seq)
+	}
 	if member != nil {
 		if int64(seq) < member[pub] {
 			p.reorder++
@@ -178,11 +126,7 @@ func (t *tally) record(payload []byte, now int64, member []int64) {
 			p.reorder++
 		}
 	} else {
-		adv := int64(seq) - p.hw
 		p.hw = int64(seq)
-		if t.win != nil {
-			t.win.credit(adv)
-		}
 	}
 	ph := 0
 	for ph < len(t.phaseEnds)-1 && sent >= t.phaseEnds[ph] {
