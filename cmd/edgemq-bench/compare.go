@@ -326,11 +326,11 @@ type cell struct {
 	// StartRSSMB and EndRSSMB are medians of the broker's VmRSS when the
 	// measured span began and ended (conns: before the first connection,
 	// that is the idle broker, and with every connection open).
-	StartRSSMB float64 `json:"broker_start_rss_mb,omitempty"`
-	EndRSSMB   float64 `json:"broker_end_rss_mb,omitempty"`
-	GenCPU     float64   `json:"generator_cpu_seconds"`
-	BrokerCPU  float64   `json:"broker_cpu_seconds"`
-	Errors     []string  `json:"errors,omitempty"`
+	StartRSSMB float64  `json:"broker_start_rss_mb,omitempty"`
+	EndRSSMB   float64  `json:"broker_end_rss_mb,omitempty"`
+	GenCPU     float64  `json:"generator_cpu_seconds"`
+	BrokerCPU  float64  `json:"broker_cpu_seconds"`
+	Errors     []string `json:"errors,omitempty"`
 }
 
 func median(v []float64) float64 {
