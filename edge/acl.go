@@ -90,31 +90,41 @@ func (a *acl) allowed(user, clientID, topic string, write bool) bool {
 	return ok
 }
 
-// substitute replaces %u and %c in each level. A username or client id that
-// is empty or holds '/', '+' or '#' cannot be substituted: "+" as a username
-// would turn "users/%u/#" into every user's tree, "a/b" as a client id would
-// reach into client "a"'s. The rule is then skipped, which can only refuse.
+// substitute replaces %u and %c in each level, in one pass: what a value
+// holds is never read as a placeholder (a user named "%c" is not the
+// client id). A username or client id that is empty or holds '/', '+',
+// '#', '%' or NUL cannot be substituted: "+" as a username would turn
+// "users/%u/#" into every user's tree, "a/b" as a client id would reach
+// into client "a"'s. The rule is then skipped, which can only refuse.
 func substitute(dst, levels []string, user, clientID string) ([]string, bool) {
 	for _, l := range levels {
-		if strings.Contains(l, "%u") {
-			if !substitutable(user) {
+		if !strings.Contains(l, "%") {
+			dst = append(dst, l)
+			continue
+		}
+		var b strings.Builder
+		for i := 0; i < len(l); i++ {
+			if l[i] != '%' || i+1 == len(l) || (l[i+1] != 'u' && l[i+1] != 'c') {
+				b.WriteByte(l[i])
+				continue
+			}
+			v := user
+			if l[i+1] == 'c' {
+				v = clientID
+			}
+			if !substitutable(v) {
 				return dst, false
 			}
-			l = strings.ReplaceAll(l, "%u", user)
+			b.WriteString(v)
+			i++
 		}
-		if strings.Contains(l, "%c") {
-			if !substitutable(clientID) {
-				return dst, false
-			}
-			l = strings.ReplaceAll(l, "%c", clientID)
-		}
-		dst = append(dst, l)
+		dst = append(dst, b.String())
 	}
 	return dst, true
 }
 
 func substitutable(s string) bool {
-	return s != "" && !strings.ContainsAny(s, "/+#")
+	return s != "" && !strings.ContainsAny(s, "/+#%\x00")
 }
 
 // covers reports whether every topic matched by req is matched by rule.

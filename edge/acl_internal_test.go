@@ -63,6 +63,10 @@ func TestACLSubstitution(t *testing.T) {
 		{"#", "c1", "users/bob/x", true, false},   // '#' as a username
 		{"a/b", "c1", "users/a/b/x", true, false}, // '/' in a username
 		{"", "c1", "users//x", true, false},       // anonymous: no %u rules
+		{"%c", "bob", "users/bob/x", true, false}, // one pass: %u's value is not re-read
+		{"%u", "c1", "users/%u/x", true, false},   // '%' in a username
+		{"a\x00b", "c1", "users/a\x00b/x", true, false},
+		{"alice", "%u", "clients/%u", true, false},
 		{"alice", "c1", "clients/c1", true, true},
 		{"alice", "c1", "clients/c1", false, false}, // write-only
 		{"alice", "c/2", "clients/c/2", true, false},

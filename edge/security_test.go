@@ -193,3 +193,37 @@ func TestClientIDRules(t *testing.T) {
 		t.Fatalf("first connection: %v %v, want DISCONNECT 0x8E session taken over", pk.FixedHeader.Type, err)
 	}
 }
+
+// TestACLPlaceholderInName: a user literally named "%c" with client id
+// "bob" does not reach devices/bob/# through "devices/%u/#": %u and %c are
+// substituted in one pass, and a name holding '%', '/', '+', '#' or NUL
+// never matches a rule that substitutes it.
+func TestACLPlaceholderInName(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "%c", "pw", "%u", "pw", "alice", "pw")
+	cfg.Auth.ACL = []edge.ACLRule{{Topic: "devices/%u/#", Access: "readwrite"}, {Topic: "clients/%c/#", Access: "readwrite"}}
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	for _, tc := range []struct{ user, id, filter string }{
+		{"%c", "bob", "devices/bob/#"},
+		{"%c", "bob", "devices/%c/#"},
+		{"%u", "x", "devices/%u/#"},
+		{"alice", "%u", "clients/%u/#"},
+		{"alice", "%c", "clients/%c/#"},
+	} {
+		rc := dialRaw(t, addr, 5)
+		if ack := rc.connectWith(tc.id, true, 30, login(tc.user, "pw")); ack.ReasonCode != 0 {
+			t.Fatalf("%q: connack %#x", tc.user, ack.ReasonCode)
+		}
+		rc.subscribe(1, tc.filter, 1)
+		if sa, err := rc.read(5 * time.Second); err != nil || len(sa.ReasonCodes) != 1 || sa.ReasonCodes[0] != 0x87 {
+			t.Errorf("user %q id %q subscribe %q: %v %v, want 0x87", tc.user, tc.id, tc.filter, sa.ReasonCodes, err)
+		}
+	}
+	rc := dialRaw(t, addr, 5)
+	rc.connectWith("c1", true, 30, login("alice", "pw"))
+	rc.subscribe(1, "devices/alice/#", 1)
+	if sa, err := rc.read(5 * time.Second); err != nil || sa.ReasonCodes[0] != 1 {
+		t.Errorf("alice's own tree: %v %v", sa.ReasonCodes, err)
+	}
+}
