@@ -41,9 +41,16 @@ type ListenerConfig struct {
 	Path string `yaml:"path"`
 	// AllowedOrigins lists the Origin host patterns ("example.com",
 	// "*.example.com") a browser may connect from on a "ws" listener.
-	// Default: empty, meaning same-origin only. "*" allows every origin:
+	// Default: empty, meaning same-origin only, on loopback or ServerNames. "*" allows every origin:
 	// dangerous, any web page a user visits can then reach the broker.
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	// ServerNames are the host names browsers use to reach a "ws" listener
+	// ("gateway.local"). A browser's same-origin request (Origin equal to
+	// Host) is accepted only when Host is loopback or one of these, so a
+	// page on a DNS name that an attacker points at us (DNS rebinding) is
+	// refused. Default: empty, loopback only. Clients that send no Origin
+	// (devices, not browsers) are not affected.
+	ServerNames []string `yaml:"server_names"`
 	// TLS turns on TLS for this listener when CertFile is set.
 	TLS TLSConfig `yaml:"tls"`
 }

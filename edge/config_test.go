@@ -295,6 +295,7 @@ func TestValidate(t *testing.T) {
 		{"tcp path", func(c *edge.Config) { c.Listeners[0].Path = "/mqtt" }, `listeners[0].path: only for ws listeners (got "/mqtt")`},
 		{"tcp origins", func(c *edge.Config) { c.Listeners[0].AllowedOrigins = []string{"a"} }, `listeners[0].allowed_origins: only for ws listeners (got 1 patterns)`},
 		{"origin pattern", func(c *edge.Config) { c.Listeners[1].AllowedOrigins = []string{"ok.com", "[bad"} }, `listeners[1].allowed_origins[1]: must be a host pattern such as example.com or *.example.com (got "[bad")`},
+		{"server name", func(c *edge.Config) { c.Listeners[1].ServerNames = []string{"gw.local:8083"} }, `listeners[1].server_names[0]: must be a host name such as gateway.local, no port (got "gw.local:8083")`},
 		{"client id prefix", func(c *edge.Config) { c.Auth.ClientIDPrefix = "%c-" }, `auth.client_id_prefix: may hold no placeholder but %u (got "%c-")`},
 		{"tls key without cert", func(c *edge.Config) { c.Listeners[0].TLS.KeyFile = "k.pem" }, `listeners[0].tls.cert_file: must be set when key_file is (got "")`},
 		{"tls cert without key", func(c *edge.Config) { c.Listeners[0].TLS.CertFile = "c.pem" }, `listeners[0].tls.key_file: must be set when cert_file is (got "")`},
@@ -466,7 +467,7 @@ func fieldPaths(t reflect.Type, prefix string) []string {
 // config documents it.
 func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 	known := []string{
-		"listeners[].name", "listeners[].type", "listeners[].address", "listeners[].path", "listeners[].allowed_origins",
+		"listeners[].name", "listeners[].type", "listeners[].address", "listeners[].path", "listeners[].allowed_origins", "listeners[].server_names",
 		"listeners[].tls.cert_file", "listeners[].tls.key_file", "listeners[].tls.client_ca_file",
 		"listeners[].tls.require_client_cert", "listeners[].tls.use_cn_as_username",
 		"http.address",

@@ -111,12 +111,20 @@ func (v *validator) listeners(ls []ListenerConfig) {
 					v.add(fmt.Sprintf("%s.allowed_origins[%d]", p, j), "must be a host pattern such as example.com or *.example.com (got %q)", o)
 				}
 			}
+			for j, n := range l.ServerNames {
+				if n == "" || strings.ContainsAny(n, ":/ *") {
+					v.add(fmt.Sprintf("%s.server_names[%d]", p, j), "must be a host name such as gateway.local, no port (got %q)", n)
+				}
+			}
 		} else {
 			if l.Path != "" {
 				v.add(p+".path", "only for ws listeners (got %q)", l.Path)
 			}
 			if len(l.AllowedOrigins) > 0 {
 				v.add(p+".allowed_origins", "only for ws listeners (got %d patterns)", len(l.AllowedOrigins))
+			}
+			if len(l.ServerNames) > 0 {
+				v.add(p+".server_names", "only for ws listeners (got %d names)", len(l.ServerNames))
 			}
 		}
 		v.tls(p+".tls", l.TLS)

@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"path"
+	"strings"
 
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -30,6 +33,7 @@ type wsListener struct {
 	address   string
 	path      string
 	origins   []string
+	names     []string // server_names
 	tlsConfig *tls.Config
 	useCN     bool
 	readLimit int64
@@ -56,6 +60,7 @@ func newWSListener(b *Broker, lc ListenerConfig, tlsConfig *tls.Config) *wsListe
 		address:   lc.Address,
 		path:      lc.Path,
 		origins:   lc.AllowedOrigins,
+		names:     lc.ServerNames,
 		tlsConfig: tlsConfig,
 		useCN:     lc.TLS.UseCNAsUsername,
 		readLimit: limit,
@@ -117,9 +122,16 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	defer l.gate.leave()
 
+	if origin := r.Header.Get("Origin"); !l.originAllowed(origin, r.Host) {
+		l.b.metrics.rejected.WithLabelValues(l.name, "ws_origin").Inc()
+		l.b.throttledLog.warn(l.log, "websocket connection refused for its origin: add it to allowed_origins, or its host to server_names",
+			"origin", origin, "host", r.Host, "remote", r.RemoteAddr)
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:   wsSubprotocols,
-		OriginPatterns: l.origins,
+		Subprotocols:       wsSubprotocols,
+		InsecureSkipVerify: true, // originAllowed decided, more strictly than coder would
 	})
 	if err != nil {
 		// Accept has answered with the HTTP error already.
@@ -136,6 +148,48 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	ws.SetReadLimit(l.readLimit)
 	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.establish)
+}
+
+// originAllowed decides a browser's WebSocket request by its Origin
+// header (RFC 6455 §10.2). No Origin: not a browser, allowed. An Origin
+// host matching allowed_origins: allowed. Otherwise only a same-origin
+// request (Origin's host and port are Host) on a trusted host: loopback or
+// server_names. coder/websocket trusts every same-origin request, but a
+// page on a DNS name that resolves to us (DNS rebinding) is same-origin
+// with whatever Host it sends.
+func (l *wsListener) originAllowed(origin, host string) bool {
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	for _, p := range l.origins {
+		p = strings.ToLower(p)
+		if ok, _ := path.Match(p, strings.ToLower(u.Hostname())); ok {
+			return true
+		}
+		if ok, _ := path.Match(p, strings.ToLower(u.Host)); ok {
+			return true
+		}
+	}
+	if !strings.EqualFold(u.Host, host) {
+		return false
+	}
+	name := u.Hostname()
+	if strings.EqualFold(name, "localhost") {
+		return true
+	}
+	if ip := net.ParseIP(name); ip != nil && ip.IsLoopback() {
+		return true
+	}
+	for _, n := range l.names {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // httpErrorLog receives the HTTP server's error lines: failed TLS

@@ -1,6 +1,9 @@
 package edge_test
 
 import (
+	"bufio"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -225,5 +228,66 @@ func TestACLPlaceholderInName(t *testing.T) {
 	rc.subscribe(1, "devices/alice/#", 1)
 	if sa, err := rc.read(5 * time.Second); err != nil || sa.ReasonCodes[0] != 1 {
 		t.Errorf("alice's own tree: %v %v", sa.ReasonCodes, err)
+	}
+}
+
+// wsUpgrade sends a WebSocket upgrade with the given Host and Origin (""
+// for none) over a raw socket and returns the HTTP status.
+func wsUpgrade(t *testing.T, addr, host, origin string) int {
+	t.Helper()
+	c := dialNet(t, "tcp", addr, nil)
+	defer c.Close()
+	req := "GET /mqtt HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n"
+	if origin != "" {
+		req += "Origin: " + origin + "\r\n"
+	}
+	if _, err := c.Write([]byte(req + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestWebSocketOriginRebinding: with no allowed_origins, a page whose
+// Origin equals a Host that is neither loopback nor a configured server
+// name is refused (DNS rebinding: the attacker's name resolves to us),
+// counted and logged; loopback and server_names pass, as do clients that
+// send no Origin.
+func TestWebSocketOriginRebinding(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Listeners = append(cfg.Listeners, edge.ListenerConfig{
+		Name: "ws-named", Type: "ws", Address: "127.0.0.1:0", Path: "/mqtt", ServerNames: []string{"gw.example"},
+	})
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("ws").String()
+	_, port, _ := net.SplitHostPort(addr)
+	named := tb.Addr("ws-named").String()
+	_, namedPort, _ := net.SplitHostPort(named)
+	for _, tc := range []struct {
+		addr, host, origin string
+		want               int
+	}{
+		{addr, "rebind.attacker.example:" + port, "http://rebind.attacker.example:" + port, 403},
+		{addr, "rebind.attacker.example:" + port, "", 101}, // not a browser
+		{addr, "127.0.0.1:" + port, "http://127.0.0.1:" + port, 101},
+		{addr, "localhost:" + port, "http://localhost:" + port, 101},
+		{addr, "[::1]:" + port, "http://[::1]:" + port, 101},
+		{addr, "127.0.0.1:" + port, "http://evil.example", 403},
+		{named, "gw.example:" + namedPort, "https://gw.example:" + namedPort, 101},
+		{named, "GW.example:" + namedPort, "https://gw.EXAMPLE:" + namedPort, 101},
+		{named, "other.example:" + namedPort, "https://other.example:" + namedPort, 403},
+	} {
+		if got := wsUpgrade(t, tc.addr, tc.host, tc.origin); got != tc.want {
+			t.Errorf("Host %s Origin %q: status %d, want %d", tc.host, tc.origin, got, tc.want)
+		}
+	}
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "ws", "reason", "ws_origin"); v != 2 {
+		t.Errorf("rejected{ws_origin} = %v, want 2", v)
 	}
 }
