@@ -65,11 +65,49 @@ func (h *authHook) Provides(b byte) bool {
 // violation before any hook can judge it. An empty password is taken as no
 // password: no user of a password file has an empty one (SetPassword
 // refuses it), so it fails authentication either way.
+//
+// It also answers a client's QoS 1/2 PUBLISH to $SYS, which mochi drops
+// without an acknowledgement, leaving the client waiting forever.
 func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
-		pk.Connect.PasswordFlag = false
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		if pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+			pk.Connect.PasswordFlag = false
+		}
+	case packets.Publish:
+		if !cl.Net.Inline && reservedTopic(pk.TopicName) {
+			h.refuseReserved(cl, pk)
+		}
 	}
 	return pk, nil
+}
+
+// reservedTopic reports whether a client may not publish to topic: $SYS is
+// the broker's [MQTT-4.7.2-1] (mochi compares it without case).
+func reservedTopic(topic string) bool {
+	return len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix)
+}
+
+// refuseReserved answers a PUBLISH to a reserved topic that mochi goes on to
+// drop unanswered: v5 gets PUBACK or PUBREC 0x87; v3 cannot be refused
+// [MQTT-3.3.5-2] and gets a normal one (a QoS 2 PUBREL then finds no
+// packet id and mochi completes it). It is counted and logged either way.
+func (h *authHook) refuseReserved(cl *mqtt.Client, pk packets.Packet) {
+	h.b.metrics.dropped.reservedTopic.Add(1)
+	h.b.throttledLog.info(h.b.log, "publish to a reserved topic dropped",
+		"client", cl.ID, "username", string(cl.Properties.Username), "topic", pk.TopicName, "qos", pk.FixedHeader.Qos)
+	if pk.FixedHeader.Qos == 0 {
+		return
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+	if pk.FixedHeader.Qos == 2 {
+		ack.FixedHeader.Type = packets.Pubrec
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = packets.ErrNotAuthorized.Code
+		ack.Properties.ReasonString = "reserved topic"
+	}
+	_ = cl.WritePacket(ack)
 }
 
 // OnConnect authenticates the client, applies the client id rules, checks
@@ -103,7 +141,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if h.useUsernameAsClientID && user != "" {
 		cl.ID = user
 	}
-	if pk.Connect.WillFlag && !h.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
+	if pk.Connect.WillFlag && (reservedTopic(pk.Connect.WillTopic) || !h.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true)) {
 		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
 		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)

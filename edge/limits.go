@@ -2,6 +2,7 @@ package edge
 
 import (
 	"math"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -118,6 +119,12 @@ func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if pk.Connect.WillFlag && h.maxTopic > 0 && len(pk.Connect.WillTopic) > h.maxTopic {
 		h.b.metrics.dropped.topicTooLong.Add(1)
+		return refuseConnect(cl, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized.Code)
+	}
+	// The will is published under its topic, so it is a topic name: not
+	// empty [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]. mochi takes any.
+	if pk.Connect.WillFlag && (pk.Connect.WillTopic == "" || strings.ContainsAny(pk.Connect.WillTopic, "+#")) {
+		h.b.log.Debug("will topic is not a topic name", "client", cl.ID, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized.Code)
 	}
 	v5 := cl.Properties.ProtocolVersion == 5

@@ -23,7 +23,7 @@ import (
 //	edgemq_mqtt_messages_sent_total{qos}         counter  PUBLISH packets written to clients
 //	edgemq_mqtt_received_bytes_total             counter
 //	edgemq_mqtt_sent_bytes_total                 counter
-//	edgemq_mqtt_dropped_messages_total{reason}   counter  queue_full, inflight_full, topic_too_long
+//	edgemq_mqtt_dropped_messages_total{reason}   counter  queue_full, inflight_full, topic_too_long, reserved_topic
 //	edgemq_mqtt_slow_consumer_disconnects_total  counter  clients cut because a write missed limits.write_timeout
 //	edgemq_mqtt_blocked_writers                  gauge    connections whose current write has been blocked for over 1 s
 //	edgemq_auth_failures_total{reason}           counter  anonymous, bad_credentials
@@ -150,6 +150,8 @@ type droppedCollector struct {
 	desc         *prometheus.Desc
 	queueFull    atomic.Int64
 	topicTooLong atomic.Int64
+	// reservedTopic counts client publishes to $SYS (authHook.refuseReserved).
+	reservedTopic atomic.Int64
 }
 
 // Describe implements prometheus.Collector.
@@ -160,6 +162,7 @@ func (d *droppedCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.queueFull.Load()), "queue_full")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(atomic.LoadInt64(&d.info.InflightDropped)), "inflight_full")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.topicTooLong.Load()), "topic_too_long")
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.reservedTopic.Load()), "reserved_topic")
 }
 
 // metricsHook counts messages in and out.

@@ -291,3 +291,69 @@ func TestWebSocketOriginRebinding(t *testing.T) {
 		t.Errorf("rejected{ws_origin} = %v, want 2", v)
 	}
 }
+
+// TestReservedTopics: QoS 1/2 publishes from clients to $SYS get PUBACK or
+// PUBREC 0x87 (v5) or a normal acknowledgement (v3, which cannot refuse),
+// are counted and delivered to no one. A will on $SYS is refused like an
+// ACL denial (0x87, v3 0x05); a will topic with wildcards is not a topic
+// name [MQTT-3.3.2-2]: 0x90 (v3 0x05).
+func TestReservedTopics(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	sub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "sys-sub"})
+	sub.subscribe(t, "$SYS/test/#", 1)
+
+	for _, version := range []byte{5, 4} {
+		rc := dialRaw(t, addr, version)
+		rc.connect("sys-pub", true, 30)
+		for q := byte(1); q <= 2; q++ {
+			rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q}, PacketID: uint16(q), TopicName: "$SYS/test/x", Payload: []byte("evil")})
+			ack, err := rc.read(5 * time.Second)
+			want := map[byte]byte{1: packets.Puback, 2: packets.Pubrec}[q]
+			if err != nil || ack.FixedHeader.Type != want {
+				t.Fatalf("v%d qos %d: got type %d (%v), want %d", version, q, ack.FixedHeader.Type, err, want)
+			}
+			wantCode := byte(0)
+			if version == 5 {
+				wantCode = 0x87
+			}
+			if ack.ReasonCode != wantCode {
+				t.Errorf("v%d qos %d: reason %#x, want %#x", version, q, ack.ReasonCode, wantCode)
+			}
+			if q == 2 && version == 4 {
+				rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 2})
+				if pk, err := rc.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pubcomp {
+					t.Fatalf("v3 pubrel: got type %d (%v), want PUBCOMP", pk.FixedHeader.Type, err)
+				}
+			}
+		}
+	}
+	sub.quiet(t, 300*time.Millisecond)
+	if v := tb.metric(t, "edgemq_mqtt_dropped_messages_total", "reason", "reserved_topic"); v != 4 {
+		t.Errorf("dropped{reserved_topic} = %v, want 4", v)
+	}
+
+	for _, tc := range []struct {
+		topic  string
+		v5, v3 byte
+	}{{"$SYS/broker/version", 0x87, 0x05}, {"a/+/b", 0x90, 0x05}, {"a/#", 0x90, 0x05}} {
+		for _, version := range []byte{5, 4} {
+			rc := dialRaw(t, addr, version)
+			ack := rc.connectWith("willer", true, 30, func(pk *packets.Packet) {
+				pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload, pk.Connect.WillRetain = true, tc.topic, []byte("w"), true
+			})
+			want := tc.v3
+			if version == 5 {
+				want = tc.v5
+			}
+			if ack.ReasonCode != want {
+				t.Errorf("will %q v%d: connack %#x, want %#x", tc.topic, version, ack.ReasonCode, want)
+			}
+		}
+	}
+	if n := tb.metric(t, "edgemq_mqtt_retained_messages"); n != 0 {
+		// mochi's own $SYS values are not counted among clients' retained
+		// messages; a will kept under a wildcard name would be.
+		t.Errorf("retained messages = %v, want 0", n)
+	}
+}
