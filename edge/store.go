@@ -65,12 +65,14 @@ type store struct {
 	cursor          *wal.Cursor
 	snapDir         string
 	checkpointEvery time.Duration
-	shadow          *qos.State // the dispatcher's: the state after every record it read
+	shadow          *qos.State    // the dispatcher's: the state after every record it read
+	snapshotAt      atomic.Uint64 // the offset of the newest snapshot on disk (0: none)
 	checkpoints     chan pendingCheckpoint
 	// failedCheckpoints counts the failures since the last success; only
 	// the checkpointer (and close, after it stopped) touches it.
 	failedCheckpoints int
-	alarms            *logThrottle // repeating errors: one line a minute
+	alarms            *logThrottle  // repeating errors: one line a minute
+	refusals          atomic.Uint64 // publishes refused since the last one taken
 }
 
 // session is a client's session as the store keeps it. While the client is
@@ -614,6 +616,29 @@ func (s *store) forgetLocked(sess *session) {
 	if s.sessions[sess.id] == sess {
 		delete(s.sessions, sess.id)
 	}
+	for filter := range subs {
+		s.dropGroupLocked(filter)
+	}
+}
+
+// dropGroupLocked removes the shared group key once no session has it: a
+// shared subscription lives as long as a session that holds it [MQTT-4.8.2],
+// and a group nobody can take from must not hold the log (its position is
+// part of the trim point). What it held is not delivered to anyone. Called
+// with s.mu held.
+func (s *store) dropGroupLocked(key string) {
+	if s.groups[key] == nil {
+		return
+	}
+	for _, m := range s.sessions {
+		m.mu.Lock()
+		_, member := m.subs[key]
+		m.mu.Unlock()
+		if member {
+			return
+		}
+	}
+	delete(s.groups, key)
 }
 
 // expireLoop ends offline sessions whose expiry has passed.
@@ -681,14 +706,14 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		return pk, refusePublish(cl, pk, packets.ErrMalformedPacket)
 	}
 	if !s.admit(len(rec)) {
-		s.m.refused.WithLabelValues("storage_full").Inc()
+		s.refuse(wal.ErrFull)
 		return pk, refuseStored(cl, pk, wal.ErrFull)
 	}
+	s.accepted()
 	a := s.ackerOf(cl)
 	off, err := s.appendAsync(rec)
 	if err != nil {
-		s.m.refused.WithLabelValues(refuseReason(err)).Inc()
-		s.lg.Warn("publish refused: not logged", "client", cl.ID, "error", err)
+		s.refuse(err)
 		return pk, refuseStored(cl, pk, err)
 	}
 	if q == 2 {
@@ -730,6 +755,38 @@ func (s *store) admit(n int) bool {
 	}
 	disk, queued := s.log.Usage()
 	return disk+queued+int64(n) <= s.budget-s.budget/10
+}
+
+// refuse counts a publish the log did not take, and logs it once a minute
+// while refusals repeat, with the reason: the budget's figures and what
+// holds the log's trim point (the log shrinks only when that moves), or the
+// log's error.
+func (s *store) refuse(err error) {
+	reason := refuseReason(err)
+	s.m.refused.WithLabelValues(reason).Inc()
+	s.refusals.Add(1)
+	const msg = "publishes refused: not logged"
+	ok, suppressed := s.alarms.allow(msg)
+	if !ok {
+		return
+	}
+	disk, queued := s.log.Usage()
+	floor, holder := s.floor(s.log.LastOffset()+1, nil)
+	s.lg.Warn(msg, "reason", reason, "error", err, "disk_bytes", disk, "queued_bytes", queued,
+		"budget_bytes", s.budget, "admit_below_bytes", s.budget-s.budget/10,
+		"trimmed_below_offset", s.cursor.Offset(), "needed_from_offset", floor, "held_by", holder,
+		"suppressed", suppressed)
+}
+
+// accepted notes a publish admitted to the log after refusals (once a
+// minute: on a full disk admission and failure alternate).
+func (s *store) accepted() {
+	if s.refusals.Load() == 0 {
+		return
+	}
+	if n := s.refusals.Swap(0); n > 0 {
+		s.alarms.log(s.lg, slog.LevelInfo, "publishes admitted again", "refused_before", n)
+	}
 }
 
 // refuseStored answers a publish the log could not take.
@@ -1018,6 +1075,11 @@ func (s *store) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	}
 	persistent := sess.persistent
 	sess.mu.Unlock()
+	s.mu.Lock()
+	for _, f := range pk.Filters {
+		s.dropGroupLocked(f.Filter)
+	}
+	s.mu.Unlock()
 	if len(recs) > 0 && persistent {
 		if _, err := s.appendWait(recs...); err != nil {
 			s.lg.Warn("unsubscribe not logged", "client", cl.ID, "error", err)

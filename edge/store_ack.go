@@ -126,7 +126,7 @@ func (a *acker) run() {
 		case err != nil:
 			// The append failed after all: refuse it (v5), or leave it
 			// unacknowledged so that the v3 client sends it again.
-			a.s.m.refused.WithLabelValues(refuseReason(err)).Inc()
+			a.s.refuse(err)
 			a.s.dropInbound(a.cl.ID, ack.PacketID, head.offset)
 			ack.ReasonCode = packets.ErrImplementationSpecificError.Code
 			write = a.cl.Properties.ProtocolVersion == 5

@@ -31,6 +31,10 @@ import (
 //     message a session holds. Retention may then remove whole segments
 //     below it.
 //
+// Between checkpoints the checkpointer also trims (see trim): positions
+// move and consumers end without a record, and the trim point must follow
+// them even when nothing else is written.
+//
 // On start, recover loads the newest snapshot that reads back whole and
 // replays the log from its offset.
 
@@ -96,15 +100,20 @@ func (s *store) loadSnapshot() (*qos.State, uint64) {
 	return qos.NewState(), 0
 }
 
-// checkpointLoop writes the snapshots the dispatcher hands it.
+// checkpointLoop writes the snapshots the dispatcher hands it, and trims
+// the log every interval in between.
 func (s *store) checkpointLoop() {
 	defer s.wg.Done()
+	t := time.NewTicker(s.checkpointEvery)
+	defer t.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case c := <-s.checkpoints:
 			s.runCheckpoint(c.st, c.offset)
+		case <-t.C:
+			s.trim()
 		}
 	}
 }
@@ -140,31 +149,7 @@ type pendingCheckpoint struct {
 // checkpoint runs the steps in the comment at the top of this file.
 func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	started := time.Now()
-	progress := s.fannedOut.Load()
-	floor := offset
-	s.mu.Lock()
-	for id, sess := range s.sessions {
-		pos := sess.queue.Position(progress)
-		sess.mu.Lock()
-		for _, f := range sess.inflight {
-			if !f.released {
-				floor = min(floor, f.offset)
-			}
-		}
-		persistent := sess.persistent
-		sess.mu.Unlock()
-		floor = min(floor, pos)
-		if ss := st.Sessions[id]; ss != nil && persistent {
-			ss.Next = max(ss.Next, pos)
-		}
-	}
-	for key, g := range s.groups {
-		pos := g.queue.Position(progress)
-		floor = min(floor, pos)
-		st.GroupNext[key] = max(st.GroupNext[key], pos)
-	}
-	s.mu.Unlock()
-
+	floor, _ := s.floor(offset, st)
 	// Every delivery record the positions above rely on was appended before
 	// this one; once it is durable, they are.
 	if _, err := s.appendWait(qos.EncodeCheckpoint(offset)); err != nil {
@@ -175,6 +160,7 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	}); err != nil {
 		return err
 	}
+	s.snapshotAt.Store(offset)
 	if offs, err := snapshots(s.snapDir); err == nil {
 		for _, old := range offs[min(len(offs), 2):] { // keep the newest two
 			_ = os.Remove(filepath.Join(s.snapDir, snapshotName(old)))
@@ -185,6 +171,80 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	}
 	s.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
 	return nil
+}
+
+// floor returns the lowest offset below upTo that the broker still needs,
+// and what holds it there: a session's or a shared group's position, a
+// message a session holds unacknowledged (not yet released), or one a
+// leaving member gave back to its group. With st, it
+// also moves the positions in st up to where the queues stand (st only
+// knows deliveries; a queue also knows what did not match).
+func (s *store) floor(upTo uint64, st *qos.State) (uint64, string) {
+	progress := s.fannedOut.Load()
+	floor, holder := upTo, "the newest snapshot"
+	hold := func(off uint64, what func() string) {
+		if off < floor {
+			floor, holder = off, what()
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, sess := range s.sessions {
+		pos := sess.queue.Position(progress)
+		sess.mu.Lock()
+		for _, f := range sess.inflight {
+			if !f.released {
+				hold(f.offset, func() string { return "an unacknowledged message of session " + id })
+			}
+		}
+		persistent := sess.persistent
+		sess.mu.Unlock()
+		hold(pos, func() string { return "the position of session " + id })
+		if st != nil && persistent {
+			if ss := st.Sessions[id]; ss != nil {
+				ss.Next = max(ss.Next, pos)
+			}
+		}
+	}
+	for key, g := range s.groups {
+		pos := g.queue.Position(progress)
+		hold(pos, func() string { return "the position of shared group " + key })
+		g.scanMu.Lock()
+		for _, e := range g.returned {
+			hold(e.Offset, func() string { return "a message given back to shared group " + key })
+		}
+		g.scanMu.Unlock()
+		if st != nil {
+			st.GroupNext[key] = max(st.GroupNext[key], pos)
+		}
+	}
+	return floor, holder
+}
+
+// trim commits the store's cursor up to what is still needed below the
+// newest snapshot, without writing one. A consumer's position moves, and a
+// consumer ends, without a record for the dispatcher to see (a clean
+// session's deliveries and its end are not logged), and a refused publish
+// writes nothing: the checkpointer runs this every interval, so that the
+// log is trimmed, and admission lets publishes in again, whatever else
+// happens. It needs no room on disk but the cursor table's.
+func (s *store) trim() {
+	floor, _ := s.floor(s.snapshotAt.Load(), nil)
+	if floor <= s.cursor.Offset() {
+		return
+	}
+	// The delivery records the positions rely on were appended before now:
+	// once the writer is past them they are durable (or failed, and then
+	// they are not records).
+	if next := s.log.NextOffset(); next > 1 {
+		_ = s.log.WaitDurable(s.ctx, next-1)
+	}
+	if s.ctx.Err() != nil {
+		return
+	}
+	if err := s.cursor.Commit(floor); err != nil {
+		s.alarms.log(s.lg, slog.LevelError, "log not trimmed: cursor commit failed", "offset", floor, "error", err)
+	}
 }
 
 // writeFileAtomic writes dir/name through a temporary file, fsyncs it,

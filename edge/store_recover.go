@@ -21,6 +21,7 @@ import (
 func (s *store) recover() error {
 	started := time.Now()
 	st, from := s.loadSnapshot()
+	s.snapshotAt.Store(from)
 	first, last := s.log.FirstOffset(), s.log.LastOffset()
 	if from < first {
 		if from > 0 || first > 1 {

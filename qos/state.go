@@ -144,7 +144,12 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	case *ClientRef:
-		delete(st.Sessions, r.Client)
+		if s := st.Sessions[r.Client]; s != nil {
+			delete(st.Sessions, r.Client)
+			for filter := range s.Subs {
+				st.dropGroup(filter)
+			}
+		}
 		delete(st.Inbound, r.Client)
 	case *Subscribe:
 		if s := st.Sessions[r.Client]; s != nil {
@@ -162,6 +167,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	case *Unsubscribe:
 		if s := st.Sessions[r.Client]; s != nil {
 			delete(s.Subs, r.Filter)
+			st.dropGroup(r.Filter)
 		}
 	case *Deliver:
 		if r.Group != "" {
@@ -195,6 +201,21 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	}
+}
+
+// dropGroup forgets a shared group's position once no session has the
+// subscription: the group ended with its last member [MQTT-4.8.2], and one
+// subscribed later starts afresh.
+func (st *State) dropGroup(key string) {
+	if _, ok := st.GroupNext[key]; !ok {
+		return
+	}
+	for _, s := range st.Sessions {
+		if _, ok := s.Subs[key]; ok {
+			return
+		}
+	}
+	delete(st.GroupNext, key)
 }
 
 // Clone returns a deep copy, for comparing a live state with a replayed one.

@@ -97,3 +97,45 @@ func TestStateWill(t *testing.T) {
 		t.Fatal("a normal disconnect kept the will")
 	}
 }
+
+// TestStateGroupEndsWithLastMember: a shared group's position goes with its
+// last member; a group subscribed again later starts at its new subscription.
+func TestStateGroupEndsWithLastMember(t *testing.T) {
+	st := qos.NewState()
+	recs := [][]byte{
+		mustEncode(t, &qos.Session{Client: "a", ExpiryInterval: 100}),
+		mustEncode(t, &qos.Session{Client: "b", ExpiryInterval: 100}),
+		mustEncode(t, &qos.Subscribe{Client: "a", Filter: "$share/g/x", QoS: 1}), // 3
+		mustEncode(t, &qos.Subscribe{Client: "b", Filter: "$share/g/x", QoS: 1}),
+		mustEncode(t, &qos.Unsubscribe{Client: "a", Filter: "$share/g/x"}),
+	}
+	for i, rec := range recs {
+		if err := st.Apply(uint64(i+1), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := st.GroupNext["$share/g/x"]; got != 4 {
+		t.Fatalf("group next %d with a member left, want 4", got)
+	}
+	if err := st.Apply(6, qos.EncodeEnd("b")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.GroupNext["$share/g/x"]; ok {
+		t.Fatal("the group's position outlived its last member")
+	}
+	if err := st.Apply(7, mustEncode(t, &qos.Subscribe{Client: "a", Filter: "$share/g/x", QoS: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.GroupNext["$share/g/x"]; got != 8 {
+		t.Fatalf("group next %d after a new subscription at 7, want 8", got)
+	}
+}
+
+func mustEncode(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := qos.Encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
