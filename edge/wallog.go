@@ -75,6 +75,8 @@ func walError(err error) error {
 		return fmt.Errorf("%w: %w", qos.ErrHole, err)
 	case errors.Is(err, wal.ErrTruncated):
 		return fmt.Errorf("%w: %w", qos.ErrTrimmed, err)
+	case errors.Is(err, wal.ErrFull):
+		return fmt.Errorf("%w: %w", qos.ErrFull, err)
 	case errors.Is(err, wal.ErrClosed):
 		return fmt.Errorf("%w: %w", qos.ErrLogClosed, err)
 	}

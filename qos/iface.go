@@ -23,6 +23,11 @@ var (
 	// engine stops.
 	ErrLogClosed = errors.New("qos: log closed")
 
+	// ErrFull is returned (wrapped) by Log.AppendAsync and by
+	// Config.Admit when there is no room: the publish is refused with
+	// 0x97 Quota exceeded (MQTT 5) and may be sent again later.
+	ErrFull = errors.New("qos: log full")
+
 	// ErrTooLarge is returned by Conn.Write for a packet larger than the
 	// client's Maximum Packet Size [MQTT-3.1.2-24]: nothing was written and
 	// the connection is fine. The engine drops the message for that client
@@ -38,7 +43,7 @@ type Log interface {
 	// AppendAsync queues records and returns the offset of the first (the
 	// others follow it consecutively) without waiting for them to be
 	// durable. It may block briefly while the log's queue is full. An
-	// error means nothing was queued.
+	// error means nothing was queued; ErrFull (wrapped) means no room.
 	AppendAsync(recs ...[]byte) (first uint64, err error)
 	// WaitDurable waits until the record at offset is durable under the
 	// log's sync policy, and returns the append's error if it failed. When

@@ -3,10 +3,19 @@ package qos
 import "sync"
 
 // Entry is one message in a Queue: its log offset and, while it is fresh,
-// the decoded message shared by every queue it was offered to.
+// the decoded message shared by every queue it was offered to, with what
+// the consumer's subscriptions grant it.
 type Entry struct {
 	Offset uint64
 	Msg    *Message
+	// QoS is the delivery QoS: the message's, at most the highest of the
+	// matching subscriptions' [MQTT-3.8.4-8].
+	QoS byte
+	// Retain is the RETAIN flag of the delivery [MQTT-3.3.1-12].
+	Retain bool
+	// IDs are the identifiers of the matching subscriptions
+	// [MQTT-3.3.4-3]; shared, read only.
+	IDs []int
 }
 
 // Queue is one consumer's backlog: the log offsets it must still take, in

@@ -1,0 +1,264 @@
+package qos
+
+import (
+	"errors"
+	"sync/atomic"
+)
+
+// connection is one network connection of a session. Its sender is a
+// goroutine that runs only while the connection has something to write
+// (kick starts it); the fields under "s.mu" are the session's lock's.
+type connection struct {
+	e      *Engine
+	s      *session
+	conn   Conn
+	info   ConnectInfo
+	window int // outbound QoS 1/2 window: min(client Receive Maximum, MaxInflight)
+
+	running atomic.Bool
+
+	// Under s.mu.
+	gone    bool
+	acks    []ack     // acknowledgements to write, in order [MQTT-4.6.0-2]
+	resend  []uint16  // flights to write again, in send order [MQTT-4.4.0-1]
+	qos0    []Entry   // QoS 0 messages not in the log, at most QoS0Limit
+	inbound int       // unacknowledged QoS 1/2 publishes [MQTT-3.3.4-8]
+	closing bool      // closed by the engine (0x93): the rest is dropped
+	scanned []scanned // what the last scan of the log found, not yet taken
+
+	// The sender's own.
+	aliases   map[string]uint16
+	nextAlias uint16
+	pkt       Packet
+	batch     []outgoing
+	acksOut   []ack
+	qos0Out   []Entry
+}
+
+// ack is one acknowledgement to write once the record at offset (0: none)
+// is durable. counts releases a place of the inbound window once written.
+type ack struct {
+	offset uint64
+	typ    PacketType
+	pid    uint16
+	reason byte
+	counts bool
+}
+
+// outgoing is one PUBLISH or PUBREL the sender writes in a round.
+type outgoing struct {
+	pid    uint16
+	f      flight // QoS 1/2
+	e      Entry  // QoS 0, or the message of a new flight
+	resend bool
+	rec    uint64 // the Deliver or Release record that must be durable first
+}
+
+// Publish takes an inbound PUBLISH with packet id pid (0 for QoS 0). QoS 0
+// goes straight to the matching connections; QoS 1/2 is appended and its
+// PUBACK/PUBREC written by the sender once durable. A duplicate of a QoS 2
+// publish still awaiting PUBREL is acknowledged again, not delivered again
+// [MQTT-4.3.3-10]. It returns ErrReceiveMaximum (connection closed with
+// 0x93), or an error when the message was refused (the sender writes the
+// refusal for MQTT 5; a 3.1.1 connection is closed, since it has no way to
+// hear it [MQTT-3.3.5-2]).
+func (cl *Client) Publish(m *Message, pid uint16) error {
+	e, c, s := cl.e, cl.c, cl.c.s
+	m.Origin = s.id
+	m.OriginPacketID = pid
+	if m.QoS == 0 && !m.Retain {
+		e.stats.published.Add(1)
+		e.fanoutQoS0(m)
+		return nil
+	}
+	if m.QoS > 0 {
+		s.mu.Lock()
+		if c.gone {
+			s.mu.Unlock()
+			return ErrGone
+		}
+		if c.inbound >= int(c.info.InboundMaximum) {
+			c.closing = true
+			s.mu.Unlock()
+			c.conn.Close(reasonReceiveMaxExceeded)
+			return ErrReceiveMaximum
+		}
+		if off, ok := s.inbound[pid]; ok && m.QoS == 2 {
+			c.inbound++
+			c.acks = append(c.acks, ack{offset: off, typ: PacketPubrec, pid: pid, counts: false})
+			s.mu.Unlock()
+			c.kick()
+			return nil
+		}
+		s.mu.Unlock()
+	}
+	rec, err := m.MarshalBinary()
+	if err == nil && e.cfg.Admit != nil {
+		err = e.cfg.Admit(len(rec))
+	}
+	var off uint64
+	if err == nil {
+		off, err = e.log.AppendAsync(rec)
+	}
+	if err != nil {
+		e.stats.refused.Add(1)
+		if m.QoS == 0 {
+			return err
+		}
+		if c.info.ProtocolVersion < 5 {
+			c.conn.Close(reasonUnspecified)
+			return err
+		}
+		reason := byte(reasonUnspecified)
+		if errors.Is(err, ErrFull) {
+			reason = reasonQuotaExceeded
+		}
+		s.mu.Lock()
+		c.acks = append(c.acks, ack{typ: ackType(m.QoS), pid: pid, reason: reason})
+		s.mu.Unlock()
+		c.kick()
+		return err
+	}
+	e.stats.published.Add(1)
+	if m.QoS == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	c.inbound++
+	if m.QoS == 2 {
+		s.inbound[pid] = off
+	}
+	c.acks = append(c.acks, ack{offset: off, typ: ackType(m.QoS), pid: pid, counts: m.QoS == 1})
+	s.mu.Unlock()
+	c.kick()
+	return nil
+}
+
+func ackType(q byte) PacketType {
+	if q == 2 {
+		return PacketPubrec
+	}
+	return PacketPuback
+}
+
+// Pubrel takes the client's PUBREL of an inbound QoS 2 message: the
+// exchange ends durably, then PUBCOMP is written [MQTT-4.3.3-11]. An
+// unknown packet id gets PUBCOMP 0x92 on MQTT 5 [MQTT-3.7.2.1].
+func (cl *Client) Pubrel(pid uint16) {
+	e, c, s := cl.e, cl.c, cl.c.s
+	s.mu.Lock()
+	_, ok := s.inbound[pid]
+	delete(s.inbound, pid)
+	s.mu.Unlock()
+	a := ack{typ: PacketPubcomp, pid: pid, counts: ok}
+	if ok {
+		off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: s.id, PacketID: pid}))
+		if err != nil {
+			e.stats.recordFailures.Add(1)
+			s.mu.Lock()
+			s.inbound[pid] = 0 // the PUBREL will come again
+			s.mu.Unlock()
+			a.reason = reasonUnspecified
+			a.counts = false
+		}
+		a.offset = off
+	} else if c.info.ProtocolVersion >= 5 {
+		a.reason = reasonPacketIDNotFound
+	}
+	s.mu.Lock()
+	c.acks = append(c.acks, a)
+	s.mu.Unlock()
+	c.kick()
+}
+
+// Puback takes the client's PUBACK of an outbound QoS 1 message.
+func (cl *Client) Puback(pid uint16) { cl.complete(pid, 1) }
+
+// Pubcomp takes the client's PUBCOMP of an outbound QoS 2 message.
+func (cl *Client) Pubcomp(pid uint16) { cl.complete(pid, 2) }
+
+// complete frees pid if it holds a flight of qos q (a QoS 2 flight only
+// once released); a stray acknowledgement changes nothing.
+func (cl *Client) complete(pid uint16, q byte) {
+	e, s := cl.e, cl.c.s
+	s.mu.Lock()
+	f, ok := s.flights[pid]
+	if !ok || f.qos != q || (q == 2 && !f.released) {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.flights, pid)
+	persistent := s.persistent
+	s.mu.Unlock()
+	e.stats.acked.Add(1)
+	if persistent {
+		e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, PacketID: pid}))
+	}
+	cl.c.kick()
+	if f.group != nil {
+		f.group.kickMembers(s) // a place freed; the group's next may go elsewhere too
+	}
+}
+
+// Pubrec takes the client's PUBREC of an outbound QoS 2 message. A
+// failure reason ends the exchange [MQTT-4.3.3-4]; otherwise the PUBREL is
+// written once the release is durable, and the PUBLISH is never sent
+// again [MQTT-4.3.3-5].
+func (cl *Client) Pubrec(pid uint16, reason byte) {
+	e, c, s := cl.e, cl.c, cl.c.s
+	s.mu.Lock()
+	f, ok := s.flights[pid]
+	if !ok || f.qos != 2 {
+		s.mu.Unlock()
+		if !ok {
+			// [MQTT-4.3.3-?]: answer a PUBREC for an unknown id with a
+			// PUBREL 0x92 so the client's exchange ends.
+			s.mu.Lock()
+			c.acks = append(c.acks, ack{typ: PacketPubrel, pid: pid, reason: reasonPacketIDNotFound})
+			s.mu.Unlock()
+			c.kick()
+		}
+		return
+	}
+	if reason >= 0x80 {
+		delete(s.flights, pid)
+		persistent := s.persistent
+		s.mu.Unlock()
+		if persistent {
+			e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, PacketID: pid}))
+		}
+		c.kick()
+		return
+	}
+	var off uint64
+	if !f.released && s.persistent {
+		off = e.appendRecord(EncodeRef(KindRelease, PacketRef{Client: s.id, PacketID: pid}))
+	}
+	f.released = true
+	s.flights[pid] = f
+	c.acks = append(c.acks, ack{offset: off, typ: PacketPubrel, pid: pid})
+	s.mu.Unlock()
+	c.kick()
+}
+
+// kick starts the sender unless it runs; a running sender looks for work
+// again before it stops, so a kick is never lost.
+func (c *connection) kick() {
+	if c.running.CompareAndSwap(false, true) {
+		if !c.e.goSender(c.run) {
+			c.running.Store(false)
+		}
+	}
+}
+
+// run is the sender: it writes while there is work, then stops.
+func (c *connection) run() {
+	for {
+		for c.step() {
+		}
+		c.running.Store(false)
+		if !c.hasWork() || !c.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}

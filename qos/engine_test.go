@@ -1,0 +1,176 @@
+package qos_test
+
+import (
+	"fmt"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// harness is one engine over an in-memory log, restartable.
+type harness struct {
+	t     testing.TB
+	log   *memLog
+	snaps *memSnaps
+	e     *qos.Engine
+	cfg   func(*qos.Config)
+}
+
+func newHarness(t testing.TB, cfg func(*qos.Config)) *harness {
+	h := &harness{t: t, log: newMemLog(), snaps: &memSnaps{}, cfg: cfg}
+	h.start()
+	t.Cleanup(func() {
+		if h.e != nil {
+			h.e.Close()
+		}
+	})
+	return h
+}
+
+func (h *harness) start() {
+	c := qos.DefaultConfig(h.log)
+	c.Snapshots = h.snaps
+	c.CheckpointInterval = time.Hour
+	if h.cfg != nil {
+		h.cfg(&c)
+	}
+	e, err := qos.New(c)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	e.Start()
+	h.e = e
+}
+
+// crash stops the engine without a last checkpoint and starts a new one.
+func (h *harness) crash() {
+	h.e.Crash()
+	h.start()
+}
+
+// client is the test's MQTT client: it plays a real client's part of the
+// QoS 1/2 exchanges.
+type client struct {
+	t    testing.TB
+	h    *harness
+	id   string
+	info qos.ConnectInfo
+	cl   *qos.Client
+	conn *fakeConn
+	// QoS 2 packet ids received and not yet released (the receiver's
+	// state of [MQTT-4.3.3-9]), kept across connections.
+	rec map[uint16]bool
+}
+
+func (h *harness) connect(id string, persistent bool, mod ...func(*qos.ConnectInfo)) *client {
+	h.t.Helper()
+	info := qos.ConnectInfo{ClientID: id, ProtocolVersion: 5}
+	if persistent {
+		info.ExpiryInterval = math.MaxUint32
+	}
+	for _, m := range mod {
+		m(&info)
+	}
+	c := &client{t: h.t, h: h, id: id, info: info, rec: map[uint16]bool{}}
+	c.reconnect()
+	return c
+}
+
+func (c *client) reconnect() bool {
+	c.t.Helper()
+	c.conn = newFakeConn()
+	cl, present, err := c.h.e.Connect(c.conn, c.info)
+	if err != nil {
+		c.t.Fatalf("connect %s: %v", c.id, err)
+	}
+	c.cl = cl
+	return present
+}
+
+func (c *client) subscribe(filter string, q byte, mod ...func(*qos.Subscribe)) {
+	c.t.Helper()
+	s := qos.Subscribe{Filter: filter, QoS: q}
+	for _, m := range mod {
+		m(&s)
+	}
+	if err := c.cl.Subscribe([]qos.Subscribe{s}); err != nil {
+		c.t.Fatalf("subscribe %s: %v", filter, err)
+	}
+	c.cl.Suback()
+}
+
+func (c *client) publish(topic string, q byte, pid uint16, payload string) {
+	c.t.Helper()
+	if err := c.cl.Publish(&qos.Message{Topic: topic, QoS: q, Payload: []byte(payload)}, pid); err != nil {
+		c.t.Fatalf("publish: %v", err)
+	}
+}
+
+// ackAll acknowledges what the packets ask for, as a client does, and
+// returns the messages delivered to the application (a QoS 2 message
+// once, on its first PUBLISH).
+func (c *client) ackAll(pkts []qos.Packet) []*qos.Message {
+	var got []*qos.Message
+	for _, p := range pkts {
+		switch p.Type {
+		case qos.PacketPublish:
+			switch p.QoS {
+			case 0:
+				got = append(got, p.Message)
+			case 1:
+				got = append(got, p.Message)
+				c.cl.Puback(p.PacketID)
+			case 2:
+				if !c.rec[p.PacketID] {
+					c.rec[p.PacketID] = true
+					got = append(got, p.Message)
+				}
+				c.cl.Pubrec(p.PacketID, 0)
+			}
+		case qos.PacketPubrel:
+			delete(c.rec, p.PacketID)
+			c.cl.Pubcomp(p.PacketID)
+		case qos.PacketPubrec:
+			c.cl.Pubrel(p.PacketID)
+		}
+	}
+	return got
+}
+
+func payloads(ms []*qos.Message) []string {
+	var s []string
+	for _, m := range ms {
+		s = append(s, string(m.Payload))
+	}
+	return s
+}
+
+func types(pkts []qos.Packet) string {
+	s := ""
+	for _, p := range pkts {
+		s += fmt.Sprintf("%d:%d ", p.Type, p.PacketID)
+	}
+	return s
+}
+
+func TestQoS1PublishAckedAndDelivered(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false)
+	sub.subscribe("a/+", 1)
+	pub := h.connect("pub", false)
+	pub.publish("a/b", 1, 7, "hello")
+	acks := pub.conn.waitFor(t, 1)
+	if acks[0].Type != qos.PacketPuback || acks[0].PacketID != 7 || acks[0].ReasonCode != 0 {
+		t.Fatalf("publisher got %+v, want PUBACK 7", acks[0])
+	}
+	got := sub.conn.waitFor(t, 1)
+	if got[0].Type != qos.PacketPublish || got[0].QoS != 1 || string(got[0].Message.Payload) != "hello" || got[0].PacketID == 0 {
+		t.Fatalf("subscriber got %+v", got[0])
+	}
+	sub.ackAll(got)
+	if p := sub.conn.settle(); len(p) != 0 {
+		t.Fatalf("more packets after PUBACK: %s", types(p))
+	}
+}

@@ -1,0 +1,302 @@
+package qos_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// memLog is an in-memory qos.Log: appends are durable at once, unless
+// fail says otherwise; cursors trim it as a real log's retention would.
+type memLog struct {
+	mu      sync.Mutex
+	recs    [][]byte // offset-1; nil: a hole
+	first   uint64
+	notify  chan struct{}
+	cursors map[string]*memCursor
+	// fail, if set, is asked for every append: ErrFull refuses it (no
+	// offsets), another error makes its offsets holes.
+	fail   func(recs [][]byte) error
+	failed map[uint64]error
+	closed bool
+}
+
+func newMemLog() *memLog {
+	return &memLog{first: 1, notify: make(chan struct{}), cursors: map[string]*memCursor{}, failed: map[uint64]error{}}
+}
+
+var _ qos.Log = (*memLog)(nil)
+
+func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return 0, qos.ErrLogClosed
+	}
+	var ferr error
+	if l.fail != nil {
+		ferr = l.fail(recs)
+		if errors.Is(ferr, qos.ErrFull) {
+			return 0, ferr
+		}
+	}
+	first := uint64(len(l.recs)) + 1
+	for _, r := range recs {
+		if ferr != nil {
+			l.failed[uint64(len(l.recs))+1] = ferr
+			l.recs = append(l.recs, nil)
+			continue
+		}
+		l.recs = append(l.recs, bytes.Clone(r))
+	}
+	close(l.notify)
+	l.notify = make(chan struct{})
+	return first, nil
+}
+
+func (l *memLog) WaitDurable(ctx context.Context, off uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if off == 0 || off > uint64(len(l.recs)) {
+		return qos.ErrHole
+	}
+	return l.failed[off]
+}
+
+func (l *memLog) Read(off uint64) ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return nil, qos.ErrLogClosed
+	case off < l.first:
+		return nil, qos.ErrTrimmed
+	case off == 0 || off > uint64(len(l.recs)) || l.recs[off-1] == nil:
+		return nil, qos.ErrHole
+	}
+	return bytes.Clone(l.recs[off-1]), nil
+}
+
+func (l *memLog) NewReader(from uint64) qos.LogReader {
+	if from == 0 {
+		from = l.FirstOffset()
+	}
+	return &memReader{l: l, off: from}
+}
+
+func (l *memLog) FirstOffset() uint64 { l.mu.Lock(); defer l.mu.Unlock(); return l.first }
+func (l *memLog) LastOffset() uint64  { l.mu.Lock(); defer l.mu.Unlock(); return uint64(len(l.recs)) }
+
+func (l *memLog) Cursor(name string) (qos.Cursor, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.cursors[name]
+	if c == nil {
+		c = &memCursor{l: l, off: l.first}
+		l.cursors[name] = c
+	}
+	return c, nil
+}
+
+// count returns the records of kind k in the log.
+func (l *memLog) count(k qos.Kind) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.recs {
+		if qos.KindOf(r) == k {
+			n++
+		}
+	}
+	return n
+}
+
+type memCursor struct {
+	l   *memLog
+	off uint64
+}
+
+func (c *memCursor) Offset() uint64 { c.l.mu.Lock(); defer c.l.mu.Unlock(); return c.off }
+
+// Commit moves the cursor and trims the log below the oldest cursor.
+func (c *memCursor) Commit(next uint64) error {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if next > uint64(len(l.recs))+1 {
+		return fmt.Errorf("cursor %d beyond the log", next)
+	}
+	c.off = next
+	low := next
+	for _, o := range l.cursors {
+		low = min(low, o.off)
+	}
+	for ; l.first < low; l.first++ {
+		l.recs[l.first-1] = nil
+	}
+	return nil
+}
+
+type memReader struct {
+	l   *memLog
+	off uint64
+}
+
+func (r *memReader) Offset() uint64  { return r.off }
+func (r *memReader) Seek(off uint64) { r.off = off }
+
+func (r *memReader) Next(ctx context.Context) (uint64, []byte, error) {
+	l := r.l
+	for {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return 0, nil, qos.ErrLogClosed
+		}
+		if r.off < l.first {
+			l.mu.Unlock()
+			return 0, nil, qos.ErrTrimmed
+		}
+		if r.off <= uint64(len(l.recs)) {
+			off, rec := r.off, l.recs[r.off-1]
+			r.off++
+			l.mu.Unlock()
+			if rec == nil {
+				continue
+			}
+			return off, bytes.Clone(rec), nil
+		}
+		ch := l.notify
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+	}
+}
+
+// memSnaps keeps snapshots in memory.
+type memSnaps struct {
+	mu    sync.Mutex
+	snaps [][]byte
+}
+
+func (m *memSnaps) Save(_ uint64, write func(io.Writer) error) error {
+	var b bytes.Buffer
+	if err := write(&b); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.snaps = append(m.snaps, b.Bytes())
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *memSnaps) Load(read func(io.Reader) error) error {
+	m.mu.Lock()
+	snaps := slices.Clone(m.snaps)
+	m.mu.Unlock()
+	var err error
+	for i := len(snaps) - 1; i >= 0; i-- {
+		if err = read(bytes.NewReader(snaps[i])); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// fakeConn records what the engine writes; the test plays the client.
+type fakeConn struct {
+	mu      sync.Mutex
+	pkts    []qos.Packet
+	closed  bool
+	reason  byte
+	maxSize int // payloads above it are ErrTooLarge; 0: none
+	fail    bool
+	notify  chan struct{}
+}
+
+func newFakeConn() *fakeConn { return &fakeConn{notify: make(chan struct{}, 1)} }
+
+func (c *fakeConn) Write(p *qos.Packet) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.fail {
+		return io.ErrClosedPipe
+	}
+	if c.maxSize > 0 && p.Message != nil && len(p.Message.Payload) > c.maxSize {
+		return qos.ErrTooLarge
+	}
+	c.pkts = append(c.pkts, *p)
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *fakeConn) Close(reason byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed, c.reason = true, reason
+	}
+}
+
+// take returns and forgets the packets written so far.
+func (c *fakeConn) take() []qos.Packet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pkts
+	c.pkts = nil
+	return p
+}
+
+// waitFor waits until the connection has n packets written (or fails the
+// test after a long while: a missing packet is a bug, not slowness).
+func (c *fakeConn) waitFor(t testing.TB, n int) []qos.Packet {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		got := len(c.pkts)
+		c.mu.Unlock()
+		if got >= n {
+			return c.take()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited for %d packets, got %d: %+v", n, got, c.take())
+		}
+		select {
+		case <-c.notify:
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// settle waits until the engine has written everything it is going to:
+// nothing new for a while.
+func (c *fakeConn) settle() []qos.Packet {
+	var all []qos.Packet
+	quiet := 0
+	for quiet < 5 {
+		time.Sleep(5 * time.Millisecond)
+		p := c.take()
+		if len(p) == 0 {
+			quiet++
+			continue
+		}
+		quiet = 0
+		all = append(all, p...)
+	}
+	return all
+}

@@ -1,0 +1,144 @@
+package qos
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"slices"
+	"time"
+)
+
+// recover loads the newest snapshot that reads back whole, replays the log
+// after it, and rebuilds the sessions (subscriptions, positions, flights,
+// inbound QoS 2 state, wills), the shared groups and the retained
+// messages. A session that was connected when the broker stopped lost its
+// connection then: it is offline from now, and its will is due.
+func (e *Engine) recover() error {
+	started := time.Now()
+	st, from := NewState(), uint64(0)
+	if e.cfg.Snapshots != nil {
+		err := e.cfg.Snapshots.Load(func(r io.Reader) error {
+			s, at, err := ReadSnapshot(r)
+			if err != nil {
+				e.lg.Error("snapshot unreadable: trying an older one", "error", err)
+				return err
+			}
+			st, from = s, at
+			return nil
+		})
+		if err != nil {
+			e.lg.Error("no snapshot reads back: replaying the whole log", "error", err)
+		}
+	}
+	first, last := e.log.FirstOffset(), e.log.LastOffset()
+	if from < first {
+		if from > 0 || first > 1 {
+			e.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",
+				"snapshot_offset", from, "first_offset", first)
+		}
+		from = first
+	}
+	r := e.log.NewReader(from)
+	records := 0
+	for r.Offset() <= last {
+		off, rec, err := r.Next(context.Background())
+		if err != nil {
+			return fmt.Errorf("qos: replay the log at offset %d: %w", r.Offset(), err)
+		}
+		if err := st.Apply(off, rec); err != nil {
+			e.lg.Error("replay: record skipped", "offset", off, "error", err)
+			continue
+		}
+		records++
+	}
+	next := r.Offset()
+	e.dispatched.Store(next)
+	e.fannedOut.Store(next)
+
+	now := e.now()
+	var wills []*Message
+	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
+		ss := st.Sessions[id]
+		if ss.Connected {
+			ss.Connected, ss.DisconnectedAt = false, now
+			if ss.Will != nil {
+				ss.WillDue = now + int64(min(ss.WillDelay, ss.ExpiryInterval))
+			}
+			rec, _ := Encode(&Disconnect{Client: id, At: now, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
+			e.appendRecord(rec)
+		}
+		if ss.Will != nil && ss.WillDue > 0 && (ss.Expired(now) || ss.WillDue <= now) {
+			wills = append(wills, ss.Will)
+			ss.Will, ss.WillDue = nil, 0
+		}
+		if ss.Expired(now) {
+			e.appendRecord(EncodeEnd(id))
+			continue
+		}
+		s := e.newSessionLocked(id, max(ss.Next, first))
+		s.persistent = true
+		s.expiry = ss.ExpiryInterval
+		if ss.ExpiryInterval != math.MaxUint32 {
+			s.expiresAt = ss.DisconnectedAt + int64(ss.ExpiryInterval)
+			e.pushTimerLocked(s.expiresAt, s, false)
+		}
+		if ss.Will != nil && ss.WillDue > 0 {
+			s.will, s.willDelay, s.willDue = ss.Will, ss.WillDelay, ss.WillDue
+			e.pushTimerLocked(s.willDue, s, true)
+		}
+		for _, filter := range slices.Sorted(maps.Keys(ss.Subs)) {
+			sr := ss.Subs[filter]
+			sb := &sub{Subscribe: sr.Subscribe, since: sr.Since, s: s}
+			if sr.Identifier > 0 {
+				sb.ids = []int{sr.Identifier}
+			}
+			s.subs[filter] = sb
+			name, inner := SplitShared(filter)
+			if name == "" {
+				e.idx.add(filter, sb)
+				continue
+			}
+			g := e.groups[filter]
+			if g == nil {
+				gnext, ok := st.GroupNext[filter]
+				if !ok {
+					gnext = sr.Since + 1
+				}
+				g = &group{key: filter, filter: inner, since: sr.Since,
+					queue: NewQueue(max(gnext, first), e.cfg.QueueLimit), members: map[*session]*sub{}}
+				g.sub = &sub{g: g, since: sr.Since}
+				e.groups[filter] = g
+				e.idx.add(inner, g.sub)
+			}
+			g.since = min(g.since, sr.Since)
+			sb.g = g
+		}
+		pids := slices.SortedFunc(maps.Keys(ss.Inflight), func(a, b uint16) int {
+			return cmp.Compare(ss.Inflight[a].Offset, ss.Inflight[b].Offset)
+		})
+		for _, pid := range pids {
+			in := ss.Inflight[pid]
+			s.seq++
+			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released}
+			if in.Group != "" {
+				f.group = e.groups[in.Group]
+			}
+			s.flights[pid] = f
+			s.nextPID = max(s.nextPID, pid)
+		}
+		maps.Copy(s.inbound, st.Inbound[id])
+	}
+	for _, w := range wills { // due while the broker was down
+		e.publishAsync(w)
+	}
+	for topic, rt := range st.Retained {
+		e.retained[topic] = rt
+	}
+	e.shadow = st
+	e.lg.Info("log replayed", "records", records, "from_offset", from, "last_offset", last,
+		"sessions", len(e.sessions), "retained", len(e.retained), "seconds", time.Since(started).Seconds())
+	return nil
+}

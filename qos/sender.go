@@ -1,0 +1,562 @@
+package qos
+
+import (
+	"errors"
+)
+
+// step is one round of the sender: under the session's lock it takes the
+// acknowledgements, the resends and the new deliveries the window allows
+// (assigning packet ids and recording flights), then writes them without
+// the lock. It reports whether it found anything to do.
+func (c *connection) step() bool {
+	e, s := c.e, c.s
+	s.mu.Lock()
+	if c.gone || c.closing {
+		c.acks, c.qos0, c.resend = nil, nil, nil
+		s.mu.Unlock()
+		return false
+	}
+	c.acksOut = append(c.acksOut[:0], c.acks...)
+	c.acks = c.acks[:0]
+	c.qos0Out = append(c.qos0Out[:0], c.qos0...)
+	clear(c.qos0)
+	c.qos0 = c.qos0[:0]
+	batch := c.batch[:0]
+	for _, pid := range c.resend {
+		if f, ok := s.flights[pid]; ok {
+			batch = append(batch, outgoing{pid: pid, f: f, resend: true})
+		}
+	}
+	c.resend = c.resend[:0]
+	nNew := 0
+	for len(s.flights) < c.window {
+		en, g, ok := c.next()
+		if !ok {
+			break
+		}
+		if !c.deliverable(en.Msg) {
+			continue
+		}
+		if en.QoS == 0 {
+			batch = append(batch, outgoing{e: en})
+			continue
+		}
+		pid := s.allocPID()
+		s.seq++
+		f := flight{offset: en.Offset, seq: s.seq, qos: en.QoS, retain: en.Retain, ids: en.IDs, group: g, msg: en.Msg}
+		s.flights[pid] = f
+		batch = append(batch, outgoing{pid: pid, f: f, e: en})
+		nNew++
+	}
+	var scanQ *Queue
+	var scanG *group
+	var scanSubs []*sub
+	if len(s.flights) < c.window {
+		scanQ, scanG, scanSubs = c.scanWanted()
+	}
+	persistent := s.persistent
+	s.mu.Unlock()
+	c.batch = batch
+
+	if len(c.acksOut) == 0 && len(batch) == 0 && len(c.qos0Out) == 0 && scanQ == nil {
+		return false
+	}
+	if persistent && nNew > 0 {
+		for i := range batch {
+			o := &batch[i]
+			if o.resend || o.f.qos == 0 {
+				continue
+			}
+			var grp string
+			if o.f.group != nil {
+				grp = o.f.group.key
+			}
+			rec, _ := Encode(&Deliver{Client: s.id, PacketID: o.pid, Offset: o.f.offset, QoS: o.f.qos, Group: grp})
+			if off := e.appendRecord(rec); o.f.qos == 2 {
+				// A QoS 2 PUBLISH is written only once its packet id is
+				// durable, or a restart could deliver it again under
+				// another [MQTT-4.3.3].
+				o.rec = off
+			}
+		}
+	}
+	released := 0
+	for _, a := range c.acksOut {
+		if !c.writeAck(a) {
+			return c.lost()
+		}
+		if a.counts {
+			released++
+		}
+	}
+	for i := range batch {
+		if !c.writePublish(&batch[i]) {
+			return c.lost()
+		}
+	}
+	for i := range c.qos0Out {
+		o := outgoing{e: c.qos0Out[i]}
+		if !c.writePublish(&o) {
+			return c.lost()
+		}
+	}
+	clear(c.qos0Out)
+	if released > 0 {
+		s.mu.Lock()
+		c.inbound -= released
+		s.mu.Unlock()
+	}
+	if scanQ != nil {
+		c.scan(scanQ, scanG, scanSubs)
+	}
+	return true
+}
+
+// lost marks the connection gone after a write failed: its flights wait
+// for the next connection.
+func (c *connection) lost() bool {
+	c.s.mu.Lock()
+	c.gone = true
+	c.s.mu.Unlock()
+	return false
+}
+
+// deliverable drops messages that expired [MQTT-3.3.2-5] or that the read
+// ACL refuses, counted. Called with s.mu held.
+func (c *connection) deliverable(m *Message) bool {
+	if m == nil {
+		return true
+	}
+	if m.Expiry > 0 && c.e.now() >= m.Expiry {
+		c.e.stats.dropExpired.Add(1)
+		return false
+	}
+	if c.info.CanRead != nil && !c.info.CanRead(m.Topic) {
+		c.e.stats.dropDenied.Add(1)
+		return false
+	}
+	return true
+}
+
+// next takes the next message for the connection: retained messages of a
+// SUBSCRIBE whose SUBACK is out, the session's queue, then its shared
+// groups in turn. Called with s.mu held.
+func (c *connection) next() (Entry, *group, bool) {
+	s := c.s
+	if len(c.scanned) > 0 {
+		sc := c.scanned[0]
+		c.scanned[0] = scanned{}
+		c.scanned = c.scanned[1:]
+		return sc.Entry, sc.g, true
+	}
+	if s.holdRet == 0 && len(s.retained) > 0 {
+		en := s.retained[0]
+		s.retained[0] = Entry{}
+		s.retained = s.retained[1:]
+		return en, nil, true
+	}
+	if en, ok := s.queue.Pop(); ok {
+		return en, nil, true
+	}
+	return c.nextShared()
+}
+
+// nextShared takes one message from one of the session's groups, round
+// robin. Called with s.mu held.
+func (c *connection) nextShared() (Entry, *group, bool) {
+	s := c.s
+	var gs []*sub
+	for _, sb := range s.subs {
+		if sb.g != nil {
+			gs = append(gs, sb)
+		}
+	}
+	for i := range gs {
+		sb := gs[(s.lastGroups+i)%len(gs)]
+		g := sb.g
+		g.mu.Lock()
+		var en Entry
+		ok := false
+		if len(g.returned) > 0 {
+			en, ok = g.returned[0], true
+			g.returned = g.returned[1:]
+		} else {
+			en, ok = g.queue.Pop()
+		}
+		g.mu.Unlock()
+		if ok {
+			s.lastGroups = (s.lastGroups + i + 1) % len(gs)
+			return grantShared(en, sb), g, true
+		}
+	}
+	return Entry{}, nil, false
+}
+
+// grantShared applies a member's subscription to a group's message.
+func grantShared(en Entry, sb *sub) Entry {
+	if en.Msg != nil {
+		en.QoS = min(en.Msg.QoS, sb.QoS)
+		en.Retain = en.Msg.Retain && sb.RetainAsPublished
+	} else {
+		en.QoS = sb.QoS
+	}
+	en.IDs = sb.ids
+	return en
+}
+
+// allocPID returns a packet id no flight of the session holds. The window
+// keeps flights far below 65535. Called with s.mu held.
+func (s *session) allocPID() uint16 {
+	for {
+		s.nextPID++
+		if s.nextPID == 0 {
+			s.nextPID = 1
+		}
+		if _, used := s.flights[s.nextPID]; !used {
+			return s.nextPID
+		}
+	}
+}
+
+// writeAck writes one acknowledgement once its record is durable; a record
+// that did not become durable turns it into a refusal (MQTT 5) or closes
+// the connection (3.1.1, which has no refusal) [MQTT-4.3.2-?].
+func (c *connection) writeAck(a ack) bool {
+	if a.offset > 0 {
+		if err := c.e.log.WaitDurable(c.e.ctx, a.offset); err != nil {
+			if c.e.ctx.Err() != nil || c.info.ProtocolVersion < 5 {
+				c.conn.Close(reasonUnspecified)
+				return false
+			}
+			a.reason = reasonUnspecified
+			if errors.Is(err, ErrFull) {
+				a.reason = reasonQuotaExceeded
+			}
+			if a.typ == PacketPubrec {
+				c.s.mu.Lock()
+				delete(c.s.inbound, a.pid) // refused: the id is free again
+				c.s.mu.Unlock()
+			}
+		}
+	}
+	c.pkt = Packet{Type: a.typ, PacketID: a.pid, ReasonCode: a.reason}
+	return c.conn.Write(&c.pkt) == nil
+}
+
+// writePublish writes one PUBLISH (or, for a released QoS 2 flight, its
+// PUBREL). A packet too large for the client is dropped, counted, and its
+// flight freed, so the next message flows.
+func (c *connection) writePublish(o *outgoing) bool {
+	e, s := c.e, c.s
+	if o.rec > 0 {
+		if err := e.log.WaitDurable(e.ctx, o.rec); err != nil {
+			// The packet id is not durable: keep the flight for the next
+			// connection rather than risk a second delivery.
+			return false
+		}
+	}
+	if o.resend && o.f.released {
+		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}
+		return c.conn.Write(&c.pkt) == nil
+	}
+	m := o.e.Msg
+	q, retain, ids := o.e.QoS, o.e.Retain, o.e.IDs
+	if o.f.qos > 0 {
+		m, q, retain, ids = o.f.msg, o.f.qos, o.f.retain, o.f.ids
+	}
+	if m == nil {
+		var err error
+		if m, err = e.readMessage(o.f.offset); err != nil {
+			e.stats.dropUnreadable.Add(1)
+			c.dropFlight(o.pid)
+			return true
+		}
+		s.mu.Lock()
+		if f, ok := s.flights[o.pid]; ok && f.seq == o.f.seq {
+			f.msg = m
+			if f.ids == nil {
+				f.ids = s.idsFor(m.Topic)
+			}
+			ids = f.ids
+			s.flights[o.pid] = f
+		}
+		s.mu.Unlock()
+	}
+	if o.resend && !c.deliverableUnlocked(m) {
+		c.dropFlight(o.pid)
+		return true
+	}
+	c.pkt = Packet{Type: PacketPublish, PacketID: o.pid, Message: m, QoS: q, Dup: o.resend, Retain: retain, SubscriptionIDs: ids}
+	if c.info.TopicAliasMaximum > 0 {
+		c.pkt.TopicAlias, c.pkt.AliasOnly = c.alias(m.Topic)
+	}
+	err := c.conn.Write(&c.pkt)
+	switch {
+	case err == nil:
+		e.stats.delivered.Add(1)
+		if o.resend {
+			e.stats.redelivers.Add(1)
+		}
+		return true
+	case errors.Is(err, ErrTooLarge):
+		e.stats.dropTooLarge.Add(1)
+		if c.pkt.TopicAlias > 0 && !c.pkt.AliasOnly {
+			delete(c.aliases, m.Topic) // never reached the client
+		}
+		if o.f.qos > 0 {
+			c.dropFlight(o.pid)
+		}
+		return true
+	}
+	return false
+}
+
+// deliverableUnlocked is deliverable for the sender outside the lock.
+func (c *connection) deliverableUnlocked(m *Message) bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.deliverable(m)
+}
+
+// dropFlight frees a flight whose message cannot be delivered.
+func (c *connection) dropFlight(pid uint16) {
+	s := c.s
+	s.mu.Lock()
+	_, ok := s.flights[pid]
+	delete(s.flights, pid)
+	persistent := s.persistent
+	s.mu.Unlock()
+	if ok && persistent {
+		c.e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, PacketID: pid}))
+	}
+}
+
+// alias returns the outbound topic alias for topic [MQTT-3.3.2-7]:
+// assigned in the order PUBLISH packets reach the wire, one per topic
+// while aliases last; only is true when the client already knows it.
+func (c *connection) alias(topic string) (a uint16, only bool) {
+	if a, ok := c.aliases[topic]; ok {
+		return a, true
+	}
+	if c.nextAlias >= c.info.TopicAliasMaximum {
+		return 0, false
+	}
+	if c.aliases == nil {
+		c.aliases = map[string]uint16{}
+	}
+	c.nextAlias++
+	c.aliases[topic] = c.nextAlias
+	return c.nextAlias, false
+}
+
+// readMessage reads and decodes the message at offset.
+func (e *Engine) readMessage(offset uint64) (*Message, error) {
+	rec, err := e.log.Read(offset)
+	if err != nil {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, r := range e.retained { // a retained message outlives its record
+			if r.Offset == offset {
+				return &r.Message, nil
+			}
+		}
+		return nil, err
+	}
+	m := new(Message)
+	if err := m.UnmarshalBinary(rec); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// idsFor returns the identifiers of the session's own subscriptions that
+// match topic, for a message resent after a restart [MQTT-3.3.4-3].
+// Called with s.mu held.
+func (s *session) idsFor(topic string) []int {
+	var ids []int
+	for _, sb := range s.subs {
+		_, inner := SplitShared(sb.Filter)
+		if sb.Identifier > 0 && Match(inner, topic) {
+			ids = append(ids, sb.Identifier)
+		}
+	}
+	return ids
+}
+
+// hasWork reports whether a step would find anything to do.
+func (c *connection) hasWork() bool {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.gone || c.closing {
+		return false
+	}
+	if len(c.acks) > 0 || len(c.resend) > 0 || len(c.qos0) > 0 {
+		return true
+	}
+	if len(s.flights) >= c.window {
+		return false
+	}
+	if len(c.scanned) > 0 {
+		return true
+	}
+	if (s.holdRet == 0 && len(s.retained) > 0) || s.queue.Len() > 0 {
+		return true
+	}
+	for _, sb := range s.subs {
+		if g := sb.g; g != nil {
+			g.mu.Lock()
+			n := len(g.returned) + g.queue.Len()
+			g.mu.Unlock()
+			if n > 0 {
+				return true
+			}
+		}
+	}
+	q, _, _ := c.scanWanted()
+	return q != nil
+}
+
+// scanBatch is the most messages one scan round collects.
+const scanBatch = 64
+
+// scanWanted returns the queue the sender must read the log for: the
+// session's own (with its subscriptions) or, when that one is caught up, a
+// group's no other member is scanning. Called with s.mu held.
+func (c *connection) scanWanted() (*Queue, *group, []*sub) {
+	s, end := c.s, c.e.dispatched.Load
+	if len(c.scanned) > 0 {
+		return nil, nil, nil
+	}
+	if _, ok := s.queue.Scan(); ok && !s.queue.CatchUp(end) {
+		var subs []*sub
+		for _, sb := range s.subs {
+			if sb.g == nil {
+				subs = append(subs, sb)
+			}
+		}
+		return s.queue, nil, subs
+	}
+	for _, sb := range s.subs {
+		g := sb.g
+		if g == nil {
+			continue
+		}
+		g.mu.Lock()
+		if !g.scanning && len(g.returned) == 0 {
+			if _, ok := g.queue.Scan(); ok && !g.queue.CatchUp(end) {
+				g.scanning = true
+				g.mu.Unlock()
+				return g.queue, g, []*sub{sb}
+			}
+		}
+		g.mu.Unlock()
+	}
+	return nil, nil, nil
+}
+
+// scan reads q's backlog from the log, up to what the dispatcher has
+// offered, and keeps what matches for the next step. For a group it also
+// takes the member's grant.
+func (c *connection) scan(q *Queue, g *group, subs []*sub) {
+	e, s := c.e, c.s
+	from, _ := q.Scan()
+	end := e.dispatched.Load()
+	var found []Entry
+	off := from
+	for ; off < end && len(found) < scanBatch; off++ {
+		rec, err := e.log.Read(off)
+		switch {
+		case errors.Is(err, ErrHole):
+			continue
+		case errors.Is(err, ErrTrimmed):
+			e.stats.dropUnreadable.Add(1)
+			off = max(off, e.log.FirstOffset()) - 1
+			continue
+		case err != nil:
+			e.stats.dropUnreadable.Add(1)
+			e.lg.Error("backlog record unreadable: skipped", "offset", off, "error", err)
+			continue
+		}
+		if KindOf(rec) != KindMessage {
+			continue
+		}
+		m := new(Message)
+		if err := m.UnmarshalBinary(rec); err != nil {
+			e.stats.dropUnreadable.Add(1)
+			continue
+		}
+		if g != nil {
+			if off >= g.since && Match(g.filter, m.Topic) {
+				found = append(found, grantShared(Entry{Offset: off, Msg: m}, subs[0]))
+			}
+			continue
+		}
+		if en, ok := grant(off, m, s.id, subs); ok {
+			found = append(found, en)
+		}
+	}
+	if off > from {
+		q.Scanned(off - 1)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g != nil {
+		g.mu.Lock()
+		g.scanning = false
+		if c.gone && len(found) > 0 {
+			g.returned = append(found, g.returned...)
+			found = nil
+		}
+		g.mu.Unlock()
+	}
+	if c.gone {
+		if len(found) > 0 {
+			q.Requeue(found[0])
+		}
+		return
+	}
+	for i := range found {
+		c.scanned = append(c.scanned, scanned{Entry: found[i], g: g})
+	}
+}
+
+// scanned is a message a scan found for the connection.
+type scanned struct {
+	Entry
+	g *group
+}
+
+// grant matches a message against one session's own subscriptions (for a
+// scan of its backlog; the dispatcher does the same from the index): the
+// highest QoS of those it matches, every identifier, RETAIN if one asked
+// for Retain As Published; none with No Local for its own messages
+// [MQTT-3.8.3-3].
+func grant(off uint64, m *Message, client string, subs []*sub) (Entry, bool) {
+	en := Entry{Offset: off, Msg: m}
+	ok := false
+	for _, sb := range subs {
+		if off < sb.since || !Match(sb.Filter, m.Topic) || (sb.NoLocal && m.Origin == client) {
+			continue
+		}
+		en = mergeGrant(en, ok, sb, m)
+		ok = true
+	}
+	return en, ok
+}
+
+// mergeGrant adds one more matching subscription to a delivery.
+func mergeGrant(en Entry, had bool, sb *sub, m *Message) Entry {
+	q := min(m.QoS, sb.QoS)
+	rap := m.Retain && sb.RetainAsPublished
+	if !had {
+		en.QoS, en.Retain, en.IDs = q, rap, sb.ids
+		return en
+	}
+	en.QoS = max(en.QoS, q)
+	en.Retain = en.Retain || rap
+	if len(sb.ids) > 0 {
+		en.IDs = append(append([]int(nil), en.IDs...), sb.ids...)
+	}
+	return en
+}

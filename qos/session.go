@@ -1,0 +1,502 @@
+package qos
+
+import (
+	"cmp"
+	"maps"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// session is one client's session. Its connection, while it has one, is
+// conn; offline, its queue holds a position in the log and its flights
+// wait for the next connection.
+type session struct {
+	id    string
+	n     uint64 // creation order, to group one message's matches
+	queue *Queue
+	conn  atomic.Pointer[connection]
+
+	mu         sync.Mutex
+	persistent bool
+	ended      bool
+	subs       map[string]*sub // by filter as subscribed (with any $share prefix)
+	flights    map[uint16]flight
+	seq        uint64 // send order of flights
+	nextPID    uint16
+	inbound    map[uint16]uint64 // QoS 2 packet id awaiting PUBREL -> offset [MQTT-4.3.3]
+	expiry     uint32            // seconds; math.MaxUint32 never
+	expiresAt  int64             // offline: Unix second it ends; 0 never
+	will       *Message
+	willDelay  uint32
+	willDue    int64   // offline: Unix second the will is published; 0 none
+	retained   []Entry // retained messages due at a SUBSCRIBE, not yet sent
+	holdRet    int     // SUBACKs not yet written: retained messages wait for them
+	lastGroups int     // round robin over the session's groups
+}
+
+// flight is one outbound QoS 1/2 message awaiting its acknowledgement.
+type flight struct {
+	offset   uint64
+	seq      uint64
+	qos      byte
+	released bool // PUBREC came: only the PUBREL may be sent again [MQTT-4.3.3-5]
+	retain   bool
+	ids      []int
+	group    *group
+	msg      *Message // nil after a restart: read from the log when resent
+}
+
+// group is a shared subscription group: one queue its connected members
+// take from, each message to one member [MQTT-4.8.2].
+type group struct {
+	key    string // "$share/<name>/<filter>"
+	filter string
+	since  uint64
+	queue  *Queue
+	sub    *sub // the group's entry in the index
+
+	mu       sync.Mutex
+	members  map[*session]*sub
+	returned []Entry // QoS 1 messages a leaving member held unacknowledged: taken first
+	scanning bool
+	mark     uint64 // dispatcher's: the last offset offered
+}
+
+// ConnectInfo is what the engine needs from a CONNECT.
+type ConnectInfo struct {
+	// ClientID is the client identifier [MQTT-3.1.3-2].
+	ClientID string
+	// ProtocolVersion is 3, 4 or 5.
+	ProtocolVersion byte
+	// CleanStart discards an existing session [MQTT-3.1.2-4].
+	CleanStart bool
+	// ExpiryInterval is how long the session outlives the connection, in
+	// seconds [MQTT-3.1.2-23]; 0 ends it with the connection (3.1.1 clean
+	// session), math.MaxUint32 never (3.1.1 persistent session).
+	ExpiryInterval uint32
+	// ReceiveMaximum is the client's: the most QoS 1/2 deliveries it takes
+	// unacknowledged [MQTT-3.3.4-9]. 0 means 65535.
+	ReceiveMaximum uint16
+	// TopicAliasMaximum is the client's: the highest outbound topic alias
+	// it accepts; 0 none [MQTT-3.3.2-8].
+	TopicAliasMaximum uint16
+	// InboundMaximum is the Receive Maximum the server announced in
+	// CONNACK: more unacknowledged QoS 1/2 publishes from the client get
+	// DISCONNECT 0x93 [MQTT-3.3.4-8]. 0 means 65535.
+	InboundMaximum uint16
+	// Will is the will message [MQTT-3.1.2-7], WillDelay its delay.
+	Will      *Message
+	WillDelay uint32
+	// CanRead is the read ACL, asked before every PUBLISH is written
+	// (resends included). nil allows everything.
+	CanRead func(topic string) bool
+}
+
+// Client is one connection's handle on its session: the owner (edge's
+// hook) calls it from the connection's read goroutine, in packet order.
+type Client struct {
+	e *Engine
+	c *connection
+}
+
+// Connect attaches conn to its session, creating, resuming or replacing
+// it, and returns whether a session was present [MQTT-3.2.2-2]. A
+// persistent session is durable before Connect returns: an error means
+// CONNACK must refuse (0x80) [MQTT-3.2.2-6]. A connection holding the
+// session already is closed with 0x8E [MQTT-3.1.4-3].
+func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
+	if info.ReceiveMaximum == 0 {
+		info.ReceiveMaximum = math.MaxUint16
+	}
+	if info.InboundMaximum == 0 {
+		info.InboundMaximum = math.MaxUint16
+	}
+	persistent := info.ExpiryInterval > 0
+	var rec []byte
+	if persistent {
+		var err error
+		rec, err = Encode(&Session{Client: info.ClientID, ProtocolVersion: info.ProtocolVersion,
+			ExpiryInterval: info.ExpiryInterval, Will: info.Will, WillDelay: info.WillDelay})
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctx.Err() != nil {
+		return nil, false, ErrEngineClosed
+	}
+	old := e.sessions[info.ClientID]
+	var recs [][]byte
+	if old != nil && (info.CleanStart || !old.persistent) {
+		if old.persistent {
+			recs = append(recs, EncodeEnd(info.ClientID))
+		}
+		e.endSessionLocked(old, true)
+		old = nil
+	}
+	if persistent {
+		recs = append(recs, rec)
+	}
+	if len(recs) > 0 {
+		// The session (and the end of the one it replaces) is durable
+		// before CONNACK says so.
+		if err := e.appendWait(recs...); err != nil {
+			return nil, false, err
+		}
+	}
+	present := old != nil
+	s := old
+	if s == nil {
+		s = e.newSessionLocked(info.ClientID, e.dispatched.Load())
+		s.queue.CatchUp(e.dispatched.Load) // nothing to read: offers from now on
+	}
+	c := &connection{e: e, s: s, conn: conn, info: info}
+	c.window = min(int(info.ReceiveMaximum), e.cfg.MaxInflight)
+	s.mu.Lock()
+	if prev := s.conn.Load(); prev != nil {
+		prev.gone = true
+		go prev.conn.Close(reasonSessionTakenOver) // it may be blocked in a write
+		if s.will != nil && s.willDelay == 0 {
+			e.publishAsync(s.will) // the old connection ended [MQTT-3.1.2-8]
+		}
+	}
+	s.persistent = persistent
+	s.expiry = info.ExpiryInterval
+	s.expiresAt, s.willDue = 0, 0
+	s.will, s.willDelay = info.Will, info.WillDelay
+	for pid := range s.flights {
+		c.resend = append(c.resend, pid)
+	}
+	slices.SortFunc(c.resend, func(a, b uint16) int { return cmp.Compare(s.flights[a].seq, s.flights[b].seq) })
+	s.conn.Store(c)
+	s.mu.Unlock()
+	s.queue.Resume(e.fannedOut.Load())
+	for _, sb := range s.subs {
+		if sb.g != nil {
+			sb.g.mu.Lock()
+			sb.g.members[s] = sb
+			sb.g.mu.Unlock()
+		}
+	}
+	c.kick()
+	return &Client{e: e, c: c}, present, nil
+}
+
+// newSessionLocked creates a session whose backlog starts at next.
+func (e *Engine) newSessionLocked(id string, next uint64) *session {
+	s := &session{
+		id: id, n: e.sessionN.Add(1),
+		queue:   NewQueue(next, e.cfg.QueueLimit),
+		subs:    map[string]*sub{},
+		flights: map[uint16]flight{},
+		inbound: map[uint16]uint64{},
+	}
+	e.sessions[id] = s
+	return s
+}
+
+// endSessionLocked removes s with its subscriptions; its connection, if
+// any, is closed when taken is set. Its wills are the caller's.
+func (e *Engine) endSessionLocked(s *session, taken bool) {
+	delete(e.sessions, s.id)
+	s.mu.Lock()
+	s.ended = true
+	subs := slices.Collect(maps.Values(s.subs))
+	flights := s.flights
+	s.flights = map[uint16]flight{}
+	c := s.conn.Swap(nil)
+	if c != nil {
+		c.gone = true
+	}
+	s.mu.Unlock()
+	if c != nil && taken {
+		go c.conn.Close(reasonSessionTakenOver)
+	}
+	for _, sb := range subs {
+		e.unsubscribeLocked(s, sb)
+	}
+	e.returnFlights(s, flights)
+}
+
+// returnFlights gives the QoS 1 messages s held from shared groups back
+// to their groups, for another member [MQTT-4.8.2]; QoS 2 ones stay with
+// the member (or end with its session).
+func (e *Engine) returnFlights(s *session, flights map[uint16]flight) {
+	for _, f := range flights {
+		if f.group == nil || f.qos != 1 {
+			continue
+		}
+		f.group.mu.Lock()
+		f.group.returned = append(f.group.returned, Entry{Offset: f.offset, Msg: f.msg})
+		f.group.mu.Unlock()
+		f.group.kickMembers(nil)
+	}
+}
+
+// Disconnect ends the connection: a clean session ends with it, a
+// persistent one stays offline until its expiry. willPending is true when
+// the connection ended without a normal DISCONNECT (or with 0x04): the
+// will is published after its delay [MQTT-3.1.2-8] [MQTT-3.14.4-3].
+// expiry, if not nil, is the Session Expiry Interval a v5 DISCONNECT set
+// [MQTT-3.14.2-1].
+func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
+	e, c, s := cl.e, cl.c, cl.c.s
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s.mu.Lock()
+	if s.conn.Load() != c {
+		c.gone = true
+		s.mu.Unlock()
+		return // taken over: the session is someone else's now
+	}
+	c.gone = true
+	s.conn.Store(nil)
+	if expiry != nil && s.expiry > 0 {
+		s.expiry = *expiry
+	}
+	now := e.now()
+	will := s.will
+	if !willPending {
+		will, s.will = nil, nil
+	}
+	persistent := s.persistent && s.expiry > 0
+	if persistent {
+		if s.expiry != math.MaxUint32 {
+			s.expiresAt = now + int64(s.expiry)
+		}
+		if will != nil {
+			s.willDue = now + int64(min(s.willDelay, s.expiry))
+		}
+		rec, _ := Encode(&Disconnect{Client: s.id, At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
+		e.appendRecord(rec)
+	}
+	var groupFlights map[uint16]flight
+	for pid, f := range s.flights {
+		if f.group != nil && f.qos == 1 {
+			if groupFlights == nil {
+				groupFlights = map[uint16]flight{}
+			}
+			groupFlights[pid] = f
+			delete(s.flights, pid)
+			if persistent {
+				e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, PacketID: pid}))
+			}
+		}
+	}
+	s.retained, s.holdRet = nil, 0
+	// What a scan found and nobody took goes back to where it came from.
+	// They are all of one queue, in log order: the session's own goes back
+	// to its first, so its scan starts there again.
+	for i, sc := range c.scanned {
+		if sc.g != nil {
+			sc.g.mu.Lock()
+			sc.g.returned = append(sc.g.returned, sc.Entry)
+			sc.g.mu.Unlock()
+		} else if i == 0 {
+			s.queue.Requeue(sc.Entry)
+		}
+	}
+	c.scanned = nil
+	s.mu.Unlock()
+	for _, sb := range s.subs {
+		if sb.g != nil {
+			sb.g.mu.Lock()
+			delete(sb.g.members, s)
+			sb.g.mu.Unlock()
+		}
+	}
+	e.returnFlights(s, groupFlights)
+	if !persistent {
+		if s.persistent {
+			e.appendRecord(EncodeEnd(s.id))
+		}
+		e.endSessionLocked(s, false)
+		if will != nil {
+			e.publishAsync(will)
+		}
+		return
+	}
+	s.queue.Park(e.fannedOut.Load())
+	if will != nil && s.willDue <= now {
+		s.will, s.willDue = nil, 0
+		e.publishAsync(will)
+	} else if will != nil {
+		e.pushTimerLocked(s.willDue, s, true)
+	}
+	if s.expiresAt > 0 {
+		e.pushTimerLocked(s.expiresAt, s, false)
+	}
+}
+
+// Subscribe adds the subscriptions (a repeated filter replaces the old one
+// and keeps its start [MQTT-3.8.4-3]). For a persistent session they are
+// durable when it returns; an error means SUBACK must carry a failure code
+// (0x80) for every one [MQTT-3.9.3]. Retained messages matching them are
+// queued per their Retain Handling [MQTT-3.3.1-9..11] and flow, within the
+// client's window, once Suback is called.
+func (cl *Client) Subscribe(subs []Subscribe) error {
+	e, s := cl.e, cl.c.s
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s.conn.Load() != cl.c {
+		return ErrGone
+	}
+	if s.persistent {
+		recs := make([][]byte, 0, len(subs))
+		for i := range subs {
+			subs[i].Client = s.id
+			rec, err := Encode(&subs[i])
+			if err != nil {
+				return err
+			}
+			recs = append(recs, rec)
+		}
+		if err := e.appendWait(recs...); err != nil {
+			return err
+		}
+	}
+	since := e.dispatched.Load()
+	for _, sr := range subs {
+		sr.Client = s.id
+		s.mu.Lock()
+		old := s.subs[sr.Filter]
+		s.mu.Unlock()
+		start := since
+		if old != nil {
+			start = old.since
+			e.unsubscribeLocked(s, old)
+		}
+		nb := &sub{Subscribe: sr, since: start, s: s}
+		if sr.Identifier > 0 {
+			nb.ids = []int{sr.Identifier}
+		}
+		name, inner := SplitShared(sr.Filter)
+		if name != "" {
+			g := e.groups[sr.Filter]
+			if g == nil {
+				g = &group{key: sr.Filter, filter: inner, since: start,
+					queue: NewQueue(since, e.cfg.QueueLimit), members: map[*session]*sub{}}
+				g.queue.CatchUp(e.dispatched.Load)
+				g.sub = &sub{g: g, since: start}
+				e.groups[sr.Filter] = g
+				e.idx.add(inner, g.sub)
+			}
+			nb.g = g
+			g.mu.Lock()
+			g.members[s] = nb
+			g.mu.Unlock()
+		} else {
+			e.idx.add(sr.Filter, nb)
+		}
+		s.mu.Lock()
+		s.subs[sr.Filter] = nb
+		// Retained messages [MQTT-3.3.1-9]: not for a shared subscription
+		// [MQTT-3.8.4-?] (none are sent to shared subscriptions), 1 only
+		// for a new subscription, 2 never [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+		if name == "" && (sr.RetainHandling == 0 || (sr.RetainHandling == 1 && old == nil)) {
+			for _, r := range e.retained {
+				if !Match(sr.Filter, r.Message.Topic) {
+					continue
+				}
+				m := &r.Message
+				s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: nb.ids})
+			}
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	s.holdRet++
+	s.mu.Unlock()
+	return nil
+}
+
+// Suback tells the engine the SUBACK of the last Subscribe is written:
+// the retained messages it found may follow it.
+func (cl *Client) Suback() {
+	s := cl.c.s
+	s.mu.Lock()
+	s.holdRet = max(s.holdRet-1, 0)
+	s.mu.Unlock()
+	cl.c.kick()
+}
+
+// Unsubscribe removes subscriptions by filter; for a persistent session
+// the removal is durable when it returns (an error means UNSUBACK must
+// carry 0x80).
+func (cl *Client) Unsubscribe(filters []string) error {
+	e, s := cl.e, cl.c.s
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s.conn.Load() != cl.c {
+		return ErrGone
+	}
+	if s.persistent {
+		recs := make([][]byte, 0, len(filters))
+		for _, f := range filters {
+			rec, _ := Encode(&Unsubscribe{Client: s.id, Filter: f})
+			recs = append(recs, rec)
+		}
+		if err := e.appendWait(recs...); err != nil {
+			return err
+		}
+	}
+	for _, f := range filters {
+		s.mu.Lock()
+		sb := s.subs[f]
+		s.mu.Unlock()
+		if sb != nil {
+			e.unsubscribeLocked(s, sb)
+		}
+	}
+	return nil
+}
+
+// unsubscribeLocked takes sb out of s, the index and its group.
+func (e *Engine) unsubscribeLocked(s *session, sb *sub) {
+	s.mu.Lock()
+	if s.subs[sb.Filter] == sb {
+		delete(s.subs, sb.Filter)
+	}
+	s.mu.Unlock()
+	if sb.g == nil {
+		e.idx.remove(sb.Filter, sb)
+		return
+	}
+	g := sb.g
+	g.mu.Lock()
+	delete(g.members, s)
+	g.mu.Unlock()
+	// The group stays while any session, online or not, subscribes to it.
+	for _, o := range e.sessions {
+		if o == s {
+			continue
+		}
+		o.mu.Lock()
+		_, in := o.subs[g.key]
+		o.mu.Unlock()
+		if in {
+			return
+		}
+	}
+	delete(e.groups, g.key)
+	e.idx.remove(g.filter, g.sub)
+}
+
+// kickMembers starts the senders of the group's connected members but
+// except.
+func (g *group) kickMembers(except *session) {
+	g.mu.Lock()
+	ms := slices.Collect(maps.Keys(g.members))
+	g.mu.Unlock()
+	for _, m := range ms {
+		if m == except {
+			continue
+		}
+		if c := m.conn.Load(); c != nil {
+			c.kick()
+		}
+	}
+}
