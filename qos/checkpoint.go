@@ -44,9 +44,16 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 	floor := offset
 	e.mu.Lock()
 	for id, s := range e.sessions {
-		pos := s.queue.Position(progress)
-		floor = min(floor, pos)
 		s.mu.Lock()
+		pos := s.queue.Position(progress)
+		if c := s.conn.Load(); c != nil {
+			for _, sc := range c.scanned { // read past, not yet taken
+				if sc.g == nil {
+					pos = min(pos, sc.Offset)
+				}
+			}
+		}
+		floor = min(floor, pos)
 		ss := st.Sessions[id]
 		if ss != nil && s.persistent {
 			ss.Next = max(ss.Next, pos)

@@ -39,6 +39,9 @@ func (e *Engine) dispatch() {
 		if err != nil {
 			e.stats.dropUnreadable.Add(1)
 			e.lg.Error("dispatcher: record undecodable, skipped", "offset", off, "error", err)
+			e.shadowMu.Lock()
+			e.shadowNext = off + 1
+			e.shadowMu.Unlock()
 			e.fannedOut.Store(off + 1)
 			continue
 		}
@@ -47,11 +50,13 @@ func (e *Engine) dispatch() {
 		}
 		e.shadowMu.Lock()
 		e.shadow.ApplyDecoded(off, k, v)
+		e.shadowNext = off + 1
 		e.shadowMu.Unlock()
 		e.fannedOut.Store(off + 1)
 		if now := e.cfg.Now(); e.cfg.Snapshots != nil && now.Sub(e.lastCheck) >= e.cfg.CheckpointInterval {
+			st, at := e.shadowCopy()
 			select {
-			case e.checks <- pendingCheckpoint{st: e.shadowCopy(), offset: off + 1}:
+			case e.checks <- pendingCheckpoint{st: st, offset: at}:
 				e.lastCheck = now
 			default: // the last one is still being written
 			}
@@ -198,11 +203,12 @@ func (c *connection) offerQoS0(en Entry) {
 	c.kick()
 }
 
-// shadowCopy returns a copy of the shadow state, for a checkpoint.
-func (e *Engine) shadowCopy() *State {
+// shadowCopy returns a copy of the shadow state and the offset it stands
+// for (every record below it applied), for a checkpoint.
+func (e *Engine) shadowCopy() (*State, uint64) {
 	e.shadowMu.Lock()
 	defer e.shadowMu.Unlock()
-	return e.shadow.Clone()
+	return e.shadow.Clone(), e.shadowNext
 }
 
 // pendingCheckpoint is a copy of the shadow state after every record below

@@ -108,6 +108,7 @@ type Engine struct {
 	fannedOut  atomic.Uint64 // every offset below it was offered everywhere
 	shadowMu   sync.Mutex
 	shadow     *State    // the state after every record the dispatcher read
+	shadowNext uint64    // the offset shadow stands for; both under shadowMu
 	lastCheck  time.Time // dispatcher's: the last checkpoint handed over
 	checks     chan pendingCheckpoint
 	sessionN   atomic.Uint64
@@ -188,7 +189,7 @@ func (e *Engine) Close() error {
 	if e.cfg.Snapshots == nil {
 		return nil
 	}
-	return e.checkpoint(e.shadowCopy(), e.fannedOut.Load())
+	return e.checkpoint(e.shadowCopy())
 }
 
 // goSender starts f as a goroutine the engine waits for; false once the

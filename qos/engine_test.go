@@ -2,6 +2,7 @@ package qos_test
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ func (h *harness) start() {
 	c := qos.DefaultConfig(h.log)
 	c.Snapshots = h.snaps
 	c.CheckpointInterval = time.Hour
+	c.Logger = slog.New(slog.DiscardHandler)
 	if h.cfg != nil {
 		h.cfg(&c)
 	}

@@ -13,5 +13,5 @@ func (e *Engine) Crash() {
 
 // Checkpoint writes a checkpoint now, as the dispatcher would.
 func (e *Engine) Checkpoint() error {
-	return e.checkpoint(e.shadowCopy(), e.fannedOut.Load())
+	return e.checkpoint(e.shadowCopy())
 }

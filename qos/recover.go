@@ -137,7 +137,7 @@ func (e *Engine) recover() error {
 	for topic, rt := range st.Retained {
 		e.retained[topic] = rt
 	}
-	e.shadow = st
+	e.shadow, e.shadowNext = st, next
 	e.lg.Info("log replayed", "records", records, "from_offset", from, "last_offset", last,
 		"sessions", len(e.sessions), "retained", len(e.retained), "seconds", time.Since(started).Seconds())
 	return nil

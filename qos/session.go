@@ -158,6 +158,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	s.mu.Lock()
 	if prev := s.conn.Load(); prev != nil {
 		prev.gone = true
+		prev.giveBackLocked()
 		go prev.conn.Close(reasonSessionTakenOver) // it may be blocked in a write
 		if s.will != nil && s.willDelay == 0 {
 			e.publishAsync(s.will) // the old connection ended [MQTT-3.1.2-8]
@@ -280,26 +281,13 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 				groupFlights = map[uint16]flight{}
 			}
 			groupFlights[pid] = f
+			// No Complete record: should the broker stop before another
+			// member takes it, the log still gives it to this one.
 			delete(s.flights, pid)
-			if persistent {
-				e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, PacketID: pid}))
-			}
 		}
 	}
 	s.retained, s.holdRet = nil, 0
-	// What a scan found and nobody took goes back to where it came from.
-	// They are all of one queue, in log order: the session's own goes back
-	// to its first, so its scan starts there again.
-	for i, sc := range c.scanned {
-		if sc.g != nil {
-			sc.g.mu.Lock()
-			sc.g.returned = append(sc.g.returned, sc.Entry)
-			sc.g.mu.Unlock()
-		} else if i == 0 {
-			s.queue.Requeue(sc.Entry)
-		}
-	}
-	c.scanned = nil
+	c.giveBackLocked()
 	s.mu.Unlock()
 	for _, sb := range s.subs {
 		if sb.g != nil {
@@ -499,4 +487,21 @@ func (g *group) kickMembers(except *session) {
 			c.kick()
 		}
 	}
+}
+
+// giveBackLocked returns what a scan found for c and c did not take to
+// where it came from: they are all of one queue, in log order, so the
+// session's own queue scans again from the first; a group's go back to
+// the group. Called with s.mu held, once c is gone.
+func (c *connection) giveBackLocked() {
+	for i, sc := range c.scanned {
+		if sc.g != nil {
+			sc.g.mu.Lock()
+			sc.g.returned = append(sc.g.returned, sc.Entry)
+			sc.g.mu.Unlock()
+		} else if i == 0 {
+			c.s.queue.Requeue(sc.Entry)
+		}
+	}
+	c.scanned = nil
 }

@@ -1,0 +1,262 @@
+package qos_test
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+var (
+	modelSeed  = flag.Uint64("qos.seed", 0, "seed of TestModel (0: a few fixed seeds)")
+	modelSteps = flag.Int("qos.steps", 1500, "operations per seed of TestModel")
+	modelSeeds = flag.Int("qos.seeds", 4, "seeds TestModel runs when -qos.seed is 0")
+	modelSkip  = flag.String("qos.skip", "", "operations TestModel leaves out, for narrowing a failure: any of d (disconnect), t (takeover), k (checkpoint), c (crash), h (withheld acks)")
+)
+
+// TestModel drives the engine with random publishes, acknowledgements,
+// disconnects, takeovers, checkpoints, crashes and restarts, and checks
+// what the clients' applications received against a simple model:
+//
+//   - every publish the publisher had acknowledged reaches every
+//     subscriber (all persistent, subscribed before the first publish);
+//   - a QoS 2 delivery reaches the application at most once;
+//   - each subscriber gets each publisher's messages, first deliveries
+//     counted, in the order they were published.
+//
+// Longer: go test ./qos -run TestModel -qos.steps 20000 -qos.seeds 20.
+func TestModel(t *testing.T) {
+	seeds := []uint64{*modelSeed}
+	if *modelSeed == 0 {
+		seeds = nil
+		for i := range *modelSeeds {
+			seeds = append(seeds, uint64(i+1))
+		}
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { runModel(t, seed, *modelSteps) })
+	}
+}
+
+type modelClient struct {
+	*client
+	online  bool
+	subQoS  byte
+	nextPID uint16
+	// publisher side
+	seq      int
+	pending  map[uint16]string // pid -> payload, published and not yet acknowledged
+	pubQoS   map[uint16]byte
+	released map[uint16]bool // QoS 2 ids PUBREC'd, PUBREL sent, awaiting PUBCOMP
+	// subscriber side
+	held []qos.Packet // delivered, acknowledgement withheld for now
+	// first[publisher] is the last seq first-delivered from it
+	first map[string]int
+	count map[string]int // payload -> application deliveries
+}
+
+type model struct {
+	t      *testing.T
+	r      *rand.Rand
+	h      *harness
+	cs     []*modelClient
+	acked  map[string]byte // payload -> publish QoS, acknowledged to the publisher
+	byName map[string]*modelClient
+}
+
+func runModel(t *testing.T, seed uint64, steps int) {
+	m := &model{t: t, r: rand.New(rand.NewPCG(seed, seed^0x9e3779b9)), acked: map[string]byte{}, byName: map[string]*modelClient{}}
+	m.h = newHarness(t, func(c *qos.Config) {
+		c.MaxInflight = 1 + m.r.IntN(8)
+		c.QueueLimit = 1 + m.r.IntN(16)
+	})
+	for i := range 4 {
+		c := &modelClient{
+			client:  m.h.connect(fmt.Sprintf("c%d", i), true),
+			online:  true,
+			subQoS:  byte(1 + m.r.IntN(2)),
+			pending: map[uint16]string{}, pubQoS: map[uint16]byte{}, released: map[uint16]bool{},
+			first: map[string]int{}, count: map[string]int{},
+		}
+		c.subscribe("t/#", c.subQoS)
+		m.cs = append(m.cs, c)
+		m.byName[c.id] = c
+	}
+	for range steps {
+		c := m.cs[m.r.IntN(len(m.cs))]
+		n := m.r.IntN(100)
+		for _, op := range []struct {
+			skip   byte
+			lo, hi int
+		}{{'d', 75, 82}, {'t', 82, 86}, {'k', 86, 89}, {'c', 89, 91}} {
+			if n >= op.lo && n < op.hi && strings.IndexByte(*modelSkip, op.skip) >= 0 {
+				n = 99
+			}
+		}
+		switch {
+		case n < 40:
+			if c.online {
+				m.publish(c)
+			}
+		case n < 75:
+			if c.online {
+				m.pump(c, m.r.IntN(4) != 0 || strings.Contains(*modelSkip, "h"))
+			}
+		case n < 82:
+			if c.online {
+				c.cl.Disconnect(false, nil)
+				m.offline(c)
+			} else {
+				m.reconnect(c)
+			}
+		case n < 86:
+			if c.online { // takeover: a new connection, the old one just stops
+				m.offline(c)
+				m.reconnect(c)
+			}
+		case n < 89:
+			if err := m.h.e.Checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+		case n < 91:
+			m.h.crash()
+			for _, c := range m.cs {
+				m.offline(c)
+			}
+		default:
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// Drain: everyone online, acknowledging everything, until quiet.
+	for _, c := range m.cs {
+		if !c.online {
+			m.reconnect(c)
+		}
+	}
+	for quiet := 0; quiet < 20; {
+		time.Sleep(2 * time.Millisecond)
+		busy := false
+		for _, c := range m.cs {
+			if m.pump(c, true) {
+				busy = true
+			}
+		}
+		if busy {
+			quiet = 0
+		} else {
+			quiet++
+		}
+	}
+	for p, q := range m.acked {
+		for _, c := range m.cs {
+			n := c.count[p]
+			if n == 0 {
+				t.Fatalf("seed %d: %s lost: acknowledged at QoS %d, never reached %s (sub QoS %d)", seed, p, q, c.id, c.subQoS)
+			}
+		}
+	}
+	for _, c := range m.cs {
+		for p, n := range c.count {
+			if n > 1 && c.subQoS == 2 && m.acked[p] == 2 {
+				t.Fatalf("seed %d: QoS 2 message %s reached %s %d times", seed, p, c.id, n)
+			}
+		}
+	}
+	st := m.h.e.Stats()
+	t.Logf("seed %d: %d acknowledged publishes, %d deliveries (%d resent)", seed, len(m.acked), st.Delivered, st.Redelivered)
+}
+
+func (m *model) offline(c *modelClient) {
+	c.online = false
+	c.held = nil
+}
+
+func (m *model) reconnect(c *modelClient) {
+	c.reconnect()
+	c.online = true
+	for pid := range c.released { // [MQTT-4.4.0-1]: PUBREL again
+		c.cl.Pubrel(pid)
+	}
+}
+
+func (m *model) publish(c *modelClient) {
+	q := byte(1 + m.r.IntN(2))
+	for {
+		c.nextPID++
+		if c.nextPID == 0 {
+			c.nextPID = 1
+		}
+		if _, busy := c.pending[c.nextPID]; !busy && !c.released[c.nextPID] {
+			break
+		}
+	}
+	c.seq++
+	p := fmt.Sprintf("%s:%d", c.id, c.seq)
+	err := c.cl.Publish(&qos.Message{Topic: "t/" + c.id, QoS: q, Payload: []byte(p)}, c.nextPID)
+	if err != nil {
+		m.t.Fatalf("publish: %v", err)
+	}
+	c.pending[c.nextPID] = p
+	c.pubQoS[c.nextPID] = q
+}
+
+// pump handles what the connection has written: acknowledgements of the
+// client's publishes, and deliveries (acknowledged now, or held back a
+// while when ack is false). It reports whether there was anything.
+func (m *model) pump(c *modelClient, ack bool) bool {
+	pkts := c.conn.take()
+	if ack {
+		pkts = append(c.held, pkts...)
+		c.held = nil
+	}
+	for _, p := range pkts {
+		switch p.Type {
+		case qos.PacketPuback:
+			if pl, ok := c.pending[p.PacketID]; ok && c.pubQoS[p.PacketID] == 1 {
+				delete(c.pending, p.PacketID)
+				if p.ReasonCode < 0x80 {
+					m.acked[pl] = 1
+				}
+			}
+		case qos.PacketPubrec:
+			if pl, ok := c.pending[p.PacketID]; ok && c.pubQoS[p.PacketID] == 2 {
+				delete(c.pending, p.PacketID)
+				if p.ReasonCode < 0x80 {
+					m.acked[pl] = 2
+					c.released[p.PacketID] = true
+					c.cl.Pubrel(p.PacketID)
+				}
+			}
+		case qos.PacketPubcomp:
+			delete(c.released, p.PacketID)
+		case qos.PacketPublish, qos.PacketPubrel:
+			if !ack {
+				c.held = append(c.held, p)
+				continue
+			}
+			for _, msg := range c.ackAll([]qos.Packet{p}) {
+				m.deliver(c, string(msg.Payload))
+			}
+		}
+	}
+	return len(pkts) > 0
+}
+
+func (m *model) deliver(c *modelClient, payload string) {
+	var pub string
+	var seq int
+	if _, err := fmt.Sscanf(payload, "c%1s:%d", &pub, &seq); err != nil {
+		m.t.Fatalf("%s got a message nobody published: %q", c.id, payload)
+	}
+	c.count[payload]++
+	if c.count[payload] == 1 {
+		if seq <= c.first[pub] {
+			m.t.Fatalf("%s got %s after c%s:%d: out of order", c.id, payload, pub, c.first[pub])
+		}
+		c.first[pub] = seq
+	}
+}

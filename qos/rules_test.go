@@ -1,0 +1,303 @@
+package qos_test
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// [MQTT-3.3.4-8]: more unacknowledged QoS 1/2 publishes than the Receive
+// Maximum given gets DISCONNECT 0x93; QoS 0 publishes and the client's
+// own unfinished deliveries do not count.
+func TestInboundReceiveMaximum(t *testing.T) {
+	h := newHarness(t, nil)
+	// QoS 2 publishes stay counted until PUBREL.
+	pub := h.connect("pub", false, func(i *qos.ConnectInfo) { i.InboundMaximum = 3 })
+	for pid := uint16(1); pid <= 3; pid++ {
+		pub.publish("t", 2, pid, "m")
+	}
+	pub.conn.waitFor(t, 3) // PUBRECs
+	pub.publish("t", 0, 0, "qos0 does not count")
+	if pub.conn.closed {
+		t.Fatal("closed for a QoS 0 publish")
+	}
+	err := pub.cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("4th")}, 4)
+	if !errors.Is(err, qos.ErrReceiveMaximum) || !pub.conn.closed || pub.conn.reason != 0x93 {
+		t.Fatalf("4th unacknowledged publish: err %v, closed %v reason %#x; want ErrReceiveMaximum and 0x93", err, pub.conn.closed, pub.conn.reason)
+	}
+
+	// A PUBREL frees a place; outbound QoS 2 deliveries the client holds
+	// at PUBREC do not take one.
+	pub2 := h.connect("pub2", false, func(i *qos.ConnectInfo) { i.InboundMaximum = 2 })
+	pub2.subscribe("x", 2)
+	src := h.connect("src", false)
+	src.publish("x", 2, 1, "in")
+	src.publish("x", 2, 2, "in")
+	got := pub2.conn.waitFor(t, 2)
+	for _, p := range got {
+		pub2.cl.Pubrec(p.PacketID, 0) // and never PUBCOMP
+	}
+	pub2.conn.waitFor(t, 2) // PUBRELs
+	for pid := uint16(1); pid <= 2; pid++ {
+		pub2.publish("y", 2, pid, "m")
+	}
+	pub2.conn.waitFor(t, 2)
+	pub2.cl.Pubrel(1)
+	pub2.conn.waitFor(t, 1) // PUBCOMP
+	pub2.publish("y", 1, 3, "fits again")
+	if pub2.conn.closed {
+		t.Fatalf("closed with %#x", pub2.conn.reason)
+	}
+}
+
+// [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 deliveries than the
+// client's Receive Maximum, retained messages at SUBSCRIBE included.
+func TestOutboundWindowCountsRetained(t *testing.T) {
+	h := newHarness(t, nil)
+	src := h.connect("src", false)
+	for i := range 5 {
+		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("ret/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i+1))
+	}
+	src.conn.waitFor(t, 5)
+	waitRetained(t, h, 5)
+	sub := h.connect("sub", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 2 })
+	sub.subscribe("ret/#", 1)
+	src.publish("ret/live", 1, 9, "live")
+	total := 0
+	for range 10 {
+		got := sub.conn.settle()
+		if n := len(got); n > 2 {
+			t.Fatalf("%d deliveries unacknowledged, window 2: %s", n, types(got))
+		}
+		total += len(got)
+		sub.ackAll(got)
+		if total == 6 {
+			break
+		}
+	}
+	if total != 6 {
+		t.Fatalf("got %d of 5 retained + 1 live", total)
+	}
+}
+
+// waitRetained waits until the engine holds n retained messages: they are
+// visible only once durable and dispatched.
+func waitRetained(t *testing.T, h *harness, n int) {
+	t.Helper()
+	probe := h.connect("probe-"+t.Name(), false)
+	defer probe.cl.Disconnect(false, nil)
+	for range 1000 {
+		probe.subscribe("#", 0)
+		if got := probe.conn.settle(); len(got) >= n {
+			return
+		}
+	}
+	t.Fatalf("fewer than %d retained", n)
+}
+
+// [MQTT-3.3.1-9]: retained messages are sent at SUBSCRIBE, after its SUBACK,
+// with RETAIN set, and through the window (10,000 of them, none dropped).
+func TestRetainedAtSubscribeAllFlow(t *testing.T) {
+	h := newHarness(t, nil)
+	src := h.connect("src", false)
+	const n = 2000
+	for i := range n {
+		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("ret/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i%60000+1))
+		if i%100 == 99 {
+			src.conn.waitFor(t, 100)
+		}
+	}
+	sub := h.connect("sub", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 10 })
+	// wait until the last retained is in
+	for {
+		probe := h.connect("probe", false)
+		probe.subscribe(fmt.Sprintf("ret/%d", n-1), 0)
+		got := probe.conn.settle()
+		probe.cl.Disconnect(false, nil)
+		if len(got) == 1 {
+			break
+		}
+	}
+	if err := sub.cl.Subscribe([]qos.Subscribe{{Filter: "ret/#", QoS: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sub.conn.settle(); len(got) != 0 {
+		t.Fatalf("retained messages before SUBACK: %d", len(got))
+	}
+	sub.cl.Suback()
+	seen := map[string]bool{}
+	for len(seen) < n {
+		got := sub.conn.settle()
+		if len(got) == 0 {
+			t.Fatalf("stalled at %d of %d", len(seen), n)
+		}
+		for _, p := range got {
+			if !p.Retain {
+				t.Fatalf("retained message without RETAIN: %+v", p)
+			}
+			seen[p.Message.Topic] = true
+		}
+		sub.ackAll(got)
+	}
+}
+
+// [MQTT-3.1.2-24]: a message larger than the client's Maximum Packet Size
+// is dropped, counted, and the next one flows, also for a persistent
+// session after reconnecting.
+func TestOversizedDroppedNextFlows(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.conn.maxSize = 10
+	sub.subscribe("t", 1)
+	src := h.connect("src", false)
+	src.publish("t", 1, 1, "this one is far too large")
+	src.publish("t", 1, 2, "small")
+	got := sub.conn.waitFor(t, 1)
+	if string(got[0].Message.Payload) != "small" {
+		t.Fatalf("got %q", got[0].Message.Payload)
+	}
+	sub.ackAll(got)
+	sub.cl.Disconnect(false, nil)
+	src.publish("t", 1, 3, "big big big big big")
+	src.publish("t", 1, 4, "small2")
+	sub.reconnect()
+	sub.conn.maxSize = 10
+	got = sub.conn.waitFor(t, 1)
+	if string(got[0].Message.Payload) != "small2" {
+		t.Fatalf("after reconnect got %q", got[0].Message.Payload)
+	}
+	if st := h.e.Stats(); st.DroppedTooLarge < 2 {
+		t.Fatalf("DroppedTooLarge %d, want 2", st.DroppedTooLarge)
+	}
+}
+
+// [MQTT-3.3.4-3]: the subscription identifiers go with every delivery,
+// resends after a reconnect and a restart included, shared groups too.
+func TestSubscriptionIdentifiersOnResend(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("a/+", 1, func(s *qos.Subscribe) { s.Identifier = 7 })
+	sub.subscribe("a/#", 1, func(s *qos.Subscribe) { s.Identifier = 9 })
+	sub.subscribe("$share/g/s/#", 1, func(s *qos.Subscribe) { s.Identifier = 11 })
+	src := h.connect("src", false)
+	src.publish("a/b", 1, 1, "m")
+	src.publish("s/x", 1, 2, "shared")
+	check := func(pkts []qos.Packet, dup bool) {
+		t.Helper()
+		for _, p := range pkts {
+			want, wantDup := []int{7, 9}, dup
+			if p.Message.Topic == "s/x" {
+				// A shared group's QoS 1 message a member left with goes
+				// back to the group [MQTT-4.8.2]: a new delivery.
+				want, wantDup = []int{11}, p.Dup
+			}
+			ids := slices.Sorted(slices.Values(p.SubscriptionIDs))
+			if !slices.Equal(ids, want) || p.Dup != wantDup {
+				t.Fatalf("%s: ids %v dup %v, want %v dup %v", p.Message.Topic, ids, p.Dup, want, dup)
+			}
+		}
+	}
+	got := sub.conn.waitFor(t, 2)
+	check(got, false)
+	sub.cl.Disconnect(false, nil) // unacknowledged
+	sub.reconnect()
+	check(sub.conn.waitFor(t, 2), true)
+	sub.cl.Disconnect(false, nil)
+	h.crash()
+	sub.reconnect()
+	got = sub.conn.waitFor(t, 2)
+	check(got, true)
+}
+
+// [MQTT-3.8.3-3]: No Local, for QoS 0 and QoS 1/2 alike.
+func TestNoLocal(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("c", false)
+	c.subscribe("t", 1, func(s *qos.Subscribe) { s.NoLocal = true })
+	c.publish("t", 0, 0, "own0")
+	c.publish("t", 1, 1, "own1")
+	other := h.connect("o", false)
+	other.publish("t", 1, 1, "other")
+	var msgs []string
+	for _, p := range c.conn.settle() {
+		if p.Type == qos.PacketPublish {
+			msgs = append(msgs, string(p.Message.Payload))
+		}
+	}
+	if !slices.Equal(msgs, []string{"other"}) {
+		t.Fatalf("got %v, want only [other]", msgs)
+	}
+}
+
+// [MQTT-3.3.2-7]: outbound topic aliases for QoS 0, 1 and 2 when the
+// client allows them, in wire order, no more than its maximum.
+func TestOutboundTopicAliases(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false, func(i *qos.ConnectInfo) { i.TopicAliasMaximum = 2 })
+	sub.subscribe("#", 2)
+	src := h.connect("src", false)
+	for i, topic := range []string{"a", "a", "b", "c", "b"} {
+		src.publish(topic, byte(i%3), uint16(i+1), "m")
+	}
+	var got []qos.Packet
+	for len(got) < 5 {
+		p := sub.conn.settle()
+		sub.ackAll(p)
+		for _, x := range p {
+			if x.Type == qos.PacketPublish {
+				got = append(got, x)
+			}
+		}
+	}
+	// Arrival order differs by QoS (QoS 0 skips the log), so check the
+	// rule rather than the sequence: a topic's first packet carries the
+	// name and an alias, later ones the alias only; c has none (max 2).
+	seen := map[string]uint16{}
+	for _, p := range got {
+		a, ok := seen[p.Message.Topic]
+		switch {
+		case p.TopicAlias == 0:
+			if len(seen) < 2 {
+				t.Fatalf("%s without alias while aliases are left", p.Message.Topic)
+			}
+		case !ok:
+			if p.AliasOnly {
+				t.Fatalf("first use of alias %d without the topic", p.TopicAlias)
+			}
+			seen[p.Message.Topic] = p.TopicAlias
+		case a != p.TopicAlias || !p.AliasOnly:
+			t.Fatalf("%s: alias %d only %v, want %d alone", p.Message.Topic, p.TopicAlias, p.AliasOnly, a)
+		}
+		if p.TopicAlias > 2 {
+			t.Fatalf("alias %d above the client's maximum 2", p.TopicAlias)
+		}
+	}
+}
+
+// [MQTT-3.9.3]: a SUBSCRIBE whose record cannot be appended fails (SUBACK
+// 0x80), as does the CONNECT of a persistent session (CONNACK 0x80).
+func TestSubscribeAndConnectFailWhenLogFails(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("c", true)
+	h.log.mu.Lock()
+	h.log.fail = func([][]byte) error { return qos.ErrFull }
+	h.log.mu.Unlock()
+	if err := c.cl.Subscribe([]qos.Subscribe{{Filter: "t", QoS: 1}}); err == nil {
+		t.Fatal("subscribe succeeded with a full log")
+	}
+	if _, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "d", ProtocolVersion: 5, ExpiryInterval: 10}); err == nil {
+		t.Fatal("persistent connect succeeded with a full log")
+	}
+	// A publish is refused with 0x97 for MQTT 5.
+	err := c.cl.Publish(&qos.Message{Topic: "t", QoS: 1}, 5)
+	if !errors.Is(err, qos.ErrFull) {
+		t.Fatalf("publish: %v", err)
+	}
+	p := c.conn.waitFor(t, 1)
+	if p[0].Type != qos.PacketPuback || p[0].ReasonCode != 0x97 {
+		t.Fatalf("got %+v, want PUBACK 0x97", p[0])
+	}
+}
