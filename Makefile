@@ -12,7 +12,7 @@ help:
 	@echo "make build-all  static binaries for linux amd64, arm64, armv7: $(BIN)/edgemq-linux-*"
 	@echo "make test       go test ./... (the README's test command)"
 	@echo "make fuzz       fuzz the config loader for FUZZTIME (default 60s)"
-	@echo "make lint       gofmt, go vet and the import-direction check of DESIGN.md"
+	@echo "make lint       gofmt, go vet and the import-direction check (docs/ARCHITECTURE.md)"
 	@echo "make bench-compare  edgemq beside Mosquitto and plain mochi, 3 rounds, under 10 minutes (BENCHFLAGS=...)"
 	@echo "make bench-quick    the same as a one-minute smoke test"
 

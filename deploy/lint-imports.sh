@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the import direction of DESIGN.md on the non-test code of every package:
+# Checks the import direction of docs/ARCHITECTURE.md on the non-test code of every package:
 #   cmd -> edge -> {bridge, qos, wal},  bridge -> {qos, wal};  qos and wal import nothing of ours;
 #   mochi (github.com/mochi-mqtt/server) and coder/websocket only in edge;
 #   tidwall/wal only in wal.
@@ -25,7 +25,7 @@ while read -r pkg imports; do
 			bridge) [[ "$dep" == qos || "$dep" == wal ]] || bad="bridge imports only qos and wal" ;;
 			edge) [[ "$dep" == bridge || "$dep" == qos || "$dep" == wal ]] || bad="edge imports only bridge, qos and wal" ;;
 			cmd | examples) [[ "$dep" != cmd ]] || bad="nothing imports a command" ;;
-			*) bad="package $top is not in DESIGN.md's import graph" ;;
+			*) bad="package $top is not in the import graph of docs/ARCHITECTURE.md" ;;
 			esac
 			;;
 		github.com/mochi-mqtt/server* | github.com/coder/websocket*)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,14 +97,6 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		conns:        map[*conn]struct{}{},
 	}
 	cfg.Listeners = append([]ListenerConfig(nil), cfg.Listeners...)
-	noAuth := cfg.Auth.PasswordFile == "" && !cfg.Auth.AllowAnonymous
-	b.noAuth = noAuth
-	if noAuth && cfg.HTTP.Address != "" {
-		if a, changed := loopbackAddress(cfg.HTTP.Address); changed {
-			b.loopback = append(b.loopback, loopbackMove{"http", cfg.HTTP.Address, a})
-			cfg.HTTP.Address = a
-		}
-	}
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if lc.Name == "" {
@@ -112,39 +105,25 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		if lc.Type == "ws" && lc.Path == "" {
 			lc.Path = "/mqtt"
 		}
-		if noAuth {
-			if a, changed := loopbackAddress(lc.Address); changed {
-				b.loopback = append(b.loopback, loopbackMove{lc.Name, lc.Address, a})
-				lc.Address = a
-			}
-		}
 	}
+	b.noAuth = noAuthentication(cfg.Auth)
+	b.loopback = moveToLoopback(&cfg)
 	b.cfg = cfg
 
 	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous, checks: make(chan struct{}, runtime.NumCPU()),
 		crossUserTakeover: cfg.Auth.CrossUserTakeover, useUsernameAsClientID: cfg.Auth.UseUsernameAsClientID, clientIDPrefix: cfg.Auth.ClientIDPrefix}
-	if cfg.Auth.PasswordFile != "" {
-		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
-		if err != nil {
-			return nil, &ConfigError{Path: "auth.password_file", Reason: err.Error()}
-		}
-		auth.passwords = pw
+	files, problems := readFiles(cfg)
+	if len(problems) > 0 {
+		return nil, joinConfigErrors(problems)
 	}
-	a, err := compileACL(cfg.Auth.ACL)
-	if err != nil {
-		return nil, err
-	}
-	auth.acl = a
+	auth.passwords, auth.acl = files.passwords, files.acl
 	b.auth = auth
 
 	for i, lc := range cfg.Listeners {
 		if _, dup := b.byName[lc.Name]; dup {
 			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].name", i), Reason: fmt.Sprintf("duplicate (got %q)", lc.Name)}
 		}
-		tlsConfig, err := serverTLS(lc.TLS)
-		if err != nil {
-			return nil, &ConfigError{Path: fmt.Sprintf("listeners[%d].tls", i), Reason: err.Error()}
-		}
+		tlsConfig := files.tls[i]
 		var l edgeListener
 		switch lc.Type {
 		case "tcp":
@@ -168,6 +147,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	})
 	// Metrics last among what can fail on the configuration, so that a
 	// refused config leaves the caller's registry as it was.
+	var err error
 	if b.metrics, err = newMetrics(reg, b.srv, func() int { return b.blockedWriters(time.Second) }); err != nil {
 		return nil, err
 	}
@@ -197,18 +177,16 @@ func (b *Broker) Start(ctx context.Context) error {
 	if b.started {
 		return ErrStarted
 	}
+	b.log.Info("authentication", b.authSummary()...)
 	if b.noAuth {
 		b.log.Warn("no authentication configured (auth.password_file and auth.allow_anonymous unset): anonymous clients allowed, every listener on loopback only")
 	}
 	for _, m := range b.loopback {
 		b.log.Warn("listener moved to loopback: no authentication configured", "listener", m.listener, "configured", m.from, "address", m.to)
 	}
-	if b.cfg.Auth.AllowAnonymous {
-		for _, lc := range b.cfg.Listeners {
-			if _, exposed := loopbackAddress(lc.Address); exposed {
-				b.log.Warn("anonymous clients allowed on a listener that is not loopback", "listener", lc.Name, "address", lc.Address)
-			}
-		}
+	for _, i := range anonymousExposed(b.cfg) {
+		lc := b.cfg.Listeners[i]
+		b.log.Warn("anonymous clients allowed on a listener that is not loopback", "listener", lc.Name, "address", lc.Address)
 	}
 	// Storage opens here, before any client can connect.
 	ds, err := b.openStorage()
@@ -353,8 +331,83 @@ func (b *Broker) untrack(c *conn) {
 	delete(b.conns, c)
 }
 
+// authSummary is what the start log says about authentication: the mode,
+// how many users the password file holds, how many ACL rules apply, and the
+// listeners that take a client certificate's CN as the username.
+func (b *Broker) authSummary() []any {
+	mode := "none"
+	switch a := b.cfg.Auth; {
+	case a.PasswordFile != "" && a.AllowAnonymous:
+		mode = "password file, anonymous allowed"
+	case a.PasswordFile != "":
+		mode = "password file"
+	case a.AllowAnonymous:
+		mode = "anonymous"
+	}
+	args := []any{"mode", mode}
+	if b.cfg.Auth.PasswordFile != "" {
+		args = append(args, "users", len(b.auth.passwords), "password_file", b.cfg.Auth.PasswordFile)
+	}
+	args = append(args, "acl_rules", len(b.cfg.Auth.ACL))
+	var cn []string
+	for _, lc := range b.cfg.Listeners {
+		if lc.TLS.UseCNAsUsername {
+			cn = append(cn, lc.Name)
+		}
+	}
+	if len(cn) > 0 {
+		args = append(args, "cert_cn_listeners", strings.Join(cn, ","))
+	}
+	return args
+}
+
 // loopbackMove records a listener whose host New rewrote to loopback.
-type loopbackMove struct{ listener, from, to string }
+type loopbackMove struct{ listener, path, from, to string }
+
+// noAuthentication tells whether clients are neither checked nor
+// knowingly let in: then every listener is kept on loopback.
+func noAuthentication(a AuthConfig) bool {
+	return a.PasswordFile == "" && !a.AllowAnonymous
+}
+
+// moveToLoopback rewrites the host of every listener and of the HTTP side
+// to loopback when no authentication is configured, and returns the moves.
+// Listener names must be set.
+func moveToLoopback(cfg *Config) []loopbackMove {
+	if !noAuthentication(cfg.Auth) {
+		return nil
+	}
+	var moves []loopbackMove
+	if cfg.HTTP.Address != "" {
+		if a, changed := loopbackAddress(cfg.HTTP.Address); changed {
+			moves = append(moves, loopbackMove{"http", "http.address", cfg.HTTP.Address, a})
+			cfg.HTTP.Address = a
+		}
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if a, changed := loopbackAddress(lc.Address); changed {
+			moves = append(moves, loopbackMove{lc.Name, fmt.Sprintf("listeners[%d].address", i), lc.Address, a})
+			lc.Address = a
+		}
+	}
+	return moves
+}
+
+// anonymousExposed lists the indices of the listeners that let anonymous
+// clients in from beyond loopback.
+func anonymousExposed(cfg Config) []int {
+	if !cfg.Auth.AllowAnonymous {
+		return nil
+	}
+	var out []int
+	for i, lc := range cfg.Listeners {
+		if _, exposed := loopbackAddress(lc.Address); exposed {
+			out = append(out, i)
+		}
+	}
+	return out
+}
 
 // loopbackAddress rewrites addr's host to 127.0.0.1 unless it is loopback
 // already.
@@ -372,32 +425,34 @@ func loopbackAddress(addr string) (string, bool) {
 	return net.JoinHostPort("127.0.0.1", port), true
 }
 
-// serverTLS builds a listener's TLS configuration; nil without a certificate.
+// serverTLS builds a listener's TLS configuration; nil without a
+// certificate. A problem is a *ConfigError whose path is the field under
+// tls it is about ("cert_file").
 func serverTLS(c TLSConfig) (*tls.Config, error) {
 	if c.CertFile == "" {
 		if c.RequireClientCert || c.ClientCAFile != "" || c.UseCNAsUsername {
-			return nil, errors.New("client certificate options need cert_file")
+			return nil, &ConfigError{Path: "cert_file", Reason: "client certificate options need cert_file"}
 		}
 		return nil, nil
 	}
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("load certificate: %w", err)
+		return nil, &ConfigError{Path: "cert_file", Reason: fmt.Sprintf("load certificate and key: %v", err)}
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if c.ClientCAFile == "" {
 		if c.RequireClientCert || c.UseCNAsUsername {
-			return nil, errors.New("require_client_cert and use_cn_as_username need client_ca_file")
+			return nil, &ConfigError{Path: "client_ca_file", Reason: "require_client_cert and use_cn_as_username need client_ca_file"}
 		}
 		return cfg, nil
 	}
 	pem, err := os.ReadFile(c.ClientCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("client CA: %w", err)
+		return nil, &ConfigError{Path: "client_ca_file", Reason: err.Error()}
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("client CA %s: no PEM certificate found", c.ClientCAFile)
+		return nil, &ConfigError{Path: "client_ca_file", Reason: fmt.Sprintf("no PEM certificate found in %s", c.ClientCAFile)}
 	}
 	cfg.ClientCAs = pool
 	cfg.ClientAuth = tls.VerifyClientCertIfGiven

@@ -104,22 +104,40 @@ func LoadConfig(path string) (Config, error) {
 
 // parseConfig is ParseConfig with the file name for errors and the environment as a function.
 func parseConfig(data []byte, file string, lookup func(string) (string, bool)) (Config, error) {
-	cfg := DefaultConfig()
-	fail := func(errs []*ConfigError) (Config, error) {
+	cfg, _, errs := readConfig(data, file, lookup)
+	if len(errs) > 0 {
 		joined := make([]error, len(errs))
 		for i, e := range errs {
-			e.File = file
 			joined[i] = e
 		}
 		return Config{}, errors.Join(joined...)
 	}
+	return cfg, nil
+}
+
+// readConfig parses data onto DefaultConfig and returns every problem of
+// every stage, each naming file: the walk's (unknown keys, wrong types),
+// then Validate's on what is left once the walk has cut the bad parts out
+// of the tree, so one pass reports both. A Validate problem inside a path
+// the walk already reported is left out: it would only repeat it. cfg is
+// the configuration as far as it could be read; lineOf gives the line of a
+// key path (0: unknown), for problems found later (edgemq check).
+func readConfig(data []byte, file string, lookup func(string) (string, bool)) (cfg Config, lineOf func(string) int, errs []*ConfigError) {
+	cfg = DefaultConfig()
+	lineOf = func(string) int { return 0 }
+	done := func(errs []*ConfigError) (Config, func(string) int, []*ConfigError) {
+		for _, e := range errs {
+			e.File = file
+		}
+		return cfg, lineOf, errs
+	}
 	if len(data) > MaxConfigSize {
-		return fail([]*ConfigError{{Reason: fmt.Sprintf("larger than %d bytes", MaxConfigSize)}})
+		return done([]*ConfigError{{Reason: fmt.Sprintf("larger than %d bytes", MaxConfigSize)}})
 	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return fail([]*ConfigError{yamlError(err)})
+		return done([]*ConfigError{yamlError(err)})
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
@@ -127,9 +145,9 @@ func parseConfig(data []byte, file string, lookup func(string) (string, bool)) (
 		if len(extra.Content) > 0 {
 			line = extra.Content[0].Line
 		}
-		return fail([]*ConfigError{{Line: line, Reason: "more than one YAML document"}})
+		return done([]*ConfigError{{Line: line, Reason: "more than one YAML document"}})
 	} else if !errors.Is(err, io.EOF) {
-		return fail([]*ConfigError{yamlError(err)})
+		return done([]*ConfigError{yamlError(err)})
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode {
@@ -141,26 +159,29 @@ func parseConfig(data []byte, file string, lookup func(string) (string, bool)) (
 	}
 	if root == nil || root.Kind == 0 || (root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null") {
 		// Empty file, or only comments: the defaults.
-		return cfg, cfg.Validate()
+		return done(configErrors(cfg.Validate()))
 	}
-	w := walker{lookup: lookup, lines: map[string]int{}, expanded: map[*yaml.Node]bool{}}
+	w := walker{lookup: lookup, lines: map[string]int{}, expanded: map[*yaml.Node]bool{}, bad: map[*yaml.Node]bool{}}
 	w.walk(root, reflect.TypeOf(cfg), "")
-	if len(w.errs) > 0 {
-		return fail(w.errs)
+	lineOf = w.lineOf
+	errs = w.errs
+	if w.bad[root] || w.nodes > maxConfigNodes {
+		return done(errs)
 	}
+	w.prune(root, map[*yaml.Node]bool{})
 	if err := root.Decode(&cfg); err != nil {
 		// The walk should have caught everything; keep yaml's words if it did not.
-		return fail([]*ConfigError{yamlError(err)})
+		return done(append(errs, yamlError(err)))
 	}
 	cfg.applyDefaults()
-	if err := cfg.Validate(); err != nil {
-		errs := configErrors(err)
-		for _, e := range errs {
-			e.Line = w.lineOf(e.Path)
+	for _, e := range configErrors(cfg.Validate()) {
+		if w.reported(e.Path) {
+			continue
 		}
-		return fail(errs)
+		e.Line = w.lineOf(e.Path)
+		errs = append(errs, e)
 	}
-	return cfg, nil
+	return done(errs)
 }
 
 // yamlError turns an error from the yaml package into a ConfigError, keeping its line.
@@ -185,6 +206,9 @@ func yamlError(err error) *ConfigError {
 
 // configErrors flattens an error from Validate into its ConfigErrors.
 func configErrors(err error) []*ConfigError {
+	if err == nil {
+		return nil
+	}
 	var out []*ConfigError
 	var walk func(error)
 	walk = func(err error) {
@@ -254,6 +278,7 @@ type walker struct {
 	expanded map[*yaml.Node]bool // scalars already expanded (aliases share nodes)
 	nodes    int                 // nodes visited, bounded by maxConfigNodes
 	errs     []*ConfigError
+	bad      map[*yaml.Node]bool // nodes with a problem: prune cuts them out
 }
 
 var (
@@ -263,6 +288,60 @@ var (
 
 func (w *walker) errorf(n *yaml.Node, path, format string, args ...any) {
 	w.errs = append(w.errs, &ConfigError{Line: n.Line, Path: path, Reason: fmt.Sprintf(format, args...)})
+	w.bad[n] = true
+}
+
+// prune cuts the nodes the walk found bad out of the tree, so that the rest
+// decodes and can be validated: a bad key or value in a mapping goes with
+// its pair (the field keeps its default), a bad list element becomes null
+// (a zero value, so the indices of the others stay as in the file).
+func (w *walker) prune(n *yaml.Node, seen map[*yaml.Node]bool) {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if seen[n] {
+		return
+	}
+	seen[n] = true
+	switch n.Kind {
+	case yaml.MappingNode:
+		kept := n.Content[:0]
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if w.bad[k] || w.bad[resolveAlias(v)] {
+				continue
+			}
+			w.prune(v, seen)
+			kept = append(kept, k, v)
+		}
+		n.Content = kept
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if w.bad[resolveAlias(c)] {
+				n.Content[i] = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Line: c.Line}
+				continue
+			}
+			w.prune(c, seen)
+		}
+	}
+}
+
+// resolveAlias follows an alias to the node it names.
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+// reported tells whether the walk reported a problem at path or above it.
+func (w *walker) reported(path string) bool {
+	for _, e := range w.errs {
+		if e.Path == "" || path == e.Path || strings.HasPrefix(path, e.Path+".") || strings.HasPrefix(path, e.Path+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 // lineOf is the line of path's key, or of its nearest parent in the file.

@@ -8,13 +8,15 @@ import (
 	"github.com/edgemq/edgemq/edge"
 )
 
-// runCheck is `edgemq check [-c] FILE`: parse and validate the file, then
-// build (without starting) a broker on it, which reads the password file and
-// the TLS files. Every problem is printed to stderr, one a line.
+// runCheck is `edgemq check [-repair] [[-c] FILE]`: check the file (or the
+// embedded defaults) and the files it names, then the log under
+// storage.dir. Every problem of every stage is printed to stderr in one
+// pass, one a line, "file:line: field.path: reason"; warnings too, and they
+// do not fail the check. The log's figures go to stdout.
 func runCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
 	var path string
-	fs.StringVar(&path, "c", "", "config file `FILE` to check")
+	fs.StringVar(&path, "c", "", "config file `FILE` to check; without it, the embedded defaults")
 	fs.StringVar(&path, "config", "", "same as -c")
 	repair := fs.Bool("repair", false, "also repair the log: cut a torn tail, turn damaged records into holes (the broker must be stopped)")
 	if err := parseFlags(fs, args); err != nil {
@@ -23,46 +25,47 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case path == "" && fs.NArg() == 1:
 		path = fs.Arg(0)
-	case path == "" || fs.NArg() > 0:
-		return fmt.Errorf("%w: check needs one config file: edgemq check -c FILE", errUsage)
+	case fs.NArg() > 0:
+		return fmt.Errorf("%w: check takes at most one config file: edgemq check [-repair] [-c FILE]", errUsage)
 	}
-	cfg, err := edge.LoadConfig(path)
-	if err != nil {
-		n := 0
-		for _, e := range flatten(err) {
-			fmt.Fprintln(stderr, e)
-			n++
+	c := edge.CheckConfig(path)
+	for _, w := range c.Warnings {
+		fmt.Fprintln(stderr, w)
+	}
+	problems := c.Problems
+	if readable(c) {
+		// The log the configuration points at: its records, and any damage.
+		lines, err := edge.CheckStorage(c.Config.Storage, *repair, slog.New(slog.NewTextHandler(stderr, nil)))
+		for _, l := range lines {
+			fmt.Fprintln(stdout, l)
 		}
-		if n == 1 {
-			return errReported
+		if err != nil {
+			problems = append(problems, c.At("storage.dir", "log %s: %v (edgemq check -repair mends it, losing the damaged records)", c.Config.Storage.Dir, err))
 		}
-		fmt.Fprintf(stderr, "%s: %d problems\n", path, n)
+	}
+	for _, p := range problems {
+		fmt.Fprintln(stderr, p)
+	}
+	switch n := len(problems); n {
+	case 0:
+		fmt.Fprintf(stdout, "%s: OK\n", c.Name)
+		return nil
+	case 1:
+		return errReported
+	default:
+		fmt.Fprintf(stderr, "%s: %d problems\n", c.Name, n)
 		return errReported
 	}
-	// New reads the password file and the TLS certificates and keys, and binds nothing.
-	if _, err := edge.New(cfg, edge.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	// The log the file points at: its records, and any damage.
-	lines, err := edge.CheckStorage(cfg.Storage, *repair, slog.New(slog.NewTextHandler(stderr, nil)))
-	for _, l := range lines {
-		fmt.Fprintln(stdout, l)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: storage: %w (edgemq check -repair mends it, losing the damaged records)", path, err)
-	}
-	fmt.Fprintf(stdout, "%s: OK\n", path)
-	return nil
 }
 
-// flatten lists the errors joined in err.
-func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
+// readable tells whether the check got far enough to know where the log is:
+// the file could be read and parsed as a whole, and storage.dir has no
+// problem of its own.
+func readable(c *edge.ConfigCheck) bool {
+	for _, p := range c.Problems {
+		if p.Path == "" || p.Path == "storage" || p.Path == "storage.dir" {
+			return false
 		}
-		return out
 	}
-	return []error{err}
+	return true
 }

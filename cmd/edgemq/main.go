@@ -1,7 +1,7 @@
 // Command edgemq is the edgemq broker daemon.
 //
 //	edgemq [run] [-c FILE]          run the broker (embedded defaults without -c)
-//	edgemq check [-c] FILE          validate a config file; exit 1 listing its problems
+//	edgemq check [-repair] [[-c] FILE] check a config file (or the defaults) and the log; exit 1 listing every problem
 //	edgemq passwd [-b|-D] FILE USER add, change (-b: password as argument) or delete (-D) a user
 //	edgemq version                  print the version, Go version and mochi version
 //
@@ -34,14 +34,18 @@ const usage = `edgemq: an MQTT + WebSocket edge broker that loses nothing.
 
 Usage:
   edgemq [run] [-c FILE]            run the broker; without -c, on embedded safe defaults
-  edgemq check [-c] FILE            validate a config file and the files it names
+  edgemq check [-repair] [[-c] FILE]
+                                    check a config file (without one, the embedded defaults),
+                                    the password and TLS files it names, and the log under
+                                    storage.dir; every problem, one a line, then exit 1
+                                    (-repair: also mend a damaged log; stop the broker first)
   edgemq passwd [-b] FILE USER [PW] add or change USER's password (bcrypt), asking for it
                                     (-b: take it from the command line, like mosquitto_passwd)
   edgemq passwd -D FILE USER        delete USER
   edgemq version                    print version information
 
 A first SIGTERM or SIGINT shuts down gracefully; a second exits at once.
-Configuration reference: deploy/edgemq.example.yaml.
+Configuration reference: deploy/edgemq.example.yaml; documentation: docs/ and README.md.
 `
 
 func main() {

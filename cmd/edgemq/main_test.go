@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/edgemq/edgemq/edge"
+	"github.com/edgemq/edgemq/wal"
 )
 
 func TestMain(m *testing.M) {
@@ -110,17 +112,14 @@ func TestCheck(t *testing.T) {
 	runCmd(t, "", "check", good).want(t, 0, []string{good + ": OK"}, nil)
 	runCmd(t, "", "check", "-c", "../../deploy/edgemq.example.yaml").want(t, 0, []string{"OK"}, nil)
 
+	// Unknown keys and bad values, in one pass.
 	bad := writeFile(t, dir, "bad.yaml", "storage:\n  sync: sometimes\nlog:\n  colour: red\nlisteners:\n  - type: tcp\n    address: foo\n")
 	r := runCmd(t, "", "check", "-c", bad)
 	r.want(t, 1, nil, []string{
 		bad + ":4: log.colour: unknown field; valid: format, level\n",
-	})
-	// A file with a parse problem stops there; fix it and the values are checked.
-	bad = writeFile(t, dir, "bad.yaml", "storage:\n  sync: sometimes\nlisteners:\n  - type: tcp\n    address: foo\n")
-	runCmd(t, "", "check", bad).want(t, 1, nil, []string{
 		bad + `:2: storage.sync: must be always, interval or never (got "sometimes")` + "\n",
-		bad + `:5: listeners[0].address: must be host:port (got "foo")` + "\n",
-		bad + ": 2 problems\n",
+		bad + `:7: listeners[0].address: must be host:port (got "foo")` + "\n",
+		bad + ": 3 problems\n",
 	})
 	if strings.Contains(r.stderr, "edgemq: ") {
 		t.Errorf("check printed a summary error line on top of its list: %q", r.stderr)
@@ -128,13 +127,97 @@ func TestCheck(t *testing.T) {
 
 	// check goes further than the YAML: the files the config names must load.
 	noPasswd := writeFile(t, dir, "nopasswd.yaml", "auth:\n  password_file: "+filepath.Join(dir, "missing")+"\n")
-	runCmd(t, "", "check", noPasswd).want(t, 1, nil, []string{"edgemq: " + noPasswd + ": ", "password file", "no such file"})
+	runCmd(t, "", "check", noPasswd).want(t, 1, nil, []string{noPasswd + ":2: auth.password_file: ", "no such file"})
 	noCert := writeFile(t, dir, "nocert.yaml", "listeners:\n  - type: tcp\n    address: 127.0.0.1:0\n    tls: {cert_file: "+filepath.Join(dir, "c.pem")+", key_file: "+filepath.Join(dir, "k.pem")+"}\n")
-	runCmd(t, "", "check", noCert).want(t, 1, nil, []string{"edgemq: " + noCert + ": "})
+	runCmd(t, "", "check", noCert).want(t, 1, nil, []string{noCert + ":4: listeners[0].tls.cert_file: load certificate and key: ", "no such file"})
 
-	runCmd(t, "", "check", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"no such file"})
-	runCmd(t, "", "check").want(t, 2, nil, []string{"check needs one config file"})
-	runCmd(t, "", "check", "a", "b").want(t, 2, nil, []string{"check needs one config file"})
+	runCmd(t, "", "check", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"missing.yaml: cannot read: ", "no such file"})
+	runCmd(t, "", "check", "a", "b").want(t, 2, nil, []string{"check takes at most one config file"})
+}
+
+// TestCheckDefaults: without a file, check checks the embedded defaults and
+// the log in ./data.
+func TestCheckDefaults(t *testing.T) {
+	t.Chdir(t.TempDir())
+	runCmd(t, "", "check").want(t, 0, []string{"data/log: no log yet\n", edge.EmbeddedDefaults + ": OK\n"}, nil)
+}
+
+// TestCheckEveryStage: a file with problems of every stage at once, the
+// YAML's keys and types, the values, the files it names and the log it
+// points at, gets every one reported, each as file:line: field.path: reason,
+// and a warning for what the broker would change at start.
+func TestCheckEveryStage(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "data", "log")
+	damageLog(t, logDir)
+	missing := filepath.Join(dir, "missing")
+	f := writeFile(t, dir, "every.yaml", `listeners:
+  - type: tcp
+    address: 0.0.0.0:1883
+  - type: tcp
+    address: nowhere
+    tls:
+      cert_file: `+missing+`.crt
+      key_file: `+missing+`.key
+limits:
+  max_clients: lots
+  max_inflight: 0
+log:
+  colour: red
+storage:
+  dir: `+filepath.Join(dir, "data")+`
+  sync: sometimes
+`)
+	r := runCmd(t, "", "check", "-c", f)
+	r.want(t, 1, nil, []string{
+		f + `:10: limits.max_clients: want an integer (got "lots")` + "\n",
+		f + ":13: log.colour: unknown field; valid: format, level\n",
+		f + `:5: listeners[1].address: must be host:port (got "nowhere")` + "\n",
+		f + ":11: limits.max_inflight: must be between 1 and 65535 (got 0)\n",
+		f + `:16: storage.sync: must be always, interval or never (got "sometimes")` + "\n",
+		f + ":7: listeners[1].tls.cert_file: load certificate and key: open " + missing + ".crt: no such file or directory\n",
+		f + ":15: storage.dir: log " + filepath.Join(dir, "data") + ": ",
+		f + ":3: listeners[0].address: warning: moved to 127.0.0.1:1883 at start: no authentication configured",
+		f + ": 7 problems\n",
+	})
+	r.want(t, 1, []string{logDir + ": ", "damaged at byte"}, nil)
+	if n := strings.Count(r.stderr, "\n"); n != 9 {
+		t.Errorf("stderr has %d lines, want 9 (7 problems, 1 warning, the count):\n%s", n, r.stderr)
+	}
+}
+
+// damageLog writes a log of several segments in dir and flips a bit in the
+// middle of an older one: damage that only a check finds.
+func damageLog(t *testing.T, dir string) {
+	t.Helper()
+	cfg := wal.DefaultConfig()
+	cfg.SegmentSize = 64 << 10
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	l, err := wal.Open(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := bytes.Repeat([]byte("x"), 1000)
+	for range 200 {
+		if _, err := l.Append(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "0*"))
+	if len(segs) < 2 {
+		t.Fatalf("want 2 segments or more, got %v", segs)
+	}
+	data, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x10
+	if err := os.WriteFile(segs[0], data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestPasswd(t *testing.T) {
