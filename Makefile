@@ -1,6 +1,11 @@
 # edgemq build, test and lint. `make help` lists the targets.
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The version: the latest release tag vX.Y.Z (git describe: v1.2.3, or v1.2.3-4-gabc1234 four
+# commits later, -dirty with uncommitted changes); before the first tag v0.0.0-N-gHASH, N the
+# commit count; outside git v0.0.0-dev.
+VERSION ?= $(shell git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null || \
+	(h=$$(git rev-parse --short HEAD 2>/dev/null) && echo "v0.0.0-$$(git rev-list --count HEAD)-g$$h$$(git diff --quiet HEAD 2>/dev/null || echo -dirty)") || \
+	echo v0.0.0-dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 BIN     := bin
