@@ -132,6 +132,14 @@ type LimitsConfig struct {
 	MaxClients int `yaml:"max_clients"`
 	// MaxTopicLength is the longest topic name or filter in bytes. Default: 1024.
 	MaxTopicLength int `yaml:"max_topic_length"`
+	// MaxClientIDLength is the longest client id in bytes. Default: 256.
+	// Every session record names its client, so a long id costs log space
+	// on every delivery to it.
+	MaxClientIDLength int `yaml:"max_client_id_length"`
+	// MaxSubscriptions is the most topic filters one client may hold; a
+	// SUBSCRIBE past it gets 0x97 Quota exceeded (v3 0x80) for the extra
+	// filters. Default: 1000. Each filter costs a few KiB of memory.
+	MaxSubscriptions int `yaml:"max_subscriptions"`
 	// MinKeepalive and MaxKeepalive bound the client keepalive. A v5 client
 	// asking for more than MaxKeepalive is told the server keepalive; 0 from a
 	// client (no keepalive) is raised to MaxKeepalive. Defaults: 0s and 1h.
@@ -206,15 +214,17 @@ func DefaultConfig() Config {
 		},
 		HTTP: HTTPConfig{Address: "127.0.0.1:8080"},
 		Limits: LimitsConfig{
-			MaxPacketSize:    1 << 20,
-			MaxClients:       10000,
-			MaxTopicLength:   1024,
-			MaxKeepalive:     time.Hour,
-			ReceiveMaximum:   128,
-			MaxInflight:      128,
-			WriteTimeout:     10 * time.Second,
-			MaxWritesPending: 1024,
-			ConnectTimeout:   10 * time.Second,
+			MaxPacketSize:     1 << 20,
+			MaxClients:        10000,
+			MaxTopicLength:    1024,
+			MaxClientIDLength: 256,
+			MaxSubscriptions:  1000,
+			MaxKeepalive:      time.Hour,
+			ReceiveMaximum:    128,
+			MaxInflight:       128,
+			WriteTimeout:      10 * time.Second,
+			MaxWritesPending:  1024,
+			ConnectTimeout:    10 * time.Second,
 		},
 		Storage: StorageConfig{
 			Dir:                "data",

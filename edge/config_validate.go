@@ -181,6 +181,12 @@ func (v *validator) limits(l LimitsConfig) {
 	if l.MaxTopicLength < 1 || l.MaxTopicLength > mqttMaxUint16 {
 		v.add("limits.max_topic_length", "must be between 1 and %d (got %d)", mqttMaxUint16, l.MaxTopicLength)
 	}
+	if l.MaxClientIDLength < 1 || l.MaxClientIDLength > mqttMaxUint16 {
+		v.add("limits.max_client_id_length", "must be between 1 and %d (got %d)", mqttMaxUint16, l.MaxClientIDLength)
+	}
+	if l.MaxSubscriptions < 1 {
+		v.add("limits.max_subscriptions", "must be at least 1 (got %d)", l.MaxSubscriptions)
+	}
 	keepalive := func(p string, d time.Duration) {
 		if d < 0 || d > mqttMaxKeepalive {
 			v.add(p, "must be between 0s and %s (got %s)", mqttMaxKeepalive, d)

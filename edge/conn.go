@@ -4,16 +4,23 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // errConnBroken is returned by writes after a write on the same connection
 // failed: the byte stream is torn, nothing more may be sent on it.
 var errConnBroken = errors.New("edge: connection broken by an earlier write error")
+
+// errPacketTooLarge ends the read side of a connection whose client sent a
+// packet larger than limits.max_packet_size.
+var errPacketTooLarge = errors.New("edge: packet larger than limits.max_packet_size")
 
 // conn wraps every accepted connection (TCP, TLS and WebSocket) before mochi
 // sees it. It exists because mochi holds the client's lock across the socket
@@ -47,6 +54,21 @@ type conn struct {
 	useCN bool
 	// onSlow is called once when a write misses its deadline.
 	onSlow func()
+	// framer finds each inbound packet's size before mochi reads it (see
+	// packetFramer); nil: no limit. onTooLarge is called once when a packet
+	// is over it, before the goodbye.
+	framer     *packetFramer
+	onTooLarge func()
+	// v5 is set once CONNECT says MQTT 5: the client can then be told why
+	// it is cut (DISCONNECT 0x95).
+	v5 atomic.Bool
+	// tooLarge: the bytes before the oversized packet went to mochi; the
+	// next Read says goodbye and fails.
+	tooLarge bool
+
+	// wmu serialises Write: mochi writes under its client lock, and the
+	// read goroutine says goodbye to a client whose packet is too large.
+	wmu sync.Mutex
 
 	// writingSince is when the write in progress began (UnixNano), 0 when
 	// none is: the blocked-writers gauge reads it.
@@ -63,8 +85,66 @@ func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t)
 // SetWriteDeadline is ignored: every Write sets its own deadline.
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
 
+// Read reads from the client, cutting the stream before a packet larger
+// than the limit: mochi gets the packets before it, then an error.
+func (c *conn) Read(p []byte) (int, error) {
+	if c.framer == nil {
+		return c.Conn.Read(p)
+	}
+	if c.tooLarge {
+		c.goodbyeTooLarge()
+		return 0, errPacketTooLarge
+	}
+	n, err := c.Conn.Read(p)
+	if k, over := c.framer.scan(p[:n]); over {
+		c.tooLarge = true
+		if k > 0 {
+			return k, nil
+		}
+		c.goodbyeTooLarge()
+		return 0, errPacketTooLarge
+	}
+	return n, err
+}
+
+// disconnectTooLarge is a v5 DISCONNECT with reason 0x95 Packet too large
+// and an empty property list. The list could be left out [MQTT-3.14.2.2.1],
+// but some decoders (mochi's own) then miss the reason code.
+var disconnectTooLarge = []byte{packets.Disconnect << 4, 2, packets.ErrPacketTooLarge.Code, 0}
+
+// goodbyeTooLarge tells a v5 client why it is cut [MQTT-3.2.2-15] and lets
+// the packet's bytes drain for a moment: closing a TCP socket with unread
+// bytes sends a reset, and the client's stack then throws away the
+// DISCONNECT before the client reads it.
+func (c *conn) goodbyeTooLarge() {
+	if c.onTooLarge != nil {
+		c.onTooLarge()
+		c.onTooLarge = nil
+	}
+	if c.v5.Load() {
+		if _, err := c.Write(disconnectTooLarge); err != nil {
+			return
+		}
+	}
+	hc, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return // WebSocket: its close handshake ends it
+	}
+	_ = hc.CloseWrite()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(drainTime))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.Conn, drainBytes))
+}
+
+// drainTime and drainBytes bound what goodbyeTooLarge reads and drops.
+const (
+	drainTime  = time.Second
+	drainBytes = 16 << 20
+)
+
 // Write writes p within writeTimeout, or closes the connection.
 func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if c.broken.Load() {
 		return 0, errConnBroken
 	}

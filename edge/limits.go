@@ -3,6 +3,7 @@ package edge
 import (
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -54,9 +55,12 @@ type limitsHook struct {
 	mqtt.HookBase
 	b            *Broker
 	maxTopic     int
+	maxClientID  int
+	maxSubs      int
 	minKeepalive uint16
 	maxKeepalive uint16 // 0: no maximum
 	caps         *mqtt.Capabilities
+	quota        sync.Map // *mqtt.Client -> overQuota
 }
 
 func newLimitsHook(b *Broker, caps *mqtt.Capabilities) *limitsHook {
@@ -64,6 +68,8 @@ func newLimitsHook(b *Broker, caps *mqtt.Capabilities) *limitsHook {
 	return &limitsHook{
 		b:            b,
 		maxTopic:     l.MaxTopicLength,
+		maxClientID:  l.MaxClientIDLength,
+		maxSubs:      l.MaxSubscriptions,
 		minKeepalive: keepaliveSeconds(l.MinKeepalive),
 		maxKeepalive: keepaliveSeconds(l.MaxKeepalive),
 		caps:         caps,
@@ -81,7 +87,7 @@ func (h *limitsHook) ID() string { return "edge-limits" }
 // Provides lists the events handled.
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnPacketRead:
+	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -114,6 +120,13 @@ func (h *limitsHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.P
 // (identifier rejected, as Mosquitto does), since shortening it would cut a
 // client that keeps to its own promise.
 func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if wc, ok := cl.Net.Conn.(*conn); ok {
+		wc.v5.Store(cl.Properties.ProtocolVersion == 5)
+	}
+	if len(cl.ID) > h.maxClientID {
+		h.b.log.Debug("client id too long", "length", len(cl.ID), "max", h.maxClientID, "remote", cl.Net.Remote)
+		return refuseConnect(cl, packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid.Code)
+	}
 	if p := cl.Properties.Will.Payload; len(p) == 1 && &p[0] == &emptyWill[0] {
 		cl.Properties.Will.Payload = []byte{}
 	}
@@ -174,26 +187,61 @@ func connackCode(version, code byte, reason string) byte {
 // invalid filter, SUBACK 0x8F (0x80 for v3) [MQTT-3.9.3].
 const invalidFilter = "#/topic-filter-too-long"
 
-// OnSubscribe refuses filters longer than max_topic_length.
+// quotaFilter replaces a filter past max_subscriptions: mochi refuses it
+// as invalid (0x8F, v3 0x80), and OnPacketEncode turns that into 0x97
+// Quota exceeded for v5 clients.
+const quotaFilter = "#/subscription-quota-exceeded"
+
+// overQuota is a SUBSCRIBE's filters refused for max_subscriptions, kept
+// from OnSubscribe to the SUBACK's OnPacketEncode (same goroutine).
+type overQuota struct {
+	pid     uint16
+	indexes []int
+}
+
+// OnSubscribe refuses filters longer than max_topic_length, and new
+// filters past max_subscriptions. A filter the client holds already
+// replaces its subscription and costs nothing [MQTT-3.8.4-3].
 func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if h.maxTopic <= 0 {
-		return pk
-	}
 	var filters packets.Subscriptions
-	for i, f := range pk.Filters {
-		if len(f.Filter) <= h.maxTopic {
-			continue
-		}
+	change := func(i int, to string) {
 		if filters == nil {
 			filters = append(packets.Subscriptions(nil), pk.Filters...)
 		}
-		filters[i].Filter = invalidFilter
+		filters[i].Filter = to
+	}
+	held := cl.State.Subscriptions.Len()
+	var over []int
+	for i, f := range pk.Filters {
+		if h.maxTopic > 0 && len(f.Filter) > h.maxTopic {
+			change(i, invalidFilter)
+			continue
+		}
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); ok || cl.Net.Inline {
+			continue
+		}
+		if held >= h.maxSubs {
+			change(i, quotaFilter)
+			over = append(over, i)
+			continue
+		}
+		held++
+	}
+	if over != nil {
+		h.b.throttledLog.info(h.b.log, "subscriptions refused: limits.max_subscriptions reached",
+			"client", cl.ID, "refused", len(over), "max_subscriptions", h.maxSubs)
+		if cl.Properties.ProtocolVersion == 5 {
+			h.quota.Store(cl, overQuota{pk.PacketID, over})
+		}
 	}
 	if filters != nil {
 		pk.Filters = filters
 	}
 	return pk
 }
+
+// OnDisconnect forgets a SUBSCRIBE whose SUBACK was never written.
+func (h *limitsHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.quota.Delete(cl) }
 
 // OnPublish refuses topic names longer than max_topic_length (0x90).
 func (h *limitsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
@@ -210,6 +258,18 @@ func (h *limitsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 // corrects the refusals mochi words in v5 codes for clients that are not
 // v5 (see connackCode).
 func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Suback {
+		if v, ok := h.quota.LoadAndDelete(cl); ok && v.(overQuota).pid == pk.PacketID {
+			codes := append([]byte(nil), pk.ReasonCodes...)
+			for _, i := range v.(overQuota).indexes {
+				if i < len(codes) {
+					codes[i] = packets.ErrQuotaExceeded.Code
+				}
+			}
+			pk.ReasonCodes = codes
+		}
+		return pk
+	}
 	if pk.FixedHeader.Type != packets.Connack {
 		return pk
 	}
@@ -223,4 +283,67 @@ func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 	pk.Properties.MaximumPacketSize = h.caps.MaximumPacketSize
 	pk.Properties.TopicAliasMaximum = h.caps.TopicAliasMaximum
 	return pk
+}
+
+// packetFramer follows the MQTT framing of a client's byte stream
+// [MQTT-2.1.1] to learn each packet's whole size (fixed header, length
+// bytes and the rest) before mochi reads it. mochi compares only the
+// remaining length plus one with the maximum, so it takes packets up to
+// four bytes over it, and answers a larger one by closing the socket with
+// the packet unread, which the client sees as a reset.
+type packetFramer struct {
+	max      int64
+	state    byte  // framerHeader, framerLength, framerBody or framerOff
+	length   int64 // remaining length decoded so far
+	lenBytes uint
+	left     int64 // body bytes still to come
+}
+
+const (
+	framerHeader = iota
+	framerLength
+	framerBody
+	framerOff // malformed length: mochi refuses it, nothing more to follow
+)
+
+// scan follows p, the next bytes of the stream. It returns how many bytes
+// of p come before the first packet larger than max, and whether one came.
+func (f *packetFramer) scan(p []byte) (int, bool) {
+	start := 0 // where the current packet starts in p (0: before p)
+	for i := 0; i < len(p); {
+		switch f.state {
+		case framerHeader:
+			start = i
+			f.state, f.length, f.lenBytes = framerLength, 0, 0
+			i++
+		case framerLength:
+			b := p[i]
+			i++
+			f.length |= int64(b&0x7f) << (7 * f.lenBytes)
+			f.lenBytes++
+			if b&0x80 != 0 {
+				if f.lenBytes == 4 { // [MQTT-1.5.5] at most four bytes
+					f.state = framerOff
+				}
+				continue
+			}
+			if 1+int64(f.lenBytes)+f.length > f.max {
+				return start, true
+			}
+			f.left, f.state = f.length, framerBody
+			if f.left == 0 {
+				f.state = framerHeader
+			}
+		case framerBody:
+			n := min(f.left, int64(len(p)-i))
+			f.left -= n
+			i += int(n)
+			if f.left == 0 {
+				f.state = framerHeader
+			}
+		default:
+			return len(p), false
+		}
+	}
+	return len(p), false
 }

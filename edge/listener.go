@@ -3,11 +3,13 @@ package edge
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // edgeListener is what the broker needs from its listeners beyond mochi's
@@ -136,6 +138,14 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 				"listener", listener, "remote", remote, "write_timeout", b.writeTimeout())
 		},
 	}
+	if m := b.cfg.Limits.MaxPacketSize; m > 0 {
+		wc.framer = &packetFramer{max: int64(m)}
+		wc.onTooLarge = func() {
+			b.metrics.rejected.WithLabelValues(listener, "packet_too_large").Inc()
+			b.throttledLog.info(b.log, "client sent a packet larger than limits.max_packet_size: disconnected",
+				"listener", listener, "remote", remote, "max_packet_size", int64(m))
+		}
+	}
 	if !b.track(wc) {
 		wc.cut()
 		return
@@ -149,6 +159,11 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 	_ = c.SetReadDeadline(time.Now().Add(b.connectTimeout()))
 	err := establish(listener, wc)
 	_ = wc.Close()
+	if errors.Is(err, packets.ErrServerBusy) {
+		b.metrics.rejected.WithLabelValues(listener, "max_clients").Inc()
+		b.throttledLog.warn(b.log, "connection refused: limits.max_clients reached", "listener", listener, "remote", remote,
+			"max_clients", b.cfg.Limits.MaxClients)
+	}
 	if err != nil {
 		b.log.Debug("connection ended", "listener", listener, "remote", remote, "error", err)
 	}

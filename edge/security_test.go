@@ -357,3 +357,123 @@ func TestReservedTopics(t *testing.T) {
 		t.Errorf("retained messages = %v, want 0", n)
 	}
 }
+
+// publishOfSize is a v5 QoS 1 PUBLISH of exactly size bytes on the wire.
+func publishOfSize(t *testing.T, size int) []byte {
+	t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 9, TopicName: "t", Payload: make([]byte, size)}
+	b := encode(t, 5, pk)
+	for len(b) != size && len(pk.Payload) > 0 { // headers and length bytes
+		pk.Payload = pk.Payload[:len(pk.Payload)-(len(b)-size)]
+		b = encode(t, 5, pk)
+	}
+	if len(b) != size {
+		t.Fatalf("built %d bytes, want %d", len(b), size)
+	}
+	return b
+}
+
+// TestPacketSizeExact: max_packet_size counts the whole packet: a packet
+// of exactly that size is taken, one byte more gets v5 DISCONNECT 0x95
+// (Packet too large) [MQTT-3.2.2-15] that the client can read (no reset),
+// over TCP and WebSocket, as does a far larger one; a v3 client is closed.
+func TestPacketSizeExact(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxPacketSize = 1024
+	tb := startBroker(t, cfg)
+	for _, network := range []string{"tcp", "ws"} {
+		for _, size := range []int{1025, 70000} {
+			c := dialNet(t, network, tb.Addr(network).String(), nil)
+			rc := &rawClient{t: t, c: c, r: newReader(c), version: 5}
+			rc.connect("exact", true, 30)
+			if _, err := c.Write(publishOfSize(t, 1024)); err != nil {
+				t.Fatal(err)
+			}
+			if pk, err := rc.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Puback || pk.ReasonCode != 0 {
+				t.Fatalf("%s: 1024 bytes: %v %v, want PUBACK", network, pk.FixedHeader.Type, err)
+			}
+			if _, err := c.Write(publishOfSize(t, size)); err != nil {
+				t.Fatal(err)
+			}
+			pk, err := rc.read(5 * time.Second)
+			if err != nil || pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != 0x95 {
+				t.Errorf("%s: %d bytes: type %d reason %#x (%v), want DISCONNECT 0x95", network, size, pk.FixedHeader.Type, pk.ReasonCode, err)
+			}
+			if !rc.closed(5 * time.Second) {
+				t.Errorf("%s: still open", network)
+			}
+			_ = c.Close()
+		}
+	}
+	rc := dialRaw(t, tb.Addr("tcp").String(), 4)
+	rc.connect("exact3", true, 30)
+	b := encode(t, 4, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: make([]byte, 1025-6)})
+	if len(b) != 1025 {
+		t.Fatalf("v3 packet of %d bytes", len(b))
+	}
+	_, _ = rc.c.Write(b)
+	if !rc.closed(5 * time.Second) {
+		t.Error("v3: still open after 1025 bytes")
+	}
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "tcp", "reason", "packet_too_large"); v != 3 {
+		t.Errorf("rejected{packet_too_large} on tcp = %v, want 3", v)
+	}
+}
+
+// TestClientLimits: a client id longer than max_client_id_length is
+// refused (v5 0x85, v3 0x02); a client may hold max_subscriptions filters,
+// and one more gets SUBACK 0x97 Quota exceeded (v3 0x80); a connection
+// over max_clients is refused, counted and logged.
+func TestClientLimits(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxClientIDLength = 16
+	cfg.Limits.MaxSubscriptions = 3
+	cfg.Limits.MaxClients = 3
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+
+	for _, tc := range []struct {
+		version byte
+		id      string
+		want    byte
+	}{{5, strings.Repeat("x", 16), 0}, {5, strings.Repeat("x", 17), 0x85}, {4, strings.Repeat("y", 17), 0x02}} {
+		rc := dialRaw(t, addr, tc.version)
+		if ack := rc.connect(tc.id, true, 30); ack.ReasonCode != tc.want {
+			t.Errorf("v%d id of %d bytes: connack %#x, want %#x", tc.version, len(tc.id), ack.ReasonCode, tc.want)
+		}
+		_ = rc.c.Close()
+	}
+	eventually(t, "clients gone", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 0 })
+
+	for _, version := range []byte{5, 4} {
+		rc := dialRaw(t, addr, version)
+		rc.connect("subs", true, 30)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "a", Qos: 1}, {Filter: "b", Qos: 1}}})
+		if sa, err := rc.read(5 * time.Second); err != nil || len(sa.ReasonCodes) != 2 || sa.ReasonCodes[1] != 1 {
+			t.Fatalf("v%d first two: %v %v", version, sa.ReasonCodes, err)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2,
+			Filters: packets.Subscriptions{{Filter: "a", Qos: 0}, {Filter: "c", Qos: 1}, {Filter: "d", Qos: 1}}})
+		over := byte(0x97)
+		if version == 4 {
+			over = 0x80
+		}
+		// "a" again replaces a subscription and costs nothing [MQTT-3.8.4-3].
+		if sa, err := rc.read(5 * time.Second); err != nil || len(sa.ReasonCodes) != 3 || sa.ReasonCodes[0] != 0 || sa.ReasonCodes[1] != 1 || sa.ReasonCodes[2] != over {
+			t.Errorf("v%d: %v %v, want [0 1 %#x]", version, sa.ReasonCodes, err, over)
+		}
+		_ = rc.c.Close()
+		eventually(t, "client gone", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 0 })
+	}
+
+	for i := range 3 {
+		dialRaw(t, addr, 5).connect("full-"+string(rune('0'+i)), true, 30)
+	}
+	if ack := dialRaw(t, addr, 5).connect("one-too-many", true, 30); ack.ReasonCode != 0x89 {
+		t.Errorf("over max_clients: connack %#x, want 0x89 server busy", ack.ReasonCode)
+	}
+	eventually(t, "max_clients refusal counted", func() bool {
+		return tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "tcp", "reason", "max_clients") == 1
+	})
+}
