@@ -19,6 +19,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgemq/edgemq/bridge"
 )
 
 // Errors returned by the Broker.
@@ -61,6 +63,8 @@ type Broker struct {
 	// storage is the durable log. The durability work opens it in Start,
 	// before the listeners, and Shutdown closes it last. nil until then.
 	storage io.Closer
+	// bridges are the links to upstream brokers, on the log; nil until Start.
+	bridges *bridge.Set
 
 	connsMu     sync.Mutex
 	conns       map[*conn]struct{}
@@ -140,6 +144,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	caps := capabilities(cfg.Limits)
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
+		InlineClient: true, // the bridges' QoS 0 downlink messages are delivered like a client's
 		Logger: slog.New(&mochiHandler{
 			inner:    logger.With("component", "mochi").Handler(),
 			throttle: b.throttledLog,
@@ -195,6 +200,8 @@ func (b *Broker) Start(ctx context.Context) error {
 		return err
 	}
 	b.storage = ds
+	b.bridges = bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
+	ds.store.bridged = b.bridges.Wants
 	bound := 0
 	fail := func(err error) error {
 		b.stopped = true // half-bound: a Broker is not restartable
@@ -222,6 +229,9 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.started = true
 	ds.store.start()
+	if err := b.bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
+		b.log.Error("bridges not all started", "error", err)
+	}
 	if b.http != nil {
 		b.http.serve()
 	}

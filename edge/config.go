@@ -24,6 +24,8 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Shutdown governs SIGTERM handling.
 	Shutdown ShutdownConfig `yaml:"shutdown"`
+	// Bridges link the broker to upstream brokers. Default: none.
+	Bridges []BridgeConfig `yaml:"bridges"`
 }
 
 // ListenerConfig is one MQTT endpoint.

@@ -181,7 +181,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown key", "storage:\n  dir: x\n  sycn: always\n",
 			[]string{"line 3: storage.sycn: unknown field; valid: checkpoint_interval, dir, max_disk_bytes, segment_size, sync, sync_interval"}},
 		{"unknown top-level key", "\n\nstorgae:\n  dir: x\n",
-			[]string{"line 3: storgae: unknown field; valid: auth, http, limits, listeners, log, shutdown, storage"}},
+			[]string{"line 3: storgae: unknown field; valid: auth, bridges, http, limits, listeners, log, shutdown, storage"}},
 		{"unknown key in a list", "listeners:\n  - type: tcp\n    adress: 127.0.0.1:1883\n",
 			[]string{"line 3: listeners[0].adress: unknown field"}},
 		{"every unknown key", "a: 1\nb: 2\n", []string{"line 1: a: unknown field", "line 2: b: unknown field"}},
@@ -481,6 +481,14 @@ func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 		"storage.dir", "storage.sync", "storage.sync_interval", "storage.checkpoint_interval", "storage.segment_size", "storage.max_disk_bytes",
 		"log.level", "log.format",
 		"shutdown.grace", "shutdown.batch_size",
+		"bridges[].name", "bridges[].upstreams", "bridges[].protocol", "bridges[].client_id", "bridges[].username",
+		"bridges[].password", "bridges[].keepalive", "bridges[].clean_start", "bridges[].session_expiry",
+		"bridges[].tls.ca_file", "bridges[].tls.cert_file", "bridges[].tls.key_file", "bridges[].tls.server_name",
+		"bridges[].tls.insecure_skip_verify", "bridges[].max_inflight", "bridges[].connect_timeout",
+		"bridges[].backoff_min", "bridges[].backoff_max", "bridges[].max_backlog_age", "bridges[].max_backlog_bytes",
+		"bridges[].forward[].filter", "bridges[].forward[].strip_prefix", "bridges[].forward[].remote",
+		"bridges[].forward[].qos", "bridges[].forward[].retain",
+		"bridges[].downlink[].filter", "bridges[].downlink[].strip_prefix", "bridges[].downlink[].local", "bridges[].downlink[].qos",
 	}
 	got := fieldPaths(reflect.TypeOf(edge.Config{}), "")
 	slices.Sort(got)

@@ -47,6 +47,7 @@ func (c Config) Validate() error {
 	v.auth(c.Auth)
 	v.limits(c.Limits)
 	v.storage(c.Storage)
+	v.bridges(c.Bridges)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

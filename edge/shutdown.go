@@ -17,7 +17,8 @@ const shutdownSlack = 5 * time.Second
 
 // Shutdown stops the broker:
 //
-//  1. /readyz turns 503 and every listener stops accepting;
+//  1. /readyz turns 503 and every listener stops accepting; the bridges
+//     stop;
 //  2. connected clients are disconnected in batches of
 //     cfg.Shutdown.BatchSize, spread over cfg.Shutdown.Grace, so that they do
 //     not all reconnect elsewhere at the same instant. v5 clients get
@@ -47,10 +48,15 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		l.stopAccepting()
 	}
 	b.storageStopping()
+	var errs []error
+	if b.bridges != nil { // before the log closes: each rule commits how far it got
+		if err := b.bridges.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("bridges: %w", err))
+		}
+	}
 	b.disconnectClients(ctx)
 	b.cutConns()
 
-	var errs []error
 	for _, l := range b.listeners {
 		if err := l.wait(ctx, true); err != nil {
 			errs = append(errs, fmt.Errorf("listener %s: %w", l.ID(), err))

@@ -39,6 +39,9 @@ type store struct {
 	lg      *slog.Logger
 	m       *storeMetrics
 	canRead func(cl *mqtt.Client, topic string) bool // the read ACL
+	// bridged reports whether a bridge forwards topic: such QoS 0 messages
+	// are logged too. nil: no bridges. Set before the listeners start.
+	bridged func(topic string) bool
 
 	queueLimit  int   // RAM entries per queue before it scans the log
 	budget      int64 // the log's disk budget in bytes, 0: none
@@ -682,10 +685,12 @@ func (s *store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	}
 	q := pk.FixedHeader.Qos
 	if q == 0 {
-		if pk.FixedHeader.Retain { // mochi delivers it; the log keeps the retained state
+		// mochi delivers it; the log keeps the retained state, and what a
+		// bridge forwards.
+		if pk.FixedHeader.Retain || (s.bridged != nil && s.bridged(pk.TopicName)) {
 			rec, _ := qos.Encode(messageOf(cl, pk))
 			if _, err := s.appendAsync(rec); err != nil {
-				s.lg.Warn("retained message not logged", "topic_len", len(pk.TopicName), "error", err)
+				s.lg.Warn("QoS 0 message not logged", "topic_len", len(pk.TopicName), "error", err)
 			}
 		}
 		return pk, nil

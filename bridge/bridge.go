@@ -1,0 +1,542 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// Log is what a bridge needs of the broker's log: the engine's qos.Log, and
+// cursors it can place and remove (a new rule starts at the end of the log,
+// a removed rule must stop holding the log back).
+type Log interface {
+	qos.Log
+	// CursorFrom returns the named cursor, creating it at from if it does
+	// not exist; an existing cursor keeps its position.
+	CursorFrom(name string, from uint64) (qos.Cursor, error)
+	// DeleteCursor removes a cursor durably; a missing one is no error.
+	DeleteCursor(name string) error
+	// Cursors lists the cursor names.
+	Cursors() []string
+}
+
+// Local is what a bridge needs of the broker it runs in, for downlink rules.
+type Local interface {
+	// Publish makes m durable in the broker's log and hands it to local
+	// subscribers; it returns once m is durable, and an error only when it
+	// is not. For QoS 2, a message whose (Origin, OriginPacketID) was
+	// published and not yet released is a resend: Publish appends nothing
+	// and returns nil [MQTT-4.3.3-9].
+	Publish(ctx context.Context, m *qos.Message) error
+	// Release durably ends the inbound QoS 2 exchange of (origin,
+	// packetID): the upstream's PUBREL came [MQTT-4.3.3-12].
+	Release(ctx context.Context, origin string, packetID uint16) error
+}
+
+// Options are what a bridge gets from the broker rather than its Config.
+type Options struct {
+	// Logger is narrowed with component=bridge and bridge=<name>. nil:
+	// slog.Default().
+	Logger *slog.Logger
+	// DialWebSocket opens ws:// and wss:// upstreams (tc is nil for ws://);
+	// the broker owns the WebSocket library. nil: such upstreams fail.
+	DialWebSocket func(ctx context.Context, u *url.URL, tc *tls.Config) (net.Conn, error)
+}
+
+// Status is what a bridge reports about itself: what is true now.
+type Status struct {
+	Name string
+	// Connected is true while a connection is up and accepted by CONNACK.
+	Connected bool
+	// Upstream is the index in Config.Upstreams of the current (or last)
+	// connection, -1 before the first.
+	Upstream int
+	// Since is when Connected last changed.
+	Since time.Time
+	// Reconnects counts connections made after the first.
+	Reconnects uint64
+	// Forwarded counts messages acknowledged by the upstream (QoS 1/2) or
+	// written to it (QoS 0); Received counts downlink messages made durable
+	// locally. Dropped counts messages not forwarded, by reason.
+	Forwarded, Received uint64
+	Dropped             map[string]uint64
+	// BacklogRecords is the number of log records the slowest forward rule
+	// has not passed yet: an upper bound of the messages it still has to
+	// send (the log also holds other records and other topics).
+	BacklogRecords uint64
+	// BacklogSeconds is the age of the oldest message a forward rule has not
+	// had acknowledged, 0 when none waits.
+	BacklogSeconds float64
+	// LastError is the last connection failure, "" if none yet.
+	LastError string
+}
+
+// Drop reasons, the values of Status.Dropped's keys.
+const (
+	DropExpired   = "expired"         // the message's expiry passed [MQTT-3.3.2-5]
+	DropMaxAge    = "max_backlog_age" // older than Config.MaxBacklogAge
+	DropRefused   = "refused"         // the upstream's PUBACK/PUBREC had a failure code
+	DropRetention = "retention"       // the log removed records before the bridge sent them
+	DropBad       = "unreadable"      // a damaged record in the log
+	DropLoop      = "loop"            // a downlink message the bridge itself forwarded
+)
+
+// Bridge is one bridge: a connection to one of its upstreams at a time,
+// forward rules reading the log from their cursors, downlink rules
+// publishing into the broker. Build it with New, run it with Start and
+// Shutdown.
+type Bridge struct {
+	cfg    Config
+	log    Log
+	local  Local
+	lg     *slog.Logger
+	d      dialer
+	origin string // the Origin of downlink messages: "$bridge/<name>"
+	rules  []*rule
+
+	forwarded, received, reconnects atomic.Uint64
+
+	mu        sync.Mutex // guards what follows
+	dropped   map[string]uint64
+	connected bool
+	upstream  int
+	since     time.Time
+	lastErr   string
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// CursorPrefix starts the name of every bridge cursor in the log:
+// "bridge/<name>/<rule key>".
+const CursorPrefix = "bridge/"
+
+// New validates cfg and opens the cursors of its forward rules: an
+// existing cursor (the same rule before a restart or reload) keeps its
+// position, a new one starts at the end of the log.
+func New(cfg Config, l Log, local Local, o Options) (*Bridge, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lg := o.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	b := &Bridge{
+		cfg: cfg, log: l, local: local,
+		lg:       lg.With("component", "bridge", "bridge", cfg.Name),
+		d:        dialer{cfg: cfg, ws: o.DialWebSocket},
+		origin:   "$bridge/" + cfg.Name,
+		dropped:  map[string]uint64{},
+		upstream: -1,
+		since:    time.Now(),
+	}
+	for _, f := range cfg.Forward {
+		name := cfg.cursorName(f)
+		c, err := l.CursorFrom(name, l.LastOffset()+1)
+		if err != nil {
+			return nil, fmt.Errorf("bridge %s: cursor %s: %w", cfg.Name, name, err)
+		}
+		b.rules = append(b.rules, &rule{fwd: f, cursor: c, committed: c.Offset(), next: c.Offset()})
+	}
+	return b, nil
+}
+
+// Name returns the bridge's name.
+func (b *Bridge) Name() string { return b.cfg.Name }
+
+// Start runs the bridge until Shutdown: it connects, and reconnects after
+// every failure with capped exponential backoff and full jitter.
+func (b *Bridge) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel, b.done = cancel, make(chan struct{})
+	go func() {
+		defer close(b.done)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); b.commitLoop(ctx) }()
+		b.run(ctx)
+		wg.Wait()
+	}()
+}
+
+// Shutdown disconnects, commits how far each rule got, and returns when the
+// bridge's goroutines are gone or ctx ends.
+func (b *Bridge) Shutdown(ctx context.Context) error {
+	if b.cancel == nil {
+		return nil
+	}
+	b.cancel()
+	select {
+	case <-b.done:
+		return b.commit()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Wants reports whether a forward rule takes topic: the broker logs such a
+// QoS 0 publish, which it would otherwise only deliver from memory, so that
+// the bridge can forward it.
+func (b *Bridge) Wants(topic string) bool {
+	for _, r := range b.rules {
+		if qos.Match(r.fwd.Filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// run connects, serves and reconnects until ctx ends. The upstreams are
+// tried in order; after a failure the next one is tried, after a connection
+// that ended the same one first.
+func (b *Bridge) run(ctx context.Context) {
+	idx, failures, first := 0, 0, true
+	for ctx.Err() == nil {
+		addr := b.cfg.Upstreams[idx]
+		up, err := b.connect(ctx, addr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			b.setError(idx, err)
+			b.lg.Warn("bridge: connect failed", "upstream", idx, "address", addr, "error", err)
+			idx = (idx + 1) % len(b.cfg.Upstreams)
+			failures++
+			if !sleep(ctx, b.backoff(failures)) {
+				return
+			}
+			continue
+		}
+		if !first {
+			b.reconnects.Add(1)
+		}
+		first, failures = false, 0
+		b.setConnected(idx, true)
+		b.lg.Info("bridge: connected", "upstream", idx, "address", addr, "window", up.window())
+		err = b.serve(ctx, up)
+		b.setConnected(idx, false)
+		if ctx.Err() != nil {
+			return
+		}
+		b.setError(idx, err)
+		b.lg.Warn("bridge: link down", "upstream", idx, "address", addr, "error", err)
+		failures++
+		if !sleep(ctx, b.backoff(failures)) {
+			return
+		}
+	}
+}
+
+// backoff is the wait before attempt n (from 1): uniformly random below
+// min(BackoffMax, BackoffMin * 2^(n-1)) ("full jitter"), so that a fleet of
+// gateways does not reconnect in step.
+func (b *Bridge) backoff(n int) time.Duration {
+	ceil := b.cfg.BackoffMin
+	for i := 1; i < n && ceil < b.cfg.BackoffMax; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, b.cfg.BackoffMax)
+	return rand.N(ceil) + time.Millisecond
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// connect dials one upstream in the configured protocol.
+func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
+	if b.cfg.TLS.InsecureSkipVerify {
+		b.lg.Warn("bridge: tls.insecure_skip_verify is set: the upstream's certificate is not checked, anyone on the path can read and change the traffic")
+	}
+	in := &downlinkIn{b: b}
+	in.ctx, in.cancel = context.WithCancel(ctx)
+	var up uplink
+	var err error
+	if b.cfg.Protocol == "5" {
+		var l *v5link
+		l, err = dialV5(ctx, b.d, addr, in)
+		if err == nil && len(b.cfg.Downlink) > 0 {
+			if err = l.subscribe(ctx, b.cfg.Downlink); err != nil {
+				l.close()
+			}
+		}
+		up = l
+	} else {
+		var l *v311link
+		l, err = dialV311(ctx, b.d, addr, in)
+		if err == nil && len(b.cfg.Downlink) > 0 {
+			if err = l.subscribe(ctx, b.cfg.Downlink); err != nil {
+				l.close()
+			}
+		}
+		up = l
+	}
+	if err != nil {
+		in.cancel()
+		return nil, err
+	}
+	return &withInbound{uplink: up, in: in}, nil
+}
+
+// withInbound stops the downlink handler's retries when the link closes.
+type withInbound struct {
+	uplink
+	in *downlinkIn
+}
+
+func (w *withInbound) close() {
+	w.in.cancel()
+	w.uplink.close()
+}
+
+// serve runs the forward rules over one connection until it is lost or ctx
+// ends, then leaves every rule at its acknowledged position.
+func (b *Bridge) serve(ctx context.Context, up uplink) error {
+	cctx, cancel := context.WithCancel(ctx)
+	sem := make(chan struct{}, up.window())
+	var wg sync.WaitGroup
+	for _, r := range b.rules {
+		gen := r.restart()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.forward(cctx, up, r, gen, sem)
+		}()
+	}
+	select {
+	case <-up.lost():
+	case <-ctx.Done():
+	}
+	cancel()
+	wg.Wait()
+	up.close()
+	err := up.cause()
+	if err := b.commit(); err != nil {
+		b.lg.Error("bridge: cursor commit failed", "error", err)
+	}
+	return err
+}
+
+func (b *Bridge) setConnected(idx int, up bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.connected, b.upstream, b.since = up, idx, time.Now()
+}
+
+func (b *Bridge) setError(idx int, err error) {
+	if err == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.upstream, b.lastErr = idx, err.Error()
+}
+
+func (b *Bridge) drop(reason string, n uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dropped[reason] += n
+}
+
+// Status returns the bridge's state now.
+func (b *Bridge) Status() Status {
+	b.mu.Lock()
+	s := Status{
+		Name: b.cfg.Name, Connected: b.connected, Upstream: b.upstream, Since: b.since,
+		LastError: b.lastErr, Dropped: make(map[string]uint64, len(b.dropped)),
+	}
+	for k, v := range b.dropped {
+		s.Dropped[k] = v
+	}
+	b.mu.Unlock()
+	s.Reconnects, s.Forwarded, s.Received = b.reconnects.Load(), b.forwarded.Load(), b.received.Load()
+	next := b.log.LastOffset() + 1
+	now := time.Now()
+	for _, r := range b.rules {
+		low, created := r.oldest()
+		if next > low {
+			s.BacklogRecords = max(s.BacklogRecords, next-low)
+		}
+		if created == 0 && next > low {
+			created = b.createdAt(low, next)
+		}
+		if created > 0 {
+			s.BacklogSeconds = max(s.BacklogSeconds, now.Sub(time.Unix(0, created)).Seconds())
+		}
+	}
+	return s
+}
+
+// createdAt returns when the first message at or after off (below next) was
+// accepted, looking at a few records only; 0 if none is found.
+func (b *Bridge) createdAt(off, next uint64) int64 {
+	for i := 0; i < 64 && off < next; i, off = i+1, off+1 {
+		rec, err := b.log.Read(off)
+		if err != nil || qos.KindOf(rec) != qos.KindMessage {
+			continue
+		}
+		var m qos.Message
+		if m.UnmarshalBinary(rec) == nil {
+			return m.Created
+		}
+	}
+	return 0
+}
+
+// cursorName is the cursor of a forward rule: the bridge's name and a key
+// of everything that decides what the rule sends, so that a changed rule
+// starts a new cursor and an unchanged one keeps its place.
+func (c Config) cursorName(f Forward) string {
+	h := uint64(14695981039346656037) // FNV-1a
+	for _, s := range []string{f.Filter, f.StripPrefix, f.Remote, strconv.Itoa(f.QoS), f.Retain} {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint64(s[i])) * 1099511628211
+		}
+		h = (h ^ 0xff) * 1099511628211
+	}
+	return fmt.Sprintf("%s%s/%016x", CursorPrefix, c.Name, h)
+}
+
+// Set is the broker's bridges: it starts, reloads and stops them, and
+// answers Wants for all of them.
+type Set struct {
+	log   Log
+	local Local
+	o     Options
+
+	mu      sync.Mutex // serialises Apply and Shutdown
+	bridges map[string]*Bridge
+	cfgs    map[string]Config
+	list    atomic.Pointer[[]*Bridge] // for Wants and Status, without the lock
+}
+
+// NewSet returns an empty Set over the broker's log.
+func NewSet(l Log, local Local, o Options) *Set {
+	s := &Set{log: l, local: local, o: o, bridges: map[string]*Bridge{}, cfgs: map[string]Config{}}
+	s.list.Store(&[]*Bridge{})
+	return s
+}
+
+// Apply makes the running bridges those of cfgs: it starts new ones, stops
+// removed ones, restarts changed ones (a rule that did not change keeps its
+// cursor), and removes the cursors of rules that no longer exist. It checks
+// every config first: on an error nothing changes.
+func (s *Set) Apply(ctx context.Context, cfgs []Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := map[string]bool{}
+	var errs []error
+	for i, c := range cfgs {
+		if err := c.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("bridges[%d]: %w", i, err))
+		}
+		if names[c.Name] {
+			errs = append(errs, &FieldError{Path: fmt.Sprintf("bridges[%d].name", i), Reason: fmt.Sprintf("already used (got %q)", c.Name)})
+		}
+		names[c.Name] = true
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	var stopErrs []error
+	keep := map[string]bool{}
+	next := map[string]*Bridge{}
+	for _, c := range cfgs {
+		for _, f := range c.Forward {
+			keep[c.cursorName(f)] = true
+		}
+		if old, ok := s.bridges[c.Name]; ok && equalConfig(s.cfgs[c.Name], c) {
+			next[c.Name] = old
+			continue
+		}
+		if old, ok := s.bridges[c.Name]; ok {
+			stopErrs = append(stopErrs, old.Shutdown(ctx))
+		}
+		b, err := New(c, s.log, s.local, s.o)
+		if err != nil {
+			stopErrs = append(stopErrs, err)
+			continue
+		}
+		b.Start()
+		next[c.Name] = b
+	}
+	for name, old := range s.bridges {
+		if _, ok := next[name]; !ok {
+			stopErrs = append(stopErrs, old.Shutdown(ctx))
+		}
+	}
+	for _, name := range s.log.Cursors() {
+		if len(name) > len(CursorPrefix) && name[:len(CursorPrefix)] == CursorPrefix && !keep[name] {
+			stopErrs = append(stopErrs, s.log.DeleteCursor(name))
+		}
+	}
+	s.bridges = next
+	s.cfgs = map[string]Config{}
+	list := make([]*Bridge, 0, len(next))
+	for _, c := range cfgs {
+		s.cfgs[c.Name] = c
+		list = append(list, next[c.Name])
+	}
+	s.list.Store(&list)
+	return errors.Join(stopErrs...)
+}
+
+// equalConfig reports whether two configs of a bridge are the same.
+func equalConfig(a, b Config) bool {
+	return fmt.Sprintf("%#v", a) == fmt.Sprintf("%#v", b)
+}
+
+// Wants reports whether any bridge's forward rule takes topic (see
+// Bridge.Wants). Safe for concurrent use; it takes no lock.
+func (s *Set) Wants(topic string) bool {
+	for _, b := range *s.list.Load() {
+		if b.Wants(topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// Status returns every bridge's status, sorted by name.
+func (s *Set) Status() []Status {
+	list := *s.list.Load()
+	out := make([]Status, 0, len(list))
+	for _, b := range list {
+		out = append(out, b.Status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Shutdown stops every bridge.
+func (s *Set) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, b := range s.bridges {
+		errs = append(errs, b.Shutdown(ctx))
+	}
+	s.bridges = map[string]*Bridge{}
+	s.list.Store(&[]*Bridge{})
+	return errors.Join(errs...)
+}

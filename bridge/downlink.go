@@ -1,0 +1,142 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// received is one downlink PUBLISH from the upstream. ack acknowledges it
+// (PUBACK, or PUBREC for QoS 2): called only once it is durable locally.
+type received struct {
+	topic    string
+	payload  []byte
+	qos      byte
+	retain   bool
+	packetID uint16
+	props    *outProps
+	ack      func()
+}
+
+// inbound takes what the upstream sends down, on the library's delivery
+// goroutine, in the order it came.
+type inbound interface {
+	deliver(m received)
+	release(packetID uint16)
+}
+
+// downlinkIn is a bridge's inbound side for one connection.
+type downlinkIn struct {
+	b      *Bridge
+	ctx    context.Context // ends with the connection: stops the retries
+	cancel context.CancelFunc
+}
+
+// deliver publishes a downlink message into the broker and acknowledges it
+// upstream once it is durable. While the broker cannot take it (a full
+// disk), it tries again every second and acknowledges nothing, so the
+// upstream keeps it: the downlink waits, the forward side goes on.
+func (d *downlinkIn) deliver(m received) {
+	b := d.b
+	rule, ok := b.downlinkRule(m.topic)
+	if !ok || (m.props != nil && hasMarker(m.props.user, b.cfg.ClientID)) {
+		if ok {
+			b.drop(DropLoop, 1)
+		}
+		m.ack()
+		return
+	}
+	msg := &qos.Message{
+		Topic:   expand(rule.Local, strings.TrimPrefix(m.topic, rule.StripPrefix), ""),
+		Payload: m.payload,
+		QoS:     m.qos,
+		Retain:  m.retain,
+		Origin:  b.origin,
+		Created: time.Now().UnixNano(),
+	}
+	if m.qos == 2 {
+		msg.OriginPacketID = m.packetID
+	}
+	if p := m.props; p != nil {
+		msg.ContentType, msg.ResponseTopic, msg.CorrelationData = p.contentType, p.responseTopic, p.correlationData
+		if p.payloadFormat != nil {
+			msg.PayloadFormat, msg.PayloadFormatFlag = *p.payloadFormat, true
+		}
+		if p.expiry != nil {
+			msg.Expiry = time.Now().Unix() + int64(*p.expiry)
+		}
+		for _, u := range p.user {
+			msg.User = append(msg.User, qos.Property{Key: u[0], Value: u[1]})
+		}
+	}
+	for {
+		err := b.local.Publish(d.ctx, msg)
+		if err == nil {
+			break
+		}
+		b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
+		if !sleep(d.ctx, time.Second) {
+			return
+		}
+	}
+	b.received.Add(1)
+	m.ack()
+}
+
+// release ends a downlink QoS 2 exchange in the broker before paho answers
+// the PUBREL with PUBCOMP.
+func (d *downlinkIn) release(id uint16) {
+	for {
+		err := d.b.local.Release(d.ctx, d.b.origin, id)
+		if err == nil {
+			return
+		}
+		d.b.lg.Warn("bridge: downlink release not stored; retrying", "error", err)
+		if !sleep(d.ctx, time.Second) {
+			return
+		}
+	}
+}
+
+func hasMarker(user [][2]string, client string) bool {
+	for _, u := range user {
+		if u[0] == markerKey && u[1] == client {
+			return true
+		}
+	}
+	return false
+}
+
+// downlinkRule returns the first downlink rule whose filter matches topic.
+func (b *Bridge) downlinkRule(topic string) (Downlink, bool) {
+	for _, r := range b.cfg.Downlink {
+		if qos.Match(r.Filter, topic) {
+			return r, true
+		}
+	}
+	return Downlink{}, false
+}
+
+// subscribe makes the downlink subscriptions with No Local, so the upstream
+// does not send back what this connection forwarded [MQTT-3.8.3-3].
+func (l *v5link) subscribe(ctx context.Context, rules []Downlink) error {
+	s := &paho.Subscribe{}
+	for _, r := range rules {
+		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: r.Filter, QoS: byte(r.QoS), NoLocal: true})
+	}
+	sa, err := l.c.Subscribe(ctx, s)
+	if err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	for i, code := range sa.Reasons {
+		if code >= 0x80 && i < len(rules) {
+			return fmt.Errorf("subscribe %q: refused by the upstream (reason code 0x%02x)", rules[i].Filter, code)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// rule is one forward rule and its place in the log. The cursor holds the
+// durable position; in memory the rule keeps the messages sent and not yet
+// acknowledged, in offset order, so that the position it commits is always
+// the oldest of them (or, with none waiting, the next record to read).
+type rule struct {
+	fwd    Forward
+	cursor qos.Cursor
+
+	mu        sync.Mutex // guards what follows
+	gen       uint64     // the connection the sends belong to
+	pending   []sent     // unacknowledged, by offset
+	next      uint64     // every record below it is sent or skipped
+	committed uint64     // the cursor's offset
+}
+
+// sent is one message waiting for its acknowledgement.
+type sent struct {
+	off     uint64
+	created int64 // Unix nanoseconds
+	acked   bool
+}
+
+// restart begins a new connection: what was sent and not acknowledged on the
+// last one is sent again, from the oldest. It returns the connection's
+// generation, which acknowledgements of older connections do not match.
+func (r *rule) restart() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next = r.lowLocked()
+	r.pending = r.pending[:0]
+	r.gen++
+	return r.gen
+}
+
+func (r *rule) lowLocked() uint64 {
+	if len(r.pending) > 0 {
+		return r.pending[0].off
+	}
+	return r.next
+}
+
+// low is the offset the cursor may move to: every record before it is done.
+func (r *rule) low() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lowLocked()
+}
+
+// oldest returns low and the acceptance time of the oldest unacknowledged
+// message (0 if none waits in memory).
+func (r *rule) oldest() (uint64, int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) > 0 {
+		return r.pending[0].off, r.pending[0].created
+	}
+	return r.next, 0
+}
+
+// passed records that every record before next is sent or skipped.
+func (r *rule) passed(gen, next uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen == r.gen && next > r.next {
+		r.next = next
+	}
+}
+
+// add records a message about to be sent.
+func (r *rule) add(gen, off uint64, created int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen != r.gen {
+		return
+	}
+	r.pending = append(r.pending, sent{off: off, created: created})
+	r.next = off + 1
+}
+
+// ack marks off acknowledged and drops the acknowledged front of pending.
+func (r *rule) ack(gen, off uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen != r.gen {
+		return
+	}
+	i := 0
+	if len(r.pending) == 0 || r.pending[0].off != off {
+		// Upstreams acknowledge in order [MQTT-4.6.0-2]; search otherwise.
+		i = sort.Search(len(r.pending), func(i int) bool { return r.pending[i].off >= off })
+		if i == len(r.pending) || r.pending[i].off != off {
+			return
+		}
+	}
+	r.pending[i].acked = true
+	n := 0
+	for n < len(r.pending) && r.pending[n].acked {
+		n++
+	}
+	if n > 0 {
+		r.pending = append(r.pending[:0], r.pending[n:]...)
+	}
+}
+
+// forward sends the rule's messages over up, from the rule's position on,
+// until ctx ends or the link fails. At most cap(sem) QoS 1/2 messages of all
+// rules wait for acknowledgements at once.
+func (b *Bridge) forward(ctx context.Context, up uplink, r *rule, gen uint64, sem chan struct{}) {
+	rd := b.log.NewReader(r.low())
+	for {
+		off, rec, err := rd.Next(ctx)
+		if err != nil {
+			switch {
+			case ctx.Err() != nil, errors.Is(err, qos.ErrLogClosed):
+				return
+			case errors.Is(err, qos.ErrTrimmed):
+				first := b.log.FirstOffset()
+				if first > rd.Offset() {
+					b.drop(DropRetention, first-rd.Offset())
+					b.lg.Warn("bridge: the log removed records before they were forwarded", "records", first-rd.Offset())
+				}
+				rd.Seek(first)
+				r.passed(gen, first)
+			default:
+				b.drop(DropBad, 1)
+				b.lg.Error("bridge: damaged record skipped", "offset", rd.Offset(), "error", err)
+				rd.Seek(rd.Offset() + 1)
+				r.passed(gen, rd.Offset())
+			}
+			continue
+		}
+		m, ok := b.match(r, rec)
+		if !ok {
+			r.passed(gen, off+1)
+			continue
+		}
+		now := time.Now()
+		if m.Expiry > 0 && now.Unix() >= m.Expiry {
+			b.drop(DropExpired, 1)
+			r.passed(gen, off+1)
+			continue
+		}
+		if a := b.cfg.MaxBacklogAge; a > 0 && now.Sub(time.Unix(0, m.Created)) > a {
+			b.drop(DropMaxAge, 1)
+			r.passed(gen, off+1)
+			continue
+		}
+		o := b.outbound(r.fwd, m, now)
+		if r.fwd.QoS == 0 {
+			if err := up.publish(ctx, o, nil); err != nil {
+				return
+			}
+			b.forwarded.Add(1)
+			r.passed(gen, off+1)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		r.add(gen, off, m.Created)
+		err = up.publish(ctx, o, func(err error) {
+			<-sem
+			b.acked(r, gen, off, err)
+		})
+		if err != nil {
+			<-sem
+			return
+		}
+	}
+}
+
+// acked takes the outcome of one QoS 1/2 publish.
+func (b *Bridge) acked(r *rule, gen, off uint64, err error) {
+	var refused *refusedError
+	switch {
+	case err == nil:
+		b.forwarded.Add(1)
+	case errors.As(err, &refused):
+		// Sending it again would be refused again, and would hold up every
+		// message behind it.
+		b.drop(DropRefused, 1)
+		b.lg.Warn("bridge: upstream refused a message; dropped", "offset", off, "error", err)
+	default:
+		return // the link is gone: sent again on the next one
+	}
+	r.ack(gen, off)
+}
+
+// match decodes rec and returns it if the rule forwards it: a message on a
+// topic the filter matches, not one this bridge brought down (a loop).
+func (b *Bridge) match(r *rule, rec []byte) (*qos.Message, bool) {
+	if qos.KindOf(rec) != qos.KindMessage {
+		return nil, false
+	}
+	m := new(qos.Message)
+	if err := m.UnmarshalBinary(rec); err != nil {
+		b.drop(DropBad, 1)
+		return nil, false
+	}
+	if m.Origin == b.origin || !qos.Match(r.fwd.Filter, m.Topic) {
+		return nil, false
+	}
+	return m, true
+}
+
+// markerKey is the MQTT 5 user property on every message a bridge forwards;
+// its value is the bridge's client id. A downlink message carrying the
+// bridge's own marker came back from the upstream and is dropped.
+const markerKey = "edgemq-bridge"
+
+// outbound is m as the rule sends it upstream.
+func (b *Bridge) outbound(f Forward, m *qos.Message, now time.Time) outbound {
+	o := outbound{
+		topic:   expand(f.Remote, strings.TrimPrefix(m.Topic, f.StripPrefix), m.Origin),
+		payload: m.Payload,
+		qos:     byte(f.QoS),
+		retain:  m.Retain && f.Retain == "keep",
+	}
+	if b.cfg.Protocol != "5" {
+		return o
+	}
+	p := &outProps{contentType: m.ContentType, responseTopic: m.ResponseTopic, correlationData: m.CorrelationData}
+	if m.PayloadFormatFlag {
+		pf := m.PayloadFormat
+		p.payloadFormat = &pf
+	}
+	if m.Expiry > 0 {
+		// What is left of the expiry interval goes with it [MQTT-3.3.2-6].
+		left := uint32(max(m.Expiry-now.Unix(), 1))
+		p.expiry = &left
+	}
+	for _, u := range m.User {
+		p.user = append(p.user, [2]string{u.Key, u.Value})
+	}
+	p.user = append(p.user, [2]string{markerKey, b.cfg.ClientID})
+	o.props = p
+	return o
+}
+
+// expand fills a topic template.
+func expand(tmpl, topic, client string) string {
+	if !strings.Contains(tmpl, "{") {
+		return tmpl
+	}
+	return strings.NewReplacer("{topic}", topic, "{client}", client).Replace(tmpl)
+}
+
+// commitLoop moves the cursors up to what is acknowledged, every
+// commitInterval while something changed: one cursor-table write covers many
+// acknowledgements. A crash loses at most the last interval's commits; those
+// messages are sent again (at least once).
+func (b *Bridge) commitLoop(ctx context.Context) {
+	t := time.NewTicker(commitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := b.commit(); err != nil {
+				b.lg.Error("bridge: cursor commit failed", "error", err)
+			}
+		}
+	}
+}
+
+const commitInterval = 20 * time.Millisecond
+
+// commit moves each rule's cursor to its low mark.
+func (b *Bridge) commit() error {
+	var errs []error
+	for _, r := range b.rules {
+		low := r.low()
+		r.mu.Lock()
+		if low <= r.committed {
+			r.mu.Unlock()
+			continue
+		}
+		r.mu.Unlock()
+		if err := r.cursor.Commit(low); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.mu.Lock()
+		r.committed = max(r.committed, low)
+		r.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,171 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// uplink is one connection to one upstream, whatever the protocol. The
+// bridge publishes through it from several goroutines; it keeps their order
+// on the wire, since each publish is written before publish returns.
+type uplink interface {
+	// publish writes one PUBLISH and returns once it is on the wire (or
+	// failed). For QoS 1 and 2, done is called once later, with nil for
+	// PUBACK/PUBCOMP, an *refusedError for a refusal, or errLinkLost.
+	publish(ctx context.Context, p outbound, done func(error)) error
+	// window is how many QoS 1/2 publishes may wait for their
+	// acknowledgement: Config.MaxInflight, lowered by the upstream's
+	// Receive Maximum [MQTT-3.3.4-9].
+	window() int
+	// lost is closed when the connection ends; cause tells why.
+	lost() <-chan struct{}
+	cause() error
+	// close disconnects (if still connected) and waits for the library's
+	// goroutines.
+	close()
+}
+
+// outbound is one message as it goes upstream.
+type outbound struct {
+	topic   string
+	payload []byte
+	qos     byte
+	retain  bool
+	props   *outProps // MQTT 5 only
+}
+
+// outProps are the MQTT 5 properties that travel with a message
+// [MQTT-3.3.2.3].
+type outProps struct {
+	payloadFormat   *byte
+	expiry          *uint32
+	contentType     string
+	responseTopic   string
+	correlationData []byte
+	user            [][2]string
+}
+
+// Errors of the uplink.
+var (
+	// errLinkLost: the connection ended with the publish unacknowledged; it
+	// is sent again from the cursor on the next connection.
+	errLinkLost = errors.New("bridge: link lost before the acknowledgement")
+	// errSilent: nothing came from the upstream for 1.5 keepalives (a
+	// half-open link); the bridge closed the connection.
+	errSilent = errors.New("bridge: upstream silent for 1.5 keepalives (half-open link?)")
+)
+
+// refusedError is an MQTT 5 PUBACK or PUBREC with a failure reason code
+// [MQTT-3.4.2.1]: the upstream will not take the message.
+type refusedError struct{ code byte }
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("bridge: upstream refused the message (reason code 0x%02x)", e.code)
+}
+
+// dialer opens the network connection to an upstream. WebSocket comes from
+// the broker (Options.DialWebSocket), which owns the WebSocket library.
+type dialer struct {
+	cfg Config
+	ws  func(ctx context.Context, u *url.URL, tc *tls.Config) (net.Conn, error)
+}
+
+func (d dialer) dial(ctx context.Context, addr string) (net.Conn, error) {
+	scheme, u, err := parseUpstream(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
+	defer cancel()
+	var tc *tls.Config
+	if scheme == "mqtts" || scheme == "wss" {
+		if tc, err = d.cfg.TLS.build(u.Hostname()); err != nil {
+			return nil, err
+		}
+	}
+	switch scheme {
+	case "mqtt":
+		var nd net.Dialer
+		return nd.DialContext(ctx, "tcp", u.Host)
+	case "mqtts":
+		td := tls.Dialer{Config: tc}
+		c, err := td.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			return nil, tlsError(err)
+		}
+		return c, nil
+	default:
+		if d.ws == nil {
+			return nil, errors.New("bridge: no WebSocket dialer")
+		}
+		c, err := d.ws(ctx, u, tc)
+		if err != nil {
+			return nil, tlsError(err)
+		}
+		return c, nil
+	}
+}
+
+// tlsError says in words what a certificate failure means for the user.
+func tlsError(err error) error {
+	var unknown x509.UnknownAuthorityError
+	if errors.As(err, &unknown) {
+		return fmt.Errorf("upstream certificate not signed by a trusted CA (check tls.ca_file): %w", err)
+	}
+	var hostErr x509.HostnameError
+	if errors.As(err, &hostErr) {
+		return fmt.Errorf("upstream certificate does not match the host (check the address or tls.server_name): %w", err)
+	}
+	return err
+}
+
+// watchedConn is a net.Conn that remembers when it last read something, so
+// that the watchdog can tell a silent link from a quiet one.
+type watchedConn struct {
+	net.Conn
+	lastRead atomic.Int64 // Unix nanoseconds
+	silent   atomic.Bool
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// watch closes c when nothing has been read for 1.5 keepalives: the MQTT
+// client pings after a keepalive without traffic and the server answers
+// [MQTT-3.1.2-24], so a live link never stays silent that long. It returns
+// when ctx ends.
+func (c *watchedConn) watch(ctx context.Context, keepalive time.Duration, wg *sync.WaitGroup) {
+	c.lastRead.Store(time.Now().UnixNano())
+	limit := keepalive * 3 / 2
+	tick := time.NewTicker(max(keepalive/8, 10*time.Millisecond))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				if now.Sub(time.Unix(0, c.lastRead.Load())) > limit {
+					c.silent.Store(true)
+					_ = c.Conn.Close()
+					return
+				}
+			}
+		}
+	}()
+}
