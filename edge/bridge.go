@@ -150,3 +150,12 @@ func bridgeConfigs(bs []BridgeConfig) []bridge.Config {
 	}
 	return out
 }
+
+// Bridges returns the state of every bridge, sorted by name; none before
+// Start.
+func (b *Broker) Bridges() []bridge.Status {
+	if b.bridges == nil {
+		return nil
+	}
+	return b.bridges.Status()
+}
