@@ -9,16 +9,14 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/system"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics are the broker's Prometheus metrics, registered on the registry
 // passed in Options. Labels never hold client ids or topics.
 //
 //	edgemq_mqtt_connections                      gauge    connected clients
-//	edgemq_mqtt_sessions                         gauge    sessions, connected or not
-//	edgemq_mqtt_subscriptions                    gauge    subscriptions
-//	edgemq_mqtt_retained_messages                gauge    retained messages
-//	edgemq_mqtt_inflight_messages                gauge    unacknowledged outbound QoS 1/2 messages, incl. those queued for offline sessions
+//	edgemq_mqtt_retained_messages                gauge    retained messages (not mochi's $SYS ones)
 //	edgemq_mqtt_messages_received_total{qos}     counter  PUBLISH packets accepted for processing
 //	edgemq_mqtt_messages_sent_total{qos}         counter  PUBLISH packets written to clients
 //	edgemq_mqtt_received_bytes_total             counter
@@ -30,6 +28,10 @@ import (
 //	edgemq_acl_denials_total{access}             counter  read (subscribe or delivery), write (publish or will)
 //	edgemq_listener_accepted_connections_total{listener}
 //	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol
+//	go_*, process_*                                       the Go runtime's and the process's collectors
+//
+// Sessions, subscriptions, inflight messages and queues are the store's
+// (store_metrics.go): it owns them, connected or offline.
 type metrics struct {
 	received      [3]prometheus.Counter
 	sent          [3]prometheus.Counter
@@ -96,28 +98,13 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 			Help: "Connected MQTT clients.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "edgemq_mqtt_sessions",
-			Help: "Client sessions known to the broker, connected or not.",
-		}, func() float64 { return float64(srv.Clients.Len()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "edgemq_mqtt_subscriptions",
-			Help: "Subscriptions.",
-		}, func() float64 { return float64(atomic.LoadInt64(&info.Subscriptions)) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgemq_mqtt_retained_messages",
-			Help: "Retained messages.",
-		}, func() float64 { return float64(atomic.LoadInt64(&info.Retained)) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "edgemq_mqtt_inflight_messages",
-			Help: "Outbound QoS 1/2 messages not yet acknowledged, including those queued for offline sessions.",
+			Help: "Retained messages (one per topic).",
 		}, func() float64 {
-			// Summed on scrape: mochi's own counter drifts (its rollbacks do
-			// not decrement it).
-			n := 0
-			for _, cl := range srv.Clients.GetAll() {
-				n += cl.State.Inflight.Len()
-			}
-			return float64(n)
+			// mochi's own counter misses what the store retains (recovered,
+			// QoS 1/2, wills); its index has them all, with mochi's $SYS
+			// topics, which are not clients' messages.
+			return float64(srv.Topics.Retained.Len() - len(srv.Topics.Messages(mqtt.SysPrefix+"/#")))
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgemq_mqtt_blocked_writers",
@@ -131,6 +118,8 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 			Name: "edgemq_mqtt_sent_bytes_total",
 			Help: "Bytes of MQTT packets sent.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.BytesSent)) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {

@@ -1,8 +1,12 @@
 package edge
 
 import (
+	"context"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgemq/edgemq/qos"
 	"github.com/edgemq/edgemq/wal"
 )
 
@@ -165,4 +169,118 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cs := range st.Cursors {
 		ch <- prometheus.MustNewConstMetric(c.cursorLag, prometheus.GaugeValue, float64(cs.Lag), cs.Name)
 	}
+}
+
+// sessionCollector exports what the store's sessions hold, connected or
+// offline, summed on scrape (the store owns these facts; mochi forgets an
+// offline session and knows nothing of what a restart recovered).
+type sessionCollector struct {
+	s                                   *store
+	sessions, subscriptions, inflight   *prometheus.Desc
+	queued, queuedMax, oldestQueuedSecs *prometheus.Desc
+}
+
+func newSessionCollector(s *store) *sessionCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &sessionCollector{
+		s:             s,
+		sessions:      d("edgemq_mqtt_sessions", "Sessions, connected or offline (a persistent session outlives its connection until it expires)."),
+		subscriptions: d("edgemq_mqtt_subscriptions", "Subscriptions of every session, connected or offline, shared ones included."),
+		inflight:      d("edgemq_mqtt_inflight_messages", "Outbound QoS 1/2 messages sent and not yet acknowledged (PUBACK or PUBCOMP), of connected and offline sessions. Messages still waiting to be sent are edgemq_mqtt_queued_messages."),
+		queued: d("edgemq_mqtt_queued_messages", "Messages waiting to be sent, summed over sessions and shared groups: "+
+			"queued in RAM, or, for a queue reading its backlog from the log (offline, or over its RAM bound), the log records it has still to read (an upper bound)."),
+		queuedMax:        d("edgemq_mqtt_queued_messages_max", "The longest queue of one session or shared group, counted as edgemq_mqtt_queued_messages."),
+		oldestQueuedSecs: d("edgemq_mqtt_oldest_queued_message_age_seconds", "Age of the oldest message some session or shared group still waits for (0: none waits)."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *sessionCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.sessions, c.subscriptions, c.inflight, c.queued, c.queuedMax, c.oldestQueuedSecs} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *sessionCollector) Collect(ch chan<- prometheus.Metric) {
+	q := c.s.queueStats()
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	gauge(c.sessions, float64(q.sessions))
+	gauge(c.subscriptions, float64(q.subscriptions))
+	gauge(c.inflight, float64(q.inflight))
+	gauge(c.queued, float64(q.queued))
+	gauge(c.queuedMax, float64(q.queuedMax))
+	age := 0.0
+	if created, ok := c.s.createdFrom(q.oldest); ok {
+		age = max(0, time.Since(time.Unix(0, created)).Seconds())
+	}
+	gauge(c.oldestQueuedSecs, age)
+}
+
+// queueStats are the store's figures at one moment.
+type queueStats struct {
+	sessions, subscriptions, inflight int
+	queued, queuedMax                 uint64
+	oldest                            uint64 // the lowest position with something queued (0: none)
+}
+
+func (s *store) queueStats() queueStats {
+	progress := s.fannedOut.Load()
+	var st queueStats
+	note := func(q *qos.Queue) {
+		n, pos := uint64(q.Len()), q.Position(progress)
+		if n == 0 && pos < progress {
+			n = progress - pos
+		}
+		st.queued += n
+		st.queuedMax = max(st.queuedMax, n)
+		if n > 0 && (st.oldest == 0 || pos < st.oldest) {
+			st.oldest = pos
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.sessions = len(s.sessions)
+	for _, sess := range s.sessions {
+		sess.mu.Lock()
+		st.subscriptions += len(sess.subs)
+		st.inflight += len(sess.inflight)
+		sess.mu.Unlock()
+		note(sess.queue)
+	}
+	for _, g := range s.groups {
+		note(g.queue)
+	}
+	return st
+}
+
+// createdFrom returns when the first QoS 1/2 message at or after from was
+// accepted (Unix nanoseconds), reading a few records of the log.
+func (s *store) createdFrom(from uint64) (int64, bool) {
+	if from == 0 {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 100*time.Millisecond)
+	defer cancel()
+	r := s.log.NewReader(max(from, s.log.FirstOffset()))
+	last := s.log.LastOffset()
+	for range 64 {
+		if r.Offset() > last {
+			break
+		}
+		_, rec, err := r.Next(ctx)
+		if err != nil {
+			break
+		}
+		if qos.KindOf(rec) != qos.KindMessage {
+			continue
+		}
+		var m qos.Message
+		if m.UnmarshalBinary(rec) == nil && (m.QoS > 0 || m.Will) {
+			return m.Created, true
+		}
+	}
+	return 0, false
 }

@@ -82,6 +82,10 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	if err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
+	if err := b.reg.Register(newSessionCollector(s)); err != nil {
+		s.close()
+		return nil, errors.Join(fmt.Errorf("edge: session metrics: %w", err), l.Close())
+	}
 	if err := b.srv.AddHook(s, nil); err != nil {
 		s.close()
 		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", s.ID(), err), l.Close())
