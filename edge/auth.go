@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -27,25 +29,73 @@ import (
 type authHook struct {
 	mqtt.HookBase
 	b              *Broker
-	passwords      Passwords // nil: no password file
 	allowAnonymous bool
-	acl            *acl
+	// policy is what a reload replaces: the password file and the ACL.
+	policy atomic.Pointer[authPolicy]
+	// guard bounds what password checks cost (see loginGuard).
+	guard *loginGuard
 	// crossUserTakeover, useUsernameAsClientID and clientIDPrefix are
 	// their AuthConfig fields.
 	crossUserTakeover     bool
 	useUsernameAsClientID bool
 	clientIDPrefix        string
-	// checks bounds concurrent bcrypt comparisons (one per CPU): each costs
-	// tens of milliseconds of CPU, and a flood of CONNECTs with passwords
-	// must not starve the message traffic. Full: the CONNECT waits.
-	checks chan struct{}
 }
 
-// checkPassword runs one bcrypt comparison within the concurrency bound.
-func (h *authHook) checkPassword(user string, password []byte) bool {
-	h.checks <- struct{}{}
-	defer func() { <-h.checks }()
-	return h.passwords.Check(user, password)
+// authPolicy is the password file and the ACL in force.
+type authPolicy struct {
+	passwords Passwords // nil: no password file
+	acl       *acl
+}
+
+func newAuthHook(b *Broker, a AuthConfig, files configFiles) *authHook {
+	h := &authHook{b: b, allowAnonymous: a.AllowAnonymous, guard: newLoginGuard(a),
+		crossUserTakeover: a.CrossUserTakeover, useUsernameAsClientID: a.UseUsernameAsClientID, clientIDPrefix: a.ClientIDPrefix}
+	h.policy.Store(&authPolicy{passwords: files.passwords, acl: files.acl})
+	return h
+}
+
+// setPolicy puts a reloaded password file and ACL in force. Verified
+// credentials are forgotten: a password may have changed or gone.
+func (h *authHook) setPolicy(p *authPolicy) {
+	h.policy.Store(p)
+	if h.guard.cache != nil {
+		h.guard.cache.clear()
+	}
+}
+
+// verify checks a username and password within the loginGuard's bounds
+// and returns "" when they are right, or why not: bad_credentials,
+// backoff (the source failed too often, no bcrypt run) or busy (no bcrypt
+// slot before the connect deadline).
+func (h *authHook) verify(cl *mqtt.Client, pw Passwords, user string, password []byte) string {
+	g, now := h.guard, time.Now()
+	if g.cache != nil && g.cache.hit(user, password, now) {
+		h.b.metrics.authCacheHits.Inc()
+		return ""
+	}
+	src := sourceOf(cl.Net.Remote)
+	if g.failures != nil && g.failures.blocked(src, now) {
+		return "backoff"
+	}
+	deadline := now.Add(h.b.connectTimeout())
+	if wc, ok := cl.Net.Conn.(*conn); ok && !wc.connectBy.IsZero() {
+		deadline = wc.connectBy
+	}
+	if !g.acquire(deadline) {
+		return "busy"
+	}
+	ok := pw.Check(user, password)
+	g.release()
+	if ok {
+		if g.cache != nil {
+			g.cache.add(user, password, time.Now())
+		}
+		return ""
+	}
+	if g.failures != nil {
+		g.failures.fail(src, time.Now())
+	}
+	return "bad_credentials"
 }
 
 // ID names the hook.
@@ -121,27 +171,33 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	user := string(cl.Properties.Username)
-	if !certAuth && h.passwords != nil {
+	pol := h.policy.Load()
+	if !certAuth && pol.passwords != nil {
 		reason := ""
 		switch {
 		case !pk.Connect.UsernameFlag || user == "":
 			if !h.allowAnonymous {
 				reason = "anonymous"
 			}
-		case !h.checkPassword(user, pk.Connect.Password):
-			reason = "bad_credentials"
+		default:
+			reason = h.verify(cl, pol.passwords, user, pk.Connect.Password)
 		}
 		if reason != "" {
 			h.b.metrics.authFailures.WithLabelValues(reason).Inc()
-			h.b.throttledLog.info(h.b.log, "authentication failed",
+			// Rate-limited per source: one flooding address does not hide
+			// the failures of others.
+			h.b.throttledLog.infoBy(h.b.log, sourceOf(cl.Net.Remote), "authentication failed",
 				"reason", reason, "client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+			if reason == "busy" {
+				return refuseConnect(cl, packets.ErrServerBusy, packets.Err3ServerUnavailable.Code)
+			}
 			return refuseConnect(cl, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword.Code)
 		}
 	}
 	if h.useUsernameAsClientID && user != "" {
 		cl.ID = user
 	}
-	if pk.Connect.WillFlag && (reservedTopic(pk.Connect.WillTopic) || !h.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true)) {
+	if pk.Connect.WillFlag && (reservedTopic(pk.Connect.WillTopic) || !pol.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true)) {
 		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
 		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
@@ -189,7 +245,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write || cl.Net.Inline {
 		return true
 	}
-	if h.acl.allowed(string(cl.Properties.Username), cl.ID, topic, false) {
+	if h.policy.Load().acl.allowed(string(cl.Properties.Username), cl.ID, topic, false) {
 		return true
 	}
 	h.b.metrics.aclDenials.WithLabelValues("read").Inc()
@@ -200,7 +256,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // neither delivered nor retained: v5 gets PUBACK/PUBREC 0x87, v3 a normal
 // acknowledgement [MQTT-3.3.5-2], QoS 0 nothing.
 func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || h.acl.allowed(string(cl.Properties.Username), cl.ID, pk.TopicName, true) {
+	if cl.Net.Inline || h.policy.Load().acl.allowed(string(cl.Properties.Username), cl.ID, pk.TopicName, true) {
 		return pk, nil
 	}
 	h.b.metrics.aclDenials.WithLabelValues("write").Inc()

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,13 +113,11 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	b.loopback = moveToLoopback(&cfg)
 	b.cfg = cfg
 
-	auth := &authHook{b: b, allowAnonymous: cfg.Auth.AllowAnonymous, checks: make(chan struct{}, runtime.NumCPU()),
-		crossUserTakeover: cfg.Auth.CrossUserTakeover, useUsernameAsClientID: cfg.Auth.UseUsernameAsClientID, clientIDPrefix: cfg.Auth.ClientIDPrefix}
 	files, problems := readFiles(cfg)
 	if len(problems) > 0 {
 		return nil, joinConfigErrors(problems)
 	}
-	auth.passwords, auth.acl = files.passwords, files.acl
+	auth := newAuthHook(b, cfg.Auth, files)
 	b.auth = auth
 
 	for i, lc := range cfg.Listeners {
@@ -356,7 +353,7 @@ func (b *Broker) authSummary() []any {
 	}
 	args := []any{"mode", mode}
 	if b.cfg.Auth.PasswordFile != "" {
-		args = append(args, "users", len(b.auth.passwords), "password_file", b.cfg.Auth.PasswordFile)
+		args = append(args, "users", len(b.auth.policy.Load().passwords), "password_file", b.cfg.Auth.PasswordFile)
 	}
 	args = append(args, "acl_rules", len(b.cfg.Auth.ACL))
 	var cn []string

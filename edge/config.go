@@ -112,6 +112,21 @@ type AuthConfig struct {
 	// not "bob-1"). Others are refused (v5 0x85, v3 0x02). Default: empty,
 	// any client id.
 	ClientIDPrefix string `yaml:"client_id_prefix"`
+	// FailureBurst is how many failed password checks one source (an IP
+	// address, an IPv6 /64) may have in a row; past it, its CONNECTs with
+	// a password are refused before any bcrypt (0x86, v3 0x04) until one
+	// failure is forgiven per FailureInterval. Default: 10. 0: no backoff,
+	// and a password guesser can keep the CPUs busy. Clients behind one NAT
+	// share a source.
+	FailureBurst int `yaml:"failure_burst"`
+	// FailureInterval is how often a source gets one failure back.
+	// Default: 6s (10 guesses a minute once the burst is spent).
+	FailureInterval time.Duration `yaml:"failure_interval"`
+	// CacheTTL is how long verified credentials are remembered (as a keyed
+	// hash, in memory only), so that a reconnecting fleet does not pay one
+	// bcrypt per device. Default: 5m. 0: every login runs bcrypt. A
+	// password removed from the file by a reload stops working at once.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
 }
 
 // ACLRule allows or denies topic access. Topic may use %u (username) and %c
@@ -215,6 +230,7 @@ func DefaultConfig() Config {
 			{Name: "ws", Type: "ws", Address: "127.0.0.1:8083", Path: "/mqtt"},
 		},
 		HTTP: HTTPConfig{Address: "127.0.0.1:8080"},
+		Auth: AuthConfig{FailureBurst: 10, FailureInterval: 6 * time.Second, CacheTTL: 5 * time.Minute},
 		Limits: LimitsConfig{
 			MaxPacketSize:     1 << 20,
 			MaxClients:        10000,

@@ -167,6 +167,15 @@ func (v *validator) auth(a AuthConfig) {
 			v.add(p+".access", "must be read, write, readwrite or deny (got %q)", r.Access)
 		}
 	}
+	if a.FailureBurst < 0 {
+		v.add("auth.failure_burst", "must be 0 (no backoff) or more (got %d)", a.FailureBurst)
+	}
+	if a.FailureBurst > 0 && a.FailureInterval <= 0 {
+		v.add("auth.failure_interval", "must be positive with a failure_burst (got %s)", a.FailureInterval)
+	}
+	if a.CacheTTL < 0 {
+		v.add("auth.cache_ttl", "must be 0 (no cache) or more (got %s)", a.CacheTTL)
+	}
 	if strings.Contains(strings.ReplaceAll(a.ClientIDPrefix, "%u", ""), "%") {
 		v.add("auth.client_id_prefix", "may hold no placeholder but %%u (got %q)", a.ClientIDPrefix)
 	}

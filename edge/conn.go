@@ -52,6 +52,10 @@ type conn struct {
 	tlsState *tls.ConnectionState
 	// useCN makes a verified client certificate's CN the username.
 	useCN bool
+	// connectBy is when the client must have connected (accept time plus
+	// limits.connect_timeout): a CONNECT waits for its password check no
+	// longer.
+	connectBy time.Time
 	// onSlow is called once when a write misses its deadline.
 	onSlow func()
 	// framer finds each inbound packet's size before mochi reads it (see

@@ -132,6 +132,7 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 		closeNow:     closeNow,
 		tlsState:     tlsState,
 		useCN:        useCN,
+		connectBy:    time.Now().Add(b.connectTimeout()),
 		onSlow: func() {
 			b.metrics.slowConsumers.Inc()
 			b.throttledLog.warn(b.log, "slow consumer disconnected: a write missed its deadline",

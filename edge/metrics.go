@@ -24,10 +24,11 @@ import (
 //	edgemq_mqtt_dropped_messages_total{reason}   counter  queue_full, inflight_full, topic_too_long, reserved_topic
 //	edgemq_mqtt_slow_consumer_disconnects_total  counter  clients cut because a write missed limits.write_timeout
 //	edgemq_mqtt_blocked_writers                  gauge    connections whose current write has been blocked for over 1 s
-//	edgemq_auth_failures_total{reason}           counter  anonymous, bad_credentials
+//	edgemq_auth_failures_total{reason}           counter  anonymous, bad_credentials, backoff, busy, client_id, session_owner
+//	edgemq_auth_cache_hits_total                 counter  logins verified without bcrypt
 //	edgemq_acl_denials_total{access}             counter  read (subscribe or delivery), write (publish or will)
 //	edgemq_listener_accepted_connections_total{listener}
-//	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol
+//	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, max_clients
 //	go_*, process_*                                       the Go runtime's and the process's collectors
 //
 // Sessions, subscriptions, inflight messages and queues are the store's
@@ -37,6 +38,7 @@ type metrics struct {
 	sent          [3]prometheus.Counter
 	authFailures  *prometheus.CounterVec
 	aclDenials    *prometheus.CounterVec
+	authCacheHits prometheus.Counter
 	slowConsumers prometheus.Counter
 	accepted      *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
@@ -55,8 +57,12 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 	m := &metrics{
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgemq_auth_failures_total",
-			Help: "Refused CONNECTs, by reason: anonymous (no username, anonymous not allowed), bad_credentials.",
+			Help: "Refused CONNECTs, by reason: anonymous (no username, anonymous not allowed), bad_credentials, backoff (the source failed too often: refused before any bcrypt), busy (no bcrypt slot within the connect timeout), client_id (auth.client_id_prefix), session_owner (another user's session).",
 		}, []string{"reason"}),
+		authCacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgemq_auth_cache_hits_total",
+			Help: "Logins verified from the cache of recently verified credentials (auth.cache_ttl), without bcrypt.",
+		}),
 		aclDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgemq_acl_denials_total",
 			Help: "ACL refusals: read (a subscription, or one delivery), write (a publish or a will).",
@@ -71,16 +77,16 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 		}, []string{"listener"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgemq_listener_rejected_connections_total",
-			Help: "Connections refused before MQTT, by listener and reason (tls_handshake, ws_handshake, ws_subprotocol).",
+			Help: "Connections refused before MQTT, by listener and reason (tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, max_clients).",
 		}, []string{"listener", "reason"}),
 		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
 			"edgemq_mqtt_dropped_messages_total",
-			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (the client's outbound queue, limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long.",
+			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (the client's outbound queue, limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish to $SYS).",
 			[]string{"reason"}, nil)},
 	}
 	// Every known label value exists from the start, so that dashboards and
 	// rate() see a zero rather than nothing.
-	for _, r := range []string{"anonymous", "bad_credentials"} {
+	for _, r := range []string{"anonymous", "bad_credentials", "backoff", "busy", "client_id", "session_owner"} {
 		m.authFailures.WithLabelValues(r)
 	}
 	for _, a := range []string{"read", "write"} {
@@ -92,7 +98,7 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 	}
 	info := srv.Info
 	collectors := []prometheus.Collector{
-		received, sent, m.authFailures, m.aclDenials, m.slowConsumers, m.accepted, m.rejected, m.dropped,
+		received, sent, m.authFailures, m.aclDenials, m.authCacheHits, m.slowConsumers, m.accepted, m.rejected, m.dropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgemq_mqtt_connections",
 			Help: "Connected MQTT clients.",

@@ -477,3 +477,99 @@ func TestClientLimits(t *testing.T) {
 		return tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "tcp", "reason", "max_clients") == 1
 	})
 }
+
+// TestLoginBackoff: after failure_burst wrong passwords from one source,
+// its logins are refused before any bcrypt, with the usual 0x86 (counted as
+// backoff), the right password included, unless that password was
+// verified recently (the cache). Other checks fail as bad_credentials.
+func TestLoginBackoff(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw")
+	cfg.Auth.FailureBurst = 3
+	cfg.Auth.FailureInterval = time.Hour
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	try := func(user, pw string) byte {
+		rc := dialRaw(t, addr, 5)
+		defer rc.c.Close()
+		return rc.connectWith("c-"+user, true, 30, login(user, pw)).ReasonCode
+	}
+	if code := try("alice", "pw"); code != 0 {
+		t.Fatalf("alice: %#x", code)
+	}
+	for i := range 3 {
+		if code := try("bob", "guess"); code != 0x86 {
+			t.Fatalf("guess %d: %#x", i, code)
+		}
+	}
+	if v := tb.metric(t, "edgemq_auth_failures_total", "reason", "bad_credentials"); v != 3 {
+		t.Errorf("bad_credentials = %v, want 3", v)
+	}
+	for _, tc := range []struct{ user, pw string }{{"bob", "guess"}, {"bob", "pw"}} {
+		if code := try(tc.user, tc.pw); code != 0x86 {
+			t.Errorf("%s/%s during backoff: %#x, want 0x86", tc.user, tc.pw, code)
+		}
+	}
+	if v := tb.metric(t, "edgemq_auth_failures_total", "reason", "backoff"); v != 2 {
+		t.Errorf("backoff = %v, want 2", v)
+	}
+	// alice proved her password before: the cache lets her in.
+	if code := try("alice", "pw"); code != 0 {
+		t.Errorf("alice during backoff: %#x, want success from the cache", code)
+	}
+	if v := tb.metric(t, "edgemq_auth_cache_hits_total"); v != 1 {
+		t.Errorf("cache hits = %v, want 1", v)
+	}
+	// A wrong password for a cached user is no hit.
+	if code := try("alice", "wrong"); code != 0x86 {
+		t.Errorf("alice wrong password: %#x", code)
+	}
+}
+
+// TestLoginBusy: a flood of parallel logins cannot make one wait past its
+// connect timeout for a bcrypt slot: those that get none in time are
+// refused as server busy (v5 0x89), counted, and the broker serves on.
+func TestLoginBusy(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
+	cfg.Auth.FailureBurst = 0
+	cfg.Limits.ConnectTimeout = 300 * time.Millisecond
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	const n = 60 // ~50 ms of bcrypt each: seconds of work for one or two slots
+	codes := make(chan byte, n)
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dialNet(t, "tcp", addr, nil)
+		defer conns[i].Close()
+	}
+	connect := encode(t, 5, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "flood", Clean: true, Keepalive: 30,
+			UsernameFlag: true, Username: []byte("alice"), PasswordFlag: true, Password: []byte("guess")}})
+	for _, c := range conns {
+		go func() {
+			rc := &rawClient{t: t, c: c, r: newReader(c), version: 5}
+			if _, err := c.Write(connect); err != nil {
+				codes <- 0xff
+				return
+			}
+			ack, err := rc.read(10 * time.Second)
+			if err != nil {
+				codes <- 0xfe
+				return
+			}
+			codes <- ack.ReasonCode
+		}()
+	}
+	got := map[byte]int{}
+	for range n {
+		got[<-codes]++
+	}
+	if got[0x89] == 0 || got[0x86] == 0 || got[0x86]+got[0x89] != n {
+		t.Errorf("codes %v: want some 0x86 (checked) and some 0x89 (busy), nothing else", got)
+	}
+	if v := tb.metric(t, "edgemq_auth_failures_total", "reason", "busy"); int(v) != got[0x89] {
+		t.Errorf("busy = %v, want %d", v, got[0x89])
+	}
+	connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "after", username: "alice", password: "pw"})
+}
