@@ -43,19 +43,23 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			problems = append(problems, c.At("storage.dir", "log %s: %v (edgemq check -repair mends it, losing the damaged records)", c.Config.Storage.Dir, err))
 		}
 	}
+	if len(problems) > 0 {
+		return reportProblems(stderr, c.Name, problems)
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", c.Name)
+	return nil
+}
+
+// reportProblems prints problems one a line, and their count when there is
+// more than one, and returns errReported.
+func reportProblems(stderr io.Writer, name string, problems []*edge.ConfigError) error {
 	for _, p := range problems {
 		fmt.Fprintln(stderr, p)
 	}
-	switch n := len(problems); n {
-	case 0:
-		fmt.Fprintf(stdout, "%s: OK\n", c.Name)
-		return nil
-	case 1:
-		return errReported
-	default:
-		fmt.Fprintf(stderr, "%s: %d problems\n", c.Name, n)
-		return errReported
+	if n := len(problems); n > 1 {
+		fmt.Fprintf(stderr, "%s: %d problems\n", name, n)
 	}
+	return errReported
 }
 
 // readable tells whether the check got far enough to know where the log is:

@@ -346,7 +346,7 @@ func TestEndToEndBadConfigExitCodes(t *testing.T) {
 		want string
 	}{
 		{[]string{"check", "-c", bad}, 1, bad + `:2: storage.sync: must be always, interval or never (got "sometimes")`},
-		{[]string{"run", "-c", bad}, 1, "edgemq: " + bad + ":2: storage.sync"},
+		{[]string{"run", "-c", bad}, 1, bad + ":2: storage.sync"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"passwd", "-D", filepath.Join(dir, "nofile"), "u"}, 1, "no such file"},
 	} {

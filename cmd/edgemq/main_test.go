@@ -253,7 +253,12 @@ func TestPasswd(t *testing.T) {
 func TestRunBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	bad := writeFile(t, dir, "bad.yaml", "listeners:\n  - type: udp\n    address: 127.0.0.1:0\n")
-	runCmd(t, "", "run", "-c", bad).want(t, 1, nil, []string{"edgemq: " + bad + `:2: listeners[0].type: must be tcp or ws (got "udp")`})
+	// The same format as edgemq check: one problem a line, no prefix.
+	r := runCmd(t, "", "run", "-c", bad)
+	r.want(t, 1, nil, []string{bad + `:2: listeners[0].type: must be tcp or ws (got "udp")` + "\n"})
+	if strings.Contains(r.stderr, "edgemq: ") {
+		t.Errorf("run put a prefix on the problem list: %q", r.stderr)
+	}
 	runCmd(t, "", "-c", bad).want(t, 1, nil, []string{"listeners[0].type"})
 	runCmd(t, "", "run", "-c", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"no such file"})
 	// A broken YAML file gets its line.

@@ -26,13 +26,15 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("%w: run takes no arguments (got %q); use -c FILE", errUsage, fs.Args())
 	}
 	cfg := edge.DefaultConfig()
-	source := "embedded defaults"
+	source := edge.EmbeddedDefaults
 	if path != "" {
-		var err error
-		if cfg, err = edge.LoadConfig(path); err != nil {
-			return err
+		// The same checks as edgemq check, so that a broken file is reported
+		// the same way: every problem, one a line, file:line: field.path: reason.
+		c := edge.CheckConfig(path)
+		if len(c.Problems) > 0 {
+			return reportProblems(stderr, c.Name, c.Problems)
 		}
-		source = path
+		cfg, source = c.Config, path
 	}
 	logger := newLogger(stderr, cfg.Log)
 	logger.Info("edgemq starting", "version", version, "config", source,
