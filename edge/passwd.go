@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -21,33 +23,68 @@ const PasswordCost = 10
 type Passwords map[string][]byte
 
 // LoadPasswordFile reads a file of "user:bcrypt-hash" lines. Blank lines and
-// lines starting with '#' are skipped. A line that is not a user and a bcrypt
-// hash is an error naming the line number; the hash is never echoed.
+// lines whose first non-blank character is '#' are skipped; a CR before the
+// newline and blanks after the hash are ignored, but a username is taken as
+// it is, never trimmed (see ValidUsername). Every line that is not a valid
+// user and a bcrypt hash is reported, each with its line number, joined in
+// one error; the hash is never echoed.
 func LoadPasswordFile(path string) (Passwords, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("password file: %w", err)
 	}
 	pw := Passwords{}
+	var bad []error
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "#") {
 			continue
 		}
 		user, hash, ok := strings.Cut(line, ":")
-		if !ok || user == "" {
-			return nil, fmt.Errorf("password file %s:%d: want user:bcrypt-hash", path, n)
+		switch {
+		case !ok || user == "":
+			bad = append(bad, fmt.Errorf("password file %s:%d: want user:bcrypt-hash", path, n))
+		case ValidUsername(user) != nil:
+			bad = append(bad, fmt.Errorf("password file %s:%d: username %q: %w", path, n, user, ValidUsername(user)))
+		default:
+			hash = strings.TrimRight(hash, " \t")
+			if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+				bad = append(bad, fmt.Errorf("password file %s:%d: user %q: not a bcrypt hash", path, n, user))
+				continue
+			}
+			pw[user] = []byte(hash)
 		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
-			return nil, fmt.Errorf("password file %s:%d: user %q: not a bcrypt hash", path, n, user)
-		}
-		pw[user] = []byte(hash)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("password file %s: %w", path, err)
 	}
+	if len(bad) > 0 {
+		return nil, errors.Join(bad...)
+	}
 	return pw, nil
+}
+
+// ValidUsername says why a username cannot be in a password file, or nil:
+// it must be non-empty valid UTF-8 with no ':' (the separator), no control
+// characters, no blank at either end (a file line is not trimmed into
+// another user) and no '#' first (the line would be a comment).
+func ValidUsername(user string) error {
+	switch {
+	case user == "":
+		return errors.New("empty")
+	case !utf8.ValidString(user):
+		return errors.New("not valid UTF-8")
+	case strings.HasPrefix(user, "#"):
+		return errors.New("starts with '#', which makes the line a comment")
+	case strings.TrimSpace(user) != user:
+		return errors.New("starts or ends with a blank")
+	case strings.ContainsRune(user, ':'):
+		return errors.New("holds ':', the separator")
+	case strings.IndexFunc(user, unicode.IsControl) >= 0:
+		return errors.New("holds a control character")
+	}
+	return nil
 }
 
 // Check reports whether password is user's password. An unknown user costs
@@ -73,8 +110,8 @@ var dummyHash = sync.OnceValue(func() []byte {
 // the file (mode 0600) if needed, like mosquitto_passwd. The file is replaced
 // atomically; comment lines in it are not kept.
 func SetPassword(path, user, password string) error {
-	if user == "" || strings.ContainsAny(user, ":\n\r") {
-		return errors.New("passwd: username must be non-empty and contain no ':' or newline")
+	if err := ValidUsername(user); err != nil {
+		return fmt.Errorf("passwd: username %q: %w", user, err)
 	}
 	if password == "" {
 		return errors.New("passwd: empty password")

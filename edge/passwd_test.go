@@ -71,6 +71,7 @@ func TestSetPasswordRejects(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "passwd")
 	for _, c := range []struct{ user, password string }{
 		{"", "x"}, {"a:b", "x"}, {"a\nb", "x"}, {"a", ""},
+		{"#", "x"}, {"#admin", "x"}, {" bob", "x"}, {"bob ", "x"}, {"\tbob", "x"}, {"a\x00b", "x"}, {"a\rb", "x"}, {"\xff", "x"},
 		{"a", strings.Repeat("x", 73)}, // bcrypt reads at most 72 bytes
 	} {
 		if err := edge.SetPassword(path, c.user, c.password); err == nil {
@@ -126,7 +127,7 @@ func TestLoadPasswordFile(t *testing.T) {
 		}
 		return p
 	}
-	pw, err := edge.LoadPasswordFile(write("comments", "# users\n\n  u:"+hash+"  \n# end\n"))
+	pw, err := edge.LoadPasswordFile(write("comments", "# users\n\n  # indented comment\nu:"+hash+"  \r\n# end\n"))
 	if err != nil || !pw.Check("u", []byte("p")) {
 		t.Fatalf("comments and blank lines: %v, %v", pw, err)
 	}
@@ -141,6 +142,14 @@ func TestLoadPasswordFile(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), "sha512crypt") {
 			t.Errorf("%s: the error echoes the hash: %v", name, err)
+		}
+	}
+	// Every bad line is reported, each with its number; a username is
+	// never trimmed into another one.
+	_, err = edge.LoadPasswordFile(write("many", "ok:"+hash+"\n bob:"+hash+"\nnocolon\n\nv:notahash\n"))
+	for _, want := range []string{`:2: username " bob"`, ":3: want user:bcrypt-hash", `:5: user "v": not a bcrypt hash`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("several bad lines: error %v, want it to contain %q", err, want)
 		}
 	}
 	if _, err := edge.LoadPasswordFile(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {

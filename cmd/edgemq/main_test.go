@@ -247,7 +247,14 @@ func TestPasswd(t *testing.T) {
 	runCmd(t, "", "passwd", file).want(t, 2, nil, []string{"edgemq passwd [-D] FILE USER"})
 	runCmd(t, "", "passwd", "-b", file, "x").want(t, 2, nil, []string{"edgemq passwd -b FILE USER PASSWORD"})
 	runCmd(t, "", "passwd", "-b", "-D", file, "x", "y").want(t, 2, nil, []string{"-b and -D together"})
-	runCmd(t, "", "passwd", "-b", file, "a:b", "x").want(t, 1, nil, []string{"username must be non-empty"})
+	runCmd(t, "", "passwd", "-b", file, "a:b", "x").want(t, 1, nil, []string{`username "a:b": holds ':'`})
+	// A username the file could not give back as it is: refused, and the
+	// file keeps its users.
+	runCmd(t, "", "passwd", "-b", file, "#", "x").want(t, 1, nil, []string{`username "#": starts with '#'`})
+	runCmd(t, "", "passwd", "-b", file, " bob", "x").want(t, 1, nil, []string{`username " bob": starts or ends with a blank`})
+	if pw, err := edge.LoadPasswordFile(file); err != nil || len(pw) != 2 {
+		t.Fatalf("after refused usernames: %d users, %v", len(pw), err)
+	}
 }
 
 func TestRunBadConfig(t *testing.T) {
