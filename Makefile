@@ -10,11 +10,11 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 BIN     := bin
 
-.PHONY: help build build-all test test-short fuzz lint clean bench-compare bench-quick
+.PHONY: help build dist test test-short fuzz lint clean bench-compare bench-quick
 
 help:
 	@echo "make build      static binary for this machine: $(BIN)/edgemq"
-	@echo "make build-all  static binaries for linux amd64, arm64, armv7: $(BIN)/edgemq-linux-*"
+	@echo "make dist       release: static binaries for linux amd64, arm64, armv7, armv6, a .deb each, SHA256SUMS in $(DIST)/"
 	@echo "make test       go test ./... (the README's test command)"
 	@echo "make fuzz       fuzz the config loader for FUZZTIME (default 60s)"
 	@echo "make lint       gofmt, go vet and the import-direction check (docs/ARCHITECTURE.md)"
@@ -24,10 +24,22 @@ help:
 build:
 	$(GOBUILD) -o $(BIN)/edgemq ./cmd/edgemq
 
-build-all:
-	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(BIN)/edgemq-linux-amd64 ./cmd/edgemq
-	GOOS=linux GOARCH=arm64 $(GOBUILD) -o $(BIN)/edgemq-linux-arm64 ./cmd/edgemq
-	GOOS=linux GOARCH=arm GOARM=7 $(GOBUILD) -o $(BIN)/edgemq-linux-armv7 ./cmd/edgemq
+# Release artifacts (docs/deployment.md): dist/edgemq-VERSION-linux-ARCH, one
+# .deb per architecture (armv7 as Debian armhf, armv6 as armel: Raspberry Pi
+# Zero and 1), and SHA256SUMS over all of them. .ci/run runs the ARM binaries
+# under qemu-user and installs a .deb into a scratch root.
+DIST := dist
+dist:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	GOOS=linux GOARCH=amd64 $(GOBUILD) -o $(DIST)/edgemq-$(VERSION)-linux-amd64 ./cmd/edgemq
+	GOOS=linux GOARCH=arm64 $(GOBUILD) -o $(DIST)/edgemq-$(VERSION)-linux-arm64 ./cmd/edgemq
+	GOOS=linux GOARCH=arm GOARM=7 $(GOBUILD) -o $(DIST)/edgemq-$(VERSION)-linux-armv7 ./cmd/edgemq
+	GOOS=linux GOARCH=arm GOARM=6 $(GOBUILD) -o $(DIST)/edgemq-$(VERSION)-linux-armv6 ./cmd/edgemq
+	for a in amd64:amd64 arm64:arm64 armv7:armhf armv6:armel; do \
+		deploy/deb/build.sh $(DIST)/edgemq-$(VERSION)-linux-$${a%%:*} $${a#*:} $(VERSION) $(DIST) || exit 1; \
+	done
+	cd $(DIST) && sha256sum edgemq* > SHA256SUMS
+	@ls -l $(DIST)
 
 test:
 	go test ./...
@@ -43,7 +55,7 @@ lint:
 	deploy/lint-imports.sh
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
 
 # Side-by-side benchmark (deploy/bench/README.md). Needs /usr/sbin/mosquitto.
 # Example: make bench-compare BENCHFLAGS="-json runs.json -md table.md"

@@ -40,6 +40,10 @@ type Options struct {
 	// nil: a new registry. A registry serves one broker: registering a
 	// second one on it fails.
 	Registry *prometheus.Registry
+	// Ready, when set, is called once by Run after Start has returned, that
+	// is when every listener accepts connections and the log is open (cmd
+	// tells systemd then). It runs on Run's goroutine and must return at once.
+	Ready func(*Broker)
 }
 
 // Broker is the MQTT broker: mochi's engine behind our listeners, hooks and
@@ -282,6 +286,9 @@ func Run(ctx context.Context, cfg Config, opts Options) error {
 	}
 	if err := b.Start(ctx); err != nil {
 		return err
+	}
+	if opts.Ready != nil {
+		opts.Ready(b)
 	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Grace+shutdownSlack)

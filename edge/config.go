@@ -18,6 +18,14 @@ type Config struct {
 	Auth AuthConfig `yaml:"auth"`
 	// Limits bound what one client may cost.
 	Limits LimitsConfig `yaml:"limits"`
+	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT), in
+	// bytes, set by cmd/edgemq at start: near it the garbage collector runs
+	// more often so that the heap stays below. Default: 0, none from the
+	// config (a GOMEMLIMIT environment variable still applies). Set it about
+	// 20% under the memory the broker may use (the unit's MemoryMax), never
+	// above: too close to what live data needs, the collector runs all the
+	// time and the broker slows down instead of being killed.
+	MemoryLimit ByteSize `yaml:"memory_limit"`
 	// Storage is the durable log.
 	Storage StorageConfig `yaml:"storage"`
 	// Log is the broker's own logging.

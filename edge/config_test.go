@@ -181,7 +181,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown key", "storage:\n  dir: x\n  sycn: always\n",
 			[]string{"line 3: storage.sycn: unknown field; valid: checkpoint_interval, dir, max_disk_bytes, segment_size, sync, sync_interval"}},
 		{"unknown top-level key", "\n\nstorgae:\n  dir: x\n",
-			[]string{"line 3: storgae: unknown field; valid: auth, bridges, http, limits, listeners, log, shutdown, storage"}},
+			[]string{"line 3: storgae: unknown field; valid: auth, bridges, http, limits, listeners, log, memory_limit, shutdown, storage"}},
 		{"unknown key in a list", "listeners:\n  - type: tcp\n    adress: 127.0.0.1:1883\n",
 			[]string{"line 3: listeners[0].adress: unknown field"}},
 		{"every unknown key", "a: 1\nb: 2\n", []string{"line 1: a: unknown field", "line 2: b: unknown field"}},
@@ -336,6 +336,7 @@ func TestValidate(t *testing.T) {
 		{"segment size", func(c *edge.Config) { c.Storage.SegmentSize = 1000 }, `storage.segment_size: must be at least 64KiB (got 1000B)`},
 		{"disk budget", func(c *edge.Config) { c.Storage.MaxDiskBytes = 1 << 20 }, `storage.max_disk_bytes: must be 0 (no budget) or at least two segments, 32MiB (got 1MiB)`},
 		{"negative disk budget", func(c *edge.Config) { c.Storage.MaxDiskBytes = -1 }, `storage.max_disk_bytes: must be 0 (no budget) or positive (got -1B)`},
+		{"memory limit", func(c *edge.Config) { c.MemoryLimit = 1 << 20 }, `memory_limit: must be 0 (none) or at least 32MiB (got 1MiB)`},
 		{"log level", func(c *edge.Config) { c.Log.Level = "trace" }, `log.level: must be debug, info, warn or error (got "trace")`},
 		{"log format", func(c *edge.Config) { c.Log.Format = "xml" }, `log.format: must be text or json (got "xml")`},
 		{"grace", func(c *edge.Config) { c.Shutdown.Grace = -time.Second }, `shutdown.grace: must not be negative (got -1s)`},
@@ -493,6 +494,7 @@ func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 		"bridges[].forward[].filter", "bridges[].forward[].strip_prefix", "bridges[].forward[].remote",
 		"bridges[].forward[].qos", "bridges[].forward[].retain",
 		"bridges[].downlink[].filter", "bridges[].downlink[].strip_prefix", "bridges[].downlink[].local", "bridges[].downlink[].qos",
+		"memory_limit",
 	}
 	got := fieldPaths(reflect.TypeOf(edge.Config{}), "")
 	slices.Sort(got)

@@ -25,6 +25,11 @@ const (
 	minSegmentSize = 64 << 10
 )
 
+// minMemoryLimit is the smallest memory_limit accepted: the broker's own
+// idle footprint is about 13 MB, and a limit below what it needs makes the
+// garbage collector run without pause.
+const minMemoryLimit = 32 << 20
+
 // Validate checks every field and returns every problem found, joined with
 // errors.Join, each a *ConfigError "field.path: reason (got X)". A listener's
 // empty Name and a WebSocket listener's empty Path are accepted as their
@@ -46,6 +51,9 @@ func (c Config) Validate() error {
 	}
 	v.auth(c.Auth)
 	v.limits(c.Limits)
+	if c.MemoryLimit != 0 && c.MemoryLimit < minMemoryLimit {
+		v.add("memory_limit", "must be 0 (none) or at least %s (got %s)", formatBytes(minMemoryLimit), formatBytes(c.MemoryLimit))
+	}
 	v.storage(c.Storage)
 	v.bridges(c.Bridges)
 	switch c.Log.Level {

@@ -3,6 +3,7 @@
 //	edgemq [run] [-c FILE]          run the broker (embedded defaults without -c)
 //	edgemq check [-repair] [[-c] FILE] check a config file (or the defaults) and the log; exit 1 listing every problem
 //	edgemq passwd [-b|-D] FILE USER add, change (-b: password as argument) or delete (-D) a user
+//	edgemq health [-c FILE]         ask the running broker's /healthz; exit 1 unless 200
 //	edgemq version                  print the version, Go version and mochi version
 //
 // main only wires: run holds everything testable, and main adds the process:
@@ -42,6 +43,7 @@ Usage:
   edgemq passwd [-b] FILE USER [PW] add or change USER's password (bcrypt), asking for it
                                     (-b: take it from the command line, like mosquitto_passwd)
   edgemq passwd -D FILE USER        delete USER
+  edgemq health [-c FILE]           ask the running broker's /healthz (http.address); exit 1 unless 200
   edgemq version                    print version information
 
 A first SIGTERM or SIGINT shuts down gracefully; a second exits at once.
@@ -107,6 +109,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runCheck(rest, stdout, stderr)
 	case "passwd":
 		return runPasswd(rest, stdin, stderr)
+	case "health":
+		return runHealth(ctx, rest, stdout, stderr)
 	case "version":
 		if len(rest) > 0 {
 			return fmt.Errorf("%w: version takes no arguments", errUsage)

@@ -1,0 +1,48 @@
+#!/bin/sh
+# Checks the .debs that make dist built (.ci/run runs it as root):
+# - every package holds the binary, the unit, the conffile and the sysusers entry;
+# - the amd64 package installs into a scratch root (dpkg --root, maintainer
+#   scripts chrootless), creating the system user there, and the installed
+#   binary accepts the installed config;
+# - systemd-analyze verify passes on the installed unit, with the package's
+#   /usr laid over the host's in a private mount namespace so that
+#   ExecStart=/usr/bin/edgemq exists (no systemd needs to run).
+#
+#   deploy/deb/check.sh [DIST]     (default: dist)
+set -eu
+dist=${1:-dist}
+fail() { echo "deb check: $*" >&2; exit 1; }
+
+n=0
+for deb in "$dist"/edgemq_*.deb; do
+	[ -e "$deb" ] || fail "no .deb in $dist (run make dist)"
+	n=$((n + 1))
+	contents=$(dpkg-deb --contents "$deb")
+	for f in ./usr/bin/edgemq ./lib/systemd/system/edgemq.service ./etc/edgemq/edgemq.yaml ./usr/lib/sysusers.d/edgemq.conf; do
+		echo "$contents" | grep -q " $f\$" || fail "$deb lacks $f"
+	done
+	[ "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles)" = /etc/edgemq/edgemq.yaml ] ||
+		fail "$deb: /etc/edgemq/edgemq.yaml is not a conffile"
+	echo "ok $deb: $(dpkg-deb --field "$deb" Package Version Architecture | tr '\n' ' ')"
+done
+[ "$n" -eq 4 ] || fail "want 4 packages (amd64, arm64, armhf, armel), found $n"
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+: >"$root/var/lib/dpkg/status"
+deb=$(ls "$dist"/edgemq_*_amd64.deb)
+dpkg --root="$root" --force-script-chrootless --log=/dev/null -i "$deb" >/dev/null
+grep -q '^edgemq:x:[0-9]*:[0-9]*:.*:/var/lib/edgemq:' "$root/etc/passwd" || fail "no system user edgemq in the scratch root"
+"$root/usr/bin/edgemq" check -c "$root/etc/edgemq/edgemq.yaml" >/dev/null
+"$root/usr/bin/edgemq" version | head -1
+echo "ok dpkg -i into a scratch root: user edgemq, /usr/bin/edgemq, the packaged config checks"
+
+unit="$root/lib/systemd/system/edgemq.service"
+out=$(unshare -m sh -c "mount -t overlay overlay -o lowerdir=$root/usr:/usr /usr && systemd-analyze verify $unit" 2>&1) ||
+	fail "systemd-analyze verify: $out"
+[ -z "$out" ] || fail "systemd-analyze verify warns: $out"
+echo "ok systemd-analyze verify $(basename "$unit")"
+dpkg --root="$root" --force-script-chrootless --log=/dev/null --purge edgemq >/dev/null
+[ ! -e "$root/usr/bin/edgemq" ] || fail "dpkg --purge left /usr/bin/edgemq"
+echo "ok dpkg --purge"
