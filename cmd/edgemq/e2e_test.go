@@ -194,6 +194,9 @@ func publish(t *testing.T, args ...string) {
 
 // authBroker is a running edgemq with a password file, on free loopback ports.
 type authBroker struct {
+	// run is the command that runs the binary: the binary itself, or an
+	// emulator and its arguments before it (TestEmulatedARM).
+	run      []string
 	bin, cfg string
 	httpPort int
 	port     string   // the MQTT TCP port
@@ -206,10 +209,17 @@ type authBroker struct {
 func startAuthBroker(t *testing.T) *authBroker {
 	t.Helper()
 	needMosquittoClients(t)
-	b := &authBroker{bin: buildBinary(t)}
+	bin := buildBinary(t)
+	return startAuthBrokerWith(t, []string{bin})
+}
+
+// startAuthBrokerWith is startAuthBroker for the edgemq that run runs.
+func startAuthBrokerWith(t *testing.T, run []string) *authBroker {
+	t.Helper()
+	b := &authBroker{run: run, bin: run[len(run)-1]}
 	dir := t.TempDir()
 	passwd := filepath.Join(dir, "passwd")
-	if out, err := exec.Command(b.bin, "passwd", "-b", passwd, "device", "s3cret").CombinedOutput(); err != nil {
+	if out, err := b.command("passwd", "-b", passwd, "device", "s3cret").CombinedOutput(); err != nil {
 		t.Fatalf("edgemq passwd: %v\n%s", err, out)
 	}
 	mqttPort, wsPort := freePort(t), freePort(t)
@@ -227,7 +237,7 @@ storage:
 shutdown:
   grace: 2s
 `, mqttPort, wsPort, b.httpPort, passwd, filepath.Join(dir, "data")))
-	if out, err := exec.Command(b.bin, "check", "-c", b.cfg).CombinedOutput(); err != nil {
+	if out, err := b.command("check", "-c", b.cfg).CombinedOutput(); err != nil {
 		t.Fatalf("edgemq check: %v\n%s", err, out)
 	}
 	b.port = fmt.Sprint(mqttPort)
@@ -236,10 +246,15 @@ shutdown:
 	return b
 }
 
+// command is an edgemq command line, run the way b runs edgemq.
+func (b *authBroker) command(args ...string) *exec.Cmd {
+	return exec.Command(b.run[0], append(b.run[1:], args...)...)
+}
+
 // start runs edgemq on b's config and waits until it listens.
 func (b *authBroker) start(t *testing.T) {
 	t.Helper()
-	b.d = startDaemon(t, b.bin, "run", "-c", b.cfg)
+	b.d = startDaemon(t, b.run[0], append(b.run[1:], "run", "-c", b.cfg)...)
 	waitFor(t, b.d.stderr, b.d.done, fmt.Sprintf("address=127.0.0.1:%d", b.httpPort))
 }
 
@@ -251,6 +266,44 @@ func (b *authBroker) stop(t *testing.T) {
 	}
 }
 
+// roundTrip publishes three messages at qos over MQTT version through b to
+// a mosquitto_sub subscribed at qos, and checks they arrive in order.
+func (b *authBroker) roundTrip(t *testing.T, version, qos string) {
+	t.Helper()
+	topic := "e2e/" + version + "/qos" + qos
+	sub := subscribe(t, append(b.auth, "-V", version, "-q", qos, "-t", topic, "-v", "-C", "3", "-W", "30")...)
+	for i := range 3 {
+		publish(t, append(b.auth, "-V", version, "-q", qos, "-t", topic, "-m", fmt.Sprintf("m%d", i))...)
+	}
+	got := sub.wait(t)
+	if granted := "Subscribed (mid: 1): " + qos + "\n"; !strings.Contains(sub.out.String(), granted) {
+		t.Errorf("granted QoS: want %q in\n%s", granted, sub.out.String())
+	}
+	want := []string{topic + " m0", topic + " m1", topic + " m2"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("mosquitto_sub got %q, want %q", got, want)
+	}
+}
+
+// restartKeepsSession: a QoS 1 and a QoS 2 message published to an offline
+// persistent session reach it after edgemq is stopped with SIGTERM (exit 0)
+// and started again. It leaves the broker stopped.
+func (b *authBroker) restartKeepsSession(t *testing.T) {
+	t.Helper()
+	id := []string{"-V", "mqttv311", "-c", "-i", "e2e-restart", "-t", "e2e/restart", "-q", "2"}
+	subscribe(t, append(append(b.auth, id...), "-E")...).wait(t)
+	publish(t, append(b.auth, "-q", "1", "-t", "e2e/restart", "-m", "r1")...)
+	publish(t, append(b.auth, "-q", "2", "-t", "e2e/restart", "-m", "r2")...)
+	b.stop(t)
+	b.start(t)
+	sub := startSub(t, append(append(b.auth, id...), "-v", "-C", "2", "-W", "30")...)
+	<-sub.done
+	if got := strings.Join(messages(sub.out.String()), "\n"); got != "e2e/restart r1\ne2e/restart r2" {
+		t.Fatalf("after a restart, mosquitto_sub:\n%s", sub.out.String())
+	}
+	b.stop(t)
+}
+
 func TestEndToEndMosquittoClients(t *testing.T) {
 	b := startAuthBroker(t)
 	if out, err := exec.Command(b.bin, "version").Output(); err != nil || !strings.HasPrefix(string(out), "edgemq e2e-test\n") {
@@ -258,21 +311,7 @@ func TestEndToEndMosquittoClients(t *testing.T) {
 	}
 	for _, version := range []string{"mqttv311", "mqttv5"} {
 		for _, qos := range []string{"0", "1", "2"} {
-			t.Run(version+"/qos"+qos, func(t *testing.T) {
-				topic := "e2e/" + version + "/qos" + qos
-				sub := subscribe(t, append(b.auth, "-V", version, "-q", qos, "-t", topic, "-v", "-C", "3", "-W", "30")...)
-				for i := range 3 {
-					publish(t, append(b.auth, "-V", version, "-q", qos, "-t", topic, "-m", fmt.Sprintf("m%d", i))...)
-				}
-				got := sub.wait(t)
-				if granted := "Subscribed (mid: 1): " + qos + "\n"; !strings.Contains(sub.out.String(), granted) {
-					t.Errorf("granted QoS: want %q in\n%s", granted, sub.out.String())
-				}
-				want := []string{topic + " m0", topic + " m1", topic + " m2"}
-				if strings.Join(got, "\n") != strings.Join(want, "\n") {
-					t.Fatalf("mosquitto_sub got %q, want %q", got, want)
-				}
-			})
+			t.Run(version+"/qos"+qos, func(t *testing.T) { b.roundTrip(t, version, qos) })
 		}
 	}
 
@@ -320,20 +359,7 @@ func TestEndToEndPersistentSessions(t *testing.T) {
 		}
 	})
 
-	t.Run("restart", func(t *testing.T) {
-		id := []string{"-V", "mqttv311", "-c", "-i", "e2e-restart", "-t", "e2e/restart", "-q", "2"}
-		subscribe(t, append(append(b.auth, id...), "-E")...).wait(t)
-		publish(t, append(b.auth, "-q", "1", "-t", "e2e/restart", "-m", "r1")...)
-		publish(t, append(b.auth, "-q", "2", "-t", "e2e/restart", "-m", "r2")...)
-		b.stop(t)
-		b.start(t)
-		sub := startSub(t, append(append(b.auth, id...), "-v", "-C", "2", "-W", "30")...)
-		<-sub.done
-		if got := strings.Join(messages(sub.out.String()), "\n"); got != "e2e/restart r1\ne2e/restart r2" {
-			t.Fatalf("after a restart, mosquitto_sub:\n%s", sub.out.String())
-		}
-		b.stop(t)
-	})
+	t.Run("restart", b.restartKeepsSession)
 }
 
 func TestEndToEndBadConfigExitCodes(t *testing.T) {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Checks the .debs that make dist built (.ci/run runs it as root):
 # - every package holds the binary, the unit, the conffile and the sysusers entry;
-# - the amd64 package installs into a scratch root (dpkg --root, maintainer
+# - the package of this machine installs into a scratch root (dpkg --root, maintainer
 #   scripts chrootless), creating the system user there, and the installed
 #   binary accepts the installed config;
 # - systemd-analyze verify passes on the installed unit, with the package's
@@ -31,7 +31,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 : >"$root/var/lib/dpkg/status"
-deb=$(ls "$dist"/edgemq_*_amd64.deb)
+deb=$(ls "$dist"/edgemq_*_"$(dpkg --print-architecture)".deb)
 dpkg --root="$root" --force-script-chrootless --log=/dev/null -i "$deb" >/dev/null
 grep -q '^edgemq:x:[0-9]*:[0-9]*:.*:/var/lib/edgemq:' "$root/etc/passwd" || fail "no system user edgemq in the scratch root"
 "$root/usr/bin/edgemq" check -c "$root/etc/edgemq/edgemq.yaml" >/dev/null
