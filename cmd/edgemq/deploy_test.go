@@ -60,12 +60,12 @@ func TestShippedConfigsLoad(t *testing.T) {
 }
 
 // metricName matches the metric names a PromQL expression uses: ours and
-// the Go runtime's and the process's, which cmd/edgemq registers.
+// the Go runtime's and the process's, which the broker registers too.
 var metricName = regexp.MustCompile(`\b(?:edgemq|go|process)_[a-z0-9_]+\b`)
 
 // TestDashboardAndAlertMetricsExist checks that every metric the Grafana
 // dashboard and the alerting rules name is one the broker exports: it runs
-// the broker in-process with the registry `edgemq run` uses, drives QoS 0, 1
+// the broker in-process, drives QoS 0, 1
 // and 2 traffic through it, and scrapes /metrics. A labelled metric whose
 // event has not happened here (a refused publish) has no sample yet; it
 // must then at least be registered under that name.
@@ -121,7 +121,7 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 		t.Fatalf("only %d metric names found in the dashboard and the alerts: %v", len(used), used)
 	}
 
-	reg := processRegistry()
+	reg := prometheus.NewRegistry()
 	cfg := edge.DefaultConfig()
 	cfg.Listeners = cfg.Listeners[:1]
 	cfg.Listeners[0].Address = "127.0.0.1:0"

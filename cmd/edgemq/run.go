@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/edgemq/edgemq/edge"
 )
@@ -52,20 +51,11 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	sd := &systemdNotifier{log: logger}
 	defer sd.wait()
-	if err := edge.Run(ctx, cfg, edge.Options{Logger: logger, Registry: processRegistry(), Ready: sd.ready(ctx)}); err != nil {
+	if err := edge.Run(ctx, cfg, edge.Options{Logger: logger, Registry: prometheus.NewRegistry(), Ready: sd.ready(ctx)}); err != nil {
 		return err
 	}
 	logger.Info("edgemq exited cleanly")
 	return nil
-}
-
-// processRegistry is the metrics registry of the process: the broker adds
-// its own; the Go runtime's (goroutines, heap, go_gc_gomemlimit_bytes: the
-// memory_limit in force) and the process's (RSS, CPU, open files) are here.
-func processRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
 }
 
 // newLogger is the root logger: text or JSON lines on w at the configured level.
