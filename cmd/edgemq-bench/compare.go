@@ -245,13 +245,6 @@ func mochiSpec(bin string) brokerSpec {
 func edgemqSpec(bin, sync string, durable bool, memoryLimit string) brokerSpec {
 	name := "edgemq-" + sync
 	note := fmt.Sprintf("edgemq, storage.sync %s", sync)
-	only, extra := "", ""
-	if memoryLimit != "" {
-		name = "edgemq-memlimit"
-		only = "conns"
-		extra = "memory_limit: " + memoryLimit + "\n"
-		note += ", memory_limit " + memoryLimit + " (GOMEMLIMIT), as under the systemd unit's MemoryMax=256M; conns scenarios only"
-	}
 	switch {
 	case sync == "always" && durable:
 		note += ": each PUBACK/PUBREC after the fsync of its log record (group commit)"
@@ -260,6 +253,13 @@ func edgemqSpec(bin, sync string, durable bool, memoryLimit string) brokerSpec {
 		note += "; * this build does NOT wait for an fsync before acking (-durable=false)"
 	case sync == "never":
 		note += ": no fsync at all; not durable"
+	}
+	only, extra := "", ""
+	if memoryLimit != "" {
+		name = "edgemq-memlimit"
+		only = "conns"
+		extra = "memory_limit: " + memoryLimit + "\n"
+		note += "; memory_limit " + memoryLimit + " (GOMEMLIMIT), as under the systemd unit's MemoryMax=256M; conns scenarios only"
 	}
 	return brokerSpec{
 		name: name,

@@ -25,7 +25,8 @@ const repoRoot = "../.."
 
 // TestShippedConfigsLoad loads every edgemq config shipped in deploy/ and
 // examples/ (YAML files whose name starts with "edgemq") with the real
-// loader, as `edgemq run -c` would.
+// loader, as `edgemq run -c` would, and parses the config snippets of the
+// install guides.
 func TestShippedConfigsLoad(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", t.TempDir()) // the unit's LoadCredential= directory
 	var found []string
@@ -55,6 +56,28 @@ func TestShippedConfigsLoad(t *testing.T) {
 	for _, path := range found {
 		if _, err := edge.LoadConfig(path); err != nil {
 			t.Errorf("%v", err)
+		}
+	}
+	// The configs the install guides show, block by block (a block for
+	// another program names it: scrape_configs is Prometheus's).
+	t.Setenv("BRIDGE_PASSWORD", "x")
+	for _, doc := range []string{"deploy/raspberry-pi.md", "docs/deployment.md"} {
+		data, err := os.ReadFile(filepath.Join(repoRoot, doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks := strings.Split(string(data), "```yaml\n")[1:]
+		if len(blocks) == 0 {
+			t.Errorf("%s: no yaml block", doc)
+		}
+		for i, b := range blocks {
+			b, _, _ = strings.Cut(b, "```")
+			if strings.Contains(b, "scrape_configs:") {
+				continue
+			}
+			if _, err := edge.ParseConfig([]byte(b)); err != nil {
+				t.Errorf("%s, yaml block %d: %v\n%s", doc, i+1, err, b)
+			}
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -18,8 +19,9 @@ import (
 // a gateway it is meant for, and native Mosquitto clients talk to it over
 // loopback. It makes a password file and checks its config with the
 // emulated binary, publishes and receives QoS 1 and QoS 2 over MQTT 3.1.1
-// and 5, reads /healthz (also through `edgemq health`) and /metrics, keeps a
-// persistent session across a SIGTERM and a restart, and exits 0 on SIGTERM.
+// and 5, reads /healthz (also through `edgemq health`) and /metrics, lives
+// through a SIGHUP, keeps a persistent session across a SIGTERM and a
+// restart, and exits 0 on SIGTERM.
 // .ci/run runs it after make dist:
 //
 //	EDGEMQ_DIST=dist go test ./cmd/edgemq -run TestEmulatedARM -v
@@ -63,6 +65,14 @@ func TestEmulatedARM(t *testing.T) {
 			}
 			if out, err := b.command("health", "-url", base+"/healthz").CombinedOutput(); err != nil {
 				t.Errorf("edgemq health: %v\n%s", err, out)
+			}
+			// systemctl reload sends SIGHUP: it must not end the broker.
+			if err := b.d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			if body := httpGet(t, base+"/healthz"); body != "ok\n" {
+				t.Errorf("/healthz after SIGHUP = %q", body)
 			}
 			b.restartKeepsSession(t)
 			t.Logf("%s: done in %.1f s", a.arch, time.Since(start).Seconds())

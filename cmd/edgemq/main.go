@@ -54,6 +54,10 @@ func main() {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	// SIGHUP is what `systemctl reload` sends (deploy/edgemq.service); by
+	// default it would end the process, which systemd then does not restart.
+	// Nothing is reloaded on it yet.
+	signal.Ignore(syscall.SIGHUP)
 	go handleSignals(sigs, cancel, os.Stderr, os.Exit)
 
 	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)

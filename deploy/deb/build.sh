@@ -7,8 +7,10 @@
 # architecture (amd64, arm64, armhf, armel); VERSION the git version
 # (v1.2.3, v1.2.3-4-gabcdef, abcdef-dirty), turned into a Debian one.
 # The package installs /usr/bin/edgemq, the systemd unit, /etc/edgemq/edgemq.yaml
-# (a conffile: an upgrade keeps the operator's edits) and the system user
-# edgemq (systemd-sysusers, or adduser where there is none).
+# (deploy/deb/edgemq.yaml, which changes no default; a conffile: an upgrade
+# keeps the operator's edits), the commented example config in
+# /usr/share/doc/edgemq, and the system user edgemq (systemd-sysusers, or
+# adduser where there is none).
 set -eu
 [ $# -eq 4 ] || { echo "usage: $0 BINARY DEBARCH VERSION OUTDIR" >&2; exit 2; }
 bin=$1 arch=$2 version=$3 out=$4
@@ -25,7 +27,8 @@ trap 'rm -rf "$root"' EXIT
 chmod 0755 "$root"
 install -D -m 0755 "$bin" "$root/usr/bin/edgemq"
 install -D -m 0644 "$deploy/edgemq.service" "$root/lib/systemd/system/edgemq.service"
-install -D -m 0644 "$deploy/edgemq.example.yaml" "$root/etc/edgemq/edgemq.yaml"
+install -D -m 0644 "$here/edgemq.yaml" "$root/etc/edgemq/edgemq.yaml"
+install -D -m 0644 "$deploy/edgemq.example.yaml" "$root/usr/share/doc/edgemq/edgemq.example.yaml"
 install -D -m 0644 "$here/sysusers.conf" "$root/usr/lib/sysusers.d/edgemq.conf"
 install -d -m 0755 "$root/DEBIAN"
 for s in postinst prerm postrm; do

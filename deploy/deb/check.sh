@@ -18,7 +18,7 @@ for deb in "$dist"/edgemq_*.deb; do
 	[ -e "$deb" ] || fail "no .deb in $dist (run make dist)"
 	n=$((n + 1))
 	contents=$(dpkg-deb --contents "$deb")
-	for f in ./usr/bin/edgemq ./lib/systemd/system/edgemq.service ./etc/edgemq/edgemq.yaml ./usr/lib/sysusers.d/edgemq.conf; do
+	for f in ./usr/bin/edgemq ./lib/systemd/system/edgemq.service ./etc/edgemq/edgemq.yaml ./usr/lib/sysusers.d/edgemq.conf ./usr/share/doc/edgemq/edgemq.example.yaml; do
 		echo "$contents" | grep -q " $f\$" || fail "$deb lacks $f"
 	done
 	[ "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles)" = /etc/edgemq/edgemq.yaml ] ||
