@@ -23,24 +23,22 @@ type systemdNotifier struct {
 	wg  sync.WaitGroup
 }
 
-// ready is the edge.Options.Ready callback; the watchdog goroutine it
-// starts stops when ctx is done, and wait waits for it.
+// ready is the edge.Options.Ready callback. It starts the goroutine that
+// pings the watchdog (when WatchdogSec is set) and says STOPPING=1 when ctx
+// is done; wait waits for it.
 func (n *systemdNotifier) ready(ctx context.Context) func(*edge.Broker) {
 	return func(b *edge.Broker) {
-		if ok, err := systemd.SdNotify(false, systemd.SdNotifyReady); err != nil {
+		ok, err := systemd.SdNotify(false, systemd.SdNotifyReady)
+		if err != nil {
 			n.log.Warn("systemd notify failed", "state", systemd.SdNotifyReady, "err", err)
-		} else if !ok {
+			return
+		}
+		if !ok {
 			return // not under systemd, or not Type=notify
 		}
-		stopping := context.AfterFunc(ctx, func() {
-			_, _ = systemd.SdNotify(false, systemd.SdNotifyStopping)
-		})
 		interval, err := systemd.SdWatchdogEnabled(false)
 		if err != nil {
 			n.log.Warn("systemd watchdog settings unreadable; watchdog not served", "err", err)
-		}
-		if interval <= 0 {
-			return
 		}
 		url := ""
 		if a := b.HTTPAddr(); a != nil {
@@ -49,8 +47,12 @@ func (n *systemdNotifier) ready(ctx context.Context) func(*edge.Broker) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			defer stopping()
-			n.watchdog(ctx, interval, url)
+			if interval > 0 {
+				n.watchdog(ctx, interval, url)
+			} else {
+				<-ctx.Done()
+			}
+			_, _ = systemd.SdNotify(false, systemd.SdNotifyStopping)
 		}()
 	}
 }
@@ -87,7 +89,7 @@ func (n *systemdNotifier) watchdog(ctx context.Context, interval time.Duration, 
 	}
 }
 
-// wait returns once the watchdog goroutine, if any, has stopped.
+// wait returns once the notifier's goroutine, if any, has stopped.
 func (n *systemdNotifier) wait() { n.wg.Wait() }
 
 // healthURL is the /healthz URL of an HTTP side bound to hostport: an
