@@ -23,10 +23,11 @@ import (
 // delivers QoS 1/2 messages itself, from the log, in place of mochi's
 // in-RAM fan-out and offline queues.
 //
-// mochi remains the protocol engine: it parses packets, writes CONNACK,
-// SUBACK and the acknowledgements of inbound messages, and answers PUBREC
-// with PUBREL. OnPublish returns CodeSuccessIgnore for every QoS 1/2 message,
-// which makes mochi acknowledge it without fanning it out. The dispatcher
+// mochi remains the protocol engine: it parses packets, writes CONNACK and
+// SUBACK, and answers PUBREL with PUBCOMP. OnPublish returns ErrRejectPacket
+// for every QoS 1/2 message it logged, so mochi neither acknowledges nor
+// fans it out: the connection's acker (store_ack.go) writes PUBACK or PUBREC
+// once the record is durable, and the store delivers it. The dispatcher
 // goroutine reads the log in order and offers each message to the queues of
 // the sessions (and shared groups) it matches; one pump goroutine per
 // connected session takes from its queues and writes to the client.
