@@ -494,6 +494,15 @@ func (w *walker) scalar(n *yaml.Node, t reflect.Type, path string) {
 	if t.Kind() == reflect.Interface {
 		return
 	}
+	if t.Kind() == reflect.Bool {
+		// Exactly true or false, quoted or not. yaml also takes YAML 1.1's
+		// yes, on, y, True..., which an operator may not mean as true.
+		if n.Value != "true" && n.Value != "false" {
+			w.errorf(n, path, "want true or false (got %s)", quoteValue(n.Value))
+			return
+		}
+		n.Tag, n.Style = "!!bool", n.Style&^(yaml.SingleQuotedStyle|yaml.DoubleQuotedStyle)
+	}
 	if k := t.Kind(); k >= reflect.Int && k <= reflect.Uintptr && t != durationType && t != byteSizeType && n.ShortTag() != "!!int" {
 		// yaml would truncate 1.5 to 1.
 		w.errorf(n, path, "want %s (got %s)", describeType(t), quoteValue(n.Value))

@@ -192,6 +192,18 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad integer", "limits:\n  max_clients: many\n", []string{`line 2: limits.max_clients: want an integer (got "many")`}},
 		{"float integer", "limits:\n  max_clients: 1.5\n", []string{`limits.max_clients: want an integer (got "1.5")`}},
 		{"bad bool", "auth:\n  allow_anonymous: sure\n", []string{`line 2: auth.allow_anonymous: want true or false (got "sure")`}},
+		// Exactly true or false: YAML 1.1's yes/on/y and other spellings
+		// would pass for true where an operator meant something else.
+		{"yes bool", "auth:\n  allow_anonymous: yes\n", []string{`line 2: auth.allow_anonymous: want true or false (got "yes")`}},
+		{"on bool", "auth:\n  allow_anonymous: on\n", []string{`line 2: auth.allow_anonymous: want true or false (got "on")`}},
+		{"y bool", "auth:\n  allow_anonymous: y\n", []string{`line 2: auth.allow_anonymous: want true or false (got "y")`}},
+		{"True bool", "auth:\n  allow_anonymous: True\n", []string{`line 2: auth.allow_anonymous: want true or false (got "True")`}},
+		{"quoted yes bool", "auth:\n  allow_anonymous: \"yes\"\n", []string{`line 2: auth.allow_anonymous: want true or false (got "yes")`}},
+		{"one bool", "auth:\n  allow_anonymous: 1\n", []string{`line 2: auth.allow_anonymous: want true or false (got "1")`}},
+		{"localhost and 127.0.0.1", "listeners:\n  - type: tcp\n    address: 127.0.0.1:1883\n  - type: ws\n    address: localhost:1883\n",
+			[]string{`line 5: listeners[1].address: already used by listeners[0] (got "localhost:1883")`}},
+		{"localhost and ::1", "listeners:\n  - type: tcp\n    address: \"[::1]:1883\"\n  - type: ws\n    address: localhost:1883\n",
+			[]string{`line 5: listeners[1].address: already used by listeners[0] (got "localhost:1883")`}},
 		{"exponent integer", "limits:\n  max_clients: 1e3\n", []string{`limits.max_clients: want an integer (got "1e3")`}},
 		{"bad size", "storage:\n  segment_size: 16 megs\n",
 			[]string{`line 2: storage.segment_size: want a size such as 1048576, "256KiB" or "1MiB" (got "16 megs")`}},

@@ -288,7 +288,13 @@ func sameAddress(a, b string) bool {
 	if err1 != nil || err2 != nil || pa == "0" || pa != pb {
 		return false
 	}
-	return ha == hb || ha == "" || hb == "" || ha == "0.0.0.0" || hb == "0.0.0.0" || ha == "::" || hb == "::"
+	// localhost binds 127.0.0.1 (and ::1 where it resolves so): the same
+	// socket as those.
+	localhost := func(h, other string) bool {
+		return h == "localhost" && (other == "127.0.0.1" || other == "::1")
+	}
+	return ha == hb || ha == "" || hb == "" || ha == "0.0.0.0" || hb == "0.0.0.0" || ha == "::" || hb == "::" ||
+		localhost(ha, hb) || localhost(hb, ha)
 }
 
 // checkTopicFilter returns why filter is not a valid MQTT topic filter, or "".

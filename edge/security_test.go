@@ -573,3 +573,17 @@ func TestLoginBusy(t *testing.T) {
 	}
 	connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "after", username: "alice", password: "pw"})
 }
+
+// TestConfigBooleans: true and false are taken quoted or not, as the only
+// spellings (the refusals are in TestParseConfigErrors).
+func TestConfigBooleans(t *testing.T) {
+	for _, doc := range []string{"auth:\n  allow_anonymous: true\n", "auth:\n  allow_anonymous: \"true\"\n", "auth:\n  allow_anonymous: 'true'\n"} {
+		cfg, err := edge.ParseConfig([]byte(doc))
+		if err != nil || !cfg.Auth.AllowAnonymous {
+			t.Errorf("%q: %v, allow_anonymous %v", doc, err, cfg.Auth.AllowAnonymous)
+		}
+	}
+	if cfg, err := edge.ParseConfig([]byte("auth:\n  allow_anonymous: \"false\"\n")); err != nil || cfg.Auth.AllowAnonymous {
+		t.Errorf("quoted false: %v %v", err, cfg.Auth.AllowAnonymous)
+	}
+}
