@@ -1,7 +1,6 @@
 package wal
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +24,13 @@ type Report struct {
 	// short by a crash. Open cuts it by itself; it is not an error.
 	TornTail *Damage
 	// Damage is everything else that is wrong. Non-empty means Check returned
-	// an error matching ErrCorrupt.
+	// an error matching ErrCorrupt. Both copies of the cursor table damaged
+	// is Damage too (Segment "cursors"): Open then starts every cursor from
+	// the first offset; Repair removes the copies.
 	Damage []Damage
+	// DurableMark is the offset up to which the cursor table says the log
+	// was fsynced: Open never cuts at or below it.
+	DurableMark uint64
 	// Repaired lists what Repair changed (empty for Check).
 	Repaired []string
 	// LostRecords is the number of records Repair turned into holes or cut.
@@ -100,6 +104,31 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 	if err != nil {
 		return rep, fmt.Errorf("wal: read %s: %w", dir, err)
 	}
+	var firstErr error
+	tabs, _, found, err := readTables(fs, dir, false)
+	if err != nil {
+		return rep, err
+	}
+	if best := newest(tabs); best >= 0 {
+		rep.DurableMark = tabs[best].mark
+	} else if found == 2 {
+		d := Damage{Segment: "cursors", Reason: "both copies of the cursor table are damaged"}
+		if repair != nil {
+			for i := 0; i < 2; i++ {
+				if err := fs.Remove(cursorPath(dir, i)); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return rep, fmt.Errorf("wal: repair cursor table: %w", err)
+				}
+			}
+			if err := fs.syncDir(dir); err != nil {
+				return rep, fmt.Errorf("wal: repair cursor table: %w", err)
+			}
+			repair.Warn("wal: removed the damaged cursor table: every cursor starts again from the first offset")
+			rep.Repaired = append(rep.Repaired, "cursor table: both copies damaged, removed (every cursor starts again from the first offset)")
+		} else {
+			rep.Damage = append(rep.Damage, d)
+			firstErr = &CorruptError{Segment: d.Segment, Reason: d.Reason}
+		}
+	}
 	var bases []uint64
 	for _, e := range ents {
 		if b, ok := parseSegmentName(e.Name()); ok && !e.IsDir() {
@@ -110,10 +139,9 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 	rep.Segments = len(bases)
 	if len(bases) == 0 {
 		rep.FirstOffset = 1
-		return rep, nil
+		return rep, firstErr
 	}
 	rep.FirstOffset = bases[0]
-	var firstErr error
 	for i, base := range bases {
 		want := int64(-1)
 		if i+1 < len(bases) {
@@ -124,9 +152,13 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 		if err != nil {
 			return rep, fmt.Errorf("wal: read segment %s: %w", segmentName(base), err)
 		}
-		sc := scanSegment(data, base, want)
-		if repair != nil && (sc.damage != nil) {
-			out, lost := repairSegment(data, base, want)
+		mark := uint64(0)
+		if want < 0 {
+			mark = rep.DurableMark
+		}
+		sc := scanSegment(data, base, want, mark)
+		if repair != nil && sc.damage != nil {
+			out, lost := repairSegment(data, base, want, mark)
 			if err := rewrite(fs, dir, path, out); err != nil {
 				return rep, fmt.Errorf("wal: repair segment %s: %w", sc.name, err)
 			}
@@ -137,7 +169,7 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 			rep.Repaired = append(rep.Repaired, msg)
 			rep.LostRecords += lost
 			data = out
-			sc = scanSegment(data, base, want)
+			sc = scanSegment(data, base, want, mark)
 		}
 		rep.Records += sc.records
 		rep.Holes += sc.holes
@@ -177,15 +209,23 @@ func readAll(fs FS, path string) ([]byte, error) {
 }
 
 // scanSegment checks every record of one segment file. want is the number
-// of records it must hold (-1: the last segment, any number).
-func scanSegment(data []byte, base uint64, want int64) segmentScan {
+// of records it must hold (-1: the last segment, any number above mark,
+// the durable mark).
+func scanSegment(data []byte, base uint64, want int64, mark uint64) segmentScan {
 	sc := segmentScan{name: segmentName(base), base: base, want: want, size: int64(len(data))}
 	off, pos := base, 0
 	for pos < len(data) && (want < 0 || int64(off-base) < want) {
 		kind, _, n, err := decodeEntry(off, data[pos:])
 		if err != nil {
+			why, torn := "", false
+			if want < 0 {
+				why, torn = tornAt(data, pos, off, mark)
+			}
 			sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Bytes: int64(len(data) - pos), Reason: err.Error()}
-			sc.torn = want < 0 && !validAfter(data, pos, off)
+			if why != "" {
+				sc.damage.Reason += ": " + why
+			}
+			sc.torn = torn
 			return sc
 		}
 		if kind == kindHole {
@@ -195,62 +235,58 @@ func scanSegment(data []byte, base uint64, want int64) segmentScan {
 		pos += n
 		off++
 	}
-	if want >= 0 && int64(sc.records) < want {
+	switch {
+	case want >= 0 && int64(sc.records) < want:
 		sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Reason: fmt.Sprintf("segment ends %d records early", want-int64(sc.records))}
-	} else if pos < len(data) {
+	case want < 0 && off <= mark:
+		sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off,
+			Reason: fmt.Sprintf("the log ends at offset %d, below offset %d, which it knew durable", off-1, mark)}
+	case pos < len(data):
 		sc.damage = &Damage{Segment: sc.name, Pos: int64(pos), Offset: off, Bytes: int64(len(data) - pos), Reason: "data after the segment's last record"}
 	}
 	return sc
 }
 
-// repairSegment rebuilds a segment: good records are kept, bad ones whose
-// length is readable become holes, and when the framing is lost the rest
-// becomes holes up to want (an older segment) or is cut (the last one).
-func repairSegment(data []byte, base uint64, want int64) (out []byte, lost uint64) {
+// repairSegment rebuilds a segment: good records are kept, and a damaged
+// stretch becomes holes up to the next valid record (resync). In an older
+// segment, when nothing valid follows, the rest becomes holes up to want.
+// In the last segment a torn end (tornAt) is cut, and holes fill the
+// offsets up to mark that the segment no longer holds, so no offset known
+// durable is ever handed out again.
+func repairSegment(data []byte, base uint64, want int64, mark uint64) (out []byte, lost uint64) {
 	off, pos := base, 0
-	keep := 0 // len(out) after the last good record (for the last segment)
-	keepOff := off
 	for pos < len(data) && (want < 0 || int64(off-base) < want) {
-		size, n := binary.Uvarint(data[pos:])
-		if n <= 0 || uint64(len(data)-pos-n) < size {
+		_, _, n, err := decodeEntry(off, data[pos:])
+		if err == nil {
+			out = append(out, data[pos:pos+n]...)
+			pos += n
+			off++
+			continue
+		}
+		if want < 0 {
+			if _, torn := tornAt(data, pos, off, mark); torn {
+				break
+			}
+		}
+		at, atOff, ok := resync(data, pos, off)
+		if !ok || (want >= 0 && int64(atOff-base) >= want) {
 			break
 		}
-		entry := data[pos : pos+n+int(size)]
-		if _, _, _, err := decodeEntry(off, entry); err == nil {
-			out = append(out, entry...)
-			keep, keepOff = len(out), off+1
-		} else {
+		for ; off < atOff; off++ {
 			out = appendEntry(out, off, kindHole, nil)
 			lost++
 		}
-		pos += len(entry)
-		off++
+		pos = at
 	}
-	if want < 0 {
-		// Nothing valid after keep: it was a torn tail, not lost records.
-		lost -= countHoles(out[keep:], keepOff)
-		return out[:keep], lost
+	end := mark
+	if want >= 0 {
+		end = base + uint64(want) - 1
 	}
-	for int64(off-base) < want {
+	for ; off <= end; off++ {
 		out = appendEntry(out, off, kindHole, nil)
 		lost++
-		off++
 	}
 	return out, lost
-}
-
-func countHoles(b []byte, off uint64) uint64 {
-	var n uint64
-	for len(b) > 0 {
-		_, _, k, err := decodeEntry(off, b)
-		if err != nil {
-			break
-		}
-		b = b[k:]
-		n++
-		off++
-	}
-	return n
 }
 
 // rewrite replaces path with data: temporary file, fsync, rename, directory

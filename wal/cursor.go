@@ -13,16 +13,23 @@ import (
 	"sync/atomic"
 )
 
-// Cursors live in a small table kept in two files, cursors.0 and cursors.1,
-// written alternately: each write goes to the file not holding the newest
-// good copy, in place, then fsyncs (one fsync, no rename, no directory
-// fsync). Each copy carries a sequence number and a CRC-32C, so a torn write
-// leaves the other copy as the answer. Concurrent commits share one write:
-// a committer that finds its change already written by another returns at
-// once (group commit for cursors). The names are not 20 digits, so
-// tidwall/wal ignores them.
+// Cursors live in a small table kept in two files, cursors.0 and cursors.1.
+// One of them holds the newest copy known durable (fsynced); every write
+// goes to the other one, in place, so a torn write, or a power cut before
+// its fsync, leaves the durable copy as the answer. Under SyncAlways each
+// write is fsynced at once and the roles swap; under the other policies
+// the same file is overwritten until an fsync makes it the durable one.
+// After a failed fsync the copy is written again, never trusted to a
+// retried fsync: the kernel may have dropped the pages the first one
+// failed to write. Each copy carries a sequence number, the log's durable
+// mark (every offset up to it was fsynced before the copy was written, so
+// Open never takes damage at or below it for a torn tail) and a CRC-32C.
+// Concurrent commits share one write: a committer that finds its change
+// already written by another returns at once (group commit for cursors).
+// The names are not 20 digits, so tidwall/wal ignores them.
 const (
-	cursorMagic   = "EMQC"
+	cursorMagic   = "EMQD" // with the durable mark
+	cursorMagicV1 = "EMQC" // before it: still read
 	maxCursorName = 255
 )
 
@@ -62,15 +69,18 @@ type cursorTable struct {
 
 	gen atomic.Uint64 // bumped after every change
 
-	fmu        sync.Mutex // guards what follows; held while writing
-	files      [2]File
-	active     int    // file holding the newest good copy
-	seq        uint64 // its sequence number
-	written    uint64 // gen of the newest write
-	synced     uint64 // gen of the newest fsynced write
-	writtenMin uint64 // smallest offset in the newest write (0: no cursors)
-	syncedMin  uint64 // smallest offset in the newest fsynced write
-	buf        []byte
+	fmu         sync.Mutex // guards what follows; held while writing
+	files       [2]File
+	durable     int    // file holding the newest fsynced copy (-1: none)
+	active      int    // file holding the newest copy written
+	seq         uint64 // its sequence number
+	written     uint64 // gen of the newest write
+	synced      uint64 // gen of the newest fsynced write
+	writtenMin  uint64 // smallest offset in the newest write (0: no cursors)
+	syncedMin   uint64 // smallest offset in the newest fsynced write
+	writtenMark uint64 // durable mark in the newest write
+	mark        uint64 // durable mark read at Open
+	buf         []byte
 }
 
 // changed marks a change of the table and returns its generation.
@@ -185,23 +195,32 @@ func (t *cursorTable) stats(first, last uint64) []CursorStats {
 	return out
 }
 
-// flush writes the table unless a write covering generation gen is done,
-// and fsyncs it if doSync and not yet synced. Concurrent callers share one
-// write: whoever holds fmu writes everything changed so far.
+// flush writes the table unless a write covering generation gen (and the
+// log's current durable mark) is done, and fsyncs it if doSync and not yet
+// synced. Concurrent callers share one write: whoever holds fmu writes
+// everything changed so far.
 func (t *cursorTable) flush(l *Log, gen uint64, doSync bool) error {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
-	if t.written < gen {
+	mark := l.syncedOff.Load()
+	if t.written < gen || (doSync && t.writtenMark < mark) {
 		cur := t.gen.Load()
 		var min uint64
-		t.buf, min = t.encode(t.buf[:0], t.seq+1)
-		next := 1 - t.active
+		t.buf, min = t.encode(t.buf[:0], t.seq+1, mark)
+		next := 1 - t.durable
+		if t.durable < 0 {
+			next = 0
+		}
 		if t.files[next] == nil {
 			f, err := l.fs.OpenFile(cursorPath(l.dir, next), os.O_CREATE|os.O_RDWR, 0o640)
 			if err != nil {
 				return ioError("open cursor table", err)
 			}
 			t.files[next] = f
+			// The new file's name must be durable before a copy in it counts.
+			if err := l.fs.syncDir(l.dir); err != nil {
+				return ioError("sync "+l.dir, err)
+			}
 		}
 		f := t.files[next]
 		if _, err := f.WriteAt(t.buf, 0); err != nil {
@@ -210,13 +229,15 @@ func (t *cursorTable) flush(l *Log, gen uint64, doSync bool) error {
 		if err := f.Truncate(int64(len(t.buf))); err != nil {
 			return ioError("write cursor table", err)
 		}
-		t.active, t.seq, t.written, t.writtenMin = next, t.seq+1, cur, min
+		t.active, t.seq, t.written, t.writtenMin, t.writtenMark = next, t.seq+1, cur, min, mark
 	}
 	if doSync && t.synced < t.written {
 		if err := t.files[t.active].Sync(); err != nil {
+			// Write the copy again next time rather than retry the fsync.
+			t.written = t.synced
 			return ioError("fsync cursor table", err)
 		}
-		t.synced, t.syncedMin = t.written, t.writtenMin
+		t.synced, t.syncedMin, t.durable = t.written, t.writtenMin, t.active
 	}
 	return nil
 }
@@ -246,9 +267,10 @@ func cursorPath(dir string, i int) string {
 	return filepath.Join(dir, fmt.Sprintf("cursors.%d", i))
 }
 
-// encode appends the table: magic, seq, count, (uvarint name length, name,
-// offset)..., CRC-32C of all that. It also returns the smallest offset.
-func (t *cursorTable) encode(dst []byte, seq uint64) ([]byte, uint64) {
+// encode appends the table: magic, seq, durable mark, count, (uvarint name
+// length, name, offset)..., CRC-32C of all that. It also returns the
+// smallest offset.
+func (t *cursorTable) encode(dst []byte, seq, mark uint64) ([]byte, uint64) {
 	var min uint64
 	t.mu.Lock()
 	names := make([]string, 0, len(t.m))
@@ -258,6 +280,7 @@ func (t *cursorTable) encode(dst []byte, seq uint64) ([]byte, uint64) {
 	sort.Strings(names)
 	dst = append(dst, cursorMagic...)
 	dst = binary.LittleEndian.AppendUint64(dst, seq)
+	dst = binary.LittleEndian.AppendUint64(dst, mark)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(names)))
 	for _, n := range names {
 		dst = binary.AppendUvarint(dst, uint64(len(n)))
@@ -274,69 +297,124 @@ func (t *cursorTable) encode(dst []byte, seq uint64) ([]byte, uint64) {
 
 var errBadTable = errors.New("bad cursor table")
 
-func decodeTable(b []byte) (seq uint64, m map[string]uint64, err error) {
-	if len(b) < 20 || string(b[:4]) != cursorMagic {
-		return 0, nil, errBadTable
+// table is one decoded copy of the cursor table.
+type table struct {
+	seq, mark uint64
+	cursors   map[string]uint64
+}
+
+func decodeTable(b []byte) (table, error) {
+	var tb table
+	if len(b) < 20 || (string(b[:4]) != cursorMagic && string(b[:4]) != cursorMagicV1) {
+		return tb, errBadTable
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if crc32.Checksum(body, castagnoli) != sum {
-		return 0, nil, errBadTable
+		return tb, errBadTable
 	}
-	seq = binary.LittleEndian.Uint64(body[4:])
-	n := binary.LittleEndian.Uint32(body[12:])
-	p := body[16:]
-	m = make(map[string]uint64, n)
+	tb.seq = binary.LittleEndian.Uint64(body[4:])
+	p := body[12:]
+	if string(b[:4]) == cursorMagic {
+		if len(p) < 12 {
+			return tb, errBadTable
+		}
+		tb.mark = binary.LittleEndian.Uint64(p)
+		p = p[8:]
+	}
+	n := binary.LittleEndian.Uint32(p)
+	p = p[4:]
+	tb.cursors = make(map[string]uint64, n)
 	for i := uint32(0); i < n; i++ {
 		ln, k := binary.Uvarint(p)
 		if k <= 0 || uint64(len(p)-k) < ln+8 {
-			return 0, nil, errBadTable
+			return tb, errBadTable
 		}
 		name := string(p[k : k+int(ln)])
-		m[name] = binary.LittleEndian.Uint64(p[k+int(ln):])
+		tb.cursors[name] = binary.LittleEndian.Uint64(p[k+int(ln):])
 		p = p[k+int(ln)+8:]
 	}
-	return seq, m, nil
+	return tb, nil
 }
 
-// load reads the newest good copy of the table.
-func (t *cursorTable) load(l *Log) error {
-	t.m = map[string]*Cursor{}
-	var best map[string]uint64
-	found, bad := 0, 0
+// readTables reads both copies of the cursor table in dir. It returns the
+// newest good one (best < 0: none) and how many files exist; files holds
+// the open files (for Open) when keep is set, else they are closed.
+func readTables(fs FS, dir string, keep bool) (tabs [2]*table, files [2]File, found int, err error) {
 	for i := 0; i < 2; i++ {
-		f, err := l.fs.OpenFile(cursorPath(l.dir, i), os.O_RDWR, 0o640)
+		f, err := fs.OpenFile(cursorPath(dir, i), os.O_RDWR, 0o640)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("wal: open cursor table: %w", err)
+			return tabs, files, found, fmt.Errorf("wal: open cursor table: %w", err)
 		}
-		t.files[i] = f
+		files[i] = f
 		found++
 		info, err := f.Stat()
 		if err != nil {
-			return fmt.Errorf("wal: stat cursor table: %w", err)
+			return tabs, files, found, fmt.Errorf("wal: stat cursor table: %w", err)
 		}
 		data := make([]byte, info.Size())
 		if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("wal: read cursor table: %w", err)
+			return tabs, files, found, fmt.Errorf("wal: read cursor table: %w", err)
 		}
-		seq, m, err := decodeTable(data)
-		if err != nil {
-			bad++
-			continue
+		if tb, err := decodeTable(data); err == nil {
+			tabs[i] = &tb
 		}
-		if best == nil || seq > t.seq {
-			best, t.seq, t.active = m, seq, i
+		if !keep {
+			f.Close()
+			files[i] = nil
 		}
 	}
-	if best == nil && bad > 0 {
+	return tabs, files, found, nil
+}
+
+// newest returns the index of the good copy with the highest sequence
+// number, or -1.
+func newest(tabs [2]*table) int {
+	best := -1
+	for i, tb := range tabs {
+		if tb != nil && (best < 0 || tb.seq > tabs[best].seq) {
+			best = i
+		}
+	}
+	return best
+}
+
+// read reads the newest good copy of the table and makes it durable (it
+// may be only in the page cache, from a process that was killed). Open
+// calls it before loading the segments, for the durable mark.
+func (t *cursorTable) read(l *Log) (map[string]uint64, error) {
+	t.durable, t.active = -1, 0
+	tabs, files, found, err := readTables(l.fs, l.dir, true)
+	t.files = files
+	if err != nil {
+		return nil, err
+	}
+	best := newest(tabs)
+	if best < 0 {
 		if found == 2 {
-			return &CorruptError{Segment: "cursors", Reason: "both copies of the cursor table are damaged"}
+			// Not a torn write: one copy is always left whole. Start from
+			// the first offset: the consumers replay, nothing is lost.
+			l.log.Error("wal: both copies of the cursor table are damaged; every cursor starts again from the first offset (edgemq check -repair removes the copies)")
+		} else if found == 1 {
+			// The very first write was torn: there was no table before it.
+			l.log.Warn("wal: cursor table damaged with no older copy; starting without cursors")
 		}
-		// The very first write was torn: there was no table before it.
-		l.log.Warn("wal: cursor table damaged with no older copy; starting without cursors")
+		return nil, nil
 	}
+	if err := t.files[best].Sync(); err != nil {
+		return nil, fmt.Errorf("wal: sync cursor table: %w", err)
+	}
+	tb := tabs[best]
+	t.seq, t.durable, t.active, t.mark = tb.seq, best, best, tb.mark
+	t.writtenMark = tb.mark
+	return tb.cursors, nil
+}
+
+// load makes the cursors read by read, once the segments are loaded.
+func (t *cursorTable) load(l *Log, best map[string]uint64) {
+	t.m = map[string]*Cursor{}
 	last := l.durable
 	for name, off := range best {
 		c := &Cursor{l: l, name: name}
@@ -347,7 +425,6 @@ func (t *cursorTable) load(l *Log) error {
 		c.off.Store(off)
 		t.m[name] = c
 	}
-	return nil
 }
 
 func (t *cursorTable) close(l *Log) error {

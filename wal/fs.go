@@ -1,8 +1,10 @@
 package wal
 
 import (
+	"errors"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 // File is what the log needs from an open file. *os.File implements it.
@@ -56,6 +58,39 @@ func (fs FS) withDefaults() FS {
 		fs.ReadDir = os.ReadDir
 	}
 	return fs
+}
+
+// mkdirDurable creates dir and its missing parents and makes their names
+// durable: it fsyncs the parent of every directory on the path, so that a
+// log created at first start (or by a process killed before its Open
+// returned) does not vanish in a power cut with everything in it. Only
+// the fsyncs of directories it created itself can fail it; the others are
+// best effort (an fsync of a clean directory costs next to nothing).
+func (fs FS) mkdirDurable(dir string) error {
+	created := map[string]bool{}
+	for d := filepath.Clean(dir); filepath.Dir(d) != d; d = filepath.Dir(d) {
+		f, err := fs.OpenFile(d, os.O_RDONLY, 0)
+		if err == nil {
+			f.Close()
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			break // let MkdirAll say what is wrong
+		}
+		created[d] = true
+	}
+	if err := fs.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	for d := filepath.Clean(dir); filepath.Dir(d) != d; d = filepath.Dir(d) {
+		if err := fs.syncDir(filepath.Dir(d)); err != nil {
+			if created[d] {
+				return err
+			}
+			break
+		}
+	}
+	return nil
 }
 
 // syncDir fsyncs a directory, so that a file created or removed in it

@@ -33,7 +33,7 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 		s := &segment{base: max(offset, 1), name: segmentName(max(offset, 1))}
-		x, _ := scanTail(data, s)
+		x, _ := scanTail(data, s, 0)
 		if x.end > int64(len(data)) {
 			t.Fatalf("scan ends at %d beyond %d bytes", x.end, len(data))
 		}
@@ -47,7 +47,7 @@ func FuzzDecode(f *testing.F) {
 			pos += m
 			off++
 		}
-		out, _ := repairSegment(data, s.base, -1)
+		out, _ := repairSegment(data, s.base, -1, 0)
 		if len(out) > len(data)+int(x.n)*8 {
 			t.Fatalf("repair grew the segment from %d to %d", len(data), len(out))
 		}

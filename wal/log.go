@@ -29,6 +29,11 @@ type Log struct {
 	smu       sync.RWMutex
 	segs      []*segment // by base; the last one is the tail
 	durable   uint64     // last durable offset: readers see up to it
+	// syncedOff is the last offset an fsync is known to cover (with the
+	// directory entries of its segments): the durable mark the cursor
+	// table records. Under SyncAlways it is durable; under the other
+	// policies it trails it.
+	syncedOff atomic.Uint64
 	durableCh chan struct{}
 	holes     []span // offsets whose append failed, since Open
 	failed    error  // sticky: see ErrFailed
@@ -61,6 +66,9 @@ type Log struct {
 	syncMu   sync.Mutex
 	synced   []*segment // segments with unsynced data (the tail included)
 	dirDirty bool       // a segment file was created since the last dir fsync
+	// syncRun is held through a whole syncFiles, so that a Sync never
+	// returns while an fsync that took its segments is still running.
+	syncRun sync.Mutex
 
 	retMu sync.Mutex // serialises retention passes
 
@@ -106,7 +114,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		done:      make(chan struct{}),
 	}
 	l.stats.init()
-	if err := l.fs.MkdirAll(dir, 0o750); err != nil {
+	if err := l.fs.mkdirDurable(dir); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
 	}
 	lock, err := lockDir(dir)
@@ -114,15 +122,24 @@ func Open(dir string, cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l.lock = lock
-	if err := l.load(); err != nil {
-		l.closeFiles()
-		return nil, err
+	curs, err := l.cursors.read(l)
+	if err == nil {
+		err = l.load()
 	}
-	if err := l.cursors.load(l); err != nil {
+	if err == nil {
+		// The tail's name, the cursor table's, and whatever else the
+		// previous process created and a crash left unsynced.
+		if derr := l.fs.syncDir(l.dir); derr != nil {
+			err = fmt.Errorf("wal: sync %s: %w", l.dir, derr)
+		}
+	}
+	if err != nil {
 		l.cursors.closeFiles()
 		l.closeFiles()
 		return nil, err
 	}
+	l.syncedOff.Store(l.durable)
+	l.cursors.load(l, curs)
 	go l.run()
 	return l, nil
 }
@@ -156,8 +173,9 @@ func (l *Log) load() error {
 		s.loaded = true
 		s.mtime.Store(time.Now().UnixNano())
 		l.segs = []*segment{s}
-		if err := l.fs.syncDir(l.dir); err != nil {
-			return fmt.Errorf("wal: sync %s: %w", l.dir, err)
+		if m := l.cursors.mark; m > 0 {
+			return &CorruptError{Segment: s.name, Offset: 1,
+				Reason: fmt.Sprintf("no segment file, but offsets up to %d were durable", m)}
 		}
 	} else {
 		for i := 0; i < len(l.segs)-1; i++ {
@@ -179,8 +197,9 @@ func (l *Log) load() error {
 	return nil
 }
 
-// loadTail reads the last segment whole, checks every record and cuts a torn
-// tail.
+// loadTail reads the last segment whole, checks every record and cuts a
+// torn tail. It never cuts at or below the durable mark the cursor table
+// holds: damage there fails Open.
 func (l *Log) loadTail(s *segment) error {
 	f, err := l.fs.OpenFile(s.path, os.O_RDWR, 0o640)
 	if err != nil {
@@ -195,7 +214,8 @@ func (l *Log) loadTail(s *segment) error {
 	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("wal: read segment %s: %w", s.name, err)
 	}
-	x, corrupt := scanTail(data, s)
+	mark := l.cursors.mark
+	x, corrupt := scanTail(data, s, mark)
 	if corrupt != nil {
 		return corrupt
 	}
@@ -208,8 +228,27 @@ func (l *Log) loadTail(s *segment) error {
 		}
 		l.stats.tornBytes.Add(int64(len(data) - end))
 	}
-	// What the previous process wrote may still be only in the page cache;
-	// from now on it is visible to readers, so make it durable first.
+	// What the previous process wrote after the mark may be only in the
+	// page cache, and from now on it is visible to readers, so make it
+	// durable first. An fsync is not enough: after an earlier fsync failed,
+	// the kernel may hold those pages clean and never write them; writing
+	// them again makes them dirty.
+	from := 0
+	if rel := mark + 1 - min(mark+1, s.base); rel >= x.n {
+		from = end
+	} else if rel > 0 {
+		startRel, start, _ := x.window(rel)
+		from = int(start)
+		for r := startRel; r < rel; r++ {
+			n, _ := entryLen(data[from:], len(data)-from)
+			from += n
+		}
+	}
+	if from < end {
+		if _, err := f.WriteAt(data[from:end], int64(from)); err != nil {
+			return fmt.Errorf("wal: rewrite segment %s: %w", s.name, err)
+		}
+	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("wal: sync segment %s: %w", s.name, err)
 	}
@@ -240,6 +279,9 @@ func (l *Log) Close() error {
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
 	err := l.closeErr
+	if err == nil && l.failure() == nil {
+		l.syncedOff.Store(l.LastOffset()) // the final fsync covered everything
+	}
 	if cerr := l.cursors.close(l); err == nil {
 		err = cerr
 	}
@@ -589,3 +631,25 @@ func (l *Log) segmentIndex(s *segment) (index, File, error) {
 
 // Dir returns the log's directory.
 func (l *Log) Dir() string { return l.dir }
+
+// Sync makes every record acknowledged before the call, and the cursor
+// table, durable: it returns after an fsync covering them. Under SyncAlways
+// acknowledged records already are, and only the cursor table may need
+// one. A checkpoint that refers to an offset calls it before writing
+// anything that depends on the log holding that offset.
+func (l *Log) Sync(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := l.failure(); err != nil {
+		return err
+	}
+	if l.cfg.Sync != SyncAlways {
+		if err := l.syncFiles(); err != nil {
+			err = ioError("sync", err)
+			l.fail(err)
+			return err
+		}
+	}
+	return l.cursors.flush(l, l.cursors.gen.Load(), true)
+}

@@ -106,3 +106,65 @@ func decodeEntry(offset uint64, b []byte) (kind byte, payload []byte, n int, err
 // maxFrame bounds a frame's length when parsing: larger lengths are damage.
 // Records are refused above Config.MaxRecordSize, which is at most this.
 const maxFrame = 1 << 30
+
+// resyncBudget bounds the bytes resync checksums: past it, resync gives up
+// and the damage counts as reaching the end of the file.
+const resyncBudget = 64 << 20
+
+// resync looks for the first valid entry after the invalid one at pos (of
+// offset off): the entry of some later offset off+k at some later position.
+// The CRC covers the offset, so a match is the real entry, not a stale or
+// shifted one (with the odds of a CRC-32C collision, 2^-32 per try). k is
+// at most the number of entries that fit between, so a match never
+// skips more offsets than bytes allow. It returns the position and offset
+// found, or ok false.
+func resync(data []byte, pos int, off uint64) (at int, atOff uint64, ok bool) {
+	spent := 0
+	for p := pos + 1; p < len(data); p++ {
+		size, n := binary.Uvarint(data[p:])
+		if n <= 0 || size < frameHeader || size > uint64(len(data)-p-n) {
+			continue
+		}
+		kind := data[p+n+4]
+		if kind != kindRecord && (kind != kindHole || size != frameHeader) {
+			continue
+		}
+		skipped := uint64(p-pos)/uint64(entrySize(0)) + 1
+		for k := uint64(1); k <= skipped; k++ {
+			if spent += int(size); spent > resyncBudget {
+				return 0, 0, false
+			}
+			if _, _, _, err := decodeEntry(off+k, data[p:]); err == nil {
+				return p, off + k, true
+			}
+		}
+	}
+	return 0, 0, false
+}
+
+// zeroSector reports whether a 512-byte disk sector overlapping
+// data[from:to] is all zeros from max(from, its start) to its end (or to
+// the end of data): the mark of a sector a power cut did not let reach the
+// disk (a lost sector past the old end of a file reads as zeros). The log
+// never writes a zero length prefix, and a record of zeros spanning a whole
+// sector from exactly there is rare enough to count as torn.
+func zeroSector(data []byte, from, to int) bool {
+	const sector = 512
+	for s := from - from%sector; s < to; s += sector {
+		lo, hi := max(s, from), min(s+sector, len(data))
+		if lo >= hi {
+			continue
+		}
+		zero := true
+		for _, b := range data[lo:hi] {
+			if b != 0 {
+				zero = false
+				break
+			}
+		}
+		if zero {
+			return true
+		}
+	}
+	return false
+}

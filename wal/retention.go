@@ -20,6 +20,14 @@ import (
 // The tail is never removed. A removed segment with unsynced data is simply
 // not fsynced any more: its records are no longer needed. With no
 // cursors and no limits the log keeps everything.
+//
+// Segments go oldest first, and the directory is fsynced after each unlink:
+// a power cut must never keep the unlink of a segment while losing that of
+// an older one, or the older one would seem to hold the offsets of the
+// missing ones. An unlink lost by a power cut only brings back the oldest
+// segments, whole (every segment but the tail is fsynced before its
+// successor exists), which the next pass removes again. One directory fsync
+// per removed segment is cheap next to the segment's own writes.
 
 // retain runs a retention pass; need > 0 asks for that many bytes of room
 // under MaxBytes. It returns whether the room is there.
@@ -77,26 +85,30 @@ func (l *Log) oldest() (*segment, uint64, bool) {
 
 // removeFront removes segment s, the first one, whose records end before next.
 func (l *Log) removeFront(s *segment, next uint64, reason string) error {
-	l.smu.Lock()
-	if len(l.segs) < 2 || l.segs[0] != s {
-		l.smu.Unlock()
+	l.smu.RLock()
+	first := len(l.segs) >= 2 && l.segs[0] == s
+	l.smu.RUnlock()
+	if !first {
 		return nil
 	}
-	l.segs = l.segs[1:]
-	l.holes = slices.DeleteFunc(l.holes, func(h span) bool { return h.to < next })
-	l.smu.Unlock()
-
 	lost, _ := l.cursors.advance(next)
 	if lost > 0 {
+		// The cursors' new positions must be durable before the records
+		// they skip are gone: abort the removal if they are not (the
+		// cursors stay moved in memory; the segment stays on disk).
+		if err := l.cursors.flush(l, l.cursors.changed(), l.cfg.Sync != SyncNever); err != nil {
+			return fmt.Errorf("cursor table: %w", err)
+		}
 		l.stats.dropped.Add(lost)
 		l.log.Warn("wal: removed records a cursor still needed", "segment", s.name,
 			"reason", reason, "records", lost, "first_offset", next)
-		if err := l.cursors.flush(l, l.cursors.changed(), l.cfg.Sync != SyncNever); err != nil {
-			l.log.Error("wal: cursor table", "err", err)
-		}
 	} else {
 		l.log.Info("wal: removed segment", "segment", s.name, "reason", reason, "first_offset", next)
 	}
+	l.smu.Lock()
+	l.segs = l.segs[1:] // retMu keeps s first
+	l.holes = slices.DeleteFunc(l.holes, func(h span) bool { return h.to < next })
+	l.smu.Unlock()
 	s.mu.Lock()
 	s.removed = true
 	if s.f != nil {
@@ -112,6 +124,10 @@ func (l *Log) removeFront(s *segment, next uint64, reason string) error {
 	// and the next Open sees an older first segment, which is harmless.
 	if err := l.fs.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", s.name, err)
+	}
+	if err := l.fs.syncDir(l.dir); err != nil {
+		// The next removal must not overtake this one: stop the pass.
+		return fmt.Errorf("sync %s after removing %s: %w", l.dir, s.name, err)
 	}
 	return nil
 }

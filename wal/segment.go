@@ -1,7 +1,6 @@
 package wal
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -150,16 +149,17 @@ func errOr(err, def error) error {
 
 // scanTail checks every record of a whole tail segment file and returns the
 // index of the valid ones; x.end is where they end. corrupt is non-nil when
-// valid records follow invalid data, which is not a torn tail but damage
-// inside the log.
-func scanTail(data []byte, s *segment) (x index, corrupt *CorruptError) {
+// the invalid data after them is damage rather than a torn tail (see
+// tornAt), or when the segment ends at or below mark, the offset the log
+// knew durable.
+func scanTail(data []byte, s *segment, mark uint64) (x index, corrupt *CorruptError) {
 	off := s.base
 	pos := 0
 	for pos < len(data) {
 		_, _, n, err := decodeEntry(off, data[pos:])
 		if err != nil {
-			if validAfter(data, pos, off) {
-				return x, &CorruptError{Segment: s.name, Pos: int64(pos), Offset: off, Reason: err.Error()}
+			if why, torn := tornAt(data, pos, off, mark); !torn {
+				return x, &CorruptError{Segment: s.name, Pos: int64(pos), Offset: off, Reason: err.Error() + ": " + why}
 			}
 			break
 		}
@@ -167,30 +167,31 @@ func scanTail(data []byte, s *segment) (x index, corrupt *CorruptError) {
 		pos += n
 		off++
 	}
+	if off <= mark {
+		return x, &CorruptError{Segment: s.name, Pos: int64(pos), Offset: off,
+			Reason: fmt.Sprintf("the log ends at offset %d, below offset %d, which it knew durable", off-1, mark)}
+	}
 	return x, nil
 }
 
-// validAfter reports whether a valid record follows the invalid entry at pos,
-// walking the length prefixes as they are: if the damage left the lengths
-// intact (a flipped payload bit), the next records still check out and the
-// damage is in the middle of the log, not at a torn tail. Zero fill and a
-// cut-off write never produce a valid record after them, because the CRC
-// covers the expected offset.
-func validAfter(data []byte, pos int, off uint64) bool {
-	first := true
-	for pos < len(data) {
-		size, n := binary.Uvarint(data[pos:])
-		if n <= 0 || uint64(len(data)-pos-n) < size {
-			return false
-		}
-		if !first && size >= frameHeader {
-			if _, _, _, err := decodeEntry(off, data[pos:]); err == nil {
-				return true
-			}
-		}
-		first = false
-		pos += n + int(size)
-		off++
+// tornAt tells a torn tail from damage, for the invalid entry at pos (of
+// offset off) in the last segment: torn means what a power cut or a crash
+// in the middle of a write leaves, which Open may cut; damage is never cut.
+// It is damage when the entry is at or below mark (the log knew it durable:
+// a torn write cannot have taken it) or when valid entries follow it (found
+// by resync) with no sign of a lost sector between (zeroSector): a write cut
+// short leaves nothing valid after it, and sectors lost out of order leave
+// zeros. why says which.
+func tornAt(data []byte, pos int, off, mark uint64) (why string, torn bool) {
+	if off <= mark {
+		return fmt.Sprintf("offset %d was durable", mark), false
 	}
-	return false
+	at, atOff, ok := resync(data, pos, off)
+	if !ok {
+		return "", true
+	}
+	if zeroSector(data, pos, at) {
+		return "", true
+	}
+	return fmt.Sprintf("valid record of offset %d follows at byte %d", atOff, at), false
 }

@@ -34,7 +34,9 @@ func (l *Log) run() {
 			if syncDone != nil {
 				<-syncDone
 			}
-			if err := l.syncFiles(); err != nil {
+			if err := l.failure(); err != nil {
+				l.closeErr = err
+			} else if err := l.syncFiles(); err != nil {
 				l.stats.syncErrors.Add(1)
 				l.closeErr = fmt.Errorf("wal: fsync at close: %w", err)
 			}
@@ -50,15 +52,15 @@ func (l *Log) syncLoop(done chan struct{}) {
 	defer close(done)
 	t := time.NewTicker(l.cfg.SyncInterval)
 	defer t.Stop()
-	var errLog rateLimit
 	for {
 		select {
 		case <-t.C:
+			if l.failure() != nil {
+				continue
+			}
 			if err := l.syncFiles(); err != nil {
 				l.stats.syncErrors.Add(1)
-				if n, ok := errLog.allow(time.Now()); ok {
-					l.log.Error("wal: periodic fsync failed; will retry", "err", err, "similar_errors_not_logged", n)
-				}
+				l.fail(err)
 			}
 		case <-l.stop:
 			return
@@ -175,7 +177,8 @@ func (l *Log) writeBatch(b *batch) {
 	var chunks []chunk
 	// Start a new segment at the batch boundary rather than splitting the
 	// batch, so that the finished segment was already fsynced by the
-	// batches before (under SyncAlways) and the roll costs no extra fsync.
+	// batches before (under SyncAlways) and the roll costs no extra fsync
+	// there.
 	if t := l.tail; t.size.Load() > 0 && t.size.Load()+int64(len(buf)) > l.cfg.SegmentSize && int64(len(buf)) <= l.cfg.SegmentSize {
 		if err := l.roll(first); err != nil {
 			l.rollback(prevTail, created, first, last, fmt.Errorf("create segment: %w", err))
@@ -222,6 +225,7 @@ func (l *Log) writeBatch(b *batch) {
 			l.rollback(prevTail, created, first, last, err)
 			return
 		}
+		l.syncedOff.Store(last)
 	}
 	l.publish(chunks, prevTail, last, len(b.sizes), len(b.buf))
 	l.qmu.Lock()
@@ -232,10 +236,27 @@ func (l *Log) writeBatch(b *batch) {
 	}
 }
 
-// roll starts a new tail segment whose first offset is base. It does not
-// fsync the old tail: under SyncAlways the batch's fsync covers it, under
-// SyncInterval the next tick does, so a roll never stalls the writer.
+// roll starts a new tail segment whose first offset is base. It first
+// fsyncs the old tail if it has unsynced data (under SyncAlways only when a
+// batch larger than the room left spans both; under the other policies at
+// every roll): a segment's successor must never have a durable name while
+// the segment itself can still be torn, or a power cut would leave records
+// missing in the middle of the log. An fsync that fails there under the
+// other policies loses acknowledged records: the log fails (ErrFailed).
 func (l *Log) roll(base uint64) error {
+	old := l.tail
+	old.mu.Lock()
+	dirty := old.unsynced
+	old.mu.Unlock()
+	if dirty {
+		if err := l.syncFiles(); err != nil {
+			l.stats.syncErrors.Add(1)
+			if l.cfg.Sync != SyncAlways {
+				l.fail(err)
+			}
+			return err
+		}
+	}
 	s := newSegment(l.dir, base)
 	f, err := l.fs.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
 	if err != nil {
@@ -262,6 +283,25 @@ func (l *Log) roll(base uint64) error {
 	return nil
 }
 
+// fail stops the log taking appends after an fsync failed under a policy
+// that acknowledged the data before it: the kernel may have dropped the
+// pages it could not write and report success to a retry, so nothing
+// written since the last good fsync can be trusted to be on disk. Open
+// writes the tail again (see loadTail).
+func (l *Log) fail(cause error) {
+	l.smu.Lock()
+	first := l.failed == nil
+	if first {
+		l.failed = fmt.Errorf("%w: %w", ErrFailed, cause)
+		close(l.durableCh)
+		l.durableCh = make(chan struct{})
+	}
+	l.smu.Unlock()
+	if first {
+		l.log.Error("wal: fsync failed; records written since the last good fsync may not be on disk; the log takes no more appends until reopened", "err", cause)
+	}
+}
+
 // markDirty records that s has data to fsync.
 func (l *Log) markDirty(s *segment) {
 	s.mu.Lock()
@@ -276,16 +316,23 @@ func (l *Log) markDirty(s *segment) {
 }
 
 // syncFiles fsyncs every segment with unsynced data, then the directory if
-// a segment was created. The writer calls it (SyncAlways, Close), or the
-// sync goroutine (SyncInterval) while the writer writes: a segment is marked
-// clean before its fsync, so a write during the fsync marks it again.
+// a segment was created, and moves syncedOff up to what was published when
+// it began. The writer calls it (SyncAlways, a roll, Close), or the sync
+// goroutine and Sync (the other policies) while the writer writes: a
+// segment is marked clean before its fsync, so a write during the fsync
+// marks it again. A segment whose fsync failed is marked again too, but see
+// fail: under the policies that acknowledge before the fsync, a retry is
+// not to be trusted.
 func (l *Log) syncFiles() error {
+	l.syncRun.Lock()
+	defer l.syncRun.Unlock()
+	upto := l.LastOffset()
 	l.syncMu.Lock()
 	list, dir := l.synced, l.dirDirty
 	l.synced, l.dirDirty = nil, false
 	l.syncMu.Unlock()
 	var err error
-	for i, s := range list {
+	for _, s := range list {
 		s.mu.Lock()
 		f, removed := s.f, s.removed
 		s.unsynced = false
@@ -299,12 +346,12 @@ func (l *Log) syncFiles() error {
 			removed = s.removed // retention closed it meanwhile
 			s.mu.Unlock()
 			if !removed {
-				err = fmt.Errorf("fsync segment %s: %w", s.name, serr)
-				for _, r := range list[i:] {
-					l.markDirty(r) // retry later
+				if err == nil {
+					err = fmt.Errorf("fsync segment %s: %w", s.name, serr)
 				}
-				break
+				l.markDirty(s)
 			}
+			continue
 		}
 		d := time.Since(start)
 		l.stats.fsyncs.Add(1)
@@ -320,6 +367,9 @@ func (l *Log) syncFiles() error {
 		l.syncMu.Lock()
 		l.dirDirty = true
 		l.syncMu.Unlock()
+	}
+	if err == nil && upto > l.syncedOff.Load() {
+		l.syncedOff.Store(upto)
 	}
 	return err
 }

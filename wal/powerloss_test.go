@@ -1,0 +1,460 @@
+package wal_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/wal"
+)
+
+var (
+	powerSeed  = flag.Uint64("wal.powerseed", 0, "seed of the power-loss test (0: a fixed one)")
+	powerLong  = flag.Bool("wal.powerlong", false, "power-loss test: every crash point, more states per point, fsync EIO at every fsync")
+	powerCases = flag.Int("wal.powerstates", 0, "power-loss test: random states per crash point (0: 3, or 12 with -wal.powerlong)")
+)
+
+// powerRun is one run of the power-loss workload: what it did, and the
+// states a crash could leave at each crash point.
+type powerRun struct {
+	pol wal.SyncPolicy
+	dir string
+
+	mu       sync.Mutex
+	acked    []ackedRec          // Append returned nil
+	known    map[uint64]uint64   // offset -> payload id, every offset handed out
+	syncs    []span              // Log.Sync calls that returned nil: ops before the call, ops after
+	commits  []commitRec         // cursor commits (and creations) that returned nil
+	points   []crashPoint        // states at the crash points
+	cursors  map[string]bool     // every cursor name used
+	appendEr map[string]int      // append errors by text, for the log
+}
+
+type ackedRec struct {
+	off, id uint64
+	pos     int // operations done when Append returned
+}
+
+type commitRec struct {
+	name       string
+	value      uint64
+	pos        int
+	creation   bool
+	syncedFrom bool
+}
+
+type span struct{ from, to int }
+
+type crashPoint struct {
+	pos   int
+	state *simFS
+	label string
+}
+
+// required returns the records and cursor positions that must survive a
+// power cut at pos: under "always" what was acknowledged before it; under
+// "interval" what was acknowledged before a Log.Sync that returned before it.
+func (r *powerRun) required(pos int) (recs []ackedRec, curs map[string]uint64) {
+	limit := pos
+	if r.pol != wal.SyncAlways {
+		limit = -1
+		for _, s := range r.syncs {
+			if s.to <= pos && s.from > limit {
+				limit = s.from
+			}
+		}
+	}
+	for _, a := range r.acked {
+		if a.pos <= limit {
+			recs = append(recs, a)
+		}
+	}
+	curs = map[string]uint64{}
+	for _, c := range r.commits {
+		if c.pos <= limit || (c.creation && c.pos <= pos) {
+			curs[c.name] = max(curs[c.name], c.value)
+		}
+	}
+	return recs, curs
+}
+
+func powerConfig(fs wal.FS, pol wal.SyncPolicy) wal.Config {
+	cfg := testConfig()
+	cfg.Sync = pol
+	cfg.SyncInterval = 2 * time.Millisecond
+	cfg.SegmentSize = 4 << 10
+	cfg.RetentionCheck = 3 * time.Millisecond
+	cfg.FS = fs
+	return cfg
+}
+
+// runPowerWorkload runs three appenders (one of them appends a batch larger
+// than a segment), a consumer committing two cursors (one created midway),
+// retention removing what the cursors passed, and under "interval" a
+// Log.Sync now and then, on a simFS that takes a state at every crash point:
+// before and after every fsync, and every sample-th other operation.
+func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *powerRun {
+	t.Helper()
+	root := t.TempDir()
+	r := &powerRun{pol: pol, dir: filepath.Join(root, "data", "log"), known: map[uint64]uint64{},
+		cursors: map[string]bool{}, appendEr: map[string]int{}}
+	sim := newSimFS(root)
+	sim.failSync = failSync
+	take := func(label string) {
+		r.points = append(r.points, crashPoint{pos: sim.ops, state: sim.cloneLocked(), label: label})
+	}
+	sim.onSync = func(before bool) {
+		if failSync > 0 && !sim.failed && sim.syncs+1 < failSync {
+			return // only the states after the injected failure matter
+		}
+		if before {
+			take("before fsync")
+		} else {
+			take("after fsync")
+		}
+	}
+	sim.onOp = func() {
+		if failSync > 0 && !sim.failed {
+			return
+		}
+		if sim.ops%sample == 0 {
+			take("between fsyncs")
+		}
+	}
+	ops := func() int {
+		sim.mu.Lock()
+		defer sim.mu.Unlock()
+		return sim.ops
+	}
+	l, err := wal.Open(r.dir, powerConfig(sim.fs(), pol))
+	if err != nil {
+		if failSync > 0 {
+			t.Logf("open with fsync %d failing: %v", failSync, err)
+			return r
+		}
+		t.Fatalf("open: %v", err)
+	}
+	ctx := context.Background()
+	commit := func(c *wal.Cursor, v uint64) {
+		if v <= c.Offset() {
+			return
+		}
+		if err := c.Commit(v); err == nil {
+			r.mu.Lock()
+			r.commits = append(r.commits, commitRec{name: c.Name(), value: v, pos: ops()})
+			r.mu.Unlock()
+		}
+	}
+	cursor := func(name string, from uint64) *wal.Cursor {
+		c, err := l.CursorFrom(name, from)
+		if err != nil {
+			return nil
+		}
+		r.mu.Lock()
+		r.cursors[name] = true
+		r.commits = append(r.commits, commitRec{name: name, value: c.Offset(), pos: ops(), creation: true})
+		r.mu.Unlock()
+		return c
+	}
+	var wg, appenders sync.WaitGroup
+	stop := make(chan struct{})
+	for w := uint64(0); w < 3; w++ {
+		appenders.Add(1)
+		go func() {
+			defer appenders.Done()
+			for i := uint64(0); i < 30; i++ {
+				n := 1 + int(i%3)
+				if w == 0 && i == 12 {
+					n = 28 // about 6 KiB: larger than a segment
+				}
+				recs := make([][]byte, n)
+				ids := make([]uint64, n)
+				for k := range recs {
+					ids[k] = w<<40 | i<<8 | uint64(k)
+					recs[k] = payload(ids[k])
+				}
+				off, err := l.Append(ctx, recs...)
+				p := ops()
+				r.mu.Lock()
+				if err != nil {
+					r.appendEr[err.Error()]++
+				} else {
+					for k := range recs {
+						r.acked = append(r.acked, ackedRec{off: off + uint64(k), id: ids[k], pos: p})
+						r.known[off+uint64(k)] = ids[k]
+					}
+				}
+				r.mu.Unlock()
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c1 := cursor("reader", 0)
+		var c2 *wal.Cursor
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			last := l.LastOffset()
+			if c1 != nil && last > 40 {
+				commit(c1, last-40)
+			}
+			if i == 15 {
+				c2 = cursor("late", last+1)
+			}
+			if c2 != nil && last > 20 {
+				commit(c2, last-20)
+			}
+			if pol != wal.SyncAlways && i%3 == 0 {
+				from := ops()
+				if err := l.Sync(ctx); err == nil {
+					r.mu.Lock()
+					r.syncs = append(r.syncs, span{from, ops()})
+					r.mu.Unlock()
+				}
+			}
+		}
+	}()
+	appenders.Wait()
+	close(stop)
+	wg.Wait()
+	if pol != wal.SyncAlways {
+		from := ops()
+		if err := l.Sync(ctx); err == nil {
+			r.syncs = append(r.syncs, span{from, ops()})
+		}
+	}
+	if err := l.Close(); err != nil && failSync == 0 {
+		t.Fatalf("close: %v", err)
+	}
+	take("after close")
+	return r
+}
+
+// checkPowerState opens the log in st and checks it against what the
+// workload was told before pos. It returns what is wrong, or nil.
+func (r *powerRun) checkPowerState(st *simFS, pos int) error {
+	recs, curs := r.required(pos)
+	if _, err := st.readDir(r.dir); err != nil && len(recs) == 0 && len(curs) == 0 {
+		// The log's directory never became durable, and nothing needed it
+		// to. Open creates it.
+	} else if rep, err := wal.CheckFS(r.dir, st.fs()); err != nil {
+		return fmt.Errorf("check before open: %v (report %+v)", err, rep)
+	}
+	cfg := powerConfig(st.fs(), wal.SyncAlways)
+	l, err := wal.Open(r.dir, cfg)
+	if err != nil {
+		return fmt.Errorf("open: %v", err)
+	}
+	defer func() {
+		if l != nil {
+			l.Close()
+		}
+	}()
+	if err := r.verify(l, recs, curs); err != nil {
+		return err
+	}
+	off, err := l.Append(context.Background(), payload(1<<62))
+	if err != nil {
+		return fmt.Errorf("append after recovery: %v", err)
+	}
+	// A power cut right after that append returned.
+	after := st.materialise(cutNone, nil)
+	err = l.Close()
+	l = nil
+	if err != nil {
+		return fmt.Errorf("close after recovery: %v", err)
+	}
+	if rep, err := wal.CheckFS(r.dir, st.fs()); err != nil || rep.TornTail != nil {
+		return fmt.Errorf("check after close: %v (report %+v)", err, rep)
+	}
+	l2, err := wal.Open(r.dir, powerConfig(after.fs(), wal.SyncAlways))
+	if err != nil {
+		return fmt.Errorf("reopen after a power cut after recovery: %v", err)
+	}
+	defer l2.Close()
+	if got, err := l2.Read(off); err != nil || !bytes.Equal(got, payload(1<<62)) {
+		return fmt.Errorf("append after recovery at %d lost by a power cut: %q %v", off, got, err)
+	}
+	return r.verify(l2, recs, curs)
+}
+
+func (r *powerRun) verify(l *wal.Log, recs []ackedRec, curs map[string]uint64) error {
+	names := l.Cursors()
+	// A record retention removed is fine if every cursor is past it.
+	var minCursor uint64
+	for i, name := range names {
+		c, _ := l.Cursor(name)
+		if o := c.Offset(); i == 0 || o < minCursor {
+			minCursor = o
+		}
+	}
+	for _, a := range recs {
+		got, err := l.Read(a.off)
+		if errors.Is(err, wal.ErrTruncated) && len(names) > 0 && minCursor > a.off {
+			continue
+		}
+		if err != nil || !bytes.Equal(got, payload(a.id)) {
+			return fmt.Errorf("acknowledged offset %d (id %#x, acknowledged at op %d): %.20q %v (log %d..%d)",
+				a.off, a.id, a.pos, got, err, l.FirstOffset(), l.LastOffset())
+		}
+	}
+	seen := map[string]uint64{}
+	for off := l.FirstOffset(); off <= l.LastOffset(); off++ {
+		got, err := l.Read(off)
+		if errors.Is(err, wal.ErrNotFound) || (errors.Is(err, wal.ErrTruncated) && off < l.FirstOffset()) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("offset %d: %v", off, err)
+		}
+		if !wellFormed(got) {
+			return fmt.Errorf("offset %d: not a record the workload wrote: %.20q", off, got)
+		}
+		if id, ok := r.known[off]; ok && !bytes.Equal(got, payload(id)) && !bytes.Equal(got, payload(1<<62)) {
+			return fmt.Errorf("offset %d: %.20q, want id %#x", off, got, id)
+		}
+		if prev, dup := seen[string(got)]; dup {
+			return fmt.Errorf("offsets %d and %d hold the same record", prev, off)
+		}
+		seen[string(got)] = off
+	}
+	for name, v := range curs {
+		if i := sort.SearchStrings(names, name); i == len(names) || names[i] != name {
+			return fmt.Errorf("cursor %s lost (committed to %d); cursors %v", name, v, names)
+		}
+		c, _ := l.Cursor(name)
+		if c.Offset() < v {
+			return fmt.Errorf("cursor %s at %d, committed to %d", name, c.Offset(), v)
+		}
+	}
+	for _, name := range names {
+		c, _ := l.Cursor(name)
+		if o := c.Offset(); o < l.FirstOffset() || o > l.LastOffset()+1 {
+			return fmt.Errorf("cursor %s at %d, outside the log %d..%d", name, o, l.FirstOffset(), l.LastOffset())
+		}
+	}
+	return nil
+}
+
+var digits = regexp.MustCompile(`[0-9]+|"[^"]*"|/tmp/[^ :]*`)
+
+// checkPowerRun checks every crash point of a run: the state a kill -9
+// leaves there, the one a power cut that keeps nothing unsynced leaves, and
+// states random subsets of the unsynced operations leave.
+func checkPowerRun(t *testing.T, r *powerRun, seed uint64, states, every int) (checked int) {
+	t.Helper()
+	fails := 0
+	kinds := map[string]int{}
+	for i, p := range r.points {
+		if every > 1 && i%every != 0 && i != len(r.points)-1 {
+			continue
+		}
+		rng := rand.New(rand.NewPCG(seed, uint64(i)))
+		try := func(mode cutMode, k int) {
+			var st *simFS
+			if mode == cutAll {
+				st = p.state.clone() // kill -9: the page cache survives
+			} else {
+				st = p.state.materialise(mode, rng)
+			}
+			checked++
+			if err := r.checkPowerState(st, p.pos); err != nil {
+				fails++
+				kind := digits.ReplaceAllString(err.Error(), "N")
+				kinds[kind]++
+				if kinds[kind] == 1 {
+					t.Errorf("%s, seed %d, crash point %d (%s, op %d), %s %d: %v",
+						r.pol, seed, i, p.label, p.pos, [...]string{"power cut keeping nothing unsynced", "kill -9", "power cut keeping some"}[mode], k, err)
+				}
+			}
+		}
+		try(cutAll, 0)
+		try(cutNone, 0)
+		for k := 0; k < states; k++ {
+			try(cutRandom, k)
+		}
+	}
+	if fails > 0 {
+		t.Errorf("%d failing states in all, %d kinds", fails, len(kinds))
+	}
+	return checked
+}
+
+// TestPowerLoss runs the workload under "always" and "interval" on a file
+// system that keeps what a power cut keeps, and checks the states a crash
+// could leave at every fsync (and between): Open succeeds, every record
+// acknowledged (under "interval": covered by a Log.Sync) before the cut
+// reads back exactly, nothing else reads back as data, cursors are within
+// the log and no lower than committed, Check reports no damage, and an
+// append after recovery survives a second power cut.
+func TestPowerLoss(t *testing.T) {
+	seed := *powerSeed
+	if seed == 0 {
+		seed = 1
+	}
+	states := 3
+	every := 2
+	if *powerLong {
+		states, every = 12, 1
+	}
+	if *powerCases > 0 {
+		states = *powerCases
+	}
+	for _, pol := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncInterval} {
+		t.Run(string(pol), func(t *testing.T) {
+			r := runPowerWorkload(t, pol, 0, 7)
+			n := checkPowerRun(t, r, seed, states, every)
+			t.Logf("%d records acknowledged, %d crash points, %d states checked, append errors %v",
+				len(r.acked), len(r.points), n, r.appendEr)
+		})
+	}
+}
+
+// TestPowerLossFsyncEIO makes one fsync fail with EIO, and the kernel drop
+// that file's dirty pages (a retried fsync then succeeds with the data
+// gone: PostgreSQL's "fsyncgate"), then checks the crash states after it as
+// TestPowerLoss does.
+func TestPowerLossFsyncEIO(t *testing.T) {
+	seed := *powerSeed
+	if seed == 0 {
+		seed = 1
+	}
+	for _, pol := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncInterval} {
+		t.Run(string(pol), func(t *testing.T) {
+			// Count the file fsyncs of a clean run.
+			total := 0
+			{
+				r := runPowerWorkload(t, pol, 0, 1<<30)
+				for _, p := range r.points {
+					if p.label == "after fsync" {
+						total++
+					}
+				}
+			}
+			step := max(1, total/6)
+			if *powerLong {
+				step = 1
+			}
+			for k := 2; k <= total; k += step {
+				t.Run(fmt.Sprint(k), func(t *testing.T) {
+					r := runPowerWorkload(t, pol, k, 1<<30)
+					checkPowerRun(t, r, seed, 1, 4)
+				})
+			}
+		})
+	}
+}
