@@ -26,9 +26,9 @@ type Log struct {
 	log  *slog.Logger
 
 	// smu guards the segment list and the durable state.
-	smu       sync.RWMutex
-	segs      []*segment // by base; the last one is the tail
-	durable   uint64     // last durable offset: readers see up to it
+	smu     sync.RWMutex
+	segs    []*segment // by base; the last one is the tail
+	durable uint64     // last durable offset: readers see up to it
 	// syncedOff is the last offset an fsync is known to cover (with the
 	// directory entries of its segments): the durable mark the cursor
 	// table records. Under SyncAlways it is durable; under the other

@@ -30,13 +30,13 @@ type powerRun struct {
 	dir string
 
 	mu       sync.Mutex
-	acked    []ackedRec          // Append returned nil
-	known    map[uint64]uint64   // offset -> payload id, every offset handed out
-	syncs    []span              // Log.Sync calls that returned nil: ops before the call, ops after
-	commits  []commitRec         // cursor commits (and creations) that returned nil
-	points   []crashPoint        // states at the crash points
-	cursors  map[string]bool     // every cursor name used
-	appendEr map[string]int      // append errors by text, for the log
+	acked    []ackedRec        // Append returned nil
+	known    map[uint64]uint64 // offset -> payload id, every offset handed out
+	syncs    []span            // Log.Sync calls that returned nil: ops before the call, ops after
+	commits  []commitRec       // cursor commits (and creations) that returned nil
+	points   []crashPoint      // states at the crash points
+	cursors  map[string]bool   // every cursor name used
+	appendEr map[string]int    // append errors by text, for the log
 }
 
 type ackedRec struct {

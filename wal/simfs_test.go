@@ -33,12 +33,12 @@ type simFS struct {
 	root string
 
 	// Tracing (nil hooks: a plain file system).
-	ops      int                 // mutating operations so far
-	onSync   func(before bool)   // called around every fsync, under mu
-	onOp     func()              // called after every other mutating operation, under mu
-	syncs    int                 // file fsyncs so far
-	failSync int                 // this file fsync (1-based) fails with EIO and drops the file's dirty pages
-	failed   bool                // failSync happened
+	ops      int               // mutating operations so far
+	onSync   func(before bool) // called around every fsync, under mu
+	onOp     func()            // called after every other mutating operation, under mu
+	syncs    int               // file fsyncs so far
+	failSync int               // this file fsync (1-based) fails with EIO and drops the file's dirty pages
+	failed   bool              // failSync happened
 }
 
 type simObj struct {
