@@ -125,6 +125,7 @@ func buildIndex(f File, s *segment, size int64) (index, error) {
 		if err == nil && int64(n) > need {
 			need = int64(n)
 		}
+		need = min(need, size-filled) // a small segment needs no 1 MiB buffer
 		nb := make([]byte, len(buf), int64(len(buf))+need)
 		copy(nb, buf)
 		m, rerr := f.ReadAt(nb[len(nb):cap(nb)], filled)

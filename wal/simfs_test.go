@@ -241,6 +241,24 @@ func (f *simFile) writeAt(p []byte, off int64) {
 	f.mtime = time.Now()
 }
 
+// flush is a successful fsync: the dirty sectors and the size reach the
+// disk. Only those: sectors whose pages an earlier failed fsync dropped
+// stay as the disk has them.
+func (f *simFile) flush() {
+	size := int64(len(f.vol))
+	dur := make([]byte, size)
+	copy(dur, f.dur)
+	for sec := range f.dirty {
+		from, to := sec*sectorSize, min((sec+1)*sectorSize, size)
+		if from < to {
+			copy(dur[from:to], f.vol[from:to])
+		}
+	}
+	f.dur = dur
+	f.dirty = map[int64]bool{}
+	f.sizeDirty = false
+}
+
 // simHandle is an open file or directory.
 type simHandle struct {
 	s      *simFS
@@ -326,9 +344,7 @@ func (h *simHandle) Sync() error {
 			}
 			return &os.PathError{Op: "sync", Path: h.name, Err: syscall.EIO}
 		}
-		f.dur = slices.Clone(f.vol)
-		f.dirty = map[int64]bool{}
-		f.sizeDirty = false
+		f.flush()
 	}
 	if s.onSync != nil {
 		s.onSync(false)
