@@ -77,10 +77,13 @@ func Check(dir string) (Report, error) {
 // counted in the report. logger nil means slog.Default(). Repair fails with
 // ErrLocked while a Log has the directory open.
 func Repair(dir string, logger *slog.Logger) (Report, error) {
+	return repair(dir, FS{}.withDefaults(), logger)
+}
+
+func repair(dir string, fs FS, logger *slog.Logger) (Report, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	fs := FS{}.withDefaults()
 	lock, err := lockDir(dir)
 	if err != nil {
 		return Report{}, err
