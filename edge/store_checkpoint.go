@@ -22,21 +22,26 @@ import (
 //  1. moves each session's position in the copy up to where its runtime
 //     queue stands (the copy only knows deliveries, the queue also knows
 //     what did not match);
-//  2. appends a checkpoint record and waits for it to be durable, so every
-//     delivery record the positions rely on is durable too;
+//  2. appends a checkpoint record, waits for it and makes the log durable
+//     up to it (Log.Sync: under sync "interval" the append returns before
+//     any fsync), so every record the snapshot covers, and every delivery
+//     record the positions rely on, survives whatever the snapshot
+//     survives: a power cut must never leave a snapshot past the end of
+//     the log;
 //  3. writes the snapshot file (temp file, fsync, rename, directory fsync)
 //     and removes older ones;
 //  4. commits the log cursor "store" to the lowest offset anything still
-//     needs: the snapshot's offset, each queue's position, each unreleased
-//     message a session holds. Retention may then remove whole segments
-//     below it.
+//     needs: the offset of the older snapshot kept (recovery falls back to
+//     it when the newest is damaged), each queue's position, each
+//     unreleased message a session holds. Retention may then remove whole
+//     segments below it.
 //
 // Between checkpoints the checkpointer also trims (see trim): positions
 // move and consumers end without a record, and the trim point must follow
 // them even when nothing else is written.
 //
 // On start, recover loads the newest snapshot that reads back whole and
-// replays the log from its offset.
+// whose offset the log reaches, and replays the log from its offset.
 
 // cursorName is the store's log cursor.
 const cursorName = "store"
@@ -74,15 +79,29 @@ func snapshots(dir string) ([]uint64, error) {
 	return offs, nil
 }
 
-// loadSnapshot returns the newest snapshot in dir that reads back whole, or
-// an empty state at offset 0 if there is none. Damaged ones are logged and
-// skipped: an older one and a longer replay give the same state.
-func (s *store) loadSnapshot() (*qos.State, uint64) {
+// loadSnapshot returns the newest snapshot in dir that reads back whole and
+// covers no record past last, the log's last offset, or an empty state at
+// offset 0 if there is none. Damaged ones are logged and skipped: an older
+// one and a longer replay give the same state. One past the end of the log
+// is refused too: the log lost records the snapshot covers (a power cut, or
+// a snapshot written by a version that did not make the log durable
+// first), and the offsets it passed are being handed out again. It also
+// removes the temporary files of snapshots a crash left half written.
+func (s *store) loadSnapshot(last uint64) (*qos.State, uint64) {
+	tmps, _ := filepath.Glob(filepath.Join(s.snapDir, "."+snapshotPrefix+"*.tmp-*"))
+	for _, tmp := range tmps {
+		_ = os.Remove(tmp)
+	}
 	offs, err := snapshots(s.snapDir)
 	if err != nil {
 		s.lg.Error("snapshots unreadable: replaying the whole log", "dir", s.snapDir, "error", err)
 	}
 	for _, off := range offs {
+		if off > last+1 {
+			s.lg.Error("snapshot ahead of the log (the log lost its tail: a power cut under sync interval?): trying an older one",
+				"snapshot_offset", off, "last_offset", last)
+			continue
+		}
 		path := filepath.Join(s.snapDir, snapshotName(off))
 		f, err := os.Open(path)
 		if err != nil {
@@ -155,6 +174,9 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	if _, err := s.appendWait(qos.EncodeCheckpoint(offset)); err != nil {
 		return fmt.Errorf("checkpoint record: %w", err)
 	}
+	if err := s.log.Sync(s.ctx); err != nil {
+		return fmt.Errorf("sync the log: %w", err)
+	}
 	if err := writeFileAtomic(s.snapDir, snapshotName(offset), func(f *os.File) error {
 		return qos.WriteSnapshot(f, st, offset)
 	}); err != nil {
@@ -164,6 +186,11 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	if offs, err := snapshots(s.snapDir); err == nil {
 		for _, old := range offs[min(len(offs), 2):] { // keep the newest two
 			_ = os.Remove(filepath.Join(s.snapDir, snapshotName(old)))
+		}
+		if len(offs) > 1 {
+			// The older one is the fallback if the newest reads back damaged.
+			s.snapshotAt.Store(offs[1])
+			floor = min(floor, offs[1])
 		}
 	}
 	if err := s.cursor.Commit(floor); err != nil {

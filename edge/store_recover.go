@@ -20,9 +20,9 @@ import (
 // the listeners start.
 func (s *store) recover() error {
 	started := time.Now()
-	st, from := s.loadSnapshot()
-	s.snapshotAt.Store(from)
 	first, last := s.log.FirstOffset(), s.log.LastOffset()
+	st, from := s.loadSnapshot(last)
+	s.snapshotAt.Store(from)
 	if from < first {
 		if from > 0 || first > 1 {
 			s.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",
