@@ -70,7 +70,7 @@ type store struct {
 	snapDir         string
 	checkpointEvery time.Duration
 	shadow          *qos.State    // the dispatcher's: the state after every record it read
-	snapshotAt      atomic.Uint64 // the offset of the oldest snapshot kept on disk, a fallback recovery may need (0: none)
+	snapshotAt      atomic.Uint64 // the offset of the newest snapshot on disk (0: none)
 	checkpoints     chan pendingCheckpoint
 	// failedCheckpoints counts the failures since the last success; only
 	// the checkpointer (and close, after it stopped) touches it.

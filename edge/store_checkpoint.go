@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,10 +32,9 @@ import (
 //  3. writes the snapshot file (temp file, fsync, rename, directory fsync)
 //     and removes older ones;
 //  4. commits the log cursor "store" to the lowest offset anything still
-//     needs: the offset of the older snapshot kept (recovery falls back to
-//     it when the newest is damaged), each queue's position, each
-//     unreleased message a session holds. Retention may then remove whole
-//     segments below it.
+//     needs: the snapshot's offset, each queue's position, each unreleased
+//     message a session holds. Retention may then remove whole segments
+//     below it.
 //
 // Between checkpoints the checkpointer also trims (see trim): positions
 // move and consumers end without a record, and the trim point must follow
@@ -174,7 +174,7 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	if _, err := s.appendWait(qos.EncodeCheckpoint(offset)); err != nil {
 		return fmt.Errorf("checkpoint record: %w", err)
 	}
-	if err := s.log.Sync(s.ctx); err != nil {
+	if err := s.log.Sync(context.Background()); err != nil { // also the one at shutdown
 		return fmt.Errorf("sync the log: %w", err)
 	}
 	if err := writeFileAtomic(s.snapDir, snapshotName(offset), func(f *os.File) error {
@@ -186,11 +186,6 @@ func (s *store) checkpoint(st *qos.State, offset uint64) error {
 	if offs, err := snapshots(s.snapDir); err == nil {
 		for _, old := range offs[min(len(offs), 2):] { // keep the newest two
 			_ = os.Remove(filepath.Join(s.snapDir, snapshotName(old)))
-		}
-		if len(offs) > 1 {
-			// The older one is the fallback if the newest reads back damaged.
-			s.snapshotAt.Store(offs[1])
-			floor = min(floor, offs[1])
 		}
 	}
 	if err := s.cursor.Commit(floor); err != nil {

@@ -68,10 +68,12 @@ func Check(dir string) (Report, error) {
 }
 
 // Repair is Check followed by the fixes: it cuts a torn tail (as Open does);
-// it turns damaged records of older segments into holes, keeping every
-// offset in place (the rest of a segment whose framing is lost becomes
-// holes); and in the last segment it keeps the good records before and after
-// a damaged one when the framing allows, and cuts the rest. Each repaired
+// it turns damaged records into holes, keeping every offset in place and
+// every good record after the damage (it resynchronises on the next valid
+// record; when none follows, the rest of an older segment becomes holes);
+// in the last segment it fills with holes the offsets up to the durable
+// mark that the segment lost; it removes a cursor table whose two copies
+// are both damaged (every cursor then starts from the first offset). Each repaired
 // segment is rewritten to a temporary file, fsynced and renamed over the
 // original. What was lost is logged at Warn and
 // counted in the report. logger nil means slog.Default(). Repair fails with

@@ -52,7 +52,7 @@ func (c *Cursor) Offset() uint64 { return c.off.Load() }
 
 // Commit records that every record before next is done, durably (under
 // SyncAlways it returns after an fsync; under the other policies after the
-// write, and retention fsyncs before acting on it). next may move backwards
+// write, and Sync, Close and retention fsync it). next may move backwards
 // (a replay) but not beyond LastOffset()+1.
 func (c *Cursor) Commit(next uint64) error {
 	if last := c.l.LastOffset(); next > last+1 || next == 0 {

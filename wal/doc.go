@@ -5,7 +5,8 @@
 //
 // Open(dir, Config) and Close. Append(ctx, records...) returns the offset of
 // the first record once all are durable under the sync policy; AppendAsync
-// returns at once and WaitDurable waits later. Read(offset) is safe from any
+// returns at once and WaitDurable waits later; Sync makes everything
+// acknowledged so far durable under any policy. Read(offset) is safe from any
 // number of goroutines; NewReader(from) iterates and waits for new records.
 // Cursor(name) is a named durable read position that a consumer advances
 // with Commit; cursors drive retention. Stats() returns the figures for
@@ -24,19 +25,46 @@
 //     writes it with one write() and one fsync (group commit). "interval":
 //     Append returns after write(); a second goroutine fsyncs every
 //     SyncInterval while the writer goes on, so kill -9 loses nothing, a power
-//     cut at most the interval, and appends never wait for an fsync. "never":
-//     fsync only at Close.
+//     cut at most the interval, and appends never wait for an fsync; Sync
+//     makes everything acknowledged before it durable at once (a checkpoint
+//     calls it before writing anything that refers to an offset). "never":
+//     fsync only at Close and Sync.
+//   - A power cut keeps every record acknowledged under "always" (and under
+//     the other policies every record a completed fsync covered: a tick of
+//     the sync goroutine, a Sync, a Close), with its exact bytes, and every
+//     cursor commit acknowledged under the same rule. After one, Open
+//     succeeds, Check finds no damage, cursors lie within the log, nothing
+//     that was not appended reads back as data, and the log goes on. What
+//     makes it so: the names of the log's directory and its parents, of
+//     each new segment and of each new cursor-table file are fsynced before
+//     anything depends on them; a segment is fsynced before its successor is
+//     created, so only the last one can be torn; retention unlinks oldest
+//     first with a directory fsync after each, so a lost unlink only brings
+//     back whole old segments; the cursor table is never written over its
+//     durable copy. TestPowerLoss proves it on a simulated disk at every
+//     fsync (see README.md).
+//   - A failed fsync is never retried as if nothing happened: the kernel
+//     may have dropped the pages it could not write and report success to a
+//     retry ("fsyncgate"). Under "always" the batch fails and is cut off;
+//     under the other policies, which acknowledged the data before the
+//     fsync, the log takes no more appends (ErrFailed) until reopened, and
+//     Open writes the unconfirmed tail again before trusting it. A failed
+//     cursor-table fsync makes the next flush write the copy again.
 //   - Readers see exactly the records that are durable under the policy,
 //     never one that a failed write or fsync could still take back.
 //   - One Log per directory: Open and Repair take an exclusive flock on
 //     dir/LOCK and fail with ErrLocked if it is held. Check only reads.
 //   - Every record is framed with a length and a CRC-32C that also covers its
-//     offset. Open cuts a torn or zero-filled tail of the last segment at the
-//     last good record and logs it at Warn; damage anywhere else is never
-//     returned as data: Open (for the last segment) or Read (for the others)
-//     returns a *CorruptError naming segment, byte position and offset.
+//     offset. Open cuts a torn tail of the last segment (what a crash in the
+//     middle of a write leaves: see "torn or damaged" below) and logs it at
+//     Warn. It never cuts at or below the durable mark, the offset the
+//     cursor table records as fsynced: damage there, and damage followed by
+//     valid records, fails Open with a *CorruptError naming segment, byte
+//     position and offset; damage in an older segment is returned by Read.
 //     Repair turns damaged records into holes and keeps every other record
-//     at its offset.
+//     at its offset, resynchronising on the next valid record even when a
+//     length prefix is damaged, and fills with holes the offsets up to the
+//     durable mark that the last segment lost.
 //   - A failed write or fsync (ENOSPC, EIO) fails the appends of that batch,
 //     and the log cuts the segment back to its last durable record, so no
 //     half record remains; the next appends work as soon as the disk does.
@@ -48,26 +76,62 @@
 //   - Retention removes whole segment files, oldest first, never copying: a
 //     segment goes when every cursor is past it, or when MaxAge or
 //     FullDropOldest force it (counted in Stats.DroppedRecords and each
-//     cursor's Dropped, logged at Warn; lagging cursors move up). Without
-//     cursors and limits the log keeps everything.
-//   - Cursor commits are durable when Commit returns (an fsync under "always";
-//     retention fsyncs the cursor table before acting on it under the other
-//     policies). Concurrent commits share one write.
+//     cursor's Dropped, logged at Warn; lagging cursors move up, durably,
+//     before the segment goes). Without cursors and limits the log keeps
+//     everything.
+//   - Cursor commits are durable when Commit returns under "always" (an
+//     fsync); under the other policies when a later fsync covers them
+//     (Sync, Close; retention fsyncs the cursor table before acting on it).
+//     Concurrent commits share one write.
 //
 // # What it does not guarantee
 //
-//   - Damage that hits a length prefix in the last segment leaves nothing
-//     after it that parses, so Open takes it for a torn tail and cuts from
-//     there (with a Warn naming the bytes cut). The CRC still keeps any wrong
-//     data out.
+//   - Damage to the last records of the last segment above the durable mark
+//     (which moves with cursor commits, Sync and Close, not with every
+//     batch) that leaves no valid record after it, or that sits next to a
+//     512-byte sector of zeros, looks like a torn write and is cut, with a
+//     Warn naming the bytes cut. The CRC still keeps any wrong data out.
+//   - Under "interval" and "never", a cursor can be durable past records
+//     that are not: after a power cut Open moves it back to the end of the
+//     log (Warn).
+//   - If both copies of the cursor table are damaged (not a torn write:
+//     one copy is always whole), Open logs an Error and starts without
+//     cursors, so consumers start again from the first offset; Check
+//     reports it, Repair removes the copies.
 //   - Segments other than the last are not read at Open (so Open time does
 //     not grow with the log): their damage shows on Read, or with Check.
-//   - Under "interval" and "never", a power cut can tear an older segment too;
-//     Check finds it, Repair fixes it.
 //   - A record is at most SegmentSize (minus framing) bytes.
 //   - If the process stops between a failed append and the next successful
 //     one, the failed offsets were never written and the next process hands
-//     them out again (nothing durable can refer to them).
+//     them out again (nothing durable can refer to them). A failed append's
+//     records may still read back after a crash (the caller was told it
+//     failed: it may send again).
+//   - Directories above the log's own parent are fsynced on a best-effort
+//     basis at Open.
+//
+// # Torn or damaged: the frame, and why it stays tidwall's
+//
+// The length prefix is outside the CRC (tidwall's format: uvarint length,
+// then the entry), so a damaged length makes the rest of the file unparsable
+// by walking lengths, and a scanner cannot tell a torn tail from damage by
+// the frame alone. etcd solves this in its format (records padded so a
+// length is never torn across sectors, and a bad frame called torn only
+// when an all-zero sector is involved). Changing the frame would cost the
+// tidwall compatibility this package keeps (tested), so the log decides
+// with what it has:
+//
+//   - The CRC covers the record's offset, so a frame that checks out for
+//     offset o is the record of o, wherever it is found: after a bad entry
+//     the scanner resynchronises by trying every later byte position for
+//     the entry of each later offset that could fit (resync, bounded work).
+//     A valid record after bad bytes, with no zero sector between, is
+//     damage, never a tear: a write cut short leaves nothing valid after
+//     it, and sectors lost out of order leave zeros (zeroSector).
+//   - The durable mark: every offset up to it was fsynced before the copy
+//     of the cursor table holding it was written, so no tear can reach it.
+//     Open refuses damage at or below it instead of cutting.
+//
+// The remaining gap is the first bullet of "What it does not guarantee".
 //
 // # On-disk format, and why the package writes tidwall/wal's files itself
 //
@@ -77,8 +141,8 @@
 // edgemq log (tested), and each entry is our frame,
 // crc32c(offset|kind|payload) (4 bytes) | kind (1 byte) | payload. Overhead
 // per record: 5 bytes plus the uvarint (1 byte up to 122 bytes of payload,
-// 2 bytes up to 16378): 7 bytes for a 256-byte record. Cursors live in
-// cursors.0 and cursors.1, which tidwall ignores.
+// 2 bytes up to 16378): 7 bytes for a 256-byte record. Cursors and the
+// durable mark live in cursors.0 and cursors.1, which tidwall ignores.
 //
 // The package reads and writes these files itself instead of through
 // tidwall's Log, because the gaps listed in issue 3 cannot be closed from

@@ -46,12 +46,15 @@ var (
 	// allows (see Config.MaxRecordSize).
 	ErrTooLarge = errors.New("wal: record too large")
 
-	// ErrFailed is returned by every append once the log could not put a
-	// segment file back into a known state after a failed write (the truncate
-	// that undoes a partial write failed too). Appending more behind a half
-	// record would bury it in the middle of the log, so the log stops taking
-	// appends; reads still work. Close and Open the log again: Open cuts the
-	// half record off.
+	// ErrFailed is returned by every append, and by Sync, once the log
+	// could not put a segment file back into a known state after a failed
+	// write (the truncate that undoes a partial write failed too: appending
+	// more behind a half record would bury it in the middle of the log), or
+	// once an fsync failed under SyncInterval or SyncNever (records were
+	// acknowledged before it, and a retried fsync cannot be trusted to write
+	// them). The log stops taking appends; reads still work. Close and Open
+	// the log again: Open cuts the half record off and writes the unconfirmed
+	// tail again.
 	ErrFailed = errors.New("wal: log failed; reopen it")
 
 	// ErrCursor is returned for an invalid cursor name or position.

@@ -93,10 +93,14 @@ type span struct {
 	err      error
 }
 
-// Open opens (or creates) the log in dir. It cuts a torn or zero-filled tail
-// off the last segment, with a Warn log naming what was cut; damage anywhere
-// else is left alone and reported when read (see Check and Repair). Open
-// reads only the last segment, so its time does not grow with the log.
+// Open opens (or creates) the log in dir. It cuts a torn tail off the last
+// segment, with a Warn log naming what was cut, but never at or below the
+// durable mark: damage there, or damage followed by valid records, fails
+// Open with a *CorruptError (Repair mends it). Damage in older segments is
+// left alone and reported when read (see Check and Repair). Open reads only
+// the last segment, so its time does not grow with the log; it writes that
+// segment's records after the durable mark again and fsyncs them, and
+// fsyncs the directory, before anything reads them.
 func Open(dir string, cfg Config) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("wal: config: %w", err)

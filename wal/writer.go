@@ -244,18 +244,15 @@ func (l *Log) writeBatch(b *batch) {
 // missing in the middle of the log. An fsync that fails there under the
 // other policies loses acknowledged records: the log fails (ErrFailed).
 func (l *Log) roll(base uint64) error {
-	old := l.tail
-	old.mu.Lock()
-	dirty := old.unsynced
-	old.mu.Unlock()
-	if dirty {
-		if err := l.syncFiles(); err != nil {
-			l.stats.syncErrors.Add(1)
-			if l.cfg.Sync != SyncAlways {
-				l.fail(err)
-			}
-			return err
+	// Not only when the old tail is marked unsynced: the sync goroutine may
+	// have taken it off the list and still be in its fsync (syncFiles waits
+	// for that one). With nothing to fsync it costs nothing.
+	if err := l.syncFiles(); err != nil {
+		l.stats.syncErrors.Add(1)
+		if l.cfg.Sync != SyncAlways {
+			l.fail(err)
 		}
+		return err
 	}
 	s := newSegment(l.dir, base)
 	f, err := l.fs.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
