@@ -73,6 +73,12 @@ type Broker struct {
 	conns       map[*conn]struct{}
 	connsClosed bool
 
+	// given is the configuration as New got it (before listener names and
+	// loopback moves): Reload compares the next one with it. Guarded by
+	// reloadMu, which serialises Reload.
+	given    Config
+	reloadMu sync.Mutex
+
 	mu       sync.Mutex
 	started  bool // Start bound everything and mochi serves
 	stopped  bool // Shutdown ran
@@ -103,6 +109,8 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		throttledLog: newLogThrottle(time.Second),
 		conns:        map[*conn]struct{}{},
 	}
+	b.given = cfg
+	b.given.Listeners = append([]ListenerConfig(nil), cfg.Listeners...)
 	cfg.Listeners = append([]ListenerConfig(nil), cfg.Listeners...)
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]

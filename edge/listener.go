@@ -25,6 +25,9 @@ type edgeListener interface {
 	wait(ctx context.Context, started bool) error
 	// kind is "tcp", "tls", "ws" or "wss".
 	kind() string
+	// setTLS replaces the TLS configuration of a TLS listener for new
+	// connections.
+	setTLS(*tls.Config)
 }
 
 // connGate counts a listener's connection goroutines and refuses new ones

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -19,7 +20,8 @@ type tcpListener struct {
 	b         *Broker
 	name      string
 	address   string
-	tlsConfig *tls.Config
+	tlsConfig *tls.Config                // at start; nil: plain TCP
+	tlsNow    atomic.Pointer[tls.Config] // in force (setTLS)
 	useCN     bool
 	log       *slog.Logger
 
@@ -29,7 +31,7 @@ type tcpListener struct {
 }
 
 func newTCPListener(b *Broker, lc ListenerConfig, tlsConfig *tls.Config) *tcpListener {
-	return &tcpListener{
+	l := &tcpListener{
 		b:         b,
 		name:      lc.Name,
 		address:   lc.Address,
@@ -38,7 +40,13 @@ func newTCPListener(b *Broker, lc ListenerConfig, tlsConfig *tls.Config) *tcpLis
 		log:       b.log.With("listener", lc.Name),
 		served:    make(chan struct{}),
 	}
+	l.tlsNow.Store(tlsConfig)
+	return l
 }
+
+// setTLS puts a TLS configuration in force for new connections (Reload
+// rotates certificates this way); established ones keep theirs.
+func (l *tcpListener) setTLS(c *tls.Config) { l.tlsNow.Store(c) }
 
 // Init binds the socket.
 func (l *tcpListener) Init(*slog.Logger) error {
@@ -88,7 +96,7 @@ func (l *tcpListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		l.b.serveConn(l.name, raw, raw.Close, nil, false, establish)
 		return
 	}
-	tc := tls.Server(raw, l.tlsConfig)
+	tc := tls.Server(raw, l.tlsNow.Load())
 	ctx, cancel := context.WithTimeout(l.gate.context(), l.b.connectTimeout())
 	err := tc.HandshakeContext(ctx)
 	cancel()

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync/atomic"
 
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -33,8 +34,9 @@ type wsListener struct {
 	address   string
 	path      string
 	origins   []string
-	names     []string // server_names
-	tlsConfig *tls.Config
+	names     []string                   // server_names
+	tlsConfig *tls.Config                // at start; nil: plain WebSocket
+	tlsNow    atomic.Pointer[tls.Config] // in force (setTLS)
 	useCN     bool
 	readLimit int64
 	log       *slog.Logger
@@ -90,13 +92,26 @@ func (l *wsListener) Init(*slog.Logger) error {
 		ErrorLog:          log.New(httpErrorLog{l}, "", 0),
 	}
 	if l.tlsConfig != nil {
-		cfg := l.tlsConfig.Clone()
-		// WebSocket needs HTTP/1.1 (Go keeps RFC 8441 extended CONNECT off).
-		cfg.NextProtos = []string{"http/1.1"}
-		l.srv.TLSConfig = cfg
+		l.setTLS(l.tlsConfig)
+		// Each handshake takes the configuration in force (see setTLS).
+		l.srv.TLSConfig = &tls.Config{
+			NextProtos: []string{"http/1.1"},
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return l.tlsNow.Load(), nil
+			},
+		}
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	return nil
+}
+
+// setTLS puts a TLS configuration in force for new connections (Reload
+// rotates certificates this way); established ones keep theirs.
+func (l *wsListener) setTLS(c *tls.Config) {
+	c = c.Clone()
+	// WebSocket needs HTTP/1.1 (Go keeps RFC 8441 extended CONNECT off).
+	c.NextProtos = []string{"http/1.1"}
+	l.tlsNow.Store(c)
 }
 
 // Serve serves HTTP until the listener is closed.

@@ -2,8 +2,11 @@ package edge_test
 
 import (
 	"bufio"
+	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -585,5 +588,84 @@ func TestConfigBooleans(t *testing.T) {
 	}
 	if cfg, err := edge.ParseConfig([]byte("auth:\n  allow_anonymous: \"false\"\n")); err != nil || cfg.Auth.AllowAnonymous {
 		t.Errorf("quoted false: %v %v", err, cfg.Auth.AllowAnonymous)
+	}
+}
+
+// TestReload: Reload reads the password file again, takes the new ACL and
+// the new TLS certificates, without dropping a connected client; a reload
+// with a bad file changes nothing and says why.
+func TestReload(t *testing.T) {
+	pkiA, pkiB := newTestPKI(t), newTestPKI(t)
+	pwFile := passwordFile(t, "alice", "old")
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = pwFile
+	cfg.Auth.ACL = []edge.ACLRule{{User: "alice", Topic: "a/#", Access: "readwrite"}}
+	tlsOf := func(p *testPKI) edge.TLSConfig { return edge.TLSConfig{CertFile: p.certFile, KeyFile: p.keyFile} }
+	cfg.Listeners = append(cfg.Listeners,
+		edge.ListenerConfig{Name: "tls", Type: "tcp", Address: "127.0.0.1:0", TLS: tlsOf(pkiA)},
+		edge.ListenerConfig{Name: "wss", Type: "ws", Address: "127.0.0.1:0", Path: "/mqtt", TLS: tlsOf(pkiA)})
+	tb := startBroker(t, cfg)
+	tcp := tb.Addr("tcp").String()
+
+	stay, _ := connectV5(t, dialNet(t, "tls", tb.Addr("tls").String(), pkiA.clientTLS(false)), v5Opts{id: "stay", username: "alice", password: "old"})
+	stay.subscribe(t, "a/#", 1)
+
+	next := cfg
+	next.Listeners = append([]edge.ListenerConfig(nil), cfg.Listeners...)
+	next.Listeners[2].TLS, next.Listeners[3].TLS = tlsOf(pkiB), tlsOf(pkiB)
+	next.Auth.ACL = append(next.Auth.ACL, edge.ACLRule{User: "bob", Topic: "a/#", Access: "readwrite"})
+	if err := edge.SetPassword(pwFile, "alice", "new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := edge.SetPassword(pwFile, "bob", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Reload(next); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	code := func(user, pw string) byte {
+		rc := dialRaw(t, tcp, 5)
+		defer rc.c.Close()
+		return rc.connectWith("r-"+user+pw, true, 30, login(user, pw)).ReasonCode
+	}
+	if c := code("alice", "old"); c != 0x86 {
+		t.Errorf("alice's old password after reload: %#x, want 0x86", c)
+	}
+	if c := code("alice", "new"); c != 0 {
+		t.Errorf("alice's new password: %#x", c)
+	}
+	bob, _ := connectV5(t, dialNet(t, "tcp", tcp, nil), v5Opts{id: "bob", username: "bob", password: "pw"})
+	if _, err := bob.publish(t, "a/x", 1, false, []byte("from bob")); err != nil {
+		t.Fatal(err)
+	}
+	// The connection made before the reload is still there, and gets it.
+	if m := stay.receive(t, 1)[0]; string(m.Payload) != "from bob" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	// New handshakes present the new certificate, over TLS and WSS.
+	for _, l := range []struct{ name, network string }{{"tls", "tls"}, {"wss", "wss"}} {
+		c := dialNet(t, l.network, tb.Addr(l.name).String(), pkiB.clientTLS(false))
+		_ = c.Close()
+		if _, err := tls.Dial("tcp", tb.Addr(l.name).String(), pkiA.clientTLS(false)); err == nil {
+			t.Errorf("%s: the old certificate is still served", l.name)
+		}
+	}
+
+	// A bad password file: refused as a whole, every problem named, the
+	// running configuration stays.
+	if err := os.WriteFile(pwFile, []byte("alice:not-a-hash\n#x\n bob:y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := tb.Reload(next)
+	if !errors.Is(err, edge.ErrConfig) || !strings.Contains(err.Error(), ":1:") || !strings.Contains(err.Error(), ":3:") {
+		t.Fatalf("bad reload: %v, want a config error naming lines 1 and 3", err)
+	}
+	if c := code("bob", "pw"); c != 0 {
+		t.Errorf("after a refused reload bob: %#x, want the running configuration", c)
+	}
+	bad := next
+	bad.Listeners = next.Listeners[:2]
+	if err := tb.Reload(bad); !errors.Is(err, edge.ErrConfig) {
+		t.Errorf("removing listeners: %v, want a config error (needs a restart)", err)
 	}
 }

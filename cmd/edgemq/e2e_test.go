@@ -388,3 +388,38 @@ func TestEndToEndBadConfigExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestEndToEndReloadOnSIGHUP: edgemq run reloads the password file on
+// SIGHUP (a new user gets in, the broker keeps running); a broken password
+// file on the next SIGHUP is refused with every problem logged, and the
+// running configuration stays.
+func TestEndToEndReloadOnSIGHUP(t *testing.T) {
+	b := startAuthBroker(t)
+	passwd := filepath.Join(filepath.Dir(b.cfg), "passwd")
+	if out, err := b.command("passwd", "-b", passwd, "newcomer", "pw2").CombinedOutput(); err != nil {
+		t.Fatalf("edgemq passwd: %v\n%s", err, out)
+	}
+	newcomer := []string{"-h", "127.0.0.1", "-p", b.port, "-u", "newcomer", "-P", "pw2", "-t", "e2e/reload", "-m", "x"}
+	if out, err := exec.Command("mosquitto_pub", newcomer...).CombinedOutput(); err == nil {
+		t.Fatalf("newcomer got in before the reload: %s", out)
+	}
+	if err := b.d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, b.d.stderr, b.d.done, "configuration reloaded")
+	publish(t, newcomer...)
+
+	if err := os.WriteFile(passwd, []byte("device:not-a-hash\n#admin:x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, b.d.stderr, b.d.done, "reload refused: the running configuration stays")
+	publish(t, newcomer...) // still in force
+	b.roundTrip(t, "mqttv311", "1")
+	b.stop(t)
+	if log := b.d.stderr.String(); !strings.Contains(log, "passwd:1:") {
+		t.Errorf("the refused reload does not name the bad line:\n%s", log)
+	}
+}

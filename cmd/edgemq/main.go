@@ -46,7 +46,8 @@ Usage:
   edgemq health [-c FILE]           ask the running broker's /healthz (http.address); exit 1 unless 200
   edgemq version                    print version information
 
-A first SIGTERM or SIGINT shuts down gracefully; a second exits at once.
+A first SIGTERM or SIGINT shuts down gracefully; a second exits at once. SIGHUP (systemctl
+reload) reloads the password file, the ACL and the TLS certificates; a bad file changes nothing.
 Configuration reference: deploy/edgemq.example.yaml; documentation: docs/ and README.md.
 `
 
@@ -56,7 +57,7 @@ func main() {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	// SIGHUP is what `systemctl reload` sends (deploy/edgemq.service); by
 	// default it would end the process, which systemd then does not restart.
-	// Nothing is reloaded on it yet.
+	// `edgemq run` reloads on it (reloader); every other command ignores it.
 	signal.Ignore(syscall.SIGHUP)
 	go handleSignals(sigs, cancel, os.Stderr, os.Exit)
 

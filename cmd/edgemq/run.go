@@ -14,7 +14,7 @@ import (
 
 // runBroker is `edgemq run [-c FILE]`: load the config (or take the embedded
 // defaults), build the logger and the metrics registry, and run the broker
-// until ctx is cancelled.
+// until ctx is cancelled, reloading the config on SIGHUP (see reloader).
 func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
 	var path string
@@ -51,7 +51,13 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	sd := &systemdNotifier{log: logger}
 	defer sd.wait()
-	if err := edge.Run(ctx, cfg, edge.Options{Logger: logger, Registry: prometheus.NewRegistry(), Ready: sd.ready(ctx)}); err != nil {
+	rl := newReloader(path, logger)
+	defer rl.stop()
+	ready := func(b *edge.Broker) {
+		sd.ready(ctx)(b)
+		rl.ready(ctx)(b)
+	}
+	if err := edge.Run(ctx, cfg, edge.Options{Logger: logger, Registry: prometheus.NewRegistry(), Ready: ready}); err != nil {
 		return err
 	}
 	logger.Info("edgemq exited cleanly")
