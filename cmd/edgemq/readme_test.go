@@ -15,17 +15,20 @@ import (
 	"time"
 )
 
-// TestReadme runs every command of the README's "Quick start" and "Secure
-// it" sections as written, against the binary they install, so that the
+// TestReadme runs every command of the README's "Quick start", "Secure it"
+// and "Configuration" sections as written, against the binary they install, so that the
 // README cannot drift from the program. Each fenced block there is preceded
 // by a marker:
 //
 //	<!-- readme-test -->                     run it in the section's scratch directory
+//	<!-- readme-test: exit N -->              run it; it must exit N
 //	<!-- readme-test: source -->             run it in the source tree (go install)
 //	<!-- readme-test: background until="X" --> start it (one command), wait for X in its
 //	                                         output; Ctrl-C (SIGINT) at the end of its
 //	                                         section, and it must exit 0
 //	<!-- readme-test: file NAME -->          write the block to NAME in that directory
+//	<!-- readme-test: output -->             every line must be a line of the output of
+//	                                         the block before
 //	<!-- readme-test: log -->                every line must match a line the last
 //	                                         background command logged (time= left out;
 //	                                         every key=value shown must be there)
@@ -49,7 +52,7 @@ func TestReadme(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocks := readmeBlocks(t, filepath.Join(src, "README.md"), "Quick start", "Secure it")
+	blocks := readmeBlocks(t, filepath.Join(src, "README.md"), "Quick start", "Secure it", "Configuration")
 	if len(blocks) < 5 {
 		t.Fatalf("found %d marked blocks in the README's quick start and secure it sections; the markers are gone?", len(blocks))
 	}
@@ -91,6 +94,17 @@ func TestReadme(t *testing.T) {
 		switch b.kind {
 		case "background":
 			lastBackground = i
+		case "output":
+			if i == 0 {
+				t.Fatalf("README.md:%d: an output block with no block before it", b.line)
+			}
+			before := "\n" + readFileString(t, filepath.Join(outDir, strconv.Itoa(i-1)))
+			for _, want := range b.lines {
+				if !strings.Contains(before, "\n"+want+"\n") {
+					t.Errorf("README.md:%d: the README shows the line %q, but the command printed:\n%s", b.line, want, before)
+				}
+			}
+			continue
 		case "log":
 			logged := readFileString(t, filepath.Join(outDir, strconv.Itoa(lastBackground)))
 			for _, want := range b.lines {
@@ -181,7 +195,12 @@ func readmeBlocks(t *testing.T, path string, sections ...string) []readmeBlock {
 			case marker == "":
 			case untilRE.MatchString(marker):
 				b.kind, b.arg = "background", untilRE.FindStringSubmatch(marker)[1]
-			case kind == "source" || kind == "log" || kind == "skip" || kind == "file" && arg != "":
+			case kind == "source" || kind == "log" || kind == "output" || kind == "skip" || kind == "file" && arg != "":
+				b.kind, b.arg = kind, arg
+			case kind == "exit":
+				if _, err := strconv.Atoi(arg); err != nil {
+					t.Fatalf("README.md:%d: readme-test: exit needs a number (got %q)", n, arg)
+				}
 				b.kind, b.arg = kind, arg
 			default:
 				t.Fatalf("README.md:%d: unknown readme-test marker %q", n, marker)
@@ -242,8 +261,10 @@ func readmeScript(t *testing.T, blocks []readmeBlock, src, work, outDir string) 
 		switch b.kind {
 		case "file":
 			fmt.Fprintf(&s, "cat > %q <<'README_TEST_EOF'\n%s\nREADME_TEST_EOF\n: > %q\n", filepath.Join(dir, b.arg), body, out)
-		case "log":
+		case "log", "output":
 			fmt.Fprintf(&s, ": > %q\n", out)
+		case "exit":
+			fmt.Fprintf(&s, "cd %q && (set -e\n%s\n) > %q 2>&1\nrc=$?; [ $rc = %s ] || fail %d \"exited $rc, not %s\" %q\n", dir, body, out, b.arg, b.line, b.arg, out)
 		case "background":
 			var cmds []string
 			for _, l := range b.lines {
