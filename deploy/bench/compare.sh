@@ -1,7 +1,10 @@
 #!/bin/sh
-# Side-by-side benchmark: Mosquitto (Debian package), plain mochi and edgemq
-# (storage.sync always and never), the same scenarios against each in
-# alternation, several rounds, medians and ratios. See deploy/bench/README.md.
+# Side-by-side benchmark: Mosquitto (Debian package; its default queues, and
+# unlimited queues and windows, which loses nothing), plain mochi and edgemq
+# (storage.sync always and never; memory_limit 200MiB for the conns
+# scenarios), the same scenarios against each in alternation, several rounds,
+# medians, ratios against the Mosquitto that lost nothing, and the footprint.
+# The closed loop releases its window on delivery. See deploy/bench/README.md.
 #
 #   deploy/bench/compare.sh                 # full run, under 10 minutes on 2 cores
 #   deploy/bench/compare.sh -quick          # smoke test, about a minute
