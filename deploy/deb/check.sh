@@ -30,6 +30,7 @@ done
 [ "$n" -eq 4 ] || fail "want 4 packages (amd64, arm64, armhf, armel), found $n"
 
 root=$(mktemp -d)
+chmod 0755 "$root" # the broker runs as the package's user below
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 : >"$root/var/lib/dpkg/status"
