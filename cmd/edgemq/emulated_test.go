@@ -116,7 +116,7 @@ func httpGet(t *testing.T, url string) string {
 func (b *authBroker) restartKeepsSessionNoResubscribe(t *testing.T) {
 	t.Helper()
 	got := make(chan string, 10)
-	opts := paho.NewClientOptions().AddBroker("tcp://127.0.0.1:"+b.port).SetClientID("emu-restart").
+	opts := paho.NewClientOptions().AddBroker("tcp://127.0.0.1:" + b.port).SetClientID("emu-restart").
 		SetUsername("device").SetPassword("s3cret").SetCleanSession(false).SetAutoReconnect(false).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
 	connect := func() paho.Client {
