@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -128,4 +129,52 @@ func TestFullDiskHoles(t *testing.T) {
 	r.restart()
 	p, _ = connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "hole-pub"})
 	check("hole-b")
+}
+
+// TestResendAfterFullDisk: a QoS 2 message a subscriber holds unacknowledged
+// is resent when it reconnects, after its delivery record is durable. On a
+// full disk that record waits for room; the connection then gets it, and
+// every later message, as soon as there is room again.
+func TestResendAfterFullDisk(t *testing.T) {
+	disk := smallDisk(t, 4<<20)
+	cfg := testConfig(t)
+	cfg.Storage.Dir = disk
+	cfg.Storage.MaxDiskBytes = 0
+	cfg.Storage.SegmentSize = 256 << 10
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	id := "rs-" + strings.Repeat("x", 200) // its delivery records are larger than what is left
+	sub := dialRaw(t, addr, 5)
+	sub.connect(id, false, 0)
+	sub.subscribe(1, "rs/#", 2)
+	if _, err := sub.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "rs-pub"})
+	if _, err := p.publish(t, "rs/t", 2, false, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	sub.readPublishes(1, 5*time.Second) // and no PUBREC
+	free := fillDisk(t, disk)
+	for _, n := range []int{4096, 512, 64, 1} { // the log's last page too
+		for i := 0; ; i++ {
+			resp, err := p.publish(t, "f", 1, false, make([]byte, n))
+			if err != nil || resp.ReasonCode != 0 {
+				break
+			}
+		}
+	}
+	again := dialRaw(t, addr, 5) // takes the session over: the resend needs a record
+	if ack := again.connect(id, false, 0); !ack.SessionPresent {
+		t.Fatal("session not present")
+	}
+	time.Sleep(500 * time.Millisecond)
+	free()
+	if _, err := p.publish(t, "rs/t", 2, false, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	got := again.readPublishes(2, 10*time.Second)
+	if string(got[0].Payload) != "one" || !got[0].FixedHeader.Dup || string(got[1].Payload) != "two" {
+		t.Fatalf("after the full disk: %q dup=%v, %q", got[0].Payload, got[0].FixedHeader.Dup, got[1].Payload)
+	}
 }

@@ -1530,9 +1530,12 @@ func (s *store) send(sess *session, p *pump, e qos.Entry, d delivery) bool {
 		off, err := s.appendAsync(rec)
 		if err != nil && out.FixedHeader.Qos == 2 {
 			// Without its record the PUBLISH could be sent twice after a
-			// restart: leave it unsent; the reconnect resends it.
-			s.lg.Warn("qos 2 delivery not logged: held back", "client", sess.id, "error", err)
-			return false
+			// restart: it waits until the log takes the record.
+			var ok bool
+			if off, ok = s.appendUntil(p, rec); !ok {
+				return false // the reconnect resends it
+			}
+			err = nil
 		}
 		if err == nil {
 			return s.handOver(p, off, out)
@@ -1702,7 +1705,7 @@ func (s *store) resend(sess *session, p *pump) bool {
 				// record still unwritten (send held it back): the record
 				// must be durable before this one goes.
 				rec, _ := qos.Encode(&qos.Deliver{Client: sess.id, PacketID: it.pid, Offset: it.f.offset, QoS: 2, Group: it.f.group})
-				if _, err := s.appendWait(rec); err != nil {
+				if _, ok := s.appendUntil(p, rec); !ok {
 					return false
 				}
 			}
@@ -1715,6 +1718,27 @@ func (s *store) resend(sess *session, p *pump) bool {
 		}
 	}
 	return true
+}
+
+// appendUntil appends rec and waits until it is durable, trying again every
+// second while the log refuses it (a full disk), so that the pump outlives
+// the episode; it returns the record's offset, or false when the pump is
+// stopped first.
+func (s *store) appendUntil(p *pump, rec []byte) (uint64, bool) {
+	for {
+		off, err := s.appendWait(rec)
+		if err == nil {
+			return off, true
+		}
+		s.alarms.log(s.lg, slog.LevelWarn, "delivery waits: its record is not logged", "client", p.cl.ID, "error", err)
+		select {
+		case <-p.stop:
+			return 0, false
+		case <-s.ctx.Done():
+			return 0, false
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // logIt reports whether deliveries to sess through group are logged: a
