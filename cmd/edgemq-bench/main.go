@@ -31,6 +31,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runCompare(ctx, args[1:], stdout, stderr)
 		case "report":
 			return runReport(args[1:], stdout, stderr)
+		case "soak":
+			return runSoak(ctx, args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("edgemq-bench", flag.ContinueOnError)
@@ -39,6 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, `usage: edgemq-bench [flags]          run one scenario against a running broker
        edgemq-bench compare [flags]  start Mosquitto, plain mochi and edgemq and compare them
        edgemq-bench report runs.json Markdown tables of a saved comparison (compare -json)
+       edgemq-bench soak [flags]     the built edgemq under a mixed load for -duration, with kill -9, checked
 
 scenarios: fanin (N publishers, 1 wildcard subscriber), fanout (1 publisher, M subscribers),
 shared ($share group of workers), latency (fixed rate, end-to-end percentiles), conns (idle

@@ -69,6 +69,14 @@ type connectOptions struct {
 	// sessionExpiry is the v5 Session Expiry Interval in seconds; v3.1.1
 	// sessions with clean=false last until the broker drops them.
 	sessionExpiry uint32
+	// receiveMax is the v5 Receive Maximum; 0 sends 65535: let the broker
+	// send as much as it likes.
+	receiveMax uint16
+	// willTopic, if set, gives the connection a will [MQTT-3.1.2-9].
+	willTopic  string
+	willQoS    byte
+	willRetain bool
+	willBody   []byte
 }
 
 func appendConnect(b []byte, o connectOptions) []byte {
@@ -79,6 +87,12 @@ func appendConnect(b []byte, o connectOptions) []byte {
 	if o.clean {
 		flags |= 0x02 // Clean Session / Clean Start [MQTT-3.1.2-4]
 	}
+	if o.willTopic != "" {
+		flags |= 0x04 | o.willQoS<<3 // [MQTT-3.1.2-9] [MQTT-3.1.2-14]
+		if o.willRetain {
+			flags |= 0x20
+		}
+	}
 	vh = append(vh, flags)
 	vh = binary.BigEndian.AppendUint16(vh, o.keepalive)
 	if o.version == proto5 {
@@ -87,12 +101,24 @@ func appendConnect(b []byte, o connectOptions) []byte {
 			props = append(props, 0x11)
 			props = binary.BigEndian.AppendUint32(props, o.sessionExpiry)
 		}
-		// Receive Maximum 0x21: let the broker send us as much as it likes.
-		props = append(props, 0x21, 0xff, 0xff)
+		rm := o.receiveMax
+		if rm == 0 {
+			rm = 0xffff
+		}
+		props = append(props, 0x21) // Receive Maximum
+		props = binary.BigEndian.AppendUint16(props, rm)
 		vh = appendVarint(vh, len(props))
 		vh = append(vh, props...)
 	}
 	vh = appendString(vh, o.clientID)
+	if o.willTopic != "" {
+		if o.version == proto5 {
+			vh = append(vh, 0) // no will properties
+		}
+		vh = appendString(vh, o.willTopic)
+		vh = binary.BigEndian.AppendUint16(vh, uint16(len(o.willBody)))
+		vh = append(vh, o.willBody...)
+	}
 	b = append(b, pktConnect<<4)
 	b = appendVarint(b, len(vh))
 	return append(b, vh...)
