@@ -301,6 +301,7 @@ var errBadTable = errors.New("bad cursor table")
 type table struct {
 	seq, mark uint64
 	cursors   map[string]uint64
+	raw       []byte // the copy as read
 }
 
 func decodeTable(b []byte) (table, error) {
@@ -359,6 +360,7 @@ func readTables(fs FS, dir string, keep bool) (tabs [2]*table, files [2]File, fo
 			return tabs, files, found, fmt.Errorf("wal: read cursor table: %w", err)
 		}
 		if tb, err := decodeTable(data); err == nil {
+			tb.raw = data
 			tabs[i] = &tb
 		}
 		if !keep {
@@ -402,6 +404,11 @@ func (t *cursorTable) read(l *Log) (map[string]uint64, error) {
 			l.log.Warn("wal: cursor table damaged with no older copy; starting without cursors")
 		}
 		return nil, nil
+	}
+	// Written again, not only fsynced: after a failed fsync the kernel may
+	// hold the copy in clean pages that no fsync writes (see loadTail).
+	if _, err := t.files[best].WriteAt(tabs[best].raw, 0); err != nil {
+		return nil, fmt.Errorf("wal: rewrite cursor table: %w", err)
 	}
 	if err := t.files[best].Sync(); err != nil {
 		return nil, fmt.Errorf("wal: sync cursor table: %w", err)

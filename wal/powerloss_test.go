@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,7 +39,7 @@ type powerRun struct {
 	points   []crashPoint      // states at the crash points
 	cursors  map[string]bool   // every cursor name used
 	appendEr map[string]int    // append errors by text, for the log
-	fsyncs   int               // file fsyncs the run made
+	fsyncs   []string          // the files the run fsynced, in order (base names)
 }
 
 type ackedRec struct {
@@ -46,11 +48,11 @@ type ackedRec struct {
 }
 
 type commitRec struct {
-	name       string
-	value      uint64
-	pos        int
-	creation   bool
-	syncedFrom bool
+	name     string
+	value    uint64
+	pos      int
+	creation bool
+	failed   bool // Commit returned an error: durable only once a Sync after it returned
 }
 
 type span struct{ from, to int }
@@ -63,7 +65,9 @@ type crashPoint struct {
 
 // required returns the records and cursor positions that must survive a
 // power cut at pos: under "always" what was acknowledged before it; under
-// "interval" what was acknowledged before a Log.Sync that returned before it.
+// "interval" what was acknowledged before a Log.Sync that returned before
+// it. A cursor position whose Commit failed counts once a Sync after it
+// returned (Sync makes the cursor table as it is durable).
 func (r *powerRun) required(pos int) (recs []ackedRec, curs map[string]uint64) {
 	limit := pos
 	if r.pol != wal.SyncAlways {
@@ -79,9 +83,17 @@ func (r *powerRun) required(pos int) (recs []ackedRec, curs map[string]uint64) {
 			recs = append(recs, a)
 		}
 	}
+	synced := func(at int) bool {
+		for _, s := range r.syncs {
+			if s.from >= at && s.to <= pos {
+				return true
+			}
+		}
+		return false
+	}
 	curs = map[string]uint64{}
 	for _, c := range r.commits {
-		if c.pos <= limit || (c.creation && c.pos <= pos) {
+		if (!c.failed && (c.pos <= limit || (c.creation && c.pos <= pos))) || synced(c.pos) {
 			curs[c.name] = max(curs[c.name], c.value)
 		}
 	}
@@ -149,11 +161,10 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 		if v <= c.Offset() {
 			return
 		}
-		if err := c.Commit(v); err == nil {
-			r.mu.Lock()
-			r.commits = append(r.commits, commitRec{name: c.Name(), value: v, pos: ops()})
-			r.mu.Unlock()
-		}
+		err := c.Commit(v)
+		r.mu.Lock()
+		r.commits = append(r.commits, commitRec{name: c.Name(), value: v, pos: ops(), failed: err != nil})
+		r.mu.Unlock()
 	}
 	cursor := func(name string, from uint64) *wal.Cursor {
 		c, err := l.CursorFrom(name, from)
@@ -222,7 +233,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 			if c2 != nil && last > 20 {
 				commit(c2, last-20)
 			}
-			if pol != wal.SyncAlways && i%3 == 0 {
+			if i%3 == 0 {
 				from := ops()
 				if err := l.Sync(ctx); err == nil {
 					r.mu.Lock()
@@ -235,7 +246,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 	appenders.Wait()
 	close(stop)
 	wg.Wait()
-	if pol != wal.SyncAlways {
+	{
 		from := ops()
 		if err := l.Sync(ctx); err == nil {
 			r.syncs = append(r.syncs, span{from, ops()})
@@ -245,7 +256,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 		t.Fatalf("close: %v", err)
 	}
 	take("after close")
-	r.fsyncs = sim.syncs
+	r.fsyncs = slices.Clone(sim.synced)
 	return r
 }
 
@@ -443,13 +454,30 @@ func TestPowerLossFsyncEIO(t *testing.T) {
 	}
 	for _, pol := range []wal.SyncPolicy{wal.SyncAlways, wal.SyncInterval} {
 		t.Run(string(pol), func(t *testing.T) {
-			// Count the file fsyncs of a clean run.
-			total := runPowerWorkload(t, pol, 0, 1<<30).fsyncs
-			step := max(1, total/6)
-			if *powerLong {
-				step = 1
+			// The file fsyncs of a clean run: a few of the segments' and a
+			// few of the cursor table's, spread over the run (all of them
+			// with -wal.powerlong).
+			var segs, tables []int
+			for i, name := range runPowerWorkload(t, pol, 0, 1<<30).fsyncs {
+				if strings.HasPrefix(name, "cursors.") {
+					tables = append(tables, i+1)
+				} else {
+					segs = append(segs, i+1)
+				}
 			}
-			for k := 2; k <= total; k += step {
+			pick := func(ks []int, n int) []int {
+				if *powerLong || len(ks) <= n {
+					return ks
+				}
+				var out []int
+				for i := 0; i < n; i++ {
+					out = append(out, ks[(2*i+1)*len(ks)/(2*n)])
+				}
+				return out
+			}
+			ks := append(pick(segs, 5), pick(tables, 4)...)
+			slices.Sort(ks)
+			for _, k := range ks {
 				t.Run(fmt.Sprint(k), func(t *testing.T) {
 					r := runPowerWorkload(t, pol, k, 1<<30)
 					checkPowerRun(t, r, seed, 1, 4)

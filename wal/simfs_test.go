@@ -37,6 +37,7 @@ type simFS struct {
 	onSync   func(before bool) // called around every fsync, under mu
 	onOp     func()            // called after every other mutating operation, under mu
 	syncs    int               // file fsyncs so far
+	synced   []string          // the base name of each file fsynced, in order
 	failSync int               // this file fsync (1-based) fails with EIO and drops the file's dirty pages
 	failed   bool              // failSync happened
 }
@@ -332,6 +333,7 @@ func (h *simHandle) Sync() error {
 		h.dir.pending = nil
 	} else {
 		s.syncs++
+		s.synced = append(s.synced, filepath.Base(h.name))
 		f := h.file
 		if s.syncs == s.failSync {
 			// fsyncgate: the kernel reports the error once and marks the
