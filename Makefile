@@ -16,7 +16,7 @@ help:
 	@echo "make build      static binary for this machine: $(BIN)/edgemq"
 	@echo "make dist       release: static binaries for linux amd64, arm64, armv7, armv6, a .deb each, SHA256SUMS in $(DIST)/"
 	@echo "make test       go test ./... (the README's test command)"
-	@echo "make fuzz       fuzz the config loader for FUZZTIME (default 60s)"
+	@echo "make fuzz       fuzz the config loader and the connection state machine, FUZZTIME each (default 60s)"
 	@echo "make lint       gofmt, go vet and the import-direction check (docs/ARCHITECTURE.md)"
 	@echo "make bench-compare  edgemq beside Mosquitto and plain mochi, 3 rounds, under 10 minutes (BENCHFLAGS=...)"
 	@echo "make bench-quick    the same as a one-minute smoke test"
@@ -47,6 +47,7 @@ test:
 FUZZTIME ?= 60s
 fuzz:
 	go test -run '^$$' -fuzz FuzzParseConfig -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./edge
+	go test -run '^$$' -fuzz FuzzSession -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./edge
 
 lint:
 	@out=$$(gofmt -l .); \
