@@ -56,7 +56,7 @@ func appendLength(b []byte, n int) []byte {
 // and a small packet limit, so their paths are in reach.
 // Run: go test -run='^$' -fuzz=FuzzSession ./edge (make fuzz runs it).
 func FuzzSession(f *testing.F) {
-	pub1 := []byte{0x32, 7, 0, 3, 'a', '/', 'b', 0, 1}     // QoS 1 PUBLISH (body cut to 7)
+	pub1 := []byte{0x32, 7, 0, 3, 'a', '/', 'b', 0, 1}      // QoS 1 PUBLISH (body cut to 7)
 	pub2 := []byte{0x34, 8, 0, 3, 'a', '/', 'b', 0, 2, 'x'} // QoS 2 PUBLISH
 	pubrel := []byte{0x62, 2, 0, 2}
 	sub := []byte{0x82, 8, 0, 1, 0, 3, 'a', '/', '#', 1}
