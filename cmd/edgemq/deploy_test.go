@@ -301,3 +301,30 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryLimit: memory_limit in the config is the Go runtime's soft limit
+// in the running broker, as /metrics shows it (go_gc_gomemlimit_bytes, the
+// dashboard's Memory panel), and it takes the place of a GOMEMLIMIT
+// environment variable (the systemd unit sets one).
+func TestMemoryLimit(t *testing.T) {
+	bin := buildBinary(t)
+	cfg, httpAddr := brokerConfig(t)
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(data, "memory_limit: 100MiB\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("GOMEMLIMIT", "300MiB") // inherited by the broker
+	d := startDaemon(t, bin, "run", "-c", cfg)
+	waitFor(t, d.stderr, d.done, "address="+httpAddr)
+	metrics := httpGet(t, "http://"+httpAddr+"/metrics")
+	if want := "\ngo_gc_gomemlimit_bytes 1.048576e+08\n"; !strings.Contains(metrics, want) {
+		i := strings.Index(metrics, "\ngo_gc_gomemlimit_bytes")
+		t.Errorf("want %q in /metrics, got %.60q", want, metrics[max(i, 0):])
+	}
+	if code := d.stop(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
