@@ -226,8 +226,7 @@ func (b *Bridge) run(ctx context.Context) {
 		first, failures = false, 0
 		b.setConnected(idx, true)
 		b.lg.Info("bridge: connected", "upstream", idx, "address", addr, "window", up.window())
-		err = b.serve(ctx, up)
-		b.setConnected(idx, false)
+		err = b.serve(ctx, up, idx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -311,7 +310,7 @@ func (w *withInbound) close() {
 
 // serve runs the forward rules over one connection until it is lost or ctx
 // ends, then leaves every rule at its acknowledged position.
-func (b *Bridge) serve(ctx context.Context, up uplink) error {
+func (b *Bridge) serve(ctx context.Context, up uplink, idx int) error {
 	cctx, cancel := context.WithCancel(ctx)
 	sem := make(chan struct{}, up.window())
 	var wg sync.WaitGroup
@@ -327,6 +326,7 @@ func (b *Bridge) serve(ctx context.Context, up uplink) error {
 	case <-up.lost():
 	case <-ctx.Done():
 	}
+	b.setConnected(idx, false) // at once: the state says what is true now
 	cancel()
 	wg.Wait()
 	up.close()

@@ -1,0 +1,251 @@
+package bridge_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgemq/edgemq/bridge"
+	"github.com/edgemq/edgemq/edge"
+)
+
+// status returns the named bridge's state.
+func status(t testing.TB, b *edge.Broker, name string) bridge.Status {
+	t.Helper()
+	for _, s := range b.Bridges() {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no bridge %q", name)
+	return bridge.Status{}
+}
+
+// waitStatus polls until ok(status) or d passes, and returns the last status.
+func waitStatus(t testing.TB, b *edge.Broker, name string, d time.Duration, ok func(bridge.Status) bool) bridge.Status {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		s := status(t, b, name)
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bridge state not reached within %s: %+v", d, s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestHalfOpenLink: the proxy stops forwarding without closing anything;
+// the bridge declares the link down within 1.5 keepalives, reconnects when
+// it is restored, and loses nothing published meanwhile.
+func TestHalfOpenLink(t *testing.T) {
+	for _, proto := range []string{"3.1.1", "5"} {
+		t.Run(proto, func(t *testing.T) {
+			up := startMosquitto(t, "")
+			ta := newTally(3000)
+			sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
+			if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			p := newProxy(t, up.addr)
+			bc := bridgeTo("central", p.url())
+			bc.Protocol = proto
+			b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+			dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+			publishN(t, dev, 4, 1000, 0)
+			waitForwarded(t, ta, 1000, 20*time.Second)
+
+			p.blackHole()
+			silent := time.Now()
+			publishN(t, dev, 4, 1000, 1000) // into the black hole: no PUBACK comes back
+			s := waitStatus(t, b, "central", 3*bc.Keepalive, func(s bridge.Status) bool { return !s.Connected })
+			took := time.Since(silent)
+			if limit := bc.Keepalive*3/2 + 500*time.Millisecond; took > limit {
+				t.Errorf("half-open link declared down after %s, want within 1.5 keepalives (%s)", took, bc.Keepalive*3/2)
+			}
+			if !strings.Contains(s.LastError, "1.5 keepalives") {
+				t.Errorf("last error %q does not say the link went silent", s.LastError)
+			}
+			t.Logf("MQTT %s: half-open link declared down after %.2fs (keepalive %s)", proto, took.Seconds(), bc.Keepalive)
+			p.restore()
+			publishN(t, dev, 4, 1000, 2000)
+			ta.wait(t, 30*time.Second)
+		})
+	}
+}
+
+// TestFailoverBadPassword: the first upstream refuses the bridge's
+// password, the second accepts: messages flow through the second, the
+// state names the refusal, and local clients are served throughout.
+func TestFailoverBadPassword(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", pw, "bridge", "other-password").CombinedOutput(); err != nil {
+		t.Skipf("mosquitto_passwd: %v %s", err, out)
+	}
+	first := startMosquitto(t, fmt.Sprintf("password_file %s\nallow_anonymous false\n", pw))
+	second := startMosquitto(t, "")
+	ta := newTally(500)
+	sub := client(t, "tcp://"+second.addr, "central-sub", true, ta.handle)
+	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	bc := bridgeTo("central", "mqtt://"+first.addr, "mqtt://"+second.addr)
+	bc.Username, bc.Password = "bridge", "s3cret"
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+	publishN(t, dev, 4, 500, 0)
+	ta.wait(t, 20*time.Second)
+	s := status(t, b, "central")
+	if !s.Connected || s.Upstream != 1 {
+		t.Errorf("bridge connected %v to upstream %d, want the second (1)", s.Connected, s.Upstream)
+	}
+	// Mosquitto 2.0 answers a 3.1.1 bad password with 5, not authorized.
+	if !strings.Contains(s.LastError, "upstream refused the connection: not authorized") && !strings.Contains(s.LastError, "bad user name or password") {
+		t.Errorf("last error %q does not name the refusal", s.LastError)
+	}
+}
+
+// TestTLS: a wrong CA fails with an error that says so; the right CA with a
+// client certificate (mutual TLS, which the upstream requires) works.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t, dir, "ca")
+	other := newCA(t, dir, "other-ca")
+	ca.issue(t, dir, "server", "127.0.0.1", false)
+	ca.issue(t, dir, "client", "edge-1", true)
+	up := startMosquitto(t, fmt.Sprintf("cafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+		filepath.Join(dir, "ca.pem"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")))
+
+	t.Run("wrong CA", func(t *testing.T) {
+		bc := bridgeTo("central", "mqtts://"+up.addr)
+		bc.TLS.CAFile = other.path
+		bc.TLS.CertFile, bc.TLS.KeyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+		b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+		s := waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.LastError != "" })
+		if s.Connected || !strings.Contains(s.LastError, "not signed by a trusted CA (check tls.ca_file)") {
+			t.Errorf("bridge state %+v, want a clear CA error", s)
+		}
+	})
+	t.Run("mutual TLS", func(t *testing.T) {
+		ta := newTally(200)
+		// The test's subscriber needs a certificate too.
+		tlsClient(t, up.addr, dir, ta)
+		bc := bridgeTo("central", "mqtts://"+up.addr)
+		bc.TLS.CAFile = filepath.Join(dir, "ca.pem")
+		bc.TLS.CertFile, bc.TLS.KeyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+		b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+		dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+		publishN(t, dev, 2, 200, 0)
+		ta.wait(t, 20*time.Second)
+	})
+}
+
+// ---- certificates ----
+
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	path string
+}
+
+func newCA(t testing.TB, dir, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{cert: cert, key: key, path: filepath.Join(dir, name+".pem")}
+	writePEM(t, ca.path, "CERTIFICATE", der)
+	return ca
+}
+
+// issue writes name.pem and name.key: a server certificate for the IP
+// host, or a client certificate with CN host.
+func (ca *testCA) issue(t testing.TB, dir, name, host string, client bool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if client {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	} else {
+		tmpl.IPAddresses = []net.IP{net.ParseIP(host)}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der)
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, filepath.Join(dir, name+".key"), "EC PRIVATE KEY", kb)
+}
+
+func writePEM(t testing.TB, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tlsClient subscribes to t/# on a TLS upstream with the client
+// certificate in dir.
+func tlsClient(t testing.TB, addr, dir string, ta *tally) mqtt.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("ca: %v", err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID("central-sub").SetAutoReconnect(false).
+		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}).SetDefaultPublishHandler(ta.handle)
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	if tok := c.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	return c
+}
