@@ -76,6 +76,9 @@ type Status struct {
 	// has not passed yet: an upper bound of the messages it still has to
 	// send (the log also holds other records and other topics).
 	BacklogRecords uint64
+	// BacklogBytes is the size of the log records the slowest rule holds
+	// back (counted every half second).
+	BacklogBytes int64
 	// BacklogSeconds is the age of the oldest message a forward rule has not
 	// had acknowledged, 0 when none waits.
 	BacklogSeconds float64
@@ -85,13 +88,17 @@ type Status struct {
 
 // Drop reasons, the values of Status.Dropped's keys.
 const (
-	DropExpired   = "expired"         // the message's expiry passed [MQTT-3.3.2-5]
-	DropMaxAge    = "max_backlog_age" // older than Config.MaxBacklogAge
-	DropRefused   = "refused"         // the upstream's PUBACK/PUBREC had a failure code
-	DropRetention = "retention"       // the log removed records before the bridge sent them
-	DropBad       = "unreadable"      // a damaged record in the log
-	DropLoop      = "loop"            // a downlink message the bridge itself forwarded
+	DropExpired   = "expired"           // the message's expiry passed [MQTT-3.3.2-5]
+	DropMaxAge    = "max_backlog_age"   // older than Config.MaxBacklogAge
+	DropMaxBytes  = "max_backlog_bytes" // the oldest, beyond Config.MaxBacklogBytes
+	DropRefused   = "refused"           // the upstream's PUBACK/PUBREC had a failure code
+	DropRetention = "retention"         // the log removed records before the bridge sent them
+	DropBad       = "unreadable"        // a damaged record in the log
+	DropLoop      = "loop"              // a downlink message the bridge itself forwarded
 )
+
+// DropReasons lists every drop reason, for metrics that show each from 0.
+var DropReasons = []string{DropExpired, DropMaxAge, DropMaxBytes, DropRefused, DropRetention, DropBad, DropLoop}
 
 // Bridge is one bridge: a connection to one of its upstreams at a time,
 // forward rules reading the log from their cursors, downlink rules
@@ -107,6 +114,11 @@ type Bridge struct {
 	rules  []*rule
 
 	forwarded, received, reconnects atomic.Uint64
+	backlogBytes                    atomic.Int64
+
+	// serving is held while a connection serves the rules; the
+	// housekeeping trims backlogs only when it can take it.
+	serving sync.Mutex
 
 	mu        sync.Mutex // guards what follows
 	dropped   map[string]uint64
@@ -166,7 +178,7 @@ func (b *Bridge) Start() {
 		defer close(b.done)
 		var wg sync.WaitGroup
 		wg.Add(1)
-		go func() { defer wg.Done(); b.commitLoop(ctx) }()
+		go func() { defer wg.Done(); b.housekeeping(ctx) }()
 		b.run(ctx)
 		wg.Wait()
 	}()
@@ -311,6 +323,8 @@ func (w *withInbound) close() {
 // serve runs the forward rules over one connection until it is lost or ctx
 // ends, then leaves every rule at its acknowledged position.
 func (b *Bridge) serve(ctx context.Context, up uplink, idx int) error {
+	b.serving.Lock()
+	defer b.serving.Unlock()
 	cctx, cancel := context.WithCancel(ctx)
 	sem := make(chan struct{}, up.window())
 	var wg sync.WaitGroup
@@ -370,6 +384,7 @@ func (b *Bridge) Status() Status {
 	}
 	b.mu.Unlock()
 	s.Reconnects, s.Forwarded, s.Received = b.reconnects.Load(), b.forwarded.Load(), b.received.Load()
+	s.BacklogBytes = b.backlogBytes.Load()
 	next := b.log.LastOffset() + 1
 	now := time.Now()
 	for _, r := range b.rules {

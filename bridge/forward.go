@@ -24,6 +24,8 @@ type rule struct {
 	pending   []sent     // unacknowledged, by offset
 	next      uint64     // every record below it is sent or skipped
 	committed uint64     // the cursor's offset
+
+	backlog backlog // the housekeeping goroutine's alone
 }
 
 // sent is one message waiting for its acknowledgement.
@@ -260,18 +262,36 @@ func expand(tmpl, topic, client string) string {
 	return strings.NewReplacer("{topic}", topic, "{client}", client).Replace(tmpl)
 }
 
-// commitLoop moves the cursors up to what is acknowledged, every
+// housekeeping moves the cursors up to what is acknowledged, every
 // commitInterval while something changed: one cursor-table write covers many
 // acknowledgements. A crash loses at most the last interval's commits; those
-// messages are sent again (at least once).
-func (b *Bridge) commitLoop(ctx context.Context) {
+// messages are sent again (at least once). Every accountInterval it also
+// counts the backlog and, while no connection serves, trims it to the
+// configured limits.
+func (b *Bridge) housekeeping(ctx context.Context) {
 	t := time.NewTicker(commitInterval)
 	defer t.Stop()
+	lastAccount := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now := <-t.C:
+			if now.Sub(lastAccount) >= accountInterval {
+				lastAccount = now
+				limits := b.cfg.MaxBacklogAge > 0 || b.cfg.MaxBacklogBytes > 0
+				idle := limits && b.serving.TryLock()
+				for _, r := range b.rules {
+					b.account(r)
+					if idle {
+						b.trim(r)
+					}
+				}
+				if idle {
+					b.serving.Unlock()
+				}
+				b.backlogBytes.Store(b.maxBacklogBytes())
+			}
 			if err := b.commit(); err != nil {
 				b.lg.Error("bridge: cursor commit failed", "error", err)
 			}
@@ -279,7 +299,20 @@ func (b *Bridge) commitLoop(ctx context.Context) {
 	}
 }
 
-const commitInterval = 20 * time.Millisecond
+// maxBacklogBytes is the largest backlog of the bridge's rules. Called by
+// the housekeeping goroutine.
+func (b *Bridge) maxBacklogBytes() int64 {
+	var n int64
+	for _, r := range b.rules {
+		n = max(n, r.backlog.bytes)
+	}
+	return n
+}
+
+const (
+	commitInterval  = 20 * time.Millisecond
+	accountInterval = 500 * time.Millisecond
+)
 
 // commit moves each rule's cursor to its low mark.
 func (b *Bridge) commit() error {

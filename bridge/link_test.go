@@ -19,6 +19,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgemq/edgemq/bridge"
 	"github.com/edgemq/edgemq/edge"
@@ -109,11 +110,20 @@ func TestFailoverBadPassword(t *testing.T) {
 	}
 	bc := bridgeTo("central", "mqtt://"+first.addr, "mqtt://"+second.addr)
 	bc.Username, bc.Password = "bridge", "s3cret"
-	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	reg := prometheus.NewRegistry()
+	b := startEdgeReg(t, t.TempDir(), []edge.BridgeConfig{bc}, reg)
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 	publishN(t, dev, 4, 500, 0)
 	ta.wait(t, 20*time.Second)
-	s := status(t, b, "central")
+	s := waitStatus(t, b, "central", 5*time.Second, func(s bridge.Status) bool { return s.Forwarded >= 500 })
+	for name, want := range map[string]float64{
+		"edgemq_bridge_connected": 1, "edgemq_bridge_upstream": 1, "edgemq_bridge_forwarded_messages_total": 500,
+		"edgemq_bridge_backlog_seconds": 0,
+	} {
+		if got := metric(t, reg, name); got != want {
+			t.Errorf("%s{bridge=\"central\"} = %v, want %v", name, got, want)
+		}
+	}
 	if !s.Connected || s.Upstream != 1 {
 		t.Errorf("bridge connected %v to upstream %d, want the second (1)", s.Connected, s.Upstream)
 	}
@@ -121,6 +131,32 @@ func TestFailoverBadPassword(t *testing.T) {
 	if !strings.Contains(s.LastError, "upstream refused the connection: not authorized") && !strings.Contains(s.LastError, "bad user name or password") {
 		t.Errorf("last error %q does not name the refusal", s.LastError)
 	}
+}
+
+// metric returns the value of the central bridge's metric name.
+func metric(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "bridge" && l.GetValue() == "central" {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 // TestTLS: a wrong CA fails with an error that says so; the right CA with a

@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/edgemq/edgemq/edge"
@@ -104,12 +105,18 @@ func (n *natsNode) stop() {
 // startEdge runs an in-process edgemq with the given bridges.
 func startEdge(t testing.TB, dir string, bridges []edge.BridgeConfig) *edge.Broker {
 	t.Helper()
+	return startEdgeReg(t, dir, bridges, nil)
+}
+
+// startEdgeReg is startEdge with the metrics on reg.
+func startEdgeReg(t testing.TB, dir string, bridges []edge.BridgeConfig, reg *prometheus.Registry) *edge.Broker {
+	t.Helper()
 	cfg := edge.DefaultConfig()
 	cfg.Listeners = []edge.ListenerConfig{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0"}}
 	cfg.HTTP.Address = ""
 	cfg.Storage.Dir = dir
 	cfg.Bridges = bridges
-	b, err := edge.New(cfg, edge.Options{Logger: logger()})
+	b, err := edge.New(cfg, edge.Options{Logger: logger(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,8 +154,9 @@ func bridgeConfigs(bs []BridgeConfig) []bridge.Config {
 // Bridges returns the state of every bridge, sorted by name; none before
 // Start.
 func (b *Broker) Bridges() []bridge.Status {
-	if b.bridges == nil {
+	bs := b.bridges.Load()
+	if bs == nil {
 		return nil
 	}
-	return b.bridges.Status()
+	return bs.Status()
 }

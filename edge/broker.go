@@ -67,7 +67,7 @@ type Broker struct {
 	// before the listeners, and Shutdown closes it last. nil until then.
 	storage io.Closer
 	// bridges are the links to upstream brokers, on the log; nil until Start.
-	bridges *bridge.Set
+	bridges atomic.Pointer[bridge.Set]
 
 	connsMu     sync.Mutex
 	conns       map[*conn]struct{}
@@ -165,6 +165,9 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	if b.metrics, err = newMetrics(reg, b.srv, func() int { return b.blockedWriters(time.Second) }); err != nil {
 		return nil, err
 	}
+	if err := reg.Register(newBridgeCollector(b.Bridges)); err != nil {
+		return nil, fmt.Errorf("edge: bridge metrics: %w", err)
+	}
 	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
@@ -209,8 +212,9 @@ func (b *Broker) Start(ctx context.Context) error {
 		return err
 	}
 	b.storage = ds
-	b.bridges = bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
-	ds.store.bridged = b.bridges.Wants
+	bridges := bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
+	b.bridges.Store(bridges)
+	ds.store.bridged = bridges.Wants
 	bound := 0
 	fail := func(err error) error {
 		b.stopped = true // half-bound: a Broker is not restartable
@@ -238,7 +242,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.started = true
 	ds.store.start()
-	if err := b.bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
+	if err := bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
 		b.log.Error("bridges not all started", "error", err)
 	}
 	if b.http != nil {

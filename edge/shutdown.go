@@ -49,8 +49,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 	b.storageStopping()
 	var errs []error
-	if b.bridges != nil { // before the log closes: each rule commits how far it got
-		if err := b.bridges.Shutdown(ctx); err != nil {
+	if bs := b.bridges.Load(); bs != nil { // before the log closes: each rule commits how far it got
+		if err := bs.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("bridges: %w", err))
 		}
 	}
