@@ -146,8 +146,9 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 // watch closes c when nothing has been read for 1.5 keepalives: the MQTT
 // client pings after a keepalive without traffic and the server answers
 // [MQTT-3.1.2-24], so a live link never stays silent that long. It returns
-// when ctx ends.
-func (c *watchedConn) watch(ctx context.Context, keepalive time.Duration, wg *sync.WaitGroup) {
+// when ctx ends. silent is called first, so the link is known to be down at
+// once, whatever the MQTT library then takes to notice the closed socket.
+func (c *watchedConn) watch(ctx context.Context, keepalive time.Duration, wg *sync.WaitGroup, silent func()) {
 	c.lastRead.Store(time.Now().UnixNano())
 	limit := keepalive * 3 / 2
 	tick := time.NewTicker(max(keepalive/8, 10*time.Millisecond))
@@ -162,6 +163,7 @@ func (c *watchedConn) watch(ctx context.Context, keepalive time.Duration, wg *sy
 			case now := <-tick.C:
 				if now.Sub(time.Unix(0, c.lastRead.Load())) > limit {
 					c.silent.Store(true)
+					silent()
 					_ = c.Conn.Close()
 					return
 				}

@@ -101,7 +101,7 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 	}
 	wctx, stop := context.WithCancel(context.Background())
 	l.stopWatch = stop
-	l.conn.watch(wctx, cfg.Keepalive, &l.wg)
+	l.conn.watch(wctx, cfg.Keepalive, &l.wg, func() { l.fail(errSilent) })
 	return l, nil
 }
 

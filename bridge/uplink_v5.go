@@ -101,7 +101,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	if ca.Properties != nil && ca.Properties.ServerKeepAlive != nil {
 		keepalive = time.Duration(*ca.Properties.ServerKeepAlive) * time.Second // [MQTT-3.2.2-21]
 	}
-	conn.watch(wctx, keepalive, &l.wg)
+	conn.watch(wctx, keepalive, &l.wg, func() { l.fail(errSilent) })
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -140,6 +141,45 @@ func dialWebSocket(ctx context.Context, u *url.URL, tc *tls.Config) (net.Conn, e
 	}
 	// The connection outlives the dial: its own context is the background.
 	return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
+}
+
+// checkBridgeFiles reads each bridge's TLS files, as a start or reload
+// would.
+func checkBridgeFiles(bs []BridgeConfig) []*ConfigError {
+	var problems []*ConfigError
+	for i, bc := range bs {
+		var fe *bridge.FieldError
+		if err := bc.bridgeConfig().Check(); errors.As(err, &fe) {
+			problems = append(problems, &ConfigError{Path: fmt.Sprintf("bridges[%d].%s", i, fe.Path), Reason: fe.Reason})
+		}
+	}
+	return problems
+}
+
+// ReloadBridges makes the running bridges those of cfg.Bridges: new ones
+// start, removed ones stop, changed ones restart, and a forward rule that did
+// not change keeps its cursor (so nothing is sent twice or skipped). A
+// config that does not validate, or whose TLS files do not load, is refused
+// with the messages of `edgemq check`, and the running bridges stay as they
+// were. It is the bridges' part of the broker's reload (SIGHUP).
+func (b *Broker) ReloadBridges(ctx context.Context, cfg Config) error {
+	bs := b.bridges.Load()
+	if bs == nil {
+		return ErrStopped
+	}
+	v := &validator{}
+	v.bridges(cfg.Bridges)
+	if err := v.err(); err != nil {
+		return err
+	}
+	if problems := checkBridgeFiles(cfg.Bridges); len(problems) > 0 {
+		return joinConfigErrors(problems)
+	}
+	if err := bs.Apply(ctx, bridgeConfigs(cfg.Bridges)); err != nil {
+		return err
+	}
+	b.log.Info("bridges reloaded", "bridges", len(cfg.Bridges))
+	return nil
 }
 
 // bridgeConfigs converts the file's bridges.

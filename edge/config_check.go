@@ -46,6 +46,7 @@ func readFiles(cfg Config) (configFiles, []*ConfigError) {
 		}
 		files.tls[i] = t
 	}
+	problems = append(problems, checkBridgeFiles(cfg.Bridges)...)
 	return files, problems
 }
 
