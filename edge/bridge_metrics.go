@@ -12,7 +12,7 @@ type bridgeCollector struct {
 	status func() []bridge.Status
 
 	connected, upstream, since, reconnects, forwarded, received, dropped *prometheus.Desc
-	backlogRecords, backlogBytes, backlogSeconds                        *prometheus.Desc
+	backlogRecords, backlogBytes, backlogSeconds                         *prometheus.Desc
 }
 
 func newBridgeCollector(status func() []bridge.Status) *bridgeCollector {
