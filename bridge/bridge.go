@@ -236,13 +236,12 @@ func (b *Bridge) run(ctx context.Context) {
 			b.reconnects.Add(1)
 		}
 		first, failures = false, 0
-		b.setConnected(idx, true)
+		b.setConnected(idx)
 		b.lg.Info("bridge: connected", "upstream", idx, "address", addr, "window", up.window())
 		err = b.serve(ctx, up, idx)
 		if ctx.Err() != nil {
 			return
 		}
-		b.setError(idx, err)
 		b.lg.Warn("bridge: link down", "upstream", idx, "address", addr, "error", err)
 		failures++
 		if !sleep(ctx, b.backoff(failures)) {
@@ -340,7 +339,13 @@ func (b *Bridge) serve(ctx context.Context, up uplink, idx int) error {
 	case <-up.lost():
 	case <-ctx.Done():
 	}
-	b.setConnected(idx, false) // at once: the state says what is true now
+	// At once, and in one step with its cause: the state says what is
+	// true now.
+	var cause error
+	if ctx.Err() == nil {
+		cause = up.cause()
+	}
+	b.setDown(idx, cause)
 	cancel()
 	wg.Wait()
 	up.close()
@@ -351,10 +356,20 @@ func (b *Bridge) serve(ctx context.Context, up uplink, idx int) error {
 	return err
 }
 
-func (b *Bridge) setConnected(idx int, up bool) {
+func (b *Bridge) setConnected(idx int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.connected, b.upstream, b.since = up, idx, time.Now()
+	b.connected, b.upstream, b.since = true, idx, time.Now()
+}
+
+// setDown marks the link lost, with its cause (nil: none to report).
+func (b *Bridge) setDown(idx int, cause error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.connected, b.upstream, b.since = false, idx, time.Now()
+	if cause != nil {
+		b.lastErr = cause.Error()
+	}
 }
 
 func (b *Bridge) setError(idx int, err error) {

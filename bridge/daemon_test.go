@@ -129,6 +129,8 @@ func waitListening(t testing.TB, addr string, done <-chan struct{}) {
 // mosquitto is Debian's /usr/sbin/mosquitto on a free loopback port.
 type mosquitto struct {
 	addr string
+	conf string
+	logf *os.File
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -144,29 +146,46 @@ func startMosquitto(t testing.TB, conf string) *mosquitto {
 	port := freePort(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "mosquitto.conf")
+	// user root: run as root (CI), mosquitto would drop to user mosquitto,
+	// which cannot read the test's files.
 	body := fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n%s", port, conf)
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m := &mosquitto{addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: exec.Command(bin, "-c", path), done: make(chan struct{})}
 	logf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.cmd.Stdout, m.cmd.Stderr = logf, logf
-	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = m.cmd.Wait(); close(m.done) }()
+	m := &mosquitto{addr: fmt.Sprintf("127.0.0.1:%d", port), conf: path, logf: logf}
 	t.Cleanup(func() {
-		_ = m.cmd.Process.Signal(syscall.SIGTERM)
-		<-m.done
+		if m.cmd != nil {
+			_ = m.cmd.Process.Signal(syscall.SIGTERM)
+			<-m.done
+		}
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("mosquitto log:\n%s", b)
 		}
 	})
-	waitListening(t, m.addr, m.done)
+	m.start(t)
 	return m
+}
+
+func (m *mosquitto) start(t testing.TB) {
+	t.Helper()
+	m.cmd, m.done = exec.Command("/usr/sbin/mosquitto", "-c", m.conf), make(chan struct{})
+	m.cmd.Stdout, m.cmd.Stderr = m.logf, m.logf
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
+	waitListening(t, m.addr, m.done)
+}
+
+// kill sends SIGKILL and waits until mosquitto is gone.
+func (m *mosquitto) kill() {
+	_ = m.cmd.Process.Signal(syscall.SIGKILL)
+	<-m.done
+	m.cmd = nil
 }
