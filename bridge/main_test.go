@@ -111,12 +111,7 @@ func startEdge(t testing.TB, dir string, bridges []edge.BridgeConfig) *edge.Brok
 // startEdgeReg is startEdge with the metrics on reg.
 func startEdgeReg(t testing.TB, dir string, bridges []edge.BridgeConfig, reg *prometheus.Registry) *edge.Broker {
 	t.Helper()
-	cfg := edge.DefaultConfig()
-	cfg.Listeners = []edge.ListenerConfig{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0"}}
-	cfg.HTTP.Address = ""
-	cfg.Storage.Dir = dir
-	cfg.Bridges = bridges
-	b, err := edge.New(cfg, edge.Options{Logger: logger(), Registry: reg})
+	b, err := edge.New(edgeConfig(dir, bridges), edge.Options{Logger: logger(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +120,16 @@ func startEdgeReg(t testing.TB, dir string, bridges []edge.BridgeConfig, reg *pr
 	}
 	t.Cleanup(func() { stopEdge(t, b) })
 	return b
+}
+
+// edgeConfig is the config of startEdge.
+func edgeConfig(dir string, bridges []edge.BridgeConfig) edge.Config {
+	cfg := edge.DefaultConfig()
+	cfg.Listeners = []edge.ListenerConfig{{Name: "tcp", Type: "tcp", Address: "127.0.0.1:0"}}
+	cfg.HTTP.Address = ""
+	cfg.Storage.Dir = dir
+	cfg.Bridges = bridges
+	return cfg
 }
 
 func stopEdge(t testing.TB, b *edge.Broker) {

@@ -1,7 +1,6 @@
 package bridge_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,7 @@ import (
 	"github.com/edgemq/edgemq/edge"
 )
 
-// TestReloadBridges: a reload adds a bridge, changes a rule of another
+// TestReloadBridges: a reload (Broker.Reload, what SIGHUP calls) adds a bridge, changes a rule of another
 // (whose unchanged rule keeps its cursor: the backlog it held arrives),
 // refuses a broken config leaving the bridges as they were, and removes a
 // bridge together with its cursors.
@@ -26,20 +25,20 @@ func TestReloadBridges(t *testing.T) {
 	a := bridgeTo("a", p.url())
 	a.Forward = append(a.Forward, edge.ForwardRule{Filter: "u/#", Remote: "{topic}", QoS: 1, Retain: "keep"})
 	reg := prometheus.NewRegistry()
-	cfg := edge.DefaultConfig()
-	b := startEdgeReg(t, t.TempDir(), []edge.BridgeConfig{a}, reg)
+	dir := t.TempDir()
+	cfg := edgeConfig(dir, nil)
+	b := startEdgeReg(t, dir, []edge.BridgeConfig{a}, reg)
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 	publishN(t, dev, 4, 500, 0)
 	waitForwarded(t, ta, 500, 20*time.Second)
 	p.cut()
 	publishN(t, dev, 4, 500, 500) // the backlog of a's unchanged rule t/#
 
-	ctx := context.Background()
 	bb := bridgeTo("b", "mqtt://"+up.addr)
 	bb.Forward[0].Filter = "v/#"
 	a.Forward[1].Remote = "changed/{topic}"
 	cfg.Bridges = []edge.BridgeConfig{a, bb}
-	if err := b.ReloadBridges(ctx, cfg); err != nil {
+	if err := b.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(b.Bridges()); got != 2 {
@@ -48,7 +47,7 @@ func TestReloadBridges(t *testing.T) {
 	bad := cfg
 	bad.Bridges = append([]edge.BridgeConfig{}, cfg.Bridges...)
 	bad.Bridges[1].Forward = []edge.ForwardRule{{Filter: "v/#", Remote: "{topic}", QoS: 3, Retain: "keep"}}
-	err := b.ReloadBridges(ctx, bad)
+	err := b.Reload(bad)
 	if err == nil || !strings.Contains(err.Error(), "bridges[1].forward[0].qos: must be 0, 1 or 2 (got 3)") {
 		t.Fatalf("broken reload: %v, want the qos refused by its path", err)
 	}
@@ -59,7 +58,7 @@ func TestReloadBridges(t *testing.T) {
 	ta.wait(t, 30*time.Second) // t/# kept its cursor: its 500 waiting messages arrive
 
 	cfg.Bridges = cfg.Bridges[:1]
-	if err := b.ReloadBridges(ctx, cfg); err != nil {
+	if err := b.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if s := b.Bridges(); len(s) != 1 || s[0].Name != "a" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -156,31 +157,20 @@ func checkBridgeFiles(bs []BridgeConfig) []*ConfigError {
 	return problems
 }
 
-// ReloadBridges makes the running bridges those of cfg.Bridges: new ones
-// start, removed ones stop, changed ones restart, and a forward rule that did
-// not change keeps its cursor (so nothing is sent twice or skipped). A
-// config that does not validate, or whose TLS files do not load, is refused
-// with the messages of `edgemq check`, and the running bridges stay as they
-// were. It is the bridges' part of the broker's reload (SIGHUP).
-func (b *Broker) ReloadBridges(ctx context.Context, cfg Config) error {
-	bs := b.bridges.Load()
-	if bs == nil {
-		return ErrStopped
+// reloadBridges makes the running bridges those of bs (see Reload, which
+// has checked them). Stopping a changed or removed bridge waits at most
+// bridgeStopTimeout for it to commit its position.
+func (b *Broker) reloadBridges(bs []BridgeConfig) error {
+	set := b.bridges.Load()
+	if set == nil {
+		return nil // not started: Start applies b.cfg.Bridges
 	}
-	v := &validator{}
-	v.bridges(cfg.Bridges)
-	if err := v.err(); err != nil {
-		return err
-	}
-	if problems := checkBridgeFiles(cfg.Bridges); len(problems) > 0 {
-		return joinConfigErrors(problems)
-	}
-	if err := bs.Apply(ctx, bridgeConfigs(cfg.Bridges)); err != nil {
-		return err
-	}
-	b.log.Info("bridges reloaded", "bridges", len(cfg.Bridges))
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), bridgeStopTimeout)
+	defer cancel()
+	return set.Apply(ctx, bridgeConfigs(bs))
 }
+
+const bridgeStopTimeout = 10 * time.Second
 
 // bridgeConfigs converts the file's bridges.
 func bridgeConfigs(bs []BridgeConfig) []bridge.Config {

@@ -12,7 +12,10 @@ import (
 //   - the ACL;
 //   - each TLS listener's certificate, key, client CAs and whether a
 //     client certificate is required, read again: new handshakes use them
-//     (certificate rotation), established connections keep theirs.
+//     (certificate rotation), established connections keep theirs;
+//   - the bridges: new ones start, removed ones stop, changed ones restart,
+//     and a forward rule that did not change keeps its cursor (nothing sent
+//     twice or skipped); their TLS files are read again.
 //
 // cfg is checked as a whole first, as New and `edgemq check` check it
 // (Validate, then the files it names); on any problem Reload returns it,
@@ -24,7 +27,7 @@ import (
 // checks, which read the new rules at once.
 //
 // Reload is the one entry point for reloading (SIGHUP in `edgemq run`);
-// parts that learn to reload (bridges) belong here. Calls are serialised.
+// parts that learn to reload belong here. Calls are serialised.
 func (b *Broker) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -51,6 +54,10 @@ func (b *Broker) Reload(cfg Config) error {
 		}
 	}
 	b.auth.setPolicy(&authPolicy{passwords: files.passwords, acl: files.acl})
+	if err := b.reloadBridges(cfg.Bridges); err != nil {
+		b.log.Error("bridges not all restarted", "error", err)
+	}
+	b.given.Bridges = cfg.Bridges
 	for _, f := range restartOnly(b.given, cfg) {
 		b.log.Warn("configuration change not applied: it needs a restart", "section", f)
 	}
@@ -58,7 +65,7 @@ func (b *Broker) Reload(cfg Config) error {
 	for i := range b.given.Listeners {
 		b.given.Listeners[i].TLS = reloadableTLS(b.given.Listeners[i].TLS, cfg.Listeners[i].TLS)
 	}
-	b.log.Info("configuration reloaded", "users", len(files.passwords), "acl_rules", len(cfg.Auth.ACL), "tls_listeners", rotated)
+	b.log.Info("configuration reloaded", "users", len(files.passwords), "acl_rules", len(cfg.Auth.ACL), "tls_listeners", rotated, "bridges", len(cfg.Bridges))
 	return nil
 }
 
@@ -76,6 +83,7 @@ func restartOnly(cur, next Config) []string {
 		cur.Listeners[i].TLS = reloadableTLS(cur.Listeners[i].TLS, next.Listeners[i].TLS)
 	}
 	cur.Auth.PasswordFile, cur.Auth.ACL = next.Auth.PasswordFile, next.Auth.ACL
+	cur.Bridges = next.Bridges
 	var out []string
 	diff := func(prefix string, a, b reflect.Value) {
 		for i := range a.NumField() {
