@@ -16,9 +16,7 @@ func TestMaxBacklogBytes(t *testing.T) {
 	const n, budget = 2000, 20 << 10
 	ta := newTally(n)
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
 	p.cut()
 	bc := bridgeTo("central", p.url())

@@ -71,9 +71,7 @@ func bridgeRound(b *testing.B, impl string, n int) (live, drain float64, lost in
 	up := startMosquitto(b, "")
 	ta := newTally(2*n + killN)
 	sub := client(b, "tcp://"+up.addr, "central-sub-"+impl, true, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
-	}
+	subscribeAll(b, sub)
 	p := newProxy(b, up.addr)
 	var e edgeUnderTest
 	switch impl {

@@ -30,9 +30,7 @@ func TestForwardToNATSCluster(t *testing.T) {
 	}
 	ta := newTally(total)
 	sub := clientRetry(t, nodes[2].addr(), "central-sub", ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	p1 := newProxy(t, nodes[0].addr())
 	p2 := newProxy(t, nodes[1].addr())
 	bc := bridgeTo("central", p1.url(), p2.url(), nodes[2].addr())

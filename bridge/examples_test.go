@@ -1,7 +1,6 @@
 package bridge_test
 
 import (
-	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -25,24 +24,13 @@ func TestExamples(t *testing.T) {
 		cfg.Listeners[0].Address, cfg.HTTP.Address, cfg.Storage.Dir = "127.0.0.1:0", "", t.TempDir()
 		return cfg
 	}
-	run := func(cfg edge.Config) *edge.Broker {
-		b, err := edge.New(cfg, edge.Options{Logger: logger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { stopEdge(t, b) })
-		return b
-	}
-	cloud := run(load("cloud.yaml"))
+	cloud := runEdge(t, load("cloud.yaml"), nil)
 	gw := load("gateway.yaml")
 	if len(gw.Bridges) != 1 || gw.Bridges[0].Upstreams[0] != "mqtt://127.0.0.1:1884" {
 		t.Fatalf("gateway bridges = %+v, want one to the cloud on 1884", gw.Bridges)
 	}
 	gw.Bridges[0].Upstreams = []string{"mqtt://" + cloud.Addr("tcp").String()}
-	gateway := run(gw)
+	gateway := runEdge(t, gw, nil)
 
 	got := make(chan string, 10)
 	handler := func(_ mqtt.Client, m mqtt.Message) { got <- m.Topic() + " " + string(m.Payload()) }

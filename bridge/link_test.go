@@ -62,9 +62,7 @@ func TestHalfOpenLink(t *testing.T) {
 			up := startMosquitto(t, "")
 			ta := newTally(3000)
 			sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
-			if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-				t.Fatal(tok.Error())
-			}
+			subscribeAll(t, sub)
 			p := newProxy(t, up.addr)
 			bc := bridgeTo("central", p.url())
 			bc.Protocol = proto
@@ -108,9 +106,7 @@ func TestFailoverBadPassword(t *testing.T) {
 	second := startMosquitto(t, "")
 	ta := newTally(500)
 	sub := client(t, "tcp://"+second.addr, "central-sub", true, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	bc := bridgeTo("central", "mqtt://"+first.addr, "mqtt://"+second.addr)
 	bc.Username, bc.Password = "bridge", "s3cret"
 	reg := prometheus.NewRegistry()
@@ -283,8 +279,6 @@ func tlsClient(t testing.TB, addr, dir string, ta *tally) mqtt.Client {
 		t.Fatalf("connect: %v", tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(50) })
-	if tok := c.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, c)
 	return c
 }

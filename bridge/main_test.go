@@ -111,7 +111,13 @@ func startEdge(t testing.TB, dir string, bridges []edge.BridgeConfig) *edge.Brok
 // startEdgeReg is startEdge with the metrics on reg.
 func startEdgeReg(t testing.TB, dir string, bridges []edge.BridgeConfig, reg *prometheus.Registry) *edge.Broker {
 	t.Helper()
-	b, err := edge.New(edgeConfig(dir, bridges), edge.Options{Logger: logger(), Registry: reg})
+	return runEdge(t, edgeConfig(dir, bridges), reg)
+}
+
+// runEdge runs an in-process edgemq on cfg until the test ends.
+func runEdge(t testing.TB, cfg edge.Config, reg *prometheus.Registry) *edge.Broker {
+	t.Helper()
+	b, err := edge.New(cfg, edge.Options{Logger: logger(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +183,14 @@ func client(t testing.TB, addr, id string, clean bool, onMsg mqtt.MessageHandler
 	}
 	t.Cleanup(func() { c.Disconnect(50) })
 	return c
+}
+
+// subscribeAll subscribes c to t/# at QoS 1.
+func subscribeAll(t testing.TB, c mqtt.Client) {
+	t.Helper()
+	if tok := c.Subscribe("t/#", 1, nil); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
 }
 
 // publishN publishes n QoS 1 messages on topics t/0..t/(topics-1), payload

@@ -16,9 +16,7 @@ func TestOutageKillDrainMosquitto(t *testing.T) {
 	const live, during = 2000, 10000
 	ta := newTally(live + 2*during)
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
 	d := newDaemon(t, t.TempDir(), fmt.Sprintf(`bridges:
   - name: central

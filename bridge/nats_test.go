@@ -15,9 +15,7 @@ func TestForwardToNATS(t *testing.T) {
 	const total = 3000
 	ta := newTally(total)
 	sub := client(t, n.addr(), "central-sub", false, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	p := newProxy(t, n.addr())
 	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bridgeTo("central", p.url())})
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)

@@ -18,9 +18,7 @@ func TestReloadBridges(t *testing.T) {
 	up := startMosquitto(t, "")
 	ta := newTally(1000)
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
-	if tok := sub.Subscribe("t/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
 	a := bridgeTo("a", p.url())
 	a.Forward = append(a.Forward, edge.ForwardRule{Filter: "u/#", Remote: "{topic}", QoS: 1, Retain: "keep"})

@@ -33,6 +33,35 @@ type uplink interface {
 	close()
 }
 
+// linkState is what both uplinks keep about their connection's end: the
+// first cause wins, and lost is closed once.
+type linkState struct {
+	mu       sync.Mutex
+	err      error
+	lostCh   chan struct{}
+	lostOnce sync.Once
+}
+
+func newLinkState() linkState { return linkState{lostCh: make(chan struct{})} }
+
+// fail records why the link ended, if it is the first to, and closes lost.
+func (s *linkState) fail(err error) {
+	s.lostOnce.Do(func() {
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+		close(s.lostCh)
+	})
+}
+
+func (s *linkState) lost() <-chan struct{} { return s.lostCh }
+
+func (s *linkState) cause() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
 // outbound is one message as it goes upstream.
 type outbound struct {
 	topic   string

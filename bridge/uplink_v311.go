@@ -24,16 +24,13 @@ type v311link struct {
 
 	stopWatch context.CancelFunc
 	wg        sync.WaitGroup
-	mu        sync.Mutex
-	err       error
-	lostCh    chan struct{}
-	lostOnce  sync.Once
+	linkState
 }
 
 // dialV311 connects to addr and returns the link once CONNACK accepted it.
 func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link, error) {
 	cfg := d.cfg
-	l := &v311link{lostCh: make(chan struct{}), win: cfg.MaxInflight}
+	l := &v311link{linkState: newLinkState(), win: cfg.MaxInflight}
 	var dialErr error
 	o := mqtt.NewClientOptions()
 	o.AddBroker(addr)
@@ -132,23 +129,7 @@ func (l *v311link) subscribe(ctx context.Context, rules []Downlink) error {
 	return nil
 }
 
-func (l *v311link) fail(err error) {
-	l.lostOnce.Do(func() {
-		l.mu.Lock()
-		l.err = err
-		l.mu.Unlock()
-		close(l.lostCh)
-	})
-}
-
-func (l *v311link) window() int           { return l.win }
-func (l *v311link) lost() <-chan struct{} { return l.lostCh }
-
-func (l *v311link) cause() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
-}
+func (l *v311link) window() int { return l.win }
 
 func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) error {
 	tok := l.c.Publish(o.topic, o.qos, o.retain, o.payload)

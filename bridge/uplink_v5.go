@@ -28,10 +28,7 @@ type v5link struct {
 
 	stopWatch context.CancelFunc
 	wg        sync.WaitGroup
-	mu        sync.Mutex
-	err       error
-	lostCh    chan struct{}
-	lostOnce  sync.Once
+	linkState
 }
 
 // dialV5 connects to addr and returns the link once CONNACK accepted it.
@@ -42,7 +39,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 		return nil, err
 	}
 	conn := &watchedConn{Conn: nc}
-	l := &v5link{conn: conn, lostCh: make(chan struct{})}
+	l := &v5link{conn: conn, linkState: newLinkState()}
 	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in}
 	pc := paho.ClientConfig{
 		ClientID:                   cfg.ClientID,
@@ -132,23 +129,7 @@ func (l *v5link) receive(p *paho.Publish) {
 	l.sess.in.deliver(m)
 }
 
-func (l *v5link) fail(err error) {
-	l.lostOnce.Do(func() {
-		l.mu.Lock()
-		l.err = err
-		l.mu.Unlock()
-		close(l.lostCh)
-	})
-}
-
-func (l *v5link) window() int           { return l.win }
-func (l *v5link) lost() <-chan struct{} { return l.lostCh }
-
-func (l *v5link) cause() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
-}
+func (l *v5link) window() int { return l.win }
 
 func (l *v5link) publish(ctx context.Context, o outbound, done func(error)) error {
 	p := &paho.Publish{Topic: o.topic, Payload: o.payload, QoS: o.qos, Retain: o.retain}
