@@ -45,28 +45,27 @@ type daemon struct {
 	t      testing.TB
 	bin    string
 	config string
+	base   string // the config without the extra part
 	addr   string
 	cmd    *exec.Cmd
 	done   chan struct{}
 	log    *os.File
 }
 
-// newDaemon writes cfg (a YAML body without listeners; %s is replaced by
-// nothing) with a TCP listener on a free port and the storage in dir.
+// newDaemon writes a config with a TCP listener on a free port, the storage
+// in dir, and extra (YAML sections, such as bridges:).
 func newDaemon(t testing.TB, dir, extra string) *daemon {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg := fmt.Sprintf("listeners:\n  - {name: tcp, type: tcp, address: %q}\nhttp: {address: \"\"}\nstorage: {dir: %q, sync: always}\nlog: {level: info}\nshutdown: {grace: 1s}\n%s",
-		addr, filepath.Join(dir, "data"), extra)
+	base := fmt.Sprintf("listeners:\n  - {name: tcp, type: tcp, address: %q}\nhttp: {address: \"\"}\nstorage: {dir: %q, sync: always}\nlog: {level: info}\nshutdown: {grace: 1s}\n",
+		addr, filepath.Join(dir, "data"))
 	path := filepath.Join(dir, "edgemq.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	logf, err := os.Create(filepath.Join(dir, "edgemq.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, bin: edgemqBinary(t), config: path, addr: addr, log: logf}
+	d := &daemon{t: t, bin: edgemqBinary(t), config: path, base: base, addr: addr, log: logf}
+	d.write(extra)
 	t.Cleanup(func() {
 		if d.cmd != nil {
 			d.kill()
@@ -78,6 +77,14 @@ func newDaemon(t testing.TB, dir, extra string) *daemon {
 		}
 	})
 	return d
+}
+
+// write replaces the config file's extra part (bridges, usually).
+func (d *daemon) write(extra string) {
+	d.t.Helper()
+	if err := os.WriteFile(d.config, []byte(d.base+extra), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
 }
 
 func (d *daemon) start() {
