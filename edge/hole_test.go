@@ -178,3 +178,36 @@ func TestResendAfterFullDisk(t *testing.T) {
 		t.Fatalf("after the full disk: %q dup=%v, %q", got[0].Payload, got[0].FixedHeader.Dup, got[1].Payload)
 	}
 }
+
+// TestCheckpointRetriedAfterFullDisk: a checkpoint that fails on a full disk
+// is tried again every interval, with no new traffic to prompt it, and the
+// last-success figure of an idle broker stays current.
+func TestCheckpointRetriedAfterFullDisk(t *testing.T) {
+	disk := smallDisk(t, 4<<20)
+	cfg := testConfig(t)
+	cfg.Storage.Dir = disk
+	cfg.Storage.MaxDiskBytes = 0
+	cfg.Storage.CheckpointInterval = time.Second
+	tb := startBroker(t, cfg)
+	p, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "cp-pub"})
+	if _, err := p.publish(t, "cp/r", 1, true, make([]byte, 8<<10)); err != nil {
+		t.Fatal(err)
+	}
+	free := fillDisk(t, disk)
+	eventually(t, "a checkpoint to fail on the full disk", func() bool {
+		return tb.metric(t, "edgemq_storage_checkpoint_failures_total") > 0
+	})
+	free()
+	freed := float64(time.Now().Unix())
+	eventually(t, "a checkpoint to succeed again with no new traffic", func() bool {
+		return tb.metric(t, "edgemq_storage_checkpoint_last_success_timestamp_seconds") >= freed
+	})
+	failures := tb.metric(t, "edgemq_storage_checkpoint_failures_total")
+	time.Sleep(2500 * time.Millisecond) // idle: nothing new to checkpoint
+	if v := tb.metric(t, "edgemq_storage_checkpoint_last_success_timestamp_seconds"); v < freed+2 {
+		t.Errorf("last success %v on an idle broker, want at least %v", v, freed+2)
+	}
+	if v := tb.metric(t, "edgemq_storage_checkpoint_failures_total"); v != failures {
+		t.Errorf("failures went from %v to %v with room on the disk", failures, v)
+	}
+}

@@ -32,7 +32,9 @@ import (
 // the sessions (and shared groups) it matches; one pump goroutine per
 // connected session takes from its queues and writes to the client.
 //
-// Lock order: store.mu, then session.mu, then group.mu, then a qos.Queue's.
+// Lock order: group.order (held by a pump taking from a shared group, see
+// stepGroups), then store.mu, then session.mu, then group.scanMu, then a
+// qos.Queue's.
 type store struct {
 	mqtt.HookBase
 	srv     *mqtt.Server
@@ -75,6 +77,8 @@ type store struct {
 	// failedCheckpoints counts the failures since the last success; only
 	// the checkpointer (and close, after it stopped) touches it.
 	failedCheckpoints int
+	unsnapshotted     atomic.Bool   // the dispatcher read records no snapshot handed on holds
+	checkpointStale   atomic.Bool   // the last checkpoint failed: the next is due at once
 	alarms            *logThrottle  // repeating errors: one line a minute
 	refusals          atomic.Uint64 // publishes refused since the last one taken
 }
@@ -113,11 +117,17 @@ type flight struct {
 
 // group is a shared subscription group: one queue its members take from.
 type group struct {
-	key    string // "$share/<name>/<filter>", as subscribed
-	filter string
-	since  uint64
-	queue  *qos.Queue
-	scanMu sync.Mutex // one member scans the log at a time
+	// order is held by a member from taking an entry until its delivery
+	// record is appended (see stepGroups); it comes before every other lock.
+	order sync.Mutex
+	// sending is 1 + the lowest offset a member may have taken and not yet
+	// logged (0: none), for the trim point and the checkpoint's position.
+	sending atomic.Uint64
+	key     string // "$share/<name>/<filter>", as subscribed
+	filter  string
+	since   uint64
+	queue   *qos.Queue
+	scanMu  sync.Mutex // one member scans the log at a time
 	// readFailures counts the tries of the record the scan stands at;
 	// guarded by scanMu.
 	readFailures int
@@ -1110,13 +1120,16 @@ func (s *store) dispatch() {
 	// when the log goes idle with changes not yet in a snapshot: the
 	// reader's deadline (one timer per interval, not per record) wakes the
 	// dispatcher then.
-	lastCheckpoint, dirty := time.Now(), false
+	// A checkpoint that failed is due again as if records had come.
+	lastCheckpoint := time.Now()
 	idle, stopIdle := s.idleContext()
 	defer func() { stopIdle() }()
+	due := func() bool { return s.unsnapshotted.Load() || s.checkpointStale.Load() }
 	checkpoint := func() {
 		select {
 		case s.checkpoints <- pendingCheckpoint{st: s.shadow.Clone(), offset: s.dispatched.Load()}:
-			lastCheckpoint, dirty = time.Now(), false
+			lastCheckpoint = time.Now()
+			s.unsnapshotted.Store(false)
 		default: // the last one is still being written
 		}
 	}
@@ -1129,7 +1142,7 @@ func (s *store) dispatch() {
 			if errors.Is(err, context.DeadlineExceeded) {
 				stopIdle()
 				idle, stopIdle = s.idleContext()
-				if dirty {
+				if due() {
 					checkpoint()
 				}
 				continue
@@ -1159,8 +1172,10 @@ func (s *store) dispatch() {
 			s.shadow.ApplyDecoded(off, kind, v)
 		}
 		// A checkpoint's own record is no reason for another checkpoint.
-		dirty = dirty || kind != qos.KindCheckpoint
-		if dirty && time.Since(lastCheckpoint) >= s.checkpointEvery {
+		if kind != qos.KindCheckpoint {
+			s.unsnapshotted.Store(true)
+		}
+		if due() && time.Since(lastCheckpoint) >= s.checkpointEvery {
 			checkpoint()
 		}
 	}
@@ -1392,18 +1407,30 @@ func (s *store) stepGroups(sess *session, p *pump) (progressed, ok bool) {
 		if g == nil {
 			continue
 		}
+		// A group's deliveries are logged in the order they are taken:
+		// replay puts the group's position after the last one logged, so a
+		// crash between one member's take and its record, while another
+		// member's later record is durable, would skip the first message.
+		g.order.Lock()
+		g.sending.Store(g.queue.Position(s.fannedOut.Load()) + 1) // the entry about to be taken is at or above it
 		e, found := s.takeGroup(g)
 		if !found {
+			g.sending.Store(0)
+			g.order.Unlock()
 			continue
 		}
-		if e.Msg == nil || !qos.Match(g.filter, e.Msg.Topic) {
-			return true, true
+		g.sending.Store(e.Offset + 1)
+		ok := true
+		if e.Msg != nil && qos.Match(g.filter, e.Msg.Topic) {
+			d := delivery{qos: subs[i].QoS, rap: subs[i].RetainAsPublished, group: key}
+			if subs[i].Identifier > 0 {
+				d.ids = []int{subs[i].Identifier}
+			}
+			ok = s.send(sess, p, e, d)
 		}
-		d := delivery{qos: subs[i].QoS, rap: subs[i].RetainAsPublished, group: key}
-		if subs[i].Identifier > 0 {
-			d.ids = []int{subs[i].Identifier}
-		}
-		return true, s.send(sess, p, e, d)
+		g.sending.Store(0)
+		g.order.Unlock()
+		return true, ok
 	}
 	return false, true
 }

@@ -133,6 +133,9 @@ func (s *store) checkpointLoop() {
 			s.runCheckpoint(c.st, c.offset)
 		case <-t.C:
 			s.trim()
+			if !s.unsnapshotted.Load() && !s.checkpointStale.Load() && len(s.checkpoints) == 0 {
+				s.m.checkpointLast.Set(float64(time.Now().UnixNano()) / 1e9) // nothing new: the snapshot is current
+			}
 		}
 	}
 }
@@ -140,9 +143,11 @@ func (s *store) checkpointLoop() {
 // runCheckpoint writes a checkpoint and counts it. A failure is an alarm:
 // without checkpoints the log is never trimmed, so it is counted in
 // edgemq_storage_checkpoint_failures_total and logged at Error (once a
-// minute while it repeats), and the first success after it is logged too.
+// minute while it repeats), the next checkpoint is due at once (traffic or
+// not), and the first success after it is logged too.
 func (s *store) runCheckpoint(st *qos.State, offset uint64) {
 	err := s.checkpoint(st, offset)
+	s.checkpointStale.Store(err != nil)
 	if err != nil {
 		s.m.checkpointFailures.Inc()
 		s.failedCheckpoints++
@@ -230,6 +235,9 @@ func (s *store) floor(upTo uint64, st *qos.State) (uint64, string) {
 	}
 	for key, g := range s.groups {
 		pos := g.queue.Position(progress)
+		if taken := g.sending.Load(); taken > 0 {
+			pos = min(pos, taken-1) // a member took it and has not logged it yet
+		}
 		hold(pos, func() string { return "the position of shared group " + key })
 		g.scanMu.Lock()
 		for _, e := range g.returned {

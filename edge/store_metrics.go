@@ -80,7 +80,7 @@ func newStoreMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 		}),
 		checkpointLast: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgemq_storage_checkpoint_last_success_timestamp_seconds",
-			Help: "Unix time of the last successful checkpoint (0: none since start). Alert when it lags far behind storage.checkpoint_interval.",
+			Help: "Unix time the snapshot on disk was last known current: its checkpoint succeeded then, or there was nothing new to checkpoint (0: not since start). Alert when it lags far behind storage.checkpoint_interval.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.online, m.wills, m.expired, m.duplicates, m.appendErrors, m.acked, m.dispatched, m.refused, m.dropped, m.delivered,
