@@ -1,6 +1,7 @@
 package wal_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -239,5 +240,52 @@ func TestBudget(t *testing.T) {
 	}
 	if s := l.Stats(); s.DroppedRecords == 0 || s.DiskBytes > cfg.MaxBytes || c.Offset() != l.FirstOffset() {
 		t.Fatalf("stats %+v, cursor %d, first %d", s, c.Offset(), l.FirstOffset())
+	}
+}
+
+// TestCursorTableBothDamaged: both copies of the cursor table damaged (not a
+// torn write, which always leaves one whole) do not keep the log from
+// opening: it starts without cursors (consumers replay from the first
+// offset) with an Error log; Check reports the damage and Repair removes the
+// copies.
+func TestCursorTableBothDamaged(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	l := mustOpen(t, dir, cfg)
+	appendN(t, l, 1, 10)
+	c, _ := l.Cursor("c")
+	c.Commit(4)
+	c.Commit(6)
+	l.Close()
+	damage := func(bit byte) {
+		for i := 0; i < 2; i++ {
+			p := filepath.Join(dir, "cursors."+string(rune('0'+i)))
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= bit
+			os.WriteFile(p, b, 0o640)
+		}
+	}
+	damage(0x40)
+	rep, err := wal.Check(dir)
+	if !errors.Is(err, wal.ErrCorrupt) || len(rep.Damage) != 1 || rep.Damage[0].Segment != "cursors" {
+		t.Fatalf("check: %v %+v", err, rep)
+	}
+	l = mustOpen(t, dir, cfg)
+	if names := l.Cursors(); len(names) != 0 {
+		t.Fatalf("cursors %v, want none", names)
+	}
+	if got, err := l.Read(1); err != nil || !bytes.Equal(got, rec(1)) {
+		t.Fatalf("read 1: %v", err)
+	}
+	l.Close()
+	damage(0x04) // Close wrote a new copy: damage both again
+	if rep, err := wal.Repair(dir, quietLogger()); err != nil || len(rep.Repaired) != 1 {
+		t.Fatalf("repair: %v %+v", err, rep)
+	}
+	if rep, err := wal.Check(dir); err != nil {
+		t.Fatalf("check after repair: %v %+v", err, rep)
 	}
 }
