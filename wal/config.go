@@ -19,8 +19,8 @@ const (
 	// nothing; a power cut loses at most the last interval.
 	SyncInterval SyncPolicy = "interval"
 	// SyncNever: like SyncInterval without the periodic fsync (the log still
-	// fsyncs on Close, on Sync and before a segment roll). For tests and
-	// throwaway data.
+	// fsyncs on Close and on Sync). A power cut can tear any segment (Check
+	// finds it, Repair mends it). For tests and throwaway data.
 	SyncNever SyncPolicy = "never"
 )
 

@@ -38,7 +38,8 @@
 //     makes it so: the names of the log's directory and its parents, of
 //     each new segment and of each new cursor-table file are fsynced before
 //     anything depends on them; a segment is fsynced before its successor is
-//     created, so only the last one can be torn; retention unlinks oldest
+//     created, so only the last one can be torn (not under "never": see
+//     below); retention unlinks oldest
 //     first with a directory fsync after each, so a lost unlink only brings
 //     back whole old segments; the cursor table is never written over its
 //     durable copy. TestPowerLoss proves it on a simulated disk at every
@@ -98,6 +99,10 @@
 //     one copy is always whole), Open logs an Error and starts without
 //     cursors, so consumers start again from the first offset; Check
 //     reports it, Repair removes the copies.
+//   - Under "never", a power cut can tear an older segment too (a roll does
+//     not wait for an fsync of the old one); Check finds it, Repair mends it.
+//   - Under "interval", a roll waits for the fsync of what was written to
+//     the old segment since the last tick.
 //   - Segments other than the last are not read at Open (so Open time does
 //     not grow with the log): their damage shows on Read, or with Check.
 //   - A record is at most SegmentSize (minus framing) bytes.
@@ -159,8 +164,8 @@
 //     (wal.go:355-376), 100-300 ms with 20 MiB segments. Here a segment ends
 //     at a batch boundary, so under "always" the batches that filled it
 //     already fsynced it and a roll costs the new file's creation and a
-//     directory fsync; under "interval" the sync goroutine's next tick
-//     fsyncs the old file.
+//     directory fsync; under "interval" the roll fsyncs only what the old
+//     file got since the sync goroutine's last tick.
 //   - Reads: tidwall's concurrent Reads of older segments race and panic
 //     (tidwall/wal#34), and each read of an uncached segment loads the whole
 //     file. Here every segment has a sparse index (8 bytes per 4 KiB, kept

@@ -238,21 +238,25 @@ func (l *Log) writeBatch(b *batch) {
 
 // roll starts a new tail segment whose first offset is base. It first
 // fsyncs the old tail if it has unsynced data (under SyncAlways only when a
-// batch larger than the room left spans both; under the other policies at
-// every roll): a segment's successor must never have a durable name while
-// the segment itself can still be torn, or a power cut would leave records
-// missing in the middle of the log. An fsync that fails there under the
-// other policies loses acknowledged records: the log fails (ErrFailed).
+// batch larger than the room left spans both; under SyncInterval what was
+// written since the last tick): a segment's successor must never have a
+// durable name while the segment itself can still be torn, or a power cut
+// would leave records missing in the middle of the log. An fsync that
+// fails there under SyncInterval loses acknowledged records: the log fails
+// (ErrFailed). SyncNever promises nothing for a power cut and does not
+// stall its writer for a whole segment's fsync.
 func (l *Log) roll(base uint64) error {
 	// Not only when the old tail is marked unsynced: the sync goroutine may
 	// have taken it off the list and still be in its fsync (syncFiles waits
 	// for that one). With nothing to fsync it costs nothing.
-	if err := l.syncFiles(); err != nil {
-		l.stats.syncErrors.Add(1)
-		if l.cfg.Sync != SyncAlways {
-			l.fail(err)
+	if l.cfg.Sync != SyncNever {
+		if err := l.syncFiles(); err != nil {
+			l.stats.syncErrors.Add(1)
+			if l.cfg.Sync != SyncAlways {
+				l.fail(err)
+			}
+			return err
 		}
-		return err
 	}
 	s := newSegment(l.dir, base)
 	f, err := l.fs.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
