@@ -22,6 +22,10 @@ var errConnBroken = errors.New("edge: connection broken by an earlier write erro
 // packet larger than limits.max_packet_size.
 var errPacketTooLarge = errors.New("edge: packet larger than limits.max_packet_size")
 
+// errProtocolError ends the read side of a connection whose client sent an
+// MQTT 5 packet with a property repeated that may appear once.
+var errProtocolError = errors.New("edge: protocol error: a property repeated that may appear once")
+
 // conn wraps every accepted connection (TCP, TLS and WebSocket) before mochi
 // sees it. It exists because mochi holds the client's lock across the socket
 // write, and publishers take that same lock to allocate a packet id: one
@@ -58,17 +62,18 @@ type conn struct {
 	connectBy time.Time
 	// onSlow is called once when a write misses its deadline.
 	onSlow func()
-	// framer finds each inbound packet's size before mochi reads it (see
-	// packetFramer); nil: no limit. onTooLarge is called once when a packet
-	// is over it, before the goodbye.
-	framer     *packetFramer
-	onTooLarge func()
-	// v5 is set once CONNECT says MQTT 5: the client can then be told why
-	// it is cut (DISCONNECT 0x95).
+	// framer follows each inbound packet before mochi reads it and refuses
+	// one too large or with a repeated property (see packetFramer); nil: no
+	// checks. onRefused is called once when it does, before the goodbye,
+	// with the reason code and, for a repeated property, its identifier.
+	framer    *packetFramer
+	onRefused func(reason, property byte)
+	// v5 is set once CONNECT says MQTT 5 and mochi took it: the client can
+	// then be told why it is cut (DISCONNECT).
 	v5 atomic.Bool
-	// tooLarge: the bytes before the oversized packet went to mochi; the
-	// next Read says goodbye and fails.
-	tooLarge bool
+	// refused is the framer's reason code once it refused a packet: the
+	// bytes before it went to mochi; the next Read says goodbye and fails.
+	refused byte
 
 	// wmu serialises Write: mochi writes under its client lock, and the
 	// read goroutine says goodbye to a client whose packet is too large.
@@ -89,57 +94,68 @@ func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t)
 // SetWriteDeadline is ignored: every Write sets its own deadline.
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
 
-// Read reads from the client, cutting the stream before a packet larger
-// than the limit: mochi gets the packets before it, then an error.
+// Read reads from the client, cutting the stream before a packet the
+// framer refuses (too large, or with a repeated property): mochi gets the
+// packets before it, then an error.
 func (c *conn) Read(p []byte) (int, error) {
 	if c.framer == nil {
 		return c.Conn.Read(p)
 	}
-	if c.tooLarge {
-		c.goodbyeTooLarge()
-		return 0, errPacketTooLarge
+	if c.refused != 0 {
+		return 0, c.goodbye()
 	}
 	n, err := c.Conn.Read(p)
-	if k, over := c.framer.scan(p[:n]); over {
-		c.tooLarge = true
+	if k, reason := c.framer.scan(p[:n]); reason != 0 {
+		c.refused = reason
 		if k > 0 {
 			return k, nil
 		}
-		c.goodbyeTooLarge()
-		return 0, errPacketTooLarge
+		return 0, c.goodbye()
 	}
 	return n, err
 }
 
-// disconnectTooLarge is a v5 DISCONNECT with reason 0x95 Packet too large
-// and an empty property list. The list could be left out [MQTT-3.14.2.2.1],
-// but some decoders (mochi's own) then miss the reason code.
-var disconnectTooLarge = []byte{packets.Disconnect << 4, 2, packets.ErrPacketTooLarge.Code, 0}
-
-// goodbyeTooLarge tells a v5 client why it is cut [MQTT-3.2.2-15] and lets
-// the packet's bytes drain for a moment: closing a TCP socket with unread
-// bytes sends a reset, and the client's stack then throws away the
-// DISCONNECT before the client reads it.
-func (c *conn) goodbyeTooLarge() {
-	if c.onTooLarge != nil {
-		c.onTooLarge()
-		c.onTooLarge = nil
+// goodbye tells a v5 client why it is cut (CONNACK, or DISCONNECT after
+// CONNECT, with the framer's reason code and an empty property list: it could be left out
+// [MQTT-3.14.2.2.1], but some decoders, mochi's own, then miss the reason)
+// and lets the refused packet's bytes drain for a moment: closing a TCP
+// socket with unread bytes sends a reset, and the client's stack then
+// throws away the DISCONNECT before the client reads it. It returns the
+// error that ends mochi's read loop.
+func (c *conn) goodbye() error {
+	err := errPacketTooLarge
+	if c.refused == packets.ErrProtocolViolation.Code {
+		err = errProtocolError
 	}
-	if c.v5.Load() {
-		if _, err := c.Write(disconnectTooLarge); err != nil {
-			return
+	if c.onRefused != nil {
+		c.onRefused(c.refused, c.framer.property)
+		c.onRefused = nil
+	}
+	var last []byte
+	switch {
+	case c.framer.inConnect:
+		// Before mochi saw CONNECT: a CONNACK refuses it [MQTT-3.2.2-8]
+		// (session present 0, no properties).
+		last = []byte{packets.Connack << 4, 3, 0, c.refused, 0}
+	case c.v5.Load():
+		last = []byte{packets.Disconnect << 4, 2, c.refused, 0}
+	}
+	if last != nil {
+		if _, werr := c.Write(last); werr != nil {
+			return err
 		}
 	}
 	hc, ok := c.Conn.(interface{ CloseWrite() error })
 	if !ok {
-		return // WebSocket: its close handshake ends it
+		return err // WebSocket: its close handshake ends it
 	}
 	_ = hc.CloseWrite()
 	_ = c.Conn.SetReadDeadline(time.Now().Add(drainTime))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.Conn, drainBytes))
+	return err
 }
 
-// drainTime and drainBytes bound what goodbyeTooLarge reads and drops.
+// drainTime and drainBytes bound what goodbye reads and drops.
 const (
 	drainTime  = time.Second
 	drainBytes = 16 << 20

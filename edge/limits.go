@@ -290,13 +290,23 @@ func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 // bytes and the rest) before mochi reads it. mochi compares only the
 // remaining length plus one with the maximum, so it takes packets up to
 // four bytes over it, and answers a larger one by closing the socket with
-// the packet unread, which the client sees as a reset.
+// the packet unread, which the client sees as a reset. For MQTT 5 (it reads
+// the version from CONNECT) it also keeps the first propertyWindow bytes of
+// each packet's body to find properties repeated that may appear once
+// (repeatedProperty), which mochi takes, keeping the last.
 type packetFramer struct {
 	max      int64
 	state    byte  // framerHeader, framerLength, framerBody or framerOff
+	header   byte  // the current packet's first byte
 	length   int64 // remaining length decoded so far
 	lenBytes uint
 	left     int64 // body bytes still to come
+
+	connected bool   // CONNECT went by
+	v5        bool   // and said MQTT 5
+	window    []byte // the current packet's first body bytes; nil: not kept
+	property  byte   // the repeated property found
+	inConnect bool   // and it was in CONNECT
 }
 
 const (
@@ -306,14 +316,22 @@ const (
 	framerOff // malformed length: mochi refuses it, nothing more to follow
 )
 
+// propertyWindow is how much of a packet's body is searched for repeated
+// properties: enough for any sensible header; properties past it are not
+// checked.
+const propertyWindow = 4096
+
 // scan follows p, the next bytes of the stream. It returns how many bytes
-// of p come before the first packet larger than max, and whether one came.
-func (f *packetFramer) scan(p []byte) (int, bool) {
+// of p come before the first packet it refuses, and the reason code: 0x95
+// Packet too large [MQTT-3.2.2-15], 0x82 Protocol Error (a repeated
+// property), or 0 when it refuses none.
+func (f *packetFramer) scan(p []byte) (int, byte) {
 	start := 0 // where the current packet starts in p (0: before p)
 	for i := 0; i < len(p); {
 		switch f.state {
 		case framerHeader:
 			start = i
+			f.header = p[i]
 			f.state, f.length, f.lenBytes = framerLength, 0, 0
 			i++
 		case framerLength:
@@ -328,22 +346,60 @@ func (f *packetFramer) scan(p []byte) (int, bool) {
 				continue
 			}
 			if 1+int64(f.lenBytes)+f.length > f.max {
-				return start, true
+				return start, packets.ErrPacketTooLarge.Code
 			}
 			f.left, f.state = f.length, framerBody
+			f.window = nil
+			if f.v5 || !f.connected {
+				f.window = make([]byte, 0, min(f.length, propertyWindow))
+			}
 			if f.left == 0 {
 				f.state = framerHeader
+				if f.packetDone() {
+					return start, packets.ErrProtocolViolation.Code
+				}
 			}
 		case framerBody:
 			n := min(f.left, int64(len(p)-i))
+			if f.window != nil && len(f.window) < cap(f.window) {
+				f.window = append(f.window, p[i:i+int(min(n, int64(cap(f.window)-len(f.window))))]...)
+			}
 			f.left -= n
 			i += int(n)
 			if f.left == 0 {
 				f.state = framerHeader
+				if f.packetDone() {
+					return start, packets.ErrProtocolViolation.Code
+				}
 			}
 		default:
-			return len(p), false
+			return len(p), 0
 		}
 	}
-	return len(p), false
+	return len(p), 0
+}
+
+// packetDone looks at the packet just read; true: it repeats a property.
+func (f *packetFramer) packetDone() bool {
+	w := f.window
+	f.window = nil
+	if w == nil {
+		return false
+	}
+	typ := f.header >> 4
+	if !f.connected {
+		f.connected, f.inConnect = true, true
+		// Protocol name "MQTT" (a two-byte length and four bytes), then
+		// the level [MQTT-3.1.2-2].
+		f.v5 = typ == packets.Connect && len(w) > 6 && w[6] == 5
+		if !f.v5 {
+			return false
+		}
+	}
+	if id, ok := repeatedProperty(typ, f.header&0x0f, w); ok {
+		f.property = id
+		return true
+	}
+	f.inConnect = false
+	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -144,7 +145,13 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 	}
 	if m := b.cfg.Limits.MaxPacketSize; m > 0 {
 		wc.framer = &packetFramer{max: int64(m)}
-		wc.onTooLarge = func() {
+		wc.onRefused = func(reason, property byte) {
+			if reason == packets.ErrProtocolViolation.Code {
+				b.metrics.rejected.WithLabelValues(listener, "protocol_error").Inc()
+				b.throttledLog.info(b.log, "client sent a property twice that MQTT 5 allows once (protocol error): disconnected",
+					"listener", listener, "remote", remote, "property", fmt.Sprintf("%#02x", property))
+				return
+			}
 			b.metrics.rejected.WithLabelValues(listener, "packet_too_large").Inc()
 			b.throttledLog.info(b.log, "client sent a packet larger than limits.max_packet_size: disconnected",
 				"listener", listener, "remote", remote, "max_packet_size", int64(m))

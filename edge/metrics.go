@@ -28,7 +28,7 @@ import (
 //	edgemq_auth_cache_hits_total                 counter  logins verified without bcrypt
 //	edgemq_acl_denials_total{access}             counter  read (subscribe or delivery), write (publish or will)
 //	edgemq_listener_accepted_connections_total{listener}
-//	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, max_clients
+//	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, protocol_error, max_clients
 //	go_*, process_*                                       the Go runtime's and the process's collectors
 //
 // Sessions, subscriptions, inflight messages and queues are the store's
@@ -77,7 +77,7 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 		}, []string{"listener"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgemq_listener_rejected_connections_total",
-			Help: "Connections refused before MQTT, by listener and reason (tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, max_clients).",
+			Help: "Connections refused before MQTT, by listener and reason (tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, protocol_error, max_clients).",
 		}, []string{"listener", "reason"}),
 		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
 			"edgemq_mqtt_dropped_messages_total",

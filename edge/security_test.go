@@ -669,3 +669,50 @@ func TestReload(t *testing.T) {
 		t.Errorf("removing listeners: %v, want a config error (needs a restart)", err)
 	}
 }
+
+// TestRepeatedProperties: an MQTT 5 property that may appear once, given
+// twice, is a protocol error (MQTT 5 §3.1.2.11, §3.3.2.3, §3.8.2.1): in
+// CONNECT it gets CONNACK 0x82, later DISCONNECT 0x82, and the connection
+// closes; a repeated User Property is fine.
+func TestRepeatedProperties(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	// CONNECT v5, clean, keepalive 30, properties: Session Expiry Interval
+	// twice, client id "dup".
+	connect := []byte{0x10, 0, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 30, 10, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2, 0, 3, 'd', 'u', 'p'}
+	connect[1] = byte(len(connect) - 2)
+	rc := dialRaw(t, addr, 5)
+	_, _ = rc.c.Write(connect)
+	if pk, err := rc.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0x82 {
+		t.Errorf("CONNECT with Session Expiry twice: type %d reason %#x (%v), want CONNACK 0x82", pk.FixedHeader.Type, pk.ReasonCode, err)
+	}
+	if !rc.closed(5 * time.Second) {
+		t.Error("still open after CONNACK 0x82")
+	}
+
+	for _, tc := range []struct {
+		name string
+		pk   []byte
+		want byte // 0: answered normally with this type
+		typ  byte
+	}{
+		// QoS 1 PUBLISH "a", packet id 1, Message Expiry Interval twice.
+		{"publish", []byte{0x32, 15, 0, 1, 'a', 0, 1, 10, 0x02, 0, 0, 0, 9, 0x02, 0, 0, 0, 9}, 0x82, packets.Disconnect},
+		// SUBSCRIBE id 2, Subscription Identifier twice, filter "a" QoS 0.
+		{"subscribe", []byte{0x82, 10, 0, 2, 4, 0x0b, 1, 0x0b, 2, 0, 1, 'a', 0}, 0x82, packets.Disconnect},
+		// QoS 1 PUBLISH with two User Properties: allowed.
+		{"user properties", []byte{0x32, 20, 0, 1, 'a', 0, 3, 14, 0x26, 0, 1, 'k', 0, 1, 'v', 0x26, 0, 1, 'k', 0, 1, 'w'}, 0, packets.Puback},
+	} {
+		rc := dialRaw(t, addr, 5)
+		rc.connect("dup-"+tc.name, true, 30)
+		tc.pk[1] = byte(len(tc.pk) - 2)
+		_, _ = rc.c.Write(tc.pk)
+		pk, err := rc.read(5 * time.Second)
+		if err != nil || pk.FixedHeader.Type != tc.typ || pk.ReasonCode != tc.want {
+			t.Errorf("%s: type %d reason %#x (%v), want type %d reason %#x", tc.name, pk.FixedHeader.Type, pk.ReasonCode, err, tc.typ, tc.want)
+		}
+	}
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "tcp", "reason", "protocol_error"); v != 3 {
+		t.Errorf("rejected{protocol_error} = %v, want 3", v)
+	}
+}
