@@ -24,21 +24,7 @@ func FuzzMQTTInput(f *testing.F) {
 	f.Add([]byte{0x10, 0x10, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x05, 0x02, 0x00, 0x3c, 0x03, 0x21, 0x00, 0x00, 0x00, 0x00}, uint16(9))
 	f.Add([]byte{0xe0, 0x00}, uint16(1))
 
-	// Not startBroker: the fuzzing engine forbids logging through f from the
-	// broker's goroutines.
-	b, err := edge.New(testConfig(f), edge.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := b.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	addr := b.Addr("tcp").String()
+	addr := fuzzBroker(f, testConfig(f))
 	f.Fuzz(func(t *testing.T, data []byte, split uint16) {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
@@ -56,4 +42,23 @@ func FuzzMQTTInput(f *testing.F) {
 			t.Fatalf("broker refused a good client after the input: %#x", ack.ReasonCode)
 		}
 	})
+}
+
+// fuzzBroker starts a broker on cfg for a fuzz target and returns its TCP
+// listener's address. Not startBroker: the fuzzing engine forbids logging
+// through f from the broker's goroutines.
+func fuzzBroker(f *testing.F, cfg edge.Config) string {
+	b, err := edge.New(cfg, edge.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	return b.Addr("tcp").String()
 }

@@ -165,6 +165,27 @@ func TestSessionOwnerSurvivesRestart(t *testing.T) {
 	}
 }
 
+// connackCase is a CONNECT over MQTT version with client id, and the
+// CONNACK code it should get.
+type connackCase struct {
+	version byte
+	id      string
+	want    byte
+}
+
+// connackCodes connects each case (tune sets the rest of its CONNECT) and
+// checks its CONNACK code; each connection is closed after.
+func connackCodes(t *testing.T, addr string, tune func(*packets.Packet), cases []connackCase) {
+	t.Helper()
+	for _, tc := range cases {
+		rc := dialRaw(t, addr, tc.version)
+		if ack := rc.connectWith(tc.id, true, 30, tune); ack.ReasonCode != tc.want {
+			t.Errorf("v%d id %.20q (%d bytes): connack %#x, want %#x", tc.version, tc.id, len(tc.id), ack.ReasonCode, tc.want)
+		}
+		_ = rc.c.Close()
+	}
+}
+
 // TestClientIDRules: use_username_as_clientid gives each user one session
 // named after it; client_id_prefix "%u-" refuses a client id that does not
 // start with the username (v5 0x85, v3 0x02).
@@ -174,16 +195,7 @@ func TestClientIDRules(t *testing.T) {
 	cfg.Auth.ClientIDPrefix = "%u-"
 	tb := startBroker(t, cfg)
 	addr := tb.Addr("tcp").String()
-	for _, tc := range []struct {
-		version byte
-		id      string
-		want    byte
-	}{{5, "alice-1", 0}, {5, "bob-1", 0x85}, {5, "alice", 0x85}, {4, "alice-2", 0}, {4, "bob-2", 0x02}} {
-		rc := dialRaw(t, addr, tc.version)
-		if ack := rc.connectWith(tc.id, true, 30, login("alice", "pw")); ack.ReasonCode != tc.want {
-			t.Errorf("v%d %s: connack %#x, want %#x", tc.version, tc.id, ack.ReasonCode, tc.want)
-		}
-	}
+	connackCodes(t, addr, login("alice", "pw"), []connackCase{{5, "alice-1", 0}, {5, "bob-1", 0x85}, {5, "alice", 0x85}, {4, "alice-2", 0}, {4, "bob-2", 0x02}})
 
 	cfg = testConfig(t)
 	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
@@ -435,17 +447,7 @@ func TestClientLimits(t *testing.T) {
 	tb := startBroker(t, cfg)
 	addr := tb.Addr("tcp").String()
 
-	for _, tc := range []struct {
-		version byte
-		id      string
-		want    byte
-	}{{5, strings.Repeat("x", 16), 0}, {5, strings.Repeat("x", 17), 0x85}, {4, strings.Repeat("y", 17), 0x02}} {
-		rc := dialRaw(t, addr, tc.version)
-		if ack := rc.connect(tc.id, true, 30); ack.ReasonCode != tc.want {
-			t.Errorf("v%d id of %d bytes: connack %#x, want %#x", tc.version, len(tc.id), ack.ReasonCode, tc.want)
-		}
-		_ = rc.c.Close()
-	}
+	connackCodes(t, addr, nil, []connackCase{{5, strings.Repeat("x", 16), 0}, {5, strings.Repeat("x", 17), 0x85}, {4, strings.Repeat("y", 17), 0x02}})
 	eventually(t, "clients gone", func() bool { return tb.metric(t, "edgemq_mqtt_connections") == 0 })
 
 	for _, version := range []byte{5, 4} {

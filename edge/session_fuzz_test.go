@@ -1,9 +1,8 @@
 package edge_test
 
 import (
-	"context"
+	"encoding/binary"
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -27,25 +26,11 @@ func fuzzPackets(data []byte) []byte {
 		data = data[2:]
 		n = min(n, len(data))
 		out = append(out, header)
-		out = appendLength(out, n)
+		out = binary.AppendUvarint(out, uint64(n)) // MQTT's variable byte integer [MQTT-1.5.5]
 		out = append(out, data[:n]...)
 		data = data[n:]
 	}
 	return out
-}
-
-func appendLength(b []byte, n int) []byte {
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
 }
 
 // FuzzSession drives the connection state machine: a valid CONNECT (MQTT
@@ -84,19 +69,7 @@ func FuzzSession(f *testing.F) {
 	cfg.Limits.MaxPacketSize = 4096
 	cfg.Limits.MaxSubscriptions = 4
 	cfg.Storage.Sync = "never"
-	b, err := edge.New(cfg, edge.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := b.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	addr := b.Addr("tcp").String()
+	addr := fuzzBroker(f, cfg)
 	f.Fuzz(func(t *testing.T, data []byte, split uint16) {
 		if len(data) == 0 {
 			return
