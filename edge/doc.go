@@ -54,9 +54,12 @@
 //   - A QoS 1/2 PUBLISH is appended to the log, and the append is durable
 //     under storage.sync, before mochi writes PUBACK or PUBREC. A publish the
 //     log cannot take is refused: v5 PUBACK/PUBREC 0x97 when the disk budget
-//     is full (new messages stop at 90% of it, so acknowledgements and
-//     checkpoints always fit), 0x83 on an I/O error; v3 gets no
-//     acknowledgement and sends it again when it reconnects.
+//     is full (new messages stop at 90% of it: the tenth left takes the
+//     records of draining, deliveries, acknowledgements and checkpoints,
+//     and each segment the slowest consumer leaves behind frees more; a
+//     QoS 2 delivery whose record does not fit waits for that room), 0x83
+//     on an I/O error; v3 gets no acknowledgement and sends it again when
+//     it reconnects.
 //   - The store, not mochi, delivers QoS 1/2 messages: a dispatcher reads
 //     the log in order and offers each message to the queues of the
 //     sessions and shared groups it matches; one pump per connected session
@@ -75,9 +78,11 @@
 //     delay survive restarts. A will is published through the log when a
 //     connection is lost (not at a broker shutdown, which keeps delayed wills
 //     pending for after the restart), after its delay or at session end.
-//   - Every storage.checkpoint_interval the state is snapshotted; a restart
-//     replays only the log written since, and the log is trimmed below what
-//     no session, group or snapshot needs.
+//   - Every storage.checkpoint_interval the state is snapshotted (if it
+//     changed, or the last checkpoint failed); a restart replays only the
+//     log written since. In the same rhythm the log is trimmed below what
+//     no session, group or snapshot needs, whether anything was written or
+//     not, so a consumer that moves on or leaves frees the disk budget.
 //
 // What it does not guarantee: retained messages sent to a new subscriber
 // and QoS 0 messages travel mochi's in-memory path (at most once); message
