@@ -36,7 +36,7 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 		}
 		if cfg.HTTP.Address == "" {
-			return fmt.Errorf("health: %s disables the HTTP side (http.address is empty): nothing to ask", source(path))
+			return fmt.Errorf("health: %s disables the HTTP side (http.address is empty): nothing to ask", configSource(path))
 		}
 		url = healthURL(cfg.HTTP.Address)
 	}
@@ -47,7 +47,8 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func source(path string) string {
+// configSource names where a config came from, for messages.
+func configSource(path string) string {
 	if path == "" {
 		return "the embedded default config"
 	}
