@@ -295,6 +295,18 @@ func TestDockerfile(t *testing.T) {
 	if !strings.Contains(pick, "COPY dist/") || !strings.Contains(pick, `edgemq-*-linux-"${TARGETARCH}${TARGETVARIANT}"`) || !strings.Contains(pick, "SHA256SUMS") {
 		t.Errorf("the first stage does not pick dist/edgemq-*-linux-ARCH checked against SHA256SUMS:\n%s", pick)
 	}
+	// The build context is what .dockerignore lets through: every COPY source.
+	ignore, err := os.ReadFile(filepath.Join(repoRoot, ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range append(stages[0], final...) {
+		if f := strings.Fields(in); f[0] == "COPY" && !strings.HasPrefix(f[1], "--from=") && !strings.HasPrefix(f[1], "--chown=") {
+			if src := f[1]; !slices.Contains(strings.Split(string(ignore), "\n"), "!"+src) {
+				t.Errorf(".dockerignore does not let %s into the build context", src)
+			}
+		}
+	}
 	for _, platform := range []string{"amd64", "arm64", "armv7"} { // docker's TARGETARCH+TARGETVARIANT
 		if !strings.Contains(string(makefile), "$(DIST)/edgemq-$(VERSION)-linux-"+platform+" ") {
 			t.Errorf("make dist does not build edgemq-VERSION-linux-%s, which the image takes", platform)
