@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -145,13 +146,22 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 	}
 
 	reg := prometheus.NewRegistry()
-	cfg := edge.DefaultConfig()
-	cfg.Listeners = cfg.Listeners[:1]
-	cfg.Listeners[0].Address = "127.0.0.1:0"
-	cfg.HTTP.Address = "127.0.0.1:0"
-	cfg.Auth.AllowAnonymous = true
-	cfg.Storage.Dir = t.TempDir()
-	cfg.Shutdown.Grace = 0
+	// A bridge to an upstream that is not there: its state and backlog
+	// metrics have samples then.
+	cfg, err := edge.ParseConfig([]byte(fmt.Sprintf(`
+listeners: [{type: tcp, address: "127.0.0.1:0"}]
+http: {address: "127.0.0.1:0"}
+auth: {allow_anonymous: true}
+storage: {dir: %q}
+shutdown: {grace: 0s}
+bridges:
+  - name: central
+    upstreams: ["mqtt://127.0.0.1:%d"]
+    forward: [{filter: "deploy/#"}]
+`, t.TempDir(), freePort(t))))
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, err := edge.New(cfg, edge.Options{Registry: reg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
