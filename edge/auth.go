@@ -228,7 +228,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // whether it has one.
 func (b *Broker) sessionOwner(id string) (string, bool) {
 	if ds, ok := b.storage.(*durableStorage); ok {
-		return ds.store.owner(id)
+		return ds.engine.Owner(id)
 	}
 	return "", false
 }

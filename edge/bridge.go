@@ -14,7 +14,6 @@ import (
 
 	"github.com/edgemq/edgemq/bridge"
 	"github.com/edgemq/edgemq/qos"
-	"github.com/edgemq/edgemq/wal"
 )
 
 // bridgeLog is the log as the bridges take it: the engine's qos.Log and the
@@ -38,61 +37,23 @@ func (l bridgeLog) DeleteCursor(name string) error { return walError(l.w.DeleteC
 // Cursors lists the cursors.
 func (l bridgeLog) Cursors() []string { return l.w.Cursors() }
 
-// bridgeLocal publishes downlink messages into the broker: QoS 1/2 through
-// the log (durable, then fanned out by the dispatcher), QoS 0 from memory
-// like any QoS 0 publish.
+// bridgeLocal publishes downlink messages into the broker through the
+// engine: QoS 1/2 (and logged QoS 0) durable before Publish returns, then
+// fanned out by the dispatcher; other QoS 0 from memory like any QoS 0
+// publish.
 type bridgeLocal struct{ b *Broker }
 
 var _ bridge.Local = bridgeLocal{}
 
-// Publish makes m durable and delivers it (see bridge.Local).
+// Publish makes m durable and delivers it (see bridge.Local). A QoS 2
+// message sent again before our PUBREC reached the upstream is taken
+// once [MQTT-4.3.3-10].
 func (l bridgeLocal) Publish(ctx context.Context, m *qos.Message) error {
 	ds, ok := l.b.storage.(*durableStorage)
 	if !ok {
 		return errors.New("edge: storage closed")
 	}
-	s := ds.store
-	if m.QoS == 0 {
-		return l.b.srv.Publish(m.Topic, m.Payload, m.Retain, 0)
-	}
-	if m.QoS == 2 {
-		s.mu.Lock()
-		_, dup := s.inbound[m.Origin][m.OriginPacketID]
-		s.mu.Unlock()
-		if dup { // sent again before our PUBREC reached the upstream [MQTT-4.3.3-9]
-			s.m.duplicates.Inc()
-			return nil
-		}
-	}
-	rec, err := qos.Encode(m)
-	if err != nil {
-		return err
-	}
-	if !s.admit(len(rec)) {
-		s.m.refused.WithLabelValues("storage_full").Inc()
-		return wal.ErrFull
-	}
-	off, err := s.appendAsync(rec)
-	if err != nil {
-		return err
-	}
-	if m.QoS == 2 {
-		s.mu.Lock()
-		if s.inbound[m.Origin] == nil {
-			s.inbound[m.Origin] = map[uint16]uint64{}
-		}
-		s.inbound[m.Origin][m.OriginPacketID] = off
-		s.mu.Unlock()
-	}
-	if m.Retain {
-		s.srv.Topics.RetainMessage(retainedPacket(m))
-	}
-	if err := s.log.WaitDurable(ctx, off); err != nil {
-		if m.QoS == 2 { // not taken: the resend must be appended
-			s.mu.Lock()
-			delete(s.inbound[m.Origin], m.OriginPacketID)
-			s.mu.Unlock()
-		}
+	if err := ds.engine.Publish(ctx, m); err != nil && !errors.Is(err, qos.ErrDuplicate) {
 		return err
 	}
 	return nil
@@ -106,27 +67,7 @@ func (l bridgeLocal) Release(ctx context.Context, origin string, id uint16) erro
 	if !ok {
 		return errors.New("edge: storage closed")
 	}
-	s := ds.store
-	s.mu.Lock()
-	_, ok = s.inbound[origin][id]
-	s.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	off, err := s.appendAsync(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: origin, PacketID: id}))
-	if err != nil {
-		return err
-	}
-	if err := s.log.WaitDurable(ctx, off); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	delete(s.inbound[origin], id)
-	if len(s.inbound[origin]) == 0 {
-		delete(s.inbound, origin)
-	}
-	s.mu.Unlock()
-	return nil
+	return ds.engine.Release(ctx, origin, id)
 }
 
 // dialWebSocket opens a ws:// or wss:// upstream as a net.Conn carrying

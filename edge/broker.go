@@ -214,7 +214,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	b.storage = ds
 	bridges := bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
 	b.bridges.Store(bridges)
-	ds.store.bridged = bridges.Wants
+	ds.engine.LogQoS0(bridges.Wants)
 	bound := 0
 	fail := func(err error) error {
 		b.stopped = true // half-bound: a Broker is not restartable
@@ -241,7 +241,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		return fail(fmt.Errorf("edge: start mqtt engine: %w", err))
 	}
 	b.started = true
-	ds.store.start()
+	ds.engine.Start()
 	if err := bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
 		b.log.Error("bridges not all started", "error", err)
 	}

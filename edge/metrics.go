@@ -16,7 +16,6 @@ import (
 // passed in Options. Labels never hold client ids or topics.
 //
 //	edgemq_mqtt_connections                      gauge    connected clients
-//	edgemq_mqtt_retained_messages                gauge    retained messages (not mochi's $SYS ones)
 //	edgemq_mqtt_messages_received_total{qos}     counter  PUBLISH packets accepted for processing
 //	edgemq_mqtt_messages_sent_total{qos}         counter  PUBLISH packets written to clients
 //	edgemq_mqtt_received_bytes_total             counter
@@ -31,8 +30,9 @@ import (
 //	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, protocol_error, max_clients
 //	go_*, process_*                                       the Go runtime's and the process's collectors
 //
-// Sessions, subscriptions, inflight messages and queues are the store's
-// (store_metrics.go): it owns them, connected or offline.
+// Sessions, subscriptions, retained and inflight messages and queues are
+// the delivery engine's (engine_metrics.go): it owns them, connected or
+// offline.
 type metrics struct {
 	received      [3]prometheus.Counter
 	sent          [3]prometheus.Counter
@@ -103,15 +103,6 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 			Name: "edgemq_mqtt_connections",
 			Help: "Connected MQTT clients.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "edgemq_mqtt_retained_messages",
-			Help: "Retained messages (one per topic).",
-		}, func() float64 {
-			// mochi's own counter misses what the store retains (recovered,
-			// QoS 1/2, wills); its index has them all, with mochi's $SYS
-			// topics, which are not clients' messages.
-			return float64(srv.Topics.Retained.Len() - len(srv.Topics.Messages(mqtt.SysPrefix+"/#")))
-		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgemq_mqtt_blocked_writers",
 			Help: "Connections whose socket write in progress has been blocked for more than a second: subscribers not keeping up (each is cut at limits.write_timeout).",

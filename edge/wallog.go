@@ -41,6 +41,9 @@ func (l walLog) FirstOffset() uint64 { return l.w.FirstOffset() }
 // LastOffset is the newest durable record.
 func (l walLog) LastOffset() uint64 { return l.w.LastOffset() }
 
+// Sync makes everything appended durable.
+func (l walLog) Sync(ctx context.Context) error { return walError(l.w.Sync(ctx)) }
+
 // Cursor returns the named cursor.
 func (l walLog) Cursor(name string) (qos.Cursor, error) {
 	c, err := l.w.Cursor(name)

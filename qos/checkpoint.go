@@ -1,6 +1,7 @@
 package qos
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"time"
@@ -13,25 +14,56 @@ import (
 //  1. takes from the live sessions what the records do not say yet: each
 //     queue's position (it also knows what did not match) and the flights
 //     as they are (some Deliver or Complete records may not be durable);
-//  2. appends a checkpoint record and waits for it, so every record
-//     appended before it (the Deliver records the positions rely on) is
-//     durable too;
+//  2. appends a checkpoint record, waits for it and makes the log durable
+//     up to it (Log.Sync: under sync "interval" an append returns before
+//     any fsync), so every record the snapshot covers, and every Deliver
+//     record the positions rely on, survives whatever the snapshot
+//     survives: a power cut must never leave a snapshot past the end of
+//     the log;
 //  3. saves the snapshot (Snapshots.Save);
 //  4. commits the engine's cursor to the lowest offset anything still
 //     needs: the snapshot's offset, each queue's position, each unreleased
 //     flight. The log may then remove whole segments below it.
 
-// checkpointLoop writes the snapshots the dispatcher hands it.
+// checkpointLoop checkpoints every CheckpointInterval. When no record
+// came since the last one it only trims: positions move and consumers end
+// without records (a clean session's deliveries and its end are not
+// logged), and the log must follow them even when nothing is written (a
+// full log refuses publishes until it is trimmed).
 func (e *Engine) checkpointLoop() {
 	defer e.wg.Done()
+	if e.cfg.Snapshots == nil {
+		return
+	}
+	t := time.NewTicker(e.cfg.CheckpointInterval)
+	defer t.Stop()
+	var last uint64
+	failures := 0
 	for {
 		select {
 		case <-e.ctx.Done():
 			return
-		case c := <-e.checks:
-			if err := e.checkpoint(c.st, c.offset); err != nil {
-				e.lg.Error("checkpoint failed: replay will be longer and the log is not trimmed", "offset", c.offset, "error", err)
+		case <-t.C:
+		}
+		st, offset := e.shadowCopy()
+		var err error
+		if offset == last {
+			if floor := e.floor(nil, offset); floor > e.cursor.Offset() {
+				err = e.cursor.Commit(floor)
 			}
+		} else if err = e.checkpoint(st, offset); err == nil {
+			last = offset
+		}
+		switch {
+		case err != nil:
+			failures++
+			if failures == 1 || failures%60 == 0 {
+				e.lg.Error("checkpoint failed: the log is not trimmed and replay grows until one succeeds",
+					"offset", offset, "failures", failures, "error", err)
+			}
+		case failures > 0:
+			e.lg.Info("checkpoint succeeded again", "offset", offset, "failures_before", failures)
+			failures = 0
 		}
 	}
 }
@@ -40,8 +72,36 @@ func (e *Engine) checkpointLoop() {
 // below offset.
 func (e *Engine) checkpoint(st *State, offset uint64) error {
 	started := time.Now()
+	floor := e.floor(st, offset)
+	if err := e.appendWait(EncodeCheckpoint(offset)); err != nil {
+		e.stats.checkpointFailures.Add(1)
+		return fmt.Errorf("checkpoint record: %w", err)
+	}
+	if err := e.log.Sync(context.Background()); err != nil { // the one at Close too
+		e.stats.checkpointFailures.Add(1)
+		return fmt.Errorf("sync the log: %w", err)
+	}
+	if err := e.cfg.Snapshots.Save(offset, func(w io.Writer) error { return WriteSnapshot(w, st, offset) }); err != nil {
+		e.stats.checkpointFailures.Add(1)
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := e.cursor.Commit(floor); err != nil {
+		e.stats.checkpointFailures.Add(1)
+		return fmt.Errorf("commit cursor at %d: %w", floor, err)
+	}
+	e.stats.checkpoints.Add(1)
+	e.stats.lastCheckpoint.Store(time.Now().UnixNano())
+	e.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
+	return nil
+}
+
+// floor returns the lowest offset below upTo the engine still needs: each
+// queue's position, each unreleased flight, what a scan read and nobody
+// took, what members gave back to a group. With st, it also brings st up
+// to the live sessions (step 1 above).
+func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	progress := e.fannedOut.Load()
-	floor := offset
+	floor := upTo
 	e.mu.Lock()
 	for id, s := range e.sessions {
 		s.mu.Lock()
@@ -54,7 +114,10 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 			}
 		}
 		floor = min(floor, pos)
-		ss := st.Sessions[id]
+		var ss *SessionState
+		if st != nil {
+			ss = st.Sessions[id]
+		}
 		if ss != nil && s.persistent {
 			ss.Next = max(ss.Next, pos)
 			clear(ss.Inflight)
@@ -86,25 +149,12 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 		}
 		g.mu.Unlock()
 		floor = min(floor, pos)
-		if _, ok := st.GroupNext[key]; ok {
-			st.GroupNext[key] = max(st.GroupNext[key], pos)
+		if st != nil {
+			if _, ok := st.GroupNext[key]; ok {
+				st.GroupNext[key] = max(st.GroupNext[key], pos)
+			}
 		}
 	}
 	e.mu.Unlock()
-
-	if err := e.appendWait(EncodeCheckpoint(offset)); err != nil {
-		e.stats.checkpointFailures.Add(1)
-		return fmt.Errorf("checkpoint record: %w", err)
-	}
-	if err := e.cfg.Snapshots.Save(offset, func(w io.Writer) error { return WriteSnapshot(w, st, offset) }); err != nil {
-		e.stats.checkpointFailures.Add(1)
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if err := e.cursor.Commit(floor); err != nil {
-		e.stats.checkpointFailures.Add(1)
-		return fmt.Errorf("commit cursor at %d: %w", floor, err)
-	}
-	e.stats.checkpoints.Add(1)
-	e.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
-	return nil
+	return floor
 }

@@ -19,6 +19,7 @@ type connection struct {
 
 	// Under s.mu.
 	gone    bool
+	held    bool      // until CONNACK is written (Client.Established)
 	acks    []ack     // acknowledgements to write, in order [MQTT-4.6.0-2]
 	resend  []uint16  // flights to write again, in send order [MQTT-4.4.0-1]
 	qos0    []Entry   // QoS 0 messages not in the log, at most QoS0Limit
@@ -58,7 +59,7 @@ type outgoing struct {
 // goes straight to the matching connections; QoS 1/2 is appended and its
 // PUBACK/PUBREC written by the sender once durable. A duplicate of a QoS 2
 // publish still awaiting PUBREL is acknowledged again, not delivered again
-// [MQTT-4.3.3-10]. It returns ErrReceiveMaximum (connection closed with
+// [MQTT-4.3.3-10] (ErrDuplicate). It returns ErrReceiveMaximum (connection closed with
 // 0x93), or an error when the message was refused (the sender writes the
 // refusal for MQTT 5; a 3.1.1 connection is closed, since it has no way to
 // hear it [MQTT-3.3.5-2]).
@@ -66,7 +67,7 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	e, c, s := cl.e, cl.c, cl.c.s
 	m.Origin = s.id
 	m.OriginPacketID = pid
-	if m.QoS == 0 && !m.Retain {
+	if m.QoS == 0 && !e.loggedQoS0(m) {
 		e.stats.published.Add(1)
 		e.fanoutQoS0(m)
 		return nil
@@ -84,11 +85,11 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 			return ErrReceiveMaximum
 		}
 		if off, ok := s.inbound[pid]; ok && m.QoS == 2 {
-			c.inbound++
-			c.acks = append(c.acks, ack{offset: off, typ: PacketPubrec, pid: pid, counts: false})
+			c.acks = append(c.acks, ack{offset: off, typ: PacketPubrec, pid: pid})
 			s.mu.Unlock()
+			e.stats.duplicates.Add(1)
 			c.kick()
-			return nil
+			return ErrDuplicate
 		}
 		s.mu.Unlock()
 	}
@@ -102,6 +103,9 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	}
 	if err != nil {
 		e.stats.refused.Add(1)
+		if errors.Is(err, ErrFull) {
+			e.stats.refusedFull.Add(1)
+		}
 		if m.QoS == 0 {
 			return err
 		}
@@ -109,7 +113,7 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 			c.conn.Close(reasonUnspecified)
 			return err
 		}
-		reason := byte(reasonUnspecified)
+		reason := byte(reasonImplementationSpecific)
 		if errors.Is(err, ErrFull) {
 			reason = reasonQuotaExceeded
 		}

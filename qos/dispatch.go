@@ -15,7 +15,6 @@ func (e *Engine) dispatch() {
 	defer e.wg.Done()
 	r := e.log.NewReader(e.dispatched.Load())
 	var m matcher
-	e.lastCheck = e.cfg.Now()
 	for {
 		off, rec, err := r.Next(e.ctx)
 		switch {
@@ -47,20 +46,13 @@ func (e *Engine) dispatch() {
 		}
 		if msg, ok := v.(*Message); ok {
 			e.fanout(&m, off, msg)
+			e.stats.dispatched.Add(1)
 		}
 		e.shadowMu.Lock()
 		e.shadow.ApplyDecoded(off, k, v)
 		e.shadowNext = off + 1
 		e.shadowMu.Unlock()
 		e.fannedOut.Store(off + 1)
-		if now := e.cfg.Now(); e.cfg.Snapshots != nil && now.Sub(e.lastCheck) >= e.cfg.CheckpointInterval {
-			st, at := e.shadowCopy()
-			select {
-			case e.checks <- pendingCheckpoint{st: st, offset: at}:
-				e.lastCheck = now
-			default: // the last one is still being written
-			}
-		}
 	}
 }
 
@@ -209,11 +201,4 @@ func (e *Engine) shadowCopy() (*State, uint64) {
 	e.shadowMu.Lock()
 	defer e.shadowMu.Unlock()
 	return e.shadow.Clone(), e.shadowNext
-}
-
-// pendingCheckpoint is a copy of the shadow state after every record below
-// offset.
-type pendingCheckpoint struct {
-	st     *State
-	offset uint64
 }

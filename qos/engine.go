@@ -23,17 +23,23 @@ var (
 	// taken over by a newer one, or ended.
 	ErrGone = errors.New("qos: connection no longer holds the session")
 
+	// ErrDuplicate is returned by Client.Publish for a QoS 2 publish whose
+	// packet id still awaits its PUBREL: PUBREC is written again, and the
+	// message is not delivered again [MQTT-4.3.3-10].
+	ErrDuplicate = errors.New("qos: duplicate of a QoS 2 publish awaiting PUBREL")
+
 	// ErrEngineClosed is returned by every call after Close.
 	ErrEngineClosed = errors.New("qos: engine closed")
 )
 
 // Reason codes the engine writes [MQTT-2.4].
 const (
-	reasonUnspecified        = 0x80
-	reasonSessionTakenOver   = 0x8E
-	reasonPacketIDNotFound   = 0x92
-	reasonReceiveMaxExceeded = 0x93
-	reasonQuotaExceeded      = 0x97
+	reasonUnspecified            = 0x80
+	reasonImplementationSpecific = 0x83
+	reasonSessionTakenOver       = 0x8E
+	reasonPacketIDNotFound       = 0x92
+	reasonReceiveMaxExceeded     = 0x93
+	reasonQuotaExceeded          = 0x97
 )
 
 // Config configures an Engine. Start from DefaultConfig.
@@ -101,17 +107,18 @@ type Engine struct {
 	sessions  map[string]*session
 	groups    map[string]*group // by "$share/<group>/<filter>"
 	retained  map[string]Retained
+	external  map[string]map[uint16]uint64 // QoS 2 publishes of non-clients awaiting Release
+	logQoS0   func(topic string) bool
 	timers    timerHeap
 	timerWake chan struct{} // capacity 1
 
 	dispatched atomic.Uint64 // the next offset the dispatcher reads
 	fannedOut  atomic.Uint64 // every offset below it was offered everywhere
 	shadowMu   sync.Mutex
-	shadow     *State    // the state after every record the dispatcher read
-	shadowNext uint64    // the offset shadow stands for; both under shadowMu
-	lastCheck  time.Time // dispatcher's: the last checkpoint handed over
-	checks     chan pendingCheckpoint
+	shadow     *State // the state after every record the dispatcher read
+	shadowNext uint64 // the offset shadow stands for; both under shadowMu
 	sessionN   atomic.Uint64
+	stopping   atomic.Bool
 
 	stats counters
 }
@@ -154,8 +161,8 @@ func New(cfg Config) (*Engine, error) {
 		cfg: cfg, log: cfg.Log, lg: cfg.Logger, cursor: cur,
 		ctx: ctx, cancel: cancel,
 		sessions: map[string]*session{}, groups: map[string]*group{}, retained: map[string]Retained{},
+		external:  map[string]map[uint16]uint64{},
 		timerWake: make(chan struct{}, 1),
-		checks:    make(chan pendingCheckpoint, 1),
 	}
 	if err := e.recover(); err != nil {
 		cancel()
@@ -208,35 +215,112 @@ func (e *Engine) goSender(f func()) bool {
 	return true
 }
 
-// Publish appends m (a will, a bridge's downlink message, a message of the
-// broker itself) and returns its offset once it is durable; the dispatcher
-// then delivers it like any other.
-func (e *Engine) Publish(ctx context.Context, m *Message) (uint64, error) {
+// LogQoS0 sets which QoS 0 topics are logged too (a bridge forwards
+// them); the others go straight to the connections they match. Call it
+// before Start.
+func (e *Engine) LogQoS0(f func(topic string) bool) { e.logQoS0 = f }
+
+// loggedQoS0 reports whether a QoS 0 message must go through the log: a
+// retained one (the retained state survives a restart) or one a bridge
+// forwards.
+func (e *Engine) loggedQoS0(m *Message) bool {
+	return m.Retain || (e.logQoS0 != nil && e.logQoS0(m.Topic))
+}
+
+// Publish publishes m for a source that is not a client connection (a
+// bridge's downlink, the broker itself). QoS 1/2 and logged QoS 0 are
+// appended and Publish returns once they are durable; the dispatcher then
+// delivers them. Other QoS 0 messages are delivered at once. A QoS 2
+// message whose Origin and OriginPacketID await Release is a duplicate:
+// ErrDuplicate, nothing appended [MQTT-4.3.3-10].
+func (e *Engine) Publish(ctx context.Context, m *Message) error {
+	if m.Created == 0 {
+		m.Created = e.cfg.Now().UnixNano()
+	}
+	if m.QoS == 0 && !e.loggedQoS0(m) {
+		e.stats.published.Add(1)
+		e.fanoutQoS0(m)
+		return nil
+	}
+	twoPhase := m.QoS == 2 && m.Origin != ""
+	if twoPhase {
+		e.mu.Lock()
+		_, dup := e.external[m.Origin][m.OriginPacketID]
+		e.mu.Unlock()
+		if dup {
+			e.stats.duplicates.Add(1)
+			return ErrDuplicate
+		}
+	}
 	rec, err := m.MarshalBinary()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if e.cfg.Admit != nil {
 		if err := e.cfg.Admit(len(rec)); err != nil {
-			return 0, err
+			e.stats.refused.Add(1)
+			e.stats.refusedFull.Add(1)
+			return err
 		}
 	}
 	off, err := e.log.AppendAsync(rec)
 	if err != nil {
-		return 0, err
+		e.stats.refused.Add(1)
+		return err
 	}
-	return off, e.log.WaitDurable(ctx, off)
+	if err := e.log.WaitDurable(ctx, off); err != nil {
+		return err
+	}
+	e.stats.published.Add(1)
+	if twoPhase {
+		e.mu.Lock()
+		if e.external[m.Origin] == nil {
+			e.external[m.Origin] = map[uint16]uint64{}
+		}
+		e.external[m.Origin][m.OriginPacketID] = off
+		e.mu.Unlock()
+	}
+	return nil
+}
+
+// Release ends a QoS 2 exchange Publish began for origin's packet id,
+// durably, so that a restart does not take the next message on that id
+// for a duplicate.
+func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
+	e.mu.Lock()
+	_, ok := e.external[origin][id]
+	e.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: origin, PacketID: id}))
+	if err != nil {
+		return err
+	}
+	if err := e.log.WaitDurable(ctx, off); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	delete(e.external[origin], id)
+	if len(e.external[origin]) == 0 {
+		delete(e.external, origin)
+	}
+	e.mu.Unlock()
+	return nil
 }
 
 // publishAsync appends a message the engine publishes by itself (a will).
 func (e *Engine) publishAsync(m *Message) {
+	m.Created = e.cfg.Now().UnixNano()
 	rec, err := m.MarshalBinary()
 	if err == nil {
 		_, err = e.log.AppendAsync(rec)
 	}
 	if err != nil {
 		e.lg.Error("will not published", "client", m.Origin, "error", err)
+		return
 	}
+	e.stats.wills.Add(1)
 }
 
 // appendRecord appends a record of the engine's own bookkeeping without
@@ -252,24 +336,28 @@ func (e *Engine) appendRecord(rec []byte) uint64 {
 	return off
 }
 
-// appendWait appends records and waits until they are durable.
+// appendWait appends records and waits until they are durable. It does
+// not depend on the engine's lifetime (the last checkpoint uses it after
+// Close began): the log itself ends the wait if it closes.
 func (e *Engine) appendWait(recs ...[]byte) error {
 	off, err := e.log.AppendAsync(recs...)
 	if err != nil {
 		return err
 	}
-	return e.log.WaitDurable(e.ctx, off+uint64(len(recs))-1)
+	return e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1)
 }
 
 func (e *Engine) now() int64 { return e.cfg.Now().Unix() }
 
 // counters are the engine's figures (see Stats).
 type counters struct {
-	published, delivered, acked            atomic.Uint64
-	dropTooLarge, dropQoS0, dropExpired    atomic.Uint64
-	dropDenied, dropUnreadable, redelivers atomic.Uint64
-	recordFailures, refused, checkpoints   atomic.Uint64
-	checkpointFailures                     atomic.Uint64
+	published, delivered, acked, dispatched atomic.Uint64
+	dropTooLarge, dropQoS0, dropExpired     atomic.Uint64
+	dropDenied, dropUnreadable, redelivers  atomic.Uint64
+	recordFailures, refused, checkpoints    atomic.Uint64
+	checkpointFailures, refusedFull         atomic.Uint64
+	duplicates, wills, expired              atomic.Uint64
+	lastCheckpoint                          atomic.Int64 // Unix nanoseconds
 }
 
 // Stats are the engine's counters since New, for metrics.
@@ -277,18 +365,38 @@ type Stats struct {
 	// Published counts accepted publishes from clients; Delivered the
 	// PUBLISH packets written (resends included); Redelivered the resends.
 	Published, Delivered, Redelivered uint64
+	// Dispatched counts logged messages the dispatcher matched; Acked the
+	// deliveries acknowledged (PUBACK, PUBCOMP).
+	Dispatched, Acked uint64
 	// Dropped by reason: larger than the client's Maximum Packet Size,
 	// QoS 0 over QoS0Limit, expired [MQTT-3.3.2-5], refused by the read
 	// ACL, unreadable in the log.
 	DroppedTooLarge, DroppedQoS0, DroppedExpired, DroppedDenied, DroppedUnreadable uint64
-	// Refused counts publishes refused (admission, append failure).
-	Refused uint64
+	// Refused counts publishes refused, RefusedFull those of them refused
+	// for want of room (admission, ErrFull).
+	Refused, RefusedFull uint64
+	// Duplicates counts inbound QoS 2 publishes received again before
+	// their PUBREL: acknowledged again, not delivered again.
+	Duplicates uint64
+	// Wills counts wills published; Expired sessions ended by their expiry.
+	Wills, Expired uint64
+	// LastCheckpoint is when the last checkpoint succeeded (zero: none).
+	LastCheckpoint time.Time
 	// RecordFailures counts bookkeeping records the log did not take.
 	RecordFailures uint64
 	// Checkpoints and CheckpointFailures count snapshots written and failed.
 	Checkpoints, CheckpointFailures uint64
-	// Sessions and Connected are the sessions held and those online.
-	Sessions, Connected int
+	// Sessions and Connected are the sessions held and those online;
+	// Subscriptions theirs, shared ones included; Inflight the QoS 1/2
+	// deliveries sent and not acknowledged; Retained the retained messages.
+	Sessions, Connected, Subscriptions, Inflight, Retained int
+	// Queued is what sessions and shared groups wait for, summed: in RAM,
+	// or for a queue reading its backlog from the log, the records it has
+	// still to read (an upper bound); QueuedMax the longest one.
+	Queued, QueuedMax uint64
+	// OldestQueued is when the oldest message some queue waits for was
+	// accepted (zero: none waits).
+	OldestQueued time.Time
 }
 
 // Stats returns the engine's figures.
@@ -296,18 +404,68 @@ func (e *Engine) Stats() Stats {
 	c := &e.stats
 	st := Stats{
 		Published: c.published.Load(), Delivered: c.delivered.Load(), Redelivered: c.redelivers.Load(),
+		Dispatched: c.dispatched.Load(), Acked: c.acked.Load(),
 		DroppedTooLarge: c.dropTooLarge.Load(), DroppedQoS0: c.dropQoS0.Load(), DroppedExpired: c.dropExpired.Load(),
 		DroppedDenied: c.dropDenied.Load(), DroppedUnreadable: c.dropUnreadable.Load(),
-		Refused: c.refused.Load(), RecordFailures: c.recordFailures.Load(),
+		Refused: c.refused.Load(), RefusedFull: c.refusedFull.Load(), RecordFailures: c.recordFailures.Load(),
+		Duplicates: c.duplicates.Load(), Wills: c.wills.Load(), Expired: c.expired.Load(),
 		Checkpoints: c.checkpoints.Load(), CheckpointFailures: c.checkpointFailures.Load(),
+	}
+	if t := c.lastCheckpoint.Load(); t > 0 {
+		st.LastCheckpoint = time.Unix(0, t)
+	}
+	progress := e.fannedOut.Load()
+	var oldest uint64
+	note := func(q *Queue) {
+		n, pos := uint64(q.Len()), q.Position(progress)
+		if n == 0 && pos < progress {
+			n = progress - pos
+		}
+		st.Queued += n
+		st.QueuedMax = max(st.QueuedMax, n)
+		if n > 0 && (oldest == 0 || pos < oldest) {
+			oldest = pos
+		}
 	}
 	e.mu.Lock()
 	st.Sessions = len(e.sessions)
+	st.Retained = len(e.retained)
 	for _, s := range e.sessions {
 		if s.conn.Load() != nil {
 			st.Connected++
 		}
+		s.mu.Lock()
+		st.Subscriptions += len(s.subs)
+		st.Inflight += len(s.flights)
+		s.mu.Unlock()
+		note(s.queue)
+	}
+	for _, g := range e.groups {
+		note(g.queue)
 	}
 	e.mu.Unlock()
+	if created, ok := e.createdFrom(oldest); ok {
+		st.OldestQueued = time.Unix(0, created)
+	}
 	return st
+}
+
+// createdFrom returns when the first QoS 1/2 message at or after from was
+// accepted (Unix nanoseconds), reading a few records of the log.
+func (e *Engine) createdFrom(from uint64) (int64, bool) {
+	if from == 0 {
+		return 0, false
+	}
+	from = max(from, e.log.FirstOffset())
+	for off := from; off < from+64 && off <= e.log.LastOffset(); off++ {
+		rec, err := e.log.Read(off)
+		if err != nil || KindOf(rec) != KindMessage {
+			continue
+		}
+		var m Message
+		if m.UnmarshalBinary(rec) == nil && (m.QoS > 0 || m.Will) {
+			return m.Created, true
+		}
+	}
+	return 0, false
 }

@@ -88,6 +88,7 @@ func (c *client) reconnect() bool {
 		c.t.Fatalf("connect %s: %v", c.id, err)
 	}
 	c.cl = cl
+	cl.Established()
 	return present
 }
 

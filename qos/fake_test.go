@@ -92,6 +92,9 @@ func (l *memLog) NewReader(from uint64) qos.LogReader {
 	return &memReader{l: l, off: from}
 }
 
+// Sync does nothing: every append is durable at once.
+func (l *memLog) Sync(context.Context) error { return nil }
+
 func (l *memLog) FirstOffset() uint64 { l.mu.Lock(); defer l.mu.Unlock(); return l.first }
 func (l *memLog) LastOffset() uint64  { l.mu.Lock(); defer l.mu.Unlock(); return uint64(len(l.recs)) }
 

@@ -62,6 +62,11 @@ type Log interface {
 	// LastOffset is the newest durable record (0 if none): readers see
 	// exactly the records up to it.
 	LastOffset() uint64
+	// Sync makes every record appended so far durable, whatever the sync
+	// policy (under "interval" an append returns before any fsync). A
+	// checkpoint calls it before it saves a snapshot, so that a power cut
+	// never leaves a snapshot past the end of the log.
+	Sync(ctx context.Context) error
 	// Cursor returns the named durable read position, created at the
 	// first record if it does not exist. The log keeps every record at or
 	// after the oldest cursor. The engine keeps one ("engine") as its trim

@@ -19,12 +19,22 @@ import (
 func (e *Engine) recover() error {
 	started := time.Now()
 	st, from := NewState(), uint64(0)
+	first, last := e.log.FirstOffset(), e.log.LastOffset()
 	if e.cfg.Snapshots != nil {
 		err := e.cfg.Snapshots.Load(func(r io.Reader) error {
 			s, at, err := ReadSnapshot(r)
 			if err != nil {
 				e.lg.Error("snapshot unreadable: trying an older one", "error", err)
 				return err
+			}
+			if at > last+1 {
+				// The log lost records the snapshot covers (a power cut
+				// under sync interval, or a snapshot of a version that did
+				// not sync the log first), and their offsets are being
+				// handed out again.
+				e.lg.Error("snapshot ahead of the log (the log lost its tail: a power cut under sync interval?): trying an older one",
+					"snapshot_offset", at, "last_offset", last)
+				return fmt.Errorf("qos: snapshot at %d ahead of the log's last offset %d", at, last)
 			}
 			st, from = s, at
 			return nil
@@ -33,7 +43,6 @@ func (e *Engine) recover() error {
 			e.lg.Error("no snapshot reads back: replaying the whole log", "error", err)
 		}
 	}
-	first, last := e.log.FirstOffset(), e.log.LastOffset()
 	if from < first {
 		if from > 0 || first > 1 {
 			e.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",
@@ -80,6 +89,7 @@ func (e *Engine) recover() error {
 		}
 		s := e.newSessionLocked(id, max(ss.Next, first))
 		s.persistent = true
+		s.owner = ss.Username
 		s.expiry = ss.ExpiryInterval
 		if ss.ExpiryInterval != math.MaxUint32 {
 			s.expiresAt = ss.DisconnectedAt + int64(ss.ExpiryInterval)
@@ -133,6 +143,11 @@ func (e *Engine) recover() error {
 	}
 	for _, w := range wills { // due while the broker was down
 		e.publishAsync(w)
+	}
+	for origin, in := range st.Inbound {
+		if e.sessions[origin] == nil { // a bridge's, say: no session of it
+			e.external[origin] = maps.Clone(in)
+		}
 	}
 	for topic, rt := range st.Retained {
 		e.retained[topic] = rt

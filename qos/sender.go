@@ -2,6 +2,7 @@ package qos
 
 import (
 	"errors"
+	"time"
 )
 
 // step is one round of the sender: under the session's lock it takes the
@@ -13,6 +14,10 @@ func (c *connection) step() bool {
 	s.mu.Lock()
 	if c.gone || c.closing {
 		c.acks, c.qos0, c.resend = nil, nil, nil
+		s.mu.Unlock()
+		return false
+	}
+	if c.held {
 		s.mu.Unlock()
 		return false
 	}
@@ -72,12 +77,18 @@ func (c *connection) step() bool {
 				grp = o.f.group.key
 			}
 			rec, _ := Encode(&Deliver{Client: s.id, PacketID: o.pid, Offset: o.f.offset, QoS: o.f.qos, Group: grp})
-			if off := e.appendRecord(rec); o.f.qos == 2 {
-				// A QoS 2 PUBLISH is written only once its packet id is
-				// durable, or a restart could deliver it again under
-				// another [MQTT-4.3.3].
-				o.rec = off
+			if o.f.qos < 2 {
+				e.appendRecord(rec)
+				continue
 			}
+			// A QoS 2 PUBLISH is written only once its packet id is
+			// durable, or a restart could deliver it again under another
+			// [MQTT-4.3.3]: on a full log it waits for room.
+			off, ok := c.appendUntil(rec)
+			if !ok {
+				return c.lost()
+			}
+			o.rec = off
 		}
 	}
 	released := 0
@@ -112,6 +123,32 @@ func (c *connection) step() bool {
 	return true
 }
 
+// appendUntil appends rec, trying again every second while the log
+// refuses it (a full disk), so that the sender outlives the episode. It
+// returns false when the connection or the engine ends first.
+func (c *connection) appendUntil(rec []byte) (uint64, bool) {
+	e := c.e
+	for {
+		off, err := e.log.AppendAsync(rec)
+		if err == nil {
+			return off, true
+		}
+		e.stats.recordFailures.Add(1)
+		e.lg.Debug("delivery waits: its record is not logged", "client", c.s.id, "error", err)
+		select {
+		case <-e.ctx.Done():
+			return 0, false
+		case <-time.After(time.Second):
+		}
+		c.s.mu.Lock()
+		gone := c.gone
+		c.s.mu.Unlock()
+		if gone {
+			return 0, false
+		}
+	}
+}
+
 // lost marks the connection gone after a write failed: its flights wait
 // for the next connection.
 func (c *connection) lost() bool {
@@ -122,20 +159,27 @@ func (c *connection) lost() bool {
 }
 
 // deliverable drops messages that expired [MQTT-3.3.2-5] or that the read
-// ACL refuses, counted. Called with s.mu held.
+// ACL refuses, counted.
 func (c *connection) deliverable(m *Message) bool {
 	if m == nil {
 		return true
 	}
-	if m.Expiry > 0 && c.e.now() >= m.Expiry {
+	if c.expired(m) {
 		c.e.stats.dropExpired.Add(1)
 		return false
 	}
-	if c.info.CanRead != nil && !c.info.CanRead(m.Topic) {
+	if !c.readable(m) {
 		c.e.stats.dropDenied.Add(1)
 		return false
 	}
 	return true
+}
+
+func (c *connection) expired(m *Message) bool { return m.Expiry > 0 && c.e.now() >= m.Expiry }
+
+// readable asks the read ACL of the connection's user.
+func (c *connection) readable(m *Message) bool {
+	return c.info.CanRead == nil || c.info.CanRead(m.Topic)
 }
 
 // next takes the next message for the connection: retained messages of a
@@ -228,10 +272,8 @@ func (c *connection) writeAck(a ack) bool {
 				c.conn.Close(reasonUnspecified)
 				return false
 			}
-			a.reason = reasonUnspecified
-			if errors.Is(err, ErrFull) {
-				a.reason = reasonQuotaExceeded
-			}
+			// Not on disk (a failed write: the offset is a hole).
+			a.reason = reasonImplementationSpecific
 			if a.typ == PacketPubrec {
 				c.s.mu.Lock()
 				delete(c.s.inbound, a.pid) // refused: the id is free again
@@ -282,9 +324,18 @@ func (c *connection) writePublish(o *outgoing) bool {
 		}
 		s.mu.Unlock()
 	}
-	if o.resend && !c.deliverableUnlocked(m) {
-		c.dropFlight(o.pid)
-		return true
+	if o.resend {
+		switch {
+		case c.expired(m):
+			e.stats.dropExpired.Add(1)
+			c.dropFlight(o.pid)
+			return true
+		case !c.readable(m):
+			// This connection's user may not read it: the session keeps
+			// it for a connection that may (a takeover by another user).
+			e.stats.dropDenied.Add(1)
+			return true
+		}
 	}
 	c.pkt = Packet{Type: PacketPublish, PacketID: o.pid, Message: m, QoS: q, Dup: o.resend, Retain: retain, SubscriptionIDs: ids}
 	if c.info.TopicAliasMaximum > 0 {
@@ -309,13 +360,6 @@ func (c *connection) writePublish(o *outgoing) bool {
 		return true
 	}
 	return false
-}
-
-// deliverableUnlocked is deliverable for the sender outside the lock.
-func (c *connection) deliverableUnlocked(m *Message) bool {
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	return c.deliverable(m)
 }
 
 // dropFlight frees a flight whose message cannot be delivered.
@@ -388,7 +432,7 @@ func (c *connection) hasWork() bool {
 	s := c.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c.gone || c.closing {
+	if c.gone || c.closing || c.held {
 		return false
 	}
 	if len(c.acks) > 0 || len(c.resend) > 0 || len(c.qos0) > 0 {

@@ -14,6 +14,7 @@ import (
 // wait for the next connection.
 type session struct {
 	id    string
+	owner string // the user that created it
 	n     uint64 // creation order, to group one message's matches
 	queue *Queue
 	conn  atomic.Pointer[connection]
@@ -89,6 +90,9 @@ type ConnectInfo struct {
 	// Will is the will message [MQTT-3.1.2-7], WillDelay its delay.
 	Will      *Message
 	WillDelay uint32
+	// Username is the user the connection authenticated as: a new
+	// session's owner (see Engine.Owner).
+	Username string
 	// CanRead is the read ACL, asked before every PUBLISH is written
 	// (resends included). nil allows everything.
 	CanRead func(topic string) bool
@@ -115,20 +119,24 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	}
 	persistent := info.ExpiryInterval > 0
 	var rec []byte
-	if persistent {
-		var err error
-		rec, err = Encode(&Session{Client: info.ClientID, ProtocolVersion: info.ProtocolVersion,
-			ExpiryInterval: info.ExpiryInterval, Will: info.Will, WillDelay: info.WillDelay})
-		if err != nil {
-			return nil, false, err
-		}
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ctx.Err() != nil {
 		return nil, false, ErrEngineClosed
 	}
 	old := e.sessions[info.ClientID]
+	owner := info.Username
+	if old != nil && !info.CleanStart && old.persistent {
+		owner = old.owner
+	}
+	if persistent {
+		var err error
+		rec, err = Encode(&Session{Client: info.ClientID, ProtocolVersion: info.ProtocolVersion,
+			ExpiryInterval: info.ExpiryInterval, Will: info.Will, WillDelay: info.WillDelay, Username: owner})
+		if err != nil {
+			return nil, false, err
+		}
+	}
 	var recs [][]byte
 	if old != nil && (info.CleanStart || !old.persistent) {
 		if old.persistent {
@@ -153,7 +161,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		s = e.newSessionLocked(info.ClientID, e.dispatched.Load())
 		s.queue.CatchUp(e.dispatched.Load) // nothing to read: offers from now on
 	}
-	c := &connection{e: e, s: s, conn: conn, info: info}
+	c := &connection{e: e, s: s, conn: conn, info: info, held: true}
 	c.window = min(int(info.ReceiveMaximum), e.cfg.MaxInflight)
 	s.mu.Lock()
 	if prev := s.conn.Load(); prev != nil {
@@ -165,6 +173,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		}
 	}
 	s.persistent = persistent
+	s.owner = owner
 	s.expiry = info.ExpiryInterval
 	s.expiresAt, s.willDue = 0, 0
 	s.will, s.willDelay = info.Will, info.WillDelay
@@ -182,8 +191,17 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 			sb.g.mu.Unlock()
 		}
 	}
-	c.kick()
 	return &Client{e: e, c: c}, present, nil
+}
+
+// Established tells the engine that CONNACK is written: the connection's
+// sender may write from now on (resends first) [MQTT-3.2.0-1].
+func (cl *Client) Established() {
+	s := cl.c.s
+	s.mu.Lock()
+	cl.c.held = false
+	s.mu.Unlock()
+	cl.c.kick()
 }
 
 // newSessionLocked creates a session whose backlog starts at next.
@@ -263,6 +281,13 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	if !willPending {
 		will, s.will = nil, nil
 	}
+	stopping := e.stopping.Load()
+	if will != nil && stopping && min(s.willDelay, s.expiry) == 0 {
+		// The broker going is not the client going: an immediate will is
+		// not published then; a delayed one stays pending across the
+		// restart [MQTT-3.1.2-8].
+		will, s.will = nil, nil
+	}
 	persistent := s.persistent && s.expiry > 0
 	if persistent {
 		if s.expiry != math.MaxUint32 {
@@ -327,6 +352,12 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 // client's window, once Suback is called.
 func (cl *Client) Subscribe(subs []Subscribe) error {
 	e, s := cl.e, cl.c.s
+	if len(subs) == 0 {
+		s.mu.Lock()
+		s.holdRet++ // Suback follows all the same
+		s.mu.Unlock()
+		return nil
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if s.conn.Load() != cl.c {
@@ -421,7 +452,7 @@ func (cl *Client) Unsubscribe(filters []string) error {
 	if s.conn.Load() != cl.c {
 		return ErrGone
 	}
-	if s.persistent {
+	if s.persistent && len(filters) > 0 {
 		recs := make([][]byte, 0, len(filters))
 		for _, f := range filters {
 			rec, _ := Encode(&Unsubscribe{Client: s.id, Filter: f})
@@ -505,3 +536,18 @@ func (c *connection) giveBackLocked() {
 	}
 	c.scanned = nil
 }
+
+// Owner returns the user that created the session of client id, and
+// whether there is one: a persistent session belongs to its creator.
+func (e *Engine) Owner(id string) (string, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s := e.sessions[id]; s != nil {
+		return s.owner, true
+	}
+	return "", false
+}
+
+// Stopping tells the engine the broker is shutting down: the connections
+// about to end are not clients going away, so their wills wait.
+func (e *Engine) Stopping() { e.stopping.Store(true) }

@@ -92,6 +92,7 @@ func (e *Engine) fireLocked(now int64) {
 			e.publishAsync(will)
 		}
 		if end {
+			e.stats.expired.Add(1)
 			e.appendRecord(EncodeEnd(s.id))
 			e.endSessionLocked(s, false)
 		}

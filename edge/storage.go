@@ -6,23 +6,25 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/edgemq/edgemq/qos"
 	"github.com/edgemq/edgemq/wal"
 )
 
-// durableStorage is the log and the store hook on it, closed as one: the
-// store's goroutines first, the log last.
+// durableStorage is the log and the delivery engine on it, closed as one:
+// the engine's goroutines first, the log last.
 type durableStorage struct {
-	store *store
-	log   *wal.Log
+	engine *qos.Engine
+	log    *wal.Log
 }
 
-// Close stops the store and closes the log.
+// Close stops the engine and closes the log.
 func (d *durableStorage) Close() error {
-	d.store.close()
-	return d.log.Close()
+	return errors.Join(d.engine.Close(), d.log.Close())
 }
 
 // walConfig maps the storage section onto the log's configuration.
@@ -35,14 +37,16 @@ func walConfig(c StorageConfig) wal.Config {
 	return wc
 }
 
-// openStorage opens the log, replays it into the broker (sessions,
-// subscriptions, retained messages) and adds the store hook. It runs in
-// Start, before any listener accepts.
+// engineCursor is the engine's trim point in the log; oldCursor the one
+// of the delivery code before it, removed so it does not hold the log.
+const engineCursor, oldCursor = "engine", "store"
+
+// openStorage opens the log, recovers the delivery engine from it
+// (sessions, subscriptions, retained messages) and adds the hook that
+// feeds it mochi's events. It runs in Start, before any listener accepts.
 func (b *Broker) openStorage() (*durableStorage, error) {
-	// The store tracks its outbound messages in mochi's inflight map only
-	// for mochi's acknowledgement handling; mochi must not expire them on
-	// its own (its default forces a one-day expiry), or it could hand out
-	// their packet ids again. Message expiry is the store's [MQTT-3.3.2-5].
+	// Message expiry is the engine's [MQTT-3.3.2-5]; mochi's default
+	// would force one day on every message it sees.
 	b.srv.Options.Capabilities.MaximumMessageExpiryInterval = 0
 	wc := walConfig(b.cfg.Storage)
 	wc.Logger = b.root.With("component", "wal")
@@ -56,54 +60,74 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge: open storage %s: %w", logDir, err)
 	}
-	cursor, err := l.Cursor(cursorName)
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("edge: storage cursor: %w", err), l.Close())
+	if slices.Contains(l.Cursors(), oldCursor) {
+		if err := l.DeleteCursor(oldCursor); err != nil {
+			return nil, errors.Join(fmt.Errorf("edge: storage cursor: %w", err), l.Close())
+		}
 	}
 	if err := b.reg.Register(newLogCollector(l)); err != nil {
 		return nil, errors.Join(fmt.Errorf("edge: log metrics: %w", err), l.Close())
 	}
-	m, err := newStoreMetrics(b.reg)
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("edge: store metrics: %w", err), l.Close())
-	}
-	s, err := newStore(b.srv, l, b.root.With("component", "store"), m, storeOptions{
-		queueLimit:  storeQueueLimit,
-		maxInflight: b.cfg.Limits.MaxInflight,
-		ackWindow:   b.cfg.Limits.ReceiveMaximum,
-		canRead: func(cl *mqtt.Client, topic string) bool {
-			return b.auth.OnACLCheck(cl, topic, false)
-		},
-		cursor:     cursor,
-		snapDir:    snapDir,
-		checkpoint: b.cfg.Storage.CheckpointInterval,
-		budget:     int64(b.cfg.Storage.MaxDiskBytes),
-	})
+	lg := b.root.With("component", "engine")
+	cfg := qos.DefaultConfig(walLog{l})
+	cfg.Snapshots = snapshotDir{dir: snapDir, lg: lg}
+	cfg.Logger = lg
+	cfg.CursorName = engineCursor
+	cfg.MaxInflight = b.cfg.Limits.MaxInflight
+	cfg.QueueLimit = engineQueueLimit
+	cfg.CheckpointInterval = b.cfg.Storage.CheckpointInterval
+	cfg.Admit = admission(l, int64(b.cfg.Storage.MaxDiskBytes), lg)
+	e, err := qos.New(cfg)
 	if err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
-	if err := b.reg.Register(newSessionCollector(s)); err != nil {
-		s.close()
-		return nil, errors.Join(fmt.Errorf("edge: session metrics: %w", err), l.Close())
+	if err := b.reg.Register(newEngineCollector(e)); err != nil {
+		return nil, errors.Join(fmt.Errorf("edge: engine metrics: %w", err), e.Close(), l.Close())
 	}
-	if err := b.srv.AddHook(s, nil); err != nil {
-		s.close()
-		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", s.ID(), err), l.Close())
+	h := &deliveryHook{srv: b.srv, e: e, lg: lg, clients: map[*mqtt.Client]*hookClient{},
+		window: b.srv.Options.Capabilities.ReceiveMaximum,
+		canRead: func(cl *mqtt.Client, topic string) bool {
+			return b.auth.OnACLCheck(cl, topic, false)
+		},
 	}
-	return &durableStorage{store: s, log: l}, nil
+	if err := b.srv.AddHook(h, nil); err != nil {
+		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", h.ID(), err), e.Close(), l.Close())
+	}
+	return &durableStorage{engine: e, log: l}, nil
 }
 
-// storageStopping tells the store that the broker is shutting down: the
+// admission refuses a new message once the log would pass its high
+// watermark, a tenth of the budget below it, so that what the broker must
+// still write to make progress (deliveries, acknowledgements, sessions,
+// checkpoints) always has room: a full log must never stop subscribers
+// from draining it. Refusals are logged once a minute while they repeat.
+func admission(l *wal.Log, budget int64, lg *slog.Logger) func(int) error {
+	if budget <= 0 {
+		return nil
+	}
+	alarms := newLogThrottle(time.Minute)
+	return func(n int) error {
+		disk, queued := l.Usage()
+		if disk+queued+int64(n) <= budget-budget/10 {
+			return nil
+		}
+		alarms.warn(lg, "publishes refused: the log is at its high watermark", "disk_bytes", disk, "queued_bytes", queued,
+			"budget_bytes", budget, "admit_below_bytes", budget-budget/10, "trimmed_below_offset", l.FirstOffset())
+		return fmt.Errorf("%w: %w", qos.ErrFull, wal.ErrFull)
+	}
+}
+
+// storageStopping tells the engine that the broker is shutting down: the
 // connections about to be cut are not clients going away.
 func (b *Broker) storageStopping() {
 	if ds, ok := b.storage.(*durableStorage); ok {
-		ds.store.stopping.Store(true)
+		ds.engine.Stopping()
 	}
 }
 
-// storeQueueLimit is how many messages a session's queue holds in RAM
+// engineQueueLimit is how many messages a session's queue holds in RAM
 // before it reads its backlog from the log instead.
-const storeQueueLimit = 1024
+const engineQueueLimit = 1024
 
 // CheckStorage checks the log under c.Dir and returns what it found, one
 // line each: records, segments, offsets, a torn tail, and every damaged

@@ -1,0 +1,354 @@
+package edge
+
+import (
+	"errors"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// deliveryHook turns mochi's events into calls of the delivery engine
+// (qos.Engine), which keeps the durability contract (see doc.go) and owns
+// every QoS 0/1/2 delivery, packet id and acknowledgement of ours. mochi
+// stays the protocol codec and connection owner: it reads and validates
+// packets, authenticates, writes CONNACK, SUBACK and UNSUBACK, and holds
+// no message of ours (OnPublish takes every publish away from it).
+//
+// The places where mochi would act on its own are each one named
+// function here, pinned by a test of the mochi behaviour it relies on
+// (deliveryhook_test.go): ignoredByMochi, takeWill, refuseConnack,
+// failSuback.
+type deliveryHook struct {
+	mqtt.HookBase
+	srv     *mqtt.Server
+	e       *qos.Engine
+	lg      *slog.Logger
+	canRead func(cl *mqtt.Client, topic string) bool
+	window  uint16 // the Receive Maximum the server announces
+
+	mu      sync.Mutex
+	clients map[*mqtt.Client]*hookClient
+
+	duplicates atomic.Uint64
+}
+
+// hookClient is one connection's state in the hook.
+type hookClient struct {
+	qc      *qos.Client
+	present bool
+	refused error           // the engine could not take the session: CONNACK refuses
+	failed  map[uint16]bool // SUBSCRIBE / UNSUBSCRIBE packet ids whose records failed
+}
+
+// ID names the hook.
+func (h *deliveryHook) ID() string { return "edge-delivery" }
+
+// Provides lists the events the hook handles.
+func (h *deliveryHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketRead,
+		mqtt.OnPacketEncode, mqtt.OnPacketSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
+		return true
+	}
+	return false
+}
+
+func (h *deliveryHook) client(cl *mqtt.Client) *hookClient {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.clients[cl]
+}
+
+// expiryOf is the session expiry of cl's connection in seconds
+// [MQTT-3.1.2-23]: for 3.1.1, 0 with a clean session, else never.
+func expiryOf(cl *mqtt.Client) uint32 {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval
+	}
+	if cl.Properties.Clean {
+		return 0
+	}
+	return math.MaxUint32
+}
+
+// OnSessionEstablish attaches the connection to its session in the engine
+// before mochi writes CONNACK; a persistent session is durable by then.
+func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	will, delay := takeWill(cl, pk)
+	info := qos.ConnectInfo{
+		ClientID:        cl.ID,
+		ProtocolVersion: cl.Properties.ProtocolVersion,
+		CleanStart:      pk.Connect.Clean,
+		ExpiryInterval:  expiryOf(cl),
+		InboundMaximum:  h.window,
+		Will:            will,
+		WillDelay:       delay,
+		Username:        string(cl.Properties.Username),
+		CanRead:         func(topic string) bool { return h.canRead(cl, topic) },
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		info.ReceiveMaximum = cl.Properties.Props.ReceiveMaximum
+		info.TopicAliasMaximum = cl.Properties.Props.TopicAliasMaximum
+	}
+	qc, present, err := h.e.Connect(mochiConn{srv: h.srv, cl: cl}, info)
+	hc := &hookClient{qc: qc, present: present, refused: err}
+	if err != nil {
+		h.lg.Warn("session not logged: connection refused", "client", cl.ID, "error", err)
+	}
+	h.mu.Lock()
+	h.clients[cl] = hc
+	h.mu.Unlock()
+}
+
+// OnSessionEstablished lets the engine write once CONNACK is out.
+func (h *deliveryHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if hc := h.client(cl); hc != nil && hc.qc != nil {
+		hc.qc.Established()
+	}
+}
+
+// takeWill takes cl's will away from mochi, which would publish it around
+// the log, and returns it with its properties as the engine publishes it:
+// through the log, like any message [MQTT-3.1.2-8] [MQTT-3.1.3.2].
+func takeWill(cl *mqtt.Client, pk packets.Packet) (*qos.Message, uint32) {
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
+		return nil, 0
+	}
+	w := cl.Properties.Will
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	wp := pk.Connect.WillProperties
+	m := &qos.Message{Topic: w.TopicName, Payload: w.Payload, QoS: w.Qos, Retain: w.Retain, Will: true, Origin: cl.ID,
+		PayloadFormat: wp.PayloadFormat, PayloadFormatFlag: wp.PayloadFormatFlag, ContentType: wp.ContentType,
+		ResponseTopic: wp.ResponseTopic, CorrelationData: wp.CorrelationData}
+	if wp.MessageExpiryInterval > 0 {
+		m.Expiry = time.Now().Unix() + int64(wp.MessageExpiryInterval)
+	}
+	for _, u := range w.User {
+		m.User = append(m.User, qos.Property{Key: u.Key, Value: u.Val})
+	}
+	return m, w.WillDelayInterval
+}
+
+// OnPacketEncode completes the packets mochi writes from what the engine
+// knows: CONNACK's session present flag (mochi does not know the sessions
+// the log kept) [MQTT-3.2.2-3], and refusals (refuseConnack, failSuback).
+func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		hc := h.client(cl)
+		if hc == nil || pk.ReasonCode != 0 {
+			return pk
+		}
+		if hc.refused != nil {
+			return refuseConnack(cl, pk)
+		}
+		pk.SessionPresent = hc.present
+	case packets.Suback, packets.Unsuback:
+		if hc := h.client(cl); hc != nil {
+			h.mu.Lock()
+			failed := hc.failed[pk.PacketID]
+			delete(hc.failed, pk.PacketID)
+			h.mu.Unlock()
+			if failed {
+				return failSuback(pk)
+			}
+		}
+	}
+	return pk
+}
+
+// refuseConnack turns mochi's CONNACK into a refusal, when the engine
+// could not make the session durable [MQTT-3.2.2-6]: 0x80 (MQTT 5) or
+// 0x03 server unavailable (3.1.1); OnPacketSent then closes.
+func refuseConnack(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	pk.SessionPresent = false
+	pk.ReasonCode = packets.ErrUnspecifiedError.Code
+	if cl.Properties.ProtocolVersion < 5 {
+		pk.ReasonCode = packets.ErrServerUnavailable.Code
+	}
+	return pk
+}
+
+// failSuback gives every filter of a SUBACK or UNSUBACK the failure code
+// 0x80: its records could not be appended [MQTT-3.9.3-1].
+func failSuback(pk packets.Packet) packets.Packet {
+	codes := make([]byte, len(pk.ReasonCodes))
+	for i := range codes {
+		codes[i] = packets.ErrUnspecifiedError.Code
+	}
+	pk.ReasonCodes = codes
+	return pk
+}
+
+// OnPacketSent lets retained messages follow their SUBACK, and closes a
+// connection whose CONNACK refused it.
+func (h *deliveryHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	switch pk.FixedHeader.Type {
+	case packets.Suback:
+		if hc := h.client(cl); hc != nil && hc.qc != nil {
+			hc.qc.Suback()
+		}
+	case packets.Connack:
+		if hc := h.client(cl); hc != nil && hc.refused != nil {
+			cl.Stop(hc.refused)
+		}
+	}
+}
+
+// OnDisconnect ends the connection in the engine: a persistent session
+// stays offline until it expires. The will is due unless the client said
+// DISCONNECT (err is nil only then) [MQTT-3.14.4-3].
+func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.mu.Lock()
+	hc := h.clients[cl]
+	delete(h.clients, cl)
+	h.mu.Unlock()
+	if hc == nil || hc.qc == nil {
+		return
+	}
+	expiry := expiryOf(cl)
+	hc.qc.Disconnect(err != nil, &expiry)
+	// mochi keeps an offline client, with its buffers, for as long as it
+	// thinks the session lives; the engine keeps the session, so mochi's
+	// copy goes.
+	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
+		h.srv.Clients.Delete(cl.ID)
+	}
+}
+
+// OnPublish hands every publish to the engine, which logs it, delivers it
+// and writes its acknowledgement itself; mochi neither acknowledges nor
+// delivers it (ErrRejectPacket).
+func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	hc := h.client(cl)
+	if hc == nil || hc.qc == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	if pk.TopicName == "" {
+		// An alias this connection never set [MQTT-3.3.2-7]: mochi
+		// resolves it to nothing.
+		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrTopicAliasInvalid.Code)
+		return pk, packets.ErrRejectPacket
+	}
+	err := hc.qc.Publish(messageOf(pk), pk.PacketID)
+	if errors.Is(err, qos.ErrDuplicate) {
+		h.duplicates.Add(1)
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// messageOf builds the engine's message of an inbound PUBLISH.
+func messageOf(pk packets.Packet) *qos.Message {
+	m := &qos.Message{
+		Topic:             pk.TopicName,
+		Payload:           pk.Payload,
+		QoS:               pk.FixedHeader.Qos,
+		Retain:            pk.FixedHeader.Retain,
+		Created:           time.Now().UnixNano(),
+		Expiry:            pk.Expiry,
+		PayloadFormat:     pk.Properties.PayloadFormat,
+		PayloadFormatFlag: pk.Properties.PayloadFormatFlag,
+		ContentType:       pk.Properties.ContentType,
+		ResponseTopic:     pk.Properties.ResponseTopic,
+		CorrelationData:   pk.Properties.CorrelationData,
+	}
+	for _, u := range pk.Properties.User {
+		m.User = append(m.User, qos.Property{Key: u.Key, Value: u.Val})
+	}
+	return m
+}
+
+// OnPacketRead gives the engine the acknowledgements of the QoS 1/2
+// exchanges it owns, in both directions, and hides them from mochi.
+func (h *deliveryHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
+	default:
+		return pk, nil
+	}
+	hc := h.client(cl)
+	if hc == nil || hc.qc == nil {
+		return ignoredByMochi(pk), nil
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		hc.qc.Puback(pk.PacketID)
+	case packets.Pubrec:
+		hc.qc.Pubrec(pk.PacketID, pk.ReasonCode)
+	case packets.Pubrel:
+		hc.qc.Pubrel(pk.PacketID)
+	case packets.Pubcomp:
+		hc.qc.Pubcomp(pk.PacketID)
+	}
+	return ignoredByMochi(pk), nil
+}
+
+// ignoredByMochi returns the packet mochi is to process in place of an
+// acknowledgement the engine took: a PUBACK for packet id 0, which no
+// inflight entry can hold, so mochi's processPuback does nothing. mochi
+// has no hook that consumes a packet (OnPacketRead's ErrRejectPacket
+// closes the connection), and it would answer a PUBREC or PUBREL the
+// engine owns with 0x92 (see TestMochiIgnoresUnknownPuback).
+func ignoredByMochi(pk packets.Packet) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: pk.ProtocolVersion}
+}
+
+// OnSubscribed adds the granted subscriptions to the engine, durably for a
+// persistent session, before mochi writes SUBACK; if their records fail,
+// the SUBACK says so (failSuback).
+func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	hc := h.client(cl)
+	if hc == nil || hc.qc == nil {
+		return
+	}
+	var subs []qos.Subscribe
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		subs = append(subs, qos.Subscribe{Filter: f.Filter, QoS: min(f.Qos, codes[i]), NoLocal: f.NoLocal,
+			RetainAsPublished: f.RetainAsPublished, RetainHandling: f.RetainHandling, Identifier: f.Identifier})
+	}
+	if err := hc.qc.Subscribe(subs); err != nil {
+		h.lg.Warn("subscription not logged: refused", "client", cl.ID, "error", err)
+		h.markFailed(hc, pk.PacketID)
+	}
+}
+
+// OnUnsubscribed removes the subscriptions from the engine.
+func (h *deliveryHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	hc := h.client(cl)
+	if hc == nil || hc.qc == nil {
+		return
+	}
+	filters := make([]string, 0, len(pk.Filters))
+	for _, f := range pk.Filters {
+		filters = append(filters, f.Filter)
+	}
+	if err := hc.qc.Unsubscribe(filters); err != nil {
+		h.lg.Warn("unsubscription not logged: refused", "client", cl.ID, "error", err)
+		h.markFailed(hc, pk.PacketID)
+	}
+}
+
+func (h *deliveryHook) markFailed(hc *hookClient, pid uint16) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if hc.failed == nil {
+		hc.failed = map[uint16]bool{}
+	}
+	hc.failed[pid] = true
+}
