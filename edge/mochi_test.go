@@ -1,0 +1,142 @@
+package edge_test
+
+import (
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// The tests here pin the mochi behaviour each shim of the delivery hook
+// (edge/deliveryhook.go, edge/mochiconn.go) relies on, on plain mochi: if
+// an upgrade changes it, they fail here first.
+
+// plainMochi serves plain mochi (anonymous) on a loopback port, with the
+// extra hooks given.
+func plainMochi(t *testing.T, hooks ...mqtt.Hook) string {
+	t.Helper()
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return l.Address()
+}
+
+// ignoredByMochi relies on mochi doing nothing with a PUBACK for a packet
+// id its inflight map does not hold (processPuback), and going on.
+func TestMochiIgnoresUnknownPuback(t *testing.T) {
+	rc := dialRaw(t, plainMochi(t), 5)
+	rc.connect("c", true, 30)
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 0})
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 77})
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	pk, err := rc.read(5 * time.Second)
+	if err != nil || pk.FixedHeader.Type != packets.Pingresp {
+		t.Fatalf("after unknown PUBACKs: %v type %d, want PINGRESP next", err, pk.FixedHeader.Type)
+	}
+}
+
+// mochiConn.Close leaves a takeover to mochi: mochi disconnects the old
+// connection itself when a new one connects with its client id, with
+// DISCONNECT 0x8E for MQTT 5 (inheritClientSession).
+func TestMochiTakeoverDisconnects(t *testing.T) {
+	addr := plainMochi(t)
+	old := dialRaw(t, addr, 5)
+	old.connect("same", false, 30)
+	nu := dialRaw(t, addr, 5)
+	nu.connect("same", false, 30)
+	pk, err := old.read(5 * time.Second)
+	if err != nil || pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != packets.ErrSessionTakenOver.Code {
+		t.Fatalf("old connection got %v type %d reason %#x, want DISCONNECT 0x8E", err, pk.FixedHeader.Type, pk.ReasonCode)
+	}
+	if !old.closed(5 * time.Second) {
+		t.Fatal("old connection still open")
+	}
+}
+
+// willCounter counts the wills mochi publishes.
+type willCounter struct {
+	mqtt.HookBase
+	takeFlag bool
+	wills    atomic.Int32
+}
+
+func (h *willCounter) ID() string { return "will-counter" }
+func (h *willCounter) Provides(b byte) bool {
+	return b == mqtt.OnWillSent || b == mqtt.OnSessionEstablish
+}
+func (h *willCounter) OnWillSent(*mqtt.Client, packets.Packet) { h.wills.Add(1) }
+func (h *willCounter) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if h.takeFlag {
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	}
+}
+
+// takeWill relies on mochi publishing no will whose flag is cleared
+// (sendLWT checks Properties.Will.Flag), where OnSessionEstablish runs.
+func TestMochiSkipsWillWithoutFlag(t *testing.T) {
+	for _, take := range []bool{false, true} {
+		h := &willCounter{takeFlag: take}
+		rc := dialRaw(t, plainMochi(t, h), 5)
+		rc.connectWith("w", true, 30, func(pk *packets.Packet) {
+			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "will/w", []byte("gone")
+		})
+		_ = rc.c.Close()
+		time.Sleep(200 * time.Millisecond) // mochi's read loop sees the close
+		want := int32(1)
+		if take {
+			want = 0
+		}
+		if got := h.wills.Load(); got != want {
+			t.Fatalf("flag taken %v: %d wills, want %d", take, got, want)
+		}
+	}
+}
+
+// encodeRewriter rewrites CONNACK and SUBACK as the delivery hook does.
+type encodeRewriter struct{ mqtt.HookBase }
+
+func (h *encodeRewriter) ID() string           { return "rewriter" }
+func (h *encodeRewriter) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (h *encodeRewriter) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		pk.SessionPresent = true
+	case packets.Suback:
+		pk.ReasonCodes = []byte{0x80}
+	}
+	return pk
+}
+
+// refuseConnack, failSuback and the session present flag rely on mochi
+// encoding the packet OnPacketEncode returns (WritePacket).
+func TestMochiEncodesRewrittenPackets(t *testing.T) {
+	rc := dialRaw(t, plainMochi(t, new(encodeRewriter)), 5)
+	if ack := rc.connect("r", false, 30); !ack.SessionPresent {
+		t.Fatal("CONNACK rewritten in OnPacketEncode went out unchanged")
+	}
+	rc.subscribe(1, "t", 1)
+	pk, err := rc.read(5 * time.Second)
+	if err != nil || pk.FixedHeader.Type != packets.Suback || len(pk.ReasonCodes) != 1 || pk.ReasonCodes[0] != 0x80 {
+		t.Fatalf("SUBACK: %v %+v, want the rewritten 0x80", err, pk.ReasonCodes)
+	}
+}
