@@ -153,7 +153,6 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	caps := capabilities(cfg.Limits)
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		InlineClient: true, // the bridges' QoS 0 downlink messages are delivered like a client's
 		Logger: slog.New(&mochiHandler{
 			inner:    logger.With("component", "mochi").Handler(),
 			throttle: b.throttledLog,

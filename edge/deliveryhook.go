@@ -90,13 +90,15 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		ProtocolVersion: cl.Properties.ProtocolVersion,
 		CleanStart:      pk.Connect.Clean,
 		ExpiryInterval:  expiryOf(cl),
-		InboundMaximum:  h.window,
 		Will:            will,
 		WillDelay:       delay,
 		Username:        string(cl.Properties.Username),
 		CanRead:         func(topic string) bool { return h.canRead(cl, topic) },
 	}
 	if cl.Properties.ProtocolVersion == 5 {
+		// MQTT 3.1.1 has no Receive Maximum: its publishers are bounded by
+		// the log's queue, not disconnected.
+		info.InboundMaximum = h.window
 		info.ReceiveMaximum = cl.Properties.Props.ReceiveMaximum
 		info.TopicAliasMaximum = cl.Properties.Props.TopicAliasMaximum
 	}
