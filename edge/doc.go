@@ -46,49 +46,54 @@
 //     reasons (0x84); v5 clients learn the Maximum Packet Size and Topic
 //     Alias Maximum in CONNACK.
 //
-// # Durability (store.go and its siblings)
+// # Durability (the delivery engine, qos.Engine, fed by deliveryhook.go)
 //
-// The store hook keeps MQTT's promises across kill -9 and, under sync
-// always, power cuts, with the log (package wal) as the only store:
+// The delivery engine (package qos) keeps MQTT's promises across kill -9
+// and, under sync always, power cuts, with the log (package wal, adapted
+// in wallog.go) as the only store; the delivery hook hands it every
+// publish, acknowledgement, subscription and connection event, and mochi
+// keeps none of our messages:
 //
-//   - A QoS 1/2 PUBLISH is appended to the log, and the append is durable
-//     under storage.sync, before mochi writes PUBACK or PUBREC. A publish the
-//     log cannot take is refused: v5 PUBACK/PUBREC 0x97 when the disk budget
-//     is full (new messages stop at 90% of it: the tenth left takes the
+//   - A QoS 1/2 PUBLISH is appended to the log, and the engine writes its
+//     PUBACK or PUBREC only once the append is durable under storage.sync
+//     (a window of publishes shares one group commit). A publish the log
+//     cannot take is refused: v5 PUBACK/PUBREC 0x97 when the disk budget is
+//     full (new messages stop at 90% of it: the tenth left takes the
 //     records of draining, deliveries, acknowledgements and checkpoints,
 //     and each segment the slowest consumer leaves behind frees more; a
 //     QoS 2 delivery whose record does not fit waits for that room), 0x83
-//     on an I/O error; v3 gets no acknowledgement and sends it again when
-//     it reconnects.
-//   - The store, not mochi, delivers QoS 1/2 messages: a dispatcher reads
-//     the log in order and offers each message to the queues of the
-//     sessions and shared groups it matches; one pump per connected session
-//     writes them in log order within the client's window (the smaller of
-//     its Receive Maximum and limits.max_inflight). A queue holds at most
-//     1024 entries in RAM; past that, and while its session is offline, it
-//     holds a position and its backlog is read back from the log, so an
-//     offline session costs the same RAM whatever its backlog.
-//   - Deliveries, acknowledgements and the QoS 2 stages are logged: a QoS 2
-//     PUBLISH or PUBREL leaves only once its record is durable, the inbound
-//     QoS 2 state (PUBREC sent, PUBREL awaited) survives restarts, so a QoS
-//     2 message is delivered once and a duplicate PUBLISH from its publisher
-//     is acknowledged and not delivered again.
-//   - Sessions with their expiry, granted subscriptions (refused ones are
-//     not kept), retained messages and their clearing, and wills with their
-//     delay survive restarts. A will is published through the log when a
-//     connection is lost (not at a broker shutdown, which keeps delayed wills
-//     pending for after the restart), after its delay or at session end.
+//     on an I/O error; a 3.1.1 connection is closed (it has no refusal)
+//     and the client sends it again.
+//   - The engine delivers every message: a dispatcher reads the log in
+//     order, matches each message once against the engine's topic index
+//     and offers it to the queues of the sessions and shared groups it
+//     matches; each connection's sender (a goroutine only while there is
+//     work) writes them within the client's window (the smaller of its
+//     Receive Maximum and limits.max_inflight), retained messages at
+//     SUBSCRIBE included. A queue holds at most 1024 entries in RAM; past
+//     that, and while its session is offline, it holds a position and its
+//     backlog is read back from the log.
+//   - Deliveries of persistent sessions, their acknowledgements and the QoS
+//     2 stages are logged: a QoS 2 PUBLISH or PUBREL leaves only once its
+//     record is durable, the inbound QoS 2 state survives restarts, so a
+//     QoS 2 message is delivered once and a duplicate PUBLISH is
+//     acknowledged and not delivered again.
+//   - Sessions with their expiry and owner, granted subscriptions, retained
+//     messages, and wills with their delay and properties survive restarts.
+//     A will is published through the log when a connection is lost (not
+//     at a broker shutdown, which keeps delayed wills pending), after its
+//     delay or at session end.
 //   - Every storage.checkpoint_interval the state is snapshotted (if it
 //     changed, or the last checkpoint failed); a restart replays only the
 //     log written since. In the same rhythm the log is trimmed below what
 //     no session, group or snapshot needs, whether anything was written or
 //     not, so a consumer that moves on or leaves frees the disk budget.
 //
-// What it does not guarantee: retained messages sent to a new subscriber
-// and QoS 0 messages travel mochi's in-memory path (at most once); message
-// order between different publishers is log order, and a QoS 1 message may
-// be delivered again after a crash (at least once); a session offline
-// forever (v3 persistent sessions never expire unless configured) keeps its
+// What it does not guarantee: QoS 0 messages are delivered from memory (at
+// most once) unless retained or forwarded by a bridge; message order
+// between different publishers is log order, and a QoS 1 message may be
+// delivered again after a crash (at least once); a session offline forever
+// (v3 persistent sessions never expire unless configured) keeps its
 // backlog, and the log with it, until the disk budget refuses new messages.
 //
 // # What the broker core does not guarantee

@@ -162,7 +162,7 @@ func (b *Broker) disconnectClients(ctx context.Context) {
 
 // disconnect ends one client: DISCONNECT 0x8B for v5 [MQTT-3.14.2], a plain
 // close for v3, which has no server-sent DISCONNECT. (Wills at shutdown are
-// the store's: it does not publish them while the broker stops.)
+// the engine's: it does not publish them while the broker stops.)
 func (b *Broker) disconnect(cl *mqtt.Client) {
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)

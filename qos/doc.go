@@ -1,65 +1,75 @@
-// Package qos holds edgemq's delivery bookkeeping with no network code and
-// no storage of its own: what the broker writes to its log, how the log is
-// read back into state, and the queues that hand messages to consumers.
+// Package qos is edgemq's delivery engine, with no network code, no mochi
+// and no storage of its own: it keeps MQTT's delivery promises on top of a
+// durable log (Log) and writes to client connections (Conn).
 //
 // # Entry points
 //
+//   - Engine (New, Start, Close): owns sessions and their expiry (a timer
+//     heap), subscriptions (its own topic index: one walk per message),
+//     outbound packet ids and QoS 1/2 flights, inbound QoS 2 state,
+//     shared groups, retained messages, the dispatcher, recovery from the
+//     newest snapshot plus the log after it, and checkpoints that trim the
+//     log. Engine.Connect attaches a Conn and returns the Client handle the
+//     connection's owner feeds with what it reads (Publish, Puback, Pubrec,
+//     Pubrel, Pubcomp, Subscribe, Suback, Unsubscribe, Disconnect).
+//     Engine.Publish and Release serve sources that are not connections (a
+//     bridge's downlink).
+//   - Log, LogReader, Cursor, Snapshots and Conn: what the engine needs from
+//     the durable log, from checkpoint storage and from one client
+//     connection (edge adapts *wal.Log and mochi's client), with the error
+//     sentinels ErrHole, ErrTrimmed, ErrLogClosed, ErrFull and ErrTooLarge.
 //   - Message, Session, Disconnect, Subscribe, Unsubscribe, Deliver,
 //     PacketRef, Checkpoint: the records, with Encode, EncodeRef, EncodeEnd,
 //     EncodeCheckpoint and Decode. Every record starts with its Kind and a
 //     version byte; kinds are never renumbered.
-//   - State and State.Apply: the state after a sequence of records (sessions
-//     with their subscriptions, positions, unacknowledged packet ids and
-//     wills; retained messages; inbound QoS 2 messages awaiting PUBREL).
-//     Replaying the log through Apply gives what a restart must restore.
-//   - WriteSnapshot and ReadSnapshot: a State with the offset it stands for,
-//     checksummed, so a restart replays only what came after.
+//   - State and State.Apply: the state after a sequence of records;
+//     WriteSnapshot and ReadSnapshot: a State with the offset it stands for.
 //   - Queue: one consumer's backlog as log offsets, in RAM up to a bound, a
 //     position in the log beyond it or while the consumer is offline.
 //   - Match and SplitShared: MQTT topic filter matching [MQTT-4.7].
-//   - Log, LogReader, Cursor, Snapshots and Conn: what the delivery engine
-//     needs from the durable log, from checkpoint storage and from one
-//     client connection (edge adapts *wal.Log and mochi's client), with the
-//     error sentinels ErrHole, ErrTrimmed, ErrLogClosed and ErrTooLarge.
 //
-// # Snapshot encoding
+// # The path of one QoS 1 message
 //
-// A snapshot is a header (magic "EDGESNP", a version byte, the offset, the
-// body length, a CRC-32C of offset and body) and a body in the records' own
-// binary encoding: sessions, retained messages, inbound QoS 2 packet ids and
-// shared-group positions, each section a count and its entries in key order.
-// A session is embedded as its Session record, a subscription as its
-// Subscribe record, a retained message as its Message record, each followed
-// by the few fields only the state has (positions, flags, packet ids).
-//
-// Version 1 was encoding/gob, and gob was the wrong choice: it failed on any
-// State holding a retained message (Retained holds Message by value and its
-// MarshalBinary has a pointer receiver), so one retained message stopped
-// every checkpoint and the log was never trimmed. A hand-written encoding
-// built on the records has one definition of each entity on disk, fails
-// only for values Apply cannot produce, is deterministic (equal states give
-// equal bytes), and is fuzzed (FuzzSnapshotBody) and round-trip tested
-// against states built from every kind of record. Version 1 files are still
-// read, so an upgrade keeps what its last snapshot holds; they are never
-// written. A file of any other version, or damaged, is refused with
-// ErrBadSnapshot, and the broker falls back to an older snapshot or a
-// longer replay of the log.
+// The publisher's connection calls Client.Publish on its read goroutine:
+// the message is appended without waiting (Log.AppendAsync) and its PUBACK
+// queued. The publisher's sender (a goroutine that runs only while its
+// connection has work) waits until the record is durable and writes the
+// PUBACK; a window of publishes shares one group commit. The dispatcher
+// reads durable records in log order, matches each message once against
+// the index and offers it to every matching session's queue (a shared
+// message, no copy) and kicks their senders; each sender takes what its
+// client's window allows, assigns the engine's packet ids, logs a Deliver
+// record for a persistent session (waited for at QoS 2 before the PUBLISH)
+// and writes the PUBLISH. The subscriber's PUBACK (Client.Puback) frees the
+// packet id and logs a Complete record for a persistent session.
 //
 // # What it guarantees
 //
+//   - An acknowledged QoS 1/2 publish is durable, and reaches every session
+//     subscribed before it was read (persistent ones across disconnects,
+//     crashes and restarts); a QoS 2 one reaches each at most once; each
+//     publisher's messages arrive in order (a model-based randomized test
+//     checks this, see model_test.go).
+//   - No more unacknowledged QoS 1/2 deliveries than the client's Receive
+//     Maximum and the engine's MaxInflight, retained messages included
+//     [MQTT-3.3.4-9]; a client exceeding the Receive Maximum it was given
+//     gets DISCONNECT 0x93 [MQTT-3.3.4-8].
 //   - Decoders never panic and never return garbage for malformed input:
 //     every error wraps ErrBadRecord or ErrBadSnapshot (fuzzed).
-//   - Apply is deterministic: the same records give the same State.
-//   - A Queue fed by one dispatcher (offers in log order) and drained by one
-//     consumer yields every offered offset once, in order, across overflow,
-//     parking and resuming, as long as the dispatcher moves its position
-//     before it offers (see Queue.CatchUp).
+//   - A connection that is idle has no goroutine of the engine.
 //
 // # What it does not
 //
-//   - It does no I/O and keeps no lock across calls but a Queue's own; State
-//     is not safe for concurrent use.
-//   - It does not match subscriptions against topics for fan-out (the broker
-//     uses mochi's topic index); Match serves scans of one session's few
-//     filters.
+//   - QoS 0 messages that are neither retained nor logged for a bridge go
+//     from the publisher's goroutine to the matching connections, bounded by
+//     QoS0Limit per connection, and are not kept for offline sessions (at
+//     most once [MQTT-4.3.1]).
+//   - A shared group's QoS 1 message a member held unacknowledged when it
+//     left goes to another member; should the broker stop before that, the
+//     first member gets it again after the restart (at least once).
+//   - Order between different publishers is log order, not arrival order
+//     across connections; QoS 0 and QoS 1/2 messages of one publisher are
+//     not ordered against each other.
+//   - The engine trusts its caller for protocol validation (topic names,
+//     packet ids, QoS values): edge's mochi does it.
 package qos
