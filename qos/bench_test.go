@@ -1,0 +1,159 @@
+package qos_test
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// countConn counts PUBLISH packets and acknowledges them at once, as a
+// fast client would: the engine's cost per delivery without a socket.
+type countConn struct {
+	cl        atomic.Pointer[qos.Client]
+	published atomic.Int64
+	acks      atomic.Int64
+}
+
+func (c *countConn) Write(p *qos.Packet) error {
+	switch p.Type {
+	case qos.PacketPublish:
+		c.published.Add(1)
+		if p.QoS == 1 {
+			// Acknowledged from another goroutine, as a read loop would.
+			pid := p.PacketID
+			go c.cl.Load().Puback(pid)
+		}
+	case qos.PacketPuback:
+		c.acks.Add(1)
+	}
+	return nil
+}
+
+func (c *countConn) Close(byte) {}
+
+func benchEngine(b *testing.B) *qos.Engine {
+	b.Helper()
+	c := qos.DefaultConfig(newMemLog())
+	c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	c.CheckpointInterval = time.Hour
+	e, err := qos.New(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.Start()
+	b.Cleanup(func() { e.Close() })
+	return e
+}
+
+func benchConnect(b *testing.B, e *qos.Engine, id string) (*qos.Client, *countConn) {
+	b.Helper()
+	conn := &countConn{}
+	cl, _, err := e.Connect(conn, qos.ConnectInfo{ClientID: id, ProtocolVersion: 5})
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn.cl.Store(cl)
+	cl.Established()
+	return cl, conn
+}
+
+// BenchmarkFanoutQoS1 is one QoS 1 publish to n clean subscribers: append,
+// publisher's PUBACK, dispatch, n deliveries and their PUBACKs, over the
+// in-memory log (no fsync, no socket).
+func BenchmarkFanoutQoS1(b *testing.B) {
+	for _, n := range []int{1, 50} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			e := benchEngine(b)
+			subs := make([]*countConn, n)
+			for i := range subs {
+				cl, conn := benchConnect(b, e, fmt.Sprint("sub", i))
+				if err := cl.Subscribe([]qos.Subscribe{{Filter: "bench/#", QoS: 1}}); err != nil {
+					b.Fatal(err)
+				}
+				cl.Suback()
+				subs[i] = conn
+			}
+			pub, pconn := benchConnect(b, e, "pub")
+			payload := make([]byte, 256)
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			for i := range b.N {
+				pub.Publish(&qos.Message{Topic: "bench/t", QoS: 1, Payload: payload}, uint16(i%60000+1))
+				for pconn.acks.Load() < int64(i+1)-100 { // a window of 100, like a real publisher
+					time.Sleep(10 * time.Microsecond)
+				}
+			}
+			want := int64(b.N)
+			for _, s := range subs {
+				for s.published.Load() < want {
+					time.Sleep(50 * time.Microsecond)
+				}
+			}
+			// The loop waits for acknowledgements, so wall time is latency;
+			// the process's CPU time per delivery is the cost.
+			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
+		})
+	}
+}
+
+// BenchmarkFanoutQoS0 is one QoS 0 publish (not logged) to n subscribers.
+func BenchmarkFanoutQoS0(b *testing.B) {
+	e := benchEngine(b)
+	const n = 50
+	subs := make([]*countConn, n)
+	for i := range subs {
+		cl, conn := benchConnect(b, e, fmt.Sprint("sub", i))
+		if err := cl.Subscribe([]qos.Subscribe{{Filter: "bench/+", QoS: 0}}); err != nil {
+			b.Fatal(err)
+		}
+		subs[i] = conn
+	}
+	pub, _ := benchConnect(b, e, "pub")
+	m := &qos.Message{Topic: "bench/t", Payload: make([]byte, 256)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		pub.Publish(m, 0)
+	}
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkIndexMatch is one walk of the index with 1,000 sessions subscribed
+// to distinct topics and 10 to wildcards.
+func BenchmarkIndexMatch(b *testing.B) {
+	e := benchEngine(b)
+	for i := range 1000 {
+		cl, _ := benchConnect(b, e, fmt.Sprint("dev", i))
+		if err := cl.Subscribe([]qos.Subscribe{{Filter: fmt.Sprintf("site/%d/temp", i), QoS: 0}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		cl, _ := benchConnect(b, e, fmt.Sprint("wild", i))
+		if err := cl.Subscribe([]qos.Subscribe{{Filter: "site/+/temp", QoS: 0}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pub, _ := benchConnect(b, e, "pub")
+	m := &qos.Message{Topic: "site/500/temp", Payload: []byte("21.5")}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		pub.Publish(m, 0) // match + 11 QoS 0 offers
+	}
+}
