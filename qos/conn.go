@@ -48,11 +48,12 @@ type ack struct {
 
 // outgoing is one PUBLISH or PUBREL the sender writes in a round.
 type outgoing struct {
-	pid    uint16
-	f      flight // QoS 1/2
-	e      Entry  // QoS 0, or the message of a new flight
-	resend bool
-	rec    uint64 // the Deliver or Release record that must be durable first
+	pid      uint16
+	f        flight // QoS 1/2
+	e        Entry  // QoS 0, or the message of a new flight
+	resend   bool
+	rec      uint64 // the Deliver record that must be durable first
+	recBytes []byte // and the record itself, to append again if its write fails
 }
 
 // Publish takes an inbound PUBLISH with packet id pid (0 for QoS 0). QoS 0
@@ -237,6 +238,13 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 	var off uint64
 	if !f.released && s.persistent {
 		off = e.appendRecord(EncodeRef(KindRelease, PacketRef{Client: s.id, PacketID: pid}))
+		if off == 0 {
+			// Without its record a restart would send the PUBLISH again
+			// after the PUBREL: no PUBREL now; the next connection resends
+			// the PUBLISH (DUP), which the client answers with PUBREC again.
+			s.mu.Unlock()
+			return
+		}
 	}
 	f.released = true
 	s.flights[pid] = f

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/edgemq/edgemq/qos"
 )
@@ -291,6 +292,12 @@ func TestSubscribeAndConnectFailWhenLogFails(t *testing.T) {
 	if _, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "d", ProtocolVersion: 5, ExpiryInterval: 10}); err == nil {
 		t.Fatal("persistent connect succeeded with a full log")
 	}
+	// A session that is durable already is resumed all the same: refusing
+	// it would keep its backlog from draining.
+	if _, present, err := h.e.Connect(newFakeConn(), c.info); err != nil || !present {
+		t.Fatalf("resuming a durable session on a full log: present %v err %v", present, err)
+	}
+	c.reconnect()
 	// A publish is refused with 0x97 for MQTT 5.
 	err := c.cl.Publish(&qos.Message{Topic: "t", QoS: 1}, 5)
 	if !errors.Is(err, qos.ErrFull) {
@@ -299,5 +306,102 @@ func TestSubscribeAndConnectFailWhenLogFails(t *testing.T) {
 	p := c.conn.waitFor(t, 1)
 	if p[0].Type != qos.PacketPuback || p[0].ReasonCode != 0x97 {
 		t.Fatalf("got %+v, want PUBACK 0x97", p[0])
+	}
+}
+
+// [MQTT-3.2.0-1]: nothing is written before CONNACK, resends included.
+func TestNothingBeforeEstablished(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 1)
+	src := h.connect("src", false)
+	src.publish("t", 1, 1, "m")
+	sub.conn.waitFor(t, 1)
+	sub.cl.Disconnect(false, nil) // unacknowledged
+	conn := newFakeConn()
+	cl, present, err := h.e.Connect(conn, sub.info)
+	if err != nil || !present {
+		t.Fatalf("connect: present %v err %v", present, err)
+	}
+	if got := conn.settle(); len(got) != 0 {
+		t.Fatalf("written before CONNACK: %s", types(got))
+	}
+	cl.Established()
+	if p := conn.waitFor(t, 1); !p[0].Dup {
+		t.Fatalf("resend without DUP: %+v", p[0])
+	}
+}
+
+// [MQTT-3.1.4-3]: a takeover closes the old connection (0x8E) and the new
+// one gets what the old held unacknowledged, with DUP, in order.
+func TestTakeover(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 1)
+	src := h.connect("src", false)
+	for i := range 3 {
+		src.publish("t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	sub.conn.waitFor(t, 3)
+	old := sub.conn
+	sub.reconnect()
+	got := sub.conn.waitFor(t, 3)
+	for i, p := range got {
+		if !p.Dup || string(p.Message.Payload) != fmt.Sprint(i) {
+			t.Fatalf("resend %d: %+v", i, p)
+		}
+	}
+	for range 100 {
+		old.mu.Lock()
+		closed, reason := old.closed, old.reason
+		old.mu.Unlock()
+		if closed {
+			if reason != 0x8E {
+				t.Fatalf("old connection closed with %#x, want 0x8E", reason)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("old connection not closed")
+}
+
+// [MQTT-3.1.2-8] [MQTT-3.1.3-9]: a will goes after its delay unless the
+// client is back first; a session ends at its expiry, and its will with
+// it when that comes first. Properties travel with it.
+func TestWillDelayAndExpiry(t *testing.T) {
+	h := newHarness(t, nil)
+	watch := h.connect("watch", false)
+	watch.subscribe("will/#", 1)
+	will := func(id string) func(*qos.ConnectInfo) {
+		return func(i *qos.ConnectInfo) {
+			i.ExpiryInterval = 60
+			i.Will = &qos.Message{Topic: "will/" + id, QoS: 1, Payload: []byte(id), Will: true, ContentType: "text/plain"}
+			i.WillDelay = 1
+		}
+	}
+	back := h.connect("back", true, will("back"))
+	gone := h.connect("gone", true, will("gone"))
+	short := h.connect("short", true, will("short"), func(i *qos.ConnectInfo) { i.ExpiryInterval, i.WillDelay = 1, 30 })
+	for _, c := range []*client{back, gone, short} {
+		c.cl.Disconnect(true, nil)
+	}
+	back.reconnect()
+	var topics []string
+	deadline := time.Now().Add(5 * time.Second)
+	for len(topics) < 2 && time.Now().Before(deadline) {
+		for _, m := range watch.ackAll(watch.conn.settle()) {
+			if m.ContentType != "text/plain" {
+				t.Fatalf("will lost its properties: %+v", m)
+			}
+			topics = append(topics, m.Topic)
+		}
+	}
+	slices.Sort(topics)
+	if !slices.Equal(topics, []string{"will/gone", "will/short"}) {
+		t.Fatalf("wills %v, want gone's and short's", topics)
+	}
+	if _, ok := h.e.Owner("short"); ok {
+		t.Fatal("short's session outlived its expiry")
 	}
 }

@@ -88,7 +88,7 @@ func (c *connection) step() bool {
 			if !ok {
 				return c.lost()
 			}
-			o.rec = off
+			o.rec, o.recBytes = off, rec
 		}
 	}
 	released := 0
@@ -290,12 +290,20 @@ func (c *connection) writeAck(a ack) bool {
 // flight freed, so the next message flows.
 func (c *connection) writePublish(o *outgoing) bool {
 	e, s := c.e, c.s
-	if o.rec > 0 {
-		if err := e.log.WaitDurable(e.ctx, o.rec); err != nil {
-			// The packet id is not durable: keep the flight for the next
-			// connection rather than risk a second delivery.
+	for o.rec > 0 {
+		err := e.log.WaitDurable(e.ctx, o.rec)
+		if err == nil {
+			break
+		}
+		if e.ctx.Err() != nil {
 			return false
 		}
+		// Its write failed (the offset is a hole): the record again.
+		off, ok := c.appendUntil(o.recBytes)
+		if !ok {
+			return false // the flight waits for the next connection
+		}
+		o.rec = off
 	}
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}

@@ -149,10 +149,17 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		recs = append(recs, rec)
 	}
 	if len(recs) > 0 {
-		// The session (and the end of the one it replaces) is durable
-		// before CONNACK says so.
+		// A new session (and the end of the one it replaces) is durable
+		// before CONNACK says so [MQTT-3.2.2-6]. A session resumed is
+		// durable already: on a full log it goes on with what the log
+		// holds (its new will and expiry may not survive a restart),
+		// since refusing it would keep its backlog from draining.
 		if err := e.appendWait(recs...); err != nil {
-			return nil, false, err
+			if old == nil || !old.persistent {
+				return nil, false, err
+			}
+			e.stats.recordFailures.Add(1)
+			e.lg.Warn("resumed session not logged: its new will and expiry may not survive a restart", "client", info.ClientID, "error", err)
 		}
 	}
 	present := old != nil
