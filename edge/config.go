@@ -180,7 +180,8 @@ type LimitsConfig struct {
 	// cannot take a write within it is disconnected (its persistent session
 	// keeps its messages). Default: 10s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
-	// MaxWritesPending is the per-client outbound packet queue. Default: 1024.
+	// MaxWritesPending is how many QoS 0 messages wait for one client
+	// before more are dropped (counted). Default: 1024.
 	MaxWritesPending int `yaml:"max_writes_pending"`
 	// ConnectTimeout bounds the TLS handshake, the WebSocket upgrade and the
 	// wait for CONNECT on a new connection. Default: 10s. Too long lets idle

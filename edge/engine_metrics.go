@@ -42,12 +42,12 @@ func newEngineCollector(e *qos.Engine) *engineCollector {
 		acked:              d("edgemq_deliveries_acknowledged_total", "Outbound QoS 1/2 messages acknowledged by their subscriber (PUBACK or PUBCOMP)."),
 		dispatched:         d("edgemq_messages_dispatched_total", "Logged messages the dispatcher has matched against subscriptions."),
 		refused:            d("edgemq_publishes_refused_total", "Publishes refused because the log could not take them, by reason.", "reason"),
-		dropped:            d("edgemq_deliveries_dropped_total", "Deliveries not made, by reason (expired, acl, too_large, qos0_queue_full, unreadable).", "reason"),
+		dropped:            d("edgemq_deliveries_dropped_total", "Deliveries not made, by reason (expired, acl, too_large, unreadable; QoS 0 over the queue bound is edgemq_mqtt_dropped_messages_total with reason queue_full).", "reason"),
 		delivered:          d("edgemq_deliveries_total", "PUBLISH packets written to subscribers by the engine, resends included."),
 		redelivered:        d("edgemq_redeliveries_total", "PUBLISH packets written again (DUP) after a reconnect or restart."),
 		checkpoints:        d("edgemq_storage_checkpoints_total", "Checkpoints written (snapshot of the state, then the log trimmed below what is still needed)."),
 		checkpointFailures: d("edgemq_storage_checkpoint_failures_total", "Checkpoints that failed. Alert on any increase: without checkpoints the log is never trimmed and fills its disk budget."),
-		checkpointLast:     d("edgemq_storage_checkpoint_last_success_timestamp_seconds", "Unix time of the last successful checkpoint (0: none since start). Alert when it lags far behind storage.checkpoint_interval."),
+		checkpointLast:     d("edgemq_storage_checkpoint_last_success_timestamp_seconds", "Unix time the snapshot on disk was last known current: its checkpoint succeeded then, or there was nothing new to checkpoint (0: not since start). Alert when it lags far behind storage.checkpoint_interval."),
 	}
 }
 
@@ -91,7 +91,6 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dropped, st.DroppedExpired, "expired")
 	counter(c.dropped, st.DroppedDenied, "acl")
 	counter(c.dropped, st.DroppedTooLarge, "too_large")
-	counter(c.dropped, st.DroppedQoS0, "qos0_queue_full")
 	counter(c.dropped, st.DroppedUnreadable, "unreadable")
 	counter(c.delivered, st.Delivered)
 	counter(c.redelivered, st.Redelivered)

@@ -25,6 +25,10 @@ const (
 	defaultWriteTimeout = 10 * time.Second
 )
 
+// mochiWritesPending is the capacity of mochi's per-client outbound
+// channel (see capabilities).
+const mochiWritesPending = 16
+
 // capabilities maps LimitsConfig onto mochi's capabilities, starting from
 // mochi's defaults (never from its config package, which zeroes every
 // capability a file does not name).
@@ -42,9 +46,11 @@ func capabilities(l LimitsConfig) *mqtt.Capabilities {
 	if l.MaxInflight > 0 {
 		c.MaximumInflight = uint16(min(l.MaxInflight, math.MaxUint16))
 	}
-	if l.MaxWritesPending > 0 {
-		c.MaximumClientWritesPending = int32(min(l.MaxWritesPending, math.MaxInt32))
-	}
+	// mochi's outbound channel carries only mochi's own $SYS messages: the
+	// engine writes everything of ours itself (limits.max_writes_pending
+	// bounds its QoS 0 queue). mochi allocates the channel for every
+	// client, 8 bytes a slot.
+	c.MaximumClientWritesPending = mochiWritesPending
 	c.TopicAliasMaximum = topicAliasMaximum
 	return c
 }

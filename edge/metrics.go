@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 		}, []string{"listener", "reason"}),
 		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
 			"edgemq_mqtt_dropped_messages_total",
-			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (the client's outbound queue, limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish to $SYS).",
+			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (QoS 0 messages over the client's limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish to $SYS).",
 			[]string{"reason"}, nil)},
 	}
 	// Every known label value exists from the start, so that dashboards and
@@ -132,10 +132,13 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 // droppedCollector serves edgemq_mqtt_dropped_messages_total from our own
 // counters and mochi's InflightDropped.
 type droppedCollector struct {
-	info         *system.Info
-	desc         *prometheus.Desc
-	queueFull    atomic.Int64
-	topicTooLong atomic.Int64
+	info      *system.Info
+	desc      *prometheus.Desc
+	queueFull atomic.Int64
+	// engineQueueFull counts the engine's QoS 0 drops (limits.max_writes_pending);
+	// nil until the engine runs.
+	engineQueueFull atomic.Pointer[func() uint64]
+	topicTooLong    atomic.Int64
 	// reservedTopic counts client publishes to $SYS (authHook.refuseReserved).
 	reservedTopic atomic.Int64
 }
@@ -145,7 +148,11 @@ func (d *droppedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc }
 
 // Collect implements prometheus.Collector.
 func (d *droppedCollector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.queueFull.Load()), "queue_full")
+	full := uint64(d.queueFull.Load())
+	if f := d.engineQueueFull.Load(); f != nil {
+		full += (*f)()
+	}
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(full), "queue_full")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(atomic.LoadInt64(&d.info.InflightDropped)), "inflight_full")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.topicTooLong.Load()), "topic_too_long")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.reservedTopic.Load()), "reserved_topic")

@@ -75,12 +75,15 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	cfg.CursorName = engineCursor
 	cfg.MaxInflight = b.cfg.Limits.MaxInflight
 	cfg.QueueLimit = engineQueueLimit
+	cfg.QoS0Limit = b.cfg.Limits.MaxWritesPending
 	cfg.CheckpointInterval = b.cfg.Storage.CheckpointInterval
 	cfg.Admit = admission(l, int64(b.cfg.Storage.MaxDiskBytes), lg)
 	e, err := qos.New(cfg)
 	if err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
+	qos0 := func() uint64 { return e.DroppedQoS0() }
+	b.metrics.dropped.engineQueueFull.Store(&qos0)
 	if err := b.reg.Register(newEngineCollector(e)); err != nil {
 		return nil, errors.Join(fmt.Errorf("edge: engine metrics: %w", err), e.Close(), l.Close())
 	}

@@ -48,8 +48,12 @@ func (e *Engine) checkpointLoop() {
 		st, offset := e.shadowCopy()
 		var err error
 		if offset == last {
+			// Nothing new: the snapshot on disk is current.
 			if floor := e.floor(nil, offset); floor > e.cursor.Offset() {
 				err = e.cursor.Commit(floor)
+			}
+			if err == nil {
+				e.stats.lastCheckpoint.Store(time.Now().UnixNano())
 			}
 		} else if err = e.checkpoint(st, offset); err == nil {
 			last = offset
@@ -102,6 +106,7 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	progress := e.fannedOut.Load()
 	floor := upTo
+	heldByClean := map[*group]uint64{}
 	e.mu.Lock()
 	for id, s := range e.sessions {
 		s.mu.Lock()
@@ -126,6 +131,13 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			if !f.released {
 				floor = min(floor, f.offset)
 			}
+			if f.group != nil && !s.persistent {
+				// A clean member's message is lost with it at a restart:
+				// the group takes it again from its position.
+				if h, ok := heldByClean[f.group]; !ok || f.offset < h {
+					heldByClean[f.group] = f.offset
+				}
+			}
 			if ss != nil && s.persistent {
 				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released}
 				if f.group != nil {
@@ -148,6 +160,9 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			pos = min(pos, r.Offset)
 		}
 		g.mu.Unlock()
+		if h, ok := heldByClean[g]; ok {
+			pos = min(pos, h)
+		}
 		floor = min(floor, pos)
 		if st != nil {
 			if _, ok := st.GroupNext[key]; ok {

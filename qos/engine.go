@@ -399,6 +399,9 @@ type Stats struct {
 	OldestQueued time.Time
 }
 
+// DroppedQoS0 is Stats().DroppedQoS0 without the rest.
+func (e *Engine) DroppedQoS0() uint64 { return e.stats.dropQoS0.Load() }
+
 // Stats returns the engine's figures.
 func (e *Engine) Stats() Stats {
 	c := &e.stats

@@ -35,9 +35,18 @@ func (c *connection) step() bool {
 	c.resend = c.resend[:0]
 	nNew := 0
 	for len(s.flights) < c.window {
-		en, g, ok := c.next()
+		en, g, pid, logged, ok := c.next()
 		if !ok {
 			break
+		}
+		if pid != 0 { // a shared group's, flight made and logged as it was taken
+			f := s.flights[pid]
+			o := outgoing{pid: pid, f: f, e: en, rec: logged}
+			if logged > 0 {
+				o.recBytes, _ = Encode(&Deliver{Client: s.id, PacketID: pid, Offset: f.offset, QoS: f.qos, Group: g.key})
+			}
+			batch = append(batch, o)
+			continue
 		}
 		if !c.deliverable(en.Msg) {
 			continue
@@ -46,10 +55,7 @@ func (c *connection) step() bool {
 			batch = append(batch, outgoing{e: en})
 			continue
 		}
-		pid := s.allocPID()
-		s.seq++
-		f := flight{offset: en.Offset, seq: s.seq, qos: en.QoS, retain: en.Retain, ids: en.IDs, group: g, msg: en.Msg}
-		s.flights[pid] = f
+		pid, f := c.newFlightLocked(en, g)
 		batch = append(batch, outgoing{pid: pid, f: f, e: en})
 		nNew++
 	}
@@ -69,8 +75,8 @@ func (c *connection) step() bool {
 	if persistent && nNew > 0 {
 		for i := range batch {
 			o := &batch[i]
-			if o.resend || o.f.qos == 0 {
-				continue
+			if o.resend || o.f.qos == 0 || o.f.group != nil {
+				continue // a group's delivery was logged as it was taken
 			}
 			var grp string
 			if o.f.group != nil {
@@ -175,6 +181,11 @@ func (c *connection) deliverable(m *Message) bool {
 	return true
 }
 
+// wouldDeliver is deliverable without counting a drop.
+func (c *connection) wouldDeliver(m *Message) bool {
+	return m == nil || (!c.expired(m) && c.readable(m))
+}
+
 func (c *connection) expired(m *Message) bool { return m.Expiry > 0 && c.e.now() >= m.Expiry }
 
 // readable asks the read ACL of the connection's user.
@@ -185,29 +196,87 @@ func (c *connection) readable(m *Message) bool {
 // next takes the next message for the connection: retained messages of a
 // SUBSCRIBE whose SUBACK is out, the session's queue, then its shared
 // groups in turn. Called with s.mu held.
-func (c *connection) next() (Entry, *group, bool) {
+func (c *connection) next() (en Entry, g *group, pid uint16, logged uint64, ok bool) {
 	s := c.s
 	if len(c.scanned) > 0 {
 		sc := c.scanned[0]
 		c.scanned[0] = scanned{}
 		c.scanned = c.scanned[1:]
-		return sc.Entry, sc.g, true
+		if sc.g != nil {
+			return c.takeShared(sc.Entry, sc.g)
+		}
+		return sc.Entry, nil, 0, 0, true
 	}
 	if s.holdRet == 0 && len(s.retained) > 0 {
 		en := s.retained[0]
 		s.retained[0] = Entry{}
 		s.retained = s.retained[1:]
-		return en, nil, true
+		return en, nil, 0, 0, true
 	}
 	if en, ok := s.queue.Pop(); ok {
-		return en, nil, true
+		return en, nil, 0, 0, true
 	}
 	return c.nextShared()
 }
 
+// newFlightLocked assigns a packet id to a QoS 1/2 delivery and records
+// its flight. Called with s.mu held.
+func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
+	s := c.s
+	pid := s.allocPID()
+	s.seq++
+	f := flight{offset: en.Offset, seq: s.seq, qos: en.QoS, retain: en.Retain, ids: en.IDs, group: g, msg: en.Msg}
+	s.flights[pid] = f
+	return pid, f
+}
+
+// takeShared makes the flight of a message taken from group g and, for a
+// persistent session, appends its Deliver record, all under g.mu: the
+// group's deliveries are logged in the order its members take them, so
+// that a replay, which puts the group after its last logged delivery,
+// never passes one taken and not yet logged. Called with s.mu and g.mu
+// held, or, for a scan's find, s.mu alone (it takes g.mu).
+func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, uint64) {
+	s := c.s
+	if en.QoS == 0 || !c.wouldDeliver(en.Msg) {
+		return 0, 0 // the sender's usual path writes or drops it
+	}
+	pid, f := c.newFlightLocked(en, g)
+	if !s.persistent {
+		return pid, 0
+	}
+	rec, _ := Encode(&Deliver{Client: s.id, PacketID: pid, Offset: f.offset, QoS: f.qos, Group: g.key})
+	off, err := c.e.log.AppendAsync(rec)
+	if err != nil {
+		c.e.stats.recordFailures.Add(1)
+		if f.qos == 2 {
+			// Not written without its record: it goes back to the group.
+			delete(s.flights, pid)
+			g.returned = append([]Entry{en}, g.returned...)
+			return 0, 0
+		}
+		return pid, 0
+	}
+	if f.qos == 2 {
+		return pid, off // written once durable [MQTT-4.3.3]
+	}
+	return pid, 0
+}
+
+// takeShared is takeSharedLocked for an entry already out of the group.
+func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	pid, logged := c.takeSharedLocked(en, g)
+	if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
+		return Entry{}, nil, 0, 0, false // given back: the log refused its record
+	}
+	return en, g, pid, logged, true
+}
+
 // nextShared takes one message from one of the session's groups, round
 // robin. Called with s.mu held.
-func (c *connection) nextShared() (Entry, *group, bool) {
+func (c *connection) nextShared() (Entry, *group, uint16, uint64, bool) {
 	s := c.s
 	var gs []*sub
 	for _, sb := range s.subs {
@@ -227,13 +296,20 @@ func (c *connection) nextShared() (Entry, *group, bool) {
 		} else {
 			en, ok = g.queue.Pop()
 		}
-		g.mu.Unlock()
-		if ok {
-			s.lastGroups = (s.lastGroups + i + 1) % len(gs)
-			return grantShared(en, sb), g, true
+		if !ok {
+			g.mu.Unlock()
+			continue
 		}
+		s.lastGroups = (s.lastGroups + i + 1) % len(gs)
+		en = grantShared(en, sb)
+		pid, logged := c.takeSharedLocked(en, g)
+		g.mu.Unlock()
+		if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
+			return Entry{}, nil, 0, 0, false // given back: the log refused its record
+		}
+		return en, g, pid, logged, true
 	}
-	return Entry{}, nil, false
+	return Entry{}, nil, 0, 0, false
 }
 
 // grantShared applies a member's subscription to a group's message.
