@@ -405,3 +405,41 @@ func TestWillDelayAndExpiry(t *testing.T) {
 		t.Fatal("short's session outlived its expiry")
 	}
 }
+
+// [MQTT-4.8.2]: a shared group gives each message to one member; a QoS 1
+// message a member held unacknowledged when it left goes to another one.
+func TestSharedGroup(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("a", false)
+	a.subscribe("$share/g/s/#", 1)
+	b := h.connect("b", true)
+	b.subscribe("$share/g/s/#", 1)
+	src := h.connect("src", false)
+	const n = 20
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	seen := map[string]int{}
+	held := a.conn.settle() // a never acknowledges
+	for _, p := range held {
+		seen[string(p.Message.Payload)]++
+	}
+	for len(seen) < n {
+		got := b.conn.settle()
+		if len(got) == 0 {
+			a.cl.Disconnect(false, nil) // what a held goes to b
+			continue
+		}
+		for _, m := range b.ackAll(got) {
+			seen[string(m.Payload)]++
+		}
+	}
+	if len(held) == 0 {
+		t.Fatal("member a got nothing")
+	}
+	for i := range n {
+		if seen[fmt.Sprint(i)] == 0 {
+			t.Fatalf("message %d lost", i)
+		}
+	}
+}
