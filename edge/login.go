@@ -124,6 +124,16 @@ func (s *sourceBuckets) refill(b *bucket, now time.Time) {
 	b.at = now
 }
 
+// full reports whether a new source can have no bucket of its own: one
+// place stays for the shared one. Callers hold mu.
+func (s *sourceBuckets) full() bool {
+	n := len(s.m)
+	if _, ok := s.m[overflowSource]; ok {
+		n--
+	}
+	return n >= maxSources-1
+}
+
 // blocked reports whether src has no failure left to spend.
 func (s *sourceBuckets) blocked(src string, now time.Time) bool {
 	s.mu.Lock()
@@ -131,7 +141,7 @@ func (s *sourceBuckets) blocked(src string, now time.Time) bool {
 	b := s.m[src]
 	if b == nil {
 		b = s.m[overflowSource]
-		if b == nil || len(s.m) < maxSources {
+		if b == nil || !s.full() {
 			return false
 		}
 	}
@@ -145,14 +155,14 @@ func (s *sourceBuckets) fail(src string, now time.Time) {
 	defer s.mu.Unlock()
 	b := s.m[src]
 	if b == nil {
-		if len(s.m) >= maxSources {
+		if s.full() {
 			for k, o := range s.m {
 				if s.refill(o, now); o.tokens >= s.burst {
 					delete(s.m, k)
 				}
 			}
 		}
-		if len(s.m) >= maxSources {
+		if s.full() {
 			src = overflowSource
 		}
 		if b = s.m[src]; b == nil {
