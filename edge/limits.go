@@ -308,11 +308,12 @@ type packetFramer struct {
 	lenBytes uint
 	left     int64 // body bytes still to come
 
-	connected bool   // CONNECT went by
-	v5        bool   // and said MQTT 5
-	window    []byte // the current packet's first body bytes; nil: not kept
-	property  byte   // the repeated property found
-	inConnect bool   // and it was in CONNECT
+	connected bool    // CONNECT went by
+	v5        bool    // and said MQTT 5
+	window    *[]byte // the current packet's first body bytes (from windowPool); nil: not kept
+	want      int     // how many of them to keep
+	property  byte    // the repeated property found
+	inConnect bool    // and it was in CONNECT
 }
 
 const (
@@ -355,9 +356,11 @@ func (f *packetFramer) scan(p []byte) (int, byte) {
 				return start, packets.ErrPacketTooLarge.Code
 			}
 			f.left, f.state = f.length, framerBody
-			f.window = nil
+			f.putWindow()
 			if f.v5 || !f.connected {
-				f.window = make([]byte, 0, min(f.length, propertyWindow))
+				f.window = windowPool.Get().(*[]byte)
+				*f.window = (*f.window)[:0]
+				f.want = int(min(f.length, propertyWindow))
 			}
 			if f.left == 0 {
 				f.state = framerHeader
@@ -367,8 +370,8 @@ func (f *packetFramer) scan(p []byte) (int, byte) {
 			}
 		case framerBody:
 			n := min(f.left, int64(len(p)-i))
-			if f.window != nil && len(f.window) < cap(f.window) {
-				f.window = append(f.window, p[i:i+int(min(n, int64(cap(f.window)-len(f.window))))]...)
+			if f.window != nil && len(*f.window) < f.want {
+				*f.window = append(*f.window, p[i:i+int(min(n, int64(f.want-len(*f.window))))]...)
 			}
 			f.left -= n
 			i += int(n)
@@ -385,13 +388,28 @@ func (f *packetFramer) scan(p []byte) (int, byte) {
 	return len(p), 0
 }
 
+// windowPool holds the buffers of packetFramer.window: one per packet in
+// flight on the read goroutines, not one per connection.
+var windowPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, propertyWindow)
+	return &b
+}}
+
+// putWindow gives the window back to the pool.
+func (f *packetFramer) putWindow() {
+	if f.window != nil {
+		windowPool.Put(f.window)
+		f.window = nil
+	}
+}
+
 // packetDone looks at the packet just read; true: it repeats a property.
 func (f *packetFramer) packetDone() bool {
-	w := f.window
-	f.window = nil
-	if w == nil {
+	if f.window == nil {
 		return false
 	}
+	defer f.putWindow()
+	w := *f.window
 	typ := f.header >> 4
 	if !f.connected {
 		f.connected, f.inConnect = true, true
