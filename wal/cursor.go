@@ -216,11 +216,14 @@ func (t *cursorTable) flush(l *Log, gen uint64, doSync bool) error {
 			if err != nil {
 				return ioError("open cursor table", err)
 			}
-			t.files[next] = f
-			// The new file's name must be durable before a copy in it counts.
+			// The new file's name must be durable before a copy in it
+			// counts: until the directory fsync worked, open it again (and
+			// fsync the directory again) next time.
 			if err := l.fs.syncDir(l.dir); err != nil {
+				f.Close()
 				return ioError("sync "+l.dir, err)
 			}
+			t.files[next] = f
 		}
 		f := t.files[next]
 		if _, err := f.WriteAt(t.buf, 0); err != nil {
