@@ -133,8 +133,9 @@ func TestFaultInjection(t *testing.T) {
 }
 
 // TestFaultInjectionInterval does the same under sync interval, where the
-// fsyncs run beside the writer and a failed one is retried: an append is
-// acknowledged after its write, and no fault may lose it.
+// fsyncs run beside the writer and a failed one stops the log (ErrFailed)
+// until it is reopened: an append is acknowledged after its write, and no
+// fault may lose it.
 func TestFaultInjectionInterval(t *testing.T) {
 	for _, op := range []string{"write", "sync", "create"} {
 		total := countCalls(t, op, wal.SyncInterval)
