@@ -321,12 +321,17 @@ func (l *Log) markDirty(s *segment) {
 // it began. The writer calls it (SyncAlways, a roll, Close), or the sync
 // goroutine and Sync (the other policies) while the writer writes: a
 // segment is marked clean before its fsync, so a write during the fsync
-// marks it again. A segment whose fsync failed is marked again too, but see
-// fail: under the policies that acknowledge before the fsync, a retry is
-// not to be trusted.
+// marks it again. A segment whose fsync failed is marked again too, but
+// under the policies that acknowledge before the fsync a retry is not to be
+// trusted: the log fails (see fail), and syncFiles refuses from then on.
 func (l *Log) syncFiles() error {
 	l.syncRun.Lock()
 	defer l.syncRun.Unlock()
+	if err := l.failure(); err != nil {
+		// A retried fsync would report success for pages it never wrote,
+		// and a caller would take that for durable (a roll, a Sync).
+		return err
+	}
 	upto := l.LastOffset()
 	l.syncMu.Lock()
 	list, dir := l.synced, l.dirDirty
@@ -368,6 +373,11 @@ func (l *Log) syncFiles() error {
 		l.syncMu.Lock()
 		l.dirDirty = true
 		l.syncMu.Unlock()
+	}
+	if err != nil && l.cfg.Sync != SyncAlways {
+		// Before syncRun is released: no other caller may see this fsync
+		// as if it had worked.
+		l.fail(err)
 	}
 	if err == nil && upto > l.syncedOff.Load() {
 		l.syncedOff.Store(upto)
