@@ -71,9 +71,9 @@ func TestCursorsDurable(t *testing.T) {
 	}
 }
 
-// TestCursorTableTornWrite damages the newest copy of the cursor table: the
-// older copy is used.
-func TestCursorTableTornWrite(t *testing.T) {
+// twoCopies makes a closed log of 10 records whose cursor table holds
+// cursor "c" at 4 in its older copy and at 6 in its newest.
+func twoCopies(t *testing.T) (string, wal.Config) {
 	dir := t.TempDir()
 	cfg := testConfig()
 	l := mustOpen(t, dir, cfg)
@@ -82,6 +82,13 @@ func TestCursorTableTornWrite(t *testing.T) {
 	c.Commit(4) // older copy
 	c.Commit(6) // newest copy
 	l.Close()
+	return dir, cfg
+}
+
+// TestCursorTableTornWrite damages the newest copy of the cursor table: the
+// older copy is used.
+func TestCursorTableTornWrite(t *testing.T) {
+	dir, cfg := twoCopies(t)
 	// Find the newest copy (the larger sequence number) and damage it.
 	var newest string
 	var best uint64
@@ -97,9 +104,9 @@ func TestCursorTableTornWrite(t *testing.T) {
 	}
 	b, _ := os.ReadFile(newest)
 	os.WriteFile(newest, b[:len(b)-3], 0o640)
-	l = mustOpen(t, dir, cfg)
+	l := mustOpen(t, dir, cfg)
 	defer l.Close()
-	c, _ = l.Cursor("c")
+	c, _ := l.Cursor("c")
 	if c.Offset() != 4 {
 		t.Fatalf("offset %d, want the older copy's 4", c.Offset())
 	}
@@ -249,14 +256,7 @@ func TestBudget(t *testing.T) {
 // offset) with an Error log; Check reports the damage and Repair removes the
 // copies.
 func TestCursorTableBothDamaged(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig()
-	l := mustOpen(t, dir, cfg)
-	appendN(t, l, 1, 10)
-	c, _ := l.Cursor("c")
-	c.Commit(4)
-	c.Commit(6)
-	l.Close()
+	dir, cfg := twoCopies(t)
 	damage := func(bit byte) {
 		for i := 0; i < 2; i++ {
 			p := filepath.Join(dir, "cursors."+string(rune('0'+i)))
@@ -273,7 +273,7 @@ func TestCursorTableBothDamaged(t *testing.T) {
 	if !errors.Is(err, wal.ErrCorrupt) || len(rep.Damage) != 1 || rep.Damage[0].Segment != "cursors" {
 		t.Fatalf("check: %v %+v", err, rep)
 	}
-	l = mustOpen(t, dir, cfg)
+	l := mustOpen(t, dir, cfg)
 	if names := l.Cursors(); len(names) != 0 {
 		t.Fatalf("cursors %v, want none", names)
 	}
