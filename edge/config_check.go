@@ -25,8 +25,14 @@ func readFiles(cfg Config) (configFiles, []*ConfigError) {
 	var problems []*ConfigError
 	if cfg.Auth.PasswordFile != "" {
 		pw, err := LoadPasswordFile(cfg.Auth.PasswordFile)
-		if err != nil {
-			problems = append(problems, &ConfigError{Path: "auth.password_file", Reason: err.Error()})
+		errs := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = j.Unwrap() // one problem per bad line of the file
+		}
+		for _, e := range errs {
+			if e != nil {
+				problems = append(problems, &ConfigError{Path: "auth.password_file", Reason: e.Error()})
+			}
 		}
 		files.passwords = pw
 	}

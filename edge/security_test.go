@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -716,5 +717,27 @@ func TestRepeatedProperties(t *testing.T) {
 	}
 	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "tcp", "reason", "protocol_error"); v != 3 {
 		t.Errorf("rejected{protocol_error} = %v, want 3", v)
+	}
+}
+
+// TestCheckPasswordFileLines: every bad line of the password file is its
+// own problem, at the config line that names the file.
+func TestCheckPasswordFileLines(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(pw, []byte("bob:x\n# fine\n bad:y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "edgemq.yaml")
+	if err := os.WriteFile(cfgFile, []byte("storage:\n  dir: "+dir+"\nauth:\n  password_file: "+pw+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := edge.CheckConfig(cfgFile)
+	var got []string
+	for _, p := range c.Problems {
+		got = append(got, p.Error())
+	}
+	if len(got) != 2 || !strings.Contains(got[0], ":4: auth.password_file: password file "+pw+":1:") || !strings.Contains(got[1], pw+":3: username \" bad\"") {
+		t.Fatalf("problems %q, want one per bad line, each at line 4", got)
 	}
 }
