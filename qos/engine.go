@@ -351,20 +351,23 @@ func (e *Engine) now() int64 { return e.cfg.Now().Unix() }
 
 // counters are the engine's figures (see Stats).
 type counters struct {
-	published, delivered, acked, dispatched atomic.Uint64
-	dropTooLarge, dropQoS0, dropExpired     atomic.Uint64
-	dropDenied, dropUnreadable, redelivers  atomic.Uint64
-	recordFailures, refused, checkpoints    atomic.Uint64
-	checkpointFailures, refusedFull         atomic.Uint64
-	duplicates, wills, expired              atomic.Uint64
-	lastCheckpoint                          atomic.Int64 // Unix nanoseconds
+	published, acked, dispatched           atomic.Uint64
+	delivered                              [3]atomic.Uint64 // by delivery QoS
+	dropTooLarge, dropQoS0, dropExpired    atomic.Uint64
+	dropDenied, dropUnreadable, redelivers atomic.Uint64
+	recordFailures, refused, checkpoints   atomic.Uint64
+	checkpointFailures, refusedFull        atomic.Uint64
+	duplicates, wills, expired             atomic.Uint64
+	lastCheckpoint                         atomic.Int64 // Unix nanoseconds
 }
 
 // Stats are the engine's counters since New, for metrics.
 type Stats struct {
 	// Published counts accepted publishes from clients; Delivered the
-	// PUBLISH packets written (resends included); Redelivered the resends.
+	// PUBLISH packets written (resends included), DeliveredQoS by QoS;
+	// Redelivered the resends.
 	Published, Delivered, Redelivered uint64
+	DeliveredQoS                      [3]uint64
 	// Dispatched counts logged messages the dispatcher matched; Acked the
 	// deliveries acknowledged (PUBACK, PUBCOMP).
 	Dispatched, Acked uint64
@@ -406,13 +409,17 @@ func (e *Engine) DroppedQoS0() uint64 { return e.stats.dropQoS0.Load() }
 func (e *Engine) Stats() Stats {
 	c := &e.stats
 	st := Stats{
-		Published: c.published.Load(), Delivered: c.delivered.Load(), Redelivered: c.redelivers.Load(),
+		Published: c.published.Load(), Redelivered: c.redelivers.Load(),
 		Dispatched: c.dispatched.Load(), Acked: c.acked.Load(),
 		DroppedTooLarge: c.dropTooLarge.Load(), DroppedQoS0: c.dropQoS0.Load(), DroppedExpired: c.dropExpired.Load(),
 		DroppedDenied: c.dropDenied.Load(), DroppedUnreadable: c.dropUnreadable.Load(),
 		Refused: c.refused.Load(), RefusedFull: c.refusedFull.Load(), RecordFailures: c.recordFailures.Load(),
 		Duplicates: c.duplicates.Load(), Wills: c.wills.Load(), Expired: c.expired.Load(),
 		Checkpoints: c.checkpoints.Load(), CheckpointFailures: c.checkpointFailures.Load(),
+	}
+	for q := range c.delivered {
+		st.DeliveredQoS[q] = c.delivered[q].Load()
+		st.Delivered += st.DeliveredQoS[q]
 	}
 	if t := c.lastCheckpoint.Load(); t > 0 {
 		st.LastCheckpoint = time.Unix(0, t)

@@ -428,7 +428,7 @@ func (c *connection) writePublish(o *outgoing) bool {
 	err := c.conn.Write(&c.pkt)
 	switch {
 	case err == nil:
-		e.stats.delivered.Add(1)
+		e.stats.delivered[q].Add(1)
 		if o.resend {
 			e.stats.redelivers.Add(1)
 		}
