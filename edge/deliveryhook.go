@@ -242,7 +242,7 @@ func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	if pk.TopicName == "" {
 		// An alias this connection never set [MQTT-3.3.2-7]: mochi
 		// resolves it to nothing.
-		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrTopicAliasInvalid.Code)
+		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrProtocolViolation.Code)
 		return pk, packets.ErrRejectPacket
 	}
 	err := hc.qc.Publish(messageOf(pk), pk.PacketID)

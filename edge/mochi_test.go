@@ -140,3 +140,84 @@ func TestMochiEncodesRewrittenPackets(t *testing.T) {
 		t.Fatalf("SUBACK: %v %+v, want the rewritten 0x80", err, pk.ReasonCodes)
 	}
 }
+
+// [MQTT-3.3.2-7]: topic aliases belong to one connection; a PUBLISH with an
+// empty topic and an alias this connection never set is a protocol error,
+// DISCONNECT 0x82, never a message with an empty topic.
+func TestUnknownInboundTopicAlias(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	sub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "alias-sub"})
+	sub.subscribe(t, "#", 1)
+	rc := dialRaw(t, addr, 5)
+	rc.connect("alias-pub", true, 30)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, Payload: []byte("x")}
+	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 5, true
+	rc.send(pk)
+	got, err := rc.read(5 * time.Second)
+	if err != nil || got.FixedHeader.Type != packets.Disconnect || got.ReasonCode != packets.ErrProtocolViolation.Code {
+		t.Fatalf("got %v type %d reason %#x, want DISCONNECT 0x82", err, got.FixedHeader.Type, got.ReasonCode)
+	}
+	sub.quiet(t, 300*time.Millisecond)
+}
+
+// [MQTT-3.3.4-8]: more unacknowledged QoS 2 publishes than the Receive
+// Maximum announced get DISCONNECT 0x93, written before the close; a
+// client holding as many PUBREC'd deliveries is not disconnected for a
+// QoS 0 publish (mochi alone counts its PUBRECs against it).
+func TestInboundReceiveMaximumOverSockets(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.ReceiveMaximum = 3
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+
+	holder := dialRaw(t, addr, 5)
+	holder.connect("holder", true, 30)
+	holder.subscribe(1, "rm/#", 2)
+	if _, err := holder.read(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "rm-src"})
+	for i := range 3 {
+		if _, err := p.publish(t, "rm/t", 2, false, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, pk := range holder.readPublishes(3, 5*time.Second) {
+		holder.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+	}
+	for range 3 { // the PUBRELs; no PUBCOMP follows
+		if pk, err := holder.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pubrel {
+			t.Fatalf("want PUBREL: %v type %d", err, pk.FixedHeader.Type)
+		}
+	}
+	holder.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "other", Payload: []byte("q0")})
+	holder.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	if pk, err := holder.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
+		t.Fatalf("after a QoS 0 publish: %v type %d reason %#x, want PINGRESP (no 0x93)", err, pk.FixedHeader.Type, pk.ReasonCode)
+	}
+
+	rc := dialRaw(t, addr, 5)
+	rc.connect("rm-flood", true, 30)
+	for i := range 4 {
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, TopicName: "rm/f", PacketID: uint16(i + 1), Payload: []byte("f")})
+	}
+	var recs int
+	for {
+		pk, err := rc.read(5 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d PUBRECs: %v, want DISCONNECT 0x93", recs, err)
+		}
+		if pk.FixedHeader.Type == packets.Pubrec {
+			recs++
+			continue
+		}
+		if pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != packets.ErrReceiveMaximum.Code {
+			t.Fatalf("got type %d reason %#x, want DISCONNECT 0x93", pk.FixedHeader.Type, pk.ReasonCode)
+		}
+		break
+	}
+	if recs > 3 {
+		t.Fatalf("%d PUBRECs for a Receive Maximum of 3", recs)
+	}
+}
