@@ -443,3 +443,35 @@ func TestSharedGroup(t *testing.T) {
 		}
 	}
 }
+
+// Retained messages at SUBSCRIBE are flights like any other: what was sent
+// and not acknowledged, and what the window had not let out yet, reach a
+// persistent session's next connection.
+func TestRetainedResentAfterReconnect(t *testing.T) {
+	h := newHarness(t, nil)
+	src := h.connect("src", false)
+	for i := range 3 {
+		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("r/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i+1))
+	}
+	src.conn.waitFor(t, 3)
+	waitRetained(t, h, 3)
+	sub := h.connect("sub", true, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 1 })
+	sub.subscribe("r/#", 1)
+	first := sub.conn.waitFor(t, 1)
+	sub.cl.Disconnect(false, nil) // nothing acknowledged
+	sub.reconnect()
+	seen := map[string]bool{}
+	for len(seen) < 3 {
+		got := sub.conn.settle()
+		if len(got) == 0 {
+			t.Fatalf("got %d of 3 retained after the reconnect", len(seen))
+		}
+		for _, p := range got {
+			if p.Message.Topic == first[0].Message.Topic && !p.Dup {
+				t.Fatalf("resend of %s without DUP", p.Message.Topic)
+			}
+			seen[p.Message.Topic] = true
+		}
+		sub.ackAll(got)
+	}
+}

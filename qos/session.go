@@ -318,7 +318,12 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 			delete(s.flights, pid)
 		}
 	}
-	s.retained, s.holdRet = nil, 0
+	// Retained messages of a SUBSCRIBE not yet sent wait for the next
+	// connection of a persistent session (not across a restart).
+	s.holdRet = 0
+	if !persistent {
+		s.retained = nil
+	}
 	c.giveBackLocked()
 	s.mu.Unlock()
 	for _, sb := range s.subs {
