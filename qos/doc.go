@@ -66,7 +66,12 @@
 //     most once [MQTT-4.3.1]).
 //   - A shared group's QoS 1 message a member held unacknowledged when it
 //     left goes to another member; should the broker stop before that, the
-//     first member gets it again after the restart (at least once).
+//     first member gets it again after the restart (at least once). A
+//     clean member's deliveries are not logged: a message it held
+//     unacknowledged at a crash is given to the group again only if a
+//     checkpoint came between (the checkpoint holds the group's position
+//     below it), not when a later persistent member's delivery was logged
+//     first.
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.
