@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -159,17 +160,31 @@ func tlsError(err error) error {
 }
 
 // watchedConn is a net.Conn that remembers when it last read something, so
-// that the watchdog can tell a silent link from a quiet one.
+// that the watchdog can tell a silent link from a quiet one. Its reads are
+// buffered: both paho clients read a packet's header a byte or two at a
+// time, which would cost system calls per acknowledgement.
 type watchedConn struct {
 	net.Conn
-	lastRead atomic.Int64 // Unix nanoseconds
+	r        *bufio.Reader // over sockReader; used by the client's one reading goroutine
+	lastRead atomic.Int64  // Unix nanoseconds
 	silent   atomic.Bool
 }
 
-func (c *watchedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+func newWatchedConn(c net.Conn) *watchedConn {
+	w := &watchedConn{Conn: c}
+	w.r = bufio.NewReaderSize(sockReader{w}, 16<<10)
+	return w
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// sockReader reads the socket itself and notes the time of what came.
+type sockReader struct{ c *watchedConn }
+
+func (s sockReader) Read(p []byte) (int, error) {
+	n, err := s.c.Conn.Read(p)
 	if n > 0 {
-		c.lastRead.Store(time.Now().UnixNano())
+		s.c.lastRead.Store(time.Now().UnixNano())
 	}
 	return n, err
 }

@@ -54,7 +54,7 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 			dialErr = err
 			return nil, err
 		}
-		l.conn = &watchedConn{Conn: nc}
+		l.conn = newWatchedConn(nc)
 		return l.conn, nil
 	})
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {

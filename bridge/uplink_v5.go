@@ -38,7 +38,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	if err != nil {
 		return nil, err
 	}
-	conn := &watchedConn{Conn: nc}
+	conn := newWatchedConn(nc)
 	l := &v5link{conn: conn, linkState: newLinkState()}
 	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in}
 	pc := paho.ClientConfig{
