@@ -34,18 +34,15 @@ type Log interface {
 
 // Local is what a bridge needs of the broker it runs in, for downlink rules.
 type Local interface {
-	// Publish appends m to the broker's log without waiting and returns
-	// wait, which returns once m is durable (the broker then hands it to
-	// local subscribers), or the error that keeps it from being so. An
-	// error from Publish itself means nothing was appended (a full disk).
-	// For QoS 2, a message whose (Origin, OriginPacketID) was published and
-	// not yet released is a resend: Publish appends nothing and wait
-	// returns nil [MQTT-4.3.3-9].
-	Publish(m *qos.Message) (wait func(ctx context.Context) error, err error)
-	// Release ends the inbound QoS 2 exchange of (origin, packetID): the
-	// upstream's PUBREL came [MQTT-4.3.3-12]. wait returns once that is
-	// durable.
-	Release(origin string, packetID uint16) (wait func(ctx context.Context) error, err error)
+	// Publish makes m durable in the broker's log and hands it to local
+	// subscribers; it returns once m is durable, and an error only when it
+	// is not. For QoS 2, a message whose (Origin, OriginPacketID) was
+	// published and not yet released is a resend: Publish appends nothing
+	// and returns nil [MQTT-4.3.3-9].
+	Publish(ctx context.Context, m *qos.Message) error
+	// Release durably ends the inbound QoS 2 exchange of (origin,
+	// packetID): the upstream's PUBREL came [MQTT-4.3.3-12].
+	Release(ctx context.Context, origin string, packetID uint16) error
 }
 
 // Options are what a bridge gets from the broker rather than its Config.
@@ -281,7 +278,8 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 	if b.cfg.TLS.InsecureSkipVerify {
 		b.lg.Warn("bridge: tls.insecure_skip_verify is set: the upstream's certificate is not checked, anyone on the path can read and change the traffic")
 	}
-	in := newDownlinkIn(ctx, b)
+	in := &downlinkIn{b: b}
+	in.ctx, in.cancel = context.WithCancel(ctx)
 	var up uplink
 	var err error
 	if b.cfg.Protocol == "5" {
@@ -304,21 +302,20 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 		up = l
 	}
 	if err != nil {
-		in.stop()
+		in.cancel()
 		return nil, err
 	}
-	in.setFail(up.fail)
 	return &withInbound{uplink: up, in: in}, nil
 }
 
-// withInbound stops the downlink side when the link closes.
+// withInbound stops the downlink handler's retries when the link closes.
 type withInbound struct {
 	uplink
 	in *downlinkIn
 }
 
 func (w *withInbound) close() {
-	w.in.stop()
+	w.in.cancel()
 	w.uplink.close()
 }
 

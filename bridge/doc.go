@@ -34,8 +34,7 @@
 //     Reconnects back off exponentially, capped, with full jitter; the
 //     upstreams are tried in order, then round again.
 //   - A downlink message is acknowledged upstream only after the broker has
-//     it durably (Local.Publish, then its wait; acknowledgements leave in
-//     the order the messages came); the broker's record of a QoS 2 packet id
+//     it durably (Local.Publish); the broker's record of a QoS 2 packet id
 //     makes a resend after a restart a duplicate it drops, and the PUBREL is
 //     recorded before the PUBCOMP goes out, so a QoS 2 downlink message is
 //     delivered locally once across restarts (MQTT 5 only: paho.mqtt.golang

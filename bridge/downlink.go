@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -28,111 +27,20 @@ type received struct {
 // goroutine, in the order it came.
 type inbound interface {
 	deliver(m received)
-	// release is a QoS 2 PUBREL; then answers it, once the broker has
-	// recorded the end of the exchange.
-	release(packetID uint16, then func())
+	release(packetID uint16)
 }
 
-// downlinkIn is a bridge's inbound side for one connection. Downlink
-// messages are appended to the broker's log in the order they come, without
-// waiting; the acker goroutine waits for each to be durable, in that order,
-// and only then acknowledges it upstream. So one fsync covers a whole
-// window of them (group commit), and the acknowledgements leave in order
-// [MQTT-4.6.0-2].
+// downlinkIn is a bridge's inbound side for one connection.
 type downlinkIn struct {
 	b      *Bridge
-	ctx    context.Context // ends with the connection: stops the retries and the acker
+	ctx    context.Context // ends with the connection: stops the retries
 	cancel context.CancelFunc
-	acks   chan pendingAck // bounded by max_inflight: a full queue holds up the library's delivery
-	wg     sync.WaitGroup
-
-	mu      sync.Mutex
-	failFn  func(error) // ends the link; nil until the link exists
-	failErr error       // a failure before that
 }
 
-// pendingAck is an acknowledgement waiting for its record to be durable.
-type pendingAck struct {
-	wait  func(context.Context) error // nil: nothing to wait for
-	ack   func()
-	count bool // a message made durable: counted as received
-}
-
-func newDownlinkIn(ctx context.Context, b *Bridge) *downlinkIn {
-	d := &downlinkIn{b: b, acks: make(chan pendingAck, b.cfg.MaxInflight)}
-	d.ctx, d.cancel = context.WithCancel(ctx)
-	d.wg.Add(1)
-	go d.acker()
-	return d
-}
-
-// acker acknowledges, in order, what has become durable. If a record will
-// not become durable (the log failed), it ends the link: the upstream sends
-// what was not acknowledged again on the next one.
-func (d *downlinkIn) acker() {
-	defer d.wg.Done()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case p := <-d.acks:
-			if p.wait != nil {
-				if err := p.wait(d.ctx); err != nil {
-					if d.ctx.Err() == nil {
-						d.b.lg.Error("bridge: downlink message not stored; reconnecting", "error", err)
-						d.failLink(fmt.Errorf("downlink message not stored: %w", err))
-					}
-					return
-				}
-			}
-			if p.count {
-				d.b.received.Add(1)
-			}
-			p.ack()
-		}
-	}
-}
-
-func (d *downlinkIn) enqueue(p pendingAck) {
-	select {
-	case d.acks <- p:
-	case <-d.ctx.Done():
-	}
-}
-
-// setFail gives the inbound side the link it may end.
-func (d *downlinkIn) setFail(fail func(error)) {
-	d.mu.Lock()
-	d.failFn = fail
-	err := d.failErr
-	d.mu.Unlock()
-	if err != nil {
-		fail(err)
-	}
-}
-
-func (d *downlinkIn) failLink(err error) {
-	d.mu.Lock()
-	fail := d.failFn
-	if fail == nil {
-		d.failErr = err
-	}
-	d.mu.Unlock()
-	if fail != nil {
-		fail(err)
-	}
-}
-
-// stop ends the retries and the acker, and waits for it.
-func (d *downlinkIn) stop() {
-	d.cancel()
-	d.wg.Wait()
-}
-
-// deliver appends a downlink message to the broker's log and queues its
-// acknowledgement. While the broker cannot take it (a full disk), it tries
-// again every second and acknowledges nothing, so the upstream keeps it: the
-// downlink waits, the forward side goes on.
+// deliver publishes a downlink message into the broker and acknowledges it
+// upstream once it is durable. While the broker cannot take it (a full
+// disk), it tries again every second and acknowledges nothing, so the
+// upstream keeps it: the downlink waits, the forward side goes on.
 func (d *downlinkIn) deliver(m received) {
 	b := d.b
 	rule, ok := b.downlinkRule(m.topic)
@@ -140,7 +48,7 @@ func (d *downlinkIn) deliver(m received) {
 		if ok {
 			b.drop(DropLoop, 1)
 		}
-		d.enqueue(pendingAck{ack: m.ack})
+		m.ack()
 		return
 	}
 	msg := &qos.Message{
@@ -167,25 +75,25 @@ func (d *downlinkIn) deliver(m received) {
 		}
 	}
 	for {
-		wait, err := b.local.Publish(msg)
+		err := b.local.Publish(d.ctx, msg)
 		if err == nil {
-			d.enqueue(pendingAck{wait: wait, ack: m.ack, count: true})
-			return
+			break
 		}
 		b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
 		if !sleep(d.ctx, time.Second) {
 			return
 		}
 	}
+	b.received.Add(1)
+	m.ack()
 }
 
-// release ends a downlink QoS 2 exchange in the broker; then (paho's answer
-// to the PUBREL, PUBCOMP) runs only once that is durable.
-func (d *downlinkIn) release(id uint16, then func()) {
+// release ends a downlink QoS 2 exchange in the broker before paho answers
+// the PUBREL with PUBCOMP.
+func (d *downlinkIn) release(id uint16) {
 	for {
-		wait, err := d.b.local.Release(d.b.origin, id)
+		err := d.b.local.Release(d.ctx, d.b.origin, id)
 		if err == nil {
-			d.enqueue(pendingAck{wait: wait, ack: then})
 			return
 		}
 		d.b.lg.Warn("bridge: downlink release not stored; retrying", "error", err)

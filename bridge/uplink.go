@@ -26,11 +26,9 @@ type uplink interface {
 	// acknowledgement: Config.MaxInflight, lowered by the upstream's
 	// Receive Maximum [MQTT-3.3.4-9].
 	window() int
-	// lost is closed when the connection ends; cause tells why. fail ends
-	// it with err as the cause (the first cause stays).
+	// lost is closed when the connection ends; cause tells why.
 	lost() <-chan struct{}
 	cause() error
-	fail(err error)
 	// close disconnects (if still connected) and waits for the library's
 	// goroutines.
 	close()

@@ -217,16 +217,12 @@ func (s *ackSession) AddToSession(ctx context.Context, p session.Packet, resp ch
 }
 
 // PacketReceived tells the broker when a downlink QoS 2 exchange ends: the
-// PUBREL came, so the packet id may carry a new message [MQTT-4.3.3-12];
-// paho's PUBCOMP waits for that to be durable.
+// PUBREL came, so the packet id may carry a new message [MQTT-4.3.3-12].
 func (s *ackSession) PacketReceived(cp *packets.ControlPacket, pubs chan<- *packets.Publish) error {
 	switch r := cp.Content.(type) {
 	case *packets.Pubrel:
 		if s.in != nil {
-			// PUBCOMP only once the release is durable: otherwise a restart
-			// would take the next message on this packet id for a resend.
-			s.in.release(r.PacketID, func() { _ = s.State.PacketReceived(cp, pubs) })
-			return nil
+			s.in.release(r.PacketID)
 		}
 	}
 	return s.State.PacketReceived(cp, pubs)
