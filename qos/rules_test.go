@@ -58,12 +58,7 @@ func TestInboundReceiveMaximum(t *testing.T) {
 // client's Receive Maximum, retained messages at SUBSCRIBE included.
 func TestOutboundWindowCountsRetained(t *testing.T) {
 	h := newHarness(t, nil)
-	src := h.connect("src", false)
-	for i := range 5 {
-		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("ret/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i+1))
-	}
-	src.conn.waitFor(t, 5)
-	waitRetained(t, h, 5)
+	src := retain(t, h, "ret", 5)
 	sub := h.connect("sub", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 2 })
 	sub.subscribe("ret/#", 1)
 	src.publish("ret/live", 1, 9, "live")
@@ -82,6 +77,19 @@ func TestOutboundWindowCountsRetained(t *testing.T) {
 	if total != 6 {
 		t.Fatalf("got %d of 5 retained + 1 live", total)
 	}
+}
+
+// retain publishes n retained QoS 1 messages on prefix/0.. from a client
+// "src", which it returns, and waits until the engine holds them.
+func retain(t *testing.T, h *harness, prefix string, n int) *client {
+	t.Helper()
+	src := h.connect("src", false)
+	for i := range n {
+		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("%s/%d", prefix, i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i+1))
+	}
+	src.conn.waitFor(t, n)
+	waitRetained(t, h, n)
+	return src
 }
 
 // waitRetained waits until the engine holds n retained messages: they are
@@ -449,12 +457,7 @@ func TestSharedGroup(t *testing.T) {
 // persistent session's next connection.
 func TestRetainedResentAfterReconnect(t *testing.T) {
 	h := newHarness(t, nil)
-	src := h.connect("src", false)
-	for i := range 3 {
-		src.cl.Publish(&qos.Message{Topic: fmt.Sprintf("r/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}, uint16(i+1))
-	}
-	src.conn.waitFor(t, 3)
-	waitRetained(t, h, 3)
+	retain(t, h, "r", 3)
 	sub := h.connect("sub", true, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 1 })
 	sub.subscribe("r/#", 1)
 	first := sub.conn.waitFor(t, 1)
