@@ -282,3 +282,22 @@ func tlsClient(t testing.TB, addr, dir string, ta *tally) mqtt.Client {
 	subscribeAll(t, c)
 	return c
 }
+
+// TestWebSocketUpstream: a bridge over ws:// (the broker's WebSocket dialer,
+// subprotocol mqtt) to another edgemq's WebSocket listener, both protocols.
+func TestWebSocketUpstream(t *testing.T) {
+	for _, proto := range []string{"3.1.1", "5"} {
+		t.Run(proto, func(t *testing.T) {
+			cloudCfg := edgeConfig(t.TempDir(), nil)
+			cloudCfg.Listeners = append(cloudCfg.Listeners, edge.ListenerConfig{Name: "ws", Type: "ws", Address: "127.0.0.1:0", Path: "/mqtt"})
+			cloud := runEdge(t, cloudCfg, nil)
+			ta := newTally(300)
+			subscribeAll(t, client(t, "tcp://"+cloud.Addr("tcp").String(), "cloud-sub", true, ta.handle))
+			bc := bridgeTo("central", "ws://"+cloud.Addr("ws").String()+"/mqtt")
+			bc.Protocol = proto
+			gw := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+			publishN(t, client(t, "tcp://"+gw.Addr("tcp").String(), "device", true, nil), 4, 300, 0)
+			ta.wait(t, 20*time.Second)
+		})
+	}
+}
