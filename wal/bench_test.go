@@ -145,30 +145,7 @@ func BenchmarkOpen1GiB(b *testing.B) {
 	cfg := wal.DefaultConfig()
 	cfg.Sync = wal.SyncNever
 	cfg.Logger = quietLogger()
-	l, err := wal.Open(dir, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rec := make([]byte, benchRecord)
-	batch := make([][]byte, 256)
-	for i := range batch {
-		batch[i] = rec
-	}
-	var last uint64
-	for l.Stats().DiskBytes+l.Stats().QueuedBytes < 1<<30+15<<20 {
-		first, err := l.AppendAsync(batch...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		last = first + uint64(len(batch)) - 1
-	}
-	if err := l.WaitDurable(context.Background(), last); err != nil {
-		b.Fatal(err)
-	}
-	s := l.Stats()
-	if err := l.Close(); err != nil {
-		b.Fatal(err)
-	}
+	last, s := fillLog(b, dir, cfg, 1<<30+15<<20)
 	overhead := float64(s.DiskBytes)/float64(s.LastOffset) - benchRecord
 	var firstRead time.Duration
 	for b.Loop() {
@@ -201,29 +178,7 @@ func BenchmarkOpenAfterCrash(b *testing.B) {
 	cfg := wal.DefaultConfig()
 	cfg.Sync = wal.SyncNever
 	cfg.Logger = quietLogger()
-	l, err := wal.Open(dir, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rec := make([]byte, benchRecord)
-	batch := make([][]byte, 256)
-	for i := range batch {
-		batch[i] = rec
-	}
-	var last uint64
-	for l.Stats().DiskBytes+l.Stats().QueuedBytes < 15<<20 {
-		first, err := l.AppendAsync(batch...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		last = first + uint64(len(batch)) - 1
-	}
-	if err := l.WaitDurable(context.Background(), last); err != nil {
-		b.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		b.Fatal(err)
-	}
+	last, _ := fillLog(b, dir, cfg, 15<<20)
 	// Side by side: after a clean Close (the mark covers the tail) and
 	// without the mark.
 	for _, crash := range []bool{false, true} {
@@ -300,4 +255,36 @@ func BenchmarkRead(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
+}
+
+// fillLog writes benchRecord-byte records into a new log in dir until it
+// holds size bytes, closes it, and returns the last offset and the stats
+// before the close.
+func fillLog(b *testing.B, dir string, cfg wal.Config, size int64) (uint64, wal.Stats) {
+	b.Helper()
+	l, err := wal.Open(dir, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := make([]byte, benchRecord)
+	batch := make([][]byte, 256)
+	for i := range batch {
+		batch[i] = rec
+	}
+	var last uint64
+	for l.Stats().DiskBytes+l.Stats().QueuedBytes < size {
+		first, err := l.AppendAsync(batch...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = first + uint64(len(batch)) - 1
+	}
+	if err := l.WaitDurable(context.Background(), last); err != nil {
+		b.Fatal(err)
+	}
+	s := l.Stats()
+	if err := l.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return last, s
 }
