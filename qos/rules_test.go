@@ -420,34 +420,33 @@ func TestSharedGroup(t *testing.T) {
 	h := newHarness(t, nil)
 	a := h.connect("a", false)
 	a.subscribe("$share/g/s/#", 1)
-	b := h.connect("b", true)
-	b.subscribe("$share/g/s/#", 1)
 	src := h.connect("src", false)
 	const n = 20
 	for i := range n {
 		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
 	}
-	seen := map[string]int{}
-	held := a.conn.settle() // a never acknowledges
-	for _, p := range held {
-		seen[string(p.Message.Payload)]++
+	if held := a.conn.waitFor(t, n); len(held) != n { // a never acknowledges them
+		t.Fatalf("a got %d of %d", len(held), n)
 	}
-	for len(seen) < n {
+	b := h.connect("b", true)
+	b.subscribe("$share/g/s/#", 1)
+	for i := range n {
+		src.publish("s/t", 1, uint16(n+i+1), fmt.Sprint(n+i))
+	}
+	a.cl.Disconnect(false, nil) // what a held goes to b
+	seen := map[string]int{}
+	for len(seen) < 2*n {
 		got := b.conn.settle()
 		if len(got) == 0 {
-			a.cl.Disconnect(false, nil) // what a held goes to b
-			continue
+			t.Fatalf("b got %d of %d", len(seen), 2*n)
 		}
 		for _, m := range b.ackAll(got) {
 			seen[string(m.Payload)]++
 		}
 	}
-	if len(held) == 0 {
-		t.Fatal("member a got nothing")
-	}
-	for i := range n {
-		if seen[fmt.Sprint(i)] == 0 {
-			t.Fatalf("message %d lost", i)
+	for p, c := range seen {
+		if c > 1 {
+			t.Fatalf("%s reached b %d times", p, c)
 		}
 	}
 }
