@@ -137,7 +137,10 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			m.reconnect(c)
 		}
 	}
-	for quiet := 0; quiet < 20; {
+	// Quiet means no packet for a while and nothing queued or in flight
+	// (a busy machine can hold a sender back longer than a pause).
+	deadline := time.Now().Add(20 * time.Second)
+	for quiet := 0; quiet < 10 && time.Now().Before(deadline); {
 		time.Sleep(2 * time.Millisecond)
 		busy := false
 		for _, c := range m.cs {
@@ -145,7 +148,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 				busy = true
 			}
 		}
-		if busy {
+		if st := m.h.e.Stats(); busy || st.Inflight > 0 || st.Queued > 0 {
 			quiet = 0
 		} else {
 			quiet++
