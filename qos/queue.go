@@ -39,7 +39,7 @@ type Queue struct {
 	wake  chan struct{}
 	// clean is true while the queue is parked with nothing pending at the
 	// park: then its backlog starts at missed, the first offer it turned
-	// down (0: none yet), not at next.
+	// down (0: none yet: a Log's offsets start at 1), not at next.
 	clean  bool
 	missed uint64
 }

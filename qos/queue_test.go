@@ -12,20 +12,24 @@ import (
 // TestQueueTakesEveryOffsetOnceInOrder runs a dispatcher that appends to a
 // simulated log and offers every third offset, against a consumer that pops,
 // scans, catches up and parks at random. The consumer must see exactly the
-// matching offsets, each once, in order.
+// matching offsets, each once, in order. The simulated log's offsets start
+// at 1, as a Log's do: a Queue never sees offset 0 (its missed field uses 0
+// for "none yet").
 func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 	for _, limit := range []int{1, 4, 64} {
 		const n = 20000
 		matches := func(o uint64) bool { return o%3 == 0 }
 		var end atomic.Uint64  // the dispatcher's position: moves before its offer
 		var done atomic.Uint64 // its completed position: moves after the offer
-		q := qos.NewQueue(0, limit)
+		end.Store(1)
+		done.Store(1)
+		q := qos.NewQueue(1, limit)
 
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { // the dispatcher: append, then offer
 			defer wg.Done()
-			for o := uint64(0); o < n; o++ {
+			for o := uint64(1); o <= n; o++ {
 				end.Store(o + 1)
 				if matches(o) {
 					q.Offer(qos.Entry{Offset: o})
@@ -36,7 +40,7 @@ func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 
 		var got []uint64
 		rng := rand.New(rand.NewPCG(1, uint64(limit)))
-		for len(got) < n/3+1 {
+		for len(got) < n/3 {
 			if e, ok := q.Pop(); ok {
 				got = append(got, e.Offset)
 				continue
@@ -54,16 +58,16 @@ func TestQueueTakesEveryOffsetOnceInOrder(t *testing.T) {
 			}
 			if rng.IntN(50) == 0 { // offline, then back
 				q.Park(done.Load())
-				if p := q.Position(done.Load()); p > uint64(len(got))*3 {
-					t.Fatalf("limit %d: parked position %d is past the first untaken match %d", limit, p, len(got)*3)
+				if p := q.Position(done.Load()); p > uint64(len(got)+1)*3 {
+					t.Fatalf("limit %d: parked position %d is past the first untaken match %d", limit, p, (len(got)+1)*3)
 				}
 				q.Resume(done.Load())
 			}
 		}
 		wg.Wait()
 		for i, o := range got {
-			if o != uint64(i)*3 {
-				t.Fatalf("limit %d: entry %d is offset %d, want %d", limit, i, o, i*3)
+			if o != uint64(i+1)*3 {
+				t.Fatalf("limit %d: entry %d is offset %d, want %d", limit, i, o, (i+1)*3)
 			}
 		}
 		if _, ok := q.Pop(); ok {
