@@ -55,7 +55,9 @@ func TestForwardToNATSCluster(t *testing.T) {
 		total, dups, 100*float64(dups)/float64(total), el.Seconds(), float64(total)/el.Seconds())
 }
 
-// waitForwarded waits until n distinct messages arrived upstream.
+// waitForwarded waits until n distinct messages arrived upstream. On a
+// timeout it names the sequence numbers below n that did not arrive (the
+// missing ones, when the test published 0..n-1).
 func waitForwarded(t testing.TB, ta *tally, n int, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -65,8 +67,9 @@ func waitForwarded(t testing.TB, ta *tally, n int, d time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	u, _ := ta.counts()
-	t.Fatalf("upstream got %d of %d messages", u, n)
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	t.Fatalf("upstream got %d of %d messages; missing %s", len(ta.seen), n, ta.missingLocked(n))
 }
 
 // clientRetry connects a persistent 3.1.1 client, retrying while the

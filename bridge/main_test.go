@@ -260,13 +260,32 @@ func (ta *tally) wait(t testing.TB, d time.Duration) {
 	case <-time.After(d):
 		ta.mu.Lock()
 		defer ta.mu.Unlock()
-		t.Fatalf("upstream got %d of %d messages (%d duplicates)", len(ta.seen), ta.want, ta.dups)
+		t.Fatalf("upstream got %d of %d messages (%d duplicates); missing %s", len(ta.seen), ta.want, ta.dups, ta.missingLocked(ta.want))
 	}
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
 	if ta.unorder > 0 {
 		t.Errorf("%d messages arrived before an older one of their topic", ta.unorder)
 	}
+}
+
+// missingLocked says how many of the sequence numbers 0..to-1 have not
+// arrived, and the first 20 of them.
+func (ta *tally) missingLocked(to int) string {
+	var miss []string
+	n := 0
+	for seq := 0; seq < to; seq++ {
+		if !ta.seen[seq] {
+			if n < 20 {
+				miss = append(miss, strconv.Itoa(seq))
+			}
+			n++
+		}
+	}
+	if n > len(miss) {
+		miss = append(miss, "...")
+	}
+	return fmt.Sprintf("%d: [%s]", n, strings.Join(miss, " "))
 }
 
 func (ta *tally) counts() (unique, dups int) {

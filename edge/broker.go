@@ -214,13 +214,19 @@ func (b *Broker) Start(ctx context.Context) error {
 	bridges := bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
 	b.bridges.Store(bridges)
 	ds.engine.LogQoS0(bridges.Wants)
+	// The bridges before any client: a forward rule's new cursor starts at
+	// the end of the log, so a message accepted before it was placed would
+	// never be forwarded.
+	if err := bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
+		b.log.Error("bridges not all started", "error", err)
+	}
 	bound := 0
 	fail := func(err error) error {
 		b.stopped = true // half-bound: a Broker is not restartable
 		for _, l := range b.listeners[:bound] {
 			l.stopAccepting()
 		}
-		return errors.Join(err, ds.Close())
+		return errors.Join(err, bridges.Shutdown(ctx), ds.Close())
 	}
 	for _, l := range b.listeners {
 		if err := b.srv.AddListener(l); err != nil {
@@ -241,9 +247,6 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.started = true
 	ds.engine.Start()
-	if err := bridges.Apply(ctx, bridgeConfigs(b.cfg.Bridges)); err != nil {
-		b.log.Error("bridges not all started", "error", err)
-	}
 	if b.http != nil {
 		b.http.serve()
 	}
