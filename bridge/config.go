@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/edgemq/edgemq/qos"
 )
 
 // Config is one bridge: where it connects, what it forwards up and what it
@@ -193,7 +195,7 @@ func (c Config) Validate() error {
 	}
 	for i, f := range c.Forward {
 		p := fmt.Sprintf("forward[%d]", i)
-		if why := checkFilter(f.Filter); why != "" {
+		if why := qos.CheckFilter(f.Filter); why != "" {
 			add(p+".filter", "%s (got %q)", why, f.Filter)
 		}
 		if why := checkTemplate(f.Remote, "{topic}", "{client}"); why != "" {
@@ -210,7 +212,7 @@ func (c Config) Validate() error {
 	}
 	for i, d := range c.Downlink {
 		p := fmt.Sprintf("downlink[%d]", i)
-		if why := checkFilter(d.Filter); why != "" {
+		if why := qos.CheckFilter(d.Filter); why != "" {
 			add(p+".filter", "%s (got %q)", why, d.Filter)
 		}
 		if why := checkTemplate(d.Local, "{topic}"); why != "" {
@@ -264,28 +266,6 @@ func parseUpstream(s string) (string, *url.URL, error) {
 		return "", nil, errors.New("must name the port")
 	}
 	return u.Scheme, u, nil
-}
-
-// checkFilter returns why f is not an MQTT topic filter, or "".
-func checkFilter(f string) string {
-	if f == "" {
-		return "must not be empty"
-	}
-	if len(f) > 65535 {
-		return "must be at most 65535 bytes"
-	}
-	levels := strings.Split(f, "/")
-	for i, l := range levels {
-		switch {
-		case l == "#" && i != len(levels)-1:
-			return "# must be the last level [MQTT-4.7.1-2]"
-		case strings.Contains(l, "#") && l != "#":
-			return "# must be a whole level [MQTT-4.7.1-2]"
-		case strings.Contains(l, "+") && l != "+":
-			return "+ must be a whole level [MQTT-4.7.1-3]"
-		}
-	}
-	return ""
 }
 
 // checkTemplate returns why t is not a topic template with only the given

@@ -3,6 +3,8 @@ package edge
 import (
 	"fmt"
 	"strings"
+
+	"github.com/edgemq/edgemq/qos"
 )
 
 // acl is the compiled AuthConfig.ACL.
@@ -47,7 +49,7 @@ func compileACL(rules []ACLRule) (*acl, error) {
 		default:
 			return nil, &ConfigError{Path: fmt.Sprintf("auth.acl[%d].access", i), Reason: fmt.Sprintf("must be read, write, readwrite or deny (got %q)", r.Access)}
 		}
-		if !validFilter(r.Topic) {
+		if qos.CheckFilter(r.Topic) != "" {
 			return nil, &ConfigError{Path: fmt.Sprintf("auth.acl[%d].topic", i), Reason: fmt.Sprintf("not a valid topic filter (got %q)", r.Topic)}
 		}
 		a.rules = append(a.rules, cr)
@@ -163,22 +165,4 @@ func stripShare(filter string) string {
 		}
 	}
 	return filter
-}
-
-// validFilter checks an ACL topic filter: non-empty, '#' only as the whole
-// last level, '+' only as a whole level.
-func validFilter(f string) bool {
-	if f == "" {
-		return false
-	}
-	levels := strings.Split(f, "/")
-	for i, l := range levels {
-		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
-			return false
-		}
-		if strings.Contains(l, "+") && l != "+" {
-			return false
-		}
-	}
-	return true
 }

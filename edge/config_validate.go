@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgemq/edgemq/qos"
 )
 
 // Bounds that come from the MQTT protocol itself.
@@ -166,7 +168,7 @@ func (v *validator) tls(p string, t TLSConfig) {
 func (v *validator) auth(a AuthConfig) {
 	for i, r := range a.ACL {
 		p := fmt.Sprintf("auth.acl[%d]", i)
-		if err := checkTopicFilter(r.Topic); err != "" {
+		if err := qos.CheckFilter(r.Topic); err != "" {
 			v.add(p+".topic", "%s (got %q)", err, r.Topic)
 		}
 		switch r.Access {
@@ -295,28 +297,4 @@ func sameAddress(a, b string) bool {
 	}
 	return ha == hb || ha == "" || hb == "" || ha == "0.0.0.0" || hb == "0.0.0.0" || ha == "::" || hb == "::" ||
 		localhost(ha, hb) || localhost(hb, ha)
-}
-
-// checkTopicFilter returns why filter is not a valid MQTT topic filter, or "".
-func checkTopicFilter(filter string) string {
-	switch {
-	case filter == "":
-		return "must not be empty"
-	case len(filter) > mqttMaxUint16:
-		return "must be at most 65535 bytes"
-	case strings.ContainsRune(filter, 0):
-		return "must not contain NUL [MQTT-4.7.3-2]"
-	}
-	levels := strings.Split(filter, "/")
-	for i, level := range levels {
-		switch {
-		case level == "#" && i != len(levels)-1:
-			return "# must be the last level [MQTT-4.7.1-2]"
-		case strings.Contains(level, "#") && level != "#":
-			return "# must be a whole level [MQTT-4.7.1-2]"
-		case strings.Contains(level, "+") && level != "+":
-			return "+ must be a whole level [MQTT-4.7.1-3]"
-		}
-	}
-	return ""
 }

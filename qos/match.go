@@ -31,6 +31,33 @@ func Match(filter, topic string) bool {
 	}
 }
 
+// CheckFilter returns why f is not a valid MQTT topic filter, or "": it must
+// be 1 to 65535 bytes [MQTT-1.5.4], hold no NUL [MQTT-4.7.3-2], and use '#'
+// only as the whole last level [MQTT-4.7.1-2] and '+' only as a whole level
+// [MQTT-4.7.1-3]. A shared subscription's prefix is checked as plain levels.
+func CheckFilter(f string) string {
+	switch {
+	case f == "":
+		return "must not be empty"
+	case len(f) > 65535:
+		return "must be at most 65535 bytes"
+	case strings.IndexByte(f, 0) >= 0:
+		return "must not contain NUL [MQTT-4.7.3-2]"
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		switch {
+		case l == "#" && i != len(levels)-1:
+			return "# must be the last level [MQTT-4.7.1-2]"
+		case strings.Contains(l, "#") && l != "#":
+			return "# must be a whole level [MQTT-4.7.1-2]"
+		case strings.Contains(l, "+") && l != "+":
+			return "+ must be a whole level [MQTT-4.7.1-3]"
+		}
+	}
+	return ""
+}
+
 // SplitShared splits "$share/<group>/<filter>" into its group and filter.
 // For any other filter it returns "" and the filter unchanged.
 func SplitShared(filter string) (group, inner string) {
