@@ -257,15 +257,17 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 		return err
 	}
 	if e.cfg.Admit != nil {
-		if err := e.cfg.Admit(len(rec)); err != nil {
-			e.stats.refused.Add(1)
-			e.stats.refusedFull.Add(1)
-			return err
-		}
+		err = e.cfg.Admit(len(rec))
 	}
-	off, err := e.log.AppendAsync(rec)
+	var off uint64
+	if err == nil {
+		off, err = e.log.AppendAsync(rec)
+	}
 	if err != nil {
 		e.stats.refused.Add(1)
+		if errors.Is(err, ErrFull) {
+			e.stats.refusedFull.Add(1)
+		}
 		return err
 	}
 	if err := e.log.WaitDurable(ctx, off); err != nil {

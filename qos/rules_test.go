@@ -1,6 +1,7 @@
 package qos_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -475,5 +476,20 @@ func TestRetainedResentAfterReconnect(t *testing.T) {
 			seen[p.Message.Topic] = true
 		}
 		sub.ackAll(got)
+	}
+}
+
+// Engine.Publish counts a publish the log refuses for want of room as
+// RefusedFull, as a client's publish is (edge labels it storage_full).
+func TestEnginePublishOnFullLogCountsRefusedFull(t *testing.T) {
+	h := newHarness(t, nil)
+	h.log.mu.Lock()
+	h.log.fail = func([][]byte) error { return qos.ErrFull }
+	h.log.mu.Unlock()
+	if err := h.e.Publish(context.Background(), &qos.Message{Topic: "t", QoS: 1}); !errors.Is(err, qos.ErrFull) {
+		t.Fatalf("publish: %v", err)
+	}
+	if st := h.e.Stats(); st.Refused != 1 || st.RefusedFull != 1 {
+		t.Fatalf("Refused %d RefusedFull %d, want 1 and 1", st.Refused, st.RefusedFull)
 	}
 }
