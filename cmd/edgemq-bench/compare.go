@@ -34,7 +34,25 @@ type compareScenario struct {
 	skip map[string]string
 	// quickSkip leaves the scenario out of -quick runs.
 	quickSkip bool
+	// from, when set, names the scenario whose runs this row reads another
+	// figure of (the same runs, not runs of its own): p is unused.
+	from string
+	// noRatio leaves the row out of the ratio table (a property of the
+	// machine, not of the broker).
+	noRatio bool
+	// fsync measures the disk's fsync latency after each run, in the
+	// broker's directory (Result.Fsync).
+	fsync bool
 }
+
+// The steady QoS 1 load of issue 10's bars: one publisher, one subscriber,
+// 1,000 msg/s. Its runs give three rows: the end-to-end p99, the fsync p99
+// of the disk in the same run and directory, and the broker's CPU.
+const (
+	steadyName = "latency qos1 1k/s"
+	fsyncName  = "fsync p99, same runs"
+	cpuName    = "cpu qos1 1k/s"
+)
 
 // mosquittoWSNote is why the WebSocket scenario leaves Mosquitto out.
 const mosquittoWSNote = "Mosquitto 2.0.11 (Debian, libwebsockets) crawls at a few hundred msg/s over WebSocket " +
@@ -54,6 +72,13 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		backlog = 2000
 	}
 	connsRSS := func(r Result) float64 { return r.RSSPerConnKB }
+	fsyncP99 := func(r Result) float64 {
+		if r.Fsync == nil {
+			return 0
+		}
+		return r.Fsync.P99
+	}
+	cpuShare := func(r Result) float64 { return r.BrokerCPUPercent }
 	flow := func(scenario string, qos byte) params {
 		return params{scenario: scenario, qos: qos, duration: duration}
 	}
@@ -73,13 +98,23 @@ func compareScenarios(duration time.Duration, quick bool) []compareScenario {
 		{name: "fanin qos1 ws", p: ws(flow("fanin", 1)), metric: rate, unit: "msg/s",
 			skip: map[string]string{"mosquitto": mosquittoWSNote}},
 		{name: "fanout qos0", p: flow("fanout", 0), metric: rate, unit: "deliveries/s"},
+		{name: "fanout qos1", p: flow("fanout", 1), metric: rate, unit: "deliveries/s"},
 		{name: "latency qos1 5k/s", p: params{scenario: "latency", qos: 1, rate: 5000, duration: duration},
 			metric: p99, unit: "p99 ms", lowerIsBetter: true},
+		{name: steadyName, p: params{scenario: "latency", qos: 1, rate: 1000, pubs: 1, subs: 1, duration: duration},
+			metric: p99, unit: "p99 ms", lowerIsBetter: true, fsync: true},
+		{name: fsyncName, from: steadyName, metric: fsyncP99, unit: "fsync p99 ms", lowerIsBetter: true, noRatio: true},
+		{name: cpuName, from: steadyName, metric: cpuShare, unit: "% of a core", lowerIsBetter: true},
 		{name: "conns 1k", p: params{scenario: "conns", conns: 1000},
 			metric: connsRSS, unit: "KB RSS/conn", lowerIsBetter: true},
 		{name: "conns 10k", p: params{scenario: "conns", conns: 10000}, quickSkip: true,
 			metric: connsRSS, unit: "KB RSS/conn", lowerIsBetter: true},
 		{name: "backlog qos1", p: params{scenario: "backlog", qos: 1, backlog: backlog}, metric: rate, unit: "drain msg/s"},
+	}
+	for i := range all {
+		if j := slices.IndexFunc(all, func(s compareScenario) bool { return s.name == all[i].from }); j >= 0 {
+			all[i].skip, all[i].quickSkip = all[j].skip, all[j].quickSkip
+		}
 	}
 	if quick {
 		all = slices.DeleteFunc(all, func(s compareScenario) bool { return s.quickSkip })
@@ -336,9 +371,11 @@ type cell struct {
 	Duplicated uint64    `json:"duplicated"`
 	Lossy      bool      `json:"lossy"`
 	// LowerIsBetter says how to read Median (latency, KB per connection).
-	LowerIsBetter bool    `json:"lower_is_better,omitempty"`
-	CPUPerM       float64 `json:"broker_cpu_sec_per_million"`
-	PeakRSSMB     float64 `json:"broker_peak_rss_mb"`
+	LowerIsBetter bool `json:"lower_is_better,omitempty"`
+	// NoRatio leaves the row out of the ratios (the disk's fsync latency).
+	NoRatio   bool    `json:"no_ratio,omitempty"`
+	CPUPerM   float64 `json:"broker_cpu_sec_per_million"`
+	PeakRSSMB float64 `json:"broker_peak_rss_mb"`
 	// StartRSSMB and EndRSSMB are medians of the broker's VmRSS when the
 	// measured span began and ended (conns: before the first connection,
 	// that is the idle broker, and with every connection open).
@@ -444,9 +481,22 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	scens := compareScenarios(*duration, *quick)
 	if *only != "" {
 		want := strings.Split(*only, ",")
-		scens = slices.DeleteFunc(scens, func(s compareScenario) bool {
-			return !slices.ContainsFunc(want, func(w string) bool { return strings.TrimSpace(w) == s.name })
-		})
+		for i := range want {
+			want[i] = strings.TrimSpace(want[i])
+		}
+		// A row read from another scenario's runs needs those runs, and
+		// those runs give every row read from them.
+		for _, s := range scens {
+			if s.from != "" && slices.Contains(want, s.name) {
+				want = append(want, s.from)
+			}
+		}
+		for _, s := range scens {
+			if s.from != "" && slices.Contains(want, s.from) {
+				want = append(want, s.name)
+			}
+		}
+		scens = slices.DeleteFunc(scens, func(s compareScenario) bool { return !slices.Contains(want, s.name) })
 		if len(scens) == 0 {
 			return fmt.Errorf("-scenarios: none of %q known", *only)
 		}
@@ -467,14 +517,31 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			if skipped(sc, b) != "" {
 				continue
 			}
-			c := &cell{Scenario: sc.name, Broker: b.name, Unit: sc.unit, LowerIsBetter: sc.lowerIsBetter}
+			c := &cell{Scenario: sc.name, Broker: b.name, Unit: sc.unit, LowerIsBetter: sc.lowerIsBetter, NoRatio: sc.noRatio}
 			cells[[2]string{sc.name, b.name}] = c
 			rep.Cells = append(rep.Cells, c)
 		}
 	}
+	add := func(key [2]string, v float64, res Result) {
+		c := cells[key]
+		c.Values = append(c.Values, v)
+		c.Lost += res.Lost
+		c.Expected += res.Expected
+		c.Duplicated += res.Duplicated
+		c.Lossy = c.Lossy || res.Lossy
+		if res.CPUSecPerMillion > 0 {
+			cpuPerM[key] = append(cpuPerM[key], res.CPUSecPerMillion)
+		}
+		rss[key] = append(rss[key], res.BrokerPeakRSSMB)
+		startRSS[key] = append(startRSS[key], res.BrokerStartRSSMB)
+		endRSS[key] = append(endRSS[key], res.BrokerEndRSSMB)
+		gen[key] = append(gen[key], res.GenCPUSeconds)
+		bcpu[key] = append(bcpu[key], res.BrokerCPUSeconds)
+	}
+	runs := slices.DeleteFunc(slices.Clone(scens), func(s compareScenario) bool { return s.from != "" })
 	n := 0
 	for round := range *rounds {
-		for si, sc := range scens {
+		for si, sc := range runs {
 			// Alternate: rotate the broker order every round and scenario.
 			order := slices.Clone(specs)
 			k := (round + si) % len(order)
@@ -502,20 +569,16 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				rep.Runs = append(rep.Runs, res)
 				rep.LoadAvg = max(rep.LoadAvg, res.LoadAvg)
 				v := sc.metric(res)
-				c.Values = append(c.Values, v)
-				c.Lost += res.Lost
-				c.Expected += res.Expected
-				c.Duplicated += res.Duplicated
-				c.Lossy = c.Lossy || res.Lossy
-				if res.CPUSecPerMillion > 0 {
-					cpuPerM[key] = append(cpuPerM[key], res.CPUSecPerMillion)
+				add(key, v, res)
+				also := ""
+				for _, d := range scens {
+					if d.from == sc.name {
+						dv := d.metric(res)
+						add([2]string{d.name, b.name}, dv, res)
+						also += fmt.Sprintf("  %s %s", fmtValue(dv), d.unit)
+					}
 				}
-				rss[key] = append(rss[key], res.BrokerPeakRSSMB)
-				startRSS[key] = append(startRSS[key], res.BrokerStartRSSMB)
-				endRSS[key] = append(endRSS[key], res.BrokerEndRSSMB)
-				gen[key] = append(gen[key], res.GenCPUSeconds)
-				bcpu[key] = append(bcpu[key], res.BrokerCPUSeconds)
-				flag := ""
+				flag := also
 				if res.Lossy {
 					flag = fmt.Sprintf("  LOSSY %d/%d", res.Lost, res.Expected)
 				}
@@ -597,6 +660,9 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 	p.pid = rb.cmd.Process.Pid
 	p.inflight = inflight
 	p.drain = drain
+	if sc.fsync {
+		p.fsyncDir = fsyncDirOf(dir)
+	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	res, err := runScenario(rctx, p)
@@ -660,6 +726,12 @@ func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs
 			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
 		tw.Flush()
+	}
+	if lines := steadyMargins(rep); len(lines) > 0 {
+		fmt.Fprintf(w, "\n%s: end-to-end p99 above the disk's fsync p99 (median over the runs of each run's difference):\n", steadyName)
+		for _, l := range lines {
+			fmt.Fprintln(w, "  "+l)
+		}
 	}
 	fmt.Fprintf(w, "\nhighest load average at the start of a run: %.1f on %d cores", rep.LoadAvg, runtime.NumCPU())
 	if rep.LoadAvg > float64(runtime.NumCPU()) {
@@ -765,6 +837,9 @@ func ratioTable(rep compareReport) (head []string, rows [][]string) {
 		head = append(head, e+" / lossless mosquitto", e+" / mochi")
 	}
 	for _, s := range scenarios {
+		if c := byKey[[2]string{s, edges[0]}]; c != nil && c.NoRatio {
+			continue
+		}
 		row := []string{s}
 		for _, e := range edges {
 			for _, base := range []string{"mosquitto", "mochi"} {
@@ -791,7 +866,9 @@ func footprintTable(rep compareReport) (head []string, rows [][]string) {
 				conns = append(conns, c.Scenario)
 			}
 		case strings.HasPrefix(c.Scenario, "latency qos1"):
-			load = c.Scenario
+			if load == "" || c.Scenario == "latency qos1 5k/s" {
+				load = c.Scenario
+			}
 		default:
 			continue
 		}
@@ -849,4 +926,29 @@ func footprintTable(rep compareReport) (head []string, rows [][]string) {
 		rows = append(rows, row)
 	}
 	return head, rows
+}
+
+// steadyMargins is, per broker, how far the end-to-end p99 of the steady
+// load lies above the fsync p99 measured after each of its runs in the same
+// directory: the median of the per-run differences. A durable ack needs one
+// fsync, so this is what the broker adds to the disk.
+func steadyMargins(rep compareReport) []string {
+	var out []string
+	for _, lat := range rep.Cells {
+		if lat.Scenario != steadyName {
+			continue
+		}
+		i := slices.IndexFunc(rep.Cells, func(c *cell) bool { return c.Scenario == fsyncName && c.Broker == lat.Broker })
+		if i < 0 || len(rep.Cells[i].Values) != len(lat.Values) || len(lat.Values) == 0 {
+			continue
+		}
+		fs := rep.Cells[i]
+		diff := make([]float64, len(lat.Values))
+		for j := range diff {
+			diff[j] = lat.Values[j] - fs.Values[j]
+		}
+		out = append(out, fmt.Sprintf("%-20s p99 %s ms, fsync p99 %s ms: %+.2f ms", lat.Broker,
+			fmtValue(lat.Median), fmtValue(fs.Median), median(diff)))
+	}
+	return out
 }

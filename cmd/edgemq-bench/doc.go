@@ -8,7 +8,8 @@
 //
 // Scenarios: fanin (N publishers, one wildcard subscriber), fanout (one
 // publisher, M subscribers), shared (publishers into a $share group), latency
-// (fixed rate, end-to-end p50/p99/p99.9), conns (idle connections; the
+// (fixed rate, end-to-end p50/p99/p99.9, the broker's CPU as a share of a
+// core; with -fsync-dir also the disk's write+fsync p99), conns (idle connections; the
 // broker's RSS per connection with -pid), burst (base rate, a 10x spike, base
 // rate) and backlog (an offline persistent subscriber accumulates messages,
 // then drains). Throughput scenarios run a closed loop of at most -window

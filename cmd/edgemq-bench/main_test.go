@@ -180,6 +180,56 @@ func TestTally(t *testing.T) {
 	}
 }
 
+// TestCompareSteady runs the steady 1,000 msg/s QoS 1 scenario through the
+// compare driver, asking for its CPU row alone: the latency runs it reads
+// happen, and give the fsync row measured in the same directory and the
+// margin of p99 over fsync p99.
+func TestCompareSteady(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go tool to build plainmochi")
+	}
+	out := filepath.Join(t.TempDir(), "runs.json")
+	var stdout, stderr bytes.Buffer
+	args := []string{"compare", "-quick", "-duration", "500ms", "-mosquitto", "", "-edgemq", "none",
+		"-scenarios", cpuName, "-json", out}
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var rep compareReport
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 1 {
+		t.Fatalf("%d runs, want 1 (the cpu and fsync rows read the latency run)", len(rep.Runs))
+	}
+	r := rep.Runs[0]
+	if r.Scenario != "latency" || r.TargetRate != 1000 || r.Publishers != 1 || r.Subscribers != 1 || r.Lossy {
+		t.Errorf("run %+v", r)
+	}
+	if r.Fsync == nil || r.Fsync.Samples == 0 || r.Fsync.P99 <= 0 {
+		t.Errorf("fsync not measured: %+v", r.Fsync)
+	}
+	got := map[string]*cell{}
+	for _, c := range rep.Cells {
+		got[c.Scenario] = c
+	}
+	for _, name := range []string{steadyName, fsyncName, cpuName} {
+		if c := got[name]; c == nil || len(c.Values) != 1 || c.Broker != "mochi" {
+			t.Errorf("cell %q: %+v", name, c)
+		}
+	}
+	if c := got[fsyncName]; c != nil && c.Median != r.Fsync.P99 {
+		t.Errorf("fsync row %v, run's fsync p99 %v", c.Median, r.Fsync.P99)
+	}
+	if !strings.Contains(stdout.String(), "fsync p99 ") {
+		t.Errorf("no fsync margin in the output:\n%s", stdout.String())
+	}
+}
+
 // TestCompareQuick runs the compare driver end to end against plain mochi
 // alone: build, start, run, stop, summarize, JSON.
 func TestCompareQuick(t *testing.T) {

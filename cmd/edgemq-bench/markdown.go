@@ -60,6 +60,12 @@ func writeMarkdown(w io.Writer, rep compareReport) {
 		fmt.Fprintln(w)
 		table(head, rows)
 	}
+	if lines := steadyMargins(rep); len(lines) > 0 {
+		fmt.Fprintf(w, "\n%s: end-to-end p99 above the disk's fsync p99 (median of each run's difference):\n\n", steadyName)
+		for _, l := range lines {
+			fmt.Fprintf(w, "- `%s`\n", l)
+		}
+	}
 	if head, rows := footprintTable(rep); len(rows) > 0 {
 		fmt.Fprintln(w, "\nFootprint (medians): the idle broker, with idle connections, and at its peak under the steady QoS 1 load:")
 		fmt.Fprintln(w)

@@ -102,14 +102,17 @@ func startProbe(pid int) *brokerProbe {
 	return &brokerProbe{pid: pid, cpu: cpu, rssKB: rss, at: time.Now()}
 }
 
-// finish fills the broker's CPU seconds over the span, its RSS at both ends
-// and its peak RSS.
+// finish fills the broker's CPU seconds over the span (and as a share of
+// one core), its RSS at both ends and its peak RSS.
 func (bp *brokerProbe) finish(r *Result) {
 	if bp == nil {
 		return
 	}
 	if cpu, err := procCPUSeconds(bp.pid); err == nil {
 		r.BrokerCPUSeconds = cpu - bp.cpu
+		if wall := time.Since(bp.at).Seconds(); wall > 0 {
+			r.BrokerCPUPercent = 100 * r.BrokerCPUSeconds / wall
+		}
 	} else {
 		r.Notes = append(r.Notes, "broker CPU unreadable: "+err.Error())
 	}

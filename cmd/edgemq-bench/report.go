@@ -55,6 +55,9 @@ func printResult(w io.Writer, r Result) {
 		if l := r.Latency; l != nil && l.Samples > 0 {
 			fmt.Fprintf(w, "  latency ms: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (%d samples)\n", l.P50, l.P99, l.P999, l.Max, l.Samples)
 		}
+		if f := r.Fsync; f != nil && f.Samples > 0 {
+			fmt.Fprintf(w, "  fsync of the disk ms (after the run): p50 %.3f  p99 %.3f  max %.3f  (%d samples)\n", f.P50, f.P99, f.Max, f.Samples)
+		}
 		for _, ph := range r.Phases {
 			fmt.Fprintf(w, "    %-10s %6d msg/s: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms",
 				ph.Name, ph.Rate, ph.Latency.P50, ph.Latency.P99, ph.Latency.P999, ph.Latency.Max)
@@ -70,6 +73,7 @@ func printResult(w io.Writer, r Result) {
 		if r.CPUSecPerMillion > 0 {
 			cpu += fmt.Sprintf(" (%.2f s per million deliveries)", r.CPUSecPerMillion)
 		}
+		cpu += fmt.Sprintf(", %.1f%% of a core", r.BrokerCPUPercent)
 	}
 	if r.BrokerPeakRSSMB > 0 {
 		cpu += fmt.Sprintf("; broker peak RSS %.1f MB", r.BrokerPeakRSSMB)

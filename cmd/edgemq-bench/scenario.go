@@ -30,6 +30,10 @@ type params struct {
 	backlog  int           // backlog: messages queued for the offline subscriber
 	drain    time.Duration // give up waiting after this long without progress
 	pid      int           // broker process, for CPU and RSS; 0: unknown
+	// fsyncDir, when set, is a directory on the broker's disk: after the
+	// run, the latency of a small write and fsync there is measured
+	// (Result.Fsync), to read the end-to-end latency against.
+	fsyncDir string
 	// count, when set, makes each publisher of a flow stop after count
 	// messages instead of after duration (go test -bench uses it).
 	count int
@@ -147,8 +151,14 @@ type Result struct {
 	BrokerStartRSSMB float64 `json:"broker_start_rss_mb,omitempty"`
 	BrokerEndRSSMB   float64 `json:"broker_end_rss_mb,omitempty"`
 	// CPUSecPerMillion is broker CPU seconds per million deliveries.
-	CPUSecPerMillion float64  `json:"broker_cpu_sec_per_million,omitempty"`
-	Notes            []string `json:"notes,omitempty"`
+	CPUSecPerMillion float64 `json:"broker_cpu_sec_per_million,omitempty"`
+	// BrokerCPUPercent is the broker's utime+stime over the measured span
+	// as a percentage of one core: at a fixed rate, what the load costs.
+	BrokerCPUPercent float64 `json:"broker_cpu_percent,omitempty"`
+	// Fsync is the latency of a small write plus fsync on the broker's disk,
+	// measured after the run in the same directory (params.fsyncDir).
+	Fsync *latencyStats `json:"fsync,omitempty"`
+	Notes []string      `json:"notes,omitempty"`
 }
 
 // phaseResult is one phase of the burst scenario, by send time.
@@ -191,6 +201,12 @@ func runScenario(ctx context.Context, p params) (Result, error) {
 		err = fmt.Errorf("unknown scenario %q (want one of %v)", p.scenario, scenarioNames)
 	}
 	r.GenCPUSeconds = selfCPUSeconds() - cpu0
+	if err == nil && p.fsyncDir != "" {
+		var fs latencyStats
+		if fs, err = measureFsync(p.fsyncDir); err == nil {
+			r.Fsync = &fs
+		}
+	}
 	if r.BrokerCPUSeconds > 0 && r.Delivered > 0 {
 		r.CPUSecPerMillion = r.BrokerCPUSeconds / (float64(r.Delivered) / 1e6)
 	}
@@ -486,8 +502,8 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 		pubLoops.goRun(fmt.Sprintf("publisher %d", i), pb.readLoop)
 	}
 
-	probe := startProbe(p.pid)
 	time.Sleep(time.Until(start))
+	probe := startProbe(p.pid)
 	if p.measure != nil {
 		p.measure(true)
 	}
