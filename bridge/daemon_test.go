@@ -189,10 +189,3 @@ func (m *mosquitto) start(t testing.TB) {
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
 	waitListening(t, m.addr, m.done)
 }
-
-// kill sends SIGKILL and waits until mosquitto is gone.
-func (m *mosquitto) kill() {
-	_ = m.cmd.Process.Signal(syscall.SIGKILL)
-	<-m.done
-	m.cmd = nil
-}

@@ -28,6 +28,7 @@
 //	edgemq-bench -addr 127.0.0.1:1883 -scenario fanin -qos 1 -pid $(pidof mosquitto)
 //	edgemq-bench compare            # Mosquitto, plain mochi, edgemq; several rounds; medians and ratios
 //	edgemq-bench compare -quick     # smoke test, under a minute
+//	edgemq-bench bridge             # edgemq's bridge beside Mosquitto's (bridge.go)
 //
 // `edgemq-bench compare` starts each broker as a subprocess on free loopback
 // ports, fresh for every run, so CPU seconds (/proc/PID/stat) and peak RSS

@@ -33,6 +33,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runReport(args[1:], stdout, stderr)
 		case "soak":
 			return runSoak(ctx, args[1:], stdout, stderr)
+		case "bridge":
+			return runBridgeCompare(ctx, args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("edgemq-bench", flag.ContinueOnError)
@@ -42,6 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
        edgemq-bench compare [flags]  start Mosquitto, plain mochi and edgemq and compare them
        edgemq-bench report runs.json Markdown tables of a saved comparison (compare -json)
        edgemq-bench soak [flags]     the built edgemq under a mixed load for -duration, with kill -9, checked
+       edgemq-bench bridge [flags]   edgemq's bridge beside Mosquitto's: live, drain after an outage, kill -9
 
 scenarios: fanin (N publishers, 1 wildcard subscriber), fanout (1 publisher, M subscribers),
 shared ($share group of workers), latency (fixed rate, end-to-end percentiles), conns (idle

@@ -263,3 +263,43 @@ func TestCompareQuick(t *testing.T) {
 		t.Errorf("no table in the output:\n%s", stdout.String())
 	}
 }
+
+// TestBridgeScenario runs the bridge scenario small: both edge brokers
+// forward everything live and after the outage, and edgemq loses nothing
+// across the kill -9 during the outage.
+func TestBridgeScenario(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go tool to build edgemq")
+	}
+	if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
+		t.Skip("mosquitto not installed (apt-get install mosquitto)")
+	}
+	out := filepath.Join(t.TempDir(), "bridge.json")
+	var stdout, stderr bytes.Buffer
+	args := []string{"bridge", "-messages", "2000", "-restart", "300", "-rounds", "1", "-settle", "3s", "-json", out}
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var rep bridgeReport
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 2 {
+		t.Fatalf("%d runs, want 2:\n%s", len(rep.Runs), stderr.String())
+	}
+	for _, r := range rep.Runs {
+		if r.LiveMsgPerSec <= 0 || r.DrainMsgPerSec <= 0 || r.Lost != 0 || len(r.Notes) > 0 {
+			t.Errorf("%s: %+v", r.Broker, r)
+		}
+		if r.Broker == "edgemq" && (r.RestartSent != 300 || r.RestartLost != 0) {
+			t.Errorf("edgemq lost %d of %d across the kill -9", r.RestartLost, r.RestartSent)
+		}
+	}
+	if !strings.Contains(stdout.String(), "drain of the backlog") {
+		t.Errorf("no table in the output:\n%s", stdout.String())
+	}
+}

@@ -34,6 +34,9 @@ type pubTrack struct {
 	unique  uint64
 	dup     uint64
 	reorder uint64
+	// first and last are the receive times (Unix ns) of the first and the
+	// last new message; written before uniqueN counts it.
+	first, last int64
 }
 
 // tally counts what subscribers receive. A tally belongs to one subscriber's
@@ -109,6 +112,10 @@ func (t *tally) record(payload []byte, now int64, member []int64) {
 	}
 	p.seen[word] |= bit
 	p.unique++
+	if p.first == 0 {
+		p.first = now
+	}
+	p.last = now
 	t.uniqueN.Add(1)
 	t.lastNano = now
 	if t.win != nil {
