@@ -254,12 +254,36 @@ func (b *Bridge) outbound(f Forward, m *qos.Message, now time.Time) outbound {
 	return o
 }
 
-// expand fills a topic template.
+// expand fills a topic template. It runs for every message: the common
+// templates take no work ("{topic}") or one concatenation.
 func expand(tmpl, topic, client string) string {
-	if !strings.Contains(tmpl, "{") {
+	switch {
+	case tmpl == "{topic}":
+		return topic
+	case !strings.Contains(tmpl, "{"):
 		return tmpl
 	}
-	return strings.NewReplacer("{topic}", topic, "{client}", client).Replace(tmpl)
+	var b strings.Builder
+	b.Grow(len(tmpl) + len(topic))
+	for {
+		i := strings.IndexByte(tmpl, '{')
+		if i < 0 {
+			b.WriteString(tmpl)
+			return b.String()
+		}
+		b.WriteString(tmpl[:i])
+		switch rest := tmpl[i:]; {
+		case strings.HasPrefix(rest, "{topic}"):
+			b.WriteString(topic)
+			tmpl = rest[len("{topic}"):]
+		case strings.HasPrefix(rest, "{client}"):
+			b.WriteString(client)
+			tmpl = rest[len("{client}"):]
+		default:
+			b.WriteByte('{')
+			tmpl = rest[1:]
+		}
+	}
 }
 
 // housekeeping moves the cursors up to what is acknowledged, every
