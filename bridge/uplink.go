@@ -15,8 +15,9 @@ import (
 )
 
 // uplink is one connection to one upstream, whatever the protocol. The
-// bridge publishes through it from several goroutines; it keeps their order
-// on the wire, since each publish is written before publish returns.
+// bridge publishes through it from several goroutines; the PUBLISH packets
+// go on the wire in the order the publish calls returned (both clients
+// queue them in order, and the connection writes its queue in order).
 type uplink interface {
 	// publish writes one PUBLISH and returns once it is on the wire (or
 	// failed). For QoS 1 and 2, done is called once later, with nil for
@@ -160,21 +161,129 @@ func tlsError(err error) error {
 // watchedConn is a net.Conn that remembers when it last read something, so
 // that the watchdog can tell a silent link from a quiet one. Its reads are
 // buffered: both paho clients read a packet's header a byte or two at a
-// time, which would cost system calls per acknowledgement.
+// time, which would cost system calls per acknowledgement. Its writes are
+// coalesced: both paho clients write each packet with its own system call
+// (one per forwarded message); here Write queues the bytes and one writer
+// goroutine writes whatever queued up meanwhile in one call, so under load
+// one system call carries many PUBLISH packets, and an idle link still
+// sends each packet at once. A write error is returned by the Writes after
+// it (the link fails then, and the unacknowledged messages are sent again).
 type watchedConn struct {
 	net.Conn
 	r        *bufio.Reader // over sockReader; used by the client's one reading goroutine
 	lastRead atomic.Int64  // Unix nanoseconds
 	silent   atomic.Bool
+
+	writeTimeout time.Duration // for each write of the writer goroutine
+	wmu          sync.Mutex    // guards what follows
+	wcond        *sync.Cond    // the queue drained, or the writer failed or stopped
+	queued       []byte        // waiting for the writer
+	spare        []byte
+	werr         error // the first write error
+	wclosed      bool
+	kick         chan struct{} // capacity 1: wakes the writer; kicks merge
+	wdone        chan struct{} // closed when the writer goroutine ends
+	closeOnce    sync.Once
 }
 
-func newWatchedConn(c net.Conn) *watchedConn {
-	w := &watchedConn{Conn: c}
+// maxQueuedWrite bounds the bytes a Write may queue: beyond it Write waits
+// for the writer, so a slow upstream slows the bridge down (backpressure)
+// instead of growing memory.
+const maxQueuedWrite = 256 << 10
+
+// newWatchedConn wraps c and starts its writer goroutine, which Close
+// stops; writeTimeout bounds each write to the socket (0: none).
+func newWatchedConn(c net.Conn, writeTimeout time.Duration) *watchedConn {
+	w := &watchedConn{Conn: c, writeTimeout: writeTimeout, kick: make(chan struct{}, 1), wdone: make(chan struct{})}
 	w.r = bufio.NewReaderSize(sockReader{w}, 16<<10)
+	w.wcond = sync.NewCond(&w.wmu)
+	go w.writeLoop()
 	return w
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Write queues p for the writer goroutine.
+func (c *watchedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	for len(c.queued) >= maxQueuedWrite && c.werr == nil && !c.wclosed {
+		c.wcond.Wait()
+	}
+	if c.werr != nil || c.wclosed {
+		err := c.werr
+		c.wmu.Unlock()
+		if err == nil {
+			err = net.ErrClosed
+		}
+		return 0, err
+	}
+	c.queued = append(c.queued, p...)
+	c.wmu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// SetWriteDeadline does nothing: paho.mqtt.golang sets a deadline around
+// each Write, which here only queues; the writer goroutine sets its own
+// (writeTimeout) around each write to the socket.
+func (c *watchedConn) SetWriteDeadline(time.Time) error { return nil }
+
+// writeLoop writes what is queued, one system call per wake-up, until
+// Close; after Close it writes what was queued before (a DISCONNECT) and ends.
+func (c *watchedConn) writeLoop() {
+	defer close(c.wdone)
+	for range c.kick {
+		c.wmu.Lock()
+		b, closed := c.queued, c.wclosed
+		c.queued = c.spare[:0]
+		c.wmu.Unlock()
+		var err error
+		if len(b) > 0 {
+			if c.writeTimeout > 0 {
+				_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+			}
+			_, err = c.Conn.Write(b)
+		}
+		c.wmu.Lock()
+		c.spare = b[:0]
+		if err != nil && c.werr == nil {
+			c.werr = err
+		}
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+		if closed {
+			return
+		}
+	}
+}
+
+// Close writes what is queued (for at most a second), closes the socket
+// and stops the writer goroutine.
+func (c *watchedConn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		c.wmu.Lock()
+		c.wclosed = true
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-c.wdone:
+		case <-t.C:
+		}
+		t.Stop()
+		err = c.Conn.Close() // ends a write the upstream does not take
+		<-c.wdone
+	})
+	return err
+}
 
 // sockReader reads the socket itself and notes the time of what came.
 type sockReader struct{ c *watchedConn }

@@ -22,6 +22,12 @@ type v311link struct {
 	conn *watchedConn
 	win  int
 
+	// acks holds the tokens of the QoS 1/2 publishes in the order sent;
+	// waitAcks answers each one's done. Its capacity is the window: the
+	// bridge never has more waiting.
+	acks     chan waitingAck
+	stopAcks chan struct{} // closed by close: no more publishes come
+
 	stopWatch context.CancelFunc
 	wg        sync.WaitGroup
 	linkState
@@ -54,7 +60,7 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 			dialErr = err
 			return nil, err
 		}
-		l.conn = newWatchedConn(nc)
+		l.conn = newWatchedConn(nc, cfg.Keepalive)
 		return l.conn, nil
 	})
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
@@ -72,9 +78,11 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 	tok := l.c.Connect()
 	if !tok.WaitTimeout(cfg.ConnectTimeout + time.Second) {
 		l.c.Disconnect(0)
+		l.closeConn()
 		return nil, errors.New("connect: no CONNACK in time")
 	}
 	if err := tok.Error(); err != nil {
+		l.closeConn()
 		if dialErr != nil {
 			return nil, dialErr
 		}
@@ -99,7 +107,18 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 	wctx, stop := context.WithCancel(context.Background())
 	l.stopWatch = stop
 	l.conn.watch(wctx, cfg.Keepalive, &l.wg, func() { l.fail(errSilent) })
+	l.acks, l.stopAcks = make(chan waitingAck, l.win), make(chan struct{})
+	l.wg.Add(1)
+	go l.waitAcks()
 	return l, nil
+}
+
+// closeConn closes the connection paho opened (and stops its writer), if
+// it opened one: a refused CONNECT.
+func (l *v311link) closeConn() {
+	if l.conn != nil {
+		_ = l.conn.Close()
+	}
 }
 
 // subscribe makes the downlink subscriptions and waits for SUBACK.
@@ -143,26 +162,65 @@ func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) er
 			return ctx.Err()
 		}
 	}
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
+	select {
+	case l.acks <- waitingAck{tok: tok, done: done}:
+		return nil
+	case <-l.lostCh:
+		return l.cause()
+	}
+}
+
+// waitingAck is one QoS 1/2 publish waiting for its acknowledgement.
+type waitingAck struct {
+	tok  mqtt.Token
+	done func(error)
+}
+
+// waitAcks calls done for each publish, in the order they were sent: the
+// upstream acknowledges in that order [MQTT-4.6.0-2], so waiting for the
+// oldest first costs nothing, and one goroutine does for the whole window
+// what a goroutine per message did. Once the link is lost every publish
+// still waiting, and every one that comes until close, gets errLinkLost.
+func (l *v311link) waitAcks() {
+	defer l.wg.Done()
+	for {
 		select {
-		case <-tok.Done():
-			if err := tok.Error(); err != nil {
-				done(errLinkLost)
-				return
+		case a := <-l.acks:
+			select {
+			case <-a.tok.Done():
+				if a.tok.Error() != nil {
+					a.done(errLinkLost)
+				} else {
+					a.done(nil)
+				}
+			case <-l.lostCh:
+				a.done(errLinkLost)
 			}
-			done(nil)
 		case <-l.lostCh:
-			done(errLinkLost)
+			for {
+				select {
+				case a := <-l.acks:
+					a.done(errLinkLost)
+				case <-l.stopAcks:
+					for {
+						select {
+						case a := <-l.acks:
+							a.done(errLinkLost)
+						default:
+							return
+						}
+					}
+				}
+			}
 		}
-	}()
-	return nil
+	}
 }
 
 func (l *v311link) close() {
 	l.c.Disconnect(100)
+	l.closeConn()
 	l.stopWatch()
 	l.fail(errors.New("closed"))
+	close(l.stopAcks)
 	l.wg.Wait()
 }

@@ -38,7 +38,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	if err != nil {
 		return nil, err
 	}
-	conn := newWatchedConn(nc)
+	conn := newWatchedConn(nc, cfg.Keepalive)
 	l := &v5link{conn: conn, linkState: newLinkState()}
 	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in}
 	pc := paho.ClientConfig{
@@ -81,7 +81,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	defer cancel()
 	ca, err := l.c.Connect(cctx, cp)
 	if err != nil {
-		_ = nc.Close()
+		_ = conn.Close()
 		_ = l.sess.Close()
 		if ca != nil && ca.ReasonCode >= 0x80 {
 			return nil, &connackError{code: ca.ReasonCode, v5: true}
