@@ -34,9 +34,8 @@ type authHook struct {
 	policy atomic.Pointer[authPolicy]
 	// guard bounds what password checks cost (see loginGuard).
 	guard *loginGuard
-	// crossUserTakeover, useUsernameAsClientID and clientIDPrefix are
-	// their AuthConfig fields.
-	crossUserTakeover     bool
+	// useUsernameAsClientID and clientIDPrefix are their AuthConfig fields
+	// (cross_user_takeover is the delivery hook's).
 	useUsernameAsClientID bool
 	clientIDPrefix        string
 }
@@ -49,7 +48,7 @@ type authPolicy struct {
 
 func newAuthHook(b *Broker, a AuthConfig, files configFiles) *authHook {
 	h := &authHook{b: b, allowAnonymous: a.AllowAnonymous, guard: newLoginGuard(a),
-		crossUserTakeover: a.CrossUserTakeover, useUsernameAsClientID: a.UseUsernameAsClientID, clientIDPrefix: a.ClientIDPrefix}
+		useUsernameAsClientID: a.UseUsernameAsClientID, clientIDPrefix: a.ClientIDPrefix}
 	h.policy.Store(&authPolicy{passwords: files.passwords, acl: files.acl})
 	return h
 }
@@ -160,8 +159,9 @@ func (h *authHook) refuseReserved(cl *mqtt.Client, pk packets.Packet) {
 	_ = cl.WritePacket(ack)
 }
 
-// OnConnect authenticates the client, applies the client id rules, checks
-// its will topic and that the session it asks for is its own.
+// OnConnect authenticates the client, applies the client id rules and
+// checks its will topic. Whether the session it asks for is its own is
+// the engine's to decide (qos.ErrNotOwner, refusedTakeover).
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	certAuth := false
 	if wc, ok := cl.Net.Conn.(*conn); ok {
@@ -208,29 +208,16 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			"client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 		return refuseConnect(cl, packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid.Code)
 	}
-	// Last, so that nothing after it can refuse: a session belongs to the
-	// user that created it. Taking it over would hand another user what it
-	// holds and, with a clean start, destroy it. The check and the takeover
-	// are not atomic: two users racing for a client id that has no session
-	// yet may both pass, and the second then takes over an empty session
-	// whose owner stays the first; the read ACL on every delivery and
-	// resend still limits what it gets.
-	if owner, ok := h.b.sessionOwner(cl.ID); ok && owner != user && !h.crossUserTakeover {
-		h.b.metrics.authFailures.WithLabelValues("session_owner").Inc()
-		h.b.throttledLog.info(h.b.log, "session takeover by another user refused",
-			"client", cl.ID, "username", user, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
-		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
-	}
 	return nil
 }
 
-// sessionOwner returns the username that created client id's session, and
-// whether it has one.
-func (b *Broker) sessionOwner(id string) (string, bool) {
-	if ds, ok := b.storage.(*durableStorage); ok {
-		return ds.engine.Owner(id)
-	}
-	return "", false
+// refusedTakeover counts and logs a connection refused because the
+// session of its client id belongs to another user: taking it over would
+// hand that user what the session holds and, with a clean start, destroy it.
+func (h *authHook) refusedTakeover(cl *mqtt.Client) {
+	h.b.metrics.authFailures.WithLabelValues("session_owner").Inc()
+	h.b.throttledLog.info(h.b.log, "session takeover by another user refused",
+		"client", cl.ID, "username", string(cl.Properties.Username), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 }
 
 // OnConnectAuthenticate lets through what OnConnect let through.

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"sync"
@@ -31,7 +32,11 @@ type deliveryHook struct {
 	e       *qos.Engine
 	lg      *slog.Logger
 	canRead func(cl *mqtt.Client, topic string) bool
-	window  uint16 // the Receive Maximum the server announces
+	// anyOwner is auth.cross_user_takeover; notOwner counts and logs a
+	// connection refused for asking for another user's session.
+	anyOwner bool
+	notOwner func(cl *mqtt.Client)
+	window   uint16 // the Receive Maximum the server announces
 
 	mu      sync.Mutex
 	clients map[*mqtt.Client]*hookClient
@@ -93,6 +98,7 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		Will:            will,
 		WillDelay:       delay,
 		Username:        string(cl.Properties.Username),
+		AnyOwner:        h.anyOwner,
 		CanRead:         func(topic string) bool { return h.canRead(cl, topic) },
 	}
 	if cl.Properties.ProtocolVersion == 5 {
@@ -104,7 +110,14 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	}
 	qc, present, err := h.e.Connect(mochiConn{srv: h.srv, cl: cl}, info)
 	hc := &hookClient{qc: qc, present: present, refused: err}
-	if err != nil {
+	switch {
+	case errors.Is(err, qos.ErrNotOwner):
+		h.notOwner(cl)
+		// mochi takes the client id over next (inheritClientSession) and
+		// would close the owner's connection: a refused connection goes
+		// on under an id no client can have (no NUL [MQTT-1.5.4-2]).
+		cl.ID = fmt.Sprintf("\x00refused-%p", cl)
+	case err != nil:
 		h.lg.Warn("session not logged: connection refused", "client", cl.ID, "error", err)
 	}
 	h.mu.Lock()
@@ -152,7 +165,7 @@ func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 			return pk
 		}
 		if hc.refused != nil {
-			return refuseConnack(cl, pk)
+			return refuseConnack(cl, pk, hc.refused)
 		}
 		pk.SessionPresent = hc.present
 	case packets.Suback, packets.Unsuback:
@@ -170,13 +183,19 @@ func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 }
 
 // refuseConnack turns mochi's CONNACK into a refusal, when the engine
-// could not make the session durable [MQTT-3.2.2-6]: 0x80 (MQTT 5) or
-// 0x03 server unavailable (3.1.1); OnPacketSent then closes.
-func refuseConnack(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// did not take the session (err): another user's session (qos.ErrNotOwner)
+// 0x87 not authorized (MQTT 5) or 0x05 (3.1.1); a session it could not
+// make durable [MQTT-3.2.2-6] 0x80 or 0x03 server unavailable (3.1.1).
+// OnPacketSent then closes.
+func refuseConnack(cl *mqtt.Client, pk packets.Packet, err error) packets.Packet {
 	pk.SessionPresent = false
-	pk.ReasonCode = packets.ErrUnspecifiedError.Code
+	v5, v3 := packets.ErrUnspecifiedError.Code, packets.ErrServerUnavailable.Code
+	if errors.Is(err, qos.ErrNotOwner) {
+		v5, v3 = packets.ErrNotAuthorized.Code, packets.Err3NotAuthorized.Code
+	}
+	pk.ReasonCode = v5
 	if cl.Properties.ProtocolVersion < 5 {
-		pk.ReasonCode = packets.ErrServerUnavailable.Code
+		pk.ReasonCode = v3
 	}
 	return pk
 }
@@ -215,14 +234,16 @@ func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	hc := h.clients[cl]
 	delete(h.clients, cl)
 	h.mu.Unlock()
-	if hc == nil || hc.qc == nil {
+	if hc == nil {
 		return
 	}
-	expiry := expiryOf(cl)
-	hc.qc.Disconnect(err != nil, &expiry)
+	if hc.qc != nil {
+		expiry := expiryOf(cl)
+		hc.qc.Disconnect(err != nil, &expiry)
+	}
 	// mochi keeps an offline client, with its buffers, for as long as it
-	// thinks the session lives; the engine keeps the session, so mochi's
-	// copy goes.
+	// thinks the session lives; the engine keeps the session (or refused
+	// it), so mochi's copy goes.
 	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
 		h.srv.Clients.Delete(cl.ID)
 	}

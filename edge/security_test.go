@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,6 +149,77 @@ func TestSessionOwnerTakeoverAllowed(t *testing.T) {
 	alice.connectWith("shared-X", false, 30, login("alice", "pw"))
 	if pk := alice.readPublishes(1, 5*time.Second)[0]; string(pk.Payload) != "a" || !pk.FixedHeader.Dup {
 		t.Fatalf("alice got %q dup %v, want \"a\" again", pk.Payload, pk.FixedHeader.Dup)
+	}
+}
+
+// TestSessionOwnerRace: alice and bob ask at the same moment for a client
+// id that has no session yet. Exactly one gets it (CONNACK 0), the other
+// is refused (0x87), and the winner's connection stays up: the owner check
+// and the session's creation are one step. A refused connection does not
+// close the owner's either.
+func TestSessionOwnerRace(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw", "bob", "pw")
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	for _, u := range []string{"alice", "bob"} { // bcrypt once: the rounds race on the cache
+		rc := dialRaw(t, addr, 5)
+		rc.connectWith("warm-"+u, true, 30, login(u, "pw"))
+		_ = rc.c.Close()
+	}
+	users := []string{"alice", "bob"}
+	for round := range 50 {
+		id := fmt.Sprintf("race-%d", round)
+		rcs := []*rawClient{dialRaw(t, addr, 5), dialRaw(t, addr, 5)}
+		acks := make([]packets.Packet, 2)
+		errs := make([]error, 2)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, rc := range rcs {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+			pk.Connect.ProtocolName, pk.Connect.ClientIdentifier, pk.Connect.Keepalive = []byte("MQTT"), id, 30
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+			login(users[i], "pw")(&pk)
+			b := encode(t, 5, pk)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if _, errs[i] = rc.c.Write(b); errs[i] == nil {
+					acks[i], errs[i] = rc.read(5 * time.Second)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for i := range rcs {
+			switch {
+			case errs[i] != nil || acks[i].FixedHeader.Type != packets.Connack:
+				t.Fatalf("round %d %s: %v (type %d)", round, users[i], errs[i], acks[i].FixedHeader.Type)
+			case acks[i].ReasonCode == 0 && won >= 0:
+				t.Fatalf("round %d: both %s and %s got %s", round, users[won], users[i], id)
+			case acks[i].ReasonCode == 0:
+				won = i
+			case acks[i].ReasonCode != 0x87:
+				t.Fatalf("round %d %s: connack %#x, want 0 or 0x87", round, users[i], acks[i].ReasonCode)
+			}
+		}
+		if won < 0 {
+			t.Fatalf("round %d: neither got %s", round, id)
+		}
+		// Once more, sequentially: the loser is refused while the winner holds it.
+		loser := dialRaw(t, addr, 5)
+		if ack := loser.connectWith(id, round%2 == 0, 30, login(users[1-won], "pw")); ack.ReasonCode != 0x87 {
+			t.Fatalf("round %d %s again: connack %#x, want 0x87", round, users[1-won], ack.ReasonCode)
+		}
+		rcs[won].send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		if pk, err := rcs[won].read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
+			t.Fatalf("round %d: winner %s's connection after the refusals: %v (type %d)", round, users[won], err, pk.FixedHeader.Type)
+		}
+		for _, rc := range append(rcs, loser) {
+			_ = rc.c.Close()
+		}
 	}
 }
 

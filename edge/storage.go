@@ -92,6 +92,8 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 		canRead: func(cl *mqtt.Client, topic string) bool {
 			return b.auth.OnACLCheck(cl, topic, false)
 		},
+		anyOwner: b.cfg.Auth.CrossUserTakeover,
+		notOwner: b.auth.refusedTakeover,
 	}
 	if err := b.srv.AddHook(h, nil); err != nil {
 		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", h.ID(), err), e.Close(), l.Close())

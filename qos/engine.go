@@ -28,6 +28,13 @@ var (
 	// message is not delivered again [MQTT-4.3.3-10].
 	ErrDuplicate = errors.New("qos: duplicate of a QoS 2 publish awaiting PUBREL")
 
+	// ErrNotOwner is returned by Engine.Connect when the client id's
+	// session belongs to another user (ConnectInfo.Username) and the
+	// connection may not take over another's session (AnyOwner): CONNACK
+	// refuses (v5 0x87 Not authorized, 3.1.1 0x05), and the session and
+	// any connection holding it stay as they were.
+	ErrNotOwner = errors.New("qos: session belongs to another user")
+
 	// ErrEngineClosed is returned by every call after Close.
 	ErrEngineClosed = errors.New("qos: engine closed")
 )

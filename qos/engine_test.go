@@ -1,9 +1,11 @@
 package qos_test
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,5 +177,82 @@ func TestQoS1PublishAckedAndDelivered(t *testing.T) {
 	sub.ackAll(got)
 	if p := sub.conn.settle(); len(p) != 0 {
 		t.Fatalf("more packets after PUBACK: %s", types(p))
+	}
+}
+
+// A session belongs to the user that created it: another user asking for
+// its client id is refused with ErrNotOwner, clean start or not, and the
+// owner's connection and session stay as they were, unless that user may
+// take over any session (AnyOwner).
+func TestConnectRefusesAnotherOwner(t *testing.T) {
+	h := newHarness(t, nil)
+	user := func(u string) func(*qos.ConnectInfo) { return func(i *qos.ConnectInfo) { i.Username = u } }
+	alice := h.connect("shared-X", true, user("alice"))
+	alice.subscribe("devices/alice/#", 1)
+	for _, clean := range []bool{false, true} {
+		info := qos.ConnectInfo{ClientID: "shared-X", ProtocolVersion: 5, ExpiryInterval: math.MaxUint32, Username: "bob", CleanStart: clean}
+		conn := newFakeConn()
+		if _, _, err := h.e.Connect(conn, info); !errors.Is(err, qos.ErrNotOwner) {
+			t.Fatalf("bob clean=%v: %v, want ErrNotOwner", clean, err)
+		}
+	}
+	if closed, reason := alice.conn.closedWith(50 * time.Millisecond); closed {
+		t.Fatalf("alice's connection closed (%#x) by a refused takeover", reason)
+	}
+	if owner, ok := h.e.Owner("shared-X"); !ok || owner != "alice" {
+		t.Fatalf("owner %q %v, want alice", owner, ok)
+	}
+	pub := h.connect("pub", false)
+	pub.publish("devices/alice/t", 1, 1, "m")
+	if got := alice.ackAll(alice.conn.waitFor(t, 1)); len(got) != 1 {
+		t.Fatalf("alice got %d messages after the refused takeover", len(got))
+	}
+	h.connect("shared-X", true, user("bob"), func(i *qos.ConnectInfo) { i.AnyOwner = true })
+	if closed, reason := alice.conn.closedWith(5 * time.Second); !closed || reason != 0x8E {
+		t.Fatal("AnyOwner: alice's connection not taken over")
+	}
+	if owner, _ := h.e.Owner("shared-X"); owner != "alice" {
+		t.Fatalf("owner after AnyOwner takeover %q, want alice (the session is still hers)", owner)
+	}
+}
+
+// Two users racing for a client id that has no session yet: exactly one
+// gets it, the other is refused, and the session's owner is the winner.
+func TestConnectOwnerRace(t *testing.T) {
+	h := newHarness(t, nil)
+	for round := range 200 {
+		id := fmt.Sprintf("race-%d", round)
+		start := make(chan struct{})
+		errs := make([]error, 2)
+		users := []string{"alice", "bob"}
+		var wg sync.WaitGroup
+		for i, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, _, errs[i] = h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: id, ProtocolVersion: 5, ExpiryInterval: math.MaxUint32, Username: u})
+			}()
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				if won >= 0 {
+					t.Fatalf("round %d: both %s and %s got session %s", round, users[won], users[i], id)
+				}
+				won = i
+			case !errors.Is(err, qos.ErrNotOwner):
+				t.Fatalf("round %d: %s: %v", round, users[i], err)
+			}
+		}
+		if won < 0 {
+			t.Fatalf("round %d: neither got the session", round)
+		}
+		if owner, _ := h.e.Owner(id); owner != users[won] {
+			t.Fatalf("round %d: owner %q, winner %s", round, owner, users[won])
+		}
 	}
 }

@@ -303,3 +303,18 @@ func (c *fakeConn) settle() []qos.Packet {
 	}
 	return all
 }
+
+// closedWith returns whether the engine closed the connection, and the
+// reason, waiting up to wait for it (the engine closes asynchronously).
+func (c *fakeConn) closedWith(wait time.Duration) (bool, byte) {
+	deadline := time.Now().Add(wait)
+	for {
+		c.mu.Lock()
+		closed, reason := c.closed, c.reason
+		c.mu.Unlock()
+		if closed || time.Now().After(deadline) {
+			return closed, reason
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -91,8 +91,13 @@ type ConnectInfo struct {
 	Will      *Message
 	WillDelay uint32
 	// Username is the user the connection authenticated as: a new
-	// session's owner (see Engine.Owner).
+	// session's owner (see Engine.Owner). A session of another owner
+	// refuses the connection (ErrNotOwner) unless AnyOwner is set.
 	Username string
+	// AnyOwner lets the connection take over a session of another user
+	// (edge's auth.cross_user_takeover); the session keeps its owner
+	// unless the connection starts clean.
+	AnyOwner bool
 	// CanRead is the read ACL, asked before every PUBLISH is written
 	// (resends included). nil allows everything.
 	CanRead func(topic string) bool
@@ -108,8 +113,9 @@ type Client struct {
 // Connect attaches conn to its session, creating, resuming or replacing
 // it, and returns whether a session was present [MQTT-3.2.2-2]. A
 // persistent session is durable before Connect returns: an error means
-// CONNACK must refuse (0x80) [MQTT-3.2.2-6]. A connection holding the
-// session already is closed with 0x8E [MQTT-3.1.4-3].
+// CONNACK must refuse (0x80) [MQTT-3.2.2-6]; ErrNotOwner, a session of
+// another user, 0x87. A connection holding the session already is closed
+// with 0x8E [MQTT-3.1.4-3].
 func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	if info.ReceiveMaximum == 0 {
 		info.ReceiveMaximum = math.MaxUint16
@@ -125,6 +131,11 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		return nil, false, ErrEngineClosed
 	}
 	old := e.sessions[info.ClientID]
+	if old != nil && old.owner != info.Username && !info.AnyOwner {
+		// Checked under the lock that creates the session: two users
+		// racing for a new client id cannot both get it.
+		return nil, false, ErrNotOwner
+	}
 	owner := info.Username
 	if old != nil && !info.CleanStart && old.persistent {
 		owner = old.owner
