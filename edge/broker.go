@@ -174,7 +174,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	}
 
 	if cfg.HTTP.Address != "" {
-		b.http = newHTTPSide(b, cfg.HTTP.Address, reg)
+		b.http = newHTTPSide(b, cfg.HTTP, reg)
 	}
 	return b, nil
 }

@@ -87,6 +87,13 @@ type HTTPConfig struct {
 	// Address is host:port for /metrics, /healthz and /readyz.
 	// Default: "127.0.0.1:8080". Empty disables the HTTP side.
 	Address string `yaml:"address"`
+	// ServerNames are the DNS names the HTTP side is reached by
+	// ("gateway.local"). A request is answered only when its Host is an IP
+	// address, loopback (localhost), the host of Address or one of these:
+	// a page on a DNS name that an attacker points at us (DNS rebinding)
+	// is refused with 403. Default: empty, IP addresses and localhost only.
+	// A scraper that targets the gateway by another DNS name needs it here.
+	ServerNames []string `yaml:"server_names"`
 }
 
 // AuthConfig is authentication and authorisation.

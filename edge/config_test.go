@@ -322,6 +322,7 @@ func TestValidate(t *testing.T) {
 			c.Listeners[0].TLS = edge.TLSConfig{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", UseCNAsUsername: true}
 		}, `listeners[0].tls.use_cn_as_username: needs require_client_cert: true (got true)`},
 		{"http address", func(c *edge.Config) { c.HTTP.Address = "8080" }, `http.address: must be host:port (got "8080")`},
+		{"http server name", func(c *edge.Config) { c.HTTP.ServerNames = []string{"gw.local:8080"} }, `http.server_names[0]: must be a host name such as gateway.local, no port (got "gw.local:8080")`},
 		{"http clash", func(c *edge.Config) { c.HTTP.Address = "127.0.0.1:1883" }, `http.address: already used by listeners[0] (got "127.0.0.1:1883")`},
 		{"acl topic", func(c *edge.Config) { c.Auth.ACL = []edge.ACLRule{{Topic: "a/#/b", Access: "read"}} }, `auth.acl[0].topic: # must be the last level [MQTT-4.7.1-2] (got "a/#/b")`},
 		{"acl plus", func(c *edge.Config) { c.Auth.ACL = []edge.ACLRule{{Topic: "a/b+", Access: "read"}} }, `auth.acl[0].topic: + must be a whole level [MQTT-4.7.1-3] (got "a/b+")`},
@@ -488,7 +489,7 @@ func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 		"listeners[].name", "listeners[].type", "listeners[].address", "listeners[].path", "listeners[].allowed_origins", "listeners[].server_names",
 		"listeners[].tls.cert_file", "listeners[].tls.key_file", "listeners[].tls.client_ca_file",
 		"listeners[].tls.require_client_cert", "listeners[].tls.use_cn_as_username",
-		"http.address",
+		"http.address", "http.server_names",
 		"auth.password_file", "auth.allow_anonymous", "auth.acl[].user", "auth.acl[].topic", "auth.acl[].access",
 		"auth.cross_user_takeover", "auth.use_username_as_clientid", "auth.client_id_prefix",
 		"auth.failure_burst", "auth.failure_interval", "auth.cache_ttl",

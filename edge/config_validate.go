@@ -51,6 +51,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	v.serverNames("http.server_names", c.HTTP.ServerNames)
 	v.auth(c.Auth)
 	v.limits(c.Limits)
 	if c.MemoryLimit != 0 && c.MemoryLimit < minMemoryLimit {
@@ -122,11 +123,7 @@ func (v *validator) listeners(ls []ListenerConfig) {
 					v.add(fmt.Sprintf("%s.allowed_origins[%d]", p, j), "must be a host pattern such as example.com or *.example.com (got %q)", o)
 				}
 			}
-			for j, n := range l.ServerNames {
-				if n == "" || strings.ContainsAny(n, ":/ *") {
-					v.add(fmt.Sprintf("%s.server_names[%d]", p, j), "must be a host name such as gateway.local, no port (got %q)", n)
-				}
-			}
+			v.serverNames(p+".server_names", l.ServerNames)
 		} else {
 			if l.Path != "" {
 				v.add(p+".path", "only for ws listeners (got %q)", l.Path)
@@ -297,4 +294,13 @@ func sameAddress(a, b string) bool {
 	}
 	return ha == hb || ha == "" || hb == "" || ha == "0.0.0.0" || hb == "0.0.0.0" || ha == "::" || hb == "::" ||
 		localhost(ha, hb) || localhost(hb, ha)
+}
+
+// serverNames checks host names a browser reaches us by (server_names).
+func (v *validator) serverNames(p string, names []string) {
+	for j, n := range names {
+		if n == "" || strings.ContainsAny(n, ":/ *") {
+			v.add(fmt.Sprintf("%s[%d]", p, j), "must be a host name such as gateway.local, no port (got %q)", n)
+		}
+	}
 }

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,15 +22,18 @@ import (
 //	/healthz  200 while the process serves HTTP at all
 //	/readyz   200 once every listener is up (and, later, storage is open);
 //	          503 before that and during shutdown
+//
+// Every request must name us in its Host (hostAllowed), or it gets 403.
 type httpSide struct {
 	b       *Broker
 	address string
+	names   []string // http.server_names and http.address's host
 	srv     *http.Server
 	ln      net.Listener
 	served  chan struct{}
 }
 
-func newHTTPSide(b *Broker, address string, gatherer prometheus.Gatherer) *httpSide {
+func newHTTPSide(b *Broker, c HTTPConfig, gatherer prometheus.Gatherer) *httpSide {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(b.log.Handler(), slog.LevelWarn),
@@ -46,18 +52,54 @@ func newHTTPSide(b *Broker, address string, gatherer prometheus.Gatherer) *httpS
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return &httpSide{
+	h := &httpSide{
 		b:       b,
-		address: address,
+		address: c.Address,
+		names:   c.ServerNames,
 		served:  make(chan struct{}),
-		srv: &http.Server{
-			Handler:           mux,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
-		},
 	}
+	// The name it binds is one it is reached by (the service manager's
+	// health check uses it).
+	if host, _, err := net.SplitHostPort(c.Address); err == nil && host != "" {
+		h.names = append(slices.Clip(h.names), host)
+	}
+	h.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !h.hostAllowed(r.Host) {
+				b.metrics.rejected.WithLabelValues("http", "http_host").Inc()
+				b.throttledLog.warn(b.log, "http request refused for its host: add it to http.server_names",
+					"host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr)
+				http.Error(w, "host not allowed", http.StatusForbidden)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
+	}
+	return h
+}
+
+// hostAllowed decides a request by its Host header: an IP address (a
+// scraper by address; a page on an IP address is on its own origin, which
+// DNS rebinding cannot give an attacker) or a trusted name (trustedName,
+// as the WebSocket listener decides browsers). None (HTTP/1.0) is not a
+// browser: allowed.
+func (h *httpSide) hostAllowed(host string) bool {
+	if host == "" {
+		return true
+	}
+	name := host
+	if n, _, err := net.SplitHostPort(host); err == nil {
+		name = n
+	}
+	name = strings.TrimSuffix(strings.TrimPrefix(name, "["), "]")
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	return trustedName(name, h.names)
 }
 
 func (h *httpSide) listen() error {

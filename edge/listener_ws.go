@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path"
 	"strings"
@@ -189,17 +190,21 @@ func (l *wsListener) originAllowed(origin, host string) bool {
 			return true
 		}
 	}
-	if !strings.EqualFold(u.Host, host) {
-		return false
-	}
-	name := u.Hostname()
+	return strings.EqualFold(u.Host, host) && trustedName(u.Hostname(), l.names)
+}
+
+// trustedName reports whether name, a host name or address a browser
+// reached us by, is ours: loopback (localhost, 127.0.0.0/8, ::1) or one of
+// names (server_names). A DNS name an attacker points at us (DNS
+// rebinding) is not: the page on it is the attacker's.
+func trustedName(name string, names []string) bool {
 	if strings.EqualFold(name, "localhost") {
 		return true
 	}
-	if ip := net.ParseIP(name); ip != nil && ip.IsLoopback() {
+	if ip, err := netip.ParseAddr(name); err == nil && ip.IsLoopback() {
 		return true
 	}
-	for _, n := range l.names {
+	for _, n := range names {
 		if strings.EqualFold(n, name) {
 			return true
 		}

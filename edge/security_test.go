@@ -381,6 +381,62 @@ func TestWebSocketOriginRebinding(t *testing.T) {
 	}
 }
 
+// httpStatus sends GET path with the given Host header over a raw socket
+// and returns the HTTP status.
+func httpStatus(t *testing.T, addr, path, host string) int {
+	t.Helper()
+	c := dialNet(t, "tcp", addr, nil)
+	defer c.Close()
+	if _, err := c.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestHTTPHostRebinding: the HTTP side (/metrics, /healthz, /readyz) answers
+// a Host that is an IP address (a scraper by address), loopback, or one of
+// http.server_names; another DNS name is refused with 403 and counted (DNS
+// rebinding: a page on the attacker's name, pointed at the gateway, reading
+// the metrics), as the WebSocket listener refuses it.
+func TestHTTPHostRebinding(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HTTP.ServerNames = []string{"gw.example"}
+	tb := startBroker(t, cfg)
+	addr := tb.HTTPAddr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"rebind.attacker.example:" + port, 403},
+		{"rebind.attacker.example", 403},
+		{"127.0.0.1:" + port, 200},
+		{"localhost:" + port, 200},
+		{"LOCALHOST", 200},
+		{"[::1]:" + port, 200},
+		{"192.168.1.20:" + port, 200}, // Prometheus scraping by address
+		{"[fe80::1]:" + port, 200},
+		{"gw.example:" + port, 200},
+		{"GW.Example", 200},
+		{"other.example:" + port, 403},
+	} {
+		for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+			if got := httpStatus(t, addr, path, tc.host); got != tc.want {
+				t.Errorf("GET %s Host %s: status %d, want %d", path, tc.host, got, tc.want)
+			}
+		}
+	}
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "http", "reason", "http_host"); v != 9 {
+		t.Errorf("rejected{http, http_host} = %v, want 9", v)
+	}
+}
+
 // TestReservedTopics: QoS 1/2 publishes from clients to $SYS get PUBACK or
 // PUBREC 0x87 (v5) or a normal acknowledgement (v3, which cannot refuse),
 // are counted and delivered to no one. A will on $SYS is refused like an
