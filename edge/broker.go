@@ -49,12 +49,16 @@ type Options struct {
 // Broker is the MQTT broker: mochi's engine behind our listeners, hooks and
 // HTTP side. Build it with New, run it with Start and Shutdown (or Run).
 type Broker struct {
-	cfg          Config
-	log          *slog.Logger
-	root         *slog.Logger // the embedder's, for other components
-	reg          *prometheus.Registry
-	metrics      *metrics
-	srv          *mqtt.Server
+	cfg     Config
+	log     *slog.Logger
+	root    *slog.Logger // the embedder's, for other components
+	reg     *prometheus.Registry
+	metrics *metrics
+	srv     *mqtt.Server
+	// lifecycle holds the same hooks as srv, in the same order (addHook),
+	// for the connection events attach runs itself: mochi keeps its own
+	// list unexported.
+	lifecycle    *mqtt.Hooks
 	listeners    []edgeListener
 	byName       map[string]edgeListener
 	auth         *authHook
@@ -167,9 +171,10 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	if err := reg.Register(newBridgeCollector(b.Bridges)); err != nil {
 		return nil, fmt.Errorf("edge: bridge metrics: %w", err)
 	}
+	b.lifecycle = &mqtt.Hooks{Log: b.srv.Log}
 	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
-		if err := b.srv.AddHook(h, nil); err != nil {
-			return nil, fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
+		if err := b.addHook(h); err != nil {
+			return nil, err
 		}
 	}
 
@@ -177,6 +182,18 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		b.http = newHTTPSide(b, cfg.HTTP, reg)
 	}
 	return b, nil
+}
+
+// addHook adds h to mochi's hooks and to b.lifecycle, the one list for the
+// connection events attach runs itself.
+func (b *Broker) addHook(h mqtt.Hook) error {
+	if err := b.srv.AddHook(h, nil); err != nil {
+		return fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
+	}
+	if err := b.lifecycle.Add(h, nil); err != nil {
+		return fmt.Errorf("edge: add hook %s: %w", h.ID(), err)
+	}
+	return nil
 }
 
 // Start binds every listener and the HTTP side, starts serving, and logs

@@ -83,6 +83,10 @@ type conn struct {
 	// none is: the blocked-writers gauge reads it.
 	writingSince atomic.Int64
 
+	// takenOver is set when another connection takes over this client's
+	// session (see inheritSession).
+	takenOver atomic.Bool
+
 	broken    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error

@@ -18,8 +18,8 @@ import (
 // deliveryHook turns mochi's events into calls of the delivery engine
 // (qos.Engine), which keeps the durability contract (see doc.go) and owns
 // every QoS 0/1/2 delivery, packet id and acknowledgement of ours. mochi
-// stays the protocol codec and connection owner: it reads and validates
-// packets, authenticates, writes CONNACK, SUBACK and UNSUBACK, and holds
+// stays the protocol codec, in the connection steps attach runs: it reads
+// and validates packets, authenticates, writes CONNACK, SUBACK and UNSUBACK, and holds
 // no message of ours (OnPublish takes every publish away from it).
 //
 // The places where mochi would act on its own are each one named

@@ -126,9 +126,9 @@ func (g *connGate) wait(ctx context.Context) error {
 	return waitDone(ctx, zero)
 }
 
-// serveConn wraps an accepted connection and hands it to mochi; it returns
+// serveConn wraps an accepted connection and runs it (attach); it returns
 // when the client is gone.
-func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, tlsState *tls.ConnectionState, useCN bool, establish listeners.EstablishFn) {
+func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, tlsState *tls.ConnectionState, useCN bool) {
 	remote := c.RemoteAddr().String()
 	wc := &conn{
 		Conn:         c,
@@ -168,7 +168,7 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 	// says nothing would hold its goroutine forever. After CONNECT mochi sets
 	// the keepalive deadline itself.
 	_ = c.SetReadDeadline(time.Now().Add(b.connectTimeout()))
-	err := establish(listener, wc)
+	err := b.attach(listener, wc)
 	_ = wc.Close()
 	if errors.Is(err, packets.ErrServerBusy) {
 		b.metrics.rejected.WithLabelValues(listener, "max_clients").Inc()

@@ -58,8 +58,9 @@ func (l *tcpListener) Init(*slog.Logger) error {
 	return nil
 }
 
-// Serve accepts connections until the listener is closed.
-func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+// Serve accepts connections until the listener is closed. Each runs in
+// the broker's attach, not in mochi's EstablishConnection.
+func (l *tcpListener) Serve(listeners.EstablishFn) {
 	defer close(l.served)
 	var backoff time.Duration
 	for {
@@ -84,16 +85,16 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 		}
 		go func() {
 			defer l.gate.leave()
-			l.handle(c, establish)
+			l.handle(c)
 		}()
 	}
 }
 
 // handle runs one connection: the TLS handshake (bounded by the connect
 // timeout), then mochi's session on the wrapped connection.
-func (l *tcpListener) handle(raw net.Conn, establish listeners.EstablishFn) {
+func (l *tcpListener) handle(raw net.Conn) {
 	if l.tlsConfig == nil {
-		l.b.serveConn(l.name, raw, raw.Close, nil, false, establish)
+		l.b.serveConn(l.name, raw, raw.Close, nil, false)
 		return
 	}
 	tc := tls.Server(raw, l.tlsNow.Load())
@@ -107,7 +108,7 @@ func (l *tcpListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		return
 	}
 	state := tc.ConnectionState()
-	l.b.serveConn(l.name, tc, raw.Close, &state, l.useCN, establish)
+	l.b.serveConn(l.name, tc, raw.Close, &state, l.useCN)
 }
 
 // ID is the listener name.

@@ -42,11 +42,10 @@ type wsListener struct {
 	readLimit int64
 	log       *slog.Logger
 
-	ln        net.Listener
-	srv       *http.Server
-	establish listeners.EstablishFn
-	served    chan struct{}
-	gate      connGate
+	ln     net.Listener
+	srv    *http.Server
+	served chan struct{}
+	gate   connGate
 }
 
 func newWSListener(b *Broker, lc ListenerConfig, tlsConfig *tls.Config) *wsListener {
@@ -115,10 +114,10 @@ func (l *wsListener) setTLS(c *tls.Config) {
 	l.tlsNow.Store(c)
 }
 
-// Serve serves HTTP until the listener is closed.
-func (l *wsListener) Serve(establish listeners.EstablishFn) {
+// Serve serves HTTP until the listener is closed. Each connection runs in
+// the broker's attach, not in mochi's EstablishConnection.
+func (l *wsListener) Serve(listeners.EstablishFn) {
 	defer close(l.served)
-	l.establish = establish
 	var err error
 	if l.tlsConfig != nil {
 		err = l.srv.ServeTLS(l.ln, "", "")
@@ -163,7 +162,7 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	ws.SetReadLimit(l.readLimit)
-	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.establish)
+	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN)
 }
 
 // originAllowed decides a browser's WebSocket request by its Origin

@@ -95,8 +95,8 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 		anyOwner: b.cfg.Auth.CrossUserTakeover,
 		notOwner: b.auth.refusedTakeover,
 	}
-	if err := b.srv.AddHook(h, nil); err != nil {
-		return nil, errors.Join(fmt.Errorf("edge: add hook %s: %w", h.ID(), err), e.Close(), l.Close())
+	if err := b.addHook(h); err != nil {
+		return nil, errors.Join(err, e.Close(), l.Close())
 	}
 	return &durableStorage{engine: e, log: l}, nil
 }

@@ -1,0 +1,306 @@
+package edge
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// attach runs one client's connection, as mochi's EstablishConnection
+// (attachClient, v2.7.9) does and in its order, with two differences that
+// make an idle connection cheap: it is one goroutine, and a small one.
+//
+//   - No write loop. mochi starts a goroutine per client that drains the
+//     client's outbound channel; only mochi's own fan-out fills it, and it
+//     fans out nothing of ours (the engine writes every message,
+//     acknowledgement and PUBLISH of ours on its sender). What mochi still
+//     fans out are its $SYS topics, to filters that start with "$"
+//     (mochi's shared groups match $SYS too): the write loop starts when a
+//     client subscribes to one (sysWriter), and lives as long as the
+//     connection.
+//   - A shallow read loop. An idle connection's goroutine waits for its
+//     next packet with only small frames on its stack (readLoop):
+//     mochi's attachClient and Read hold whole packets in their frames,
+//     4.5 KB, which kept every idle connection's stack at 16 KB, as a
+//     goroutine stack shrinks only while it uses less than a quarter.
+//
+// Everything else is mochi's: the CONNECT checks and hooks (the same
+// hooks, run through b.lifecycle), the session takeover, SendConnack,
+// and every packet after CONNECT processed by mochi (InjectPacket).
+// mochi's attachClient does not run its OnDisconnect hooks when CONNACK
+// cannot be written; attach does, once the session was established.
+func (b *Broker) attach(listener string, c net.Conn) error {
+	s := b.srv
+	s.Listeners.ClientsWg.Add(1)
+	defer s.Listeners.ClientsWg.Done()
+	cl := s.NewClient(c, listener, "", false)
+	var w sysWriter
+	defer func() {
+		cl.Stop(nil)
+		w.wait()
+	}()
+
+	counted, present, err := b.open(cl, listener)
+	if !counted {
+		return err
+	}
+	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	if err == nil {
+		if present {
+			for filter := range cl.State.Subscriptions.GetAll() {
+				w.need(cl, filter)
+			}
+		}
+		err = b.readLoop(cl, &w)
+	}
+	if err != nil {
+		cl.Stop(err)
+	} else {
+		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+	}
+	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
+
+	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	b.lifecycle.OnDisconnect(cl, err, expire)
+	if expire && !takenOver(cl) {
+		cl.ClearInflights()
+		s.UnsubscribeClient(cl)
+		if cur, ok := s.Clients.Get(cl.ID); ok && cur == cl {
+			s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2]
+		}
+	}
+	return err
+}
+
+// open reads CONNECT and runs the handshake: mochi's checks and hooks,
+// the session, CONNACK. counted says the client counts as connected in
+// mochi's Info (the caller uncounts it); present, that it took over a
+// session mochi knew. Its frame holds the CONNECT packet, and is gone
+// before the read loop waits.
+func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, err error) {
+	s := b.srv
+	caps := s.Options.Capabilities
+	pk, err := readConnect(cl)
+	if err != nil {
+		return false, false, fmt.Errorf("read connection: %w", err)
+	}
+	cl.ParseConnect(listener, pk)
+	if atomic.LoadInt64(&s.Info.ClientsConnected) >= caps.MaximumClients {
+		code := packets.ErrServerBusy
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrServerUnavailable
+		}
+		_ = s.SendConnack(cl, code, false, nil)
+		return false, false, packets.ErrServerBusy
+	}
+	if code := validateConnect(caps, cl, &pk); code != packets.CodeSuccess {
+		if err := s.SendConnack(cl, code, false, nil); err != nil {
+			return false, false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+		return false, false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
+	}
+	if err := b.lifecycle.OnConnect(cl, pk); err != nil {
+		return false, false, err
+	}
+	refreshDeadline(cl)
+	if !b.lifecycle.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
+		if err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil); err != nil {
+			return false, false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+		return false, false, packets.ErrBadUsernameOrPassword
+	}
+
+	atomic.AddInt64(&s.Info.ClientsConnected, 1)
+	b.lifecycle.OnSessionEstablish(cl, pk)
+	present = b.inheritSession(cl, &pk)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	// The delivery hook sets session present from the engine (OnPacketEncode).
+	if err := s.SendConnack(cl, packets.CodeSuccess, present, nil); err != nil { // [MQTT-3.2.0-1]
+		return true, present, fmt.Errorf("ack connection packet: %w", err)
+	}
+	// mochi's attachClient would now cancel a delayed will and resend its
+	// inflight messages: mochi holds no will (takeWill) and no flight of
+	// ours (the engine resends them).
+	b.lifecycle.OnSessionEstablished(cl, pk)
+	return true, present, nil
+}
+
+// readConnect reads the first packet, which must be CONNECT [MQTT-3.1.0-1].
+func readConnect(cl *mqtt.Client) (packets.Packet, error) {
+	var fh packets.FixedHeader
+	if err := cl.ReadFixedHeader(&fh); err != nil {
+		return packets.Packet{}, err
+	}
+	if fh.Type != packets.Connect {
+		return packets.Packet{}, packets.ErrProtocolViolationRequireFirstConnect
+	}
+	return cl.ReadPacket(&fh)
+}
+
+// validateConnect is mochi's check of a CONNECT against the capabilities.
+func validateConnect(caps *mqtt.Capabilities, cl *mqtt.Client, pk *packets.Packet) packets.Code {
+	if code := pk.ConnectValidate(); code != packets.CodeSuccess { // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
+		return code
+	}
+	switch {
+	case cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "":
+		return packets.ErrUnspecifiedError
+	case cl.Properties.ProtocolVersion < caps.MinimumProtocolVersion:
+		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
+	case cl.Properties.Will.Qos > caps.MaximumQos:
+		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
+	case cl.Properties.Will.Retain && caps.RetainAvailable == 0x00:
+		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
+	}
+	return packets.CodeSuccess
+}
+
+// refreshDeadline gives the next read 1.5 keepalives [MQTT-3.1.2-22]
+// (our conn applies it to reads only); keepalive 0: none.
+func refreshDeadline(cl *mqtt.Client) {
+	var t time.Time
+	if k := cl.State.Keepalive; k > 0 {
+		t = time.Now().Add(time.Duration(k+k/2) * time.Second)
+	}
+	_ = cl.Net.Conn.SetDeadline(t)
+}
+
+// inheritSession is mochi's session takeover: the client connected
+// before with the same id is disconnected (0x8E) [MQTT-3.1.4-3], and
+// unless the new connection starts clean [MQTT-3.1.2-4], its mochi
+// subscriptions ($SYS) move to the new one. It reports whether they did.
+// The engine keeps the session itself; mochi's inflight holds nothing.
+func (b *Broker) inheritSession(cl *mqtt.Client, pk *packets.Packet) bool {
+	s := b.srv
+	existing, ok := s.Clients.Get(cl.ID)
+	if !ok {
+		if atomic.LoadInt64(&s.Info.ClientsConnected) > atomic.LoadInt64(&s.Info.ClientsMaximum) {
+			atomic.AddInt64(&s.Info.ClientsMaximum, 1)
+		}
+		return false
+	}
+	_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
+	if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) {
+		s.UnsubscribeClient(existing)
+		existing.ClearInflights()
+		markTakenOver(existing)
+		return false
+	}
+	// Marked first: the old connection, ending, must not unsubscribe the
+	// client id the new one now holds.
+	markTakenOver(existing)
+	for filter, sub := range existing.State.Subscriptions.GetAll() {
+		if s.Topics.Subscribe(cl.ID, sub) { // [MQTT-3.8.4-3]
+			atomic.AddInt64(&s.Info.Subscriptions, 1)
+		}
+		cl.State.Subscriptions.Add(sub.Filter, sub)
+		existing.State.Subscriptions.Delete(filter)
+	}
+	existing.ClearInflights()
+	return true
+}
+
+// markTakenOver and takenOver keep, on our conn, what mochi keeps in its
+// unexported isTakenOver flag: another connection took this client's
+// session.
+func markTakenOver(cl *mqtt.Client) {
+	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.takenOver.Store(true)
+	}
+}
+
+func takenOver(cl *mqtt.Client) bool {
+	c, ok := cl.Net.Conn.(*conn)
+	return ok && c.takenOver.Load()
+}
+
+// readLoop reads and processes the client's packets until it leaves (nil)
+// or a read or a packet fails. Waiting for a packet it holds only a fixed
+// header in its frame; the packet lives in receive's.
+func (b *Broker) readLoop(cl *mqtt.Client, w *sysWriter) error {
+	for {
+		if cl.Closed() {
+			return nil
+		}
+		refreshDeadline(cl)
+		var fh packets.FixedHeader
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			return err
+		}
+		if err := b.receive(cl, &fh, w); err != nil {
+			return err
+		}
+	}
+}
+
+// receive reads the rest of one packet and has mochi process it, as
+// mochi's receivePacket does: a v5 client whose packet fails with a
+// reason code gets DISCONNECT with it. It is never inlined: its frame
+// holds a whole packet, and must not become part of readLoop's, which
+// is on the stack of every idle connection.
+//
+//go:noinline
+func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter) error {
+	s := b.srv
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+	if pk.FixedHeader.Type == packets.Subscribe {
+		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
+		// retained values at once.
+		for _, f := range pk.Filters {
+			w.need(cl, f.Filter)
+		}
+	}
+	if err := s.InjectPacket(cl, pk); err != nil {
+		if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
+			_ = s.DisconnectClient(cl, code)
+		}
+		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		return err
+	}
+	// InjectPacket counts the packet again, as if it came from an inline
+	// client: ReadPacket counted it already.
+	atomic.AddInt64(&s.Info.PacketsReceived, -1)
+	if pk.FixedHeader.Type == packets.Publish {
+		atomic.AddInt64(&s.Info.MessagesReceived, -1)
+	}
+	return nil
+}
+
+// sysWriter is mochi's write loop for one client, started only once the
+// client subscribes to a filter mochi fans out to (see attach). Without
+// it mochi's outbound channel would fill, and mochi would then buffer the
+// client's every write (WritePacket's outbuf) until 2 KB are pending.
+type sysWriter struct {
+	done chan struct{} // nil until started; closed when the loop ends
+}
+
+// need starts the write loop, once, for a filter that starts with "$":
+// $SYS, or a mochi shared group ($share), whose members mochi gives $SYS
+// messages too.
+func (w *sysWriter) need(cl *mqtt.Client, filter string) {
+	if w.done != nil || !strings.HasPrefix(filter, "$") {
+		return
+	}
+	done := make(chan struct{})
+	w.done = done
+	go func() {
+		defer close(done)
+		cl.WriteLoop() // returns when the client stops
+	}()
+}
+
+// wait waits for the write loop, if it started, after the client stopped.
+func (w *sysWriter) wait() {
+	if w.done != nil {
+		<-w.done
+	}
+}
