@@ -417,6 +417,9 @@ func (f *packetFramer) packetDone() bool {
 		// the level [MQTT-3.1.2-2].
 		f.v5 = typ == packets.Connect && len(w) > 6 && w[6] == 5
 		if !f.v5 {
+			// Past CONNECT: goodbye must not answer a 3.1.1 client's
+			// later packet with a CONNACK [MQTT-3.2.0-1].
+			f.inConnect = false
 			return false
 		}
 	}
