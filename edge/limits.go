@@ -297,9 +297,10 @@ func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 // remaining length plus one with the maximum, so it takes packets up to
 // four bytes over it, and answers a larger one by closing the socket with
 // the packet unread, which the client sees as a reset. For MQTT 5 (it reads
-// the version from CONNECT) it also keeps the first propertyWindow bytes of
-// each packet's body to find properties repeated that may appear once
-// (repeatedProperty), which mochi takes, keeping the last.
+// the version from CONNECT) it also looks at the first propertyWindow bytes
+// of each packet's body to find properties repeated that may appear once
+// (repeatedProperty), which mochi takes, keeping the last: in place when
+// they arrive in one read, from a copy only when they straddle reads.
 type packetFramer struct {
 	max      int64
 	state    byte  // framerHeader, framerLength, framerBody or framerOff
@@ -310,7 +311,7 @@ type packetFramer struct {
 
 	connected bool    // CONNECT went by
 	v5        bool    // and said MQTT 5
-	window    *[]byte // the current packet's first body bytes (from windowPool); nil: not kept
+	window    *[]byte // the current packet's first body bytes when they straddle reads (from windowPool); nil: none kept
 	want      int     // how many of them to keep
 	property  byte    // the repeated property found
 	inConnect bool    // and it was in CONNECT
@@ -358,9 +359,18 @@ func (f *packetFramer) scan(p []byte) (int, byte) {
 			f.left, f.state = f.length, framerBody
 			f.putWindow()
 			if f.v5 || !f.connected {
-				f.window = windowPool.Get().(*[]byte)
-				*f.window = (*f.window)[:0]
-				f.want = int(min(f.length, propertyWindow))
+				want := int(min(f.length, propertyWindow))
+				if len(p)-i >= want {
+					// All of it is in this read: look at it in place.
+					if f.inspect(p[i : i+want]) {
+						return start, packets.ErrProtocolViolation.Code
+					}
+				} else {
+					// It straddles reads: keep a copy until it is whole.
+					f.window = windowPool.Get().(*[]byte)
+					*f.window = (*f.window)[:0]
+					f.want = want
+				}
 			}
 			if f.left == 0 {
 				f.state = framerHeader
@@ -403,13 +413,19 @@ func (f *packetFramer) putWindow() {
 	}
 }
 
-// packetDone looks at the packet just read; true: it repeats a property.
+// packetDone looks at the packet just read if its first bytes were kept
+// (they straddled reads); true: it repeats a property.
 func (f *packetFramer) packetDone() bool {
 	if f.window == nil {
 		return false
 	}
 	defer f.putWindow()
-	w := *f.window
+	return f.inspect(*f.window)
+}
+
+// inspect looks at w, the first bytes of the current packet's body (up to
+// propertyWindow); true: it repeats a property.
+func (f *packetFramer) inspect(w []byte) bool {
 	typ := f.header >> 4
 	if !f.connected {
 		f.connected, f.inConnect = true, true
