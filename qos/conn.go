@@ -68,9 +68,7 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	e, c, s := cl.e, cl.c, cl.c.s
 	m.Origin = s.id
 	m.OriginPacketID = pid
-	if m.QoS == 0 && !e.loggedQoS0(m) {
-		e.stats.published.Add(1)
-		e.fanoutQoS0(m)
+	if e.publishDirect(m) {
 		return nil
 	}
 	if m.QoS > 0 {
@@ -94,19 +92,8 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 		}
 		s.mu.Unlock()
 	}
-	rec, err := m.MarshalBinary()
-	if err == nil && e.cfg.Admit != nil {
-		err = e.cfg.Admit(len(rec))
-	}
-	var off uint64
-	if err == nil {
-		off, err = e.log.AppendAsync(rec)
-	}
+	off, err := e.appendMessage(m, true)
 	if err != nil {
-		e.stats.refused.Add(1)
-		if errors.Is(err, ErrFull) {
-			e.stats.refusedFull.Add(1)
-		}
 		if m.QoS == 0 {
 			return err
 		}

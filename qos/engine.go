@@ -239,31 +239,87 @@ func (e *Engine) loggedQoS0(m *Message) bool {
 // appended and Publish returns once they are durable; the dispatcher then
 // delivers them. Other QoS 0 messages are delivered at once. A QoS 2
 // message whose Origin and OriginPacketID await Release is a duplicate:
-// ErrDuplicate, nothing appended [MQTT-4.3.3-10].
+// ErrDuplicate once the first one is durable, nothing appended
+// [MQTT-4.3.3-10]. That holds for a retry after Publish returned an error
+// too: if the first append is still in the log, the retry waits for it.
 func (e *Engine) Publish(ctx context.Context, m *Message) error {
 	if m.Created == 0 {
 		m.Created = e.cfg.Now().UnixNano()
 	}
-	if m.QoS == 0 && !e.loggedQoS0(m) {
-		e.stats.published.Add(1)
-		e.fanoutQoS0(m)
+	if e.publishDirect(m) {
 		return nil
 	}
 	twoPhase := m.QoS == 2 && m.Origin != ""
 	if twoPhase {
 		e.mu.Lock()
-		_, dup := e.external[m.Origin][m.OriginPacketID]
+		off, dup := e.external[m.Origin][m.OriginPacketID]
 		e.mu.Unlock()
 		if dup {
-			e.stats.duplicates.Add(1)
-			return ErrDuplicate
+			err := e.log.WaitDurable(ctx, off)
+			if err == nil {
+				e.stats.duplicates.Add(1)
+				return ErrDuplicate
+			}
+			if ctx.Err() != nil {
+				return err
+			}
+			// That append failed: the message is not in the log.
+			e.forgetExternal(m.Origin, m.OriginPacketID, off)
 		}
 	}
-	rec, err := m.MarshalBinary()
+	off, err := e.appendMessage(m, true)
 	if err != nil {
 		return err
 	}
-	if e.cfg.Admit != nil {
+	if twoPhase {
+		// Known from the append on, not from its durability: a retry after
+		// a failed wait is this message again, not a second one.
+		e.mu.Lock()
+		if e.external[m.Origin] == nil {
+			e.external[m.Origin] = map[uint16]uint64{}
+		}
+		e.external[m.Origin][m.OriginPacketID] = off
+		e.mu.Unlock()
+	}
+	if err := e.log.WaitDurable(ctx, off); err != nil {
+		return err
+	}
+	e.stats.published.Add(1)
+	return nil
+}
+
+// forgetExternal ends origin's QoS 2 exchange on id if it is still the
+// one at offset off.
+func (e *Engine) forgetExternal(origin string, id uint16, off uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.external[origin][id] != off {
+		return
+	}
+	delete(e.external[origin], id)
+	if len(e.external[origin]) == 0 {
+		delete(e.external, origin)
+	}
+}
+
+// publishDirect delivers m at once if it is a QoS 0 message the log need
+// not keep, and reports whether it did; otherwise m goes through the log.
+func (e *Engine) publishDirect(m *Message) bool {
+	if m.QoS != 0 || e.loggedQoS0(m) {
+		return false
+	}
+	e.stats.published.Add(1)
+	e.fanoutQoS0(m)
+	return true
+}
+
+// appendMessage appends m's record without waiting, after asking admission
+// (Config.Admit) when admit is set, and counts a refusal: Refused, and
+// RefusedFull when it was for want of room. Every message enters the log
+// here: client publishes, Engine.Publish and wills.
+func (e *Engine) appendMessage(m *Message, admit bool) (uint64, error) {
+	rec, err := m.MarshalBinary()
+	if err == nil && admit && e.cfg.Admit != nil {
 		err = e.cfg.Admit(len(rec))
 	}
 	var off uint64
@@ -275,21 +331,9 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 		if errors.Is(err, ErrFull) {
 			e.stats.refusedFull.Add(1)
 		}
-		return err
+		return 0, err
 	}
-	if err := e.log.WaitDurable(ctx, off); err != nil {
-		return err
-	}
-	e.stats.published.Add(1)
-	if twoPhase {
-		e.mu.Lock()
-		if e.external[m.Origin] == nil {
-			e.external[m.Origin] = map[uint16]uint64{}
-		}
-		e.external[m.Origin][m.OriginPacketID] = off
-		e.mu.Unlock()
-	}
-	return nil
+	return off, nil
 }
 
 // Release ends a QoS 2 exchange Publish began for origin's packet id,
@@ -297,7 +341,7 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 // for a duplicate.
 func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
 	e.mu.Lock()
-	_, ok := e.external[origin][id]
+	pending, ok := e.external[origin][id]
 	e.mu.Unlock()
 	if !ok {
 		return nil
@@ -309,23 +353,16 @@ func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
 	if err := e.log.WaitDurable(ctx, off); err != nil {
 		return err
 	}
-	e.mu.Lock()
-	delete(e.external[origin], id)
-	if len(e.external[origin]) == 0 {
-		delete(e.external, origin)
-	}
-	e.mu.Unlock()
+	e.forgetExternal(origin, id, pending)
 	return nil
 }
 
-// publishAsync appends a message the engine publishes by itself (a will).
+// publishAsync appends a message the engine publishes by itself (a will),
+// without admission: no client waits to hear a refusal. A failure is
+// counted as a refused publish.
 func (e *Engine) publishAsync(m *Message) {
 	m.Created = e.cfg.Now().UnixNano()
-	rec, err := m.MarshalBinary()
-	if err == nil {
-		_, err = e.log.AppendAsync(rec)
-	}
-	if err != nil {
+	if _, err := e.appendMessage(m, false); err != nil {
 		e.lg.Error("will not published", "client", m.Origin, "error", err)
 		return
 	}
@@ -372,7 +409,8 @@ type counters struct {
 
 // Stats are the engine's counters since New, for metrics.
 type Stats struct {
-	// Published counts accepted publishes from clients; Delivered the
+	// Published counts the publishes accepted from clients and through
+	// Engine.Publish, QoS 0 included (wills are Wills); Delivered the
 	// PUBLISH packets written (resends included), DeliveredQoS by QoS;
 	// Redelivered the resends.
 	Published, Delivered, Redelivered uint64
@@ -384,8 +422,9 @@ type Stats struct {
 	// QoS 0 over QoS0Limit, expired [MQTT-3.3.2-5], refused by the read
 	// ACL, unreadable in the log.
 	DroppedTooLarge, DroppedQoS0, DroppedExpired, DroppedDenied, DroppedUnreadable uint64
-	// Refused counts publishes refused, RefusedFull those of them refused
-	// for want of room (admission, ErrFull).
+	// Refused counts publishes refused (wills the log did not take
+	// included), RefusedFull those of them refused for want of room
+	// (admission, ErrFull).
 	Refused, RefusedFull uint64
 	// Duplicates counts inbound QoS 2 publishes received again before
 	// their PUBREL: acknowledged again, not delivered again.

@@ -26,7 +26,11 @@ type memLog struct {
 	// offsets), another error makes its offsets holes.
 	fail   func(recs [][]byte) error
 	failed map[uint64]error
-	closed bool
+	// waitFail, if set, is asked by WaitDurable first: an error is a wait
+	// that ended before the record was durable (as a context's end), the
+	// record itself is kept.
+	waitFail func(off uint64) error
+	closed   bool
 }
 
 func newMemLog() *memLog {
@@ -67,6 +71,11 @@ func (l *memLog) WaitDurable(ctx context.Context, off uint64) error {
 	defer l.mu.Unlock()
 	if off == 0 || off > uint64(len(l.recs)) {
 		return qos.ErrHole
+	}
+	if l.waitFail != nil {
+		if err := l.waitFail(off); err != nil {
+			return err
+		}
 	}
 	return l.failed[off]
 }

@@ -493,3 +493,89 @@ func TestEnginePublishOnFullLogCountsRefusedFull(t *testing.T) {
 		t.Fatalf("Refused %d RefusedFull %d, want 1 and 1", st.Refused, st.RefusedFull)
 	}
 }
+
+// A QoS 2 message of a non-client (a bridge's downlink) whose Publish
+// failed after the append is taken once when it comes again
+// [MQTT-4.3.3-10]: a wait that ended early leaves the first append, which
+// the retry waits for (ErrDuplicate); an append that failed leaves
+// nothing, and the retry appends it.
+func TestEnginePublishQoS2RetryTakenOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		waitErr bool // else the append fails
+		want    error
+	}{
+		{"wait ended early", true, qos.ErrDuplicate},
+		{"append failed", false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			sub := h.connect("sub", false)
+			sub.subscribe("d/#", 2)
+			h.log.mu.Lock()
+			if tc.waitErr {
+				h.log.waitFail = func(uint64) error { return context.Canceled }
+			} else {
+				h.log.fail = func([][]byte) error { return errors.New("EIO") }
+			}
+			h.log.mu.Unlock()
+			m := func() *qos.Message {
+				return &qos.Message{Topic: "d/t", QoS: 2, Payload: []byte("once"), Origin: "bridge", OriginPacketID: 7}
+			}
+			if err := h.e.Publish(context.Background(), m()); err == nil {
+				t.Fatal("first publish: no error")
+			}
+			h.log.mu.Lock()
+			h.log.waitFail, h.log.fail = nil, nil
+			h.log.mu.Unlock()
+			if err := h.e.Publish(context.Background(), m()); !errors.Is(err, tc.want) {
+				t.Fatalf("retry: %v, want %v", err, tc.want)
+			}
+			if n := h.log.count(qos.KindMessage); n != 1 {
+				t.Errorf("%d message records, want 1", n)
+			}
+			var got []*qos.Message
+			for {
+				pkts := sub.conn.settle()
+				if len(pkts) == 0 {
+					break
+				}
+				got = append(got, sub.ackAll(pkts)...)
+			}
+			if len(got) != 1 {
+				t.Fatalf("delivered %q, want it once", payloads(got))
+			}
+			if err := h.e.Release(context.Background(), "bridge", 7); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.e.Publish(context.Background(), m()); err != nil {
+				t.Fatalf("after Release the id is free again: %v", err)
+			}
+		})
+	}
+}
+
+// A will the log does not take (full) is counted as a refused publish,
+// not only logged.
+func TestFailedWillCounted(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("w", false, func(i *qos.ConnectInfo) {
+		i.Will = &qos.Message{Topic: "will/w", QoS: 1, Payload: []byte("w"), Will: true}
+	})
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		if qos.KindOf(recs[0]) == qos.KindMessage {
+			return qos.ErrFull
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	c.cl.Disconnect(true, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.e.Stats().Refused == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := h.e.Stats(); st.Refused != 1 || st.RefusedFull != 1 || st.Wills != 0 {
+		t.Fatalf("Refused %d RefusedFull %d Wills %d, want 1 1 0", st.Refused, st.RefusedFull, st.Wills)
+	}
+}
