@@ -26,30 +26,28 @@ func (e *Engine) dispatch() {
 			e.lg.Error("dispatcher: records removed before they were delivered", "from", r.Offset(), "to", first)
 			r.Seek(max(first, r.Offset()+1))
 			continue
-		default:
-			e.stats.dropUnreadable.Add(1)
-			e.lg.Error("dispatcher: record unreadable, skipped", "offset", r.Offset(), "error", err)
-			r.Seek(r.Offset() + 1)
-			continue
+		default: // unreadable: skipped below, as an undecodable one is
+			off = r.Offset()
+			r.Seek(off + 1)
 		}
 		// The position moves before the offers (see Queue.CatchUp).
 		e.dispatched.Store(off + 1)
-		k, v, err := Decode(rec)
+		var k Kind
+		var v any
+		if err == nil {
+			k, v, err = Decode(rec)
+		}
 		if err != nil {
 			e.stats.dropUnreadable.Add(1)
-			e.lg.Error("dispatcher: record undecodable, skipped", "offset", off, "error", err)
-			e.shadowMu.Lock()
-			e.shadowNext = off + 1
-			e.shadowMu.Unlock()
-			e.fannedOut.Store(off + 1)
-			continue
-		}
-		if msg, ok := v.(*Message); ok {
+			e.lg.Error("dispatcher: record unreadable, skipped", "offset", off, "error", err)
+		} else if msg, ok := v.(*Message); ok {
 			e.fanout(&m, off, msg)
 			e.stats.dispatched.Add(1)
 		}
 		e.shadowMu.Lock()
-		e.shadow.ApplyDecoded(off, k, v)
+		if err == nil {
+			e.shadow.ApplyDecoded(off, k, v)
+		}
 		e.shadowNext = off + 1
 		e.shadowMu.Unlock()
 		e.fannedOut.Store(off + 1)
