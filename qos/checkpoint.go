@@ -53,7 +53,7 @@ func (e *Engine) checkpointLoop() {
 				err = e.cursor.Commit(floor)
 			}
 			if err == nil {
-				e.stats.lastCheckpoint.Store(time.Now().UnixNano())
+				e.stats.lastCheckpoint.Store(e.cfg.Now().UnixNano())
 			}
 		} else if err = e.checkpoint(st, offset); err == nil {
 			last = offset
@@ -94,7 +94,7 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 		return fmt.Errorf("commit cursor at %d: %w", floor, err)
 	}
 	e.stats.checkpoints.Add(1)
-	e.stats.lastCheckpoint.Store(time.Now().UnixNano())
+	e.stats.lastCheckpoint.Store(e.cfg.Now().UnixNano())
 	e.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
 	return nil
 }
@@ -113,7 +113,8 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 		pos := s.queue.Position(progress)
 		if c := s.conn.Load(); c != nil {
 			for _, sc := range c.scanned { // read past, not yet taken
-				if sc.g == nil {
+				floor = min(floor, sc.Offset)
+				if sc.g == nil { // the session's own: its position too
 					pos = min(pos, sc.Offset)
 				}
 			}
@@ -144,11 +145,6 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 					in.Group = f.group.key
 				}
 				ss.Inflight[pid] = in
-			}
-		}
-		if c := s.conn.Load(); c != nil {
-			for _, sc := range c.scanned {
-				floor = min(floor, sc.Offset)
 			}
 		}
 		s.mu.Unlock()

@@ -579,3 +579,21 @@ func TestFailedWillCounted(t *testing.T) {
 		t.Fatalf("Refused %d RefusedFull %d Wills %d, want 1 1 0", st.Refused, st.RefusedFull, st.Wills)
 	}
 }
+
+// Stats.LastCheckpoint is read from Config.Now, the engine's one clock.
+func TestLastCheckpointUsesConfigClock(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	h := newHarness(t, func(c *qos.Config) {
+		c.Now = func() time.Time { return at }
+		c.CheckpointInterval = 5 * time.Millisecond
+	})
+	c := h.connect("p", false)
+	c.publish("t", 1, 1, "x")
+	deadline := time.Now().Add(5 * time.Second)
+	for h.e.Stats().Checkpoints == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := h.e.Stats().LastCheckpoint; !got.Equal(at) {
+		t.Fatalf("LastCheckpoint %v, want %v (Config.Now)", got, at)
+	}
+}
