@@ -40,8 +40,6 @@ type deliveryHook struct {
 
 	mu      sync.Mutex
 	clients map[*mqtt.Client]*hookClient
-
-	duplicates atomic.Uint64
 }
 
 // hookClient is one connection's state in the hook.
@@ -258,6 +256,9 @@ func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	}
 	hc := h.client(cl)
 	if hc == nil || hc.qc == nil {
+		// No session: the engine refused it, and OnPacketSent stopped the
+		// client with its CONNACK, before mochi's read loop began (it
+		// reads nothing once stopped). Nothing is owed to such a publish.
 		return pk, packets.ErrRejectPacket
 	}
 	if pk.TopicName == "" {
@@ -266,9 +267,13 @@ func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrProtocolViolation.Code)
 		return pk, packets.ErrRejectPacket
 	}
-	err := hc.qc.Publish(messageOf(pk), pk.PacketID)
-	if errors.Is(err, qos.ErrDuplicate) {
-		h.duplicates.Add(1)
+	// The engine has answered and counted every refusal itself (a PUBACK
+	// or PUBREC with its reason, DISCONNECT 0x93, the close of a 3.1.1
+	// connection, a PUBREC again for a duplicate); ErrGone is a publish
+	// read as the connection was taken over, left unacknowledged for the
+	// client to send again.
+	if err := hc.qc.Publish(messageOf(pk), pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
+		h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
 	}
 	return pk, packets.ErrRejectPacket
 }
