@@ -597,3 +597,41 @@ func TestLastCheckpointUsesConfigClock(t *testing.T) {
 		t.Fatalf("LastCheckpoint %v, want %v (Config.Now)", got, at)
 	}
 }
+
+// A session that a Clean Start connection discards ends, and with it the
+// wait for its will: a connection taken over has its will published, and
+// so does an offline session's will still in its delay (MQTT 5 §3.1.2.5:
+// "until the Will Delay Interval has passed or the Session ends, whichever
+// happens first"; 3.1.1: the network connection closed without DISCONNECT
+// [MQTT-3.1.2-8]). A session resumed instead keeps its delayed will
+// unpublished [MQTT-3.1.3-9].
+func TestWillOfSessionDiscardedByCleanStart(t *testing.T) {
+	h := newHarness(t, nil)
+	watch := h.connect("watch", false)
+	watch.subscribe("will/#", 1)
+	will := func(id string, delay uint32) func(*qos.ConnectInfo) {
+		return func(i *qos.ConnectInfo) {
+			i.Will = &qos.Message{Topic: "will/" + id, QoS: 1, Payload: []byte(id), Will: true}
+			i.WillDelay = delay
+		}
+	}
+	clean := func(i *qos.ConnectInfo) { i.CleanStart = true }
+
+	h.connect("online", false, will("online", 0))          // still connected
+	h.connect("online", false, clean)                      // takes it over
+	off := h.connect("offline", true, will("offline", 60)) // its will waits a minute
+	off.cl.Disconnect(true, nil)
+	h.connect("offline", false, clean)
+	res := h.connect("resumed", true, will("resumed", 60))
+	res.cl.Disconnect(true, nil)
+	res.reconnect()
+
+	var topics []string
+	for _, m := range watch.ackAll(watch.conn.settle()) {
+		topics = append(topics, m.Topic)
+	}
+	slices.Sort(topics)
+	if !slices.Equal(topics, []string{"will/offline", "will/online"}) {
+		t.Fatalf("wills %v, want will/offline and will/online", topics)
+	}
+}

@@ -153,7 +153,17 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		if old.persistent {
 			recs = append(recs, EncodeEnd(info.ClientID))
 		}
+		// The session ends: a will still due (its connection taken over
+		// now, or offline within its delay) is published now, as when a
+		// session expires (MQTT 5 §3.1.2.5) [MQTT-3.1.2-8].
+		old.mu.Lock()
+		will := old.will
+		old.will, old.willDue = nil, 0
+		old.mu.Unlock()
 		e.endSessionLocked(old, true)
+		if will != nil {
+			e.publishAsync(will)
+		}
 		old = nil
 	}
 	if persistent {
