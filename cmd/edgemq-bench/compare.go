@@ -40,14 +40,15 @@ type compareScenario struct {
 	// noRatio leaves the row out of the ratio table (a property of the
 	// machine, not of the broker).
 	noRatio bool
-	// fsync measures the disk's fsync latency after each run, in the
+	// fsync measures the disk's fsync latency during each run, in the
 	// broker's directory (Result.Fsync).
 	fsync bool
 }
 
 // The steady QoS 1 load of issue 10's bars: one publisher, one subscriber,
 // 1,000 msg/s. Its runs give three rows: the end-to-end p99, the fsync p99
-// of the disk in the same run and directory, and the broker's CPU.
+// of the disk measured meanwhile in the broker's directory, and the
+// broker's CPU.
 const (
 	steadyName = "latency qos1 1k/s"
 	fsyncName  = "fsync p99, same runs"
@@ -929,7 +930,7 @@ func footprintTable(rep compareReport) (head []string, rows [][]string) {
 }
 
 // steadyMargins is, per broker, how far the end-to-end p99 of the steady
-// load lies above the fsync p99 measured after each of its runs in the same
+// load lies above the fsync p99 measured during each of its runs in its
 // directory: the median of the per-run differences. A durable ack needs one
 // fsync, so this is what the broker adds to the disk.
 func steadyMargins(rep compareReport) []string {

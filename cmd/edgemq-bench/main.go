@@ -77,7 +77,7 @@ flags:
 	fs.DurationVar(&p.drain, "drain", 2*time.Second, "stop waiting for acks and deliveries after this long without progress")
 	fs.IntVar(&p.pid, "pid", 0, "broker PID: report its CPU seconds, peak RSS and (conns) RSS per connection")
 	fs.StringVar(&p.label, "label", "", "broker name for the report")
-	fs.StringVar(&p.fsyncDir, "fsync-dir", "", "after the run, measure the latency of a small write+fsync in this directory (the broker's storage dir)")
+	fs.StringVar(&p.fsyncDir, "fsync-dir", "", "while publishing, measure the latency of a small write+fsync in this directory every 5 ms (the broker's storage dir)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -56,7 +56,7 @@ func printResult(w io.Writer, r Result) {
 			fmt.Fprintf(w, "  latency ms: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (%d samples)\n", l.P50, l.P99, l.P999, l.Max, l.Samples)
 		}
 		if f := r.Fsync; f != nil && f.Samples > 0 {
-			fmt.Fprintf(w, "  fsync of the disk ms (after the run): p50 %.3f  p99 %.3f  max %.3f  (%d samples)\n", f.P50, f.P99, f.Max, f.Samples)
+			fmt.Fprintf(w, "  fsync of the disk ms (during the run): p50 %.3f  p99 %.3f  max %.3f  (%d samples)\n", f.P50, f.P99, f.Max, f.Samples)
 		}
 		for _, ph := range r.Phases {
 			fmt.Fprintf(w, "    %-10s %6d msg/s: p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms",

@@ -30,9 +30,9 @@ type params struct {
 	backlog  int           // backlog: messages queued for the offline subscriber
 	drain    time.Duration // give up waiting after this long without progress
 	pid      int           // broker process, for CPU and RSS; 0: unknown
-	// fsyncDir, when set, is a directory on the broker's disk: after the
-	// run, the latency of a small write and fsync there is measured
-	// (Result.Fsync), to read the end-to-end latency against.
+	// fsyncDir, when set, is a directory on the broker's disk: during the
+	// publish phase of a flow, the latency of a small write and fsync there
+	// is measured (Result.Fsync), to read the end-to-end latency against.
 	fsyncDir string
 	// count, when set, makes each publisher of a flow stop after count
 	// messages instead of after duration (go test -bench uses it).
@@ -156,7 +156,7 @@ type Result struct {
 	// as a percentage of one core: at a fixed rate, what the load costs.
 	BrokerCPUPercent float64 `json:"broker_cpu_percent,omitempty"`
 	// Fsync is the latency of a small write plus fsync on the broker's disk,
-	// measured after the run in the same directory (params.fsyncDir).
+	// measured during the publish phase in its directory (params.fsyncDir).
 	Fsync *latencyStats `json:"fsync,omitempty"`
 	Notes []string      `json:"notes,omitempty"`
 }
@@ -201,12 +201,6 @@ func runScenario(ctx context.Context, p params) (Result, error) {
 		err = fmt.Errorf("unknown scenario %q (want one of %v)", p.scenario, scenarioNames)
 	}
 	r.GenCPUSeconds = selfCPUSeconds() - cpu0
-	if err == nil && p.fsyncDir != "" {
-		var fs latencyStats
-		if fs, err = measureFsync(p.fsyncDir); err == nil {
-			r.Fsync = &fs
-		}
-	}
 	if r.BrokerCPUSeconds > 0 && r.Delivered > 0 {
 		r.CPUSecPerMillion = r.BrokerCPUSeconds / (float64(r.Delivered) / 1e6)
 	}
@@ -520,6 +514,15 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	var remaining atomic.Int64
 	remaining.Store(int64(len(pubs)))
 	var pubWG sync.WaitGroup
+	var fsyncStats latencyStats
+	var fsyncErr error
+	if p.fsyncDir != "" {
+		pubWG.Add(1)
+		go func() {
+			defer pubWG.Done()
+			fsyncStats, fsyncErr = measureFsync(pubCtx, p.fsyncDir)
+		}()
+	}
 	for _, pb := range pubs {
 		pubWG.Add(1)
 		go func() {
@@ -556,6 +559,12 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	}
 	pubWG.Wait()
 	pubEnd := time.Now()
+	if fsyncErr != nil {
+		return fsyncErr
+	}
+	if p.fsyncDir != "" {
+		r.Fsync = &fsyncStats
+	}
 
 	// Drain: wait for the acks, then for the deliveries, each until complete
 	// or until p.drain passes with no progress.
