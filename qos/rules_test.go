@@ -635,3 +635,25 @@ func TestWillOfSessionDiscardedByCleanStart(t *testing.T) {
 		t.Fatalf("wills %v, want will/offline and will/online", topics)
 	}
 }
+
+// A persistent session resumed by a connection with a Session Expiry
+// Interval of 0 ends with that connection [MQTT-3.1.2-23], in the log too:
+// after a restart it is gone, not back with its old expiry.
+func TestResumedWithExpiryZeroEndsForGood(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("g", true)
+	c.subscribe("g/#", 1)
+	c.cl.Disconnect(false, nil)
+	c.info.ExpiryInterval = 0
+	if !c.reconnect() {
+		t.Fatal("session not present on resume")
+	}
+	c.cl.Disconnect(false, nil)
+	if _, ok := h.e.Owner("g"); ok {
+		t.Fatal("session outlived its connection")
+	}
+	h.crash()
+	if _, ok := h.e.Owner("g"); ok {
+		t.Fatal("session back after a restart")
+	}
+}

@@ -168,6 +168,11 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	}
 	if persistent {
 		recs = append(recs, rec)
+	} else if old != nil && old.persistent {
+		// Resumed with an expiry of 0: it ends with this connection
+		// [MQTT-3.1.2-23], which logs nothing more of it, so the log
+		// forgets it now (a restart would bring it back otherwise).
+		recs = append(recs, EncodeEnd(info.ClientID))
 	}
 	if len(recs) > 0 {
 		// A new session (and the end of the one it replaces) is durable
