@@ -27,6 +27,11 @@ type connection struct {
 	closing bool      // closed by the engine (0x93): the rest is dropped
 	scanned []scanned // what the last scan of the log found, not yet taken
 
+	// carried holds the QoS 2 packet ids that awaited PUBREL when this
+	// connection began: they took no place of its inbound window, so their
+	// PUBRELs free none [MQTT-4.9.0]. nil when none. Under s.mu.
+	carried map[uint16]bool
+
 	// The sender's own.
 	aliases   map[string]uint16
 	nextAlias uint16
@@ -141,14 +146,19 @@ func (cl *Client) Pubrel(pid uint16) {
 	s.mu.Lock()
 	_, ok := s.inbound[pid]
 	delete(s.inbound, pid)
+	carried := c.carried[pid]
+	delete(c.carried, pid)
 	s.mu.Unlock()
-	a := ack{typ: PacketPubcomp, pid: pid, counts: ok}
+	a := ack{typ: PacketPubcomp, pid: pid, counts: ok && !carried}
 	if ok {
 		off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: s.id, PacketID: pid}))
 		if err != nil {
 			e.stats.recordFailures.Add(1)
 			s.mu.Lock()
 			s.inbound[pid] = 0 // the PUBREL will come again
+			if carried {
+				c.carried[pid] = true
+			}
 			s.mu.Unlock()
 			a.reason = reasonUnspecified
 			a.counts = false

@@ -657,3 +657,29 @@ func TestResumedWithExpiryZeroEndsForGood(t *testing.T) {
 		t.Fatal("session back after a restart")
 	}
 }
+
+// The inbound window restarts with each connection [MQTT-4.9.0]: the
+// PUBRELs a resumed session's client sends again for QoS 2 publishes of
+// its last connection free no place they did not take here (the quota
+// never grows above Receive Maximum), so Receive Maximum still holds.
+func TestInboundWindowAfterResume(t *testing.T) {
+	h := newHarness(t, nil)
+	max2 := func(i *qos.ConnectInfo) { i.InboundMaximum = 2 }
+	pub := h.connect("pub", true, max2)
+	pub.publish("t", 2, 1, "a")
+	pub.publish("t", 2, 2, "b")
+	pub.conn.waitFor(t, 2) // PUBRECs; the connection ends before PUBREL
+	pub.cl.Disconnect(false, nil)
+	pub.reconnect()
+	pub.cl.Pubrel(1)
+	pub.cl.Pubrel(2)
+	pub.conn.waitFor(t, 2) // PUBCOMPs
+	for pid := uint16(3); pid <= 4; pid++ {
+		pub.publish("t", 2, pid, "m")
+	}
+	pub.conn.waitFor(t, 2)
+	err := pub.cl.Publish(&qos.Message{Topic: "t", QoS: 2, Payload: []byte("3rd")}, 5)
+	if !errors.Is(err, qos.ErrReceiveMaximum) || pub.conn.reason != 0x93 {
+		t.Fatalf("3rd unacknowledged publish: err %v, reason %#x; want ErrReceiveMaximum and 0x93", err, pub.conn.reason)
+	}
+}

@@ -213,6 +213,12 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	for pid := range s.flights {
 		c.resend = append(c.resend, pid)
 	}
+	for pid := range s.inbound {
+		if c.carried == nil {
+			c.carried = map[uint16]bool{}
+		}
+		c.carried[pid] = true
+	}
 	slices.SortFunc(c.resend, func(a, b uint16) int { return cmp.Compare(s.flights[a].seq, s.flights[b].seq) })
 	s.conn.Store(c)
 	s.mu.Unlock()
