@@ -257,8 +257,9 @@ func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	hc := h.client(cl)
 	if hc == nil || hc.qc == nil {
 		// No session: the engine refused it, and OnPacketSent stopped the
-		// client with its CONNACK, before mochi's read loop began (it
-		// reads nothing once stopped). Nothing is owed to such a publish.
+		// client with its CONNACK, before the read loop began (attach's
+		// readLoop reads nothing once stopped). Nothing is owed to such a
+		// publish.
 		return pk, packets.ErrRejectPacket
 	}
 	if pk.TopicName == "" {
