@@ -2,7 +2,6 @@ package edge
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -12,8 +11,8 @@ import (
 )
 
 // attach runs one client's connection, as mochi's EstablishConnection
-// (attachClient, v2.7.9) does and in its order, with two differences that
-// make an idle connection cheap: it is one goroutine, and a small one.
+// (attachClient, v2.7.9) does and in its order, with three differences
+// that make an idle connection cheap: it is one goroutine, and a small one.
 //
 //   - No write loop. mochi starts a goroutine per client that drains the
 //     client's outbound channel; only mochi's own fan-out fills it, and it
@@ -23,59 +22,87 @@ import (
 //     (mochi's shared groups match $SYS too): the write loop starts when a
 //     client subscribes to one (sysWriter), and lives as long as the
 //     connection.
-//   - A shallow read loop. An idle connection's goroutine waits for its
-//     next packet with only small frames on its stack (readLoop):
-//     mochi's attachClient and Read hold whole packets in their frames,
-//     4.5 KB, which kept every idle connection's stack at 16 KB, as a
-//     goroutine stack shrinks only while it uses less than a quarter.
+//   - A fresh goroutine after CONNACK. The handshake (TLS, CONNECT, the
+//     hooks, CONNACK) runs on the caller's goroutine, whose stack grows to
+//     16 KB doing it; the connection then goes on on a goroutine of its
+//     own (serve), which starts small, and the big stack goes back to the
+//     runtime for the next handshake.
+//   - A shallow read loop. Waiting for its next packet, that goroutine
+//     holds little more than a fixed header on its stack (readLoop): 2 KB
+//     for a connection idle since CONNACK (BenchmarkIdleConnMemory), and
+//     a stack a busy spell grew shrinks back at the GCs to a few KB, as a
+//     goroutine stack shrinks while it uses less than a quarter. mochi's
+//     attachClient and Read hold whole packets in their frames (4.5 KB),
+//     which kept every idle connection at 16 KB.
 //
 // Everything else is mochi's: the CONNECT checks and hooks (the same
 // hooks, run through b.lifecycle), the session takeover, SendConnack,
 // and every packet after CONNECT processed by mochi (InjectPacket).
 // mochi's attachClient does not run its OnDisconnect hooks when CONNACK
 // cannot be written; attach does, once the session was established.
-func (b *Broker) attach(listener string, c net.Conn) error {
+// wc.end is called once the connection is over.
+func (b *Broker) attach(listener string, wc *conn) {
 	s := b.srv
 	s.Listeners.ClientsWg.Add(1)
-	defer s.Listeners.ClientsWg.Done()
-	cl := s.NewClient(c, listener, "", false)
-	var w sysWriter
-	defer func() {
-		cl.Stop(nil)
-		w.wait()
-	}()
-
+	cl := s.NewClient(wc, listener, "", false)
 	counted, present, err := b.open(cl, listener)
-	if !counted {
-		return err
+	if !counted || err != nil {
+		b.detach(cl, wc, nil, counted, err)
+		return
 	}
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
-	if err == nil {
-		if present {
-			for filter := range cl.State.Subscriptions.GetAll() {
-				w.need(cl, filter)
+	a := &attached{cl: cl, wc: wc}
+	if present {
+		for filter := range cl.State.Subscriptions.GetAll() {
+			a.w.need(cl, filter)
+		}
+	}
+	go b.serve(a)
+}
+
+// attached is a connection past CONNACK: what its goroutine holds.
+type attached struct {
+	cl *mqtt.Client
+	wc *conn
+	w  sysWriter
+}
+
+// serve is a connection's goroutine from CONNACK to its end.
+func (b *Broker) serve(a *attached) {
+	err := b.readLoop(a.cl, &a.w)
+	b.detach(a.cl, a.wc, &a.w, true, err)
+}
+
+// detach ends a connection as mochi's attachClient does: the will
+// cleared after a DISCONNECT [MQTT-3.14.4-3] [MQTT-3.1.2-10], the
+// disconnect hooks, mochi's copy of a clean session gone; counted says
+// the client reached the session (open).
+func (b *Broker) detach(cl *mqtt.Client, wc *conn, w *sysWriter, counted bool, err error) {
+	s := b.srv
+	if counted {
+		if err != nil {
+			cl.Stop(err)
+		} else {
+			cl.Properties.Will = mqtt.Will{}
+		}
+		s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+			(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+		b.lifecycle.OnDisconnect(cl, err, expire)
+		if expire && !takenOver(cl) {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			if cur, ok := s.Clients.Get(cl.ID); ok && cur == cl {
+				s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2]
 			}
 		}
-		err = b.readLoop(cl, &w)
+		atomic.AddInt64(&s.Info.ClientsConnected, -1)
 	}
-	if err != nil {
-		cl.Stop(err)
-	} else {
-		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+	cl.Stop(nil)
+	if w != nil {
+		w.wait()
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
-
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
-		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
-	b.lifecycle.OnDisconnect(cl, err, expire)
-	if expire && !takenOver(cl) {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		if cur, ok := s.Clients.Get(cl.ID); ok && cur == cl {
-			s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2]
-		}
-	}
-	return err
+	s.Listeners.ClientsWg.Done()
+	wc.end(err)
 }
 
 // open reads CONNECT and runs the handshake: mochi's checks and hooks,

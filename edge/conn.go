@@ -86,6 +86,9 @@ type conn struct {
 	// takenOver is set when another connection takes over this client's
 	// session (see inheritSession).
 	takenOver atomic.Bool
+	// end is called once when the connection is over (attach's detach),
+	// with the error that ended it: it closes and forgets the connection.
+	end func(err error)
 
 	broken    atomic.Bool
 	closeOnce sync.Once

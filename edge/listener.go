@@ -126,9 +126,10 @@ func (g *connGate) wait(ctx context.Context) error {
 	return waitDone(ctx, zero)
 }
 
-// serveConn wraps an accepted connection and runs it (attach); it returns
-// when the client is gone.
-func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, tlsState *tls.ConnectionState, useCN bool) {
+// serveConn wraps an accepted connection and runs it (attach), on the
+// caller's goroutine until CONNACK and on a goroutine of its own after;
+// leave is called once the client is gone.
+func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, tlsState *tls.ConnectionState, useCN bool, leave func()) {
 	remote := c.RemoteAddr().String()
 	wc := &conn{
 		Conn:         c,
@@ -157,25 +158,29 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 				"listener", listener, "remote", remote, "max_packet_size", int64(m))
 		}
 	}
+	wc.end = func(err error) {
+		_ = wc.Close()
+		if errors.Is(err, packets.ErrServerBusy) {
+			b.metrics.rejected.WithLabelValues(listener, "max_clients").Inc()
+			b.throttledLog.warn(b.log, "connection refused: limits.max_clients reached", "listener", listener, "remote", remote,
+				"max_clients", b.cfg.Limits.MaxClients)
+		}
+		if err != nil {
+			b.log.Debug("connection ended", "listener", listener, "remote", remote, "error", err)
+		}
+		b.untrack(wc)
+		leave()
+	}
 	if !b.track(wc) {
 		wc.cut()
+		leave()
 		return
 	}
-	defer b.untrack(wc)
 	b.metrics.accepted.WithLabelValues(listener).Inc()
 
 	// mochi reads CONNECT with no deadline at all; a client that connects and
 	// says nothing would hold its goroutine forever. After CONNECT mochi sets
 	// the keepalive deadline itself.
 	_ = c.SetReadDeadline(time.Now().Add(b.connectTimeout()))
-	err := b.attach(listener, wc)
-	_ = wc.Close()
-	if errors.Is(err, packets.ErrServerBusy) {
-		b.metrics.rejected.WithLabelValues(listener, "max_clients").Inc()
-		b.throttledLog.warn(b.log, "connection refused: limits.max_clients reached", "listener", listener, "remote", remote,
-			"max_clients", b.cfg.Limits.MaxClients)
-	}
-	if err != nil {
-		b.log.Debug("connection ended", "listener", listener, "remote", remote, "error", err)
-	}
+	b.attach(listener, wc)
 }

@@ -83,18 +83,16 @@ func (l *tcpListener) Serve(listeners.EstablishFn) {
 			_ = c.Close()
 			return
 		}
-		go func() {
-			defer l.gate.leave()
-			l.handle(c)
-		}()
+		go l.handle(c)
 	}
 }
 
 // handle runs one connection: the TLS handshake (bounded by the connect
-// timeout), then mochi's session on the wrapped connection.
+// timeout), then the MQTT session on the wrapped connection (serveConn,
+// which leaves the gate when the connection is over).
 func (l *tcpListener) handle(raw net.Conn) {
 	if l.tlsConfig == nil {
-		l.b.serveConn(l.name, raw, raw.Close, nil, false)
+		l.b.serveConn(l.name, raw, raw.Close, nil, false, l.gate.leave)
 		return
 	}
 	tc := tls.Server(raw, l.tlsNow.Load())
@@ -105,10 +103,11 @@ func (l *tcpListener) handle(raw net.Conn) {
 		l.b.metrics.rejected.WithLabelValues(l.name, "tls_handshake").Inc()
 		l.log.Debug("tls handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
 		_ = raw.Close()
+		l.gate.leave()
 		return
 	}
 	state := tc.ConnectionState()
-	l.b.serveConn(l.name, tc, raw.Close, &state, l.useCN)
+	l.b.serveConn(l.name, tc, raw.Close, &state, l.useCN, l.gate.leave)
 }
 
 // ID is the listener name.

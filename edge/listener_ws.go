@@ -135,7 +135,12 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer l.gate.leave()
+	handed := false // to serveConn, which then leaves the gate
+	defer func() {
+		if !handed {
+			l.gate.leave()
+		}
+	}()
 
 	if origin := r.Header.Get("Origin"); !l.originAllowed(origin, r.Host) {
 		l.b.metrics.rejected.WithLabelValues(l.name, "ws_origin").Inc()
@@ -162,7 +167,8 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	ws.SetReadLimit(l.readLimit)
-	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN)
+	handed = true
+	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.gate.leave)
 }
 
 // originAllowed decides a browser's WebSocket request by its Origin
