@@ -84,7 +84,8 @@ func (b *Bridge) trim(r *rule) {
 			a.from++
 			continue
 		}
-		m, forwarded := b.match(r, rec)
+		m := b.decode(a.from, rec)
+		forwarded := b.takes(r, m)
 		if !overBytes {
 			if !forwarded {
 				if cutAge == 0 {

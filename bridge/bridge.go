@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -95,10 +96,11 @@ const (
 	DropRetention = "retention"         // the log removed records before the bridge sent them
 	DropBad       = "unreadable"        // a damaged record in the log
 	DropLoop      = "loop"              // a downlink message the bridge itself forwarded
+	DropNoRule    = "no_rule"           // a downlink message no downlink rule matches (a stale upstream subscription)
 )
 
 // DropReasons lists every drop reason, for metrics that show each from 0.
-var DropReasons = []string{DropExpired, DropMaxAge, DropMaxBytes, DropRefused, DropRetention, DropBad, DropLoop}
+var DropReasons = []string{DropExpired, DropMaxAge, DropMaxBytes, DropRefused, DropRetention, DropBad, DropLoop, DropNoRule}
 
 // Bridge is one bridge: a connection to one of its upstreams at a time,
 // forward rules reading the log from their cursors, downlink rules
@@ -116,6 +118,9 @@ type Bridge struct {
 	forwarded, received, reconnects atomic.Uint64
 	backlogBytes                    atomic.Int64
 
+	// Repeating log lines, at most one a minute each.
+	badRecords, noRule logThrottle
+
 	// serving is held while a connection serves the rules; the
 	// housekeeping trims backlogs only when it can take it.
 	serving sync.Mutex
@@ -126,6 +131,9 @@ type Bridge struct {
 	upstream  int
 	since     time.Time
 	lastErr   string
+	// stale are upstream subscriptions of downlink rules a reload
+	// removed: unsubscribed on the next connection.
+	stale []string
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -278,8 +286,7 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 	if b.cfg.TLS.InsecureSkipVerify {
 		b.lg.Warn("bridge: tls.insecure_skip_verify is set: the upstream's certificate is not checked, anyone on the path can read and change the traffic")
 	}
-	in := &downlinkIn{b: b}
-	in.ctx, in.cancel = context.WithCancel(ctx)
+	in := newDownlinkIn(ctx, b)
 	var up uplink
 	var err error
 	if b.cfg.Protocol == "5" {
@@ -290,6 +297,9 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 				l.close()
 			}
 		}
+		if err == nil {
+			b.unsubscribeStale(ctx, l.unsubscribe)
+		}
 		up = l
 	} else {
 		var l *v311link
@@ -299,13 +309,52 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 				l.close()
 			}
 		}
+		if err == nil {
+			b.unsubscribeStale(ctx, l.unsubscribe)
+		}
 		up = l
 	}
 	if err != nil {
-		in.cancel()
+		in.stop()
 		return nil, err
 	}
 	return &withInbound{uplink: up, in: in}, nil
+}
+
+// unsubscribeStale removes the upstream subscriptions of downlink rules a
+// reload removed, once: a persistent upstream session would otherwise keep
+// sending on them. A failure is logged and tried again on the next
+// connection; what comes meanwhile is dropped as no_rule.
+func (b *Bridge) unsubscribeStale(ctx context.Context, unsubscribe func(context.Context, []string) error) {
+	b.mu.Lock()
+	stale := b.stale
+	b.mu.Unlock()
+	if len(stale) == 0 {
+		return
+	}
+	if err := unsubscribe(ctx, stale); err != nil {
+		b.lg.Warn("bridge: removing the subscriptions of removed downlink rules failed; trying again on the next connection", "filters", stale, "error", err)
+		return
+	}
+	b.lg.Info("bridge: removed the upstream subscriptions of removed downlink rules", "filters", stale)
+	b.mu.Lock()
+	b.stale = nil
+	b.mu.Unlock()
+}
+
+// staleFilters are the downlink filters of old that new no longer has.
+func staleFilters(old, new Config) []string {
+	keep := map[string]bool{}
+	for _, r := range new.Downlink {
+		keep[r.Filter] = true
+	}
+	var out []string
+	for _, r := range old.Downlink {
+		if !keep[r.Filter] && !slices.Contains(out, r.Filter) {
+			out = append(out, r.Filter)
+		}
+	}
+	return out
 }
 
 // withInbound stops the downlink handler's retries when the link closes.
@@ -315,7 +364,7 @@ type withInbound struct {
 }
 
 func (w *withInbound) close() {
-	w.in.cancel()
+	w.in.stop()
 	w.uplink.close()
 }
 
@@ -326,15 +375,16 @@ func (b *Bridge) serve(ctx context.Context, up uplink, idx int) error {
 	defer b.serving.Unlock()
 	cctx, cancel := context.WithCancel(ctx)
 	sem := make(chan struct{}, up.window())
-	var wg sync.WaitGroup
-	for _, r := range b.rules {
-		gen := r.restart()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b.forward(cctx, up, r, gen, sem)
-		}()
+	gens := make([]uint64, len(b.rules))
+	for i, r := range b.rules {
+		gens[i] = r.restart()
 	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		b.forward(cctx, up, b.rules, gens, sem)
+	}()
 	select {
 	case <-up.lost():
 	case <-ctx.Done():
@@ -499,14 +549,22 @@ func (s *Set) Apply(ctx context.Context, cfgs []Config) error {
 			next[c.Name] = old
 			continue
 		}
+		var stale []string
 		if old, ok := s.bridges[c.Name]; ok {
 			stopErrs = append(stopErrs, old.Shutdown(ctx))
+			old.mu.Lock()
+			stale = append(old.stale, staleFilters(s.cfgs[c.Name], c)...)
+			old.mu.Unlock()
 		}
 		b, err := New(c, s.log, s.local, s.o)
 		if err != nil {
 			stopErrs = append(stopErrs, err)
 			continue
 		}
+		slices.Sort(stale)
+		b.stale = slices.DeleteFunc(slices.Compact(stale), func(f string) bool {
+			return slices.ContainsFunc(c.Downlink, func(r Downlink) bool { return r.Filter == f })
+		})
 		b.Start()
 		next[c.Name] = b
 	}

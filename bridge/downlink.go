@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -30,24 +31,85 @@ type inbound interface {
 	release(packetID uint16)
 }
 
-// downlinkIn is a bridge's inbound side for one connection.
+// downlinkIn is a bridge's inbound side for one connection. The MQTT
+// library hands it each PUBLISH on the goroutine that reads the connection
+// (in order: paho.mqtt.golang with SetOrderMatters(true)); storing one may
+// wait for a long time (a full disk), and while that goroutine waits the
+// library reads nothing more, not even the PUBACKs of the forward side and
+// the PINGRESPs, so the link would stall and be declared dead. deliver
+// therefore only queues the message; one goroutine per connection (run)
+// stores and acknowledges them in the order they came.
 type downlinkIn struct {
 	b      *Bridge
 	ctx    context.Context // ends with the connection: stops the retries
 	cancel context.CancelFunc
+	queue  chan received
+	wg     sync.WaitGroup
 }
 
-// deliver publishes a downlink message into the broker and acknowledges it
+// downlinkQueue is the capacity of a connection's downlink queue. The
+// upstream sends no more unacknowledged QoS 1/2 messages than its window
+// (our Receive Maximum, or its own limit for 3.1.1), and QoS 0 messages do
+// not wait for the disk, so it only fills when an upstream overruns the
+// window; deliver then waits, as the library itself would.
+const downlinkQueue = 1024
+
+func newDownlinkIn(ctx context.Context, b *Bridge) *downlinkIn {
+	d := &downlinkIn{b: b, queue: make(chan received, downlinkQueue)}
+	d.ctx, d.cancel = context.WithCancel(ctx)
+	d.wg.Add(1)
+	go d.run()
+	return d
+}
+
+// stop ends the connection's downlink: what is queued stays unacknowledged
+// (the upstream sends it again on the next connection).
+func (d *downlinkIn) stop() {
+	d.cancel()
+	d.wg.Wait()
+}
+
+// deliver queues m for run.
+func (d *downlinkIn) deliver(m received) {
+	select {
+	case d.queue <- m:
+	case <-d.ctx.Done():
+	}
+}
+
+func (d *downlinkIn) run() {
+	defer d.wg.Done()
+	for {
+		select {
+		case m := <-d.queue:
+			d.store(m)
+		case <-d.ctx.Done():
+			return
+		}
+	}
+}
+
+// store publishes a downlink message into the broker and acknowledges it
 // upstream once it is durable. While the broker cannot take it (a full
 // disk), it tries again every second and acknowledges nothing, so the
 // upstream keeps it: the downlink waits, the forward side goes on.
-func (d *downlinkIn) deliver(m received) {
+func (d *downlinkIn) store(m received) {
 	b := d.b
 	rule, ok := b.downlinkRule(m.topic)
-	if !ok || (m.props != nil && hasMarker(m.props.user, b.cfg.ClientID)) {
-		if ok {
-			b.drop(DropLoop, 1)
+	if !ok {
+		// The upstream session still holds a subscription no rule has
+		// any more (a rule removed while edgemq was down, or one whose
+		// UNSUBSCRIBE failed): acknowledged, so that the upstream does not
+		// send it again, and counted.
+		b.drop(DropNoRule, 1)
+		if n, ok := b.noRule.allow(time.Now()); ok {
+			b.lg.Warn("bridge: downlink message matches no downlink rule; dropped (a stale upstream subscription?)", "topic", m.topic, "dropped_since_last_report", n)
 		}
+		m.ack()
+		return
+	}
+	if m.props != nil && hasMarker(m.props.user, b.cfg.ClientID) {
+		b.drop(DropLoop, 1)
 		m.ack()
 		return
 	}
@@ -120,6 +182,21 @@ func (b *Bridge) downlinkRule(topic string) (Downlink, bool) {
 		}
 	}
 	return Downlink{}, false
+}
+
+// unsubscribe removes upstream subscriptions no downlink rule has any more.
+func (l *v5link) unsubscribe(ctx context.Context, filters []string) error {
+	ua, err := l.c.Unsubscribe(ctx, &paho.Unsubscribe{Topics: filters})
+	if err != nil {
+		return fmt.Errorf("unsubscribe: %w", err)
+	}
+	for i, code := range ua.Reasons {
+		// 0x11 No subscription existed: what we wanted [MQTT-3.11.3].
+		if code >= 0x80 && i < len(filters) {
+			return fmt.Errorf("unsubscribe %q: refused by the upstream (reason code 0x%02x)", filters[i], code)
+		}
+	}
+	return nil
 }
 
 // subscribe makes the downlink subscriptions with No Local, so the upstream

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -117,11 +118,27 @@ func (r *rule) ack(gen, off uint64) {
 	}
 }
 
-// forward sends the rule's messages over up, from the rule's position on,
-// until ctx ends or the link fails. At most cap(sem) QoS 1/2 messages of all
-// rules wait for acknowledgements at once.
-func (b *Bridge) forward(ctx context.Context, up uplink, r *rule, gen uint64, sem chan struct{}) {
-	rd := b.log.NewReader(r.low())
+// forward sends the rules' messages over up, each rule from its position
+// on, until ctx ends or the link fails. One reader serves every rule of the
+// bridge: each record is read and decoded once, whatever the number of
+// rules, and the rules' messages go up in log order. gens are the rules'
+// connection generations (rule.restart). At most cap(sem) QoS 1/2 messages
+// of all rules wait for acknowledgements at once.
+func (b *Bridge) forward(ctx context.Context, up uplink, rules []*rule, gens []uint64, sem chan struct{}) {
+	if len(rules) == 0 {
+		return
+	}
+	// Each rule has sent or skipped every record below its from.
+	from := make([]uint64, len(rules))
+	for i, r := range rules {
+		from[i] = r.low()
+	}
+	rd := b.log.NewReader(slices.Min(from))
+	passAll := func(next uint64) {
+		for i, r := range rules {
+			r.passed(gens[i], next)
+		}
+	}
 	for {
 		off, rec, err := rd.Next(ctx)
 		if err != nil {
@@ -130,60 +147,76 @@ func (b *Bridge) forward(ctx context.Context, up uplink, r *rule, gen uint64, se
 				return
 			case errors.Is(err, qos.ErrTrimmed):
 				first := b.log.FirstOffset()
-				if first > rd.Offset() {
-					b.drop(DropRetention, first-rd.Offset())
-					b.lg.Warn("bridge: the log removed records before they were forwarded", "records", first-rd.Offset())
+				for i := range rules {
+					if at := max(from[i], rd.Offset()); first > at {
+						b.drop(DropRetention, first-at)
+						b.lg.Warn("bridge: the log removed records before they were forwarded", "rule", rules[i].fwd.Filter, "records", first-at)
+					}
 				}
 				rd.Seek(first)
-				r.passed(gen, first)
+				passAll(first)
 			default:
 				b.drop(DropBad, 1)
 				b.lg.Error("bridge: damaged record skipped", "offset", rd.Offset(), "error", err)
 				rd.Seek(rd.Offset() + 1)
-				r.passed(gen, rd.Offset())
+				passAll(rd.Offset())
 			}
 			continue
 		}
-		m, ok := b.match(r, rec)
-		if !ok {
-			r.passed(gen, off+1)
-			continue
-		}
-		now := time.Now()
-		if m.Expiry > 0 && now.Unix() >= m.Expiry {
-			b.drop(DropExpired, 1)
-			r.passed(gen, off+1)
-			continue
-		}
-		if a := b.cfg.MaxBacklogAge; a > 0 && now.Sub(time.Unix(0, m.Created)) > a {
-			b.drop(DropMaxAge, 1)
-			r.passed(gen, off+1)
-			continue
-		}
-		o := b.outbound(r.fwd, m, now)
-		if r.fwd.QoS == 0 {
-			if err := up.publish(ctx, o, nil); err != nil {
+		m := b.decode(off, rec)
+		for i, r := range rules {
+			if off < from[i] {
+				continue
+			}
+			if !b.takes(r, m) {
+				r.passed(gens[i], off+1)
+				continue
+			}
+			if !b.send(ctx, up, r, gens[i], off, m, sem) {
 				return
 			}
-			b.forwarded.Add(1)
-			r.passed(gen, off+1)
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		r.add(gen, off, m.Created)
-		err = up.publish(ctx, o, func(err error) {
-			<-sem
-			b.acked(r, gen, off, err)
-		})
-		if err != nil {
-			<-sem
-			return
 		}
 	}
+}
+
+// send forwards m (at off) for rule r, or drops it if it expired or is
+// older than MaxBacklogAge. It returns false when the link or ctx ended.
+func (b *Bridge) send(ctx context.Context, up uplink, r *rule, gen, off uint64, m *qos.Message, sem chan struct{}) bool {
+	now := time.Now()
+	if m.Expiry > 0 && now.Unix() >= m.Expiry {
+		b.drop(DropExpired, 1)
+		r.passed(gen, off+1)
+		return true
+	}
+	if a := b.cfg.MaxBacklogAge; a > 0 && now.Sub(time.Unix(0, m.Created)) > a {
+		b.drop(DropMaxAge, 1)
+		r.passed(gen, off+1)
+		return true
+	}
+	o := b.outbound(r.fwd, m, now)
+	if r.fwd.QoS == 0 {
+		if err := up.publish(ctx, o, nil); err != nil {
+			return false
+		}
+		b.forwarded.Add(1)
+		r.passed(gen, off+1)
+		return true
+	}
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	r.add(gen, off, m.Created)
+	err := up.publish(ctx, o, func(err error) {
+		<-sem
+		b.acked(r, gen, off, err)
+	})
+	if err != nil {
+		<-sem
+		return false
+	}
+	return true
 }
 
 // acked takes the outcome of one QoS 1/2 publish.
@@ -203,21 +236,28 @@ func (b *Bridge) acked(r *rule, gen, off uint64, err error) {
 	r.ack(gen, off)
 }
 
-// match decodes rec and returns it if the rule forwards it: a message on a
-// topic the filter matches, not one this bridge brought down (a loop).
-func (b *Bridge) match(r *rule, rec []byte) (*qos.Message, bool) {
+// decode returns the message record rec (at off) holds, nil for a record
+// of another kind. An undecodable message record is skipped: counted
+// (unreadable) and logged, at most once a minute with how many were skipped.
+func (b *Bridge) decode(off uint64, rec []byte) *qos.Message {
 	if qos.KindOf(rec) != qos.KindMessage {
-		return nil, false
+		return nil
 	}
 	m := new(qos.Message)
 	if err := m.UnmarshalBinary(rec); err != nil {
 		b.drop(DropBad, 1)
-		return nil, false
+		if n, ok := b.badRecords.allow(time.Now()); ok {
+			b.lg.Error("bridge: undecodable record skipped", "offset", off, "skipped_since_last_report", n, "error", err)
+		}
+		return nil
 	}
-	if m.Origin == b.origin || !qos.Match(r.fwd.Filter, m.Topic) {
-		return nil, false
-	}
-	return m, true
+	return m
+}
+
+// takes reports whether rule r forwards m: a message on a topic its filter
+// matches, not one this bridge brought down (a loop).
+func (b *Bridge) takes(r *rule, m *qos.Message) bool {
+	return m != nil && m.Origin != b.origin && qos.Match(r.fwd.Filter, m.Topic)
 }
 
 // markerKey is the MQTT 5 user property on every message a bridge forwards;

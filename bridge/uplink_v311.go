@@ -45,7 +45,12 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 	o.SetPassword(cfg.Password)
 	o.SetCleanSession(cfg.CleanStart)
 	o.SetKeepAlive(cfg.Keepalive)
-	o.SetPingTimeout(cfg.Keepalive / 2) // paho's own check: a ping unanswered for half a keepalive
+	// paho's own check (a PINGRESP missing a keepalive after the PINGREQ,
+	// which goes out at the latest a keepalive after the last packet read,
+	// checked every quarter keepalive) comes after
+	// the watchdog's (1.5 keepalives after the last read), which names the
+	// cause; half a keepalive raced it.
+	o.SetPingTimeout(cfg.Keepalive)
 	o.SetConnectTimeout(cfg.ConnectTimeout)
 	o.SetWriteTimeout(cfg.Keepalive)
 	o.SetAutoReconnect(false)
@@ -144,6 +149,23 @@ func (l *v311link) subscribe(ctx context.Context, rules []Downlink) error {
 				return fmt.Errorf("subscribe %q: refused by the upstream", f)
 			}
 		}
+	}
+	return nil
+}
+
+// unsubscribe removes upstream subscriptions no downlink rule has any more,
+// and waits for UNSUBACK.
+func (l *v311link) unsubscribe(ctx context.Context, filters []string) error {
+	tok := l.c.Unsubscribe(filters...)
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.lostCh:
+		return l.cause()
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("unsubscribe: %w", err)
 	}
 	return nil
 }
