@@ -34,7 +34,7 @@
 //     Reconnects back off exponentially, capped, with full jitter; the
 //     upstreams are tried in order, then round again.
 //   - A downlink message is acknowledged upstream only after the broker has
-//     it durably (Local.Publish); the broker's record of a QoS 2 packet id
+//     it durably (Local.Publish and its wait), in the order they came; the broker's record of a QoS 2 packet id
 //     makes a resend after a restart a duplicate it drops, and the PUBREL is
 //     recorded before the PUBCOMP goes out, so a QoS 2 downlink message is
 //     delivered locally once across restarts (MQTT 5 only: paho.mqtt.golang
@@ -50,8 +50,9 @@
 //   - Exactly once upstream. A QoS 2 forward is exactly once within one
 //     connection; after a reconnect the bridge sends unacknowledged messages
 //     again under new packet ids, which the upstream sees as new messages.
-//   - Order across topics when several rules match: each rule keeps log
-//     order, but rules send independently.
+//   - Order across rules after a reconnect: the rules share one reader and
+//     send in log order, but a rule resends what it had unacknowledged from
+//     its own position.
 //   - Loop prevention across two bridges of different brokers over MQTT
 //     3.1.1, which has neither No Local nor user properties: do not forward
 //     and bring down overlapping topics there.

@@ -37,28 +37,40 @@ type inbound interface {
 // wait for a long time (a full disk), and while that goroutine waits the
 // library reads nothing more, not even the PUBACKs of the forward side and
 // the PINGRESPs, so the link would stall and be declared dead. deliver
-// therefore only queues the message; one goroutine per connection (run)
-// stores and acknowledges them in the order they came.
+// therefore only queues the message. Two goroutines per connection take it
+// from there, in the order the messages came: run appends each to the log
+// without waiting (Local.Publish), acknowledge waits until it is durable and
+// acknowledges it upstream, so one fsync covers a window of messages and
+// their acknowledgements go out in order [MQTT-4.6.0-2].
 type downlinkIn struct {
 	b      *Bridge
 	ctx    context.Context // ends with the connection: stops the retries
 	cancel context.CancelFunc
-	queue  chan received
+	queue  chan received // from deliver to run
+	stored chan storing  // from run to acknowledge
 	wg     sync.WaitGroup
 }
 
-// downlinkQueue is the capacity of a connection's downlink queue. The
+// storing is a downlink message appended, waiting to be durable.
+type storing struct {
+	m    received
+	msg  *qos.Message // nil: dropped, acknowledge at once
+	wait func(context.Context) error
+}
+
+// downlinkQueue is the capacity of a connection's downlink queues. The
 // upstream sends no more unacknowledged QoS 1/2 messages than its window
 // (our Receive Maximum, or its own limit for 3.1.1), and QoS 0 messages do
-// not wait for the disk, so it only fills when an upstream overruns the
+// not wait for the disk, so they only fill when an upstream overruns the
 // window; deliver then waits, as the library itself would.
 const downlinkQueue = 1024
 
 func newDownlinkIn(ctx context.Context, b *Bridge) *downlinkIn {
-	d := &downlinkIn{b: b, queue: make(chan received, downlinkQueue)}
+	d := &downlinkIn{b: b, queue: make(chan received, downlinkQueue), stored: make(chan storing, downlinkQueue)}
 	d.ctx, d.cancel = context.WithCancel(ctx)
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.run()
+	go d.acknowledge()
 	return d
 }
 
@@ -77,24 +89,80 @@ func (d *downlinkIn) deliver(m received) {
 	}
 }
 
+// run appends each queued message and passes it on to acknowledge. While
+// the broker cannot take a message (a full disk) it tries again every
+// second and acknowledges nothing, so the upstream keeps it: the downlink
+// waits, the forward side goes on.
 func (d *downlinkIn) run() {
 	defer d.wg.Done()
 	for {
+		var m received
 		select {
-		case m := <-d.queue:
-			d.store(m)
+		case m = <-d.queue:
+		case <-d.ctx.Done():
+			return
+		}
+		s := storing{m: m, msg: d.b.localMessage(m)}
+		if s.msg != nil {
+			for {
+				var err error
+				if s.wait, err = d.b.local.Publish(s.msg); err == nil {
+					break
+				}
+				d.b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
+				if !sleep(d.ctx, time.Second) {
+					return
+				}
+			}
+		}
+		select {
+		case d.stored <- s:
 		case <-d.ctx.Done():
 			return
 		}
 	}
 }
 
-// store publishes a downlink message into the broker and acknowledges it
-// upstream once it is durable. While the broker cannot take it (a full
-// disk), it tries again every second and acknowledges nothing, so the
-// upstream keeps it: the downlink waits, the forward side goes on.
-func (d *downlinkIn) store(m received) {
-	b := d.b
+// acknowledge acknowledges each message upstream once it is durable. A
+// message whose append failed after all (the write itself) is published
+// again, here, before the acknowledgement: the ones appended after it may
+// then reach local subscribers before it.
+func (d *downlinkIn) acknowledge() {
+	defer d.wg.Done()
+	for {
+		var s storing
+		select {
+		case s = <-d.stored:
+		case <-d.ctx.Done():
+			return
+		}
+		if s.msg != nil {
+			for {
+				err := s.wait(d.ctx)
+				if err == nil {
+					break
+				}
+				if d.ctx.Err() != nil {
+					return
+				}
+				d.b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
+				if !sleep(d.ctx, time.Second) {
+					return
+				}
+				if s.wait, err = d.b.local.Publish(s.msg); err != nil {
+					s.wait = func(context.Context) error { return err }
+				}
+			}
+			d.b.received.Add(1)
+		}
+		s.m.ack()
+	}
+}
+
+// localMessage is what the downlink message m becomes in the broker; nil
+// for one that is dropped (counted): no rule takes it, or it is one of the
+// bridge's own (a loop).
+func (b *Bridge) localMessage(m received) *qos.Message {
 	rule, ok := b.downlinkRule(m.topic)
 	if !ok {
 		// The upstream session still holds a subscription no rule has
@@ -105,13 +173,11 @@ func (d *downlinkIn) store(m received) {
 		if n, ok := b.noRule.allow(time.Now()); ok {
 			b.lg.Warn("bridge: downlink message matches no downlink rule; dropped (a stale upstream subscription?)", "topic", m.topic, "dropped_since_last_report", n)
 		}
-		m.ack()
-		return
+		return nil
 	}
 	if m.props != nil && hasMarker(m.props.user, b.cfg.ClientID) {
 		b.drop(DropLoop, 1)
-		m.ack()
-		return
+		return nil
 	}
 	msg := &qos.Message{
 		Topic:   expand(rule.Local, strings.TrimPrefix(m.topic, rule.StripPrefix), ""),
@@ -136,18 +202,7 @@ func (d *downlinkIn) store(m received) {
 			msg.User = append(msg.User, qos.Property{Key: u[0], Value: u[1]})
 		}
 	}
-	for {
-		err := b.local.Publish(d.ctx, msg)
-		if err == nil {
-			break
-		}
-		b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
-		if !sleep(d.ctx, time.Second) {
-			return
-		}
-	}
-	b.received.Add(1)
-	m.ack()
+	return msg
 }
 
 // release ends a downlink QoS 2 exchange in the broker before paho answers

@@ -38,25 +38,30 @@ func (l bridgeLog) DeleteCursor(name string) error { return walError(l.w.DeleteC
 func (l bridgeLog) Cursors() []string { return l.w.Cursors() }
 
 // bridgeLocal publishes downlink messages into the broker through the
-// engine: QoS 1/2 (and logged QoS 0) durable before Publish returns, then
-// fanned out by the dispatcher; other QoS 0 from memory like any QoS 0
-// publish.
+// engine: QoS 1/2 (and logged QoS 0) appended, durable when the wait
+// returns, then fanned out by the dispatcher; other QoS 0 from memory like
+// any QoS 0 publish.
 type bridgeLocal struct{ b *Broker }
 
 var _ bridge.Local = bridgeLocal{}
 
-// Publish makes m durable and delivers it (see bridge.Local). A QoS 2
-// message sent again before our PUBREC reached the upstream is taken
-// once [MQTT-4.3.3-10].
-func (l bridgeLocal) Publish(ctx context.Context, m *qos.Message) error {
+// Publish appends m (see bridge.Local). A QoS 2 message sent again before
+// our PUBREC reached the upstream is taken once [MQTT-4.3.3-10].
+func (l bridgeLocal) Publish(m *qos.Message) (func(context.Context) error, error) {
 	ds, ok := l.b.storage.(*durableStorage)
 	if !ok {
-		return errors.New("edge: storage closed")
+		return nil, errors.New("edge: storage closed")
 	}
-	if err := ds.engine.Publish(ctx, m); err != nil && !errors.Is(err, qos.ErrDuplicate) {
-		return err
+	wait, err := ds.engine.PublishAsync(m)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	return func(ctx context.Context) error {
+		if err := wait(ctx); err != nil && !errors.Is(err, qos.ErrDuplicate) {
+			return err
+		}
+		return nil
+	}, nil
 }
 
 // Release ends a downlink QoS 2 exchange, durably, before the bridge's

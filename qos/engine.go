@@ -242,12 +242,28 @@ func (e *Engine) loggedQoS0(m *Message) bool {
 // ErrDuplicate once the first one is durable, nothing appended
 // [MQTT-4.3.3-10]. That holds for a retry after Publish returned an error
 // too: if the first append is still in the log, the retry waits for it.
+// Publish is PublishAsync and its wait.
 func (e *Engine) Publish(ctx context.Context, m *Message) error {
+	wait, err := e.PublishAsync(m)
+	if err != nil {
+		return err
+	}
+	return wait(ctx)
+}
+
+// PublishAsync is Publish without the wait for durability: it appends m and
+// returns at once, so that a source with many messages (a bridge's
+// downlink) can append a window of them under one fsync and wait for each
+// in turn. wait returns what Publish would: nil once m is durable,
+// ErrDuplicate for a QoS 2 resend once the first copy is durable, or the
+// error that kept m from the log (then m is not published: publish it
+// again). An error from PublishAsync itself means nothing was appended.
+func (e *Engine) PublishAsync(m *Message) (wait func(ctx context.Context) error, err error) {
 	if m.Created == 0 {
 		m.Created = e.cfg.Now().UnixNano()
 	}
 	if e.publishDirect(m) {
-		return nil
+		return func(context.Context) error { return nil }, nil
 	}
 	twoPhase := m.QoS == 2 && m.Origin != ""
 	if twoPhase {
@@ -255,21 +271,24 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 		off, dup := e.external[m.Origin][m.OriginPacketID]
 		e.mu.Unlock()
 		if dup {
-			err := e.log.WaitDurable(ctx, off)
-			if err == nil {
-				e.stats.duplicates.Add(1)
-				return ErrDuplicate
-			}
-			if ctx.Err() != nil {
-				return err
-			}
-			// That append failed: the message is not in the log.
-			e.forgetExternal(m.Origin, m.OriginPacketID, off)
+			return func(ctx context.Context) error {
+				err := e.log.WaitDurable(ctx, off)
+				if err == nil {
+					e.stats.duplicates.Add(1)
+					return ErrDuplicate
+				}
+				if ctx.Err() != nil {
+					return err
+				}
+				// That append failed: the message is not in the log.
+				e.forgetExternal(m.Origin, m.OriginPacketID, off)
+				return e.Publish(ctx, m)
+			}, nil
 		}
 	}
 	off, err := e.appendMessage(m, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if twoPhase {
 		// Known from the append on, not from its durability: a retry after
@@ -281,11 +300,13 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 		e.external[m.Origin][m.OriginPacketID] = off
 		e.mu.Unlock()
 	}
-	if err := e.log.WaitDurable(ctx, off); err != nil {
-		return err
-	}
-	e.stats.published.Add(1)
-	return nil
+	return func(ctx context.Context) error {
+		if err := e.log.WaitDurable(ctx, off); err != nil {
+			return err
+		}
+		e.stats.published.Add(1)
+		return nil
+	}, nil
 }
 
 // forgetExternal ends origin's QoS 2 exchange on id if it is still the

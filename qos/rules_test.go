@@ -683,3 +683,52 @@ func TestInboundWindowAfterResume(t *testing.T) {
 		t.Fatalf("3rd unacknowledged publish: err %v, reason %#x; want ErrReceiveMaximum and 0x93", err, pub.conn.reason)
 	}
 }
+
+// Engine.PublishAsync takes a QoS 2 message of an origin once from its
+// append on: a resend before the first copy is durable is a duplicate
+// [MQTT-4.3.3-10]; a copy whose write failed frees the packet id for the
+// message sent again.
+func TestEnginePublishAsyncQoS2(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	msg := func() *qos.Message {
+		return &qos.Message{Topic: "t", QoS: 2, Origin: "$bridge/x", OriginPacketID: 7}
+	}
+	wait, err := h.e.PublishAsync(msg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resend, err := h.e.PublishAsync(msg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := resend(ctx); !errors.Is(err, qos.ErrDuplicate) {
+		t.Fatalf("resend before the first copy's wait: %v, want ErrDuplicate", err)
+	}
+	if err := h.e.Release(ctx, "$bridge/x", 7); err != nil {
+		t.Fatal(err)
+	}
+	h.log.mu.Lock()
+	h.log.fail = func([][]byte) error { return errors.New("input/output error") }
+	h.log.mu.Unlock()
+	wait, err = h.e.PublishAsync(msg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(ctx); err == nil {
+		t.Fatal("wait after a failed write: nil, want the write's error")
+	}
+	h.log.mu.Lock()
+	h.log.fail = nil
+	h.log.mu.Unlock()
+	wait, err = h.e.PublishAsync(msg())
+	if err != nil {
+		t.Fatalf("publish again after the failed write: %v", err)
+	}
+	if err := wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
