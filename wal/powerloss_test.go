@@ -40,6 +40,7 @@ type powerRun struct {
 	cursors  map[string]bool   // every cursor name used
 	appendEr map[string]int    // append errors by text, for the log
 	fsyncs   []string          // the files the run fsynced, in order (base names)
+	trace    []string          // the file-system operations, numbered
 }
 
 type ackedRec struct {
@@ -122,6 +123,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 		cursors: map[string]bool{}, appendEr: map[string]int{}}
 	sim := newSimFS(root)
 	sim.failSync = failSync
+	sim.traceOn = true
 	take := func(label string) {
 		r.points = append(r.points, crashPoint{pos: sim.ops, state: sim.cloneLocked(), label: label})
 	}
@@ -257,6 +259,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 	}
 	take("after close")
 	r.fsyncs = slices.Clone(sim.synced)
+	r.trace = sim.trace
 	return r
 }
 
@@ -264,11 +267,20 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 // workload was told before pos. It returns what is wrong, or nil.
 func (r *powerRun) checkPowerState(st *simFS, pos int) error {
 	recs, curs := r.required(pos)
-	if _, err := st.readDir(r.dir); err != nil && len(recs) == 0 && len(curs) == 0 {
+	var before string // what the cut left, for a failure message
+	if ents, err := st.readDir(r.dir); err != nil && len(recs) == 0 && len(curs) == 0 {
 		// The log's directory never became durable, and nothing needed it
 		// to. Open creates it.
 	} else if rep, err := wal.CheckFS(r.dir, st.fs()); err != nil {
 		return fmt.Errorf("check before open: %v (report %+v)", err, rep)
+	} else {
+		var files []string
+		for _, e := range ents {
+			info, _ := e.Info()
+			files = append(files, fmt.Sprintf("%s:%d", e.Name(), info.Size()))
+		}
+		before = fmt.Sprintf("left by the cut: files %v, log %d..%d, durable mark %d; required: %d records, cursors %v",
+			files, rep.FirstOffset, rep.LastOffset, rep.DurableMark, len(recs), curs)
 	}
 	cfg := powerConfig(st.fs(), wal.SyncAlways)
 	l, err := wal.Open(r.dir, cfg)
@@ -281,7 +293,7 @@ func (r *powerRun) checkPowerState(st *simFS, pos int) error {
 		}
 	}()
 	if err := r.verify(l, recs, curs); err != nil {
-		return err
+		return fmt.Errorf("%w; %s", err, before)
 	}
 	off, err := l.Append(context.Background(), payload(1<<62))
 	if err != nil {
@@ -324,8 +336,8 @@ func (r *powerRun) verify(l *wal.Log, recs []ackedRec, curs map[string]uint64) e
 			continue
 		}
 		if err != nil || !bytes.Equal(got, payload(a.id)) {
-			return fmt.Errorf("acknowledged offset %d (id %#x, acknowledged at op %d): %.20q %v (log %d..%d)",
-				a.off, a.id, a.pos, got, err, l.FirstOffset(), l.LastOffset())
+			return fmt.Errorf("acknowledged offset %d (id %#x, acknowledged at op %d): %.20q %v (log %d..%d, recovered cursors %s)",
+				a.off, a.id, a.pos, got, err, l.FirstOffset(), l.LastOffset(), cursorList(l))
 		}
 	}
 	seen := map[string]uint64{}
@@ -369,6 +381,51 @@ func (r *powerRun) verify(l *wal.Log, recs []ackedRec, curs map[string]uint64) e
 	return nil
 }
 
+// history returns the last n operations up to pos, file system and
+// workload interleaved, for a failure message.
+func (r *powerRun) history(pos, n int) string {
+	type ev struct {
+		pos  int
+		text string
+	}
+	var evs []ev
+	for _, line := range r.trace {
+		var at int
+		fmt.Sscan(line, &at)
+		evs = append(evs, ev{at, line})
+	}
+	r.mu.Lock()
+	for _, a := range r.acked {
+		evs = append(evs, ev{a.pos, fmt.Sprintf("%d   acknowledged %d", a.pos, a.off)})
+	}
+	for _, c := range r.commits {
+		evs = append(evs, ev{c.pos, fmt.Sprintf("%d   cursor %s committed to %d (creation %v, failed %v)", c.pos, c.name, c.value, c.creation, c.failed)})
+	}
+	for _, s := range r.syncs {
+		evs = append(evs, ev{s.to, fmt.Sprintf("%d   Log.Sync called at op %d returned", s.to, s.from)})
+	}
+	r.mu.Unlock()
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].pos < evs[j].pos })
+	var lines []string
+	for _, e := range evs {
+		if e.pos <= pos {
+			lines = append(lines, e.text)
+		}
+	}
+	lines = lines[max(0, len(lines)-n):]
+	return "history up to the cut:\n\t" + strings.Join(lines, "\n\t")
+}
+
+// cursorList says where l's cursors are, for a failure message.
+func cursorList(l *wal.Log) string {
+	var b strings.Builder
+	for _, name := range l.Cursors() {
+		c, _ := l.Cursor(name)
+		fmt.Fprintf(&b, "%s=%d ", name, c.Offset())
+	}
+	return strings.TrimSpace(b.String())
+}
+
 var digits = regexp.MustCompile(`[0-9]+|"[^"]*"|/tmp/[^ :]*`)
 
 // checkPowerRun checks every crash point of a run: the state a kill -9
@@ -396,8 +453,9 @@ func checkPowerRun(t *testing.T, r *powerRun, seed uint64, states, every int) (c
 				kind := digits.ReplaceAllString(err.Error(), "N")
 				kinds[kind]++
 				if kinds[kind] == 1 {
-					t.Errorf("%s, seed %d, crash point %d (%s, op %d), %s %d: %v",
-						r.pol, seed, i, p.label, p.pos, [...]string{"power cut keeping nothing unsynced", "kill -9", "power cut keeping some"}[mode], k, err)
+					t.Errorf("%s, seed %d, crash point %d (%s, op %d), %s %d: %v\n%s",
+						r.pol, seed, i, p.label, p.pos, [...]string{"power cut keeping nothing unsynced", "kill -9", "power cut keeping some"}[mode], k, err,
+						r.history(p.pos, 60))
 				}
 			}
 		}

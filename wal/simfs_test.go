@@ -1,6 +1,7 @@
 package wal_test
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -40,6 +41,8 @@ type simFS struct {
 	synced   []string          // the base name of each file fsynced, in order
 	failSync int               // this file fsync (1-based) fails with EIO and drops the file's dirty pages
 	failed   bool              // failSync happened
+	trace    []string          // with traceOn: every operation, numbered as ops counts them
+	traceOn  bool
 }
 
 type simObj struct {
@@ -83,10 +86,19 @@ func (s *simFS) fs() wal.FS {
 	}
 }
 
-func (s *simFS) op() {
+// op counts a mutating operation other than an fsync, and traces it.
+func (s *simFS) op(format string, args ...any) {
 	s.ops++
+	s.note(format, args...)
 	if s.onOp != nil {
 		s.onOp()
+	}
+}
+
+// note traces the operation just counted.
+func (s *simFS) note(format string, args ...any) {
+	if s.traceOn {
+		s.trace = append(s.trace, fmt.Sprintf("%d ", s.ops)+fmt.Sprintf(format, args...))
 	}
 }
 
@@ -124,7 +136,7 @@ func (s *simFS) mkdirAll(path string, perm os.FileMode) error {
 	p.vol[base] = o
 	p.pending = append(p.pending, dirOp{kind: 'c', name: base, obj: o})
 	s.dirs[path] = d
-	s.op()
+	s.op("mkdir %s", path)
 	return nil
 }
 
@@ -147,12 +159,12 @@ func (s *simFS) openFile(name string, flag int, perm os.FileMode) (wal.File, err
 		o = &simObj{file: &simFile{dirty: map[int64]bool{}, mtime: time.Now()}}
 		p.vol[base] = o
 		p.pending = append(p.pending, dirOp{kind: 'c', name: base, obj: o})
-		s.op()
+		s.op("create %s", base)
 	} else if o.dir != nil {
 		return &simHandle{s: s, name: name, dir: o.dir}, nil
 	} else if flag&os.O_TRUNC != 0 {
 		o.file.truncate(0)
-		s.op()
+		s.op("open %s O_TRUNC", base)
 	}
 	return &simHandle{s: s, name: name, file: o.file}, nil
 }
@@ -169,7 +181,7 @@ func (s *simFS) remove(name string) error {
 	}
 	delete(p.vol, base)
 	p.pending = append(p.pending, dirOp{kind: 'u', name: base})
-	s.op()
+	s.op("unlink %s", base)
 	return nil
 }
 
@@ -190,7 +202,7 @@ func (s *simFS) rename(from, to string) error {
 	p.vol[tbase] = p.vol[base]
 	delete(p.vol, base)
 	p.pending = append(p.pending, dirOp{kind: 'r', name: base, to: tbase})
-	s.op()
+	s.op("rename %s %s", base, tbase)
 	return nil
 }
 
@@ -302,7 +314,7 @@ func (h *simHandle) WriteAt(p []byte, off int64) (int, error) {
 		return 0, &os.PathError{Op: "write", Path: h.name, Err: err}
 	}
 	h.file.writeAt(p, off)
-	h.s.op()
+	h.s.op("write %s [%d,%d)", filepath.Base(h.name), off, off+int64(len(p)))
 	return len(p), nil
 }
 
@@ -313,7 +325,7 @@ func (h *simHandle) Truncate(size int64) error {
 		return &os.PathError{Op: "truncate", Path: h.name, Err: err}
 	}
 	h.file.truncate(size)
-	h.s.op()
+	h.s.op("truncate %s %d", filepath.Base(h.name), size)
 	return nil
 }
 
@@ -329,6 +341,7 @@ func (h *simHandle) Sync() error {
 	}
 	s.ops++
 	if h.dir != nil {
+		s.note("fsync dir %s", filepath.Base(h.name))
 		h.dir.dur = cloneEntries(h.dir.vol)
 		h.dir.pending = nil
 	} else {
@@ -336,6 +349,7 @@ func (h *simHandle) Sync() error {
 		s.synced = append(s.synced, filepath.Base(h.name))
 		f := h.file
 		if s.syncs == s.failSync {
+			s.note("fsync %s: EIO (fsync %d)", filepath.Base(h.name), s.syncs)
 			// fsyncgate: the kernel reports the error once and marks the
 			// pages clean; they never reach the disk, and a retried fsync
 			// succeeds. The size change may still reach it.
@@ -346,6 +360,7 @@ func (h *simHandle) Sync() error {
 			}
 			return &os.PathError{Op: "sync", Path: h.name, Err: syscall.EIO}
 		}
+		s.note("fsync %s (fsync %d)", filepath.Base(h.name), s.syncs)
 		f.flush()
 	}
 	if s.onSync != nil {
