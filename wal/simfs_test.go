@@ -40,9 +40,12 @@ type simFS struct {
 	syncs    int               // file fsyncs so far
 	synced   []string          // the base name of each file fsynced, in order
 	failSync int               // this file fsync (1-based) fails with EIO and drops the file's dirty pages
-	failed   bool              // failSync happened
-	trace    []string          // with traceOn: every operation, numbered as ops counts them
-	traceOn  bool
+	// failIf, if set, picks the failing fsync instead: the first one it
+	// returns true for, given the file's name.
+	failIf  func(name string) bool
+	failed  bool     // the failing fsync happened
+	trace   []string // with traceOn: every operation, numbered as ops counts them
+	traceOn bool
 }
 
 type simObj struct {
@@ -348,7 +351,7 @@ func (h *simHandle) Sync() error {
 		s.syncs++
 		s.synced = append(s.synced, filepath.Base(h.name))
 		f := h.file
-		if s.syncs == s.failSync {
+		if s.syncs == s.failSync || (s.failIf != nil && !s.failed && s.failIf(filepath.Base(h.name))) {
 			s.note("fsync %s: EIO (fsync %d)", filepath.Base(h.name), s.syncs)
 			// fsyncgate: the kernel reports the error once and marks the
 			// pages clean; they never reach the disk, and a retried fsync

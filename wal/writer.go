@@ -413,8 +413,9 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 	}
 }
 
-// rollback undoes a failed batch: it removes the segments the batch created,
-// cuts the old tail back to its last durable record, and records the
+// rollback undoes a failed batch: it removes the segments the batch created
+// (and fsyncs the directory), cuts the old tail back to its last durable
+// record, and records the
 // batch's offsets as holes (written as hole entries before the next batch,
 // so offsets stay consecutive in the files and are never reused). If the
 // files cannot be put back, the log fails: see ErrFailed.
@@ -450,10 +451,23 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 	prevTail.mu.Lock()
 	end := prevTail.ix.end
 	prevTail.mu.Unlock()
-	// Always truncate: a failed write may have written part of its data
-	// beyond what size counts.
-	if err := prevTail.f.Truncate(end); err != nil && fatal == nil {
-		fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
+	if len(created) > 0 && fatal == nil {
+		// The unlinks must be durable before the cut below can reach the
+		// disk: a power cut that kept a created segment's name and the cut
+		// of the old tail would leave a segment that ends records early in
+		// the middle of the log. Without that fsync the old tail stays as
+		// it is (the log fails; Open takes what it holds).
+		if err := l.fs.syncDir(l.dir); err != nil {
+			fatal = fmt.Errorf("sync %s after removing the segments of a failed batch: %w", l.dir, err)
+		}
+	}
+	// Always truncate (a failed write may have written part of its data
+	// beyond what size counts), unless a created segment may still follow
+	// the old tail on disk.
+	if fatal == nil {
+		if err := prevTail.f.Truncate(end); err != nil {
+			fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
+		}
 	}
 	l.stats.diskBytes.Add(end - prevTail.size.Load())
 	prevTail.size.Store(end)
