@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/edgemq/edgemq/qos"
 )
 
 // snapshotDir keeps the engine's checkpoints as files in a directory:
@@ -93,10 +95,32 @@ func (d snapshotDir) Load(read func(io.Reader) error) error {
 		if err == nil {
 			return nil
 		}
-		d.lg.Error("snapshot damaged: trying an older one", "file", path, "error", err)
 		last = err
+		if errors.Is(err, qos.ErrSnapshotAhead) {
+			// Its offsets are handed out again: once the log passes it,
+			// it would read back as if valid. Gone before anything is
+			// appended.
+			if rerr := d.remove(path); rerr != nil {
+				d.lg.Error("snapshot ahead of the log not removed: a later start may load it", "file", path, "error", rerr)
+			}
+			continue
+		}
+		d.lg.Error("snapshot damaged: trying an older one", "file", path, "error", err)
 	}
 	return last
+}
+
+// remove removes a snapshot file durably.
+func (d snapshotDir) remove(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	dh, err := os.Open(d.dir)
+	if err != nil {
+		return err
+	}
+	defer dh.Close()
+	return dh.Sync()
 }
 
 // writeFileAtomic writes dir/name through a temporary file, fsyncs it,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -20,16 +21,38 @@ import (
 //     record the positions rely on, survives whatever the snapshot
 //     survives: a power cut must never leave a snapshot past the end of
 //     the log;
-//  3. saves the snapshot (Snapshots.Save);
+//  3. saves the snapshot (Snapshots.Save, which keeps it and the one
+//     before it);
 //  4. commits the engine's cursor to the lowest offset anything still
-//     needs: the snapshot's offset, each queue's position, each unreleased
-//     flight. The log may then remove whole segments below it.
+//     needs: each queue's position, each unreleased flight, and the
+//     offset of the older snapshot kept, so that recovery from it, when
+//     the newest reads back damaged, finds every record after it. The log
+//     may then remove whole segments below it.
+//
+// When nothing came since the newest snapshot but its own checkpoint
+// record, or when a checkpoint fails (a full log refuses its record), the
+// checkpointer only trims: positions move and consumers end without
+// records (a clean session's deliveries and its end are not logged), and
+// the log must follow them with the snapshots already on disk (a full log
+// refuses publishes until it is trimmed). The first idle tick after
+// activity takes one more snapshot, of the same state, so that the older
+// snapshot kept no longer holds the records of the busy period: the
+// trim point then follows the consumers all the way.
 
-// checkpointLoop checkpoints every CheckpointInterval. When no record
-// came since the last one it only trims: positions move and consumers end
-// without records (a clean session's deliveries and its end are not
-// logged), and the log must follow them even when nothing is written (a
-// full log refuses publishes until it is trimmed).
+// snapshotsKept is what the checkpointer knows of the snapshots the store
+// keeps. mu serialises checkpoints and trims.
+type snapshotsKept struct {
+	mu sync.Mutex
+	// newest is the offset of the newest snapshot (saved, or recovered
+	// from; 0: none), older the one saved before it by this engine (0:
+	// none known: the previous process protected it until it saved
+	// newest).
+	newest, older uint64
+	// settled: newest is the extra snapshot of an idle tick (see above).
+	settled bool
+}
+
+// checkpointLoop checkpoints every CheckpointInterval, or trims.
 func (e *Engine) checkpointLoop() {
 	defer e.wg.Done()
 	if e.cfg.Snapshots == nil {
@@ -37,7 +60,6 @@ func (e *Engine) checkpointLoop() {
 	}
 	t := time.NewTicker(e.cfg.CheckpointInterval)
 	defer t.Stop()
-	var last uint64
 	failures := 0
 	for {
 		select {
@@ -46,17 +68,23 @@ func (e *Engine) checkpointLoop() {
 		case <-t.C:
 		}
 		st, offset := e.shadowCopy()
+		e.snaps.mu.Lock()
+		// Nothing new: every record from the newest snapshot's offset on
+		// is a checkpoint record.
+		idle := e.shadowLive.Load() <= e.snaps.newest
+		again := idle && !e.snaps.settled && offset > e.snaps.newest
+		e.snaps.mu.Unlock()
 		var err error
-		if offset == last {
-			// Nothing new: the snapshot on disk is current.
-			if floor := e.floor(nil, offset); floor > e.cursor.Offset() {
-				err = e.cursor.Commit(floor)
+		if !idle || again {
+			if err = e.checkpoint(st, offset); err == nil {
+				e.snaps.mu.Lock()
+				e.snaps.settled = idle
+				e.snaps.mu.Unlock()
+			} else if terr := e.trim(); terr != nil {
+				e.lg.Debug("trim after a failed checkpoint failed too", "error", terr)
 			}
-			if err == nil {
-				e.stats.lastCheckpoint.Store(e.cfg.Now().UnixNano())
-			}
-		} else if err = e.checkpoint(st, offset); err == nil {
-			last = offset
+		} else if err = e.trim(); err == nil {
+			e.stats.lastCheckpoint.Store(e.cfg.Now().UnixNano()) // the snapshot on disk is current
 		}
 		switch {
 		case err != nil:
@@ -75,6 +103,8 @@ func (e *Engine) checkpointLoop() {
 // checkpoint runs the steps above for st, the state after every record
 // below offset.
 func (e *Engine) checkpoint(st *State, offset uint64) error {
+	e.snaps.mu.Lock()
+	defer e.snaps.mu.Unlock()
 	started := time.Now()
 	floor := e.floor(st, offset)
 	if err := e.appendWait(EncodeCheckpoint(offset)); err != nil {
@@ -89,6 +119,12 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 		e.stats.checkpointFailures.Add(1)
 		return fmt.Errorf("save snapshot: %w", err)
 	}
+	if offset != e.snaps.newest { // a Save of the same offset replaced it
+		e.snaps.older, e.snaps.newest = e.snaps.newest, offset
+	}
+	if e.snaps.older > 0 {
+		floor = min(floor, e.snaps.older)
+	}
 	if err := e.cursor.Commit(floor); err != nil {
 		e.stats.checkpointFailures.Add(1)
 		return fmt.Errorf("commit cursor at %d: %w", floor, err)
@@ -96,6 +132,24 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 	e.stats.checkpoints.Add(1)
 	e.stats.lastCheckpoint.Store(e.cfg.Now().UnixNano())
 	e.lg.Debug("checkpoint", "offset", offset, "floor", floor, "sessions", len(st.Sessions), "seconds", time.Since(started).Seconds())
+	return nil
+}
+
+// trim commits the engine's cursor to the lowest offset needed with the
+// snapshots already on disk, if that is past where it stands.
+func (e *Engine) trim() error {
+	e.snaps.mu.Lock()
+	defer e.snaps.mu.Unlock()
+	if e.snaps.newest == 0 {
+		return nil // no snapshot: recovery replays the whole log
+	}
+	floor := e.floor(nil, e.snaps.newest)
+	if e.snaps.older > 0 {
+		floor = min(floor, e.snaps.older)
+	}
+	if floor > e.cursor.Offset() {
+		return e.cursor.Commit(floor)
+	}
 	return nil
 }
 

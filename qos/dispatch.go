@@ -50,6 +50,9 @@ func (e *Engine) dispatch() {
 		}
 		e.shadowNext = off + 1
 		e.shadowMu.Unlock()
+		if k != KindCheckpoint {
+			e.shadowLive.Store(off + 1)
+		}
 		e.fannedOut.Store(off + 1)
 	}
 }

@@ -95,7 +95,8 @@ func DefaultConfig(l Log) Config {
 //
 // Lock order: Engine.mu, then index.mu, then session.mu, then group.mu,
 // then a Queue's. The dispatcher holds index.mu for reading while it
-// offers a message and takes no session lock meanwhile.
+// offers a message and takes no session lock meanwhile. The
+// checkpointer's snaps.mu comes before Engine.mu.
 type Engine struct {
 	cfg    Config
 	log    Log
@@ -124,6 +125,11 @@ type Engine struct {
 	shadowMu   sync.Mutex
 	shadow     *State // the state after every record the dispatcher read
 	shadowNext uint64 // the offset shadow stands for; both under shadowMu
+	// shadowLive is the offset after the last record the dispatcher read
+	// that was not a checkpoint record: the state is the same at any
+	// offset from it to shadowNext.
+	shadowLive atomic.Uint64
+	snaps      snapshotsKept
 	sessionN   atomic.Uint64
 	stopping   atomic.Bool
 

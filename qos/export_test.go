@@ -1,5 +1,7 @@
 package qos
 
+import "time"
+
 // Crash stops the engine as a kill -9 would, as far as the log is
 // concerned: its goroutines end, no last checkpoint is written, and a new
 // Engine over the same Log and Snapshots recovers from them.
@@ -14,4 +16,19 @@ func (e *Engine) Crash() {
 // Checkpoint writes a checkpoint now, as the dispatcher would.
 func (e *Engine) Checkpoint() error {
 	return e.checkpoint(e.shadowCopy())
+}
+
+// WaitDispatched waits until the dispatcher's shadow state covers every
+// record in the log, so that Checkpoint snapshots them.
+func (e *Engine) WaitDispatched() {
+	last := e.log.LastOffset()
+	for {
+		e.shadowMu.Lock()
+		next := e.shadowNext
+		e.shadowMu.Unlock()
+		if next > last {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -215,12 +215,14 @@ func (m *memSnaps) Save(_ uint64, write func(io.Writer) error) error {
 
 func (m *memSnaps) Load(read func(io.Reader) error) error {
 	m.mu.Lock()
-	snaps := slices.Clone(m.snaps)
-	m.mu.Unlock()
+	defer m.mu.Unlock()
 	var err error
-	for i := len(snaps) - 1; i >= 0; i-- {
-		if err = read(bytes.NewReader(snaps[i])); err == nil {
+	for i := len(m.snaps) - 1; i >= 0; i-- {
+		if err = read(bytes.NewReader(m.snaps[i])); err == nil {
 			return nil
+		}
+		if errors.Is(err, qos.ErrSnapshotAhead) {
+			m.snaps = slices.Delete(m.snaps, i, i+1)
 		}
 	}
 	return err

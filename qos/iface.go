@@ -102,13 +102,27 @@ type Cursor interface {
 // reads back whole and replays the log after it.
 type Snapshots interface {
 	// Save stores the snapshot durably: when it returns nil, a later Load
-	// may return it, and older snapshots may be removed.
+	// may return it. It keeps the newest snapshot and the one saved before
+	// it (recovery falls back to that one when the newest reads back
+	// damaged, and the engine keeps the log from its offset for that
+	// replay); older ones may be removed.
 	Save(offset uint64, write func(w io.Writer) error) error
 	// Load calls read with each stored snapshot, newest first, until read
 	// returns nil. It returns nil without calling read when there is none,
-	// and read's last error when none reads back.
+	// and read's last error when none reads back. A snapshot for which
+	// read returns ErrSnapshotAhead is removed, durably, before Load
+	// returns.
 	Load(read func(r io.Reader) error) error
 }
+
+// ErrSnapshotAhead is what recovery returns to Snapshots.Load for a
+// snapshot past the end of the log: the log lost records the snapshot
+// covers (a power cut under sync "interval" took the log's tail, or a
+// snapshot of a version that did not make the log durable first), and
+// their offsets are handed out again. Such a snapshot must never be
+// loaded: once the log grows past its offset again, it would look valid
+// and stand for records the log no longer has.
+var ErrSnapshotAhead = errors.New("qos: snapshot ahead of the log")
 
 // PacketType is an MQTT control packet type, as in the fixed header
 // [MQTT-2.1.2]: only the types the engine writes.

@@ -34,7 +34,7 @@ func (e *Engine) recover() error {
 				// handed out again.
 				e.lg.Error("snapshot ahead of the log (the log lost its tail: a power cut under sync interval?): trying an older one",
 					"snapshot_offset", at, "last_offset", last)
-				return fmt.Errorf("qos: snapshot at %d ahead of the log's last offset %d", at, last)
+				return fmt.Errorf("%w: snapshot at %d, the log's last offset %d", ErrSnapshotAhead, at, last)
 			}
 			st, from = s, at
 			return nil
@@ -43,6 +43,7 @@ func (e *Engine) recover() error {
 			e.lg.Error("no snapshot reads back: replaying the whole log", "error", err)
 		}
 	}
+	e.snaps.newest = from
 	if from < first {
 		if from > 0 || first > 1 {
 			e.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",
@@ -153,6 +154,7 @@ func (e *Engine) recover() error {
 		e.retained[topic] = rt
 	}
 	e.shadow, e.shadowNext = st, next
+	e.shadowLive.Store(next)
 	e.lg.Info("log replayed", "records", records, "from_offset", from, "last_offset", last,
 		"sessions", len(e.sessions), "retained", len(e.retained), "seconds", time.Since(started).Seconds())
 	return nil
