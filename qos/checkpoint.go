@@ -44,9 +44,9 @@ import (
 type snapshotsKept struct {
 	mu sync.Mutex
 	// newest is the offset of the newest snapshot (saved, or recovered
-	// from; 0: none), older the one saved before it by this engine (0:
-	// none known: the previous process protected it until it saved
-	// newest).
+	// from; 0: none), older the one saved before it (until this engine
+	// saves one: where the cursor stood at recovery, which the previous
+	// process kept below it; 0: none).
 	newest, older uint64
 	// settled: newest is the extra snapshot of an idle tick (see above).
 	settled bool

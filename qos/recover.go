@@ -43,7 +43,10 @@ func (e *Engine) recover() error {
 			e.lg.Error("no snapshot reads back: replaying the whole log", "error", err)
 		}
 	}
-	e.snaps.newest = from
+	// The older snapshot kept is not known yet; the previous process held
+	// the cursor below it, so the cursor stands in for it until this one
+	// saves a snapshot.
+	e.snaps.newest, e.snaps.older = from, min(from, e.cursor.Offset())
 	if from < first {
 		if from > 0 || first > 1 {
 			e.lg.Error("the log no longer holds what the snapshot needs: replaying what is left",

@@ -30,20 +30,24 @@
 //     calls it before writing anything that refers to an offset). "never":
 //     fsync only at Close and Sync.
 //   - A power cut keeps every record acknowledged under "always" (and under
-//     the other policies every record a completed fsync covered: a tick of
-//     the sync goroutine, a Sync, a Close), with its exact bytes, and every
-//     cursor commit acknowledged under the same rule. After one, Open
+//     the other policies every record a completed fsync covered: a Sync or
+//     a Close that returned; a tick of the sync goroutine runs the same
+//     fsyncs), with its exact bytes, and every cursor commit acknowledged
+//     under the same rule. After one, Open
 //     succeeds, Check finds no damage, cursors lie within the log, nothing
 //     that was not appended reads back as data, and the log goes on. What
 //     makes it so: the names of the log's directory and its parents, of
 //     each new segment and of each new cursor-table file are fsynced before
 //     anything depends on them; a segment is fsynced before its successor is
 //     created, so only the last one can be torn (not under "never": see
-//     below); retention unlinks oldest
+//     below), and the segments a failed batch created are unlinked, with
+//     a directory fsync, before the old tail is cut back; retention
+//     unlinks oldest
 //     first with a directory fsync after each, so a lost unlink only brings
 //     back whole old segments; the cursor table is never written over its
 //     durable copy. TestPowerLoss proves it on a simulated disk at every
-//     fsync (see README.md).
+//     fsync, TestPowerLossFsyncEIO and TestPowerLossFailedBatchAcrossSegments
+//     after a failed one (see README.md).
 //   - A failed fsync is never retried as if nothing happened: the kernel
 //     may have dropped the pages it could not write and report success to a
 //     retry ("fsyncgate"). Under "always" the batch fails and is cut off;
@@ -67,8 +71,8 @@
 //     length prefix is damaged, and fills with holes the offsets up to the
 //     durable mark that the last segment lost.
 //   - A failed write or fsync (ENOSPC, EIO) fails the appends of that batch,
-//     and the log cuts the segment back to its last durable record, so no
-//     half record remains; the next appends work as soon as the disk does.
+//     and the log removes the segments the batch created and cuts the old
+//     tail back to its last durable record, so no half record remains; the next appends work as soon as the disk does.
 //     ENOSPC errors match both ErrFull and syscall.ENOSPC. If the cut itself
 //     fails, the log takes no more appends (ErrFailed) until reopened.
 //   - Config.MaxBytes is checked before an offset is handed out: an append
@@ -95,6 +99,10 @@
 //   - Under "interval" and "never", a cursor can be durable past records
 //     that are not: after a power cut Open moves it back to the end of the
 //     log (Warn).
+//   - Under "interval" and "never", once an fsync failed the log takes no
+//     appends, but what that fsync may have lost is written again only
+//     when the log is reopened: a power cut before that loses what was
+//     acknowledged since the last good fsync, however long ago.
 //   - If both copies of the cursor table are damaged (not a torn write:
 //     one copy is always whole), Open logs an Error and starts without
 //     cursors, so consumers start again from the first offset; Check
