@@ -90,7 +90,7 @@ func (e *Engine) checkpointLoop() {
 		case err != nil:
 			failures++
 			if failures == 1 || failures%60 == 0 {
-				e.lg.Error("checkpoint failed: the log is not trimmed and replay grows until one succeeds",
+				e.lg.Error("checkpoint failed: the log is trimmed only to the snapshots on disk, and replay grows until one succeeds",
 					"offset", offset, "failures", failures, "error", err)
 			}
 		case failures > 0:
