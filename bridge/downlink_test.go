@@ -9,6 +9,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgemq/edgemq/internal/daemontest"
 )
 
 // TestDownlinkAcrossRestart: commands published on Mosquitto come down an
@@ -20,7 +22,7 @@ import (
 // least once.
 func TestDownlinkAcrossRestart(t *testing.T) {
 	up := startMosquitto(t, "")
-	d := newDaemon(t, t.TempDir(), `bridges:
+	d := daemontest.New(t, t.TempDir(), "info", `bridges:
   - name: central
     upstreams: ["mqtt://`+up.addr+`"]
     protocol: "5"
@@ -32,10 +34,10 @@ func TestDownlinkAcrossRestart(t *testing.T) {
       - {filter: "cmd/q2/#", qos: 2}
       - {filter: "cmd/q1/#", qos: 1}
 `)
-	d.start()
+	d.Start()
 	const n = 1500
 	c := newCounter()
-	local := client(t, "tcp://"+d.addr, "actuator", false, c.handle)
+	local := client(t, "tcp://"+d.Addr(), "actuator", false, c.handle)
 	if tok := local.SubscribeMultiple(map[string]byte{"cmd/#": 2}, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
@@ -55,10 +57,10 @@ func TestDownlinkAcrossRestart(t *testing.T) {
 	}()
 	c.waitAtLeast(t, "q2", n/3, 30*time.Second)
 	local.Disconnect(0)
-	d.kill()
-	d.start()
+	d.Kill()
+	d.Start()
 	wg.Wait()
-	local = client(t, "tcp://"+d.addr, "actuator", false, c.handle)
+	local = client(t, "tcp://"+d.Addr(), "actuator", false, c.handle)
 	c.waitAll(t, n, 60*time.Second)
 	q2Dup, q2Again, q1Again := c.report()
 	if q2Again > 0 {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/edgemq/edgemq/internal/daemontest"
 )
 
 // TestOutageKillDrainMosquitto: an MQTT 5 bridge from the built edgemq to
@@ -18,7 +20,7 @@ func TestOutageKillDrainMosquitto(t *testing.T) {
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
-	d := newDaemon(t, t.TempDir(), fmt.Sprintf(`bridges:
+	d := daemontest.New(t, t.TempDir(), "info", fmt.Sprintf(`bridges:
   - name: central
     upstreams: [%q]
     protocol: "5"
@@ -28,16 +30,16 @@ func TestOutageKillDrainMosquitto(t *testing.T) {
     backoff_max: 200ms
     forward: [{filter: "t/#", qos: 1}]
 `, p.url()))
-	d.start()
-	dev := client(t, "tcp://"+d.addr, "device", true, nil)
+	d.Start()
+	dev := client(t, "tcp://"+d.Addr(), "device", true, nil)
 	publishN(t, dev, 8, live, 0)
 	waitForwarded(t, ta, live, 30*time.Second)
 
 	p.cut()
 	publishN(t, dev, 8, during, live)
-	d.kill() // during the outage: the backlog is only in edgemq's log
-	d.start()
-	dev = client(t, "tcp://"+d.addr, "device-2", true, nil)
+	d.Kill() // during the outage: the backlog is only in edgemq's log
+	d.Start()
+	dev = client(t, "tcp://"+d.Addr(), "device-2", true, nil)
 	publishN(t, dev, 8, during, live+during)
 	if u, _ := ta.counts(); u != live {
 		t.Fatalf("upstream got %d messages during the outage, want %d", u, live)

@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgemq/edgemq/internal/daemontest"
 )
 
 // TestSIGHUPReloadsBridges: the built edgemq, started without bridges,
@@ -15,9 +17,9 @@ func TestSIGHUPReloadsBridges(t *testing.T) {
 	up := startMosquitto(t, "")
 	ta := newTally(300)
 	subscribeAll(t, client(t, "tcp://"+up.addr, "central-sub", true, ta.handle))
-	d := newDaemon(t, t.TempDir(), "")
-	d.start()
-	dev := client(t, "tcp://"+d.addr, "device", true, nil)
+	d := daemontest.New(t, t.TempDir(), "info", "")
+	d.Start()
+	dev := client(t, "tcp://"+d.Addr(), "device", true, nil)
 	publishN(t, dev, 4, 100, 0) // no bridge yet: stays local
 
 	bridges := `bridges:
@@ -28,8 +30,8 @@ func TestSIGHUPReloadsBridges(t *testing.T) {
     backoff_max: 200ms
     forward: [{filter: "t/#", qos: 1}]
 `
-	d.write(bridges)
-	d.signal(syscall.SIGHUP)
+	d.Write(bridges)
+	d.Signal(syscall.SIGHUP)
 	// The reload is asynchronous: publish until a message arrives.
 	deadline := time.Now().Add(20 * time.Second)
 	first := 100
@@ -47,8 +49,8 @@ func TestSIGHUPReloadsBridges(t *testing.T) {
 	publishN(t, dev, 4, 100, first+1)
 	waitForwarded(t, ta, before+100, 20*time.Second)
 
-	d.write(bridges + "    bogus: 1\n")
-	d.signal(syscall.SIGHUP)
+	d.Write(bridges + "    bogus: 1\n")
+	d.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
 	before, _ = ta.counts()
 	publishN(t, dev, 4, 50, 10_000)
@@ -61,7 +63,7 @@ func TestSIGHUPReloadsBridges(t *testing.T) {
 		}
 	}
 	ta.mu.Unlock()
-	if log, _ := os.ReadFile(d.log.Name()); !strings.Contains(string(log), "bogus") {
+	if log, _ := os.ReadFile(d.LogPath()); !strings.Contains(string(log), "bogus") {
 		t.Errorf("the broken file's problem is not in the log:\n%s", log)
 	}
 }

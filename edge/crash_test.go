@@ -7,19 +7,18 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/internal/daemontest"
 )
 
 // TestCrashLosesNothing is the durability contract under kill -9: the
@@ -38,9 +37,8 @@ func TestCrashLosesNothing(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("EDGEMQ_CRASH_ITERATIONS")); err == nil && v > 0 {
 		iterations = v
 	}
-	bin := buildEdgemq(t)
-	d := newCrashDaemon(t, bin)
-	d.start()
+	d := daemontest.New(t, t.TempDir(), "warn", "")
+	d.Start()
 
 	subs := []*crashSub{
 		{id: "crash-sub-v5", version: 5, qos: 2},
@@ -49,7 +47,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	}
 	for _, s := range subs {
 		s.init()
-		if err := s.session(d.addr(), nil, true); err != nil {
+		if err := s.session(d.Addr(), nil, true); err != nil {
 			t.Fatalf("%s: subscribe: %v", s.id, err)
 		}
 	}
@@ -57,7 +55,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, s := range subs[:2] { // the online ones
-		s.stayConnected(&wg, d.addr, stop)
+		s.stayConnected(&wg, d.Addr, stop)
 	}
 	pubs := []*crashPub{
 		{id: "p5q1", version: 5, qos: 1}, {id: "p5q2", version: 5, qos: 2},
@@ -69,16 +67,16 @@ func TestCrashLosesNothing(t *testing.T) {
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
-			p.run(t, d.addr, stop)
+			p.run(t, d.Addr, stop)
 		}()
 	}
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for i := range iterations {
 		time.Sleep(time.Duration(300+rng.IntN(900)) * time.Millisecond)
-		d.kill()
+		d.Kill()
 		t.Logf("kill %d: %d messages acknowledged so far", i+1, ackedCount(pubs))
-		d.start()
+		d.Start()
 	}
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
@@ -89,7 +87,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	done := make(chan struct{})
 	var dwg sync.WaitGroup
 	for _, s := range subs {
-		s.stayConnected(&dwg, d.addr, done)
+		s.stayConnected(&dwg, d.Addr, done)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) && !allDelivered(subs, pubs) {
@@ -98,7 +96,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	time.Sleep(time.Second) // let duplicates, if any, arrive
 	close(done)
 	dwg.Wait()
-	d.stop()
+	d.Stop()
 
 	for _, s := range subs {
 		s.verify(t, pubs)
@@ -135,118 +133,6 @@ func allDelivered(subs []*crashSub, pubs []*crashPub) bool {
 }
 
 // ---- the daemon ----
-
-// buildEdgemq builds cmd/edgemq.
-func buildEdgemq(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "edgemq")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/edgemq")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-type crashDaemon struct {
-	t      *testing.T
-	bin    string
-	config string
-	port   int
-	cmd    *exec.Cmd
-	done   chan struct{}
-	log    *os.File
-}
-
-func newCrashDaemon(t *testing.T, bin string) *crashDaemon {
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cfg := fmt.Sprintf(`listeners:
-  - {name: tcp, type: tcp, address: "127.0.0.1:%d"}
-http: {address: ""}
-storage: {dir: %q, sync: always}
-log: {level: warn}
-shutdown: {grace: 1s}
-`, port, filepath.Join(dir, "data"))
-	path := filepath.Join(dir, "edgemq.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "edgemq.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &crashDaemon{t: t, bin: bin, config: path, port: port, log: logf}
-	t.Cleanup(func() {
-		if d.cmd != nil {
-			d.kill()
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("daemon log:\n%s", b)
-		}
-	})
-	return d
-}
-
-func (d *crashDaemon) addr() string { return fmt.Sprintf("127.0.0.1:%d", d.port) }
-
-func (d *crashDaemon) start() {
-	d.t.Helper()
-	d.cmd = exec.Command(d.bin, "run", "-c", d.config)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) {
-		_ = cmd.Wait()
-		close(done)
-	}(d.cmd, d.done)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", d.addr(), time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-d.done:
-			d.t.Fatalf("edgemq exited at start")
-		default:
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("edgemq not listening after 30 s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (d *crashDaemon) kill() {
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	d.cmd = nil
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (d *crashDaemon) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(20 * time.Second):
-		d.t.Errorf("edgemq did not stop within 20 s of SIGTERM")
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-	d.cmd = nil
-}
 
 // ---- publishers: the paho clients, reconnecting after every crash ----
 
