@@ -32,3 +32,7 @@ func (e *Engine) WaitDispatched() {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// FannedOut is the offset below which the dispatcher has offered every
+// record to every queue.
+func (e *Engine) FannedOut() uint64 { return e.fannedOut.Load() }

@@ -137,8 +137,9 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			m.reconnect(c)
 		}
 	}
-	// Quiet means no packet for a while and nothing queued or in flight
-	// (a busy machine can hold a sender back longer than a pause).
+	// Quiet means no packet for a while, nothing queued or in flight and
+	// every record dispatched (a busy machine can hold a sender, or the
+	// dispatcher, back longer than a pause).
 	deadline := time.Now().Add(20 * time.Second)
 	for quiet := 0; quiet < 10 && time.Now().Before(deadline); {
 		time.Sleep(2 * time.Millisecond)
@@ -148,7 +149,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 				busy = true
 			}
 		}
-		if st := m.h.e.Stats(); busy || st.Inflight > 0 || st.Queued > 0 {
+		if st := m.h.e.Stats(); busy || st.Inflight > 0 || st.Queued > 0 || m.h.e.FannedOut() <= m.h.log.LastOffset() {
 			quiet = 0
 		} else {
 			quiet++
