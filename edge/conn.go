@@ -43,8 +43,9 @@ var errProtocolError = errors.New("edge: protocol error: a property repeated tha
 //     persistent session keeps what it was owed.
 //
 // A publisher therefore waits at most one write timeout behind a stuck
-// subscriber. mochi serialises writes under the client lock, so Write is
-// never called concurrently; Read runs on mochi's read goroutine.
+// subscriber. mochi writes under the client lock and the engine's sender
+// flushes a corked round without it: wmu serialises them. Read runs on
+// mochi's read goroutine.
 type conn struct {
 	net.Conn
 
@@ -78,6 +79,13 @@ type conn struct {
 	// wmu serialises Write: mochi writes under its client lock, and the
 	// read goroutine says goodbye to a client whose packet is too large.
 	wmu sync.Mutex
+	// Under wmu: while corked, Write collects into out (from outPool) and
+	// flush writes it at once: the engine's sender corks for a round of
+	// packets (mochiConn), so a round costs one system call (and one
+	// WebSocket frame) instead of one per packet. Whatever else mochi
+	// writes meanwhile joins the round in order; Close writes it first.
+	corked bool
+	out    *[]byte
 
 	// writingSince is when the write in progress began (UnixNano), 0 when
 	// none is: the blocked-writers gauge reads it.
@@ -148,7 +156,7 @@ func (c *conn) goodbye() error {
 		last = []byte{packets.Disconnect << 4, 2, c.refused, 0}
 	}
 	if last != nil {
-		if _, werr := c.Write(last); werr != nil {
+		if _, werr := c.Write(last); werr != nil || c.flush() != nil {
 			return err
 		}
 	}
@@ -168,13 +176,74 @@ const (
 	drainBytes = 16 << 20
 )
 
-// Write writes p within writeTimeout, or closes the connection.
+// outPool holds the buffers of corked connections: an idle connection
+// holds none.
+var outPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// corkLimit is the most a corked connection collects before it writes:
+// a long round goes out in pieces of this size.
+const corkLimit = 64 << 10
+
+// Write writes p within writeTimeout, or closes the connection; while
+// corked it keeps p for flush.
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.broken.Load() {
 		return 0, errConnBroken
 	}
+	if !c.corked {
+		return c.writeLocked(p)
+	}
+	if c.out == nil {
+		c.out = outPool.Get().(*[]byte)
+	}
+	*c.out = append(*c.out, p...)
+	if len(*c.out) >= corkLimit {
+		if _, err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// cork makes Writes collect until flush.
+func (c *conn) cork() {
+	c.wmu.Lock()
+	c.corked = true
+	c.wmu.Unlock()
+}
+
+// flush writes what Write collected since cork, and uncorks.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.corked = false
+	_, err := c.flushLocked()
+	if c.out != nil {
+		*c.out = (*c.out)[:0]
+		outPool.Put(c.out)
+		c.out = nil
+	}
+	return err
+}
+
+// flushLocked writes what out holds. Called with wmu held.
+func (c *conn) flushLocked() (int, error) {
+	if c.out == nil || len(*c.out) == 0 {
+		return 0, nil
+	}
+	if c.broken.Load() {
+		return 0, errConnBroken
+	}
+	n, err := c.writeLocked(*c.out)
+	*c.out = (*c.out)[:0]
+	return n, err
+}
+
+// writeLocked writes p within writeTimeout, or closes the connection.
+// Called with wmu held.
+func (c *conn) writeLocked(p []byte) (int, error) {
 	now := time.Now()
 	deadline := now.Add(c.writeTimeout)
 	_ = c.Conn.SetWriteDeadline(deadline)
@@ -193,10 +262,21 @@ func (c *conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close closes the connection once. After a failed write it skips the
-// goodbye, which would block on the same stuck socket.
+// Close closes the connection once, after writing what a cork collected.
+// After a failed write it skips the goodbye, which would block on the same
+// stuck socket.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
+		if c.broken.Load() {
+			c.closeErr = c.closeNow()
+			return
+		}
+		// What a corked round collected goes first (a DISCONNECT among
+		// it), unless a write is in progress, which may be stuck: the
+		// close must end it at once, as it did before there was a cork.
+		if c.writingSince.Load() == 0 {
+			_ = c.flush()
+		}
 		if c.broken.Load() {
 			c.closeErr = c.closeNow()
 			return

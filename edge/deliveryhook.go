@@ -106,7 +106,7 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		info.ReceiveMaximum = cl.Properties.Props.ReceiveMaximum
 		info.TopicAliasMaximum = cl.Properties.Props.TopicAliasMaximum
 	}
-	qc, present, err := h.e.Connect(mochiConn{srv: h.srv, cl: cl}, info)
+	qc, present, err := h.e.Connect(newMochiConn(h.srv, cl), info)
 	hc := &hookClient{qc: qc, present: present, refused: err}
 	switch {
 	case errors.Is(err, qos.ErrNotOwner):

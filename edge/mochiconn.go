@@ -12,16 +12,25 @@ import (
 
 // mochiConn is one mochi client as the engine's qos.Conn: the engine
 // decides what to write, mochi encodes it (Maximum Packet Size, problem
-// information) and writes it on the engine's sender goroutine.
+// information, its hooks and counters) on the engine's sender goroutine,
+// into our conn corked until Flush: a round of the sender is one write.
 type mochiConn struct {
 	srv *mqtt.Server
 	cl  *mqtt.Client
+	wc  *conn // cl's connection; nil: writes are not corked
 }
 
 var _ qos.Conn = mochiConn{}
 
-// Write encodes p as a mochi packet and writes it. mochi's "packet too
-// large" becomes qos.ErrTooLarge: nothing was written [MQTT-3.1.2-24].
+// newMochiConn is cl as a qos.Conn.
+func newMochiConn(srv *mqtt.Server, cl *mqtt.Client) mochiConn {
+	wc, _ := cl.Net.Conn.(*conn)
+	return mochiConn{srv: srv, cl: cl, wc: wc}
+}
+
+// Write encodes p as a mochi packet and writes it, corked until Flush.
+// mochi's "packet too large" becomes qos.ErrTooLarge: nothing was written
+// [MQTT-3.1.2-24].
 func (c mochiConn) Write(p *qos.Packet) error {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: byte(p.Type)}, PacketID: p.PacketID, ReasonCode: p.ReasonCode}
 	switch p.Type {
@@ -30,11 +39,22 @@ func (c mochiConn) Write(p *qos.Packet) error {
 	case qos.PacketPublish:
 		publishPacket(&pk, p)
 	}
+	if c.wc != nil {
+		c.wc.cork()
+	}
 	err := c.cl.WritePacket(pk)
 	if errors.Is(err, packets.ErrPacketTooLarge) {
 		return qos.ErrTooLarge
 	}
 	return err
+}
+
+// Flush writes the packets Write corked.
+func (c mochiConn) Flush() error {
+	if c.wc == nil {
+		return nil
+	}
+	return c.wc.flush()
 }
 
 // publishPacket fills pk with the PUBLISH of a delivery.

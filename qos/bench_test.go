@@ -35,6 +35,8 @@ func (c *countConn) Write(p *qos.Packet) error {
 	return nil
 }
 
+func (c *countConn) Flush() error { return nil }
+
 func (c *countConn) Close(byte) {}
 
 func benchEngine(b *testing.B) *qos.Engine {

@@ -36,6 +36,7 @@ type connection struct {
 	aliases   map[string]uint16
 	nextAlias uint16
 	pkt       Packet
+	unflushed bool // a Write since the last Flush
 	batch     []outgoing
 	acksOut   []ack
 	qos0Out   []Entry

@@ -256,3 +256,36 @@ func TestConnectOwnerRace(t *testing.T) {
 		}
 	}
 }
+
+// The sender writes a round of packets at once (Conn.Flush), but an
+// acknowledgement whose record is durable never waits in the buffer for
+// the fsync of the next one [MQTT-4.6.0-2 keeps their order].
+func TestReadyAckDoesNotWaitForNextFsync(t *testing.T) {
+	h := newHarness(t, nil)
+	conn := newFakeConn()
+	cl, _, err := h.e.Connect(conn, qos.ConnectInfo{ClientID: "pub", ProtocolVersion: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Until CONNACK is out the sender holds back: both acks wait for one round.
+	if err := cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("durable")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	h.log.holdFrom()
+	t.Cleanup(h.log.release) // before the engine closes, should the test fail
+	if err := cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("held")}, 2); err != nil {
+		t.Fatal(err)
+	}
+	cl.Established()
+	got := conn.waitFor(t, 1)
+	if got[0].Type != qos.PacketPuback || got[0].PacketID != 1 {
+		t.Fatalf("got %s, want PUBACK 1 while 2 waits for its fsync", types(got))
+	}
+	if p := conn.settle(); len(p) != 0 {
+		t.Fatalf("acknowledged before its record is durable: %s", types(p))
+	}
+	h.log.release()
+	if got := conn.waitFor(t, 1); got[0].Type != qos.PacketPuback || got[0].PacketID != 2 {
+		t.Fatalf("got %s, want PUBACK 2", types(got))
+	}
+}

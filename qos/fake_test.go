@@ -31,6 +31,34 @@ type memLog struct {
 	// record itself is kept.
 	waitFail func(off uint64) error
 	closed   bool
+	// hold, when not 0, is a slow fsync: records from that offset on are
+	// not durable until release (WaitDurable waits, readers and
+	// LastOffset stop below it).
+	hold uint64
+}
+
+// holdFrom makes the records from the next append on wait for release.
+func (l *memLog) holdFrom() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hold = uint64(len(l.recs)) + 1
+}
+
+// release makes the held records durable.
+func (l *memLog) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hold = 0
+	close(l.notify)
+	l.notify = make(chan struct{})
+}
+
+// durableLocked is the newest durable offset. Called with mu held.
+func (l *memLog) durableLocked() uint64 {
+	if l.hold > 0 {
+		return min(uint64(len(l.recs)), l.hold-1)
+	}
+	return uint64(len(l.recs))
 }
 
 func newMemLog() *memLog {
@@ -77,6 +105,17 @@ func (l *memLog) WaitDurable(ctx context.Context, off uint64) error {
 			return err
 		}
 	}
+	for off > l.durableLocked() {
+		ch := l.notify
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			l.mu.Lock()
+			return ctx.Err()
+		}
+		l.mu.Lock()
+	}
 	return l.failed[off]
 }
 
@@ -105,7 +144,7 @@ func (l *memLog) NewReader(from uint64) qos.LogReader {
 func (l *memLog) Sync(context.Context) error { return nil }
 
 func (l *memLog) FirstOffset() uint64 { l.mu.Lock(); defer l.mu.Unlock(); return l.first }
-func (l *memLog) LastOffset() uint64  { l.mu.Lock(); defer l.mu.Unlock(); return uint64(len(l.recs)) }
+func (l *memLog) LastOffset() uint64  { l.mu.Lock(); defer l.mu.Unlock(); return l.durableLocked() }
 
 func (l *memLog) Cursor(name string) (qos.Cursor, error) {
 	l.mu.Lock()
@@ -177,7 +216,7 @@ func (r *memReader) Next(ctx context.Context) (uint64, []byte, error) {
 			l.mu.Unlock()
 			return 0, nil, qos.ErrTrimmed
 		}
-		if r.off <= uint64(len(l.recs)) {
+		if r.off <= l.durableLocked() {
 			off, rec := r.off, l.recs[r.off-1]
 			r.off++
 			l.mu.Unlock()
@@ -228,10 +267,13 @@ func (m *memSnaps) Load(read func(io.Reader) error) error {
 	return err
 }
 
-// fakeConn records what the engine writes; the test plays the client.
+// fakeConn records what the engine writes; the test plays the client. It
+// keeps written packets until Flush (or Close), as edge's connection does,
+// so a packet the engine forgets to flush never reaches the test.
 type fakeConn struct {
 	mu      sync.Mutex
 	pkts    []qos.Packet
+	kept    []qos.Packet
 	closed  bool
 	reason  byte
 	maxSize int // payloads above it are ErrTooLarge; 0: none
@@ -250,18 +292,39 @@ func (c *fakeConn) Write(p *qos.Packet) error {
 	if c.maxSize > 0 && p.Message != nil && len(p.Message.Payload) > c.maxSize {
 		return qos.ErrTooLarge
 	}
-	c.pkts = append(c.pkts, *p)
+	c.kept = append(c.kept, *p)
+	return nil
+}
+
+func (c *fakeConn) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.fail {
+		c.kept = nil
+		return io.ErrClosedPipe
+	}
+	c.flushLocked()
+	return nil
+}
+
+func (c *fakeConn) flushLocked() {
+	if len(c.kept) == 0 {
+		return
+	}
+	c.pkts = append(c.pkts, c.kept...)
+	c.kept = c.kept[:0]
 	select {
 	case c.notify <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
+// Close writes what was kept, then closes.
 func (c *fakeConn) Close(reason byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.closed {
+		c.flushLocked()
 		c.closed, c.reason = true, reason
 	}
 }

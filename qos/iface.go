@@ -171,18 +171,25 @@ type Packet struct {
 
 // Conn is one network connection of one client, as the engine writes to
 // it. The engine writes from one goroutine per connection at a time (its
-// sender), so Write needs no ordering of its own; Close may come from any
-// goroutine.
+// sender), so Write and Flush need no ordering of their own; Close may
+// come from any goroutine.
 type Conn interface {
-	// Write encodes and writes p. It must return within the connection's
-	// write deadline. ErrTooLarge (wrapped) means the packet exceeds what
-	// the client accepts: nothing was written. Any other error means the
-	// connection is gone (the engine stops writing to it and waits for
-	// Client.Disconnect).
+	// Write encodes p and writes it, or keeps it for the next Flush (so
+	// that a round of packets costs one system call). It must return
+	// within the connection's write deadline. ErrTooLarge (wrapped) means
+	// the packet exceeds what the client accepts: nothing was written or
+	// kept. Any other error means the connection is gone (the engine stops
+	// writing to it and waits for Client.Disconnect). p is the caller's
+	// again when Write returns.
 	Write(p *Packet) error
+	// Flush writes what Write kept, in order, within the write deadline.
+	// The engine calls it after every round of writes and before it waits
+	// for the log, so a packet never waits in the buffer for anything but
+	// the rest of its round. An error means the connection is gone.
+	Flush() error
 	// Close ends the connection: for an MQTT 5 client it writes DISCONNECT
 	// with reason first [MQTT-3.14.2.1], after the packets already
-	// written. The engine calls it for protocol errors it finds (Receive
+	// written or kept. The engine calls it for protocol errors it finds (Receive
 	// Maximum exceeded, 0x93) and for a session taken over (0x8E).
 	Close(reason byte)
 }

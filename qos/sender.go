@@ -118,6 +118,9 @@ func (c *connection) step() bool {
 		}
 	}
 	clear(c.qos0Out)
+	if !c.flush() {
+		return c.lost()
+	}
 	if released > 0 {
 		s.mu.Lock()
 		c.inbound -= released
@@ -141,6 +144,9 @@ func (c *connection) appendUntil(rec []byte) (uint64, bool) {
 		}
 		e.stats.recordFailures.Add(1)
 		e.lg.Debug("delivery waits: its record is not logged", "client", c.s.id, "error", err)
+		if !c.flush() {
+			return 0, false
+		}
 		select {
 		case <-e.ctx.Done():
 			return 0, false
@@ -155,9 +161,11 @@ func (c *connection) appendUntil(rec []byte) (uint64, bool) {
 	}
 }
 
-// lost marks the connection gone after a write failed: its flights wait
-// for the next connection.
+// lost marks the connection gone after a write failed (or the engine
+// closes): its flights wait for the next connection. What the connection
+// kept is written, for a connection that is still there.
 func (c *connection) lost() bool {
+	c.flush()
 	c.s.mu.Lock()
 	c.gone = true
 	c.s.mu.Unlock()
@@ -343,6 +351,9 @@ func (s *session) allocPID() uint16 {
 // the connection (3.1.1, which has no refusal) [MQTT-4.3.2-?].
 func (c *connection) writeAck(a ack) bool {
 	if a.offset > 0 {
+		if !c.flushBefore(a.offset) {
+			return false
+		}
 		if err := c.e.log.WaitDurable(c.e.ctx, a.offset); err != nil {
 			if c.e.ctx.Err() != nil || c.info.ProtocolVersion < 5 {
 				c.conn.Close(reasonUnspecified)
@@ -358,7 +369,7 @@ func (c *connection) writeAck(a ack) bool {
 		}
 	}
 	c.pkt = Packet{Type: a.typ, PacketID: a.pid, ReasonCode: a.reason}
-	return c.conn.Write(&c.pkt) == nil
+	return c.write(&c.pkt) == nil
 }
 
 // writePublish writes one PUBLISH (or, for a released QoS 2 flight, its
@@ -367,6 +378,9 @@ func (c *connection) writeAck(a ack) bool {
 func (c *connection) writePublish(o *outgoing) bool {
 	e, s := c.e, c.s
 	for o.rec > 0 {
+		if !c.flushBefore(o.rec) {
+			return false
+		}
 		err := e.log.WaitDurable(e.ctx, o.rec)
 		if err == nil {
 			break
@@ -383,7 +397,7 @@ func (c *connection) writePublish(o *outgoing) bool {
 	}
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}
-		return c.conn.Write(&c.pkt) == nil
+		return c.write(&c.pkt) == nil
 	}
 	m := o.e.Msg
 	q, retain, ids := o.e.QoS, o.e.Retain, o.e.IDs
@@ -425,7 +439,7 @@ func (c *connection) writePublish(o *outgoing) bool {
 	if c.info.TopicAliasMaximum > 0 {
 		c.pkt.TopicAlias, c.pkt.AliasOnly = c.alias(m.Topic)
 	}
-	err := c.conn.Write(&c.pkt)
+	err := c.write(&c.pkt)
 	switch {
 	case err == nil:
 		e.stats.delivered[q].Add(1)
@@ -444,6 +458,35 @@ func (c *connection) writePublish(o *outgoing) bool {
 		return true
 	}
 	return false
+}
+
+// write writes p through the connection, which may keep it until flush.
+func (c *connection) write(p *Packet) error {
+	err := c.conn.Write(p)
+	if err == nil {
+		c.unflushed = true
+	}
+	return err
+}
+
+// flush writes what the connection kept since the last flush: a round's
+// packets leave in one write. It reports false when the connection is gone.
+func (c *connection) flush() bool {
+	if !c.unflushed {
+		return true
+	}
+	c.unflushed = false
+	return c.conn.Flush() == nil
+}
+
+// flushBefore flushes when the record at offset is not durable yet, so
+// that the packets kept do not wait for its fsync. It reports false when
+// the connection is gone.
+func (c *connection) flushBefore(offset uint64) bool {
+	if !c.unflushed || offset <= c.e.log.LastOffset() {
+		return true
+	}
+	return c.flush()
 }
 
 // dropFlight frees a flight whose message cannot be delivered.
