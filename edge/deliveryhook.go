@@ -249,7 +249,7 @@ func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 
 // OnPublish hands every publish to the engine, which logs it, delivers it
 // and writes its acknowledgement itself; mochi neither acknowledges nor
-// delivers it (ErrRejectPacket).
+// delivers it (consumedByEngine).
 func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -276,7 +276,18 @@ func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	if err := hc.qc.Publish(messageOf(pk), pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
 		h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
 	}
-	return pk, packets.ErrRejectPacket
+	return consumedByEngine(pk), nil
+}
+
+// consumedByEngine is what OnPublish gives back to mochi for a publish the
+// engine took: a QoS 0 packet marked Ignore, which mochi neither
+// acknowledges, retains nor delivers (processPublish, pinned by
+// TestMochiDropsIgnoredQoS0). ErrRejectPacket would say the same, but for
+// every rejected publish mochi's hook chain builds a Debug log line that
+// copies the packet (800 bytes) to the heap, logged or not.
+func consumedByEngine(pk packets.Packet) packets.Packet {
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
+	return pk
 }
 
 // messageOf builds the engine's message of an inbound PUBLISH.

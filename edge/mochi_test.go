@@ -11,6 +11,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/edge"
 )
 
 // The tests here pin the mochi behaviour each shim of the delivery hook
@@ -52,6 +54,51 @@ func TestMochiIgnoresUnknownPuback(t *testing.T) {
 	pk, err := rc.read(5 * time.Second)
 	if err != nil || pk.FixedHeader.Type != packets.Pingresp {
 		t.Fatalf("after unknown PUBACKs: %v type %d, want PINGRESP next", err, pk.FixedHeader.Type)
+	}
+}
+
+// consumer hands mochi back every publish as consumedByEngine does.
+type consumer struct{ mqtt.HookBase }
+
+func (h *consumer) ID() string           { return "consumer" }
+func (h *consumer) Provides(b byte) bool { return b == mqtt.OnPublish }
+func (h *consumer) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return edge.ConsumedByEngine(pk), nil
+}
+
+// consumedByEngine relies on mochi neither acknowledging, retaining nor
+// delivering a QoS 0 packet marked Ignore that OnPublish returns
+// (processPublish), whatever the QoS and retain flag the client sent.
+func TestMochiDropsIgnoredQoS0(t *testing.T) {
+	addr := plainMochi(t, new(consumer))
+	sub := dialRaw(t, addr, 5)
+	sub.connect("sub", true, 30)
+	sub.subscribe(1, "t/#", 2)
+	if pk, err := sub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("SUBACK: %v type %d", err, pk.FixedHeader.Type)
+	}
+	pub := dialRaw(t, addr, 5)
+	pub.connect("pub", true, 30)
+	for q := byte(0); q <= 2; q++ {
+		pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q, Retain: true},
+			TopicName: "t/" + string('0'+rune(q)), PacketID: uint16(q), Payload: []byte("x")})
+	}
+	pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	if pk, err := pub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
+		t.Fatalf("publisher: %v type %d, want no acknowledgement, PINGRESP next", err, pk.FixedHeader.Type)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	if pk, err := sub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
+		t.Fatalf("subscriber: %v type %d, want no delivery, PINGRESP next", err, pk.FixedHeader.Type)
+	}
+	late := dialRaw(t, addr, 5)
+	late.connect("late", true, 30)
+	late.subscribe(1, "t/#", 2)
+	late.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	for _, want := range []byte{packets.Suback, packets.Pingresp} {
+		if pk, err := late.read(5 * time.Second); err != nil || pk.FixedHeader.Type != want {
+			t.Fatalf("new subscriber: %v type %d, want %d (nothing retained)", err, pk.FixedHeader.Type, want)
+		}
 	}
 }
 
