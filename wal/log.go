@@ -502,7 +502,7 @@ func (l *Log) Read(offset uint64) ([]byte, error) {
 
 // read returns the record at offset, or hole=true for a failed offset.
 func (l *Log) read(offset uint64) (rec []byte, hole bool, err error) {
-	w, err := l.readWindow(offset)
+	w, err := l.readWindow(offset, nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -523,8 +523,9 @@ type window struct {
 	durable uint64
 }
 
-// readWindow reads the window holding offset.
-func (l *Log) readWindow(offset uint64) (window, error) {
+// readWindow reads the window holding offset, into buf's room when it
+// has enough (a reader's previous window: records leave it as copies).
+func (l *Log) readWindow(offset uint64, buf []byte) (window, error) {
 	l.smu.RLock()
 	if l.closed {
 		l.smu.RUnlock()
@@ -563,7 +564,11 @@ func (l *Log) readWindow(offset uint64) (window, error) {
 		return window{}, err
 	}
 	startRel, start, end := x.window(k)
-	buf := make([]byte, end-start)
+	if size := int(end - start); cap(buf) >= size {
+		buf = buf[:size]
+	} else {
+		buf = make([]byte, size)
+	}
 	if _, err := f.ReadAt(buf, start); err != nil {
 		if l.FirstOffset() > offset {
 			return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)

@@ -41,7 +41,7 @@ func (r *Reader) Next(ctx context.Context) (offset uint64, rec []byte, err error
 		// when this one was read: the window may hold it written, not yet
 		// durable.
 		if r.w.buf == nil || r.wOff != off || r.w.pos >= len(r.w.buf) || off > r.w.durable || r.l.isClosed() {
-			w, err := r.l.readWindow(off)
+			w, err := r.l.readWindow(off, r.w.buf)
 			if errors.Is(err, ErrNotFound) {
 				if err := r.l.waitFor(ctx, off); err != nil {
 					return 0, nil, err
@@ -49,6 +49,7 @@ func (r *Reader) Next(ctx context.Context) (offset uint64, rec []byte, err error
 				continue
 			}
 			if err != nil {
+				r.w = window{} // its buffer may hold part of the failed read
 				return 0, nil, err
 			}
 			r.w, r.wOff = w, off
