@@ -33,8 +33,9 @@ var errProtocolError = errors.New("edge: protocol error: a property repeated tha
 // that sends to it, for as long as its socket stays blocked (forever with
 // keepalive 0). With the wrapper:
 //
-//   - SetDeadline sets the read deadline only. mochi calls it before each read
-//     with 1.5 x keepalive; a write must not inherit that long a deadline.
+//   - SetDeadline sets the read deadline only. The read loop calls it before
+//     each read with 1.5 x keepalive; a write must not inherit that long a
+//     deadline.
 //   - Each Write gets its own deadline (limits.write_timeout). A write that
 //     misses it closes the connection at once, without a goodbye (no TLS
 //     close_notify, no WebSocket close handshake, which would block again on
@@ -75,6 +76,10 @@ type conn struct {
 	// refused is the framer's reason code once it refused a packet: the
 	// bytes before it went to mochi; the next Read says goodbye and fails.
 	refused byte
+	// readBy is the read deadline SetDeadline set last, readSlack how much
+	// later than asked; the read goroutine's own.
+	readBy    time.Time
+	readSlack time.Duration
 
 	// wmu serialises Write: mochi writes under its client lock, and the
 	// read goroutine says goodbye to a client whose packet is too large.
@@ -103,8 +108,25 @@ type conn struct {
 	closeErr  error
 }
 
-// SetDeadline sets the read deadline only; see conn.
-func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+// SetDeadline sets the read deadline only; see conn. The read loop
+// (refreshDeadline) calls it before every packet it reads, with 1.5 x
+// keepalive from now [MQTT-3.1.2-22]:
+// the deadline is moved only once the one set is more than a sixteenth of
+// the keepalive span early, so a busy connection resets its timer a few
+// times per keepalive, not per packet, and a silent client is cut at most
+// a sixteenth of that span late.
+func (c *conn) SetDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.readBy, c.readSlack = time.Time{}, 0
+		return c.Conn.SetReadDeadline(t)
+	}
+	if !c.readBy.IsZero() && !t.After(c.readBy) && c.readBy.Sub(t) <= c.readSlack {
+		return nil
+	}
+	c.readSlack = time.Until(t) / 16
+	c.readBy = t.Add(c.readSlack)
+	return c.Conn.SetReadDeadline(c.readBy)
+}
 
 // SetWriteDeadline is ignored: every Write sets its own deadline.
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }

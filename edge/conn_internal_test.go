@@ -84,3 +84,44 @@ func TestConnCorkedWritesLeaveInOneWrite(t *testing.T) {
 		t.Fatalf("client read %q, %v; want the corked DISCONNECT before EOF", got, err)
 	}
 }
+
+// deadlineConn records the read deadlines set on the socket.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+// mochi asks for a read deadline of 1.5 x keepalive before every packet
+// [MQTT-3.1.2-22]: the socket's deadline moves only when the one set is
+// more than a sixteenth of that span early, and is never earlier than asked.
+func TestConnReadDeadlineMovesRarely(t *testing.T) {
+	server, _ := tcpPair(t)
+	inner := &deadlineConn{Conn: server}
+	wc := &conn{Conn: inner}
+	span := 90 * time.Second // keepalive 60 s
+	now := time.Now()
+	for i := range 1000 { // 1,000 packets within 1 s
+		asked := now.Add(span + time.Duration(i)*time.Millisecond)
+		if err := wc.SetDeadline(asked); err != nil {
+			t.Fatal(err)
+		}
+		if got := inner.set[len(inner.set)-1]; got.Before(asked) || got.Sub(asked) > span/16 {
+			t.Fatalf("packet %d: deadline %v after asked, want 0 to %v", i, got.Sub(asked), span/16)
+		}
+	}
+	if n := len(inner.set); n != 1 {
+		t.Fatalf("%d socket deadlines for 1,000 packets in a second, want 1", n)
+	}
+	later := now.Add(span + span/8) // long after the slack ran out
+	if _ = wc.SetDeadline(later); len(inner.set) != 2 || inner.set[1].Before(later) {
+		t.Fatalf("deadline not moved past %v: %v", later, inner.set)
+	}
+	if _ = wc.SetDeadline(time.Time{}); len(inner.set) != 3 || !inner.set[2].IsZero() {
+		t.Fatalf("keepalive 0 did not clear the deadline: %v", inner.set)
+	}
+}
