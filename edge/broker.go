@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgemq/edgemq/bridge"
+	"github.com/edgemq/edgemq/wal"
 )
 
 // Errors returned by the Broker.
@@ -44,6 +45,10 @@ type Options struct {
 	// is when every listener accepts connections and the log is open (cmd
 	// tells systemd then). It runs on Run's goroutine and must return at once.
 	Ready func(*Broker)
+	// LogFS is the file-system seam of the log (wal.Config.FS), for tests
+	// that inject faults or simulate a power cut. Zero: the operating
+	// system.
+	LogFS wal.FS
 }
 
 // Broker is the MQTT broker: mochi's engine behind our listeners, hooks and
@@ -53,6 +58,7 @@ type Broker struct {
 	log     *slog.Logger
 	root    *slog.Logger // the embedder's, for other components
 	reg     *prometheus.Registry
+	logFS   wal.FS // Options.LogFS
 	metrics *metrics
 	srv     *mqtt.Server
 	// lifecycle holds the same hooks as srv, in the same order (addHook),
@@ -109,6 +115,7 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		log:          logger.With("component", "edge"),
 		root:         logger,
 		reg:          reg,
+		logFS:        opts.LogFS,
 		byName:       map[string]edgeListener{},
 		throttledLog: newLogThrottle(time.Second),
 		conns:        map[*conn]struct{}{},

@@ -50,6 +50,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	b.srv.Options.Capabilities.MaximumMessageExpiryInterval = 0
 	wc := walConfig(b.cfg.Storage)
 	wc.Logger = b.root.With("component", "wal")
+	wc.FS = b.logFS
 	logDir, snapDir := filepath.Join(b.cfg.Storage.Dir, "log"), filepath.Join(b.cfg.Storage.Dir, "snapshots")
 	for _, d := range []string{logDir, snapDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
