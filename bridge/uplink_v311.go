@@ -14,9 +14,9 @@ import (
 )
 
 // v311link is an MQTT 3.1.1 uplink over paho.mqtt.golang. 3.1.1 has no
-// Receive Maximum: the window is Config.MaxInflight. paho's store is its
-// in-memory one, new for each connection, so paho never resends on its own;
-// the bridge resends from its cursors.
+// Receive Maximum: the window is Config.MaxInflight. paho keeps no store
+// (noStore), so it never resends on its own; the bridge resends from its
+// cursors.
 type v311link struct {
 	c    mqtt.Client
 	conn *watchedConn
@@ -44,6 +44,7 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 	o.SetUsername(cfg.Username)
 	o.SetPassword(cfg.Password)
 	o.SetCleanSession(cfg.CleanStart)
+	o.SetStore(noStore{})
 	o.SetKeepAlive(cfg.Keepalive)
 	// paho's own check (a PINGRESP missing a keepalive after the PINGREQ,
 	// which goes out at the latest a keepalive after the last packet read,
@@ -246,3 +247,17 @@ func (l *v311link) close() {
 	close(l.stopAcks)
 	l.wg.Wait()
 }
+
+// noStore is a paho.mqtt.golang store that keeps nothing. paho reads its
+// store only to resend after a reconnect (resume), which the bridge never
+// lets it do: it resends from its cursors on a new client. Its in-memory
+// store cost a map insert and delete, with their key strings, per message.
+type noStore struct{}
+
+func (noStore) Open()                             {}
+func (noStore) Put(string, packets.ControlPacket) {}
+func (noStore) Get(string) packets.ControlPacket  { return nil }
+func (noStore) All() []string                     { return nil }
+func (noStore) Del(string)                        {}
+func (noStore) Close()                            {}
+func (noStore) Reset()                            {}

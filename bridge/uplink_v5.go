@@ -40,7 +40,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	}
 	conn := newWatchedConn(nc, cfg.Keepalive)
 	l := &v5link{conn: conn, linkState: newLinkState()}
-	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in}
+	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in, closed: make(chan struct{})}
 	pc := paho.ClientConfig{
 		ClientID:                   cfg.ClientID,
 		Conn:                       conn,
@@ -92,6 +92,9 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	if ca.Properties != nil && ca.Properties.ReceiveMaximum != nil {
 		l.win = min(l.win, int(*ca.Properties.ReceiveMaximum))
 	}
+	l.sess.waiting = make(chan waitingResp, l.win)
+	l.wg.Add(1)
+	go l.sess.answer()
 	wctx, stop := context.WithCancel(context.Background())
 	l.stopWatch = stop
 	keepalive := cfg.Keepalive
@@ -162,6 +165,7 @@ func (l *v5link) close() {
 	<-l.c.Done()
 	l.stopWatch()
 	_ = l.sess.Close() // answers every publish still waiting: done(errLinkLost)
+	close(l.sess.closed)
 	l.wg.Wait()
 	l.fail(errors.New("closed"))
 }
@@ -175,6 +179,11 @@ type ackSession struct {
 	link *v5link
 	in   inbound
 	next func(error) // the callback of the publish being added; under link.pubMu
+	// waiting holds the publishes in the order sent, for answer; its
+	// capacity is the window. closed is closed once State.Close answered
+	// every publish still waiting.
+	waiting chan waitingResp
+	closed  chan struct{}
 }
 
 var _ session.SessionManager = (*ackSession)(nil)
@@ -190,30 +199,58 @@ func (s *ackSession) AddToSession(ctx context.Context, p session.Packet, resp ch
 	if err := s.State.AddToSession(ctx, p, ch); err != nil {
 		return err
 	}
-	s.link.wg.Add(1)
-	go func() {
-		defer s.link.wg.Done()
-		cp := <-ch
-		switch r := cp.Content.(type) {
-		case *packets.Puback:
-			if r.ReasonCode >= 0x80 {
-				done(&refusedError{code: r.ReasonCode})
-				return
-			}
-			done(nil)
-		case *packets.Pubcomp:
-			if r.ReasonCode >= 0x80 {
-				done(&refusedError{code: r.ReasonCode})
-				return
-			}
-			done(nil)
-		case *packets.Pubrec: // a PUBREC with a failure ends the exchange [MQTT-4.3.3-4]
-			done(&refusedError{code: r.ReasonCode})
-		default: // the session closed: the connection is gone
-			done(errLinkLost)
-		}
-	}()
+	s.waiting <- waitingResp{ch: ch, done: done} // never full: the bridge keeps within the window
 	return nil
+}
+
+// waitingResp is one publish waiting for the end of its exchange.
+type waitingResp struct {
+	ch   <-chan packets.ControlPacket
+	done func(error)
+}
+
+// answer calls each publish's callback with its outcome, in the order they
+// were sent: the upstream acknowledges in that order [MQTT-4.6.0-2], so one
+// goroutine waiting for the oldest first does for the whole window what a
+// goroutine per message did. After State.Close every response channel has
+// its answer (the link lost); closed then ends it.
+func (s *ackSession) answer() {
+	defer s.link.wg.Done()
+	for {
+		select {
+		case w := <-s.waiting:
+			w.done(outcome(<-w.ch))
+		case <-s.closed:
+			for {
+				select {
+				case w := <-s.waiting:
+					w.done(outcome(<-w.ch))
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// outcome is what the response to a publish means for the bridge.
+func outcome(cp packets.ControlPacket) error {
+	switch r := cp.Content.(type) {
+	case *packets.Puback:
+		if r.ReasonCode >= 0x80 {
+			return &refusedError{code: r.ReasonCode}
+		}
+		return nil
+	case *packets.Pubcomp:
+		if r.ReasonCode >= 0x80 {
+			return &refusedError{code: r.ReasonCode}
+		}
+		return nil
+	case *packets.Pubrec: // a PUBREC with a failure ends the exchange [MQTT-4.3.3-4]
+		return &refusedError{code: r.ReasonCode}
+	default: // the session closed: the connection is gone
+		return errLinkLost
+	}
 }
 
 // PacketReceived tells the broker when a downlink QoS 2 exchange ends: the
