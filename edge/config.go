@@ -164,9 +164,10 @@ type LimitsConfig struct {
 	MaxClients int `yaml:"max_clients"`
 	// MaxTopicLength is the longest topic name or filter in bytes. Default: 1024.
 	MaxTopicLength int `yaml:"max_topic_length"`
-	// MaxClientIDLength is the longest client id in bytes. Default: 256.
-	// Every session record names its client, so a long id costs log space
-	// on every delivery to it.
+	// MaxClientIDLength is the longest client id in bytes. Default: 256;
+	// at most 65535. Records about a session name it by a short id, so a
+	// long client id costs log space once per connection (its Session
+	// record) and in memory, not per delivery.
 	MaxClientIDLength int `yaml:"max_client_id_length"`
 	// MaxSubscriptions is the most topic filters one client may hold; a
 	// SUBSCRIBE past it gets 0x97 Quota exceeded (v3 0x80) for the extra

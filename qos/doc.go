@@ -21,7 +21,10 @@
 //   - Message, Session, Disconnect, Subscribe, Unsubscribe, Deliver,
 //     PacketRef, Checkpoint: the records, with Encode, EncodeRef, EncodeEnd,
 //     EncodeCheckpoint and Decode. Every record starts with its Kind and a
-//     version byte; kinds are never renumbered.
+//     version byte; kinds are never renumbered. A record about a session
+//     names it by its Ref (version 2), a short id given at its creation
+//     that its Session record and every snapshot map to the client id;
+//     version 1 records, which name it by client id, are still read.
 //   - State and State.Apply: the state after a sequence of records;
 //     WriteSnapshot and ReadSnapshot: a State with the offset it stands for.
 //   - Queue: one consumer's backlog as log offsets, in RAM up to a bound, a

@@ -117,6 +117,7 @@ type Engine struct {
 	retained  map[string]Retained
 	external  map[string]map[uint16]uint64 // QoS 2 publishes of non-clients awaiting Release
 	logQoS0   func(topic string) bool
+	lastRef   uint64 // the last session Ref given (see Session.Ref)
 	timers    timerHeap
 	timerWake chan struct{} // capacity 1
 

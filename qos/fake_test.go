@@ -392,3 +392,29 @@ func (c *fakeConn) closedWith(wait time.Duration) (bool, byte) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// size returns the bytes of the records of kind k in the log, and how many
+// there are.
+func (l *memLog) size(k qos.Kind) (bytes, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.recs {
+		if qos.KindOf(r) == k {
+			bytes += len(r)
+			n++
+		}
+	}
+	return bytes, n
+}
+
+// last returns the last record of kind k in the log, or nil.
+func (l *memLog) last(k qos.Kind) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.recs) - 1; i >= 0; i-- {
+		if qos.KindOf(l.recs[i]) == k {
+			return l.recs[i]
+		}
+	}
+	return nil
+}

@@ -32,7 +32,45 @@ const (
 	KindCheckpoint Kind = 11
 )
 
-const recordVersion = 1
+// Record versions. A record about a session names it by its client id
+// (version 1) or, from version 2, by the session's Ref, a short number its
+// Session record maps to the client id: a delivery to a session with a
+// 65,535-byte client id costs a few bytes, not two client ids. A record
+// with no Ref is still written as version 1 (a bridge's origin, a session
+// that never had a Session record), so both are read and written.
+const (
+	recordByClient = 1
+	recordByRef    = 2
+)
+
+// versionFor is the version of a record about the session ref (0: none).
+func versionFor(ref uint64) byte {
+	if ref != 0 {
+		return recordByRef
+	}
+	return recordByClient
+}
+
+// appendWho appends the session a record is about: by ref if it has one,
+// else by client id (see versionFor).
+func appendWho(b []byte, client string, ref uint64) []byte {
+	if ref != 0 {
+		return binary.AppendUvarint(b, ref)
+	}
+	return appendString(b, client)
+}
+
+// who reads what appendWho wrote for a record of version v.
+func (d *decoder) who(v byte) (string, uint64) {
+	if v == recordByClient {
+		return d.string(), 0
+	}
+	ref := d.uvarint()
+	if ref == 0 && d.err == nil {
+		d.fail("session ref 0")
+	}
+	return "", ref
+}
 
 // KindOf returns the kind of an encoded record, or 0 for an empty one.
 func KindOf(rec []byte) Kind {
@@ -45,6 +83,11 @@ func KindOf(rec []byte) Kind {
 // Session is what a persistent session needs to outlive its connection.
 type Session struct {
 	Client string
+	// Ref is the session's short id, given when the session was created:
+	// the records about it after this one name it by Ref (and so do
+	// snapshots' subscriptions). 0: none (records before version 2 name
+	// the session by Client).
+	Ref uint64
 	// ProtocolVersion is 3, 4 or 5, as in CONNECT.
 	ProtocolVersion byte
 	// ExpiryInterval is how long, in seconds, the session outlives its
@@ -64,20 +107,24 @@ type Session struct {
 // DISCONNECT and the will waits for its delay; false discards the will.
 type Disconnect struct {
 	Client         string
+	Ref            uint64 // the session's, if it has one: then Client is not written
 	At             int64
 	ExpiryInterval uint32
 	WillPending    bool
 }
 
-// ClientRef names a client: the body of KindSessionEnd.
+// ClientRef names a session by its client id or, if it has one, its Ref:
+// the body of KindSessionEnd.
 type ClientRef struct {
 	Client string
+	Ref    uint64
 }
 
 // Subscribe is one granted subscription. Filter is as the client sent it,
 // including any "$share/<group>/" prefix.
 type Subscribe struct {
 	Client            string
+	Ref               uint64 // the session's, if it has one: then Client is not written
 	Filter            string
 	QoS               byte
 	NoLocal           bool
@@ -89,6 +136,7 @@ type Subscribe struct {
 // Unsubscribe removes the subscription Filter of Client.
 type Unsubscribe struct {
 	Client string
+	Ref    uint64 // the session's, if it has one: then Client is not written
 	Filter string
 }
 
@@ -98,6 +146,7 @@ type Unsubscribe struct {
 // packet id: it only records that the session (or group) got past Offset.
 type Deliver struct {
 	Client   string
+	Ref      uint64 // the session's, if it has one: then Client is not written
 	PacketID uint16
 	Offset   uint64
 	QoS      byte
@@ -109,10 +158,12 @@ type Checkpoint struct {
 	Offset uint64
 }
 
-// PacketRef names one packet id of one client: the body of KindRelease,
-// KindComplete and KindInboundRelease.
+// PacketRef names one packet id of one client (by its session's Ref, if
+// it has one): the body of KindRelease, KindComplete and
+// KindInboundRelease.
 type PacketRef struct {
 	Client   string
+	Ref      uint64
 	PacketID uint16
 }
 
@@ -125,8 +176,11 @@ func Encode(v any) ([]byte, error) {
 	case *Message:
 		return r.AppendBinary(b)
 	case *Session:
-		b = append(b, byte(KindSession), recordVersion, r.ProtocolVersion)
+		b = append(b, byte(KindSession), versionFor(r.Ref), r.ProtocolVersion)
 		b = appendString(b, r.Client)
+		if r.Ref != 0 {
+			b = binary.AppendUvarint(b, r.Ref)
+		}
 		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
 		b = binary.AppendUvarint(b, uint64(r.WillDelay))
 		// Flags: 1 a will follows (last, it takes the rest), 2 the owner's
@@ -147,8 +201,8 @@ func Encode(v any) ([]byte, error) {
 		}
 		return r.Will.AppendBinary(b)
 	case *Disconnect:
-		b = append(b, byte(KindDisconnect), recordVersion)
-		b = appendString(b, r.Client)
+		b = append(b, byte(KindDisconnect), versionFor(r.Ref))
+		b = appendWho(b, r.Client, r.Ref)
 		b = binary.AppendVarint(b, r.At)
 		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
 		if r.WillPending {
@@ -166,22 +220,22 @@ func Encode(v any) ([]byte, error) {
 		if r.RetainAsPublished {
 			flags |= 2
 		}
-		b = append(b, byte(KindSubscribe), recordVersion, r.QoS, flags, r.RetainHandling)
-		b = appendString(b, r.Client)
+		b = append(b, byte(KindSubscribe), versionFor(r.Ref), r.QoS, flags, r.RetainHandling)
+		b = appendWho(b, r.Client, r.Ref)
 		b = appendString(b, r.Filter)
 		return binary.AppendVarint(b, int64(r.Identifier)), nil
 	case *Unsubscribe:
-		b = append(b, byte(KindUnsubscribe), recordVersion)
-		b = appendString(b, r.Client)
+		b = append(b, byte(KindUnsubscribe), versionFor(r.Ref))
+		b = appendWho(b, r.Client, r.Ref)
 		return appendString(b, r.Filter), nil
 	case *Deliver:
 		if r.QoS > 2 {
 			return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
 		}
-		b = append(b, byte(KindDeliver), recordVersion, r.QoS)
+		b = append(b, byte(KindDeliver), versionFor(r.Ref), r.QoS)
 		b = binary.BigEndian.AppendUint16(b, r.PacketID)
 		b = binary.AppendUvarint(b, r.Offset)
-		b = appendString(b, r.Client)
+		b = appendWho(b, r.Client, r.Ref)
 		return appendString(b, r.Group), nil
 	}
 	return nil, fmt.Errorf("%w: cannot encode %T", ErrBadRecord, v)
@@ -189,21 +243,21 @@ func Encode(v any) ([]byte, error) {
 
 // EncodeRef returns a KindRelease, KindComplete or KindInboundRelease record.
 func EncodeRef(k Kind, r PacketRef) []byte {
-	b := make([]byte, 0, 8+len(r.Client))
-	b = append(b, byte(k), recordVersion)
+	b := make([]byte, 0, 16+len(r.Client))
+	b = append(b, byte(k), versionFor(r.Ref))
 	b = binary.BigEndian.AppendUint16(b, r.PacketID)
-	return appendString(b, r.Client)
+	return appendWho(b, r.Client, r.Ref)
 }
 
 // EncodeCheckpoint returns a KindCheckpoint record for a snapshot of the
 // state before offset.
 func EncodeCheckpoint(offset uint64) []byte {
-	return binary.AppendUvarint([]byte{byte(KindCheckpoint), recordVersion}, offset)
+	return binary.AppendUvarint([]byte{byte(KindCheckpoint), recordByClient}, offset)
 }
 
-// EncodeEnd returns a KindSessionEnd record for client.
-func EncodeEnd(client string) []byte {
-	return appendString([]byte{byte(KindSessionEnd), recordVersion}, client)
+// EncodeEnd returns a KindSessionEnd record for a session.
+func EncodeEnd(r ClientRef) []byte {
+	return appendWho([]byte{byte(KindSessionEnd), versionFor(r.Ref)}, r.Client, r.Ref)
 }
 
 // Decode decodes any record into a pointer to its body type (*Message,
@@ -217,13 +271,19 @@ func Decode(rec []byte) (Kind, any, error) {
 	}
 	d := decoder{b: rec}
 	d.byte()
-	if v := d.byte(); v != recordVersion && d.err == nil {
+	v := d.byte()
+	if d.err == nil && v != recordByClient && (v != recordByRef || k == KindCheckpoint) {
 		return k, nil, fmt.Errorf("%w: kind %d version %d", ErrBadRecord, k, v)
 	}
 	var out any
 	switch k {
 	case KindSession:
 		s := &Session{ProtocolVersion: d.byte(), Client: d.string()}
+		if v == recordByRef {
+			if s.Ref = d.uvarint(); s.Ref == 0 && d.err == nil {
+				d.fail("session ref 0")
+			}
+		}
 		s.ExpiryInterval = d.uint32()
 		s.WillDelay = d.uint32()
 		flags := d.byte()
@@ -242,7 +302,9 @@ func Decode(rec []byte) (Kind, any, error) {
 		}
 		out = s
 	case KindDisconnect:
-		r := &Disconnect{Client: d.string(), At: d.varint(), ExpiryInterval: d.uint32()}
+		r := &Disconnect{}
+		r.Client, r.Ref = d.who(v)
+		r.At, r.ExpiryInterval = d.varint(), d.uint32()
 		switch d.byte() {
 		case 0:
 		case 1:
@@ -252,12 +314,15 @@ func Decode(rec []byte) (Kind, any, error) {
 		}
 		out = r
 	case KindSessionEnd:
-		out = &ClientRef{Client: d.string()}
+		r := &ClientRef{}
+		r.Client, r.Ref = d.who(v)
+		out = r
 	case KindSubscribe:
 		s := &Subscribe{QoS: d.byte()}
 		flags := d.byte()
 		s.RetainHandling = d.byte()
-		s.Client, s.Filter = d.string(), d.string()
+		s.Client, s.Ref = d.who(v)
+		s.Filter = d.string()
 		s.Identifier = int(d.varint())
 		if d.err == nil && (s.QoS > 2 || s.RetainHandling > 2 || flags > 3) {
 			return k, nil, fmt.Errorf("%w: subscribe qos %d flags %#x", ErrBadRecord, s.QoS, flags)
@@ -265,16 +330,22 @@ func Decode(rec []byte) (Kind, any, error) {
 		s.NoLocal, s.RetainAsPublished = flags&1 != 0, flags&2 != 0
 		out = s
 	case KindUnsubscribe:
-		out = &Unsubscribe{Client: d.string(), Filter: d.string()}
+		r := &Unsubscribe{}
+		r.Client, r.Ref = d.who(v)
+		r.Filter = d.string()
+		out = r
 	case KindDeliver:
 		r := &Deliver{QoS: d.byte(), PacketID: d.uint16(), Offset: d.uvarint()}
-		r.Client, r.Group = d.string(), d.string()
+		r.Client, r.Ref = d.who(v)
+		r.Group = d.string()
 		if d.err == nil && r.QoS > 2 {
 			return k, nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
 		}
 		out = r
 	case KindRelease, KindComplete, KindInboundRelease:
-		out = &PacketRef{PacketID: d.uint16(), Client: d.string()}
+		r := &PacketRef{PacketID: d.uint16()}
+		r.Client, r.Ref = d.who(v)
+		out = r
 	case KindCheckpoint:
 		out = &Checkpoint{Offset: d.uvarint()}
 	default:

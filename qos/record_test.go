@@ -32,8 +32,19 @@ func sampleRecords() [][]byte {
 		qos.EncodeRef(qos.KindRelease, qos.PacketRef{Client: "c1", PacketID: 1}),
 		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Client: "c1", PacketID: 2}),
 		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "c1", PacketID: 3}),
-		qos.EncodeEnd("c1"),
+		qos.EncodeEnd(qos.ClientRef{Client: "c1"}),
 		qos.EncodeCheckpoint(1 << 33),
+		// Version 2: a session's records name it by its Ref.
+		must(qos.Encode(&qos.Session{Client: "c5", Ref: 1, ProtocolVersion: 5, ExpiryInterval: 60, Username: "carol"})),
+		must(qos.Encode(&qos.Session{Client: "c6", Ref: 1 << 40, ProtocolVersion: 4, ExpiryInterval: 60, Will: will})),
+		must(qos.Encode(&qos.Disconnect{Ref: 1, At: 1700000000, ExpiryInterval: 10, WillPending: true})),
+		must(qos.Encode(&qos.Subscribe{Ref: 1, Filter: "a/#", QoS: 1, Identifier: 7})),
+		must(qos.Encode(&qos.Unsubscribe{Ref: 1, Filter: "a/#"})),
+		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 9, Offset: 12, QoS: 2})),
+		qos.EncodeRef(qos.KindRelease, qos.PacketRef{Ref: 1, PacketID: 1}),
+		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Ref: 1, PacketID: 2}),
+		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Ref: 1, PacketID: 3}),
+		qos.EncodeEnd(qos.ClientRef{Ref: 1}),
 	}
 }
 
@@ -51,7 +62,7 @@ func TestRecordsRoundTrip(t *testing.T) {
 		case *qos.PacketRef:
 			again = qos.EncodeRef(k, *r)
 		case *qos.ClientRef:
-			again = qos.EncodeEnd(r.Client)
+			again = qos.EncodeEnd(*r)
 		case *qos.Checkpoint:
 			again = qos.EncodeCheckpoint(r.Offset)
 		default:

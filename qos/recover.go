@@ -71,6 +71,7 @@ func (e *Engine) recover() error {
 	e.dispatched.Store(next)
 	e.fannedOut.Store(next)
 
+	e.lastRef = st.NextRef() - 1
 	now := e.now()
 	var wills []*Message
 	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
@@ -80,7 +81,7 @@ func (e *Engine) recover() error {
 			if ss.Will != nil {
 				ss.WillDue = now + int64(min(ss.WillDelay, ss.ExpiryInterval))
 			}
-			rec, _ := Encode(&Disconnect{Client: id, At: now, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
+			rec, _ := Encode(&Disconnect{Client: id, Ref: ss.Ref, At: now, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
 			e.appendRecord(rec)
 		}
 		if ss.Will != nil && ss.WillDue > 0 && (ss.Expired(now) || ss.WillDue <= now) {
@@ -88,11 +89,12 @@ func (e *Engine) recover() error {
 			ss.Will, ss.WillDue = nil, 0
 		}
 		if ss.Expired(now) {
-			e.appendRecord(EncodeEnd(id))
+			e.appendRecord(EncodeEnd(ClientRef{Client: id, Ref: ss.Ref}))
 			continue
 		}
 		s := e.newSessionLocked(id, max(ss.Next, first))
 		s.persistent = true
+		s.ref = ss.Ref
 		s.owner = ss.Username
 		s.expiry = ss.ExpiryInterval
 		if ss.ExpiryInterval != math.MaxUint32 {

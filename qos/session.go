@@ -14,6 +14,7 @@ import (
 // wait for the next connection.
 type session struct {
 	id    string
+	ref   uint64 // the short id records name it by, once its Session record has it; 0 before
 	owner string // the user that created it
 	n     uint64 // creation order, to group one message's matches
 	queue *Queue
@@ -137,12 +138,23 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		return nil, false, ErrNotOwner
 	}
 	owner := info.Username
-	if old != nil && !info.CleanStart && old.persistent {
+	resumed := old != nil && !info.CleanStart && old.persistent
+	if resumed {
 		owner = old.owner
+	}
+	// The short id the session's records name it by: a new session's is
+	// new; a session resumed keeps its own, or gets one if it has none
+	// (its records so far, from before Refs, name it by client id).
+	var ref uint64
+	if resumed && old.ref != 0 {
+		ref = old.ref
+	} else if persistent {
+		e.lastRef++
+		ref = e.lastRef
 	}
 	if persistent {
 		var err error
-		rec, err = Encode(&Session{Client: info.ClientID, ProtocolVersion: info.ProtocolVersion,
+		rec, err = Encode(&Session{Client: info.ClientID, Ref: ref, ProtocolVersion: info.ProtocolVersion,
 			ExpiryInterval: info.ExpiryInterval, Will: info.Will, WillDelay: info.WillDelay, Username: owner})
 		if err != nil {
 			return nil, false, err
@@ -151,7 +163,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	var recs [][]byte
 	if old != nil && (info.CleanStart || !old.persistent) {
 		if old.persistent {
-			recs = append(recs, EncodeEnd(info.ClientID))
+			recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref}))
 		}
 		// The session ends: a will still due (its connection taken over
 		// now, or offline within its delay) is published now, as when a
@@ -172,9 +184,10 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		// Resumed with an expiry of 0: it ends with this connection
 		// [MQTT-3.1.2-23], which logs nothing more of it, so the log
 		// forgets it now (a restart would bring it back otherwise).
-		recs = append(recs, EncodeEnd(info.ClientID))
+		recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref}))
 	}
-	if len(recs) > 0 {
+	logged := len(recs) > 0
+	if logged {
 		// A new session (and the end of the one it replaces) is durable
 		// before CONNACK says so [MQTT-3.2.2-6]. A session resumed is
 		// durable already: on a full log it goes on with what the log
@@ -184,6 +197,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 			if old == nil || !old.persistent {
 				return nil, false, err
 			}
+			logged = false
 			e.stats.recordFailures.Add(1)
 			e.lg.Warn("resumed session not logged: its new will and expiry may not survive a restart", "client", info.ClientID, "error", err)
 		}
@@ -206,6 +220,15 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		}
 	}
 	s.persistent = persistent
+	if logged {
+		// Its Session record maps ref: later records may name it so. A
+		// session the log just ended (resumed with an expiry of 0) has
+		// no Ref there any more: its records name its client id again.
+		s.ref = 0
+		if persistent {
+			s.ref = ref
+		}
+	}
 	s.owner = owner
 	s.expiry = info.ExpiryInterval
 	s.expiresAt, s.willDue = 0, 0
@@ -335,7 +358,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 		if will != nil {
 			s.willDue = now + int64(min(s.willDelay, s.expiry))
 		}
-		rec, _ := Encode(&Disconnect{Client: s.id, At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
+		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref, At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
 		e.appendRecord(rec)
 	}
 	var groupFlights map[uint16]flight
@@ -368,7 +391,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	e.returnFlights(s, groupFlights)
 	if !persistent {
 		if s.persistent {
-			e.appendRecord(EncodeEnd(s.id))
+			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref}))
 		}
 		e.endSessionLocked(s, false)
 		if will != nil {
@@ -410,7 +433,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	if s.persistent {
 		recs := make([][]byte, 0, len(subs))
 		for i := range subs {
-			subs[i].Client = s.id
+			subs[i].Client, subs[i].Ref = s.id, s.ref
 			rec, err := Encode(&subs[i])
 			if err != nil {
 				return err
@@ -423,7 +446,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	}
 	since := e.dispatched.Load()
 	for _, sr := range subs {
-		sr.Client = s.id
+		sr.Client, sr.Ref = s.id, s.ref
 		s.mu.Lock()
 		old := s.subs[sr.Filter]
 		s.mu.Unlock()
@@ -499,7 +522,7 @@ func (cl *Client) Unsubscribe(filters []string) error {
 	if s.persistent && len(filters) > 0 {
 		recs := make([][]byte, 0, len(filters))
 		for _, f := range filters {
-			rec, _ := Encode(&Unsubscribe{Client: s.id, Filter: f})
+			rec, _ := Encode(&Unsubscribe{Client: s.id, Ref: s.ref, Filter: f})
 			recs = append(recs, rec)
 		}
 		if err := e.appendWait(recs...); err != nil {

@@ -231,6 +231,9 @@ func decodeState(body []byte) (*State, error) {
 			break
 		}
 		st.Sessions[s.Client] = s
+		if s.Ref != 0 {
+			st.refs[s.Ref] = s.Client
+		}
 	}
 	for range d.count() {
 		off := d.uvarint()
@@ -275,7 +278,11 @@ func decodeGobState(body []byte) (*State, error) {
 	if err := gob.NewDecoder(bytes.NewReader(body)).Decode(st); err != nil {
 		return nil, err
 	}
-	for _, s := range st.Sessions { // gob leaves empty maps nil
+	for id, s := range st.Sessions {
+		if s.Ref != 0 {
+			st.refs[s.Ref] = id
+		}
+		// gob leaves empty maps nil
 		if s.Subs == nil {
 			s.Subs = map[string]Sub{}
 		}

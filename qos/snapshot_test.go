@@ -41,32 +41,37 @@ func randomState(t testing.TB, seed uint64, n int) *qos.State {
 		var rec []byte
 		var err error
 		c := pick(clients...)
+		// Half the records name c1's and c2's sessions by their Ref.
+		var ref uint64
+		if rng.IntN(2) == 0 {
+			ref = map[string]uint64{"c1": 1, "c2": 1 << 20}[c]
+		}
 		switch rng.IntN(11) {
 		case 0, 1:
 			m := msg()
 			m.Will = rng.IntN(5) == 0
 			rec, err = qos.Encode(m)
 		case 2:
-			s := &qos.Session{Client: c, ProtocolVersion: byte(3 + rng.IntN(3)), ExpiryInterval: uint32(rng.IntN(3)) * 1 << 31, WillDelay: uint32(rng.IntN(60))}
+			s := &qos.Session{Client: c, Ref: ref, ProtocolVersion: byte(3 + rng.IntN(3)), ExpiryInterval: uint32(rng.IntN(3)) * 1 << 31, WillDelay: uint32(rng.IntN(60))}
 			if rng.IntN(2) == 0 {
 				s.Will = msg()
 			}
 			rec, err = qos.Encode(s)
 		case 3:
-			rec, err = qos.Encode(&qos.Disconnect{Client: c, At: rng.Int64N(1 << 40), ExpiryInterval: uint32(rng.IntN(100)), WillPending: rng.IntN(2) == 0})
+			rec, err = qos.Encode(&qos.Disconnect{Client: c, Ref: ref, At: rng.Int64N(1 << 40), ExpiryInterval: uint32(rng.IntN(100)), WillPending: rng.IntN(2) == 0})
 		case 4:
 			if rng.IntN(4) == 0 {
-				rec = qos.EncodeEnd(c)
+				rec = qos.EncodeEnd(qos.ClientRef{Client: c, Ref: ref})
 			} else {
-				rec, err = qos.Encode(&qos.Unsubscribe{Client: c, Filter: pick(filters...)})
+				rec, err = qos.Encode(&qos.Unsubscribe{Client: c, Ref: ref, Filter: pick(filters...)})
 			}
 		case 5, 6:
-			rec, err = qos.Encode(&qos.Subscribe{Client: c, Filter: pick(filters...), QoS: byte(rng.IntN(3)), NoLocal: rng.IntN(2) == 0,
+			rec, err = qos.Encode(&qos.Subscribe{Client: c, Ref: ref, Filter: pick(filters...), QoS: byte(rng.IntN(3)), NoLocal: rng.IntN(2) == 0,
 				RetainAsPublished: rng.IntN(2) == 0, RetainHandling: byte(rng.IntN(3)), Identifier: rng.IntN(3)})
 		case 7, 8:
-			rec, err = qos.Encode(&qos.Deliver{Client: c, PacketID: uint16(rng.IntN(8)), Offset: rng.Uint64N(off), QoS: byte(rng.IntN(3)), Group: pick("", "$share/g/a/#")})
+			rec, err = qos.Encode(&qos.Deliver{Client: c, Ref: ref, PacketID: uint16(rng.IntN(8)), Offset: rng.Uint64N(off), QoS: byte(rng.IntN(3)), Group: pick("", "$share/g/a/#")})
 		case 9:
-			rec = qos.EncodeRef([]qos.Kind{qos.KindRelease, qos.KindComplete, qos.KindInboundRelease}[rng.IntN(3)], qos.PacketRef{Client: c, PacketID: uint16(rng.IntN(8))})
+			rec = qos.EncodeRef([]qos.Kind{qos.KindRelease, qos.KindComplete, qos.KindInboundRelease}[rng.IntN(3)], qos.PacketRef{Client: c, Ref: ref, PacketID: uint16(rng.IntN(8))})
 		case 10:
 			rec = qos.EncodeCheckpoint(off)
 		}

@@ -73,6 +73,10 @@ type State struct {
 	// GroupNext is, per shared group key ("$share/<group>/<filter>"), the
 	// first offset not yet handed to a member.
 	GroupNext map[string]uint64
+
+	// refs maps a session's Ref to its client id, for the records that
+	// name it so; it follows Sessions (a snapshot holds it in them).
+	refs map[uint64]string
 }
 
 // NewState returns an empty State.
@@ -82,7 +86,36 @@ func NewState() *State {
 		Retained:  map[string]Retained{},
 		Inbound:   map[string]map[uint16]uint64{},
 		GroupNext: map[string]uint64{},
+		refs:      map[uint64]string{},
 	}
+}
+
+// client returns the client id a record names: its Ref's session, or its
+// Client for a record that names none. A Ref no session has gives "": the
+// session ended (records about it that follow its end are ignored).
+func (st *State) client(client string, ref uint64) string {
+	if ref == 0 {
+		return client
+	}
+	return st.refs[ref]
+}
+
+// session returns the session a record names, or nil.
+func (st *State) session(client string, ref uint64) *SessionState {
+	id := st.client(client, ref)
+	if id == "" {
+		return nil
+	}
+	return st.Sessions[id]
+}
+
+// NextRef returns a Ref no session in st has: one above the highest.
+func (st *State) NextRef() uint64 {
+	var top uint64
+	for ref := range st.refs {
+		top = max(top, ref)
+	}
+	return top + 1
 }
 
 // Apply applies the record logged at offset. Records must be applied in log
@@ -129,11 +162,17 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			s = &SessionState{Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}, Next: offset + 1}
 			st.Sessions[r.Client] = s
 		}
+		if s.Ref != 0 && s.Ref != r.Ref {
+			delete(st.refs, s.Ref)
+		}
+		if r.Ref != 0 {
+			st.refs[r.Ref] = r.Client
+		}
 		s.Session = *r
 		s.Connected = true
 		s.WillDue = 0 // a new connection cancels a pending will [MQTT-3.1.3-9]
 	case *Disconnect:
-		if s := st.Sessions[r.Client]; s != nil {
+		if s := st.session(r.Client, r.Ref); s != nil {
 			s.Connected = false
 			s.DisconnectedAt = r.At
 			s.ExpiryInterval = r.ExpiryInterval
@@ -144,15 +183,17 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	case *ClientRef:
-		if s := st.Sessions[r.Client]; s != nil {
-			delete(st.Sessions, r.Client)
+		id := st.client(r.Client, r.Ref)
+		if s := st.Sessions[id]; s != nil {
+			delete(st.Sessions, id)
+			delete(st.refs, s.Ref)
 			for filter := range s.Subs {
 				st.dropGroup(filter)
 			}
 		}
-		delete(st.Inbound, r.Client)
+		delete(st.Inbound, id)
 	case *Subscribe:
-		if s := st.Sessions[r.Client]; s != nil {
+		if s := st.session(r.Client, r.Ref); s != nil {
 			since := offset
 			if old, ok := s.Subs[r.Filter]; ok {
 				since = old.Since // a repeated subscription keeps its start [MQTT-3.8.4-3]
@@ -165,7 +206,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	case *Unsubscribe:
-		if s := st.Sessions[r.Client]; s != nil {
+		if s := st.session(r.Client, r.Ref); s != nil {
 			delete(s.Subs, r.Filter)
 			st.dropGroup(r.Filter)
 		}
@@ -173,7 +214,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 		if r.Group != "" {
 			st.GroupNext[r.Group] = max(st.GroupNext[r.Group], r.Offset+1)
 		}
-		if s := st.Sessions[r.Client]; s != nil {
+		if s := st.session(r.Client, r.Ref); s != nil {
 			if r.QoS > 0 { // a QoS 0 delivery only moves the position
 				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Group: r.Group}
 			}
@@ -184,19 +225,20 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	case *PacketRef:
 		switch k {
 		case KindInboundRelease:
-			delete(st.Inbound[r.Client], r.PacketID)
-			if len(st.Inbound[r.Client]) == 0 {
-				delete(st.Inbound, r.Client)
+			id := st.client(r.Client, r.Ref)
+			delete(st.Inbound[id], r.PacketID)
+			if len(st.Inbound[id]) == 0 {
+				delete(st.Inbound, id)
 			}
 		case KindRelease:
-			if s := st.Sessions[r.Client]; s != nil {
+			if s := st.session(r.Client, r.Ref); s != nil {
 				if in, ok := s.Inflight[r.PacketID]; ok {
 					in.Released = true
 					s.Inflight[r.PacketID] = in
 				}
 			}
 		case KindComplete:
-			if s := st.Sessions[r.Client]; s != nil {
+			if s := st.session(r.Client, r.Ref); s != nil {
 				delete(s.Inflight, r.PacketID)
 			}
 		}
@@ -232,5 +274,6 @@ func (st *State) Clone() *State {
 		c.Inbound[id] = maps.Clone(in)
 	}
 	maps.Copy(c.GroupNext, st.GroupNext)
+	maps.Copy(c.refs, st.refs)
 	return c
 }

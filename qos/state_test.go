@@ -62,7 +62,7 @@ func TestStateApply(t *testing.T) {
 
 	apply(qos.Encode(&qos.Message{Topic: "a/r", QoS: 0, Retain: true})) // clears
 	apply(qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "p", PacketID: 7}), nil)
-	apply(qos.EncodeEnd("s"), nil)
+	apply(qos.EncodeEnd(qos.ClientRef{Client: "s"}), nil)
 	if len(st.Retained) != 0 || len(st.Inbound) != 0 || len(st.Sessions) != 0 {
 		t.Fatalf("after clear, release and end: %+v %+v %+v", st.Retained, st.Inbound, st.Sessions)
 	}
@@ -117,7 +117,7 @@ func TestStateGroupEndsWithLastMember(t *testing.T) {
 	if got := st.GroupNext["$share/g/x"]; got != 4 {
 		t.Fatalf("group next %d with a member left, want 4", got)
 	}
-	if err := st.Apply(6, qos.EncodeEnd("b")); err != nil {
+	if err := st.Apply(6, qos.EncodeEnd(qos.ClientRef{Client: "b"})); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := st.GroupNext["$share/g/x"]; ok {
