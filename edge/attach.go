@@ -145,8 +145,12 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	b.lifecycle.OnSessionEstablish(cl, pk)
-	present = b.inheritSession(cl, &pk)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	if !b.sessionRefused(cl) {
+		// A connection refused its session (another user's, or not
+		// durable) must not close the one holding it.
+		present = b.inheritSession(cl, &pk)
+		s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	}
 	// The delivery hook sets session present from the engine (OnPacketEncode).
 	if err := s.SendConnack(cl, packets.CodeSuccess, present, nil); err != nil { // [MQTT-3.2.0-1]
 		return true, present, fmt.Errorf("ack connection packet: %w", err)
@@ -156,6 +160,13 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 	// ours (the engine resends them).
 	b.lifecycle.OnSessionEstablished(cl, pk)
 	return true, present, nil
+}
+
+// sessionRefused reports whether the engine refused cl's session in
+// OnSessionEstablish.
+func (b *Broker) sessionRefused(cl *mqtt.Client) bool {
+	ds, ok := b.storage.(*durableStorage)
+	return ok && ds.hook.refused(cl)
 }
 
 // readConnect reads the first packet, which must be CONNECT [MQTT-3.1.0-1].

@@ -2,7 +2,6 @@ package edge
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
 	"sync"
@@ -111,16 +110,20 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	switch {
 	case errors.Is(err, qos.ErrNotOwner):
 		h.notOwner(cl)
-		// mochi takes the client id over next (inheritClientSession) and
-		// would close the owner's connection: a refused connection goes
-		// on under an id no client can have (no NUL [MQTT-1.5.4-2]).
-		cl.ID = fmt.Sprintf("\x00refused-%p", cl)
 	case err != nil:
 		h.lg.Warn("session not logged: connection refused", "client", cl.ID, "error", err)
 	}
 	h.mu.Lock()
 	h.clients[cl] = hc
 	h.mu.Unlock()
+}
+
+// refused reports whether the engine refused cl's session: attach then
+// neither takes the client id over from the connection holding it nor
+// lists cl as its holder, and CONNACK refuses (refuseConnack).
+func (h *deliveryHook) refused(cl *mqtt.Client) bool {
+	hc := h.client(cl)
+	return hc != nil && hc.refused != nil
 }
 
 // OnSessionEstablished lets the engine write once CONNACK is out.

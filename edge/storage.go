@@ -20,6 +20,7 @@ import (
 type durableStorage struct {
 	engine *qos.Engine
 	log    *wal.Log
+	hook   *deliveryHook
 }
 
 // Close stops the engine and closes the log.
@@ -99,7 +100,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 	if err := b.addHook(h); err != nil {
 		return nil, errors.Join(err, e.Close(), l.Close())
 	}
-	return &durableStorage{engine: e, log: l}, nil
+	return &durableStorage{engine: e, log: l, hook: h}, nil
 }
 
 // admission refuses a new message once the log would pass its high
