@@ -24,7 +24,8 @@ import (
 // again as after a network cut with the broker up ("warm": the cache of
 // verified credentials answers). It reports seconds per fleet and the
 // CPU-bound login rate. EDGEMQ_BENCH_DEVICES sets the fleet (default
-// 1000; docs/security.md works out 10,000 from it). Run with -benchtime=1x:
+// 1000; docs/security.md has runs of 200, 1,000 and 10,000). Run with
+// -benchtime=1x:
 //
 //	EDGEMQ_BENCH_DEVICES=10000 go test ./edge -run '^$' -bench BenchmarkFleetReconnect -benchtime=1x
 func BenchmarkFleetReconnect(b *testing.B) {
