@@ -468,6 +468,9 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 		if err := prevTail.f.Truncate(end); err != nil {
 			fatal = fmt.Errorf("truncate segment %s: %w", prevTail.name, err)
 		}
+		// The cut must be durable before a successor is created, as the
+		// segment's data is (roll fsyncs what is marked).
+		l.markDirty(prevTail)
 	}
 	l.stats.diskBytes.Add(end - prevTail.size.Load())
 	prevTail.size.Store(end)
