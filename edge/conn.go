@@ -229,6 +229,34 @@ func (c *conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// appendCorked corks and appends to the buffer what add appends (the
+// engine's packets, encoded in place: mochiConn). add returns b unchanged
+// with an error when it refuses; appendCorked returns the bytes added.
+func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.broken.Load() {
+		return 0, errConnBroken
+	}
+	c.corked = true
+	if c.out == nil {
+		c.out = outPool.Get().(*[]byte)
+	}
+	start := len(*c.out)
+	b, err := add(*c.out)
+	*c.out = b
+	if err != nil {
+		return 0, err
+	}
+	n := len(b) - start
+	if len(b) >= corkLimit {
+		if _, err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
 // cork makes Writes collect until flush.
 func (c *conn) cork() {
 	c.wmu.Lock()

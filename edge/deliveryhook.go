@@ -10,6 +10,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgemq/edgemq/qos"
 )
@@ -36,6 +37,9 @@ type deliveryHook struct {
 	anyOwner bool
 	notOwner func(cl *mqtt.Client)
 	window   uint16 // the Receive Maximum the server announces
+	// sent counts the PUBLISH packets the engine writes, by QoS
+	// (mochiConn; the metrics hook counts mochi's own).
+	sent *[3]prometheus.Counter
 
 	mu      sync.Mutex
 	clients map[*mqtt.Client]*hookClient
@@ -105,7 +109,7 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		info.ReceiveMaximum = cl.Properties.Props.ReceiveMaximum
 		info.TopicAliasMaximum = cl.Properties.Props.TopicAliasMaximum
 	}
-	qc, present, err := h.e.Connect(newMochiConn(h.srv, cl), info)
+	qc, present, err := h.e.Connect(newMochiConn(h.srv, cl, h.sent), info)
 	hc := &hookClient{qc: qc, present: present, refused: err}
 	switch {
 	case errors.Is(err, qos.ErrNotOwner):

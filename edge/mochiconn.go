@@ -2,51 +2,77 @@ package edge
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgemq/edgemq/qos"
 )
 
-// mochiConn is one mochi client as the engine's qos.Conn: the engine
-// decides what to write, mochi encodes it (Maximum Packet Size, problem
-// information, its hooks and counters) on the engine's sender goroutine,
-// into our conn corked until Flush: a round of the sender is one write.
+// mochiConn is one mochi client as the engine's qos.Conn. The engine
+// decides what to write; mochiConn encodes it (appendPacket) on the
+// engine's sender goroutine straight into our conn, corked until Flush: a
+// round of the sender is one write, and a delivery allocates nothing.
+// mochi's WritePacket is not used for them: it allocates a buffer per
+// packet and runs hooks that have nothing to do for these packets; what
+// it would do besides, mochiConn does: the closed check, the Maximum
+// Packet Size [MQTT-3.1.2-24], mochi's byte and packet counters, and the
+// sent-messages metric (which the metrics hook counts for mochi's own).
 type mochiConn struct {
-	srv *mqtt.Server
-	cl  *mqtt.Client
-	wc  *conn // cl's connection; nil: writes are not corked
+	srv  *mqtt.Server
+	cl   *mqtt.Client
+	wc   *conn                  // cl's connection
+	sent *[3]prometheus.Counter // edgemq_mqtt_messages_sent_total by QoS
 }
 
 var _ qos.Conn = mochiConn{}
 
+// errNotOurConn is returned by writes to a client whose connection is not
+// one of our listeners' (none is).
+var errNotOurConn = errors.New("edge: client connection not from our listeners")
+
 // newMochiConn is cl as a qos.Conn.
-func newMochiConn(srv *mqtt.Server, cl *mqtt.Client) mochiConn {
+func newMochiConn(srv *mqtt.Server, cl *mqtt.Client, sent *[3]prometheus.Counter) mochiConn {
 	wc, _ := cl.Net.Conn.(*conn)
-	return mochiConn{srv: srv, cl: cl, wc: wc}
+	return mochiConn{srv: srv, cl: cl, wc: wc, sent: sent}
 }
 
-// Write encodes p as a mochi packet and writes it, corked until Flush.
-// mochi's "packet too large" becomes qos.ErrTooLarge: nothing was written
-// [MQTT-3.1.2-24].
+// Write encodes p into the connection, corked until Flush. A packet
+// larger than the client's Maximum Packet Size is qos.ErrTooLarge:
+// nothing was written [MQTT-3.1.2-24].
 func (c mochiConn) Write(p *qos.Packet) error {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: byte(p.Type)}, PacketID: p.PacketID, ReasonCode: p.ReasonCode}
-	switch p.Type {
-	case qos.PacketPubrel:
-		pk.FixedHeader.Qos = 1 // [MQTT-3.6.1-1]
-	case qos.PacketPublish:
-		publishPacket(&pk, p)
+	if c.cl.Closed() {
+		return mqtt.ErrConnectionClosed
 	}
-	if c.wc != nil {
-		c.wc.cork()
+	if c.wc == nil {
+		return errNotOurConn
 	}
-	err := c.cl.WritePacket(pk)
-	if errors.Is(err, packets.ErrPacketTooLarge) {
-		return qos.ErrTooLarge
+	version, maxSize := c.cl.Properties.ProtocolVersion, c.cl.Properties.Props.MaximumPacketSize
+	now := time.Now().Unix()
+	n, err := c.wc.appendCorked(func(b []byte) ([]byte, error) {
+		start := len(b)
+		b = appendPacket(b, p, version, now)
+		if maxSize > 0 && uint32(len(b)-start) > maxSize {
+			return b[:start], qos.ErrTooLarge
+		}
+		return b, nil
+	})
+	if err != nil {
+		return err
 	}
-	return err
+	info := c.srv.Info
+	atomic.AddInt64(&info.BytesSent, int64(n))
+	atomic.AddInt64(&info.PacketsSent, 1)
+	if p.Type == qos.PacketPublish {
+		atomic.AddInt64(&info.MessagesSent, 1)
+		if c.sent != nil {
+			c.sent[p.QoS].Inc()
+		}
+	}
+	return nil
 }
 
 // Flush writes the packets Write corked.
@@ -55,36 +81,6 @@ func (c mochiConn) Flush() error {
 		return nil
 	}
 	return c.wc.flush()
-}
-
-// publishPacket fills pk with the PUBLISH of a delivery.
-func publishPacket(pk *packets.Packet, p *qos.Packet) {
-	m := p.Message
-	pk.FixedHeader.Qos, pk.FixedHeader.Dup, pk.FixedHeader.Retain = p.QoS, p.Dup, p.Retain
-	pk.TopicName = m.Topic
-	pk.Payload = m.Payload
-	pk.Expiry = m.Expiry // mochi writes the remaining interval [MQTT-3.3.2-6]
-	pk.Properties = packets.Properties{
-		PayloadFormat:     m.PayloadFormat,
-		PayloadFormatFlag: m.PayloadFormatFlag,
-		ContentType:       m.ContentType,
-		ResponseTopic:     m.ResponseTopic,
-		CorrelationData:   m.CorrelationData,
-	}
-	if len(m.User) > 0 {
-		pk.Properties.User = make([]packets.UserProperty, len(m.User))
-		for i, u := range m.User {
-			pk.Properties.User[i] = packets.UserProperty{Key: u.Key, Val: u.Value}
-		}
-	}
-	pk.Properties.SubscriptionIdentifier = p.SubscriptionIDs
-	if p.TopicAlias > 0 {
-		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = p.TopicAlias, true
-		if p.AliasOnly {
-			pk.TopicName = "" // [MQTT-3.3.2-12]
-		}
-	}
-	pk.Created = time.Now().Unix()
 }
 
 // Close writes DISCONNECT with reason (MQTT 5), then closes the

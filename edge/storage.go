@@ -95,6 +95,7 @@ func (b *Broker) openStorage() (*durableStorage, error) {
 			return b.auth.OnACLCheck(cl, topic, false)
 		},
 		anyOwner: b.cfg.Auth.CrossUserTakeover,
+		sent:     &b.metrics.sent,
 		notOwner: b.auth.refusedTakeover,
 	}
 	if err := b.addHook(h); err != nil {
