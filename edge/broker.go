@@ -164,6 +164,8 @@ func New(cfg Config, opts Options) (*Broker, error) {
 	caps := capabilities(cfg.Limits)
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
+		// The read-ahead under it buffers (readahead.go).
+		ClientNetReadBufferSize: mochiReadBuffer,
 		Logger: slog.New(&mochiHandler{
 			inner:    logger.With("component", "mochi").Handler(),
 			throttle: b.throttledLog,

@@ -80,6 +80,9 @@ type conn struct {
 	// later than asked; the read goroutine's own.
 	readBy    time.Time
 	readSlack time.Duration
+	// ra buffers reads for mochi, holding no buffer while the client is
+	// quiet (readahead.go); Read's alone.
+	ra readAhead
 
 	// wmu serialises Write: mochi writes under its client lock, and the
 	// read goroutine says goodbye to a client whose packet is too large.
@@ -136,12 +139,12 @@ func (c *conn) SetWriteDeadline(time.Time) error { return nil }
 // packets before it, then an error.
 func (c *conn) Read(p []byte) (int, error) {
 	if c.framer == nil {
-		return c.Conn.Read(p)
+		return c.ra.read(c.Conn, p)
 	}
 	if c.refused != 0 {
 		return 0, c.goodbye()
 	}
-	n, err := c.Conn.Read(p)
+	n, err := c.ra.read(c.Conn, p)
 	if k, reason := c.framer.scan(p[:n]); reason != 0 {
 		c.refused = reason
 		if k > 0 {

@@ -144,6 +144,7 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 				"listener", listener, "remote", remote, "write_timeout", b.writeTimeout())
 		},
 	}
+	wc.ra.setRaw(c)
 	if m := b.cfg.Limits.MaxPacketSize; m > 0 {
 		wc.framer = &packetFramer{max: int64(m)}
 		wc.onRefused = func(reason, property byte) {

@@ -1,0 +1,76 @@
+package edge
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+)
+
+// TestReadAhead: every byte arrives once and in order, whatever the sizes
+// of the writes and of the reads; a quiet connection holds no buffer; the
+// read deadline and the end of the stream come through.
+func TestReadAhead(t *testing.T) {
+	for _, plain := range []bool{true, false} {
+		name := "tcp"
+		if !plain {
+			name = "no raw socket (TLS, WebSocket)"
+		}
+		t.Run(name, func(t *testing.T) {
+			server, client := tcpPair(t)
+			var r readAhead
+			if plain {
+				r.setRaw(server)
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			want := make([]byte, 200_000)
+			for i := range want {
+				want[i] = byte(rng.IntN(256))
+			}
+			go func() {
+				for rest := want; len(rest) > 0; {
+					n := min(len(rest), 1+rng.IntN(5000))
+					if _, err := client.Write(rest[:n]); err != nil {
+						return
+					}
+					rest = rest[n:]
+					if rng.IntN(10) == 0 {
+						time.Sleep(time.Millisecond)
+					}
+				}
+			}()
+			var got []byte
+			sizes := rand.New(rand.NewPCG(3, 4))
+			for len(got) < len(want) {
+				p := make([]byte, 1+sizes.IntN(3000))
+				n, err := r.read(server, p)
+				if err != nil {
+					t.Fatalf("after %d bytes: %v", len(got), err)
+				}
+				got = append(got, p[:n]...)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("bytes differ")
+			}
+			if r.buf != nil {
+				t.Error("a buffer is held with nothing pending")
+			}
+
+			_ = server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, err := r.read(server, make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("past the deadline: %v, want a timeout", err)
+			}
+			if plain && r.buf != nil {
+				t.Error("a buffer is held after a wait that read nothing")
+			}
+			_ = server.SetReadDeadline(time.Time{})
+			_ = client.Close()
+			if _, err := r.read(server, make([]byte, 16)); !errors.Is(err, io.EOF) {
+				t.Errorf("after the peer closed: %v, want EOF", err)
+			}
+		})
+	}
+}
