@@ -51,7 +51,10 @@ func (c mochiConn) Write(p *qos.Packet) error {
 		return errNotOurConn
 	}
 	version, maxSize := c.cl.Properties.ProtocolVersion, c.cl.Properties.Props.MaximumPacketSize
-	now := time.Now().Unix()
+	var now int64 // for a message's remaining expiry; the clock is not free
+	if p.Message != nil && p.Message.Expiry > 0 {
+		now = time.Now().Unix()
+	}
 	n, err := c.wc.appendCorked(func(b []byte) ([]byte, error) {
 		start := len(b)
 		b = appendPacket(b, p, version, now)

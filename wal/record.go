@@ -50,11 +50,15 @@ func uvarintLen(x uint64) int {
 }
 
 func frameCRC(offset uint64, kind byte, payload []byte) uint32 {
-	var pre [9]byte
-	binary.LittleEndian.PutUint64(pre[:8], offset)
-	pre[8] = kind
-	c := crc32.Update(0, castagnoli, pre[:])
-	return crc32.Update(c, castagnoli, payload)
+	// The offset's 8 bytes (little endian) and the kind go through the
+	// table here: a local array sliced for crc32.Update escapes to the
+	// heap, an allocation per record written and per record read.
+	c := ^uint32(0)
+	for i := range 8 {
+		c = castagnoli[byte(c)^byte(offset>>(8*i))] ^ c>>8
+	}
+	c = castagnoli[byte(c)^kind] ^ c>>8
+	return crc32.Update(^c, castagnoli, payload)
 }
 
 // appendEntry appends the entry for (offset, kind, payload) to dst.
