@@ -169,6 +169,13 @@ func (b *Broker) sessionRefused(cl *mqtt.Client) bool {
 	return ok && ds.hook.refused(cl)
 }
 
+// takeAck hands the engine an acknowledgement of one of its exchanges
+// (deliveryHook.takeAck).
+func (b *Broker) takeAck(cl *mqtt.Client, pk *packets.Packet) bool {
+	ds, ok := b.storage.(*durableStorage)
+	return ok && ds.hook.takeAck(cl, pk)
+}
+
 // readConnect reads the first packet, which must be CONNECT [MQTT-3.1.0-1].
 func readConnect(cl *mqtt.Client) (packets.Packet, error) {
 	var fh packets.FixedHeader
@@ -289,6 +296,9 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 	pk, err := cl.ReadPacket(fh)
 	if err != nil {
 		return err
+	}
+	if b.takeAck(cl, &pk) {
+		return nil // the engine's, never mochi's
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's

@@ -24,8 +24,9 @@ import (
 //
 // The places where mochi would act on its own are each one named
 // function here, pinned by a test of the mochi behaviour it relies on
-// (deliveryhook_test.go): ignoredByMochi, takeWill, refuseConnack,
-// failSuback.
+// (mochi_test.go): consumedByEngine, takeWill, refuseConnack,
+// failSuback. The acknowledgements of our exchanges never reach mochi
+// (takeAck).
 type deliveryHook struct {
 	mqtt.HookBase
 	srv     *mqtt.Server
@@ -59,7 +60,7 @@ func (h *deliveryHook) ID() string { return "edge-delivery" }
 // Provides lists the events the hook handles.
 func (h *deliveryHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketRead,
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish,
 		mqtt.OnPacketEncode, mqtt.OnPacketSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
 		return true
 	}
@@ -318,17 +319,21 @@ func messageOf(pk packets.Packet) *qos.Message {
 	return m
 }
 
-// OnPacketRead gives the engine the acknowledgements of the QoS 1/2
-// exchanges it owns, in both directions, and hides them from mochi.
-func (h *deliveryHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// takeAck gives the engine a client's acknowledgement (PUBACK, PUBREC,
+// PUBREL, PUBCOMP) of a QoS 1/2 exchange, in either direction: the engine
+// owns every exchange of ours, so the read loop hands them here instead of
+// to mochi (receive), which would answer a PUBREC or PUBREL itself. It
+// reports whether pk was one; one for a connection the engine does not
+// know is dropped.
+func (h *deliveryHook) takeAck(cl *mqtt.Client, pk *packets.Packet) bool {
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
 	default:
-		return pk, nil
+		return false
 	}
 	hc := h.client(cl)
 	if hc == nil || hc.qc == nil {
-		return ignoredByMochi(pk), nil
+		return true
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Puback:
@@ -340,17 +345,7 @@ func (h *deliveryHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	case packets.Pubcomp:
 		hc.qc.Pubcomp(pk.PacketID)
 	}
-	return ignoredByMochi(pk), nil
-}
-
-// ignoredByMochi returns the packet mochi is to process in place of an
-// acknowledgement the engine took: a PUBACK for packet id 0, which no
-// inflight entry can hold, so mochi's processPuback does nothing. mochi
-// has no hook that consumes a packet (OnPacketRead's ErrRejectPacket
-// closes the connection), and it would answer a PUBREC or PUBREL the
-// engine owns with 0x92 (see TestMochiIgnoresUnknownPuback).
-func ignoredByMochi(pk packets.Packet) packets.Packet {
-	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: pk.ProtocolVersion}
+	return true
 }
 
 // OnSubscribed adds the granted subscriptions to the engine, durably for a

@@ -43,20 +43,6 @@ func plainMochi(t *testing.T, hooks ...mqtt.Hook) string {
 	return l.Address()
 }
 
-// ignoredByMochi relies on mochi doing nothing with a PUBACK for a packet
-// id its inflight map does not hold (processPuback), and going on.
-func TestMochiIgnoresUnknownPuback(t *testing.T) {
-	rc := dialRaw(t, plainMochi(t), 5)
-	rc.connect("c", true, 30)
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 0})
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 77})
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	pk, err := rc.read(5 * time.Second)
-	if err != nil || pk.FixedHeader.Type != packets.Pingresp {
-		t.Fatalf("after unknown PUBACKs: %v type %d, want PINGRESP next", err, pk.FixedHeader.Type)
-	}
-}
-
 // consumer hands mochi back every publish as consumedByEngine does.
 type consumer struct{ mqtt.HookBase }
 
