@@ -208,6 +208,12 @@ func TestRetained(t *testing.T) {
 	if _, err := p.publish(t, "r/a", 1, true, []byte("kept")); err != nil {
 		t.Fatal(err)
 	}
+	// The PUBACK says the message is durable; it is retained once the
+	// dispatcher read it. A SUBSCRIBE before that gets it live, without
+	// the retain flag.
+	eventually(t, "the retained message dispatched", func() bool {
+		return tb.metric(t, "edgemq_messages_dispatched_total") >= 1
+	})
 
 	s, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "ret-sub5"})
 	s.subscribe(t, "r/#", 1)
