@@ -16,7 +16,10 @@ import (
 
 // BenchmarkIdleConnMemory measures what an idle MQTT 3.1.1 connection costs
 // the broker in this process: EDGEMQ_CONNS connections (default 10,000)
-// connect with a clean session and keepalive 600 s and say nothing more.
+// connect with a clean session and keepalive 600 s and say nothing more
+// ("since-connack"), or publish one QoS 1 message first and then say
+// nothing ("after-publish": the stack its processing grew is shrunk by the
+// GCs, one halving each).
 // It reports the Go heap, the goroutine stacks and the goroutines per
 // connection, after two GCs. The clients are raw blocking sockets (an fd
 // each, no Go object), so every byte counted is the broker's. With
@@ -45,6 +48,11 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		b.Logf("ulimit -n is %d: %d connections, not %d", lim.Cur, most, conns)
 		conns = most
 	}
+	b.Run("since-connack", func(b *testing.B) { idleConnMemory(b, conns, false) })
+	b.Run("after-publish", func(b *testing.B) { idleConnMemory(b, conns, true) })
+}
+
+func idleConnMemory(b *testing.B, conns int, publish bool) {
 	for range b.N {
 		cfg := testConfig(b)
 		cfg.Limits.MaxClients = conns + 100
@@ -61,6 +69,9 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 				defer wg.Done()
 				for i := range next {
 					fd, err := rawConnect(addr, "idle-"+strconv.Itoa(i))
+					if err == nil && publish {
+						err = rawPublishQoS1(fd)
+					}
 					if err != nil {
 						b.Errorf("connection %d: %v", i, err)
 						continue
@@ -83,6 +94,11 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		})
 		time.Sleep(2 * time.Second) // as the bench tool: let the broker settle
 		after := memNow()
+		if publish {
+			runtime.GC() // two more halvings of a grown stack
+			runtime.GC()
+			after = memNow()
+		}
 		if p := os.Getenv("EDGEMQ_HEAPPROFILE"); p != "" {
 			f, err := os.Create(p)
 			if err != nil {
@@ -153,4 +169,30 @@ func rawConnect(addr *net.TCPAddr, id string) (int, error) {
 		return 0, fmt.Errorf("CONNACK % x", ack)
 	}
 	return fd, nil
+}
+
+// rawPublishQoS1 sends a QoS 1 PUBLISH (packet id 1, 16-byte payload) on
+// fd and reads its PUBACK.
+func rawPublishQoS1(fd int) error {
+	topic := "idle/t"
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
+	body = append(body, topic...)
+	body = append(body, 0, 1)
+	body = append(body, make([]byte, 16)...)
+	pk := append([]byte{0x32, byte(len(body))}, body...)
+	if _, err := syscall.Write(fd, pk); err != nil {
+		return err
+	}
+	ack := make([]byte, 4)
+	for got := 0; got < len(ack); {
+		n, err := syscall.Read(fd, ack[got:])
+		if err != nil || n == 0 {
+			return fmt.Errorf("read PUBACK: %v (%d bytes)", err, got)
+		}
+		got += n
+	}
+	if ack[0] != 0x40 {
+		return fmt.Errorf("PUBACK % x", ack)
+	}
+	return nil
 }
