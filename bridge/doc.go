@@ -2,8 +2,8 @@
 // cluster): forward rules take local messages up from the durable log,
 // downlink rules bring upstream messages down into the broker. It imports
 // qos and wal's contracts (through qos.Log) and the paho clients: paho.golang
-// for MQTT 5, paho.mqtt.golang for 3.1.1, both with their in-memory state
-// only, which lives as long as one connection.
+// for MQTT 5, with its in-memory session state, which lives as long as one
+// connection, and paho.mqtt.golang for 3.1.1, with no store at all.
 //
 // # Entry points
 //
@@ -16,7 +16,8 @@
 //
 // # Guarantees
 //
-//   - Each forward rule reads the log through its own durable cursor,
+//   - Each forward rule has its own durable cursor (one reader per
+//     connection reads the log for all rules of a bridge, each record once),
 //     "bridge/<name>/<rule key>", which moves only past messages the upstream
 //     acknowledged (PUBACK for QoS 1, PUBCOMP for QoS 2) or refused, and past
 //     records the rule does not forward. Retention never removes what a
