@@ -232,16 +232,16 @@ func (c *conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// appendCorked corks and appends to the buffer what add appends (the
-// engine's packets, encoded in place: mochiConn). add returns b unchanged
-// with an error when it refuses; appendCorked returns the bytes added.
+// appendCorked appends to the buffer what add appends (the engine's
+// packets, encoded in place: mochiConn) and corks. add returns b
+// unchanged with an error when it refuses: then nothing changes.
+// appendCorked returns the bytes added.
 func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.broken.Load() {
 		return 0, errConnBroken
 	}
-	c.corked = true
 	if c.out == nil {
 		c.out = outPool.Get().(*[]byte)
 	}
@@ -249,8 +249,15 @@ func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
 	b, err := add(*c.out)
 	*c.out = b
 	if err != nil {
+		// Nothing kept: not corked, or nothing would flush what mochi
+		// writes next (the engine flushes rounds that wrote something).
+		if !c.corked && len(b) == 0 {
+			outPool.Put(c.out)
+			c.out = nil
+		}
 		return 0, err
 	}
+	c.corked = true
 	n := len(b) - start
 	if len(b) >= corkLimit {
 		if _, err := c.flushLocked(); err != nil {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync/atomic"
@@ -123,5 +124,26 @@ func TestConnReadDeadlineMovesRarely(t *testing.T) {
 	}
 	if _ = wc.SetDeadline(time.Time{}); len(inner.set) != 3 || !inner.set[2].IsZero() {
 		t.Fatalf("keepalive 0 did not clear the deadline: %v", inner.set)
+	}
+}
+
+// A packet appendCorked refuses (too large for the client) leaves the
+// connection as it was: not corked, so what mochi writes next (a
+// PINGRESP) is not held for a Flush that may never come.
+func TestConnRefusedAppendDoesNotCork(t *testing.T) {
+	server, client := tcpPair(t)
+	inner := &countingConn{Conn: server}
+	wc := &conn{Conn: inner, writeTimeout: time.Second, closeNow: server.Close}
+	refused := errors.New("too large")
+	if _, err := wc.appendCorked(func(b []byte) ([]byte, error) { return b, refused }); err != refused {
+		t.Fatalf("appendCorked: %v, want the refusal", err)
+	}
+	if _, err := wc.Write([]byte("pingresp")); err != nil || inner.writes.Load() != 1 {
+		t.Fatalf("write after a refused append: %v, %d socket writes, want 1 at once", err, inner.writes.Load())
+	}
+	buf := make([]byte, 8)
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "pingresp" {
+		t.Fatalf("client read %q, %v", buf, err)
 	}
 }
