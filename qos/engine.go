@@ -105,7 +105,7 @@ type Engine struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // dispatcher, timers, checkpointer and senders
+	wg     sync.WaitGroup // dispatcher, timers, checkpointer, senders, will waits
 	runMu  sync.RWMutex   // guards closed against wg.Add
 	closed bool
 
@@ -386,15 +386,28 @@ func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
 }
 
 // publishAsync appends a message the engine publishes by itself (a will),
-// without admission: no client waits to hear a refusal. A failure is
-// counted as a refused publish.
+// without admission: no client waits to hear a refusal. A failure, of the
+// append or of its write, is counted as a refused publish.
 func (e *Engine) publishAsync(m *Message) {
 	m.Created = e.cfg.Now().UnixNano()
-	if _, err := e.appendMessage(m, false); err != nil {
+	off, err := e.appendMessage(m, false)
+	if err != nil {
 		e.lg.Error("will not published", "client", m.Origin, "error", err)
 		return
 	}
-	e.stats.wills.Add(1)
+	// Counted once durable: a write that fails after the append loses it
+	// too. Wills are rare; a goroutine each is cheap, and the engine waits
+	// for it.
+	e.goSender(func() {
+		err := e.log.WaitDurable(e.ctx, off)
+		switch {
+		case err == nil:
+			e.stats.wills.Add(1)
+		case e.ctx.Err() == nil:
+			e.stats.refused.Add(1)
+			e.lg.Error("will not published", "client", m.Origin, "error", err)
+		}
+	})
 }
 
 // appendRecord appends a record of the engine's own bookkeeping without
@@ -457,7 +470,8 @@ type Stats struct {
 	// Duplicates counts inbound QoS 2 publishes received again before
 	// their PUBREL: acknowledged again, not delivered again.
 	Duplicates uint64
-	// Wills counts wills published; Expired sessions ended by their expiry.
+	// Wills counts wills published (durable in the log); Expired sessions
+	// ended by their expiry.
 	Wills, Expired uint64
 	// LastCheckpoint is when the last checkpoint succeeded (zero: none).
 	LastCheckpoint time.Time

@@ -732,3 +732,28 @@ func TestEnginePublishAsyncQoS2(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A will whose write fails after the log took it (an I/O error) is
+// counted as refused, not as published.
+func TestWillLostInWriteCounted(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("w", false, func(i *qos.ConnectInfo) {
+		i.Will = &qos.Message{Topic: "will/w", QoS: 1, Payload: []byte("w"), Will: true}
+	})
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		if qos.KindOf(recs[0]) == qos.KindMessage {
+			return errors.New("EIO")
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	c.cl.Disconnect(true, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.e.Stats().Refused == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := h.e.Stats(); st.Refused != 1 || st.Wills != 0 {
+		t.Fatalf("Refused %d Wills %d, want 1 and 0", st.Refused, st.Wills)
+	}
+}
