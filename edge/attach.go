@@ -117,6 +117,7 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 	if err != nil {
 		return false, false, fmt.Errorf("read connection: %w", err)
 	}
+	b.fixRead(cl, &pk)
 	cl.ParseConnect(listener, pk)
 	if atomic.LoadInt64(&s.Info.ClientsConnected) >= caps.MaximumClients {
 		code := packets.ErrServerBusy
@@ -167,6 +168,14 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 func (b *Broker) sessionRefused(cl *mqtt.Client) bool {
 	ds, ok := b.storage.(*durableStorage)
 	return ok && ds.hook.refused(cl)
+}
+
+// fixRead corrects what mochi's packet decoder refuses that MQTT allows
+// (limitsHook.fixRead, authHook.fixRead), for every packet read, before
+// mochi validates or processes it.
+func (b *Broker) fixRead(cl *mqtt.Client, pk *packets.Packet) {
+	b.limits.fixRead(pk)
+	b.auth.fixRead(cl, pk)
 }
 
 // takeAck hands the engine an acknowledgement of one of its exchanges
@@ -297,6 +306,7 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 	if err != nil {
 		return err
 	}
+	b.fixRead(cl, &pk)
 	if b.takeAck(cl, &pk) {
 		return nil // the engine's, never mochi's
 	}

@@ -103,13 +103,13 @@ func (h *authHook) ID() string { return "edge-auth" }
 // Provides lists the events handled.
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPacketRead:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish:
 		return true
 	}
 	return false
 }
 
-// OnPacketRead lets a CONNECT carry an empty password. MQTT allows one
+// fixRead lets a CONNECT carry an empty password. MQTT allows one
 // (3.1.1 §3.1.3.5, 5 §3.1.3.6), but mochi refuses it as a protocol
 // violation before any hook can judge it. An empty password is taken as no
 // password: no user of a password file has an empty one (SetPassword
@@ -117,7 +117,10 @@ func (h *authHook) Provides(b byte) bool {
 //
 // It also answers a client's QoS 1/2 PUBLISH to $SYS, which mochi drops
 // without an acknowledgement, leaving the client waiting forever.
-func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+//
+// The read loop calls it for every packet it reads (Broker.fixRead): as
+// mochi's OnPacketRead hook it cost two copies of every packet.
+func (h *authHook) fixRead(cl *mqtt.Client, pk *packets.Packet) {
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		if pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
@@ -125,10 +128,9 @@ func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 	case packets.Publish:
 		if !cl.Net.Inline && reservedTopic(pk.TopicName) {
-			h.refuseReserved(cl, pk)
+			h.refuseReserved(cl, *pk)
 		}
 	}
-	return pk, nil
 }
 
 // reservedTopic reports whether a client may not publish to topic: $SYS is

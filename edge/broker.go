@@ -68,6 +68,7 @@ type Broker struct {
 	listeners    []edgeListener
 	byName       map[string]edgeListener
 	auth         *authHook
+	limits       *limitsHook
 	http         *httpSide // nil: HTTP disabled
 	throttledLog *logThrottle
 	noAuth       bool           // neither a password file nor allow_anonymous
@@ -181,7 +182,8 @@ func New(cfg Config, opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("edge: bridge metrics: %w", err)
 	}
 	b.lifecycle = &mqtt.Hooks{Log: b.srv.Log}
-	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, newLimitsHook(b, caps), auth} {
+	b.limits = newLimitsHook(b, caps)
+	for _, h := range []mqtt.Hook{&metricsHook{m: b.metrics}, b.limits, auth} {
 		if err := b.addHook(h); err != nil {
 			return nil, err
 		}

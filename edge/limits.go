@@ -93,26 +93,25 @@ func (h *limitsHook) ID() string { return "edge-limits" }
 // Provides lists the events handled.
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnDisconnect:
 		return true
 	}
 	return false
 }
 
-// emptyWill stands in for an empty will payload between OnPacketRead and
+// emptyWill stands in for an empty will payload between fixRead and
 // OnConnect; it is recognised by its address, never by its content.
 var emptyWill = []byte{0}
 
-// OnPacketRead lets a CONNECT carry a will with an empty payload, which MQTT
+// fixRead lets a CONNECT carry a will with an empty payload, which MQTT
 // allows (3.1.1 §3.1.3.4, 5 §3.1.3.4) and mochi refuses as a protocol
 // violation before any hook can see it: the payload is swapped for a
 // placeholder, and OnConnect, which runs after mochi's check, puts the
-// empty payload back.
-func (h *limitsHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// empty payload back. The read loop calls it (Broker.fixRead).
+func (h *limitsHook) fixRead(pk *packets.Packet) {
 	if pk.FixedHeader.Type == packets.Connect && pk.Connect.WillFlag && len(pk.Connect.WillPayload) == 0 {
 		pk.Connect.WillPayload = emptyWill
 	}
-	return pk, nil
 }
 
 // OnConnect bounds the keepalive and the will topic.
