@@ -565,8 +565,24 @@ func TestResubscribeKeepsBacklog(t *testing.T) {
 
 // TestCheckStorage: edgemq check reports a damaged log with its segment and
 // position, and -repair mends it so the broker starts again.
+//
+// The log needs several segments when the broker stops: a checkpoint
+// trims whatever no one needs, and one that ran while the test was slow
+// (then a retention pass) left only the tail. So a persistent session
+// holds the first message unacknowledged (Receive Maximum 1, no PUBACK),
+// which keeps every segment in the log, and checkpoints run every 100ms:
+// the test does not depend on none coming.
 func TestCheckStorage(t *testing.T) {
-	r := newRestartable(t, func(c *edge.Config) { c.Storage.SegmentSize = 64 << 10 })
+	r := newRestartable(t, func(c *edge.Config) {
+		c.Storage.SegmentSize = 64 << 10
+		c.Storage.CheckpointInterval = 100 * time.Millisecond
+	})
+	hold := dialRaw(t, r.ep().addr, 5)
+	hold.connectWith("chk-hold", false, 30, func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = 1 })
+	hold.subscribe(1, "chk/#", 1)
+	if ack, err := hold.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("suback: %v (type %d)", err, ack.FixedHeader.Type)
+	}
 	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "chk-pub"})
 	for i := range 400 {
 		if _, err := p.publish(t, "chk/t", 1, false, make([]byte, 512)); err != nil {
