@@ -35,6 +35,9 @@ type memLog struct {
 	// not durable until release (WaitDurable waits, readers and
 	// LastOffset stop below it).
 	hold uint64
+	// onRead, if set, is called (without the lock) before every Read: a
+	// test can stop a reader there.
+	onRead func(off uint64)
 }
 
 // holdFrom makes the records from the next append on wait for release.
@@ -120,6 +123,12 @@ func (l *memLog) WaitDurable(ctx context.Context, off uint64) error {
 }
 
 func (l *memLog) Read(off uint64) ([]byte, error) {
+	l.mu.Lock()
+	onRead := l.onRead
+	l.mu.Unlock()
+	if onRead != nil {
+		onRead(off)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -755,5 +756,85 @@ func TestWillLostInWriteCounted(t *testing.T) {
 	}
 	if st := h.e.Stats(); st.Refused != 1 || st.Wills != 0 {
 		t.Fatalf("Refused %d Wills %d, want 1 and 0", st.Refused, st.Wills)
+	}
+}
+
+// A connection taken over while its sender reads the session's backlog
+// from the log leaves the backlog to the new connection: what the old
+// scan found is neither given back behind the new one's back (which
+// delivered it, QoS 2 once [MQTT-4.3.3]) nor taken off the queue.
+func TestTakeoverDuringBacklogScan(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 2)
+	sub.cl.Disconnect(false, nil)
+	src := h.connect("src", false)
+	for i := range 3 {
+		src.publish("t", 2, uint16(i+1), fmt.Sprint(i))
+	}
+	src.conn.waitFor(t, 3) // PUBRECs
+	last := h.log.LastOffset()
+	for h.e.FannedOut() <= last {
+		time.Sleep(time.Millisecond)
+	}
+	// The first read of the log (the old connection's scan) stops until
+	// the new connection has its backlog; then the reads are noted.
+	var mu sync.Mutex
+	blocked, release, reread := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	state := 0 // 0: first read to come, 1: released, 2: old scan at last
+	h.log.mu.Lock()
+	h.log.onRead = func(off uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case state == 0:
+			state = -1
+			close(blocked)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			state = 1
+		case state == 1 && off == last:
+			state = 2
+			close(reread)
+		}
+	}
+	h.log.mu.Unlock()
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+
+	sub.reconnect() // the old connection: its scan stops at its first read
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the resumed session did not read its backlog")
+	}
+	sub.reconnect() // the takeover
+	count := map[string]int{}
+	for _, m := range sub.ackAll(sub.conn.waitFor(t, 3)) {
+		count[string(m.Payload)]++
+	}
+	sub.ackAll(sub.conn.waitFor(t, 3)) // PUBRELs: the flights end
+	unblock()
+	select {
+	case <-reread:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old connection's scan did not go on")
+	}
+	src.publish("t", 2, 4, "3") // kicks the new connection's sender
+	for {
+		p := sub.conn.settle()
+		if len(p) == 0 {
+			break
+		}
+		for _, m := range sub.ackAll(p) {
+			count[string(m.Payload)]++
+		}
+	}
+	for i := range 4 {
+		if n := count[fmt.Sprint(i)]; n != 1 {
+			t.Errorf("message %d reached the application %d times, want once: %v", i, n, count)
+		}
 	}
 }

@@ -667,25 +667,26 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 			found = append(found, en)
 		}
 	}
-	if off > from {
-		q.Scanned(off - 1)
-	}
+	// The position moves past what was read in one step with the finds
+	// becoming the connection's, under the session's lock: a checkpoint's
+	// floor sees them in one place or the other. A connection gone
+	// meanwhile (taken over, disconnected) moves nothing and drops its
+	// finds: the next connection's scan reads them again from the same
+	// position. Its own queue's may have begun already, concurrently with
+	// this one (only a group's scans are one at a time), and delivered
+	// them: giving them back behind it would deliver them twice.
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if g != nil {
 		g.mu.Lock()
+		defer g.mu.Unlock()
 		g.scanning = false
-		if c.gone && len(found) > 0 {
-			g.returned = append(found, g.returned...)
-			found = nil
-		}
-		g.mu.Unlock()
 	}
 	if c.gone {
-		if len(found) > 0 {
-			q.Requeue(found[0])
-		}
 		return
+	}
+	if off > from {
+		q.Scanned(off - 1)
 	}
 	for i := range found {
 		c.scanned = append(c.scanned, scanned{Entry: found[i], g: g})
