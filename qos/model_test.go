@@ -57,10 +57,25 @@ type modelClient struct {
 	// first[publisher] is the last seq first-delivered from it
 	first map[string]int
 	count map[string]int // payload -> application deliveries
+	// for a failure's report: the connection's number, what reached the
+	// application (payload -> step, connection, packet id, DUP) and the
+	// connection's history
+	conns  int
+	got    map[string][]delivery
+	events []delivery // what: the event
 }
+
+// delivery is a step's note for a failure's report.
+type delivery struct {
+	step int
+	what string
+}
+
+func (d delivery) String() string { return fmt.Sprintf("step %d: %s", d.step, d.what) }
 
 type model struct {
 	t      *testing.T
+	step   int
 	r      *rand.Rand
 	h      *harness
 	cs     []*modelClient
@@ -80,13 +95,14 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			online:  true,
 			subQoS:  byte(1 + m.r.IntN(2)),
 			pending: map[uint16]string{}, pubQoS: map[uint16]byte{}, released: map[uint16]bool{},
-			first: map[string]int{}, count: map[string]int{},
+			first: map[string]int{}, count: map[string]int{}, got: map[string][]delivery{},
 		}
 		c.subscribe("t/#", c.subQoS)
 		m.cs = append(m.cs, c)
 		m.byName[c.id] = c
 	}
-	for range steps {
+	for step := range steps {
+		m.step = step
 		c := m.cs[m.r.IntN(len(m.cs))]
 		n := m.r.IntN(100)
 		for _, op := range []struct {
@@ -110,28 +126,35 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			if c.online {
 				c.cl.Disconnect(false, nil)
 				m.offline(c)
+				m.event(c, "disconnect")
 			} else {
 				m.reconnect(c)
 			}
 		case n < 86:
 			if c.online { // takeover: a new connection, the old one just stops
 				m.offline(c)
+				m.event(c, "taken over")
 				m.reconnect(c)
 			}
 		case n < 89:
 			if err := m.h.e.Checkpoint(); err != nil {
 				t.Fatal(err)
 			}
+			for _, c := range m.cs {
+				m.event(c, fmt.Sprintf("checkpoint (log from %d to %d)", m.h.log.FirstOffset(), m.h.log.LastOffset()))
+			}
 		case n < 91:
 			m.h.crash()
 			for _, c := range m.cs {
 				m.offline(c)
+				m.event(c, "crash")
 			}
 		default:
 			time.Sleep(time.Millisecond)
 		}
 	}
 	// Drain: everyone online, acknowledging everything, until quiet.
+	m.step = steps
 	for _, c := range m.cs {
 		if !c.online {
 			m.reconnect(c)
@@ -159,14 +182,14 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		for _, c := range m.cs {
 			n := c.count[p]
 			if n == 0 {
-				t.Fatalf("seed %d: %s lost: acknowledged at QoS %d, never reached %s (sub QoS %d)", seed, p, q, c.id, c.subQoS)
+				t.Fatalf("seed %d: %s lost: acknowledged at QoS %d, never reached %s (sub QoS %d)\n%s", seed, p, q, c.id, c.subQoS, c.history(p))
 			}
 		}
 	}
 	for _, c := range m.cs {
 		for p, n := range c.count {
 			if n > 1 && c.subQoS == 2 && m.acked[p] == 2 {
-				t.Fatalf("seed %d: QoS 2 message %s reached %s %d times", seed, p, c.id, n)
+				t.Fatalf("seed %d: QoS 2 message %s reached %s %d times\n%s", seed, p, c.id, n, c.history(p))
 			}
 		}
 	}
@@ -179,8 +202,35 @@ func (m *model) offline(c *modelClient) {
 	c.held = nil
 }
 
+// event notes what happened to c's connection, for a failure's report.
+func (m *model) event(c *modelClient, what string) {
+	c.events = append(c.events, delivery{m.step, what})
+}
+
+// history reports what reached c's application of payload, and the
+// events of c's connections around it (the last ones if nothing did).
+func (c *modelClient) history(payload string) string {
+	var b strings.Builder
+	got := c.got[payload]
+	fmt.Fprintf(&b, "%s got %s: %v\n%s's connections meanwhile:\n", c.id, payload, got, c.id)
+	lo, hi := -1, -1
+	if len(got) > 0 {
+		lo, hi = got[0].step-100, got[len(got)-1].step+20
+	} else if len(c.events) > 40 {
+		lo = c.events[len(c.events)-40].step
+	}
+	for _, e := range c.events {
+		if e.step >= lo && (hi < 0 || e.step <= hi) {
+			fmt.Fprintf(&b, "  %v\n", e)
+		}
+	}
+	return b.String()
+}
+
 func (m *model) reconnect(c *modelClient) {
 	c.reconnect()
+	c.conns++
+	m.event(c, fmt.Sprintf("connection %d", c.conns))
 	c.online = true
 	for pid := range c.released { // [MQTT-4.4.0-1]: PUBREL again
 		c.cl.Pubrel(pid)
@@ -243,7 +293,9 @@ func (m *model) pump(c *modelClient, ack bool) bool {
 				continue
 			}
 			for _, msg := range c.ackAll([]qos.Packet{p}) {
-				m.deliver(c, string(msg.Payload))
+				pl := string(msg.Payload)
+				c.got[pl] = append(c.got[pl], delivery{m.step, fmt.Sprintf("connection %d, packet id %d, DUP %v", c.conns, p.PacketID, p.Dup)})
+				m.deliver(c, pl)
 			}
 		}
 	}
@@ -259,7 +311,7 @@ func (m *model) deliver(c *modelClient, payload string) {
 	c.count[payload]++
 	if c.count[payload] == 1 {
 		if seq <= c.first[pub] {
-			m.t.Fatalf("%s got %s after c%s:%d: out of order", c.id, payload, pub, c.first[pub])
+			m.t.Fatalf("%s got %s after c%s:%d: out of order\n%s", c.id, payload, pub, c.first[pub], c.history(payload))
 		}
 		c.first[pub] = seq
 	}
