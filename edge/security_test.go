@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -664,30 +665,35 @@ func TestLoginBackoff(t *testing.T) {
 // TestLoginBusy: a flood of parallel logins cannot make one wait past its
 // connect timeout for a bcrypt slot: those that get none in time are
 // refused as server busy (v5 0x89), counted, and the broker serves on.
+//
+// The connect deadline runs from the accept, so each CONNECT is written
+// right after its dial: dialing them all first let a loaded machine pass
+// the first ones' deadlines before they said anything (the broker then
+// closes them unanswered). The first CONNECT always finds a slot free
+// (0x86); the flood is sized to the slots (half the CPUs, as the broker
+// has) so that some always wait past the deadline (0x89).
 func TestLoginBusy(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Auth.PasswordFile = passwordFile(t, "alice", "pw")
 	cfg.Auth.FailureBurst = 0
-	cfg.Limits.ConnectTimeout = 300 * time.Millisecond
+	cfg.Limits.ConnectTimeout = time.Second
 	tb := startBroker(t, cfg)
 	addr := tb.Addr("tcp").String()
-	const n = 60 // ~50 ms of bcrypt each: seconds of work for one or two slots
+	// ~50 ms of bcrypt each, at least 3 s of work per slot: 3 times what a
+	// slot gets through before the deadline.
+	n := 60 * max(1, runtime.NumCPU()/2)
 	codes := make(chan byte, n)
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		conns[i] = dialNet(t, "tcp", addr, nil)
-		defer conns[i].Close()
-	}
 	connect := encode(t, 5, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "flood", Clean: true, Keepalive: 30,
 			UsernameFlag: true, Username: []byte("alice"), PasswordFlag: true, Password: []byte("guess")}})
-	for _, c := range conns {
+	for range n {
+		c := dialNet(t, "tcp", addr, nil)
+		defer c.Close()
+		if _, err := c.Write(connect); err != nil {
+			t.Fatalf("write CONNECT: %v", err)
+		}
 		go func() {
 			rc := &rawClient{t: t, c: c, r: newReader(c), version: 5}
-			if _, err := c.Write(connect); err != nil {
-				codes <- 0xff
-				return
-			}
 			ack, err := rc.read(10 * time.Second)
 			if err != nil {
 				codes <- 0xfe
@@ -701,7 +707,7 @@ func TestLoginBusy(t *testing.T) {
 		got[<-codes]++
 	}
 	if got[0x89] == 0 || got[0x86] == 0 || got[0x86]+got[0x89] != n {
-		t.Errorf("codes %v: want some 0x86 (checked) and some 0x89 (busy), nothing else", got)
+		t.Errorf("codes %v: want some 0x86 (checked) and some 0x89 (busy), nothing else (0xfe: closed unanswered)", got)
 	}
 	if v := tb.metric(t, "edgemq_auth_failures_total", "reason", "busy"); int(v) != got[0x89] {
 		t.Errorf("busy = %v, want %d", v, got[0x89])
