@@ -105,6 +105,11 @@ func (b *Broker) detach(cl *mqtt.Client, wc *conn, w *sysWriter, counted bool, e
 	wc.end(err)
 }
 
+// errMaxClients ends a connection refused because limits.max_clients were
+// connected. It is not packets.ErrServerBusy alone: a login refused for
+// want of a bcrypt slot ends with that too, and is no max_clients refusal.
+var errMaxClients = fmt.Errorf("limits.max_clients reached: %w", packets.ErrServerBusy)
+
 // open reads CONNECT and runs the handshake: mochi's checks and hooks,
 // the session, CONNACK. counted says the client counts as connected in
 // mochi's Info (the caller uncounts it); present, that it took over a
@@ -125,7 +130,7 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 			code = packets.ErrServerUnavailable
 		}
 		_ = s.SendConnack(cl, code, false, nil)
-		return false, false, packets.ErrServerBusy
+		return false, false, errMaxClients
 	}
 	if code := validateConnect(caps, cl, &pk); code != packets.CodeSuccess {
 		if err := s.SendConnack(cl, code, false, nil); err != nil {

@@ -161,7 +161,7 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 	}
 	wc.end = func(err error) {
 		_ = wc.Close()
-		if errors.Is(err, packets.ErrServerBusy) {
+		if errors.Is(err, errMaxClients) {
 			b.metrics.rejected.WithLabelValues(listener, "max_clients").Inc()
 			b.throttledLog.warn(b.log, "connection refused: limits.max_clients reached", "listener", listener, "remote", remote,
 				"max_clients", b.cfg.Limits.MaxClients)

@@ -664,7 +664,8 @@ func TestLoginBackoff(t *testing.T) {
 
 // TestLoginBusy: a flood of parallel logins cannot make one wait past its
 // connect timeout for a bcrypt slot: those that get none in time are
-// refused as server busy (v5 0x89), counted, and the broker serves on.
+// refused as server busy (v5 0x89), counted as such (not as
+// limits.max_clients), and the broker serves on.
 //
 // The connect deadline runs from the accept, so each CONNECT is written
 // right after its dial: dialing them all first let a loaded machine pass
@@ -711,6 +712,9 @@ func TestLoginBusy(t *testing.T) {
 	}
 	if v := tb.metric(t, "edgemq_auth_failures_total", "reason", "busy"); int(v) != got[0x89] {
 		t.Errorf("busy = %v, want %d", v, got[0x89])
+	}
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "reason", "max_clients"); v != 0 {
+		t.Errorf("rejected max_clients = %v, want 0: no limit was reached", v)
 	}
 	connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "after", username: "alice", password: "pw"})
 }
