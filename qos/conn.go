@@ -251,9 +251,16 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 	c.kick()
 }
 
-// kick starts the sender unless it runs; a running sender looks for work
-// again before it stops, so a kick is never lost.
+// kick starts the sender unless it runs or there is nothing to write (a
+// PUBACK that freed a place of an empty window): a goroutine started only
+// to find nothing costs a wake-up of the scheduler per message. Whoever
+// gives the connection work does so before it kicks, and a running sender
+// looks for work again before it stops, so a kick is never lost. Called
+// without s.mu (hasWork takes it).
 func (c *connection) kick() {
+	if c.running.Load() || !c.hasWork() {
+		return
+	}
 	if c.running.CompareAndSwap(false, true) {
 		if !c.e.goSender(c.run) {
 			c.running.Store(false)
