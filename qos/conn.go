@@ -152,7 +152,7 @@ func (cl *Client) Pubrel(pid uint16) {
 	s.mu.Unlock()
 	a := ack{typ: PacketPubcomp, pid: pid, counts: ok && !carried}
 	if ok {
-		off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: s.id, Ref: s.ref, PacketID: pid}))
+		off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
 		if err != nil {
 			e.stats.recordFailures.Add(1)
 			s.mu.Lock()
@@ -195,7 +195,7 @@ func (cl *Client) complete(pid uint16, q byte) {
 	s.mu.Unlock()
 	e.stats.acked.Add(1)
 	if persistent {
-		e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref, PacketID: pid}))
+		e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
 	}
 	cl.c.kick()
 	if f.group != nil {
@@ -228,14 +228,14 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 		persistent := s.persistent
 		s.mu.Unlock()
 		if persistent {
-			e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref, PacketID: pid}))
+			e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
 		}
 		c.kick()
 		return
 	}
 	var off uint64
 	if !f.released && s.persistent {
-		off = e.appendRecord(EncodeRef(KindRelease, PacketRef{Client: s.id, Ref: s.ref, PacketID: pid}))
+		off = e.appendRecord(EncodeRef(KindRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
 		if off == 0 {
 			// Without its record a restart would send the PUBLISH again
 			// after the PUBREL: no PUBREL now; the next connection resends

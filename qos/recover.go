@@ -94,7 +94,7 @@ func (e *Engine) recover() error {
 		}
 		s := e.newSessionLocked(id, max(ss.Next, first))
 		s.persistent = true
-		s.ref = ss.Ref
+		s.ref.Store(ss.Ref)
 		s.owner = ss.Username
 		s.expiry = ss.ExpiryInterval
 		if ss.ExpiryInterval != math.MaxUint32 {

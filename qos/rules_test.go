@@ -781,7 +781,7 @@ func TestTakeoverDuringBacklogScan(t *testing.T) {
 	// the new connection has its backlog; then the reads are noted.
 	var mu sync.Mutex
 	blocked, release, reread := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	state := 0 // 0: first read to come, 1: released, 2: old scan at last
+	state := 0 // 0: before the first read, -1: in it, 1: released, 2: the old scan read the last
 	h.log.mu.Lock()
 	h.log.onRead = func(off uint64) {
 		mu.Lock()

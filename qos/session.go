@@ -13,8 +13,11 @@ import (
 // conn; offline, its queue holds a position in the log and its flights
 // wait for the next connection.
 type session struct {
-	id    string
-	ref   uint64 // the short id records name it by, once its Session record has it; 0 before
+	id string
+	// ref is the short id records name it by, once its Session record
+	// has it; 0 before. Atomic: senders and read goroutines name the
+	// session in records without its lock while a Connect sets it.
+	ref   atomic.Uint64
 	owner string // the user that created it
 	n     uint64 // creation order, to group one message's matches
 	queue *Queue
@@ -146,8 +149,8 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	// new; a session resumed keeps its own, or gets one if it has none
 	// (its records so far, from before Refs, name it by client id).
 	var ref uint64
-	if resumed && old.ref != 0 {
-		ref = old.ref
+	if resumed && old.ref.Load() != 0 {
+		ref = old.ref.Load()
 	} else if persistent {
 		e.lastRef++
 		ref = e.lastRef
@@ -163,7 +166,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	var recs [][]byte
 	if old != nil && (info.CleanStart || !old.persistent) {
 		if old.persistent {
-			recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref}))
+			recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref.Load()}))
 		}
 		// The session ends: a will still due (its connection taken over
 		// now, or offline within its delay) is published now, as when a
@@ -184,7 +187,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		// Resumed with an expiry of 0: it ends with this connection
 		// [MQTT-3.1.2-23], which logs nothing more of it, so the log
 		// forgets it now (a restart would bring it back otherwise).
-		recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref}))
+		recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref.Load()}))
 	}
 	logged := len(recs) > 0
 	if logged {
@@ -224,10 +227,11 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		// Its Session record maps ref: later records may name it so. A
 		// session the log just ended (resumed with an expiry of 0) has
 		// no Ref there any more: its records name its client id again.
-		s.ref = 0
+		var r uint64
 		if persistent {
-			s.ref = ref
+			r = ref
 		}
+		s.ref.Store(r)
 	}
 	s.owner = owner
 	s.expiry = info.ExpiryInterval
@@ -358,7 +362,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 		if will != nil {
 			s.willDue = now + int64(min(s.willDelay, s.expiry))
 		}
-		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref, At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
+		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref.Load(), At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
 		e.appendRecord(rec)
 	}
 	var groupFlights map[uint16]flight
@@ -391,7 +395,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	e.returnFlights(s, groupFlights)
 	if !persistent {
 		if s.persistent {
-			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref}))
+			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref.Load()}))
 		}
 		e.endSessionLocked(s, false)
 		if will != nil {
@@ -433,7 +437,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	if s.persistent {
 		recs := make([][]byte, 0, len(subs))
 		for i := range subs {
-			subs[i].Client, subs[i].Ref = s.id, s.ref
+			subs[i].Client, subs[i].Ref = s.id, s.ref.Load()
 			rec, err := Encode(&subs[i])
 			if err != nil {
 				return err
@@ -446,7 +450,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	}
 	since := e.dispatched.Load()
 	for _, sr := range subs {
-		sr.Client, sr.Ref = s.id, s.ref
+		sr.Client, sr.Ref = s.id, s.ref.Load()
 		s.mu.Lock()
 		old := s.subs[sr.Filter]
 		s.mu.Unlock()
@@ -522,7 +526,7 @@ func (cl *Client) Unsubscribe(filters []string) error {
 	if s.persistent && len(filters) > 0 {
 		recs := make([][]byte, 0, len(filters))
 		for _, f := range filters {
-			rec, _ := Encode(&Unsubscribe{Client: s.id, Ref: s.ref, Filter: f})
+			rec, _ := Encode(&Unsubscribe{Client: s.id, Ref: s.ref.Load(), Filter: f})
 			recs = append(recs, rec)
 		}
 		if err := e.appendWait(recs...); err != nil {

@@ -93,7 +93,7 @@ func (e *Engine) fireLocked(now int64) {
 		}
 		if end {
 			e.stats.expired.Add(1)
-			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref}))
+			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref.Load()}))
 			e.endSessionLocked(s, false)
 		}
 	}
