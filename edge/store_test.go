@@ -785,3 +785,43 @@ func TestSharedGroupHandsBackQoS1(t *testing.T) {
 		t.Fatalf("second member got %q", m.Payload)
 	}
 }
+
+// TestRetainedResentAfterRestart: a retained message a persistent v5
+// subscriber got at SUBSCRIBE at QoS 1 and did not acknowledge is resent
+// after a restart as it was sent, RETAIN=1 [MQTT-3.3.1-9] and DUP=1 on its
+// packet id [MQTT-4.4.0-1].
+func TestRetainedResentAfterRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	p, _ := connectV5(t, dialNet(t, "tcp", r.ep().addr, nil), v5Opts{id: "rr-pub"})
+	if _, err := p.publish(t, "rr/t", 1, true, []byte("kept")); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	sub := dialRaw(t, r.ep().addr, 5)
+	sub.connect("rr-sub", false, 30)
+	sub.subscribe(1, "rr/#", 1)
+	if ack, err := sub.read(5 * time.Second); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("suback: %v %+v", err, ack)
+	}
+	first, err := sub.read(5 * time.Second)
+	if err != nil || first.FixedHeader.Type != packets.Publish || !first.FixedHeader.Retain || first.FixedHeader.Dup {
+		t.Fatalf("at SUBSCRIBE: %v type %d retain %v dup %v, want a PUBLISH with RETAIN=1 DUP=0",
+			err, first.FixedHeader.Type, first.FixedHeader.Retain, first.FixedHeader.Dup)
+	}
+	_ = sub.c.Close() // not acknowledged
+	r.restart()
+
+	sub = dialRaw(t, r.ep().addr, 5)
+	if ack := sub.connect("rr-sub", false, 30); !ack.SessionPresent {
+		t.Fatal("session not present after restart")
+	}
+	m, err := sub.read(5 * time.Second)
+	if err != nil || m.FixedHeader.Type != packets.Publish || string(m.Payload) != "kept" || m.PacketID != first.PacketID ||
+		!m.FixedHeader.Retain || !m.FixedHeader.Dup || m.FixedHeader.Qos != 1 {
+		t.Fatalf("resend after restart: %v type %d payload %q packet id %d (want %d) retain %v dup %v qos %d, want RETAIN=1 DUP=1 QoS 1",
+			err, m.FixedHeader.Type, m.Payload, m.PacketID, first.PacketID, m.FixedHeader.Retain, m.FixedHeader.Dup, m.FixedHeader.Qos)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: m.PacketID})
+	if pk, err := sub.read(500 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected packet type %d after the PUBACK", pk.FixedHeader.Type)
+	}
+}

@@ -194,7 +194,7 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				}
 			}
 			if ss != nil && s.persistent {
-				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released}
+				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain}
 				if f.group != nil {
 					in.Group = f.group.key
 				}

@@ -144,14 +144,23 @@ type Unsubscribe struct {
 // QoS (the smaller of the message's and the subscription's). Group names the
 // shared subscription group it came through, if any. A QoS 0 delivery has no
 // packet id: it only records that the session (or group) got past Offset.
+// Retain is the RETAIN flag it was sent with (a retained message sent at
+// SUBSCRIBE, or Retain As Published): a resend after a restart carries it
+// again [MQTT-4.4.0-1].
 type Deliver struct {
 	Client   string
 	Ref      uint64 // the session's, if it has one: then Client is not written
 	PacketID uint16
 	Offset   uint64
 	QoS      byte
+	Retain   bool
 	Group    string
 }
+
+// deliverRetain is the bit of a Deliver record's QoS byte that holds
+// Retain. Records written before it have the bit clear, so no version
+// change was needed: they read as sent without RETAIN, as they were.
+const deliverRetain = 4
 
 // Checkpoint is the body of KindCheckpoint.
 type Checkpoint struct {
@@ -232,7 +241,11 @@ func Encode(v any) ([]byte, error) {
 		if r.QoS > 2 {
 			return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
 		}
-		b = append(b, byte(KindDeliver), versionFor(r.Ref), r.QoS)
+		flags := r.QoS
+		if r.Retain {
+			flags |= deliverRetain
+		}
+		b = append(b, byte(KindDeliver), versionFor(r.Ref), flags)
 		b = binary.BigEndian.AppendUint16(b, r.PacketID)
 		b = binary.AppendUvarint(b, r.Offset)
 		b = appendWho(b, r.Client, r.Ref)
@@ -335,11 +348,12 @@ func Decode(rec []byte) (Kind, any, error) {
 		r.Filter = d.string()
 		out = r
 	case KindDeliver:
-		r := &Deliver{QoS: d.byte(), PacketID: d.uint16(), Offset: d.uvarint()}
+		flags := d.byte()
+		r := &Deliver{QoS: flags &^ deliverRetain, Retain: flags&deliverRetain != 0, PacketID: d.uint16(), Offset: d.uvarint()}
 		r.Client, r.Ref = d.who(v)
 		r.Group = d.string()
 		if d.err == nil && r.QoS > 2 {
-			return k, nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
+			return k, nil, fmt.Errorf("%w: deliver flags %#x", ErrBadRecord, flags)
 		}
 		out = r
 	case KindRelease, KindComplete, KindInboundRelease:

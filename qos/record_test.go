@@ -41,6 +41,7 @@ func sampleRecords() [][]byte {
 		must(qos.Encode(&qos.Subscribe{Ref: 1, Filter: "a/#", QoS: 1, Identifier: 7})),
 		must(qos.Encode(&qos.Unsubscribe{Ref: 1, Filter: "a/#"})),
 		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 9, Offset: 12, QoS: 2})),
+		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 10, Offset: 13, QoS: 1, Retain: true})),
 		qos.EncodeRef(qos.KindRelease, qos.PacketRef{Ref: 1, PacketID: 1}),
 		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Ref: 1, PacketID: 2}),
 		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Ref: 1, PacketID: 3}),
@@ -76,6 +77,26 @@ func TestRecordsRoundTrip(t *testing.T) {
 				t.Fatalf("%d: prefix %d/%d: err = %v, want ErrBadRecord", i, n, len(rec), err)
 			}
 		}
+	}
+}
+
+// TestDeliverWrittenBeforeRetain: a Deliver record written before the
+// retain flag (its QoS byte 0..2) still reads, as sent without RETAIN, and
+// one without the flag is written as before, byte for byte.
+func TestDeliverWrittenBeforeRetain(t *testing.T) {
+	old := []byte{byte(qos.KindDeliver), 2, 1, 0, 9, 12, 0xac, 0x02, 0} // QoS 1, packet id 9, offset 12, ref 300, no group
+	_, v, err := qos.Decode(old)
+	want := &qos.Deliver{Ref: 300, PacketID: 9, Offset: 12, QoS: 1}
+	if err != nil || !reflect.DeepEqual(v, want) {
+		t.Fatalf("decode: %+v (err %v), want %+v", v, err, want)
+	}
+	if again, err := qos.Encode(want); err != nil || !reflect.DeepEqual(again, old) {
+		t.Fatalf("encode: % x (err %v), want % x", again, err, old)
+	}
+	bad := append([]byte(nil), old...)
+	bad[2] = 3 | 4 // QoS 3 with the retain bit
+	if _, _, err := qos.Decode(bad); !errors.Is(err, qos.ErrBadRecord) {
+		t.Fatalf("deliver flags %#x: err = %v, want ErrBadRecord", bad[2], err)
 	}
 }
 

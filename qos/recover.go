@@ -138,7 +138,7 @@ func (e *Engine) recover() error {
 		for _, pid := range pids {
 			in := ss.Inflight[pid]
 			s.seq++
-			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released}
+			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released, retain: in.Retain}
 			if in.Group != "" {
 				f.group = e.groups[in.Group]
 			}

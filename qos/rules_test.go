@@ -838,3 +838,50 @@ func TestTakeoverDuringBacklogScan(t *testing.T) {
 		}
 	}
 }
+
+// A retained message sent at SUBSCRIBE and not acknowledged is resent as
+// it was, RETAIN included [MQTT-3.3.1-9], with DUP and its packet id
+// [MQTT-4.4.0-1], across a crash (the Deliver record) and a clean restart
+// (the snapshot's flight) alike; a live message resent with it keeps
+// RETAIN=0 [MQTT-3.3.1-12].
+func TestRetainedResentAfterRestart(t *testing.T) {
+	for _, how := range []string{"crash", "snapshot"} {
+		t.Run(how, func(t *testing.T) {
+			h := newHarness(t, nil)
+			src := retain(t, h, "r", 1)
+			sub := h.connect("sub", true)
+			sub.subscribe("r/#", 1)
+			first := sub.conn.waitFor(t, 1)[0]
+			src.publish("r/live", 1, 100, "live")
+			live := sub.conn.waitFor(t, 1)[0]
+			if !first.Retain || live.Retain {
+				t.Fatalf("first delivery: retained %v, live %v; want RETAIN=1 and RETAIN=0", first.Retain, live.Retain)
+			}
+			sub.cl.Disconnect(false, nil) // nothing acknowledged
+			if how == "crash" {
+				h.crash()
+			} else {
+				h.e.Close()
+				h.snaps.mu.Lock()
+				n := len(h.snaps.snaps)
+				h.snaps.mu.Unlock()
+				if n == 0 {
+					t.Fatal("no snapshot saved at Close")
+				}
+				h.start()
+			}
+			sub.reconnect()
+			got := sub.conn.waitFor(t, 2)
+			for _, p := range got {
+				want := first
+				if p.Message.Topic == live.Message.Topic {
+					want = live
+				}
+				if p.PacketID != want.PacketID || !p.Dup || p.Retain != want.Retain {
+					t.Fatalf("resend of %s: packet id %d dup %v retain %v, want packet id %d dup true retain %v",
+						p.Message.Topic, p.PacketID, p.Dup, p.Retain, want.PacketID, want.Retain)
+				}
+			}
+		})
+	}
+}

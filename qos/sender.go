@@ -43,7 +43,7 @@ func (c *connection) step() bool {
 			f := s.flights[pid]
 			o := outgoing{pid: pid, f: f, e: en, rec: logged}
 			if logged > 0 {
-				o.recBytes, _ = Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Group: g.key})
+				o.recBytes, _ = Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, Group: g.key})
 			}
 			batch = append(batch, o)
 			continue
@@ -82,7 +82,7 @@ func (c *connection) step() bool {
 			if o.f.group != nil {
 				grp = o.f.group.key
 			}
-			rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: o.pid, Offset: o.f.offset, QoS: o.f.qos, Group: grp})
+			rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: o.pid, Offset: o.f.offset, QoS: o.f.qos, Retain: o.f.retain, Group: grp})
 			if o.f.qos < 2 {
 				e.appendRecord(rec)
 				continue
@@ -253,7 +253,7 @@ func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, uint64) {
 	if !s.persistent {
 		return pid, 0
 	}
-	rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Group: g.key})
+	rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, Group: g.key})
 	off, err := c.e.log.AppendAsync(rec)
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)

@@ -149,13 +149,16 @@ func (st *State) appendBinary(b []byte) ([]byte, error) {
 			if in.QoS > 2 {
 				return nil, fmt.Errorf("%w: session %q inflight qos %d", ErrBadRecord, id, in.QoS)
 			}
-			var released byte
+			var flags byte // 1 released, 2 retain; snapshots before retain hold 0 or 1
 			if in.Released {
-				released = 1
+				flags |= 1
+			}
+			if in.Retain {
+				flags |= 2
 			}
 			b = binary.BigEndian.AppendUint16(b, pid)
 			b = binary.AppendUvarint(b, in.Offset)
-			b = append(b, in.QoS, released)
+			b = append(b, in.QoS, flags)
 			b = appendString(b, in.Group)
 		}
 	}
@@ -221,9 +224,12 @@ func decodeState(body []byte) (*State, error) {
 		}
 		for range d.count() {
 			pid := d.uint16()
-			in := Inflight{Offset: d.uvarint(), QoS: d.byte(), Released: d.flag(), Group: d.string()}
-			if d.err == nil && in.QoS > 2 {
-				return nil, fmt.Errorf("%w: inflight qos %d", ErrBadRecord, in.QoS)
+			in := Inflight{Offset: d.uvarint(), QoS: d.byte()}
+			flags := d.byte()
+			in.Released, in.Retain = flags&1 != 0, flags&2 != 0
+			in.Group = d.string()
+			if d.err == nil && (in.QoS > 2 || flags > 3) {
+				return nil, fmt.Errorf("%w: inflight qos %d flags %#x", ErrBadRecord, in.QoS, flags)
 			}
 			s.Inflight[pid] = in
 		}

@@ -69,7 +69,7 @@ func randomState(t testing.TB, seed uint64, n int) *qos.State {
 			rec, err = qos.Encode(&qos.Subscribe{Client: c, Ref: ref, Filter: pick(filters...), QoS: byte(rng.IntN(3)), NoLocal: rng.IntN(2) == 0,
 				RetainAsPublished: rng.IntN(2) == 0, RetainHandling: byte(rng.IntN(3)), Identifier: rng.IntN(3)})
 		case 7, 8:
-			rec, err = qos.Encode(&qos.Deliver{Client: c, Ref: ref, PacketID: uint16(rng.IntN(8)), Offset: rng.Uint64N(off), QoS: byte(rng.IntN(3)), Group: pick("", "$share/g/a/#")})
+			rec, err = qos.Encode(&qos.Deliver{Client: c, Ref: ref, PacketID: uint16(rng.IntN(8)), Offset: rng.Uint64N(off), QoS: byte(rng.IntN(3)), Retain: rng.IntN(2) == 0, Group: pick("", "$share/g/a/#")})
 		case 9:
 			rec = qos.EncodeRef([]qos.Kind{qos.KindRelease, qos.KindComplete, qos.KindInboundRelease}[rng.IntN(3)], qos.PacketRef{Client: c, Ref: ref, PacketID: uint16(rng.IntN(8))})
 		case 10:

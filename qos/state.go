@@ -14,6 +14,8 @@ type Inflight struct {
 	// Released is true once the QoS 2 exchange reached PUBREL: the PUBLISH
 	// must not be sent again, only the PUBREL [MQTT-4.3.3-5].
 	Released bool
+	// Retain is the RETAIN flag it was sent with, and is resent with.
+	Retain bool
 	// Group is the shared subscription group the message came through.
 	Group string
 }
@@ -216,7 +218,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 		}
 		if s := st.session(r.Client, r.Ref); s != nil {
 			if r.QoS > 0 { // a QoS 0 delivery only moves the position
-				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Group: r.Group}
+				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Retain: r.Retain, Group: r.Group}
 			}
 			if r.Group == "" {
 				s.Next = max(s.Next, r.Offset+1)
