@@ -885,3 +885,28 @@ func TestRetainedResentAfterRestart(t *testing.T) {
 		})
 	}
 }
+
+// A shared group whose queue overflowed is read back from the log by the
+// member whose sender claims the scan; asking whether there is work (a
+// kick, the end of a round) must not claim it, or the group waits for a
+// scan nobody runs.
+func TestSharedGroupBacklogScan(t *testing.T) {
+	h := newHarness(t, func(c *qos.Config) { c.QueueLimit = 4 })
+	a := h.connect("a", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 1 })
+	a.subscribe("$share/g/s/#", 1)
+	src := h.connect("src", false)
+	const n = 40
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		got := a.conn.settle()
+		if len(got) == 0 {
+			t.Fatalf("a got %d of %d", len(seen), n)
+		}
+		for _, m := range a.ackAll(got) {
+			seen[string(m.Payload)] = true
+		}
+	}
+}

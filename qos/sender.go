@@ -63,7 +63,7 @@ func (c *connection) step() bool {
 	var scanG *group
 	var scanSubs []*sub
 	if len(s.flights) < c.window {
-		scanQ, scanG, scanSubs = c.scanWanted()
+		scanQ, scanG, scanSubs = c.scanWanted(true)
 	}
 	persistent := s.persistent
 	s.mu.Unlock()
@@ -584,7 +584,7 @@ func (c *connection) hasWork() bool {
 			}
 		}
 	}
-	q, _, _ := c.scanWanted()
+	q, _, _ := c.scanWanted(false)
 	return q != nil
 }
 
@@ -593,8 +593,11 @@ const scanBatch = 64
 
 // scanWanted returns the queue the sender must read the log for: the
 // session's own (with its subscriptions) or, when that one is caught up, a
-// group's no other member is scanning. Called with s.mu held.
-func (c *connection) scanWanted() (*Queue, *group, []*sub) {
+// group's no other member is scanning, which claim marks as this member's
+// to scan (the step that scans it clears the mark; hasWork, which only
+// asks, must not set it, or the group waits for a scan nobody runs).
+// Called with s.mu held.
+func (c *connection) scanWanted(claim bool) (*Queue, *group, []*sub) {
 	s, end := c.s, c.e.dispatched.Load
 	if len(c.scanned) > 0 {
 		return nil, nil, nil
@@ -616,7 +619,7 @@ func (c *connection) scanWanted() (*Queue, *group, []*sub) {
 		g.mu.Lock()
 		if !g.scanning && len(g.returned) == 0 {
 			if _, ok := g.queue.Scan(); ok && !g.queue.CatchUp(end) {
-				g.scanning = true
+				g.scanning = claim
 				g.mu.Unlock()
 				return g.queue, g, []*sub{sb}
 			}
