@@ -1,11 +1,7 @@
 package bridge_test
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +9,7 @@ import (
 
 	"github.com/edgemq/edgemq/bridge"
 	"github.com/edgemq/edgemq/edge"
+	"github.com/edgemq/edgemq/internal/disktest"
 )
 
 // TestFullDiskDownlinkKeepsLink: on a full local disk a downlink message
@@ -25,7 +22,7 @@ import (
 func TestFullDiskDownlinkKeepsLink(t *testing.T) {
 	for _, protocol := range []string{"3.1.1", "5"} {
 		t.Run(protocol, func(t *testing.T) {
-			disk := tmpfs(t, 8<<20)
+			disk := disktest.Tmpfs(t, 8<<20)
 			up := startMosquitto(t, "")
 			const n = 500
 			ta := newTally(n)
@@ -48,7 +45,7 @@ func TestFullDiskDownlinkKeepsLink(t *testing.T) {
 			dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 			publishN(t, dev, 4, n, 0) // the backlog, in the log
 
-			free := fillDisk(t, disk)
+			free := disktest.Fill(t, disk)
 			cloud := client(t, "tcp://"+up.addr, "cloud", true, nil)
 			p.restore()
 			// Commands wait for the bridge's subscription; the first ones
@@ -93,47 +90,5 @@ func TestFullDiskDownlinkKeepsLink(t *testing.T) {
 				t.Errorf("dropped %v", d)
 			}
 		})
-	}
-}
-
-// tmpfs mounts a tmpfs of size bytes for the test (root only) and returns
-// its path. (edge/hole_test.go has the same two helpers; test helpers do
-// not cross packages.)
-func tmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
-}
-
-// fillDisk writes a file in dir until the disk is full and returns a
-// function that removes it.
-func fillDisk(t *testing.T, dir string) func() {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
-	return func() {
-		if err := os.Remove(path); err != nil {
-			t.Fatal(err)
-		}
 	}
 }

@@ -1,60 +1,16 @@
 package edge_test
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/edgemq/edgemq/edge"
+	"github.com/edgemq/edgemq/internal/disktest"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test (root only) and
-// returns its path.
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
-}
-
-// fillDisk writes a file in dir until the disk is full and returns a
-// function that removes it.
-func fillDisk(t *testing.T, dir string) func() {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
-	return func() {
-		if err := os.Remove(path); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // TestFullDiskHoles: publishes refused on a full disk leave holes in the
 // log (offsets a failed append took). An offline persistent session gets
@@ -62,7 +18,7 @@ func fillDisk(t *testing.T, dir string) func() {
 // a restart: a hole is not a record that might become readable, so no scan
 // waits on it.
 func TestFullDiskHoles(t *testing.T) {
-	disk := smallDisk(t, 4<<20)
+	disk := disktest.Tmpfs(t, 4<<20)
 	r := newRestartable(t, func(c *edge.Config) {
 		c.Storage.Dir = disk
 		c.Storage.MaxDiskBytes = 0 // the disk itself is the limit
@@ -90,7 +46,7 @@ func TestFullDiskHoles(t *testing.T) {
 		}
 	}
 	publish("before", 0)
-	free := fillDisk(t, disk)
+	free := disktest.Fill(t, disk)
 	refused := 0
 	for i := range 300 {
 		n := len(acked)
@@ -136,7 +92,7 @@ func TestFullDiskHoles(t *testing.T) {
 // full disk that record waits for room; the connection then gets it, and
 // every later message, as soon as there is room again.
 func TestResendAfterFullDisk(t *testing.T) {
-	disk := smallDisk(t, 4<<20)
+	disk := disktest.Tmpfs(t, 4<<20)
 	cfg := testConfig(t)
 	cfg.Storage.Dir = disk
 	cfg.Storage.MaxDiskBytes = 0
@@ -155,7 +111,7 @@ func TestResendAfterFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub.readPublishes(1, 5*time.Second) // and no PUBREC
-	free := fillDisk(t, disk)
+	free := disktest.Fill(t, disk)
 	for _, n := range []int{4096, 512, 64, 1} { // the log's last page too
 		for i := 0; ; i++ {
 			resp, err := p.publish(t, "f", 1, false, make([]byte, n))
@@ -183,7 +139,7 @@ func TestResendAfterFullDisk(t *testing.T) {
 // is tried again every interval, with no new traffic to prompt it, and the
 // last-success figure of an idle broker stays current.
 func TestCheckpointRetriedAfterFullDisk(t *testing.T) {
-	disk := smallDisk(t, 4<<20)
+	disk := disktest.Tmpfs(t, 4<<20)
 	cfg := testConfig(t)
 	cfg.Storage.Dir = disk
 	cfg.Storage.MaxDiskBytes = 0
@@ -193,7 +149,7 @@ func TestCheckpointRetriedAfterFullDisk(t *testing.T) {
 	if _, err := p.publish(t, "cp/r", 1, true, make([]byte, 8<<10)); err != nil {
 		t.Fatal(err)
 	}
-	free := fillDisk(t, disk)
+	free := disktest.Fill(t, disk)
 	eventually(t, "a checkpoint to fail on the full disk", func() bool {
 		return tb.metric(t, "edgemq_storage_checkpoint_failures_total") > 0
 	})
