@@ -910,3 +910,36 @@ func TestSharedGroupBacklogScan(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedGroupScanReleasedByFailedWrite: a member whose round claimed
+// its group's backlog scan and then failed to write (its connection lost)
+// gives the claim back: another member scans the backlog and gets every
+// message. The claim used to stay set, and no member read the group's
+// backlog again.
+func TestSharedGroupScanReleasedByFailedWrite(t *testing.T) {
+	h := newHarness(t, func(c *qos.Config) { c.QueueLimit = 4 })
+	a := h.connect("a", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 10 })
+	a.subscribe("$share/g/s/#", 1)
+	a.conn.mu.Lock()
+	a.conn.fail = true // its first round's writes fail
+	a.conn.mu.Unlock()
+	src := h.connect("src", false)
+	const n = 40
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	a.conn.settle()
+	b := h.connect("b", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 10 })
+	b.subscribe("$share/g/s/#", 1)
+	a.cl.Disconnect(false, nil)
+	seen := map[string]bool{}
+	for len(seen) < n {
+		got := b.conn.settle()
+		if len(got) == 0 {
+			t.Fatalf("b got %d of %d", len(seen), n)
+		}
+		for _, m := range b.ackAll(got) {
+			seen[string(m.Payload)] = true
+		}
+	}
+}

@@ -92,7 +92,7 @@ func (c *connection) step() bool {
 			// [MQTT-4.3.3]: on a full log it waits for room.
 			off, ok := c.appendUntil(rec)
 			if !ok {
-				return c.lost()
+				return c.lostClaim(scanG)
 			}
 			o.rec, o.recBytes = off, rec
 		}
@@ -100,7 +100,7 @@ func (c *connection) step() bool {
 	released := 0
 	for _, a := range c.acksOut {
 		if !c.writeAck(a) {
-			return c.lost()
+			return c.lostClaim(scanG)
 		}
 		if a.counts {
 			released++
@@ -108,18 +108,18 @@ func (c *connection) step() bool {
 	}
 	for i := range batch {
 		if !c.writePublish(&batch[i]) {
-			return c.lost()
+			return c.lostClaim(scanG)
 		}
 	}
 	for i := range c.qos0Out {
 		o := outgoing{e: c.qos0Out[i]}
 		if !c.writePublish(&o) {
-			return c.lost()
+			return c.lostClaim(scanG)
 		}
 	}
 	clear(c.qos0Out)
 	if !c.flush() {
-		return c.lost()
+		return c.lostClaim(scanG)
 	}
 	if released > 0 {
 		s.mu.Lock()
@@ -159,6 +159,18 @@ func (c *connection) appendUntil(rec []byte) (uint64, bool) {
 			return 0, false
 		}
 	}
+}
+
+// lostClaim is lost for a round that claimed g's backlog scan (g nil: no
+// claim) and ends before it scans: the claim is given back, or no member
+// would read the group's backlog again.
+func (c *connection) lostClaim(g *group) bool {
+	if g != nil {
+		g.mu.Lock()
+		g.scanning = false
+		g.mu.Unlock()
+	}
+	return c.lost()
 }
 
 // lost marks the connection gone after a write failed (or the engine
@@ -594,7 +606,8 @@ const scanBatch = 64
 // scanWanted returns the queue the sender must read the log for: the
 // session's own (with its subscriptions) or, when that one is caught up, a
 // group's no other member is scanning, which claim marks as this member's
-// to scan (the step that scans it clears the mark; hasWork, which only
+// to scan (the step that scans it clears the mark, lostClaim when the
+// step ends before its scan; hasWork, which only
 // asks, must not set it, or the group waits for a scan nobody runs).
 // Called with s.mu held.
 func (c *connection) scanWanted(claim bool) (*Queue, *group, []*sub) {
