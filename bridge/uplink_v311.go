@@ -134,14 +134,7 @@ func (l *v311link) subscribe(ctx context.Context, rules []Downlink) error {
 		filters[r.Filter] = max(filters[r.Filter], byte(r.QoS))
 	}
 	tok := l.c.SubscribeMultiple(filters, nil)
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-l.lostCh:
-		return l.cause()
-	}
-	if err := tok.Error(); err != nil {
+	if err := l.wait(ctx, tok); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
@@ -157,18 +150,23 @@ func (l *v311link) subscribe(ctx context.Context, rules []Downlink) error {
 // unsubscribe removes upstream subscriptions no downlink rule has any more,
 // and waits for UNSUBACK.
 func (l *v311link) unsubscribe(ctx context.Context, filters []string) error {
-	tok := l.c.Unsubscribe(filters...)
+	if err := l.wait(ctx, l.c.Unsubscribe(filters...)); err != nil {
+		return fmt.Errorf("unsubscribe: %w", err)
+	}
+	return nil
+}
+
+// wait waits for tok's answer, the end of ctx or the loss of the link,
+// whichever comes first, and returns the token's error or the cause.
+func (l *v311link) wait(ctx context.Context, tok mqtt.Token) error {
 	select {
 	case <-tok.Done():
+		return tok.Error()
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-l.lostCh:
 		return l.cause()
 	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("unsubscribe: %w", err)
-	}
-	return nil
 }
 
 func (l *v311link) window() int { return l.win }
@@ -176,14 +174,7 @@ func (l *v311link) window() int { return l.win }
 func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) error {
 	tok := l.c.Publish(o.topic, o.qos, o.retain, o.payload)
 	if o.qos == 0 {
-		select {
-		case <-tok.Done():
-			return tok.Error()
-		case <-l.lostCh:
-			return l.cause()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return l.wait(ctx, tok)
 	}
 	select {
 	case l.acks <- waitingAck{tok: tok, done: done}:
