@@ -18,8 +18,8 @@ func TestMaxBacklogBytes(t *testing.T) {
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
-	p.cut()
-	bc := bridgeTo("central", p.url())
+	p.Cut()
+	bc := bridgeTo("central", proxyURL(p))
 	bc.MaxBacklogBytes = budget
 	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
@@ -38,7 +38,7 @@ func TestMaxBacklogBytes(t *testing.T) {
 		t.Errorf("backlog %d bytes, want at most the budget %d and more than none", s.BacklogBytes, budget)
 	}
 	dropped := int(s.Dropped[bridge.DropMaxBytes])
-	p.restore()
+	p.Restore()
 	waitForwarded(t, ta, n-dropped, 20*time.Second)
 	time.Sleep(200 * time.Millisecond) // nothing more may come
 	got, _ := ta.counts()

@@ -33,7 +33,7 @@ func TestForwardToNATSCluster(t *testing.T) {
 	subscribeAll(t, sub)
 	p1 := newProxy(t, nodes[0].addr())
 	p2 := newProxy(t, nodes[1].addr())
-	bc := bridgeTo("central", p1.url(), p2.url(), nodes[2].addr())
+	bc := bridgeTo("central", proxyURL(p1), proxyURL(p2), nodes[2].addr())
 	bc.MaxInflight = 1024
 	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
@@ -41,12 +41,12 @@ func TestForwardToNATSCluster(t *testing.T) {
 	start := time.Now()
 	step := total / 4
 	publishN(t, dev, 16, step, 0)
-	p1.cut() // n1 cut off mid-stream: the bridge fails over to n2
+	p1.Cut() // n1 cut off mid-stream: the bridge fails over to n2
 	publishN(t, dev, 16, step, step)
 	waitForwarded(t, ta, 2*step, 60*time.Second)
 	nodes[1].stop() // n2 shut down: over to n3 (n1 is still cut off)
 	publishN(t, dev, 16, step, 2*step)
-	p1.restore()
+	p1.Restore()
 	publishN(t, dev, 16, total-3*step, 3*step)
 	ta.wait(t, 120*time.Second)
 	_, dups := ta.counts()

@@ -29,8 +29,8 @@ func TestFullDiskDownlinkKeepsLink(t *testing.T) {
 			sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 			subscribeAll(t, sub)
 			p := newProxy(t, up.addr)
-			p.cut()
-			bc := bridgeTo("central", p.url())
+			p.Cut()
+			bc := bridgeTo("central", proxyURL(p))
 			bc.Protocol = protocol
 			bc.Downlink = []edge.DownlinkRule{{Filter: "cmd/#", Local: "{topic}", QoS: 1}}
 			cfg := edgeConfig(disk, []edge.BridgeConfig{bc})
@@ -47,7 +47,7 @@ func TestFullDiskDownlinkKeepsLink(t *testing.T) {
 
 			free := disktest.Fill(t, disk)
 			cloud := client(t, "tcp://"+up.addr, "cloud", true, nil)
-			p.restore()
+			p.Restore()
 			// Commands wait for the bridge's subscription; the first ones
 			// hit the full disk and wait unacknowledged.
 			for i := 0; ; i++ {

@@ -64,14 +64,14 @@ func TestHalfOpenLink(t *testing.T) {
 			sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 			subscribeAll(t, sub)
 			p := newProxy(t, up.addr)
-			bc := bridgeTo("central", p.url())
+			bc := bridgeTo("central", proxyURL(p))
 			bc.Protocol = proto
 			b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
 			dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 			publishN(t, dev, 4, 1000, 0)
 			waitForwarded(t, ta, 1000, 20*time.Second)
 
-			p.blackHole()
+			p.BlackHole()
 			silent := time.Now()
 			publishN(t, dev, 4, 1000, 1000) // into the black hole: no PUBACK comes back
 			s := waitStatus(t, b, "central", 3*bc.Keepalive, func(s bridge.Status) bool { return !s.Connected })
@@ -86,7 +86,7 @@ func TestHalfOpenLink(t *testing.T) {
 				t.Errorf("last error %q does not say the link went silent", s.LastError)
 			}
 			t.Logf("MQTT %s: half-open link declared down after %.2fs (keepalive %s)", proto, took.Seconds(), bc.Keepalive)
-			p.restore()
+			p.Restore()
 			publishN(t, dev, 4, 1000, 2000)
 			ta.wait(t, 30*time.Second)
 		})

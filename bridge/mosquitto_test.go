@@ -29,13 +29,13 @@ func TestOutageKillDrainMosquitto(t *testing.T) {
     backoff_min: 20ms
     backoff_max: 200ms
     forward: [{filter: "t/#", qos: 1}]
-`, p.url()))
+`, proxyURL(p)))
 	d.Start()
 	dev := client(t, "tcp://"+d.Addr(), "device", true, nil)
 	publishN(t, dev, 8, live, 0)
 	waitForwarded(t, ta, live, 30*time.Second)
 
-	p.cut()
+	p.Cut()
 	publishN(t, dev, 8, during, live)
 	d.Kill() // during the outage: the backlog is only in edgemq's log
 	d.Start()
@@ -45,7 +45,7 @@ func TestOutageKillDrainMosquitto(t *testing.T) {
 		t.Fatalf("upstream got %d messages during the outage, want %d", u, live)
 	}
 	restored := time.Now()
-	p.restore()
+	p.Restore()
 	ta.wait(t, 60*time.Second)
 	el := time.Since(restored)
 	_, dups := ta.counts()

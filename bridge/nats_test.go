@@ -17,13 +17,13 @@ func TestForwardToNATS(t *testing.T) {
 	sub := client(t, n.addr(), "central-sub", false, ta.handle)
 	subscribeAll(t, sub)
 	p := newProxy(t, n.addr())
-	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bridgeTo("central", p.url())})
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bridgeTo("central", proxyURL(p))})
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 
 	publishN(t, dev, 4, total/3, 0)
-	p.cut() // the link goes down while devices go on publishing
+	p.Cut() // the link goes down while devices go on publishing
 	publishN(t, dev, 4, total/3, total/3)
-	p.restore()
+	p.Restore()
 	publishN(t, dev, 4, total-2*(total/3), 2*(total/3))
 	ta.wait(t, 60*time.Second)
 	_, dups := ta.counts()

@@ -20,7 +20,7 @@ func TestReloadBridges(t *testing.T) {
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
-	a := bridgeTo("a", p.url())
+	a := bridgeTo("a", proxyURL(p))
 	a.Forward = append(a.Forward, edge.ForwardRule{Filter: "u/#", Remote: "{topic}", QoS: 1, Retain: "keep"})
 	reg := prometheus.NewRegistry()
 	dir := t.TempDir()
@@ -29,7 +29,7 @@ func TestReloadBridges(t *testing.T) {
 	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 	publishN(t, dev, 4, 500, 0)
 	waitForwarded(t, ta, 500, 20*time.Second)
-	p.cut()
+	p.Cut()
 	publishN(t, dev, 4, 500, 500) // the backlog of a's unchanged rule t/#
 
 	bb := bridgeTo("b", "mqtt://"+up.addr)
@@ -52,7 +52,7 @@ func TestReloadBridges(t *testing.T) {
 	if got := len(b.Bridges()); got != 2 {
 		t.Fatalf("%d bridges after a refused reload, want the 2 running", got)
 	}
-	p.restore()
+	p.Restore()
 	ta.wait(t, 30*time.Second) // t/# kept its cursor: its 500 waiting messages arrive
 
 	cfg.Bridges = cfg.Bridges[:1]

@@ -44,9 +44,9 @@ func TestUndecodableRecordSkipped(t *testing.T) {
 	sub := client(t, "tcp://"+up.addr, "central-sub", true, ta.handle)
 	subscribeAll(t, sub)
 	p := newProxy(t, up.addr)
-	p.cut()
+	p.Cut()
 	dir := t.TempDir()
-	cfg := edgeConfig(dir, []edge.BridgeConfig{bridgeTo("central", p.url())})
+	cfg := edgeConfig(dir, []edge.BridgeConfig{bridgeTo("central", proxyURL(p))})
 
 	b, err := edge.New(cfg, edge.Options{Logger: logger()})
 	if err != nil {
@@ -78,7 +78,7 @@ func TestUndecodableRecordSkipped(t *testing.T) {
 	b = runEdge2(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	dev = client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
 	publishN(t, dev, 1, 1, 1)
-	p.restore()
+	p.Restore()
 	ta.wait(t, 20*time.Second)
 	s := status(t, b, "central")
 	if got := s.Dropped[bridge.DropBad]; got != bad {

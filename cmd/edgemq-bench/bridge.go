@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"text/tabwriter"
 	"time"
+
+	"github.com/edgemq/edgemq/internal/linkproxy"
 )
 
 // The bridge scenario runs edgemq's bridge and Mosquitto's own bridge side
@@ -250,12 +252,12 @@ func bridgeOnce(ctx context.Context, impl, edgemqBin, mosqBin, dir string, o bri
 		subLoops.wg.Wait()
 		r.Notes = append(r.Notes, subLoops.errs...)
 	}()
-	px, err := newLinkProxy(up.tcpAddr)
+	px, err := linkproxy.New(up.tcpAddr)
 	if err != nil {
 		return r, err
 	}
-	defer px.close()
-	spec := bridgeEdgeSpec(impl, edgemqBin, mosqBin, px.addr(), o.window)
+	defer px.Close()
+	spec := bridgeEdgeSpec(impl, edgemqBin, mosqBin, px.Addr(), o.window)
 	edgeDir := filepath.Join(dir, "edge")
 	edge, err := launch(spec, edgeDir)
 	if err != nil {
@@ -338,13 +340,13 @@ func bridgeOnce(ctx context.Context, impl, edgemqBin, mosqBin, dir string, o bri
 	}
 
 	// Drain.
-	px.setCut(true)
+	px.Cut()
 	if err := publish(1, o.n); err != nil {
 		return r, err
 	}
 	cpu0, _ = procCPUSeconds(pid)
 	restored := time.Now()
-	px.setCut(false)
+	px.Restore()
 	arrive(1+2*n, reconnectWait)
 	if p := t.pubs[1]; p.unique > 1 {
 		d := time.Duration(p.last - p.first).Seconds()
@@ -356,7 +358,7 @@ func bridgeOnce(ctx context.Context, impl, edgemqBin, mosqBin, dir string, o bri
 	r.Lost = 2*n - t.pubs[0].unique - t.pubs[1].unique
 
 	// Restart during an outage.
-	px.setCut(true)
+	px.Cut()
 	if err := publish(2, o.restart); err != nil {
 		return r, err
 	}
@@ -367,7 +369,7 @@ func bridgeOnce(ctx context.Context, impl, edgemqBin, mosqBin, dir string, o bri
 		return r, fmt.Errorf("restart: %w", err)
 	}
 	edge = again
-	px.setCut(false)
+	px.Restore()
 	arrive(1+2*n+uint64(o.restart), reconnectWait)
 	r.RestartSent = uint64(o.restart)
 	r.RestartLost = r.RestartSent - t.pubs[2].unique
