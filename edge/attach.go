@@ -316,6 +316,13 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		return nil // the engine's, never mochi's
 	}
 	if pk.FixedHeader.Type == packets.Subscribe {
+		if sharedNoLocal(&pk) {
+			// A protocol error, which closes the connection [MQTT-3.8.3-4]
+			// [MQTT-4.13.1-1]; mochi would answer with a SUBACK 0x82, a
+			// code SUBACK does not have.
+			_ = s.DisconnectClient(cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
+			return packets.ErrProtocolViolationInvalidSharedNoLocal
+		}
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
 		// retained values at once.
 		for _, f := range pk.Filters {
@@ -336,6 +343,17 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		atomic.AddInt64(&s.Info.MessagesReceived, -1)
 	}
 	return nil
+}
+
+// sharedNoLocal reports whether a SUBSCRIBE asks for No Local on a
+// shared subscription [MQTT-3.8.3-4] (only MQTT 5 has the bit).
+func sharedNoLocal(pk *packets.Packet) bool {
+	for _, f := range pk.Filters {
+		if f.NoLocal && mqtt.IsSharedFilter(f.Filter) {
+			return true
+		}
+	}
+	return false
 }
 
 // sysWriter is mochi's write loop for one client, started only once the

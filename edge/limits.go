@@ -8,6 +8,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/qos"
 )
 
 const (
@@ -188,7 +190,8 @@ func connackCode(version, code byte, reason string) byte {
 	return code
 }
 
-// invalidFilter replaces a filter that is too long; mochi refuses it as an
+// invalidFilter replaces a filter that is too long, or one mochi takes
+// although it is no valid filter (validFilter); mochi refuses it as an
 // invalid filter, SUBACK 0x8F (0x80 for v3) [MQTT-3.9.3].
 const invalidFilter = "#/topic-filter-too-long"
 
@@ -204,8 +207,8 @@ type overQuota struct {
 	indexes []int
 }
 
-// OnSubscribe refuses filters longer than max_topic_length, and new
-// filters past max_subscriptions. A filter the client holds already
+// OnSubscribe refuses filters longer than max_topic_length or invalid
+// (validFilter), and new filters past max_subscriptions. A filter the client holds already
 // replaces its subscription and costs nothing [MQTT-3.8.4-3].
 func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	var filters packets.Subscriptions
@@ -218,7 +221,7 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 	held := cl.State.Subscriptions.Len()
 	var over []int
 	for i, f := range pk.Filters {
-		if h.maxTopic > 0 && len(f.Filter) > h.maxTopic {
+		if (h.maxTopic > 0 && len(f.Filter) > h.maxTopic) || !validFilter(f.Filter) {
 			change(i, invalidFilter)
 			continue
 		}
@@ -243,6 +246,15 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 		pk.Filters = filters
 	}
 	return pk
+}
+
+// validFilter checks what mochi's IsValidFilter does not: '+' and '#'
+// are whole levels [MQTT-4.7.1-2] [MQTT-4.7.1-3] ("a+" and "a/b#" are
+// no filters), and a shared subscription has a filter after its group
+// [MQTT-4.8.2-1] ("$share/g/" has none).
+func validFilter(f string) bool {
+	group, inner := qos.SplitShared(f)
+	return qos.CheckFilter(f) == "" && (group == "" || qos.CheckFilter(inner) == "")
 }
 
 // OnDisconnect forgets a SUBSCRIBE whose SUBACK was never written.

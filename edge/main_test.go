@@ -416,6 +416,10 @@ func (rc *rawClient) read(d time.Duration) (packets.Packet, error) {
 		err = pk.PubcompDecode(body)
 	case packets.Disconnect:
 		err = pk.DisconnectDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
+	case packets.Auth:
+		err = pk.AuthDecode(body)
 	}
 	return pk, err
 }

@@ -1,0 +1,405 @@
+package edge_test
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// The MQTT 5 normative statements an interoperability suite walks
+// (Paho's client_test5.py, and conformance tools that check each
+// [MQTT-x.y.z-n]), each tested over a real socket with raw packets: what
+// the broker writes is what the test reads, byte for byte, without a
+// client library that fixes things up.
+
+// v5 connects a raw MQTT 5 client; tune changes the CONNECT.
+func v5(t *testing.T, addr, id string, clean bool, tune func(*packets.Packet)) (*rawClient, packets.Packet) {
+	t.Helper()
+	rc := dialRaw(t, addr, 5)
+	ack := rc.connectWith(id, clean, 30, tune)
+	if ack.ReasonCode != 0 {
+		t.Fatalf("connack %s: reason %#x", id, ack.ReasonCode)
+	}
+	return rc, ack
+}
+
+// expect reads packets until one of type typ arrives, within d; PUBLISHes
+// of other exchanges on the way fail the test.
+func (rc *rawClient) expect(typ byte, d time.Duration) packets.Packet {
+	rc.t.Helper()
+	pk, err := rc.read(d)
+	if err != nil {
+		rc.t.Fatalf("want packet type %d: %v", typ, err)
+	}
+	if pk.FixedHeader.Type != typ {
+		rc.t.Fatalf("want packet type %d, got %d (%+v)", typ, pk.FixedHeader.Type, pk)
+	}
+	return pk
+}
+
+// none asserts that nothing arrives within d.
+func (rc *rawClient) none(d time.Duration) {
+	rc.t.Helper()
+	if pk, err := rc.read(d); err == nil {
+		rc.t.Fatalf("unexpected packet type %d: %+v", pk.FixedHeader.Type, pk)
+	}
+}
+
+// publishAcked sends a PUBLISH and, for QoS 1, waits for its PUBACK; QoS 2
+// runs the whole exchange.
+func (rc *rawClient) publishAcked(pk packets.Packet) {
+	rc.t.Helper()
+	pk.FixedHeader.Type = packets.Publish
+	pk.Mods.AllowResponseInfo = true // mochi's encoder leaves Response Topic out without it
+	rc.send(pk)
+	switch pk.FixedHeader.Qos {
+	case 1:
+		if ack := rc.expect(packets.Puback, 5*time.Second); ack.ReasonCode >= 0x80 {
+			rc.t.Fatalf("puback reason %#x", ack.ReasonCode)
+		}
+	case 2:
+		rec := rc.expect(packets.Pubrec, 5*time.Second)
+		if rec.ReasonCode >= 0x80 {
+			rc.t.Fatalf("pubrec reason %#x", rec.ReasonCode)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: pk.PacketID})
+		rc.expect(packets.Pubcomp, 5*time.Second)
+	}
+}
+
+// subscribeWith sends one SUBSCRIBE and waits for its SUBACK, returning
+// its reason codes.
+func (rc *rawClient) subscribeWith(pid uint16, id int, subs ...packets.Subscription) []byte {
+	rc.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: pid, Filters: subs}
+	if id > 0 {
+		pk.Properties.SubscriptionIdentifier = []int{id}
+	}
+	rc.send(pk)
+	ack := rc.expect(packets.Suback, 5*time.Second)
+	if ack.PacketID != pid {
+		rc.t.Fatalf("suback for %d, want %d", ack.PacketID, pid)
+	}
+	return ack.ReasonCodes
+}
+
+// ackPublish acknowledges a QoS 1 PUBLISH read (QoS 2: PUBREC, PUBREL
+// read, PUBCOMP).
+func (rc *rawClient) ackPublish(pk packets.Packet) {
+	rc.t.Helper()
+	switch pk.FixedHeader.Qos {
+	case 1:
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	case 2:
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+		rc.expect(packets.Pubrel, 5*time.Second)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
+	}
+}
+
+// TestConformance5Retained: retained messages at SUBSCRIBE.
+func TestConformance5Retained(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "ret-pub", true, nil)
+
+	// [MQTT-3.3.2-6]: the Message Expiry Interval a retained message is
+	// sent with is what is left of it; [MQTT-3.3.1-9] retained at
+	// SUBSCRIBE carry RETAIN 1.
+	t.Run("MQTT-3.3.2-6 expiry of a retained message counts down", func(t *testing.T) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 1, TopicName: "ret/exp", Payload: []byte("x")}
+		pk.Properties.MessageExpiryInterval = 20
+		pub.publishAcked(pk)
+		time.Sleep(2100 * time.Millisecond)
+		sub, _ := v5(t, addr, "ret-exp-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/exp", Qos: 1})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if !got.FixedHeader.Retain {
+			t.Errorf("[MQTT-3.3.1-9] retained at SUBSCRIBE without RETAIN")
+		}
+		if e := got.Properties.MessageExpiryInterval; e == 0 || e > 18 {
+			t.Errorf("[MQTT-3.3.2-6] message expiry %d, want 1..18", e)
+		}
+	})
+
+	// [MQTT-3.3.2-5]: once its expiry passed, a retained message is not
+	// delivered to a new subscriber.
+	t.Run("MQTT-3.3.2-5 expired retained not delivered", func(t *testing.T) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 2, TopicName: "ret/gone", Payload: []byte("x")}
+		pk.Properties.MessageExpiryInterval = 1
+		pub.publishAcked(pk)
+		time.Sleep(2100 * time.Millisecond)
+		sub, _ := v5(t, addr, "ret-gone-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/gone", Qos: 1})
+		sub.none(500 * time.Millisecond)
+	})
+
+	pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 3, TopicName: "ret/rh", Payload: []byte("rh")})
+
+	// [MQTT-3.3.1-9] Retain Handling 0: sent at every SUBSCRIBE.
+	t.Run("MQTT-3.3.1-9 retain handling 0 sends at every subscribe", func(t *testing.T) {
+		sub, _ := v5(t, addr, "rh0", true, nil)
+		for i := uint16(1); i <= 2; i++ {
+			sub.subscribeWith(i, 0, packets.Subscription{Filter: "ret/rh", Qos: 1})
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if !got.FixedHeader.Retain || string(got.Payload) != "rh" {
+				t.Fatalf("subscribe %d: got %+v", i, got)
+			}
+			sub.ackPublish(got)
+		}
+	})
+	// [MQTT-3.3.1-10] Retain Handling 1: only if the subscription did not exist.
+	t.Run("MQTT-3.3.1-10 retain handling 1 only for a new subscription", func(t *testing.T) {
+		sub, _ := v5(t, addr, "rh1", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/rh", Qos: 1, RetainHandling: 1})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		sub.ackPublish(got)
+		sub.subscribeWith(2, 0, packets.Subscription{Filter: "ret/rh", Qos: 1, RetainHandling: 1})
+		sub.none(500 * time.Millisecond)
+	})
+	// [MQTT-3.3.1-11] Retain Handling 2: never.
+	t.Run("MQTT-3.3.1-11 retain handling 2 sends none", func(t *testing.T) {
+		sub, _ := v5(t, addr, "rh2", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/rh", Qos: 1, RetainHandling: 2})
+		sub.none(500 * time.Millisecond)
+	})
+	// [MQTT-3.3.1-12] [MQTT-3.3.1-13] Retain As Published, on live messages.
+	t.Run("MQTT-3.3.1-12 retain as published", func(t *testing.T) {
+		rap, _ := v5(t, addr, "rap1", true, nil)
+		rap.subscribeWith(1, 0, packets.Subscription{Filter: "ret/live", Qos: 1, RetainAsPublished: true})
+		plain, _ := v5(t, addr, "rap0", true, nil)
+		plain.subscribeWith(1, 0, packets.Subscription{Filter: "ret/live", Qos: 1})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 4, TopicName: "ret/live", Payload: []byte("l")})
+		if got := rap.expect(packets.Publish, 5*time.Second); !got.FixedHeader.Retain {
+			t.Errorf("[MQTT-3.3.1-13] retain as published: RETAIN 0")
+		}
+		if got := plain.expect(packets.Publish, 5*time.Second); got.FixedHeader.Retain {
+			t.Errorf("[MQTT-3.3.1-12] not retain as published: RETAIN 1")
+		}
+	})
+	// [MQTT-3.3.4-3] the subscription identifier goes with a retained message.
+	t.Run("MQTT-3.3.4-3 subscription identifier on retained", func(t *testing.T) {
+		sub, _ := v5(t, addr, "ret-subid", true, nil)
+		sub.subscribeWith(1, 77, packets.Subscription{Filter: "ret/rh", Qos: 1})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if len(got.Properties.SubscriptionIdentifier) != 1 || got.Properties.SubscriptionIdentifier[0] != 77 {
+			t.Errorf("subscription identifiers %v, want [77]", got.Properties.SubscriptionIdentifier)
+		}
+	})
+	// [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained payload removes it, and is not kept.
+	t.Run("MQTT-3.3.1-6 empty retained payload clears", func(t *testing.T) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 5, TopicName: "ret/clear", Payload: []byte("c")})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 6, TopicName: "ret/clear"})
+		sub, _ := v5(t, addr, "ret-clear", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/clear", Qos: 1})
+		sub.none(500 * time.Millisecond)
+	})
+	// [MQTT-3.8.4-8] retained at the lower of the two QoS.
+	t.Run("MQTT-3.8.4-8 retained at granted qos", func(t *testing.T) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2, Retain: true}, PacketID: 7, TopicName: "ret/q2", Payload: []byte("q")})
+		sub, _ := v5(t, addr, "ret-q", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ret/q2", Qos: 1})
+		if got := sub.expect(packets.Publish, 5*time.Second); got.FixedHeader.Qos != 1 {
+			t.Errorf("qos %d, want 1", got.FixedHeader.Qos)
+		}
+	})
+}
+
+// TestConformance5Properties: what a PUBLISH carries reaches the
+// subscriber unaltered.
+func TestConformance5Properties(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	sub, _ := v5(t, addr, "prop-sub", true, nil)
+	sub.subscribeWith(1, 0, packets.Subscription{Filter: "prop/#", Qos: 1})
+	pub, _ := v5(t, addr, "prop-pub", true, nil)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "prop/a", Payload: []byte("p")}
+	pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+	pk.Properties.ContentType = "text/plain"
+	pk.Properties.ResponseTopic = "prop/reply"
+	pk.Properties.CorrelationData = []byte{1, 2, 3}
+	pk.Properties.MessageExpiryInterval = 100
+	pk.Properties.User = []packets.UserProperty{{Key: "b", Val: "1"}, {Key: "a", Val: "2"}, {Key: "b", Val: "3"}}
+	pub.publishAcked(pk)
+	got := sub.expect(packets.Publish, 5*time.Second)
+	p := got.Properties
+	if !p.PayloadFormatFlag || p.PayloadFormat != 1 {
+		t.Errorf("[MQTT-3.3.2-4] payload format %v %d", p.PayloadFormatFlag, p.PayloadFormat)
+	}
+	if p.ContentType != "text/plain" {
+		t.Errorf("[MQTT-3.3.2-20] content type %q", p.ContentType)
+	}
+	if p.ResponseTopic != "prop/reply" || !bytes.Equal(p.CorrelationData, []byte{1, 2, 3}) {
+		t.Errorf("[MQTT-3.3.2-15] [MQTT-3.3.2-16] response topic %q correlation %v", p.ResponseTopic, p.CorrelationData)
+	}
+	if p.MessageExpiryInterval == 0 || p.MessageExpiryInterval > 100 {
+		t.Errorf("[MQTT-3.3.2-6] expiry %d", p.MessageExpiryInterval)
+	}
+	if len(p.User) != 3 || p.User[0] != pk.Properties.User[0] || p.User[1] != pk.Properties.User[1] || p.User[2] != pk.Properties.User[2] {
+		t.Errorf("[MQTT-3.3.2-17] [MQTT-3.3.2-18] user properties %v", p.User)
+	}
+}
+
+// TestConformance5Subscriptions: SUBSCRIBE options, identifiers and
+// overlapping subscriptions.
+func TestConformance5Subscriptions(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "subs-pub", true, nil)
+
+	// [MQTT-3.3.4-4] [MQTT-3.3.4-5]: overlapping subscriptions of one
+	// session: one message, at the highest QoS, with every identifier.
+	t.Run("MQTT-3.3.4-5 overlapping subscriptions carry every identifier", func(t *testing.T) {
+		sub, _ := v5(t, addr, "overlap", true, nil)
+		sub.subscribeWith(1, 5, packets.Subscription{Filter: "ov/+", Qos: 0})
+		sub.subscribeWith(2, 9, packets.Subscription{Filter: "ov/#", Qos: 1})
+		sub.subscribeWith(3, 0, packets.Subscription{Filter: "ov/a", Qos: 0})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: 1, TopicName: "ov/a", Payload: []byte("o")})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		ids := map[int]bool{}
+		for _, id := range got.Properties.SubscriptionIdentifier {
+			ids[id] = true
+		}
+		if got.FixedHeader.Qos == 1 {
+			if !ids[5] || !ids[9] || len(ids) != 2 {
+				t.Errorf("identifiers %v, want 5 and 9", got.Properties.SubscriptionIdentifier)
+			}
+			sub.ackPublish(got)
+			sub.none(300 * time.Millisecond)
+		} else {
+			t.Errorf("qos %d, want 1 (the highest granted)", got.FixedHeader.Qos)
+		}
+	})
+
+	// [MQTT-3.8.3-3] No Local: not sent back to its own connection.
+	t.Run("MQTT-3.8.3-3 no local", func(t *testing.T) {
+		self, _ := v5(t, addr, "nolocal", true, nil)
+		self.subscribeWith(1, 0, packets.Subscription{Filter: "nl/t", Qos: 1, NoLocal: true})
+		for q := byte(0); q <= 2; q++ {
+			self.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: q}, PacketID: uint16(10 + q), TopicName: "nl/t", Payload: []byte("n")})
+		}
+		self.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+	t.Run("MQTT-3.8.3-4 no local on shared subscription", func(t *testing.T) {
+		rc, _ := v5(t, addr, "nolocal-shared", true, nil)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "$share/g/nl", Qos: 1, NoLocal: true}}})
+		pk, err := rc.read(5 * time.Second)
+		if err == nil && pk.FixedHeader.Type == packets.Disconnect {
+			if pk.ReasonCode != 0x82 {
+				t.Errorf("disconnect reason %#x, want 0x82", pk.ReasonCode)
+			}
+		} else if err == nil {
+			t.Errorf("got packet type %d (%v), want DISCONNECT 0x82", pk.FixedHeader.Type, pk.ReasonCodes)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("connection still open")
+		}
+	})
+
+	// [MQTT-4.7.2-1]: # and + at the first level do not match $ topics.
+	t.Run("MQTT-4.7.2-1 wildcards skip $ topics", func(t *testing.T) {
+		sub, _ := v5(t, addr, "dollar", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "#", Qos: 1}, packets.Subscription{Filter: "+/x", Qos: 1})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 2, TopicName: "$dollar/x", Payload: []byte("d")})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 3, TopicName: "plain/x", Payload: []byte("p")})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != "plain/x" {
+			t.Errorf("got %s first", got.TopicName)
+		}
+		sub.ackPublish(got)
+		sub.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-4.7.1-1] [MQTT-4.7.1-2] invalid filters: SUBACK 0x8F, the
+	// others in the packet still granted [MQTT-3.9.3-1].
+	t.Run("MQTT-4.7.1-2 invalid topic filters", func(t *testing.T) {
+		rc, _ := v5(t, addr, "badfilter", true, nil)
+		codes := rc.subscribeWith(1, 0, packets.Subscription{Filter: "a/#/b", Qos: 1}, packets.Subscription{Filter: "ok/+", Qos: 1},
+			packets.Subscription{Filter: "a+", Qos: 1}, packets.Subscription{Filter: "$share/g", Qos: 1},
+			packets.Subscription{Filter: "a/b#", Qos: 1}, packets.Subscription{Filter: "$share/g/", Qos: 1},
+			packets.Subscription{Filter: "+/x/+", Qos: 0})
+		if !bytes.Equal(codes, []byte{0x8F, 1, 0x8F, 0x8F, 0x8F, 0x8F, 0}) {
+			t.Errorf("suback codes %x, want 8f 01 8f 8f 8f 8f 00", codes)
+		}
+	})
+
+	// [MQTT-3.10.4-5] [MQTT-3.11.3-1]: UNSUBACK per filter; 0x11 for a
+	// subscription that did not exist.
+	t.Run("MQTT-3.11.3-1 unsuback reason codes", func(t *testing.T) {
+		rc, _ := v5(t, addr, "unsub", true, nil)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "un/a", Qos: 1})
+		rc.sendUnsubscribe(2, "un/a", "un/none")
+		ack := rc.expect(packets.Unsuback, 5*time.Second)
+		if len(ack.ReasonCodes) != 2 || ack.ReasonCodes[0] != 0 || ack.ReasonCodes[1] != 0x11 {
+			t.Errorf("unsuback codes %x, want 00 11", ack.ReasonCodes)
+		}
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 4, TopicName: "un/a", Payload: []byte("u")})
+		rc.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-3.8.4-3]: a SUBSCRIBE of an existing filter replaces it; the
+	// new options hold.
+	t.Run("MQTT-3.8.4-3 resubscribe replaces", func(t *testing.T) {
+		rc, _ := v5(t, addr, "resub", true, nil)
+		rc.subscribeWith(1, 1, packets.Subscription{Filter: "rs/a", Qos: 2})
+		rc.subscribeWith(2, 2, packets.Subscription{Filter: "rs/a", Qos: 1})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: 5, TopicName: "rs/a", Payload: []byte("r")})
+		got := rc.expect(packets.Publish, 5*time.Second)
+		if got.FixedHeader.Qos != 1 || len(got.Properties.SubscriptionIdentifier) != 1 || got.Properties.SubscriptionIdentifier[0] != 2 {
+			t.Errorf("qos %d ids %v, want 1 [2]", got.FixedHeader.Qos, got.Properties.SubscriptionIdentifier)
+		}
+		rc.ackPublish(got)
+		rc.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-4.8.2-3] a shared group gets one copy; a member's own
+	// subscription its own copy with its identifier.
+	t.Run("MQTT-4.8.2-3 shared subscription one copy per group", func(t *testing.T) {
+		a, _ := v5(t, addr, "sh-a", true, nil)
+		b, _ := v5(t, addr, "sh-b", true, nil)
+		a.subscribeWith(1, 3, packets.Subscription{Filter: "$share/g/sh/t", Qos: 1})
+		b.subscribeWith(1, 4, packets.Subscription{Filter: "$share/g/sh/t", Qos: 1})
+		for i := 0; i < 4; i++ {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(20 + i), TopicName: "sh/t", Payload: []byte{byte(i)}})
+		}
+		n := 0
+		for _, c := range []*rawClient{a, b} {
+			for {
+				pk, err := c.read(500 * time.Millisecond)
+				if err != nil {
+					break
+				}
+				want := map[*rawClient]int{a: 3, b: 4}[c]
+				if len(pk.Properties.SubscriptionIdentifier) != 1 || pk.Properties.SubscriptionIdentifier[0] != want {
+					t.Errorf("shared delivery ids %v, want [%d]", pk.Properties.SubscriptionIdentifier, want)
+				}
+				c.ackPublish(pk)
+				n++
+			}
+		}
+		if n != 4 {
+			t.Errorf("group got %d of 4", n)
+		}
+	})
+}
+
+// sendUnsubscribe sends UNSUBSCRIBE for filters.
+func (rc *rawClient) sendUnsubscribe(pid uint16, filters ...string) {
+	rc.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: pid, ProtocolVersion: rc.version}
+	for _, f := range filters {
+		pk.Filters = append(pk.Filters, packets.Subscription{Filter: f})
+	}
+	var buf bytes.Buffer
+	if err := pk.UnsubscribeEncode(&buf); err != nil {
+		rc.t.Fatal(err)
+	}
+	if _, err := rc.c.Write(buf.Bytes()); err != nil {
+		rc.t.Fatal(err)
+	}
+}
