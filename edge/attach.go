@@ -216,6 +216,10 @@ func validateConnect(caps *mqtt.Capabilities, cl *mqtt.Client, pk *packets.Packe
 		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
 	case cl.Properties.Will.Retain && caps.RetainAvailable == 0x00:
 		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
+	case cl.Properties.ProtocolVersion == 5 && pk.Properties.AuthenticationMethod != "":
+		// edgemq has no enhanced authentication: a method it does not
+		// support is refused and the connection closed [MQTT-4.12.0-1].
+		return packets.ErrBadAuthenticationMethod
 	}
 	return packets.CodeSuccess
 }
@@ -315,13 +319,18 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 	if b.takeAck(cl, &pk) {
 		return nil // the engine's, never mochi's
 	}
+	if pk.FixedHeader.Type == packets.Auth {
+		// No CONNECT had an Authentication Method (validateConnect), so
+		// no client may send AUTH [MQTT-3.1.2-31]: a protocol error
+		// [MQTT-4.13.1-1], which mochi, without an auth hook, ignored.
+		return protocolError(s, cl, packets.ErrProtocolViolation)
+	}
 	if pk.FixedHeader.Type == packets.Subscribe {
 		if sharedNoLocal(&pk) {
 			// A protocol error, which closes the connection [MQTT-3.8.3-4]
 			// [MQTT-4.13.1-1]; mochi would answer with a SUBACK 0x82, a
 			// code SUBACK does not have.
-			_ = s.DisconnectClient(cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
-			return packets.ErrProtocolViolationInvalidSharedNoLocal
+			return protocolError(s, cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
 		}
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
 		// retained values at once.
@@ -343,6 +352,19 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		atomic.AddInt64(&s.Info.MessagesReceived, -1)
 	}
 	return nil
+}
+
+// protocolError ends cl's connection for a protocol error
+// [MQTT-4.13.1-1], and returns code: an MQTT 5 client gets DISCONNECT
+// with code first; 3.1.1 has no DISCONNECT from the server, its
+// connection is closed.
+func protocolError(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = s.DisconnectClient(cl, code)
+	} else {
+		cl.Stop(code)
+	}
+	return code
 }
 
 // sharedNoLocal reports whether a SUBSCRIBE asks for No Local on a

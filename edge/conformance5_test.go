@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ func (rc *rawClient) expect(typ byte, d time.Duration) packets.Packet {
 		rc.t.Fatalf("want packet type %d: %v", typ, err)
 	}
 	if pk.FixedHeader.Type != typ {
-		rc.t.Fatalf("want packet type %d, got %d (%+v)", typ, pk.FixedHeader.Type, pk)
+		rc.t.Fatalf("want packet type %d, got %d (id %d, reason %#x, topic %q)", typ, pk.FixedHeader.Type, pk.PacketID, pk.ReasonCode, pk.TopicName)
 	}
 	return pk
 }
@@ -43,7 +44,7 @@ func (rc *rawClient) expect(typ byte, d time.Duration) packets.Packet {
 func (rc *rawClient) none(d time.Duration) {
 	rc.t.Helper()
 	if pk, err := rc.read(d); err == nil {
-		rc.t.Fatalf("unexpected packet type %d: %+v", pk.FixedHeader.Type, pk)
+		rc.t.Fatalf("unexpected packet type %d (id %d, reason %#x, topic %q)", pk.FixedHeader.Type, pk.PacketID, pk.ReasonCode, pk.TopicName)
 	}
 }
 
@@ -402,4 +403,248 @@ func (rc *rawClient) sendUnsubscribe(pid uint16, filters ...string) {
 	if _, err := rc.c.Write(buf.Bytes()); err != nil {
 		rc.t.Fatal(err)
 	}
+}
+
+// TestConformance5Connect: what CONNACK tells and what CONNECT asks for.
+func TestConformance5Connect(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+
+	// [MQTT-3.2.2-16]: a zero-length client id gets an Assigned Client
+	// Identifier, unique, which the session is known by.
+	t.Run("MQTT-3.2.2-16 assigned client identifier", func(t *testing.T) {
+		_, a := v5(t, addr, "", true, nil)
+		_, b := v5(t, addr, "", true, nil)
+		if a.Properties.AssignedClientID == "" || a.Properties.AssignedClientID == b.Properties.AssignedClientID {
+			t.Errorf("assigned ids %q %q", a.Properties.AssignedClientID, b.Properties.AssignedClientID)
+		}
+	})
+
+	// [MQTT-3.2.2-2] [MQTT-3.2.2-3]: session present.
+	t.Run("MQTT-3.2.2-3 session present", func(t *testing.T) {
+		rc, ack := v5(t, addr, "sp", false, nil)
+		if ack.SessionPresent {
+			t.Error("new session present")
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		rc, ack = v5(t, addr, "sp", false, nil)
+		if !ack.SessionPresent {
+			t.Error("resumed session not present")
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		if _, ack = v5(t, addr, "sp", true, nil); ack.SessionPresent {
+			t.Error("[MQTT-3.2.2-2] clean start with session present")
+		}
+	})
+
+	// [MQTT-3.2.2-9] ... [MQTT-3.2.2-22]: the CONNACK properties.
+	t.Run("MQTT-3.2.2 connack properties", func(t *testing.T) {
+		_, ack := v5(t, addr, "props", true, nil)
+		p := ack.Properties
+		if p.ReceiveMaximum == 0 {
+			t.Error("no receive maximum")
+		}
+		if p.MaximumPacketSize == 0 {
+			t.Error("no maximum packet size")
+		}
+		if p.TopicAliasMaximum == 0 {
+			t.Error("no topic alias maximum")
+		}
+	})
+
+	// [MQTT-3.1.2-29]: Request Problem Information 0: no Reason String or
+	// User Property on anything but PUBLISH, CONNACK and DISCONNECT.
+	t.Run("MQTT-3.1.2-29 request problem information 0", func(t *testing.T) {
+		rc, _ := v5(t, addr, "rpi0", true, func(pk *packets.Packet) {
+			pk.Properties.RequestProblemInfo, pk.Properties.RequestProblemInfoFlag = 0, true
+		})
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "a/#/b", Qos: 1}}}
+		pk.Properties.User = []packets.UserProperty{{Key: "k", Val: "v"}}
+		rc.send(pk)
+		ack := rc.expect(packets.Suback, 5*time.Second)
+		if ack.Properties.ReasonString != "" || len(ack.Properties.User) > 0 {
+			t.Errorf("suback reason %q user %v", ack.Properties.ReasonString, ack.Properties.User)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 9})
+		comp := rc.expect(packets.Pubcomp, 5*time.Second)
+		if comp.Properties.ReasonString != "" {
+			t.Errorf("pubcomp reason string %q", comp.Properties.ReasonString)
+		}
+	})
+
+	// [MQTT-4.3.3-13]: a PUBREL of a packet id the server does not hold is
+	// answered PUBCOMP 0x92 Packet Identifier not found.
+	t.Run("MQTT-3.7.2-1 pubrel unknown packet id", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pubrel-unknown", true, nil)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 42})
+		comp := rc.expect(packets.Pubcomp, 5*time.Second)
+		if comp.PacketID != 42 || comp.ReasonCode != 0x92 {
+			t.Errorf("pubcomp %d reason %#x, want 42 0x92", comp.PacketID, comp.ReasonCode)
+		}
+	})
+
+	// [MQTT-4.3.3-10] QoS 2 inbound: one delivery however often it comes
+	// before PUBREL; after PUBCOMP the packet id is free for a new message
+	// [MQTT-2.2.1-3].
+	t.Run("MQTT-4.3.3-10 qos 2 once, packet id reuse", func(t *testing.T) {
+		sub, _ := v5(t, addr, "q2-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "q2/t", Qos: 1})
+		rc, _ := v5(t, addr, "q2-pub", true, nil)
+		for i := 0; i < 3; i++ {
+			rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: i > 0}, PacketID: 7, TopicName: "q2/t", Payload: []byte("one")})
+			rc.expect(packets.Pubrec, 5*time.Second)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 7})
+		if c := rc.expect(packets.Pubcomp, 5*time.Second); c.ReasonCode != 0 {
+			t.Errorf("pubcomp reason %#x", c.ReasonCode)
+		}
+		rc.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: 7, TopicName: "q2/t", Payload: []byte("two")})
+		for _, want := range []string{"one", "two"} {
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if string(got.Payload) != want {
+				t.Fatalf("got %q, want %q", got.Payload, want)
+			}
+			sub.ackPublish(got)
+		}
+		sub.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-3.3.2-8]: topic alias 0 is a protocol error (0x82 or 0x94);
+	// [MQTT-3.3.2-9] above the Topic Alias Maximum: DISCONNECT 0x94.
+	for _, alias := range []byte{0, 65} {
+		t.Run(fmt.Sprintf("MQTT-3.3.2-9 topic alias %d", alias), func(t *testing.T) {
+			rc, _ := v5(t, addr, "alias-bad", true, nil)
+			// QoS 1 "al/t", packet id 1, properties: topic alias, payload "a".
+			if _, err := rc.c.Write([]byte{0x32, 13, 0, 4, 'a', 'l', '/', 't', 0, 1, 3, 0x23, 0, alias, 'a'}); err != nil {
+				t.Fatal(err)
+			}
+			d := rc.expect(packets.Disconnect, 5*time.Second)
+			if d.ReasonCode != 0x94 && !(alias == 0 && d.ReasonCode == 0x82) {
+				t.Errorf("alias %d: disconnect %#x, want 0x94", alias, d.ReasonCode)
+			}
+		})
+	}
+
+	// [MQTT-3.3.2-12]: an alias set by one PUBLISH stands for its topic in
+	// the next, on this connection.
+	t.Run("MQTT-3.3.2-12 inbound topic alias", func(t *testing.T) {
+		sub, _ := v5(t, addr, "alias-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "al/#", Qos: 1})
+		rc, _ := v5(t, addr, "alias-pub", true, nil)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "al/x", Payload: []byte("1")}
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 3, true
+		rc.publishAcked(pk)
+		pk.TopicName, pk.PacketID, pk.Payload = "", 2, []byte("2")
+		rc.publishAcked(pk)
+		for i := 0; i < 2; i++ {
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if got.TopicName != "al/x" {
+				t.Errorf("topic %q", got.TopicName)
+			}
+			sub.ackPublish(got)
+		}
+	})
+
+	// [MQTT-3.1.2-24] [MQTT-3.1.2-25]: nothing larger than the client's
+	// Maximum Packet Size is sent to it; the next message flows.
+	t.Run("MQTT-3.1.2-24 client maximum packet size", func(t *testing.T) {
+		sub, _ := v5(t, addr, "mps-sub", true, func(pk *packets.Packet) { pk.Properties.MaximumPacketSize = 64 })
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "mps/#", Qos: 1})
+		pub, _ := v5(t, addr, "mps-pub", true, nil)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "mps/big", Payload: make([]byte, 100)})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 0}, TopicName: "mps/big0", Payload: make([]byte, 100)})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 2, TopicName: "mps/small", Payload: []byte("s")})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != "mps/small" {
+			t.Errorf("got %s", got.TopicName)
+		}
+	})
+
+	// [MQTT-3.2.2-11]... a PUBLISH over the server's Maximum Packet Size:
+	// DISCONNECT 0x95 [MQTT-3.1.2-24]'s server side.
+	t.Run("MQTT-3.2.2-15 server maximum packet size", func(t *testing.T) {
+		rc, ack := v5(t, addr, "mps-over", true, nil)
+		n := int(ack.Properties.MaximumPacketSize)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 0}, TopicName: "mps/over", Payload: make([]byte, n)})
+		d := rc.expect(packets.Disconnect, 5*time.Second)
+		if d.ReasonCode != 0x95 {
+			t.Errorf("disconnect %#x, want 0x95", d.ReasonCode)
+		}
+	})
+
+	// [MQTT-3.14.2-2]: DISCONNECT with a Session Expiry Interval when
+	// CONNECT had 0 is a protocol error.
+	t.Run("MQTT-3.14.2-2 session expiry set at disconnect", func(t *testing.T) {
+		rc, _ := v5(t, addr, "sei-dis", true, nil)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		rc.send(pk)
+		d, err := rc.read(5 * time.Second)
+		if err == nil && (d.FixedHeader.Type != packets.Disconnect || d.ReasonCode != 0x82) {
+			t.Errorf("got type %d reason %#x, want DISCONNECT 0x82", d.FixedHeader.Type, d.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+		if rc, ack := v5(t, addr, "sei-dis", false, nil); ack.SessionPresent {
+			t.Error("the session was kept")
+			_ = rc
+		}
+	})
+
+	// [MQTT-3.12.4-1] PINGREQ: PINGRESP.
+	t.Run("MQTT-3.12.4-1 pingresp", func(t *testing.T) {
+		rc, _ := v5(t, addr, "ping", true, nil)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		rc.expect(packets.Pingresp, 5*time.Second)
+	})
+
+	// [MQTT-3.1.2-?] Authentication Method the server does not support:
+	// CONNACK 0x8C Bad authentication method [MQTT-4.12.0-1].
+	t.Run("MQTT-4.12.0-1 unsupported authentication method", func(t *testing.T) {
+		rc := dialRaw(t, addr, 5)
+		ack := rc.connectWith("auth-method", true, 30, func(pk *packets.Packet) { pk.Properties.AuthenticationMethod = "SCRAM-SHA-1" })
+		if ack.ReasonCode != 0x8C {
+			t.Errorf("connack %#x, want 0x8C", ack.ReasonCode)
+		}
+	})
+
+	// [MQTT-3.1.2-31]: a client that gave no Authentication Method sends
+	// no AUTH; one that does commits a protocol error [MQTT-4.13.1-1].
+	t.Run("MQTT-3.1.2-31 auth without authentication method", func(t *testing.T) {
+		rc, _ := v5(t, addr, "auth-packet", true, nil)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: 0x19, ProtocolVersion: 5}
+		pk.Properties.AuthenticationMethod = "SCRAM-SHA-1"
+		var buf bytes.Buffer
+		if err := pk.AuthEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.c.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		d, err := rc.read(5 * time.Second)
+		if err == nil && (d.FixedHeader.Type != packets.Disconnect || d.ReasonCode != 0x82) {
+			t.Errorf("got type %d reason %#x, want DISCONNECT 0x82", d.FixedHeader.Type, d.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+	})
+
+	// [MQTT-3.3.1-4]: QoS 3 is malformed; [MQTT-3.3.2-2] a topic name
+	// with a wildcard: DISCONNECT 0x90 or 0x81 first, then close.
+	t.Run("MQTT-3.3.2-2 publish to a wildcard topic", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pub-wild", true, nil)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, TopicName: "a/+", Payload: []byte("w")})
+		pk, err := rc.read(5 * time.Second)
+		if err == nil && (pk.FixedHeader.Type != packets.Disconnect || (pk.ReasonCode != 0x90 && pk.ReasonCode != 0x82)) {
+			t.Errorf("got type %d reason %#x, want DISCONNECT 0x90 or 0x82", pk.FixedHeader.Type, pk.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+	})
 }
