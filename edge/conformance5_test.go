@@ -648,3 +648,284 @@ func TestConformance5Connect(t *testing.T) {
 		}
 	})
 }
+
+// willConnect is a CONNECT tune with a will on topic, QoS 1, with
+// delay seconds and the session expiry given.
+func willConnect(topic string, delay, expiry uint32) func(*packets.Packet) {
+	return func(pk *packets.Packet) {
+		pk.Connect.WillFlag = true
+		pk.Connect.WillTopic = topic
+		pk.Connect.WillPayload = []byte("will of " + pk.Connect.ClientIdentifier)
+		pk.Connect.WillQos = 1
+		pk.Connect.WillProperties.WillDelayInterval = delay
+		pk.Connect.WillProperties.ContentType = "text/will"
+		pk.Connect.WillProperties.User = []packets.UserProperty{{Key: "w", Val: "1"}}
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = expiry, true
+	}
+}
+
+// TestConformance5Will: when a will is published and when not.
+func TestConformance5Will(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	watch, _ := v5(t, addr, "will-watch", true, nil)
+	watch.subscribeWith(1, 0, packets.Subscription{Filter: "will/#", Qos: 1})
+	wait := func(t *testing.T, topic string, d time.Duration) packets.Packet {
+		t.Helper()
+		got := watch.expect(packets.Publish, d)
+		if got.TopicName != topic {
+			t.Fatalf("will on %q, want %q", got.TopicName, topic)
+		}
+		watch.ackPublish(got)
+		return got
+	}
+
+	// [MQTT-3.1.2-8]: a connection closed without DISCONNECT publishes
+	// its will, with its properties [MQTT-3.1.3-10].
+	t.Run("MQTT-3.1.2-8 will on a lost connection", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-lost", true, willConnect("will/lost", 0, 0))
+		_ = rc.c.Close()
+		got := wait(t, "will/lost", 5*time.Second)
+		if got.Properties.ContentType != "text/will" || len(got.Properties.User) != 1 {
+			t.Errorf("[MQTT-3.1.3-10] will properties: content type %q user %v", got.Properties.ContentType, got.Properties.User)
+		}
+	})
+	// [MQTT-3.1.2-10] [MQTT-3.14.4-3]: DISCONNECT 0x00 discards the will.
+	t.Run("MQTT-3.14.4-3 normal disconnect discards will", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-normal", true, willConnect("will/normal", 0, 0))
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		watch.none(500 * time.Millisecond)
+	})
+	// [MQTT-3.14.2-?] DISCONNECT 0x04 Disconnect with Will Message.
+	t.Run("MQTT-3.14.2 disconnect with will message 0x04", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-04", true, willConnect("will/04", 0, 0))
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: 0x04})
+		rc.closed(5 * time.Second)
+		wait(t, "will/04", 5*time.Second)
+	})
+	// [MQTT-3.1.3-9]: the will waits its delay; a new connection to the
+	// session before then means no will.
+	t.Run("MQTT-3.1.3-9 will delay cancelled by reconnect", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-delay", false, willConnect("will/delay", 2, 60))
+		_ = rc.c.Close()
+		time.Sleep(500 * time.Millisecond)
+		v5(t, addr, "w-delay", false, func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		})
+		watch.none(2500 * time.Millisecond)
+	})
+	t.Run("MQTT-3.1.3-9 will after its delay", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-delay2", false, willConnect("will/delay2", 1, 60))
+		_ = rc.c.Close()
+		watch.none(700 * time.Millisecond)
+		wait(t, "will/delay2", 5*time.Second)
+	})
+	// [MQTT-3.1.3-9]: or when the session ends, whichever is first.
+	t.Run("MQTT-3.1.3-9 will at session end before its delay", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-expiry", false, willConnect("will/expiry", 30, 1))
+		_ = rc.c.Close()
+		wait(t, "will/expiry", 5*time.Second)
+	})
+	// [MQTT-3.1.4-3]: a takeover closes the old connection; its will
+	// (delay 0) is published, as for any connection closed without
+	// DISCONNECT [MQTT-3.1.2-8].
+	t.Run("MQTT-3.1.4-3 will on takeover", func(t *testing.T) {
+		old, _ := v5(t, addr, "w-take", false, willConnect("will/take", 0, 60))
+		v5(t, addr, "w-take", false, func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		})
+		if d := old.expect(packets.Disconnect, 5*time.Second); d.ReasonCode != 0x8E {
+			t.Errorf("takeover disconnect %#x, want 0x8E", d.ReasonCode)
+		}
+		wait(t, "will/take", 5*time.Second)
+	})
+	// [MQTT-3.1.3-9] takeover within the delay: no will.
+	t.Run("MQTT-3.1.3-9 takeover within the will delay", func(t *testing.T) {
+		v5(t, addr, "w-take2", false, willConnect("will/take2", 5, 60))
+		v5(t, addr, "w-take2", false, func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		})
+		watch.none(700 * time.Millisecond)
+	})
+	// [MQTT-3.1.2-24]'s keepalive: a client silent 1.5 keepalives is
+	// disconnected, and its will published.
+	t.Run("MQTT-3.1.2-22 keepalive expiry publishes will", func(t *testing.T) {
+		rc := dialRaw(t, addr, 5)
+		rc.connectWith("w-keepalive", true, 1, willConnect("will/keepalive", 0, 0))
+		wait(t, "will/keepalive", 5*time.Second)
+	})
+	// [MQTT-3.1.2-15] will retain.
+	t.Run("MQTT-3.1.2-17 retained will", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-ret", true, func(pk *packets.Packet) {
+			willConnect("will/ret", 0, 0)(pk)
+			pk.Connect.WillRetain = true
+		})
+		_ = rc.c.Close()
+		wait(t, "will/ret", 5*time.Second)
+		late, _ := v5(t, addr, "w-ret-late", true, nil)
+		late.subscribeWith(1, 0, packets.Subscription{Filter: "will/ret", Qos: 1})
+		if got := late.expect(packets.Publish, 5*time.Second); !got.FixedHeader.Retain {
+			t.Error("will not retained")
+		}
+	})
+}
+
+// TestConformance5Expiry: session and message expiry.
+func TestConformance5Expiry(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "exp-pub", true, nil)
+	persist := func(expiry uint32) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = expiry, true
+		}
+	}
+
+	// [MQTT-3.3.2-5] [MQTT-3.3.2-6]: a message queued for an offline
+	// session expires there; one still alive carries what is left.
+	t.Run("MQTT-3.3.2-5 queued message expires offline", func(t *testing.T) {
+		rc, _ := v5(t, addr, "exp-off", false, persist(300))
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "exp/off/#", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		short := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "exp/off/short", Payload: []byte("s")}
+		short.Properties.MessageExpiryInterval = 1
+		pub.publishAcked(short)
+		long := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 2, TopicName: "exp/off/long", Payload: []byte("l")}
+		long.Properties.MessageExpiryInterval = 30
+		pub.publishAcked(long)
+		time.Sleep(2100 * time.Millisecond)
+		rc, _ = v5(t, addr, "exp-off", false, persist(300))
+		got := rc.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != "exp/off/long" {
+			t.Fatalf("got %s, want only exp/off/long", got.TopicName)
+		}
+		if e := got.Properties.MessageExpiryInterval; e == 0 || e > 28 {
+			t.Errorf("[MQTT-3.3.2-6] expiry %d, want 1..28", e)
+		}
+		rc.ackPublish(got)
+		rc.none(300 * time.Millisecond)
+	})
+	// [MQTT-4.1.0-?] [MQTT-3.1.2-23]: a session ends its expiry after the
+	// connection closed.
+	t.Run("MQTT-3.1.2-23 session expiry", func(t *testing.T) {
+		rc, _ := v5(t, addr, "exp-sess", false, persist(1))
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "exp/sess", Qos: 1})
+		_ = rc.c.Close()
+		time.Sleep(2500 * time.Millisecond)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 3, TopicName: "exp/sess", Payload: []byte("x")})
+		rc, ack := v5(t, addr, "exp-sess", false, persist(1))
+		if ack.SessionPresent {
+			t.Error("expired session present")
+		}
+		rc.none(300 * time.Millisecond)
+	})
+	// [MQTT-3.14.2-?]: DISCONNECT may shorten the session expiry to 0:
+	// the session ends with the connection.
+	t.Run("MQTT-3.1.2-23 session expiry changed at disconnect", func(t *testing.T) {
+		rc, _ := v5(t, addr, "exp-dis", false, persist(300))
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "exp/dis", Qos: 1})
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 0, true
+		rc.send(pk)
+		rc.closed(5 * time.Second)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 4, TopicName: "exp/dis", Payload: []byte("x")})
+		if _, ack := v5(t, addr, "exp-dis", false, persist(300)); ack.SessionPresent {
+			t.Error("session kept after DISCONNECT set its expiry to 0")
+		}
+	})
+	// [MQTT-3.3.4-7] ... [MQTT-3.3.4-9]: the server sends no more QoS 1/2
+	// than the client's Receive Maximum unacknowledged.
+	t.Run("MQTT-3.3.4-9 client receive maximum", func(t *testing.T) {
+		rc, _ := v5(t, addr, "rm2", true, func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = 2 })
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "rm/t", Qos: 2})
+		for i := 0; i < 5; i++ {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(10 + i), TopicName: "rm/t", Payload: []byte{byte(i)}})
+		}
+		a := rc.expect(packets.Publish, 5*time.Second)
+		b := rc.expect(packets.Publish, 5*time.Second)
+		rc.none(500 * time.Millisecond)
+		rc.ackPublish(a)
+		c := rc.expect(packets.Publish, 5*time.Second)
+		rc.none(300 * time.Millisecond)
+		rc.ackPublish(b)
+		rc.ackPublish(c)
+		for i := 0; i < 2; i++ {
+			rc.ackPublish(rc.expect(packets.Publish, 5*time.Second))
+		}
+	})
+}
+
+// lateInSecond waits until the wall clock is in the last tenth of a
+// second: a timer counted in whole seconds from now, truncated, would
+// then come due 0.1 s later, whatever its interval.
+func lateInSecond() {
+	ns := time.Now().UnixNano() % int64(time.Second)
+	if ns < int64(900*time.Millisecond) {
+		time.Sleep(time.Duration(int64(910*time.Millisecond) - ns))
+	}
+}
+
+// TestConformance5NotEarly: the intervals of MQTT 5 are lower bounds:
+// nothing expires, and no will is published, before its interval passed,
+// wherever in its second it started.
+func TestConformance5NotEarly(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "early-pub", true, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+
+	// [MQTT-3.3.2-5]: a message is deleted once its interval has passed,
+	// not before: 2 s after it was published at x.91 it is alive at
+	// x.91+1.3.
+	t.Run("MQTT-3.3.2-5 message expiry not early", func(t *testing.T) {
+		rc, _ := v5(t, addr, "early-off", false, persist)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "early/msg", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		lateInSecond()
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 1, TopicName: "early/msg", Payload: []byte("e")}
+		pk.Properties.MessageExpiryInterval = 2
+		pub.publishAcked(pk)
+		time.Sleep(1300 * time.Millisecond)
+		rc, _ = v5(t, addr, "early-off", false, persist)
+		got := rc.expect(packets.Publish, 5*time.Second)
+		if got.Properties.MessageExpiryInterval == 0 {
+			t.Error("no expiry interval left")
+		}
+		ret, _ := v5(t, addr, "early-ret", true, nil)
+		ret.subscribeWith(1, 0, packets.Subscription{Filter: "early/msg", Qos: 1})
+		ret.expect(packets.Publish, 5*time.Second)
+	})
+
+	// [MQTT-3.1.3-9]: the will waits its Will Delay Interval.
+	t.Run("MQTT-3.1.3-9 will delay not early", func(t *testing.T) {
+		watch, _ := v5(t, addr, "early-watch", true, nil)
+		watch.subscribeWith(1, 0, packets.Subscription{Filter: "early/will", Qos: 1})
+		rc, _ := v5(t, addr, "early-will", false, willConnect("early/will", 1, 60))
+		lateInSecond()
+		start := time.Now()
+		_ = rc.c.Close()
+		watch.expect(packets.Publish, 5*time.Second)
+		if d := time.Since(start); d < time.Second {
+			t.Errorf("will published %v after the connection closed, delay 1 s", d)
+		}
+	})
+
+	// [MQTT-3.1.2-23]: the session lives its Session Expiry Interval.
+	t.Run("MQTT-3.1.2-23 session expiry not early", func(t *testing.T) {
+		rc := dialRaw(t, addr, 5)
+		rc.connectWith("early-sess-2", false, 30, func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 1, true
+		})
+		lateInSecond()
+		_ = rc.c.Close()
+		time.Sleep(500 * time.Millisecond)
+		if _, ack := v5(t, addr, "early-sess-2", false, nil); !ack.SessionPresent {
+			t.Error("session ended 0.5 s into its 1 s expiry")
+		}
+	})
+}

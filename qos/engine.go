@@ -434,7 +434,21 @@ func (e *Engine) appendWait(recs ...[]byte) error {
 	return e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1)
 }
 
+// now is the engine's clock in whole seconds, truncated.
 func (e *Engine) now() int64 { return e.cfg.Now().Unix() }
+
+// nowUp is the clock rounded up to a whole second: what an interval
+// (Will Delay, Session Expiry) counts from. Timers are due at whole
+// seconds, so an interval counted from now, truncated, would end up to
+// a second early; counted from nowUp it ends up to a second late, never
+// early [MQTT-3.1.3-9] [MQTT-3.1.2-23].
+func (e *Engine) nowUp() int64 {
+	t := e.cfg.Now()
+	if t.Nanosecond() > 0 {
+		return t.Unix() + 1
+	}
+	return t.Unix()
+}
 
 // counters are the engine's figures (see Stats).
 type counters struct {

@@ -44,7 +44,9 @@ type Message struct {
 	OriginPacketID uint16
 	// Created is when the broker accepted it, in Unix nanoseconds.
 	Created int64
-	// Expiry is when it expires, in Unix seconds; 0 never.
+	// Expiry is the Unix second it was published in (truncated) plus its
+	// Message Expiry Interval; it has expired once that second is over
+	// (connection.expired). 0: never.
 	Expiry int64
 	// MQTT 5 properties that travel with the message [MQTT-3.3.2.3].
 	PayloadFormat     byte

@@ -77,11 +77,15 @@ func (e *Engine) recover() error {
 	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
 		ss := st.Sessions[id]
 		if ss.Connected {
-			ss.Connected, ss.DisconnectedAt = false, now
+			at := e.nowUp() // intervals count from here, never early
+			ss.Connected, ss.DisconnectedAt = false, at
 			if ss.Will != nil {
-				ss.WillDue = now + int64(min(ss.WillDelay, ss.ExpiryInterval))
+				ss.WillDue = now
+				if d := min(ss.WillDelay, ss.ExpiryInterval); d > 0 {
+					ss.WillDue = at + int64(d)
+				}
 			}
-			rec, _ := Encode(&Disconnect{Client: id, Ref: ss.Ref, At: now, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
+			rec, _ := Encode(&Disconnect{Client: id, Ref: ss.Ref, At: at, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
 			e.appendRecord(rec)
 		}
 		if ss.Will != nil && ss.WillDue > 0 && (ss.Expired(now) || ss.WillDue <= now) {

@@ -206,7 +206,11 @@ func (c *connection) wouldDeliver(m *Message) bool {
 	return m == nil || (!c.expired(m) && c.readable(m))
 }
 
-func (c *connection) expired(m *Message) bool { return m.Expiry > 0 && c.e.now() >= m.Expiry }
+// expired reports whether m's Message Expiry Interval has passed
+// [MQTT-3.3.2-5]. Expiry is the second it was published, truncated, plus
+// the interval: the interval has passed for certain only once that
+// second is over.
+func (c *connection) expired(m *Message) bool { return m.Expiry > 0 && c.e.now() > m.Expiry }
 
 // readable asks the read ACL of the connection's user.
 func (c *connection) readable(m *Message) bool {

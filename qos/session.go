@@ -342,7 +342,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	if expiry != nil && s.expiry > 0 {
 		s.expiry = *expiry
 	}
-	now := e.now()
+	now, at := e.now(), e.nowUp()
 	will := s.will
 	if !willPending {
 		will, s.will = nil, nil
@@ -357,12 +357,15 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	persistent := s.persistent && s.expiry > 0
 	if persistent {
 		if s.expiry != math.MaxUint32 {
-			s.expiresAt = now + int64(s.expiry)
+			s.expiresAt = at + int64(s.expiry)
 		}
 		if will != nil {
-			s.willDue = now + int64(min(s.willDelay, s.expiry))
+			s.willDue = now // no delay: published below
+			if d := min(s.willDelay, s.expiry); d > 0 {
+				s.willDue = at + int64(d)
+			}
 		}
-		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref.Load(), At: now, ExpiryInterval: s.expiry, WillPending: will != nil})
+		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref.Load(), At: at, ExpiryInterval: s.expiry, WillPending: will != nil})
 		e.appendRecord(rec)
 	}
 	var groupFlights map[uint16]flight
