@@ -122,7 +122,7 @@ func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, 
 	if err != nil {
 		return false, false, fmt.Errorf("read connection: %w", err)
 	}
-	b.fixRead(cl, &pk)
+	b.fixRead(&pk)
 	cl.ParseConnect(listener, pk)
 	if atomic.LoadInt64(&s.Info.ClientsConnected) >= caps.MaximumClients {
 		code := packets.ErrServerBusy
@@ -178,9 +178,9 @@ func (b *Broker) sessionRefused(cl *mqtt.Client) bool {
 // fixRead corrects what mochi's packet decoder refuses that MQTT allows
 // (limitsHook.fixRead, authHook.fixRead), for every packet read, before
 // mochi validates or processes it.
-func (b *Broker) fixRead(cl *mqtt.Client, pk *packets.Packet) {
+func (b *Broker) fixRead(pk *packets.Packet) {
 	b.limits.fixRead(pk)
-	b.auth.fixRead(cl, pk)
+	b.auth.fixRead(pk)
 }
 
 // takeAck hands the engine an acknowledgement of one of its exchanges
@@ -302,11 +302,12 @@ func (b *Broker) readLoop(cl *mqtt.Client, w *sysWriter) error {
 	}
 }
 
-// receive reads the rest of one packet and has mochi process it, as
-// mochi's receivePacket does: a v5 client whose packet fails with a
-// reason code gets DISCONNECT with it. It is never inlined: its frame
-// holds a whole packet, and must not become part of readLoop's, which
-// is on the stack of every idle connection.
+// receive reads the rest of one packet and has it processed: an
+// acknowledgement by the engine (takeAck), a PUBLISH by Broker.publish,
+// any other packet by mochi, as mochi's receivePacket does; a v5 client
+// whose packet fails with a reason code gets DISCONNECT with it. It is
+// never inlined: its frame holds a whole packet, and must not become
+// part of readLoop's, which is on the stack of every idle connection.
 //
 //go:noinline
 func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter) error {
@@ -315,17 +316,23 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 	if err != nil {
 		return err
 	}
-	b.fixRead(cl, &pk)
+	b.fixRead(&pk)
 	if b.takeAck(cl, &pk) {
 		return nil // the engine's, never mochi's
 	}
-	if pk.FixedHeader.Type == packets.Auth {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		// Ours from mochi's decoder on (Broker.publish).
+		if err := b.publish(cl, &pk); err != nil {
+			return b.packetFailed(cl, &pk, err)
+		}
+		return nil
+	case packets.Auth:
 		// No CONNECT had an Authentication Method (validateConnect), so
 		// no client may send AUTH [MQTT-3.1.2-31]: a protocol error
 		// [MQTT-4.13.1-1], which mochi, without an auth hook, ignored.
 		return protocolError(s, cl, packets.ErrProtocolViolation)
-	}
-	if pk.FixedHeader.Type == packets.Subscribe {
+	case packets.Subscribe:
 		if sharedNoLocal(&pk) {
 			// A protocol error, which closes the connection [MQTT-3.8.3-4]
 			// [MQTT-4.13.1-1]; mochi would answer with a SUBACK 0x82, a
@@ -339,18 +346,11 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		}
 	}
 	if err := s.InjectPacket(cl, pk); err != nil {
-		if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
-			_ = s.DisconnectClient(cl, code)
-		}
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
-		return err
+		return b.packetFailed(cl, &pk, err)
 	}
 	// InjectPacket counts the packet again, as if it came from an inline
 	// client: ReadPacket counted it already.
 	atomic.AddInt64(&s.Info.PacketsReceived, -1)
-	if pk.FixedHeader.Type == packets.Publish {
-		atomic.AddInt64(&s.Info.MessagesReceived, -1)
-	}
 	return nil
 }
 
@@ -376,6 +376,16 @@ func sharedNoLocal(pk *packets.Packet) bool {
 		}
 	}
 	return false
+}
+
+// packetFailed ends a connection whose packet failed as mochi's
+// receivePacket does: a v5 client gets DISCONNECT with the reason code.
+func (b *Broker) packetFailed(cl *mqtt.Client, pk *packets.Packet, err error) error {
+	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
+		_ = b.srv.DisconnectClient(cl, code)
+	}
+	b.srv.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", *pk)
+	return err
 }
 
 // sysWriter is mochi's write loop for one client, started only once the

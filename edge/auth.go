@@ -1,8 +1,6 @@
 package edge
 
 import (
-	"context"
-	"log/slog"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -103,7 +101,7 @@ func (h *authHook) ID() string { return "edge-auth" }
 // Provides lists the events handled.
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck:
 		return true
 	}
 	return false
@@ -115,21 +113,11 @@ func (h *authHook) Provides(b byte) bool {
 // password: no user of a password file has an empty one (SetPassword
 // refuses it), so it fails authentication either way.
 //
-// It also answers a client's QoS 1/2 PUBLISH to $SYS, which mochi drops
-// without an acknowledgement, leaving the client waiting forever.
-//
 // The read loop calls it for every packet it reads (Broker.fixRead): as
 // mochi's OnPacketRead hook it cost two copies of every packet.
-func (h *authHook) fixRead(cl *mqtt.Client, pk *packets.Packet) {
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		if pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
-			pk.Connect.PasswordFlag = false
-		}
-	case packets.Publish:
-		if !cl.Net.Inline && reservedTopic(pk.TopicName) {
-			h.refuseReserved(cl, *pk)
-		}
+func (h *authHook) fixRead(pk *packets.Packet) {
+	if pk.FixedHeader.Type == packets.Connect && pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+		pk.Connect.PasswordFlag = false
 	}
 }
 
@@ -139,26 +127,16 @@ func reservedTopic(topic string) bool {
 	return len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix)
 }
 
-// refuseReserved answers a PUBLISH to a reserved topic that mochi goes on to
-// drop unanswered: v5 gets PUBACK or PUBREC 0x87; v3 cannot be refused
-// [MQTT-3.3.5-2] and gets a normal one (a QoS 2 PUBREL then finds no
-// packet id and mochi completes it). It is counted and logged either way.
-func (h *authHook) refuseReserved(cl *mqtt.Client, pk packets.Packet) {
+// refuseReserved answers a PUBLISH to a reserved topic, which mochi would
+// drop unanswered (Broker.publish): v5 gets PUBACK or PUBREC 0x87; v3
+// cannot be refused [MQTT-3.3.5-2] and gets a normal one (a QoS 2 PUBREL
+// then finds no packet id in the engine, which completes it). It is counted
+// and logged either way.
+func (h *authHook) refuseReserved(cl *mqtt.Client, pk *packets.Packet) {
 	h.b.metrics.dropped.reservedTopic.Add(1)
 	h.b.throttledLog.info(h.b.log, "publish to a reserved topic dropped",
 		"client", cl.ID, "username", string(cl.Properties.Username), "topic", pk.TopicName, "qos", pk.FixedHeader.Qos)
-	if pk.FixedHeader.Qos == 0 {
-		return
-	}
-	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
-	if cl.Properties.ProtocolVersion == 5 {
-		ack.ReasonCode = packets.ErrNotAuthorized.Code
-		ack.Properties.ReasonString = "reserved topic"
-	}
-	_ = cl.WritePacket(ack)
+	refusePublish(cl, pk, packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "reserved topic"})
 }
 
 // OnConnect authenticates the client, applies the client id rules and
@@ -227,9 +205,10 @@ func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { re
 
 // OnACLCheck decides read access: subscriptions (a filter, refused with
 // SUBACK 0x87, or 0x80 for v3) and each delivery (a topic name, silently
-// skipped). Write access always passes here and is decided in OnPublish:
-// mochi checks it before resolving topic aliases, and for v3 it would
-// disconnect the client, which then resends the same message forever.
+// skipped). Write access always passes here and is decided by mayWrite
+// (Broker.publish): mochi checks it before resolving topic aliases, and for
+// v3 it would disconnect the client, which then resends the same message
+// forever.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write || cl.Net.Inline {
 		return true
@@ -239,20 +218,6 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	h.b.metrics.aclDenials.WithLabelValues("read").Inc()
 	return false
-}
-
-// OnPublish decides write access on the resolved topic. A denied message is
-// neither delivered nor retained: v5 gets PUBACK/PUBREC 0x87, v3 a normal
-// acknowledgement [MQTT-3.3.5-2], QoS 0 nothing.
-func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || h.policy.Load().acl.allowed(string(cl.Properties.Username), cl.ID, pk.TopicName, true) {
-		return pk, nil
-	}
-	h.b.metrics.aclDenials.WithLabelValues("write").Inc()
-	if h.b.log.Enabled(context.Background(), slog.LevelDebug) {
-		h.b.log.Debug("publish denied by acl", "client", cl.ID, "topic", pk.TopicName)
-	}
-	return pk, refusePublish(cl, pk, packets.ErrNotAuthorized)
 }
 
 // refuseConnect sends a refusing CONNACK and returns the error that makes
@@ -271,30 +236,23 @@ func refuseConnect(cl *mqtt.Client, code packets.Code, v3Code byte) error {
 	return code
 }
 
-// refusePublish answers a PUBLISH that is not delivered and returns what
-// the OnPublish hook must return:
+// refusePublish answers a PUBLISH that is not delivered nor retained:
 //   - QoS 0: nothing to answer.
-//   - v5 QoS 1/2: PUBACK or PUBREC with code, written here, because mochi
-//     answers a QoS 2 refusal with a PUBACK and logs the packet at Error.
+//   - v5 QoS 1/2: PUBACK or PUBREC with code.
 //   - v3 QoS 1/2: MQTT 3.1.1 cannot refuse a PUBLISH; the server MUST either
 //     acknowledge it normally or close the connection [MQTT-3.3.5-2]. Closing
 //     makes the client resend it forever, so it is acknowledged and dropped.
-func refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+func refusePublish(cl *mqtt.Client, pk *packets.Packet, code packets.Code) {
 	if pk.FixedHeader.Qos == 0 {
-		return packets.ErrRejectPacket
+		return
 	}
-	if cl.Properties.ProtocolVersion < 5 {
-		return packets.CodeSuccessIgnore
-	}
-	typ := packets.Puback
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
 	if pk.FixedHeader.Qos == 2 {
-		typ = packets.Pubrec
+		ack.FixedHeader.Type = packets.Pubrec
 	}
-	_ = cl.WritePacket(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: typ},
-		PacketID:    pk.PacketID,
-		ReasonCode:  code.Code,
-		Properties:  packets.Properties{ReasonString: code.Reason},
-	})
-	return packets.ErrRejectPacket
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = code.Code
+		ack.Properties.ReasonString = code.Reason
+	}
+	_ = cl.WritePacket(ack)
 }

@@ -412,3 +412,46 @@ func TestEmptyWillPayload(t *testing.T) {
 		t.Fatalf("will %s %q, want ew/gone with an empty payload", m.Topic, m.Payload)
 	}
 }
+
+// TestMessageExpiryOverSockets: a message whose Message Expiry Interval
+// passes while its subscriber is offline is not delivered [MQTT-3.3.2-5];
+// one without an interval is.
+func TestMessageExpiryOverSockets(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	persistent := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	sub := dialRaw(t, addr, 5)
+	sub.connectWith("exp-sub", true, 30, persistent)
+	sub.subscribe(1, "exp/#", 1)
+	if pk, err := sub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("SUBACK: %v type %d", err, pk.FixedHeader.Type)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	if !sub.closed(5 * time.Second) {
+		t.Fatal("subscriber still connected")
+	}
+	pub := dialRaw(t, addr, 5)
+	pub.connect("exp-pub", true, 30)
+	short := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "exp/short", PacketID: 1, Payload: []byte("short")}
+	short.Properties.MessageExpiryInterval = 1
+	pub.send(short)
+	pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "exp/long", PacketID: 2, Payload: []byte("long")})
+	for range 2 {
+		if pk, err := pub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Puback {
+			t.Fatalf("PUBACK: %v type %d", err, pk.FixedHeader.Type)
+		}
+	}
+	time.Sleep(2100 * time.Millisecond)
+	sub = dialRaw(t, addr, 5)
+	sub.connectWith("exp-sub", false, 30, persistent)
+	got := sub.readPublishes(1, 5*time.Second)
+	if string(got[0].Payload) != "long" {
+		t.Fatalf("got %s %q, want only exp/long", got[0].TopicName, got[0].Payload)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: got[0].PacketID})
+	if pk, err := sub.read(300 * time.Millisecond); err == nil {
+		t.Fatalf("then %s %q, want nothing", pk.TopicName, pk.Payload)
+	}
+}

@@ -20,12 +20,13 @@ import (
 // every QoS 0/1/2 delivery, packet id and acknowledgement of ours. mochi
 // stays the protocol codec, in the connection steps attach runs: it reads
 // and validates packets, authenticates, writes CONNACK, SUBACK and UNSUBACK, and holds
-// no message of ours (OnPublish takes every publish away from it).
+// no message of ours (the read loop hands every publish to Broker.publish,
+// which ends here).
 //
 // The places where mochi would act on its own are each one named
 // function here, pinned by a test of the mochi behaviour it relies on
-// (mochi_test.go): consumedByEngine, takeWill, refuseConnack,
-// failSuback. The acknowledgements of our exchanges never reach mochi
+// (mochi_test.go): takeWill, refuseConnack, failSuback, and
+// Broker.publish for the steps of a publish. The acknowledgements of our exchanges never reach mochi
 // (takeAck).
 type deliveryHook struct {
 	mqtt.HookBase
@@ -60,7 +61,7 @@ func (h *deliveryHook) ID() string { return "edge-delivery" }
 // Provides lists the events the hook handles.
 func (h *deliveryHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish,
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 		mqtt.OnPacketEncode, mqtt.OnPacketSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
 		return true
 	}
@@ -255,57 +256,42 @@ func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// OnPublish hands every publish to the engine, which logs it, delivers it
-// and writes its acknowledgement itself; mochi neither acknowledges nor
-// delivers it (consumedByEngine).
-func (h *deliveryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline {
-		return pk, nil
-	}
+// publish hands a client's publish to the engine, which logs it, delivers
+// it and writes its acknowledgement itself (Broker.publish calls it, at
+// the end of mochi's steps); now is when it was accepted.
+func (h *deliveryHook) publish(cl *mqtt.Client, pk *packets.Packet, now time.Time) {
 	hc := h.client(cl)
 	if hc == nil || hc.qc == nil {
 		// No session: the engine refused it, and OnPacketSent stopped the
 		// client with its CONNACK, before the read loop began (attach's
 		// readLoop reads nothing once stopped). Nothing is owed to such a
 		// publish.
-		return pk, packets.ErrRejectPacket
+		return
 	}
 	if pk.TopicName == "" {
 		// An alias this connection never set [MQTT-3.3.2-7]: mochi
 		// resolves it to nothing.
 		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrProtocolViolation.Code)
-		return pk, packets.ErrRejectPacket
+		return
 	}
 	// The engine has answered and counted every refusal itself (a PUBACK
 	// or PUBREC with its reason, DISCONNECT 0x93, the close of a 3.1.1
 	// connection, a PUBREC again for a duplicate); ErrGone is a publish
 	// read as the connection was taken over, left unacknowledged for the
 	// client to send again.
-	if err := hc.qc.Publish(messageOf(pk), pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
+	if err := hc.qc.Publish(messageOf(pk, now), pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
 		h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
 	}
-	return consumedByEngine(pk), nil
 }
 
-// consumedByEngine is what OnPublish gives back to mochi for a publish the
-// engine took: a QoS 0 packet marked Ignore, which mochi neither
-// acknowledges, retains nor delivers (processPublish, pinned by
-// TestMochiDropsIgnoredQoS0). ErrRejectPacket would say the same, but for
-// every rejected publish mochi's hook chain builds a Debug log line that
-// copies the packet (800 bytes) to the heap, logged or not.
-func consumedByEngine(pk packets.Packet) packets.Packet {
-	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
-	return pk
-}
-
-// messageOf builds the engine's message of an inbound PUBLISH.
-func messageOf(pk packets.Packet) *qos.Message {
+// messageOf builds the engine's message of an inbound PUBLISH accepted at now.
+func messageOf(pk *packets.Packet, now time.Time) *qos.Message {
 	m := &qos.Message{
 		Topic:             pk.TopicName,
 		Payload:           pk.Payload,
 		QoS:               pk.FixedHeader.Qos,
 		Retain:            pk.FixedHeader.Retain,
-		Created:           time.Now().UnixNano(),
+		Created:           now.UnixNano(),
 		Expiry:            pk.Expiry,
 		PayloadFormat:     pk.Properties.PayloadFormat,
 		PayloadFormatFlag: pk.Properties.PayloadFormatFlag,

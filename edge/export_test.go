@@ -1,5 +1,13 @@
 package edge
 
-// ConsumedByEngine is consumedByEngine, for the test that pins the mochi
-// behaviour it relies on.
-var ConsumedByEngine = consumedByEngine
+// HooksProviding lists the ids of the broker's mochi hooks that provide
+// event (mqtt.OnPublish, ...).
+func (b *Broker) HooksProviding(event byte) []string {
+	var ids []string
+	for _, h := range b.lifecycle.GetAll() {
+		if h.Provides(event) {
+			ids = append(ids, h.ID())
+		}
+	}
+	return ids
+}

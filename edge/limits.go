@@ -95,7 +95,7 @@ func (h *limitsHook) ID() string { return "edge-limits" }
 // Provides lists the events handled.
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnPacketEncode, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnSubscribe, mqtt.OnPacketEncode, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -259,15 +259,6 @@ func validFilter(f string) bool {
 
 // OnDisconnect forgets a SUBSCRIBE whose SUBACK was never written.
 func (h *limitsHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.quota.Delete(cl) }
-
-// OnPublish refuses topic names longer than max_topic_length (0x90).
-func (h *limitsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if h.maxTopic <= 0 || len(pk.TopicName) <= h.maxTopic || cl.Net.Inline {
-		return pk, nil
-	}
-	h.b.metrics.dropped.topicTooLong.Add(1)
-	return pk, refusePublish(cl, pk, packets.ErrTopicNameInvalid)
-}
 
 // OnPacketEncode adds the limits a v5 client must know to a successful
 // CONNACK: Maximum Packet Size [MQTT-3.2.2-15] and Topic Alias Maximum

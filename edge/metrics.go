@@ -158,7 +158,8 @@ func (d *droppedCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.reservedTopic.Load()), "reserved_topic")
 }
 
-// metricsHook counts messages in and out.
+// metricsHook counts the messages mochi writes (Broker.publish counts
+// those received).
 type metricsHook struct {
 	mqtt.HookBase
 	m *metrics
@@ -170,19 +171,10 @@ func (h *metricsHook) ID() string { return "edge-metrics" }
 // Provides lists the events handled.
 func (h *metricsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnPacketSent, mqtt.OnPublishDropped:
+	case mqtt.OnPacketSent, mqtt.OnPublishDropped:
 		return true
 	}
 	return false
-}
-
-// OnPublish counts an inbound message (first in the chain, so refused ones
-// count too).
-func (h *metricsHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if q := pk.FixedHeader.Qos; q < 3 {
-		h.m.received[q].Inc()
-	}
-	return pk, nil
 }
 
 // OnPacketSent counts an outbound message.

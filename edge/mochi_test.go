@@ -11,8 +11,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/edgemq/edgemq/edge"
 )
 
 // The tests here pin the mochi behaviour each shim of the delivery hook
@@ -43,47 +41,60 @@ func plainMochi(t *testing.T, hooks ...mqtt.Hook) string {
 	return l.Address()
 }
 
-// consumer hands mochi back every publish as consumedByEngine does.
-type consumer struct{ mqtt.HookBase }
-
-func (h *consumer) ID() string           { return "consumer" }
-func (h *consumer) Provides(b byte) bool { return b == mqtt.OnPublish }
-func (h *consumer) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	return edge.ConsumedByEngine(pk), nil
+// Broker.publish takes a PUBLISH from mochi's decoder on, in mochi's
+// steps, and relies on these functions of mochi doing what processPacket
+// and processPublish have them do: PublishValidate refuses what MQTT
+// forbids, with the reason code the client gets; IsValidFilter refuses
+// $SYS and wildcards in a topic name; a connection's inbound aliases
+// resolve an empty topic to the one the alias was set to, and to nothing
+// for an alias the connection never set [MQTT-3.3.2-7].
+func TestMochiPublishSteps(t *testing.T) {
+	pub := func(topic string, qos byte, pid uint16, alias uint16) packets.Packet {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, PacketID: pid}
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = alias, alias > 0
+		return pk
+	}
+	for _, tc := range []struct {
+		name string
+		pk   packets.Packet
+		want packets.Code
+	}{
+		{"valid", pub("a/b", 1, 7, 0), packets.CodeSuccess},
+		{"alias only", pub("", 1, 7, 3), packets.CodeSuccess},
+		{"qos 1 without packet id", pub("a/b", 1, 0, 0), packets.ErrProtocolViolationNoPacketID},
+		{"qos 0 with packet id", pub("a/b", 0, 7, 0), packets.ErrProtocolViolationSurplusPacketID},
+		{"wildcard", pub("a/+", 0, 0, 0), packets.ErrProtocolViolationSurplusWildcard},
+		{"alias over the maximum", pub("a/b", 0, 0, 11), packets.ErrTopicAliasInvalid},
+		{"no topic, no alias", pub("", 0, 0, 0), packets.ErrProtocolViolationNoTopic},
+	} {
+		if got := tc.pk.PublishValidate(10); got != tc.want {
+			t.Errorf("PublishValidate %s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	for topic, want := range map[string]bool{"a/b": true, "": true, "$SYS/x": false, "$sys/x": false, "a/#": false, "$share/g": false} {
+		if got := mqtt.IsValidFilter(topic, true); got != want {
+			t.Errorf("IsValidFilter(%q, publish) = %v, want %v", topic, got, want)
+		}
+	}
+	aliases := mqtt.NewInboundTopicAliases(10)
+	for _, step := range []struct {
+		alias       uint16
+		topic, want string
+	}{{1, "a/b", "a/b"}, {1, "", "a/b"}, {2, "", ""}, {1, "c", "c"}, {1, "", "c"}} {
+		if got := aliases.Set(step.alias, step.topic); got != step.want {
+			t.Errorf("alias %d topic %q: %q, want %q", step.alias, step.topic, got, step.want)
+		}
+	}
 }
 
-// consumedByEngine relies on mochi neither acknowledging, retaining nor
-// delivering a QoS 0 packet marked Ignore that OnPublish returns
-// (processPublish), whatever the QoS and retain flag the client sent.
-func TestMochiDropsIgnoredQoS0(t *testing.T) {
-	addr := plainMochi(t, new(consumer))
-	sub := dialRaw(t, addr, 5)
-	sub.connect("sub", true, 30)
-	sub.subscribe(1, "t/#", 2)
-	if pk, err := sub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Suback {
-		t.Fatalf("SUBACK: %v type %d", err, pk.FixedHeader.Type)
-	}
-	pub := dialRaw(t, addr, 5)
-	pub.connect("pub", true, 30)
-	for q := byte(0); q <= 2; q++ {
-		pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q, Retain: true},
-			TopicName: "t/" + string('0'+rune(q)), PacketID: uint16(q), Payload: []byte("x")})
-	}
-	pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	if pk, err := pub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
-		t.Fatalf("publisher: %v type %d, want no acknowledgement, PINGRESP next", err, pk.FixedHeader.Type)
-	}
-	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	if pk, err := sub.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
-		t.Fatalf("subscriber: %v type %d, want no delivery, PINGRESP next", err, pk.FixedHeader.Type)
-	}
-	late := dialRaw(t, addr, 5)
-	late.connect("late", true, 30)
-	late.subscribe(1, "t/#", 2)
-	late.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	for _, want := range []byte{packets.Suback, packets.Pingresp} {
-		if pk, err := late.read(5 * time.Second); err != nil || pk.FixedHeader.Type != want {
-			t.Fatalf("new subscriber: %v type %d, want %d (nothing retained)", err, pk.FixedHeader.Type, want)
+// TestNoHookOnPublishEvents: Broker.publish runs no OnPublish, OnPublished
+// or OnPacketProcessed hook for a client's publish (mochi's
+// processPublish would): a hook added for one of them would never run.
+func TestNoHookOnPublishEvents(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	for _, ev := range []byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketProcessed} {
+		if ids := tb.HooksProviding(ev); len(ids) > 0 {
+			t.Errorf("event %d: provided by %v, which Broker.publish does not call", ev, ids)
 		}
 	}
 }

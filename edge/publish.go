@@ -1,0 +1,94 @@
+package edge
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// publish takes one PUBLISH a client sent, on its read goroutine, from
+// mochi's decoder to the engine: the read loop hands it here instead of to
+// mochi (receive), which would run it through processPublish and the
+// OnPublish hook chain, copying the packet into and out of every hook,
+// only for the engine to take it at the end. The steps are mochi's
+// (processPacket's PublishValidate, then processPublish) in mochi's
+// order, with what the hooks did as calls; the mochi functions it uses are
+// pinned by TestMochiPublishSteps. What it leaves out holds nothing for
+// us: mochi's receive quota (never lowered for a client of ours, whose
+// QoS 1/2 publishes and acknowledgements mochi never sees; the engine
+// counts the window, [MQTT-3.3.4-7]), its write ACL check (every write
+// passes authHook.OnACLCheck: the ACL is decided here, on the resolved
+// topic), its inflight map (no entry of ours), retaining and fanning out,
+// and the OnPublish, OnPublished and OnPacketProcessed hooks (no hook of
+// ours provides them: TestNoHookOnPublishEvents).
+//
+// It returns the error that ends the connection (a packet that fails
+// validation); a refused publish is answered and counted here.
+func (b *Broker) publish(cl *mqtt.Client, pk *packets.Packet) error {
+	caps := b.srv.Options.Capabilities
+	if code := pk.PublishValidate(caps.TopicAliasMaximum); code != packets.CodeSuccess {
+		return code
+	}
+	if reservedTopic(pk.TopicName) {
+		// mochi drops it unanswered, leaving the client waiting forever.
+		b.auth.refuseReserved(cl, pk)
+		return nil
+	}
+	if !mqtt.IsValidFilter(pk.TopicName, true) {
+		return nil // as mochi: dropped
+	}
+	now := time.Now()
+	if expiry := minExpiry(caps.MaximumMessageExpiryInterval, int64(pk.Properties.MessageExpiryInterval)); expiry > 0 {
+		pk.Expiry = now.Unix() + expiry
+	}
+	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
+		// The connection's own aliases [MQTT-3.3.2-7]: an alias it never
+		// set resolves to "", which the delivery hook refuses.
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+	}
+	if pk.FixedHeader.Qos > caps.MaximumQos {
+		pk.FixedHeader.Qos = caps.MaximumQos // [MQTT-3.2.2-9]
+	}
+	b.metrics.received[pk.FixedHeader.Qos].Inc() // refused ones count too
+	if b.limits.maxTopic > 0 && len(pk.TopicName) > b.limits.maxTopic {
+		b.metrics.dropped.topicTooLong.Add(1)
+		refusePublish(cl, pk, packets.ErrTopicNameInvalid)
+		return nil
+	}
+	if !b.auth.mayWrite(cl, pk.TopicName) {
+		refusePublish(cl, pk, packets.ErrNotAuthorized)
+		return nil
+	}
+	if ds, ok := b.storage.(*durableStorage); ok {
+		ds.hook.publish(cl, pk, now)
+	}
+	return nil
+}
+
+// minExpiry is mochi's choice of a message's expiry interval in seconds
+// (processPublish): the smaller of the server's maximum and the message's
+// own, where 0 means none; 0 if both are.
+func minExpiry(server, message int64) int64 {
+	switch {
+	case server == 0:
+		return message
+	case message == 0 || message > server:
+		return server
+	}
+	return message
+}
+
+// mayWrite decides write access on the resolved topic, and counts a denial.
+func (h *authHook) mayWrite(cl *mqtt.Client, topic string) bool {
+	if h.policy.Load().acl.allowed(string(cl.Properties.Username), cl.ID, topic, true) {
+		return true
+	}
+	h.b.metrics.aclDenials.WithLabelValues("write").Inc()
+	if h.b.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.b.log.Debug("publish denied by acl", "client", cl.ID, "topic", topic)
+	}
+	return false
+}
