@@ -56,6 +56,12 @@ type Options struct {
 	// DialWebSocket opens ws:// and wss:// upstreams (tc is nil for ws://);
 	// the broker owns the WebSocket library. nil: such upstreams fail.
 	DialWebSocket func(ctx context.Context, u *url.URL, tc *tls.Config) (net.Conn, error)
+	// StateDir keeps what a bridge must remember across restarts besides
+	// its cursors: the downlink filters it subscribed upstream, one file
+	// per bridge (<name>.subscriptions), so that a removed rule's
+	// subscription is removed from a resumed upstream session. Created
+	// when needed. Empty: remembered in memory only (a restart forgets).
+	StateDir string
 }
 
 // Status is what a bridge reports about itself: what is true now.
@@ -133,10 +139,8 @@ type Bridge struct {
 	upstream  int
 	since     time.Time
 	lastErr   string
-	// stale are upstream subscriptions of downlink rules a reload
-	// removed: unsubscribed on the next connection.
-	stale []string
 
+	subs   *subscriptions // what this bridge may hold subscribed upstream
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -149,6 +153,10 @@ const CursorPrefix = "bridge/"
 // existing cursor (the same rule before a restart or reload) keeps its
 // position, a new one starts at the end of the log.
 func New(cfg Config, l Log, local Local, o Options) (*Bridge, error) {
+	return newBridge(cfg, l, local, o, newSubscriptions(o.StateDir))
+}
+
+func newBridge(cfg Config, l Log, local Local, o Options, subs *subscriptions) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -164,6 +172,7 @@ func New(cfg Config, l Log, local Local, o Options) (*Bridge, error) {
 		dropped:  map[string]uint64{},
 		upstream: -1,
 		since:    time.Now(),
+		subs:     subs,
 	}
 	for _, f := range cfg.Forward {
 		name := cfg.cursorName(f)
@@ -283,38 +292,24 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// connect dials one upstream in the configured protocol.
+// connect dials one upstream in the configured protocol and makes the
+// downlink subscriptions.
 func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 	if b.cfg.TLS.InsecureSkipVerify {
 		b.lg.Warn("bridge: tls.insecure_skip_verify is set: the upstream's certificate is not checked, anyone on the path can read and change the traffic")
 	}
 	in := newDownlinkIn(ctx, b)
-	var up uplink
+	var up subscriber
 	var err error
 	if b.cfg.Protocol == "5" {
-		var l *v5link
-		l, err = dialV5(ctx, b.d, addr, in)
-		if err == nil && len(b.cfg.Downlink) > 0 {
-			if err = l.subscribe(ctx, b.cfg.Downlink); err != nil {
-				l.close()
-			}
-		}
-		if err == nil {
-			b.unsubscribeStale(ctx, l.unsubscribe)
-		}
-		up = l
+		up, err = dialV5(ctx, b.d, addr, in)
 	} else {
-		var l *v311link
-		l, err = dialV311(ctx, b.d, addr, in)
-		if err == nil && len(b.cfg.Downlink) > 0 {
-			if err = l.subscribe(ctx, b.cfg.Downlink); err != nil {
-				l.close()
-			}
+		up, err = dialV311(ctx, b.d, addr, in)
+	}
+	if err == nil {
+		if err = b.subscribe(ctx, up); err != nil {
+			up.close()
 		}
-		if err == nil {
-			b.unsubscribeStale(ctx, l.unsubscribe)
-		}
-		up = l
 	}
 	if err != nil {
 		in.stop()
@@ -323,40 +318,62 @@ func (b *Bridge) connect(ctx context.Context, addr string) (uplink, error) {
 	return &withInbound{uplink: up, in: in}, nil
 }
 
-// unsubscribeStale removes the upstream subscriptions of downlink rules a
-// reload removed, once: a persistent upstream session would otherwise keep
-// sending on them. A failure is logged and tried again on the next
-// connection; what comes meanwhile is dropped as no_rule.
-func (b *Bridge) unsubscribeStale(ctx context.Context, unsubscribe func(context.Context, []string) error) {
-	b.mu.Lock()
-	stale := b.stale
-	b.mu.Unlock()
-	if len(stale) == 0 {
-		return
-	}
-	if err := unsubscribe(ctx, stale); err != nil {
-		b.lg.Warn("bridge: removing the subscriptions of removed downlink rules failed; trying again on the next connection", "filters", stale, "error", err)
-		return
-	}
-	b.lg.Info("bridge: removed the upstream subscriptions of removed downlink rules", "filters", stale)
-	b.mu.Lock()
-	b.stale = nil
-	b.mu.Unlock()
+// subscriber is an uplink that also makes and removes downlink
+// subscriptions.
+type subscriber interface {
+	uplink
+	// sessionPresent is the CONNACK's Session Present flag: the upstream
+	// resumed a session, with the subscriptions it held [MQTT-3.2.2-2].
+	sessionPresent() bool
+	subscribe(ctx context.Context, rules []Downlink) error
+	unsubscribe(ctx context.Context, filters []string) error
 }
 
-// staleFilters are the downlink filters of old that new no longer has.
-func staleFilters(old, new Config) []string {
-	keep := map[string]bool{}
-	for _, r := range new.Downlink {
-		keep[r.Filter] = true
+// subscribe makes the downlink rules' subscriptions on a new connection
+// and removes the ones the bridge made before and no longer wants: a
+// resumed upstream session keeps them (a rule removed while edgemq was
+// down, or by a reload) and would go on sending on them. What the bridge
+// may hold is remembered durably (Options.StateDir) before it subscribes,
+// and forgotten only once the upstream confirmed the UNSUBSCRIBE. A failed
+// UNSUBSCRIBE is logged and tried again on the next connection; what comes
+// meanwhile is dropped, counted no_rule.
+func (b *Bridge) subscribe(ctx context.Context, up subscriber) error {
+	var want []string
+	for _, r := range b.cfg.Downlink {
+		want = append(want, r.Filter)
 	}
-	var out []string
-	for _, r := range old.Downlink {
-		if !keep[r.Filter] && !slices.Contains(out, r.Filter) {
-			out = append(out, r.Filter)
+	held, err := b.subs.get(b.cfg.Name)
+	if err != nil {
+		return err
+	}
+	var stale []string
+	if up.sessionPresent() { // else the upstream holds no subscription of ours
+		for _, f := range held {
+			if !slices.Contains(want, f) {
+				stale = append(stale, f)
+			}
 		}
 	}
-	return out
+	if err := b.subs.set(b.cfg.Name, append(want, stale...)); err != nil {
+		return err
+	}
+	if len(want) > 0 {
+		if err := up.subscribe(ctx, b.cfg.Downlink); err != nil {
+			return err
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	if err := up.unsubscribe(ctx, stale); err != nil {
+		b.lg.Warn("bridge: removing the upstream subscriptions of removed downlink rules failed; trying again on the next connection", "filters", stale, "error", err)
+		return nil
+	}
+	b.lg.Info("bridge: removed the upstream subscriptions of removed downlink rules", "filters", stale)
+	if err := b.subs.set(b.cfg.Name, want); err != nil {
+		b.lg.Warn("bridge: could not record the removed subscriptions; they are removed again on the next connection", "error", err)
+	}
+	return nil
 }
 
 // withInbound stops the downlink handler's retries when the link closes.
@@ -510,18 +527,20 @@ type Set struct {
 	bridges map[string]*Bridge
 	cfgs    map[string]Config
 	list    atomic.Pointer[[]*Bridge] // for Wants and Status, without the lock
+	subs    *subscriptions            // shared by the bridges, kept across their restarts
 }
 
 // NewSet returns an empty Set over the broker's log.
 func NewSet(l Log, local Local, o Options) *Set {
-	s := &Set{log: l, local: local, o: o, bridges: map[string]*Bridge{}, cfgs: map[string]Config{}}
+	s := &Set{log: l, local: local, o: o, bridges: map[string]*Bridge{}, cfgs: map[string]Config{}, subs: newSubscriptions(o.StateDir)}
 	s.list.Store(&[]*Bridge{})
 	return s
 }
 
 // Apply makes the running bridges those of cfgs: it starts new ones, stops
 // removed ones, restarts changed ones (a rule that did not change keeps its
-// cursor), and removes the cursors of rules that no longer exist. It checks
+// cursor), and removes the cursors of rules that no longer exist and what
+// removed bridges remembered of their subscriptions. It checks
 // every config first: on an error nothing changes.
 func (s *Set) Apply(ctx context.Context, cfgs []Config) error {
 	s.mu.Lock()
@@ -551,22 +570,14 @@ func (s *Set) Apply(ctx context.Context, cfgs []Config) error {
 			next[c.Name] = old
 			continue
 		}
-		var stale []string
 		if old, ok := s.bridges[c.Name]; ok {
 			stopErrs = append(stopErrs, old.Shutdown(ctx))
-			old.mu.Lock()
-			stale = append(old.stale, staleFilters(s.cfgs[c.Name], c)...)
-			old.mu.Unlock()
 		}
-		b, err := New(c, s.log, s.local, s.o)
+		b, err := newBridge(c, s.log, s.local, s.o, s.subs)
 		if err != nil {
 			stopErrs = append(stopErrs, err)
 			continue
 		}
-		slices.Sort(stale)
-		b.stale = slices.DeleteFunc(slices.Compact(stale), func(f string) bool {
-			return slices.ContainsFunc(c.Downlink, func(r Downlink) bool { return r.Filter == f })
-		})
 		b.Start()
 		next[c.Name] = b
 	}
@@ -580,6 +591,7 @@ func (s *Set) Apply(ctx context.Context, cfgs []Config) error {
 			stopErrs = append(stopErrs, s.log.DeleteCursor(name))
 		}
 	}
+	stopErrs = append(stopErrs, s.subs.remove(names))
 	s.bridges = next
 	s.cfgs = map[string]Config{}
 	list := make([]*Bridge, 0, len(next))

@@ -73,28 +73,34 @@ func waitConnectedSince(t *testing.T, b *edge.Broker, since time.Time) {
 	t.Fatal("the bridge did not connect again")
 }
 
-// TestStaleDownlinkSubscriptionCounted: edgemq restarts with a downlink rule
-// removed; the persistent upstream session still holds its subscription, so
-// a message on it comes down, matches no rule, and is dropped counted
-// (no_rule), not silently.
-func TestStaleDownlinkSubscriptionCounted(t *testing.T) {
-	up := startMosquitto(t, "")
-	cloud := client(t, "tcp://"+up.addr, "cloud", true, nil)
-	dir := t.TempDir()
-	bc := downlinkAB("mqtt://"+up.addr, "3.1.1")
-	b := runEdge(t, edgeConfig(dir, []edge.BridgeConfig{bc}), nil)
-	downlinkThrough(t, cloud, localTopics(t, b, "actuator"), "cmd/a/probe") // one SUBSCRIBE made both subscriptions
-	stopEdge(t, b)
+// TestRestartUnsubscribesRemovedDownlink: edgemq restarts with a downlink
+// rule removed while the upstream kept the bridge's session (and with it
+// the removed rule's subscription). The bridge remembers what it
+// subscribed (storage.dir/bridges), so on connecting to the resumed session
+// it unsubscribes the filter no rule has any more: a message on it no
+// longer comes down (it would be dropped, counted no_rule).
+func TestRestartUnsubscribesRemovedDownlink(t *testing.T) {
+	for _, protocol := range []string{"3.1.1", "5"} {
+		t.Run(protocol, func(t *testing.T) {
+			up := startMosquitto(t, "")
+			cloud := client(t, "tcp://"+up.addr, "cloud", true, nil)
+			dir := t.TempDir()
+			bc := downlinkAB("mqtt://"+up.addr, protocol)
+			b := runEdge(t, edgeConfig(dir, []edge.BridgeConfig{bc}), nil)
+			downlinkThrough(t, cloud, localTopics(t, b, "actuator"), "cmd/a/probe") // one SUBSCRIBE made both subscriptions
+			stopEdge(t, b)
 
-	bc.Downlink = bc.Downlink[:1]
-	restarted := time.Now()
-	b = runEdge(t, edgeConfig(dir, []edge.BridgeConfig{bc}), nil)
-	got := localTopics(t, b, "actuator-2")
-	waitConnectedSince(t, b, restarted)
-	cloud.Publish("cmd/b/1", 1, false, "x").WaitTimeout(5 * time.Second)
-	downlinkThrough(t, cloud, got, "cmd/a/1") // after cmd/b/1 on the same connection
-	if n := status(t, b, "central").Dropped[bridge.DropNoRule]; n != 1 {
-		t.Errorf("dropped no_rule = %d, want 1 (cmd/b/1 on the stale subscription)", n)
+			bc.Downlink = bc.Downlink[:1]
+			restarted := time.Now()
+			b = runEdge(t, edgeConfig(dir, []edge.BridgeConfig{bc}), nil)
+			got := localTopics(t, b, "actuator-2")
+			waitConnectedSince(t, b, restarted)
+			cloud.Publish("cmd/b/1", 1, false, "x").WaitTimeout(5 * time.Second)
+			downlinkThrough(t, cloud, got, "cmd/a/1") // after cmd/b/1 on the same connection
+			if n := status(t, b, "central").Dropped[bridge.DropNoRule]; n != 0 {
+				t.Errorf("dropped no_rule = %d, want 0: the removed rule's subscription is still upstream after the restart", n)
+			}
+		})
 	}
 }
 

@@ -21,6 +21,8 @@ type v311link struct {
 	c    mqtt.Client
 	conn *watchedConn
 	win  int
+	// resumed is the CONNACK's Session Present [MQTT-3.2.2-2].
+	resumed bool
 
 	// acks holds the tokens of the QoS 1/2 publishes in the order sent;
 	// waitAcks answers each one's done. Its capacity is the window: the
@@ -110,6 +112,9 @@ func dialV311(ctx context.Context, d dialer, addr string, in inbound) (*v311link
 		}
 		return nil, fmt.Errorf("connect: %w", err)
 	}
+	if ct, ok := tok.(*mqtt.ConnectToken); ok {
+		l.resumed = ct.SessionPresent()
+	}
 	wctx, stop := context.WithCancel(context.Background())
 	l.stopWatch = stop
 	l.conn.watch(wctx, cfg.Keepalive, &l.wg, func() { l.fail(errSilent) })
@@ -170,6 +175,8 @@ func (l *v311link) wait(ctx context.Context, tok mqtt.Token) error {
 }
 
 func (l *v311link) window() int { return l.win }
+
+func (l *v311link) sessionPresent() bool { return l.resumed }
 
 func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) error {
 	tok := l.c.Publish(o.topic, o.qos, o.retain, o.payload)

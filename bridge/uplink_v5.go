@@ -23,6 +23,8 @@ type v5link struct {
 	conn *watchedConn
 	sess *ackSession
 	win  int
+	// resumed is the CONNACK's Session Present [MQTT-3.2.2-2].
+	resumed bool
 
 	pubMu sync.Mutex // one publish at a time: the write order is the send order
 
@@ -88,7 +90,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 		}
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	l.win = cfg.MaxInflight
+	l.win, l.resumed = cfg.MaxInflight, ca.SessionPresent
 	if ca.Properties != nil && ca.Properties.ReceiveMaximum != nil {
 		l.win = min(l.win, int(*ca.Properties.ReceiveMaximum))
 	}
@@ -133,6 +135,8 @@ func (l *v5link) receive(p *paho.Publish) {
 }
 
 func (l *v5link) window() int { return l.win }
+
+func (l *v5link) sessionPresent() bool { return l.resumed }
 
 func (l *v5link) publish(ctx context.Context, o outbound, done func(error)) error {
 	p := &paho.Publish{Topic: o.topic, Payload: o.payload, QoS: o.qos, Retain: o.retain}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -239,7 +240,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		return err
 	}
 	b.storage = ds
-	bridges := bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket})
+	bridges := bridge.NewSet(bridgeLog{walLog{ds.log}}, bridgeLocal{b}, bridge.Options{Logger: b.root, DialWebSocket: dialWebSocket, StateDir: filepath.Join(b.cfg.Storage.Dir, "bridges")})
 	b.bridges.Store(bridges)
 	ds.engine.LogQoS0(bridges.Wants)
 	// The bridges before any client: a forward rule's new cursor starts at
