@@ -335,8 +335,9 @@ type subscriber interface {
 // down, or by a reload) and would go on sending on them. What the bridge
 // may hold is remembered durably (Options.StateDir) before it subscribes,
 // and forgotten only once the upstream confirmed the UNSUBSCRIBE. A failed
-// UNSUBSCRIBE is logged and tried again on the next connection; what comes
-// meanwhile is dropped, counted no_rule.
+// UNSUBSCRIBE, or a failed write of the record (a full disk), is logged
+// and tried again on the next connection; what comes on a subscription
+// that stayed is dropped, counted no_rule.
 func (b *Bridge) subscribe(ctx context.Context, up subscriber) error {
 	var want []string
 	for _, r := range b.cfg.Downlink {
@@ -344,7 +345,7 @@ func (b *Bridge) subscribe(ctx context.Context, up subscriber) error {
 	}
 	held, err := b.subs.get(b.cfg.Name)
 	if err != nil {
-		return err
+		b.lg.Warn("bridge: the record of the downlink subscriptions is unreadable; subscriptions of removed rules may stay upstream", "error", err)
 	}
 	var stale []string
 	if up.sessionPresent() { // else the upstream holds no subscription of ours
@@ -355,7 +356,9 @@ func (b *Bridge) subscribe(ctx context.Context, up subscriber) error {
 		}
 	}
 	if err := b.subs.set(b.cfg.Name, append(want, stale...)); err != nil {
-		return err
+		// Not worth a link: at worst a rule removed later is not
+		// unsubscribed after a restart (its messages are counted no_rule).
+		b.lg.Warn("bridge: could not record the downlink subscriptions; a rule removed later may stay subscribed upstream until this succeeds", "error", err)
 	}
 	if len(want) > 0 {
 		if err := up.subscribe(ctx, b.cfg.Downlink); err != nil {

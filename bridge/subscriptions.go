@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,18 +19,19 @@ import (
 // while edgemq was down, or by a reload).
 //
 // With a directory each bridge's set is a file <dir>/<name>.subscriptions,
-// one filter a line, replaced atomically (written, fsynced, renamed, the
+// a JSON array of the filters (any string a filter may be), replaced atomically (written, fsynced, renamed, the
 // directory fsynced); without one the sets live as long as the Set. The
 // memory copy is the one read; the files are read once, at first use.
 type subscriptions struct {
 	dir string
 
-	mu   sync.Mutex // guards sets
-	sets map[string][]string
+	mu    sync.Mutex // guards what follows
+	sets  map[string][]string
+	dirty map[string]bool // sets whose file write failed: written again by the next set
 }
 
 func newSubscriptions(dir string) *subscriptions {
-	return &subscriptions{dir: dir, sets: map[string][]string{}}
+	return &subscriptions{dir: dir, sets: map[string][]string{}, dirty: map[string]bool{}}
 }
 
 func (s *subscriptions) path(name string) string {
@@ -52,33 +54,34 @@ func (s *subscriptions) get(name string) ([]string, error) {
 		return nil, fmt.Errorf("read subscriptions: %w", err)
 	}
 	var set []string
-	for _, f := range strings.Split(string(b), "\n") {
-		if f != "" {
-			set = append(set, f)
-		}
+	if err := json.Unmarshal(b, &set); err != nil {
+		return nil, fmt.Errorf("read subscriptions %s: %w", s.path(name), err)
 	}
 	slices.Sort(set)
 	s.sets[name] = slices.Compact(set)
 	return s.sets[name], nil
 }
 
-// set makes filters the bridge's remembered set, durably before it returns
-// (a topic filter holds no newline [MQTT-4.7.3-1]: UTF-8 without U+0000,
-// and edgemq's filters are checked by qos.CheckFilter). An unchanged set
-// writes nothing.
+// set makes filters the bridge's remembered set, in memory at once and
+// durably when it returns nil. An error (a full disk) leaves the memory
+// copy set and the file as it was; the next set writes it again. An
+// unchanged set that is on disk writes nothing.
 func (s *subscriptions) set(name string, filters []string) error {
 	filters = slices.Compact(slices.Sorted(slices.Values(filters)))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.sets[name]; ok && slices.Equal(old, filters) {
+	if old, ok := s.sets[name]; ok && slices.Equal(old, filters) && !s.dirty[name] {
 		return nil
 	}
-	if s.dir != "" {
-		if err := s.write(name, filters); err != nil {
-			return err
-		}
-	}
 	s.sets[name] = filters
+	if s.dir == "" {
+		return nil
+	}
+	if err := s.write(name, filters); err != nil {
+		s.dirty[name] = true
+		return err
+	}
+	delete(s.dirty, name)
 	return nil
 }
 
@@ -89,6 +92,7 @@ func (s *subscriptions) remove(keep map[string]bool) error {
 	for name := range s.sets {
 		if !keep[name] {
 			delete(s.sets, name)
+			delete(s.dirty, name)
 		}
 	}
 	if s.dir == "" {
@@ -120,12 +124,10 @@ func (s *subscriptions) write(name string, filters []string) error {
 	if err != nil {
 		return fmt.Errorf("write subscriptions: %w", err)
 	}
-	var b strings.Builder
-	for _, flt := range filters {
-		b.WriteString(flt)
-		b.WriteByte('\n')
+	b, err := json.Marshal(filters)
+	if err == nil {
+		_, err = f.Write(b)
 	}
-	_, err = f.WriteString(b.String())
 	if err == nil {
 		err = f.Sync()
 	}
