@@ -35,14 +35,16 @@ type Log interface {
 
 // Local is what a bridge needs of the broker it runs in, for downlink rules.
 type Local interface {
-	// Publish appends m to the broker's log without waiting; wait returns
-	// nil once m is durable (then local subscribers get it), or the error
-	// that kept it from being so: m is not published, publish it again.
-	// An error from Publish itself means nothing was appended. For QoS 2,
-	// a message whose (Origin, OriginPacketID) was published and not yet
-	// released is a resend: Publish appends nothing, and wait returns nil
-	// [MQTT-4.3.3-9].
-	Publish(m *qos.Message) (wait func(context.Context) error, err error)
+	// Publish appends ms to the broker's log in one append, without
+	// waiting; wait returns nil once they are all durable (then local
+	// subscribers get them), or the error that kept them from being so:
+	// none of them is published, publish them again. They are durable
+	// together or not at all, so a message published again never comes
+	// after one that came later. An error from Publish itself means
+	// nothing was appended. For QoS 2, a message whose (Origin,
+	// OriginPacketID) was published and not yet released is a resend:
+	// Publish appends nothing for it [MQTT-4.3.3-9].
+	Publish(ms ...*qos.Message) (wait func(context.Context) error, err error)
 	// Release durably ends the inbound QoS 2 exchange of (origin,
 	// packetID): the upstream's PUBREL came [MQTT-4.3.3-12].
 	Release(ctx context.Context, origin string, packetID uint16) error

@@ -35,11 +35,18 @@
 //     Reconnects back off exponentially, capped, with full jitter; the
 //     upstreams are tried in order, then round again.
 //   - A downlink message is acknowledged upstream only after the broker has
-//     it durably (Local.Publish and its wait), in the order they came; the broker's record of a QoS 2 packet id
-//     makes a resend after a restart a duplicate it drops, and the PUBREL is
-//     recorded before the PUBCOMP goes out, so a QoS 2 downlink message is
-//     delivered locally once across restarts (MQTT 5 only: paho.mqtt.golang
-//     answers a 3.1.1 PUBREL itself).
+//     it durably (Local.Publish and its wait), in the order they came. The
+//     messages are stored one append at a time, each durable or failed as a
+//     whole, so local subscribers get them in the order the upstream sent
+//     them, also when a write fails and is retried. The broker's record of
+//     a QoS 2 packet id makes a resend after a restart a duplicate it drops,
+//     and the PUBREL is recorded before the PUBCOMP goes out, so a QoS 2
+//     downlink message is delivered locally once across restarts (MQTT 5
+//     only: paho.mqtt.golang answers a 3.1.1 PUBREL itself).
+//   - The downlink filters a bridge subscribed are remembered durably
+//     (Options.StateDir); on a resumed upstream session (Session Present)
+//     the ones no rule has any more are unsubscribed, after a reload or a
+//     restart alike.
 //   - Loops: a forward rule never sends a message a downlink rule of the same
 //     bridge brought in (their Origin is "$bridge/<name>"); MQTT 5 downlink
 //     subscriptions set No Local, and every forwarded MQTT 5 message carries

@@ -37,40 +37,35 @@ type inbound interface {
 // wait for a long time (a full disk), and while that goroutine waits the
 // library reads nothing more, not even the PUBACKs of the forward side and
 // the PINGRESPs, so the link would stall and be declared dead. deliver
-// therefore only queues the message. Two goroutines per connection take it
-// from there, in the order the messages came: run appends each to the log
-// without waiting (Local.Publish), acknowledge waits until it is durable and
-// acknowledges it upstream, so one fsync covers a window of messages and
-// their acknowledgements go out in order [MQTT-4.6.0-2].
+// therefore only queues the message. One goroutine per connection (run)
+// takes what queued up, in the order it came, appends it to the log in one
+// append (Local.Publish), waits until it is durable and acknowledges each
+// message upstream in order [MQTT-4.6.0-2]; what comes meanwhile queues for
+// the next append, so one fsync covers a window of messages. One append at
+// a time, each durable or failed as a whole, is what keeps the order: a
+// message whose write failed is appended again before any message that
+// came after it.
 type downlinkIn struct {
 	b      *Bridge
 	ctx    context.Context // ends with the connection: stops the retries
 	cancel context.CancelFunc
 	queue  chan received // from deliver to run
-	stored chan storing  // from run to acknowledge
 	wg     sync.WaitGroup
 }
 
-// storing is a downlink message appended, waiting to be durable.
-type storing struct {
-	m    received
-	msg  *qos.Message // nil: dropped, acknowledge at once
-	wait func(context.Context) error
-}
-
-// downlinkQueue is the capacity of a connection's downlink queues. The
-// upstream sends no more unacknowledged QoS 1/2 messages than its window
-// (our Receive Maximum, or its own limit for 3.1.1), and QoS 0 messages do
-// not wait for the disk, so they only fill when an upstream overruns the
-// window; deliver then waits, as the library itself would.
+// downlinkQueue is the capacity of a connection's downlink queue, and the
+// most messages one append takes. The upstream sends no more
+// unacknowledged QoS 1/2 messages than its window (our Receive Maximum, or
+// its own limit for 3.1.1), and QoS 0 messages do not wait for the disk,
+// so it only fills when an upstream overruns the window; deliver then
+// waits, as the library itself would.
 const downlinkQueue = 1024
 
 func newDownlinkIn(ctx context.Context, b *Bridge) *downlinkIn {
-	d := &downlinkIn{b: b, queue: make(chan received, downlinkQueue), stored: make(chan storing, downlinkQueue)}
+	d := &downlinkIn{b: b, queue: make(chan received, downlinkQueue)}
 	d.ctx, d.cancel = context.WithCancel(ctx)
-	d.wg.Add(2)
+	d.wg.Add(1)
 	go d.run()
-	go d.acknowledge()
 	return d
 }
 
@@ -89,74 +84,86 @@ func (d *downlinkIn) deliver(m received) {
 	}
 }
 
-// run appends each queued message and passes it on to acknowledge. While
-// the broker cannot take a message (a full disk) it tries again every
-// second and acknowledges nothing, so the upstream keeps it: the downlink
-// waits, the forward side goes on.
+// run stores what queued up and acknowledges it, one append at a time,
+// until the connection ends.
 func (d *downlinkIn) run() {
 	defer d.wg.Done()
+	batch := make([]received, 0, downlinkQueue)
+	msgs := make([]*qos.Message, 0, downlinkQueue)
 	for {
-		var m received
+		batch, msgs = batch[:0], msgs[:0]
 		select {
-		case m = <-d.queue:
+		case m := <-d.queue:
+			batch = append(batch, m)
 		case <-d.ctx.Done():
 			return
 		}
-		s := storing{m: m, msg: d.b.localMessage(m)}
-		if s.msg != nil {
-			for {
-				var err error
-				if s.wait, err = d.b.local.Publish(s.msg); err == nil {
-					break
-				}
-				d.b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
-				if !sleep(d.ctx, time.Second) {
-					return
-				}
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case m := <-d.queue:
+				batch = append(batch, m)
+			default:
+				break more
 			}
 		}
-		select {
-		case d.stored <- s:
-		case <-d.ctx.Done():
+		acked := 0
+		for i, m := range batch {
+			msg := d.b.localMessage(m)
+			if msg == nil {
+				continue
+			}
+			if msg.QoS == 0 {
+				// On its own: one the log does not keep is delivered at
+				// once, and must not be again with a retry of the others.
+				if !d.store(msgs) || !d.store([]*qos.Message{msg}) {
+					return
+				}
+				d.ack(batch[acked : i+1])
+				acked, msgs = i+1, msgs[:0]
+				continue
+			}
+			msgs = append(msgs, msg)
+		}
+		if !d.store(msgs) {
 			return
 		}
+		d.ack(batch[acked:])
 	}
 }
 
-// acknowledge acknowledges each message upstream once it is durable. A
-// message whose append failed after all (the write itself) is published
-// again, here, before the acknowledgement: the ones appended after it may
-// then reach local subscribers before it.
-func (d *downlinkIn) acknowledge() {
-	defer d.wg.Done()
-	for {
-		var s storing
-		select {
-		case s = <-d.stored:
-		case <-d.ctx.Done():
-			return
-		}
-		if s.msg != nil {
-			for {
-				err := s.wait(d.ctx)
-				if err == nil {
-					break
-				}
-				if d.ctx.Err() != nil {
-					return
-				}
-				d.b.lg.Warn("bridge: downlink message not stored; retrying", "error", err)
-				if !sleep(d.ctx, time.Second) {
-					return
-				}
-				if s.wait, err = d.b.local.Publish(s.msg); err != nil {
-					s.wait = func(context.Context) error { return err }
-				}
-			}
-			d.b.received.Add(1)
-		}
-		s.m.ack()
+// ack acknowledges ms upstream, in order, once they are stored (or
+// dropped): PUBACK, PUBREC, or nothing for QoS 0.
+func (d *downlinkIn) ack(ms []received) {
+	for _, m := range ms {
+		m.ack()
 	}
+}
+
+// store appends msgs in one append and waits until they are durable, and
+// counts them received (none: nothing to do). While
+// the broker cannot take them (a full disk, refused up front or failed in
+// the write) it tries again every second and acknowledges nothing, so the
+// upstream keeps them: the downlink waits, the forward side goes on. It
+// returns false when the connection ended first.
+func (d *downlinkIn) store(msgs []*qos.Message) bool {
+	for len(msgs) > 0 {
+		wait, err := d.b.local.Publish(msgs...)
+		if err == nil {
+			if err = wait(d.ctx); err == nil {
+				d.b.received.Add(uint64(len(msgs)))
+				return true
+			}
+		}
+		if d.ctx.Err() != nil {
+			return false
+		}
+		d.b.lg.Warn("bridge: downlink messages not stored; retrying", "messages", len(msgs), "error", err)
+		if !sleep(d.ctx, time.Second) {
+			return false
+		}
+	}
+	return true
 }
 
 // localMessage is what the downlink message m becomes in the broker; nil

@@ -45,14 +45,15 @@ type bridgeLocal struct{ b *Broker }
 
 var _ bridge.Local = bridgeLocal{}
 
-// Publish appends m (see bridge.Local). A QoS 2 message sent again before
-// our PUBREC reached the upstream is taken once [MQTT-4.3.3-10].
-func (l bridgeLocal) Publish(m *qos.Message) (func(context.Context) error, error) {
+// Publish appends ms in one append (see bridge.Local). A QoS 2 message
+// sent again before our PUBREC reached the upstream is taken once
+// [MQTT-4.3.3-10].
+func (l bridgeLocal) Publish(ms ...*qos.Message) (func(context.Context) error, error) {
 	ds, ok := l.b.storage.(*durableStorage)
 	if !ok {
 		return nil, errors.New("edge: storage closed")
 	}
-	wait, err := ds.engine.PublishAsync(m)
+	wait, err := ds.engine.PublishAsync(ms...)
 	if err != nil {
 		return nil, err
 	}

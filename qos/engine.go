@@ -258,62 +258,132 @@ func (e *Engine) Publish(ctx context.Context, m *Message) error {
 	return wait(ctx)
 }
 
-// PublishAsync is Publish without the wait for durability: it appends m and
-// returns at once, so that a source with many messages (a bridge's
-// downlink) can append a window of them under one fsync and wait for each
-// in turn. wait returns what Publish would: nil once m is durable,
-// ErrDuplicate for a QoS 2 resend once the first copy is durable, or the
-// error that kept m from the log (then m is not published: publish it
-// again). An error from PublishAsync itself means nothing was appended.
-func (e *Engine) PublishAsync(m *Message) (wait func(ctx context.Context) error, err error) {
-	if m.Created == 0 {
-		m.Created = e.cfg.Now().UnixNano()
+// PublishAsync is Publish without the wait for durability, for one message
+// or several: it appends them and returns at once, so that a source with
+// many messages (a bridge's downlink) can append a window of them under
+// one fsync. The messages it appends go in one append (Log.AppendAsync
+// with all their records), so they become durable together or not at all:
+// a write that fails takes none of them to local subscribers, and one that
+// is published again does not come after a later one. wait returns nil
+// once every message is durable; ErrDuplicate when, besides, one of them
+// was a QoS 2 resend whose first copy is durable (nothing appended for
+// it); or the error that kept them from the log (then none of the ones
+// appended is published: publish them again). An error from PublishAsync
+// itself means nothing was appended. QoS 0 messages the log need not keep
+// are delivered at once, ahead of the others.
+func (e *Engine) PublishAsync(ms ...*Message) (wait func(ctx context.Context) error, err error) {
+	var fresh []*Message
+	var dups []func(context.Context) error
+	type exchange struct {
+		origin string
+		id     uint16
 	}
-	if e.publishDirect(m) {
-		return func(context.Context) error { return nil }, nil
-	}
-	twoPhase := m.QoS == 2 && m.Origin != ""
-	if twoPhase {
-		e.mu.Lock()
-		off, dup := e.external[m.Origin][m.OriginPacketID]
-		e.mu.Unlock()
-		if dup {
-			return func(ctx context.Context) error {
-				err := e.log.WaitDurable(ctx, off)
-				if err == nil {
+	var batch map[exchange]bool // the QoS 2 exchanges fresh begins
+	for _, m := range ms {
+		if m.Created == 0 {
+			m.Created = e.cfg.Now().UnixNano()
+		}
+		if e.publishDirect(m) {
+			continue
+		}
+		if m.QoS == 2 && m.Origin != "" {
+			e.mu.Lock()
+			off, dup := e.external[m.Origin][m.OriginPacketID]
+			e.mu.Unlock()
+			if dup && e.failedAppend(off) {
+				// A retry after a failed write: the message again, in
+				// its place among the others.
+				e.forgetExternal(m.Origin, m.OriginPacketID, off)
+				dup = false
+			}
+			if dup {
+				dups = append(dups, e.resend(m, off))
+				continue
+			}
+			x := exchange{m.Origin, m.OriginPacketID}
+			if batch[x] { // a resend of one appended with it
+				dups = append(dups, func(context.Context) error {
 					e.stats.duplicates.Add(1)
 					return ErrDuplicate
-				}
-				if ctx.Err() != nil {
-					return err
-				}
-				// That append failed: the message is not in the log.
-				e.forgetExternal(m.Origin, m.OriginPacketID, off)
-				return e.Publish(ctx, m)
-			}, nil
+				})
+				continue
+			}
+			if batch == nil {
+				batch = map[exchange]bool{}
+			}
+			batch[x] = true
+		}
+		fresh = append(fresh, m)
+	}
+	var first uint64
+	if len(fresh) > 0 {
+		if first, err = e.appendMessages(fresh, true); err != nil {
+			return nil, err
 		}
 	}
-	off, err := e.appendMessage(m, true)
-	if err != nil {
-		return nil, err
-	}
-	if twoPhase {
-		// Known from the append on, not from its durability: a retry after
-		// a failed wait is this message again, not a second one.
-		e.mu.Lock()
-		if e.external[m.Origin] == nil {
-			e.external[m.Origin] = map[uint16]uint64{}
+	for i, m := range fresh {
+		if m.QoS == 2 && m.Origin != "" {
+			// Known from the append on, not from its durability: a retry
+			// after a failed wait is this message again, not a second one.
+			e.mu.Lock()
+			if e.external[m.Origin] == nil {
+				e.external[m.Origin] = map[uint16]uint64{}
+			}
+			e.external[m.Origin][m.OriginPacketID] = first + uint64(i)
+			e.mu.Unlock()
 		}
-		e.external[m.Origin][m.OriginPacketID] = off
-		e.mu.Unlock()
 	}
 	return func(ctx context.Context) error {
-		if err := e.log.WaitDurable(ctx, off); err != nil {
+		if len(fresh) > 0 {
+			// One append: its last record durable means all of them are.
+			if err := e.log.WaitDurable(ctx, first+uint64(len(fresh))-1); err != nil {
+				return err
+			}
+			e.stats.published.Add(uint64(len(fresh)))
+		}
+		var dupErr error
+		for _, w := range dups {
+			if err := w(ctx); errors.Is(err, ErrDuplicate) {
+				dupErr = err
+			} else if err != nil {
+				return err
+			}
+		}
+		return dupErr
+	}, nil
+}
+
+// failedAppend reports whether the append of the record at off is known to
+// have failed (its write or fsync), without waiting.
+func (e *Engine) failedAppend(off uint64) bool {
+	err := e.log.WaitDurable(doneCtx, off)
+	return err != nil && !errors.Is(err, context.Canceled)
+}
+
+// doneCtx is a context that is already over: a wait with it only looks.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// resend is the wait of a QoS 2 message whose first copy was appended at
+// off and not yet released: ErrDuplicate once that copy is durable. If
+// that append failed after all, the message is not in the log: it is
+// published now, on its own.
+func (e *Engine) resend(m *Message, off uint64) func(context.Context) error {
+	return func(ctx context.Context) error {
+		err := e.log.WaitDurable(ctx, off)
+		if err == nil {
+			e.stats.duplicates.Add(1)
+			return ErrDuplicate
+		}
+		if ctx.Err() != nil {
 			return err
 		}
-		e.stats.published.Add(1)
-		return nil
-	}, nil
+		e.forgetExternal(m.Origin, m.OriginPacketID, off)
+		return e.Publish(ctx, m)
+	}
 }
 
 // forgetExternal ends origin's QoS 2 exchange on id if it is still the
@@ -344,20 +414,35 @@ func (e *Engine) publishDirect(m *Message) bool {
 // appendMessage appends m's record without waiting, after asking admission
 // (Config.Admit) when admit is set, and counts a refusal: Refused, and
 // RefusedFull when it was for want of room. Every message enters the log
-// here: client publishes, Engine.Publish and wills.
+// here or in appendMessages: client publishes, Engine.Publish and wills.
 func (e *Engine) appendMessage(m *Message, admit bool) (uint64, error) {
-	rec, err := m.MarshalBinary()
+	return e.appendMessages([]*Message{m}, admit)
+}
+
+// appendMessages is appendMessage for several messages in one append (they
+// are durable together or not at all); admission is asked once, for all
+// their bytes. It returns the offset of the first; the others follow.
+func (e *Engine) appendMessages(ms []*Message, admit bool) (uint64, error) {
+	recs := make([][]byte, len(ms))
+	size := 0
+	var err error
+	for i, m := range ms {
+		if recs[i], err = m.MarshalBinary(); err != nil {
+			break
+		}
+		size += len(recs[i])
+	}
 	if err == nil && admit && e.cfg.Admit != nil {
-		err = e.cfg.Admit(len(rec))
+		err = e.cfg.Admit(size)
 	}
 	var off uint64
 	if err == nil {
-		off, err = e.log.AppendAsync(rec)
+		off, err = e.log.AppendAsync(recs...)
 	}
 	if err != nil {
-		e.stats.refused.Add(1)
+		e.stats.refused.Add(uint64(len(ms)))
 		if errors.Is(err, ErrFull) {
-			e.stats.refusedFull.Add(1)
+			e.stats.refusedFull.Add(uint64(len(ms)))
 		}
 		return 0, err
 	}

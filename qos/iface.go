@@ -42,8 +42,10 @@ var (
 type Log interface {
 	// AppendAsync queues records and returns the offset of the first (the
 	// others follow it consecutively) without waiting for them to be
-	// durable. It may block briefly while the log's queue is full. An
-	// error means nothing was queued; ErrFull (wrapped) means no room.
+	// durable. The records of one call are durable together or not at
+	// all (a failed write makes holes of all of them). It may block
+	// briefly while the log's queue is full. An error means nothing was
+	// queued; ErrFull (wrapped) means no room.
 	AppendAsync(recs ...[]byte) (first uint64, err error)
 	// WaitDurable waits until the record at offset is durable under the
 	// log's sync policy, and returns the append's error if it failed. When

@@ -943,3 +943,60 @@ func TestSharedGroupScanReleasedByFailedWrite(t *testing.T) {
 		}
 	}
 }
+
+// Engine.PublishAsync with several messages appends them in one append:
+// a failed write fails them all (none reaches a subscriber, and a retry
+// appends them again in their order), and a QoS 2 message that comes twice
+// among them is appended once [MQTT-4.3.3-10].
+func TestEnginePublishAsyncBatch(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	batch := func() []*qos.Message {
+		return []*qos.Message{
+			{Topic: "t", QoS: 1, Payload: []byte("a")},
+			{Topic: "t", QoS: 2, Origin: "$bridge/x", OriginPacketID: 7, Payload: []byte("b")},
+			{Topic: "t", QoS: 2, Origin: "$bridge/x", OriginPacketID: 7, Payload: []byte("b")},
+			{Topic: "t", QoS: 1, Payload: []byte("c")},
+		}
+	}
+	appends := 0
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		appends++
+		if len(recs) != 3 {
+			t.Errorf("one append of %d records, want 3 (b once)", len(recs))
+		}
+		return errors.New("input/output error")
+	}
+	h.log.mu.Unlock()
+	wait, err := h.e.PublishAsync(batch()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(ctx); err == nil {
+		t.Fatal("wait after a failed write: nil, want the write's error")
+	}
+	h.log.mu.Lock()
+	h.log.fail = nil
+	n := len(h.log.recs)
+	h.log.mu.Unlock()
+	wait, err = h.e.PublishAsync(batch()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(ctx); !errors.Is(err, qos.ErrDuplicate) {
+		t.Fatalf("wait of the batch again: %v, want ErrDuplicate (b's second copy)", err)
+	}
+	h.log.mu.Lock()
+	defer h.log.mu.Unlock()
+	var got []string
+	for _, rec := range h.log.recs[n:] {
+		var m qos.Message
+		if qos.KindOf(rec) == qos.KindMessage && m.UnmarshalBinary(rec) == nil {
+			got = append(got, string(m.Payload))
+		}
+	}
+	if appends != 1 || fmt.Sprint(got) != "[a b c]" {
+		t.Fatalf("%d failed appends, then %v logged; want 1, then [a b c]", appends, got)
+	}
+}

@@ -338,8 +338,10 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first uint64, err err
 }
 
 // AppendAsync queues the records and returns the offset of the first one
-// without waiting for them to be durable; WaitDurable waits. It blocks only
-// while the queue is over Config.QueueBytes. The records are copied.
+// without waiting for them to be durable; WaitDurable waits. The records of
+// one call go into one batch: they become durable together, or all become
+// holes. It blocks only while the queue is over Config.QueueBytes. The
+// records are copied.
 func (l *Log) AppendAsync(recs ...[]byte) (first uint64, err error) {
 	if len(recs) == 0 {
 		return 0, nil
