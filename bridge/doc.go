@@ -12,7 +12,8 @@
 // runs the broker's list of them (Apply starts, reloads and stops bridges,
 // Wants tells the broker which QoS 0 publishes to log). The broker provides
 // a Log (its log with cursor placement) and a Local (durable publishing for
-// downlink messages).
+// downlink messages). CountBacklogs counts each forward rule's backlog from
+// the cursor positions and a scan of the log on disk, for `edgemq check`.
 //
 // # Guarantees
 //

@@ -318,3 +318,72 @@ func rewrite(fs FS, dir, path string, data []byte) error {
 	}
 	return fs.syncDir(dir)
 }
+
+// Cursors returns the cursors' positions (the next offset each reads) in
+// the newest good copy of the cursor table of the log in dir, without
+// opening the log (see Scan); nil if there is none. Open may move a cursor
+// that lies beyond the log's end back to it.
+func Cursors(dir string) (map[string]uint64, error) {
+	tabs, _, _, err := readTables(FS{}.withDefaults(), dir, false)
+	if err != nil {
+		return nil, err
+	}
+	if best := newest(tabs); best >= 0 {
+		return tabs[best].cursors, nil
+	}
+	return nil, nil
+}
+
+// Scan calls fn with every record of the log in dir from offset from on,
+// in offset order, holes skipped, without opening the log: it takes no
+// lock and may run while a Log has the directory open (what is being
+// appended may be missing at the end, or show as a torn tail, where Scan
+// stops). rec aliases a buffer that is valid only during the call. Scan
+// returns fn's first error, a *CorruptError (ErrCorrupt) for damage before
+// the last segment's end, and I/O errors as they come. It is for `edgemq
+// check`, which reads the log of a broker that may be running.
+func Scan(dir string, from uint64, fn func(offset uint64, rec []byte) error) error {
+	fs := FS{}.withDefaults()
+	ents, err := fs.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	var bases []uint64
+	for _, e := range ents {
+		if b, ok := parseSegmentName(e.Name()); ok && !e.IsDir() {
+			bases = append(bases, b)
+		}
+	}
+	sort.Slice(bases, func(i, j int) bool { return bases[i] < bases[j] })
+	for i, base := range bases {
+		last := i == len(bases)-1
+		if !last && bases[i+1] <= from {
+			continue
+		}
+		data, err := readAll(fs, filepath.Join(dir, segmentName(base)))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed by retention meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("wal: read segment %s: %w", segmentName(base), err)
+		}
+		off, pos := base, 0
+		for pos < len(data) && (last || off < bases[i+1]) {
+			kind, payload, n, err := decodeEntry(off, data[pos:])
+			if err != nil {
+				if last {
+					return nil // the tail, being written or torn
+				}
+				return &CorruptError{Segment: segmentName(base), Pos: int64(pos), Offset: off, Reason: err.Error()}
+			}
+			if kind == kindRecord && off >= from {
+				if err := fn(off, payload); err != nil {
+					return err
+				}
+			}
+			pos += n
+			off++
+		}
+	}
+	return nil
+}

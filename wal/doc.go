@@ -10,7 +10,8 @@
 // number of goroutines; NewReader(from) iterates and waits for new records.
 // Cursor(name) is a named durable read position that a consumer advances
 // with Commit; cursors drive retention. Stats() returns the figures for
-// metrics. Check(dir) and Repair(dir, logger) are for `edgemq check`.
+// metrics. Check(dir), Repair(dir, logger), Cursors(dir) and Scan(dir, from,
+// fn) are for `edgemq check`; Check, Cursors and Scan read without a lock.
 //
 // # Guarantees
 //

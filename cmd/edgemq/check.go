@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/edgemq/edgemq/edge"
 )
@@ -12,7 +13,8 @@ import (
 // embedded defaults) and the files it names, then the log under
 // storage.dir. Every problem of every stage is printed to stderr in one
 // pass, one a line, "file:line: field.path: reason"; warnings too, and they
-// do not fail the check. The log's figures go to stdout.
+// do not fail the check. The log's figures go to stdout, and with them
+// each bridge forward rule's place in the log and the backlog behind it.
 func runCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
 	var path string
@@ -41,6 +43,18 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 		}
 		if err != nil {
 			problems = append(problems, c.At("storage.dir", "log %s: %v (edgemq check -repair mends it, losing the damaged records)", c.Config.Storage.Dir, err))
+		} else {
+			// Each bridge's place in that log: what waits to go upstream.
+			lines, warnings, err := edge.CheckBridges(c, time.Now())
+			for _, l := range lines {
+				fmt.Fprintln(stdout, l)
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(stderr, w)
+			}
+			if err != nil {
+				problems = append(problems, c.At("storage.dir", "bridges: %v", err))
+			}
 		}
 	}
 	if len(problems) > 0 {

@@ -101,6 +101,9 @@ func New(t testing.TB, dir, level, extra string) *Daemon {
 	return d
 }
 
+// ConfigPath is the daemon's config file (for `edgemq check -c`).
+func (d *Daemon) ConfigPath() string { return d.config }
+
 // Addr is host:port of the daemon's TCP listener.
 func (d *Daemon) Addr() string { return d.addr }
 
