@@ -131,6 +131,8 @@ type Bridge struct {
 	// Repeating log lines, at most one a minute each.
 	badRecords, noRule logThrottle
 
+	subs *subscriptions // what this bridge may hold subscribed upstream
+
 	// serving is held while a connection serves the rules; the
 	// housekeeping trims backlogs only when it can take it.
 	serving sync.Mutex
@@ -141,8 +143,11 @@ type Bridge struct {
 	upstream  int
 	since     time.Time
 	lastErr   string
+	// backlogLogged is when the backlog was last logged; backlogSaid is
+	// set while the last line said there was one (reportBacklog).
+	backlogLogged time.Time
+	backlogSaid   bool
 
-	subs   *subscriptions // what this bridge may hold subscribed upstream
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -234,9 +239,13 @@ func (b *Bridge) Wants(topic string) bool {
 
 // run connects, serves and reconnects until ctx ends. The upstreams are
 // tried in order; after a failure the next one is tried, after a connection
-// that ended the same one first.
+// that ended the same one first. The backoff grows with every failure and
+// starts again only after a connection that lasted a keepalive, so an
+// upstream that accepts and drops at once (a client id another gateway
+// takes over) is not hammered either.
 func (b *Bridge) run(ctx context.Context) {
 	idx, failures, first := 0, 0, true
+	down := newOutage(time.Now())
 	for ctx.Err() == nil {
 		addr := b.cfg.Upstreams[idx]
 		up, err := b.connect(ctx, addr)
@@ -245,7 +254,7 @@ func (b *Bridge) run(ctx context.Context) {
 				return
 			}
 			b.setError(idx, err)
-			b.lg.Warn("bridge: connect failed", "upstream", idx, "address", addr, "error", err)
+			down.failed(b.lg, time.Now(), idx, addr, err)
 			idx = (idx + 1) % len(b.cfg.Upstreams)
 			failures++
 			if !sleep(ctx, b.backoff(failures)) {
@@ -256,19 +265,68 @@ func (b *Bridge) run(ctx context.Context) {
 		if !first {
 			b.reconnects.Add(1)
 		}
-		first, failures = false, 0
+		first = false
 		b.setConnected(idx)
-		b.lg.Info("bridge: connected", "upstream", idx, "address", addr, "window", up.window())
+		connected := time.Now()
+		b.lg.Info("bridge: connected", "upstream", idx, "address", addr, "window", up.window(),
+			"down_for", connected.Sub(down.since).Round(time.Millisecond), "failed_attempts", down.attempts, "last_error", down.lastErr)
 		err = b.serve(ctx, up, idx)
 		if ctx.Err() != nil {
 			return
 		}
-		b.lg.Warn("bridge: link down", "upstream", idx, "address", addr, "error", err)
+		now := time.Now()
+		s := b.Status()
+		b.lg.Warn("bridge: link down", "upstream", idx, "address", addr, "error", err,
+			"connected_for", now.Sub(connected).Round(time.Millisecond),
+			"backlog_records", s.BacklogRecords, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds)
+		b.mu.Lock()
+		b.backlogLogged, b.backlogSaid = now, s.BacklogRecords > 0 // the line above said it
+		b.mu.Unlock()
+		down = newOutage(now)
+		if err != nil {
+			down.lastErr = err.Error()
+		}
+		if now.Sub(connected) >= b.cfg.Keepalive {
+			failures = 0
+		}
 		failures++
 		if !sleep(ctx, b.backoff(failures)) {
 			return
 		}
 	}
+}
+
+// outage is what run knows of the time since the link was last up. The
+// first connect failure of each upstream is logged at Warn, the others at
+// most once a minute (with how many there were; Debug in between), so that
+// a long outage with a short backoff does not flood the log. (Error texts
+// differ from one attempt to the next, by the local port if nothing else:
+// a new text is no reason for a new line.)
+type outage struct {
+	since    time.Time
+	attempts int
+	lastErr  string
+	said     map[int]bool // upstreams whose failure was logged at Warn
+	throttle logThrottle
+}
+
+func newOutage(since time.Time) *outage { return &outage{since: since, said: map[int]bool{}} }
+
+// failed logs one failed connect.
+func (o *outage) failed(lg *slog.Logger, now time.Time, idx int, addr string, err error) {
+	o.attempts++
+	o.lastErr = err.Error()
+	attrs := []any{"upstream", idx, "address", addr, "error", err, "failed_attempts", o.attempts, "down_for", now.Sub(o.since).Round(time.Millisecond)}
+	if !o.said[idx] {
+		o.said[idx] = true
+		lg.Warn("bridge: connect failed", attrs...)
+		return
+	}
+	if n, ok := o.throttle.allow(now); ok && n > 1 {
+		lg.Warn("bridge: still cannot connect", append(attrs, "failures_since_last_report", n)...)
+		return
+	}
+	lg.Debug("bridge: connect failed", attrs...)
 }
 
 // backoff is the wait before attempt n (from 1): uniformly random below
@@ -646,4 +704,29 @@ func (s *Set) Shutdown(ctx context.Context) error {
 	s.bridges = map[string]*Bridge{}
 	s.list.Store(&[]*Bridge{})
 	return errors.Join(errs...)
+}
+
+// backlogReportAge is how old the oldest waiting message of a connected
+// bridge must be for its backlog to be worth a log line: below it the link
+// keeps up (what waits is in flight).
+const backlogReportAge = 10 * time.Second
+
+// reportBacklog logs the backlog at most once a minute while it is worth
+// saying (the link is down and something waits, or the oldest waiting
+// message is older than backlogReportAge), and once when it is no longer
+// (caught up). Called by the housekeeping goroutine after each count.
+func (b *Bridge) reportBacklog(now time.Time) {
+	s := b.Status()
+	worth := s.BacklogRecords > 0 && (!s.Connected || s.BacklogSeconds >= backlogReportAge.Seconds())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	attrs := []any{"connected", s.Connected, "backlog_records", s.BacklogRecords, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds}
+	switch {
+	case worth && now.Sub(b.backlogLogged) >= logThrottleEvery:
+		b.lg.Info("bridge: backlog", attrs...)
+		b.backlogLogged, b.backlogSaid = now, true
+	case !worth && b.backlogSaid:
+		b.lg.Info("bridge: backlog caught up", attrs...)
+		b.backlogLogged, b.backlogSaid = now, false
+	}
 }

@@ -330,8 +330,8 @@ func expand(tmpl, topic, client string) string {
 // commitInterval while something changed: one cursor-table write covers many
 // acknowledgements. A crash loses at most the last interval's commits; those
 // messages are sent again (at least once). Every accountInterval it also
-// counts the backlog and, while no connection serves, trims it to the
-// configured limits.
+// counts the backlog (and logs it, reportBacklog) and, while no connection
+// serves, trims it to the configured limits.
 func (b *Bridge) housekeeping(ctx context.Context) {
 	t := time.NewTicker(commitInterval)
 	defer t.Stop()
@@ -355,6 +355,7 @@ func (b *Bridge) housekeeping(ctx context.Context) {
 					b.serving.Unlock()
 				}
 				b.backlogBytes.Store(b.maxBacklogBytes())
+				b.reportBacklog(now)
 			}
 			if err := b.commit(); err != nil {
 				b.lg.Error("bridge: cursor commit failed", "error", err)
