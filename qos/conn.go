@@ -16,6 +16,11 @@ type connection struct {
 	window int // outbound QoS 1/2 window: min(client Receive Maximum, MaxInflight)
 
 	running atomic.Bool
+	// inbound counts the unacknowledged QoS 1/2 publishes [MQTT-3.3.4-8]:
+	// Publish, on the connection's read goroutine, adds one; the sender
+	// frees the place just before it writes the PUBACK or PUBCOMP, since
+	// the client may publish again as soon as it reads it.
+	inbound atomic.Int32
 
 	// Under s.mu.
 	gone    bool
@@ -23,7 +28,6 @@ type connection struct {
 	acks    []ack     // acknowledgements to write, in order [MQTT-4.6.0-2]
 	resend  []uint16  // flights to write again, in send order [MQTT-4.4.0-1]
 	qos0    []Entry   // QoS 0 messages not in the log, at most QoS0Limit
-	inbound int       // unacknowledged QoS 1/2 publishes [MQTT-3.3.4-8]
 	closing bool      // closed by the engine (0x93): the rest is dropped
 	scanned []scanned // what the last scan of the log found, not yet taken
 
@@ -43,7 +47,7 @@ type connection struct {
 }
 
 // ack is one acknowledgement to write once the record at offset (0: none)
-// is durable. counts releases a place of the inbound window once written.
+// is durable. counts releases a place of the inbound window as it is written.
 type ack struct {
 	offset uint64
 	typ    PacketType
@@ -83,7 +87,7 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 			s.mu.Unlock()
 			return ErrGone
 		}
-		if c.inbound >= int(c.info.InboundMaximum) {
+		if c.inbound.Load() >= int32(c.info.InboundMaximum) {
 			c.closing = true
 			s.mu.Unlock()
 			c.conn.Close(reasonReceiveMaxExceeded)
@@ -121,8 +125,8 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	if m.QoS == 0 {
 		return nil
 	}
+	c.inbound.Add(1)
 	s.mu.Lock()
-	c.inbound++
 	if m.QoS == 2 {
 		s.inbound[pid] = off
 	}

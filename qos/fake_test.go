@@ -288,6 +288,10 @@ type fakeConn struct {
 	maxSize int // payloads above it are ErrTooLarge; 0: none
 	fail    bool
 	notify  chan struct{}
+	// onFlush, if set, is called (without the lock) with the packets each
+	// Flush wrote, on the engine's goroutine that flushed: the client
+	// answers at once, before the engine goes on.
+	onFlush func([]qos.Packet)
 }
 
 func newFakeConn() *fakeConn { return &fakeConn{notify: make(chan struct{}, 1)} }
@@ -307,12 +311,18 @@ func (c *fakeConn) Write(p *qos.Packet) error {
 
 func (c *fakeConn) Flush() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed || c.fail {
 		c.kept = nil
+		c.mu.Unlock()
 		return io.ErrClosedPipe
 	}
+	out := slices.Clone(c.kept)
 	c.flushLocked()
+	on := c.onFlush
+	c.mu.Unlock()
+	if on != nil && len(out) > 0 {
+		on(out)
+	}
 	return nil
 }
 

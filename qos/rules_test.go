@@ -56,6 +56,58 @@ func TestInboundReceiveMaximum(t *testing.T) {
 	}
 }
 
+// [MQTT-3.3.4-7]: a place of the inbound window is free once its PUBACK
+// is written: a client that publishes again the moment it reads the
+// PUBACK, before the engine's sender goes on, is within its Receive
+// Maximum and must not get 0x93.
+func TestInboundWindowFreedBeforeWrite(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false, func(i *qos.ConnectInfo) { i.InboundMaximum = 1 })
+	const n = 5
+	var mu sync.Mutex
+	var acked int
+	var errs []error
+	pub.conn.mu.Lock()
+	pub.conn.onFlush = func(pkts []qos.Packet) {
+		for _, p := range pkts {
+			if p.Type != qos.PacketPuback {
+				continue
+			}
+			mu.Lock()
+			acked++
+			next := acked < n
+			mu.Unlock()
+			if next {
+				if err := pub.cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("m")}, p.PacketID+1); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}
+	}
+	pub.conn.mu.Unlock()
+	if err := pub.cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("m")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		done, e := acked, errs
+		mu.Unlock()
+		if len(e) > 0 {
+			t.Fatalf("after %d PUBACKs: %v (closed %v reason %#x)", done, e, pub.conn.closed, pub.conn.reason)
+		}
+		if done == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d PUBACKs", done, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 deliveries than the
 // client's Receive Maximum, retained messages at SUBSCRIBE included.
 func TestOutboundWindowCountsRetained(t *testing.T) {

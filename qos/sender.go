@@ -97,13 +97,9 @@ func (c *connection) step() bool {
 			o.rec, o.recBytes = off, rec
 		}
 	}
-	released := 0
 	for _, a := range c.acksOut {
 		if !c.writeAck(a) {
 			return c.lostClaim(scanG)
-		}
-		if a.counts {
-			released++
 		}
 	}
 	for i := range batch {
@@ -120,11 +116,6 @@ func (c *connection) step() bool {
 	clear(c.qos0Out)
 	if !c.flush() {
 		return c.lostClaim(scanG)
-	}
-	if released > 0 {
-		s.mu.Lock()
-		c.inbound -= released
-		s.mu.Unlock()
 	}
 	if scanQ != nil {
 		c.scan(scanQ, scanG, scanSubs)
@@ -383,6 +374,9 @@ func (c *connection) writeAck(a ack) bool {
 				c.s.mu.Unlock()
 			}
 		}
+	}
+	if a.counts {
+		c.inbound.Add(-1) // before the client can read it [MQTT-3.3.4-7]
 	}
 	c.pkt = Packet{Type: a.typ, PacketID: a.pid, ReasonCode: a.reason}
 	return c.write(&c.pkt) == nil
