@@ -279,14 +279,16 @@ func (h *deliveryHook) publish(cl *mqtt.Client, pk *packets.Packet, now time.Tim
 	// connection, a PUBREC again for a duplicate); ErrGone is a publish
 	// read as the connection was taken over, left unacknowledged for the
 	// client to send again.
-	if err := hc.qc.Publish(messageOf(pk, now), pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
+	m := messageOf(pk, now)
+	if err := hc.qc.Publish(&m, pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
 		h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
 	}
 }
 
-// messageOf builds the engine's message of an inbound PUBLISH accepted at now.
-func messageOf(pk *packets.Packet, now time.Time) *qos.Message {
-	m := &qos.Message{
+// messageOf builds the engine's message of an inbound PUBLISH accepted at
+// now (a value: Client.Publish does not keep it).
+func messageOf(pk *packets.Packet, now time.Time) qos.Message {
+	m := qos.Message{
 		Topic:             pk.TopicName,
 		Payload:           pk.Payload,
 		QoS:               pk.FixedHeader.Qos,

@@ -73,7 +73,9 @@ type outgoing struct {
 // [MQTT-4.3.3-10] (ErrDuplicate). It returns ErrReceiveMaximum (connection closed with
 // 0x93), or an error when the message was refused (the sender writes the
 // refusal for MQTT 5; a 3.1.1 connection is closed, since it has no way to
-// hear it [MQTT-3.3.5-2]).
+// hear it [MQTT-3.3.5-2]). It does not keep m, only what m's fields refer
+// to (a QoS 0 message's payload, for the connections it goes to), so m
+// may live on the caller's stack.
 func (cl *Client) Publish(m *Message, pid uint16) error {
 	e, c, s := cl.e, cl.c, cl.c.s
 	m.Origin = s.id

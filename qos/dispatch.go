@@ -35,7 +35,7 @@ func (e *Engine) dispatch() {
 		var k Kind
 		var v any
 		if err == nil {
-			k, v, err = Decode(rec)
+			k, v, err = decodeOwned(rec)
 		}
 		if err != nil {
 			e.stats.dropUnreadable.Add(1)

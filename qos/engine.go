@@ -407,7 +407,8 @@ func (e *Engine) publishDirect(m *Message) bool {
 		return false
 	}
 	e.stats.published.Add(1)
-	e.fanoutQoS0(m)
+	kept := *m // the connections' queues keep it; the caller keeps m
+	e.fanoutQoS0(&kept)
 	return true
 }
 
@@ -416,28 +417,36 @@ func (e *Engine) publishDirect(m *Message) bool {
 // RefusedFull when it was for want of room. Every message enters the log
 // here or in appendMessages: client publishes, Engine.Publish and wills.
 func (e *Engine) appendMessage(m *Message, admit bool) (uint64, error) {
-	return e.appendMessages([]*Message{m}, admit)
+	one := [1]*Message{m}
+	return e.appendMessages(one[:], admit)
 }
 
 // appendMessages is appendMessage for several messages in one append (they
 // are durable together or not at all); admission is asked once, for all
 // their bytes. It returns the offset of the first; the others follow.
 func (e *Engine) appendMessages(ms []*Message, admit bool) (uint64, error) {
-	recs := make([][]byte, len(ms))
-	size := 0
+	rb := recBufs.Get().(*recBuf)
+	defer rb.put()
+	b, ends := rb.b[:0], rb.ends[:0]
 	var err error
-	for i, m := range ms {
-		if recs[i], err = m.MarshalBinary(); err != nil {
+	for _, m := range ms {
+		if b, err = m.AppendBinary(b); err != nil {
 			break
 		}
-		size += len(recs[i])
+		ends = append(ends, len(b))
 	}
+	rb.b, rb.ends = b, ends
 	if err == nil && admit && e.cfg.Admit != nil {
-		err = e.cfg.Admit(size)
+		err = e.cfg.Admit(len(b))
 	}
 	var off uint64
 	if err == nil {
-		off, err = e.log.AppendAsync(recs...)
+		start := 0
+		for _, end := range ends {
+			rb.recs = append(rb.recs, b[start:end])
+			start = end
+		}
+		off, err = e.log.AppendAsync(rb.recs...)
 	}
 	if err != nil {
 		e.stats.refused.Add(uint64(len(ms)))
@@ -447,6 +456,32 @@ func (e *Engine) appendMessages(ms []*Message, admit bool) (uint64, error) {
 		return 0, err
 	}
 	return off, nil
+}
+
+// recBuf is appendMessages' scratch: the records' encodings, one after
+// the other (ends: where each ends), which the log copies into its queue
+// (AppendAsync), and the list of them it is passed, which would otherwise
+// be allocated per call.
+type recBuf struct {
+	b    []byte
+	ends []int
+	recs [][]byte
+}
+
+// recBufs holds recBufs between appends.
+var recBufs = sync.Pool{New: func() any { return new(recBuf) }}
+
+// maxPooledRec bounds the encoding a pooled recBuf keeps: one grown by a
+// large message is let go.
+const maxPooledRec = 64 << 10
+
+func (rb *recBuf) put() {
+	clear(rb.recs)
+	rb.recs = rb.recs[:0]
+	if cap(rb.b) > maxPooledRec {
+		rb.b = nil
+	}
+	recBufs.Put(rb)
 }
 
 // Release ends a QoS 2 exchange Publish began for origin's packet id,

@@ -45,14 +45,16 @@ type Log interface {
 	// durable. The records of one call are durable together or not at
 	// all (a failed write makes holes of all of them). It may block
 	// briefly while the log's queue is full. An error means nothing was
-	// queued; ErrFull (wrapped) means no room.
+	// queued; ErrFull (wrapped) means no room. It keeps neither recs nor
+	// the records: the caller may reuse them.
 	AppendAsync(recs ...[]byte) (first uint64, err error)
 	// WaitDurable waits until the record at offset is durable under the
 	// log's sync policy, and returns the append's error if it failed. When
 	// it returns nil for an offset, every record below it is either durable
 	// or a hole.
 	WaitDurable(ctx context.Context, offset uint64) error
-	// Read returns the durable record at offset (the caller's to keep).
+	// Read returns the durable record at offset (the caller's to keep:
+	// the log never writes to it again).
 	// Errors wrap ErrHole, ErrTrimmed or ErrLogClosed; any other error is a
 	// damaged record, which the engine skips and counts.
 	Read(offset uint64) ([]byte, error)
@@ -80,7 +82,9 @@ type Log interface {
 // and waits for new durable records at the end. It is used by one
 // goroutine at a time.
 type LogReader interface {
-	// Next returns the next durable record, waiting for it until ctx ends.
+	// Next returns the next durable record (the caller's to keep, as
+	// Read's: the engine decodes messages into its bytes), waiting for it
+	// until ctx ends.
 	// Errors wrap ErrTrimmed (Seek to FirstOffset to go on) or ErrLogClosed;
 	// any other error is a damaged record at Offset (Seek past it to go on).
 	Next(ctx context.Context) (offset uint64, rec []byte, err error)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // ErrBadRecord is returned by the decoders for bytes that are not a record
@@ -111,8 +112,17 @@ func (m *Message) MarshalBinary() ([]byte, error) {
 
 // UnmarshalBinary decodes a record written by MarshalBinary. The result does
 // not alias b. Any malformed input returns an error wrapping ErrBadRecord.
-func (m *Message) UnmarshalBinary(b []byte) error {
-	d := decoder{b: b}
+func (m *Message) UnmarshalBinary(b []byte) error { return m.unmarshal(b, false) }
+
+// unmarshalOwned decodes as UnmarshalBinary does, into a message whose
+// strings and byte fields are b's own bytes, not copies of them: for a
+// record the caller owns and that nobody writes again (what Log.Read and
+// LogReader.Next return), where a copy of each field would cost an
+// allocation per field and message.
+func (m *Message) unmarshalOwned(b []byte) error { return m.unmarshal(b, true) }
+
+func (m *Message) unmarshal(b []byte, owned bool) error {
+	d := decoder{b: b, owned: owned}
 	if Kind(d.byte()) != KindMessage {
 		return fmt.Errorf("%w: not a message", ErrBadRecord)
 	}
@@ -168,10 +178,12 @@ func appendBytes(b, p []byte) []byte {
 }
 
 // decoder reads fields in order and keeps the first error, so a record is
-// decoded straight through and checked once.
+// decoded straight through and checked once. owned: strings and bytes are
+// b's own (Message.unmarshalOwned), not copies.
 type decoder struct {
-	b   []byte
-	err error
+	b     []byte
+	err   error
+	owned bool
 }
 
 func (d *decoder) fail(what string) {
@@ -235,12 +247,21 @@ func (d *decoder) field() []byte {
 	return v
 }
 
-func (d *decoder) string() string { return string(d.field()) }
+func (d *decoder) string() string {
+	f := d.field()
+	if d.owned && len(f) > 0 {
+		return unsafe.String(&f[0], len(f)) // b is never written again
+	}
+	return string(f)
+}
 
 func (d *decoder) bytes() []byte {
 	f := d.field()
 	if len(f) == 0 {
 		return nil
+	}
+	if d.owned {
+		return f
 	}
 	return append([]byte(nil), f...)
 }

@@ -42,6 +42,29 @@ func TestMessageRoundTrip(t *testing.T) {
 	}
 }
 
+// The dispatcher's decoding of a record it owns gives the same message, in
+// the record's own bytes, and refuses what UnmarshalBinary refuses.
+func TestMessageOwnedDecoding(t *testing.T) {
+	for i, m := range sampleMessages() {
+		b, _ := m.MarshalBinary()
+		var got qos.Message
+		if err := got.UnmarshalOwned(b); err != nil {
+			t.Fatalf("%d: unmarshal: %v", i, err)
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Errorf("%d: owned decoding\n got %+v\nwant %+v", i, got, m)
+		}
+		if len(m.Payload) > 0 && &got.Payload[0] != &b[len(b)-len(m.Payload)] {
+			t.Errorf("%d: the payload is a copy, not the record's bytes", i)
+		}
+		for n := 0; n < len(b); n++ {
+			if err := new(qos.Message).UnmarshalOwned(b[:n]); !errors.Is(err, qos.ErrBadRecord) {
+				t.Fatalf("%d: prefix of %d/%d bytes: err = %v, want ErrBadRecord", i, n, len(b), err)
+			}
+		}
+	}
+}
+
 func TestMessageRejectsEveryTruncation(t *testing.T) {
 	m := sampleMessages()[2]
 	b, _ := m.MarshalBinary()
@@ -107,12 +130,19 @@ func BenchmarkMessageEncode(b *testing.B) {
 func BenchmarkMessageDecode(b *testing.B) {
 	m := qos.Message{Topic: "site/7/device/42/telemetry", Payload: make([]byte, 256), QoS: 1, Origin: "device-42", OriginPacketID: 9, Created: 1700000000123456789}
 	rec, _ := m.MarshalBinary()
-	b.ReportAllocs()
-	b.SetBytes(int64(len(m.Payload)))
-	var out qos.Message
-	for b.Loop() {
-		if err := out.UnmarshalBinary(rec); err != nil {
-			b.Fatal(err)
-		}
+	for _, tc := range []struct {
+		name   string
+		decode func(*qos.Message, []byte) error
+	}{{"copy", (*qos.Message).UnmarshalBinary}, {"owned", (*qos.Message).UnmarshalOwned}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(m.Payload)))
+			var out qos.Message
+			for b.Loop() {
+				if err := tc.decode(&out, rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

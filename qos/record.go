@@ -282,6 +282,23 @@ func Decode(rec []byte) (Kind, any, error) {
 		m := new(Message)
 		return k, m, m.UnmarshalBinary(rec)
 	}
+	return decodeRecord(k, rec)
+}
+
+// decodeOwned is Decode for a record the caller owns and nobody writes
+// again (the dispatcher's, from LogReader.Next): a message's fields are
+// rec's own bytes (Message.unmarshalOwned).
+func decodeOwned(rec []byte) (Kind, any, error) {
+	k := KindOf(rec)
+	if k == KindMessage {
+		m := new(Message)
+		return k, m, m.unmarshalOwned(rec)
+	}
+	return decodeRecord(k, rec)
+}
+
+// decodeRecord decodes a record other than a message, of kind k.
+func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 	d := decoder{b: rec}
 	d.byte()
 	v := d.byte()
