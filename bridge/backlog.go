@@ -9,13 +9,44 @@ import (
 )
 
 // backlog is what one forward rule holds back in the log: the bytes of the
-// records from its position to the end. It is kept incrementally (each
-// record is read once when it arrives and once when the rule passes it), by
-// the bridge's housekeeping goroutine only.
+// records from its position to the end. It is kept incrementally, by the
+// bridge's housekeeping goroutine only: each record is read once when it
+// arrives, and its bytes are added to the sum of its block (blockRecords
+// consecutive offsets); as the rule moves on, the blocks it passed leave the
+// count whole, and only the records of the block it is in are read again.
+// Reading every record a second time as the rule passed it cost a copy of
+// each record, a sixth of what a drain costs the bridge beside paho.
 type backlog struct {
 	from, to   uint64 // the records in [from, to) are counted
 	bytes      int64
+	first      uint64        // the block of sums[0]
+	sums       []int64       // the counted bytes of blocks first, first+1, ...
 	head, tail qos.LogReader // at from and at to: sequential reads, 4 KiB at a time
+}
+
+// blockRecords is the offsets of one block: a block's sum costs 8 bytes of
+// memory per blockRecords records of backlog.
+const blockRecords = 256
+
+// add counts n bytes of the record at off.
+func (a *backlog) add(off uint64, n int64) {
+	k := off / blockRecords
+	if len(a.sums) == 0 {
+		a.first = k
+	}
+	for a.first+uint64(len(a.sums)) <= k {
+		a.sums = append(a.sums, 0)
+	}
+	a.sums[k-a.first] += n
+	a.bytes += n
+}
+
+// leave takes n bytes of the counted record at off out of the count.
+func (a *backlog) leave(off uint64, n int64) {
+	if k := off / blockRecords; k >= a.first && k-a.first < uint64(len(a.sums)) {
+		a.sums[k-a.first] -= n
+	}
+	a.bytes -= n
 }
 
 // account brings the count up to date: records the rule passed leave it,
@@ -26,18 +57,29 @@ func (b *Bridge) account(r *rule) {
 	if a.head == nil || low < a.from || low > a.to {
 		*a = backlog{from: low, to: low, head: b.log.NewReader(low), tail: b.log.NewReader(low)}
 	}
-	a.bytes -= readUpTo(a.head, low)
+	// The blocks wholly below low's leave without being read.
+	lowBlock := low / blockRecords
+	for len(a.sums) > 0 && a.first < lowBlock {
+		a.bytes -= a.sums[0]
+		a.sums = a.sums[1:]
+		a.first++
+	}
+	if start := lowBlock * blockRecords; a.from < start {
+		a.from = start
+		a.head.Seek(start)
+	}
+	readUpTo(a.head, low, a.leave)
 	a.from = low
 	end := b.log.LastOffset() + 1
-	a.bytes += readUpTo(a.tail, end)
+	readUpTo(a.tail, end, a.add)
 	a.to = end
 	a.bytes = max(a.bytes, 0)
 }
 
-// readUpTo reads r up to (not including) end, without waiting, and returns
-// the bytes of the records read. Holes and removed records count nothing.
-func readUpTo(r qos.LogReader, end uint64) int64 {
-	var n int64
+// readUpTo reads r up to (not including) end, without waiting, and calls
+// f with the offset and the bytes of each record read. Holes and removed
+// records count nothing.
+func readUpTo(r qos.LogReader, end uint64, f func(off uint64, n int64)) {
 	for r.Offset() < end {
 		off, rec, err := r.Next(noWait)
 		if err != nil {
@@ -53,9 +95,8 @@ func readUpTo(r qos.LogReader, end uint64) int64 {
 			r.Seek(off)
 			break
 		}
-		n += int64(len(rec))
+		f(off, int64(len(rec)))
 	}
-	return n
 }
 
 // noWait is a context that is already over: a Reader returns what is
@@ -84,14 +125,14 @@ func (b *Bridge) trim(r *rule) {
 			a.from++
 			continue
 		}
-		m := b.decode(a.from, rec)
-		forwarded := b.takes(r, m)
+		var m qos.Message
+		forwarded := b.decode(a.from, rec, &m) && b.takes(r, &m)
 		if !overBytes {
 			if !forwarded {
 				if cutAge == 0 {
 					break
 				}
-				a.bytes -= int64(len(rec)) // not the rule's: passed on the way to an old message
+				a.leave(a.from, int64(len(rec))) // not the rule's: passed on the way to an old message
 				a.from++
 				continue
 			}
@@ -106,12 +147,12 @@ func (b *Bridge) trim(r *rule) {
 			}
 			b.drop(reason, 1)
 		}
-		a.bytes -= int64(len(rec))
+		a.leave(a.from, int64(len(rec)))
 		a.from++
 	}
 	a.head.Seek(a.from)
 	r.mu.Lock()
-	if len(r.pending) == 0 && a.from > r.next {
+	if r.head == len(r.pending) && a.from > r.next {
 		r.next = a.from
 	}
 	r.mu.Unlock()

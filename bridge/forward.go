@@ -20,11 +20,16 @@ type rule struct {
 	fwd    Forward
 	cursor qos.Cursor
 
-	mu        sync.Mutex // guards what follows
-	gen       uint64     // the connection the sends belong to
-	pending   []sent     // unacknowledged, by offset
-	next      uint64     // every record below it is sent or skipped
-	committed uint64     // the cursor's offset
+	mu  sync.Mutex // guards what follows
+	gen uint64     // the connection the sends belong to
+	// pending[head:] are the unacknowledged messages, by offset; the
+	// acknowledged front moves head, and the slice is compacted only when
+	// head passed half of it, so an acknowledgement costs no copy of the
+	// whole window.
+	pending   []sent
+	head      int
+	next      uint64 // every record below it is sent or skipped
+	committed uint64 // the cursor's offset
 
 	backlog backlog // the housekeeping goroutine's alone
 }
@@ -43,14 +48,14 @@ func (r *rule) restart() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.next = r.lowLocked()
-	r.pending = r.pending[:0]
+	r.pending, r.head = r.pending[:0], 0
 	r.gen++
 	return r.gen
 }
 
 func (r *rule) lowLocked() uint64 {
-	if len(r.pending) > 0 {
-		return r.pending[0].off
+	if r.head < len(r.pending) {
+		return r.pending[r.head].off
 	}
 	return r.next
 }
@@ -67,8 +72,8 @@ func (r *rule) low() uint64 {
 func (r *rule) oldest() (uint64, int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.pending) > 0 {
-		return r.pending[0].off, r.pending[0].created
+	if r.head < len(r.pending) {
+		return r.pending[r.head].off, r.pending[r.head].created
 	}
 	return r.next, 0
 }
@@ -100,21 +105,25 @@ func (r *rule) ack(gen, off uint64) {
 	if gen != r.gen {
 		return
 	}
+	p := r.pending[r.head:]
 	i := 0
-	if len(r.pending) == 0 || r.pending[0].off != off {
+	if len(p) == 0 || p[0].off != off {
 		// Upstreams acknowledge in order [MQTT-4.6.0-2]; search otherwise.
-		i = sort.Search(len(r.pending), func(i int) bool { return r.pending[i].off >= off })
-		if i == len(r.pending) || r.pending[i].off != off {
+		i = sort.Search(len(p), func(i int) bool { return p[i].off >= off })
+		if i == len(p) || p[i].off != off {
 			return
 		}
 	}
-	r.pending[i].acked = true
-	n := 0
-	for n < len(r.pending) && r.pending[n].acked {
-		n++
+	p[i].acked = true
+	for r.head < len(r.pending) && r.pending[r.head].acked {
+		r.head++
 	}
-	if n > 0 {
-		r.pending = append(r.pending[:0], r.pending[n:]...)
+	switch {
+	case r.head == len(r.pending):
+		r.pending, r.head = r.pending[:0], 0
+	case r.head > len(r.pending)/2:
+		r.pending = append(r.pending[:0], r.pending[r.head:]...)
+		r.head = 0
 	}
 }
 
@@ -139,6 +148,13 @@ func (b *Bridge) forward(ctx context.Context, up uplink, rules []*rule, gens []u
 			r.passed(gens[i], next)
 		}
 	}
+	// done takes every acknowledgement of this connection: one function
+	// for all, not a closure per message.
+	done := func(f flight, err error) {
+		<-sem
+		b.acked(f, err)
+	}
+	var m qos.Message // decoded into again for each record: send keeps no reference to it
 	for {
 		off, rec, err := rd.Next(ctx)
 		if err != nil {
@@ -163,56 +179,67 @@ func (b *Bridge) forward(ctx context.Context, up uplink, rules []*rule, gens []u
 			}
 			continue
 		}
-		m := b.decode(off, rec)
+		ok := b.decode(off, rec, &m)
 		for i, r := range rules {
 			if off < from[i] {
 				continue
 			}
-			if !b.takes(r, m) {
+			if !ok || !b.takes(r, &m) {
 				r.passed(gens[i], off+1)
 				continue
 			}
-			if !b.send(ctx, up, r, gens[i], off, m, sem) {
+			if !b.send(ctx, up, flight{r: r, gen: gens[i], off: off}, &m, sem, done) {
 				return
 			}
 		}
 	}
 }
 
-// send forwards m (at off) for rule r, or drops it if it expired or is
+// flight is one message of a rule on its way upstream: the rule, the
+// connection (generation) it was sent on and its offset, which its
+// acknowledgement moves the rule past.
+type flight struct {
+	r        *rule
+	gen, off uint64
+}
+
+// send forwards m (at f.off) for rule f.r, or drops it if it expired or is
 // older than MaxBacklogAge. It returns false when the link or ctx ended.
-func (b *Bridge) send(ctx context.Context, up uplink, r *rule, gen, off uint64, m *qos.Message, sem chan struct{}) bool {
-	now := time.Now()
+func (b *Bridge) send(ctx context.Context, up uplink, f flight, m *qos.Message, sem chan struct{}, done func(flight, error)) bool {
+	var now time.Time // only if something needs it: time.Now per message showed in profiles
+	if m.Expiry > 0 || b.cfg.MaxBacklogAge > 0 {
+		now = time.Now()
+	}
 	if m.Expiry > 0 && now.Unix() >= m.Expiry {
 		b.drop(DropExpired, 1)
-		r.passed(gen, off+1)
+		f.r.passed(f.gen, f.off+1)
 		return true
 	}
 	if a := b.cfg.MaxBacklogAge; a > 0 && now.Sub(time.Unix(0, m.Created)) > a {
 		b.drop(DropMaxAge, 1)
-		r.passed(gen, off+1)
+		f.r.passed(f.gen, f.off+1)
 		return true
 	}
-	o := b.outbound(r.fwd, m, now)
-	if r.fwd.QoS == 0 {
-		if err := up.publish(ctx, o, nil); err != nil {
+	o := b.outbound(f.r.fwd, m, now)
+	if f.r.fwd.QoS == 0 {
+		if err := up.publish(ctx, o, f, nil); err != nil {
 			return false
 		}
 		b.forwarded.Add(1)
-		r.passed(gen, off+1)
+		f.r.passed(f.gen, f.off+1)
 		return true
 	}
 	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
-		return false
+	case sem <- struct{}{}: // room in the window: no select with ctx
+	default:
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	r.add(gen, off, m.Created)
-	err := up.publish(ctx, o, func(err error) {
-		<-sem
-		b.acked(r, gen, off, err)
-	})
-	if err != nil {
+	f.r.add(f.gen, f.off, m.Created)
+	if err := up.publish(ctx, o, f, done); err != nil {
 		<-sem
 		return false
 	}
@@ -220,44 +247,50 @@ func (b *Bridge) send(ctx context.Context, up uplink, r *rule, gen, off uint64, 
 }
 
 // acked takes the outcome of one QoS 1/2 publish.
-func (b *Bridge) acked(r *rule, gen, off uint64, err error) {
-	var refused *refusedError
+func (b *Bridge) acked(f flight, err error) {
 	switch {
 	case err == nil:
 		b.forwarded.Add(1)
-	case errors.As(err, &refused):
+	case isRefused(err):
 		// Sending it again would be refused again, and would hold up every
 		// message behind it.
 		b.drop(DropRefused, 1)
-		b.lg.Warn("bridge: upstream refused a message; dropped", "offset", off, "error", err)
+		b.lg.Warn("bridge: upstream refused a message; dropped", "offset", f.off, "error", err)
 	default:
 		return // the link is gone: sent again on the next one
 	}
-	r.ack(gen, off)
+	f.r.ack(f.gen, f.off)
 }
 
-// decode returns the message record rec (at off) holds, nil for a record
-// of another kind. An undecodable message record is skipped: counted
+// isRefused reports whether err is an upstream's refusal. A function of its
+// own: the target of errors.As escapes to the heap, and in acked it cost an
+// allocation per acknowledgement.
+func isRefused(err error) bool {
+	var refused *refusedError
+	return errors.As(err, &refused)
+}
+
+// decode decodes the message record rec (at off) into m; false for a
+// record of another kind. An undecodable message record is skipped: counted
 // (unreadable) and logged, at most once a minute with how many were skipped.
-func (b *Bridge) decode(off uint64, rec []byte) *qos.Message {
+func (b *Bridge) decode(off uint64, rec []byte, m *qos.Message) bool {
 	if qos.KindOf(rec) != qos.KindMessage {
-		return nil
+		return false
 	}
-	m := new(qos.Message)
 	if err := m.UnmarshalBinary(rec); err != nil {
 		b.drop(DropBad, 1)
 		if n, ok := b.badRecords.allow(time.Now()); ok {
 			b.lg.Error("bridge: undecodable record skipped", "offset", off, "skipped_since_last_report", n, "error", err)
 		}
-		return nil
+		return false
 	}
-	return m
+	return true
 }
 
 // takes reports whether rule r forwards m: a message on a topic its filter
 // matches, not one this bridge brought down (a loop).
 func (b *Bridge) takes(r *rule, m *qos.Message) bool {
-	return m != nil && m.Origin != b.origin && qos.Match(r.fwd.Filter, m.Topic)
+	return m.Origin != b.origin && qos.Match(r.fwd.Filter, m.Topic)
 }
 
 // markerKey is the MQTT 5 user property on every message a bridge forwards;

@@ -20,9 +20,10 @@ import (
 // queue them in order, and the connection writes its queue in order).
 type uplink interface {
 	// publish writes one PUBLISH and returns once it is on the wire (or
-	// failed). For QoS 1 and 2, done is called once later, with nil for
-	// PUBACK/PUBCOMP, an *refusedError for a refusal, or errLinkLost.
-	publish(ctx context.Context, p outbound, done func(error)) error
+	// failed). For QoS 1 and 2, done is called once later with f, and nil
+	// for PUBACK/PUBCOMP, an *refusedError for a refusal, or errLinkLost;
+	// for QoS 0 done is nil.
+	publish(ctx context.Context, p outbound, f flight, done func(flight, error)) error
 	// window is how many QoS 1/2 publishes may wait for their
 	// acknowledgement: Config.MaxInflight, lowered by the upstream's
 	// Receive Maximum [MQTT-3.3.4-9].

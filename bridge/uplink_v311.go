@@ -178,13 +178,13 @@ func (l *v311link) window() int { return l.win }
 
 func (l *v311link) sessionPresent() bool { return l.resumed }
 
-func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) error {
+func (l *v311link) publish(ctx context.Context, o outbound, f flight, done func(flight, error)) error {
 	tok := l.c.Publish(o.topic, o.qos, o.retain, o.payload)
 	if o.qos == 0 {
 		return l.wait(ctx, tok)
 	}
 	select {
-	case l.acks <- waitingAck{tok: tok, done: done}:
+	case l.acks <- waitingAck{tok: tok, f: f, done: done}:
 		return nil
 	case <-l.lostCh:
 		return l.cause()
@@ -194,7 +194,8 @@ func (l *v311link) publish(ctx context.Context, o outbound, done func(error)) er
 // waitingAck is one QoS 1/2 publish waiting for its acknowledgement.
 type waitingAck struct {
 	tok  mqtt.Token
-	done func(error)
+	f    flight
+	done func(flight, error)
 }
 
 // waitAcks calls done for each publish, in the order they were sent: the
@@ -205,35 +206,68 @@ type waitingAck struct {
 func (l *v311link) waitAcks() {
 	defer l.wg.Done()
 	for {
+		a, ok := l.nextAck()
+		if !ok {
+			break
+		}
+		if !l.waitAck(a.tok) {
+			a.done(a.f, errLinkLost)
+			break
+		}
+		if a.tok.Error() != nil {
+			a.done(a.f, errLinkLost)
+		} else {
+			a.done(a.f, nil)
+		}
+	}
+	for {
 		select {
 		case a := <-l.acks:
-			select {
-			case <-a.tok.Done():
-				if a.tok.Error() != nil {
-					a.done(errLinkLost)
-				} else {
-					a.done(nil)
-				}
-			case <-l.lostCh:
-				a.done(errLinkLost)
-			}
-		case <-l.lostCh:
+			a.done(a.f, errLinkLost)
+		case <-l.stopAcks:
 			for {
 				select {
 				case a := <-l.acks:
-					a.done(errLinkLost)
-				case <-l.stopAcks:
-					for {
-						select {
-						case a := <-l.acks:
-							a.done(errLinkLost)
-						default:
-							return
-						}
-					}
+					a.done(a.f, errLinkLost)
+				default:
+					return
 				}
 			}
 		}
+	}
+}
+
+// nextAck returns the next publish to wait for; false once the link is
+// lost. The first, non-blocking receive is the common case while messages
+// flow, and costs no select over two channels: in profiles of a drain the
+// selects of this goroutine took 5% of the CPU.
+func (l *v311link) nextAck() (waitingAck, bool) {
+	select {
+	case a := <-l.acks:
+		return a, true
+	default:
+	}
+	select {
+	case a := <-l.acks:
+		return a, true
+	case <-l.lostCh:
+		return waitingAck{}, false
+	}
+}
+
+// waitAck waits for tok to complete; false if the link was lost first.
+func (l *v311link) waitAck(tok mqtt.Token) bool {
+	done := tok.Done()
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	select {
+	case <-done:
+		return true
+	case <-l.lostCh:
+		return false
 	}
 }
 

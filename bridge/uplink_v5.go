@@ -138,7 +138,7 @@ func (l *v5link) window() int { return l.win }
 
 func (l *v5link) sessionPresent() bool { return l.resumed }
 
-func (l *v5link) publish(ctx context.Context, o outbound, done func(error)) error {
+func (l *v5link) publish(ctx context.Context, o outbound, f flight, done func(flight, error)) error {
 	p := &paho.Publish{Topic: o.topic, Payload: o.payload, QoS: o.qos, Retain: o.retain}
 	if pp := o.props; pp != nil {
 		p.Properties = &paho.PublishProperties{PayloadFormat: pp.payloadFormat, MessageExpiry: pp.expiry, ContentType: pp.contentType, ResponseTopic: pp.responseTopic, CorrelationData: pp.correlationData}
@@ -149,7 +149,7 @@ func (l *v5link) publish(ctx context.Context, o outbound, done func(error)) erro
 	l.pubMu.Lock()
 	defer l.pubMu.Unlock()
 	if o.qos > 0 {
-		l.sess.next = done
+		l.sess.next, l.sess.nextFlight = done, f
 	}
 	_, err := l.c.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 	l.sess.next = nil
@@ -182,7 +182,10 @@ type ackSession struct {
 	*state.State
 	link *v5link
 	in   inbound
-	next func(error) // the callback of the publish being added; under link.pubMu
+	// next and nextFlight are the callback and the flight of the publish
+	// being added; under link.pubMu.
+	next       func(flight, error)
+	nextFlight flight
 	// waiting holds the publishes in the order sent, for answer; its
 	// capacity is the window. closed is closed once State.Close answered
 	// every publish still waiting.
@@ -203,14 +206,15 @@ func (s *ackSession) AddToSession(ctx context.Context, p session.Packet, resp ch
 	if err := s.State.AddToSession(ctx, p, ch); err != nil {
 		return err
 	}
-	s.waiting <- waitingResp{ch: ch, done: done} // never full: the bridge keeps within the window
+	s.waiting <- waitingResp{ch: ch, f: s.nextFlight, done: done} // never full: the bridge keeps within the window
 	return nil
 }
 
 // waitingResp is one publish waiting for the end of its exchange.
 type waitingResp struct {
 	ch   <-chan packets.ControlPacket
-	done func(error)
+	f    flight
+	done func(flight, error)
 }
 
 // answer calls each publish's callback with its outcome, in the order they
@@ -223,12 +227,12 @@ func (s *ackSession) answer() {
 	for {
 		select {
 		case w := <-s.waiting:
-			w.done(outcome(<-w.ch))
+			w.done(w.f, outcome(<-w.ch))
 		case <-s.closed:
 			for {
 				select {
 				case w := <-s.waiting:
-					w.done(outcome(<-w.ch))
+					w.done(w.f, outcome(<-w.ch))
 				default:
 					return
 				}
