@@ -154,7 +154,7 @@ func (b *Bridge) forward(ctx context.Context, up uplink, rules []*rule, gens []u
 		<-sem
 		b.acked(f, err)
 	}
-	var m qos.Message // decoded into again for each record: send keeps no reference to it
+	var m qos.Message // decoded into again for each record: what send keeps (topic, payload) are the record's bytes
 	for {
 		off, rec, err := rd.Next(ctx)
 		if err != nil {
@@ -277,7 +277,9 @@ func (b *Bridge) decode(off uint64, rec []byte, m *qos.Message) bool {
 	if qos.KindOf(rec) != qos.KindMessage {
 		return false
 	}
-	if err := m.UnmarshalBinary(rec); err != nil {
+	// The record is ours (LogReader.Next, Log.Read) and nobody writes it:
+	// the message's fields are its bytes, not copies.
+	if err := m.UnmarshalOwned(rec); err != nil {
 		b.drop(DropBad, 1)
 		if n, ok := b.badRecords.allow(time.Now()); ok {
 			b.lg.Error("bridge: undecodable record skipped", "offset", off, "skipped_since_last_report", n, "error", err)

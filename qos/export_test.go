@@ -36,6 +36,3 @@ func (e *Engine) WaitDispatched() {
 // FannedOut is the offset below which the dispatcher has offered every
 // record to every queue.
 func (e *Engine) FannedOut() uint64 { return e.fannedOut.Load() }
-
-// UnmarshalOwned is unmarshalOwned, for the tests of its decoding.
-func (m *Message) UnmarshalOwned(b []byte) error { return m.unmarshalOwned(b) }

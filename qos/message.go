@@ -114,12 +114,13 @@ func (m *Message) MarshalBinary() ([]byte, error) {
 // not alias b. Any malformed input returns an error wrapping ErrBadRecord.
 func (m *Message) UnmarshalBinary(b []byte) error { return m.unmarshal(b, false) }
 
-// unmarshalOwned decodes as UnmarshalBinary does, into a message whose
+// UnmarshalOwned decodes as UnmarshalBinary does, into a message whose
 // strings and byte fields are b's own bytes, not copies of them: for a
 // record the caller owns and that nobody writes again (what Log.Read and
 // LogReader.Next return), where a copy of each field would cost an
-// allocation per field and message.
-func (m *Message) unmarshalOwned(b []byte) error { return m.unmarshal(b, true) }
+// allocation per field and message (the dispatcher, the senders' backlog
+// reads, a bridge's forward reader).
+func (m *Message) UnmarshalOwned(b []byte) error { return m.unmarshal(b, true) }
 
 func (m *Message) unmarshal(b []byte, owned bool) error {
 	d := decoder{b: b, owned: owned}
@@ -179,7 +180,7 @@ func appendBytes(b, p []byte) []byte {
 
 // decoder reads fields in order and keeps the first error, so a record is
 // decoded straight through and checked once. owned: strings and bytes are
-// b's own (Message.unmarshalOwned), not copies.
+// b's own (Message.UnmarshalOwned), not copies.
 type decoder struct {
 	b     []byte
 	err   error

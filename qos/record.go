@@ -287,12 +287,12 @@ func Decode(rec []byte) (Kind, any, error) {
 
 // decodeOwned is Decode for a record the caller owns and nobody writes
 // again (the dispatcher's, from LogReader.Next): a message's fields are
-// rec's own bytes (Message.unmarshalOwned).
+// rec's own bytes (Message.UnmarshalOwned).
 func decodeOwned(rec []byte) (Kind, any, error) {
 	k := KindOf(rec)
 	if k == KindMessage {
 		m := new(Message)
-		return k, m, m.unmarshalOwned(rec)
+		return k, m, m.UnmarshalOwned(rec)
 	}
 	return decodeRecord(k, rec)
 }

@@ -544,7 +544,7 @@ func (e *Engine) readMessage(offset uint64) (*Message, error) {
 		return nil, err
 	}
 	m := new(Message)
-	if err := m.unmarshalOwned(rec); err != nil {
+	if err := m.UnmarshalOwned(rec); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -667,7 +667,7 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 			continue
 		}
 		m := new(Message)
-		if err := m.unmarshalOwned(rec); err != nil {
+		if err := m.UnmarshalOwned(rec); err != nil {
 			e.stats.dropUnreadable.Add(1)
 			continue
 		}
