@@ -12,7 +12,7 @@ import (
 // (mochiReadBuffer): the read-ahead under it is taken from a pool only
 // while bytes wait in it, so a connection waiting for its next packet
 // holds no read buffer at all. On plain TCP it waits for the socket to
-// become readable with no buffer (readable); on TLS and WebSocket, whose
+// become readable with no buffer (recvInto); on TLS and WebSocket, whose
 // libraries buffer on their own, it reads into a buffer from the pool,
 // which it holds while it waits, as mochi's buffer was held.
 const readAheadSize = 2048
@@ -30,11 +30,13 @@ var readAheadPool = sync.Pool{New: func() any {
 // readAhead is one connection's read-ahead (see readAheadSize).
 type readAhead struct {
 	// raw is the TCP socket under a plain TCP connection; nil on TLS and
-	// WebSocket. peek is its readiness check (readable), built once.
+	// WebSocket. recv is its read (recvInto), built once.
 	raw  syscall.RawConn
-	peek func(fd uintptr) bool
-	one  [1]byte
-	perr error
+	recv func(fd uintptr) bool
+	// got is what recv's last read returned; fallback is set when it
+	// failed or met the end of the stream: the ordinary read says which.
+	got      int
+	fallback bool
 	// buf is the pool's buffer while pending holds bytes of it, else nil.
 	buf     *[]byte
 	pending []byte
@@ -51,10 +53,32 @@ func (r *readAhead) setRaw(c net.Conn) {
 		return
 	}
 	r.raw = raw
-	r.peek = func(fd uintptr) bool {
-		_, _, r.perr = syscall.Recvfrom(int(fd), r.one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return !errors.Is(r.perr, syscall.EAGAIN)
+	r.recv = r.recvInto
+}
+
+// recvInto is the read of a plain TCP socket, run by RawConn.Read: one
+// read(2) into a buffer from the pool, which goes back to the pool when
+// the socket has nothing yet (EAGAIN: the socket is non-blocking), so a
+// waiting connection holds none. A socket with bytes waiting costs one
+// system call; one without, a failing one and the wait.
+func (r *readAhead) recvInto(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = readAheadPool.Get().(*[]byte)
 	}
+	n, err := syscall.Read(int(fd), *r.buf)
+	switch {
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR):
+		readAheadPool.Put(r.buf)
+		r.buf = nil
+		return false
+	case err != nil || n <= 0:
+		readAheadPool.Put(r.buf)
+		r.buf = nil
+		r.fallback = true
+		return true
+	}
+	r.got = n
+	return true
 }
 
 // read fills p from what was read ahead, or from c. A read as large as the
@@ -66,9 +90,15 @@ func (r *readAhead) read(c net.Conn, p []byte) (int, error) {
 	if len(p) >= readAheadSize {
 		return c.Read(p)
 	}
-	if r.raw != nil && r.readable() != nil {
-		// The deadline, or a closed socket: the ordinary read says which.
-		return c.Read(p)
+	if r.raw != nil {
+		r.fallback = false
+		if err := r.raw.Read(r.recv); err != nil || r.fallback {
+			// The deadline, a closed socket, an error or the end of the
+			// stream: the ordinary read says which.
+			return c.Read(p)
+		}
+		r.pending = (*r.buf)[:r.got]
+		return r.take(p), nil
 	}
 	r.buf = readAheadPool.Get().(*[]byte)
 	n, err := c.Read(*r.buf)
@@ -87,13 +117,4 @@ func (r *readAhead) take(p []byte) int {
 		r.buf = nil
 	}
 	return n
-}
-
-// readable waits until the socket has bytes (or its end) to read, under
-// the read deadline, without taking them: a peek of one byte.
-func (r *readAhead) readable() error {
-	if err := r.raw.Read(r.peek); err != nil {
-		return err
-	}
-	return r.perr
 }
