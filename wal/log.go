@@ -74,6 +74,9 @@ type Log struct {
 
 	cursors cursorTable
 
+	// tailCache serves reads of the newest records without a pread.
+	tailCache tailCache
+
 	stats counters
 }
 
@@ -571,7 +574,9 @@ func (l *Log) readWindow(offset uint64, buf []byte) (window, error) {
 	} else {
 		buf = make([]byte, size)
 	}
-	if _, err := f.ReadAt(buf, start); err != nil {
+	if l.tailCache.readAt(s, buf, start) {
+		l.stats.cachedReads.Add(1)
+	} else if _, err := f.ReadAt(buf, start); err != nil {
 		if l.FirstOffset() > offset {
 			return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 		}

@@ -51,6 +51,10 @@ type Stats struct {
 	TornBytes int64
 	// CorruptReads counts reads that met a bad checksum.
 	CorruptReads uint64
+	// CachedReads counts reads served from the copy of the newest bytes
+	// the log keeps in memory (a reader at the end of the log), without a
+	// read of the file.
+	CachedReads uint64
 	// Cursors has one entry per cursor, by name.
 	Cursors []CursorStats
 }
@@ -149,7 +153,7 @@ var (
 type counters struct {
 	appends, appendBytes, batches, fsyncs          atomic.Uint64
 	writeErrors, syncErrors, fullRefusals, dropped atomic.Uint64
-	removedSegments, corrupt                       atomic.Uint64
+	removedSegments, corrupt, cachedReads          atomic.Uint64
 	segments, diskBytes, queued, tornBytes         atomic.Int64
 	fsyncLatency, groupSize, appendWait, roll      *hist
 }
@@ -185,6 +189,7 @@ func (l *Log) Stats() Stats {
 		RemovedSegments: l.stats.removedSegments.Load(),
 		TornBytes:       l.stats.tornBytes.Load(),
 		CorruptReads:    l.stats.corrupt.Load(),
+		CachedReads:     l.stats.cachedReads.Load(),
 	}
 	l.smu.RLock()
 	s.FirstOffset, s.LastOffset = l.segs[0].base, l.durable

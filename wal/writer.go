@@ -212,6 +212,7 @@ func (l *Log) writeBatch(b *batch) {
 			l.rollback(prevTail, created, first, last, fmt.Errorf("write segment %s: %w", t.name, err))
 			return
 		}
+		l.tailCache.add(t, at, buf[pos:pos+nb])
 		t.size.Store(at + int64(nb))
 		l.stats.diskBytes.Add(int64(nb))
 		l.markDirty(t)
@@ -451,6 +452,7 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 	prevTail.mu.Lock()
 	end := prevTail.ix.end
 	prevTail.mu.Unlock()
+	l.tailCache.cut(prevTail, end)
 	if len(created) > 0 && fatal == nil {
 		// The unlinks must be durable before the cut below can reach the
 		// disk: a power cut that kept a created segment's name and the cut
