@@ -178,7 +178,9 @@
 //   - Reads: tidwall's concurrent Reads of older segments race and panic
 //     (tidwall/wal#34), and each read of an uncached segment loads the whole
 //     file. Here every segment has a sparse index (8 bytes per 4 KiB, kept
-//     for all segments) and a read is one pread of about 4 KiB.
+//     for all segments) and a read is one pread of about 4 KiB, or none for
+//     the newest records: the last 64-128 KiB written to the tail are kept
+//     in memory (tailcache.go), so a reader that keeps up reads no file.
 //   - Memory: tidwall keeps the whole tail segment in memory and grows it by
 //     append, copying up to SegmentSize at once.
 //   - Retention: TruncateFront rewrites the surviving part of a segment;
