@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -94,6 +95,10 @@ type conn struct {
 	// writes meanwhile joins the round in order; Close writes it first.
 	corked bool
 	out    *[]byte
+	// flushNow's write (writeOutNow, built once) and what it returned.
+	writeOut func(fd uintptr) bool
+	nowN     int
+	nowErr   error
 
 	// writingSince is when the write in progress began (UnixNano), 0 when
 	// none is: the blocked-writers gauge reads it.
@@ -239,6 +244,24 @@ func (c *conn) Write(p []byte) (int, error) {
 func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.appendCorkedLocked(add, true)
+}
+
+// appendCorkedNow is appendCorked without waiting: ok is false, with
+// nothing added, while another write holds the connection, and it never
+// writes at the cork limit (its callers add a few small packets).
+func (c *conn) appendCorkedNow(add func(b []byte) ([]byte, error)) (n int, ok bool, err error) {
+	if !c.wmu.TryLock() {
+		return 0, false, nil
+	}
+	defer c.wmu.Unlock()
+	n, err = c.appendCorkedLocked(add, false)
+	return n, true, err
+}
+
+// appendCorkedLocked is appendCorked with wmu held; limit writes the
+// buffer once it reaches corkLimit.
+func (c *conn) appendCorkedLocked(add func(b []byte) ([]byte, error), limit bool) (int, error) {
 	if c.broken.Load() {
 		return 0, errConnBroken
 	}
@@ -259,7 +282,7 @@ func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
 	}
 	c.corked = true
 	n := len(b) - start
-	if len(b) >= corkLimit {
+	if limit && len(b) >= corkLimit {
 		if _, err := c.flushLocked(); err != nil {
 			return 0, err
 		}
@@ -286,6 +309,56 @@ func (c *conn) flush() error {
 		c.out = nil
 	}
 	return err
+}
+
+// flushNow is flush without waiting: it writes what the cork collected
+// as far as the socket takes it at once (one non-blocking write(2) on a
+// plain TCP socket), keeps the rest, still corked, for the next flush,
+// and reports whether all of it went. It takes nothing while another
+// write holds the connection, and nothing on TLS and WebSocket, which
+// cannot write without waiting. An error means the connection is broken.
+func (c *conn) flushNow() (bool, error) {
+	if !c.wmu.TryLock() {
+		return false, nil
+	}
+	defer c.wmu.Unlock()
+	if c.broken.Load() {
+		return false, errConnBroken
+	}
+	if c.out == nil || len(*c.out) == 0 {
+		c.corked = false
+		if c.out != nil {
+			outPool.Put(c.out)
+			c.out = nil
+		}
+		return true, nil
+	}
+	if c.ra.raw == nil {
+		return false, nil
+	}
+	if c.writeOut == nil {
+		c.writeOut = c.writeOutNow
+	}
+	err := c.ra.raw.Write(c.writeOut)
+	if err != nil || (c.nowErr != nil && c.nowErr != syscall.EAGAIN && c.nowErr != syscall.EINTR) {
+		return false, nil // flush, which waits, says what it is
+	}
+	out := *c.out
+	*c.out = out[:copy(out, out[max(c.nowN, 0):])]
+	if len(*c.out) > 0 {
+		return false, nil
+	}
+	c.corked = false
+	outPool.Put(c.out)
+	c.out = nil
+	return true, nil
+}
+
+// writeOutNow is flushNow's write(2) of out, in RawConn.Write: once,
+// whether the socket took it or not (it is non-blocking). Under wmu.
+func (c *conn) writeOutNow(fd uintptr) bool {
+	c.nowN, c.nowErr = syscall.Write(int(fd), *c.out)
+	return true
 }
 
 // flushLocked writes what out holds. Called with wmu held.

@@ -1,7 +1,9 @@
 package edge
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
@@ -145,5 +147,58 @@ func TestConnRefusedAppendDoesNotCork(t *testing.T) {
 	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "pingresp" {
 		t.Fatalf("client read %q, %v", buf, err)
+	}
+}
+
+// flushNow writes a cork's bytes as far as the socket takes them at once
+// and never waits: against a client that reads nothing it takes what the
+// socket buffers, keeps the rest in order, refuses while another write
+// holds the connection, and the next flush, once the client reads,
+// writes the rest.
+func TestConnFlushNowNeverWaits(t *testing.T) {
+	server, client := tcpPair(t)
+	wc := &conn{Conn: server, writeTimeout: 5 * time.Second, closeNow: server.Close}
+	wc.ra.setRaw(server)
+	want := make([]byte, 0, 16<<20)
+	for i := 0; len(want) < 16<<20; i++ {
+		want = fmt.Appendf(want, "packet %d;", i)
+	}
+	add := func(p []byte) func(b []byte) ([]byte, error) {
+		return func(b []byte) ([]byte, error) { return append(b, p...), nil }
+	}
+	sent := 0
+	for sent < len(want) {
+		n := min(4096, len(want)-sent)
+		if _, ok, err := wc.appendCorkedNow(add(want[sent : sent+n])); !ok || err != nil {
+			t.Fatalf("appendCorkedNow: %v, %v", ok, err)
+		}
+		sent += n
+		all, err := wc.flushNow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !all {
+			break // the socket is full: the rest is kept
+		}
+	}
+	if sent == len(want) {
+		t.Fatal("the socket took 16 MiB from a client that reads nothing")
+	}
+	want = want[:sent]
+	wc.wmu.Lock()
+	if all, err := wc.flushNow(); all || err != nil {
+		t.Errorf("flushNow under another write: %v, %v; want false, nil", all, err)
+	}
+	wc.wmu.Unlock()
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(client, int64(len(want))))
+		got <- b
+	}()
+	if err := wc.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("client read %d bytes, want the %d written, in order", len(b), len(want))
 	}
 }

@@ -44,27 +44,46 @@ func newMochiConn(srv *mqtt.Server, cl *mqtt.Client, sent *[3]prometheus.Counter
 // larger than the client's Maximum Packet Size is qos.ErrTooLarge:
 // nothing was written [MQTT-3.1.2-24].
 func (c mochiConn) Write(p *qos.Packet) error {
+	_, err := c.write(p, false)
+	return err
+}
+
+// WriteNow is Write, or false while another write holds the connection.
+func (c mochiConn) WriteNow(p *qos.Packet) (bool, error) { return c.write(p, true) }
+
+// write is Write, and WriteNow when now is set.
+func (c mochiConn) write(p *qos.Packet, now bool) (bool, error) {
 	if c.cl.Closed() {
-		return mqtt.ErrConnectionClosed
+		return false, mqtt.ErrConnectionClosed
 	}
 	if c.wc == nil {
-		return errNotOurConn
+		return false, errNotOurConn
 	}
 	version, maxSize := c.cl.Properties.ProtocolVersion, c.cl.Properties.Props.MaximumPacketSize
-	var now int64 // for a message's remaining expiry; the clock is not free
+	var unix int64 // for a message's remaining expiry; the clock is not free
 	if p.Message != nil && p.Message.Expiry > 0 {
-		now = time.Now().Unix()
+		unix = time.Now().Unix()
 	}
-	n, err := c.wc.appendCorked(func(b []byte) ([]byte, error) {
+	add := func(b []byte) ([]byte, error) {
 		start := len(b)
-		b = appendPacket(b, p, version, now)
+		b = appendPacket(b, p, version, unix)
 		if maxSize > 0 && uint32(len(b)-start) > maxSize {
 			return b[:start], qos.ErrTooLarge
 		}
 		return b, nil
-	})
+	}
+	var n int
+	var err error
+	if now {
+		var ok bool
+		if n, ok, err = c.wc.appendCorkedNow(add); !ok {
+			return false, nil
+		}
+	} else {
+		n, err = c.wc.appendCorked(add)
+	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	info := c.srv.Info
 	atomic.AddInt64(&info.BytesSent, int64(n))
@@ -75,7 +94,7 @@ func (c mochiConn) Write(p *qos.Packet) error {
 			c.sent[p.QoS].Inc()
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // Flush writes the packets Write corked.
@@ -84,6 +103,14 @@ func (c mochiConn) Flush() error {
 		return nil
 	}
 	return c.wc.flush()
+}
+
+// FlushNow writes what Write corked as far as the socket takes it at once.
+func (c mochiConn) FlushNow() (bool, error) {
+	if c.wc == nil {
+		return true, nil
+	}
+	return c.wc.flushNow()
 }
 
 // Close writes DISCONNECT with reason (MQTT 5), then closes the

@@ -26,6 +26,9 @@ func (l walLog) WaitDurable(ctx context.Context, offset uint64) error {
 	return walError(l.w.WaitDurable(ctx, offset))
 }
 
+// NotifyDurable sets what the log calls at each durability event.
+func (l walLog) NotifyDurable(fn func()) { l.w.NotifyDurable(fn) }
+
 // Read returns the record at offset.
 func (l walLog) Read(offset uint64) ([]byte, error) {
 	rec, err := l.w.Read(offset)

@@ -37,6 +37,10 @@ func (c *countConn) Write(p *qos.Packet) error {
 
 func (c *countConn) Flush() error { return nil }
 
+func (c *countConn) WriteNow(p *qos.Packet) (bool, error) { return true, c.Write(p) }
+
+func (c *countConn) FlushNow() (bool, error) { return true, nil }
+
 func (c *countConn) Close(byte) {}
 
 func benchEngine(b *testing.B) *qos.Engine {

@@ -3,6 +3,7 @@ package qos
 import (
 	"errors"
 	"sync/atomic"
+	"time"
 )
 
 // connection is one network connection of a session. Its sender is a
@@ -21,6 +22,9 @@ type connection struct {
 	// frees the place just before it writes the PUBACK or PUBCOMP, since
 	// the client may publish again as soon as it reads it.
 	inbound atomic.Int32
+	// awaiting is set while the connection is on the engine's durWait
+	// (under e.durMu).
+	awaiting bool
 
 	// Under s.mu.
 	gone    bool
@@ -36,14 +40,23 @@ type connection struct {
 	// PUBRELs free none [MQTT-4.9.0]. nil when none. Under s.mu.
 	carried map[uint16]bool
 
-	// The sender's own.
+	// The sender's own (or, while running is held for it, ackNow's).
+	// direct makes flush not wait (Conn.FlushNow): set by ackNow, whose
+	// goroutine must never wait for a client.
+	direct    bool
 	aliases   map[string]uint16
 	nextAlias uint16
 	pkt       Packet
 	unflushed bool // a Write since the last Flush
-	batch     []outgoing
-	acksOut   []ack
-	qos0Out   []Entry
+	// pending is what deliverNow took and could not write at once, for
+	// the sender to write first; busy is set when a WriteNow refused.
+	pending []outgoing
+	busy    bool
+	// lastDirect is when deliverNow last wrote (the dispatcher's own).
+	lastDirect time.Time
+	batch      []outgoing
+	acksOut    []ack
+	qos0Out    []Entry
 }
 
 // ack is one acknowledgement to write once the record at offset (0: none)
@@ -259,14 +272,28 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 
 // kick starts the sender unless it runs or there is nothing to write (a
 // PUBACK that freed a place of an empty window): a goroutine started only
-// to find nothing costs a wake-up of the scheduler per message. Whoever
-// gives the connection work does so before it kicks, and a running sender
-// looks for work again before it stops, so a kick is never lost. Called
-// without s.mu (hasWork takes it).
+// to find nothing costs a wake-up of the scheduler per message. When the
+// only work is an acknowledgement whose record is not durable yet (a
+// publish just appended), the sender starts at the log's next durability
+// event instead (awaitDurable), not now only to wait for it. Whoever gives
+// the connection work does so before it kicks, and a running sender looks
+// for work again before it stops, so a kick is never lost. Called without
+// s.mu (work takes it).
 func (c *connection) kick() {
-	if c.running.Load() || !c.hasWork() {
+	if c.running.Load() {
 		return
 	}
+	switch w, off := c.work(); w {
+	case workNone:
+	case workAckLater:
+		c.e.awaitDurable(c, off)
+	default:
+		c.start()
+	}
+}
+
+// start starts the sender unless it runs.
+func (c *connection) start() {
 	if c.running.CompareAndSwap(false, true) {
 		if !c.e.goSender(c.run) {
 			c.running.Store(false)
@@ -274,10 +301,226 @@ func (c *connection) kick() {
 	}
 }
 
+// ackNow is the log's durability event for a connection that waited for
+// it: when its only work is acknowledgements whose records are durable,
+// it writes them on the calling goroutine (the log's) and, if the socket
+// takes them at once, starts no sender at all; otherwise the sender
+// writes them, or what the socket left of them. It never waits for the
+// client: a slow or dead socket cannot hold the log's writer.
+func (c *connection) ackNow() {
+	if !c.running.CompareAndSwap(false, true) {
+		return // the sender runs: it takes them
+	}
+	if c.writeAcksNow() {
+		c.running.Store(false)
+		c.kick() // work that came meanwhile saw the sender running
+		return
+	}
+	if !c.e.goSender(c.run) {
+		c.running.Store(false)
+	}
+}
+
+// ackNowMax is the most acknowledgements ackNow writes itself: a round
+// far below edge's cork limit, which would write with a wait.
+const ackNowMax = 64
+
+// writeAcksNow writes the connection's acknowledgements without waiting,
+// when they are all it has to do and each one's record is durable (a
+// failed one closes a 3.1.1 connection, which may wait: the sender does
+// that). It reports whether it did and the socket took them all; false
+// leaves what is left to the sender. Called with running held.
+func (c *connection) writeAcksNow() bool {
+	s := c.s
+	s.mu.Lock()
+	if c.gone || c.closing || c.held || len(c.resend) > 0 || len(c.qos0) > 0 ||
+		len(c.acks) == 0 || len(c.acks) > ackNowMax || c.wantsWindow() {
+		s.mu.Unlock()
+		return false
+	}
+	for _, a := range c.acks {
+		if a.offset > 0 && c.e.log.WaitDurable(doneCtx, a.offset) != nil {
+			s.mu.Unlock()
+			return false
+		}
+	}
+	c.acksOut = append(c.acksOut[:0], c.acks...)
+	c.acks = c.acks[:0]
+	s.mu.Unlock()
+	c.direct = true
+	defer func() { c.direct = false }()
+	for i, a := range c.acksOut {
+		if a.counts {
+			c.inbound.Add(-1) // before the client can read it [MQTT-3.3.4-7]
+		}
+		c.pkt = Packet{Type: a.typ, PacketID: a.pid, ReasonCode: a.reason}
+		ok, err := c.conn.WriteNow(&c.pkt)
+		if err != nil {
+			c.lost()
+			return true
+		}
+		if !ok {
+			if a.counts {
+				c.inbound.Add(1) // not written: the sender frees it
+			}
+			// The rest goes back for the sender, ahead of what came since
+			// [MQTT-4.6.0-2].
+			s.mu.Lock()
+			c.acks = append(append([]ack(nil), c.acksOut[i:]...), c.acks...)
+			s.mu.Unlock()
+			return false
+		}
+		c.unflushed = true
+	}
+	if !c.flush() {
+		c.lost()
+		return true
+	}
+	return !c.unflushed
+}
+
+// deliverNow is the dispatcher's kick: for a clean session whose only
+// work is the few messages just offered to its queue, it writes them on
+// the dispatcher's goroutine when the socket takes them at once, and
+// starts no sender; otherwise it kicks, or leaves what the socket did not
+// take to the sender. It never waits for the client: a slow or dead
+// socket cannot hold the dispatcher.
+func (c *connection) deliverNow() {
+	if c.running.Load() {
+		return // the sender runs: it takes them
+	}
+	now := time.Now()
+	if now.Sub(c.lastDirect) < deliverNowGap {
+		c.kick() // a busy connection: its sender writes many per write
+		return
+	}
+	if !c.running.CompareAndSwap(false, true) {
+		return
+	}
+	c.lastDirect = now
+	switch c.writeDeliveriesNow() {
+	case nowDone:
+		c.running.Store(false)
+		c.kick() // work that came meanwhile saw the sender running
+	case nowNot:
+		c.running.Store(false)
+		c.kick()
+	case nowRest:
+		if !c.e.goSender(c.run) {
+			c.running.Store(false)
+		}
+	}
+}
+
+// What writeDeliveriesNow did.
+const (
+	nowNot  = iota // nothing: the sender's work
+	nowDone        // wrote everything (or found the connection gone)
+	nowRest        // wrote some: the rest (pending, unflushed) is the sender's
+)
+
+// deliverNowMax is the most messages deliverNow takes from a queue, and
+// deliverNowGap the least time between two of its rounds for one
+// connection: a connection that gets more messages than that (4,000/s)
+// is left to its sender, which, running for a while, writes many of them
+// per system call; the dispatcher would write each alone.
+const (
+	deliverNowMax = 4
+	deliverNowGap = 250 * time.Microsecond
+)
+
+// writeDeliveriesNow takes the session's queued messages and writes them
+// without waiting, when the session is clean (it logs nothing per
+// delivery, so nothing here waits for the log) and the queue holds all
+// there is to do, at most deliverNowMax, within the window. Called with
+// running held.
+func (c *connection) writeDeliveriesNow() int {
+	s := c.s
+	s.mu.Lock()
+	if c.gone || c.closing || c.held || s.persistent || len(c.acks) > 0 || len(c.resend) > 0 ||
+		len(c.qos0) > 0 || len(c.scanned) > 0 || s.holdRet > 0 || len(s.retained) > 0 ||
+		s.queue.Len() == 0 || s.queue.Len() > deliverNowMax || len(s.flights)+s.queue.Len() > c.window {
+		s.mu.Unlock()
+		return nowNot
+	}
+	for _, sb := range s.subs {
+		if sb.g != nil {
+			s.mu.Unlock()
+			return nowNot // a shared group's turn is the sender's
+		}
+	}
+	if _, ok := s.queue.Scan(); ok {
+		s.mu.Unlock()
+		return nowNot // the queue overflowed: the sender reads the log
+	}
+	batch := c.batch[:0]
+	for {
+		en, ok := s.queue.Pop()
+		if !ok {
+			break
+		}
+		if !c.deliverable(en.Msg) {
+			continue
+		}
+		if en.QoS == 0 {
+			batch = append(batch, outgoing{e: en})
+			continue
+		}
+		pid, f := c.newFlightLocked(en, nil)
+		batch = append(batch, outgoing{pid: pid, f: f, e: en})
+	}
+	s.mu.Unlock()
+	c.batch = batch
+	c.direct = true
+	defer func() { c.direct = false }()
+	for i := range batch {
+		if !c.writePublish(&batch[i]) {
+			c.lost()
+			return nowDone
+		}
+		if c.busy {
+			c.busy = false
+			c.pending = append(c.pending[:0], batch[i:]...)
+			clear(batch)
+			return nowRest
+		}
+	}
+	clear(batch)
+	if !c.flush() {
+		c.lost()
+		return nowDone
+	}
+	if c.unflushed {
+		return nowRest
+	}
+	return nowDone
+}
+
+// writePending writes what deliverNow left, first; false when the
+// connection is gone.
+func (c *connection) writePending() bool {
+	for i := range c.pending {
+		if !c.writePublish(&c.pending[i]) {
+			clear(c.pending)
+			c.pending = c.pending[:0]
+			return false
+		}
+	}
+	clear(c.pending)
+	c.pending = c.pending[:0]
+	return true
+}
+
 // run is the sender: it writes while there is work, then stops.
 func (c *connection) run() {
+	if len(c.pending) > 0 && !c.writePending() {
+		c.lost()
+	}
 	for {
 		for c.step() {
+		}
+		if c.unflushed && !c.flush() { // what ackNow's socket did not take
+			c.lost()
 		}
 		c.running.Store(false)
 		if !c.hasWork() || !c.running.CompareAndSwap(false, true) {

@@ -126,13 +126,22 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
 	e.idx.mu.RLock()
 	groups := e.match(m, off, msg, groupBuf[:0])
 	e.idx.mu.RUnlock()
+	// Written here, when few sessions want it and nothing else waits for
+	// the dispatcher (a message at a time, at a low rate): a sender per
+	// delivery would cost a goroutine and a wake-up each. Under load the
+	// senders write, in parallel and many messages per write.
+	direct := len(m.grants) <= deliverNowFanout && off >= e.log.LastOffset()
 	for i := range m.grants {
 		g := &m.grants[i]
 		// Kicked even when the queue turned the offer down: it overflowed,
 		// and the sender reads the log from now on.
 		g.s.queue.Offer(g.en)
 		if c := g.s.conn.Load(); c != nil {
-			c.kick()
+			if direct {
+				c.deliverNow()
+			} else {
+				c.kick()
+			}
 		}
 		g.en.Msg = nil
 	}
@@ -141,6 +150,10 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
 		g.kickMembers(nil)
 	}
 }
+
+// deliverNowFanout is the most sessions a message may match for the
+// dispatcher to write it to them itself (deliverNow).
+const deliverNowFanout = 4
 
 var matchers = sync.Pool{New: func() any { return new(matcher) }}
 

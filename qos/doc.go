@@ -36,15 +36,21 @@
 // The publisher's connection calls Client.Publish on its read goroutine:
 // the message is appended without waiting (Log.AppendAsync) and its PUBACK
 // queued. The publisher's sender (a goroutine that runs only while its
-// connection has work) waits until the record is durable and writes the
-// PUBACK; a window of publishes shares one group commit. The dispatcher
-// reads durable records in log order, matches each message once against
-// the index and offers it to every matching session's queue (a shared
-// message, no copy) and kicks their senders; each sender takes what its
-// client's window allows, assigns the engine's packet ids, logs a Deliver
-// record for a persistent session (waited for at QoS 2 before the PUBLISH)
-// and writes the PUBLISH. The subscriber's PUBACK (Client.Puback) frees the
-// packet id and logs a Complete record for a persistent session.
+// connection has work) writes the PUBACK once the record is durable; a
+// window of publishes shares one group commit. A connection whose only
+// work is such a PUBACK starts no sender to wait for it: the log's
+// durability event (Log.NotifyDurable) writes it on the log's goroutine
+// when the socket takes it at once (Conn.WriteNow, Conn.FlushNow, which
+// never wait), or starts the sender. The dispatcher reads durable records
+// in log order, matches each message once against the index and offers
+// it to every matching session's queue (a shared message, no copy) and
+// kicks their senders; each sender takes what its client's window allows,
+// assigns the engine's packet ids, logs a Deliver record for a persistent
+// session (waited for at QoS 2 before the PUBLISH) and writes the PUBLISH.
+// At a low rate the dispatcher writes a clean session's message itself,
+// the same way and never waiting for the socket. The subscriber's PUBACK
+// (Client.Puback) frees the packet id and logs a Complete record for a
+// persistent session.
 //
 // # What it guarantees
 //

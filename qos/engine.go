@@ -134,6 +134,12 @@ type Engine struct {
 	sessionN   atomic.Uint64
 	stopping   atomic.Bool
 
+	// durMu guards durWait: the connections whose only work is an
+	// acknowledgement whose record is not durable yet; the log's next
+	// durability event starts their senders (durableMoved).
+	durMu   sync.Mutex
+	durWait []*connection
+
 	stats counters
 }
 
@@ -187,6 +193,7 @@ func New(cfg Config) (*Engine, error) {
 
 // Start runs the dispatcher, the session timers and the checkpointer.
 func (e *Engine) Start() {
+	e.log.NotifyDurable(e.durableMoved)
 	e.wg.Add(3)
 	go e.dispatch()
 	go e.timerLoop()
@@ -211,6 +218,56 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	return e.checkpoint(e.shadowCopy())
+}
+
+// durableMoved is the log's durability event (Log.NotifyDurable), on the
+// log's goroutine: the connections that waited for it (awaitDurable) get
+// their acknowledgements written here when they are few and the socket
+// takes them at once (ackNow), or their senders started. It takes no lock but durMu and, to start a
+// sender, none the log holds.
+func (e *Engine) durableMoved() {
+	e.durMu.Lock()
+	w := e.durWait
+	e.durWait = nil
+	for _, c := range w {
+		c.awaiting = false
+	}
+	e.durMu.Unlock()
+	for _, c := range w {
+		if len(w) <= ackNowConns {
+			c.ackNow()
+		} else {
+			c.start()
+		}
+	}
+}
+
+// ackNowConns is the most connections whose acknowledgements the log's
+// goroutine writes itself at one durability event (ackNow): beyond, their
+// senders write them, in parallel, and the log goes back to its fsyncs.
+const ackNowConns = 2
+
+// awaitDurable makes c's sender start at the log's next durability event
+// rather than now: its only work is an acknowledgement of the record at
+// off, which is not durable yet, and a sender started now would only wait
+// for it (a goroutine started, parked and woken per message). It checks
+// again once registered: the event may have come in between.
+func (e *Engine) awaitDurable(c *connection, off uint64) {
+	e.durMu.Lock()
+	if !c.awaiting {
+		c.awaiting = true
+		e.durWait = append(e.durWait, c)
+	}
+	e.durMu.Unlock()
+	if e.resolved(off) {
+		c.start()
+	}
+}
+
+// resolved reports whether the record at off is durable or failed:
+// WaitDurable would not wait for it.
+func (e *Engine) resolved(off uint64) bool {
+	return !errors.Is(e.log.WaitDurable(doneCtx, off), context.Canceled)
 }
 
 // goSender starts f as a goroutine the engine waits for; false once the

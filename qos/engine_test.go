@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -287,5 +288,135 @@ func TestReadyAckDoesNotWaitForNextFsync(t *testing.T) {
 	h.log.release()
 	if got := conn.waitFor(t, 1); got[0].Type != qos.PacketPuback || got[0].PacketID != 2 {
 		t.Fatalf("got %s, want PUBACK 2", types(got))
+	}
+}
+
+// A publish whose record is not durable yet starts no sender that would
+// only wait for it: the log's durability event starts it, and the PUBACK
+// still follows the record's durability.
+func TestAckStartsNoSenderBeforeDurable(t *testing.T) {
+	h := newHarness(t, nil)
+	conn := newFakeConn()
+	cl, _, err := h.e.Connect(conn, qos.ConnectInfo{ClientID: "pub", ProtocolVersion: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Established()
+	conn.settle()
+	before := runtime.NumGoroutine()
+	h.log.holdFrom()
+	t.Cleanup(h.log.release)
+	if err := cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("held")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if p := conn.settle(); len(p) != 0 {
+		t.Fatalf("acknowledged before its record is durable: %s", types(p))
+	}
+	if n := runtime.NumGoroutine(); n != before {
+		t.Errorf("%d goroutines while the record waits, %d before the publish: a sender waits for it", n, before)
+	}
+	h.log.release()
+	if got := conn.waitFor(t, 1); got[0].Type != qos.PacketPuback || got[0].PacketID != 1 {
+		t.Fatalf("got %s, want PUBACK 1", types(got))
+	}
+}
+
+// The acknowledgements a durability event made ready are written on the
+// log's goroutine only when the connection takes them at once; a busy
+// connection, or a socket that takes nothing now, leaves them to the
+// sender, in order [MQTT-4.6.0-2].
+func TestAckNowLeavesTheRestToTheSender(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		slow, busy bool
+	}{{"takes them", false, false}, {"socket full", true, false}, {"another write holds it", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			conn := newFakeConn()
+			conn.slow, conn.busy = tc.slow, tc.busy
+			cl, _, err := h.e.Connect(conn, qos.ConnectInfo{ClientID: "pub", ProtocolVersion: 5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.Established()
+			conn.settle()
+			h.log.holdFrom()
+			t.Cleanup(h.log.release)
+			for pid := uint16(1); pid <= 3; pid++ {
+				if err := cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("m")}, pid); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h.log.release()
+			got := conn.waitFor(t, 3)
+			for i, p := range got {
+				if p.Type != qos.PacketPuback || p.PacketID != uint16(i+1) {
+					t.Fatalf("got %s, want PUBACK 1, 2, 3", types(got))
+				}
+			}
+			// The window is free again: three more go through.
+			for pid := uint16(4); pid <= 6; pid++ {
+				if err := cl.Publish(&qos.Message{Topic: "t", QoS: 1, Payload: []byte("m")}, pid); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := conn.waitFor(t, 3); len(got) != 3 {
+				t.Fatalf("got %s after the window freed", types(got))
+			}
+		})
+	}
+}
+
+// The dispatcher writes a clean session's new messages itself only when
+// the connection takes them at once; a busy connection, or a socket that
+// takes nothing now, leaves them to the sender: every message arrives,
+// once, in order, with topic aliases assigned in the order the packets
+// reach the wire [MQTT-3.3.2-7].
+func TestDeliverNowLeavesTheRestToTheSender(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		slow, busy bool
+	}{{"takes them", false, false}, {"socket full", true, false}, {"another write holds it", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			sub := h.connect("sub", false, func(i *qos.ConnectInfo) { i.TopicAliasMaximum = 10 })
+			sub.subscribe("t/#", 1)
+			sub.conn.settle()
+			sub.conn.mu.Lock()
+			sub.conn.slow, sub.conn.busy = tc.slow, tc.busy
+			sub.conn.mu.Unlock()
+			pub := h.connect("pub", false)
+			const n = 20
+			for i := range n {
+				pub.publish(fmt.Sprintf("t/%d", i%3), 1, uint16(i+1), fmt.Sprint(i))
+			}
+			var got []qos.Packet
+			for len(got) < n {
+				got = append(got, sub.conn.waitFor(t, 1)...)
+			}
+			aliases := map[uint16]string{}
+			for i, p := range got {
+				if p.Type != qos.PacketPublish || string(p.Message.Payload) != fmt.Sprint(i) {
+					t.Fatalf("delivery %d: %s %q, want PUBLISH %d", i, types(got[i:i+1]), p.Message.Payload, i)
+				}
+				topic := p.Message.Topic
+				switch {
+				case p.AliasOnly && aliases[p.TopicAlias] != topic:
+					t.Fatalf("delivery %d: alias %d for %s, which the client knows as %q", i, p.TopicAlias, topic, aliases[p.TopicAlias])
+				case !p.AliasOnly && p.TopicAlias > 0:
+					if _, ok := aliases[p.TopicAlias]; ok {
+						t.Fatalf("delivery %d: alias %d set again", i, p.TopicAlias)
+					}
+					if int(p.TopicAlias) != len(aliases)+1 {
+						t.Fatalf("delivery %d: alias %d first on the wire, want %d", i, p.TopicAlias, len(aliases)+1)
+					}
+					aliases[p.TopicAlias] = topic
+				}
+				sub.cl.Puback(p.PacketID)
+			}
+			if p := sub.conn.settle(); len(p) != 0 {
+				t.Fatalf("more after the %d: %s", n, types(p))
+			}
+		})
 	}
 }

@@ -38,6 +38,9 @@ type memLog struct {
 	// onRead, if set, is called (without the lock) before every Read: a
 	// test can stop a reader there.
 	onRead func(off uint64)
+	// onDurable is NotifyDurable's function, called without the lock
+	// after every append (durable or failed at once) and release.
+	onDurable func()
 }
 
 // holdFrom makes the records from the next append on wait for release.
@@ -50,10 +53,21 @@ func (l *memLog) holdFrom() {
 // release makes the held records durable.
 func (l *memLog) release() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.hold = 0
 	close(l.notify)
 	l.notify = make(chan struct{})
+	fn := l.onDurable
+	l.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+// NotifyDurable sets what the log calls at each durability event.
+func (l *memLog) NotifyDurable(fn func()) {
+	l.mu.Lock()
+	l.onDurable = fn
+	l.mu.Unlock()
 }
 
 // durableLocked is the newest durable offset. Called with mu held.
@@ -71,6 +85,17 @@ func newMemLog() *memLog {
 var _ qos.Log = (*memLog)(nil)
 
 func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
+	off, err := l.appendAsync(recs)
+	l.mu.Lock()
+	fn := l.onDurable
+	l.mu.Unlock()
+	if err == nil && fn != nil {
+		fn()
+	}
+	return off, err
+}
+
+func (l *memLog) appendAsync(recs [][]byte) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -292,6 +317,9 @@ type fakeConn struct {
 	// Flush wrote, on the engine's goroutine that flushed: the client
 	// answers at once, before the engine goes on.
 	onFlush func([]qos.Packet)
+	// slow makes FlushNow take nothing (a socket that would block), busy
+	// makes WriteNow refuse (another write holds the connection).
+	slow, busy bool
 }
 
 func newFakeConn() *fakeConn { return &fakeConn{notify: make(chan struct{}, 1)} }
@@ -324,6 +352,32 @@ func (c *fakeConn) Flush() error {
 		on(out)
 	}
 	return nil
+}
+
+// WriteNow is Write, unless busy.
+func (c *fakeConn) WriteNow(p *qos.Packet) (bool, error) {
+	c.mu.Lock()
+	busy := c.busy
+	c.mu.Unlock()
+	if busy {
+		return false, nil
+	}
+	return true, c.Write(p)
+}
+
+// FlushNow is Flush, unless slow: then it takes nothing.
+func (c *fakeConn) FlushNow() (bool, error) {
+	c.mu.Lock()
+	if c.slow && !c.closed && !c.fail {
+		empty := len(c.kept) == 0
+		c.mu.Unlock()
+		return empty, nil
+	}
+	c.mu.Unlock()
+	if err := c.Flush(); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 func (c *fakeConn) flushLocked() {

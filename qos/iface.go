@@ -51,8 +51,15 @@ type Log interface {
 	// WaitDurable waits until the record at offset is durable under the
 	// log's sync policy, and returns the append's error if it failed. When
 	// it returns nil for an offset, every record below it is either durable
-	// or a hole.
+	// or a hole. With a ctx already done it does not wait: ctx's error then
+	// means the record is neither durable nor failed yet.
 	WaitDurable(ctx context.Context, offset uint64) error
+	// NotifyDurable sets fn, which the log calls each time appended
+	// records became durable or failed (WaitDurable stops waiting for
+	// them), and when the log fails. It may run on the log's own
+	// goroutine, which waits for it: fn must not block. The engine sets it
+	// in Start and starts there the senders whose acknowledgements waited.
+	NotifyDurable(fn func())
 	// Read returns the durable record at offset (the caller's to keep:
 	// the log never writes to it again).
 	// Errors wrap ErrHole, ErrTrimmed or ErrLogClosed; any other error is a
@@ -193,6 +200,18 @@ type Conn interface {
 	// for the log, so a packet never waits in the buffer for anything but
 	// the rest of its round. An error means the connection is gone.
 	Flush() error
+	// WriteNow is Write without waiting: false, with nothing written or
+	// kept, when the connection cannot take p at once (another write holds
+	// it). FlushNow is Flush without waiting: it writes what Write kept as
+	// far as the connection takes it at once, and reports whether all of
+	// it went; what did not go stays kept, in order, for the next Flush. A
+	// connection that cannot write without waiting (TLS, WebSocket) may
+	// always report false. An error means the connection is gone. The
+	// engine calls them on goroutines that must never wait for a client
+	// (the log's, at a durability event), and leaves what they did not
+	// take to the connection's sender.
+	WriteNow(p *Packet) (bool, error)
+	FlushNow() (bool, error)
 	// Close ends the connection: for an MQTT 5 client it writes DISCONNECT
 	// with reason first [MQTT-3.14.2.1], after the packets already
 	// written or kept. The engine calls it for protocol errors it finds (Receive

@@ -457,6 +457,15 @@ func (c *connection) writePublish(o *outgoing) bool {
 			e.stats.redelivers.Add(1)
 		}
 		return true
+	case errors.Is(err, errBusy):
+		// Not written: the sender writes it (pending), with the alias
+		// assigned again in wire order.
+		if c.pkt.TopicAlias > 0 && !c.pkt.AliasOnly {
+			delete(c.aliases, m.Topic)
+			c.nextAlias--
+		}
+		c.busy = true
+		return true
 	case errors.Is(err, ErrTooLarge):
 		e.stats.dropTooLarge.Add(1)
 		if c.pkt.TopicAlias > 0 && !c.pkt.AliasOnly {
@@ -471,19 +480,39 @@ func (c *connection) writePublish(o *outgoing) bool {
 }
 
 // write writes p through the connection, which may keep it until flush.
+// For deliverNow and ackNow (direct) it does not wait: errBusy says the
+// connection took nothing, another write holding it.
 func (c *connection) write(p *Packet) error {
-	err := c.conn.Write(p)
+	var err error
+	if c.direct {
+		var ok bool
+		if ok, err = c.conn.WriteNow(p); err == nil && !ok {
+			return errBusy
+		}
+	} else {
+		err = c.conn.Write(p)
+	}
 	if err == nil {
 		c.unflushed = true
 	}
 	return err
 }
 
+// errBusy is write's "not now" for direct writes.
+var errBusy = errors.New("qos: connection busy")
+
 // flush writes what the connection kept since the last flush: a round's
 // packets leave in one write. It reports false when the connection is gone.
+// For ackNow (direct) it does not wait: what the socket did not take stays
+// kept (unflushed) for the sender.
 func (c *connection) flush() bool {
 	if !c.unflushed {
 		return true
+	}
+	if c.direct {
+		all, err := c.conn.FlushNow()
+		c.unflushed = !all
+		return err == nil
 	}
 	c.unflushed = false
 	return c.conn.Flush() == nil
@@ -566,15 +595,45 @@ func (s *session) idsFor(topic string) []int {
 
 // hasWork reports whether a step would find anything to do.
 func (c *connection) hasWork() bool {
+	w, _ := c.work()
+	return w != workNone
+}
+
+// What a step would find (work).
+const (
+	workNone     = iota
+	workNow      // something to write now
+	workAckLater // only acknowledgements, the first one's record not durable yet
+)
+
+// work says what a step would find to do and, for workAckLater, the
+// offset the first acknowledgement waits for.
+func (c *connection) work() (int, uint64) {
 	s := c.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c.gone || c.closing || c.held {
-		return false
+		return workNone, 0
 	}
-	if len(c.acks) > 0 || len(c.resend) > 0 || len(c.qos0) > 0 {
-		return true
+	if len(c.resend) > 0 || len(c.qos0) > 0 {
+		return workNow, 0
 	}
+	if len(c.acks) > 0 {
+		if off := c.acks[0].offset; off > 0 && !c.e.resolved(off) && !c.wantsWindow() {
+			return workAckLater, off
+		}
+		return workNow, 0
+	}
+	if c.wantsWindow() {
+		return workNow, 0
+	}
+	return workNone, 0
+}
+
+// wantsWindow reports whether there are deliveries to take within the
+// window. Called with s.mu held.
+func (c *connection) wantsWindow() bool {
+	s := c.s
 	if len(s.flights) >= c.window {
 		return false
 	}

@@ -77,6 +77,9 @@ type Log struct {
 	// tailCache serves reads of the newest records without a pread.
 	tailCache tailCache
 
+	// notify is NotifyDurable's function (nil: none).
+	notify atomic.Pointer[func()]
+
 	stats counters
 }
 
@@ -354,7 +357,8 @@ func (l *Log) AppendAsync(recs ...[]byte) (first uint64, err error) {
 
 // WaitDurable waits until offset is durable under the sync policy. It
 // returns the append's error if offset failed, ErrNotFound for an offset
-// never handed out, and ctx.Err() if ctx ends first.
+// never handed out, and ctx.Err() if ctx ends first; with a ctx already
+// done it does not wait: ctx.Err() then means "not durable yet".
 func (l *Log) WaitDurable(ctx context.Context, offset uint64) error {
 	l.qmu.Lock()
 	next := l.next
@@ -468,6 +472,27 @@ func (l *Log) holeErr(first, last uint64) error {
 		}
 	}
 	return nil
+}
+
+// NotifyDurable sets fn, which the log calls each time appended records
+// became durable or failed (after WaitDurable stops waiting for them),
+// and when the log fails: a consumer can then start what waits for them
+// instead of keeping a goroutine blocked in WaitDurable. fn runs on the
+// log's writer goroutine (or its sync goroutine), so it must not block:
+// every fsync waits for it. nil removes it.
+func (l *Log) NotifyDurable(fn func()) {
+	if fn == nil {
+		l.notify.Store(nil)
+		return
+	}
+	l.notify.Store(&fn)
+}
+
+// notifyDurable calls NotifyDurable's function, if any.
+func (l *Log) notifyDurable() {
+	if fn := l.notify.Load(); fn != nil {
+		(*fn)()
+	}
 }
 
 // FirstOffset returns the offset of the oldest record still in the log. The

@@ -151,6 +151,7 @@ type chunk struct {
 // failure it puts the files back as they were before the batch and turns
 // the batch's offsets into holes.
 func (l *Log) writeBatch(b *batch) {
+	defer l.notifyDurable()
 	buf, sizes, first := b.buf, b.sizes, b.first
 	if err := l.failure(); err != nil {
 		// Queued before the log failed: writing behind the half record
@@ -300,6 +301,7 @@ func (l *Log) fail(cause error) {
 	}
 	l.smu.Unlock()
 	if first {
+		l.notifyDurable()
 		l.log.Error("wal: fsync failed; records written since the last good fsync may not be on disk; the log takes no more appends until reopened", "err", cause)
 	}
 }
