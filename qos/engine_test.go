@@ -67,6 +67,9 @@ type client struct {
 	// QoS 2 packet ids received and not yet released (the receiver's
 	// state of [MQTT-4.3.3-9]), kept across connections.
 	rec map[uint16]bool
+	// maxSize is every connection's fakeConn.maxSize, set before the
+	// engine can write to it.
+	maxSize int
 }
 
 func (h *harness) connect(id string, persistent bool, mod ...func(*qos.ConnectInfo)) *client {
@@ -86,6 +89,7 @@ func (h *harness) connect(id string, persistent bool, mod ...func(*qos.ConnectIn
 func (c *client) reconnect() bool {
 	c.t.Helper()
 	c.conn = newFakeConn()
+	c.conn.maxSize = c.maxSize
 	cl, present, err := c.h.e.Connect(c.conn, c.info)
 	if err != nil {
 		c.t.Fatalf("connect %s: %v", c.id, err)

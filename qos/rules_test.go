@@ -213,6 +213,7 @@ func TestRetainedAtSubscribeAllFlow(t *testing.T) {
 func TestOversizedDroppedNextFlows(t *testing.T) {
 	h := newHarness(t, nil)
 	sub := h.connect("sub", true)
+	sub.maxSize = 10
 	sub.conn.maxSize = 10
 	sub.subscribe("t", 1)
 	src := h.connect("src", false)
@@ -226,8 +227,7 @@ func TestOversizedDroppedNextFlows(t *testing.T) {
 	sub.cl.Disconnect(false, nil)
 	src.publish("t", 1, 3, "big big big big big")
 	src.publish("t", 1, 4, "small2")
-	sub.reconnect()
-	sub.conn.maxSize = 10
+	sub.reconnect() // maxSize set before the sender writes
 	got = sub.conn.waitFor(t, 1)
 	if string(got[0].Message.Payload) != "small2" {
 		t.Fatalf("after reconnect got %q", got[0].Message.Payload)
