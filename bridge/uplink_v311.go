@@ -183,8 +183,14 @@ func (l *v311link) publish(ctx context.Context, o outbound, f flight, done func(
 	if o.qos == 0 {
 		return l.wait(ctx, tok)
 	}
+	a := waitingAck{tok: tok, f: f, done: done}
 	select {
-	case l.acks <- waitingAck{tok: tok, f: f, done: done}:
+	case l.acks <- a: // the common case, without a select over two channels
+		return nil
+	default:
+	}
+	select {
+	case l.acks <- a:
 		return nil
 	case <-l.lostCh:
 		return l.cause()
