@@ -179,6 +179,20 @@ func TestTLS(t *testing.T) {
 			t.Errorf("bridge state %+v, want a clear CA error", s)
 		}
 	})
+	t.Run("insecure_skip_verify", func(t *testing.T) {
+		ta := newTally(50)
+		tlsClient(t, up.addr, dir, ta)
+		bc := bridgeTo("central", "mqtts://"+up.addr)
+		bc.TLS.CAFile = other.path // not the server's CA: the check is skipped
+		bc.TLS.InsecureSkipVerify = true
+		bc.TLS.CertFile, bc.TLS.KeyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+		b, logBuf := startEdgeLog(t, t.TempDir(), []edge.BridgeConfig{bc}, nil)
+		publishN(t, client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil), 2, 50, 0)
+		ta.wait(t, 20*time.Second)
+		if l := logBuf.String(); !strings.Contains(l, `level=WARN msg="bridge: tls.insecure_skip_verify is set: the upstream's certificate is not checked`) {
+			t.Errorf("no loud warning in the log:\n%s", l)
+		}
+	})
 	t.Run("mutual TLS", func(t *testing.T) {
 		ta := newTally(200)
 		// The test's subscriber needs a certificate too.
@@ -300,4 +314,40 @@ func TestWebSocketUpstream(t *testing.T) {
 			ta.wait(t, 20*time.Second)
 		})
 	}
+}
+
+// TestRefusedLoginBacksOff: an upstream that refuses the bridge's password
+// is tried again with a growing backoff (capped, full jitter), not at the
+// pace of backoff_min; local clients are served meanwhile.
+func TestRefusedLoginBacksOff(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-c", "-b", pw, "bridge", "other-password").CombinedOutput(); err != nil {
+		t.Skipf("mosquitto_passwd: %v %s", err, out)
+	}
+	up := startMosquitto(t, fmt.Sprintf("password_file %s\nallow_anonymous false\n", pw))
+	bc := bridgeTo("central", "mqtt://"+up.addr)
+	bc.Username, bc.Password = "bridge", "s3cret"
+	bc.BackoffMin, bc.BackoffMax = 20*time.Millisecond, 2*time.Second
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	local := client(t, "tcp://"+b.Addr("tcp").String(), "sub", true, nil)
+	subscribeAll(t, local)
+	const watch = 3 * time.Second
+	time.Sleep(watch)
+	publishN(t, client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil), 1, 10, 0) // served throughout
+	log, err := os.ReadFile(up.logf.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts := strings.Count(string(log), "New connection from")
+	// At backoff_min the bridge would have tried about 150 times; doubling
+	// from 20 ms up to 2 s, with each wait drawn below its cap, about 8.
+	if attempts < 2 || attempts > 25 {
+		t.Errorf("%d connection attempts to a refusing upstream in %s, want a growing backoff (2 to 25)", attempts, watch)
+	}
+	s := status(t, b, "central")
+	if s.Connected || !strings.Contains(s.LastError, "upstream refused the connection") {
+		t.Errorf("state %+v, want not connected, the refusal as last error", s)
+	}
+	t.Logf("%d attempts in %s to an upstream refusing the login", attempts, watch)
 }

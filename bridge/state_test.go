@@ -1,6 +1,7 @@
 package bridge_test
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -35,20 +36,9 @@ func TestStateTruthful(t *testing.T) {
 	p := newProxy(t, up.addr)
 	bc := bridgeTo("central", proxyURL(p))
 	bc.Downlink = []edge.DownlinkRule{{Filter: "cmd/#", Local: "{topic}", QoS: 1}}
-	var logBuf lockedBuffer
 	reg := prometheus.NewRegistry()
-	b, err := edge.New(edgeConfig(t.TempDir(), []edge.BridgeConfig{bc}), edge.Options{
-		Logger:   slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Registry: reg,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	started := time.Now()
-	if err := b.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopEdge(t, b) })
+	b, logBuf := startEdgeLog(t, t.TempDir(), []edge.BridgeConfig{bc}, reg)
 	m := func(name string) float64 { t.Helper(); return metric(t, reg, name) }
 	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Connected })
 	if m("edgemq_bridge_connected") != 1 || m("edgemq_bridge_upstream") != 0 || m("edgemq_bridge_reconnects_total") != 0 {
@@ -141,4 +131,23 @@ func dropped(t testing.TB, reg *prometheus.Registry, reason string) float64 {
 	}
 	t.Fatalf("no edgemq_bridge_dropped_messages_total{reason=%q}", reason)
 	return 0
+}
+
+// startEdgeLog is startEdgeReg with the broker's log (Info and up) kept for
+// the test to read.
+func startEdgeLog(t testing.TB, dir string, bridges []edge.BridgeConfig, reg *prometheus.Registry) (*edge.Broker, *lockedBuffer) {
+	t.Helper()
+	logBuf := &lockedBuffer{}
+	b, err := edge.New(edgeConfig(dir, bridges), edge.Options{
+		Logger:   slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Registry: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopEdge(t, b) })
+	return b, logBuf
 }

@@ -34,6 +34,29 @@ func TestBridgeConfigErrors(t *testing.T) {
 	}
 }
 
+// TestBridgeConfigEnv: a bridge's secrets come from the environment
+// (${VAR}), as every value of the file may.
+func TestBridgeConfigEnv(t *testing.T) {
+	t.Setenv("EDGEMQ_TEST_BRIDGE_PASSWORD", "s3cret: with $ and #")
+	t.Setenv("EDGEMQ_TEST_BRIDGE_USER", "gateway-17")
+	cfg, err := edge.ParseConfig([]byte(`
+bridges:
+  - name: central
+    upstreams: ["mqtt://127.0.0.1:1883"]
+    client_id: ${EDGEMQ_TEST_BRIDGE_USER}
+    username: ${EDGEMQ_TEST_BRIDGE_USER}
+    password: ${EDGEMQ_TEST_BRIDGE_PASSWORD}
+    forward: [{filter: "a/#", remote: "gw/${EDGEMQ_TEST_BRIDGE_USER}/{topic}"}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.Bridges[0]
+	if b.Password != "s3cret: with $ and #" || b.Username != "gateway-17" || b.ClientID != "gateway-17" || b.Forward[0].Remote != "gw/gateway-17/{topic}" {
+		t.Errorf("bridge with ${VAR}: username %q password %q client_id %q remote %q", b.Username, b.Password, b.ClientID, b.Forward[0].Remote)
+	}
+}
+
 // TestBridgeConfigDefaults: a bridge and its rules in a file start from the
 // defaults; a value the file sets, zero included, stays.
 func TestBridgeConfigDefaults(t *testing.T) {

@@ -82,7 +82,8 @@ type ConfigCheck struct {
 	Problems []*ConfigError
 	// Warnings are what the broker would change or risk at start on this
 	// configuration: listeners moved to loopback, anonymous clients on a
-	// listener that is not loopback.
+	// listener that is not loopback, a bridge that does not check its
+	// upstream's certificate.
 	Warnings []*ConfigError
 
 	lineOf func(string) int
@@ -143,6 +144,12 @@ func CheckConfig(path string) *ConfigCheck {
 	for _, i := range anonymousExposed(cfg) {
 		c.Warnings = append(c.Warnings, c.At(fmt.Sprintf("listeners[%d].address", i),
 			"warning: anonymous clients allowed on a listener that is not loopback (%s): anyone who reaches it may publish and subscribe", cfg.Listeners[i].Address))
+	}
+	for i, bc := range cfg.Bridges {
+		if bc.TLS.InsecureSkipVerify {
+			c.Warnings = append(c.Warnings, c.At(fmt.Sprintf("bridges[%d].tls.insecure_skip_verify", i),
+				"warning: the upstream's certificate is not checked: anyone on the path can read and change the bridge's traffic (set tls.ca_file instead)"))
+		}
 	}
 	return c
 }

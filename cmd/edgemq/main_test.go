@@ -131,6 +131,11 @@ func TestCheck(t *testing.T) {
 	noCert := writeFile(t, dir, "nocert.yaml", "listeners:\n  - type: tcp\n    address: 127.0.0.1:0\n    tls: {cert_file: "+filepath.Join(dir, "c.pem")+", key_file: "+filepath.Join(dir, "k.pem")+"}\n")
 	runCmd(t, "", "check", noCert).want(t, 1, nil, []string{noCert + ":4: listeners[0].tls.cert_file: load certificate and key: ", "no such file"})
 
+	// A bridge that does not check its upstream's certificate: valid, loudly.
+	insecure := writeFile(t, dir, "insecure.yaml", "storage: {dir: "+filepath.Join(dir, "data")+"}\nbridges:\n  - name: central\n    upstreams: [\"mqtts://127.0.0.1:8883\"]\n    client_id: edge-1\n    tls: {insecure_skip_verify: true}\n    forward: [{filter: \"#\"}]\n")
+	runCmd(t, "", "check", insecure).want(t, 0, []string{insecure + ": OK"},
+		[]string{insecure + ":6: bridges[0].tls.insecure_skip_verify: warning: the upstream's certificate is not checked"})
+
 	runCmd(t, "", "check", filepath.Join(dir, "missing.yaml")).want(t, 1, nil, []string{"missing.yaml: cannot read: ", "no such file"})
 	runCmd(t, "", "check", "a", "b").want(t, 2, nil, []string{"check takes at most one config file"})
 }
