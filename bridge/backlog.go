@@ -9,7 +9,10 @@ import (
 )
 
 // backlog is what one forward rule holds back in the log: the bytes of the
-// records from its position to the end. It is kept incrementally, by the
+// records from its position to the end, and how many of them are messages
+// the rule sends (each record's head is peeked at when it arrives, and the
+// rule's messages are marked, so passing them needs no read). It is kept
+// incrementally, by the
 // bridge's housekeeping goroutine only: each record is read once when it
 // arrives, and its bytes are added to the sum of its block (blockRecords
 // consecutive offsets); as the rule moves on, the blocks it passed leave the
@@ -19,9 +22,59 @@ import (
 type backlog struct {
 	from, to   uint64 // the records in [from, to) are counted
 	bytes      int64
-	first      uint64        // the block of sums[0]
-	sums       []int64       // the counted bytes of blocks first, first+1, ...
+	first      uint64  // the block of sums[0]
+	sums       []int64 // the counted bytes of blocks first, first+1, ...
+	messages   uint64  // the rule's messages in [from, to): marked in takes
+	takes      marks
 	head, tail qos.LogReader // at from and at to: sequential reads, 4 KiB at a time
+}
+
+// marks is a set of offsets in a sliding window, one bit each: the records
+// of a backlog that are messages of its rule. It holds the window [base,
+// base+64*len(bits)).
+type marks struct {
+	base uint64 // a multiple of 64
+	bits []uint64
+}
+
+func (m *marks) set(off uint64) {
+	if len(m.bits) == 0 {
+		m.base = off &^ 63
+	}
+	i := (off - m.base) / 64
+	for uint64(len(m.bits)) <= i {
+		m.bits = append(m.bits, 0)
+	}
+	m.bits[i] |= 1 << (off % 64)
+}
+
+// count returns how many offsets in [from, to) are set.
+func (m *marks) count(from, to uint64) uint64 {
+	var n uint64
+	for off := max(from, m.base); off < to && off < m.base+64*uint64(len(m.bits)); off++ {
+		if m.bits[(off-m.base)/64]&(1<<(off%64)) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// drop forgets the offsets below from.
+func (m *marks) drop(from uint64) {
+	for len(m.bits) > 0 && from >= m.base+64 {
+		m.bits = m.bits[1:]
+		m.base += 64
+	}
+	if len(m.bits) == 0 {
+		m.bits = nil // let a long backlog's array go
+	}
+}
+
+// passMessages takes the rule's messages in [from, to) out of the count,
+// whether or not their records can still be read, as the rule moves to to.
+func (a *backlog) passMessages(from, to uint64) {
+	a.messages -= min(a.takes.count(from, to), a.messages)
+	a.takes.drop(to)
 }
 
 // blockRecords is the offsets of one block: a block's sum costs 8 bytes of
@@ -57,6 +110,7 @@ func (b *Bridge) account(r *rule) {
 	if a.head == nil || low < a.from || low > a.to {
 		*a = backlog{from: low, to: low, head: b.log.NewReader(low), tail: b.log.NewReader(low)}
 	}
+	a.passMessages(a.from, low)
 	// The blocks wholly below low's leave without being read.
 	lowBlock := low / blockRecords
 	for len(a.sums) > 0 && a.first < lowBlock {
@@ -68,18 +122,25 @@ func (b *Bridge) account(r *rule) {
 		a.from = start
 		a.head.Seek(start)
 	}
-	readUpTo(a.head, low, a.leave)
+	readUpTo(a.head, low, func(off uint64, rec []byte) { a.leave(off, int64(len(rec))) })
 	a.from = low
 	end := b.log.LastOffset() + 1
-	readUpTo(a.tail, end, a.add)
+	readUpTo(a.tail, end, func(off uint64, rec []byte) {
+		a.add(off, int64(len(rec)))
+		// The head only: no copy of the payload, no allocation.
+		if h, ok := qos.PeekMessage(rec); ok && string(h.Origin) != b.origin && qos.Match(r.fwd.Filter, string(h.Topic)) {
+			a.takes.set(off)
+			a.messages++
+		}
+	})
 	a.to = end
 	a.bytes = max(a.bytes, 0)
 }
 
 // readUpTo reads r up to (not including) end, without waiting, and calls
-// f with the offset and the bytes of each record read. Holes and removed
-// records count nothing.
-func readUpTo(r qos.LogReader, end uint64, f func(off uint64, n int64)) {
+// f with the offset and each record read (valid during the call). Holes
+// and removed records count nothing.
+func readUpTo(r qos.LogReader, end uint64, f func(off uint64, rec []byte)) {
 	for r.Offset() < end {
 		off, rec, err := r.Next(noWait)
 		if err != nil {
@@ -95,7 +156,7 @@ func readUpTo(r qos.LogReader, end uint64, f func(off uint64, n int64)) {
 			r.Seek(off)
 			break
 		}
-		f(off, int64(len(rec)))
+		f(off, rec)
 	}
 }
 
@@ -115,6 +176,7 @@ var noWait = func() context.Context {
 func (b *Bridge) trim(r *rule) {
 	a := &r.backlog
 	cutAge := b.cfg.MaxBacklogAge
+	from := a.from
 	for a.from < a.to {
 		overBytes := b.cfg.MaxBacklogBytes > 0 && a.bytes > b.cfg.MaxBacklogBytes
 		rec, err := b.log.Read(a.from)
@@ -150,10 +212,23 @@ func (b *Bridge) trim(r *rule) {
 		a.leave(a.from, int64(len(rec)))
 		a.from++
 	}
+	a.passMessages(from, a.from)
 	a.head.Seek(a.from)
 	r.mu.Lock()
 	if r.head == len(r.pending) && a.from > r.next {
 		r.next = a.from
 	}
 	r.mu.Unlock()
+}
+
+// storeBacklog publishes the largest backlog of the bridge's rules, in
+// bytes and in messages, for Status. Called by the housekeeping goroutine.
+func (b *Bridge) storeBacklog() {
+	var n int64
+	var msgs uint64
+	for _, r := range b.rules {
+		n, msgs = max(n, r.backlog.bytes), max(msgs, r.backlog.messages)
+	}
+	b.backlogBytes.Store(n)
+	b.backlogMessages.Store(msgs)
 }

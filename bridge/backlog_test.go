@@ -38,6 +38,9 @@ func TestMaxBacklogBytes(t *testing.T) {
 		t.Errorf("backlog %d bytes, want at most the budget %d and more than none", s.BacklogBytes, budget)
 	}
 	dropped := int(s.Dropped[bridge.DropMaxBytes])
+	if int(s.BacklogMessages) != n-dropped {
+		t.Errorf("backlog %d messages after the trim, want the %d not dropped", s.BacklogMessages, n-dropped)
+	}
 	p.Restore()
 	waitForwarded(t, ta, n-dropped, 20*time.Second)
 	time.Sleep(200 * time.Millisecond) // nothing more may come

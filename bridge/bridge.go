@@ -87,6 +87,10 @@ type Status struct {
 	// has not passed yet: an upper bound of the messages it still has to
 	// send (the log also holds other records and other topics).
 	BacklogRecords uint64
+	// BacklogMessages is the number of messages the slowest forward rule
+	// still has to send: those of its topics, not brought down by this
+	// bridge (counted every half second, as each record arrives).
+	BacklogMessages uint64
 	// BacklogBytes is the size of the log records the slowest rule holds
 	// back (counted every half second).
 	BacklogBytes int64
@@ -127,6 +131,7 @@ type Bridge struct {
 
 	forwarded, received, reconnects atomic.Uint64
 	backlogBytes                    atomic.Int64
+	backlogMessages                 atomic.Uint64
 
 	// Repeating log lines, at most one a minute each.
 	badRecords, noRule logThrottle
@@ -278,7 +283,7 @@ func (b *Bridge) run(ctx context.Context) {
 		s := b.Status()
 		b.lg.Warn("bridge: link down", "upstream", idx, "address", addr, "error", err,
 			"connected_for", now.Sub(connected).Round(time.Millisecond),
-			"backlog_records", s.BacklogRecords, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds)
+			"backlog_messages", s.BacklogMessages, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds)
 		b.mu.Lock()
 		b.backlogLogged, b.backlogSaid = now, s.BacklogRecords > 0 // the line above said it
 		b.mu.Unlock()
@@ -531,7 +536,7 @@ func (b *Bridge) Status() Status {
 	}
 	b.mu.Unlock()
 	s.Reconnects, s.Forwarded, s.Received = b.reconnects.Load(), b.forwarded.Load(), b.received.Load()
-	s.BacklogBytes = b.backlogBytes.Load()
+	s.BacklogBytes, s.BacklogMessages = b.backlogBytes.Load(), b.backlogMessages.Load()
 	next := b.log.LastOffset() + 1
 	now := time.Now()
 	for _, r := range b.rules {
@@ -720,7 +725,7 @@ func (b *Bridge) reportBacklog(now time.Time) {
 	worth := s.BacklogRecords > 0 && (!s.Connected || s.BacklogSeconds >= backlogReportAge.Seconds())
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	attrs := []any{"connected", s.Connected, "backlog_records", s.BacklogRecords, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds}
+	attrs := []any{"connected", s.Connected, "backlog_messages", s.BacklogMessages, "backlog_bytes", s.BacklogBytes, "backlog_seconds", s.BacklogSeconds}
 	switch {
 	case worth && now.Sub(b.backlogLogged) >= logThrottleEvery:
 		b.lg.Info("bridge: backlog", attrs...)

@@ -68,5 +68,6 @@
 //   - QoS 0 downlink messages go to local subscribers from memory, as any
 //     QoS 0 publish does; they are not logged.
 //   - Status.BacklogRecords counts log records, not only the messages the
-//     rules forward: it is an upper bound.
+//     rules forward: it is an upper bound (BacklogMessages is exact, half a
+//     second late at most).
 package bridge

@@ -389,7 +389,7 @@ func (b *Bridge) housekeeping(ctx context.Context) {
 				if idle {
 					b.serving.Unlock()
 				}
-				b.backlogBytes.Store(b.maxBacklogBytes())
+				b.storeBacklog()
 				b.reportBacklog(now)
 			}
 			if err := b.commit(); err != nil {
@@ -397,16 +397,6 @@ func (b *Bridge) housekeeping(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// maxBacklogBytes is the largest backlog of the bridge's rules. Called by
-// the housekeeping goroutine.
-func (b *Bridge) maxBacklogBytes() int64 {
-	var n int64
-	for _, r := range b.rules {
-		n = max(n, r.backlog.bytes)
-	}
-	return n
 }
 
 const (

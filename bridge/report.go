@@ -64,27 +64,21 @@ func CountBacklogs(cfgs []Config, cursors map[string]uint64, scan ScanFunc, now 
 		return cmp.Compare(a.rb.Offset, b.rb.Offset)
 	}).rb.Offset
 	err := scan(from, func(off uint64, rec []byte) error {
-		var m *qos.Message
-		if qos.KindOf(rec) == qos.KindMessage {
-			m = new(qos.Message)
-			if m.UnmarshalBinary(rec) != nil {
-				m = nil
-			}
-		}
+		h, ok := qos.PeekMessage(rec)
 		for _, c := range all {
 			rb := c.rb
 			if off < rb.Offset {
 				continue
 			}
 			rb.LogBytes += int64(len(rec))
-			if m == nil || m.Origin == "$bridge/"+c.cfg.Name || !qos.Match(c.cfg.Forward[rb.Rule].Filter, m.Topic) ||
-				(m.Expiry > 0 && now.Unix() >= m.Expiry) {
+			if !ok || string(h.Origin) == "$bridge/"+c.cfg.Name || !qos.Match(c.cfg.Forward[rb.Rule].Filter, string(h.Topic)) ||
+				(h.Expiry > 0 && now.Unix() >= h.Expiry) {
 				continue
 			}
 			rb.Messages++
 			rb.MessageBytes += int64(len(rec))
 			if rb.Oldest.IsZero() {
-				rb.Oldest = time.Unix(0, m.Created)
+				rb.Oldest = time.Unix(0, h.Created)
 			}
 		}
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,20 +61,27 @@ func TestStateTruthful(t *testing.T) {
 	if f, r := m("edgemq_bridge_forwarded_messages_total"), m("edgemq_bridge_received_messages_total"); f != 100 || r < 1 {
 		t.Errorf("forwarded %v received %v, want 100 and at least 1", f, r)
 	}
-	if m("edgemq_bridge_backlog_records") != 0 || m("edgemq_bridge_backlog_seconds") != 0 {
-		t.Errorf("backlog %v records, %vs with nothing waiting", m("edgemq_bridge_backlog_records"), m("edgemq_bridge_backlog_seconds"))
+	waitStatus(t, b, "central", 5*time.Second, func(s bridge.Status) bool { return s.BacklogMessages == 0 && s.BacklogBytes == 0 })
+	if m("edgemq_bridge_backlog_records") != 0 || m("edgemq_bridge_backlog_messages") != 0 || m("edgemq_bridge_backlog_seconds") != 0 {
+		t.Errorf("backlog %v records, %v messages, %vs with nothing waiting",
+			m("edgemq_bridge_backlog_records"), m("edgemq_bridge_backlog_messages"), m("edgemq_bridge_backlog_seconds"))
 	}
 
 	cut := time.Now()
 	p.Cut()
 	s := waitStatus(t, b, "central", 3*bc.Keepalive, func(s bridge.Status) bool { return !s.Connected })
 	publishN(t, dev, 4, 50, 100)
+	for i := range 30 { // logged, and no rule's
+		if tok := dev.Publish("other/"+strconv.Itoa(i), 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
 	time.Sleep(2 * time.Second) // an outage of a few reconnect attempts, a backlog two seconds old
 	if m("edgemq_bridge_connected") != 0 || m("edgemq_bridge_state_since_timestamp_seconds") < float64(cut.UnixNano())/1e9 {
 		t.Errorf("after the cut: connected %v since %v, want 0 since the cut", m("edgemq_bridge_connected"), m("edgemq_bridge_state_since_timestamp_seconds"))
 	}
-	if r := m("edgemq_bridge_backlog_records"); r < 50 {
-		t.Errorf("backlog %v records during the outage, want at least the 50 published", r)
+	if r, msgs := m("edgemq_bridge_backlog_records"), m("edgemq_bridge_backlog_messages"); r < 80 || msgs != 50 {
+		t.Errorf("backlog %v records, %v messages during the outage; want at least the 80 published, and the rule's 50", r, msgs)
 	}
 	if by, sec := m("edgemq_bridge_backlog_bytes"), m("edgemq_bridge_backlog_seconds"); by < 50*20 || sec < 1.5 || sec > 30 {
 		t.Errorf("backlog %v bytes, %vs old; want at least 1000 bytes and about 2s", by, sec)
@@ -92,7 +100,9 @@ func TestStateTruthful(t *testing.T) {
 
 	p.Restore()
 	ta.wait(t, 20*time.Second)
-	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Forwarded == 150 && s.BacklogRecords == 0 })
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool {
+		return s.Forwarded == 150 && s.BacklogRecords == 0 && s.BacklogMessages == 0
+	})
 	if m("edgemq_bridge_connected") != 1 || m("edgemq_bridge_reconnects_total") != 1 || m("edgemq_bridge_backlog_seconds") != 0 {
 		t.Errorf("after the restore: connected %v reconnects %v backlog %vs, want 1 1 0",
 			m("edgemq_bridge_connected"), m("edgemq_bridge_reconnects_total"), m("edgemq_bridge_backlog_seconds"))

@@ -12,7 +12,7 @@ type bridgeCollector struct {
 	status func() []bridge.Status
 
 	connected, upstream, since, reconnects, forwarded, received, dropped *prometheus.Desc
-	backlogRecords, backlogBytes, backlogSeconds                         *prometheus.Desc
+	backlogRecords, backlogMessages, backlogBytes, backlogSeconds        *prometheus.Desc
 }
 
 func newBridgeCollector(status func() []bridge.Status) *bridgeCollector {
@@ -20,24 +20,25 @@ func newBridgeCollector(status func() []bridge.Status) *bridgeCollector {
 		return prometheus.NewDesc("edgemq_bridge_"+name, help, append([]string{"bridge"}, labels...), nil)
 	}
 	return &bridgeCollector{
-		status:         status,
-		connected:      d("connected", "1 while the bridge has a connection its upstream accepted, else 0."),
-		upstream:       d("upstream", "Index in the bridge's upstreams of the current or last connection (-1: none yet)."),
-		since:          d("state_since_timestamp_seconds", "When the bridge last connected or lost its connection (Unix time)."),
-		reconnects:     d("reconnects_total", "Connections made after the first."),
-		forwarded:      d("forwarded_messages_total", "Messages the upstream acknowledged (QoS 1/2) or was sent (QoS 0)."),
-		received:       d("received_messages_total", "Downlink messages made durable locally and acknowledged upstream."),
-		dropped:        d("dropped_messages_total", "Messages not forwarded or brought down, by reason.", "reason"),
-		backlogRecords: d("backlog_records", "Log records the slowest forward rule has not passed: an upper bound of its waiting messages."),
-		backlogBytes:   d("backlog_bytes", "Bytes of log the slowest forward rule holds back."),
-		backlogSeconds: d("backlog_seconds", "Age of the oldest message a forward rule has not had acknowledged (0: none waits)."),
+		status:          status,
+		connected:       d("connected", "1 while the bridge has a connection its upstream accepted, else 0."),
+		upstream:        d("upstream", "Index in the bridge's upstreams of the current or last connection (-1: none yet)."),
+		since:           d("state_since_timestamp_seconds", "When the bridge last connected or lost its connection (Unix time)."),
+		reconnects:      d("reconnects_total", "Connections made after the first."),
+		forwarded:       d("forwarded_messages_total", "Messages the upstream acknowledged (QoS 1/2) or was sent (QoS 0)."),
+		received:        d("received_messages_total", "Downlink messages made durable locally and acknowledged upstream."),
+		dropped:         d("dropped_messages_total", "Messages not forwarded or brought down, by reason.", "reason"),
+		backlogRecords:  d("backlog_records", "Log records the slowest forward rule has not passed: an upper bound of its waiting messages."),
+		backlogMessages: d("backlog_messages", "Messages the slowest forward rule still has to send."),
+		backlogBytes:    d("backlog_bytes", "Bytes of log the slowest forward rule holds back."),
+		backlogSeconds:  d("backlog_seconds", "Age of the oldest message a forward rule has not had acknowledged (0: none waits)."),
 	}
 }
 
 // Describe sends every descriptor.
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.connected, c.upstream, c.since, c.reconnects, c.forwarded, c.received,
-		c.dropped, c.backlogRecords, c.backlogBytes, c.backlogSeconds} {
+		c.dropped, c.backlogRecords, c.backlogMessages, c.backlogBytes, c.backlogSeconds} {
 		ch <- d
 	}
 }
@@ -65,6 +66,7 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(s.Dropped[reason]), s.Name, reason)
 		}
 		gauge(c.backlogRecords, float64(s.BacklogRecords))
+		gauge(c.backlogMessages, float64(s.BacklogMessages))
 		gauge(c.backlogBytes, float64(s.BacklogBytes))
 		gauge(c.backlogSeconds, s.BacklogSeconds)
 	}

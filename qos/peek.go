@@ -1,0 +1,29 @@
+package qos
+
+// MessageHead is what a message record holds before its properties and
+// payload: enough to tell which filters it matches and how old it is.
+// Topic and Origin alias the record.
+type MessageHead struct {
+	Topic, Origin   []byte
+	Created, Expiry int64
+}
+
+// PeekMessage reads the head of a message record without decoding the rest
+// and without copying: a reader that only counts or matches records (a
+// bridge's backlog) need not pay for their payloads. ok is false for a
+// record of another kind or a malformed head; UnmarshalBinary tells why.
+func PeekMessage(rec []byte) (h MessageHead, ok bool) {
+	d := decoder{b: rec}
+	if Kind(d.byte()) != KindMessage || d.byte() != messageVersion {
+		return h, false
+	}
+	d.byte() // QoS
+	d.byte() // flags
+	d.byte() // payload format
+	d.uint16()
+	h.Created = d.varint()
+	h.Expiry = d.varint()
+	h.Topic = d.field()
+	h.Origin = d.field()
+	return h, d.err == nil
+}
