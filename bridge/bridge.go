@@ -97,8 +97,12 @@ type Status struct {
 	// BacklogSeconds is the age of the oldest message a forward rule has not
 	// had acknowledged, 0 when none waits.
 	BacklogSeconds float64
-	// LastError is the last connection failure, "" if none yet.
-	LastError string
+	// LastError is the last connection failure, "" if none yet, and
+	// LastErrorAt when it happened. ConnectFailures counts the connects
+	// that failed (refused, unreachable, TLS, a refused SUBSCRIBE).
+	LastError       string
+	LastErrorAt     time.Time
+	ConnectFailures uint64
 }
 
 // Drop reasons, the values of Status.Dropped's keys.
@@ -148,6 +152,9 @@ type Bridge struct {
 	upstream  int
 	since     time.Time
 	lastErr   string
+	lastErrAt time.Time
+	// connectFailures counts failed connects (setError).
+	connectFailures uint64
 	// backlogLogged is when the backlog was last logged; backlogSaid is
 	// set while the last line said there was one (reportBacklog).
 	backlogLogged time.Time
@@ -505,7 +512,7 @@ func (b *Bridge) setDown(idx int, cause error) {
 	defer b.mu.Unlock()
 	b.connected, b.upstream, b.since = false, idx, time.Now()
 	if cause != nil {
-		b.lastErr = cause.Error()
+		b.lastErr, b.lastErrAt = cause.Error(), b.since
 	}
 }
 
@@ -515,7 +522,8 @@ func (b *Bridge) setError(idx int, err error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.upstream, b.lastErr = idx, err.Error()
+	b.upstream, b.lastErr, b.lastErrAt = idx, err.Error(), time.Now()
+	b.connectFailures++
 }
 
 func (b *Bridge) drop(reason string, n uint64) {
@@ -529,7 +537,8 @@ func (b *Bridge) Status() Status {
 	b.mu.Lock()
 	s := Status{
 		Name: b.cfg.Name, Connected: b.connected, Upstream: b.upstream, Since: b.since,
-		LastError: b.lastErr, Dropped: make(map[string]uint64, len(b.dropped)),
+		LastError: b.lastErr, LastErrorAt: b.lastErrAt, ConnectFailures: b.connectFailures,
+		Dropped: make(map[string]uint64, len(b.dropped)),
 	}
 	for k, v := range b.dropped {
 		s.Dropped[k] = v

@@ -236,8 +236,8 @@ func newCA(t testing.TB, dir, name string) *testCA {
 	return ca
 }
 
-// issue writes name.pem and name.key: a server certificate for the IP
-// host, or a client certificate with CN host.
+// issue writes name.pem and name.key: a server certificate for host (an
+// IP address or a DNS name), or a client certificate with CN host.
 func (ca *testCA) issue(t testing.TB, dir, name, host string, client bool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -249,10 +249,13 @@ func (ca *testCA) issue(t testing.TB, dir, name, host string, client bool) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	if client {
+	switch {
+	case client:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	} else {
+	case net.ParseIP(host) != nil:
 		tmpl.IPAddresses = []net.IP{net.ParseIP(host)}
+	default:
+		tmpl.DNSNames = []string{host}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -350,4 +353,59 @@ func TestRefusedLoginBacksOff(t *testing.T) {
 		t.Errorf("state %+v, want not connected, the refusal as last error", s)
 	}
 	t.Logf("%d attempts in %s to an upstream refusing the login", attempts, watch)
+}
+
+// TestWSSUpstreamServerName: a bridge over wss:// (WebSocket over TLS) to
+// another edgemq whose certificate names only a DNS name: dialled by IP, it
+// fails on the name, and with tls.server_name set to that name it works
+// (both protocols).
+func TestWSSUpstreamServerName(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t, dir, "ca")
+	ca.issue(t, dir, "cloud", "cloud.example.test", false)
+	cloudCfg := edgeConfig(t.TempDir(), nil)
+	cloudCfg.Listeners = append(cloudCfg.Listeners, edge.ListenerConfig{Name: "wss", Type: "ws", Address: "127.0.0.1:0", Path: "/mqtt",
+		TLS: edge.TLSConfig{CertFile: filepath.Join(dir, "cloud.pem"), KeyFile: filepath.Join(dir, "cloud.key")}})
+	cloud := runEdge(t, cloudCfg, nil)
+	url := "wss://" + cloud.Addr("wss").String() + "/mqtt"
+
+	t.Run("name mismatch", func(t *testing.T) {
+		bc := bridgeTo("central", url)
+		bc.TLS.CAFile = ca.path
+		gw := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+		s := waitStatus(t, gw, "central", 10*time.Second, func(s bridge.Status) bool { return s.LastError != "" })
+		if s.Connected || !strings.Contains(s.LastError, "does not match the host (check the address or tls.server_name)") {
+			t.Errorf("bridge state %+v, want a clear name error", s)
+		}
+	})
+	for _, proto := range []string{"3.1.1", "5"} {
+		t.Run(proto, func(t *testing.T) {
+			ta := newTally(200)
+			subscribeAll(t, client(t, "tcp://"+cloud.Addr("tcp").String(), "cloud-sub", true, ta.handle))
+			bc := bridgeTo("central", url)
+			bc.Protocol = proto
+			bc.TLS.CAFile, bc.TLS.ServerName = ca.path, "cloud.example.test"
+			gw := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+			publishN(t, client(t, "tcp://"+gw.Addr("tcp").String(), "device", true, nil), 4, 200, 0)
+			ta.wait(t, 20*time.Second)
+		})
+	}
+}
+
+// TestFailoverRoundAgain: with every upstream down, the bridge goes round
+// the list again (upstream 0 after the last) and connects to the one that
+// comes back; when that one is lost, the next takes over.
+func TestFailoverRoundAgain(t *testing.T) {
+	up := startMosquitto(t, "")
+	first, second := newProxy(t, up.addr), newProxy(t, up.addr)
+	first.Cut()
+	second.Cut()
+	bc := bridgeTo("central", proxyURL(first), proxyURL(second))
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Upstream == 1 && s.LastError != "" })
+	first.Restore() // the first again, after the second failed
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Connected && s.Upstream == 0 })
+	second.Restore()
+	first.Cut()
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Connected && s.Upstream == 1 })
 }

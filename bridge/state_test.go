@@ -46,6 +46,10 @@ func TestStateTruthful(t *testing.T) {
 		t.Errorf("connected: connected %v upstream %v reconnects %v, want 1 0 0",
 			m("edgemq_bridge_connected"), m("edgemq_bridge_upstream"), m("edgemq_bridge_reconnects_total"))
 	}
+	if m("edgemq_bridge_connect_failures_total") != 0 || m("edgemq_bridge_last_error_timestamp_seconds") != 0 {
+		t.Errorf("connect failures %v, last error at %v before any failure, want 0 0",
+			m("edgemq_bridge_connect_failures_total"), m("edgemq_bridge_last_error_timestamp_seconds"))
+	}
 	since := m("edgemq_bridge_state_since_timestamp_seconds")
 	if s := float64(started.UnixNano()) / 1e9; since < s || since > s+10 {
 		t.Errorf("state since %v, want the connect, after %v", since, s)
@@ -88,6 +92,9 @@ func TestStateTruthful(t *testing.T) {
 	}
 	if s = status(t, b, "central"); s.LastError == "" {
 		t.Error("no last error after the cut")
+	}
+	if f, at := m("edgemq_bridge_connect_failures_total"), m("edgemq_bridge_last_error_timestamp_seconds"); f < 2 || f != float64(s.ConnectFailures) || at < float64(cut.UnixNano())/1e9 {
+		t.Errorf("connect failures %v (status %d), last error at %v; want a few in a two-second outage, the last after the cut", f, s.ConnectFailures, at)
 	}
 	// The log: the link went down, with how long it was up and the
 	// backlog; the failed attempts are not one Warn line each.

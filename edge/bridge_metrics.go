@@ -12,6 +12,7 @@ type bridgeCollector struct {
 	status func() []bridge.Status
 
 	connected, upstream, since, reconnects, forwarded, received, dropped *prometheus.Desc
+	connectFailures, lastError                                           *prometheus.Desc
 	backlogRecords, backlogMessages, backlogBytes, backlogSeconds        *prometheus.Desc
 }
 
@@ -25,6 +26,8 @@ func newBridgeCollector(status func() []bridge.Status) *bridgeCollector {
 		upstream:        d("upstream", "Index in the bridge's upstreams of the current or last connection (-1: none yet)."),
 		since:           d("state_since_timestamp_seconds", "When the bridge last connected or lost its connection (Unix time)."),
 		reconnects:      d("reconnects_total", "Connections made after the first."),
+		connectFailures: d("connect_failures_total", "Connects that failed: refused, unreachable, TLS, a refused SUBSCRIBE (the log says why)."),
+		lastError:       d("last_error_timestamp_seconds", "When the last connect failed or the link was lost (Unix time; 0: never). The log says why."),
 		forwarded:       d("forwarded_messages_total", "Messages the upstream acknowledged (QoS 1/2) or was sent (QoS 0)."),
 		received:        d("received_messages_total", "Downlink messages made durable locally and acknowledged upstream."),
 		dropped:         d("dropped_messages_total", "Messages not forwarded or brought down, by reason.", "reason"),
@@ -37,7 +40,7 @@ func newBridgeCollector(status func() []bridge.Status) *bridgeCollector {
 
 // Describe sends every descriptor.
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.connected, c.upstream, c.since, c.reconnects, c.forwarded, c.received,
+	for _, d := range []*prometheus.Desc{c.connected, c.upstream, c.since, c.reconnects, c.connectFailures, c.lastError, c.forwarded, c.received,
 		c.dropped, c.backlogRecords, c.backlogMessages, c.backlogBytes, c.backlogSeconds} {
 		ch <- d
 	}
@@ -60,6 +63,12 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.upstream, float64(s.Upstream))
 		gauge(c.since, float64(s.Since.UnixNano())/1e9)
 		counter(c.reconnects, s.Reconnects)
+		counter(c.connectFailures, s.ConnectFailures)
+		lastErr := 0.0
+		if !s.LastErrorAt.IsZero() {
+			lastErr = float64(s.LastErrorAt.UnixNano()) / 1e9
+		}
+		gauge(c.lastError, lastErr)
 		counter(c.forwarded, s.Forwarded)
 		counter(c.received, s.Received)
 		for _, reason := range bridge.DropReasons {
