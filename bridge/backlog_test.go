@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgemq/edgemq/bridge"
 	"github.com/edgemq/edgemq/edge"
 )
@@ -99,4 +101,46 @@ func TestBacklogBytesCounted(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestRetentionKeepsBridgeBacklog: with small segments and frequent
+// checkpoints the log trims what everyone has, while a bridge's backlog
+// (an outage) keeps its segments; once forwarded, they go too.
+func TestRetentionKeepsBridgeBacklog(t *testing.T) {
+	up := startMosquitto(t, "")
+	const live, during = 4000, 10000
+	ta := newTally(live + during)
+	subscribeAll(t, client(t, "tcp://"+up.addr, "central-sub", true, ta.handle))
+	p := newProxy(t, up.addr)
+	cfg := edgeConfig(t.TempDir(), []edge.BridgeConfig{bridgeTo("central", proxyURL(p))})
+	cfg.Storage.SegmentSize = 64 << 10
+	cfg.Storage.CheckpointInterval = 100 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	b := runEdge(t, cfg, reg)
+	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+	first := func() float64 { t.Helper(); return gauge(t, reg, "edgemq_log_first_offset") }
+	waitFirst := func(what string, past float64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for first() <= past {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the log's first offset stayed at %v, want past %v", what, first(), past)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	publishN(t, dev, 4, live, 0)
+	waitForwarded(t, ta, live, 20*time.Second)
+	waitFirst("forwarded live", live/2) // retention works here
+
+	p.Cut()
+	cut := gauge(t, reg, "edgemq_log_last_offset")
+	publishN(t, dev, 4, during, live)
+	time.Sleep(2 * time.Second) // checkpoints and retention checks
+	if f := first(); f > cut+1 {
+		t.Fatalf("the log's first offset moved to %v during the outage, past the bridge's backlog from %v", f, cut+1)
+	}
+	p.Restore()
+	ta.wait(t, 30*time.Second)
+	waitFirst("backlog forwarded", cut+during/2)
 }
