@@ -10,15 +10,15 @@ import (
 
 // backlog is what one forward rule holds back in the log: the bytes of the
 // records from its position to the end, and how many of them are messages
-// the rule sends (each record's head is peeked at when it arrives, and the
-// rule's messages are marked, so passing them needs no read). It is kept
-// incrementally, by the
-// bridge's housekeeping goroutine only: each record is read once when it
-// arrives, and its bytes are added to the sum of its block (blockRecords
-// consecutive offsets); as the rule moves on, the blocks it passed leave the
-// count whole, and only the records of the block it is in are read again.
-// Reading every record a second time as the rule passed it cost a copy of
-// each record, a sixth of what a drain costs the bridge beside paho.
+// the rule sends. It is kept incrementally, by the bridge's housekeeping
+// goroutine only: each record is read once when it arrives, its bytes are
+// added to the sum of its block (blockRecords consecutive offsets), and its
+// head is peeked at (qos.PeekMessage, no copy): the rule's messages are
+// marked in takes. As the rule moves on, the blocks it passed leave the
+// count whole, its marks leave the message count without a read, and only
+// the records of the block it is in are read again. Reading every record a
+// second time as the rule passed it cost a copy of each record, a sixth of
+// what a drain costs the bridge beside paho.
 type backlog struct {
 	from, to   uint64 // the records in [from, to) are counted
 	bytes      int64
