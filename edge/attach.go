@@ -216,6 +216,11 @@ func validateConnect(caps *mqtt.Capabilities, cl *mqtt.Client, pk *packets.Packe
 		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
 	case cl.Properties.Will.Retain && caps.RetainAvailable == 0x00:
 		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
+	case !pk.Connect.WillFlag && pk.Connect.WillQos != 0:
+		return packets.ErrProtocolViolationQosOutOfRange // [MQTT-3.1.2-11] (3.1.1: [MQTT-3.1.2-13])
+	case cl.Properties.ProtocolVersion < 5 && pk.Connect.PasswordFlag && !pk.Connect.UsernameFlag:
+		// MQTT 5 allows a password alone; 3.1.1 does not [MQTT-3.1.2-22].
+		return packets.ErrProtocolViolationFlagNoUsername
 	case cl.Properties.ProtocolVersion == 5 && pk.Properties.AuthenticationMethod != "":
 		// edgemq has no enhanced authentication: a method it does not
 		// support is refused and the connection closed [MQTT-4.12.0-1].
@@ -248,7 +253,7 @@ func (b *Broker) inheritSession(cl *mqtt.Client, pk *packets.Packet) bool {
 		}
 		return false
 	}
-	_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)
+	_ = disconnectClient(s, existing, packets.ErrSessionTakenOver)
 	if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) {
 		s.UnsubscribeClient(existing)
 		existing.ClearInflights()
@@ -331,13 +336,13 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		// No CONNECT had an Authentication Method (validateConnect), so
 		// no client may send AUTH [MQTT-3.1.2-31]: a protocol error
 		// [MQTT-4.13.1-1], which mochi, without an auth hook, ignored.
-		return protocolError(s, cl, packets.ErrProtocolViolation)
+		return disconnectClient(s, cl, packets.ErrProtocolViolation)
 	case packets.Subscribe:
 		if sharedNoLocal(&pk) {
 			// A protocol error, which closes the connection [MQTT-3.8.3-4]
 			// [MQTT-4.13.1-1]; mochi would answer with a SUBACK 0x82, a
 			// code SUBACK does not have.
-			return protocolError(s, cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
+			return disconnectClient(s, cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
 		}
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
 		// retained values at once.
@@ -354,11 +359,11 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 	return nil
 }
 
-// protocolError ends cl's connection for a protocol error
-// [MQTT-4.13.1-1], and returns code: an MQTT 5 client gets DISCONNECT
-// with code first; 3.1.1 has no DISCONNECT from the server, its
-// connection is closed.
-func protocolError(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
+// disconnectClient ends cl's connection with code, and returns code: an
+// MQTT 5 client gets DISCONNECT with it first [MQTT-3.14.2]; 3.1.1 has
+// no DISCONNECT from the server, its connection is closed (mochi's
+// DisconnectClient writes a DISCONNECT whatever the version).
+func disconnectClient(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
 	if cl.Properties.ProtocolVersion == 5 {
 		_ = s.DisconnectClient(cl, code)
 	} else {

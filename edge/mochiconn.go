@@ -114,18 +114,13 @@ func (c mochiConn) FlushNow() (bool, error) {
 }
 
 // Close writes DISCONNECT with reason (MQTT 5), then closes the
-// connection. A takeover (0x8E) is mochi's: it disconnects the old client
-// itself when the new one connects (see TestMochiTakeoverDisconnects).
+// connection (disconnectClient). A takeover (0x8E) is attach's: it
+// disconnects the old client when the new one connects (inheritSession).
 func (c mochiConn) Close(reason byte) {
 	if reason == 0x8E {
 		return
 	}
-	code := packets.Code{Code: reason, Reason: reasonText(reason)}
-	if c.cl.Properties.ProtocolVersion < 5 {
-		c.cl.Stop(code)
-		return
-	}
-	_ = c.srv.DisconnectClient(c.cl, code)
+	_ = disconnectClient(c.srv, c.cl, packets.Code{Code: reason, Reason: reasonText(reason)})
 }
 
 // reasonText is the reason string of a DISCONNECT the engine asks for.

@@ -164,11 +164,7 @@ func (b *Broker) disconnectClients(ctx context.Context) {
 // close for v3, which has no server-sent DISCONNECT. (Wills at shutdown are
 // the engine's: it does not publish them while the broker stops.)
 func (b *Broker) disconnect(cl *mqtt.Client) {
-	if cl.Properties.ProtocolVersion == 5 {
-		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		return
-	}
-	cl.Stop(packets.ErrServerShuttingDown)
+	_ = disconnectClient(b.srv, cl, packets.ErrServerShuttingDown)
 }
 
 // cutConns closes every connection still open (mid-CONNECT, or accepted
