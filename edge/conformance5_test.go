@@ -180,6 +180,31 @@ func TestConformance5Retained(t *testing.T) {
 			t.Errorf("[MQTT-3.3.1-12] not retain as published: RETAIN 1")
 		}
 	})
+	// [MQTT-3.3.1-9] [MQTT-3.3.1-11]: a retained message acknowledged just
+	// before the SUBSCRIBE is one of its retained messages, however far
+	// behind the broker's fan-out is: RETAIN 1 (not a live message with
+	// RETAIN 0), and none with Retain Handling 2.
+	t.Run("MQTT-3.3.1-9 retained acknowledged just before subscribe", func(t *testing.T) {
+		sub, _ := v5(t, addr, "ret-race", true, nil)
+		for i := 0; i < 40; i++ {
+			topic := fmt.Sprintf("ret/race/%d", i)
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 9, TopicName: topic, Payload: []byte("r")})
+			rh := byte(0)
+			if i%2 == 1 {
+				rh = 2
+			}
+			sub.subscribeWith(uint16(i+1), 0, packets.Subscription{Filter: topic, Qos: 1, RetainHandling: rh})
+			if rh == 2 {
+				continue
+			}
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if got.TopicName != topic || !got.FixedHeader.Retain {
+				t.Fatalf("round %d: got %s retain %v, want %s retain 1", i, got.TopicName, got.FixedHeader.Retain, topic)
+			}
+			sub.ackPublish(got)
+		}
+		sub.none(300 * time.Millisecond)
+	})
 	// [MQTT-3.3.4-3] the subscription identifier goes with a retained message.
 	t.Run("MQTT-3.3.4-3 subscription identifier on retained", func(t *testing.T) {
 		sub, _ := v5(t, addr, "ret-subid", true, nil)

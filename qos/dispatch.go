@@ -53,7 +53,7 @@ func (e *Engine) dispatch() {
 		if k != KindCheckpoint {
 			e.shadowLive.Store(off + 1)
 		}
-		e.fannedOut.Store(off + 1)
+		e.fannedOutTo(off + 1)
 	}
 }
 

@@ -123,6 +123,11 @@ type Engine struct {
 
 	dispatched atomic.Uint64 // the next offset the dispatcher reads
 	fannedOut  atomic.Uint64 // every offset below it was offered everywhere
+	// fanned is closed and replaced (under fanMu) when fannedOut moves
+	// while fanWaiters > 0: it wakes the SUBSCRIBEs in waitFannedOut.
+	fanMu      sync.Mutex
+	fanned     chan struct{}
+	fanWaiters atomic.Int32
 	shadowMu   sync.Mutex
 	shadow     *State // the state after every record the dispatcher read
 	shadowNext uint64 // the offset shadow stands for; both under shadowMu
@@ -183,6 +188,7 @@ func New(cfg Config) (*Engine, error) {
 		sessions: map[string]*session{}, groups: map[string]*group{}, retained: map[string]Retained{},
 		external:  map[string]map[uint16]uint64{},
 		timerWake: make(chan struct{}, 1),
+		fanned:    make(chan struct{}),
 	}
 	if err := e.recover(); err != nil {
 		cancel()
@@ -609,6 +615,36 @@ func (e *Engine) appendWait(recs ...[]byte) error {
 		return err
 	}
 	return e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1)
+}
+
+// waitFannedOut waits until the dispatcher has offered every record
+// below end, or the engine stops.
+func (e *Engine) waitFannedOut(end uint64) {
+	for e.fannedOut.Load() < end && e.ctx.Err() == nil {
+		e.fanWaiters.Add(1)
+		e.fanMu.Lock()
+		ch := e.fanned
+		e.fanMu.Unlock()
+		if e.fannedOut.Load() < end {
+			select {
+			case <-ch:
+			case <-e.ctx.Done():
+			}
+		}
+		e.fanWaiters.Add(-1)
+	}
+}
+
+// fannedOutTo moves fannedOut to next and wakes waitFannedOut's waiters,
+// if any: the dispatcher, after each record.
+func (e *Engine) fannedOutTo(next uint64) {
+	e.fannedOut.Store(next)
+	if e.fanWaiters.Load() > 0 {
+		e.fanMu.Lock()
+		close(e.fanned)
+		e.fanned = make(chan struct{})
+		e.fanMu.Unlock()
+	}
 }
 
 // now is the engine's clock in whole seconds, truncated.

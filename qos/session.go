@@ -432,6 +432,13 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 		s.mu.Unlock()
 		return nil
 	}
+	// Every publish acknowledged before this SUBSCRIBE (durable, so at or
+	// below LastOffset) is fanned out first: the retained messages copied
+	// below are then those it left, and none of them comes once more as
+	// a live message (RETAIN 0), or at all with Retain Handling 2
+	// [MQTT-3.3.1-9] [MQTT-3.3.1-11]. The dispatcher is behind by a few
+	// records at most, unless a backlog is being read after a restart.
+	e.waitFannedOut(e.log.LastOffset() + 1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if s.conn.Load() != cl.c {
