@@ -38,6 +38,9 @@ type memLog struct {
 	// onRead, if set, is called (without the lock) before every Read: a
 	// test can stop a reader there.
 	onRead func(off uint64)
+	// onNext, if set, is called (without the lock) before a reader's Next
+	// returns the record at off: a test can hold the dispatcher there.
+	onNext func(off uint64)
 	// onDurable is NotifyDurable's function, called without the lock
 	// after every append (durable or failed at once) and release.
 	onDurable func()
@@ -253,9 +256,13 @@ func (r *memReader) Next(ctx context.Context) (uint64, []byte, error) {
 		if r.off <= l.durableLocked() {
 			off, rec := r.off, l.recs[r.off-1]
 			r.off++
+			onNext := l.onNext
 			l.mu.Unlock()
 			if rec == nil {
 				continue
+			}
+			if onNext != nil {
+				onNext(off)
 			}
 			return off, bytes.Clone(rec), nil
 		}

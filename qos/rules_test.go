@@ -1052,3 +1052,48 @@ func TestEnginePublishAsyncBatch(t *testing.T) {
 		t.Fatalf("%d failed appends, then %v logged; want 1, then [a b c]", appends, got)
 	}
 }
+
+// [MQTT-3.3.1-9]: a retained message whose PUBACK the publisher got before
+// a SUBSCRIBE is among the retained messages that SUBSCRIBE gets, even
+// when the dispatcher has not reached it yet (the PUBACK follows the
+// record's durability, not the dispatcher): the SUBSCRIBE waits for it.
+func TestRetainedAckedBeforeSubscribe(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false)
+	pub := h.connect("pub", false)
+	hold := make(chan struct{})
+	var once sync.Once
+	h.log.mu.Lock()
+	h.log.onNext = func(uint64) { <-hold }
+	h.log.mu.Unlock()
+	t.Cleanup(func() { once.Do(func() { close(hold) }) })
+	if err := pub.cl.Publish(&qos.Message{Topic: "r", QoS: 1, Retain: true, Payload: []byte("kept")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := pub.conn.waitFor(t, 1); got[0].Type != qos.PacketPuback {
+		t.Fatalf("got %s, want PUBACK", types(got))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sub.subscribe("r", 1)
+	}()
+	select {
+	case <-done:
+		t.Error("SUBSCRIBE returned while the dispatcher had not reached an acknowledged retained message")
+	case <-time.After(50 * time.Millisecond):
+	}
+	h.log.mu.Lock()
+	h.log.onNext = nil
+	h.log.mu.Unlock()
+	once.Do(func() { close(hold) })
+	<-done
+	got := sub.conn.waitFor(t, 1)
+	if got[0].Type != qos.PacketPublish || !got[0].Retain || string(got[0].Message.Payload) != "kept" {
+		t.Fatalf("got %s retain %v, want the retained message with RETAIN", types(got), got[0].Retain)
+	}
+	sub.ackAll(got)
+	if p := sub.conn.settle(); len(p) != 0 {
+		t.Fatalf("delivered again: %s", types(p))
+	}
+}
