@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -343,6 +344,11 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 			// [MQTT-4.13.1-1]; mochi would answer with a SUBACK 0x82, a
 			// code SUBACK does not have.
 			return disconnectClient(s, cl, packets.ErrProtocolViolationInvalidSharedNoLocal)
+		}
+		if slices.Contains(pk.Properties.SubscriptionIdentifier, 0) {
+			// A Subscription Identifier is 1 to 268,435,455; 0 is a
+			// protocol error [MQTT-3.8.2.1.2], which mochi took as none.
+			return disconnectClient(s, cl, packets.ErrProtocolViolation)
 		}
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
 		// retained values at once.

@@ -954,3 +954,106 @@ func TestConformance5NotEarly(t *testing.T) {
 		}
 	})
 }
+
+// TestConformance5ProtocolErrors: what a client must not send, and the
+// DISCONNECT (or CONNACK) it gets for it [MQTT-4.13.1-1].
+func TestConformance5ProtocolErrors(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	closesWith := func(t *testing.T, rc *rawClient, codes ...byte) {
+		t.Helper()
+		pk, err := rc.read(5 * time.Second)
+		if err == nil {
+			ok := pk.FixedHeader.Type == packets.Disconnect && bytes.IndexByte(codes, pk.ReasonCode) >= 0
+			if !ok {
+				t.Errorf("got type %d reason %#x, want DISCONNECT %x", pk.FixedHeader.Type, pk.ReasonCode, codes)
+			}
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+	}
+
+	// [MQTT-3.3.4-6]: a PUBLISH from a client carries no Subscription
+	// Identifier.
+	t.Run("MQTT-3.3.4-6 publish with subscription identifier", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pe-subid", true, nil)
+		// QoS 0 "a", properties: subscription identifier 1, payload "x".
+		if _, err := rc.c.Write([]byte{0x30, 7, 0, 1, 'a', 2, 0x0b, 1, 'x'}); err != nil {
+			t.Fatal(err)
+		}
+		closesWith(t, rc, 0x82)
+	})
+	// [MQTT-3.8.2-?] a Subscription Identifier of 0 is a protocol error.
+	t.Run("MQTT-3.8.2.1.2 subscription identifier 0", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pe-subid0", true, nil)
+		// SUBSCRIBE id 1, properties: subscription identifier 0, "a" QoS 1.
+		if _, err := rc.c.Write([]byte{0x82, 9, 0, 1, 2, 0x0b, 0, 0, 1, 'a', 1}); err != nil {
+			t.Fatal(err)
+		}
+		closesWith(t, rc, 0x82, 0x81)
+	})
+	// [MQTT-3.1.2-?] Receive Maximum 0 and Maximum Packet Size 0 in
+	// CONNECT are protocol errors: CONNACK 0x82 (or 0x81), closed.
+	for _, tc := range []struct {
+		name  string
+		props []byte
+	}{
+		{"receive maximum 0", []byte{3, 0x21, 0, 0}},
+		{"maximum packet size 0", []byte{5, 0x27, 0, 0, 0, 0}},
+		{"topic alias maximum twice", []byte{6, 0x22, 0, 1, 0x22, 0, 2}},
+	} {
+		t.Run("MQTT-3.1.2 connect "+tc.name, func(t *testing.T) {
+			rc := dialRaw(t, addr, 5)
+			body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 30}, tc.props...)
+			body = append(body, 0, 2, 'p', 'e')
+			if _, err := rc.c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+				t.Fatal(err)
+			}
+			if pk, err := rc.read(5 * time.Second); err == nil && (pk.FixedHeader.Type != packets.Connack || pk.ReasonCode < 0x80) {
+				t.Errorf("got type %d reason %#x, want a refusing CONNACK", pk.FixedHeader.Type, pk.ReasonCode)
+			}
+			if !rc.closed(5 * time.Second) {
+				t.Error("still open")
+			}
+		})
+	}
+	// [MQTT-3.3.2-14]: a Response Topic is a topic name: no wildcards.
+	t.Run("MQTT-3.3.2-14 response topic with wildcard", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pe-resp", true, nil)
+		// QoS 0 "a", properties: response topic "r/#", payload "x".
+		if _, err := rc.c.Write([]byte{0x30, 11, 0, 1, 'a', 6, 0x08, 0, 3, 'r', '/', '#', 'x'}); err != nil {
+			t.Fatal(err)
+		}
+		closesWith(t, rc, 0x82, 0x90)
+	})
+	// [MQTT-3.3.1-2]? DUP 1 on a QoS 0 PUBLISH.
+	t.Run("MQTT-3.3.1-2 dup on qos 0", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pe-dup", true, nil)
+		if _, err := rc.c.Write([]byte{0x38, 4, 0, 1, 'a', 0}); err != nil {
+			t.Fatal(err)
+		}
+		closesWith(t, rc, 0x82, 0x81)
+	})
+	// [MQTT-3.3.2-?]: inbound QoS 2 across a reconnect: the PUBREL of a
+	// resumed session completes the exchange (PUBCOMP 0x00), the message
+	// delivered once.
+	t.Run("MQTT-4.3.3-9 pubrel after reconnect", func(t *testing.T) {
+		sub, _ := v5(t, addr, "pe-q2-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "pe/q2", Qos: 1})
+		persist := func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		}
+		rc, _ := v5(t, addr, "pe-q2", false, persist)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: 3, TopicName: "pe/q2", Payload: []byte("q")})
+		rc.expect(packets.Pubrec, 5*time.Second)
+		_ = rc.c.Close()
+		rc, _ = v5(t, addr, "pe-q2", false, persist)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 3})
+		if c := rc.expect(packets.Pubcomp, 5*time.Second); c.ReasonCode != 0 {
+			t.Errorf("pubcomp reason %#x, want 0", c.ReasonCode)
+		}
+		sub.ackPublish(sub.expect(packets.Publish, 5*time.Second))
+		sub.none(300 * time.Millisecond)
+	})
+}

@@ -24,8 +24,9 @@ var errConnBroken = errors.New("edge: connection broken by an earlier write erro
 var errPacketTooLarge = errors.New("edge: packet larger than limits.max_packet_size")
 
 // errProtocolError ends the read side of a connection whose client sent an
-// MQTT 5 packet with a property repeated that may appear once.
-var errProtocolError = errors.New("edge: protocol error: a property repeated that may appear once")
+// MQTT 5 packet with a property repeated that may appear once, or with a
+// value it may not have (badProperty).
+var errProtocolError = errors.New("edge: protocol error: a property repeated that may appear once, or with a value it may not have")
 
 // conn wraps every accepted connection (TCP, TLS and WebSocket) before mochi
 // sees it. It exists because mochi holds the client's lock across the socket
@@ -66,9 +67,9 @@ type conn struct {
 	// onSlow is called once when a write misses its deadline.
 	onSlow func()
 	// framer follows each inbound packet before mochi reads it and refuses
-	// one too large or with a repeated property (see packetFramer); nil: no
+	// one too large or with a bad property (see packetFramer); nil: no
 	// checks. onRefused is called once when it does, before the goodbye,
-	// with the reason code and, for a repeated property, its identifier.
+	// with the reason code and, for a bad property, its identifier.
 	framer    *packetFramer
 	onRefused func(reason, property byte)
 	// v5 is set once CONNECT says MQTT 5 and mochi took it: the client can
@@ -140,7 +141,7 @@ func (c *conn) SetDeadline(t time.Time) error {
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
 
 // Read reads from the client, cutting the stream before a packet the
-// framer refuses (too large, or with a repeated property): mochi gets the
+// framer refuses (too large, or with a bad property): mochi gets the
 // packets before it, then an error.
 func (c *conn) Read(p []byte) (int, error) {
 	if c.framer == nil {

@@ -300,9 +300,10 @@ func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 // four bytes over it, and answers a larger one by closing the socket with
 // the packet unread, which the client sees as a reset. For MQTT 5 (it reads
 // the version from CONNECT) it also looks at the first propertyWindow bytes
-// of each packet's body to find properties repeated that may appear once
-// (repeatedProperty), which mochi takes, keeping the last: in place when
-// they arrive in one read, from a copy only when they straddle reads.
+// of each packet's body to find properties repeated that may appear once,
+// or with a value they may not have (badProperty), which mochi takes,
+// keeping the last: in place when they arrive in one read, from a copy
+// only when they straddle reads.
 type packetFramer struct {
 	max      int64
 	state    byte  // framerHeader, framerLength, framerBody or framerOff
@@ -315,7 +316,7 @@ type packetFramer struct {
 	v5        bool    // and said MQTT 5
 	window    *[]byte // the current packet's first body bytes when they straddle reads (from windowPool); nil: none kept
 	want      int     // how many of them to keep
-	property  byte    // the repeated property found
+	property  byte    // the bad property found
 	inConnect bool    // and it was in CONNECT
 }
 
@@ -416,7 +417,7 @@ func (f *packetFramer) putWindow() {
 }
 
 // packetDone looks at the packet just read if its first bytes were kept
-// (they straddled reads); true: it repeats a property.
+// (they straddled reads); true: it has a bad property.
 func (f *packetFramer) packetDone() bool {
 	if f.window == nil {
 		return false
@@ -426,7 +427,7 @@ func (f *packetFramer) packetDone() bool {
 }
 
 // inspect looks at w, the first bytes of the current packet's body (up to
-// propertyWindow); true: it repeats a property.
+// propertyWindow); true: it has a bad property.
 func (f *packetFramer) inspect(w []byte) bool {
 	typ := f.header >> 4
 	if !f.connected {
@@ -441,7 +442,7 @@ func (f *packetFramer) inspect(w []byte) bool {
 			return false
 		}
 	}
-	if id, ok := repeatedProperty(typ, f.header&0x0f, w); ok {
+	if id, ok := badProperty(typ, f.header&0x0f, w); ok {
 		f.property = id
 		return true
 	}

@@ -9,6 +9,12 @@ import "encoding/binary"
 // packet's bytes (packetFramer), before mochi reads them. User Property may
 // repeat; Subscription Identifier may repeat only in a PUBLISH from the
 // server, which clients do not send.
+//
+// Some may not be 0 either: "It is a Protocol Error to include the Receive
+// Maximum value more than once or for it to have the value 0" (§3.1.2.11.3,
+// §3.2.2.3.3), the same for Maximum Packet Size (§3.1.2.11.4, §3.2.2.3.6);
+// mochi takes 0 for "absent" and goes on with its defaults.
+var nonZero = map[byte]bool{0x21: true, 0x27: true}
 
 // propertySize is how each property's value is laid out: a fixed size in
 // bytes, or one of the variable layouts below. A property not listed is
@@ -31,12 +37,13 @@ const (
 
 const propUserProperty = 0x26
 
-// repeatedProperty looks at the body of one MQTT 5 packet (the bytes after
+// badProperty looks at the body of one MQTT 5 packet (the bytes after
 // its fixed header; it may be only the start of it) of the given type and
 // fixed-header flags, and returns a property it holds twice where the
-// specification allows it once. It reports false when it finds none in the
-// bytes it has, or cannot follow them.
-func repeatedProperty(typ, flags byte, body []byte) (byte, bool) {
+// specification allows it once, or with the value 0 where that is not
+// allowed (nonZero). It reports false when it finds none in the bytes it
+// has, or cannot follow them.
+func badProperty(typ, flags byte, body []byte) (byte, bool) {
 	r := propReader{b: body}
 	switch typ {
 	case 1: // CONNECT: name, level, flags, keepalive, properties, client id, will properties
@@ -126,7 +133,7 @@ func (r *propReader) varint() int {
 }
 
 // properties reads a property list and returns the first property seen
-// twice that may appear only once.
+// twice that may appear only once, or 0 that may not be (nonZero).
 func (r *propReader) properties() (byte, bool) {
 	n := r.varint()
 	if r.bad {
@@ -156,8 +163,20 @@ func (r *propReader) properties() (byte, bool) {
 			list.skipString()
 			list.skipString()
 		default:
+			if nonZero[id] && len(list.b) >= size && allZero(list.b[:size]) {
+				return id, true
+			}
 			list.skip(size)
 		}
 	}
 	return 0, false
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

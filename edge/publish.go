@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -31,6 +32,11 @@ func (b *Broker) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	caps := b.srv.Options.Capabilities
 	if code := pk.PublishValidate(caps.TopicAliasMaximum); code != packets.CodeSuccess {
 		return code
+	}
+	if strings.ContainsAny(pk.Properties.ResponseTopic, "+#") {
+		// A Response Topic is a topic name [MQTT-3.3.2-14]: a protocol
+		// error [MQTT-4.13.1-1], which mochi passes on.
+		return packets.ErrProtocolViolationInvalidTopic
 	}
 	if reservedTopic(pk.TopicName) {
 		// mochi drops it unanswered, leaving the client waiting forever.
