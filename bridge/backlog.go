@@ -59,6 +59,22 @@ func (m *marks) count(from, to uint64) uint64 {
 	return n
 }
 
+// first returns the lowest offset set at or after from.
+func (m *marks) first(from uint64) (uint64, bool) {
+	for i, w := range m.bits {
+		base := m.base + 64*uint64(i)
+		if base+64 <= from || w == 0 {
+			continue
+		}
+		for bit := uint64(0); bit < 64; bit++ {
+			if w&(1<<bit) != 0 && base+bit >= from {
+				return base + bit, true
+			}
+		}
+	}
+	return 0, false
+}
+
 // drop forgets the offsets below from.
 func (m *marks) drop(from uint64) {
 	for len(m.bits) > 0 && from >= m.base+64 {
@@ -222,13 +238,28 @@ func (b *Bridge) trim(r *rule) {
 }
 
 // storeBacklog publishes the largest backlog of the bridge's rules, in
-// bytes and in messages, for Status. Called by the housekeeping goroutine.
+// bytes and in messages, and each rule's oldest waiting message, for
+// Status. Called by the housekeeping goroutine.
 func (b *Bridge) storeBacklog() {
 	var n int64
 	var msgs uint64
-	for _, r := range b.rules {
-		n, msgs = max(n, r.backlog.bytes), max(msgs, r.backlog.messages)
+	oldest := make([]oldestMark, len(b.rules))
+	for i, r := range b.rules {
+		a := &r.backlog
+		n, msgs = max(n, a.bytes), max(msgs, a.messages)
+		oldest[i].counted = true
+		if off, ok := a.takes.first(a.from); ok {
+			oldest[i].found, oldest[i].off = true, off
+			if rec, err := b.log.Read(off); err == nil {
+				if h, ok := qos.PeekMessage(rec); ok {
+					oldest[i].created = h.Created
+				}
+			}
+		}
 	}
 	b.backlogBytes.Store(n)
 	b.backlogMessages.Store(msgs)
+	b.mu.Lock()
+	b.oldestMarks = oldest
+	b.mu.Unlock()
 }

@@ -159,6 +159,9 @@ type Bridge struct {
 	// set while the last line said there was one (reportBacklog).
 	backlogLogged time.Time
 	backlogSaid   bool
+	// oldestMarks are, by rule, the oldest waiting message of each, as the
+	// housekeeping goroutine's last count found them.
+	oldestMarks []oldestMark
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -543,18 +546,31 @@ func (b *Bridge) Status() Status {
 	for k, v := range b.dropped {
 		s.Dropped[k] = v
 	}
+	oldest := b.oldestMarks
 	b.mu.Unlock()
 	s.Reconnects, s.Forwarded, s.Received = b.reconnects.Load(), b.forwarded.Load(), b.received.Load()
 	s.BacklogBytes, s.BacklogMessages = b.backlogBytes.Load(), b.backlogMessages.Load()
 	next := b.log.LastOffset() + 1
 	now := time.Now()
-	for _, r := range b.rules {
+	for i, r := range b.rules {
 		low, created := r.oldest()
 		if next > low {
 			s.BacklogRecords = max(s.BacklogRecords, next-low)
 		}
 		if created == 0 && next > low {
-			created = b.createdAt(low, next)
+			// Nothing in flight: the oldest of the rule's messages the
+			// last count found, if the rule has not passed it since.
+			var m oldestMark
+			if i < len(oldest) {
+				m = oldest[i]
+			}
+			switch {
+			case m.found && m.created != 0 && m.off >= low:
+				created = m.created
+			case m.counted && !m.found: // none of the rule's waited then
+			default:
+				created = b.createdAt(low, next)
+			}
 		}
 		if created > 0 {
 			s.BacklogSeconds = max(s.BacklogSeconds, now.Sub(time.Unix(0, created)).Seconds())
@@ -563,8 +579,19 @@ func (b *Bridge) Status() Status {
 	return s
 }
 
+// oldestMark is the oldest message of a rule that the backlog count found
+// (storeBacklog): Status takes its age while nothing is in flight.
+type oldestMark struct {
+	counted bool   // the rule's backlog was counted
+	found   bool   // and held a message of the rule, at off
+	off     uint64 // accepted at created (0: its record could not be read)
+	created int64
+}
+
 // createdAt returns when the first message at or after off (below next) was
-// accepted, looking at a few records only; 0 if none is found.
+// accepted, looking at a few records only; 0 if none is found. It may be
+// another rule's message, so older than the rule's own: Status uses it
+// only until the backlog was counted.
 func (b *Bridge) createdAt(off, next uint64) int64 {
 	for i := 0; i < 64 && off < next; i, off = i+1, off+1 {
 		rec, err := b.log.Read(off)
