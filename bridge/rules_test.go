@@ -126,3 +126,59 @@ func v5Client(t testing.TB, addr, id string) *paho.Client {
 	})
 	return c
 }
+
+// TestBidirectionalNoLocal: an MQTT 5 bridge that forwards and brings down
+// the same topics: its downlink subscription has No Local, so the upstream
+// does not send back what the bridge forwarded, and local subscribers get
+// each message once. (Over 3.1.1, which has no No Local, the upstream
+// echoes it once: bridging.md says not to overlap the rules there.)
+func TestBidirectionalNoLocal(t *testing.T) {
+	up := startMosquitto(t, "")
+	upstream := &topics{got: map[string]bool{}}
+	sub := client(t, "tcp://"+up.addr, "up-sub", true, upstream.handle)
+	if tok := sub.Subscribe("echo/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	bc := bridgeTo("central", "mqtt://"+up.addr)
+	bc.Protocol = "5"
+	bc.Forward = []edge.ForwardRule{{Filter: "echo/#", Remote: "{topic}", QoS: 1, Retain: "keep"}}
+	bc.Downlink = []edge.DownlinkRule{{Filter: "echo/#", Local: "{topic}", QoS: 1}}
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Connected })
+	var mu sync.Mutex
+	copies := map[string]int{}
+	local := client(t, "tcp://"+b.Addr("tcp").String(), "local", true, func(_ mqtt.Client, m mqtt.Message) {
+		mu.Lock()
+		copies[m.Topic()]++
+		mu.Unlock()
+	})
+	if tok := local.Subscribe("echo/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	// From the upstream (connected means subscribed): comes down once.
+	if tok := client(t, "tcp://"+up.addr, "cloud", true, nil).Publish("echo/down", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+	if tok := dev.Publish("echo/up", 1, false, "x"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	waitStatus(t, b, "central", 10*time.Second, func(s bridge.Status) bool { return s.Forwarded >= 1 })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := upstream.get("echo/up"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("echo/up did not reach the upstream")
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // time for an echo to come down
+	mu.Lock()
+	defer mu.Unlock()
+	if copies["echo/up"] != 1 || copies["echo/down"] != 1 {
+		t.Errorf("local subscriber got echo/up %d times and echo/down %d times, want each once (No Local)", copies["echo/up"], copies["echo/down"])
+	}
+	if s := status(t, b, "central"); s.Received != 1 || s.Dropped[bridge.DropLoop] != 0 {
+		t.Errorf("received %d, dropped loop %d; want 1 (echo/down) and 0 (no echo came)", s.Received, s.Dropped[bridge.DropLoop])
+	}
+}
