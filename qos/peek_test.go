@@ -34,3 +34,32 @@ func TestPeekMessage(t *testing.T) {
 		t.Error("peek of nothing: ok")
 	}
 }
+
+// BenchmarkMessageHead compares what the bridge's backlog count pays per
+// record to match it against a rule: the head alone (PeekMessage), or the
+// whole message (UnmarshalBinary).
+func BenchmarkMessageHead(b *testing.B) {
+	m := &qos.Message{Topic: "bench/12345", Origin: "device-17", QoS: 1, Payload: make([]byte, 64), Created: 123456789}
+	rec, err := m.MarshalBinary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("peek", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			h, ok := qos.PeekMessage(rec)
+			if !ok || string(h.Origin) == "$bridge/x" || !qos.Match("bench/#", string(h.Topic)) {
+				b.Fatal("no match")
+			}
+		}
+	})
+	b.Run("unmarshal", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var x qos.Message
+			if x.UnmarshalBinary(rec) != nil || x.Origin == "$bridge/x" || !qos.Match("bench/#", x.Topic) {
+				b.Fatal("no match")
+			}
+		}
+	})
+}
