@@ -52,6 +52,9 @@ type connection struct {
 	// the sender to write first; busy is set when a WriteNow refused.
 	pending []outgoing
 	busy    bool
+	// acksLeft is what writeAcksNow took and could not write at once,
+	// for the sender to write first.
+	acksLeft []ack
 	// lastDirect is when deliverNow last wrote (the dispatcher's own).
 	lastDirect time.Time
 	batch      []outgoing
@@ -313,12 +316,52 @@ func (c *connection) ackNow() {
 	}
 	if c.writeAcksNow() {
 		c.running.Store(false)
-		c.kick() // work that came meanwhile saw the sender running
+		c.kickTry() // work that came meanwhile saw the sender running
 		return
 	}
 	if !c.e.goSender(c.run) {
 		c.running.Store(false)
 	}
+}
+
+// kickTry is kick for the log's goroutine, which must not wait for a
+// session's or a group's lock (a holder may be waiting for room in the
+// log's queue, which only that goroutine makes): when the lock is taken,
+// or the session has shared groups, it starts the sender to look.
+func (c *connection) kickTry() {
+	if c.running.Load() {
+		return
+	}
+	s := c.s
+	if !s.mu.TryLock() {
+		c.start()
+		return
+	}
+	if s.hasGroups() {
+		s.mu.Unlock()
+		c.start()
+		return
+	}
+	w, off := c.workLocked()
+	s.mu.Unlock()
+	switch w {
+	case workNone:
+	case workAckLater:
+		c.e.awaitDurable(c, off)
+	default:
+		c.start()
+	}
+}
+
+// hasGroups reports whether the session is a member of a shared group.
+// Called with s.mu held.
+func (s *session) hasGroups() bool {
+	for _, sb := range s.subs {
+		if sb.g != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // ackNowMax is the most acknowledgements ackNow writes itself: a round
@@ -329,12 +372,17 @@ const ackNowMax = 64
 // when they are all it has to do and each one's record is durable (a
 // failed one closes a 3.1.1 connection, which may wait: the sender does
 // that). It reports whether it did and the socket took them all; false
-// leaves what is left to the sender. Called with running held.
+// leaves what is left to the sender (acksLeft, unflushed). It runs on the
+// log's goroutine, so it takes the session's lock only if it is free and
+// no group's lock at all: their holders may wait for the log. Called
+// with running held.
 func (c *connection) writeAcksNow() bool {
 	s := c.s
-	s.mu.Lock()
+	if !s.mu.TryLock() {
+		return false
+	}
 	if c.gone || c.closing || c.held || len(c.resend) > 0 || len(c.qos0) > 0 ||
-		len(c.acks) == 0 || len(c.acks) > ackNowMax || c.wantsWindow() {
+		len(c.acks) == 0 || len(c.acks) > ackNowMax || s.hasGroups() || c.wantsWindow() {
 		s.mu.Unlock()
 		return false
 	}
@@ -355,28 +403,31 @@ func (c *connection) writeAcksNow() bool {
 		}
 		c.pkt = Packet{Type: a.typ, PacketID: a.pid, ReasonCode: a.reason}
 		ok, err := c.conn.WriteNow(&c.pkt)
-		if err != nil {
-			c.lost()
-			return true
-		}
-		if !ok {
+		if err != nil || !ok {
 			if a.counts {
 				c.inbound.Add(1) // not written: the sender frees it
 			}
-			// The rest goes back for the sender, ahead of what came since
-			// [MQTT-4.6.0-2].
-			s.mu.Lock()
-			c.acks = append(append([]ack(nil), c.acksOut[i:]...), c.acks...)
-			s.mu.Unlock()
+			// The rest is the sender's, first [MQTT-4.6.0-2]; a broken
+			// connection it finds so.
+			c.acksLeft = append(c.acksLeft[:0], c.acksOut[i:]...)
 			return false
 		}
 		c.unflushed = true
 	}
-	if !c.flush() {
-		c.lost()
-		return true
-	}
+	c.flush() // an error leaves it unflushed: the sender's flush finds it
 	return !c.unflushed
+}
+
+// writeAcksLeft writes what writeAcksNow left, first; false when the
+// connection is gone.
+func (c *connection) writeAcksLeft() bool {
+	defer func() { c.acksLeft = c.acksLeft[:0] }()
+	for _, a := range c.acksLeft {
+		if !c.writeAck(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // deliverNow is the dispatcher's kick: for a clean session whose only
@@ -513,6 +564,9 @@ func (c *connection) writePending() bool {
 
 // run is the sender: it writes while there is work, then stops.
 func (c *connection) run() {
+	if len(c.acksLeft) > 0 && !c.writeAcksLeft() {
+		c.lost()
+	}
 	if len(c.pending) > 0 && !c.writePending() {
 		c.lost()
 	}

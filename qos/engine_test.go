@@ -424,3 +424,32 @@ func TestDeliverNowLeavesTheRestToTheSender(t *testing.T) {
 		})
 	}
 }
+
+// The log's durability event never waits for a session's lock: its holder
+// may be waiting for room in the log's queue, which only the log's
+// goroutine makes. The PUBACK then comes from the sender, once the lock is
+// free.
+func TestAckNowDoesNotWaitForTheSessionLock(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false)
+	pub.conn.settle()
+	h.log.holdFrom()
+	t.Cleanup(h.log.release)
+	pub.publish("t", 1, 1, "m")
+	unlock := pub.cl.LockSession()
+	released := make(chan struct{})
+	go func() {
+		h.log.release() // the durability event, on this goroutine
+		close(released)
+	}()
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		unlock()
+		t.Fatal("the durability event waited for the session's lock")
+	}
+	unlock()
+	if got := pub.conn.waitFor(t, 1); got[0].Type != qos.PacketPuback || got[0].PacketID != 1 {
+		t.Fatalf("got %s, want PUBACK 1", types(got))
+	}
+}

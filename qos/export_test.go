@@ -36,3 +36,10 @@ func (e *Engine) WaitDispatched() {
 // FannedOut is the offset below which the dispatcher has offered every
 // record to every queue.
 func (e *Engine) FannedOut() uint64 { return e.fannedOut.Load() }
+
+// LockSession takes the session's lock, as a goroutine waiting for room
+// in the log while it holds it would; the returned func releases it.
+func (cl *Client) LockSession() (unlock func()) {
+	cl.c.s.mu.Lock()
+	return cl.c.s.mu.Unlock
+}

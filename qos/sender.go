@@ -609,9 +609,13 @@ const (
 // work says what a step would find to do and, for workAckLater, the
 // offset the first acknowledgement waits for.
 func (c *connection) work() (int, uint64) {
-	s := c.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.workLocked()
+}
+
+// workLocked is work with s.mu held.
+func (c *connection) workLocked() (int, uint64) {
 	if c.gone || c.closing || c.held {
 		return workNone, 0
 	}
