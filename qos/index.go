@@ -18,10 +18,46 @@ type sub struct {
 	g     *group
 }
 
-// node is one level of the topic tree.
+// node is one level of the topic tree. The wildcard levels have fields of
+// their own, looked at for every level of every topic matched, so a match
+// costs one map lookup per level, not three.
 type node struct {
-	children map[string]*node
-	subs     []*sub
+	children   map[string]*node // by level name, the wildcards excepted
+	hash, plus *node            // the '#' and '+' levels; nil: none
+	subs       []*sub
+}
+
+// child returns n's child for level, nil when it has none.
+func (n *node) child(level string) *node {
+	switch level {
+	case "#":
+		return n.hash
+	case "+":
+		return n.plus
+	}
+	return n.children[level]
+}
+
+// setChild makes c n's child for level; nil removes it.
+func (n *node) setChild(level string, c *node) {
+	switch {
+	case level == "#":
+		n.hash = c
+	case level == "+":
+		n.plus = c
+	case c == nil:
+		delete(n.children, level)
+	default:
+		if n.children == nil {
+			n.children = map[string]*node{}
+		}
+		n.children[level] = c
+	}
+}
+
+// empty reports whether n holds no subscription and no level below.
+func (n *node) empty() bool {
+	return len(n.subs) == 0 && len(n.children) == 0 && n.hash == nil && n.plus == nil
 }
 
 // index is the engine's topic index: every subscription by its filter's
@@ -39,13 +75,10 @@ func (x *index) add(filter string, s *sub) {
 	defer x.mu.Unlock()
 	n := &x.root
 	for level := range strings.SplitSeq(filter, "/") {
-		c := n.children[level]
+		c := n.child(level)
 		if c == nil {
-			if n.children == nil {
-				n.children = map[string]*node{}
-			}
 			c = &node{}
-			n.children[level] = c
+			n.setChild(level, c)
 		}
 		n = c
 	}
@@ -61,7 +94,7 @@ func (x *index) remove(filter string, s *sub) {
 
 func (n *node) remove(filter string, s *sub) {
 	level, rest, more := strings.Cut(filter, "/")
-	c := n.children[level]
+	c := n.child(level)
 	if c == nil {
 		return
 	}
@@ -70,8 +103,8 @@ func (n *node) remove(filter string, s *sub) {
 	} else {
 		c.subs = slices.DeleteFunc(c.subs, func(o *sub) bool { return o == s })
 	}
-	if len(c.subs) == 0 && len(c.children) == 0 {
-		delete(n.children, level)
+	if c.empty() {
+		n.setChild(level, nil)
 	}
 }
 
@@ -91,11 +124,11 @@ func (n *node) match(topic string, noWild bool, out []*sub) []*sub {
 	level, rest, more := strings.Cut(topic, "/")
 	if !noWild {
 		// "a/#" matches "a/b/c" and "a" itself [MQTT-4.7.1-2].
-		if c := n.children["#"]; c != nil {
-			out = append(out, c.subs...)
+		if n.hash != nil {
+			out = append(out, n.hash.subs...)
 		}
-		if c := n.children["+"]; c != nil {
-			out = c.matchRest(rest, more, out)
+		if n.plus != nil {
+			out = n.plus.matchRest(rest, more, out)
 		}
 	}
 	if c := n.children[level]; c != nil {
@@ -109,8 +142,8 @@ func (n *node) match(topic string, noWild bool, out []*sub) []*sub {
 func (n *node) matchRest(rest string, more bool, out []*sub) []*sub {
 	if !more {
 		out = append(out, n.subs...)
-		if c := n.children["#"]; c != nil {
-			out = append(out, c.subs...)
+		if n.hash != nil {
+			out = append(out, n.hash.subs...)
 		}
 		return out
 	}
