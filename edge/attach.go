@@ -51,7 +51,7 @@ func (b *Broker) attach(listener string, wc *conn) {
 		b.detach(cl, wc, nil, counted, err)
 		return
 	}
-	a := &attached{cl: cl, wc: wc}
+	a := &attached{cl: cl, wc: wc, hc: b.hookClient(cl)}
 	if present {
 		for filter := range cl.State.Subscriptions.GetAll() {
 			a.w.need(cl, filter)
@@ -65,11 +65,14 @@ type attached struct {
 	cl *mqtt.Client
 	wc *conn
 	w  sysWriter
+	// hc is the connection in the delivery hook, looked up once: every
+	// publish and acknowledgement it reads goes to its engine client.
+	hc *hookClient
 }
 
 // serve is a connection's goroutine from CONNACK to its end.
 func (b *Broker) serve(a *attached) {
-	err := b.readLoop(a.cl, &a.w)
+	err := b.readLoop(a)
 	b.detach(a.cl, a.wc, &a.w, true, err)
 }
 
@@ -184,11 +187,12 @@ func (b *Broker) fixRead(pk *packets.Packet) {
 	b.auth.fixRead(pk)
 }
 
-// takeAck hands the engine an acknowledgement of one of its exchanges
-// (deliveryHook.takeAck).
-func (b *Broker) takeAck(cl *mqtt.Client, pk *packets.Packet) bool {
-	ds, ok := b.storage.(*durableStorage)
-	return ok && ds.hook.takeAck(cl, pk)
+// hookClient is cl's connection in the delivery hook, nil if it has none.
+func (b *Broker) hookClient(cl *mqtt.Client) *hookClient {
+	if ds, ok := b.storage.(*durableStorage); ok {
+		return ds.hook.client(cl)
+	}
+	return nil
 }
 
 // readConnect reads the first packet, which must be CONNECT [MQTT-3.1.0-1].
@@ -292,7 +296,8 @@ func takenOver(cl *mqtt.Client) bool {
 // readLoop reads and processes the client's packets until it leaves (nil)
 // or a read or a packet fails. Waiting for a packet it holds only a fixed
 // header in its frame; the packet lives in receive's.
-func (b *Broker) readLoop(cl *mqtt.Client, w *sysWriter) error {
+func (b *Broker) readLoop(a *attached) error {
+	cl := a.cl
 	for {
 		if cl.Closed() {
 			return nil
@@ -302,7 +307,7 @@ func (b *Broker) readLoop(cl *mqtt.Client, w *sysWriter) error {
 		if err := cl.ReadFixedHeader(&fh); err != nil {
 			return err
 		}
-		if err := b.receive(cl, &fh, w); err != nil {
+		if err := b.receive(a, &fh); err != nil {
 			return err
 		}
 	}
@@ -316,20 +321,20 @@ func (b *Broker) readLoop(cl *mqtt.Client, w *sysWriter) error {
 // part of readLoop's, which is on the stack of every idle connection.
 //
 //go:noinline
-func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter) error {
-	s := b.srv
+func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
+	s, cl := b.srv, a.cl
 	pk, err := cl.ReadPacket(fh)
 	if err != nil {
 		return err
 	}
 	b.fixRead(&pk)
-	if b.takeAck(cl, &pk) {
+	if a.hc.takeAck(&pk) {
 		return nil // the engine's, never mochi's
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
 		// Ours from mochi's decoder on (Broker.publish).
-		if err := b.publish(cl, &pk); err != nil {
+		if err := b.publish(a, &pk); err != nil {
 			return b.packetFailed(cl, &pk, err)
 		}
 		return nil
@@ -353,7 +358,7 @@ func (b *Broker) receive(cl *mqtt.Client, fh *packets.FixedHeader, w *sysWriter)
 		// Before mochi processes it: the SUBSCRIBE may fan out $SYS's
 		// retained values at once.
 		for _, f := range pk.Filters {
-			w.need(cl, f.Filter)
+			a.w.need(cl, f.Filter)
 		}
 	}
 	if err := s.InjectPacket(cl, pk); err != nil {

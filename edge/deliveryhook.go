@@ -49,6 +49,7 @@ type deliveryHook struct {
 
 // hookClient is one connection's state in the hook.
 type hookClient struct {
+	h       *deliveryHook
 	qc      *qos.Client
 	present bool
 	refused error           // the engine could not take the session: CONNACK refuses
@@ -112,7 +113,7 @@ func (h *deliveryHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		info.TopicAliasMaximum = cl.Properties.Props.TopicAliasMaximum
 	}
 	qc, present, err := h.e.Connect(newMochiConn(h.srv, cl, h.sent), info)
-	hc := &hookClient{qc: qc, present: present, refused: err}
+	hc := &hookClient{h: h, qc: qc, present: present, refused: err}
 	switch {
 	case errors.Is(err, qos.ErrNotOwner):
 		h.notOwner(cl)
@@ -256,11 +257,10 @@ func (h *deliveryHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// publish hands a client's publish to the engine, which logs it, delivers
-// it and writes its acknowledgement itself (Broker.publish calls it, at
-// the end of mochi's steps); now is when it was accepted.
-func (h *deliveryHook) publish(cl *mqtt.Client, pk *packets.Packet, now time.Time) {
-	hc := h.client(cl)
+// publish hands a publish of hc's client cl to the engine, which logs it,
+// delivers it and writes its acknowledgement itself (Broker.publish calls
+// it, at the end of mochi's steps); now is when it was accepted.
+func (hc *hookClient) publish(cl *mqtt.Client, pk *packets.Packet, now time.Time) {
 	if hc == nil || hc.qc == nil {
 		// No session: the engine refused it, and OnPacketSent stopped the
 		// client with its CONNACK, before the read loop began (attach's
@@ -271,7 +271,7 @@ func (h *deliveryHook) publish(cl *mqtt.Client, pk *packets.Packet, now time.Tim
 	if pk.TopicName == "" {
 		// An alias this connection never set [MQTT-3.3.2-7]: mochi
 		// resolves it to nothing.
-		mochiConn{srv: h.srv, cl: cl}.Close(packets.ErrProtocolViolation.Code)
+		mochiConn{srv: hc.h.srv, cl: cl}.Close(packets.ErrProtocolViolation.Code)
 		return
 	}
 	// The engine has answered and counted every refusal itself (a PUBACK
@@ -281,7 +281,7 @@ func (h *deliveryHook) publish(cl *mqtt.Client, pk *packets.Packet, now time.Tim
 	// client to send again.
 	m := messageOf(pk, now)
 	if err := hc.qc.Publish(&m, pk.PacketID); err != nil && !errors.Is(err, qos.ErrDuplicate) {
-		h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
+		hc.h.lg.Debug("publish not taken", "client", cl.ID, "error", err)
 	}
 }
 
@@ -307,19 +307,18 @@ func messageOf(pk *packets.Packet, now time.Time) qos.Message {
 	return m
 }
 
-// takeAck gives the engine a client's acknowledgement (PUBACK, PUBREC,
-// PUBREL, PUBCOMP) of a QoS 1/2 exchange, in either direction: the engine
-// owns every exchange of ours, so the read loop hands them here instead of
-// to mochi (receive), which would answer a PUBREC or PUBREL itself. It
-// reports whether pk was one; one for a connection the engine does not
-// know is dropped.
-func (h *deliveryHook) takeAck(cl *mqtt.Client, pk *packets.Packet) bool {
+// takeAck gives the engine an acknowledgement (PUBACK, PUBREC, PUBREL,
+// PUBCOMP) hc's client sent, of a QoS 1/2 exchange in either direction:
+// the engine owns every exchange of ours, so the read loop hands them here
+// instead of to mochi (receive), which would answer a PUBREC or PUBREL
+// itself. It reports whether pk was one; one for a connection the engine
+// does not know (hc nil, or without an engine client) is dropped.
+func (hc *hookClient) takeAck(pk *packets.Packet) bool {
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
 	default:
 		return false
 	}
-	hc := h.client(cl)
 	if hc == nil || hc.qc == nil {
 		return true
 	}

@@ -28,8 +28,8 @@ import (
 //
 // It returns the error that ends the connection (a packet that fails
 // validation); a refused publish is answered and counted here.
-func (b *Broker) publish(cl *mqtt.Client, pk *packets.Packet) error {
-	caps := b.srv.Options.Capabilities
+func (b *Broker) publish(a *attached, pk *packets.Packet) error {
+	cl, caps := a.cl, b.srv.Options.Capabilities
 	if code := pk.PublishValidate(caps.TopicAliasMaximum); code != packets.CodeSuccess {
 		return code
 	}
@@ -68,9 +68,7 @@ func (b *Broker) publish(cl *mqtt.Client, pk *packets.Packet) error {
 		refusePublish(cl, pk, packets.ErrNotAuthorized)
 		return nil
 	}
-	if ds, ok := b.storage.(*durableStorage); ok {
-		ds.hook.publish(cl, pk, now)
-	}
+	a.hc.publish(cl, pk, now)
 	return nil
 }
 
