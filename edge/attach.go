@@ -68,6 +68,8 @@ type attached struct {
 	// hc is the connection in the delivery hook, looked up once: every
 	// publish and acknowledgement it reads goes to its engine client.
 	hc *hookClient
+	// hdr is readFixedHeader's scratch, on the heap: the read escapes.
+	hdr [2]byte
 }
 
 // serve is a connection's goroutine from CONNACK to its end.
@@ -122,7 +124,7 @@ var errMaxClients = fmt.Errorf("limits.max_clients reached: %w", packets.ErrServ
 func (b *Broker) open(cl *mqtt.Client, listener string) (counted, present bool, err error) {
 	s := b.srv
 	caps := s.Options.Capabilities
-	pk, err := readConnect(cl)
+	pk, err := readConnect(s, cl)
 	if err != nil {
 		return false, false, fmt.Errorf("read connection: %w", err)
 	}
@@ -196,15 +198,16 @@ func (b *Broker) hookClient(cl *mqtt.Client) *hookClient {
 }
 
 // readConnect reads the first packet, which must be CONNECT [MQTT-3.1.0-1].
-func readConnect(cl *mqtt.Client) (packets.Packet, error) {
+func readConnect(s *mqtt.Server, cl *mqtt.Client) (packets.Packet, error) {
 	var fh packets.FixedHeader
-	if err := cl.ReadFixedHeader(&fh); err != nil {
+	hdr := make([]byte, 2)
+	if err := readFixedHeader(s, cl.Net.Conn, hdr, &fh); err != nil {
 		return packets.Packet{}, err
 	}
 	if fh.Type != packets.Connect {
 		return packets.Packet{}, packets.ErrProtocolViolationRequireFirstConnect
 	}
-	return cl.ReadPacket(&fh)
+	return readPacket(s, cl, cl.Net.Conn, &fh)
 }
 
 // validateConnect is mochi's check of a CONNECT against the capabilities.
@@ -304,7 +307,7 @@ func (b *Broker) readLoop(a *attached) error {
 		}
 		refreshDeadline(cl)
 		var fh packets.FixedHeader
-		if err := cl.ReadFixedHeader(&fh); err != nil {
+		if err := readFixedHeader(b.srv, a.wc, a.hdr[:], &fh); err != nil {
 			return err
 		}
 		if err := b.receive(a, &fh); err != nil {
@@ -323,7 +326,7 @@ func (b *Broker) readLoop(a *attached) error {
 //go:noinline
 func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	s, cl := b.srv, a.cl
-	pk, err := cl.ReadPacket(fh)
+	pk, err := readPacket(s, cl, a.wc, fh)
 	if err != nil {
 		return err
 	}
@@ -365,7 +368,7 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 		return b.packetFailed(cl, &pk, err)
 	}
 	// InjectPacket counts the packet again, as if it came from an inline
-	// client: ReadPacket counted it already.
+	// client: readPacket counted it already.
 	atomic.AddInt64(&s.Info.PacketsReceived, -1)
 	return nil
 }

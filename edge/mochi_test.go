@@ -89,12 +89,14 @@ func TestMochiPublishSteps(t *testing.T) {
 
 // TestNoHookOnPublishEvents: Broker.publish runs no OnPublish, OnPublished
 // or OnPacketProcessed hook for a client's publish (mochi's
-// processPublish would): a hook added for one of them would never run.
+// processPublish would), and readPacket no OnPacketRead hook for any
+// packet (mochi's ReadPacket would): a hook added for one of them would
+// never run.
 func TestNoHookOnPublishEvents(t *testing.T) {
 	tb := startBroker(t, testConfig(t))
-	for _, ev := range []byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketProcessed} {
+	for _, ev := range []byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketProcessed, mqtt.OnPacketRead} {
 		if ids := tb.HooksProviding(ev); len(ids) > 0 {
-			t.Errorf("event %d: provided by %v, which Broker.publish does not call", ev, ids)
+			t.Errorf("event %d: provided by %v, which Broker.publish and readPacket do not call", ev, ids)
 		}
 	}
 }

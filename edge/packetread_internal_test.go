@@ -1,0 +1,100 @@
+package edge
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"reflect"
+	"testing"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// readFixedHeader and readPacket decode what mochi's ReadFixedHeader and
+// ReadPacket decode, from every packet of mochi's own codec cases (valid
+// and malformed, MQTT 3.1, 3.1.1 and 5), with the same errors and the
+// same counts in the server's Info; and a maximum packet size refuses the
+// same packets.
+func TestReadPacketAsMochi(t *testing.T) {
+	for _, maxSize := range []uint32{0, 64} {
+		for typ, cases := range packets.TPacketData {
+			for _, tc := range cases {
+				if len(tc.RawBytes) == 0 {
+					continue
+				}
+				version := byte(4)
+				if tc.Packet != nil && tc.Packet.ProtocolVersion != 0 {
+					version = tc.Packet.ProtocolVersion
+				}
+				wantPk, wantErr, wantInfo := mochiRead(t, tc.RawBytes, version, maxSize)
+				gotPk, gotErr, gotInfo := ourRead(tc.RawBytes, version, maxSize)
+				name := packets.PacketNames[typ] + " " + tc.Desc
+				var code packets.Code
+				switch {
+				case (wantErr == nil) != (gotErr == nil):
+					t.Errorf("%s (max %d): error %v, mochi's %v", name, maxSize, gotErr, wantErr)
+				case errors.As(wantErr, &code) && !errors.Is(gotErr, code):
+					t.Errorf("%s (max %d): error %v, mochi's %v", name, maxSize, gotErr, wantErr)
+				case wantErr == nil && !reflect.DeepEqual(gotPk, wantPk):
+					t.Errorf("%s (max %d): packet\n got %+v\nwant %+v", name, maxSize, gotPk, wantPk)
+				case wantErr == nil && gotInfo != wantInfo:
+					t.Errorf("%s (max %d): counted %v, mochi %v", name, maxSize, gotInfo, wantInfo)
+				}
+			}
+		}
+	}
+}
+
+// readCounts are the server counters the two readers keep.
+type readCounts struct{ bytes, packets, messages int64 }
+
+func countsOf(s *mqtt.Server) readCounts {
+	return readCounts{s.Info.BytesReceived, s.Info.PacketsReceived, s.Info.MessagesReceived}
+}
+
+func testServer(maxSize uint32) *mqtt.Server {
+	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s.Options.Capabilities.MaximumPacketSize = maxSize
+	return s
+}
+
+// mochiRead reads one packet of raw with mochi's client, over a pipe.
+func mochiRead(t *testing.T, raw []byte, version byte, maxSize uint32) (packets.Packet, error, readCounts) {
+	s := testServer(maxSize)
+	server, client := net.Pipe()
+	defer server.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = client.Write(raw)
+		_ = client.Close()
+	}()
+	defer func() { <-done }()
+	cl := s.NewClient(server, "t", "c", false)
+	cl.Properties.ProtocolVersion = version
+	var fh packets.FixedHeader
+	if err := cl.ReadFixedHeader(&fh); err != nil {
+		_ = server.Close()
+		return packets.Packet{}, err, countsOf(s)
+	}
+	pk, err := cl.ReadPacket(&fh)
+	_ = server.Close()
+	return pk, err, countsOf(s)
+}
+
+// ourRead reads one packet of raw with readFixedHeader and readPacket.
+func ourRead(raw []byte, version byte, maxSize uint32) (packets.Packet, error, readCounts) {
+	s := testServer(maxSize)
+	cl := s.NewClient(nil, "t", "c", false)
+	cl.Properties.ProtocolVersion = version
+	r := bytes.NewReader(raw)
+	var fh packets.FixedHeader
+	if err := readFixedHeader(s, r, make([]byte, 2), &fh); err != nil {
+		return packets.Packet{}, err, countsOf(s)
+	}
+	pk, err := readPacket(s, cl, r, &fh)
+	return pk, err, countsOf(s)
+}
