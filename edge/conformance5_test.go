@@ -279,7 +279,7 @@ func TestConformance5Subscriptions(t *testing.T) {
 	// session: one message, at the highest QoS, with every identifier.
 	t.Run("MQTT-3.3.4-5 overlapping subscriptions carry every identifier", func(t *testing.T) {
 		sub, _ := v5(t, addr, "overlap", true, nil)
-		sub.subscribeWith(1, 5, packets.Subscription{Filter: "ov/+", Qos: 0})
+		sub.subscribeWith(1, 456789, packets.Subscription{Filter: "ov/+", Qos: 0}) // a 3-byte varint
 		sub.subscribeWith(2, 9, packets.Subscription{Filter: "ov/#", Qos: 1})
 		sub.subscribeWith(3, 0, packets.Subscription{Filter: "ov/a", Qos: 0})
 		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: 1, TopicName: "ov/a", Payload: []byte("o")})
@@ -289,8 +289,8 @@ func TestConformance5Subscriptions(t *testing.T) {
 			ids[id] = true
 		}
 		if got.FixedHeader.Qos == 1 {
-			if !ids[5] || !ids[9] || len(ids) != 2 {
-				t.Errorf("identifiers %v, want 5 and 9", got.Properties.SubscriptionIdentifier)
+			if !ids[456789] || !ids[9] || len(ids) != 2 {
+				t.Errorf("identifiers %v, want 456789 and 9", got.Properties.SubscriptionIdentifier)
 			}
 			sub.ackPublish(got)
 			sub.none(300 * time.Millisecond)
@@ -1055,5 +1055,131 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		}
 		sub.ackPublish(sub.expect(packets.Publish, 5*time.Second))
 		sub.none(300 * time.Millisecond)
+	})
+}
+
+// TestConformance5Flow: outbound windows, QoS downgrade, order, aliases
+// and identifiers on queued messages.
+func TestConformance5Flow(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "flow-pub", true, nil)
+
+	// [MQTT-4.9.0-1] [MQTT-3.3.4-9]: a QoS 2 delivery counts against the
+	// client's Receive Maximum until its PUBCOMP, PUBREC'd or not.
+	t.Run("MQTT-3.3.4-9 qos 2 holds the window until pubcomp", func(t *testing.T) {
+		sub, _ := v5(t, addr, "flow-rm1", true, func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = 1 })
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "flow/q2", Qos: 2})
+		for i := 0; i < 2; i++ {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: uint16(1 + i), TopicName: "flow/q2", Payload: []byte{byte(i)}})
+		}
+		first := sub.expect(packets.Publish, 5*time.Second)
+		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: first.PacketID})
+		sub.expect(packets.Pubrel, 5*time.Second)
+		sub.none(500 * time.Millisecond)
+		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: first.PacketID})
+		if second := sub.expect(packets.Publish, 5*time.Second); second.Payload[0] != 1 {
+			t.Errorf("second payload %v", second.Payload)
+		}
+	})
+
+	// [MQTT-3.8.4-8]: delivered at the lower of the publish's and the
+	// subscription's QoS; a QoS 0 delivery has no packet id.
+	t.Run("MQTT-3.8.4-8 qos downgrade", func(t *testing.T) {
+		sub, _ := v5(t, addr, "flow-q0", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "flow/down", Qos: 0})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 2}, PacketID: 5, TopicName: "flow/down", Payload: []byte("d")})
+		if got := sub.expect(packets.Publish, 5*time.Second); got.FixedHeader.Qos != 0 || got.PacketID != 0 {
+			t.Errorf("qos %d id %d, want 0 0", got.FixedHeader.Qos, got.PacketID)
+		}
+	})
+
+	// [MQTT-4.6.0-5] [MQTT-4.6.0-6]: messages of one topic and QoS reach a
+	// subscriber in the order they were published.
+	t.Run("MQTT-4.6.0-6 order", func(t *testing.T) {
+		sub, _ := v5(t, addr, "flow-order", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "flow/order", Qos: 1})
+		const n = 200
+		for i := 0; i < n; i++ {
+			pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(100 + i), TopicName: "flow/order", Payload: []byte(fmt.Sprint(i))})
+		}
+		acks := 0
+		for acks < n {
+			if pk := pub.expect(packets.Puback, 5*time.Second); pk.ReasonCode == 0 {
+				acks++
+			}
+		}
+		for i := 0; i < n; i++ {
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if string(got.Payload) != fmt.Sprint(i) {
+				t.Fatalf("message %d: %q", i, got.Payload)
+			}
+			sub.ackPublish(got)
+		}
+	})
+
+	// [MQTT-3.3.2-11] ... [MQTT-3.3.2-12]: topic aliases the server sends
+	// stay within the client's Topic Alias Maximum, and the first PUBLISH
+	// with an alias carries the topic.
+	t.Run("MQTT-3.3.2-10 outbound topic aliases", func(t *testing.T) {
+		sub, _ := v5(t, addr, "flow-alias", true, func(pk *packets.Packet) { pk.Properties.TopicAliasMaximum = 2 })
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "flow/al/#", Qos: 1})
+		known := map[uint16]string{}
+		for i := 0; i < 12; i++ {
+			topic := fmt.Sprintf("flow/al/%d", i%4)
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(400 + i), TopicName: topic, Payload: []byte("a")})
+			got := sub.expect(packets.Publish, 5*time.Second)
+			name := got.TopicName
+			if a := got.Properties.TopicAlias; a != 0 {
+				if a > 2 {
+					t.Fatalf("[MQTT-3.3.2-10] alias %d over the client's maximum 2", a)
+				}
+				if name != "" {
+					known[a] = name
+				} else if name = known[a]; name == "" {
+					t.Fatalf("[MQTT-3.3.2-12] alias %d used before it was set", a)
+				}
+			}
+			if name != topic {
+				t.Fatalf("message %d on %q, want %q", i, name, topic)
+			}
+			sub.ackPublish(got)
+		}
+	})
+
+	// [MQTT-3.3.4-3]: the subscription identifier goes with messages
+	// queued while the session was offline.
+	t.Run("MQTT-3.3.4-3 identifier on queued messages", func(t *testing.T) {
+		persist := func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		}
+		rc, _ := v5(t, addr, "flow-subid", false, persist)
+		rc.subscribeWith(1, 31, packets.Subscription{Filter: "flow/id", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 500, TopicName: "flow/id", Payload: []byte("i")})
+		rc, _ = v5(t, addr, "flow-subid", false, persist)
+		if got := rc.expect(packets.Publish, 5*time.Second); len(got.Properties.SubscriptionIdentifier) != 1 || got.Properties.SubscriptionIdentifier[0] != 31 {
+			t.Errorf("identifiers %v, want [31]", got.Properties.SubscriptionIdentifier)
+		}
+	})
+
+	// [MQTT-3.8.4-?] (4.8.2): no retained messages for a shared
+	// subscription.
+	t.Run("MQTT-4.8.2 no retained to shared subscriptions", func(t *testing.T) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 501, TopicName: "flow/shret", Payload: []byte("r")})
+		sub, _ := v5(t, addr, "flow-shret", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/flow/shret", Qos: 1})
+		sub.none(500 * time.Millisecond)
+	})
+
+	// [MQTT-3.1.3-9]: a will with a delay on a session that ends with the
+	// connection (Session Expiry 0) is published at once.
+	t.Run("MQTT-3.1.3-9 delayed will of a clean session", func(t *testing.T) {
+		watch, _ := v5(t, addr, "flow-will-watch", true, nil)
+		watch.subscribeWith(1, 0, packets.Subscription{Filter: "flow/will", Qos: 1})
+		rc, _ := v5(t, addr, "flow-will", true, willConnect("flow/will", 30, 0))
+		_ = rc.c.Close()
+		watch.expect(packets.Publish, 3*time.Second)
 	})
 }
