@@ -1183,3 +1183,84 @@ func TestConformance5Flow(t *testing.T) {
 		watch.expect(packets.Publish, 3*time.Second)
 	})
 }
+
+// TestConformance5Reconnect: what a new connection to a session does not
+// inherit from the old one.
+func TestConformance5Reconnect(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "rec-pub", true, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 60, true
+		pk.Properties.TopicAliasMaximum = 4
+	}
+
+	// [MQTT-3.3.2-7]: topic aliases belong to one network connection: a
+	// resend, and the next message, on a new connection carry the topic.
+	t.Run("MQTT-3.3.2-7 outbound aliases end with the connection", func(t *testing.T) {
+		rc, _ := v5(t, addr, "rec-alias", false, persist)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "rec/al", Qos: 1})
+		for i := 0; i < 2; i++ {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(1 + i), TopicName: "rec/al", Payload: []byte{byte(i)}})
+		}
+		first := rc.expect(packets.Publish, 5*time.Second)
+		rc.ackPublish(first)
+		second := rc.expect(packets.Publish, 5*time.Second) // left unacknowledged
+		if second.Properties.TopicAlias == 0 {
+			t.Log("the server used no alias")
+		}
+		_ = rc.c.Close()
+		rc, _ = v5(t, addr, "rec-alias", false, persist)
+		again := rc.expect(packets.Publish, 5*time.Second)
+		if again.TopicName != "rec/al" || !again.FixedHeader.Dup {
+			t.Errorf("resend on %q dup %v, want rec/al with DUP", again.TopicName, again.FixedHeader.Dup)
+		}
+		rc.ackPublish(again)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 3, TopicName: "rec/al", Payload: []byte{2}})
+		if next := rc.expect(packets.Publish, 5*time.Second); next.TopicName != "rec/al" && next.Properties.TopicAlias != again.Properties.TopicAlias {
+			t.Errorf("next on %q alias %d: an alias of the old connection", next.TopicName, next.Properties.TopicAlias)
+		}
+	})
+
+	// [MQTT-3.1.2-4]: Clean Start 1 discards the session: nothing queued
+	// for it is delivered, and its subscriptions are gone.
+	t.Run("MQTT-3.1.2-4 clean start discards the queue", func(t *testing.T) {
+		rc, _ := v5(t, addr, "rec-clean", false, persist)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "rec/clean", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 4, TopicName: "rec/clean", Payload: []byte("q")})
+		rc, ack := v5(t, addr, "rec-clean", true, nil)
+		if ack.SessionPresent {
+			t.Error("session present")
+		}
+		rc.none(300 * time.Millisecond)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 5, TopicName: "rec/clean", Payload: []byte("q")})
+		rc.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-3.3.1-5] [MQTT-3.3.1-7 3.1.1]: a new retained message replaces
+	// the old, a QoS 0 one too; # gets every retained topic but $ ones.
+	t.Run("MQTT-3.3.1-5 retained replaced", func(t *testing.T) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 6, TopicName: "rec/ret/a", Payload: []byte("old")})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 0, Retain: true}, TopicName: "rec/ret/a", Payload: []byte("new")})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 7, TopicName: "$rec/ret", Payload: []byte("dollar")})
+		time.Sleep(100 * time.Millisecond) // the QoS 0 one has no acknowledgement to wait for
+		rc, _ := v5(t, addr, "rec-ret", true, nil)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "#", Qos: 1})
+		var got []string
+		for {
+			pk, err := rc.read(500 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			if pk.TopicName == "rec/ret/a" || pk.TopicName == "$rec/ret" {
+				got = append(got, string(pk.Payload))
+			}
+			rc.ackPublish(pk)
+		}
+		if len(got) != 1 || got[0] != "new" {
+			t.Errorf("retained %q, want [new]", got)
+		}
+	})
+}
