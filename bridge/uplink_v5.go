@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -11,13 +12,17 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
+	"github.com/eclipse/paho.golang/paho/store/memory"
 )
 
 // v5link is an MQTT 5 uplink over paho.golang. paho keeps the flow control
 // (it blocks a publish while the upstream's Receive Maximum is used up);
 // the bridge keeps what must survive the connection, in the log. paho's
 // session state is in memory and lives exactly as long as the connection:
-// after a reconnect the bridge resends from its cursors, not paho.
+// after a reconnect the bridge resends from its cursors, not paho. So its
+// store of the packets the bridge sent keeps nothing (noStoreV5); the store
+// of what the upstream sent is paho's in-memory one, which the downlink's
+// QoS 2 exchanges use within the connection.
 type v5link struct {
 	c    *paho.Client
 	conn *watchedConn
@@ -42,7 +47,7 @@ func dialV5(ctx context.Context, d dialer, addr string, in inbound) (*v5link, er
 	}
 	conn := newWatchedConn(nc, cfg.Keepalive)
 	l := &v5link{conn: conn, linkState: newLinkState()}
-	l.sess = &ackSession{State: state.NewInMemory(), link: l, in: in, closed: make(chan struct{})}
+	l.sess = &ackSession{State: state.New(noStoreV5{}, memory.New()), link: l, in: in, closed: make(chan struct{})}
 	pc := paho.ClientConfig{
 		ClientID:                   cfg.ClientID,
 		Conn:                       conn,
@@ -297,3 +302,19 @@ func (e *connackError) Error() string {
 	}
 	return fmt.Sprintf("upstream refused the connection (code 0x%02x)", e.code)
 }
+
+// noStoreV5 is a paho.golang session store that keeps nothing, for the
+// packets the bridge sends. paho reads it only to resend them when its
+// session state sees the next connection, which never happens (a state
+// lives as long as one connection); its in-memory store serialized each
+// PUBLISH into a buffer of its own (12% of a drain's allocations).
+type noStoreV5 struct{}
+
+func (noStoreV5) Put(uint16, byte, io.WriterTo) error { return nil }
+func (noStoreV5) Get(uint16) (io.ReadCloser, error) {
+	return nil, errors.New("bridge: no stored packet")
+}
+func (noStoreV5) Delete(uint16) error     { return nil }
+func (noStoreV5) Quarantine(uint16) error { return nil }
+func (noStoreV5) List() ([]uint16, error) { return nil, nil }
+func (noStoreV5) Reset() error            { return nil }
