@@ -3,7 +3,8 @@
 // downlink rules bring upstream messages down into the broker. It imports
 // qos and wal's contracts (through qos.Log) and the paho clients: paho.golang
 // for MQTT 5, with its in-memory session state, which lives as long as one
-// connection, and paho.mqtt.golang for 3.1.1, with no store at all.
+// connection and keeps no copy of what the bridge sends, and
+// paho.mqtt.golang for 3.1.1, with no store at all.
 //
 // # Entry points
 //
