@@ -158,3 +158,10 @@ func syncDir(dir string) error {
 	}
 	return err
 }
+
+// Subscribed returns the downlink filters the bridge name recorded as
+// subscribed at its upstream in dir (Options.StateDir), sorted; none if it
+// recorded nothing. For `edgemq check`.
+func Subscribed(dir, name string) ([]string, error) {
+	return newSubscriptions(dir).get(name)
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/edgemq/edgemq/bridge"
@@ -15,7 +16,8 @@ import (
 // rule's backlog reaches when `edgemq check` warns.
 const backlogWarn = 0.8
 
-// CheckBridges reports, for each bridge of the checked configuration, each
+// CheckBridges reports, for each bridge of the checked configuration, the
+// downlink filters it recorded as subscribed upstream, and each
 // forward rule's place in the log under storage.dir as it is on disk (the
 // broker stopped or running): the cursor's offset, and behind it the
 // messages the rule still has to send, their bytes, the log it holds back
@@ -43,6 +45,9 @@ func CheckBridges(c *ConfigCheck, now time.Time) (lines []string, warnings []*Co
 		return nil, nil, fmt.Errorf("read %s: %w", dir, err)
 	}
 	for i, bc := range bs {
+		if l := subscribedLine(c.Config.Storage.Dir, bc); l != "" {
+			lines = append(lines, l)
+		}
 		for _, rb := range backlogs[i] {
 			rule := fmt.Sprintf("bridge %s forward[%d] %q", bc.Name, rb.Rule, bc.Forward[rb.Rule].Filter)
 			if !rb.Placed {
@@ -72,4 +77,32 @@ func CheckBridges(c *ConfigCheck, now time.Time) (lines []string, warnings []*Co
 		}
 	}
 	return lines, warnings, nil
+}
+
+// subscribedLine says which downlink filters the bridge recorded as
+// subscribed upstream, and which of them no rule has any more (the bridge
+// unsubscribes them when it next connects to a resumed session); "" for a
+// bridge with no downlink, then or now.
+func subscribedLine(storageDir string, bc BridgeConfig) string {
+	held, err := bridge.Subscribed(filepath.Join(storageDir, "bridges"), bc.Name)
+	if err != nil {
+		return fmt.Sprintf("bridge %s downlink: %v", bc.Name, err)
+	}
+	var stale []string
+	for _, f := range held {
+		if !slices.ContainsFunc(bc.Downlink, func(d DownlinkRule) bool { return d.Filter == f }) {
+			stale = append(stale, f)
+		}
+	}
+	if len(held) == 0 {
+		if len(bc.Downlink) == 0 {
+			return ""
+		}
+		return fmt.Sprintf("bridge %s downlink: no subscription recorded yet (it subscribes when it connects)", bc.Name)
+	}
+	l := fmt.Sprintf("bridge %s downlink: subscribed upstream %q", bc.Name, held)
+	if len(stale) > 0 {
+		l += fmt.Sprintf("; no rule any more for %q: unsubscribed at the next connection to a resumed session", stale)
+	}
+	return l
 }
