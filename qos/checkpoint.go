@@ -157,19 +157,45 @@ func (e *Engine) trim() error {
 // queue's position, each unreleased flight, what a scan read and nobody
 // took, what members gave back to a group. With st, it also brings st up
 // to the live sessions (step 1 above).
+//
+// It sees one state of sessions and groups together: a message moves
+// between a group and a member (taken, found by the member's scan of the
+// group's backlog, given back) only under both their locks, or under
+// Engine.mu, so the walk holds Engine.mu and keeps every session's lock
+// it takes until it has read the groups too. A session released before
+// the groups were read could take a message, or end a scan, in between,
+// and the message would be in neither walk.
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	progress := e.fannedOut.Load()
 	floor := upTo
-	heldByClean := map[*group]uint64{}
+	// A group's messages its members hold and the group's position does
+	// not: a clean member's flights (lost with it at a restart) and what
+	// a scan found and nobody took yet.
+	held := map[*group]uint64{}
+	hold := func(g *group, off uint64) {
+		if h, ok := held[g]; !ok || off < h {
+			held[g] = off
+		}
+	}
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	locked := make([]*session, 0, len(e.sessions))
+	defer func() {
+		for _, s := range locked {
+			s.mu.Unlock()
+		}
+	}()
 	for id, s := range e.sessions {
 		s.mu.Lock()
+		locked = append(locked, s)
 		pos := s.queue.Position(progress)
 		if c := s.conn.Load(); c != nil {
 			for _, sc := range c.scanned { // read past, not yet taken
 				floor = min(floor, sc.Offset)
 				if sc.g == nil { // the session's own: its position too
 					pos = min(pos, sc.Offset)
+				} else {
+					hold(sc.g, sc.Offset)
 				}
 			}
 		}
@@ -189,9 +215,7 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			if f.group != nil && !s.persistent {
 				// A clean member's message is lost with it at a restart:
 				// the group takes it again from its position.
-				if h, ok := heldByClean[f.group]; !ok || f.offset < h {
-					heldByClean[f.group] = f.offset
-				}
+				hold(f.group, f.offset)
 			}
 			if ss != nil && s.persistent {
 				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain}
@@ -201,16 +225,15 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				ss.Inflight[pid] = in
 			}
 		}
-		s.mu.Unlock()
 	}
 	for key, g := range e.groups {
-		pos := g.queue.Position(progress)
 		g.mu.Lock()
+		pos := g.queue.Position(progress)
 		for _, r := range g.returned {
 			pos = min(pos, r.Offset)
 		}
 		g.mu.Unlock()
-		if h, ok := heldByClean[g]; ok {
+		if h, ok := held[g]; ok {
 			pos = min(pos, h)
 		}
 		floor = min(floor, pos)
@@ -220,6 +243,5 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			}
 		}
 	}
-	e.mu.Unlock()
 	return floor
 }

@@ -1,7 +1,9 @@
 package qos_test
 
 import (
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,5 +127,154 @@ func TestIdleEngineStopsCheckpointing(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // twenty intervals, or as many as a busy machine gives
 	if n := h.log.count(qos.KindCheckpoint); n > 3 {
 		t.Fatalf("%d checkpoint records after one publish, want at most 3 (the publish's, one more, and one racing it)", n)
+	}
+}
+
+// TestCheckpointKeepsGroupScanFinds: what a shared group's backlog scan
+// found for a member and the member has not taken yet (its window is
+// full) is the group's still: a checkpoint must hold the group's position
+// below it, or a crash after the checkpoint loses it for every member.
+// The position moved past the finds with the scan, and only the trim
+// point counted them.
+func TestCheckpointKeepsGroupScanFinds(t *testing.T) {
+	h := newHarness(t, func(c *qos.Config) { c.QueueLimit = 4 })
+	a := h.connect("a", true, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 1 })
+	a.subscribe("$share/g/s/#", 1)
+	src := h.connect("src", false)
+	const n = 40
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	src.conn.waitFor(t, n)
+	h.e.WaitDispatched()
+	seen := map[string]bool{}
+	// Acknowledge until the group's queue overflowed into the log and a
+	// scan found the rest: then hold one unacknowledged, the finds wait.
+	for len(seen) < 10 {
+		got := a.conn.waitFor(t, 1)
+		for _, m := range a.ackAll(got) {
+			seen[string(m.Payload)] = true
+		}
+	}
+	a.conn.waitFor(t, 1) // the next one, not acknowledged
+	h.e.WaitDispatched()
+	if err := h.e.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	h.crash()
+	a.reconnect()
+	if got := receiveAll(a, seen, n); got < n {
+		t.Fatalf("a got %d of %d after the crash", got, n)
+	}
+}
+
+// receiveAll acknowledges what c is sent, noting each payload in seen,
+// until seen holds n or nothing comes for a second; it returns len(seen).
+func receiveAll(c *client, seen map[string]bool, n int) int {
+	for quiet := time.Now(); len(seen) < n && time.Since(quiet) < time.Second; {
+		got := c.conn.take()
+		if len(got) == 0 {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		quiet = time.Now()
+		for _, m := range c.ackAll(got) {
+			seen[string(m.Payload)] = true
+		}
+	}
+	return len(seen)
+}
+
+// TestCheckpointFloorSeesGroupFindsMove: a checkpoint's walk of the
+// sessions and of the shared groups must see one state: a group's backlog
+// scan that ends between the two walks moved the group's position past
+// its finds after the walk passed the member that holds them, so neither
+// counted them, the checkpoint held the group's position above them and
+// a crash lost them. Here the walk is held at another session's lock (its
+// PUBREC's Release record is appended under it) while the scan ends; a
+// walk that passed the scanning member first (map order, so the test
+// tries several times) used to lose what the scan found.
+func TestCheckpointFloorSeesGroupFindsMove(t *testing.T) {
+	for round := range 8 {
+		checkpointDuringGroupScan(t, round)
+	}
+}
+
+func checkpointDuringGroupScan(t *testing.T, round int) {
+	h := newHarness(t, func(c *qos.Config) { c.QueueLimit = 4 })
+	b := h.connect("b", true)
+	b.subscribe("b", 2)
+	a := h.connect("a", true, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 1 })
+	a.subscribe("$share/g/s/#", 1)
+	src := h.connect("src", false)
+	src.publish("b", 2, 100, "b")
+	held := b.conn.waitFor(t, 1)[0] // b's QoS 2 flight, PUBREC held back
+	const n = 40
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	src.conn.waitFor(t, n+1)
+	h.e.WaitDispatched()
+
+	// a takes the group's queue in RAM, then scans the log for the rest:
+	// its first read stops until released.
+	scanning, scanGo := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h.log.mu.Lock()
+	h.log.onRead = func(uint64) {
+		once.Do(func() { close(scanning); <-scanGo })
+	}
+	h.log.mu.Unlock()
+	seen := map[string]bool{}
+	for waiting := true; waiting; {
+		select {
+		case <-scanning:
+			waiting = false
+		default:
+			for _, m := range a.ackAll(a.conn.take()) {
+				seen[string(m.Payload)] = true
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// b's PUBREC appends its Release record under b's lock: held there.
+	appending, appendGo := make(chan struct{}), make(chan struct{})
+	h.log.mu.Lock()
+	h.log.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == qos.KindRelease {
+			close(appending)
+			<-appendGo
+		}
+	}
+	h.log.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); b.cl.Pubrec(held.PacketID, 0) }()
+	<-appending
+	var cerr error
+	go func() { defer wg.Done(); cerr = h.e.Checkpoint() }()
+	time.Sleep(20 * time.Millisecond) // the walk reaches b's lock
+	close(scanGo)
+	// The scan ends and a takes its first find, unless the walk holds a's
+	// lock (then both wait for the walk).
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for a.conn.written() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(appendGo)
+	wg.Wait()
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	h.log.mu.Lock()
+	h.log.onRead, h.log.beforeAppend = nil, nil
+	h.log.mu.Unlock()
+	for _, m := range a.ackAll(a.conn.take()) {
+		seen[string(m.Payload)] = true
+	}
+	h.crash()
+	a.reconnect()
+	if got := receiveAll(a, seen, n); got < n {
+		t.Fatalf("round %d: a got %d of %d after the crash", round, got, n)
 	}
 }

@@ -96,7 +96,9 @@ func DefaultConfig(l Log) Config {
 // Lock order: Engine.mu, then index.mu, then session.mu, then group.mu,
 // then a Queue's. The dispatcher holds index.mu for reading while it
 // offers a message and takes no session lock meanwhile. The
-// checkpointer's snaps.mu comes before Engine.mu.
+// checkpointer's snaps.mu comes before Engine.mu. Only a checkpoint's
+// walk (floor) holds several sessions' locks at once, under Engine.mu;
+// nothing else may hold one session's lock and wait for another's.
 type Engine struct {
 	cfg    Config
 	log    Log

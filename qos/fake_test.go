@@ -44,6 +44,9 @@ type memLog struct {
 	// onDurable is NotifyDurable's function, called without the lock
 	// after every append (durable or failed at once) and release.
 	onDurable func()
+	// beforeAppend, if set, is called (without the lock) before every
+	// append: a test can stop an appender there.
+	beforeAppend func(recs [][]byte)
 }
 
 // holdFrom makes the records from the next append on wait for release.
@@ -99,6 +102,12 @@ func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
 }
 
 func (l *memLog) appendAsync(recs [][]byte) (uint64, error) {
+	l.mu.Lock()
+	before := l.beforeAppend
+	l.mu.Unlock()
+	if before != nil {
+		before(recs)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -407,6 +416,13 @@ func (c *fakeConn) Close(reason byte) {
 		c.flushLocked()
 		c.closed, c.reason = true, reason
 	}
+}
+
+// written returns how many packets were written and not taken yet.
+func (c *fakeConn) written() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pkts)
 }
 
 // take returns and forgets the packets written so far.
