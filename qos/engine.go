@@ -117,11 +117,17 @@ type Engine struct {
 	sessions  map[string]*session
 	groups    map[string]*group // by "$share/<group>/<filter>"
 	retained  map[string]Retained
-	external  map[string]map[uint16]uint64 // QoS 2 publishes of non-clients awaiting Release
 	logQoS0   func(topic string) bool
 	lastRef   uint64 // the last session Ref given (see Session.Ref)
 	timers    timerHeap
 	timerWake chan struct{} // capacity 1
+
+	// external holds the QoS 2 publishes of non-clients awaiting Release,
+	// origin -> packet id -> offset. extMu is held from a publish's
+	// duplicate check through its append to its entry here, so two copies
+	// of one message never both append; it is taken under no other lock.
+	extMu    sync.Mutex
+	external map[string]map[uint16]uint64
 
 	dispatched atomic.Uint64 // the next offset the dispatcher reads
 	fannedOut  atomic.Uint64 // every offset below it was offered everywhere
@@ -344,6 +350,10 @@ func (e *Engine) PublishAsync(ms ...*Message) (wait func(ctx context.Context) er
 		id     uint16
 	}
 	var batch map[exchange]bool // the QoS 2 exchanges fresh begins
+	// The duplicate checks, the append and the exchanges' entries are one
+	// step: a copy that came meanwhile would be appended too.
+	e.extMu.Lock()
+	defer e.extMu.Unlock()
 	for _, m := range ms {
 		if m.Created == 0 {
 			m.Created = e.cfg.Now().UnixNano()
@@ -352,13 +362,11 @@ func (e *Engine) PublishAsync(ms ...*Message) (wait func(ctx context.Context) er
 			continue
 		}
 		if m.QoS == 2 && m.Origin != "" {
-			e.mu.Lock()
 			off, dup := e.external[m.Origin][m.OriginPacketID]
-			e.mu.Unlock()
 			if dup && e.failedAppend(off) {
 				// A retry after a failed write: the message again, in
 				// its place among the others.
-				e.forgetExternal(m.Origin, m.OriginPacketID, off)
+				e.forgetExternalLocked(m.Origin, m.OriginPacketID, off)
 				dup = false
 			}
 			if dup {
@@ -390,12 +398,10 @@ func (e *Engine) PublishAsync(ms ...*Message) (wait func(ctx context.Context) er
 		if m.QoS == 2 && m.Origin != "" {
 			// Known from the append on, not from its durability: a retry
 			// after a failed wait is this message again, not a second one.
-			e.mu.Lock()
 			if e.external[m.Origin] == nil {
 				e.external[m.Origin] = map[uint16]uint64{}
 			}
 			e.external[m.Origin][m.OriginPacketID] = first + uint64(i)
-			e.mu.Unlock()
 		}
 	}
 	return func(ctx context.Context) error {
@@ -454,8 +460,13 @@ func (e *Engine) resend(m *Message, off uint64) func(context.Context) error {
 // forgetExternal ends origin's QoS 2 exchange on id if it is still the
 // one at offset off.
 func (e *Engine) forgetExternal(origin string, id uint16, off uint64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.extMu.Lock()
+	defer e.extMu.Unlock()
+	e.forgetExternalLocked(origin, id, off)
+}
+
+// forgetExternalLocked is forgetExternal with extMu held.
+func (e *Engine) forgetExternalLocked(origin string, id uint16, off uint64) {
 	if e.external[origin][id] != off {
 		return
 	}
@@ -553,9 +564,9 @@ func (rb *recBuf) put() {
 // durably, so that a restart does not take the next message on that id
 // for a duplicate.
 func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
-	e.mu.Lock()
+	e.extMu.Lock()
 	pending, ok := e.external[origin][id]
-	e.mu.Unlock()
+	e.extMu.Unlock()
 	if !ok {
 		return nil
 	}

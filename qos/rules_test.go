@@ -1097,3 +1097,52 @@ func TestRetainedAckedBeforeSubscribe(t *testing.T) {
 		t.Fatalf("delivered again: %s", types(p))
 	}
 }
+
+// Concurrent copies of one QoS 2 message of a non-client (a bridge's
+// downlink retrying while its first attempt is still appending) are
+// logged once: the duplicate check and the record of the exchange are
+// one step, so no two of them both append [MQTT-4.3.3-10].
+func TestEnginePublishAsyncQoS2Concurrent(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	// An append takes a while (a log whose append queue is full makes its
+	// appender wait): the copies overlap.
+	h.log.mu.Lock()
+	h.log.beforeAppend = func([][]byte) { time.Sleep(time.Millisecond) }
+	h.log.mu.Unlock()
+	const copies, ids = 8, 20
+	for id := range uint16(ids) {
+		start := make(chan struct{})
+		errs := make([]error, copies)
+		var wg sync.WaitGroup
+		for i := range copies {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				wait, err := h.e.PublishAsync(&qos.Message{Topic: "t", QoS: 2, Origin: "$bridge/x", OriginPacketID: id + 1})
+				if err == nil {
+					err = wait(ctx)
+				}
+				errs[i] = err
+			}()
+		}
+		close(start)
+		wg.Wait()
+		first := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				first++
+			case !errors.Is(err, qos.ErrDuplicate):
+				t.Fatalf("packet id %d: %v", id+1, err)
+			}
+		}
+		if first != 1 {
+			t.Fatalf("packet id %d: %d of %d copies taken as the first, want 1", id+1, first, copies)
+		}
+	}
+	if n := h.log.count(qos.KindMessage); n != ids {
+		t.Fatalf("%d message records for %d packet ids", n, ids)
+	}
+}
