@@ -74,12 +74,20 @@ type ack struct {
 
 // outgoing is one PUBLISH or PUBREL the sender writes in a round.
 type outgoing struct {
-	pid      uint16
-	f        flight // QoS 1/2
-	e        Entry  // QoS 0, or the message of a new flight
-	resend   bool
-	rec      uint64 // the Deliver record that must be durable first
-	recBytes []byte // and the record itself, to append again if its write fails
+	pid     uint16
+	f       flight // QoS 1/2
+	e       Entry  // QoS 0, or the message of a new flight
+	resend  bool
+	rec     logged // the Deliver record that must be durable first
+	refused bool   // not written: its record could not be made
+}
+
+// logged is a Deliver record that must be durable before its PUBLISH is
+// written: where it was appended (0: none to wait for), and the record,
+// to append again if its write fails.
+type logged struct {
+	off uint64
+	rec []byte
 }
 
 // Publish takes an inbound PUBLISH with packet id pid (0 for QoS 0). QoS 0

@@ -19,8 +19,10 @@
 //     connection (edge adapts *wal.Log and mochi's client), with the error
 //     sentinels ErrHole, ErrTrimmed, ErrLogClosed, ErrFull and ErrTooLarge.
 //   - Message, Session, Disconnect, Subscribe, Unsubscribe, Deliver,
-//     PacketRef, Checkpoint: the records, with Encode, EncodeRef, EncodeEnd,
-//     EncodeCheckpoint and Decode. Every record starts with its Kind and a
+//     PacketRef, Checkpoint: the records, with Encode (which fails for a
+//     body that has no encoding) and the encoders of the bodies that
+//     always encode (EncodeDisconnect, EncodeUnsubscribe, EncodeRef,
+//     EncodeEnd, EncodeCheckpoint), and Decode. Every record starts with its Kind and a
 //     version byte; kinds are never renumbered. A record about a session
 //     names it by its Ref (version 2), a short id given at its creation
 //     that its Session record and every snapshot map to the client id;

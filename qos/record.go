@@ -178,7 +178,11 @@ type PacketRef struct {
 
 // Encode returns the record for one of the record bodies above (Message,
 // Session, Disconnect, Subscribe, Unsubscribe, Deliver) or, for the
-// reference bodies, EncodeRef and EncodeEnd.
+// reference bodies, EncodeRef and EncodeEnd. It fails for a body that has
+// no encoding (a QoS or Retain Handling above 2, a type it does not
+// know), and the caller must refuse what the record was for; the bodies
+// that always encode have encoders without an error (EncodeDisconnect,
+// EncodeUnsubscribe, EncodeRef, EncodeEnd, EncodeCheckpoint).
 func Encode(v any) ([]byte, error) {
 	b := make([]byte, 0, 64)
 	switch r := v.(type) {
@@ -210,14 +214,7 @@ func Encode(v any) ([]byte, error) {
 		}
 		return r.Will.AppendBinary(b)
 	case *Disconnect:
-		b = append(b, byte(KindDisconnect), versionFor(r.Ref))
-		b = appendWho(b, r.Client, r.Ref)
-		b = binary.AppendVarint(b, r.At)
-		b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
-		if r.WillPending {
-			return append(b, 1), nil
-		}
-		return append(b, 0), nil
+		return EncodeDisconnect(*r), nil
 	case *Subscribe:
 		if r.QoS > 2 || r.RetainHandling > 2 {
 			return nil, fmt.Errorf("%w: subscribe qos %d retain handling %d", ErrBadRecord, r.QoS, r.RetainHandling)
@@ -234,9 +231,7 @@ func Encode(v any) ([]byte, error) {
 		b = appendString(b, r.Filter)
 		return binary.AppendVarint(b, int64(r.Identifier)), nil
 	case *Unsubscribe:
-		b = append(b, byte(KindUnsubscribe), versionFor(r.Ref))
-		b = appendWho(b, r.Client, r.Ref)
-		return appendString(b, r.Filter), nil
+		return EncodeUnsubscribe(*r), nil
 	case *Deliver:
 		if r.QoS > 2 {
 			return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
@@ -252,6 +247,29 @@ func Encode(v any) ([]byte, error) {
 		return appendString(b, r.Group), nil
 	}
 	return nil, fmt.Errorf("%w: cannot encode %T", ErrBadRecord, v)
+}
+
+// EncodeDisconnect returns a KindDisconnect record. Unlike Encode it
+// cannot fail: every Disconnect encodes.
+func EncodeDisconnect(r Disconnect) []byte {
+	b := make([]byte, 0, 24+len(r.Client))
+	b = append(b, byte(KindDisconnect), versionFor(r.Ref))
+	b = appendWho(b, r.Client, r.Ref)
+	b = binary.AppendVarint(b, r.At)
+	b = binary.AppendUvarint(b, uint64(r.ExpiryInterval))
+	if r.WillPending {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// EncodeUnsubscribe returns a KindUnsubscribe record. Unlike Encode it
+// cannot fail: every Unsubscribe encodes.
+func EncodeUnsubscribe(r Unsubscribe) []byte {
+	b := make([]byte, 0, 16+len(r.Client)+len(r.Filter))
+	b = append(b, byte(KindUnsubscribe), versionFor(r.Ref))
+	b = appendWho(b, r.Client, r.Ref)
+	return appendString(b, r.Filter)
 }
 
 // EncodeRef returns a KindRelease, KindComplete or KindInboundRelease record.

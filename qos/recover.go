@@ -85,8 +85,7 @@ func (e *Engine) recover() error {
 					ss.WillDue = at + int64(d)
 				}
 			}
-			rec, _ := Encode(&Disconnect{Client: id, Ref: ss.Ref, At: at, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil})
-			e.appendRecord(rec)
+			e.appendRecord(EncodeDisconnect(Disconnect{Client: id, Ref: ss.Ref, At: at, ExpiryInterval: ss.ExpiryInterval, WillPending: ss.Will != nil}))
 		}
 		if ss.Will != nil && ss.WillDue > 0 && (ss.Expired(now) || ss.WillDue <= now) {
 			wills = append(wills, ss.Will)

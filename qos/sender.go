@@ -40,12 +40,7 @@ func (c *connection) step() bool {
 			break
 		}
 		if pid != 0 { // a shared group's, flight made and logged as it was taken
-			f := s.flights[pid]
-			o := outgoing{pid: pid, f: f, e: en, rec: logged}
-			if logged > 0 {
-				o.recBytes, _ = Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, Group: g.key})
-			}
-			batch = append(batch, o)
+			batch = append(batch, outgoing{pid: pid, f: s.flights[pid], e: en, rec: logged})
 			continue
 		}
 		if !c.deliverable(en.Msg) {
@@ -78,12 +73,15 @@ func (c *connection) step() bool {
 			if o.resend || o.f.qos == 0 || o.f.group != nil {
 				continue // a group's delivery was logged as it was taken
 			}
-			var grp string
-			if o.f.group != nil {
-				grp = o.f.group.key
-			}
-			rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: o.pid, Offset: o.f.offset, QoS: o.f.qos, Retain: o.f.retain, Group: grp})
-			if o.f.qos < 2 {
+			rec := c.deliverRecord(o.pid, o.f)
+			switch {
+			case rec == nil && o.f.qos == 2:
+				o.refused = true // never without its record [MQTT-4.3.3]
+				c.dropFlight(o.pid)
+				continue
+			case rec == nil:
+				continue // sent unlogged, as when the log refuses the record
+			case o.f.qos < 2:
 				e.appendRecord(rec)
 				continue
 			}
@@ -94,7 +92,7 @@ func (c *connection) step() bool {
 			if !ok {
 				return c.lostClaim(scanG)
 			}
-			o.rec, o.recBytes = off, rec
+			o.rec = logged{off: off, rec: rec}
 		}
 	}
 	for _, a := range c.acksOut {
@@ -211,7 +209,7 @@ func (c *connection) readable(m *Message) bool {
 // next takes the next message for the connection: retained messages of a
 // SUBSCRIBE whose SUBACK is out, the session's queue, then its shared
 // groups in turn. Called with s.mu held.
-func (c *connection) next() (en Entry, g *group, pid uint16, logged uint64, ok bool) {
+func (c *connection) next() (en Entry, g *group, pid uint16, rec logged, ok bool) {
 	s := c.s
 	if len(c.scanned) > 0 {
 		sc := c.scanned[0]
@@ -220,16 +218,16 @@ func (c *connection) next() (en Entry, g *group, pid uint16, logged uint64, ok b
 		if sc.g != nil {
 			return c.takeShared(sc.Entry, sc.g)
 		}
-		return sc.Entry, nil, 0, 0, true
+		return sc.Entry, nil, 0, logged{}, true
 	}
 	if s.holdRet == 0 && len(s.retained) > 0 {
 		en := s.retained[0]
 		s.retained[0] = Entry{}
 		s.retained = s.retained[1:]
-		return en, nil, 0, 0, true
+		return en, nil, 0, logged{}, true
 	}
 	if en, ok := s.queue.Pop(); ok {
-		return en, nil, 0, 0, true
+		return en, nil, 0, logged{}, true
 	}
 	return c.nextShared()
 }
@@ -245,22 +243,32 @@ func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
 	return pid, f
 }
 
-// takeShared makes the flight of a message taken from group g and, for a
-// persistent session, appends its Deliver record, all under g.mu: the
-// group's deliveries are logged in the order its members take them, so
-// that a replay, which puts the group after its last logged delivery,
-// never passes one taken and not yet logged. Called with s.mu and g.mu
-// held, or, for a scan's find, s.mu alone (it takes g.mu).
-func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, uint64) {
+// takeSharedLocked makes the flight of a message taken from group g and,
+// for a persistent session, appends its Deliver record, all under g.mu:
+// the group's deliveries are logged in the order its members take them,
+// so that a replay, which puts the group after its last logged delivery,
+// never passes one taken and not yet logged. A QoS 2 delivery returns its
+// record, to be durable before its PUBLISH [MQTT-4.3.3]. Called with s.mu
+// and g.mu held, or, for a scan's find, s.mu alone (it takes g.mu).
+func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, logged) {
 	s := c.s
 	if en.QoS == 0 || !c.wouldDeliver(en.Msg) {
-		return 0, 0 // the sender's usual path writes or drops it
+		return 0, logged{} // the sender's usual path writes or drops it
 	}
 	pid, f := c.newFlightLocked(en, g)
 	if !s.persistent {
-		return pid, 0
+		return pid, logged{}
 	}
-	rec, _ := Encode(&Deliver{Client: s.id, Ref: s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, Group: g.key})
+	rec := c.deliverRecord(pid, f)
+	if rec == nil {
+		if f.qos == 2 {
+			// Never written without its record, and not given back: it
+			// would fail again.
+			delete(s.flights, pid)
+			return 0, logged{}
+		}
+		return pid, logged{} // sent unlogged, as when the log refuses it
+	}
 	off, err := c.e.log.AppendAsync(rec)
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)
@@ -268,30 +276,49 @@ func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, uint64) {
 			// Not written without its record: it goes back to the group.
 			delete(s.flights, pid)
 			g.returned = append([]Entry{en}, g.returned...)
-			return 0, 0
+			return 0, logged{}
 		}
-		return pid, 0
+		return pid, logged{}
 	}
 	if f.qos == 2 {
-		return pid, off // written once durable [MQTT-4.3.3]
+		return pid, logged{off: off, rec: rec} // written once durable [MQTT-4.3.3]
 	}
-	return pid, 0
+	return pid, logged{}
+}
+
+// deliverRecord returns the Deliver record of flight f under pid, or nil
+// (counted and logged) if it cannot be encoded. A flight is QoS 1 or 2,
+// which always encodes: nil is a bug caught, and the caller refuses the
+// delivery as it would a record the log refused, except that a QoS 2 one
+// is dropped rather than tried again.
+func (c *connection) deliverRecord(pid uint16, f flight) []byte {
+	d := Deliver{Client: c.s.id, Ref: c.s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain}
+	if f.group != nil {
+		d.Group = f.group.key
+	}
+	rec, err := Encode(&d)
+	if err != nil {
+		c.e.stats.recordFailures.Add(1)
+		c.e.lg.Error("delivery record not encoded: delivery refused", "client", c.s.id, "qos", f.qos, "error", err)
+		return nil
+	}
+	return rec
 }
 
 // takeShared is takeSharedLocked for an entry already out of the group.
-func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, uint64, bool) {
+func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, logged, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	pid, logged := c.takeSharedLocked(en, g)
+	pid, rec := c.takeSharedLocked(en, g)
 	if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-		return Entry{}, nil, 0, 0, false // given back: the log refused its record
+		return Entry{}, nil, 0, logged{}, false // given back: the log refused its record
 	}
-	return en, g, pid, logged, true
+	return en, g, pid, rec, true
 }
 
 // nextShared takes one message from one of the session's groups, round
 // robin. Called with s.mu held.
-func (c *connection) nextShared() (Entry, *group, uint16, uint64, bool) {
+func (c *connection) nextShared() (Entry, *group, uint16, logged, bool) {
 	s := c.s
 	var gs []*sub
 	for _, sb := range s.subs {
@@ -317,14 +344,14 @@ func (c *connection) nextShared() (Entry, *group, uint16, uint64, bool) {
 		}
 		s.lastGroups = (s.lastGroups + i + 1) % len(gs)
 		en = grantShared(en, sb)
-		pid, logged := c.takeSharedLocked(en, g)
+		pid, rec := c.takeSharedLocked(en, g)
 		g.mu.Unlock()
 		if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-			return Entry{}, nil, 0, 0, false // given back: the log refused its record
+			return Entry{}, nil, 0, logged{}, false // given back: the log refused its record
 		}
-		return en, g, pid, logged, true
+		return en, g, pid, rec, true
 	}
-	return Entry{}, nil, 0, 0, false
+	return Entry{}, nil, 0, logged{}, false
 }
 
 // grantShared applies a member's subscription to a group's message.
@@ -387,11 +414,14 @@ func (c *connection) writeAck(a ack) bool {
 // flight freed, so the next message flows.
 func (c *connection) writePublish(o *outgoing) bool {
 	e, s := c.e, c.s
-	for o.rec > 0 {
-		if !c.flushBefore(o.rec) {
+	if o.refused {
+		return true
+	}
+	for o.rec.off > 0 {
+		if !c.flushBefore(o.rec.off) {
 			return false
 		}
-		err := e.log.WaitDurable(e.ctx, o.rec)
+		err := e.log.WaitDurable(e.ctx, o.rec.off)
 		if err == nil {
 			break
 		}
@@ -399,11 +429,11 @@ func (c *connection) writePublish(o *outgoing) bool {
 			return false
 		}
 		// Its write failed (the offset is a hole): the record again.
-		off, ok := c.appendUntil(o.recBytes)
+		off, ok := c.appendUntil(o.rec.rec)
 		if !ok {
 			return false // the flight waits for the next connection
 		}
-		o.rec = off
+		o.rec.off = off
 	}
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}

@@ -365,8 +365,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 				s.willDue = at + int64(d)
 			}
 		}
-		rec, _ := Encode(&Disconnect{Client: s.id, Ref: s.ref.Load(), At: at, ExpiryInterval: s.expiry, WillPending: will != nil})
-		e.appendRecord(rec)
+		e.appendRecord(EncodeDisconnect(Disconnect{Client: s.id, Ref: s.ref.Load(), At: at, ExpiryInterval: s.expiry, WillPending: will != nil}))
 	}
 	var groupFlights map[uint16]flight
 	for pid, f := range s.flights {
@@ -536,8 +535,7 @@ func (cl *Client) Unsubscribe(filters []string) error {
 	if s.persistent && len(filters) > 0 {
 		recs := make([][]byte, 0, len(filters))
 		for _, f := range filters {
-			rec, _ := Encode(&Unsubscribe{Client: s.id, Ref: s.ref.Load(), Filter: f})
-			recs = append(recs, rec)
+			recs = append(recs, EncodeUnsubscribe(Unsubscribe{Client: s.id, Ref: s.ref.Load(), Filter: f}))
 		}
 		if err := e.appendWait(recs...); err != nil {
 			return err
