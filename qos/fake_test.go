@@ -47,6 +47,54 @@ type memLog struct {
 	// beforeAppend, if set, is called (without the lock) before every
 	// append: a test can stop an appender there.
 	beforeAppend func(recs [][]byte)
+	// slow, when set (slowSync), makes appends durable only when a syncer
+	// passes: one fsync of that long for everything appended before it
+	// began (group commit). durable is the last offset it made durable.
+	slow    bool
+	durable uint64
+	syncs   int // fsyncs the slow syncer made
+}
+
+// slowSync makes every fsync of the log take d, with group commit, as a
+// slow SD card does, until the test ends.
+func (l *memLog) slowSync(t testing.TB, d time.Duration) {
+	l.mu.Lock()
+	l.slow, l.durable = true, uint64(len(l.recs))
+	l.mu.Unlock()
+	stop, done := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		for {
+			l.mu.Lock()
+			target, ch := uint64(len(l.recs)), l.notify
+			idle := target == l.durable
+			l.mu.Unlock()
+			if idle { // wait for an append
+				select {
+				case <-ch:
+					continue
+				case <-stop:
+					return
+				}
+			}
+			select {
+			case <-time.After(d):
+			case <-stop:
+				return
+			}
+			l.mu.Lock()
+			l.durable = target
+			l.syncs++
+			close(l.notify)
+			l.notify = make(chan struct{})
+			fn := l.onDurable
+			l.mu.Unlock()
+			if fn != nil {
+				fn()
+			}
+		}
+	}()
 }
 
 // holdFrom makes the records from the next append on wait for release.
@@ -78,6 +126,9 @@ func (l *memLog) NotifyDurable(fn func()) {
 
 // durableLocked is the newest durable offset. Called with mu held.
 func (l *memLog) durableLocked() uint64 {
+	if l.slow {
+		return min(uint64(len(l.recs)), l.durable)
+	}
 	if l.hold > 0 {
 		return min(uint64(len(l.recs)), l.hold-1)
 	}

@@ -85,6 +85,28 @@ func (x *index) add(filter string, s *sub) {
 	n.subs = append(n.subs, s)
 }
 
+// replace puts nb in old's place under filter, in one step for a reader
+// (the dispatcher never sees neither, or both); nb is added if old is not
+// there.
+func (x *index) replace(filter string, old, nb *sub) {
+	x.mu.Lock()
+	n := &x.root
+	for level := range strings.SplitSeq(filter, "/") {
+		if n = n.children[level]; n == nil {
+			break
+		}
+	}
+	if n != nil {
+		if i := slices.Index(n.subs, old); i >= 0 {
+			n.subs[i] = nb
+			x.mu.Unlock()
+			return
+		}
+	}
+	x.mu.Unlock()
+	x.add(filter, nb)
+}
+
 // remove takes s out; it prunes the levels left empty.
 func (x *index) remove(filter string, s *sub) {
 	x.mu.Lock()

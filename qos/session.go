@@ -2,6 +2,7 @@ package qos
 
 import (
 	"cmp"
+	"context"
 	"maps"
 	"math"
 	"slices"
@@ -120,7 +121,64 @@ type Client struct {
 // CONNACK must refuse (0x80) [MQTT-3.2.2-6]; ErrNotOwner, a session of
 // another user, 0x87. A connection holding the session already is closed
 // with 0x8E [MQTT-3.1.4-3].
+//
+// The records are appended under Engine.mu and waited for outside it, so
+// a storm of connections shares its fsyncs instead of queueing one fsync
+// each. Meanwhile the session is the engine's, held for this connection
+// (nothing is written to it before Established); a write that fails then
+// takes a new session out again, as if it had never come.
 func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
+	c, present, w, err := e.connect(conn, info)
+	if err != nil {
+		return nil, false, err
+	}
+	if w.last > 0 {
+		if err := e.log.WaitDurable(context.Background(), w.last); err != nil {
+			if !e.connectFailed(c, w, err) {
+				return nil, false, err
+			}
+		}
+	}
+	return &Client{e: e, c: c}, present, nil
+}
+
+// connectWait is what Connect waits for once the lock is released: the
+// last record it appended (0: none), and what a failed write undoes.
+type connectWait struct {
+	last    uint64
+	resumed bool   // the session was durable already: it goes on
+	prevRef uint64 // a resumed session's Ref before this connection
+}
+
+// connectFailed undoes what Connect did for c when its records did not
+// become durable, and reports whether the connection goes on: a session
+// resumed does (its new will and expiry may not survive a restart), a new
+// one is taken out again, unless a newer connection took it over
+// meanwhile (then that one's own records stand for it).
+func (e *Engine) connectFailed(c *connection, w connectWait, err error) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := c.s
+	if w.resumed {
+		e.stats.recordFailures.Add(1)
+		e.lg.Warn("resumed session not logged: its new will and expiry may not survive a restart", "client", s.id, "error", err)
+		if s.conn.Load() == c {
+			s.ref.Store(w.prevRef) // its records name it as the log knows it
+		}
+		return true
+	}
+	s.mu.Lock()
+	ours := s.conn.Load() == c && !s.ended
+	s.mu.Unlock()
+	if ours {
+		e.endSessionLocked(s, false)
+	}
+	return false
+}
+
+// connect is Connect's part under Engine.mu: it appends the records and
+// changes the sessions, without waiting for the records.
+func (e *Engine) connect(conn Conn, info ConnectInfo) (*connection, bool, connectWait, error) {
 	if info.ReceiveMaximum == 0 {
 		info.ReceiveMaximum = math.MaxUint16
 	}
@@ -129,16 +187,17 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 	}
 	persistent := info.ExpiryInterval > 0
 	var rec []byte
+	var w connectWait
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ctx.Err() != nil {
-		return nil, false, ErrEngineClosed
+		return nil, false, w, ErrEngineClosed
 	}
 	old := e.sessions[info.ClientID]
 	if old != nil && old.owner != info.Username && !info.AnyOwner {
 		// Checked under the lock that creates the session: two users
 		// racing for a new client id cannot both get it.
-		return nil, false, ErrNotOwner
+		return nil, false, w, ErrNotOwner
 	}
 	owner := info.Username
 	resumed := old != nil && !info.CleanStart && old.persistent
@@ -160,7 +219,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		rec, err = Encode(&Session{Client: info.ClientID, Ref: ref, ProtocolVersion: info.ProtocolVersion,
 			ExpiryInterval: info.ExpiryInterval, Will: info.Will, WillDelay: info.WillDelay, Username: owner})
 		if err != nil {
-			return nil, false, err
+			return nil, false, w, err
 		}
 	}
 	var recs [][]byte
@@ -190,16 +249,21 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref.Load()}))
 	}
 	logged := len(recs) > 0
+	w.resumed = old != nil && old.persistent
 	if logged {
 		// A new session (and the end of the one it replaces) is durable
-		// before CONNACK says so [MQTT-3.2.2-6]. A session resumed is
-		// durable already: on a full log it goes on with what the log
-		// holds (its new will and expiry may not survive a restart),
-		// since refusing it would keep its backlog from draining.
-		if err := e.appendWait(recs...); err != nil {
-			if old == nil || !old.persistent {
-				return nil, false, err
-			}
+		// before CONNACK says so [MQTT-3.2.2-6]: Connect waits for it. A
+		// session resumed is durable already: on a full log it goes on
+		// with what the log holds (its new will and expiry may not
+		// survive a restart), since refusing it would keep its backlog
+		// from draining.
+		off, err := e.log.AppendAsync(recs...)
+		switch {
+		case err == nil:
+			w.last = off + uint64(len(recs)) - 1
+		case !w.resumed:
+			return nil, false, w, err
+		default:
 			logged = false
 			e.stats.recordFailures.Add(1)
 			e.lg.Warn("resumed session not logged: its new will and expiry may not survive a restart", "client", info.ClientID, "error", err)
@@ -223,6 +287,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 		}
 	}
 	s.persistent = persistent
+	w.prevRef = s.ref.Load()
 	if logged {
 		// Its Session record maps ref: later records may name it so. A
 		// session the log just ended (resumed with an expiry of 0) has
@@ -257,7 +322,7 @@ func (e *Engine) Connect(conn Conn, info ConnectInfo) (*Client, bool, error) {
 			sb.g.mu.Unlock()
 		}
 	}
-	return &Client{e: e, c: c}, present, nil
+	return c, present, w, nil
 }
 
 // Established tells the engine that CONNACK is written: the connection's
@@ -420,9 +485,18 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 // Subscribe adds the subscriptions (a repeated filter replaces the old one
 // and keeps its start [MQTT-3.8.4-3]). For a persistent session they are
 // durable when it returns; an error means SUBACK must carry a failure code
-// (0x80) for every one [MQTT-3.9.3]. Retained messages matching them are
-// queued per their Retain Handling [MQTT-3.3.1-9..11] and flow, within the
-// client's window, once Suback is called.
+// (0x80) for every one [MQTT-3.9.3], and the subscriptions are as they
+// were. Retained messages matching them are queued per their Retain
+// Handling [MQTT-3.3.1-9..11] and flow, within the client's window, once
+// Suback is called.
+//
+// The subscriptions enter the index before their records are appended,
+// both under Engine.mu, so every PUBLISH appended after the SUBSCRIBE's
+// records matches them; the wait for the records is outside the lock, so
+// the SUBSCRIBEs of many connections share their fsyncs. Records that
+// cannot be appended, or whose write fails, take them out again (a
+// repeated filter gets its old subscription back), and queue no retained
+// message.
 func (cl *Client) Subscribe(subs []Subscribe) error {
 	e, s := cl.e, cl.c.s
 	if len(subs) == 0 {
@@ -439,25 +513,66 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	// records at most, unless a backlog is being read after a restart.
 	e.waitFannedOut(e.log.LastOffset() + 1)
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if s.conn.Load() != cl.c {
+		e.mu.Unlock()
 		return ErrGone
 	}
+	var recs [][]byte
 	if s.persistent {
-		recs := make([][]byte, 0, len(subs))
+		recs = make([][]byte, 0, len(subs))
 		for i := range subs {
 			subs[i].Client, subs[i].Ref = s.id, s.ref.Load()
 			rec, err := Encode(&subs[i])
 			if err != nil {
+				e.mu.Unlock()
 				return err
 			}
 			recs = append(recs, rec)
 		}
-		if err := e.appendWait(recs...); err != nil {
-			return err
-		}
 	}
+	added := e.subscribeLocked(s, subs)
+	if len(recs) == 0 {
+		e.queueRetainedLocked(s, added)
+		s.mu.Lock()
+		s.holdRet++ // the retained messages wait for the SUBACK
+		s.mu.Unlock()
+		e.mu.Unlock()
+		return nil
+	}
+	off, err := e.log.AppendAsync(recs...)
+	if err != nil {
+		e.unsubscribeAddedLocked(s, added)
+		e.mu.Unlock()
+		return err
+	}
+	s.mu.Lock()
+	s.holdRet++
+	s.mu.Unlock()
+	e.mu.Unlock()
+	err = e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		e.unsubscribeAddedLocked(s, added)
+		return err
+	}
+	e.queueRetainedLocked(s, added)
+	return nil
+}
+
+// added is a subscription Subscribe added, and the one it replaced (nil:
+// none).
+type added struct {
+	sb, old *sub
+}
+
+// subscribeLocked adds the subscriptions to s, the index and their
+// groups. A repeated filter's new subscription takes the old one's place
+// in one step: in the index, or among its group's members (the group and
+// its backlog stay).
+func (e *Engine) subscribeLocked(s *session, subs []Subscribe) []added {
 	since := e.dispatched.Load()
+	out := make([]added, 0, len(subs))
 	for _, sr := range subs {
 		sr.Client, sr.Ref = s.id, s.ref.Load()
 		s.mu.Lock()
@@ -466,14 +581,12 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 		start := since
 		if old != nil {
 			start = old.since
-			e.unsubscribeLocked(s, old)
 		}
 		nb := &sub{Subscribe: sr, since: start, s: s}
 		if sr.Identifier > 0 {
 			nb.ids = []int{sr.Identifier}
 		}
-		name, inner := SplitShared(sr.Filter)
-		if name != "" {
+		if name, inner := SplitShared(sr.Filter); name != "" {
 			g := e.groups[sr.Filter]
 			if g == nil {
 				g = &group{key: sr.Filter, filter: inner, since: start,
@@ -484,32 +597,73 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 				e.idx.add(inner, g.sub)
 			}
 			nb.g = g
-			g.mu.Lock()
-			g.members[s] = nb
-			g.mu.Unlock()
-		} else {
-			e.idx.add(sr.Filter, nb)
 		}
-		s.mu.Lock()
-		s.subs[sr.Filter] = nb
-		// Retained messages [MQTT-3.3.1-9]: not for a shared subscription
-		// [MQTT-3.8.4-?] (none are sent to shared subscriptions), 1 only
-		// for a new subscription, 2 never [MQTT-3.3.1-10] [MQTT-3.3.1-11].
-		if name == "" && (sr.RetainHandling == 0 || (sr.RetainHandling == 1 && old == nil)) {
-			for _, r := range e.retained {
-				if !Match(sr.Filter, r.Message.Topic) {
-					continue
-				}
-				m := &r.Message
-				s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: nb.ids})
-			}
-		}
-		s.mu.Unlock()
+		e.swapSubLocked(s, old, nb)
+		out = append(out, added{sb: nb, old: old})
 	}
+	return out
+}
+
+// swapSubLocked puts sb in old's place (old nil: adds it) in s, the index
+// or its group's members.
+func (e *Engine) swapSubLocked(s *session, old, sb *sub) {
 	s.mu.Lock()
-	s.holdRet++
+	s.subs[sb.Filter] = sb
+	connected := s.conn.Load() != nil
 	s.mu.Unlock()
-	return nil
+	if g := sb.g; g != nil {
+		g.mu.Lock()
+		if _, in := g.members[s]; in || connected {
+			g.members[s] = sb
+		}
+		g.mu.Unlock()
+		return
+	}
+	if old != nil {
+		e.idx.replace(sb.Filter, old, sb)
+	} else {
+		e.idx.add(sb.Filter, sb)
+	}
+}
+
+// unsubscribeAddedLocked undoes subscribeLocked, for the subscriptions
+// still as it left them.
+func (e *Engine) unsubscribeAddedLocked(s *session, subs []added) {
+	for _, a := range subs {
+		s.mu.Lock()
+		same := s.subs[a.sb.Filter] == a.sb
+		s.mu.Unlock()
+		switch {
+		case !same:
+		case a.old == nil:
+			e.unsubscribeLocked(s, a.sb)
+		default:
+			e.swapSubLocked(s, a.sb, a.old)
+		}
+	}
+}
+
+// queueRetainedLocked queues for s the retained messages its new
+// subscriptions get [MQTT-3.3.1-9]: none for a shared subscription
+// [MQTT-4.8.2] (none are sent to shared subscriptions), with Retain
+// Handling 1 only for a new subscription, with 2 never [MQTT-3.3.1-10]
+// [MQTT-3.3.1-11].
+func (e *Engine) queueRetainedLocked(s *session, subs []added) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range subs {
+		sr := a.sb.Subscribe
+		if a.sb.g != nil || s.subs[sr.Filter] != a.sb || !(sr.RetainHandling == 0 || (sr.RetainHandling == 1 && a.old == nil)) {
+			continue
+		}
+		for _, r := range e.retained {
+			if !Match(sr.Filter, r.Message.Topic) {
+				continue
+			}
+			m := &r.Message
+			s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: a.sb.ids})
+		}
+	}
 }
 
 // Suback tells the engine the SUBACK of the last Subscribe is written:
@@ -524,28 +678,46 @@ func (cl *Client) Suback() {
 
 // Unsubscribe removes subscriptions by filter; for a persistent session
 // the removal is durable when it returns (an error means UNSUBACK must
-// carry 0x80).
+// carry 0x80, and the subscriptions stay). The records are appended under
+// Engine.mu and waited for outside it; the subscriptions are deleted once
+// they are durable, and take no new message from then on [MQTT-3.10.4-2].
 func (cl *Client) Unsubscribe(filters []string) error {
 	e, s := cl.e, cl.c.s
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if s.conn.Load() != cl.c {
+		e.mu.Unlock()
 		return ErrGone
 	}
+	gone := make([]*sub, 0, len(filters))
+	s.mu.Lock()
+	for _, f := range filters {
+		if sb := s.subs[f]; sb != nil {
+			gone = append(gone, sb)
+		}
+	}
+	s.mu.Unlock()
 	if s.persistent && len(filters) > 0 {
 		recs := make([][]byte, 0, len(filters))
 		for _, f := range filters {
 			recs = append(recs, EncodeUnsubscribe(Unsubscribe{Client: s.id, Ref: s.ref.Load(), Filter: f}))
 		}
-		if err := e.appendWait(recs...); err != nil {
+		off, err := e.log.AppendAsync(recs...)
+		if err != nil {
+			e.mu.Unlock()
 			return err
 		}
+		e.mu.Unlock()
+		if err := e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1); err != nil {
+			return err
+		}
+		e.mu.Lock()
 	}
-	for _, f := range filters {
+	defer e.mu.Unlock()
+	for _, sb := range gone {
 		s.mu.Lock()
-		sb := s.subs[f]
+		same := s.subs[sb.Filter] == sb // not subscribed again meanwhile
 		s.mu.Unlock()
-		if sb != nil {
+		if same {
 			e.unsubscribeLocked(s, sb)
 		}
 	}

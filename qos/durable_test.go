@@ -1,0 +1,183 @@
+package qos_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/edgemq/edgemq/qos"
+)
+
+// waitKind waits until the log holds n records of kind k (appended,
+// durable or not).
+func waitKind(t *testing.T, l *memLog, k qos.Kind, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for l.count(k) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d records of kind %d, want %d", l.count(k), k, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// returned reports whether done closes within a while (a call that does
+// not return while another waits for an fsync waits on it: a bug, not
+// slowness).
+func returned(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	case <-time.After(5 * time.Second):
+		return false
+	}
+}
+
+// A persistent session's CONNACK and a SUBSCRIBE's SUBACK wait for their
+// records [MQTT-3.2.2-6] [MQTT-3.9.3], but not with the engine held: the
+// connections and subscriptions of others go on meanwhile (a reconnect
+// storm shares its fsyncs instead of queueing one each), and a PUBLISH
+// appended after the SUBSCRIBE's record reaches the new subscription.
+func TestDurableWaitsDoNotHoldTheEngine(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false)
+	h.log.holdFrom() // a slow fsync from here on
+	t.Cleanup(h.log.release)
+
+	connected := make(chan struct{})
+	var a *qos.Client
+	aConn := newFakeConn()
+	go func() {
+		defer close(connected)
+		cl, _, err := h.e.Connect(aConn, qos.ConnectInfo{ClientID: "a", ProtocolVersion: 5, ExpiryInterval: 60})
+		if err != nil {
+			t.Error(err)
+		}
+		a = cl
+	}()
+	waitKind(t, h.log, qos.KindSession, 1)
+	other := make(chan struct{})
+	go func() {
+		defer close(other)
+		if _, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "clean", ProtocolVersion: 5}); err != nil {
+			t.Error(err)
+		}
+	}()
+	if !returned(other) {
+		t.Fatal("a clean connection waited for another's fsync")
+	}
+	select {
+	case <-connected:
+		t.Fatal("a persistent Connect returned before its record was durable")
+	default:
+	}
+	h.log.release()
+	if !returned(connected) || a == nil {
+		t.Fatal("Connect did not return once its record was durable")
+	}
+	a.Established()
+
+	h.log.holdFrom()
+	subscribed := make(chan error, 1)
+	go func() { subscribed <- a.Subscribe([]qos.Subscribe{{Filter: "t", QoS: 1}}) }()
+	waitKind(t, h.log, qos.KindSubscribe, 1)
+	pub.publish("t", 1, 1, "after the SUBSCRIBE") // appended after its record
+	other = make(chan struct{})
+	go func() {
+		defer close(other)
+		cl, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "clean2", ProtocolVersion: 5})
+		if err == nil {
+			err = cl.Subscribe([]qos.Subscribe{{Filter: "x", QoS: 1}})
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	}()
+	if !returned(other) {
+		t.Fatal("a clean SUBSCRIBE waited for another's fsync")
+	}
+	select {
+	case err := <-subscribed:
+		t.Fatalf("a persistent Subscribe returned (%v) before its record was durable", err)
+	default:
+	}
+	h.log.release()
+	if err := <-subscribed; err != nil {
+		t.Fatal(err)
+	}
+	a.Suback()
+	if got := aConn.waitFor(t, 1); got[0].Type != qos.PacketPublish || string(got[0].Message.Payload) != "after the SUBSCRIBE" {
+		t.Fatalf("subscriber got %s, want the PUBLISH that came after its SUBSCRIBE", types(got))
+	}
+}
+
+// A record that the log took but failed to write leaves nothing of what
+// it was for: a new persistent session is refused and gone, a new
+// subscription is taken out again (a later message does not reach it), a
+// repeated one keeps its old options; a session resumed goes on.
+func TestDurableWriteFailureUndoes(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.connect("c", true)
+	c.subscribe("keep", 2)
+	failKind := func(k qos.Kind) {
+		h.log.mu.Lock()
+		defer h.log.mu.Unlock()
+		h.log.fail = func(recs [][]byte) error {
+			if k != 0 && qos.KindOf(recs[0]) == k {
+				return errors.New("input/output error")
+			}
+			return nil
+		}
+	}
+	failKind(qos.KindSubscribe)
+	if err := c.cl.Subscribe([]qos.Subscribe{{Filter: "t", QoS: 1}, {Filter: "keep", QoS: 0}}); err == nil {
+		t.Fatal("subscribe succeeded with its records' write failed")
+	}
+	c.cl.Suback()
+	failKind(0)
+	pub := h.connect("pub", false)
+	pub.publish("t", 1, 1, "not subscribed")
+	pub.publish("keep", 2, 2, "kept at QoS 2")
+	got := c.conn.waitFor(t, 1)
+	if p := got[0]; len(got) != 1 || p.Message.Topic != "keep" || p.QoS != 2 {
+		t.Fatalf("got %s, want one QoS 2 PUBLISH on keep", types(got))
+	}
+	if p := c.conn.settle(); len(p) != 0 {
+		t.Fatalf("after a failed SUBSCRIBE: %s", types(p))
+	}
+
+	failKind(qos.KindSession)
+	if _, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "new", ProtocolVersion: 5, ExpiryInterval: 60}); err == nil {
+		t.Fatal("a new persistent session was taken with its record's write failed")
+	}
+	if _, ok := h.e.Owner("new"); ok {
+		t.Fatal("the refused session is still there")
+	}
+	if _, present, err := h.e.Connect(newFakeConn(), c.info); err != nil || !present {
+		t.Fatalf("resuming a durable session whose new record failed: present %v err %v", present, err)
+	}
+}
+
+// A member that subscribes again to its shared subscription (as clients
+// do on every reconnect) keeps the group's backlog: when it was the only
+// member, the group was ended and begun again at the log's end.
+func TestSharedResubscribeKeepsBacklog(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("a", true)
+	a.subscribe("$share/g/s/#", 1)
+	a.cl.Disconnect(false, nil)
+	src := h.connect("src", false)
+	const n = 10
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	src.conn.waitFor(t, n)
+	h.e.WaitDispatched()
+	a.reconnect()
+	a.subscribe("$share/g/s/#", 1)
+	seen := map[string]bool{}
+	if got := receiveAll(a, seen, n); got < n {
+		t.Fatalf("a got %d of %d after subscribing again", got, n)
+	}
+}
