@@ -532,10 +532,10 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	}
 	added := e.subscribeLocked(s, subs)
 	if len(recs) == 0 {
-		e.queueRetainedLocked(s, added)
 		s.mu.Lock()
-		s.holdRet++ // the retained messages wait for the SUBACK
+		s.holdRet++ // the retained messages wait for the SUBACK: held first
 		s.mu.Unlock()
+		e.queueRetainedLocked(s, added)
 		e.mu.Unlock()
 		return nil
 	}
