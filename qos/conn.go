@@ -34,6 +34,7 @@ type connection struct {
 	qos0    []Entry   // QoS 0 messages not in the log, at most QoS0Limit
 	closing bool      // closed by the engine (0x93): the rest is dropped
 	scanned []scanned // what the last scan of the log found, not yet taken
+	holdRet int       // SUBACKs not yet written: the session's retained messages wait for them
 
 	// carried holds the QoS 2 packet ids that awaited PUBREL when this
 	// connection began: they took no place of its inbound window, so their
@@ -497,7 +498,7 @@ func (c *connection) writeDeliveriesNow() int {
 	s := c.s
 	s.mu.Lock()
 	if c.gone || c.closing || c.held || s.persistent || len(c.acks) > 0 || len(c.resend) > 0 ||
-		len(c.qos0) > 0 || len(c.scanned) > 0 || s.holdRet > 0 || len(s.retained) > 0 ||
+		len(c.qos0) > 0 || len(c.scanned) > 0 || c.holdRet > 0 || len(s.retained) > 0 ||
 		s.queue.Len() == 0 || s.queue.Len() > deliverNowMax || len(s.flights)+s.queue.Len() > c.window {
 		s.mu.Unlock()
 		return nowNot

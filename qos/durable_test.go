@@ -181,3 +181,35 @@ func TestSharedResubscribeKeepsBacklog(t *testing.T) {
 		t.Fatalf("a got %d of %d after subscribing again", got, n)
 	}
 }
+
+// A connection taken over between its SUBSCRIBE and its SUBACK never
+// writes that SUBACK, or writes it late: the new connection's retained
+// messages wait for their own SUBACK, no more and no less
+// [MQTT-3.3.1-9].
+func TestTakeoverDropsTheOldSubackHold(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("late=%v", late), func(t *testing.T) {
+			h := newHarness(t, nil)
+			retain(t, h, "ret", 3)
+			c := h.connect("c", true)
+			old := c.cl
+			if err := old.Subscribe([]qos.Subscribe{{Filter: "other", QoS: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			c.reconnect() // taken over before the SUBACK
+			if err := c.cl.Subscribe([]qos.Subscribe{{Filter: "ret/#", QoS: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if late {
+				old.Suback()
+				if p := c.conn.settle(); len(p) != 0 {
+					t.Fatalf("retained messages before their SUBACK: %s", types(p))
+				}
+			}
+			c.cl.Suback()
+			if got := c.conn.waitFor(t, 3); len(got) != 3 {
+				t.Fatalf("got %s, want the 3 retained messages", types(got))
+			}
+		})
+	}
+}

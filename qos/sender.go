@@ -220,7 +220,7 @@ func (c *connection) next() (en Entry, g *group, pid uint16, rec logged, ok bool
 		}
 		return sc.Entry, nil, 0, logged{}, true
 	}
-	if s.holdRet == 0 && len(s.retained) > 0 {
+	if c.holdRet == 0 && len(s.retained) > 0 {
 		en := s.retained[0]
 		s.retained[0] = Entry{}
 		s.retained = s.retained[1:]
@@ -674,7 +674,7 @@ func (c *connection) wantsWindow() bool {
 	if len(c.scanned) > 0 {
 		return true
 	}
-	if (s.holdRet == 0 && len(s.retained) > 0) || s.queue.Len() > 0 {
+	if (c.holdRet == 0 && len(s.retained) > 0) || s.queue.Len() > 0 {
 		return true
 	}
 	for _, sb := range s.subs {

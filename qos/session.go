@@ -38,7 +38,6 @@ type session struct {
 	willDelay  uint32
 	willDue    int64   // offline: Unix second the will is published; 0 none
 	retained   []Entry // retained messages due at a SUBSCRIBE, not yet sent
-	holdRet    int     // SUBACKs not yet written: retained messages wait for them
 	lastGroups int     // round robin over the session's groups
 }
 
@@ -446,7 +445,6 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	}
 	// Retained messages of a SUBSCRIBE not yet sent wait for the next
 	// connection of a persistent session (not across a restart).
-	s.holdRet = 0
 	if !persistent {
 		s.retained = nil
 	}
@@ -498,10 +496,10 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 // repeated filter gets its old subscription back), and queue no retained
 // message.
 func (cl *Client) Subscribe(subs []Subscribe) error {
-	e, s := cl.e, cl.c.s
+	e, c, s := cl.e, cl.c, cl.c.s
 	if len(subs) == 0 {
 		s.mu.Lock()
-		s.holdRet++ // Suback follows all the same
+		c.holdRet++ // Suback follows all the same
 		s.mu.Unlock()
 		return nil
 	}
@@ -533,7 +531,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 	added := e.subscribeLocked(s, subs)
 	if len(recs) == 0 {
 		s.mu.Lock()
-		s.holdRet++ // the retained messages wait for the SUBACK: held first
+		c.holdRet++ // the retained messages wait for the SUBACK: held first
 		s.mu.Unlock()
 		e.queueRetainedLocked(s, added)
 		e.mu.Unlock()
@@ -546,7 +544,7 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 		return err
 	}
 	s.mu.Lock()
-	s.holdRet++
+	c.holdRet++
 	s.mu.Unlock()
 	e.mu.Unlock()
 	err = e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1)
@@ -667,13 +665,15 @@ func (e *Engine) queueRetainedLocked(s *session, subs []added) {
 }
 
 // Suback tells the engine the SUBACK of the last Subscribe is written:
-// the retained messages it found may follow it.
+// the retained messages it found may follow it. The hold is the
+// connection's: one taken over before its SUBACK holds nothing of the
+// next one's.
 func (cl *Client) Suback() {
-	s := cl.c.s
+	c, s := cl.c, cl.c.s
 	s.mu.Lock()
-	s.holdRet = max(s.holdRet-1, 0)
+	c.holdRet = max(c.holdRet-1, 0)
 	s.mu.Unlock()
-	cl.c.kick()
+	c.kick()
 }
 
 // Unsubscribe removes subscriptions by filter; for a persistent session
