@@ -16,6 +16,9 @@ type Entry struct {
 	// IDs are the identifiers of the matching subscriptions
 	// [MQTT-3.3.4-3]; shared, read only.
 	IDs []int
+	// atSubscribe marks a retained message sent at a SUBSCRIBE, not taken
+	// from a queue (see Deliver.AtSubscribe).
+	atSubscribe bool
 }
 
 // Queue is one consumer's backlog: the log offsets it must still take, in

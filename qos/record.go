@@ -146,21 +146,30 @@ type Unsubscribe struct {
 // packet id: it only records that the session (or group) got past Offset.
 // Retain is the RETAIN flag it was sent with (a retained message sent at
 // SUBSCRIBE, or Retain As Published): a resend after a restart carries it
-// again [MQTT-4.4.0-1].
+// again [MQTT-4.4.0-1]. AtSubscribe marks a retained message sent at a
+// SUBSCRIBE [MQTT-3.3.1-9], not taken from the session's backlog: it does
+// not move the session's position in the log, whose backlog below Offset
+// may not be sent yet.
 type Deliver struct {
-	Client   string
-	Ref      uint64 // the session's, if it has one: then Client is not written
-	PacketID uint16
-	Offset   uint64
-	QoS      byte
-	Retain   bool
-	Group    string
+	Client      string
+	Ref         uint64 // the session's, if it has one: then Client is not written
+	PacketID    uint16
+	Offset      uint64
+	QoS         byte
+	Retain      bool
+	AtSubscribe bool
+	Group       string
 }
 
-// deliverRetain is the bit of a Deliver record's QoS byte that holds
-// Retain. Records written before it have the bit clear, so no version
-// change was needed: they read as sent without RETAIN, as they were.
-const deliverRetain = 4
+// deliverRetain and deliverAtSubscribe are the bits of a Deliver record's
+// QoS byte that hold Retain and AtSubscribe. Records written before them
+// have the bits clear, so no version change was needed: they read as they
+// were taken (records before deliverAtSubscribe moved the position for a
+// retained message at SUBSCRIBE too).
+const (
+	deliverRetain      = 4
+	deliverAtSubscribe = 8
+)
 
 // Checkpoint is the body of KindCheckpoint.
 type Checkpoint struct {
@@ -239,6 +248,9 @@ func Encode(v any) ([]byte, error) {
 		flags := r.QoS
 		if r.Retain {
 			flags |= deliverRetain
+		}
+		if r.AtSubscribe {
+			flags |= deliverAtSubscribe
 		}
 		b = append(b, byte(KindDeliver), versionFor(r.Ref), flags)
 		b = binary.BigEndian.AppendUint16(b, r.PacketID)
@@ -384,7 +396,8 @@ func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 		out = r
 	case KindDeliver:
 		flags := d.byte()
-		r := &Deliver{QoS: flags &^ deliverRetain, Retain: flags&deliverRetain != 0, PacketID: d.uint16(), Offset: d.uvarint()}
+		r := &Deliver{QoS: flags &^ (deliverRetain | deliverAtSubscribe), Retain: flags&deliverRetain != 0,
+			AtSubscribe: flags&deliverAtSubscribe != 0, PacketID: d.uint16(), Offset: d.uvarint()}
 		r.Client, r.Ref = d.who(v)
 		r.Group = d.string()
 		if d.err == nil && r.QoS > 2 {

@@ -42,6 +42,7 @@ func sampleRecords() [][]byte {
 		must(qos.Encode(&qos.Unsubscribe{Ref: 1, Filter: "a/#"})),
 		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 9, Offset: 12, QoS: 2})),
 		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 10, Offset: 13, QoS: 1, Retain: true})),
+		must(qos.Encode(&qos.Deliver{Ref: 300, PacketID: 11, Offset: 14, QoS: 2, Retain: true, AtSubscribe: true})),
 		qos.EncodeRef(qos.KindRelease, qos.PacketRef{Ref: 1, PacketID: 1}),
 		qos.EncodeRef(qos.KindComplete, qos.PacketRef{Ref: 1, PacketID: 2}),
 		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Ref: 1, PacketID: 3}),

@@ -238,7 +238,7 @@ func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
 	s := c.s
 	pid := s.allocPID()
 	s.seq++
-	f := flight{offset: en.Offset, seq: s.seq, qos: en.QoS, retain: en.Retain, ids: en.IDs, group: g, msg: en.Msg}
+	f := flight{offset: en.Offset, seq: s.seq, qos: en.QoS, retain: en.Retain, atSubscribe: en.atSubscribe, ids: en.IDs, group: g, msg: en.Msg}
 	s.flights[pid] = f
 	return pid, f
 }
@@ -292,7 +292,7 @@ func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, logged) {
 // delivery as it would a record the log refused, except that a QoS 2 one
 // is dropped rather than tried again.
 func (c *connection) deliverRecord(pid uint16, f flight) []byte {
-	d := Deliver{Client: c.s.id, Ref: c.s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain}
+	d := Deliver{Client: c.s.id, Ref: c.s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, AtSubscribe: f.atSubscribe}
 	if f.group != nil {
 		d.Group = f.group.key
 	}

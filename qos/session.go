@@ -48,9 +48,12 @@ type flight struct {
 	qos      byte
 	released bool // PUBREC came: only the PUBREL may be sent again [MQTT-4.3.3-5]
 	retain   bool
-	ids      []int
-	group    *group
-	msg      *Message // nil after a restart: read from the log when resent
+	// atSubscribe: a retained message sent at a SUBSCRIBE (its Deliver
+	// record does not move the session's position).
+	atSubscribe bool
+	ids         []int
+	group       *group
+	msg         *Message // nil after a restart: read from the log when resent
 }
 
 // group is a shared subscription group: one queue its connected members
@@ -659,7 +662,7 @@ func (e *Engine) queueRetainedLocked(s *session, subs []added) {
 				continue
 			}
 			m := &r.Message
-			s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: a.sb.ids})
+			s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: a.sb.ids, atSubscribe: true})
 		}
 	}
 }

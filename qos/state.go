@@ -220,7 +220,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			if r.QoS > 0 { // a QoS 0 delivery only moves the position
 				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Retain: r.Retain, Group: r.Group}
 			}
-			if r.Group == "" {
+			if r.Group == "" && !r.AtSubscribe {
 				s.Next = max(s.Next, r.Offset+1)
 			}
 		}
