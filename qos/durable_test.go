@@ -1,6 +1,7 @@
 package qos_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -256,5 +257,46 @@ func TestRetainedDeliveryKeepsTheBacklog(t *testing.T) {
 				t.Fatalf("got %d of the %d backlog messages after the crash", got-1, n)
 			}
 		})
+	}
+}
+
+// A clean session that ends between a QoS 2 PUBREC and its PUBREL leaves
+// no exchange behind [MQTT-4.3.3-10 holds within a session]: not in the
+// state the checkpoints keep (it grew with every such session), and not
+// for a new persistent session of that client id after a restart, whose
+// next QoS 2 publish on that packet id was taken for a duplicate and
+// never delivered.
+func TestCleanSessionEndForgetsInboundQoS2(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 2)
+	dev := h.connect("dev", false)
+	dev.publish("t", 2, 1, "first")
+	dev.conn.waitFor(t, 1) // PUBREC; the PUBREL never comes
+	dev.cl.Disconnect(true, nil)
+	sub.ackAll(sub.conn.waitFor(t, 1))
+	h.e.WaitDispatched()
+	if err := h.e.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	h.snaps.mu.Lock()
+	st, _, err := qos.ReadSnapshot(bytes.NewReader(h.snaps.snaps[len(h.snaps.snaps)-1]))
+	h.snaps.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := st.Inbound["dev"]; len(in) != 0 {
+		t.Errorf("the checkpoint keeps the ended clean session's QoS 2 exchange: %v", in)
+	}
+
+	dev = h.connect("dev", true) // a new session, persistent
+	dev.cl.Disconnect(false, nil)
+	h.crash()
+	dev.reconnect()
+	sub.reconnect()
+	dev.publish("t", 2, 1, "second")
+	seen := map[string]bool{}
+	if receiveAll(sub, seen, 1); !seen["second"] {
+		t.Fatalf("subscriber got %v, want second", seen)
 	}
 }

@@ -228,6 +228,8 @@ func (e *Engine) connect(conn Conn, info ConnectInfo) (*connection, bool, connec
 	if old != nil && (info.CleanStart || !old.persistent) {
 		if old.persistent {
 			recs = append(recs, EncodeEnd(ClientRef{Client: old.id, Ref: old.ref.Load()}))
+		} else {
+			e.endClean(old)
 		}
 		// The session ends: a will still due (its connection taken over
 		// now, or offline within its delay) is published now, as when a
@@ -350,6 +352,19 @@ func (e *Engine) newSessionLocked(id string, next uint64) *session {
 	return s
 }
 
+// endClean logs the end of clean session s if the log knows anything of
+// it: the QoS 2 exchanges its messages' records began and no PUBREL
+// ended, which the state would otherwise keep for ever (and give to the
+// next session of its client id after a restart).
+func (e *Engine) endClean(s *session) {
+	s.mu.Lock()
+	pending := len(s.inbound) > 0
+	s.mu.Unlock()
+	if pending {
+		e.appendRecord(EncodeEnd(ClientRef{Client: s.id}))
+	}
+}
+
 // endSessionLocked removes s with its subscriptions; its connection, if
 // any, is closed when taken is set. Its wills are the caller's.
 func (e *Engine) endSessionLocked(s *session, taken bool) {
@@ -464,6 +479,8 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	if !persistent {
 		if s.persistent {
 			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref.Load()}))
+		} else {
+			e.endClean(s)
 		}
 		e.endSessionLocked(s, false)
 		if will != nil {

@@ -163,6 +163,10 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 		if s == nil {
 			s = &SessionState{Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}, Next: offset + 1}
 			st.Sessions[r.Client] = s
+			// QoS 2 exchanges of the client id are a clean session's that
+			// ended (logs from before its end was logged, or a crash): a
+			// new session starts without them [MQTT-3.1.2-4].
+			delete(st.Inbound, r.Client)
 		}
 		if s.Ref != 0 && s.Ref != r.Ref {
 			delete(st.refs, s.Ref)
