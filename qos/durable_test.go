@@ -234,8 +234,19 @@ func TestRetainedDeliveryKeepsTheBacklog(t *testing.T) {
 			src.cl.Publish(&qos.Message{Topic: "t/r", QoS: 1, Retain: true, Payload: []byte("retained")}, 100)
 			src.conn.waitFor(t, n+1)
 			h.e.WaitDispatched()
-			sub.reconnect()
-			sub.subscribe("t/#", 1) // again: the retained message follows its SUBACK
+			// It subscribes again, before its sender runs: the retained
+			// message goes first, its backlog after it.
+			sub.conn = newFakeConn()
+			cl, _, err := h.e.Connect(sub.conn, sub.info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub.cl = cl
+			if err := cl.Subscribe([]qos.Subscribe{{Filter: "t/#", QoS: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			cl.Suback()
+			cl.Established()
 			seen := map[string]bool{}
 			for !seen["retained"] { // what comes before it, unacknowledged
 				for _, p := range sub.conn.waitFor(t, 1) {
@@ -298,5 +309,40 @@ func TestCleanSessionEndForgetsInboundQoS2(t *testing.T) {
 	seen := map[string]bool{}
 	if receiveAll(sub, seen, 1); !seen["second"] {
 		t.Fatalf("subscriber got %v, want second", seen)
+	}
+}
+
+// A retained message published while a persistent SUBSCRIBE waits for its
+// records comes once: live, as every message after the SUBSCRIBE, and
+// not once more as one of the retained messages of the SUBSCRIBE
+// [MQTT-3.3.1-9].
+func TestRetainedDuringSubscribeWaitComesOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	pub := h.connect("pub", false)
+	h.log.holdFrom()
+	t.Cleanup(h.log.release)
+	done := make(chan error, 1)
+	go func() { done <- sub.cl.Subscribe([]qos.Subscribe{{Filter: "r", QoS: 1}}) }()
+	waitKind(t, h.log, qos.KindSubscribe, 1)
+	if err := pub.cl.Publish(&qos.Message{Topic: "r", QoS: 1, Retain: true, Payload: []byte("once")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	h.log.release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	sub.cl.Suback()
+	var got []qos.Packet
+	for {
+		p := sub.conn.settle()
+		if len(p) == 0 {
+			break
+		}
+		got = append(got, p...)
+		sub.ackAll(p)
+	}
+	if len(got) != 1 {
+		t.Fatalf("got %s, want the message once", types(got))
 	}
 }

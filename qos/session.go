@@ -548,12 +548,15 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 			recs = append(recs, rec)
 		}
 	}
+	// The retained messages are copied as the subscriptions enter the
+	// index, so that each later one comes once, live; a persistent
+	// session's are queued once its records are durable.
 	added := e.subscribeLocked(s, subs)
 	if len(recs) == 0 {
 		s.mu.Lock()
 		c.holdRet++ // the retained messages wait for the SUBACK: held first
 		s.mu.Unlock()
-		e.queueRetainedLocked(s, added)
+		e.queueRetained(s, added)
 		e.mu.Unlock()
 		return nil
 	}
@@ -574,14 +577,15 @@ func (cl *Client) Subscribe(subs []Subscribe) error {
 		e.unsubscribeAddedLocked(s, added)
 		return err
 	}
-	e.queueRetainedLocked(s, added)
+	e.queueRetained(s, added)
 	return nil
 }
 
-// added is a subscription Subscribe added, and the one it replaced (nil:
-// none).
+// added is a subscription Subscribe added, the one it replaced (nil:
+// none), and the retained messages it gets.
 type added struct {
-	sb, old *sub
+	sb, old  *sub
+	retained []Entry
 }
 
 // subscribeLocked adds the subscriptions to s, the index and their
@@ -617,7 +621,7 @@ func (e *Engine) subscribeLocked(s *session, subs []Subscribe) []added {
 			nb.g = g
 		}
 		e.swapSubLocked(s, old, nb)
-		out = append(out, added{sb: nb, old: old})
+		out = append(out, added{sb: nb, old: old, retained: e.retainedForLocked(nb, old == nil)})
 	}
 	return out
 }
@@ -661,25 +665,35 @@ func (e *Engine) unsubscribeAddedLocked(s *session, subs []added) {
 	}
 }
 
-// queueRetainedLocked queues for s the retained messages its new
-// subscriptions get [MQTT-3.3.1-9]: none for a shared subscription
-// [MQTT-4.8.2] (none are sent to shared subscriptions), with Retain
-// Handling 1 only for a new subscription, with 2 never [MQTT-3.3.1-10]
-// [MQTT-3.3.1-11].
-func (e *Engine) queueRetainedLocked(s *session, subs []added) {
+// retainedForLocked returns the retained messages a new subscription gets
+// [MQTT-3.3.1-9]: none for a shared subscription [MQTT-4.8.2] (none are
+// sent to shared subscriptions), with Retain Handling 1 only for a new
+// subscription (fresh), with 2 never [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+func (e *Engine) retainedForLocked(sb *sub, fresh bool) []Entry {
+	sr := sb.Subscribe
+	if sb.g != nil || !(sr.RetainHandling == 0 || (sr.RetainHandling == 1 && fresh)) {
+		return nil
+	}
+	var out []Entry
+	for _, r := range e.retained {
+		if !Match(sr.Filter, r.Message.Topic) {
+			continue
+		}
+		m := &r.Message
+		out = append(out, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: sb.ids, atSubscribe: true})
+	}
+	return out
+}
+
+// queueRetained queues for s the retained messages of its new
+// subscriptions that are still in place (a takeover's SUBSCRIBE may have
+// replaced one meanwhile).
+func (e *Engine) queueRetained(s *session, subs []added) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, a := range subs {
-		sr := a.sb.Subscribe
-		if a.sb.g != nil || s.subs[sr.Filter] != a.sb || !(sr.RetainHandling == 0 || (sr.RetainHandling == 1 && a.old == nil)) {
-			continue
-		}
-		for _, r := range e.retained {
-			if !Match(sr.Filter, r.Message.Topic) {
-				continue
-			}
-			m := &r.Message
-			s.retained = append(s.retained, Entry{Offset: r.Offset, Msg: m, QoS: min(m.QoS, sr.QoS), Retain: true, IDs: a.sb.ids, atSubscribe: true})
+		if len(a.retained) > 0 && s.subs[a.sb.Filter] == a.sb {
+			s.retained = append(s.retained, a.retained...)
 		}
 	}
 }
