@@ -346,3 +346,31 @@ func TestRetainedDuringSubscribeWaitComesOnce(t *testing.T) {
 		t.Fatalf("got %s, want the message once", types(got))
 	}
 }
+
+// A repeated subscription with wildcards replaces the old one in the
+// index, so an UNSUBSCRIBE ends it: no message after the UNSUBACK
+// [MQTT-3.10.4-2], and the repeated one's options are the ones in force
+// [MQTT-3.8.4-3].
+func TestRepeatedWildcardSubscriptionReplaces(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false)
+	for _, filter := range []string{"a/+", "a/#", "+/b", "a/b"} {
+		sub := h.connect("sub", true)
+		sub.subscribe(filter, 1)
+		sub.subscribe(filter, 0) // again, at QoS 0
+		pub.publish("a/b", 1, 1, "while subscribed")
+		got := sub.conn.waitFor(t, 1)
+		if len(got) != 1 || got[0].QoS != 0 {
+			t.Fatalf("%s: got %s, want one QoS 0 PUBLISH", filter, types(got))
+		}
+		if err := sub.cl.Unsubscribe([]string{filter}); err != nil {
+			t.Fatal(err)
+		}
+		pub.publish("a/b", 1, 2, "after the UNSUBSCRIBE")
+		if p := sub.conn.settle(); len(p) != 0 {
+			t.Fatalf("%s: after the UNSUBSCRIBE: %s", filter, types(p))
+		}
+		sub.cl.Disconnect(false, nil)
+		pub.conn.settle()
+	}
+}

@@ -92,7 +92,7 @@ func (x *index) replace(filter string, old, nb *sub) {
 	x.mu.Lock()
 	n := &x.root
 	for level := range strings.SplitSeq(filter, "/") {
-		if n = n.children[level]; n == nil {
+		if n = n.child(level); n == nil {
 			break
 		}
 	}
