@@ -1267,3 +1267,27 @@ func TestConformance5Reconnect(t *testing.T) {
 		}
 	})
 }
+
+// TestConformance5AfterRestart: a persistent session's subscriptions
+// after a restart of the broker are its subscriptions for every purpose.
+func TestConformance5AfterRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	rc, _ := v5(t, r.ep().addr, "restart-unsub", false, persist)
+	rc.subscribeWith(1, 0, packets.Subscription{Filter: "rs/a", Qos: 1})
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	rc.closed(5 * time.Second)
+	r.restart()
+	rc, ack := v5(t, r.ep().addr, "restart-unsub", false, persist)
+	if !ack.SessionPresent {
+		t.Fatal("session not present after the restart")
+	}
+	// [MQTT-3.11.3-1]: 0x00 for a subscription that existed, 0x11 only
+	// for one that did not.
+	rc.sendUnsubscribe(2, "rs/a", "rs/none")
+	if ua := rc.expect(packets.Unsuback, 5*time.Second); !bytes.Equal(ua.ReasonCodes, []byte{0, 0x11}) {
+		t.Errorf("unsuback %x, want 00 11", ua.ReasonCodes)
+	}
+}

@@ -54,6 +54,9 @@ type hookClient struct {
 	present bool
 	refused error           // the engine could not take the session: CONNACK refuses
 	failed  map[uint16]bool // SUBSCRIBE / UNSUBSCRIBE packet ids whose records failed
+	// existed is, per UNSUBSCRIBE packet id until its UNSUBACK, which of
+	// its filters the engine's session held (unsubackCodes).
+	existed map[uint16][]bool
 }
 
 // ID names the hook.
@@ -164,7 +167,8 @@ func takeWill(cl *mqtt.Client, pk packets.Packet) (*qos.Message, uint32) {
 
 // OnPacketEncode completes the packets mochi writes from what the engine
 // knows: CONNACK's session present flag (mochi does not know the sessions
-// the log kept) [MQTT-3.2.2-3], and refusals (refuseConnack, failSuback).
+// the log kept) [MQTT-3.2.2-3], refusals (refuseConnack, failSuback), and
+// the UNSUBACK's codes (unsubackCodes).
 func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
@@ -181,9 +185,16 @@ func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 			h.mu.Lock()
 			failed := hc.failed[pk.PacketID]
 			delete(hc.failed, pk.PacketID)
+			existed, unsub := hc.existed[pk.PacketID]
+			if pk.FixedHeader.Type == packets.Unsuback {
+				delete(hc.existed, pk.PacketID)
+			}
 			h.mu.Unlock()
 			if failed {
 				return failSuback(pk)
+			}
+			if unsub && pk.FixedHeader.Type == packets.Unsuback {
+				return unsubackCodes(pk, existed)
 			}
 		}
 	}
@@ -367,10 +378,43 @@ func (h *deliveryHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	for _, f := range pk.Filters {
 		filters = append(filters, f.Filter)
 	}
-	if err := hc.qc.Unsubscribe(filters); err != nil {
+	existed, err := hc.qc.Unsubscribe(filters)
+	if err != nil {
 		h.lg.Warn("unsubscription not logged: refused", "client", cl.ID, "error", err)
 		h.markFailed(hc, pk.PacketID)
+		return
 	}
+	if pk.PacketID != 0 && cl.Properties.ProtocolVersion == 5 { // 0: mochi's UnsubscribeClient
+		h.mu.Lock()
+		if hc.existed == nil {
+			hc.existed = map[uint16][]bool{}
+		}
+		hc.existed[pk.PacketID] = existed
+		h.mu.Unlock()
+	}
+}
+
+// unsubackCodes gives an UNSUBACK the engine's answer per filter: 0x00, or
+// 0x11 No subscription existed [MQTT-3.11.3-1]. mochi's comes from its own
+// topic tree, which knows nothing of the subscriptions a persistent
+// session had before a restart: it said 0x11 for them. A code of another
+// refusal stays.
+func unsubackCodes(pk packets.Packet, existed []bool) packets.Packet {
+	if len(existed) != len(pk.ReasonCodes) {
+		return pk
+	}
+	codes := append([]byte(nil), pk.ReasonCodes...)
+	for i, c := range codes {
+		switch {
+		case c != packets.CodeSuccess.Code && c != packets.CodeNoSubscriptionExisted.Code:
+		case existed[i]:
+			codes[i] = packets.CodeSuccess.Code
+		default:
+			codes[i] = packets.CodeNoSubscriptionExisted.Code
+		}
+	}
+	pk.ReasonCodes = codes
+	return pk
 }
 
 func (h *deliveryHook) markFailed(hc *hookClient, pid uint16) {

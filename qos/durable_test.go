@@ -363,7 +363,7 @@ func TestRepeatedWildcardSubscriptionReplaces(t *testing.T) {
 		if len(got) != 1 || got[0].QoS != 0 {
 			t.Fatalf("%s: got %s, want one QoS 0 PUBLISH", filter, types(got))
 		}
-		if err := sub.cl.Unsubscribe([]string{filter}); err != nil {
+		if _, err := sub.cl.Unsubscribe([]string{filter}); err != nil {
 			t.Fatal(err)
 		}
 		pub.publish("a/b", 1, 2, "after the UNSUBSCRIBE")

@@ -715,18 +715,22 @@ func (cl *Client) Suback() {
 // carry 0x80, and the subscriptions stay). The records are appended under
 // Engine.mu and waited for outside it; the subscriptions are deleted once
 // they are durable, and take no new message from then on [MQTT-3.10.4-2].
-func (cl *Client) Unsubscribe(filters []string) error {
+// existed says, per filter, whether the session held it: the UNSUBACK's
+// 0x00 or 0x11 No subscription existed [MQTT-3.11.3-1].
+func (cl *Client) Unsubscribe(filters []string) (existed []bool, err error) {
 	e, s := cl.e, cl.c.s
 	e.mu.Lock()
 	if s.conn.Load() != cl.c {
 		e.mu.Unlock()
-		return ErrGone
+		return nil, ErrGone
 	}
 	gone := make([]*sub, 0, len(filters))
+	existed = make([]bool, len(filters))
 	s.mu.Lock()
-	for _, f := range filters {
+	for i, f := range filters {
 		if sb := s.subs[f]; sb != nil {
 			gone = append(gone, sb)
+			existed[i] = true
 		}
 	}
 	s.mu.Unlock()
@@ -738,11 +742,11 @@ func (cl *Client) Unsubscribe(filters []string) error {
 		off, err := e.log.AppendAsync(recs...)
 		if err != nil {
 			e.mu.Unlock()
-			return err
+			return nil, err
 		}
 		e.mu.Unlock()
 		if err := e.log.WaitDurable(context.Background(), off+uint64(len(recs))-1); err != nil {
-			return err
+			return nil, err
 		}
 		e.mu.Lock()
 	}
@@ -755,7 +759,7 @@ func (cl *Client) Unsubscribe(filters []string) error {
 			e.unsubscribeLocked(s, sb)
 		}
 	}
-	return nil
+	return existed, nil
 }
 
 // unsubscribeLocked takes sb out of s, the index and its group.
