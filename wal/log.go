@@ -475,8 +475,8 @@ func (l *Log) holeErr(first, last uint64) error {
 }
 
 // NotifyDurable sets fn, which the log calls each time appended records
-// became durable or failed (after WaitDurable stops waiting for them),
-// and when the log fails: a consumer can then start what waits for them
+// became durable or failed (after WaitDurable stops waiting for them, and
+// once they no longer count in Stats.QueuedBytes), and when the log fails: a consumer can then start what waits for them
 // instead of keeping a goroutine blocked in WaitDurable. fn runs on the
 // log's writer goroutine (or its sync goroutine), so it must not block:
 // every fsync waits for it. nil removes it.

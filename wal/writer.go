@@ -89,8 +89,12 @@ func (l *Log) flush() bool {
 	l.qmu.Unlock()
 
 	l.writeBatch(&b)
-
+	// No longer queued before anyone hears it is durable: a consumer
+	// answering at the event (PUBACKs) and a publisher appending again at
+	// once would see the batch on disk and queued, twice against the
+	// budget.
 	l.stats.queued.Add(-int64(len(b.buf)))
+	l.notifyDurable()
 	b.reset()
 	l.qmu.Lock()
 	l.spare = b
@@ -147,11 +151,11 @@ type chunk struct {
 }
 
 // writeBatch writes b (after any holes left by a failed batch), makes it
-// durable under the policy, and publishes it to readers and waiters. On any
-// failure it puts the files back as they were before the batch and turns
-// the batch's offsets into holes.
+// durable under the policy, and publishes it to readers and waiters (the
+// caller then calls NotifyDurable's function). On any failure it puts the
+// files back as they were before the batch and turns the batch's offsets
+// into holes.
 func (l *Log) writeBatch(b *batch) {
-	defer l.notifyDurable()
 	buf, sizes, first := b.buf, b.sizes, b.first
 	if err := l.failure(); err != nil {
 		// Queued before the log failed: writing behind the half record
