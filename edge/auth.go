@@ -128,15 +128,14 @@ func reservedTopic(topic string) bool {
 }
 
 // refuseReserved answers a PUBLISH to a reserved topic, which mochi would
-// drop unanswered (Broker.publish): v5 gets PUBACK or PUBREC 0x87; v3
-// cannot be refused [MQTT-3.3.5-2] and gets a normal one (a QoS 2 PUBREL
-// then finds no packet id in the engine, which completes it). It is counted
-// and logged either way.
-func (h *authHook) refuseReserved(cl *mqtt.Client, pk *packets.Packet) {
+// drop unanswered (Broker.publish), as refused with 0x87 (hookClient.refuse).
+// It is counted and logged.
+func (h *authHook) refuseReserved(a *attached, pk *packets.Packet) {
+	cl := a.cl
 	h.b.metrics.dropped.reservedTopic.Add(1)
 	h.b.throttledLog.info(h.b.log, "publish to a reserved topic dropped",
 		"client", cl.ID, "username", string(cl.Properties.Username), "topic", pk.TopicName, "qos", pk.FixedHeader.Qos)
-	refusePublish(cl, pk, packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "reserved topic"})
+	a.hc.refuse(pk, packets.ErrNotAuthorized)
 }
 
 // OnConnect authenticates the client, applies the client id rules and
@@ -234,25 +233,4 @@ func refuseConnect(cl *mqtt.Client, code packets.Code, v3Code byte) error {
 	}
 	_ = cl.WritePacket(ack) // [MQTT-3.2.2-6] session present 0; the connection closes next
 	return code
-}
-
-// refusePublish answers a PUBLISH that is not delivered nor retained:
-//   - QoS 0: nothing to answer.
-//   - v5 QoS 1/2: PUBACK or PUBREC with code.
-//   - v3 QoS 1/2: MQTT 3.1.1 cannot refuse a PUBLISH; the server MUST either
-//     acknowledge it normally or close the connection [MQTT-3.3.5-2]. Closing
-//     makes the client resend it forever, so it is acknowledged and dropped.
-func refusePublish(cl *mqtt.Client, pk *packets.Packet, code packets.Code) {
-	if pk.FixedHeader.Qos == 0 {
-		return
-	}
-	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
-	if cl.Properties.ProtocolVersion == 5 {
-		ack.ReasonCode = code.Code
-		ack.Properties.ReasonString = code.Reason
-	}
-	_ = cl.WritePacket(ack)
 }

@@ -40,7 +40,7 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 	}
 	if reservedTopic(pk.TopicName) {
 		// mochi drops it unanswered, leaving the client waiting forever.
-		b.auth.refuseReserved(cl, pk)
+		b.auth.refuseReserved(a, pk)
 		return nil
 	}
 	if !mqtt.IsValidFilter(pk.TopicName, true) {
@@ -61,15 +61,37 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 	b.metrics.received[pk.FixedHeader.Qos].Inc() // refused ones count too
 	if b.limits.maxTopic > 0 && len(pk.TopicName) > b.limits.maxTopic {
 		b.metrics.dropped.topicTooLong.Add(1)
-		refusePublish(cl, pk, packets.ErrTopicNameInvalid)
+		a.hc.refuse(pk, packets.ErrTopicNameInvalid)
 		return nil
 	}
 	if !b.auth.mayWrite(cl, pk.TopicName) {
-		refusePublish(cl, pk, packets.ErrNotAuthorized)
+		a.hc.refuse(pk, packets.ErrNotAuthorized)
 		return nil
 	}
 	a.hc.publish(cl, pk, now)
 	return nil
+}
+
+// refuse answers a PUBLISH of hc's client that is neither delivered nor
+// retained, through the engine (qos.Client.Refuse), so that its PUBACK or
+// PUBREC comes after those of the publishes read before it, which may be
+// waiting for the log [MQTT-4.6.0-2]:
+//   - QoS 0: nothing to answer.
+//   - v5 QoS 1/2: PUBACK or PUBREC with code's reason code (no reason
+//     string: the engine's acknowledgements carry none).
+//   - v3 QoS 1/2: MQTT 3.1.1 cannot refuse a PUBLISH; the server MUST either
+//     acknowledge it normally or close the connection [MQTT-3.3.5-2]. Closing
+//     makes the client resend it forever, so it is acknowledged and dropped
+//     (a QoS 2 PUBREL then finds no packet id in the engine, which
+//     completes it).
+//
+// A connection without an engine client was refused at CONNECT: nothing
+// is owed to its publishes (hookClient.publish).
+func (hc *hookClient) refuse(pk *packets.Packet, code packets.Code) {
+	if hc == nil || hc.qc == nil {
+		return
+	}
+	hc.qc.Refuse(pk.FixedHeader.Qos, pk.PacketID, code.Code)
 }
 
 // minExpiry is mochi's choice of a message's expiry interval in seconds

@@ -163,6 +163,29 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	return nil
 }
 
+// Refuse answers an inbound QoS 1/2 PUBLISH with packet id pid that the
+// caller refused before the engine saw it (write access denied, a topic
+// too long or reserved): a PUBACK (qos 1) or PUBREC (qos 2) with reason,
+// in the connection's order of acknowledgements, after those of the
+// publishes read before it even while they wait for the log
+// [MQTT-4.6.0-2]. The Conn leaves the reason out for a client before
+// MQTT 5, which gets a plain acknowledgement [MQTT-3.4.2.1]. The publish
+// takes no place of the inbound window. QoS 0 needs no answer.
+func (cl *Client) Refuse(qos byte, pid uint16, reason byte) {
+	if qos == 0 {
+		return
+	}
+	c, s := cl.c, cl.c.s
+	s.mu.Lock()
+	if c.gone || c.closing {
+		s.mu.Unlock()
+		return
+	}
+	c.acks = append(c.acks, ack{typ: ackType(qos), pid: pid, reason: reason})
+	s.mu.Unlock()
+	c.kick()
+}
+
 func ackType(q byte) PacketType {
 	if q == 2 {
 		return PacketPubrec

@@ -1146,3 +1146,38 @@ func TestEnginePublishAsyncQoS2Concurrent(t *testing.T) {
 		t.Fatalf("%d message records for %d packet ids", n, ids)
 	}
 }
+
+// [MQTT-4.6.0-2]: a publish refused before the engine saw it (Refuse) is
+// acknowledged in the order the PUBLISHes were received: after the PUBACK
+// of an earlier publish that waits for its fsync, with its reason code,
+// and without taking a place of the inbound window.
+func TestRefuseInAckOrder(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false, func(i *qos.ConnectInfo) { i.InboundMaximum = 2 })
+	h.log.holdFrom()
+	pub.publish("t", 1, 1, "waits for its fsync")
+	pub.cl.Refuse(1, 2, 0x87)
+	pub.cl.Refuse(2, 3, 0x90)
+	pub.cl.Refuse(0, 0, 0x87) // QoS 0: nothing
+	if got := pub.conn.settle(); len(got) > 0 {
+		t.Fatalf("wrote %v while the first publish waits for its fsync", got)
+	}
+	h.log.release()
+	got := pub.conn.waitFor(t, 3)
+	want := []qos.Packet{{Type: qos.PacketPuback, PacketID: 1}, {Type: qos.PacketPuback, PacketID: 2, ReasonCode: 0x87}, {Type: qos.PacketPubrec, PacketID: 3, ReasonCode: 0x90}}
+	for i, w := range want {
+		if got[i].Type != w.Type || got[i].PacketID != w.PacketID || got[i].ReasonCode != w.ReasonCode {
+			t.Errorf("acknowledgement %d: %+v, want %+v", i, got[i], w)
+		}
+	}
+	if extra := pub.conn.settle(); len(extra) > 0 {
+		t.Errorf("more written: %v", extra)
+	}
+	// Refused publishes took no place: two more fit the window of 2.
+	pub.publish("t", 1, 4, "fits")
+	pub.publish("t", 1, 5, "fits")
+	pub.conn.waitFor(t, 2)
+	if pub.conn.closed {
+		t.Fatalf("closed with %#x", pub.conn.reason)
+	}
+}
