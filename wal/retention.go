@@ -35,7 +35,7 @@ func (l *Log) retain(need int64) bool {
 	l.retMu.Lock()
 	defer l.retMu.Unlock()
 	fits := func() bool {
-		return l.cfg.MaxBytes == 0 || l.stats.diskBytes.Load()+l.stats.queued.Load()+need <= l.cfg.MaxBytes
+		return l.cfg.MaxBytes == 0 || l.usage()+need <= l.cfg.MaxBytes
 	}
 	now := time.Now()
 	for {
@@ -138,7 +138,7 @@ func (l *Log) admit(n int64) error {
 	if l.cfg.MaxBytes == 0 {
 		return nil
 	}
-	if l.stats.diskBytes.Load()+l.stats.queued.Load()+n <= l.cfg.MaxBytes {
+	if l.usage()+n <= l.cfg.MaxBytes {
 		return nil
 	}
 	if l.retain(n) {

@@ -89,11 +89,9 @@ func (l *Log) flush() bool {
 	l.qmu.Unlock()
 
 	l.writeBatch(&b)
-	// No longer queued before anyone hears it is durable: a consumer
-	// answering at the event (PUBACKs) and a publisher appending again at
-	// once would see the batch on disk and queued, twice against the
-	// budget.
-	l.stats.queued.Add(-int64(len(b.buf)))
+	// writeBatch took the batch off the queued bytes before it told the
+	// waiters: a consumer answering at the event (PUBACKs) and a publisher
+	// appending again at once see the budget as it is.
 	l.notifyDurable()
 	b.reset()
 	l.qmu.Lock()
@@ -156,6 +154,11 @@ type chunk struct {
 // files back as they were before the batch and turns the batch's offsets
 // into holes.
 func (l *Log) writeBatch(b *batch) {
+	// The batch leaves the queued bytes once it counts on disk, or when it
+	// is given up, before the waiters are told (publish): counted twice, an
+	// appender woken by it would find the budget fuller than it is.
+	queued := int64(len(b.buf))
+	defer func() { l.stats.queued.Add(-queued) }()
 	buf, sizes, first := b.buf, b.sizes, b.first
 	if err := l.failure(); err != nil {
 		// Queued before the log failed: writing behind the half record
@@ -225,6 +228,8 @@ func (l *Log) writeBatch(b *batch) {
 		pos += nb
 		i += n
 	}
+	l.stats.queued.Add(-queued)
+	queued = 0
 	if l.cfg.Sync == SyncAlways {
 		if err := l.syncFiles(); err != nil {
 			l.stats.syncErrors.Add(1)
