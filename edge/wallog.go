@@ -26,6 +26,9 @@ func (l walLog) WaitDurable(ctx context.Context, offset uint64) error {
 	return walError(l.w.WaitDurable(ctx, offset))
 }
 
+// Resolved reports whether WaitDurable would return at once.
+func (l walLog) Resolved(offset uint64) bool { return l.w.Resolved(offset) }
+
 // NotifyDurable sets what the log calls at each durability event.
 func (l walLog) NotifyDurable(fn func()) { l.w.NotifyDurable(fn) }
 

@@ -280,9 +280,7 @@ func (e *Engine) awaitDurable(c *connection, off uint64) {
 
 // resolved reports whether the record at off is durable or failed:
 // WaitDurable would not wait for it.
-func (e *Engine) resolved(off uint64) bool {
-	return !errors.Is(e.log.WaitDurable(doneCtx, off), context.Canceled)
-}
+func (e *Engine) resolved(off uint64) bool { return e.log.Resolved(off) }
 
 // goSender starts f as a goroutine the engine waits for; false once the
 // engine is closing.

@@ -210,6 +210,13 @@ func (l *memLog) WaitDurable(ctx context.Context, off uint64) error {
 	return l.failed[off]
 }
 
+// Resolved is WaitDurable's answer with a context already done.
+func (l *memLog) Resolved(off uint64) bool {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return !errors.Is(l.WaitDurable(ctx, off), context.Canceled)
+}
+
 func (l *memLog) Read(off uint64) ([]byte, error) {
 	l.mu.Lock()
 	onRead := l.onRead

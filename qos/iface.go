@@ -54,6 +54,12 @@ type Log interface {
 	// or a hole. With a ctx already done it does not wait: ctx's error then
 	// means the record is neither durable nor failed yet.
 	WaitDurable(ctx context.Context, offset uint64) error
+	// Resolved reports, without waiting, whether WaitDurable(offset)
+	// would return at once: the record at offset (one AppendAsync
+	// returned) is durable or failed, or the log failed or closed. The
+	// engine asks it for every acknowledgement it queues, so it must be
+	// cheap (wal: an atomic load while no append failed).
+	Resolved(offset uint64) bool
 	// NotifyDurable sets fn, which the log calls each time appended
 	// records became durable or failed (WaitDurable stops waiting for
 	// them), and when the log fails. It may run on the log's own

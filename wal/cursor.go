@@ -425,7 +425,7 @@ func (t *cursorTable) read(l *Log) (map[string]uint64, error) {
 // load makes the cursors read by read, once the segments are loaded.
 func (t *cursorTable) load(l *Log, best map[string]uint64) {
 	t.m = map[string]*Cursor{}
-	last := l.durable
+	last := l.durable.Load()
 	for name, off := range best {
 		c := &Cursor{l: l, name: name}
 		if off > last+1 {

@@ -10,7 +10,7 @@ import (
 )
 
 // TestHoles: offsets of a failed append are never reused. WaitDurable
-// reports the failure, Read returns ErrHole (an ErrNotFound) for them before and after a
+// reports the failure (and Resolved says it would not wait), Read returns ErrHole (an ErrNotFound) for them before and after a
 // reopen, and Readers skip them.
 func TestHoles(t *testing.T) {
 	dir := t.TempDir()
@@ -29,6 +29,11 @@ func TestHoles(t *testing.T) {
 	}
 	if err := l.WaitDurable(ctx, off+1); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("wait durable: %v, want EIO", err)
+	}
+	for _, o := range []uint64{1, 2, 3} { // durable, or failed: no wait
+		if !l.Resolved(o) {
+			t.Errorf("Resolved(%d) = false after the failure", o)
+		}
 	}
 	next, err := l.Append(ctx, []byte("four"))
 	if err != nil || next != 4 {

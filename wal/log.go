@@ -26,9 +26,11 @@ type Log struct {
 	log  *slog.Logger
 
 	// smu guards the segment list and the durable state.
-	smu     sync.RWMutex
-	segs    []*segment // by base; the last one is the tail
-	durable uint64     // last durable offset: readers see up to it
+	smu  sync.RWMutex
+	segs []*segment // by base; the last one is the tail
+	// durable is the last durable offset: readers see up to it. Written
+	// under smu; Resolved reads it without.
+	durable atomic.Uint64
 	// syncedOff is the last offset an fsync is known to cover (with the
 	// directory entries of its segments): the durable mark the cursor
 	// table records. Under SyncAlways it is durable; under the other
@@ -38,6 +40,9 @@ type Log struct {
 	holes     []span // offsets whose append failed, since Open
 	failed    error  // sticky: see ErrFailed
 	closed    bool
+	// troubled is set (under smu) once there are holes, a failure or a
+	// close: until then Resolved answers from durable alone.
+	troubled atomic.Bool
 
 	// qmu guards the queue of appends waiting for the writer.
 	qmu     sync.Mutex
@@ -148,7 +153,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		l.closeFiles()
 		return nil, err
 	}
-	l.syncedOff.Store(l.durable)
+	l.syncedOff.Store(l.durable.Load())
 	l.cursors.load(l, curs)
 	go l.run()
 	return l, nil
@@ -196,8 +201,8 @@ func (l *Log) load() error {
 		}
 	}
 	l.tail = l.segs[len(l.segs)-1]
-	l.durable = l.tail.base + l.tail.count.Load() - 1
-	l.next = l.durable + 1
+	l.durable.Store(l.tail.base + l.tail.count.Load() - 1)
+	l.next = l.durable.Load() + 1
 	l.stats.segments.Store(int64(len(l.segs)))
 	var total int64
 	for _, s := range l.segs {
@@ -285,6 +290,7 @@ func (l *Log) Close() error {
 
 	l.smu.Lock()
 	l.closed = true
+	l.troubled.Store(true)
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
@@ -369,6 +375,23 @@ func (l *Log) WaitDurable(ctx context.Context, offset uint64) error {
 	return l.wait(ctx, offset, offset)
 }
 
+// Resolved reports, without waiting and, while the log has had no failed
+// append, without a lock, whether WaitDurable(offset) would return at
+// once: offset (one AppendAsync handed out) is durable, or failed, or the
+// log failed or closed. It is for a caller that polls for each record
+// whether to wait for it (qos's engine, per publish).
+func (l *Log) Resolved(offset uint64) bool {
+	if offset <= l.durable.Load() {
+		return true
+	}
+	if !l.troubled.Load() {
+		return false
+	}
+	l.smu.RLock()
+	defer l.smu.RUnlock()
+	return offset <= l.durable.Load() || l.holeErr(offset, offset) != nil || l.failed != nil || l.closed
+}
+
 func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 	total := 0
 	for _, r := range recs {
@@ -437,7 +460,7 @@ func (l *Log) failure() error {
 func (l *Log) wait(ctx context.Context, first, last uint64) error {
 	for {
 		l.smu.RLock()
-		d, ch, closed, failed := l.durable, l.durableCh, l.closed, l.failed
+		d, ch, closed, failed := l.durable.Load(), l.durableCh, l.closed, l.failed
 		herr := l.holeErr(first, last)
 		l.smu.RUnlock()
 		switch {
@@ -516,9 +539,7 @@ func (l *Log) NextOffset() uint64 {
 // LastOffset returns the offset of the newest durable record (0 if none was
 // ever written). Readers see exactly the records up to it.
 func (l *Log) LastOffset() uint64 {
-	l.smu.RLock()
-	defer l.smu.RUnlock()
-	return l.durable
+	return l.durable.Load()
 }
 
 // Read returns a copy of the record at offset. Errors: ErrTruncated below
@@ -561,7 +582,7 @@ func (l *Log) readWindow(offset uint64, buf []byte) (window, error) {
 		l.smu.RUnlock()
 		return window{}, ErrClosed
 	}
-	if offset > l.durable || offset == 0 {
+	if offset > l.durable.Load() || offset == 0 {
 		l.smu.RUnlock()
 		return window{}, fmt.Errorf("offset %d: %w", offset, ErrNotFound)
 	}
@@ -569,7 +590,7 @@ func (l *Log) readWindow(offset uint64, buf []byte) (window, error) {
 		l.smu.RUnlock()
 		return window{}, fmt.Errorf("offset %d: %w", offset, ErrTruncated)
 	}
-	durable := l.durable
+	durable := l.durable.Load()
 	i, _ := slices.BinarySearchFunc(l.segs, offset, func(s *segment, off uint64) int {
 		if s.base > off {
 			return 1

@@ -77,7 +77,7 @@ func (l *Log) oldest() (*segment, uint64, bool) {
 	if len(l.segs) < 2 {
 		return nil, 0, false
 	}
-	if l.segs[1].base > l.durable+1 {
+	if l.segs[1].base > l.durable.Load()+1 {
 		return nil, 0, false // the writer is still filling the segment's successor
 	}
 	return l.segs[0], l.segs[1].base, true

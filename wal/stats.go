@@ -192,7 +192,7 @@ func (l *Log) Stats() Stats {
 		CachedReads:     l.stats.cachedReads.Load(),
 	}
 	l.smu.RLock()
-	s.FirstOffset, s.LastOffset = l.segs[0].base, l.durable
+	s.FirstOffset, s.LastOffset = l.segs[0].base, l.durable.Load()
 	l.smu.RUnlock()
 	s.Cursors = l.cursors.stats(s.FirstOffset, s.LastOffset)
 	return s

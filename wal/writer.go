@@ -305,6 +305,7 @@ func (l *Log) fail(cause error) {
 	first := l.failed == nil
 	if first {
 		l.failed = fmt.Errorf("%w: %w", ErrFailed, cause)
+		l.troubled.Store(true)
 		close(l.durableCh)
 		l.durableCh = make(chan struct{})
 	}
@@ -411,7 +412,7 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 		c.s.mtime.Store(now)
 	}
 	l.smu.Lock()
-	l.durable = last
+	l.durable.Store(last)
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
@@ -491,6 +492,7 @@ func (l *Log) rollback(prevTail *segment, created []*segment, first, last uint64
 		l.smu.Lock()
 		if l.failed == nil {
 			l.failed = fmt.Errorf("%w: %w (after %w)", ErrFailed, fatal, cause)
+			l.troubled.Store(true)
 		}
 		l.smu.Unlock()
 		l.log.Error("wal: cannot undo a failed write; the log takes no more appends until reopened", "err", fatal)
@@ -512,6 +514,7 @@ func (l *Log) markHoles(first, last uint64, cause error) {
 	} else {
 		l.holes = append(l.holes, span{from: first, to: last, err: cause})
 	}
+	l.troubled.Store(true)
 	close(l.durableCh)
 	l.durableCh = make(chan struct{})
 	l.smu.Unlock()
