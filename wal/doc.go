@@ -5,7 +5,8 @@
 //
 // Open(dir, Config) and Close. Append(ctx, records...) returns the offset of
 // the first record once all are durable under the sync policy; AppendAsync
-// returns at once and WaitDurable waits later; Sync makes everything
+// returns at once and WaitDurable waits later (Resolved says, without a
+// lock, whether it would wait); Sync makes everything
 // acknowledged so far durable under any policy. Read(offset) is safe from any
 // number of goroutines; NewReader(from) iterates and waits for new records.
 // Cursor(name) is a named durable read position that a consumer advances
