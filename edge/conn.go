@@ -341,6 +341,14 @@ func (c *conn) flushNow() (bool, error) {
 		c.writeOut = c.writeOutNow
 	}
 	err := c.ra.raw.Write(c.writeOut)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline of the last write that waited has passed (it stays
+		// set after it): RawConn.Write refuses before it writes, though a
+		// non-blocking write needs none. Every write that waits sets its
+		// own (writeLocked), so clearing it here costs none of them.
+		_ = c.Conn.SetWriteDeadline(time.Time{})
+		err = c.ra.raw.Write(c.writeOut)
+	}
 	if err != nil || (c.nowErr != nil && c.nowErr != syscall.EAGAIN && c.nowErr != syscall.EINTR) {
 		return false, nil // flush, which waits, says what it is
 	}

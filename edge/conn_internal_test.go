@@ -202,3 +202,30 @@ func TestConnFlushNowNeverWaits(t *testing.T) {
 		t.Fatalf("client read %d bytes, want the %d written, in order", len(b), len(want))
 	}
 }
+
+// flushNow writes at once also once the deadline of the last waiting
+// write has passed: a non-blocking write(2) needs none, and the socket
+// takes the bytes. (RawConn.Write refuses a connection whose write
+// deadline is in the past before it calls the write, so every direct
+// write after a quiet write_timeout fell back to the sender.)
+func TestConnFlushNowAfterAnOldDeadline(t *testing.T) {
+	server, client := tcpPair(t)
+	wc := &conn{Conn: server, writeTimeout: 10 * time.Millisecond, closeNow: server.Close}
+	wc.ra.setRaw(server)
+	if _, err := wc.Write([]byte("a")); err != nil { // the sender's write, with its deadline
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond) // the deadline passes
+	add := func(b []byte) ([]byte, error) { return append(b, 'b'), nil }
+	if _, ok, err := wc.appendCorkedNow(add); !ok || err != nil {
+		t.Fatalf("appendCorkedNow: %v, %v", ok, err)
+	}
+	if all, err := wc.flushNow(); !all || err != nil {
+		t.Fatalf("flushNow after the deadline of an earlier write: %v, %v; want true, nil", all, err)
+	}
+	buf := make([]byte, 2)
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "ab" {
+		t.Fatalf("client read %q, %v; want \"ab\"", buf, err)
+	}
+}
