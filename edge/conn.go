@@ -249,10 +249,12 @@ func (c *conn) appendCorked(add func(b []byte) ([]byte, error)) (int, error) {
 }
 
 // appendCorkedNow is appendCorked without waiting: ok is false, with
-// nothing added, while another write holds the connection, and it never
-// writes at the cork limit (its callers add a few small packets).
+// nothing added, while another write holds the connection or when the
+// connection cannot write without waiting (TLS, WebSocket: flushNow
+// never writes there, so the sender must, and it encodes too), and it
+// never writes at the cork limit (its callers add a few small packets).
 func (c *conn) appendCorkedNow(add func(b []byte) ([]byte, error)) (n int, ok bool, err error) {
-	if !c.wmu.TryLock() {
+	if c.ra.raw == nil || !c.wmu.TryLock() {
 		return 0, false, nil
 	}
 	defer c.wmu.Unlock()

@@ -229,3 +229,21 @@ func TestConnFlushNowAfterAnOldDeadline(t *testing.T) {
 		t.Fatalf("client read %q, %v; want \"ab\"", buf, err)
 	}
 }
+
+// A connection that cannot write without waiting (TLS, WebSocket: no raw
+// socket under it) takes no direct write at all: appendCorkedNow refuses
+// and keeps nothing, so the log's and the dispatcher's goroutines leave
+// the packet, unencoded, to the sender, which writes it with a deadline.
+func TestConnWithoutRawSocketTakesNoDirectWrite(t *testing.T) {
+	server, client := net.Pipe()
+	t.Cleanup(func() { server.Close(); client.Close() })
+	wc := &conn{Conn: server, writeTimeout: time.Second, closeNow: server.Close}
+	wc.ra.setRaw(server) // not a *net.TCPConn: none
+	add := func(b []byte) ([]byte, error) { return append(b, 'x'), nil }
+	if _, ok, err := wc.appendCorkedNow(add); ok || err != nil {
+		t.Fatalf("appendCorkedNow on a connection without a raw socket: %v, %v; want false, nil", ok, err)
+	}
+	if wc.corked || wc.out != nil {
+		t.Fatalf("kept something: corked %v, out %v", wc.corked, wc.out != nil)
+	}
+}

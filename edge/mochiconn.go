@@ -48,7 +48,8 @@ func (c mochiConn) Write(p *qos.Packet) error {
 	return err
 }
 
-// WriteNow is Write, or false while another write holds the connection.
+// WriteNow is Write, or false while another write holds the connection
+// or when it cannot write without waiting (TLS, WebSocket).
 func (c mochiConn) WriteNow(p *qos.Packet) (bool, error) { return c.write(p, true) }
 
 // write is Write, and WriteNow when now is set.

@@ -212,7 +212,8 @@ type Conn interface {
 	// far as the connection takes it at once, and reports whether all of
 	// it went; what did not go stays kept, in order, for the next Flush. A
 	// connection that cannot write without waiting (TLS, WebSocket) may
-	// always report false. An error means the connection is gone. The
+	// always report false (edge's WriteNow does there, so the sender
+	// encodes and writes all of it). An error means the connection is gone. The
 	// engine calls them on goroutines that must never wait for a client
 	// (the log's, at a durability event), and leaves what they did not
 	// take to the connection's sender.
