@@ -70,6 +70,8 @@ type client struct {
 	// maxSize is every connection's fakeConn.maxSize, set before the
 	// engine can write to it.
 	maxSize int
+	// flaky is every connection's fakeConn.flaky.
+	flaky float64
 }
 
 func (h *harness) connect(id string, persistent bool, mod ...func(*qos.ConnectInfo)) *client {
@@ -90,6 +92,7 @@ func (c *client) reconnect() bool {
 	c.t.Helper()
 	c.conn = newFakeConn()
 	c.conn.maxSize = c.maxSize
+	c.conn.flaky = c.flaky
 	cl, present, err := c.h.e.Connect(c.conn, c.info)
 	if err != nil {
 		c.t.Fatalf("connect %s: %v", c.id, err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -394,6 +395,10 @@ type fakeConn struct {
 	// slow makes FlushNow take nothing (a socket that would block), busy
 	// makes WriteNow refuse (another write holds the connection).
 	slow, busy bool
+	// flaky makes WriteNow refuse, and FlushNow write only a part of what
+	// was kept, at random, each with this chance (a socket that is full
+	// at times, a write another goroutine holds): the model test's.
+	flaky float64
 }
 
 func newFakeConn() *fakeConn { return &fakeConn{notify: make(chan struct{}, 1)} }
@@ -431,7 +436,7 @@ func (c *fakeConn) Flush() error {
 // WriteNow is Write, unless busy.
 func (c *fakeConn) WriteNow(p *qos.Packet) (bool, error) {
 	c.mu.Lock()
-	busy := c.busy
+	busy := c.busy || (c.flaky > 0 && rand.Float64() < c.flaky)
 	c.mu.Unlock()
 	if busy {
 		return false, nil
@@ -446,6 +451,13 @@ func (c *fakeConn) FlushNow() (bool, error) {
 		empty := len(c.kept) == 0
 		c.mu.Unlock()
 		return empty, nil
+	}
+	if c.flaky > 0 && !c.closed && !c.fail && len(c.kept) > 0 && rand.Float64() < c.flaky {
+		n := rand.IntN(len(c.kept)) // a part, in order; the rest stays kept
+		c.pkts = append(c.pkts, c.kept[:n]...)
+		c.kept = append(c.kept[:0], c.kept[n:]...)
+		c.mu.Unlock()
+		return false, nil
 	}
 	c.mu.Unlock()
 	if err := c.Flush(); err != nil {
