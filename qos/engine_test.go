@@ -49,9 +49,15 @@ func (h *harness) start() {
 	h.e = e
 }
 
-// crash stops the engine without a last checkpoint and starts a new one.
-func (h *harness) crash() {
+// crash stops the engine without a last checkpoint, as a kill -9 does, and
+// starts a new one: the log loses what was not durable (memLog.crash).
+func (h *harness) crash() { h.crashKeeping(0) }
+
+// crashKeeping is crash, but the first keep records that were not durable
+// survive it (written, not yet fsynced: the next process reads them).
+func (h *harness) crashKeeping(keep int) {
 	h.e.Crash()
+	h.log.crash(keep)
 	h.start()
 }
 

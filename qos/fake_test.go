@@ -17,6 +17,7 @@ import (
 
 // memLog is an in-memory qos.Log: appends are durable at once, unless
 // fail says otherwise; cursors trim it as a real log's retention would.
+// crash is a kill -9 of the process around it.
 type memLog struct {
 	mu      sync.Mutex
 	recs    [][]byte // offset-1; nil: a hole
@@ -54,6 +55,57 @@ type memLog struct {
 	slow    bool
 	durable uint64
 	syncs   int // fsyncs the slow syncer made
+	// epoch counts crashes: a hold's release from before one does
+	// nothing. calls counts the onDurable calls running, which a crash
+	// waits for.
+	epoch uint64
+	calls sync.WaitGroup
+}
+
+// crash is what a kill -9 does to the log: of the records not durable yet
+// (a slow fsync's), the first keep were written and are read again by the
+// next process (wal.Open makes them durable before any reader sees them),
+// the rest were still in the writer's queue and are gone; no durability
+// event of the old process comes after it (its NotifyDurable function is
+// dropped, a release of a hold from before it does nothing). Called after
+// the engine stopped and before a new one recovers.
+func (l *memLog) crash(keep int) {
+	l.mu.Lock()
+	end := min(uint64(len(l.recs)), l.durableLocked()+uint64(max(keep, 0)))
+	for off := end + 1; off <= uint64(len(l.recs)); off++ {
+		delete(l.failed, off)
+	}
+	l.recs = l.recs[:end]
+	l.hold = 0
+	if l.slow {
+		l.durable = end
+	}
+	l.epoch++
+	l.onDurable = nil
+	l.mu.Unlock()
+	l.calls.Wait()
+}
+
+// notDurable returns how many records are not durable yet.
+func (l *memLog) notDurable() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.recs) - int(l.durableLocked())
+}
+
+// durableEvent calls onDurable, if set, without the lock; false if the
+// log crashed since epoch.
+func (l *memLog) durableEvent(epoch uint64) {
+	l.mu.Lock()
+	fn := l.onDurable
+	if l.epoch != epoch || fn == nil {
+		l.mu.Unlock()
+		return
+	}
+	l.calls.Add(1)
+	l.mu.Unlock()
+	defer l.calls.Done()
+	fn()
 }
 
 // slowSync makes every fsync of the log take d, with group commit, as a
@@ -85,37 +137,48 @@ func (l *memLog) slowSync(t testing.TB, d time.Duration) {
 				return
 			}
 			l.mu.Lock()
-			l.durable = target
+			l.durable = min(target, uint64(len(l.recs)))
 			l.syncs++
 			close(l.notify)
 			l.notify = make(chan struct{})
-			fn := l.onDurable
+			epoch := l.epoch
 			l.mu.Unlock()
-			if fn != nil {
-				fn()
-			}
+			l.durableEvent(epoch)
 		}
 	}()
 }
 
 // holdFrom makes the records from the next append on wait for release.
-func (l *memLog) holdFrom() {
+// It returns this hold's release, which does nothing once the log crashed
+// (the fsync died with the process).
+func (l *memLog) holdFrom() (release func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.hold = uint64(len(l.recs)) + 1
+	epoch := l.epoch
+	return func() { l.releaseIn(epoch) }
 }
 
 // release makes the held records durable.
 func (l *memLog) release() {
 	l.mu.Lock()
+	epoch := l.epoch
+	l.mu.Unlock()
+	l.releaseIn(epoch)
+}
+
+// releaseIn is release, unless the log crashed since epoch.
+func (l *memLog) releaseIn(epoch uint64) {
+	l.mu.Lock()
+	if l.epoch != epoch {
+		l.mu.Unlock()
+		return
+	}
 	l.hold = 0
 	close(l.notify)
 	l.notify = make(chan struct{})
-	fn := l.onDurable
 	l.mu.Unlock()
-	if fn != nil {
-		fn()
-	}
+	l.durableEvent(epoch)
 }
 
 // NotifyDurable sets what the log calls at each durability event.
@@ -143,12 +206,12 @@ func newMemLog() *memLog {
 var _ qos.Log = (*memLog)(nil)
 
 func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
-	off, err := l.appendAsync(recs)
 	l.mu.Lock()
-	fn := l.onDurable
+	epoch := l.epoch
 	l.mu.Unlock()
-	if err == nil && fn != nil {
-		fn()
+	off, err := l.appendAsync(recs)
+	if err == nil {
+		l.durableEvent(epoch)
 	}
 	return off, err
 }
