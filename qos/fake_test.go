@@ -86,6 +86,30 @@ func (l *memLog) crash(keep int) {
 	l.calls.Wait()
 }
 
+// acceptedNotDurable reports whether the log holds a message record with
+// this payload and none of them is durable yet: an acknowledgement of the
+// publish now came too early (qos guarantees an acknowledged publish is
+// durable). A trimmed one was durable.
+func (l *memLog) acceptedNotDurable(payload []byte) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	found := false
+	for i, r := range l.recs {
+		if qos.KindOf(r) != qos.KindMessage {
+			continue
+		}
+		var m qos.Message
+		if m.UnmarshalBinary(r) != nil || !bytes.Equal(m.Payload, payload) {
+			continue
+		}
+		if uint64(i+1) <= l.durableLocked() {
+			return false
+		}
+		found = true
+	}
+	return found
+}
+
 // notDurable returns how many records are not durable yet.
 func (l *memLog) notDurable() int {
 	l.mu.Lock()

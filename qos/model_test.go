@@ -323,6 +323,7 @@ func (m *model) pump(c *modelClient, ack bool) bool {
 			if pl, ok := c.pending[p.PacketID]; ok && c.pubQoS[p.PacketID] == 1 {
 				delete(c.pending, p.PacketID)
 				if p.ReasonCode < 0x80 {
+					m.ackedDurable(c, pl)
 					m.acked[pl] = 1
 				}
 			}
@@ -330,6 +331,7 @@ func (m *model) pump(c *modelClient, ack bool) bool {
 			if pl, ok := c.pending[p.PacketID]; ok && c.pubQoS[p.PacketID] == 2 {
 				delete(c.pending, p.PacketID)
 				if p.ReasonCode < 0x80 {
+					m.ackedDurable(c, pl)
 					m.acked[pl] = 2
 					c.released[p.PacketID] = true
 					c.cl.Pubrel(p.PacketID)
@@ -356,6 +358,14 @@ func (m *model) pump(c *modelClient, ack bool) bool {
 		}
 	}
 	return len(pkts) > 0
+}
+
+// ackedDurable fails the test if the PUBACK or PUBREC of payload came
+// before its record was durable: a kill -9 now would lose it.
+func (m *model) ackedDurable(c *modelClient, payload string) {
+	if m.h.log.acceptedNotDurable([]byte(payload)) {
+		m.t.Fatalf("%s acknowledged to %s before its record was durable", payload, c.id)
+	}
 }
 
 func (m *model) deliver(c *modelClient, payload string) {
