@@ -66,7 +66,8 @@ func (f heldSyncFile) Sync() error {
 }
 
 // TestRefusalAckOrder: the acknowledgement of a publish refused at the
-// edge (write ACL denied, a $SYS topic, a topic too long) is written in
+// edge (write ACL denied, a $SYS topic, a topic too long, a $share topic
+// name without a topic after its group) is written in
 // the order the PUBLISHes were received [MQTT-4.6.0-2], after the PUBACK
 // of an earlier publish still waiting for its fsync, never before it: a
 // 3.1.1 client (paho's) matches acknowledgements by order.
@@ -98,7 +99,7 @@ func TestRefusalAckOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name, topic string
 		v5          byte
-	}{{"acl", "denied/x", 0x87}, {"sys", "$SYS/x", 0x87}, {"long", long, 0x90}} {
+	}{{"acl", "denied/x", 0x87}, {"sys", "$SYS/x", 0x87}, {"long", long, 0x90}, {"share", "$share/g", 0x87}} {
 		for _, version := range []byte{5, 4} {
 			for q := byte(1); q <= 2; q++ {
 				rc := dialRaw(t, addr, version)

@@ -139,7 +139,8 @@ type droppedCollector struct {
 	// nil until the engine runs.
 	engineQueueFull atomic.Pointer[func() uint64]
 	topicTooLong    atomic.Int64
-	// reservedTopic counts client publishes to $SYS (authHook.refuseReserved).
+	// reservedTopic counts client publishes to topics reserved to the server,
+	// $SYS and a bare $share (authHook.refuseReserved).
 	reservedTopic atomic.Int64
 }
 

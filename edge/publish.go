@@ -38,13 +38,14 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 		// error [MQTT-4.13.1-1], which mochi passes on.
 		return packets.ErrProtocolViolationInvalidTopic
 	}
-	if reservedTopic(pk.TopicName) {
-		// mochi drops it unanswered, leaving the client waiting forever.
+	if !mqtt.IsValidFilter(pk.TopicName, true) {
+		// Past PublishValidate's wildcard check [MQTT-3.3.2-2], what is
+		// left is a topic reserved to the server [MQTT-4.7.2]: $SYS (any
+		// case), or "$share" or "$share/<group>" with no topic after it
+		// [MQTT-4.8.2-1]. mochi drops it unanswered, leaving a QoS 1/2
+		// publisher waiting forever.
 		b.auth.refuseReserved(a, pk)
 		return nil
-	}
-	if !mqtt.IsValidFilter(pk.TopicName, true) {
-		return nil // as mochi: dropped
 	}
 	now := time.Now()
 	if expiry := minExpiry(caps.MaximumMessageExpiryInterval, int64(pk.Properties.MessageExpiryInterval)); expiry > 0 {
