@@ -542,15 +542,9 @@ func (c *connection) writeDeliveriesNow() int {
 		if !ok {
 			break
 		}
-		if !c.deliverable(en.Msg) {
-			continue
+		if o, ok := c.outgoingFor(en, nil); ok {
+			batch = append(batch, o)
 		}
-		if en.QoS == 0 {
-			batch = append(batch, outgoing{e: en})
-			continue
-		}
-		pid, f := c.newFlightLocked(en, nil)
-		batch = append(batch, outgoing{pid: pid, f: f, e: en})
 	}
 	s.mu.Unlock()
 	c.batch = batch

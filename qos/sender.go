@@ -43,16 +43,14 @@ func (c *connection) step() bool {
 			batch = append(batch, outgoing{pid: pid, f: s.flights[pid], e: en, rec: logged})
 			continue
 		}
-		if !c.deliverable(en.Msg) {
+		o, ok := c.outgoingFor(en, g)
+		if !ok {
 			continue
 		}
-		if en.QoS == 0 {
-			batch = append(batch, outgoing{e: en})
-			continue
+		batch = append(batch, o)
+		if o.pid != 0 {
+			nNew++
 		}
-		pid, f := c.newFlightLocked(en, g)
-		batch = append(batch, outgoing{pid: pid, f: f, e: en})
-		nNew++
 	}
 	var scanQ *Queue
 	var scanG *group
@@ -230,6 +228,21 @@ func (c *connection) next() (en Entry, g *group, pid uint16, rec logged, ok bool
 		return en, nil, 0, logged{}, true
 	}
 	return c.nextShared()
+}
+
+// outgoingFor makes the PUBLISH of en, taken from the session's queue,
+// its retained messages or (g) a group: false when it is not delivered
+// (expired or denied, counted). A QoS 1/2 one gets its flight. Called
+// with s.mu held.
+func (c *connection) outgoingFor(en Entry, g *group) (outgoing, bool) {
+	if !c.deliverable(en.Msg) {
+		return outgoing{}, false
+	}
+	if en.QoS == 0 {
+		return outgoing{e: en}, true
+	}
+	pid, f := c.newFlightLocked(en, g)
+	return outgoing{pid: pid, f: f, e: en}, true
 }
 
 // newFlightLocked assigns a packet id to a QoS 1/2 delivery and records
