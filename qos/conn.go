@@ -481,26 +481,15 @@ func (c *connection) deliverNow() {
 		return
 	}
 	c.lastDirect = now
-	switch c.writeDeliveriesNow() {
-	case nowDone:
-		c.running.Store(false)
-		c.kick() // work that came meanwhile saw the sender running
-	case nowNot:
-		c.running.Store(false)
-		c.kick()
-	case nowRest:
+	if c.writeDeliveriesNow() {
 		if !c.e.goSender(c.run) {
 			c.running.Store(false)
 		}
+		return
 	}
+	c.running.Store(false)
+	c.kick() // its work, or what came meanwhile and saw the sender running
 }
-
-// What writeDeliveriesNow did.
-const (
-	nowNot  = iota // nothing: the sender's work
-	nowDone        // wrote everything (or found the connection gone)
-	nowRest        // wrote some: the rest (pending, unflushed) is the sender's
-)
 
 // deliverNowMax is the most messages deliverNow takes from a queue, and
 // deliverNowGap the least time between two of its rounds for one
@@ -515,26 +504,26 @@ const (
 // writeDeliveriesNow takes the session's queued messages and writes them
 // without waiting, when the session is clean (it logs nothing per
 // delivery, so nothing here waits for the log) and the queue holds all
-// there is to do, at most deliverNowMax, within the window. Called with
-// running held.
-func (c *connection) writeDeliveriesNow() int {
+// there is to do, at most deliverNowMax, within the window. It reports
+// whether it wrote some and left the rest (pending, unflushed) to the
+// sender; false when it wrote everything, found the connection gone, or
+// left all to the sender's usual round. Called with running held.
+func (c *connection) writeDeliveriesNow() bool {
 	s := c.s
 	s.mu.Lock()
 	if c.gone || c.closing || c.held || s.persistent || len(c.acks) > 0 || len(c.resend) > 0 ||
 		len(c.qos0) > 0 || len(c.scanned) > 0 || c.holdRet > 0 || len(s.retained) > 0 ||
 		s.queue.Len() == 0 || s.queue.Len() > deliverNowMax || len(s.flights)+s.queue.Len() > c.window {
 		s.mu.Unlock()
-		return nowNot
+		return false
 	}
-	for _, sb := range s.subs {
-		if sb.g != nil {
-			s.mu.Unlock()
-			return nowNot // a shared group's turn is the sender's
-		}
+	if s.hasGroups() {
+		s.mu.Unlock()
+		return false // a shared group's turn is the sender's
 	}
 	if _, ok := s.queue.Scan(); ok {
 		s.mu.Unlock()
-		return nowNot // the queue overflowed: the sender reads the log
+		return false // the queue overflowed: the sender reads the log
 	}
 	batch := c.batch[:0]
 	for {
@@ -553,24 +542,21 @@ func (c *connection) writeDeliveriesNow() int {
 	for i := range batch {
 		if !c.writePublish(&batch[i]) {
 			c.lost()
-			return nowDone
+			return false
 		}
 		if c.busy {
 			c.busy = false
 			c.pending = append(c.pending[:0], batch[i:]...)
 			clear(batch)
-			return nowRest
+			return true
 		}
 	}
 	clear(batch)
 	if !c.flush() {
 		c.lost()
-		return nowDone
+		return false
 	}
-	if c.unflushed {
-		return nowRest
-	}
-	return nowDone
+	return c.unflushed
 }
 
 // writePending writes what deliverNow left, first; false when the
