@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/edgemq/edgemq/wal"
 )
 
 // subscriptions remembers, per bridge, the downlink filters the bridge may
@@ -19,9 +21,10 @@ import (
 // while edgemq was down, or by a reload).
 //
 // With a directory each bridge's set is a file <dir>/<name>.subscriptions,
-// a JSON array of the filters (any string a filter may be), replaced atomically (written, fsynced, renamed, the
-// directory fsynced); without one the sets live as long as the Set. The
-// memory copy is the one read; the files are read once, at first use.
+// a JSON array of the filters (any string a filter may be), replaced
+// atomically and durably (wal.WriteFile); without one the sets live as long
+// as the Set. The memory copy is the one read; the files are read once, at
+// first use.
 type subscriptions struct {
 	dir string
 
@@ -116,47 +119,14 @@ func (s *subscriptions) remove(keep map[string]bool) error {
 }
 
 func (s *subscriptions) write(name string, filters []string) error {
-	if err := os.MkdirAll(s.dir, 0o750); err != nil {
-		return fmt.Errorf("write subscriptions: %w", err)
-	}
-	tmp := s.path(name) + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("write subscriptions: %w", err)
-	}
 	b, err := json.Marshal(filters)
 	if err == nil {
-		_, err = f.Write(b)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.path(name))
-	}
-	if err == nil {
-		err = syncDir(s.dir)
+		err = wal.WriteFile(s.path(name), b, 0o600)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
 		return fmt.Errorf("write subscriptions: %w", err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Subscribed returns the downlink filters the bridge name recorded as

@@ -164,7 +164,7 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 		sc := scanSegment(data, base, want, mark)
 		if repair != nil && sc.damage != nil {
 			out, lost := repairSegment(data, base, want, mark)
-			if err := rewrite(fs, dir, path, out); err != nil {
+			if err := fs.replace(path, path+".repair", out, 0o640); err != nil {
 				return rep, fmt.Errorf("wal: repair segment %s: %w", sc.name, err)
 			}
 			msg := fmt.Sprintf("segment %s: %s at byte %d (offset %d): %d bytes rewritten, %d records lost",
@@ -292,31 +292,6 @@ func repairSegment(data []byte, base uint64, want int64, mark uint64) (out []byt
 		lost++
 	}
 	return out, lost
-}
-
-// rewrite replaces path with data: temporary file, fsync, rename, directory
-// fsync.
-func rewrite(fs FS, dir, path string, data []byte) error {
-	tmp := path + ".repair"
-	f, err := fs.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(data, 0); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fs.Rename(tmp, path); err != nil {
-		return err
-	}
-	return fs.syncDir(dir)
 }
 
 // Cursors returns the cursors' positions (the next offset each reads) in

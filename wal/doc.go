@@ -13,6 +13,8 @@
 // with Commit; cursors drive retention. Stats() returns the figures for
 // metrics. Check(dir), Repair(dir, logger), Cursors(dir) and Scan(dir, from,
 // fn) are for `edgemq check`; Check, Cursors and Scan read without a lock.
+// WriteFile replaces a small file durably (temporary file, fsync, rename,
+// directory fsync), for state other packages keep beside the log.
 //
 // # Guarantees
 //

@@ -106,3 +106,46 @@ func (fs FS) syncDir(dir string) error {
 	}
 	return err
 }
+
+// replace replaces path with data: it writes tmp, fsyncs it, renames it
+// over path and fsyncs the directory.
+func (fs FS) replace(path, tmp string, data []byte, perm os.FileMode) error {
+	f, err := fs.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fs.syncDir(filepath.Dir(path))
+}
+
+// WriteFile replaces the file at path with data durably, for the small
+// state files beside the log: it creates path's directory and its missing
+// parents durably (as Open does), writes data to path+".tmp", fsyncs it,
+// renames it over path and fsyncs the directory. When it returns nil, data
+// survives a power cut; whatever it returns, path holds its old contents
+// or data, never a part of data. A failed write removes the temporary file.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	fs := FS{}.withDefaults()
+	if err := fs.mkdirDurable(filepath.Dir(path)); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := fs.replace(path, tmp, data, perm); err != nil {
+		_ = fs.Remove(tmp)
+		return err
+	}
+	return nil
+}
