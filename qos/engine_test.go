@@ -127,6 +127,24 @@ func (c *client) publish(topic string, q byte, pid uint16, payload string) {
 	}
 }
 
+// drain acknowledges what c receives until n distinct payloads came, and
+// returns how many times each came; a round that brings nothing first
+// fails the test.
+func (c *client) drain(n int) map[string]int {
+	c.t.Helper()
+	seen := map[string]int{}
+	for len(seen) < n {
+		got := c.conn.settle()
+		if len(got) == 0 {
+			c.t.Fatalf("%s got %d of %d", c.id, len(seen), n)
+		}
+		for _, m := range c.ackAll(got) {
+			seen[string(m.Payload)]++
+		}
+	}
+	return seen
+}
+
 // ackAll acknowledges what the packets ask for, as a client does, and
 // returns the messages delivered to the application (a QoS 2 message
 // once, on its first PUBLISH).

@@ -488,17 +488,7 @@ func TestSharedGroup(t *testing.T) {
 		src.publish("s/t", 1, uint16(n+i+1), fmt.Sprint(n+i))
 	}
 	a.cl.Disconnect(false, nil) // what a held goes to b
-	seen := map[string]int{}
-	for len(seen) < 2*n {
-		got := b.conn.settle()
-		if len(got) == 0 {
-			t.Fatalf("b got %d of %d", len(seen), 2*n)
-		}
-		for _, m := range b.ackAll(got) {
-			seen[string(m.Payload)]++
-		}
-	}
-	for p, c := range seen {
+	for p, c := range b.drain(2 * n) {
 		if c > 1 {
 			t.Fatalf("%s reached b %d times", p, c)
 		}
@@ -951,16 +941,7 @@ func TestSharedGroupBacklogScan(t *testing.T) {
 	for i := range n {
 		src.publish("s/t", 1, uint16(i+1), fmt.Sprint(i))
 	}
-	seen := map[string]bool{}
-	for len(seen) < n {
-		got := a.conn.settle()
-		if len(got) == 0 {
-			t.Fatalf("a got %d of %d", len(seen), n)
-		}
-		for _, m := range a.ackAll(got) {
-			seen[string(m.Payload)] = true
-		}
-	}
+	a.drain(n)
 }
 
 // TestSharedGroupScanReleasedByFailedWrite: a member whose round claimed
@@ -984,16 +965,7 @@ func TestSharedGroupScanReleasedByFailedWrite(t *testing.T) {
 	b := h.connect("b", false, func(i *qos.ConnectInfo) { i.ReceiveMaximum = 10 })
 	b.subscribe("$share/g/s/#", 1)
 	a.cl.Disconnect(false, nil)
-	seen := map[string]bool{}
-	for len(seen) < n {
-		got := b.conn.settle()
-		if len(got) == 0 {
-			t.Fatalf("b got %d of %d", len(seen), n)
-		}
-		for _, m := range b.ackAll(got) {
-			seen[string(m.Payload)] = true
-		}
-	}
+	b.drain(n)
 }
 
 // Engine.PublishAsync with several messages appends them in one append:
