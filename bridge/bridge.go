@@ -190,7 +190,7 @@ func newBridge(cfg Config, l Log, local Local, o Options, subs *subscriptions) (
 		cfg: cfg, log: l, local: local,
 		lg:       lg.With("component", "bridge", "bridge", cfg.Name),
 		d:        dialer{cfg: cfg, ws: o.DialWebSocket},
-		origin:   "$bridge/" + cfg.Name,
+		origin:   cfg.origin(),
 		dropped:  map[string]uint64{},
 		upstream: -1,
 		since:    time.Now(),
@@ -605,6 +605,10 @@ func (b *Bridge) createdAt(off, next uint64) int64 {
 	}
 	return 0
 }
+
+// origin is the Origin of the messages the bridge brings down, which its
+// forward rules never send back (a loop).
+func (c Config) origin() string { return "$bridge/" + c.Name }
 
 // cursorName is the cursor of a forward rule: the bridge's name and a key
 // of everything that decides what the rule sends, so that a changed rule

@@ -42,8 +42,9 @@ type ScanFunc func(from uint64, fn func(offset uint64, rec []byte) error) error
 func CountBacklogs(cfgs []Config, cursors map[string]uint64, scan ScanFunc, now time.Time) ([][]RuleBacklog, error) {
 	out := make([][]RuleBacklog, len(cfgs))
 	type counting struct {
-		cfg Config
-		rb  *RuleBacklog
+		cfg    Config
+		origin string // cfg.origin()
+		rb     *RuleBacklog
 	}
 	var all []counting
 	for i, c := range cfgs {
@@ -53,7 +54,7 @@ func CountBacklogs(cfgs []Config, cursors map[string]uint64, scan ScanFunc, now 
 			rb.Rule, rb.Cursor = j, c.cursorName(f)
 			rb.Offset, rb.Placed = cursors[rb.Cursor]
 			if rb.Placed {
-				all = append(all, counting{c, rb})
+				all = append(all, counting{c, c.origin(), rb})
 			}
 		}
 	}
@@ -71,7 +72,7 @@ func CountBacklogs(cfgs []Config, cursors map[string]uint64, scan ScanFunc, now 
 				continue
 			}
 			rb.LogBytes += int64(len(rec))
-			if !ok || string(h.Origin) == "$bridge/"+c.cfg.Name || !qos.Match(c.cfg.Forward[rb.Rule].Filter, string(h.Topic)) ||
+			if !ok || string(h.Origin) == c.origin || !qos.Match(c.cfg.Forward[rb.Rule].Filter, string(h.Topic)) ||
 				(h.Expiry > 0 && now.Unix() >= h.Expiry) {
 				continue
 			}
