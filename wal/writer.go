@@ -154,9 +154,10 @@ type chunk struct {
 // files back as they were before the batch and turns the batch's offsets
 // into holes.
 func (l *Log) writeBatch(b *batch) {
-	// The batch leaves the queued bytes once it counts on disk, or when it
-	// is given up, before the waiters are told (publish): counted twice, an
-	// appender woken by it would find the budget fuller than it is.
+	// The batch leaves the queued bytes once it counts on disk, before
+	// publish tells the waiters: counted twice, an appender woken by it
+	// would find the budget fuller than it is. A batch given up leaves them
+	// when writeBatch returns, after markHoles told its waiters (an error).
 	queued := int64(len(b.buf))
 	defer func() { l.stats.queued.Add(-queued) }()
 	buf, sizes, first := b.buf, b.sizes, b.first
