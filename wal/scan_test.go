@@ -2,6 +2,10 @@ package wal_test
 
 import (
 	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/edgemq/edgemq/wal"
@@ -44,5 +48,57 @@ func TestScanOpenLog(t *testing.T) {
 	})
 	if err != nil || next != 301 {
 		t.Fatalf("scan ended at %d with %v, want 301 and nil", next, err)
+	}
+}
+
+// Scan of a log whose last segment ends in a torn record (a write in
+// flight in the broker, or cut by a crash) returns the records before it
+// and no error; an older segment cut inside a record is a *CorruptError.
+func TestScanTornTail(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.SegmentSize = 4 << 10
+	l := mustOpen(t, dir, cfg)
+	appendN(t, l, 1, 300)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := filepath.Glob(filepath.Join(dir, strings.Repeat("[0-9]", 20)))
+	if err != nil || len(segs) < 3 {
+		t.Fatalf("segments %v %v, want several", segs, err)
+	}
+	scan := func() (uint64, error) {
+		next := uint64(1)
+		err := wal.Scan(dir, 1, func(off uint64, r []byte) error {
+			if off != next || !bytes.Equal(r, rec(off)) {
+				t.Fatalf("record %d (%q), want %d", off, r, next)
+			}
+			next++
+			return nil
+		})
+		return next, err
+	}
+	tear := func(path string) {
+		t.Helper()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first entry's first half, after the segment's last entry.
+		if err := os.WriteFile(path, append(data, data[:len(rec(1))/2]...), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tear(segs[len(segs)-1])
+	if next, err := scan(); err != nil || next != 301 {
+		t.Fatalf("torn tail: scan ended at %d with %v, want 301 and nil", next, err)
+	}
+	// An older segment cut inside its last record.
+	if fi, err := os.Stat(segs[0]); err != nil || os.Truncate(segs[0], fi.Size()-3) != nil {
+		t.Fatal(err)
+	}
+	var ce *wal.CorruptError
+	if next, err := scan(); !errors.As(err, &ce) || ce.Segment != filepath.Base(segs[0]) {
+		t.Fatalf("torn older segment: scan ended at %d with %v, want a *CorruptError in %s", next, err, filepath.Base(segs[0]))
 	}
 }
