@@ -29,7 +29,7 @@ type Log struct {
 	smu  sync.RWMutex
 	segs []*segment // by base; the last one is the tail
 	// durable is the last durable offset: readers see up to it. Written
-	// under smu; Resolved reads it without.
+	// under smu; Resolved and LastOffset read it without.
 	durable atomic.Uint64
 	// syncedOff is the last offset an fsync is known to cover (with the
 	// directory entries of its segments): the durable mark the cursor
