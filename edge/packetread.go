@@ -25,7 +25,8 @@ import (
 // caller's scratch (at least 2 bytes: it escapes into r's Read, so a
 // caller that reads often keeps one on the heap). It checks what mochi's
 // ReadFixedHeader checks: the flags of the packet type [MQTT-2.2.2-2] and
-// the remaining length against the server's maximum packet size.
+// the remaining length against the server's maximum packet size; and one
+// it does not: a remaining length of at most four bytes [MQTT-1.5.5].
 func readFixedHeader(s *mqtt.Server, r io.Reader, hdr []byte, fh *packets.FixedHeader) error {
 	if _, err := io.ReadFull(r, hdr[:2]); err != nil {
 		return err
@@ -39,12 +40,12 @@ func readFixedHeader(s *mqtt.Server, r io.Reader, hdr []byte, fh *packets.FixedH
 	var value uint32
 	n := 1
 	for b, shift := hdr[1], uint(0); ; shift += 7 {
-		value |= uint32(b&127) << shift
-		if value > 268435455 {
-			return packets.ErrMalformedVariableByteInteger
-		}
+		value |= uint32(b&127) << shift // four bytes hold at most 268,435,455
 		if b&128 == 0 {
 			break
+		}
+		if n == 4 {
+			return packets.ErrMalformedVariableByteInteger // a fifth byte
 		}
 		if _, err := io.ReadFull(r, hdr[1:2]); err != nil {
 			return err

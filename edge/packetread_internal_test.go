@@ -98,3 +98,23 @@ func ourRead(raw []byte, version byte, maxSize uint32) (packets.Packet, error, r
 	pk, err := readPacket(s, cl, r, &fh)
 	return pk, err, countsOf(s)
 }
+
+// A Remaining Length is at most four bytes [MQTT-1.5.5]: a fifth is a
+// malformed packet, not the start of a length (mochi's DecodeLength reads
+// 0x80 0x80 0x80 0x80 0x00 as 0, and 0x80 for ever as 0).
+func TestReadFixedHeaderLengthAtMostFourBytes(t *testing.T) {
+	for _, raw := range [][]byte{
+		{0x30, 0x80, 0x80, 0x80, 0x80, 0x00},
+		append([]byte{0x30}, bytes.Repeat([]byte{0x80}, 64)...),
+	} {
+		var fh packets.FixedHeader
+		err := readFixedHeader(testServer(0), bytes.NewReader(raw), make([]byte, 2), &fh)
+		if !errors.Is(err, packets.ErrMalformedVariableByteInteger) {
+			t.Errorf("% x: %v (remaining %d), want %v", raw[:6], err, fh.Remaining, packets.ErrMalformedVariableByteInteger)
+		}
+	}
+	var fh packets.FixedHeader // the largest, four bytes, still reads
+	if err := readFixedHeader(testServer(0), bytes.NewReader([]byte{0x30, 0xff, 0xff, 0xff, 0x7f}), make([]byte, 2), &fh); err != nil || fh.Remaining != 268435455 {
+		t.Errorf("ff ff ff 7f: %v, remaining %d", err, fh.Remaining)
+	}
+}
