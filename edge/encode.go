@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"encoding/binary"
 	"strings"
 
 	"github.com/edgemq/edgemq/qos"
@@ -144,20 +145,10 @@ func appendBytes(b, v []byte) []byte {
 	return append(append(b, byte(len(v)>>8), byte(len(v))), v...)
 }
 
-// appendVarint appends a Variable Byte Integer [MQTT-1.5.5-1].
-func appendVarint(b []byte, v int) []byte {
-	for {
-		c := byte(v % 128)
-		v /= 128
-		if v > 0 {
-			c |= 0x80
-		}
-		b = append(b, c)
-		if v == 0 {
-			return b
-		}
-	}
-}
+// appendVarint appends a Variable Byte Integer [MQTT-1.5.5-1]: seven bits
+// a byte, the least significant first, 0x80 on all but the last, which is
+// the varint encoding/binary writes.
+func appendVarint(b []byte, v int) []byte { return binary.AppendUvarint(b, uint64(v)) }
 
 // varintLen is the size of v as a Variable Byte Integer.
 func varintLen(v int) int {

@@ -41,19 +41,9 @@ var (
 	errRefused   = errors.New("edgemq-bench: connection refused by broker")
 )
 
-func appendVarint(b []byte, n int) []byte {
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
+// appendVarint appends an MQTT Variable Byte Integer [MQTT-1.5.5-1],
+// which is the varint encoding/binary writes.
+func appendVarint(b []byte, n int) []byte { return binary.AppendUvarint(b, uint64(n)) }
 
 func appendString(b []byte, s string) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
