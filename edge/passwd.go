@@ -184,9 +184,16 @@ func writePasswordFile(path string, pw Passwords) error {
 		return fmt.Errorf("passwd: %w", err)
 	}
 	// Make the rename itself durable.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("passwd: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("passwd: sync %s: %w", dir, err)
 	}
 	return nil
 }
