@@ -1026,6 +1026,31 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		}
 		closesWith(t, rc, 0x82, 0x90)
 	})
+	// [MQTT-3.8.3-5]: reserved bits of the Subscription Options byte set:
+	// malformed; Retain Handling 3 (§3.8.3.1) a protocol error; a filter
+	// without its options byte malformed. The broker serves on.
+	for _, tc := range []struct {
+		name  string
+		bytes []byte
+		codes []byte
+	}{
+		// SUBSCRIBE id 1, no properties, "a" with the options byte given.
+		{"options reserved bits", []byte{0x82, 7, 0, 1, 0, 0, 1, 'a', 0x41}, []byte{0x81}},
+		{"retain handling 3", []byte{0x82, 7, 0, 1, 0, 0, 1, 'a', 0x31}, []byte{0x82, 0x81}},
+		{"filter without options", []byte{0x82, 6, 0, 1, 0, 0, 1, 'a'}, []byte{0x81}},
+		{"second filter without options", []byte{0x82, 10, 0, 1, 0, 0, 1, 'a', 1, 0, 1, 'b'}, []byte{0x81}},
+	} {
+		t.Run("MQTT-3.8.3-5 subscribe "+tc.name, func(t *testing.T) {
+			rc, _ := v5(t, addr, "pe-subopts", true, nil)
+			if _, err := rc.c.Write(tc.bytes); err != nil {
+				t.Fatal(err)
+			}
+			closesWith(t, rc, tc.codes...)
+			next, _ := v5(t, addr, "pe-subopts-next", true, nil)
+			next.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+			next.expect(packets.Pingresp, 5*time.Second)
+		})
+	}
 	// [MQTT-3.3.1-2]? DUP 1 on a QoS 0 PUBLISH.
 	t.Run("MQTT-3.3.1-2 dup on qos 0", func(t *testing.T) {
 		rc, _ := v5(t, addr, "pe-dup", true, nil)

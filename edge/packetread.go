@@ -94,7 +94,9 @@ func readPacket(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedH
 	case packets.Pubcomp:
 		err = pk.PubcompDecode(b)
 	case packets.Subscribe:
-		err = pk.SubscribeDecode(b)
+		if err = checkSubscribeOptions(pk.ProtocolVersion, b); err == nil {
+			err = pk.SubscribeDecode(b)
+		}
 	case packets.Suback:
 		err = pk.SubackDecode(b)
 	case packets.Unsubscribe:
@@ -108,4 +110,44 @@ func readPacket(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedH
 		err = fmt.Errorf("invalid packet type; %v", fh.Type)
 	}
 	return pk, err
+}
+
+// The SUBSCRIBE errors mochi's decoder does not find.
+var (
+	errNoSubscriptionOptions  = packets.Code{Code: 0x81, Reason: "malformed packet: topic filter without subscription options"}
+	errReservedOptionBits     = packets.Code{Code: 0x81, Reason: "malformed packet: subscription options reserved bits not 0"}
+	errRetainHandlingReserved = packets.Code{Code: 0x82, Reason: "protocol violation: retain handling 3"}
+)
+
+// checkSubscribeOptions looks at the Subscription Options byte after each
+// topic filter of an MQTT 5 SUBSCRIBE body, which mochi's SubscribeDecode
+// reads without a bounds check (a filter that ends the packet made it
+// panic, taking the broker down) and decodes without looking at its
+// reserved bits. A filter without the byte, or with bits 6 and 7 set
+// [MQTT-3.8.3-5], is malformed; Retain Handling 3 is a protocol error
+// (MQTT 5 §3.8.3.1). What it cannot follow (a bad packet id, property
+// length or filter) it leaves to mochi's decoder, which reports it.
+func checkSubscribeOptions(version byte, body []byte) error {
+	if version != 5 {
+		return nil // 3.1.1's requested QoS byte: mochi checks it and its bounds
+	}
+	r := propReader{b: body}
+	r.skip(2)
+	r.skip(r.varint())
+	for !r.bad && len(r.b) > 0 {
+		r.skipString()
+		if r.bad {
+			break
+		}
+		if len(r.b) == 0 {
+			return errNoSubscriptionOptions
+		}
+		switch o := r.byte(); {
+		case o&0xc0 != 0:
+			return errReservedOptionBits
+		case (o>>4)&3 == 3:
+			return errRetainHandlingReserved
+		}
+	}
+	return nil
 }
