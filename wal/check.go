@@ -207,10 +207,13 @@ func readAll(fs FS, path string) ([]byte, error) {
 		return nil, err
 	}
 	data := make([]byte, info.Size())
-	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+	n, err := f.ReadAt(data, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	return data, nil
+	// Shorter when cut back since the Stat (Scan beside a writer undoing a
+	// batch): the rest is not zeros on disk.
+	return data[:n], nil
 }
 
 // scanSegment checks every record of one segment file. want is the number
@@ -317,11 +320,47 @@ func Cursors(dir string) (map[string]uint64, error) {
 // returns fn's first error, a *CorruptError (ErrCorrupt) for damage before
 // the last segment's end, and I/O errors as they come. It is for `edgemq
 // check`, which reads the log of a broker that may be running.
+//
+// A segment listed but gone when read, or one that ends inside a record
+// while a later one is listed, is what the writer leaves while it undoes a
+// failed batch that had started a segment: it removes that segment, cuts
+// the old tail back, and the next batch writes there again. Scan then
+// lists the directory again and goes on from the offset it reached; it
+// reports damage only where it finds it again under a fresh listing.
 func Scan(dir string, from uint64, fn func(offset uint64, rec []byte) error) error {
-	fs := FS{}.withDefaults()
+	return scan(dir, FS{}.withDefaults(), from, fn)
+}
+
+// scanPasses bounds the listings of one Scan: a writer undoing batch after
+// batch (a disk that fails every write) or retention removing a segment at
+// each pass would otherwise keep it from ending.
+const scanPasses = 8
+
+func scan(dir string, fs FS, from uint64, fn func(offset uint64, rec []byte) error) error {
+	var prev *CorruptError
+	for pass := 1; ; pass++ {
+		next, again, err := scanPass(dir, fs, from, fn)
+		if !again || pass == scanPasses {
+			return err
+		}
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			if prev != nil && *prev == *ce {
+				return err // still there: damage
+			}
+			prev = ce
+		}
+		from = next
+	}
+}
+
+// scanPass is one pass of Scan over one listing. On a listed segment gone
+// or damage before the last one, it returns the offset it reached, again
+// set, and the error to report if no other pass is to come.
+func scanPass(dir string, fs FS, from uint64, fn func(offset uint64, rec []byte) error) (next uint64, again bool, err error) {
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("wal: read %s: %w", dir, err)
+		return from, false, fmt.Errorf("wal: read %s: %w", dir, err)
 	}
 	var bases []uint64
 	for _, e := range ents {
@@ -336,29 +375,28 @@ func Scan(dir string, from uint64, fn func(offset uint64, rec []byte) error) err
 			continue
 		}
 		data, err := readAll(fs, filepath.Join(dir, segmentName(base)))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // removed by retention meanwhile
-		}
 		if err != nil {
-			return fmt.Errorf("wal: read segment %s: %w", segmentName(base), err)
+			// Gone: removed by retention, or by the writer undoing a batch.
+			return from, errors.Is(err, os.ErrNotExist), fmt.Errorf("wal: read segment %s: %w", segmentName(base), err)
 		}
 		off, pos := base, 0
 		for pos < len(data) && (last || off < bases[i+1]) {
 			kind, payload, n, err := decodeEntry(off, data[pos:])
 			if err != nil {
 				if last {
-					return nil // the tail, being written or torn
+					return from, false, nil // the tail, being written or torn
 				}
-				return &CorruptError{Segment: segmentName(base), Pos: int64(pos), Offset: off, Reason: err.Error()}
+				return max(from, off), true, &CorruptError{Segment: segmentName(base), Pos: int64(pos), Offset: off, Reason: err.Error()}
 			}
 			if kind == kindRecord && off >= from {
 				if err := fn(off, payload); err != nil {
-					return err
+					return from, false, err
 				}
 			}
 			pos += n
 			off++
 		}
+		from = max(from, off)
 	}
-	return nil
+	return from, false, nil
 }

@@ -3,6 +3,7 @@ package wal_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,5 +101,80 @@ func TestScanTornTail(t *testing.T) {
 	var ce *wal.CorruptError
 	if next, err := scan(); !errors.As(err, &ce) || ce.Segment != filepath.Base(segs[0]) {
 		t.Fatalf("torn older segment: scan ended at %d with %v, want a *CorruptError in %s", next, err, filepath.Base(segs[0]))
+	}
+}
+
+// Scan beside a writer that gives up a batch which had started a segment:
+// Scan lists the directory while that segment exists; the writer then
+// removes it, cuts the old tail back, and the next batch writes its holes
+// and records there again (still in flight when Scan reads it). What Scan
+// read is not damage: it returns every record, and no error.
+func TestScanWhileAFailedBatchIsUndone(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gone func(tailBase uint64) uint64 // the removed segment's base
+	}{
+		// The batch wrote 301-309 into the old tail and started a segment
+		// at 310: the next batch's hole at 301, in flight, looks like an
+		// older segment's torn record.
+		{"torn record before the removed segment", func(uint64) uint64 { return 310 }},
+		// The old tail holds records past the removed segment's base.
+		{"records past the removed segment's base", func(b uint64) uint64 { return b + 20 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := testConfig()
+			cfg.SegmentSize = 4 << 10
+			l := mustOpen(t, dir, cfg)
+			appendN(t, l, 1, 300)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			segs, err := filepath.Glob(filepath.Join(dir, strings.Repeat("[0-9]", 20)))
+			if err != nil || len(segs) < 3 {
+				t.Fatalf("segments %v %v, want several", segs, err)
+			}
+			tail := segs[len(segs)-1]
+			var base uint64
+			if _, err := fmt.Sscanf(filepath.Base(tail), "%d", &base); err != nil {
+				t.Fatal(err)
+			}
+			gone := tc.gone(base)
+			created := filepath.Join(dir, fmt.Sprintf("%020d", gone))
+			if err := os.WriteFile(created, nil, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			listed := false
+			fs := wal.FS{ReadDir: func(name string) ([]os.DirEntry, error) {
+				ents, err := os.ReadDir(name)
+				if !listed {
+					listed = true
+					// The batch is undone, and the next one is being
+					// written into the old tail.
+					if err := os.Remove(created); err != nil {
+						t.Fatal(err)
+					}
+					data, err := os.ReadFile(tail)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(tail, append(data, data[:len(rec(1))/2]...), 0o640); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return ents, err
+			}}
+			next := uint64(1)
+			err = wal.ScanFS(dir, fs, 1, func(off uint64, r []byte) error {
+				if off != next || !bytes.Equal(r, rec(off)) {
+					t.Fatalf("record %d (%q), want %d", off, r, next)
+				}
+				next++
+				return nil
+			})
+			if err != nil || next != 301 {
+				t.Fatalf("scan ended at %d with %v, want 301 and nil", next, err)
+			}
+		})
 	}
 }
