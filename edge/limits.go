@@ -218,14 +218,14 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 		}
 		filters[i].Filter = to
 	}
-	held := cl.State.Subscriptions.Len()
+	held, has := h.held(cl, pk.Filters)
 	var over []int
 	for i, f := range pk.Filters {
 		if (h.maxTopic > 0 && len(f.Filter) > h.maxTopic) || !validFilter(f.Filter) {
 			change(i, invalidFilter)
 			continue
 		}
-		if _, ok := cl.State.Subscriptions.Get(f.Filter); ok || cl.Net.Inline {
+		if has[i] || cl.Net.Inline {
 			continue
 		}
 		if held >= h.maxSubs {
@@ -246,6 +246,21 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 		pk.Filters = filters
 	}
 	return pk
+}
+
+// held is how many subscriptions cl's session holds and whether it holds
+// each of filters, from the engine: its session knows those it kept
+// across a restart, which mochi's client state never had. The inline
+// client, which has no engine session, holds none (and no quota).
+func (h *limitsHook) held(cl *mqtt.Client, filters packets.Subscriptions) (int, []bool) {
+	fs := make([]string, len(filters))
+	for i, f := range filters {
+		fs[i] = f.Filter
+	}
+	if hc := h.b.hookClient(cl); hc != nil && hc.qc != nil {
+		return hc.qc.Holds(fs)
+	}
+	return 0, make([]bool, len(filters))
 }
 
 // validFilter checks what mochi's IsValidFilter does not: '+' and '#'

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -878,5 +879,44 @@ func TestCheckPasswordFileLines(t *testing.T) {
 	}
 	if len(got) != 2 || !strings.Contains(got[0], ":4: auth.password_file: password file "+pw+":1:") || !strings.Contains(got[1], pw+":3: username \" bad\"") {
 		t.Fatalf("problems %q, want one per bad line, each at line 4", got)
+	}
+}
+
+// TestMaxSubscriptionsAfterRestart: the subscriptions a persistent session
+// kept across a restart count against max_subscriptions, as before it: a
+// filter beyond the quota gets 0x97 Quota exceeded (v3 0x80), one the
+// session holds replaces its subscription [MQTT-3.8.4-3].
+func TestMaxSubscriptionsAfterRestart(t *testing.T) {
+	r := newRestartable(t, func(c *edge.Config) { c.Limits.MaxSubscriptions = 2 })
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	for _, version := range []byte{5, 4} {
+		id := fmt.Sprintf("quota-v%d", version)
+		connect := func() *rawClient {
+			if version == 4 {
+				rc, _ := v3(t, r.ep().addr, id, false, nil)
+				return rc
+			}
+			rc, _ := v5(t, r.ep().addr, id, false, persist)
+			return rc
+		}
+		rc := connect()
+		if codes := rc.subscribeWith(1, 0, packets.Subscription{Filter: "q/a", Qos: 1}, packets.Subscription{Filter: "q/b", Qos: 1}); !bytes.Equal(codes, []byte{1, 1}) {
+			t.Fatalf("v%d: suback %x, want 01 01", version, codes)
+		}
+		_ = rc.c.Close()
+		eventually(t, "client gone", func() bool { return r.tb.metric(t, "edgemq_mqtt_connections") == 0 })
+		r.restart()
+		rc = connect()
+		over := byte(0x97)
+		if version == 4 {
+			over = 0x80
+		}
+		if codes := rc.subscribeWith(2, 0, packets.Subscription{Filter: "q/a", Qos: 0}, packets.Subscription{Filter: "q/c", Qos: 1}); !bytes.Equal(codes, []byte{0, over}) {
+			t.Errorf("v%d after the restart: suback %x, want 00 %02x", version, codes, over)
+		}
+		_ = rc.c.Close()
+		eventually(t, "client gone", func() bool { return r.tb.metric(t, "edgemq_mqtt_connections") == 0 })
 	}
 }

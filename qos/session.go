@@ -710,6 +710,21 @@ func (cl *Client) Suback() {
 	c.kick()
 }
 
+// Holds returns how many subscriptions the session holds and, per filter
+// (as subscribed, with any $share prefix), whether it holds that one: what
+// a quota on subscriptions counts, those a session kept across a restart
+// or a takeover included.
+func (cl *Client) Holds(filters []string) (n int, held []bool) {
+	s := cl.c.s
+	held = make([]bool, len(filters))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range filters {
+		held[i] = s.subs[f] != nil
+	}
+	return len(s.subs), held
+}
+
 // Unsubscribe removes subscriptions by filter; for a persistent session
 // the removal is durable when it returns (an error means UNSUBACK must
 // carry 0x80, and the subscriptions stay). The records are appended under
