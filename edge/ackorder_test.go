@@ -99,7 +99,7 @@ func TestRefusalAckOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name, topic string
 		v5          byte
-	}{{"acl", "denied/x", 0x87}, {"sys", "$SYS/x", 0x87}, {"long", long, 0x90}, {"share", "$share/g", 0x87}} {
+	}{{"acl", "denied/x", 0x87}, {"sys", "$SYS/x", 0x87}, {"long", long, 0x90}, {"share", "$share/g", 0x90}} {
 		for _, version := range []byte{5, 4} {
 			for q := byte(1); q <= 2; q++ {
 				rc := dialRaw(t, addr, version)

@@ -121,21 +121,35 @@ func (h *authHook) fixRead(pk *packets.Packet) {
 	}
 }
 
-// reservedTopic reports whether a client may not publish to topic: $SYS is
-// the broker's [MQTT-4.7.2-1] (mochi compares it without case).
-func reservedTopic(topic string) bool {
-	return len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix)
+// reservedTopic is the refusal of a topic no client may publish to, in a
+// PUBLISH or as its will, past the check for wildcards [MQTT-3.3.2-2];
+// ok is false when there is none. It is what mochi's IsValidFilter
+// refuses for a publish besides wildcards:
+//   - $SYS is the broker's [MQTT-4.7.2-1] (mochi compares it without
+//     case): 0x87 Not authorized.
+//   - "$share" or "$share/<group>" with no topic after it is the start of
+//     a shared subscription's filter, no topic [MQTT-4.8.2-1]: 0x90 Topic
+//     Name invalid, the code of a name that is not malformed but not
+//     accepted (in PUBACK, PUBREC and CONNACK alike).
+func reservedTopic(topic string) (code packets.Code, ok bool) {
+	switch {
+	case len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix):
+		return packets.ErrNotAuthorized, true
+	case !strings.ContainsAny(topic, "+#") && !mqtt.IsValidFilter(topic, true):
+		return packets.ErrTopicNameInvalid, true
+	}
+	return packets.Code{}, false
 }
 
 // refuseReserved answers a PUBLISH to a reserved topic, which mochi would
-// drop unanswered (Broker.publish), as refused with 0x87 (hookClient.refuse).
-// It is counted and logged.
-func (h *authHook) refuseReserved(a *attached, pk *packets.Packet) {
+// drop unanswered (Broker.publish), as refused with code
+// (hookClient.refuse). It is counted and logged.
+func (h *authHook) refuseReserved(a *attached, pk *packets.Packet, code packets.Code) {
 	cl := a.cl
 	h.b.metrics.dropped.reservedTopic.Add(1)
 	h.b.throttledLog.info(h.b.log, "publish to a reserved topic dropped",
 		"client", cl.ID, "username", string(cl.Properties.Username), "topic", pk.TopicName, "qos", pk.FixedHeader.Qos)
-	a.hc.refuse(pk, packets.ErrNotAuthorized)
+	a.hc.refuse(pk, code)
 }
 
 // OnConnect authenticates the client, applies the client id rules and
@@ -176,7 +190,11 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if h.useUsernameAsClientID && user != "" {
 		cl.ID = user
 	}
-	if pk.Connect.WillFlag && (reservedTopic(pk.Connect.WillTopic) || !pol.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true)) {
+	if code, ok := reservedTopic(pk.Connect.WillTopic); pk.Connect.WillFlag && ok {
+		h.b.log.Debug("will topic reserved", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
+		return refuseConnect(cl, code, packets.Err3NotAuthorized.Code)
+	}
+	if pk.Connect.WillFlag && !pol.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
 		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
 		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)

@@ -38,13 +38,10 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 		// error [MQTT-4.13.1-1], which mochi passes on.
 		return packets.ErrProtocolViolationInvalidTopic
 	}
-	if !mqtt.IsValidFilter(pk.TopicName, true) {
-		// Past PublishValidate's wildcard check [MQTT-3.3.2-2], what is
-		// left is a topic reserved to the server [MQTT-4.7.2]: $SYS (any
-		// case), or "$share" or "$share/<group>" with no topic after it
-		// [MQTT-4.8.2-1]. mochi drops it unanswered, leaving a QoS 1/2
-		// publisher waiting forever.
-		b.auth.refuseReserved(a, pk)
+	if code, ok := reservedTopic(pk.TopicName); ok {
+		// $SYS, or "$share" with no topic (the will's check too). mochi
+		// drops it unanswered, leaving a QoS 1/2 publisher waiting forever.
+		b.auth.refuseReserved(a, pk, code)
 		return nil
 	}
 	now := time.Now()
