@@ -43,7 +43,7 @@ type Local interface {
 	// after one that came later. An error from Publish itself means
 	// nothing was appended. For QoS 2, a message whose (Origin,
 	// OriginPacketID) was published and not yet released is a resend:
-	// Publish appends nothing for it [MQTT-4.3.3-9].
+	// Publish appends nothing for it [MQTT-4.3.3-10].
 	Publish(ms ...*qos.Message) (wait func(context.Context) error, err error)
 	// Release durably ends the inbound QoS 2 exchange of (origin,
 	// packetID): the upstream's PUBREL came [MQTT-4.3.3-12].

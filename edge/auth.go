@@ -128,7 +128,8 @@ func (h *authHook) fixRead(pk *packets.Packet) {
 //   - $SYS is the broker's [MQTT-4.7.2-1] (mochi compares it without
 //     case): 0x87 Not authorized.
 //   - "$share" or "$share/<group>" with no topic after it is the start of
-//     a shared subscription's filter, no topic [MQTT-4.8.2-1]: 0x90 Topic
+//     a shared subscription's filter, no topic [MQTT-4.8.2-1]
+//     [MQTT-4.8.2-2]: 0x90 Topic
 //     Name invalid, the code of a name that is not malformed but not
 //     accepted (in PUBACK, PUBREC and CONNACK alike).
 func reservedTopic(topic string) (code packets.Code, ok bool) {

@@ -232,8 +232,8 @@ func TestConformance311Delivery(t *testing.T) {
 				t.Errorf("got %s id %d dup %v, want %s id %d dup", got.TopicName, got.PacketID, got.FixedHeader.Dup, want.TopicName, want.PacketID)
 			}
 		}
-		// [MQTT-4.3.3-?] outbound QoS 2: after PUBREC the PUBREL is what is
-		// resent.
+		// [MQTT-4.3.3-1] [MQTT-4.4.0-1] outbound QoS 2: after PUBREC the
+		// PUBREL is what is resent.
 		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: first.PacketID})
 		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: second.PacketID})
 		sub.expect(packets.Pubrel, 5*time.Second)
@@ -302,7 +302,7 @@ func TestConformance311Delivery(t *testing.T) {
 		}
 	})
 
-	// [MQTT-3.8.4-?] SUBACK 0x80 for a filter refused; [MQTT-3.10.4-5]
+	// [MQTT-3.8.4-5] SUBACK 0x80 for a filter refused; [MQTT-3.10.4-5]
 	// UNSUBACK even for a filter never subscribed.
 	t.Run("MQTT-3.9.3-2 suback failure and unsuback", func(t *testing.T) {
 		rc, _ := v3(t, addr, "v3-suback", true, nil)
@@ -316,7 +316,7 @@ func TestConformance311Delivery(t *testing.T) {
 		}
 	})
 
-	// [MQTT-4.3.3-?] inbound QoS 2: a PUBREL for an id not held still
+	// [MQTT-4.3.3-2] inbound QoS 2: a PUBREL for an id not held still
 	// gets PUBCOMP (3.1.1 has no reason code).
 	t.Run("MQTT-4.3.3 pubrel unknown id", func(t *testing.T) {
 		rc, _ := v3(t, addr, "v3-pubrel", true, nil)

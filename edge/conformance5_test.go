@@ -627,7 +627,7 @@ func TestConformance5Connect(t *testing.T) {
 		rc.expect(packets.Pingresp, 5*time.Second)
 	})
 
-	// [MQTT-3.1.2-?] Authentication Method the server does not support:
+	// An Authentication Method (§3.1.2.11.9) the server does not support:
 	// CONNACK 0x8C Bad authentication method [MQTT-4.12.0-1].
 	t.Run("MQTT-4.12.0-1 unsupported authentication method", func(t *testing.T) {
 		rc := dialRaw(t, addr, 5)
@@ -722,7 +722,8 @@ func TestConformance5Will(t *testing.T) {
 		rc.closed(5 * time.Second)
 		watch.none(500 * time.Millisecond)
 	})
-	// [MQTT-3.14.2-?] DISCONNECT 0x04 Disconnect with Will Message.
+	// DISCONNECT 0x04 Disconnect with Will Message (§3.14.2.1): only 0x00
+	// deletes the will [MQTT-3.1.2-8] [MQTT-3.14.4-3].
 	t.Run("MQTT-3.14.2 disconnect with will message 0x04", func(t *testing.T) {
 		rc, _ := v5(t, addr, "w-04", true, willConnect("will/04", 0, 0))
 		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: 0x04})
@@ -832,7 +833,7 @@ func TestConformance5Expiry(t *testing.T) {
 		rc.ackPublish(got)
 		rc.none(300 * time.Millisecond)
 	})
-	// [MQTT-4.1.0-?] [MQTT-3.1.2-23]: a session ends its expiry after the
+	// [MQTT-4.1.0-2] [MQTT-3.1.2-23]: a session ends its expiry after the
 	// connection closed.
 	t.Run("MQTT-3.1.2-23 session expiry", func(t *testing.T) {
 		rc, _ := v5(t, addr, "exp-sess", false, persist(1))
@@ -846,7 +847,7 @@ func TestConformance5Expiry(t *testing.T) {
 		}
 		rc.none(300 * time.Millisecond)
 	})
-	// [MQTT-3.14.2-?]: DISCONNECT may shorten the session expiry to 0:
+	// §3.14.2.2.2: DISCONNECT may shorten the session expiry to 0:
 	// the session ends with the connection.
 	t.Run("MQTT-3.1.2-23 session expiry changed at disconnect", func(t *testing.T) {
 		rc, _ := v5(t, addr, "exp-dis", false, persist(300))
@@ -983,7 +984,7 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		}
 		closesWith(t, rc, 0x82)
 	})
-	// [MQTT-3.8.2-?] a Subscription Identifier of 0 is a protocol error.
+	// §3.8.2.1.2: a Subscription Identifier of 0 is a protocol error.
 	t.Run("MQTT-3.8.2.1.2 subscription identifier 0", func(t *testing.T) {
 		rc, _ := v5(t, addr, "pe-subid0", true, nil)
 		// SUBSCRIBE id 1, properties: subscription identifier 0, "a" QoS 1.
@@ -992,7 +993,7 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		}
 		closesWith(t, rc, 0x82, 0x81)
 	})
-	// [MQTT-3.1.2-?] Receive Maximum 0 and Maximum Packet Size 0 in
+	// §3.1.2.11.3, §3.1.2.11.4: Receive Maximum 0 and Maximum Packet Size 0 in
 	// CONNECT are protocol errors: CONNACK 0x82 (or 0x81), closed.
 	for _, tc := range []struct {
 		name  string
@@ -1059,10 +1060,10 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		}
 		closesWith(t, rc, 0x82, 0x81)
 	})
-	// [MQTT-3.3.2-?]: inbound QoS 2 across a reconnect: the PUBREL of a
-	// resumed session completes the exchange (PUBCOMP 0x00), the message
-	// delivered once.
-	t.Run("MQTT-4.3.3-9 pubrel after reconnect", func(t *testing.T) {
+	// [MQTT-4.4.0-1] [MQTT-4.3.3-11]: inbound QoS 2 across a reconnect:
+	// the PUBREL of a resumed session completes the exchange (PUBCOMP
+	// 0x00), the message delivered once [MQTT-4.3.3-10].
+	t.Run("MQTT-4.3.3-11 pubrel after reconnect", func(t *testing.T) {
 		sub, _ := v5(t, addr, "pe-q2-sub", true, nil)
 		sub.subscribeWith(1, 0, packets.Subscription{Filter: "pe/q2", Qos: 1})
 		persist := func(pk *packets.Packet) {
@@ -1192,7 +1193,7 @@ func TestConformance5Flow(t *testing.T) {
 		}
 	})
 
-	// [MQTT-3.8.4-?] (4.8.2): no retained messages for a shared
+	// §4.8.2 (no numbered statement): no retained messages for a shared
 	// subscription.
 	t.Run("MQTT-4.8.2 no retained to shared subscriptions", func(t *testing.T) {
 		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 501, TopicName: "flow/shret", Payload: []byte("r")})

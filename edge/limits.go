@@ -266,7 +266,7 @@ func (h *limitsHook) held(cl *mqtt.Client, filters packets.Subscriptions) (int, 
 // validFilter checks what mochi's IsValidFilter does not: '+' and '#'
 // are whole levels [MQTT-4.7.1-2] [MQTT-4.7.1-3] ("a+" and "a/b#" are
 // no filters), and a shared subscription has a filter after its group
-// [MQTT-4.8.2-1] ("$share/g/" has none).
+// [MQTT-4.8.2-2] ("$share/g/" has none).
 func validFilter(f string) bool {
 	group, inner := qos.SplitShared(f)
 	return qos.CheckFilter(f) == "" && (group == "" || qos.CheckFilter(inner) == "")

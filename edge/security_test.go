@@ -484,7 +484,7 @@ func TestReservedTopics(t *testing.T) {
 		topic  string
 		v5, v3 byte
 	}{{"$SYS/broker/version", 0x87, 0x05}, {"a/+/b", 0x90, 0x05}, {"a/#", 0x90, 0x05},
-		// The start of a shared subscription's filter, no topic [MQTT-4.8.2-1].
+		// The start of a shared subscription's filter, no topic [MQTT-4.8.2-2].
 		{"$share/g", 0x90, 0x05}, {"$share", 0x90, 0x05}} {
 		for _, version := range []byte{5, 4} {
 			rc := dialRaw(t, addr, version)

@@ -260,7 +260,7 @@ func (cl *Client) complete(pid uint16, q byte) {
 // Pubrec takes the client's PUBREC of an outbound QoS 2 message. A
 // failure reason ends the exchange [MQTT-4.3.3-4]; otherwise the PUBREL is
 // written once the release is durable, and the PUBLISH is never sent
-// again [MQTT-4.3.3-5].
+// again [MQTT-4.3.3-6].
 func (cl *Client) Pubrec(pid uint16, reason byte) {
 	e, c, s := cl.e, cl.c, cl.c.s
 	s.mu.Lock()
@@ -268,8 +268,9 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 	if !ok || f.qos != 2 {
 		s.mu.Unlock()
 		if !ok {
-			// [MQTT-4.3.3-?]: answer a PUBREC for an unknown id with a
-			// PUBREL 0x92 so the client's exchange ends.
+			// A PUBREC is answered by a PUBREL [MQTT-4.3.3-4]; for an
+			// unknown id its reason is 0x92 Packet Identifier not found
+			// (MQTT 5 §3.6.2.1), so the client's exchange ends.
 			s.mu.Lock()
 			c.acks = append(c.acks, ack{typ: PacketPubrel, pid: pid, reason: reasonPacketIDNotFound})
 			s.mu.Unlock()

@@ -20,7 +20,7 @@ const (
 	// KindDeliver assigns a logged message to a session's packet id (Deliver).
 	KindDeliver Kind = 7
 	// KindRelease records an outbound QoS 2 message reaching the PUBREL
-	// stage: its PUBLISH must never be sent again [MQTT-4.3.3-5] (PacketRef).
+	// stage: its PUBLISH must never be sent again [MQTT-4.3.3-6] (PacketRef).
 	KindRelease Kind = 8
 	// KindComplete frees an outbound packet id: PUBACK or PUBCOMP (PacketRef).
 	KindComplete Kind = 9

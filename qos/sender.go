@@ -393,9 +393,11 @@ func (s *session) allocPID() uint16 {
 	}
 }
 
-// writeAck writes one acknowledgement once its record is durable; a record
-// that did not become durable turns it into a refusal (MQTT 5) or closes
-// the connection (3.1.1, which has no refusal) [MQTT-4.3.2-?].
+// writeAck writes one acknowledgement once its record is durable: a PUBACK
+// or PUBREC says the server has accepted ownership of the message
+// [MQTT-4.3.2-4] [MQTT-4.3.3-8] (3.1.1: [MQTT-4.3.2-2] [MQTT-4.3.3-2]). A
+// record that did not become durable turns it into a refusal (MQTT 5) or
+// closes the connection (3.1.1, which has no refusal: [MQTT-3.3.5-2]).
 func (c *connection) writeAck(a ack) bool {
 	if a.offset > 0 {
 		if !c.flushBefore(a.offset) {

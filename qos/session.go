@@ -46,7 +46,7 @@ type flight struct {
 	offset   uint64
 	seq      uint64
 	qos      byte
-	released bool // PUBREC came: only the PUBREL may be sent again [MQTT-4.3.3-5]
+	released bool // PUBREC came: only the PUBREL may be sent again [MQTT-4.3.3-5] [MQTT-4.3.3-6]
 	retain   bool
 	// atSubscribe: a retained message sent at a SUBSCRIBE (its Deliver
 	// record does not move the session's position).

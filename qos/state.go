@@ -12,7 +12,7 @@ type Inflight struct {
 	// QoS is the delivery QoS.
 	QoS byte
 	// Released is true once the QoS 2 exchange reached PUBREL: the PUBLISH
-	// must not be sent again, only the PUBREL [MQTT-4.3.3-5].
+	// must not be sent again, only the PUBREL [MQTT-4.3.3-5] [MQTT-4.3.3-6].
 	Released bool
 	// Retain is the RETAIN flag it was sent with, and is resent with.
 	Retain bool
