@@ -13,11 +13,13 @@ import (
 	"strings"
 
 	"github.com/edgemq/edgemq/qos"
+	"github.com/edgemq/edgemq/wal"
 )
 
-// snapshotDir keeps the engine's checkpoints as files in a directory:
-// written through a temporary file, fsynced, renamed into place and the
-// directory fsynced; the newest two are kept.
+// snapshotDir keeps the engine's checkpoints as files in a directory,
+// each written durably by wal.WriteFileFunc (a temporary file, fsynced,
+// renamed into place, the directory fsynced, and the directory itself
+// made durable); the newest two are kept.
 type snapshotDir struct {
 	dir string
 	lg  *slog.Logger
@@ -58,8 +60,8 @@ func (d snapshotDir) list() ([]uint64, error) {
 
 // Save writes the snapshot of offset and removes all but the newest two.
 func (d snapshotDir) Save(offset uint64, write func(io.Writer) error) error {
-	if err := writeFileAtomic(d.dir, snapshotName(offset), func(f *os.File) error { return write(f) }); err != nil {
-		return err
+	if err := wal.WriteFileFunc(filepath.Join(d.dir, snapshotName(offset)), 0o600, write); err != nil {
+		return fmt.Errorf("write %s: %w", snapshotName(offset), err)
 	}
 	if offs, err := d.list(); err == nil {
 		for _, old := range offs[min(len(offs), 2):] {
@@ -73,8 +75,9 @@ func (d snapshotDir) Save(offset uint64, write func(io.Writer) error) error {
 // It first removes the temporary files of snapshots a crash left half
 // written.
 func (d snapshotDir) Load(read func(io.Reader) error) error {
-	tmps, _ := filepath.Glob(filepath.Join(d.dir, "."+snapshotPrefix+"*.tmp-*"))
-	for _, tmp := range tmps {
+	tmps, _ := filepath.Glob(filepath.Join(d.dir, snapshotPrefix+"*"+snapshotSuffix+".tmp"))
+	old, _ := filepath.Glob(filepath.Join(d.dir, "."+snapshotPrefix+"*.tmp-*")) // an older edgemq's
+	for _, tmp := range append(tmps, old...) {
 		_ = os.Remove(tmp)
 	}
 	offs, err := d.list()
@@ -116,36 +119,6 @@ func (d snapshotDir) remove(path string) error {
 		return err
 	}
 	dh, err := os.Open(d.dir)
-	if err != nil {
-		return err
-	}
-	defer dh.Close()
-	return dh.Sync()
-}
-
-// writeFileAtomic writes dir/name through a temporary file, fsyncs it,
-// renames it into place and fsyncs the directory.
-func writeFileAtomic(dir, name string, write func(*os.File) error) error {
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", name, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	dh, err := os.Open(dir)
 	if err != nil {
 		return err
 	}

@@ -164,7 +164,7 @@ func check(dir string, fs FS, repair *slog.Logger) (Report, error) {
 		sc := scanSegment(data, base, want, mark)
 		if repair != nil && sc.damage != nil {
 			out, lost := repairSegment(data, base, want, mark)
-			if err := fs.replace(path, path+".repair", out, 0o640); err != nil {
+			if err := fs.replace(path, path+".repair", writeBytes(out), 0o640); err != nil {
 				return rep, fmt.Errorf("wal: repair segment %s: %w", sc.name, err)
 			}
 			msg := fmt.Sprintf("segment %s: %s at byte %d (offset %d): %d bytes rewritten, %d records lost",

@@ -107,14 +107,14 @@ func (fs FS) syncDir(dir string) error {
 	return err
 }
 
-// replace replaces path with data: it writes tmp, fsyncs it, renames it
-// over path and fsyncs the directory.
-func (fs FS) replace(path, tmp string, data []byte, perm os.FileMode) error {
+// replace replaces path with what write writes: it writes tmp, fsyncs
+// it, renames it over path and fsyncs the directory.
+func (fs FS) replace(path, tmp string, write func(io.Writer) error, perm os.FileMode) error {
 	f, err := fs.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_TRUNC, perm)
 	if err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(data, 0); err != nil {
+	if err := write(io.NewOffsetWriter(f, 0)); err != nil {
 		f.Close()
 		return err
 	}
@@ -131,6 +131,14 @@ func (fs FS) replace(path, tmp string, data []byte, perm os.FileMode) error {
 	return fs.syncDir(filepath.Dir(path))
 }
 
+// writeBytes is a write function of replace that writes data.
+func writeBytes(data []byte) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}
+}
+
 // WriteFile replaces the file at path with data durably, for the small
 // state files beside the log: it creates path's directory and its missing
 // parents durably (as Open does), writes data to path+".tmp", fsyncs it,
@@ -138,12 +146,20 @@ func (fs FS) replace(path, tmp string, data []byte, perm os.FileMode) error {
 // survives a power cut; whatever it returns, path holds its old contents
 // or data, never a part of data. A failed write removes the temporary file.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return WriteFileFunc(path, perm, writeBytes(data))
+}
+
+// WriteFileFunc is WriteFile of what write writes (unbuffered, into the
+// temporary file), for a file not to be held in memory whole (a
+// snapshot). An error from write is WriteFileFunc's, and path keeps its
+// old contents.
+func WriteFileFunc(path string, perm os.FileMode, write func(io.Writer) error) error {
 	fs := FS{}.withDefaults()
 	if err := fs.mkdirDurable(filepath.Dir(path)); err != nil {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := fs.replace(path, tmp, data, perm); err != nil {
+	if err := fs.replace(path, tmp, write, perm); err != nil {
 		_ = fs.Remove(tmp)
 		return err
 	}
