@@ -14,7 +14,8 @@
 // metrics. Check(dir), Repair(dir, logger), Cursors(dir) and Scan(dir, from,
 // fn) are for `edgemq check`; Check, Cursors and Scan read without a lock.
 // WriteFile replaces a small file durably (temporary file, fsync, rename,
-// directory fsync), for state other packages keep beside the log.
+// directory fsync), for state other packages keep beside the log;
+// WriteFileFunc does the same for what a function writes (a snapshot).
 //
 // # Guarantees
 //
