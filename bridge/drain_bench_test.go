@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,8 +21,9 @@ import (
 // timed is the drain once the link returns, until the bridge counts every
 // one acknowledged. Both links: 3.1.1 (paho.mqtt.golang) and 5 (paho.golang). It reports the process's CPU time per message (the
 // bridge, the log reader, paho and the in-process proxy: the edge broker's
-// side of a drain, without the upstream) and the allocations per message,
-// both steadier than the wall time on a shared machine:
+// side of a drain, without the upstream), the read and write system calls
+// per message (what batching saves) and the allocations per message, all
+// steadier than the wall time on a shared machine:
 //
 //	go test ./bridge -run '^$' -bench Drain -benchtime 50000x -count 5
 //
@@ -54,6 +56,7 @@ func benchmarkDrain(b *testing.B, proto string) {
 	}
 	before := status(b, e, "central").Forwarded
 	cpu0 := cpuTime()
+	r0, w0 := sysCalls()
 	b.ReportAllocs()
 	if *drainProfile != "" {
 		f, err := os.Create(*drainProfile)
@@ -71,6 +74,9 @@ func benchmarkDrain(b *testing.B, proto string) {
 	waitStatus(b, e, "central", 10*time.Minute, func(s bridge.Status) bool { return s.Forwarded >= before+uint64(b.N) })
 	b.StopTimer()
 	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/msg")
+	r1, w1 := sysCalls()
+	b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/msg")
+	b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/msg")
 }
 
 // cpuTime is the process's user and system CPU time so far.
@@ -80,4 +86,24 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// sysCalls is the process's read and write system calls so far
+// (/proc/self/io; 0, 0 where there is none).
+func sysCalls() (reads, writes uint64) {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(l, ": ")
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
+		}
+	}
+	return reads, writes
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -237,6 +238,13 @@ func (c *watchedConn) SetWriteDeadline(time.Time) error { return nil }
 func (c *watchedConn) writeLoop() {
 	defer close(c.wdone)
 	for range c.kick {
+		// Let the goroutines that are about to write run first: paho
+		// hands its packets from goroutine to goroutine, one Write each,
+		// and without this yield a drain wrote 3-4 PUBLISH packets per
+		// system call (0.27 writes per message, 6 µs each on loopback);
+		// with it 20-30 (0.035). With nothing else runnable it returns
+		// at once, so a lone packet is not delayed.
+		runtime.Gosched()
 		c.wmu.Lock()
 		b, closed := c.queued, c.wclosed
 		c.queued = c.spare[:0]
