@@ -1253,6 +1253,35 @@ func TestConformance5Reconnect(t *testing.T) {
 		}
 	})
 
+	// [MQTT-3.3.4-9]: the unacknowledged messages a session resends on a
+	// new connection [MQTT-4.4.0-1] count against that connection's
+	// Receive Maximum, which may be lower than the last one's: with 1, one
+	// at a time, in their order [MQTT-4.6.0-1], then the next message.
+	t.Run("MQTT-3.3.4-9 resends within a lower receive maximum", func(t *testing.T) {
+		rc, _ := v5(t, addr, "rec-rm", false, persist)
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "rec/rm", Qos: 1})
+		for i := 0; i < 4; i++ {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(10 + i), TopicName: "rec/rm", Payload: []byte{byte(i)}})
+		}
+		for i := 0; i < 4; i++ {
+			rc.expect(packets.Publish, 5*time.Second) // left unacknowledged
+		}
+		_ = rc.c.Close()
+		rc, _ = v5(t, addr, "rec-rm", false, func(pk *packets.Packet) {
+			persist(pk)
+			pk.Properties.ReceiveMaximum = 1
+		})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 14, TopicName: "rec/rm", Payload: []byte{4}})
+		for i := 0; i < 5; i++ {
+			got := rc.expect(packets.Publish, 5*time.Second)
+			if got.Payload[0] != byte(i) || got.FixedHeader.Dup != (i < 4) {
+				t.Fatalf("message %d: payload %v dup %v", i, got.Payload, got.FixedHeader.Dup)
+			}
+			rc.none(300 * time.Millisecond) // a second unacknowledged PUBLISH: over the window
+			rc.ackPublish(got)
+		}
+	})
+
 	// [MQTT-3.1.2-4]: Clean Start 1 discards the session: nothing queued
 	// for it is delivered, and its subscriptions are gone.
 	t.Run("MQTT-3.1.2-4 clean start discards the queue", func(t *testing.T) {

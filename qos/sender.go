@@ -2,6 +2,7 @@ package qos
 
 import (
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -27,12 +28,11 @@ func (c *connection) step() bool {
 	clear(c.qos0)
 	c.qos0 = c.qos0[:0]
 	batch := c.batch[:0]
-	for _, pid := range c.resend {
-		if f, ok := s.flights[pid]; ok {
-			batch = append(batch, outgoing{pid: pid, f: f, resend: true})
-		}
+	n := c.resendsDue()
+	for _, pid := range c.resend[:n] {
+		batch = append(batch, outgoing{pid: pid, f: s.flights[pid], resend: true})
 	}
-	c.resend = c.resend[:0]
+	c.resend = c.resend[:copy(c.resend, c.resend[n:])]
 	nNew := 0
 	for len(s.flights) < c.window {
 		en, g, pid, logged, ok := c.next()
@@ -664,7 +664,7 @@ func (c *connection) workLocked() (int, uint64) {
 	if c.gone || c.closing || c.held {
 		return workNone, 0
 	}
-	if len(c.resend) > 0 || len(c.qos0) > 0 {
+	if c.resendsDue() > 0 || len(c.qos0) > 0 {
 		return workNow, 0
 	}
 	if len(c.acks) > 0 {
@@ -677,6 +677,26 @@ func (c *connection) workLocked() (int, uint64) {
 		return workNow, 0
 	}
 	return workNone, 0
+}
+
+// resendsDue drops from c.resend the flights acknowledged meanwhile and
+// returns how many of the rest, from the front, the window takes now. A
+// flight written again counts against the client's Receive Maximum as
+// its first send did [MQTT-3.3.4-9] (the window of this connection,
+// which may be smaller than the last one's); those not written again
+// yet hold their places in s.flights, so no new delivery overtakes them
+// [MQTT-4.6.0-1]. Called with s.mu held.
+func (c *connection) resendsDue() int {
+	s := c.s
+	if len(c.resend) == 0 {
+		return 0
+	}
+	c.resend = slices.DeleteFunc(c.resend, func(pid uint16) bool {
+		_, ok := s.flights[pid]
+		return !ok
+	})
+	onWire := len(s.flights) - len(c.resend)
+	return max(0, min(len(c.resend), c.window-onWire))
 }
 
 // wantsWindow reports whether there are deliveries to take within the
