@@ -781,6 +781,22 @@ func TestConformance5Will(t *testing.T) {
 		rc.connectWith("w-keepalive", true, 1, willConnect("will/keepalive", 0, 0))
 		wait(t, "will/keepalive", 5*time.Second)
 	})
+	// MQTT 5 §3.1.3.2.4: a will's Message Expiry Interval is "sent as the
+	// Publication Expiry Interval when the Server publishes the Will
+	// Message": it counts from the publication, not from the CONNECT, nor
+	// from the disconnect its delay counts from [MQTT-3.3.2-6].
+	t.Run("MQTT-3.1.3-9 will expiry counts from its publication", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-exp", false, func(pk *packets.Packet) {
+			willConnect("will/exp", 2, 60)(pk)
+			pk.Connect.WillProperties.MessageExpiryInterval = 3
+		})
+		time.Sleep(time.Second)
+		_ = rc.c.Close()
+		got := wait(t, "will/exp", 5*time.Second)
+		if e := got.Properties.MessageExpiryInterval; e < 2 || e > 3 {
+			t.Errorf("will published with a message expiry of %d s, want 3 (2: a second boundary passed)", e)
+		}
+	})
 	// [MQTT-3.1.2-15] will retain.
 	t.Run("MQTT-3.1.2-17 retained will", func(t *testing.T) {
 		rc, _ := v5(t, addr, "w-ret", true, func(pk *packets.Packet) {

@@ -156,8 +156,12 @@ func takeWill(cl *mqtt.Client, pk packets.Packet) (*qos.Message, uint32) {
 	m := &qos.Message{Topic: w.TopicName, Payload: w.Payload, QoS: w.Qos, Retain: w.Retain, Will: true, Origin: cl.ID,
 		PayloadFormat: wp.PayloadFormat, PayloadFormatFlag: wp.PayloadFormatFlag, ContentType: wp.ContentType,
 		ResponseTopic: wp.ResponseTopic, CorrelationData: wp.CorrelationData}
+	now := time.Now()
+	m.Created = now.UnixNano()
 	if wp.MessageExpiryInterval > 0 {
-		m.Expiry = time.Now().Unix() + int64(wp.MessageExpiryInterval)
+		// Counted from now until the engine publishes it (publishAsync
+		// moves it on to the publication).
+		m.Expiry = now.Unix() + int64(wp.MessageExpiryInterval)
 	}
 	for _, u := range w.User {
 		m.User = append(m.User, qos.Property{Key: u.Key, Value: u.Val})

@@ -583,7 +583,16 @@ func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
 // without admission: no client waits to hear a refusal. A failure, of the
 // append or of its write, is counted as a refused publish.
 func (e *Engine) publishAsync(m *Message) {
-	m.Created = e.cfg.Now().UnixNano()
+	now := e.cfg.Now()
+	if m.Expiry > 0 && m.Created > 0 {
+		// A will's Message Expiry Interval is "sent as the Publication
+		// Expiry Interval when the Server publishes the Will Message"
+		// (MQTT 5 §3.1.3.2.4): it counts from now, not from the CONNECT
+		// that carried it (Created), nor from the disconnect its Will
+		// Delay counted from [MQTT-3.1.3-9].
+		m.Expiry += now.Unix() - time.Unix(0, m.Created).Unix()
+	}
+	m.Created = now.UnixNano()
 	off, err := e.appendMessage(m, false)
 	if err != nil {
 		e.lg.Error("will not published", "client", m.Origin, "error", err)

@@ -43,7 +43,9 @@ type Message struct {
 	// which identifies a QoS 2 publish until its PUBREL [MQTT-4.3.3].
 	Origin         string
 	OriginPacketID uint16
-	// Created is when the broker accepted it, in Unix nanoseconds.
+	// Created is when the broker accepted it, in Unix nanoseconds; for a
+	// will, when its CONNECT was until the engine publishes it, which
+	// moves Created and Expiry on to the publication (publishAsync).
 	Created int64
 	// Expiry is the Unix second it was published in (truncated) plus its
 	// Message Expiry Interval; it has expired once that second is over
