@@ -341,6 +341,22 @@ func TestConformance5Subscriptions(t *testing.T) {
 		sub.none(300 * time.Millisecond)
 	})
 
+	// [MQTT-4.7.2-1] holds for the filter of a shared subscription too:
+	// $share/g/# gets no $SYS topic (the broker's own, published every
+	// second), $share/g/$SYS/# does.
+	t.Run("MQTT-4.7.2-1 shared wildcards skip $ topics", func(t *testing.T) {
+		wild, _ := v5(t, addr, "dollar-shared", true, nil)
+		wild.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/#", Qos: 0}, packets.Subscription{Filter: "$share/g/+/broker/#", Qos: 0})
+		sys, _ := v5(t, addr, "dollar-shared-sys", true, nil)
+		sys.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/$SYS/#", Qos: 0})
+		sys.expect(packets.Publish, 5*time.Second)
+		wild.none(1500 * time.Millisecond)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 30, TopicName: "dollar/x", Payload: []byte("p")})
+		if got := wild.expect(packets.Publish, 5*time.Second); got.TopicName != "dollar/x" {
+			t.Errorf("got %s", got.TopicName)
+		}
+	})
+
 	// [MQTT-4.7.1-1] [MQTT-4.7.1-2] invalid filters: SUBACK 0x8F, the
 	// others in the packet still granted [MQTT-3.9.3-1].
 	t.Run("MQTT-4.7.1-2 invalid topic filters", func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,8 @@ func (h *deliveryHook) ID() string { return "edge-delivery" }
 func (h *deliveryHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnPacketEncode, mqtt.OnPacketSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed:
+		mqtt.OnPacketEncode, mqtt.OnPacketSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnSelectSubscribers:
 		return true
 	}
 	return false
@@ -370,6 +372,24 @@ func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 		h.lg.Warn("subscription not logged: refused", "client", cl.ID, "error", err)
 		h.markFailed(hc, pk.PacketID)
 	}
+}
+
+// OnSelectSubscribers drops, from the shared subscriptions mochi found for
+// a topic it fans out itself ($SYS: the engine delivers every other), those
+// whose filter after $share/<group>/ begins with a wildcard: a '#' or '+'
+// at the first level does not match a topic beginning with '$'
+// [MQTT-4.7.2-1], which mochi applies to plain subscriptions only, so that
+// a $share/g/# member got every $SYS topic (TestMochiSharedWildcardGetsSys).
+func (h *deliveryHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if !strings.HasPrefix(pk.TopicName, "$") {
+		return subs
+	}
+	for filter := range subs.Shared {
+		if _, inner := qos.SplitShared(filter); inner == "" || inner[0] == '#' || inner[0] == '+' {
+			delete(subs.Shared, filter)
+		}
+	}
+	return subs
 }
 
 // OnUnsubscribed removes the subscriptions from the engine.

@@ -267,3 +267,17 @@ func TestInboundReceiveMaximumOverSockets(t *testing.T) {
 		t.Fatalf("%d PUBRECs for a Receive Maximum of 3", recs)
 	}
 }
+
+// deliveryHook.OnSelectSubscribers corrects this: plain mochi gives a
+// shared subscription whose filter begins with a wildcard ($share/g/#)
+// the $SYS topics it publishes every second, against [MQTT-4.7.2-1]
+// (its gatherSharedSubscriptions has no $ check).
+func TestMochiSharedWildcardGetsSys(t *testing.T) {
+	addr := plainMochi(t)
+	rc := dialRaw(t, addr, 5)
+	rc.connect("shared-sys", true, 30)
+	rc.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/#", Qos: 0})
+	if got := rc.expect(packets.Publish, 5*time.Second); got.TopicName == "" || got.TopicName[0] != '$' {
+		t.Errorf("got %q, want a $SYS topic", got.TopicName)
+	}
+}
