@@ -743,7 +743,9 @@ func (cl *Client) Unsubscribe(filters []string) (existed []bool, err error) {
 	existed = make([]bool, len(filters))
 	s.mu.Lock()
 	for i, f := range filters {
-		if sb := s.subs[f]; sb != nil {
+		// One UNSUBSCRIBE is a sequence of them [MQTT-3.10.4-6]: a filter
+		// given twice existed for its first only.
+		if sb := s.subs[f]; sb != nil && !slices.Contains(filters[:i], f) {
 			gone = append(gone, sb)
 			existed[i] = true
 		}
