@@ -150,7 +150,7 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 		wc.onRefused = func(reason, property byte) {
 			if reason == packets.ErrProtocolViolation.Code {
 				b.metrics.rejected.WithLabelValues(listener, "protocol_error").Inc()
-				b.throttledLog.info(b.log, "client sent a property twice that MQTT 5 allows once, or 0 where it may not be (protocol error): disconnected",
+				b.throttledLog.info(b.log, "client sent a property twice that MQTT 5 allows once, or a value it may not have (protocol error): disconnected",
 					"listener", listener, "remote", remote, "property", fmt.Sprintf("%#02x", property))
 				return
 			}

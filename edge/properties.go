@@ -16,6 +16,12 @@ import "encoding/binary"
 // mochi takes 0 for "absent" and goes on with its defaults.
 var nonZero = map[byte]bool{0x21: true, 0x27: true}
 
+// zeroOrOne are the properties that may be only 0 or 1: "It is a Protocol
+// Error to include the Request Response Information more than once, or to
+// have a value other than 0 or 1" (§3.1.2.11.7), the same for Request
+// Problem Information (§3.1.2.11.8); mochi took any other value for 1.
+var zeroOrOne = map[byte]bool{0x17: true, 0x19: true}
+
 // propertySize is how each property's value is laid out: a fixed size in
 // bytes, or one of the variable layouts below. A property not listed is
 // unknown: the scan stops there and mochi refuses the packet.
@@ -40,8 +46,8 @@ const propUserProperty = 0x26
 // badProperty looks at the body of one MQTT 5 packet (the bytes after
 // its fixed header; it may be only the start of it) of the given type and
 // fixed-header flags, and returns a property it holds twice where the
-// specification allows it once, or with the value 0 where that is not
-// allowed (nonZero). It reports false when it finds none in the bytes it
+// specification allows it once, or with a value it may not have (nonZero,
+// zeroOrOne). It reports false when it finds none in the bytes it
 // has, or cannot follow them.
 func badProperty(typ, flags byte, body []byte) (byte, bool) {
 	r := propReader{b: body}
@@ -133,7 +139,8 @@ func (r *propReader) varint() int {
 }
 
 // properties reads a property list and returns the first property seen
-// twice that may appear only once, or 0 that may not be (nonZero).
+// twice that may appear only once, 0 that may not be (nonZero), or a
+// value other than 0 or 1 that may be only those (zeroOrOne).
 func (r *propReader) properties() (byte, bool) {
 	n := r.varint()
 	if r.bad {
@@ -164,6 +171,9 @@ func (r *propReader) properties() (byte, bool) {
 			list.skipString()
 		default:
 			if nonZero[id] && len(list.b) >= size && allZero(list.b[:size]) {
+				return id, true
+			}
+			if zeroOrOne[id] && len(list.b) >= size && list.b[0] > 1 {
 				return id, true
 			}
 			list.skip(size)
