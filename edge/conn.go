@@ -368,7 +368,7 @@ func (c *conn) flushNow() (bool, error) {
 // writeOutNow is flushNow's write(2) of out, in RawConn.Write: once,
 // whether the socket took it or not (it is non-blocking). Under wmu.
 func (c *conn) writeOutNow(fd uintptr) bool {
-	c.nowN, c.nowErr = syscall.Write(int(fd), *c.out)
+	c.nowN, c.nowErr = writeNonblock(fd, *c.out)
 	return true
 }
 

@@ -65,7 +65,7 @@ func (r *readAhead) recvInto(fd uintptr) bool {
 	if r.buf == nil {
 		r.buf = readAheadPool.Get().(*[]byte)
 	}
-	n, err := syscall.Read(int(fd), *r.buf)
+	n, err := readNonblock(fd, *r.buf)
 	switch {
 	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR):
 		readAheadPool.Put(r.buf)

@@ -127,6 +127,21 @@
 //   - Directories above the log's own parent are fsynced on a best-effort
 //     basis at Open.
 //
+// # The writer and the Go scheduler
+//
+// While the log is quiet under "always" (a small batch, nothing queued
+// behind it, the last 8 fsyncs each under 2 ms), the writer makes its
+// pwrite and fsync as raw system calls on Linux (64-bit for the pwrite),
+// keeping its P: at 1,000 msg/s the runtime's hand-off of a blocking call
+// (sysmon woken and polling, the P taken and given back) cost more CPU
+// than the kernel's fsync. The price, paid only while quiet: nothing else
+// runs on that P during the fsync (with GOMAXPROCS=1, nothing at all), and
+// a stop-the-world of the garbage collector waits for it, about as long as
+// the recent fsyncs took. An fsync that turns slow without warning holds
+// the P for its whole time, once; after it the writer hands the P off
+// again until the disk is fast again. Under load and on slow disks the
+// calls are the ordinary blocking ones. See quiet in writer.go.
+//
 // # Torn or damaged: the frame, and why it stays tidwall's
 //
 // The length prefix is outside the CRC (tidwall's format: uvarint length,

@@ -63,6 +63,7 @@ type Log struct {
 	hbuf        []byte
 	concurrency int          // Append calls in the last batch and queued behind it
 	lastFsync   atomic.Int64 // nanoseconds of the last segment fsync
+	fastFsyncs  int          // batch fsyncs in a row under quietFsync (see quiet)
 	closeErr    error        // the final fsync's failure, for Close
 	errLog      rateLimit    // for the writer's repeating errors
 

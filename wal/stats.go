@@ -154,6 +154,7 @@ type counters struct {
 	appends, appendBytes, batches, fsyncs          atomic.Uint64
 	writeErrors, syncErrors, fullRefusals, dropped atomic.Uint64
 	removedSegments, corrupt, cachedReads          atomic.Uint64
+	heldFsyncs                                     atomic.Uint64 // fsyncs made holding the P (quiet)
 	segments, diskBytes, queued, tornBytes         atomic.Int64
 	fsyncLatency, groupSize, appendWait, roll      *hist
 }

@@ -195,6 +195,7 @@ func (l *Log) writeBatch(b *batch) {
 		}
 		created = append(created, l.tail)
 	}
+	quiet := l.quiet(len(buf))
 	pos := 0
 	for i := 0; i < len(sizes); {
 		t := l.tail
@@ -216,7 +217,14 @@ func (l *Log) writeBatch(b *batch) {
 			continue
 		}
 		at := t.size.Load()
-		if _, err := t.f.WriteAt(buf[pos:pos+nb], at); err != nil {
+		done, err := false, error(nil)
+		if quiet {
+			done, err = pwriteHolding(t.f, buf[pos:pos+nb], at)
+		}
+		if !done {
+			_, err = t.f.WriteAt(buf[pos:pos+nb], at)
+		}
+		if err != nil {
 			l.stats.writeErrors.Add(1)
 			l.rollback(prevTail, created, first, last, fmt.Errorf("write segment %s: %w", t.name, err))
 			return
@@ -232,7 +240,13 @@ func (l *Log) writeBatch(b *batch) {
 	l.stats.queued.Add(-queued)
 	queued = 0
 	if l.cfg.Sync == SyncAlways {
-		if err := l.syncFiles(); err != nil {
+		err := l.syncFilesHold(quiet && l.stats.queued.Load() == 0)
+		if err == nil && time.Duration(l.lastFsync.Load()) < quietFsync {
+			l.fastFsyncs++
+		} else {
+			l.fastFsyncs = 0
+		}
+		if err != nil {
 			l.stats.syncErrors.Add(1)
 			l.rollback(prevTail, created, first, last, err)
 			return
@@ -246,6 +260,45 @@ func (l *Log) writeBatch(b *batch) {
 	if l.tail != prevTail {
 		l.stats.roll.observe(time.Since(start))
 	}
+}
+
+// The writer is quiet (see quiet) when the batch is at most quietBytes
+// and the last quietAfter fsyncs each took less than quietFsync (a
+// variable for the tests, which cannot count on a fast disk).
+const (
+	quietBytes = 16 << 10
+	quietAfter = 8
+)
+
+var quietFsync = 2 * time.Millisecond
+
+// quiet reports whether the writer writes a batch of this many bytes,
+// and then (when nothing was queued behind it meanwhile) fsyncs it, as
+// raw system calls that keep its P (pwriteHolding, fsyncHolding) rather
+// than through the runtime's blocking system call. Only under SyncAlways.
+//
+// The trade. A blocking system call wakes sysmon when the process was
+// idle, which then polls every 20 us until every P is idle again, and
+// when no other P is idle (GOMAXPROCS=1, the single-core gateway) it takes
+// the call's P away after 20 us, starts another thread to run it, and the
+// writer waits for a P to come back when the fsync returns. At 1,000
+// msg/s this cost more CPU than the kernel's fsync itself (about 50 us
+// against 46 per fsync on the benchmark's disk). Holding the P costs
+// nothing of that, but nothing else runs on it meanwhile (with one P,
+// nothing at all: no read loop, no timer), and a garbage collection that
+// stops the world waits for the fsync to end. So the writer holds only
+// while the log is quiet: nothing waits behind the batch, the batch is
+// small, and the disk has been fast, so the P is held about as long as
+// the previous fsyncs took, under 2 ms, at a rate where there is little
+// else to run meanwhile (the next publish's append waits for this fsync
+// anyway). Under load (a queue behind the batch, a large batch) or on a
+// slow disk (an SD card's 10-100 ms fsync) the writer hands the P off as
+// usual, so the read loops keep running and group commit fills the next
+// batch. One fsync that turns slow while held (the disk gave no warning)
+// holds the P for its whole time, and turns holding off until quietAfter
+// fast ones came again.
+func (l *Log) quiet(bytes int) bool {
+	return l.cfg.Sync == SyncAlways && l.fastFsyncs >= quietAfter && bytes <= quietBytes
 }
 
 // roll starts a new tail segment whose first offset is base. It first
@@ -338,7 +391,11 @@ func (l *Log) markDirty(s *segment) {
 // marks it again. A segment whose fsync failed is marked again too, but
 // under the policies that acknowledge before the fsync a retry is not to be
 // trusted: the log fails (see fail), and syncFiles refuses from then on.
-func (l *Log) syncFiles() error {
+func (l *Log) syncFiles() error { return l.syncFilesHold(false) }
+
+// syncFilesHold is syncFiles; with hold, the fsyncs keep the caller's P
+// (fsyncHolding). Only the writer passes true, when quiet.
+func (l *Log) syncFilesHold(hold bool) error {
 	l.syncRun.Lock()
 	defer l.syncRun.Unlock()
 	if err := l.failure(); err != nil {
@@ -361,7 +418,16 @@ func (l *Log) syncFiles() error {
 			continue
 		}
 		start := time.Now()
-		if serr := f.Sync(); serr != nil {
+		done, serr := false, error(nil)
+		if hold {
+			done, serr = fsyncHolding(f)
+		}
+		if done {
+			l.stats.heldFsyncs.Add(1)
+		} else {
+			serr = f.Sync()
+		}
+		if serr != nil {
 			s.mu.Lock()
 			removed = s.removed // retention closed it meanwhile
 			s.mu.Unlock()

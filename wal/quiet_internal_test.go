@@ -1,0 +1,94 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+)
+
+// A quiet log (one appender at a time, a fast disk) writes and fsyncs
+// holding the writer's P (quiet, fsyncHolding): the records are durable
+// and read back as written, and a reopened log has them all. On any other
+// File than *os.File (a fault-injecting or simulated FS, which must see
+// every call) it never holds.
+func TestQuietWriterHoldsItsP(t *testing.T) {
+	defer func(d time.Duration) { quietFsync = d }(quietFsync)
+	quietFsync = time.Hour // the test's disk may be slow; the rule is not what is tested here
+	for _, wrapped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wrapped=%v", wrapped), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := DefaultConfig()
+			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			if wrapped {
+				cfg.FS = FS{OpenFile: func(name string, flag int, perm os.FileMode) (File, error) {
+					f, err := os.OpenFile(name, flag, perm)
+					if err != nil {
+						return nil, err
+					}
+					return struct{ *os.File }{f}, nil
+				}}
+			}
+			l, err := Open(dir, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 3 * quietAfter
+			payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
+			for i := 1; i <= n; i++ {
+				off, err := l.Append(context.Background(), payload(i))
+				if err != nil || off != uint64(i) {
+					t.Fatalf("append %d: offset %d, %v", i, off, err)
+				}
+			}
+			held := l.stats.heldFsyncs.Load()
+			switch {
+			case wrapped && held != 0:
+				t.Fatalf("%d fsyncs held on a File that is not an *os.File", held)
+			case !wrapped && held < n-quietAfter:
+				t.Fatalf("%d of %d fsyncs held, want at least %d (after %d fast ones)", held, n, n-quietAfter, quietAfter)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l, err = Open(dir, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			for i := 1; i <= n; i++ {
+				got, err := l.Read(uint64(i))
+				if err != nil || !bytes.Equal(got, payload(i)) {
+					t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
+				}
+			}
+		})
+	}
+}
+
+// quiet holds only under SyncAlways, for a small batch, after quietAfter
+// fast fsyncs in a row.
+func TestQuietRule(t *testing.T) {
+	for _, tc := range []struct {
+		sync  SyncPolicy
+		fast  int
+		bytes int
+		want  bool
+	}{
+		{SyncAlways, quietAfter, 300, true},
+		{SyncAlways, quietAfter, quietBytes, true},
+		{SyncAlways, quietAfter, quietBytes + 1, false},
+		{SyncAlways, quietAfter - 1, 300, false},
+		{SyncInterval, quietAfter, 300, false},
+		{SyncNever, quietAfter, 300, false},
+	} {
+		l := &Log{cfg: Config{Sync: tc.sync}, fastFsyncs: tc.fast}
+		if got := l.quiet(tc.bytes); got != tc.want {
+			t.Errorf("%s, %d fast fsyncs, %d bytes: quiet %v, want %v", tc.sync, tc.fast, tc.bytes, got, tc.want)
+		}
+	}
+}
