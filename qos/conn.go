@@ -22,9 +22,11 @@ type connection struct {
 	// frees the place just before it writes the PUBACK or PUBCOMP, since
 	// the client may publish again as soon as it reads it.
 	inbound atomic.Int32
-	// awaiting is set while the connection is on the engine's durWait
+	// awaiting is set while the connection is on the engine's durWait,
+	// and awaitOff is the record it waits for: its first acknowledgement's
 	// (under e.durMu).
 	awaiting bool
+	awaitOff uint64
 
 	// Under s.mu.
 	gone    bool

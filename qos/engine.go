@@ -148,8 +148,9 @@ type Engine struct {
 	stopping   atomic.Bool
 
 	// durMu guards durWait: the connections whose only work is an
-	// acknowledgement whose record is not durable yet; the log's next
-	// durability event starts their senders (durableMoved).
+	// acknowledgement whose record is not durable yet; the durability
+	// event that makes it durable (or failed) starts their senders
+	// (durableMoved).
 	durMu   sync.Mutex
 	durWait []*connection
 
@@ -235,18 +236,31 @@ func (e *Engine) Close() error {
 }
 
 // durableMoved is the log's durability event (Log.NotifyDurable), on the
-// log's goroutine: the connections that waited for it (awaitDurable) get
-// their acknowledgements written here when they are few and the socket
-// takes them at once (ackNow), or their senders started. It takes no lock but durMu and, to start a
-// sender, none the log holds.
+// log's goroutine: the connections whose awaited record it resolved
+// (awaitDurable) get their acknowledgements written here when they are
+// few and the socket takes them at once (ackNow), or their senders
+// started. Those whose record is in a later batch (appended during this
+// one's fsync) stay for a later event: a sender started now would only
+// wait for it. The work is a check per waiting connection, an atomic load
+// while the log has had no failure, and a write or a sender per resolved
+// one. It takes no lock but durMu and, to start a sender, none the log
+// holds.
 func (e *Engine) durableMoved() {
 	e.durMu.Lock()
 	w := e.durWait
 	e.durWait = nil
+	n := 0
 	for _, c := range w {
+		if !e.resolved(c.awaitOff) {
+			e.durWait = append(e.durWait, c)
+			continue
+		}
 		c.awaiting = false
+		w[n] = c
+		n++
 	}
 	e.durMu.Unlock()
+	w = w[:n]
 	for _, c := range w {
 		if len(w) <= ackNowConns {
 			c.ackNow()
@@ -268,6 +282,7 @@ const ackNowConns = 2
 // again once registered: the event may have come in between.
 func (e *Engine) awaitDurable(c *connection, off uint64) {
 	e.durMu.Lock()
+	c.awaitOff = off // the first acknowledgement's now (an earlier one was written)
 	if !c.awaiting {
 		c.awaiting = true
 		e.durWait = append(e.durWait, c)
