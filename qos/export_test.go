@@ -43,3 +43,13 @@ func (cl *Client) LockSession() (unlock func()) {
 	cl.c.s.mu.Lock()
 	return cl.c.s.mu.Unlock
 }
+
+// FloorWalk runs the checkpoint's walk of the sessions and groups (the
+// engine's lock and every session's held until it ends) over the current
+// state, and returns how long it took.
+func (e *Engine) FloorWalk() time.Duration {
+	st, off := e.shadowCopy()
+	start := time.Now()
+	e.floor(st, off)
+	return time.Since(start)
+}
