@@ -1385,3 +1385,394 @@ func TestConformance5AfterRestart(t *testing.T) {
 		t.Errorf("unsuback %x, want 00 11", ua.ReasonCodes)
 	}
 }
+
+// TestConformance5Sessions: what CONNECT starts and ends, as Paho's
+// client_test5.py test_zero_length_clientid and test_session_expiry walk it.
+func TestConformance5Sessions(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "sess-pub", true, nil)
+	expiry := func(s uint32, flag bool) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = s, flag
+		}
+	}
+
+	// [MQTT-3.1.3-6] [MQTT-3.1.3-7]: a zero-length client id is assigned
+	// one with Clean Start 0 too, and the session is known by it.
+	t.Run("MQTT-3.1.3-7 zero length client id with clean start 0", func(t *testing.T) {
+		rc, ack := v5(t, addr, "", false, expiry(300, true))
+		id := ack.Properties.AssignedClientID
+		if id == "" {
+			t.Fatal("no Assigned Client Identifier")
+		}
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "sess/assigned", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "sess/assigned", Payload: []byte("a")})
+		rc, ack = v5(t, addr, id, false, expiry(300, true))
+		if !ack.SessionPresent || ack.Properties.AssignedClientID != "" {
+			t.Errorf("by its assigned id: session present %v, assigned again %q", ack.SessionPresent, ack.Properties.AssignedClientID)
+		}
+		rc.ackPublish(rc.expect(packets.Publish, 5*time.Second))
+	})
+
+	// §3.1.2.11.2: no Session Expiry Interval is 0: the session ends with
+	// the connection, Clean Start 0 or not.
+	t.Run("MQTT-3.1.2-23 clean start 0 without session expiry", func(t *testing.T) {
+		rc, _ := v5(t, addr, "sess-noexp", false, expiry(0, false))
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "sess/noexp", Qos: 1})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		if _, ack := v5(t, addr, "sess-noexp", false, expiry(0, false)); ack.SessionPresent {
+			t.Error("session kept")
+		}
+	})
+
+	// §3.14.2.2.2: DISCONNECT may lengthen the Session Expiry Interval.
+	t.Run("MQTT-3.1.2-23 session expiry lengthened at disconnect", func(t *testing.T) {
+		rc, _ := v5(t, addr, "sess-longer", false, expiry(1, true))
+		rc.subscribeWith(1, 0, packets.Subscription{Filter: "sess/longer", Qos: 1})
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 10, true
+		rc.send(pk)
+		rc.closed(5 * time.Second)
+		time.Sleep(2500 * time.Millisecond)
+		if _, ack := v5(t, addr, "sess-longer", false, expiry(1, true)); !ack.SessionPresent {
+			t.Error("session ended after its CONNECT's 1 s, not its DISCONNECT's 10 s")
+		}
+	})
+
+	// [MQTT-3.2.2-6] [MQTT-3.2.2-7]: a refusing CONNACK says Session
+	// Present 0 and closes; the session it did not take is still there.
+	t.Run("MQTT-3.2.2-6 refused connack has no session present", func(t *testing.T) {
+		rc, _ := v5(t, addr, "sess-refused", false, expiry(300, true))
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		rc = dialRaw(t, addr, 5)
+		ack := rc.connectWith("sess-refused", false, 30, func(pk *packets.Packet) {
+			expiry(300, true)(pk)
+			pk.Properties.AuthenticationMethod = "SCRAM-SHA-1"
+		})
+		if ack.ReasonCode < 0x80 || ack.SessionPresent {
+			t.Errorf("connack reason %#x session present %v, want a refusal without", ack.ReasonCode, ack.SessionPresent)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+		if _, ack := v5(t, addr, "sess-refused", false, expiry(300, true)); !ack.SessionPresent {
+			t.Error("the refused CONNECT ended the session")
+		}
+	})
+
+	// [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+	t.Run("MQTT-3.1.0-2 second connect", func(t *testing.T) {
+		rc, _ := v5(t, addr, "sess-twice", true, nil)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+		pk.Connect.ProtocolName, pk.Connect.ClientIdentifier, pk.Connect.Clean = []byte("MQTT"), "sess-twice", true
+		rc.send(pk)
+		if d, err := rc.read(5 * time.Second); err == nil && (d.FixedHeader.Type != packets.Disconnect || d.ReasonCode != 0x82) {
+			t.Errorf("got type %d reason %#x, want DISCONNECT 0x82", d.FixedHeader.Type, d.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+	})
+
+	// [MQTT-3.1.2-8]: a connection the server closes for a protocol error
+	// publishes its will; a refused CONNECT has no session, so no will
+	// (§3.1.2.5).
+	t.Run("MQTT-3.1.2-8 will on a protocol error, none on a refused connect", func(t *testing.T) {
+		watch, _ := v5(t, addr, "sess-will-watch", true, nil)
+		watch.subscribeWith(1, 0, packets.Subscription{Filter: "sess/will/#", Qos: 1})
+		refused := dialRaw(t, addr, 5)
+		if ack := refused.connectWith("sess-will-refused", true, 30, func(pk *packets.Packet) {
+			willConnect("sess/will/refused", 0, 0)(pk)
+			pk.Properties.AuthenticationMethod = "SCRAM-SHA-1"
+		}); ack.ReasonCode < 0x80 {
+			t.Fatalf("connack %#x, want a refusal", ack.ReasonCode)
+		}
+		rc, _ := v5(t, addr, "sess-will-pe", true, willConnect("sess/will/pe", 0, 0))
+		if _, err := rc.c.Write([]byte{0xf0, 0x00}); err != nil { // reserved packet type 15
+			t.Fatal(err)
+		}
+		if got := watch.expect(packets.Publish, 5*time.Second); got.TopicName != "sess/will/pe" {
+			t.Errorf("will on %q", got.TopicName)
+		}
+		watch.none(300 * time.Millisecond)
+	})
+}
+
+// TestConformance5ServerKeepAlive: a v5 client asking for a longer
+// keepalive than max_keepalive is told the Server Keep Alive in CONNACK
+// (§3.2.2.3.14, which it must then use [MQTT-3.2.2-21]), and held to it:
+// silent for 1.5 times that, it is disconnected [MQTT-3.1.2-22].
+func TestConformance5ServerKeepAlive(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxKeepalive = 2 * time.Second
+	tb := startBroker(t, cfg)
+	rc := dialRaw(t, tb.Addr("tcp").String(), 5)
+	ack := rc.connectWith("server-keepalive", true, 30, nil)
+	if !ack.Properties.ServerKeepAliveFlag || ack.Properties.ServerKeepAlive != 2 {
+		t.Errorf("server keep alive %d (sent %v), want 2", ack.Properties.ServerKeepAlive, ack.Properties.ServerKeepAliveFlag)
+	}
+	if !rc.closed(6 * time.Second) {
+		t.Error("a client silent for 6 s with a server keep alive of 2 s still connected")
+	}
+}
+
+// TestConformance5Delivery: subscription options, aliases, sizes,
+// acknowledgements and expiry of delivered messages, as Paho's
+// client_test5.py test_subscribe_options, test_server_topic_alias,
+// test_client_topic_alias, test_maximum_packet_size and
+// test_message_expiry walk them.
+func TestConformance5Delivery(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "dlv-pub", true, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	publish := func(pid uint16, topic string, qos byte, retain bool, payload []byte) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: qos, Retain: retain}, PacketID: pid, TopicName: topic, Payload: payload})
+	}
+
+	// [MQTT-3.3.1-10]: Retain Handling 1 sends again once the subscription
+	// was removed, and not to the subscription a resumed session holds.
+	t.Run("MQTT-3.3.1-10 retain handling 1 after unsubscribe and on a resumed session", func(t *testing.T) {
+		publish(1, "dlv/rh1", 1, true, []byte("r"))
+		sub, _ := v5(t, addr, "dlv-rh1", false, persist)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/rh1", Qos: 1, RetainHandling: 1})
+		sub.ackPublish(sub.expect(packets.Publish, 5*time.Second))
+		sub.sendUnsubscribe(2, "dlv/rh1")
+		sub.expect(packets.Unsuback, 5*time.Second)
+		sub.subscribeWith(3, 0, packets.Subscription{Filter: "dlv/rh1", Qos: 1, RetainHandling: 1})
+		sub.ackPublish(sub.expect(packets.Publish, 5*time.Second))
+		sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		sub.closed(5 * time.Second)
+		sub, _ = v5(t, addr, "dlv-rh1", false, persist)
+		sub.subscribeWith(4, 0, packets.Subscription{Filter: "dlv/rh1", Qos: 1, RetainHandling: 1})
+		sub.none(300 * time.Millisecond)
+	})
+
+	// [MQTT-3.3.2-15] ... [MQTT-3.3.2-20]: a retained message keeps its
+	// properties, and its QoS 0 (test_retained_message).
+	t.Run("MQTT-3.3.2-17 retained message properties", func(t *testing.T) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 0, Retain: true}, TopicName: "dlv/retprop", Payload: []byte("p")}
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+		pk.Properties.ContentType = "text/plain"
+		pk.Properties.ResponseTopic = "dlv/reply"
+		pk.Properties.CorrelationData = []byte{1, 2, 3}
+		pk.Properties.User = []packets.UserProperty{{Key: "b", Val: "1"}, {Key: "a", Val: "2"}, {Key: "b", Val: "3"}}
+		pub.publishAcked(pk)
+		time.Sleep(100 * time.Millisecond) // the QoS 0 one has no acknowledgement to wait for
+		sub, _ := v5(t, addr, "dlv-retprop", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/retprop", Qos: 2})
+		got := sub.expect(packets.Publish, 5*time.Second)
+		p := got.Properties
+		if got.FixedHeader.Qos != 0 || !p.PayloadFormatFlag || p.PayloadFormat != 1 || p.ContentType != "text/plain" ||
+			p.ResponseTopic != "dlv/reply" || !bytes.Equal(p.CorrelationData, []byte{1, 2, 3}) || fmt.Sprint(p.User) != fmt.Sprint(pk.Properties.User) {
+			t.Errorf("qos %d properties %+v", got.FixedHeader.Qos, p)
+		}
+	})
+
+	// [MQTT-3.3.4-9]: retained messages sent at SUBSCRIBE stay within the
+	// client's Receive Maximum.
+	t.Run("MQTT-3.3.4-9 retained at subscribe within receive maximum", func(t *testing.T) {
+		for i := 0; i < 5; i++ {
+			publish(uint16(10+i), fmt.Sprintf("dlv/rmret/%d", i), 1, true, []byte("r"))
+		}
+		sub, _ := v5(t, addr, "dlv-rmret", true, func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = 2 })
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/rmret/#", Qos: 1})
+		a, b := sub.expect(packets.Publish, 5*time.Second), sub.expect(packets.Publish, 5*time.Second)
+		sub.none(500 * time.Millisecond)
+		sub.ackPublish(a)
+		sub.ackPublish(b)
+		for i := 0; i < 3; i++ {
+			sub.ackPublish(sub.expect(packets.Publish, 5*time.Second))
+		}
+	})
+
+	// [MQTT-3.1.2-24] [MQTT-3.1.2-25]: the size that counts is the packet
+	// written, with the properties the server adds (a Subscription
+	// Identifier, a Message Expiry Interval, a topic alias); a retained
+	// message too large is skipped and the next sent; a resend too large
+	// for the new connection is dropped as sent.
+	t.Run("MQTT-3.1.2-24 client maximum packet size counts what the server adds", func(t *testing.T) {
+		sub, _ := v5(t, addr, "dlv-mps-id", true, func(pk *packets.Packet) { pk.Properties.MaximumPacketSize = 64 })
+		sub.subscribeWith(1, 456789, packets.Subscription{Filter: "dm/i", Qos: 1})
+		// Topics of 4 bytes: 11 bytes of packet and the payload.
+		publish(20, "dm/i", 1, false, make([]byte, 50)) // 61 bytes, 65 with the identifier
+		publish(21, "dm/i", 1, false, make([]byte, 49)) // 64 with it
+		if got := sub.expect(packets.Publish, 5*time.Second); len(got.Payload) != 49 {
+			t.Errorf("got a payload of %d", len(got.Payload))
+		}
+		exp, _ := v5(t, addr, "dlv-mps-exp", true, func(pk *packets.Packet) { pk.Properties.MaximumPacketSize = 64 })
+		exp.subscribeWith(1, 0, packets.Subscription{Filter: "dm/e", Qos: 1})
+		for i, n := range []int{49, 48} { // with an expiry: 65, then 64 bytes
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(22 + i), TopicName: "dm/e", Payload: make([]byte, n)}
+			pk.Properties.MessageExpiryInterval = 100
+			pub.publishAcked(pk)
+		}
+		if got := exp.expect(packets.Publish, 5*time.Second); len(got.Payload) != 48 {
+			t.Errorf("got a payload of %d", len(got.Payload))
+		}
+		alias, _ := v5(t, addr, "dlv-mps-alias", true, func(pk *packets.Packet) {
+			pk.Properties.MaximumPacketSize, pk.Properties.TopicAliasMaximum = 64, 4
+		})
+		alias.subscribeWith(1, 0, packets.Subscription{Filter: "dm/a", Qos: 1})
+		publish(24, "dm/a", 1, false, make([]byte, 50)) // 61 bytes, 64 with an alias
+		publish(25, "dm/a", 1, false, make([]byte, 51)) // the alias known: 62
+		for i := 0; i < 2; i++ {
+			got := alias.expect(packets.Publish, 5*time.Second)
+			if n := 2 + got.FixedHeader.Remaining; n > 64 {
+				t.Errorf("a packet of %d bytes", n)
+			}
+			alias.ackPublish(got)
+		}
+
+		publish(26, "dlv/mps/ret/a", 1, true, make([]byte, 200))
+		publish(27, "dlv/mps/ret/b", 1, true, []byte("s"))
+		ret, _ := v5(t, addr, "dlv-mps-ret", true, func(pk *packets.Packet) { pk.Properties.MaximumPacketSize = 64 })
+		ret.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/mps/ret/#", Qos: 1})
+		if got := ret.expect(packets.Publish, 5*time.Second); got.TopicName != "dlv/mps/ret/b" {
+			t.Errorf("retained %s", got.TopicName)
+		}
+
+		rs, _ := v5(t, addr, "dlv-mps-resend", false, persist)
+		rs.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/mps/rs/#", Qos: 1})
+		publish(28, "dlv/mps/rs/big", 1, false, make([]byte, 200))
+		rs.expect(packets.Publish, 5*time.Second) // left unacknowledged
+		_ = rs.c.Close()
+		publish(29, "dlv/mps/rs/small", 1, false, []byte("s"))
+		rs, _ = v5(t, addr, "dlv-mps-resend", false, func(pk *packets.Packet) { persist(pk); pk.Properties.MaximumPacketSize = 64 })
+		got := rs.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != "dlv/mps/rs/small" {
+			t.Errorf("after the reconnect: %s (%d bytes of payload)", got.TopicName, len(got.Payload))
+		}
+		rs.ackPublish(got)
+		_ = rs.c.Close()
+		rs, _ = v5(t, addr, "dlv-mps-resend", false, persist)
+		rs.none(300 * time.Millisecond) // the big one counts as sent
+	})
+
+	// [MQTT-3.3.2-11]: with a Topic Alias Maximum of 1 the server may
+	// alias QoS 0, 1 and 2 alike, set once and used after; without one,
+	// it sends no alias at all (test_server_topic_alias).
+	t.Run("MQTT-3.3.2-11 server topic aliases across qos", func(t *testing.T) {
+		for _, max := range []uint16{1, 0} {
+			id := fmt.Sprintf("dlv-alias-%d", max)
+			sub, _ := v5(t, addr, id, true, func(pk *packets.Packet) { pk.Properties.TopicAliasMaximum = max })
+			sub.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/alias", Qos: 2})
+			known := map[uint16]string{}
+			for i := 0; i < 6; i++ {
+				q := byte(i % 3)
+				publish(uint16(30+i), "dlv/alias", q, false, []byte{q})
+				got := sub.expect(packets.Publish, 5*time.Second)
+				name, a := got.TopicName, got.Properties.TopicAlias
+				switch {
+				case a > max:
+					t.Fatalf("%s: alias %d over the client's maximum %d", id, a, max)
+				case a > 0 && name != "":
+					known[a] = name
+				case a > 0:
+					if name = known[a]; name == "" {
+						t.Fatalf("%s: qos %d: alias %d before it was set", id, q, a)
+					}
+				}
+				if name != "dlv/alias" {
+					t.Fatalf("%s: topic %q", id, name)
+				}
+				sub.ackPublish(got)
+			}
+		}
+	})
+
+	// [MQTT-3.3.2-12]: an alias may be set again to another topic; one at
+	// the server's Topic Alias Maximum is accepted; [MQTT-3.3.2-7] an alias
+	// of the last connection is unknown on the next: a protocol error
+	// (test_client_topic_alias).
+	t.Run("MQTT-3.3.2-12 inbound topic alias set again", func(t *testing.T) {
+		sub, _ := v5(t, addr, "dlv-remap-sub", true, nil)
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "dlv/remap/#", Qos: 1})
+		rc, ack := v5(t, addr, "dlv-remap", false, persist)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 1, TopicName: "dlv/remap/a", Payload: []byte("1")}
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = ack.Properties.TopicAliasMaximum, true
+		for i, topic := range []string{"dlv/remap/a", "dlv/remap/b", ""} {
+			pk.TopicName, pk.PacketID = topic, uint16(1+i)
+			rc.publishAcked(pk)
+		}
+		for _, want := range []string{"dlv/remap/a", "dlv/remap/b", "dlv/remap/b"} {
+			got := sub.expect(packets.Publish, 5*time.Second)
+			if got.TopicName != want {
+				t.Errorf("got %q, want %q", got.TopicName, want)
+			}
+			sub.ackPublish(got)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+		rc.closed(5 * time.Second)
+		rc, _ = v5(t, addr, "dlv-remap", false, persist)
+		pk.FixedHeader.Type, pk.PacketID = packets.Publish, 9
+		rc.send(pk)
+		if d, err := rc.read(5 * time.Second); err != nil || d.FixedHeader.Type != packets.Disconnect || (d.ReasonCode != 0x82 && d.ReasonCode != 0x94) {
+			t.Errorf("an alias of the last connection: type %d reason %#x (%v), want DISCONNECT 0x82 or 0x94", d.FixedHeader.Type, d.ReasonCode, err)
+		}
+	})
+
+	// §3.3.2.3.4: a zero-length topic without a Topic Alias is a protocol
+	// error; [MQTT-4.7.3-1] a zero-length filter is refused (0x8F).
+	t.Run("MQTT-4.7.3-1 zero length topic and filter", func(t *testing.T) {
+		rc, _ := v5(t, addr, "dlv-empty", true, nil)
+		if _, err := rc.c.Write([]byte{0x30, 4, 0, 0, 0, 'x'}); err != nil { // QoS 0, topic "", no properties
+			t.Fatal(err)
+		}
+		if d, err := rc.read(5 * time.Second); err == nil && (d.FixedHeader.Type != packets.Disconnect || d.ReasonCode < 0x80) {
+			t.Errorf("got type %d reason %#x, want a DISCONNECT", d.FixedHeader.Type, d.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+		sub, _ := v5(t, addr, "dlv-emptyf", true, nil)
+		if _, err := sub.c.Write([]byte{0x82, 6, 0, 1, 0, 0, 0, 1}); err != nil { // filter "", QoS 1
+			t.Fatal(err)
+		}
+		if ack := sub.expect(packets.Suback, 5*time.Second); len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] < 0x80 {
+			t.Errorf("suback %x, want a refusal", ack.ReasonCodes)
+		}
+	})
+
+	// [MQTT-3.8.3-3] with overlapping subscriptions: No Local on one of
+	// them does not hold back the copy the other one gets; an identifier
+	// goes to every filter of its SUBSCRIBE (§3.8.2.1.2), and a SUBSCRIBE
+	// without one replaces the subscription without it [MQTT-3.8.4-3].
+	t.Run("MQTT-3.8.3-3 no local beside an overlapping subscription", func(t *testing.T) {
+		self, _ := v5(t, addr, "dlv-nl", true, nil)
+		self.subscribeWith(1, 1, packets.Subscription{Filter: "dlv/nl/#", Qos: 1, NoLocal: true})
+		self.subscribeWith(2, 2, packets.Subscription{Filter: "dlv/nl/a", Qos: 1}, packets.Subscription{Filter: "dlv/nl/b", Qos: 1})
+		for i, topic := range []string{"dlv/nl/a", "dlv/nl/b"} {
+			self.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(10 + i), TopicName: topic, Payload: []byte("n")})
+			var got []packets.Packet
+			for len(got) < 2 { // its PUBACK and the copy, in either order
+				pk, err := self.read(5 * time.Second)
+				if err != nil {
+					t.Fatalf("%s: %d packets: %v", topic, len(got), err)
+				}
+				got = append(got, pk)
+			}
+			if got[0].FixedHeader.Type == packets.Puback {
+				got[0], got[1] = got[1], got[0]
+			}
+			if got[0].FixedHeader.Type != packets.Publish || fmt.Sprint(got[0].Properties.SubscriptionIdentifier) != "[2]" {
+				t.Errorf("%s: type %d identifiers %v, want a PUBLISH with [2]", topic, got[0].FixedHeader.Type, got[0].Properties.SubscriptionIdentifier)
+			}
+			self.ackPublish(got[0])
+		}
+		self.none(300 * time.Millisecond)
+		self.subscribeWith(3, 5, packets.Subscription{Filter: "dlv/clear", Qos: 1})
+		self.subscribeWith(4, 0, packets.Subscription{Filter: "dlv/clear", Qos: 1})
+		publish(40, "dlv/clear", 1, false, []byte("x"))
+		if got := self.expect(packets.Publish, 5*time.Second); len(got.Properties.SubscriptionIdentifier) != 0 {
+			t.Errorf("identifiers %v after a SUBSCRIBE without one", got.Properties.SubscriptionIdentifier)
+		}
+	})
+}
