@@ -326,3 +326,102 @@ func TestConformance311Delivery(t *testing.T) {
 		}
 	})
 }
+
+// TestConformance311Protocol: what a 3.1.1 server does with a CONNECT it
+// cannot take, a packet before or after CONNECT that breaks the protocol,
+// and the DUP of what it sends.
+func TestConformance311Protocol(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+
+	// [MQTT-3.1.2-2]: an unsupported protocol level: CONNACK 0x01, then
+	// closed; [MQTT-3.1.2-1] another protocol name: closed, not accepted.
+	for _, tc := range []struct {
+		clause, name string
+		body         []byte
+	}{
+		{"MQTT-3.1.2-2", "level 6", []byte{0, 4, 'M', 'Q', 'T', 'T', 6, 0x02, 0, 30, 0, 1, 'r'}},
+		{"MQTT-3.1.2-2", "level 2", []byte{0, 4, 'M', 'Q', 'T', 'T', 2, 0x02, 0, 30, 0, 1, 'r'}},
+		{"MQTT-3.1.2-1", "name MQTX", []byte{0, 4, 'M', 'Q', 'T', 'X', 4, 0x02, 0, 30, 0, 1, 'r'}},
+	} {
+		t.Run(tc.clause+" connect "+tc.name, func(t *testing.T) {
+			rc := dialRaw(t, addr, 4)
+			if _, err := rc.c.Write(append([]byte{0x10, byte(len(tc.body))}, tc.body...)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := rc.read(5 * time.Second); err == nil && (got.FixedHeader.Type != packets.Connack || got.ReasonCode == 0) {
+				t.Errorf("got type %d return code %#x, want CONNACK 0x01 or a close", got.FixedHeader.Type, got.ReasonCode)
+			}
+			if !rc.closed(5 * time.Second) {
+				t.Error("still open")
+			}
+		})
+	}
+
+	// [MQTT-3.1.0-1]: the first packet is CONNECT, or the connection is
+	// closed; [MQTT-3.1.0-2] a second CONNECT closes it too.
+	t.Run("MQTT-3.1.0-1 first packet not connect", func(t *testing.T) {
+		rc := dialRaw(t, addr, 4)
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		rc.closedWithout(5 * time.Second)
+	})
+	t.Run("MQTT-3.1.0-2 second connect", func(t *testing.T) {
+		rc, _ := v3(t, addr, "v3-twice", true, nil)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}}
+		pk.Connect.ProtocolName, pk.Connect.ClientIdentifier, pk.Connect.Clean = []byte("MQTT"), "v3-twice", true
+		rc.send(pk)
+		rc.closedWithout(5 * time.Second)
+	})
+
+	// [MQTT-4.7.3-1]: topic names and filters are at least one character:
+	// a PUBLISH to "" closes the connection [MQTT-4.8.0-1], a SUBSCRIBE to
+	// "" is refused (0x80) or closes it.
+	t.Run("MQTT-4.7.3-1 zero length topic", func(t *testing.T) {
+		rc, _ := v3(t, addr, "v3-empty", true, nil)
+		if _, err := rc.c.Write([]byte{0x30, 3, 0, 0, 'x'}); err != nil {
+			t.Fatal(err)
+		}
+		rc.closedWithout(5 * time.Second)
+	})
+	t.Run("MQTT-4.7.3-1 zero length filter", func(t *testing.T) {
+		rc, _ := v3(t, addr, "v3-emptyf", true, nil)
+		if _, err := rc.c.Write([]byte{0x82, 5, 0, 1, 0, 0, 1}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := rc.read(5 * time.Second); err == nil && (got.FixedHeader.Type != packets.Suback || len(got.ReasonCodes) != 1 || got.ReasonCodes[0] != 0x80) {
+			t.Errorf("got type %d codes %x, want SUBACK 0x80 or a close", got.FixedHeader.Type, got.ReasonCodes)
+		}
+	})
+
+	// [MQTT-3.1.2-8]: closed for a protocol error, the connection's will
+	// is published.
+	t.Run("MQTT-3.1.2-8 will on a protocol error", func(t *testing.T) {
+		watch, _ := v3(t, addr, "v3-pe-watch", true, nil)
+		watch.subscribe(1, "v3will/pe", 1)
+		watch.expect(packets.Suback, 5*time.Second)
+		rc := dialRaw(t, addr, 4)
+		rc.connectWith("v3-pe", true, 30, func(pk *packets.Packet) {
+			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload, pk.Connect.WillQos = true, "v3will/pe", []byte("pe"), 1
+		})
+		if _, err := rc.c.Write([]byte{0xf0, 0x00}); err != nil { // reserved packet type 15
+			t.Fatal(err)
+		}
+		rc.closedWithout(5 * time.Second)
+		if got := watch.expect(packets.Publish, 5*time.Second); string(got.Payload) != "pe" {
+			t.Errorf("will %q", got.Payload)
+		}
+	})
+
+	// [MQTT-3.3.1-3]: the DUP of an outgoing PUBLISH says whether it is a
+	// resend, not what the incoming one said.
+	t.Run("MQTT-3.3.1-3 dup of a first delivery", func(t *testing.T) {
+		sub, _ := v3(t, addr, "v3-dup-sub", true, nil)
+		sub.subscribe(1, "v3dup", 1)
+		sub.expect(packets.Suback, 5*time.Second)
+		pub, _ := v3(t, addr, "v3-dup-pub", true, nil)
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Dup: true}, PacketID: 1, TopicName: "v3dup", Payload: []byte("d")})
+		if got := sub.expect(packets.Publish, 5*time.Second); got.FixedHeader.Dup {
+			t.Error("DUP 1 on a first delivery")
+		}
+	})
+}

@@ -1776,3 +1776,193 @@ func TestConformance5Delivery(t *testing.T) {
 		}
 	})
 }
+
+// TestConformance5Acknowledgements: what a subscriber's acknowledgement
+// ends, and the flags of what it gets.
+func TestConformance5Acknowledgements(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	pub, _ := v5(t, addr, "ack-pub", true, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+
+	// [MQTT-4.4.0-2]: a PUBACK or PUBREC of 0x80 or above acknowledges the
+	// PUBLISH: no PUBREL, its place in the window free, nothing resent.
+	t.Run("MQTT-4.4.0-2 puback and pubrec of 0x80 and above", func(t *testing.T) {
+		for _, q := range []byte{1, 2} {
+			id := fmt.Sprintf("ack-refuse-%d", q)
+			sub, _ := v5(t, addr, id, false, func(pk *packets.Packet) { persist(pk); pk.Properties.ReceiveMaximum = 1 })
+			sub.subscribeWith(1, 0, packets.Subscription{Filter: "ack/" + id, Qos: q})
+			for i := 0; i < 2; i++ {
+				pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: q}, PacketID: uint16(1 + i), TopicName: "ack/" + id, Payload: []byte{byte(i)}})
+			}
+			first := sub.expect(packets.Publish, 5*time.Second)
+			typ := byte(packets.Puback)
+			if q == 2 {
+				typ = packets.Pubrec
+			}
+			sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: first.PacketID, ReasonCode: 0x80})
+			if second := sub.expect(packets.Publish, 5*time.Second); second.Payload[0] != 1 {
+				t.Fatalf("qos %d: payload %v, want the second message", q, second.Payload)
+			} else {
+				sub.ackPublish(second)
+			}
+			sub.none(300 * time.Millisecond)
+			_ = sub.c.Close()
+			sub, _ = v5(t, addr, id, false, persist)
+			sub.none(300 * time.Millisecond)
+		}
+	})
+
+	// [MQTT-4.8.2-6]: refused by the member it went to, a shared
+	// delivery goes to no other member.
+	t.Run("MQTT-4.8.2-6 refused shared delivery goes to no other member", func(t *testing.T) {
+		for _, q := range []byte{1, 2} {
+			group := fmt.Sprintf("$share/ack%d/ack/shared%d", q, q)
+			a, _ := v5(t, addr, fmt.Sprintf("ack-sh-a%d", q), true, nil)
+			b, _ := v5(t, addr, fmt.Sprintf("ack-sh-b%d", q), true, nil)
+			a.subscribeWith(1, 0, packets.Subscription{Filter: group, Qos: q})
+			b.subscribeWith(1, 0, packets.Subscription{Filter: group, Qos: q})
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: q}, PacketID: 5, TopicName: fmt.Sprintf("ack/shared%d", q), Payload: []byte("s")})
+			var taker, other *rawClient
+			var pk packets.Packet
+			for _, c := range []*rawClient{a, b} {
+				if got, err := c.read(700 * time.Millisecond); err == nil {
+					taker, pk = c, got
+				} else {
+					other = c
+				}
+			}
+			if taker == nil || other == nil {
+				t.Fatalf("qos %d: not one member got it", q)
+			}
+			typ := byte(packets.Puback)
+			if q == 2 {
+				typ = packets.Pubrec
+			}
+			taker.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pk.PacketID, ReasonCode: 0x80})
+			time.Sleep(100 * time.Millisecond)
+			_ = taker.c.Close() // a member that leaves hands back what it holds: not this one
+			other.none(700 * time.Millisecond)
+		}
+	})
+
+	// [MQTT-3.3.1-3]: DUP of what the server sends says whether it is a
+	// resend, whatever the publisher's PUBLISH said.
+	t.Run("MQTT-3.3.1-3 dup of a first delivery", func(t *testing.T) {
+		s1, _ := v5(t, addr, "ack-dup1", true, nil)
+		s1.subscribeWith(1, 0, packets.Subscription{Filter: "ack/dup", Qos: 1})
+		s0, _ := v5(t, addr, "ack-dup0", true, nil)
+		s0.subscribeWith(1, 0, packets.Subscription{Filter: "ack/dup", Qos: 0})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Dup: true}, PacketID: 7, TopicName: "ack/dup", Payload: []byte("d")})
+		for _, c := range []*rawClient{s1, s0} {
+			if got := c.expect(packets.Publish, 5*time.Second); got.FixedHeader.Dup {
+				t.Errorf("qos %d: DUP 1 on a first delivery", got.FixedHeader.Qos)
+			}
+		}
+	})
+
+	// [MQTT-3.3.2-5]: a message waiting behind a full window of a
+	// connected client expires there too; one still alive carries what is
+	// left of its interval [MQTT-3.3.2-6].
+	t.Run("MQTT-3.3.2-5 message expires behind a full window", func(t *testing.T) {
+		sub, _ := v5(t, addr, "ack-window-exp", true, func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = 1 })
+		sub.subscribeWith(1, 0, packets.Subscription{Filter: "ack/wexp/#", Qos: 1})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 8, TopicName: "ack/wexp/hold", Payload: []byte("h")})
+		held := sub.expect(packets.Publish, 5*time.Second)
+		for i, e := range []uint32{1, 30} {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(9 + i), TopicName: fmt.Sprintf("ack/wexp/%d", e), Payload: []byte("e")}
+			pk.Properties.MessageExpiryInterval = e
+			pub.publishAcked(pk)
+		}
+		time.Sleep(2100 * time.Millisecond)
+		sub.ackPublish(held)
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != "ack/wexp/30" {
+			t.Errorf("got %s, want only ack/wexp/30", got.TopicName)
+		}
+		if e := got.Properties.MessageExpiryInterval; e == 0 || e > 28 {
+			t.Errorf("expiry %d, want 1..28", e)
+		}
+	})
+}
+
+// TestConformance5WillProperties: a will's properties reach its
+// subscribers as a PUBLISH's would (§3.1.3.2: Payload Format Indicator,
+// Message Expiry Interval, Content Type, Response Topic, Correlation Data,
+// User Properties in their order [MQTT-3.1.3-10]).
+func TestConformance5WillProperties(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	watch, _ := v5(t, addr, "willprop-watch", true, nil)
+	watch.subscribeWith(1, 0, packets.Subscription{Filter: "willprop", Qos: 1})
+	rc, _ := v5(t, addr, "willprop", true, func(pk *packets.Packet) {
+		pk.Mods.AllowResponseInfo = true // mochi's encoder leaves Response Topic out without it
+		pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload, pk.Connect.WillQos = true, "willprop", []byte("w"), 1
+		wp := &pk.Connect.WillProperties
+		wp.PayloadFormat, wp.PayloadFormatFlag = 1, true
+		wp.MessageExpiryInterval = 100
+		wp.ContentType = "text/w"
+		wp.ResponseTopic = "willprop/reply"
+		wp.CorrelationData = []byte{9, 8}
+		wp.User = []packets.UserProperty{{Key: "z", Val: "1"}, {Key: "a", Val: "2"}, {Key: "z", Val: "3"}}
+	})
+	_ = rc.c.Close()
+	p := watch.expect(packets.Publish, 5*time.Second).Properties
+	if !p.PayloadFormatFlag || p.PayloadFormat != 1 || p.ContentType != "text/w" || p.ResponseTopic != "willprop/reply" ||
+		!bytes.Equal(p.CorrelationData, []byte{9, 8}) || p.MessageExpiryInterval == 0 || p.MessageExpiryInterval > 100 ||
+		fmt.Sprint(p.User) != "[{z 1} {a 2} {z 3}]" {
+		t.Errorf("will properties %+v", p)
+	}
+}
+
+// TestConformance5OptionsAfterRestart: after a restart a persistent
+// session's subscriptions keep their options (identifier [MQTT-3.3.4-3],
+// Retain Handling 1 [MQTT-3.3.1-10], No Local [MQTT-3.8.3-3], Retain As
+// Published [MQTT-3.3.1-12]), and messages queued for it still expire,
+// the time the broker was down counted [MQTT-3.3.2-5] [MQTT-3.3.2-6].
+func TestConformance5OptionsAfterRestart(t *testing.T) {
+	r := newRestartable(t, nil)
+	persist := func(pk *packets.Packet) {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	pub, _ := v5(t, r.ep().addr, "opts-pub", true, nil)
+	pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 1, TopicName: "opts/ret", Payload: []byte("r")})
+	rc, _ := v5(t, r.ep().addr, "opts-sub", false, persist)
+	rc.subscribeWith(1, 21, packets.Subscription{Filter: "opts/+", Qos: 1, RetainHandling: 1, RetainAsPublished: true})
+	rc.ackPublish(rc.expect(packets.Publish, 5*time.Second))
+	rc.subscribeWith(2, 22, packets.Subscription{Filter: "opts/nl", Qos: 1, NoLocal: true})
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	rc.closed(5 * time.Second)
+	for i, e := range []uint32{2, 60} {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: uint16(2 + i), TopicName: "opts/exp", Payload: []byte(fmt.Sprint(e))}
+		pk.Properties.MessageExpiryInterval = e
+		pub.publishAcked(pk)
+	}
+	r.restart()
+	time.Sleep(3200 * time.Millisecond) // past the 2 s, whatever second it began in
+	rc, ack := v5(t, r.ep().addr, "opts-sub", false, persist)
+	if !ack.SessionPresent {
+		t.Fatal("session not present after the restart")
+	}
+	got := rc.expect(packets.Publish, 5*time.Second)
+	if string(got.Payload) != "60" || fmt.Sprint(got.Properties.SubscriptionIdentifier) != "[21]" {
+		t.Errorf("got %q identifiers %v, want only the 60 s one, with [21]", got.Payload, got.Properties.SubscriptionIdentifier)
+	}
+	if e := got.Properties.MessageExpiryInterval; e == 0 || e > 57 {
+		t.Errorf("expiry %d, want 1..57", e)
+	}
+	rc.ackPublish(got)
+	rc.subscribeWith(3, 21, packets.Subscription{Filter: "opts/+", Qos: 1, RetainHandling: 1, RetainAsPublished: true})
+	rc.none(300 * time.Millisecond) // it existed: no retained
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "opts/nl", Payload: []byte("n")})
+	if got := rc.expect(packets.Publish, 5*time.Second); fmt.Sprint(got.Properties.SubscriptionIdentifier) != "[21]" {
+		t.Errorf("own publish: identifiers %v, want [21] only (No Local on 22)", got.Properties.SubscriptionIdentifier)
+	}
+	pub, _ = v5(t, r.ep().addr, "opts-pub", true, nil)
+	pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 4, TopicName: "opts/rap", Payload: []byte("r")})
+	if got := rc.expect(packets.Publish, 5*time.Second); !got.FixedHeader.Retain {
+		t.Error("Retain As Published lost in the restart: RETAIN 0")
+	}
+}
