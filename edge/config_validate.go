@@ -57,6 +57,9 @@ func (c Config) Validate() error {
 	if c.MemoryLimit != 0 && c.MemoryLimit < minMemoryLimit {
 		v.add("memory_limit", "must be 0 (none) or at least %s (got %s)", formatBytes(minMemoryLimit), formatBytes(c.MemoryLimit))
 	}
+	if c.GCHeadroom < 0 {
+		v.add("gc_headroom", "must be 0 (none) or more (got %s)", formatBytes(c.GCHeadroom))
+	}
 	v.storage(c.Storage)
 	v.bridges(c.Bridges)
 	switch c.Log.Level {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -94,6 +96,7 @@ func runBridgeCompare(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.DurationVar(&o.settle, "settle", 10*time.Second, "stop waiting for arrivals after this long without one")
 	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary: the upstream, and the other edge broker")
 	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq")
+	baseline := fs.String("baseline", "", "a second edgemq binary (main's build, say), run as edgemq-base in alternation with the others: a before/after in one run")
 	jsonOut := fs.String("json", "", "also write every round as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -114,6 +117,11 @@ func runBridgeCompare(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	rep := bridgeReport{Machine: machine(), Started: time.Now().UTC(), Messages: o.n, Restart: o.restart, Window: o.window}
 	impls := []string{"edgemq", "mosquitto"}
+	bins := map[string]string{"edgemq": *edgemq}
+	if *baseline != "" {
+		impls = append(impls, "edgemq-base")
+		bins["edgemq-base"] = *baseline
+	}
 	for round := range *rounds {
 		for i := range impls {
 			impl := impls[(round+i)%len(impls)]
@@ -121,7 +129,7 @@ func runBridgeCompare(ctx context.Context, args []string, stdout, stderr io.Writ
 				return ctx.Err()
 			}
 			dir := filepath.Join(work, fmt.Sprintf("%s-%d", impl, round))
-			r, err := bridgeOnce(ctx, impl, *edgemq, *mosq, dir, o)
+			r, err := bridgeOnce(ctx, impl, bins[impl], *mosq, dir, o)
 			r.Broker, r.Round = impl, round+1
 			if err != nil {
 				r.Notes = append(r.Notes, "error: "+err.Error())
@@ -146,7 +154,7 @@ func runBridgeCompare(ctx context.Context, args []string, stdout, stderr io.Writ
 // bridgeEdgeSpec is the edge broker of the scenario, bridging bench/# at
 // QoS 1 over MQTT 3.1.1 to upstream.
 func bridgeEdgeSpec(impl, edgemqBin, mosqBin, upstream string, window int) brokerSpec {
-	if impl == "edgemq" {
+	if strings.HasPrefix(impl, "edgemq") {
 		s := edgemqSpec(edgemqBin, "always", true, "")
 		base := s.start
 		s.start = func(dir string, tcp, ws int) (*exec.Cmd, error) {
@@ -411,15 +419,27 @@ func printBridge(w io.Writer, rep bridgeReport) {
 	fmt.Fprintf(w, "bridge scenario: %s; %d messages live and as backlog, window %d, %.0f s in all; medians of rounds [per-round values]\n",
 		rep.Machine, rep.Messages, rep.Window, rep.Seconds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\tedgemq\tmosquitto bridge\tedgemq / mosquitto\t")
+	ratio := func(a, b float64) string {
+		if a > 0 && b > 0 {
+			return fmt.Sprintf("%.2fx", a/b)
+		}
+		return "-"
+	}
+	base := slices.ContainsFunc(rep.Runs, func(r bridgeRound) bool { return r.Broker == "edgemq-base" })
+	if base {
+		fmt.Fprintln(tw, "\tedgemq\tmosquitto bridge\tedgemq / mosquitto\tedgemq-base\tedgemq / edgemq-base\t")
+	} else {
+		fmt.Fprintln(tw, "\tedgemq\tmosquitto bridge\tedgemq / mosquitto\t")
+	}
 	for _, row := range rows {
 		e, ev := med("edgemq", row.f)
 		m, mv := med("mosquitto", row.f)
-		ratio := "-"
-		if m > 0 && e > 0 {
-			ratio = fmt.Sprintf("%.2fx", e/m)
+		fmt.Fprintf(tw, "%s\t%s %v\t%s %v\t%s\t", row.name, fmtValue(e), roundAll(ev), fmtValue(m), roundAll(mv), ratio(e, m))
+		if base {
+			b, bv := med("edgemq-base", row.f)
+			fmt.Fprintf(tw, "%s %v\t%s\t", fmtValue(b), roundAll(bv), ratio(e, b))
 		}
-		fmt.Fprintf(tw, "%s\t%s %v\t%s %v\t%s\t\n", row.name, fmtValue(e), roundAll(ev), fmtValue(m), roundAll(mv), ratio)
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	goal := float64(rep.Messages) / 5000

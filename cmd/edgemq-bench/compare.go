@@ -422,6 +422,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	mosq := fs.String("mosquitto", "/usr/sbin/mosquitto", "Mosquitto binary, run with its default queues and with max_queued_messages 0; empty: skip")
 	mochi := fs.String("mochi", "", "plain mochi binary; empty: go build ./cmd/edgemq-bench/plainmochi")
 	edgemq := fs.String("edgemq", "", "edgemq binary; empty: go build ./cmd/edgemq (skipped if that fails); \"none\": skip")
+	baseline := fs.String("baseline", "", "a second edgemq binary (main's build, say), run as edgemq-base-always and edgemq-base-memlimit beside -edgemq's: a before/after in one run")
 	durable := fs.Bool("durable", true, "the edgemq binary acks QoS 1/2 only after an fsync under sync always; false marks a build where it does not")
 	only := fs.String("scenarios", "", "comma-separated subset of scenario names (default: all)")
 	jsonOut := fs.String("json", "", "also write the raw runs and the summary as JSON to this file")
@@ -475,6 +476,13 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *edgemq != "none" {
 		specs = append(specs, edgemqSpec(*edgemq, "always", *durable, ""), edgemqSpec(*edgemq, "never", *durable, ""),
 			edgemqSpec(*edgemq, "always", *durable, "200MiB"))
+	}
+	if *baseline != "" {
+		for _, s := range []brokerSpec{edgemqSpec(*baseline, "always", *durable, ""), edgemqSpec(*baseline, "always", *durable, "200MiB")} {
+			s.name = strings.Replace(s.name, "edgemq-", "edgemq-base-", 1)
+			s.note = "baseline binary " + *baseline + ": " + s.note
+			specs = append(specs, s)
+		}
 	}
 	for _, s := range specs {
 		rep.Brokers[s.name] = s.note

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,13 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
 		logger.Info("memory limit set (GOMEMLIMIT)", "bytes", int64(cfg.MemoryLimit))
+	}
+	// The environment's GOGC is the operator's choice, and wins over the floor.
+	if gogc := os.Getenv("GOGC"); gogc != "" {
+		logger.Info("GOGC set in the environment: no garbage collection floor", "GOGC", gogc)
+	} else if cfg.GCHeadroom > 0 {
+		defer startGCFloor(int64(cfg.GCHeadroom))()
+		logger.Info("garbage collection floor set", "headroom_bytes", int64(cfg.GCHeadroom))
 	}
 	sd := &systemdNotifier{log: logger}
 	defer sd.wait()

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"math"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+)
+
+// heapMinimumAt100 is the Go runtime's smallest heap goal at GOGC=100
+// (defaultHeapMinimum in runtime/mgcpacer.go); it scales with GOGC.
+const heapMinimumAt100 = 4 << 20
+
+// gcFloor keeps the garbage collector's heap goal at least the live heap plus
+// a headroom: with GOGC=100 alone a broker whose live heap is a few MB
+// collects every few MB allocated, dozens of times a second under load, and
+// the collector's share of the CPU per message is then a quarter or more.
+// Above the floor GOGC is as it was (the goal is the live heap doubled); the
+// memory limit (memory_limit, GOMEMLIMIT) stays the hard bound, since the
+// runtime takes the smaller of the GOGC goal and the limit's, and the floor
+// is never more than a quarter of the limit in force, so that it does not push
+// the heap into the limit's regime, where the collector works harder.
+//
+// It works by setting GOGC (debug.SetGCPercent) after each collection, from
+// the live heap that collection marked (runtime/metrics): the runtime's goal
+// is live + (live + stacks + globals) * GOGC/100, at least 4 MiB * GOGC/100
+// (floorPercent).
+// What it cannot do: the GOGC set after one collection is the one the next
+// collection's goal is computed with, so a live heap that grows tenfold
+// between two collections gets the old, raised GOGC for one cycle (the next
+// callback lowers it at once); the memory limit bounds that cycle too.
+type gcFloor struct {
+	headroom uint64
+	base     int // GOGC above the floor, as the process started with it
+
+	mu      sync.Mutex
+	stopped bool
+	percent int // the GOGC last set
+	samples []metrics.Sample
+}
+
+// gcFloorMetrics are read after each collection: what the runtime's goal is
+// computed from, and the memory limit in force.
+var gcFloorMetrics = []string{
+	"/gc/heap/live:bytes",
+	"/gc/scan/stack:bytes",
+	"/gc/scan/globals:bytes",
+	"/gc/gomemlimit:bytes",
+}
+
+// startGCFloor keeps the heap goal at least the live heap plus headroom bytes
+// until stop, which puts GOGC back as it was. It does nothing (and stop does
+// nothing) when headroom is 0 or GOGC is off.
+func startGCFloor(headroom int64) (stop func()) {
+	gogc := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(gogc)
+	base := int(int32(gogc[0].Value.Uint64())) // -1 when off
+	if headroom <= 0 || base <= 0 {
+		return func() {}
+	}
+	f := &gcFloor{headroom: uint64(headroom), base: base, percent: base}
+	for _, name := range gcFloorMetrics {
+		f.samples = append(f.samples, metrics.Sample{Name: name})
+	}
+	f.adjust()
+	f.arm()
+	return f.stop
+}
+
+// gcSentinel is garbage whose cleanup runs after the collection that found
+// it unreachable: one callback per collection. It holds a pointer so that it
+// is not a tiny allocation (runtime.AddCleanup: a tiny object may share its
+// block with live ones and never be collected).
+type gcSentinel struct{ _ *int }
+
+// arm allocates the next sentinel. Called from its cleanup, which runs after
+// a collection's mark phase: the new sentinel is allocated outside a mark
+// phase, so the next collection finds it unreachable.
+func (f *gcFloor) arm() {
+	runtime.AddCleanup(new(gcSentinel), func(f *gcFloor) {
+		if f.adjust() {
+			f.arm()
+		}
+	}, f)
+}
+
+// adjust sets GOGC for the live heap of the last collection; false once
+// stopped.
+func (f *gcFloor) adjust() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return false
+	}
+	metrics.Read(f.samples)
+	var v [4]uint64
+	for i, s := range f.samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = s.Value.Uint64()
+		}
+	}
+	if p := floorPercent(f.headroom, f.base, v[0], v[1], v[2], v[3]); p != f.percent {
+		debug.SetGCPercent(p)
+		f.percent = p
+	}
+	return true
+}
+
+// floorPercent is the smallest GOGC, never less than base, that makes the
+// runtime's heap goal, max(live + (live+stacks+globals)*GOGC/100,
+// 4 MiB*GOGC/100), at least live+headroom, with headroom at most a quarter
+// of limit.
+func floorPercent(headroom uint64, base int, live, stacks, globals, limit uint64) int {
+	h := float64(min(headroom, limit/4))
+	scanned := float64(max(live+stacks+globals, 1))
+	p := math.Ceil(min(h/scanned, (float64(live)+h)/heapMinimumAt100) * 100)
+	return max(base, int(min(p, math.MaxInt32)))
+}
+
+// stop ends the floor and puts GOGC back as the process started with it.
+func (f *gcFloor) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.stopped {
+		f.stopped = true
+		debug.SetGCPercent(f.base)
+	}
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"testing"
+)
+
+// readMetric is one runtime/metrics value of kind uint64.
+func readMetric(t *testing.T, name string) uint64 {
+	t.Helper()
+	s := []metrics.Sample{{Name: name}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		t.Fatalf("runtime/metrics has no uint64 %s", name)
+	}
+	return s[0].Value.Uint64()
+}
+
+var garbageSink []byte
+
+// collectionsWhileAllocating allocates n bytes of short-lived garbage and
+// returns how many garbage collections ran meanwhile.
+func collectionsWhileAllocating(t *testing.T, n int) uint64 {
+	t.Helper()
+	before := readMetric(t, "/gc/cycles/total:gc-cycles")
+	for range n / 4096 {
+		garbageSink = make([]byte, 4096)
+	}
+	garbageSink = nil
+	return readMetric(t, "/gc/cycles/total:gc-cycles") - before
+}
+
+// TestGCFloor: with a floor of 128 MiB, 512 MiB of garbage on this test's
+// small live heap take a few collections (one every 128 MiB at most), fewer
+// than GOGC=100 alone makes (its goal is the runtime's 4 MiB minimum here;
+// on a busy machine a collection overshoots it, so fewer than 128); the
+// heap goal is the live heap plus the headroom at least; stop puts GOGC back.
+func TestGCFloor(t *testing.T) {
+	const headroom, garbage = 128 << 20, 512 << 20
+	runtime.GC()
+	before := readMetric(t, "/gc/gogc:percent")
+	without := collectionsWhileAllocating(t, garbage)
+
+	stop := startGCFloor(headroom)
+	runtime.GC() // the floor adjusts after each collection
+	live := readMetric(t, "/gc/heap/live:bytes")
+	if goal := readMetric(t, "/gc/heap/goal:bytes"); goal < live+headroom {
+		t.Errorf("heap goal %d with a live heap of %d and a headroom of %d", goal, live, headroom)
+	}
+	with := collectionsWhileAllocating(t, garbage)
+	stop()
+	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
+	if with > garbage/headroom+2 || with >= without {
+		t.Errorf("collections for %d MiB of garbage: %d with a %d MiB floor (want at most %d), %d without", garbage>>20, with, headroom>>20, garbage/headroom+2, without)
+	}
+	if got := readMetric(t, "/gc/gogc:percent"); got != before {
+		t.Errorf("GOGC after stop %d, want %d as before", got, before)
+	}
+}
+
+// TestGCFloorUnderMemoryLimit: the memory limit wins over the floor. With a
+// limit 64 MiB above what the process holds, a floor of 1 GiB does not let
+// the heap goal past the limit, and 512 MiB of garbage are collected at least
+// once every 64 MiB, not once or not at all.
+func TestGCFloorUnderMemoryLimit(t *testing.T) {
+	debug.FreeOSMemory() // what earlier tests' garbage left mapped
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	// What the memory limit counts: the runtime's memory, less what it gave back.
+	limit := readMetric(t, "/memory/classes/total:bytes") - readMetric(t, "/memory/classes/heap/released:bytes") + 64<<20
+	debug.SetMemoryLimit(int64(limit))
+	stop := startGCFloor(1 << 30)
+	defer stop()
+	runtime.GC()
+	if goal := readMetric(t, "/gc/heap/goal:bytes"); goal > limit {
+		t.Errorf("heap goal %d above the memory limit %d", goal, limit)
+	}
+	if n := collectionsWhileAllocating(t, 512<<20); n < 512/64 {
+		t.Errorf("%d collections for 512 MiB of garbage under a limit 64 MiB above the process's memory, want at least %d", n, 512/64)
+	}
+}
+
+// TestFloorPercent: the GOGC that gives the runtime's goal, live + (live +
+// stacks + globals) * GOGC/100 but at least 4 MiB * GOGC/100, its floor.
+func TestFloorPercent(t *testing.T) {
+	const mib = 1 << 20
+	none := uint64(1<<63 - 1) // no memory limit: math.MaxInt64
+	for _, c := range []struct {
+		name                         string
+		headroom                     uint64
+		base                         int
+		live, stacks, globals, limit uint64
+		want                         int
+	}{
+		{"small live heap: the floor", 32 * mib, 100, 7 * mib, mib / 2, mib / 2, none, 400},
+		{"tiny live heap: the runtime's 4 MiB minimum, scaled by GOGC, gives the floor", 32 * mib, 100, mib, 0, 0, none, 825},
+		{"large live heap: GOGC as it was", 32 * mib, 100, 100 * mib, 0, 0, none, 100},
+		{"a base above 100 stays", 32 * mib, 300, 16 * mib, 0, 0, none, 300},
+		{"a quarter of the memory limit at most", 32 * mib, 100, 8 * mib, 0, 0, 64 * mib, 200},
+		{"a huge headroom does not overflow", 1 << 62, 100, 4 * mib, 0, 0, none, 1<<31 - 1},
+		{"an empty heap", 32 * mib, 100, 0, 0, 0, none, 800},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := floorPercent(c.headroom, c.base, c.live, c.stacks, c.globals, c.limit); got != c.want {
+				t.Errorf("floorPercent = %d, want %d", got, c.want)
+			}
+		})
+	}
+}
+
+// TestGCFloorDaemon: the running broker keeps the floor (gc_headroom,
+// default 32MiB: GOGC raised and the next collection at 32 MiB at least, as
+// /metrics shows), and a GOGC environment variable wins over it.
+func TestGCFloorDaemon(t *testing.T) {
+	bin := buildBinary(t)
+	gauge := func(t *testing.T, metrics, name string) float64 {
+		t.Helper()
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(metrics)
+		if m == nil {
+			t.Fatalf("no %s in /metrics", name)
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, gogc := range []string{"", "150"} {
+		t.Run("GOGC="+gogc, func(t *testing.T) {
+			t.Setenv("GOGC", gogc) // inherited by the broker; "" is unset for the runtime and for us
+			cfg, httpAddr := brokerConfig(t)
+			d := startDaemon(t, bin, "run", "-c", cfg)
+			waitFor(t, d.stderr, d.done, "address="+httpAddr)
+			m := httpGet(t, "http://"+httpAddr+"/metrics")
+			percent, next := gauge(t, m, "go_gc_gogc_percent"), gauge(t, m, "go_memstats_next_gc_bytes")
+			switch {
+			case gogc == "" && (percent <= 100 || next < 32<<20):
+				t.Errorf("GOGC %v, next collection at %v bytes: want GOGC above 100 and the next collection at 32 MiB at least", percent, next)
+			case gogc != "" && percent != 150:
+				t.Errorf("GOGC %v, want the environment's 150", percent)
+			}
+			if code := d.stop(t); code != 0 {
+				t.Errorf("exit %d after SIGTERM", code)
+			}
+		})
+	}
+}
