@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // readMetric is one runtime/metrics value of kind uint64.
@@ -52,6 +54,28 @@ func TestGCFloor(t *testing.T) {
 		t.Errorf("heap goal %d with a live heap of %d and a headroom of %d", goal, live, headroom)
 	}
 	with := collectionsWhileAllocating(t, garbage)
+
+	// After each collection the floor follows the live heap: above the
+	// headroom GOGC is back to 100, below it raised again.
+	waitGOGC := func(want func(uint64) bool, what string) {
+		t.Helper()
+		for range 500 { // each round a collection, then the cleanup that adjusts
+			runtime.GC()
+			if want(readMetric(t, "/gc/gogc:percent")) {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Errorf("GOGC %d after 500 collections, want %s", readMetric(t, "/gc/gogc:percent"), what)
+	}
+	kept := make([][]byte, 0, 2*headroom>>20)
+	for range cap(kept) {
+		kept = append(kept, make([]byte, 1<<20))
+	}
+	waitGOGC(func(p uint64) bool { return p == before }, fmt.Sprintf("%d with a live heap twice the headroom", before))
+	runtime.KeepAlive(kept)
+	kept = nil
+	waitGOGC(func(p uint64) bool { return p > before }, fmt.Sprintf("above %d once the live heap is small again", before))
 	stop()
 	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
 	if with > garbage/headroom+2 || with >= without {
