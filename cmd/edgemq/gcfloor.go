@@ -14,22 +14,23 @@ const heapMinimumAt100 = 4 << 20
 
 // gcFloor keeps the garbage collector's heap goal at least the live heap plus
 // a headroom: with GOGC=100 alone a broker whose live heap is a few MB
-// collects every few MB allocated, dozens of times a second under load, and
-// the collector's share of the CPU per message is then a quarter or more.
-// Above the floor GOGC is as it was (the goal is the live heap doubled); the
-// memory limit (memory_limit, GOMEMLIMIT) stays the hard bound, since the
-// runtime takes the smaller of the GOGC goal and the limit's, and the floor
-// is never more than a quarter of the limit in force, so that it does not push
-// the heap into the limit's regime, where the collector works harder.
+// collects every few MB allocated, dozens of times a second under load, a
+// tenth to a quarter of its CPU per message (docs/deployment.md). Above the
+// floor GOGC is as it was (the goal is the live heap doubled); the memory
+// limit (memory_limit, GOMEMLIMIT) stays the bound, since the runtime takes
+// the smaller of the GOGC goal and the limit's, and the floor is never more
+// than a quarter of the limit in force, so that it does not push the heap
+// into the limit's regime, where the collector works harder.
 //
 // It works by setting GOGC (debug.SetGCPercent) after each collection, from
 // the live heap that collection marked (runtime/metrics): the runtime's goal
 // is live + (live + stacks + globals) * GOGC/100, at least 4 MiB * GOGC/100
-// (floorPercent).
-// What it cannot do: the GOGC set after one collection is the one the next
-// collection's goal is computed with, so a live heap that grows tenfold
-// between two collections gets the old, raised GOGC for one cycle (the next
-// callback lowers it at once); the memory limit bounds that cycle too.
+// (floorPercent). What it cannot do: a collection computes its successor's
+// goal with the GOGC set after the one before, so when the live heap grew
+// tenfold in between, that goal is too high until the callback lowers it,
+// which is at once unless the callback missed a cycle (its sentinel allocated
+// during a mark phase: the next collection finishes the job); the memory
+// limit bounds that cycle too.
 type gcFloor struct {
 	headroom uint64
 	base     int // GOGC above the floor, as the process started with it
