@@ -508,7 +508,7 @@ func TestEveryFieldIsValidatedAndDocumented(t *testing.T) {
 		"bridges[].forward[].filter", "bridges[].forward[].strip_prefix", "bridges[].forward[].remote",
 		"bridges[].forward[].qos", "bridges[].forward[].retain",
 		"bridges[].downlink[].filter", "bridges[].downlink[].strip_prefix", "bridges[].downlink[].local", "bridges[].downlink[].qos",
-		"memory_limit",
+		"memory_limit", "gc_headroom",
 	}
 	got := fieldPaths(reflect.TypeOf(edge.Config{}), "")
 	slices.Sort(got)
