@@ -363,6 +363,8 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 		for _, f := range pk.Filters {
 			a.w.need(cl, f.Filter)
 		}
+	case packets.Disconnect:
+		keepWill(&pk)
 	}
 	if err := s.InjectPacket(cl, pk); err != nil {
 		return b.packetFailed(cl, &pk, err)
@@ -371,6 +373,18 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	// client: readPacket counted it already.
 	atomic.AddInt64(&s.Info.PacketsReceived, -1)
 	return nil
+}
+
+// keepWill hands mochi a DISCONNECT with any reason code but 0x00 Normal
+// disconnection as 0x04 Disconnect with Will Message: only 0x00 discards
+// the will [MQTT-3.1.2-10] [MQTT-3.14.4-3], so a client that disconnects
+// with an error code (0x80 and above) leaves it to be published, as for a
+// lost connection; mochi discards it for every code but 0x04 (pinned by
+// TestMochiDisconnectCodesAndWill). A 3.1.1 DISCONNECT has no code.
+func keepWill(pk *packets.Packet) {
+	if pk.ReasonCode != packets.CodeSuccess.Code {
+		pk.ReasonCode = packets.CodeDisconnectWillMessage.Code
+	}
 }
 
 // disconnectClient ends cl's connection with code, and returns code: an

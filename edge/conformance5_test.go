@@ -748,6 +748,18 @@ func TestConformance5Will(t *testing.T) {
 		rc.closed(5 * time.Second)
 		wait(t, "will/04", 5*time.Second)
 	})
+	// [MQTT-3.1.2-10] [MQTT-3.14.4-3]: only DISCONNECT 0x00 discards the
+	// will; one with an error code (the client's own failure) leaves it
+	// to be published as for a lost connection.
+	for _, code := range []byte{0x80, 0x83, 0x93} {
+		t.Run(fmt.Sprintf("MQTT-3.1.2-10 disconnect %#x publishes the will", code), func(t *testing.T) {
+			topic := fmt.Sprintf("will/err%x", code)
+			rc, _ := v5(t, addr, "w-"+topic, true, willConnect(topic, 0, 0))
+			rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: code})
+			rc.closed(5 * time.Second)
+			wait(t, topic, 5*time.Second)
+		})
+	}
 	// [MQTT-3.1.3-9]: the will waits its delay; a new connection to the
 	// session before then means no will.
 	t.Run("MQTT-3.1.3-9 will delay cancelled by reconnect", func(t *testing.T) {

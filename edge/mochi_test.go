@@ -281,3 +281,24 @@ func TestMochiSharedWildcardGetsSys(t *testing.T) {
 		t.Errorf("got %q, want a $SYS topic", got.TopicName)
 	}
 }
+
+// keepWill relies on this: plain mochi publishes a will after DISCONNECT
+// 0x04 and, as after 0x00, discards it after an error code such as 0x80.
+func TestMochiDisconnectCodesAndWill(t *testing.T) {
+	for _, tc := range []struct {
+		code  byte
+		wills int32
+	}{{0x00, 0}, {0x04, 1}, {0x80, 0}} {
+		h := &willCounter{}
+		rc := dialRaw(t, plainMochi(t, h), 5)
+		rc.connectWith("w", true, 30, func(pk *packets.Packet) {
+			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "will/w", []byte("w")
+		})
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: tc.code})
+		rc.closed(5 * time.Second)
+		time.Sleep(200 * time.Millisecond) // mochi's read loop ends the client
+		if got := h.wills.Load(); got != tc.wills {
+			t.Errorf("DISCONNECT %#x: %d wills, want %d", tc.code, got, tc.wills)
+		}
+	}
+}
