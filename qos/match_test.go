@@ -31,6 +31,19 @@ func TestMatch(t *testing.T) {
 		{"sport/tennis/+", "sport/tennis/player1", true},
 		{"sport/+/player1", "sport/tennis/player1", true},
 		{"", "a", false},
+		// §4.7.1: '+' matches an empty level too, '#' the parent level
+		// and any number below; §4.7.3: case matters; [MQTT-4.7.2-1] a
+		// filter beginning with a wildcard matches no '$' topic.
+		{"a/+/c", "a//c", true},
+		{"/#", "/a", true},
+		{"#", "/a", true},
+		{"+/#", "a", true},
+		{"a/+/#", "a/b", true},
+		{"a/b/#", "a/b/", true},
+		{"A/b", "a/b", false},
+		{"$SYS/+", "$SYS/x", true},
+		{"+/#", "$SYS", false},
+		{"$SYS", "$SYS", true},
 	}
 	for _, tt := range tests {
 		if got := qos.Match(tt.filter, tt.topic); got != tt.want {
