@@ -132,6 +132,8 @@ type brokerSpec struct {
 	// start launches the broker listening on tcpPort (and wsPort) and
 	// returns the command; dir is a fresh directory for its files.
 	start func(dir string, tcpPort, wsPort int) (*exec.Cmd, error)
+	// pin runs the broker on brokerCPU alone (compare -pin).
+	pin bool
 }
 
 // runningBroker is a broker subprocess owned by the compare driver.
@@ -153,6 +155,11 @@ func launch(spec brokerSpec, dir string) (*runningBroker, error) {
 	cmd, err := spec.start(dir, ports[0], ports[1])
 	if err != nil {
 		return nil, err
+	}
+	if spec.pin {
+		if cmd, err = pinned(cmd, brokerCPU); err != nil {
+			return nil, err
+		}
 	}
 	logPath := filepath.Join(dir, "broker.log")
 	lf, err := os.Create(logPath)
@@ -411,6 +418,8 @@ type compareReport struct {
 	Skipped []string          `json:"skipped,omitempty"`
 	// LoadAvg is the highest one-minute load average seen at the start of a run.
 	LoadAvg float64 `json:"max_load_avg_1m"`
+	// Pinned: compare -pin (brokers on CPU 0, the generator on CPU 1).
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -429,8 +438,14 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	mdOut := fs.String("md", "", "also write the tables as Markdown to this file (as in deploy/bench/README.md)")
 	inflight := fs.Int("inflight", 100, "most unacknowledged QoS 1/2 publishes per connection")
 	drain := fs.Duration("drain", 5*time.Second, "a message not delivered after this long without any delivery counts as lost")
+	pin := fs.Bool("pin", false, "every broker on CPU 0 alone (taskset; a Go broker then has GOMAXPROCS=1), the generator on CPU 1, as issue 10's external generator measured them")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *pin {
+		if err := pinSelf(generatorCPU); err != nil {
+			return err
+		}
 	}
 	if *quick {
 		set := map[string]bool{}
@@ -484,9 +499,11 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			specs = append(specs, s)
 		}
 	}
-	for _, s := range specs {
-		rep.Brokers[s.name] = s.note
+	for i := range specs {
+		specs[i].pin = *pin
+		rep.Brokers[specs[i].name] = specs[i].note
 	}
+	rep.Pinned = *pin
 	scens := compareScenarios(*duration, *quick)
 	if *only != "" {
 		want := strings.Split(*only, ",")
@@ -686,7 +703,11 @@ func compareOne(ctx context.Context, b brokerSpec, sc compareScenario, dir strin
 // printCompare writes the medians table and the ratios.
 func printCompare(w io.Writer, rep compareReport, scens []compareScenario, specs []brokerSpec) {
 	fmt.Fprintf(w, "edgemq-bench compare: %d round(s), medians, %.0f s total; loopback, MQTT 3.1.1 over TCP unless the scenario says mqtt5 or ws, 256-byte payloads\n", rep.Rounds, rep.Seconds)
-	fmt.Fprintf(w, "machine: %s; started %s\n\n", rep.Machine, rep.Started.Format(time.RFC3339))
+	pinned := ""
+	if rep.Pinned {
+		pinned = fmt.Sprintf("; brokers pinned to CPU %d, generator to CPU %d", brokerCPU, generatorCPU)
+	}
+	fmt.Fprintf(w, "machine: %s; started %s%s\n\n", rep.Machine, rep.Started.Format(time.RFC3339), pinned)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tbroker\tmedian\tunit\trounds min-max\tlost\tdup\tbroker CPU s/M msgs\tpeak RSS MB\tgenerator CPU s\t")
 	byKey := map[[2]string]*cell{}

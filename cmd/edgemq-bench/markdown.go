@@ -15,8 +15,12 @@ import (
 // medians per scenario and broker, then the edgemq ratios. It needs only
 // the report, so a saved JSON can be rendered again (`edgemq-bench report`).
 func writeMarkdown(w io.Writer, rep compareReport) {
-	fmt.Fprintf(w, "Machine: %s. %d round(s), %.0f s in all, started %s; highest load average at the start of a run: %.1f.\n\n",
-		rep.Machine, rep.Rounds, rep.Seconds, rep.Started.Format("2006-01-02 15:04 MST"), rep.LoadAvg)
+	pinned := ""
+	if rep.Pinned {
+		pinned = fmt.Sprintf(" Brokers pinned to CPU %d, the generator to CPU %d (-pin).", brokerCPU, generatorCPU)
+	}
+	fmt.Fprintf(w, "Machine: %s. %d round(s), %.0f s in all, started %s; highest load average at the start of a run: %.1f.%s\n\n",
+		rep.Machine, rep.Rounds, rep.Seconds, rep.Started.Format("2006-01-02 15:04 MST"), rep.LoadAvg, pinned)
 	fmt.Fprintln(w, "| scenario | broker | median | unit | rounds min-max | lost | dup | broker CPU s / M msgs | peak RSS MB | generator CPU s |")
 	fmt.Fprintln(w, "|---|---|---:|---|---|---|---:|---:|---:|---:|")
 	var scenarios, brokers []string
