@@ -57,6 +57,16 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 		defer startGCFloor(int64(cfg.GCHeadroom))()
 		logger.Info("garbage collection floor set", "headroom_bytes", int64(cfg.GCHeadroom))
 	}
+	pctx, cancelProcs := context.WithCancel(ctx)
+	procsDone := make(chan struct{})
+	go func() {
+		defer close(procsDone)
+		adaptProcs(pctx, procsEvery, logger)
+	}()
+	defer func() {
+		cancelProcs()
+		<-procsDone
+	}()
 	sd := &systemdNotifier{log: logger}
 	defer sd.wait()
 	rl := newReloader(path, logger)
