@@ -308,3 +308,51 @@ func BenchmarkCheckpointSessions(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFaninSlowFsync is QoS 1 publishing from 100 connections at
+// once, each with a window of 8, over a log whose fsync takes 500 µs
+// (group commit): each durability event finds many connections waiting
+// for their PUBACKs, some of them for the next batch. Reported: the
+// process's CPU time per publish.
+func BenchmarkFaninSlowFsync(b *testing.B) {
+	const pubs, window = 100, 8
+	l := newMemLog()
+	l.slowSync(b, 500*time.Microsecond)
+	c := qos.DefaultConfig(l)
+	c.Logger = slog.New(slog.DiscardHandler)
+	c.CheckpointInterval = time.Hour
+	e, err := qos.New(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.Start()
+	defer e.Close()
+	cls := make([]*qos.Client, pubs)
+	conns := make([]*countConn, pubs)
+	for i := range pubs {
+		cls[i], conns[i] = benchConnect(b, e, fmt.Sprint("pub", i))
+	}
+	payload := make([]byte, 256)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	var wg sync.WaitGroup
+	per := b.N/pubs + 1
+	for i := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range per {
+				cls[i].Publish(&qos.Message{Topic: "up/t", QoS: 1, Payload: payload}, uint16(j%60000+1))
+				for conns[i].acks.Load() < int64(j+1)-window {
+					time.Sleep(20 * time.Microsecond)
+				}
+			}
+			for conns[i].acks.Load() < int64(per) {
+				time.Sleep(20 * time.Microsecond)
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(per*pubs), "cpu-ns/publish")
+}

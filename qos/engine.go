@@ -247,20 +247,19 @@ func (e *Engine) Close() error {
 // holds.
 func (e *Engine) durableMoved() {
 	e.durMu.Lock()
-	w := e.durWait
-	e.durWait = nil
-	n := 0
-	for _, c := range w {
+	var w []*connection
+	keep := e.durWait[:0]
+	for _, c := range e.durWait {
 		if !e.resolved(c.awaitOff) {
-			e.durWait = append(e.durWait, c)
+			keep = append(keep, c)
 			continue
 		}
 		c.awaiting = false
-		w[n] = c
-		n++
+		w = append(w, c)
 	}
+	clear(e.durWait[len(keep):])
+	e.durWait = keep
 	e.durMu.Unlock()
-	w = w[:n]
 	for _, c := range w {
 		if len(w) <= ackNowConns {
 			c.ackNow()

@@ -234,8 +234,8 @@ func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
 	epoch := l.epoch
 	l.mu.Unlock()
 	off, err := l.appendAsync(recs)
-	if err == nil {
-		l.durableEvent(epoch)
+	if err == nil && l.Resolved(off+uint64(len(recs))-1) {
+		l.durableEvent(epoch) // durable at once: no slow fsync, no hold
 	}
 	return off, err
 }
