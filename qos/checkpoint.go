@@ -161,10 +161,15 @@ func (e *Engine) trim() error {
 // It sees one state of sessions and groups together: a message moves
 // between a group and a member (taken, found by the member's scan of the
 // group's backlog, given back) only under both their locks, or under
-// Engine.mu, so the walk holds Engine.mu and keeps every session's lock
-// it takes until it has read the groups too. A session released before
-// the groups were read could take a message, or end a scan, in between,
-// and the message would be in neither walk.
+// Engine.mu, so the walk holds Engine.mu and keeps the lock of every
+// session that has to do with a group (a member, or one holding a
+// group's flight or scan find) until it has read the groups too. A
+// session released before the groups were read could take a message, or
+// end a scan, in between, and the message would be in neither walk. Any
+// other session's lock goes as soon as it is read: no message can move
+// between it and a group while Engine.mu keeps memberships as they are,
+// so its publishes, deliveries and acknowledgements wait for the walk of
+// one session, not of all (BenchmarkCheckpointSessions).
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	progress := e.fannedOut.Load()
 	floor := upTo
@@ -187,7 +192,7 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	}()
 	for id, s := range e.sessions {
 		s.mu.Lock()
-		locked = append(locked, s)
+		grouped := s.hasGroups()
 		pos := s.queue.Position(progress)
 		if c := s.conn.Load(); c != nil {
 			for _, sc := range c.scanned { // read past, not yet taken
@@ -195,6 +200,7 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				if sc.g == nil { // the session's own: its position too
 					pos = min(pos, sc.Offset)
 				} else {
+					grouped = true
 					hold(sc.g, sc.Offset)
 				}
 			}
@@ -212,6 +218,9 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			if !f.released {
 				floor = min(floor, f.offset)
 			}
+			if f.group != nil {
+				grouped = true
+			}
 			if f.group != nil && !s.persistent {
 				// A clean member's message is lost with it at a restart:
 				// the group takes it again from its position.
@@ -224,6 +233,11 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				}
 				ss.Inflight[pid] = in
 			}
+		}
+		if grouped {
+			locked = append(locked, s)
+		} else {
+			s.mu.Unlock()
 		}
 	}
 	for key, g := range e.groups {
