@@ -61,11 +61,13 @@ type Log struct {
 	holeFrom    uint64 // offsets [holeFrom, holeTo] failed and still need
 	holeTo      uint64 // hole entries on disk (holeFrom == 0: none)
 	hbuf        []byte
-	concurrency int          // Append calls in the last batch and queued behind it
-	lastFsync   atomic.Int64 // nanoseconds of the last segment fsync
-	fastFsyncs  int          // batch fsyncs in a row under quietFsync (see quiet)
-	closeErr    error        // the final fsync's failure, for Close
-	errLog      rateLimit    // for the writer's repeating errors
+	concurrency int           // Append calls in the last batch and queued behind it
+	lastFsync   atomic.Int64  // nanoseconds of the last segment fsync
+	fastFsyncs  int           // batch fsyncs in a row under quietFsync (see quiet)
+	idleFrom    time.Time     // when the writer ended its last batch
+	idle        time.Duration // how long it waited before the batch it writes
+	closeErr    error         // the final fsync's failure, for Close
+	errLog      rateLimit     // for the writer's repeating errors
 
 	// syncMu guards what waits for an fsync: the writer adds, syncFiles
 	// (writer or, under SyncInterval, the sync goroutine) takes.

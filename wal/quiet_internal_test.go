@@ -40,10 +40,13 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 			const n = 3 * quietAfter
 			payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
 			for i := 1; i <= n; i++ {
+				start := time.Now()
 				off, err := l.Append(context.Background(), payload(i))
 				if err != nil || off != uint64(i) {
 					t.Fatalf("append %d: offset %d, %v", i, off, err)
 				}
+				// Idle longer than the fsync took: a low rate.
+				time.Sleep(2 * time.Since(start))
 			}
 			held := l.stats.heldFsyncs.Load()
 			switch {
@@ -70,25 +73,29 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 	}
 }
 
-// quiet holds only under SyncAlways, for a small batch, after quietAfter
-// fast fsyncs in a row.
+// quiet holds only under SyncAlways, for a small batch the writer waited
+// for at least an fsync's time, after quietAfter fast fsyncs in a row.
 func TestQuietRule(t *testing.T) {
+	const fsync = 300 * time.Microsecond
 	for _, tc := range []struct {
 		sync  SyncPolicy
 		fast  int
 		bytes int
+		idle  time.Duration
 		want  bool
 	}{
-		{SyncAlways, quietAfter, 300, true},
-		{SyncAlways, quietAfter, quietBytes, true},
-		{SyncAlways, quietAfter, quietBytes + 1, false},
-		{SyncAlways, quietAfter - 1, 300, false},
-		{SyncInterval, quietAfter, 300, false},
-		{SyncNever, quietAfter, 300, false},
+		{SyncAlways, quietAfter, 300, fsync, true},
+		{SyncAlways, quietAfter, quietBytes, 2 * fsync, true},
+		{SyncAlways, quietAfter, quietBytes + 1, fsync, false},
+		{SyncAlways, quietAfter, 300, fsync - 1, false}, // the next batch was waiting: load
+		{SyncAlways, quietAfter - 1, 300, fsync, false},
+		{SyncInterval, quietAfter, 300, fsync, false},
+		{SyncNever, quietAfter, 300, fsync, false},
 	} {
-		l := &Log{cfg: Config{Sync: tc.sync}, fastFsyncs: tc.fast}
+		l := &Log{cfg: Config{Sync: tc.sync}, fastFsyncs: tc.fast, idle: tc.idle}
+		l.lastFsync.Store(int64(fsync))
 		if got := l.quiet(tc.bytes); got != tc.want {
-			t.Errorf("%s, %d fast fsyncs, %d bytes: quiet %v, want %v", tc.sync, tc.fast, tc.bytes, got, tc.want)
+			t.Errorf("%s, %d fast fsyncs, %d bytes, idle %v: quiet %v, want %v", tc.sync, tc.fast, tc.bytes, tc.idle, got, tc.want)
 		}
 	}
 }

@@ -75,6 +75,8 @@ func (l *Log) flush() bool {
 		l.qmu.Unlock()
 		return false
 	}
+	l.idle = time.Since(l.idleFrom)
+	defer func() { l.idleFrom = time.Now() }()
 	if n := l.q.waiters; l.cfg.Sync == SyncAlways && l.concurrency >= 2 && n < l.concurrency && !l.closing() {
 		l.qmu.Unlock()
 		l.linger(l.concurrency)
@@ -262,9 +264,10 @@ func (l *Log) writeBatch(b *batch) {
 	}
 }
 
-// The writer is quiet (see quiet) when the batch is at most quietBytes
-// and the last quietAfter fsyncs each took less than quietFsync (a
-// variable for the tests, which cannot count on a fast disk).
+// The writer is quiet (see quiet) when it waited for the batch at least
+// as long as the last fsync took, the batch is at most quietBytes, and
+// the last quietAfter fsyncs each took less than quietFsync (a variable
+// for the tests, which cannot count on a fast disk).
 const (
 	quietBytes = 16 << 10
 	quietAfter = 8
@@ -285,20 +288,23 @@ var quietFsync = 2 * time.Millisecond
 // msg/s this cost more CPU than the kernel's fsync itself (about 50 us
 // against 46 per fsync on the benchmark's disk). Holding the P costs
 // nothing of that, but nothing else runs on it meanwhile (with one P,
-// nothing at all: no read loop, no timer), and a garbage collection that
-// stops the world waits for the fsync to end. So the writer holds only
-// while the log is quiet: nothing waits behind the batch, the batch is
-// small, and the disk has been fast, so the P is held about as long as
-// the previous fsyncs took, under 2 ms, at a rate where there is little
-// else to run meanwhile (the next publish's append waits for this fsync
-// anyway). Under load (a queue behind the batch, a large batch) or on a
-// slow disk (an SD card's 10-100 ms fsync) the writer hands the P off as
-// usual, so the read loops keep running and group commit fills the next
-// batch. One fsync that turns slow while held (the disk gave no warning)
-// holds the P for its whole time, and turns holding off until quietAfter
-// fast ones came again.
+// nothing at all: no read loop reads the next publishes, no timer fires),
+// and a garbage collection that stops the world waits for the fsync to
+// end. So the writer holds only while the log is quiet: it was idle
+// before the batch at least as long as an fsync takes (the log is idle
+// half the time or more), the batch is small, and the disk has been fast,
+// so the P is held about as long as the previous fsyncs took, under 2 ms,
+// when there is little else to run (the next publish's append waits for
+// this fsync anyway). Under load the writer finds the next batch waiting
+// when it ends one, so it hands the P off as usual and the read loops
+// fill the next batch during the fsync (group commit); holding there
+// would make reading and fsyncing take turns. On a slow disk (an SD
+// card's 10-100 ms fsync) it never holds. One fsync that turns slow while
+// held (the disk gave no warning) holds the P for its whole time, and
+// turns holding off until quietAfter fast ones came again.
 func (l *Log) quiet(bytes int) bool {
-	return l.cfg.Sync == SyncAlways && l.fastFsyncs >= quietAfter && bytes <= quietBytes
+	return l.cfg.Sync == SyncAlways && l.fastFsyncs >= quietAfter && bytes <= quietBytes &&
+		l.idle >= time.Duration(l.lastFsync.Load())
 }
 
 // roll starts a new tail segment whose first offset is base. It first

@@ -51,7 +51,11 @@ func adaptProcs(ctx context.Context, every time.Duration, log *slog.Logger) {
 	defer procsAdapting.Store(false)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var p procsState
+	// It starts on one P: the first busy look (a replay of a long log, a
+	// burst of clients) gives the default back, and a broker that starts
+	// quiet is quiet from the start, not after procsQuiet looks.
+	p := procsState{one: true}
+	runtime.GOMAXPROCS(1)
 	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
 	metrics.Read(s)
 	lastLate, lastAll := late(s[0].Value.Float64Histogram())

@@ -38,8 +38,8 @@ func TestProcsRule(t *testing.T) {
 	}
 }
 
-// On a real process: quiet goes to one P, busy goes back to the default,
-// and the end restores the default.
+// On a real process: it starts on one P, busy goes back to the default,
+// quiet again to one P, and the end restores the default.
 func TestAdaptProcs(t *testing.T) {
 	def := runtime.GOMAXPROCS(0)
 	if def < 2 || os.Getenv("GOMAXPROCS") != "" {
@@ -72,6 +72,7 @@ func TestAdaptProcs(t *testing.T) {
 	waitProcs(t, def, "while the process is busy")
 	stop.Store(true)
 	wg.Wait()
+	waitProcs(t, 1, "once the process is quiet again")
 }
 
 func waitProcs(t *testing.T, want int, when string) {
