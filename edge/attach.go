@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -328,6 +329,12 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	s, cl := b.srv, a.cl
 	pk, err := readPacket(s, cl, a.wc, fh)
 	if err != nil {
+		if errors.As(err, new(packets.Code)) {
+			// Malformed, or a protocol error its decoding found: a v5
+			// client gets DISCONNECT with the reason code before the close,
+			// as a server SHOULD do [MQTT-4.13.1-1]; mochi closed without.
+			return b.packetFailed(cl, &pk, err)
+		}
 		return err
 	}
 	b.fixRead(&pk)
@@ -414,7 +421,8 @@ func sharedNoLocal(pk *packets.Packet) bool {
 // packetFailed ends a connection whose packet failed as mochi's
 // receivePacket does: a v5 client gets DISCONNECT with the reason code.
 func (b *Broker) packetFailed(cl *mqtt.Client, pk *packets.Packet, err error) error {
-	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
+	var code packets.Code
+	if errors.As(err, &code) && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
 		_ = b.srv.DisconnectClient(cl, code)
 	}
 	b.srv.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", *pk)

@@ -1101,6 +1101,21 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 			next.expect(packets.Pingresp, 5*time.Second)
 		})
 	}
+	// [MQTT-4.13.1-1]: a packet that does not decode (here a topic that is
+	// not UTF-8 [MQTT-1.5.4-1]: a surrogate) is malformed: DISCONNECT 0x81,
+	// which a server SHOULD send before it closes, then the close.
+	t.Run("MQTT-4.13.1-1 malformed packet gets disconnect 0x81", func(t *testing.T) {
+		rc, _ := v5(t, addr, "pe-utf8", true, nil)
+		if _, err := rc.c.Write([]byte{0x30, 7, 0, 3, 0xed, 0xa0, 0x80, 0, 'x'}); err != nil {
+			t.Fatal(err)
+		}
+		if d := rc.expect(packets.Disconnect, 5*time.Second); d.ReasonCode != 0x81 {
+			t.Errorf("disconnect %#x, want 0x81", d.ReasonCode)
+		}
+		if !rc.closed(5 * time.Second) {
+			t.Error("still open")
+		}
+	})
 	// [MQTT-3.3.1-2]? DUP 1 on a QoS 0 PUBLISH.
 	t.Run("MQTT-3.3.1-2 dup on qos 0", func(t *testing.T) {
 		rc, _ := v5(t, addr, "pe-dup", true, nil)
