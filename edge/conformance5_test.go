@@ -760,6 +760,16 @@ func TestConformance5Will(t *testing.T) {
 			wait(t, topic, 5*time.Second)
 		})
 	}
+	// §3.14.2.2: a DISCONNECT of Remaining Length 1 is a reason code with
+	// no properties (Mosquitto's clients send 0x04 so): e0 01 04.
+	t.Run("MQTT-3.14.2 disconnect 0x04 without properties", func(t *testing.T) {
+		rc, _ := v5(t, addr, "w-04short", true, willConnect("will/04short", 0, 0))
+		if _, err := rc.c.Write([]byte{0xe0, 0x01, 0x04}); err != nil {
+			t.Fatal(err)
+		}
+		rc.closed(5 * time.Second)
+		wait(t, "will/04short", 5*time.Second)
+	})
 	// [MQTT-3.1.3-9]: the will waits its delay; a new connection to the
 	// session before then means no will.
 	t.Run("MQTT-3.1.3-9 will delay cancelled by reconnect", func(t *testing.T) {
