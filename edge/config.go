@@ -31,10 +31,12 @@ type Config struct {
 	// allocated since the last one left the live heap, however small that is
 	// (with GOGC=100 alone a live heap of 8 MB is collected every 8 MB
 	// allocated, dozens of times a second under load). Above the floor GOGC
-	// applies as usual (a live heap of 100 MB collects at 200 MB). Never more
-	// than a quarter of the memory limit in force, which stays the bound. A
-	// GOGC environment variable turns the floor off. Default: 32MiB; 0: none.
-	// Danger: the broker's memory under load grows by up to this much.
+	// applies as usual (a live heap of 100 MB collects at 200 MB). Only while
+	// busy: when GOGC alone would collect less than once a second, it applies
+	// alone. Never more than a quarter of the memory limit in force, which
+	// stays the bound. A GOGC environment variable turns the floor off.
+	// Default: 32MiB; 0: none. Danger: the broker's memory under load grows
+	// by up to this much.
 	GCHeadroom ByteSize `yaml:"gc_headroom"`
 	// Storage is the durable log.
 	Storage StorageConfig `yaml:"storage"`

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -9,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // readMetric is one runtime/metrics value of kind uint64.
@@ -37,10 +41,13 @@ func collectionsWhileAllocating(t *testing.T, n int) uint64 {
 }
 
 // TestGCFloor: with a floor of 128 MiB, 512 MiB of garbage on this test's
-// small live heap take a few collections (one every 128 MiB at most), fewer
+// small live heap take a few collections (about one every 128 MiB once the
+// first showed the process busy; at most 10), fewer
 // than GOGC=100 alone makes (its goal is the runtime's 4 MiB minimum here;
 // on a busy machine a collection overshoots it, so fewer than 128); the
-// heap goal is the live heap plus the headroom at least; stop puts GOGC back.
+// heap goal is the live heap plus the headroom at least; the floor follows
+// the live heap, lets go when the process allocates little, and stop puts
+// GOGC back.
 func TestGCFloor(t *testing.T) {
 	const headroom, garbage = 128 << 20, 512 << 20
 	runtime.GC()
@@ -48,39 +55,47 @@ func TestGCFloor(t *testing.T) {
 	without := collectionsWhileAllocating(t, garbage)
 
 	stop := startGCFloor(headroom)
-	runtime.GC() // the floor adjusts after each collection
+	defer stop()
+	with := collectionsWhileAllocating(t, garbage)
+	// The last adjust followed the last collection of that busy loop.
 	live := readMetric(t, "/gc/heap/live:bytes")
 	if goal := readMetric(t, "/gc/heap/goal:bytes"); goal < live+headroom {
 		t.Errorf("heap goal %d with a live heap of %d and a headroom of %d", goal, live, headroom)
 	}
-	with := collectionsWhileAllocating(t, garbage)
+	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
+	// One every 128 MiB, and a few at GOGC's goal: before the first
+	// collection showed the floor that the process is busy, and after a
+	// stall of this goroutine made the rate between two look low.
+	if most := uint64(2*garbage/headroom + 2); with > most || with >= without {
+		t.Errorf("collections for %d MiB of garbage: %d with a %d MiB floor (want at most %d), %d without", garbage>>20, with, headroom>>20, most, without)
+	}
 
 	// After each collection the floor follows the live heap: above the
-	// headroom GOGC is back to 100, below it raised again.
-	waitGOGC := func(want func(uint64) bool, what string) {
+	// headroom GOGC is back to 100, below it raised again; and with little
+	// allocated between two collections, back to 100.
+	waitGOGC := func(want func(uint64) bool, what string, between func()) {
 		t.Helper()
-		for range 500 { // each round a collection, then the cleanup that adjusts
+		for range 50 { // each round a collection, then the cleanup that adjusts
+			between()
 			runtime.GC()
 			if want(readMetric(t, "/gc/gogc:percent")) {
 				return
 			}
-			time.Sleep(time.Millisecond)
 		}
-		t.Errorf("GOGC %d after 500 collections, want %s", readMetric(t, "/gc/gogc:percent"), what)
+		t.Errorf("GOGC %d after 50 collections, want %s", readMetric(t, "/gc/gogc:percent"), what)
 	}
+	busy := func() { collectionsWhileAllocating(t, 16<<20) }
 	kept := make([][]byte, 0, 2*headroom>>20)
 	for range cap(kept) {
 		kept = append(kept, make([]byte, 1<<20))
 	}
-	waitGOGC(func(p uint64) bool { return p == before }, fmt.Sprintf("%d with a live heap twice the headroom", before))
+	waitGOGC(func(p uint64) bool { return p == before }, fmt.Sprintf("%d with a live heap twice the headroom", before), busy)
 	runtime.KeepAlive(kept)
 	kept = nil
-	waitGOGC(func(p uint64) bool { return p > before }, fmt.Sprintf("above %d once the live heap is small again", before))
+	waitGOGC(func(p uint64) bool { return p > before }, fmt.Sprintf("above %d once the live heap is small again", before), busy)
+	waitGOGC(func(p uint64) bool { return p == before }, fmt.Sprintf("%d while next to nothing is allocated", before), func() { time.Sleep(200 * time.Millisecond) })
+
 	stop()
-	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
-	if with > garbage/headroom+2 || with >= without {
-		t.Errorf("collections for %d MiB of garbage: %d with a %d MiB floor (want at most %d), %d without", garbage>>20, with, headroom>>20, garbage/headroom+2, without)
-	}
 	if got := readMetric(t, "/gc/gogc:percent"); got != before {
 		t.Errorf("GOGC after stop %d, want %d as before", got, before)
 	}
@@ -108,27 +123,32 @@ func TestGCFloorUnderMemoryLimit(t *testing.T) {
 }
 
 // TestFloorPercent: the GOGC that gives the runtime's goal, live + (live +
-// stacks + globals) * GOGC/100 but at least 4 MiB * GOGC/100, its floor.
+// stacks + globals) * GOGC/100 but at least 4 MiB * GOGC/100, its floor;
+// GOGC as it was when that would collect less often than once a second.
 func TestFloorPercent(t *testing.T) {
 	const mib = 1 << 20
 	none := uint64(1<<63 - 1) // no memory limit: math.MaxInt64
+	busy := math.Inf(1)
 	for _, c := range []struct {
-		name                         string
-		headroom                     uint64
-		base                         int
-		live, stacks, globals, limit uint64
-		want                         int
+		name     string
+		headroom uint64
+		base     int
+		h        heapState
+		want     int
 	}{
-		{"small live heap: the floor", 32 * mib, 100, 7 * mib, mib / 2, mib / 2, none, 400},
-		{"tiny live heap: the runtime's 4 MiB minimum, scaled by GOGC, gives the floor", 32 * mib, 100, mib, 0, 0, none, 825},
-		{"large live heap: GOGC as it was", 32 * mib, 100, 100 * mib, 0, 0, none, 100},
-		{"a base above 100 stays", 32 * mib, 300, 16 * mib, 0, 0, none, 300},
-		{"a quarter of the memory limit at most", 32 * mib, 100, 8 * mib, 0, 0, 64 * mib, 200},
-		{"a huge headroom does not overflow", 1 << 62, 100, 4 * mib, 0, 0, none, 1<<31 - 1},
-		{"an empty heap", 32 * mib, 100, 0, 0, 0, none, 800},
+		{"small live heap: the floor", 32 * mib, 100, heapState{7 * mib, mib / 2, mib / 2, none, busy}, 400},
+		{"tiny live heap: the runtime's 4 MiB minimum, scaled by GOGC, gives the floor", 32 * mib, 100, heapState{mib, 0, 0, none, busy}, 825},
+		{"large live heap: GOGC as it was", 32 * mib, 100, heapState{100 * mib, 0, 0, none, busy}, 100},
+		{"a base above 100 stays", 32 * mib, 300, heapState{16 * mib, 0, 0, none, busy}, 300},
+		{"a quarter of the memory limit at most", 32 * mib, 100, heapState{8 * mib, 0, 0, 64 * mib, busy}, 200},
+		{"a huge headroom does not overflow", 1 << 62, 100, heapState{4 * mib, 0, 0, none, busy}, 1<<31 - 1},
+		{"an empty heap", 32 * mib, 100, heapState{0, 0, 0, none, busy}, 800},
+		{"idle: GOGC alone collects 8 MiB every 2 s", 32 * mib, 100, heapState{7 * mib, mib / 2, mib / 2, none, 4 * mib}, 100},
+		{"busy: GOGC alone collects 8 MiB every 0.5 s", 32 * mib, 100, heapState{7 * mib, mib / 2, mib / 2, none, 16 * mib}, 400},
+		{"idle, tiny heap: GOGC alone collects 3 MiB every 1.5 s", 32 * mib, 100, heapState{mib, 0, 0, none, 2 * mib}, 100},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := floorPercent(c.headroom, c.base, c.live, c.stacks, c.globals, c.limit); got != c.want {
+			if got := floorPercent(c.headroom, c.base, c.h); got != c.want {
 				t.Errorf("floorPercent = %d, want %d", got, c.want)
 			}
 		})
@@ -136,13 +156,14 @@ func TestFloorPercent(t *testing.T) {
 }
 
 // TestGCFloorDaemon: the running broker keeps the floor (gc_headroom,
-// default 32MiB: GOGC raised and the next collection at 32 MiB at least, as
-// /metrics shows), and a GOGC environment variable wins over it.
+// default 32MiB), as /metrics shows: GOGC 100 while idle, raised and the
+// next collection at 32 MiB at least once publishes keep it busy; a GOGC
+// environment variable wins over it.
 func TestGCFloorDaemon(t *testing.T) {
 	bin := buildBinary(t)
-	gauge := func(t *testing.T, metrics, name string) float64 {
+	gauge := func(t *testing.T, url, name string) float64 {
 		t.Helper()
-		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(metrics)
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(httpGet(t, url))
 		if m == nil {
 			t.Fatalf("no %s in /metrics", name)
 		}
@@ -155,16 +176,42 @@ func TestGCFloorDaemon(t *testing.T) {
 	for _, gogc := range []string{"", "150"} {
 		t.Run("GOGC="+gogc, func(t *testing.T) {
 			t.Setenv("GOGC", gogc) // inherited by the broker; "" is unset for the runtime and for us
-			cfg, httpAddr := brokerConfig(t)
+			dir := t.TempDir()
+			port, httpAddr := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			cfg := writeFile(t, dir, "edgemq.yaml", fmt.Sprintf("listeners:\n  - {type: tcp, address: \"127.0.0.1:%d\"}\nhttp: {address: %q}\nauth: {allow_anonymous: true}\nstorage: {dir: %q}\nshutdown: {grace: 0s}\n",
+				port, httpAddr, filepath.Join(dir, "data")))
 			d := startDaemon(t, bin, "run", "-c", cfg)
 			waitFor(t, d.stderr, d.done, "address="+httpAddr)
-			m := httpGet(t, "http://"+httpAddr+"/metrics")
-			percent, next := gauge(t, m, "go_gc_gogc_percent"), gauge(t, m, "go_memstats_next_gc_bytes")
+			metrics := "http://" + httpAddr + "/metrics"
+			idle := 100.0
+			if gogc != "" {
+				idle = 150
+			}
+			if p := gauge(t, metrics, "go_gc_gogc_percent"); p != idle {
+				t.Errorf("GOGC %v at the start, want %v", p, idle)
+			}
+			c := paho.NewClient(paho.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", port)).SetClientID("gcfloor").SetAutoReconnect(false))
+			if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("connect: %v", tok.Error())
+			}
+			payload := make([]byte, 32<<10)
+			busy := 0.0
+			for range 200 { // 20 rounds of 640 KiB each second: far more than GOGC=100 collects at once a second
+				for range 20 {
+					c.Publish("gcfloor/load", 0, false, payload).Wait()
+				}
+				if busy = gauge(t, metrics, "go_gc_gogc_percent"); busy != idle {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			next := gauge(t, metrics, "go_memstats_next_gc_bytes")
+			c.Disconnect(100)
 			switch {
-			case gogc == "" && (percent <= 100 || next < 32<<20):
-				t.Errorf("GOGC %v, next collection at %v bytes: want GOGC above 100 and the next collection at 32 MiB at least", percent, next)
-			case gogc != "" && percent != 150:
-				t.Errorf("GOGC %v, want the environment's 150", percent)
+			case gogc == "" && (busy <= 100 || next < 32<<20):
+				t.Errorf("under load GOGC %v, next collection at %v bytes: want GOGC above 100 and the next collection at 32 MiB at least", busy, next)
+			case gogc != "" && busy != 150:
+				t.Errorf("under load GOGC %v, want the environment's 150", busy)
 			}
 			if code := d.stop(t); code != 0 {
 				t.Errorf("exit %d after SIGTERM", code)
