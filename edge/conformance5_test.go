@@ -370,6 +370,23 @@ func TestConformance5Subscriptions(t *testing.T) {
 		}
 	})
 
+	// [MQTT-4.8.2-1]: a ShareName is at least one character; [MQTT-4.8.2-2]
+	// it holds no '+' or '#': SUBACK 0x8F for each such filter, in v5 and
+	// 3.1.1 (0x80).
+	t.Run("MQTT-4.8.2-1 shared subscription without a share name", func(t *testing.T) {
+		bad := []packets.Subscription{{Filter: "$share//x", Qos: 1}, {Filter: "$share//", Qos: 1}, {Filter: "$share/+/x", Qos: 1},
+			{Filter: "$share/#/x", Qos: 1}, {Filter: "$share/g/x", Qos: 1}}
+		rc, _ := v5(t, addr, "share-name", true, nil)
+		if codes := rc.subscribeWith(1, 0, bad...); !bytes.Equal(codes, []byte{0x8F, 0x8F, 0x8F, 0x8F, 1}) {
+			t.Errorf("v5 suback %x, want 8f 8f 8f 8f 01", codes)
+		}
+		v3c, _ := v3(t, addr, "share-name-v3", true, nil)
+		v3c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, Filters: bad})
+		if ack := v3c.expect(packets.Suback, 5*time.Second); !bytes.Equal(ack.ReasonCodes, []byte{0x80, 0x80, 0x80, 0x80, 1}) {
+			t.Errorf("3.1.1 suback %x, want 80 80 80 80 01", ack.ReasonCodes)
+		}
+	})
+
 	// [MQTT-3.10.4-5] [MQTT-3.11.3-1]: UNSUBACK per filter; 0x11 for a
 	// subscription that did not exist. The filters of one UNSUBSCRIBE are
 	// taken as a sequence of UNSUBSCRIBEs [MQTT-3.10.4-6]: a filter given

@@ -265,11 +265,19 @@ func (h *limitsHook) held(cl *mqtt.Client, filters packets.Subscriptions) (int, 
 
 // validFilter checks what mochi's IsValidFilter does not: '+' and '#'
 // are whole levels [MQTT-4.7.1-2] [MQTT-4.7.1-3] ("a+" and "a/b#" are
-// no filters), and a shared subscription has a filter after its group
-// [MQTT-4.8.2-2] ("$share/g/" has none).
+// no filters), and a shared subscription has a ShareName of at least one
+// character [MQTT-4.8.2-1] ("$share//x" has none), without '+' or '#',
+// and a filter after it [MQTT-4.8.2-2] ("$share/g/" has none).
 func validFilter(f string) bool {
+	if qos.CheckFilter(f) != "" {
+		return false
+	}
+	const share = "$share/"
+	if len(f) < len(share) || !strings.EqualFold(f[:len(share)], share) {
+		return true
+	}
 	group, inner := qos.SplitShared(f)
-	return qos.CheckFilter(f) == "" && (group == "" || qos.CheckFilter(inner) == "")
+	return group != "" && !strings.ContainsAny(group, "+#") && qos.CheckFilter(inner) == ""
 }
 
 // OnDisconnect forgets a SUBSCRIBE whose SUBACK was never written.
