@@ -243,7 +243,9 @@ func validateConnect(caps *mqtt.Capabilities, cl *mqtt.Client, pk *packets.Packe
 func refreshDeadline(cl *mqtt.Client) {
 	var t time.Time
 	if k := cl.State.Keepalive; k > 0 {
-		t = time.Now().Add(time.Duration(k+k/2) * time.Second)
+		// In milliseconds: k+k/2 seconds cut an odd keepalive half a
+		// second short (1 s for a Keep Alive of 1).
+		t = time.Now().Add(time.Duration(k) * 1500 * time.Millisecond)
 	}
 	_ = cl.Net.Conn.SetDeadline(t)
 }
