@@ -65,7 +65,7 @@ type Log struct {
 	lastFsync   atomic.Int64  // nanoseconds of the last segment fsync
 	fastFsyncs  int           // batch fsyncs in a row under quietFsync (see quiet)
 	idleFrom    time.Time     // when the writer ended its last batch
-	idle        time.Duration // how long it waited before the batch it writes
+	idle        time.Duration // from then to the first record of the batch it writes
 	closeErr    error         // the final fsync's failure, for Close
 	errLog      rateLimit     // for the writer's repeating errors
 
@@ -94,12 +94,15 @@ type Log struct {
 // batch is a run of encoded entries with consecutive offsets.
 type batch struct {
 	buf     []byte
-	sizes   []uint32 // size of each entry in buf
-	first   uint64   // offset of the first entry
-	waiters int      // Append calls (not AppendAsync) with records here
+	sizes   []uint32  // size of each entry in buf
+	first   uint64    // offset of the first entry
+	waiters int       // Append calls (not AppendAsync) with records here
+	at      time.Time // when its first record was queued
 }
 
-func (b *batch) reset() { b.buf, b.sizes, b.first, b.waiters = b.buf[:0], b.sizes[:0], 0, 0 }
+func (b *batch) reset() {
+	b.buf, b.sizes, b.first, b.waiters, b.at = b.buf[:0], b.sizes[:0], 0, 0, time.Time{}
+}
 
 // span is a range of failed offsets and why they failed.
 type span struct {
@@ -441,7 +444,7 @@ func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 	}
 	first := l.next
 	if len(l.q.sizes) == 0 {
-		l.q.first = first
+		l.q.first, l.q.at = first, time.Now()
 	}
 	for i, r := range recs {
 		l.q.buf = appendEntry(l.q.buf, first+uint64(i), kindRecord, r)

@@ -73,29 +73,32 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 	}
 }
 
-// quiet holds only under SyncAlways, for a small batch the writer waited
-// for at least an fsync's time, after quietAfter fast fsyncs in a row.
+// quiet holds only under SyncAlways, for a small batch whose first record
+// came at least an fsync's time after the last batch, after quietAfter
+// fast fsyncs in a row.
 func TestQuietRule(t *testing.T) {
 	const fsync = 300 * time.Microsecond
 	for _, tc := range []struct {
-		sync  SyncPolicy
-		fast  int
-		bytes int
-		idle  time.Duration
-		want  bool
+		sync    SyncPolicy
+		fast    int
+		records int
+		bytes   int
+		idle    time.Duration
+		want    bool
 	}{
-		{SyncAlways, quietAfter, 300, fsync, true},
-		{SyncAlways, quietAfter, quietBytes, 2 * fsync, true},
-		{SyncAlways, quietAfter, quietBytes + 1, fsync, false},
-		{SyncAlways, quietAfter, 300, fsync - 1, false}, // the next batch was waiting: load
-		{SyncAlways, quietAfter - 1, 300, fsync, false},
-		{SyncInterval, quietAfter, 300, fsync, false},
-		{SyncNever, quietAfter, 300, fsync, false},
+		{SyncAlways, quietAfter, 1, 300, fsync, true},
+		{SyncAlways, quietAfter, quietRecords, quietBytes, 2 * fsync, true},
+		{SyncAlways, quietAfter, 1, quietBytes + 1, fsync, false},
+		{SyncAlways, quietAfter, quietRecords + 1, 300, fsync, false},
+		{SyncAlways, quietAfter, 1, 300, fsync - 1, false}, // the next batch came at once: load
+		{SyncAlways, quietAfter - 1, 1, 300, fsync, false},
+		{SyncInterval, quietAfter, 1, 300, fsync, false},
+		{SyncNever, quietAfter, 1, 300, fsync, false},
 	} {
 		l := &Log{cfg: Config{Sync: tc.sync}, fastFsyncs: tc.fast, idle: tc.idle}
 		l.lastFsync.Store(int64(fsync))
-		if got := l.quiet(tc.bytes); got != tc.want {
-			t.Errorf("%s, %d fast fsyncs, %d bytes, idle %v: quiet %v, want %v", tc.sync, tc.fast, tc.bytes, tc.idle, got, tc.want)
+		if got := l.quiet(tc.records, tc.bytes); got != tc.want {
+			t.Errorf("%s, %d fast fsyncs, %d records, %d bytes, idle %v: quiet %v, want %v", tc.sync, tc.fast, tc.records, tc.bytes, tc.idle, got, tc.want)
 		}
 	}
 }

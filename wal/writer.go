@@ -75,7 +75,6 @@ func (l *Log) flush() bool {
 		l.qmu.Unlock()
 		return false
 	}
-	l.idle = time.Since(l.idleFrom)
 	defer func() { l.idleFrom = time.Now() }()
 	if n := l.q.waiters; l.cfg.Sync == SyncAlways && l.concurrency >= 2 && n < l.concurrency && !l.closing() {
 		l.qmu.Unlock()
@@ -83,6 +82,7 @@ func (l *Log) flush() bool {
 		l.qmu.Lock()
 	}
 	b := l.q
+	l.idle = b.at.Sub(l.idleFrom)
 	l.q = l.spare
 	l.q.reset()
 	l.spare = batch{}
@@ -197,7 +197,7 @@ func (l *Log) writeBatch(b *batch) {
 		}
 		created = append(created, l.tail)
 	}
-	quiet := l.quiet(len(buf))
+	quiet := l.quiet(len(sizes), len(buf))
 	pos := 0
 	for i := 0; i < len(sizes); {
 		t := l.tail
@@ -264,18 +264,21 @@ func (l *Log) writeBatch(b *batch) {
 	}
 }
 
-// The writer is quiet (see quiet) when it waited for the batch at least
-// as long as the last fsync took, the batch is at most quietBytes, and
-// the last quietAfter fsyncs each took less than quietFsync (a variable
-// for the tests, which cannot count on a fast disk).
+// The writer is quiet (see quiet) when the batch's first record came at
+// least as long after the previous batch ended as the last fsync took,
+// the batch is at most quietRecords and quietBytes, and the last
+// quietAfter fsyncs each took less than quietFsync (a variable for the
+// tests, which cannot count on a fast disk).
 const (
-	quietBytes = 16 << 10
-	quietAfter = 8
+	quietRecords = 4
+	quietBytes   = 16 << 10
+	quietAfter   = 8
 )
 
 var quietFsync = 2 * time.Millisecond
 
-// quiet reports whether the writer writes a batch of this many bytes,
+// quiet reports whether the writer writes a batch of this many records
+// and bytes,
 // and then (when nothing was queued behind it meanwhile) fsyncs it, as
 // raw system calls that keep its P (pwriteHolding, fsyncHolding) rather
 // than through the runtime's blocking system call. Only under SyncAlways.
@@ -290,21 +293,24 @@ var quietFsync = 2 * time.Millisecond
 // nothing of that, but nothing else runs on it meanwhile (with one P,
 // nothing at all: no read loop reads the next publishes, no timer fires),
 // and a garbage collection that stops the world waits for the fsync to
-// end. So the writer holds only while the log is quiet: it was idle
-// before the batch at least as long as an fsync takes (the log is idle
-// half the time or more), the batch is small, and the disk has been fast,
+// end. So the writer holds only while the log is quiet: nothing was
+// appended for at least an fsync's time after the previous batch (the log
+// is idle half the time or more), the batch is small, and the disk has
+// been fast,
 // so the P is held about as long as the previous fsyncs took, under 2 ms,
 // when there is little else to run (the next publish's append waits for
-// this fsync anyway). Under load the writer finds the next batch waiting
-// when it ends one, so it hands the P off as usual and the read loops
-// fill the next batch during the fsync (group commit); holding there
-// would make reading and fsyncing take turns. On a slow disk (an SD
+// this fsync anyway). Under load the next batch's first record comes at
+// once, and the batch is large, so the writer hands the P off as usual
+// and the read loops fill the next batch during the fsync (group
+// commit); holding there would make reading and fsyncing take turns (on
+// one P, where the read loops run only while the writer waits, the time
+// the writer waited says nothing: the appends' own time does). On a slow disk (an SD
 // card's 10-100 ms fsync) it never holds. One fsync that turns slow while
 // held (the disk gave no warning) holds the P for its whole time, and
 // turns holding off until quietAfter fast ones came again.
-func (l *Log) quiet(bytes int) bool {
-	return l.cfg.Sync == SyncAlways && l.fastFsyncs >= quietAfter && bytes <= quietBytes &&
-		l.idle >= time.Duration(l.lastFsync.Load())
+func (l *Log) quiet(records, bytes int) bool {
+	return l.cfg.Sync == SyncAlways && l.fastFsyncs >= quietAfter && records <= quietRecords &&
+		bytes <= quietBytes && l.idle >= time.Duration(l.lastFsync.Load())
 }
 
 // roll starts a new tail segment whose first offset is base. It first
