@@ -322,7 +322,7 @@ func Cursors(dir string) (map[string]uint64, error) {
 // check`, which reads the log of a broker that may be running.
 //
 // A segment listed but gone when read, or one that ends inside a record
-// while a later one is listed, is what the writer leaves while it undoes a
+// or short of the next one's base while a later one is listed, is what the writer leaves while it undoes a
 // failed batch that had started a segment: it removes that segment, cuts
 // the old tail back, and the next batch writes there again. Scan then
 // lists the directory again and goes on from the offset it reached; it
@@ -395,6 +395,12 @@ func scanPass(dir string, fs FS, from uint64, fn func(offset uint64, rec []byte)
 			}
 			pos += n
 			off++
+		}
+		if !last && off < bases[i+1] {
+			// Records lost at its end, as Check says (scanSegment), or the
+			// writer's undoing seen half done.
+			return max(from, off), true, &CorruptError{Segment: segmentName(base), Pos: int64(pos), Offset: off,
+				Reason: fmt.Sprintf("segment ends %d records early", bases[i+1]-off)}
 		}
 		from = max(from, off)
 	}

@@ -178,3 +178,51 @@ func TestScanWhileAFailedBatchIsUndone(t *testing.T) {
 		})
 	}
 }
+
+// An older segment that ends at a record's end but short of the next
+// segment's base (its last records lost) is damage for Scan as it is for
+// Check: Scan does not go on at the next segment as if the records in
+// between never were.
+func TestScanOlderSegmentEndsEarly(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.SegmentSize = 4 << 10
+	l := mustOpen(t, dir, cfg)
+	appendN(t, l, 1, 300)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := filepath.Glob(filepath.Join(dir, strings.Repeat("[0-9]", 20)))
+	if err != nil || len(segs) < 3 {
+		t.Fatalf("segments %v %v, want several", segs, err)
+	}
+	// The first segment as a log of only its first 5 records has it.
+	short := t.TempDir()
+	l = mustOpen(t, short, cfg)
+	appendN(t, l, 1, 5)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(short, filepath.Base(segs[0])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(segs[0], data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var ce *wal.CorruptError
+	if _, err := wal.Check(dir); !errors.As(err, &ce) {
+		t.Fatalf("check: %v, want a *CorruptError", err)
+	}
+	next := uint64(1)
+	err = wal.Scan(dir, 1, func(off uint64, r []byte) error {
+		if off != next || !bytes.Equal(r, rec(off)) {
+			return fmt.Errorf("record %d, want %d", off, next)
+		}
+		next++
+		return nil
+	})
+	if !errors.As(err, &ce) || ce.Segment != filepath.Base(segs[0]) || ce.Offset != 6 || next != 6 {
+		t.Fatalf("scan ended at %d with %v, want 6 and a *CorruptError at offset 6 in %s", next, err, filepath.Base(segs[0]))
+	}
+}
