@@ -2,6 +2,6 @@
 
 package wal
 
-// pwriteHolding is for 64-bit Linux only (rawio_linux64.go): elsewhere the
+// pwriteHolding is for 64-bit Linux only (rawio_pwrite.go): elsewhere the
 // writer always calls f.WriteAt.
 func pwriteHolding(File, []byte, int64) (ok bool, err error) { return false, nil }
