@@ -57,11 +57,22 @@ func TestGCFloor(t *testing.T) {
 	stop := startGCFloor(headroom)
 	defer stop()
 	with := collectionsWhileAllocating(t, garbage)
-	// The last adjust followed the last collection of that busy loop.
-	live := readMetric(t, "/gc/heap/live:bytes")
-	if goal := readMetric(t, "/gc/heap/goal:bytes"); goal < live+headroom {
+	// The floor adjusts from a cleanup, a moment after each collection:
+	// until then the goal is computed with the GOGC set after the one before.
+	live, goal := uint64(0), uint64(0)
+	func() {
+		for range 20 {
+			collectionsWhileAllocating(t, 16<<20)
+			runtime.GC()
+			for range 100 {
+				if live, goal = readMetric(t, "/gc/heap/live:bytes"), readMetric(t, "/gc/heap/goal:bytes"); goal >= live+headroom {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
 		t.Errorf("heap goal %d with a live heap of %d and a headroom of %d", goal, live, headroom)
-	}
+	}()
 	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
 	// One every 128 MiB, and a few at GOGC's goal: before the first
 	// collection showed the floor that the process is busy, and after a
