@@ -107,7 +107,7 @@ func crashLoop(t *testing.T, pol wal.SyncPolicy, iters int) {
 	for it := 0; it < iters; it++ {
 		t0 := time.Now()
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashBaseEnv+"="+strconv.Itoa(it<<48), crashSyncEnv+"="+string(pol))
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashBaseEnv+"="+strconv.FormatUint(uint64(it)<<48, 10), crashSyncEnv+"="+string(pol))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		stdout, err := cmd.StdoutPipe()
