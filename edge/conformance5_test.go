@@ -1075,7 +1075,7 @@ func TestConformance5ProtocolErrors(t *testing.T) {
 		{"receive maximum 0", []byte{3, 0x21, 0, 0}},
 		{"maximum packet size 0", []byte{5, 0x27, 0, 0, 0, 0}},
 		{"topic alias maximum twice", []byte{6, 0x22, 0, 1, 0x22, 0, 2}},
-		// §3.1.2.11.7, §3.1.2.11.8: "a value other than 0 or 1".
+		// §3.1.2.11.6, §3.1.2.11.7: "a value other than 0 or 1".
 		{"request response information 2", []byte{2, 0x19, 2}},
 		{"request problem information 2", []byte{2, 0x17, 2}},
 	} {

@@ -18,8 +18,8 @@ var nonZero = map[byte]bool{0x21: true, 0x27: true}
 
 // zeroOrOne are the properties that may be only 0 or 1: "It is a Protocol
 // Error to include the Request Response Information more than once, or to
-// have a value other than 0 or 1" (§3.1.2.11.7), the same for Request
-// Problem Information (§3.1.2.11.8); mochi took any other value for 1.
+// have a value other than 0 or 1" (§3.1.2.11.6), the same for Request
+// Problem Information (§3.1.2.11.7); mochi took any other value for 1.
 var zeroOrOne = map[byte]bool{0x17: true, 0x19: true}
 
 // propertySize is how each property's value is laid out: a fixed size in
