@@ -40,8 +40,10 @@ var procsAdapting atomic.Bool
 // it (the runtime's wakep), which found nothing to do and went back to
 // sleep: at 1,000 msg/s QoS 1 on 2 cores that cost more CPU than the work
 // itself. On one P a hand-off is a goroutine switch on the same thread.
-// The price: a burst after a quiet spell runs on one P for up to
-// procsEvery before the default comes back. It does nothing where the
+// The price: a burst after a quiet spell runs on one P until a look sees
+// it, up to two procsEvery (the look during which it began may have seen
+// less than procsUp of a core of it; a full core is seen within 1.6),
+// sooner when its goroutines wait past procsWait. It does nothing where the
 // default is one P already, or when GOMAXPROCS is set in the environment
 // (the operator's choice stands).
 func adaptProcs(ctx context.Context, every time.Duration, log *slog.Logger) {
