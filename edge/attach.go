@@ -333,8 +333,9 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	if err != nil {
 		if errors.As(err, new(packets.Code)) {
 			// Malformed, or a protocol error its decoding found: a v5
-			// client gets DISCONNECT with the reason code before the close,
-			// as a server SHOULD do [MQTT-4.13.1-1]; mochi closed without.
+			// client gets DISCONNECT with the reason code before the close
+			// [MQTT-4.13.1-1], as a server SHOULD do (MQTT 5 §4.13.1, a
+			// statement without a number); mochi closed without.
 			return b.packetFailed(cl, &pk, err)
 		}
 		return err
