@@ -192,6 +192,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		cl.ID = user
 	}
 	if code, ok := reservedTopic(pk.Connect.WillTopic); pk.Connect.WillFlag && ok {
+		h.b.metrics.dropped.reservedTopic.Add(1)
 		h.b.log.Debug("will topic reserved", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, code, packets.Err3NotAuthorized.Code)
 	}

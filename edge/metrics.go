@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 		}, []string{"listener", "reason"}),
 		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
 			"edgemq_mqtt_dropped_messages_total",
-			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (QoS 0 messages over the client's limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish to $SYS, or to $share with no topic).",
+			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (QoS 0 messages over the client's limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish or will to $SYS, or to $share with no topic).",
 			[]string{"reason"}, nil)},
 	}
 	// Every known label value exists from the start, so that dashboards and

@@ -505,6 +505,11 @@ func TestReservedTopics(t *testing.T) {
 		// messages; a will kept under a wildcard name would be.
 		t.Errorf("retained messages = %v, want 0", n)
 	}
+	// The reserved wills ($SYS, $share/g, $share; v5 and v3) are messages
+	// not accepted, as the publishes are; a wildcard is mochi's refusal.
+	if v := tb.metric(t, "edgemq_mqtt_dropped_messages_total", "reason", "reserved_topic"); v != 4+6 {
+		t.Errorf("dropped{reserved_topic} = %v after the wills, want %d", v, 4+6)
+	}
 }
 
 // publishOfSize is a v5 QoS 1 PUBLISH of exactly size bytes on the wire.
