@@ -129,9 +129,10 @@
 //
 // # The writer and the Go scheduler
 //
-// While the log is quiet under "always" (the writer waited for the batch
-// at least as long as an fsync takes, a small batch, nothing queued behind
-// it, the last 8 fsyncs each under 2 ms), the writer makes its
+// While the log is quiet under "always" (nothing was appended for at
+// least an fsync's time after the previous batch, the batch holds at most
+// 4 records and 16 KiB, nothing is queued behind it, the last 8 fsyncs
+// each took under 2 ms), the writer makes its
 // pwrite and fsync as raw system calls on Linux (64-bit for the pwrite),
 // keeping its P: at 1,000 msg/s the runtime's hand-off of a blocking call
 // (sysmon woken and polling, the P taken and given back) cost more CPU
