@@ -21,7 +21,9 @@ const heapMinimumAt100 = 4 << 20
 // limit (memory_limit, GOMEMLIMIT) stays the bound, since the runtime takes
 // the smaller of the GOGC goal and the limit's, and the floor is never more
 // than a quarter of the limit in force, so that it does not push the heap
-// into the limit's regime, where the collector works harder. The floor holds
+// into the limit's regime, where the collector works harder; nor more than a
+// quarter of the memory the process may use (processMemory: RAM, cgroup
+// limit), which bounds it when no limit is in force. The floor holds
 // only while the broker is busy, GOGC alone collecting at least once per
 // busyInterval at the allocation rate since the collection before (from the
 // start until the first collection it does not hold): an idle broker keeps
@@ -39,7 +41,8 @@ const heapMinimumAt100 = 4 << 20
 // limit bounds that cycle too.
 type gcFloor struct {
 	headroom uint64
-	base     int // GOGC above the floor, as the process started with it
+	base     int    // GOGC above the floor, as the process started with it
+	memory   uint64 // the memory the process may use, bytes (math.MaxInt64: unknown)
 
 	mu         sync.Mutex
 	stopped    bool
@@ -59,7 +62,7 @@ const busyInterval = time.Second
 // heapState is what the floor reads after a collection.
 type heapState struct {
 	live, stacks, globals uint64  // what the runtime's goal is computed from, bytes
-	limit                 uint64  // the memory limit in force, bytes (math.MaxInt64: none)
+	limit                 uint64  // the memory limit in force or the memory the process may use, the smaller, bytes (math.MaxInt64: none)
 	allocRate             float64 // bytes allocated per second since the adjust before; 0 at the first
 }
 
@@ -73,17 +76,22 @@ var gcFloorMetrics = []string{
 	"/gc/heap/allocs:bytes",
 }
 
-// startGCFloor keeps the heap goal at least the live heap plus headroom bytes
-// until stop, which puts GOGC back as it was. It does nothing (and stop does
-// nothing) when headroom is 0 or GOGC is off.
-func startGCFloor(headroom int64) (stop func()) {
+// startGCFloor keeps the heap goal at least the live heap plus headroom bytes,
+// at most a quarter of the memory limit in force and of memory, the bytes the
+// process may use (processMemory; 0: unknown), until stop, which puts GOGC
+// back as it was. It does nothing (and stop does nothing) when headroom is 0
+// or GOGC is off.
+func startGCFloor(headroom int64, memory uint64) (stop func()) {
 	gogc := []metrics.Sample{{Name: "/gc/gogc:percent"}}
 	metrics.Read(gogc)
 	base := int(int32(gogc[0].Value.Uint64())) // -1 when off
 	if headroom <= 0 || base <= 0 {
 		return func() {}
 	}
-	f := &gcFloor{headroom: uint64(headroom), base: base, percent: base}
+	if memory == 0 {
+		memory = math.MaxInt64
+	}
+	f := &gcFloor{headroom: uint64(headroom), base: base, memory: memory, percent: base}
 	for _, name := range gcFloorMetrics {
 		f.samples = append(f.samples, metrics.Sample{Name: name})
 	}
@@ -125,7 +133,7 @@ func (f *gcFloor) adjust() bool {
 		}
 	}
 	now := time.Now()
-	h := heapState{live: v[0], stacks: v[1], globals: v[2], limit: v[3]}
+	h := heapState{live: v[0], stacks: v[1], globals: v[2], limit: min(v[3], f.memory)}
 	if !f.lastTime.IsZero() {
 		h.allocRate = float64(v[4]-f.lastAllocs) / max(now.Sub(f.lastTime).Seconds(), 1e-9)
 	}

@@ -54,7 +54,7 @@ func TestGCFloor(t *testing.T) {
 	before := readMetric(t, "/gc/gogc:percent")
 	without := collectionsWhileAllocating(t, garbage)
 
-	stop := startGCFloor(headroom)
+	stop := startGCFloor(headroom, 0)
 	defer stop()
 	with := collectionsWhileAllocating(t, garbage)
 	// The floor adjusts from a cleanup, a moment after each collection:
@@ -122,7 +122,7 @@ func TestGCFloorUnderMemoryLimit(t *testing.T) {
 	// What the memory limit counts: the runtime's memory, less what it gave back.
 	limit := readMetric(t, "/memory/classes/total:bytes") - readMetric(t, "/memory/classes/heap/released:bytes") + 64<<20
 	debug.SetMemoryLimit(int64(limit))
-	stop := startGCFloor(1 << 30)
+	stop := startGCFloor(1<<30, 0)
 	defer stop()
 	runtime.GC()
 	if goal := readMetric(t, "/gc/heap/goal:bytes"); goal > limit {
@@ -228,5 +228,33 @@ func TestGCFloorDaemon(t *testing.T) {
 				t.Errorf("exit %d after SIGTERM", code)
 			}
 		})
+	}
+}
+
+// TestGCFloorUnderProcessMemory: with no memory limit in force, a quarter of
+// the memory the process may use bounds the floor: of 256 MiB, a floor of
+// 1 GiB is 64 MiB, the heap goal the live heap plus 64 MiB (and the rounding
+// of GOGC to a percent), not plus 1 GiB.
+func TestGCFloorUnderProcessMemory(t *testing.T) {
+	const memory, room = 256 << 20, 64 << 20
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1)) // none in force
+	stop := startGCFloor(1<<30, memory)
+	defer stop()
+	live, goal := uint64(0), uint64(0)
+	for range 20 {
+		collectionsWhileAllocating(t, 16<<20)
+		runtime.GC()
+		for range 100 {
+			if live, goal = readMetric(t, "/gc/heap/live:bytes"), readMetric(t, "/gc/heap/goal:bytes"); goal >= live+room {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if goal >= live+room {
+			break
+		}
+	}
+	if most := live + room + live/50 + 1<<20; goal < live+room || goal > most {
+		t.Errorf("heap goal %d with a live heap of %d, a floor of 1 GiB and %d MiB the process may use: want %d to %d", goal, live, memory>>20, live+room, most)
 	}
 }

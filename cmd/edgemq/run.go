@@ -54,8 +54,9 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if gogc := os.Getenv("GOGC"); gogc != "" {
 		logger.Info("GOGC set in the environment: no garbage collection floor", "GOGC", gogc)
 	} else if cfg.GCHeadroom > 0 {
-		defer startGCFloor(int64(cfg.GCHeadroom))()
-		logger.Info("garbage collection floor set", "headroom_bytes", int64(cfg.GCHeadroom))
+		memory := processMemory()
+		defer startGCFloor(int64(cfg.GCHeadroom), memory)()
+		logger.Info("garbage collection floor set", "headroom_bytes", int64(cfg.GCHeadroom), "process_memory_bytes", memory)
 	}
 	pctx, cancelProcs := context.WithCancel(ctx)
 	procsDone := make(chan struct{})
