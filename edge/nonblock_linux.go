@@ -16,29 +16,19 @@ import (
 // more CPU than the read itself: a message at 1,000 msg/s woke sysmon
 // about once per packet. The race detector's build uses syscall.Read and
 // syscall.Write (nonblock_other.go), which tell it about the buffer.
-func readNonblock(fd uintptr, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return -1, errno
-	}
-}
+func readNonblock(fd uintptr, p []byte) (int, error) { return rawNonblock(syscall.SYS_READ, fd, p) }
 
 // writeNonblock: see readNonblock.
-func writeNonblock(fd uintptr, p []byte) (int, error) {
+func writeNonblock(fd uintptr, p []byte) (int, error) { return rawNonblock(syscall.SYS_WRITE, fd, p) }
+
+// rawNonblock is read(2) or write(2) (trap) of p on fd as a raw system
+// call, retried on EINTR.
+func rawNonblock(trap, fd uintptr, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch errno {
 		case 0:
 			return int(n), nil
