@@ -12,6 +12,21 @@ import (
 // f is not an *os.File (a simulated or fault-injecting FS in tests, which
 // must see every call): the caller then calls f.Sync.
 func fsyncHolding(f File) (ok bool, err error) {
+	return holding(f, func(fd uintptr) syscall.Errno {
+		for {
+			_, _, errno := syscall.RawSyscall(syscall.SYS_FSYNC, fd, 0, 0)
+			if errno != syscall.EINTR {
+				return errno
+			}
+		}
+	})
+}
+
+// holding runs call on f's descriptor, which stays open meanwhile
+// (SyscallConn's Control holds a reference against a concurrent Close).
+// ok is false, and call is not run, when f is not an *os.File; err is
+// call's errno, or Control's error for a file closed meanwhile.
+func holding(f File, call func(fd uintptr) syscall.Errno) (ok bool, err error) {
 	of, isOS := f.(*os.File)
 	if !isOS {
 		return false, nil
@@ -21,14 +36,7 @@ func fsyncHolding(f File) (ok bool, err error) {
 		return false, nil
 	}
 	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			_, _, errno = syscall.RawSyscall(syscall.SYS_FSYNC, fd, 0, 0)
-			if errno != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
+	if err := rc.Control(func(fd uintptr) { errno = call(fd) }); err != nil {
 		return true, err // closed meanwhile
 	}
 	if errno != 0 {

@@ -3,7 +3,6 @@
 package wal
 
 import (
-	"os"
 	"syscall"
 	"unsafe"
 )
@@ -12,35 +11,22 @@ import (
 // fsyncHolding is f.Sync. 64-bit only: there the offset is one argument
 // (a 32-bit kernel takes it in two, in an order each architecture sets).
 func pwriteHolding(f File, p []byte, off int64) (ok bool, err error) {
-	of, isOS := f.(*os.File)
-	if !isOS || len(p) == 0 {
+	if len(p) == 0 {
 		return false, nil
 	}
-	rc, err := of.SyscallConn()
-	if err != nil {
-		return false, nil
-	}
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
+	return holding(f, func(fd uintptr) syscall.Errno {
 		for len(p) > 0 {
 			n, _, e := syscall.RawSyscall6(syscall.SYS_PWRITE64, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(off), 0, 0)
 			switch {
 			case e == syscall.EINTR:
 				continue
 			case e != 0:
-				errno = e
-				return
+				return e
 			case n == 0:
-				errno = syscall.EIO // a regular file never takes nothing; never loop
-				return
+				return syscall.EIO // a regular file never takes nothing; never loop
 			}
 			p, off = p[n:], off+int64(n)
 		}
-	}); err != nil {
-		return true, err
-	}
-	if errno != 0 {
-		return true, errno
-	}
-	return true, nil
+		return 0
+	})
 }
