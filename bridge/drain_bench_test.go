@@ -6,7 +6,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/edgemq/edgemq/bridge"
 	"github.com/edgemq/edgemq/edge"
+	"github.com/edgemq/edgemq/internal/cputime"
 )
 
 // BenchmarkDrain: b.N QoS 1 messages wait in an in-process edgemq's log
@@ -55,7 +55,7 @@ func benchmarkDrain(b *testing.B, proto string) {
 		}
 	}
 	before := status(b, e, "central").Forwarded
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	r0, w0 := sysCalls()
 	b.ReportAllocs()
 	if *drainProfile != "" {
@@ -73,19 +73,10 @@ func benchmarkDrain(b *testing.B, proto string) {
 	p.Restore()
 	waitStatus(b, e, "central", 10*time.Minute, func(s bridge.Status) bool { return s.Forwarded >= before+uint64(b.N) })
 	b.StopTimer()
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/msg")
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/msg")
 	r1, w1 := sysCalls()
 	b.ReportMetric(float64(r1-r0)/float64(b.N), "reads/msg")
 	b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/msg")
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // sysCalls is the process's read and write system calls so far

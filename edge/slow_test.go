@@ -18,7 +18,7 @@ func stuckSubscriber(t testing.TB, network, addr, id, topic string) *rawClient {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			smallRecvBuffer(fd)
 		})
 	}}
 	var c net.Conn

@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/edgemq/edgemq/internal/cputime"
 	"github.com/edgemq/edgemq/qos"
 )
 
@@ -91,7 +91,7 @@ func BenchmarkFanoutQoS1(b *testing.B) {
 			payload := make([]byte, 256)
 			b.ReportAllocs()
 			b.ResetTimer()
-			cpu0 := cpuTime()
+			cpu0 := cputime.Self()
 			for i := range b.N {
 				pub.Publish(&qos.Message{Topic: "bench/t", QoS: 1, Payload: payload}, uint16(i%60000+1))
 				for pconn.acks.Load() < int64(i+1)-100 { // a window of 100, like a real publisher
@@ -106,7 +106,7 @@ func BenchmarkFanoutQoS1(b *testing.B) {
 			}
 			// The loop waits for acknowledgements, so wall time is latency;
 			// the process's CPU time per delivery is the cost.
-			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
+			b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
 		})
 	}
 }
@@ -127,18 +127,11 @@ func BenchmarkFanoutQoS0(b *testing.B) {
 	m := &qos.Message{Topic: "bench/t", Payload: make([]byte, 256)}
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	for range b.N {
 		pub.Publish(m, 0)
 	}
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/float64(b.N*n), "cpu-ns/delivery")
 }
 
 // BenchmarkIndexMatch is one walk of the index with 1,000 sessions subscribed
@@ -335,7 +328,7 @@ func BenchmarkFaninSlowFsync(b *testing.B) {
 	payload := make([]byte, 256)
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Self()
 	var wg sync.WaitGroup
 	per := b.N/pubs + 1
 	for i := range pubs {
@@ -354,5 +347,5 @@ func BenchmarkFaninSlowFsync(b *testing.B) {
 		}()
 	}
 	wg.Wait()
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(per*pubs), "cpu-ns/publish")
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/float64(per*pubs), "cpu-ns/publish")
 }

@@ -8,8 +8,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/edgemq/edgemq/internal/cputime"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat. It is
@@ -68,16 +69,7 @@ func procStatusKBFile(path, key string) (int64, error) {
 }
 
 // selfCPUSeconds is the generator's own user plus system CPU time.
-func selfCPUSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	tv := func(t syscall.Timeval) float64 {
-		return float64(t.Sec) + float64(t.Usec)/1e6
-	}
-	return tv(ru.Utime) + tv(ru.Stime)
-}
+func selfCPUSeconds() float64 { return cputime.Self().Seconds() }
 
 // brokerProbe samples a broker process around a measured span.
 type brokerProbe struct {
@@ -123,22 +115,6 @@ func (bp *brokerProbe) finish(r *Result) {
 	if hwm, err := procStatusKB(bp.pid, "VmHWM"); err == nil {
 		r.BrokerPeakRSSMB = float64(hwm) / 1024
 	}
-}
-
-// raiseFDLimit raises this process's soft limit on open files to its hard
-// limit and returns it. Brokers the compare driver starts inherit it (an
-// explicit Setrlimit stops Go from restoring the original soft limit in
-// children), so 10,000 idle connections fit on both sides.
-func raiseFDLimit() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("getrlimit: %w", err)
-	}
-	rl.Cur = rl.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("setrlimit RLIMIT_NOFILE %d: %w", rl.Max, err)
-	}
-	return rl.Cur, nil
 }
 
 // loadAvg1 is the one-minute load average, 0 when unreadable.

@@ -244,11 +244,11 @@ func (s *soak) run(ctx context.Context) error {
 	}
 	if s.p.tmpfs {
 		size := s.p.budget*2 + 8<<20
-		if err := syscall.Mount("tmpfs", s.dataDir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		if unmount, err := mountTmpfs(s.dataDir, size); err != nil {
 			fmt.Fprintf(s.out, "soak: no tmpfs (%v): no full-disk episode, the budget is the only limit\n", err)
 		} else {
 			s.disk = s.dataDir
-			defer func() { _ = syscall.Unmount(s.dataDir, syscall.MNT_DETACH) }()
+			defer unmount()
 		}
 	}
 	s.logPath = filepath.Join(s.p.dir, "broker.log")

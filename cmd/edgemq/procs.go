@@ -7,8 +7,9 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/edgemq/edgemq/internal/cputime"
 )
 
 // adaptProcs' rule, looked at every procsEvery: the broker goes to one P
@@ -61,7 +62,7 @@ func adaptProcs(ctx context.Context, every time.Duration, log *slog.Logger) {
 	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
 	metrics.Read(s)
 	lastLate, lastAll := late(s[0].Value.Float64Histogram())
-	lastCPU, at := cpuTime(), time.Now()
+	lastCPU, at := cputime.Self(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -71,7 +72,7 @@ func adaptProcs(ctx context.Context, every time.Duration, log *slog.Logger) {
 			return
 		case <-t.C:
 		}
-		now, c := time.Now(), cpuTime()
+		now, c := time.Now(), cputime.Self()
 		used := float64(c-lastCPU) / float64(now.Sub(at))
 		lastCPU, at = c, now
 		metrics.Read(s)
@@ -129,13 +130,4 @@ func late(h *metrics.Float64Histogram) (over, all uint64) {
 		}
 	}
 	return over, all
-}
-
-// cpuTime is the process's user and system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

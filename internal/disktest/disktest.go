@@ -5,33 +5,18 @@
 //
 // It is test support: only _test.go files import it. It guarantees that a
 // mounted tmpfs is unmounted when the test ends; without root (no mount)
-// the test is skipped, not failed. It does not simulate a disk: the errors
-// the tests see (ENOSPC) come from the kernel.
+// the test is skipped, not failed, and so it is off Linux (tmpfs_other.go).
+// It does not simulate a disk: the errors the tests see (ENOSPC) come from
+// the kernel.
 package disktest
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
 )
-
-// Tmpfs mounts a tmpfs of size bytes for the test (root only) and returns
-// its path; without the right to mount, it skips the test.
-func Tmpfs(t testing.TB, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
-}
 
 // Fill writes a file in dir until the disk is full and returns a function
 // that removes it, freeing the space again.

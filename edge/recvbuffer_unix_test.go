@@ -1,0 +1,12 @@
+//go:build unix
+
+package edge_test
+
+import "syscall"
+
+// smallRecvBuffer sets a socket's receive buffer to 4 KiB before it
+// connects (stuckSubscriber), so that a client that stops reading fills it
+// soon.
+func smallRecvBuffer(fd uintptr) {
+	_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+}
