@@ -63,7 +63,8 @@ func (a *acl) allowed(user, clientID, topic string, write bool) bool {
 	if len(a.rules) == 0 {
 		return true
 	}
-	req := strings.Split(stripShare(topic), "/")
+	_, topic = qos.SplitShared(topic)
+	req := strings.Split(topic, "/")
 	ok := false
 	var buf []string
 	for i := range a.rules {
@@ -153,16 +154,4 @@ func covers(rule, req []string) bool {
 		}
 	}
 	return len(req) == len(rule)
-}
-
-// stripShare removes a $share/<group>/ prefix [MQTT-4.8.2].
-func stripShare(filter string) string {
-	const prefix = "$share/"
-	if len(filter) > len(prefix) && strings.EqualFold(filter[:len(prefix)], prefix) {
-		rest := filter[len(prefix):]
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			return rest[i+1:]
-		}
-	}
-	return filter
 }

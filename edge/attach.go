@@ -411,7 +411,10 @@ func disconnectClient(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error 
 }
 
 // sharedNoLocal reports whether a SUBSCRIBE asks for No Local on a
-// shared subscription [MQTT-3.8.3-4] (only MQTT 5 has the bit).
+// shared subscription [MQTT-3.8.3-4] (only MQTT 5 has the bit). It asks
+// mochi, whose own check would answer SUBACK 0x82: mochi takes $SHARE/
+// without case for shared (TestMochiSharesWithoutCase), so No Local on
+// $SHARE/g/t, an ordinary filter [MQTT-4.7.3-4], is refused too.
 func sharedNoLocal(pk *packets.Packet) bool {
 	for _, f := range pk.Filters {
 		if f.NoLocal && mqtt.IsSharedFilter(f.Filter) {

@@ -343,10 +343,13 @@ func TestConformance5Subscriptions(t *testing.T) {
 
 	// [MQTT-4.7.2-1] holds for the filter of a shared subscription too:
 	// $share/g/# gets no $SYS topic (the broker's own, published every
-	// second), $share/g/$SYS/# does.
+	// second), $share/g/$SYS/# does; $SHARE/g/$SYS/# is no shared
+	// subscription [MQTT-4.7.3-4] and matches only topics that start with
+	// $SHARE.
 	t.Run("MQTT-4.7.2-1 shared wildcards skip $ topics", func(t *testing.T) {
 		wild, _ := v5(t, addr, "dollar-shared", true, nil)
-		wild.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/#", Qos: 0}, packets.Subscription{Filter: "$share/g/+/broker/#", Qos: 0})
+		wild.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/#", Qos: 0}, packets.Subscription{Filter: "$share/g/+/broker/#", Qos: 0},
+			packets.Subscription{Filter: "$SHARE/g/$SYS/#", Qos: 0})
 		sys, _ := v5(t, addr, "dollar-shared-sys", true, nil)
 		sys.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/$SYS/#", Qos: 0})
 		sys.expect(packets.Publish, 5*time.Second)
@@ -445,6 +448,40 @@ func TestConformance5Subscriptions(t *testing.T) {
 		}
 		if n != 4 {
 			t.Errorf("group got %d of 4", n)
+		}
+	})
+
+	// §4.8.2: a shared subscription's filter starts with "$share/", and
+	// topic names and filters are case-sensitive [MQTT-4.7.3-4]:
+	// "$SHARE/g/up/t" is an ordinary filter, which matches the topic
+	// "$SHARE/g/up/t" and not "up/t", gives each subscriber its own copy,
+	// and retained messages at SUBSCRIBE.
+	t.Run("MQTT-4.7.3-4 $SHARE is no shared subscription", func(t *testing.T) {
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 40, TopicName: "$SHARE/g/up/ret", Payload: []byte("r")})
+		t.Cleanup(func() {
+			pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1, Retain: true}, PacketID: 49, TopicName: "$SHARE/g/up/ret"})
+		})
+		a, _ := v5(t, addr, "upper-a", true, nil)
+		b, _ := v5(t, addr, "upper-b", true, nil)
+		for _, c := range []*rawClient{a, b} {
+			if codes := c.subscribeWith(1, 0, packets.Subscription{Filter: "$SHARE/g/up/+", Qos: 1}); !bytes.Equal(codes, []byte{1}) {
+				t.Fatalf("suback %x, want 01", codes)
+			}
+			if got := c.expect(packets.Publish, 5*time.Second); got.TopicName != "$SHARE/g/up/ret" || !got.FixedHeader.Retain {
+				t.Errorf("got %q retain %v, want the retained $SHARE/g/up/ret", got.TopicName, got.FixedHeader.Retain)
+			} else {
+				c.ackPublish(got)
+			}
+		}
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 41, TopicName: "up/t", Payload: []byte("plain")})
+		pub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 42, TopicName: "$SHARE/g/up/t", Payload: []byte("upper")})
+		for _, c := range []*rawClient{a, b} {
+			if got := c.expect(packets.Publish, 5*time.Second); got.TopicName != "$SHARE/g/up/t" {
+				t.Errorf("got %q (%s), want $SHARE/g/up/t", got.TopicName, got.Payload)
+			} else {
+				c.ackPublish(got)
+			}
+			c.none(300 * time.Millisecond)
 		}
 	})
 }

@@ -380,12 +380,14 @@ func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 // at the first level does not match a topic beginning with '$'
 // [MQTT-4.7.2-1], which mochi applies to plain subscriptions only, so that
 // a $share/g/# member got every $SYS topic (TestMochiSharedWildcardGetsSys).
+// It drops too those mochi took for shared without case ($SHARE/g/#):
+// they are ordinary filters [MQTT-4.7.3-4], which match no $SYS topic.
 func (h *deliveryHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
 	if !strings.HasPrefix(pk.TopicName, "$") {
 		return subs
 	}
 	for filter := range subs.Shared {
-		if _, inner := qos.SplitShared(filter); inner == "" || inner[0] == '#' || inner[0] == '+' {
+		if group, inner := qos.SplitShared(filter); group == "" || inner == "" || inner[0] == '#' || inner[0] == '+' {
 			delete(subs.Shared, filter)
 		}
 	}

@@ -272,8 +272,7 @@ func validFilter(f string) bool {
 	if qos.CheckFilter(f) != "" {
 		return false
 	}
-	const share = "$share/"
-	if len(f) < len(share) || !strings.EqualFold(f[:len(share)], share) {
+	if !strings.HasPrefix(f, "$share/") { // case-sensitive [MQTT-4.7.3-4]
 		return true
 	}
 	group, inner := qos.SplitShared(f)

@@ -1,8 +1,10 @@
 package edge_test
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -279,6 +281,34 @@ func TestMochiSharedWildcardGetsSys(t *testing.T) {
 	rc.subscribeWith(1, 0, packets.Subscription{Filter: "$share/g/#", Qos: 0})
 	if got := rc.expect(packets.Publish, 5*time.Second); got.TopicName == "" || got.TopicName[0] != '$' {
 		t.Errorf("got %q, want a $SYS topic", got.TopicName)
+	}
+}
+
+// OnSelectSubscribers and sharedNoLocal rely on this: plain mochi takes
+// $SHARE/... in any case for a shared subscription (the spec's prefix is
+// "$share" [MQTT-4.7.3-4]), so that $SHARE/g/$SYS/# gets $SYS topics and
+// No Local on $SHARE/g/t is refused (SUBACK 0x82).
+func TestMochiSharesWithoutCase(t *testing.T) {
+	addr := plainMochi(t)
+	rc := dialRaw(t, addr, 5)
+	rc.connect("upper-share", true, 30)
+	rc.subscribeWith(1, 0, packets.Subscription{Filter: "$SHARE/g/$SYS/#", Qos: 0})
+	if got := rc.expect(packets.Publish, 5*time.Second); !strings.HasPrefix(got.TopicName, "$SYS/") {
+		t.Errorf("got %q, want a $SYS topic", got.TopicName)
+	}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2,
+		Filters: packets.Subscriptions{{Filter: "$SHARE/g/t", Qos: 0, NoLocal: true}}})
+	for {
+		pk, err := rc.read(5 * time.Second)
+		if err != nil {
+			t.Fatalf("no SUBACK: %v", err)
+		}
+		if pk.FixedHeader.Type == packets.Suback {
+			if !bytes.Equal(pk.ReasonCodes, []byte{0x82}) {
+				t.Errorf("suback %x for No Local on $SHARE/g/t, want 82", pk.ReasonCodes)
+			}
+			return
+		}
 	}
 }
 

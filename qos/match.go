@@ -59,13 +59,16 @@ func CheckFilter(f string) string {
 }
 
 // SplitShared splits "$share/<group>/<filter>" into its group and filter.
-// For any other filter it returns "" and the filter unchanged.
+// For any other filter it returns "" and the filter unchanged. The prefix
+// is "$share/" in lower case only [MQTT-4.8.2]: filters are
+// case-sensitive [MQTT-4.7.3-4], so "$SHARE/g/t" is an ordinary filter
+// (which matches the topic "$SHARE/g/t").
 func SplitShared(filter string) (group, inner string) {
-	const prefix = "$share/"
-	if len(filter) < len(prefix) || !strings.EqualFold(filter[:len(prefix)], prefix) {
+	rest, ok := strings.CutPrefix(filter, "$share/")
+	if !ok {
 		return "", filter
 	}
-	group, inner, ok := strings.Cut(filter[len(prefix):], "/")
+	group, inner, ok = strings.Cut(rest, "/")
 	if !ok {
 		return "", filter
 	}

@@ -55,7 +55,8 @@ func TestMatch(t *testing.T) {
 func TestSplitShared(t *testing.T) {
 	for _, tt := range []struct{ in, group, filter string }{
 		{"$share/g/a/#", "g", "a/#"},
-		{"$SHARE/g/a", "g", "a"},
+		{"$SHARE/g/a", "", "$SHARE/g/a"}, // case-sensitive [MQTT-4.7.3-4]
+		{"$Share/g/a", "", "$Share/g/a"},
 		{"$share/g", "", "$share/g"},
 		{"a/b", "", "a/b"},
 	} {
