@@ -208,8 +208,11 @@ type overQuota struct {
 }
 
 // OnSubscribe refuses filters longer than max_topic_length or invalid
-// (validFilter), and new filters past max_subscriptions. A filter the client holds already
-// replaces its subscription and costs nothing [MQTT-3.8.4-3].
+// (validFilter), and new filters past max_subscriptions. A filter the
+// client holds already replaces its subscription and costs nothing
+// [MQTT-3.8.4-3]; so does a filter named again in the same SUBSCRIBE,
+// which the packet's earlier grant of it made a subscription
+// [MQTT-3.8.4-4].
 func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	var filters packets.Subscriptions
 	change := func(i int, to string) {
@@ -220,12 +223,13 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 	}
 	held, has := h.held(cl, pk.Filters)
 	var over []int
+	var added map[string]bool // new filters this packet granted
 	for i, f := range pk.Filters {
 		if (h.maxTopic > 0 && len(f.Filter) > h.maxTopic) || !validFilter(f.Filter) {
 			change(i, invalidFilter)
 			continue
 		}
-		if has[i] || cl.Net.Inline {
+		if has[i] || cl.Net.Inline || added[f.Filter] {
 			continue
 		}
 		if held >= h.maxSubs {
@@ -234,6 +238,10 @@ func (h *limitsHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pac
 			continue
 		}
 		held++
+		if added == nil {
+			added = map[string]bool{}
+		}
+		added[f.Filter] = true
 	}
 	if over != nil {
 		h.b.throttledLog.info(h.b.log, "subscriptions refused: limits.max_subscriptions reached",

@@ -622,6 +622,49 @@ func TestClientLimits(t *testing.T) {
 	})
 }
 
+// TestMaxSubscriptionsFilterTwice: a new filter named twice in one
+// SUBSCRIBE is one subscription, the second replacing the first
+// [MQTT-3.8.4-3] [MQTT-3.8.4-4], so it costs one place of
+// max_subscriptions: a client one below its limit gets both granted, and
+// then holds its limit.
+func TestMaxSubscriptionsFilterTwice(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxSubscriptions = 3
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	for _, version := range []byte{5, 4} {
+		rc := dialRaw(t, addr, version)
+		rc.connect(fmt.Sprint("twice-", version), true, 30)
+		subscribe := func(pid uint16, filters ...string) []byte {
+			t.Helper()
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: pid}
+			for _, f := range filters {
+				pk.Filters = append(pk.Filters, packets.Subscription{Filter: f, Qos: 1})
+			}
+			rc.send(pk)
+			sa, err := rc.read(5 * time.Second)
+			if err != nil || sa.FixedHeader.Type != packets.Suback {
+				t.Fatalf("v%d: no SUBACK: %v", version, err)
+			}
+			return sa.ReasonCodes
+		}
+		over := byte(0x97)
+		if version == 4 {
+			over = 0x80
+		}
+		if codes := subscribe(1, "a", "b"); !bytes.Equal(codes, []byte{1, 1}) {
+			t.Fatalf("v%d a, b: %x", version, codes)
+		}
+		if codes := subscribe(2, "c", "c"); !bytes.Equal(codes, []byte{1, 1}) {
+			t.Errorf("v%d c twice at 2 of 3: %x, want 01 01", version, codes)
+		}
+		if codes := subscribe(3, "d", "a"); !bytes.Equal(codes, []byte{over, 1}) {
+			t.Errorf("v%d d, a at 3 of 3: %x, want %02x 01", version, codes, over)
+		}
+		_ = rc.c.Close()
+	}
+}
+
 // TestLoginBackoff: after failure_burst wrong passwords from one source,
 // its logins are refused before any bcrypt, with the usual 0x86 (counted as
 // backoff), the right password included, unless that password was
