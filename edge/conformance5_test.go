@@ -268,6 +268,57 @@ func TestConformance5Properties(t *testing.T) {
 	}
 }
 
+// TestConformance5PayloadFormatInvalid: a server may check that a
+// payload whose Payload Format Indicator is 1 is UTF-8 [MQTT-1.5.4-1]
+// (§3.3.2.3.2), and the will's (§3.1.3.2.3); edgemq does, and refuses one
+// that is not with 0x99 Payload format invalid: in PUBACK or PUBREC, in a
+// DISCONNECT for QoS 0 (which has no acknowledgement), in CONNACK for a
+// will. It delivers none of them; a payload with indicator 0 is bytes.
+func TestConformance5PayloadFormatInvalid(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	sub, _ := v5(t, addr, "pfi-sub", true, nil)
+	sub.subscribeWith(1, 0, packets.Subscription{Filter: "pfi/#", Qos: 2})
+	pub, _ := v5(t, addr, "pfi-pub", true, nil)
+	bad := []byte{'o', 'k', 0xff, 0xfe}
+	publish := func(rc *rawClient, pid uint16, q, format byte, payload []byte) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q}, PacketID: pid, TopicName: "pfi/t", Payload: payload}
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = format, true
+		rc.send(pk)
+	}
+	publish(pub, 1, 1, 1, bad)
+	if ack := pub.expect(packets.Puback, 5*time.Second); ack.PacketID != 1 || ack.ReasonCode != 0x99 {
+		t.Errorf("puback %d reason %#x, want 1 0x99", ack.PacketID, ack.ReasonCode)
+	}
+	publish(pub, 2, 2, 1, bad)
+	if rec := pub.expect(packets.Pubrec, 5*time.Second); rec.PacketID != 2 || rec.ReasonCode != 0x99 {
+		t.Errorf("pubrec %d reason %#x, want 2 0x99", rec.PacketID, rec.ReasonCode)
+	}
+	publish(pub, 3, 1, 0, bad) // unspecified bytes: delivered as they are
+	pub.expect(packets.Puback, 5*time.Second)
+	if got := sub.expect(packets.Publish, 5*time.Second); !bytes.Equal(got.Payload, bad) {
+		t.Errorf("got %x, want the indicator 0 payload %x", got.Payload, bad)
+	} else {
+		sub.ackPublish(got)
+	}
+	q0, _ := v5(t, addr, "pfi-q0", true, nil)
+	publish(q0, 0, 0, 1, bad)
+	if pk := q0.expect(packets.Disconnect, 5*time.Second); pk.ReasonCode != 0x99 {
+		t.Errorf("QoS 0: disconnect reason %#x, want 0x99", pk.ReasonCode)
+	}
+	sub.none(300 * time.Millisecond)
+
+	rc := dialRaw(t, addr, 5)
+	ack := rc.connectWith("pfi-will", true, 30, func(pk *packets.Packet) {
+		willConnect("pfi/will", 0, 0)(pk)
+		pk.Connect.WillPayload = bad
+		pk.Connect.WillProperties.PayloadFormat, pk.Connect.WillProperties.PayloadFormatFlag = 1, true
+	})
+	if ack.ReasonCode != 0x99 {
+		t.Errorf("will with an invalid UTF-8 payload: connack %#x, want 0x99", ack.ReasonCode)
+	}
+}
+
 // TestConformance5Subscriptions: SUBSCRIBE options, identifiers and
 // overlapping subscriptions.
 func TestConformance5Subscriptions(t *testing.T) {

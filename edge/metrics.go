@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 		}, []string{"listener", "reason"}),
 		dropped: &droppedCollector{info: srv.Info, desc: prometheus.NewDesc(
 			"edgemq_mqtt_dropped_messages_total",
-			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (QoS 0 messages over the client's limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish or will to $SYS, or to $share with no topic).",
+			"Messages not delivered to a subscriber or not accepted, by reason: queue_full (QoS 0 messages over the client's limits.max_writes_pending), inflight_full (the client's limits.max_inflight window), topic_too_long, reserved_topic (a client's publish or will to $SYS, or to $share with no topic), payload_format_invalid (an MQTT 5 publish or will whose Payload Format Indicator says UTF-8 and whose payload is not).",
 			[]string{"reason"}, nil)},
 	}
 	// Every known label value exists from the start, so that dashboards and
@@ -142,6 +142,10 @@ type droppedCollector struct {
 	// reservedTopic counts client publishes to topics reserved to the server,
 	// $SYS and a bare $share (authHook.refuseReserved).
 	reservedTopic atomic.Int64
+	// payloadFormat counts MQTT 5 publishes and wills refused because
+	// their payload is not the UTF-8 their Payload Format Indicator says
+	// (payloadFormatInvalid).
+	payloadFormat atomic.Int64
 }
 
 // Describe implements prometheus.Collector.
@@ -157,6 +161,7 @@ func (d *droppedCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(atomic.LoadInt64(&d.info.InflightDropped)), "inflight_full")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.topicTooLong.Load()), "topic_too_long")
 	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.reservedTopic.Load()), "reserved_topic")
+	ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.payloadFormat.Load()), "payload_format_invalid")
 }
 
 // metricsHook counts the messages mochi writes (Broker.publish counts
