@@ -189,10 +189,34 @@ var noWait = func() context.Context {
 // moves the rule past its oldest messages, counting the messages it drops,
 // so that a long outage costs at most the configured budget of the log and
 // does not fill the disk. It must not run while serve does.
+//
+// The rule's position (low, where the backlog starts) may be a message
+// sent on the lost connection and never acknowledged; the messages the
+// connection sent after it are in pending, acknowledged or not. Each
+// message is dropped once: one that was sent and acknowledged, or skipped,
+// expired or dropped on the way (below next, not waiting) is not counted
+// again, and the flights trimmed leave pending, so that the rule's
+// position moves past them and the next connection does not send them
+// again, and the next count does not start from them again.
 func (b *Bridge) trim(r *rule) {
 	a := &r.backlog
 	cutAge := b.cfg.MaxBacklogAge
 	from := a.from
+	r.mu.Lock()
+	next, waiting := r.next, r.pending[r.head:]
+	r.mu.Unlock()
+	// owed reports whether the rule still owes the message at off: one it
+	// has not sent, or sent without an acknowledgement. waiting is in
+	// offset order, and trim asks in offset order.
+	owed := func(off uint64) bool {
+		if off >= next {
+			return true
+		}
+		for len(waiting) > 0 && waiting[0].off < off {
+			waiting = waiting[1:]
+		}
+		return len(waiting) > 0 && waiting[0].off == off && !waiting[0].acked
+	}
 	for a.from < a.to {
 		overBytes := b.cfg.MaxBacklogBytes > 0 && a.bytes > b.cfg.MaxBacklogBytes
 		rec, err := b.log.Read(a.from)
@@ -218,7 +242,7 @@ func (b *Bridge) trim(r *rule) {
 				break
 			}
 		}
-		if forwarded {
+		if forwarded && owed(a.from) {
 			reason := DropMaxAge
 			if overBytes {
 				reason = DropMaxBytes
@@ -231,6 +255,9 @@ func (b *Bridge) trim(r *rule) {
 	a.passMessages(from, a.from)
 	a.head.Seek(a.from)
 	r.mu.Lock()
+	for r.head < len(r.pending) && r.pending[r.head].off < a.from {
+		r.head++ // a flight trimmed: dropped, not sent again
+	}
 	if r.head == len(r.pending) && a.from > r.next {
 		r.next = a.from
 	}

@@ -67,6 +67,60 @@ func TestMaxBacklogBytes(t *testing.T) {
 	t.Logf("backlog held to %d bytes (budget %d): %d oldest dropped, the newest %d forwarded", s.BacklogBytes, budget, dropped, got)
 }
 
+// TestMaxBacklogBytesAfterLostFlights: a link lost with messages in
+// flight (sent into a black hole, never acknowledged) leaves them waiting
+// to be sent again; when the outage then passes max_backlog_bytes, the
+// oldest messages are dropped once each, those in flight included, and
+// what comes back with the link is the rest: every message is either
+// forwarded or counted dropped, none both, none neither.
+func TestMaxBacklogBytesAfterLostFlights(t *testing.T) {
+	up := startMosquitto(t, "")
+	const before, flights, outage, budget = 100, 200, 2000, 20 << 10
+	const n = before + flights + outage
+	ta := newTally(n)
+	subscribeAll(t, client(t, "tcp://"+up.addr, "central-sub", true, ta.handle))
+	p := newProxy(t, up.addr)
+	bc := bridgeTo("central", proxyURL(p))
+	bc.MaxBacklogBytes = budget
+	b := startEdge(t, t.TempDir(), []edge.BridgeConfig{bc})
+	dev := client(t, "tcp://"+b.Addr("tcp").String(), "device", true, nil)
+	publishN(t, dev, 4, before, 0)
+	waitForwarded(t, ta, before, 20*time.Second)
+
+	p.BlackHole()
+	publishN(t, dev, 4, flights, before) // sent, never acknowledged
+	waitStatus(t, b, "central", 3*bc.Keepalive, func(s bridge.Status) bool { return !s.Connected })
+	p.Cut()
+	publishN(t, dev, 4, outage, before+flights)
+	var s bridge.Status
+	for last, i := uint64(0), 0; ; last, i = s.Dropped[bridge.DropMaxBytes], i+1 {
+		time.Sleep(time.Second)
+		s = status(t, b, "central")
+		if d := s.Dropped[bridge.DropMaxBytes]; d > flights+outage {
+			t.Fatalf("dropped{max_backlog_bytes} %d, more than the %d messages the outage held", d, flights+outage)
+		}
+		if s.Dropped[bridge.DropMaxBytes] > 0 && s.Dropped[bridge.DropMaxBytes] == last {
+			break
+		}
+		if i == 20 {
+			t.Fatalf("dropped{max_backlog_bytes} still growing after 20 s: %d", s.Dropped[bridge.DropMaxBytes])
+		}
+	}
+	dropped := int(s.Dropped[bridge.DropMaxBytes])
+	p.Restore()
+	waitForwarded(t, ta, n-dropped, 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // nothing more may come
+	got, _ := ta.counts()
+	all := 0 // max_backlog_bytes and any other reason (retention)
+	for _, d := range status(t, b, "central").Dropped {
+		all += int(d)
+	}
+	if got+all != n {
+		t.Errorf("upstream got %d distinct messages and %d were counted dropped (%d for max_backlog_bytes): %d, want the %d published", got, all, dropped, got+all, n)
+	}
+	t.Logf("%d in flight when the link was lost, %d during the outage: %d dropped, %d forwarded", flights, outage, dropped, got)
+}
+
 // TestBacklogBytesCounted: during an outage the backlog in bytes grows with
 // what waits, across many of the accounting's blocks of records, and it
 // comes back to zero once the upstream acknowledged everything, after a
