@@ -38,8 +38,9 @@ var errProtocolError = errors.New("edge: protocol error: a property repeated tha
 //   - SetDeadline sets the read deadline only. The read loop calls it before
 //     each read with 1.5 x keepalive; a write must not inherit that long a
 //     deadline.
-//   - Each Write gets its own deadline (limits.write_timeout). A write that
-//     misses it closes the connection at once, without a goodbye (no TLS
+//   - Each Write that waits gets its own deadline (limits.write_timeout);
+//     on plain TCP what the socket takes at once goes without one
+//     (writeRaw). A write that misses it closes the connection at once, without a goodbye (no TLS
 //     close_notify, no WebSocket close handshake, which would block again on
 //     the same full socket), and counts a slow-consumer disconnect. mochi's
 //     read goroutine then sees the closed socket and ends the client; its
@@ -96,8 +97,10 @@ type conn struct {
 	// writes meanwhile joins the round in order; Close writes it first.
 	corked bool
 	out    *[]byte
-	// flushNow's write (writeOutNow, built once) and what it returned.
+	// writeRaw's write (writeOutNow, built once), what it writes and what
+	// it returned.
 	writeOut func(fd uintptr) bool
+	nowP     []byte
 	nowN     int
 	nowErr   error
 
@@ -336,26 +339,12 @@ func (c *conn) flushNow() (bool, error) {
 		}
 		return true, nil
 	}
-	if c.ra.raw == nil {
-		return false, nil
-	}
-	if c.writeOut == nil {
-		c.writeOut = c.writeOutNow
-	}
-	err := c.ra.raw.Write(c.writeOut)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// The deadline of the last write that waited has passed (it stays
-		// set after it): RawConn.Write refuses before it writes, though a
-		// non-blocking write needs none. Every write that waits sets its
-		// own (writeLocked), so clearing it here costs none of them.
-		_ = c.Conn.SetWriteDeadline(time.Time{})
-		err = c.ra.raw.Write(c.writeOut)
-	}
-	if err != nil || (c.nowErr != nil && c.nowErr != syscall.EAGAIN && c.nowErr != syscall.EINTR) {
+	n, ok := c.writeRaw(*c.out)
+	if !ok {
 		return false, nil // flush, which waits, says what it is
 	}
 	out := *c.out
-	*c.out = out[:copy(out, out[max(c.nowN, 0):])]
+	*c.out = out[:copy(out, out[n:])]
 	if len(*c.out) > 0 {
 		return false, nil
 	}
@@ -365,10 +354,46 @@ func (c *conn) flushNow() (bool, error) {
 	return true, nil
 }
 
-// writeOutNow is flushNow's write(2) of out, in RawConn.Write: once,
+// writeRaw writes p as far as the socket takes it at once: one
+// non-blocking write(2) on a plain TCP socket, in RawConn.Write. n is what
+// it took (0 for a full socket); ok is false when it cannot write this way
+// (TLS, WebSocket) or the write failed: the blocking write says why.
+// Unlike Conn.Write it needs no deadline (a runtime timer per write) and
+// no blocking system call, whose entry wakes sysmon when the process was
+// idle. Under wmu.
+func (c *conn) writeRaw(p []byte) (n int, ok bool) {
+	if c.ra.raw == nil {
+		return 0, false
+	}
+	if c.writeOut == nil {
+		c.writeOut = c.writeOutNow
+	}
+	c.nowP = p
+	err := c.ra.raw.Write(c.writeOut)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline of the last write that waited has passed (it stays
+		// set after it): RawConn.Write refuses before it writes, though a
+		// non-blocking write needs none. Every write that waits sets its
+		// own (writeLocked), so clearing it here costs none of them.
+		_ = c.Conn.SetWriteDeadline(time.Time{})
+		err = c.ra.raw.Write(c.writeOut)
+	}
+	c.nowP = nil
+	switch {
+	case err != nil:
+		return 0, false
+	case c.nowErr == syscall.EAGAIN || c.nowErr == syscall.EINTR:
+		return 0, true
+	case c.nowErr != nil:
+		return 0, false
+	}
+	return c.nowN, true
+}
+
+// writeOutNow is writeRaw's write(2) of nowP, in RawConn.Write: once,
 // whether the socket took it or not (it is non-blocking). Under wmu.
 func (c *conn) writeOutNow(fd uintptr) bool {
-	c.nowN, c.nowErr = writeNonblock(fd, *c.out)
+	c.nowN, c.nowErr = writeNonblock(fd, c.nowP)
 	return true
 }
 
@@ -386,14 +411,22 @@ func (c *conn) flushLocked() (int, error) {
 }
 
 // writeLocked writes p within writeTimeout, or closes the connection.
-// Called with wmu held.
+// On plain TCP what the socket takes at once goes first (writeRaw); only
+// what a full socket does not take waits, with the deadline. Called with
+// wmu held.
 func (c *conn) writeLocked(p []byte) (int, error) {
+	done, _ := c.writeRaw(p)
+	if done == len(p) {
+		return done, nil
+	}
+	p = p[done:]
 	now := time.Now()
 	deadline := now.Add(c.writeTimeout)
 	_ = c.Conn.SetWriteDeadline(deadline)
 	c.writingSince.Store(now.UnixNano())
 	n, err := c.Conn.Write(p)
 	c.writingSince.Store(0)
+	n += done
 	if err == nil {
 		return n, nil
 	}

@@ -247,3 +247,72 @@ func TestConnWithoutRawSocketTakesNoDirectWrite(t *testing.T) {
 		t.Fatalf("kept something: corked %v, out %v", wc.corked, wc.out != nil)
 	}
 }
+
+// writeWatch counts the writes and write deadlines that go through the
+// net.Conn, the runtime's blocking path.
+type writeWatch struct {
+	net.Conn
+	writes, deadlines atomic.Int64
+}
+
+func (c *writeWatch) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+func (c *writeWatch) SetWriteDeadline(t time.Time) error {
+	c.deadlines.Add(1)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// On plain TCP a write the socket takes at once (Write uncorked, the
+// sender's flush) is one non-blocking write(2): no write deadline (a
+// runtime timer per write) and no blocking system call, whose entry wakes
+// sysmon when the process was idle. Only what a full socket does not take
+// waits, with its deadline, and arrives after the rest, in order.
+func TestConnWriteTakenAtOnceDoesNotWait(t *testing.T) {
+	server, client := tcpPair(t)
+	inner := &writeWatch{Conn: server}
+	wc := &conn{Conn: inner, writeTimeout: 5 * time.Second, closeNow: server.Close}
+	wc.ra.setRaw(server)
+	if _, err := wc.Write([]byte("puback")); err != nil {
+		t.Fatal(err)
+	}
+	wc.cork()
+	if _, err := wc.Write([]byte("publish")); err != nil {
+		t.Fatal(err)
+	}
+	if err := wc.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if w, d := inner.writes.Load(), inner.deadlines.Load(); w != 0 || d != 0 {
+		t.Fatalf("%d blocking writes and %d write deadlines for writes the socket took at once, want none", w, d)
+	}
+	buf := make([]byte, len("pubackpublish"))
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "pubackpublish" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+
+	// 16 MiB to a client that reads only later: the socket takes part at
+	// once, the rest waits with a deadline.
+	want := make([]byte, 0, 16<<20)
+	for i := 0; len(want) < 16<<20; i++ {
+		want = fmt.Appendf(want, "packet %d;", i)
+	}
+	got := make(chan []byte)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		b, _ := io.ReadAll(io.LimitReader(client, int64(len(want))))
+		got <- b
+	}()
+	if n, err := wc.Write(want); n != len(want) || err != nil {
+		t.Fatalf("write to a full socket: %d, %v; want %d, nil", n, err, len(want))
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("client read %d bytes, want the %d written, in order", len(b), len(want))
+	}
+	if w, d := inner.writes.Load(), inner.deadlines.Load(); w != 1 || d < 1 {
+		t.Fatalf("%d blocking writes, %d write deadlines for a full socket; want 1 write with a deadline", w, d)
+	}
+}

@@ -14,8 +14,8 @@
 //
 //   - A slow or stuck subscriber never stalls publishers for longer than
 //     limits.write_timeout. Every accepted connection is wrapped (conn.go) so
-//     that each socket write has its own deadline; a subscriber whose write
-//     misses it is disconnected at once, counted in
+//     that each socket write that waits has its own deadline; a subscriber
+//     whose write misses it is disconnected at once, counted in
 //     edgemq_mqtt_slow_consumer_disconnects_total, and its persistent session
 //     keeps what it was owed. mochi alone holds the subscriber's lock across
 //     the write, which blocks every QoS 1/2 publisher to it for as long as

@@ -61,6 +61,15 @@ func (r *readAhead) setRaw(c net.Conn) {
 // the socket has nothing yet (EAGAIN: the socket is non-blocking), so a
 // waiting connection holds none. A socket with bytes waiting costs one
 // system call; one without, a failing one and the wait.
+//
+// It asks the socket even right after a read that took less than it could
+// (the socket was empty then), though the runtime's netpoller is
+// edge-triggered and records readiness that comes while no one waits:
+// RawConn.Read clears that record before its first call of recvInto
+// (internal/poll's prepareRead, runtime.poll_runtime_pollReset), so a
+// recvInto that skipped the read would wait for bytes that are already
+// there until more come or the deadline passes
+// (TestReadAheadReadsWhatCameAfterAShortRead).
 func (r *readAhead) recvInto(fd uintptr) bool {
 	if r.buf == nil {
 		r.buf = readAheadPool.Get().(*[]byte)

@@ -74,3 +74,32 @@ func TestReadAhead(t *testing.T) {
 		})
 	}
 }
+
+// After a read that returned less than it asked for, the socket was empty
+// at that moment, yet the next read must still ask the socket before it
+// waits: bytes that came in between, and that the runtime's netpoller saw
+// while no one waited, would otherwise wait for the next bytes to arrive.
+// RawConn.Read starts by clearing the readiness the netpoller recorded
+// (internal/poll's prepareRead, runtime.poll_runtime_pollReset), so a wait
+// without that read first sleeps through them (here until the deadline).
+func TestReadAheadReadsWhatCameAfterAShortRead(t *testing.T) {
+	server, client := tcpPair(t)
+	var r readAhead
+	r.setRaw(server)
+	p := make([]byte, 64)
+	for i, msg := range []string{"first", "second", "third"} {
+		if _, err := client.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			// Every goroutine asleep: the scheduler waits in the
+			// netpoller, which sees the socket readable with no reader.
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = server.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := r.read(server, p)
+		if err != nil || string(p[:n]) != msg {
+			t.Fatalf("read %d: %q, %v; want %q", i, p[:n], err, msg)
+		}
+	}
+}
