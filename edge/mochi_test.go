@@ -286,8 +286,9 @@ func TestMochiSharedWildcardGetsSys(t *testing.T) {
 
 // OnSelectSubscribers and sharedNoLocal rely on this: plain mochi takes
 // $SHARE/... in any case for a shared subscription (the spec's prefix is
-// "$share" [MQTT-4.7.3-4]), so that $SHARE/g/$SYS/# gets $SYS topics and
-// No Local on $SHARE/g/t is refused (SUBACK 0x82).
+// "$share" [MQTT-4.7.3-4]), so that $SHARE/g/$SYS/# gets $SYS topics,
+// No Local on $SHARE/g/t is refused (SUBACK 0x82), and so is $SHARE/#, a
+// "group" with a wildcard (0x8F): docs/ARCHITECTURE.md lists these.
 func TestMochiSharesWithoutCase(t *testing.T) {
 	addr := plainMochi(t)
 	rc := dialRaw(t, addr, 5)
@@ -297,15 +298,15 @@ func TestMochiSharesWithoutCase(t *testing.T) {
 		t.Errorf("got %q, want a $SYS topic", got.TopicName)
 	}
 	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2,
-		Filters: packets.Subscriptions{{Filter: "$SHARE/g/t", Qos: 0, NoLocal: true}}})
+		Filters: packets.Subscriptions{{Filter: "$SHARE/g/t", Qos: 0, NoLocal: true}, {Filter: "$SHARE/#", Qos: 0}}})
 	for {
 		pk, err := rc.read(5 * time.Second)
 		if err != nil {
 			t.Fatalf("no SUBACK: %v", err)
 		}
 		if pk.FixedHeader.Type == packets.Suback {
-			if !bytes.Equal(pk.ReasonCodes, []byte{0x82}) {
-				t.Errorf("suback %x for No Local on $SHARE/g/t, want 82", pk.ReasonCodes)
+			if !bytes.Equal(pk.ReasonCodes, []byte{0x82, 0x8F}) {
+				t.Errorf("suback %x for No Local on $SHARE/g/t and for $SHARE/#, want 82 8f", pk.ReasonCodes)
 			}
 			return
 		}
