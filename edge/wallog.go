@@ -32,6 +32,9 @@ func (l walLog) Resolved(offset uint64) bool { return l.w.Resolved(offset) }
 // NotifyDurable sets what the log calls at each durability event.
 func (l walLog) NotifyDurable(fn func()) { l.w.NotifyDurable(fn) }
 
+// Idle reports whether nothing appended waits for the log's writer.
+func (l walLog) Idle() bool { return l.w.Idle() }
+
 // Read returns the record at offset.
 func (l walLog) Read(offset uint64) ([]byte, error) {
 	rec, err := l.w.Read(offset)

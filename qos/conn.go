@@ -46,7 +46,11 @@ type connection struct {
 	// The sender's own (or, while running is held for it, ackNow's).
 	// direct makes flush not wait (Conn.FlushNow): set by ackNow, whose
 	// goroutine must never wait for a client.
-	direct    bool
+	direct bool
+	// onLog is set while deliverNow writes on the log's goroutine
+	// (dispatchQuiet): writePublish then leaves to the sender anything
+	// that would take the session's lock.
+	onLog     bool
 	aliases   map[string]uint16
 	nextAlias uint16
 	pkt       Packet
@@ -58,7 +62,8 @@ type connection struct {
 	// acksLeft is what writeAcksNow took and could not write at once,
 	// for the sender to write first.
 	acksLeft []ack
-	// lastDirect is when deliverNow last wrote (the dispatcher's own).
+	// lastDirect is when deliverNow last wrote (the dispatching party's,
+	// under the engine's disp.mu).
 	lastDirect time.Time
 	batch      []outgoing
 	acksOut    []ack
@@ -467,31 +472,38 @@ func (c *connection) writeAcksLeft() bool {
 
 // deliverNow is the dispatcher's kick: for a clean session whose only
 // work is the few messages just offered to its queue, it writes them on
-// the dispatcher's goroutine when the socket takes them at once, and
+// the dispatching goroutine when the socket takes them at once, and
 // starts no sender; otherwise it kicks, or leaves what the socket did not
-// take to the sender. It never waits for the client: a slow or dead
-// socket cannot hold the dispatcher.
-func (c *connection) deliverNow() {
+// take to the sender, and reports that it did (left). It never waits for
+// the client: a slow or dead socket cannot hold the dispatcher. onLog: it
+// runs on the log's goroutine (dispatchQuiet), and tries the session's
+// lock rather than waiting for it (kickTry, writeDeliveriesNow).
+func (c *connection) deliverNow(onLog bool) (left bool) {
 	if c.running.Load() {
-		return // the sender runs: it takes them
+		return false // the sender runs: it takes them
+	}
+	kick := c.kick
+	if onLog {
+		kick = c.kickTry
 	}
 	now := time.Now()
 	if now.Sub(c.lastDirect) < deliverNowGap {
-		c.kick() // a busy connection: its sender writes many per write
-		return
+		kick() // a busy connection: its sender writes many per write
+		return false
 	}
 	if !c.running.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	c.lastDirect = now
-	if c.writeDeliveriesNow() {
+	if c.writeDeliveriesNow(onLog) {
 		if !c.e.goSender(c.run) {
 			c.running.Store(false)
 		}
-		return
+		return true
 	}
 	c.running.Store(false)
-	c.kick() // its work, or what came meanwhile and saw the sender running
+	kick() // its work, or what came meanwhile and saw the sender running
+	return false
 }
 
 // deliverNowMax is the most messages deliverNow takes from a queue, and
@@ -510,10 +522,17 @@ const (
 // there is to do, at most deliverNowMax, within the window. It reports
 // whether it wrote some and left the rest (pending, unflushed) to the
 // sender; false when it wrote everything, found the connection gone, or
-// left all to the sender's usual round. Called with running held.
-func (c *connection) writeDeliveriesNow() bool {
+// left all to the sender's usual round. onLog (the log's goroutine) takes
+// the session's lock only if it is free, and leaves a connection that
+// failed to the sender (which finds it so and marks it lost) rather than
+// take the lock again. Called with running held.
+func (c *connection) writeDeliveriesNow(onLog bool) bool {
 	s := c.s
-	s.mu.Lock()
+	if !onLog {
+		s.mu.Lock()
+	} else if !s.mu.TryLock() {
+		return false
+	}
 	if c.gone || c.closing || c.held || s.persistent || len(c.acks) > 0 || len(c.resend) > 0 ||
 		len(c.qos0) > 0 || len(c.scanned) > 0 || c.holdRet > 0 || len(s.retained) > 0 ||
 		s.queue.Len() == 0 || s.queue.Len() > deliverNowMax || len(s.flights)+s.queue.Len() > c.window {
@@ -540,14 +559,15 @@ func (c *connection) writeDeliveriesNow() bool {
 	}
 	s.mu.Unlock()
 	c.batch = batch
-	c.direct = true
-	defer func() { c.direct = false }()
+	c.direct, c.onLog = true, onLog
+	defer func() { c.direct, c.onLog = false, false }()
 	for i := range batch {
-		if !c.writePublish(&batch[i]) {
+		ok := c.writePublish(&batch[i])
+		if !ok && !onLog {
 			c.lost()
 			return false
 		}
-		if c.busy {
+		if !ok || c.busy {
 			c.busy = false
 			c.pending = append(c.pending[:0], batch[i:]...)
 			clear(batch)
@@ -556,6 +576,10 @@ func (c *connection) writeDeliveriesNow() bool {
 	}
 	clear(batch)
 	if !c.flush() {
+		if onLog {
+			c.unflushed = true // the sender's flush finds the connection gone
+			return true
+		}
 		c.lost()
 		return false
 	}

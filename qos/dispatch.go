@@ -2,59 +2,243 @@ package qos
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
-// dispatch is the dispatcher: it reads durable records in log order,
-// matches each message once against the index and offers it to every
-// matching session's queue and shared group; it applies every record to
-// the shadow state the checkpoints are made of.
+// The dispatcher reads durable records in log order, matches each message
+// once against the index and offers it to every matching session's queue
+// and shared group; it applies every record to the shadow state the
+// checkpoints are made of.
+//
+// Two parties dispatch, one at a time: whoever holds disp.mu. The
+// dispatcher goroutine (dispatch) reads while there is something durable
+// to read, then parks on disp.wake, not in the log: the log's durability
+// event (Engine.durableMoved, on the log's goroutine) either dispatches
+// the few records it just made durable itself (dispatchQuiet: the message
+// goes from the log's writer straight to a clean subscriber's socket, with
+// no goroutine woken in between) or wakes the dispatcher goroutine. Both
+// go through dispatchNext, one record at a time from the one reader
+// (disp.r), so log order is kept and each record is dispatched once, with
+// the same bookkeeping (dispatched, the shadow, fannedOut).
+//
+// Why no durable record is left undispatched: every record becomes
+// durable at a durability event (Log.NotifyDurable), which runs
+// dispatchQuiet after the log published the record. dispatchQuiet either
+// takes disp.mu and reads on until nothing durable is left (or hands what
+// is left to the dispatcher goroutine: owed, and a wake), or finds disp.mu
+// held and wakes the dispatcher goroutine. A holder that is the dispatcher
+// goroutine then reads again before it parks (the wake waits in the
+// channel); one that is another event (a test's log calls them on the
+// appender's goroutine) may have read before this record was published,
+// and the wake covers that too. A wake too many costs the dispatcher
+// goroutine one look.
+
+// dispatcher is the dispatching state, all of it under mu but wake.
+type dispatcher struct {
+	mu sync.Mutex
+	r  LogReader
+	m  matcher
+	// held is a record dispatchQuiet read and left to the dispatcher
+	// goroutine (a large fan-out, a retained message, a lock it could not
+	// take): that goroutine dispatches it first.
+	held struct {
+		ok  bool
+		off uint64
+		k   Kind
+		v   any
+	}
+	// owed is set when dispatchQuiet left records to the dispatcher
+	// goroutine and woke it: until that goroutine has run, events leave
+	// everything to it. stopped is set by Close (and Crash): no event
+	// dispatches any more.
+	owed, stopped bool
+	// busy is set by a dispatch on the log's goroutine whose direct write
+	// a socket did not take at once: the event stops there.
+	busy  bool
+	wake  chan struct{} // capacity 1
+	wakes atomic.Uint64 // the dispatcher goroutine's, for tests
+}
+
+// signal wakes the dispatcher goroutine (or makes its next park return at
+// once).
+func (d *dispatcher) signal() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dispatch is the dispatcher goroutine: it dispatches every durable
+// record, then parks until a durability event wakes it.
 func (e *Engine) dispatch() {
 	defer e.wg.Done()
-	r := e.log.NewReader(e.dispatched.Load())
-	var m matcher
+	d := &e.disp
 	for {
-		off, rec, err := r.Next(e.ctx)
+		d.mu.Lock()
+		d.owed = false
+		for e.ctx.Err() == nil && e.pending() && e.dispatchNext(false) {
+		}
+		d.mu.Unlock()
+		select {
+		case <-d.wake:
+			d.wakes.Add(1)
+		case <-e.ctx.Done():
+			return
+		}
+	}
+}
+
+// pending reports whether there may be a record to dispatch: one held, or
+// the reader not past the log's durable end (it may be at a hole, which
+// Next skips). It saves a look into the log that finds nothing. Called
+// with disp.mu held.
+func (e *Engine) pending() bool {
+	return e.disp.held.ok || e.disp.r.Offset() <= e.log.LastOffset()
+}
+
+// quietDispatchMax is the most records a durability event dispatches on
+// the log's goroutine (dispatchQuiet): as many as a quiet batch of the
+// log's holds.
+const quietDispatchMax = 4
+
+// dispatchQuiet is the dispatching part of the log's durability event, on
+// the log's goroutine (see the top of this file). When the dispatcher
+// goroutine is parked with nothing left to do, the log has nothing queued
+// behind this batch (Log.Idle) and the batch is at most quietDispatchMax
+// records, it dispatches them here: a message with at most
+// deliverNowFanout sessions and no shared group, not retained, whose
+// clean subscribers' sockets take it at once, goes out on this goroutine
+// (deliverNow). Anything else it leaves to the dispatcher goroutine: the
+// work here stays small and bounded, since the log's next batch waits for
+// it. Like ackNow, it never waits for a lock whose holder may wait for
+// the log (a session's, a group's, the index's, the engine's: see
+// dispatchNext) nor for a client.
+func (e *Engine) dispatchQuiet() {
+	d := &e.disp
+	if !d.mu.TryLock() {
+		d.signal()
+		return
+	}
+	defer d.mu.Unlock()
+	if d.stopped || d.owed {
+		return // owed: the dispatcher goroutine is woken and reads on
+	}
+	if last, next := e.log.LastOffset(), d.r.Offset(); next > last {
+		return // nothing new (a failed batch, or read already)
+	} else if last-next >= quietDispatchMax || !e.log.Idle() {
+		d.owed = true
+		d.signal()
+		return
+	}
+	for range quietDispatchMax {
+		if !e.pending() || !e.dispatchNext(true) || d.busy {
+			break
+		}
+	}
+	d.busy = false
+	if e.pending() {
+		d.owed = true
+		d.signal()
+	}
+}
+
+// dispatchNext dispatches the next durable record, if there is one, and
+// reports whether it did. Called with disp.mu held: by the dispatcher
+// goroutine, or with onLog by dispatchQuiet on the log's goroutine. There
+// it must not wait for a lock that a goroutine may hold while it waits
+// for the log (for room in its queue, which only the log's goroutine
+// makes): the index's lock is tried, a retained message (the engine's
+// lock) or a shared group's is not dispatched there, and the sessions'
+// locks are tried (deliverNow, kickTry); the shadow's lock, the queues'
+// and fanMu are only ever held for memory work. A record it does not
+// dispatch stays in disp.held for the dispatcher goroutine, and it
+// returns false.
+func (e *Engine) dispatchNext(onLog bool) bool {
+	d := &e.disp
+	var off uint64
+	var k Kind
+	var v any
+	var err error
+	if d.held.ok {
+		off, k, v = d.held.off, d.held.k, d.held.v
+		d.held.ok, d.held.v = false, nil
+	} else {
+		var rec []byte
+		off, rec, err = d.r.Next(doneCtx) // never waits: the wake says when to look
 		switch {
 		case err == nil:
-		case e.ctx.Err() != nil || errors.Is(err, ErrLogClosed):
-			return
+			k, v, err = decodeOwned(rec)
+		case errors.Is(err, context.Canceled), errors.Is(err, ErrLogClosed):
+			return false // nothing durable left (or nothing ever again)
 		case errors.Is(err, ErrTrimmed):
 			first := e.log.FirstOffset()
-			e.lg.Error("dispatcher: records removed before they were delivered", "from", r.Offset(), "to", first)
-			r.Seek(max(first, r.Offset()+1))
-			continue
+			e.lg.Error("dispatcher: records removed before they were delivered", "from", d.r.Offset(), "to", first)
+			d.r.Seek(max(first, d.r.Offset()+1))
+			return true
 		default: // unreadable: skipped below, as an undecodable one is
-			off = r.Offset()
-			r.Seek(off + 1)
+			off = d.r.Offset()
+			d.r.Seek(off + 1)
 		}
-		// The position moves before the offers (see Queue.CatchUp).
-		e.dispatched.Store(off + 1)
-		var k Kind
-		var v any
-		if err == nil {
-			k, v, err = decodeOwned(rec)
-		}
-		if err != nil {
-			e.stats.dropUnreadable.Add(1)
-			e.lg.Error("dispatcher: record unreadable, skipped", "offset", off, "error", err)
-		} else if msg, ok := v.(*Message); ok {
-			e.fanout(&m, off, msg)
-			e.stats.dispatched.Add(1)
-		}
-		e.shadowMu.Lock()
-		if err == nil {
-			e.shadow.ApplyDecoded(off, k, v)
-		}
-		e.shadowNext = off + 1
-		e.shadowMu.Unlock()
-		if k != KindCheckpoint {
-			e.shadowLive.Store(off + 1)
-		}
-		e.fannedOutTo(off + 1)
 	}
+	msg, _ := v.(*Message)
+	var groupBuf [4]*group
+	var groups []*group
+	if err == nil && msg != nil {
+		if onLog && (msg.Retain || !e.idx.mu.TryRLock()) {
+			d.held.ok, d.held.off, d.held.k, d.held.v = true, off, k, v
+			return false
+		}
+		if !onLog {
+			e.idx.mu.RLock()
+		}
+		groups = e.match(&d.m, off, msg, groupBuf[:0])
+		e.idx.mu.RUnlock()
+		if onLog && (len(groups) > 0 || len(d.m.grants) > deliverNowFanout) {
+			d.held.ok, d.held.off, d.held.k, d.held.v = true, off, k, v
+			return false
+		}
+	}
+	// The position moves before the offers (see Queue.CatchUp). It moves
+	// after the match, which a subscription's start does not mind: one
+	// that enters the index after the match started at the position read
+	// before it moved, at most, as one that entered after the match
+	// under the old order (its start read before the move) did.
+	e.dispatched.Store(off + 1)
+	if err != nil {
+		e.stats.dropUnreadable.Add(1)
+		e.lg.Error("dispatcher: record unreadable, skipped", "offset", off, "error", err)
+	} else if msg != nil {
+		if e.fanout(&d.m, off, msg, groups, onLog) {
+			d.busy = true
+		}
+		e.stats.dispatched.Add(1)
+	}
+	e.shadowMu.Lock()
+	if err == nil {
+		e.shadow.ApplyDecoded(off, k, v)
+	}
+	e.shadowNext = off + 1
+	e.shadowMu.Unlock()
+	if k != KindCheckpoint {
+		e.shadowLive.Store(off + 1)
+	}
+	e.fannedOutTo(off + 1)
+	return true
+}
+
+// stopDispatch ends dispatching on the log's goroutine, for Close and
+// Crash (after the engine's context is cancelled): once it returns, no
+// durability event dispatches, so nothing touches the shadow or a
+// connection of a stopped engine. The dispatcher goroutine sees the
+// cancelled context at its next record.
+func (e *Engine) stopDispatch() {
+	e.disp.mu.Lock()
+	e.disp.stopped = true
+	e.disp.mu.Unlock()
 }
 
 // matcher holds one caller's scratch for matching a message: the
@@ -110,9 +294,12 @@ func (e *Engine) match(m *matcher, off uint64, msg *Message, groups []*group) []
 	return groups
 }
 
-// fanout offers a logged message to the queues of the sessions and groups
-// it matches, and keeps the retained one.
-func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
+// fanout offers a logged message to the queues of the sessions (m.grants)
+// and groups it matched, and keeps the retained one. onLog: on the log's
+// goroutine (dispatchQuiet: no group, not retained), where it tries the
+// sessions' locks rather than waiting for them; it reports whether a
+// socket did not take a direct write at once.
+func (e *Engine) fanout(m *matcher, off uint64, msg *Message, groups []*group, onLog bool) (busy bool) {
 	if msg.Retain {
 		e.mu.Lock()
 		if len(msg.Payload) == 0 {
@@ -122,10 +309,6 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
 		}
 		e.mu.Unlock()
 	}
-	var groupBuf [4]*group
-	e.idx.mu.RLock()
-	groups := e.match(m, off, msg, groupBuf[:0])
-	e.idx.mu.RUnlock()
 	// Written here, when few sessions want it and nothing else waits for
 	// the dispatcher (a message at a time, at a low rate): a sender per
 	// delivery would cost a goroutine and a wake-up each. Under load the
@@ -137,9 +320,12 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
 		// and the sender reads the log from now on.
 		g.s.queue.Offer(g.en)
 		if c := g.s.conn.Load(); c != nil {
-			if direct {
-				c.deliverNow()
-			} else {
+			switch {
+			case direct:
+				busy = c.deliverNow(onLog) || busy
+			case onLog:
+				c.kickTry()
+			default:
 				c.kick()
 			}
 		}
@@ -149,6 +335,7 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message) {
 		g.queue.Offer(Entry{Offset: off, Msg: msg})
 		g.kickMembers(nil)
 	}
+	return busy
 }
 
 // deliverNowFanout is the most sessions a message may match for the

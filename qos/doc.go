@@ -50,7 +50,15 @@
 // assigns the engine's packet ids, logs a Deliver record for a persistent
 // session (waited for at QoS 2 before the PUBLISH) and writes the PUBLISH.
 // At a low rate the dispatcher writes a clean session's message itself,
-// the same way and never waiting for the socket. The subscriber's PUBACK
+// the same way and never waiting for the socket. While the log is quiet
+// (nothing queued behind the batch, Log.Idle) and the dispatcher
+// goroutine is parked with nothing left, the durability event itself
+// dispatches the few records it made durable, on the log's goroutine, so
+// that such a message goes from the log's writer to the subscriber's
+// socket with no goroutine woken in between; a large fan-out, a retained
+// message, a shared group, a lock held or a socket that does not take the
+// write at once leave the rest to the dispatcher goroutine (dispatch.go
+// says why no record is dispatched twice or left behind). The subscriber's PUBACK
 // (Client.Puback) frees the packet id and logs a Complete record for a
 // persistent session.
 //

@@ -129,6 +129,7 @@ type Engine struct {
 	extMu    sync.Mutex
 	external map[string]map[uint16]uint64
 
+	disp       dispatcher    // who dispatches, and how far (dispatch.go)
 	dispatched atomic.Uint64 // the next offset the dispatcher reads
 	fannedOut  atomic.Uint64 // every offset below it was offered everywhere
 	// fanned is closed and replaced (under fanMu) when fannedOut moves
@@ -199,6 +200,7 @@ func New(cfg Config) (*Engine, error) {
 		timerWake: make(chan struct{}, 1),
 		fanned:    make(chan struct{}),
 	}
+	e.disp.wake = make(chan struct{}, 1)
 	if err := e.recover(); err != nil {
 		cancel()
 		return nil, err
@@ -208,6 +210,7 @@ func New(cfg Config) (*Engine, error) {
 
 // Start runs the dispatcher, the session timers and the checkpointer.
 func (e *Engine) Start() {
+	e.disp.r = e.log.NewReader(e.dispatched.Load())
 	e.log.NotifyDurable(e.durableMoved)
 	e.wg.Add(3)
 	go e.dispatch()
@@ -228,6 +231,7 @@ func (e *Engine) Close() error {
 	e.closed = true
 	e.runMu.Unlock()
 	e.cancel()
+	e.stopDispatch()
 	e.wg.Wait()
 	if e.cfg.Snapshots == nil {
 		return nil
@@ -244,8 +248,11 @@ func (e *Engine) Close() error {
 // wait for it. The work is a check per waiting connection, an atomic load
 // while the log has had no failure, and a write or a sender per resolved
 // one. It takes no lock but durMu and, to start a sender, none the log
-// holds.
+// holds. Then the records made durable are dispatched, here while the
+// log is quiet, or by the dispatcher goroutine, which this wakes
+// (dispatchQuiet).
 func (e *Engine) durableMoved() {
+	defer e.dispatchQuiet()
 	e.durMu.Lock()
 	var w []*connection
 	keep := e.durWait[:0]

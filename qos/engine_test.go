@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -478,5 +479,93 @@ func TestAckNowDoesNotWaitForTheSessionLock(t *testing.T) {
 	unlock()
 	if got := pub.conn.waitFor(t, 1); got[0].Type != qos.PacketPuback || got[0].PacketID != 1 {
 		t.Fatalf("got %s, want PUBACK 1", types(got))
+	}
+}
+
+// goid returns the calling goroutine's id, from its stack trace.
+func goid() string {
+	b := make([]byte, 64)
+	b = b[:runtime.Stack(b, false)]
+	f := strings.Fields(string(b))
+	return f[1] // "goroutine N [running]:"
+}
+
+// While the log is quiet (nothing queued behind) and the dispatcher is
+// parked, the log's durability event dispatches the records it made
+// durable itself: a clean subscriber's PUBLISH is written on the event's
+// goroutine (memLog's events run on the appender's, here the publisher's),
+// in log order, and the dispatcher goroutine is not woken for them. With
+// appends queued behind (busy), the dispatcher goroutine writes it.
+func TestQuietDispatchOnTheEvent(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false)
+	sub.subscribe("t", 1)
+	pub := h.connect("pub", false)
+	h.e.WaitDispatched()
+	var mu sync.Mutex
+	var by []string // the goroutine that flushed each PUBLISH
+	sub.conn.mu.Lock()
+	sub.conn.onFlush = func(ps []qos.Packet) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range ps {
+			if p.Type == qos.PacketPublish {
+				by = append(by, goid())
+			}
+		}
+	}
+	sub.conn.mu.Unlock()
+	me := goid()
+	wakes := h.e.DispatcherWakes()
+	const n = 4
+	for i := range n {
+		time.Sleep(time.Millisecond) // past deliverNowGap: each is written alone
+		pub.publish("t", 1, uint16(i+1), fmt.Sprint("m", i))
+	}
+	h.log.setBusy(true)
+	pub.publish("t", 1, n+1, "busy")
+	got := sub.ackAll(sub.conn.waitFor(t, n+1))
+	if want := "[m0 m1 m2 m3 busy]"; fmt.Sprint(payloads(got)) != want {
+		t.Fatalf("got %v, want %s", payloads(got), want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, g := range by[:n] {
+		if g != me {
+			t.Errorf("PUBLISH %d written by goroutine %s, not the durability event's (%s)", i, g, me)
+		}
+	}
+	if by[n] == me {
+		t.Errorf("with appends queued behind, the durability event wrote the PUBLISH itself")
+	}
+	if w := h.e.DispatcherWakes() - wakes; w != 1 {
+		t.Errorf("the dispatcher goroutine woke %d times, want once (for the busy one)", w)
+	}
+}
+
+// The durability event never waits for a subscriber's session lock when
+// it dispatches: the holder may be waiting for room in the log's queue.
+// The PUBLISH then comes from the subscriber's sender, once it is free.
+func TestQuietDispatchDoesNotWaitForTheSessionLock(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false)
+	sub.subscribe("t", 1)
+	pub := h.connect("pub", false)
+	h.e.WaitDispatched()
+	unlock := sub.cl.LockSession()
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		pub.publish("t", 1, 1, "m") // its durability event, on this goroutine
+	}()
+	select {
+	case <-published:
+	case <-time.After(5 * time.Second):
+		unlock()
+		t.Fatal("the durability event waited for the subscriber's session lock")
+	}
+	unlock()
+	if got := sub.conn.waitFor(t, 1); got[0].Type != qos.PacketPublish || string(got[0].Message.Payload) != "m" {
+		t.Fatalf("got %s, want the PUBLISH", types(got))
 	}
 }

@@ -10,6 +10,7 @@ func (e *Engine) Crash() {
 	e.closed = true
 	e.runMu.Unlock()
 	e.cancel()
+	e.stopDispatch()
 	e.wg.Wait()
 }
 
@@ -53,3 +54,6 @@ func (e *Engine) FloorWalk() time.Duration {
 	e.floor(st, off)
 	return time.Since(start)
 }
+
+// DispatcherWakes counts the times the dispatcher goroutine woke to read.
+func (e *Engine) DispatcherWakes() uint64 { return e.disp.wakes.Load() }

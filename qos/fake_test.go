@@ -60,6 +60,8 @@ type memLog struct {
 	// waits for.
 	epoch uint64
 	calls sync.WaitGroup
+	// busy makes Idle false.
+	busy bool
 }
 
 // crash is what a kill -9 does to the log: of the records not durable yet
@@ -205,6 +207,22 @@ func (l *memLog) releaseIn(epoch uint64) {
 	l.durableEvent(epoch)
 }
 
+// Idle is false while busy is set: a log whose writer has appends queued,
+// so that durability events leave the dispatching to the dispatcher
+// goroutine.
+func (l *memLog) Idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.busy
+}
+
+// setBusy sets busy (see Idle).
+func (l *memLog) setBusy(b bool) {
+	l.mu.Lock()
+	l.busy = b
+	l.mu.Unlock()
+}
+
 // NotifyDurable sets what the log calls at each durability event.
 func (l *memLog) NotifyDurable(fn func()) {
 	l.mu.Lock()
@@ -234,8 +252,11 @@ func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
 	epoch := l.epoch
 	l.mu.Unlock()
 	off, err := l.appendAsync(recs)
-	if err == nil && l.Resolved(off+uint64(len(recs))-1) {
-		l.durableEvent(epoch) // durable at once: no slow fsync, no hold
+	if err == nil && off+uint64(len(recs))-1 <= l.LastOffset() {
+		// Durable (or failed) at once: no slow fsync, no hold. A
+		// waitFail does not make it less so: the event comes, as every
+		// durable record's does.
+		l.durableEvent(epoch)
 	}
 	return off, err
 }

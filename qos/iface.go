@@ -66,6 +66,13 @@ type Log interface {
 	// goroutine, which waits for it: fn must not block. The engine sets it
 	// in Start and starts there the senders whose acknowledgements waited.
 	NotifyDurable(fn func())
+	// Idle reports whether nothing appended waits to be made durable:
+	// every record AppendAsync returned is durable or failed (at a
+	// durability event: nothing was queued behind the records it made
+	// durable). The engine asks it at each event before it does more work
+	// on the log's goroutine (dispatchQuiet), work that would delay the
+	// next batch; it must be cheap (wal: an atomic load).
+	Idle() bool
 	// Read returns the durable record at offset (the caller's to keep:
 	// the log never writes to it again).
 	// Errors wrap ErrHole, ErrTrimmed or ErrLogClosed; any other error is a

@@ -121,6 +121,11 @@ func runModel(t *testing.T, seed uint64, steps int) {
 	for step := range steps {
 		m.step = step
 		c := m.cs[m.r.IntN(len(m.cs))]
+		if m.r.IntN(8) == 0 {
+			// Durability events dispatch themselves while the log is
+			// quiet (idle), the dispatcher goroutine while it is busy.
+			m.h.log.setBusy(m.r.IntN(2) == 0)
+		}
 		n := m.r.IntN(100)
 		for _, op := range []struct {
 			skip   byte

@@ -1035,6 +1035,7 @@ func TestRetainedAckedBeforeSubscribe(t *testing.T) {
 	pub := h.connect("pub", false)
 	hold := make(chan struct{})
 	var once sync.Once
+	h.log.setBusy(true) // the dispatcher goroutine reads, not the publisher's event
 	h.log.mu.Lock()
 	h.log.onNext = func(uint64) { <-hold }
 	h.log.mu.Unlock()

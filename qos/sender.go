@@ -459,6 +459,10 @@ func (c *connection) writePublish(o *outgoing) bool {
 	if o.f.qos > 0 {
 		m, q, retain, ids = o.f.msg, o.f.qos, o.f.retain, o.f.ids
 	}
+	if m == nil && c.onLog {
+		c.busy = true // read and dropped under the session's lock: the sender's
+		return true
+	}
 	if m == nil {
 		var err error
 		if m, err = e.readMessage(o.f.offset); err != nil {
@@ -502,9 +506,11 @@ func (c *connection) writePublish(o *outgoing) bool {
 			e.stats.redelivers.Add(1)
 		}
 		return true
-	case errors.Is(err, errBusy):
+	case errors.Is(err, errBusy) || (c.onLog && errors.Is(err, ErrTooLarge)):
 		// Not written: the sender writes it (pending), with the alias
-		// assigned again in wire order.
+		// assigned again in wire order. On the log's goroutine a packet
+		// too large is the sender's too: dropping its flight takes the
+		// session's lock.
 		if c.pkt.TopicAlias > 0 && !c.pkt.AliasOnly {
 			delete(c.aliases, m.Topic)
 			c.nextAlias--

@@ -6,7 +6,11 @@
 // Open(dir, Config) and Close. Append(ctx, records...) returns the offset of
 // the first record once all are durable under the sync policy; AppendAsync
 // returns at once and WaitDurable waits later (Resolved says, without a
-// lock, whether it would wait); Sync makes everything
+// lock, whether it would wait; NotifyDurable sets a function the writer
+// calls at each durability event, and Idle says, with an atomic load,
+// whether anything is queued behind the batch it made durable, so a
+// consumer knows whether work it does on the writer's goroutine delays
+// another batch); Sync makes everything
 // acknowledged so far durable under any policy. Read(offset) is safe from any
 // number of goroutines; NewReader(from) iterates and waits for new records.
 // Cursor(name) is a named durable read position that a consumer advances

@@ -405,6 +405,14 @@ func (l *Log) Resolved(offset uint64) bool {
 	return offset <= l.durable.Load() || l.holeErr(offset, offset) != nil || l.failed != nil || l.closed
 }
 
+// Idle reports, with an atomic load, whether no append waits for the
+// writer: every record appended so far is written (durable once its
+// batch's fsync returns) or failed. At a durability event
+// (NotifyDurable) it says whether anything was queued behind the batch
+// just made durable: a consumer that does more work on the writer's
+// goroutine while it is true delays no batch but its own next one.
+func (l *Log) Idle() bool { return l.stats.queued.Load() == 0 }
+
 func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 	total := 0
 	for _, r := range recs {
