@@ -87,8 +87,9 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 // invalid (§3.3.2.3.2, and §3.1.3.2.3 for a will); edgemq does, as
 // Moquette does (HiveMQ, off by default; Mosquitto does not), so that a
 // subscriber the indicator promised text never gets bytes that are not.
-// utf8.Valid costs about a nanosecond per byte, and only payloads that
-// carry the indicator pay it.
+// Only payloads that carry the indicator pay for utf8.Valid: 29-39 ns for
+// 256 bytes of ASCII, 0.4-1.4 us for 256 bytes of accented text (this
+// machine, go test -bench, 3 runs).
 func payloadFormatInvalid(p *packets.Properties, payload []byte) bool {
 	return p.PayloadFormatFlag && p.PayloadFormat == 1 && !utf8.Valid(payload)
 }
