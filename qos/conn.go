@@ -395,13 +395,31 @@ func (c *connection) kickTry() {
 
 // hasGroups reports whether the session is a member of a shared group.
 // Called with s.mu held.
-func (s *session) hasGroups() bool {
-	for _, sb := range s.subs {
-		if sb.g != nil {
-			return true
-		}
+func (s *session) hasGroups() bool { return s.shared > 0 }
+
+// putSub puts sb in s.subs under filter, counting a shared one
+// (s.shared). Called with s.mu held, or during recovery.
+func (s *session) putSub(filter string, sb *sub) {
+	if _, ok := s.subs[filter]; !ok && isShared(filter) {
+		s.shared++
 	}
-	return false
+	s.subs[filter] = sb
+}
+
+// deleteSub takes filter's subscription out of s.subs. Called with s.mu
+// held.
+func (s *session) deleteSub(filter string) {
+	if _, ok := s.subs[filter]; ok && isShared(filter) {
+		s.shared--
+	}
+	delete(s.subs, filter)
+}
+
+// isShared reports whether filter is a shared subscription's
+// ($share/<group>/<filter>).
+func isShared(filter string) bool {
+	name, _ := SplitShared(filter)
+	return name != ""
 }
 
 // ackNowMax is the most acknowledgements ackNow writes itself: a round

@@ -114,7 +114,7 @@ func (e *Engine) recover() error {
 			if sr.Identifier > 0 {
 				sb.ids = []int{sr.Identifier}
 			}
-			s.subs[filter] = sb
+			s.putSub(filter, sb)
 			name, inner := SplitShared(filter)
 			if name == "" {
 				e.idx.add(filter, sb)

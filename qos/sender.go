@@ -333,6 +333,9 @@ func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, logg
 // robin. Called with s.mu held.
 func (c *connection) nextShared() (Entry, *group, uint16, logged, bool) {
 	s := c.s
+	if s.shared == 0 {
+		return Entry{}, nil, 0, logged{}, false
+	}
 	var gs []*sub
 	for _, sb := range s.subs {
 		if sb.g != nil {
@@ -718,13 +721,15 @@ func (c *connection) wantsWindow() bool {
 	if (c.holdRet == 0 && len(s.retained) > 0) || s.queue.Len() > 0 {
 		return true
 	}
-	for _, sb := range s.subs {
-		if g := sb.g; g != nil {
-			g.mu.Lock()
-			n := len(g.returned) + g.queue.Len()
-			g.mu.Unlock()
-			if n > 0 {
-				return true
+	if s.shared > 0 {
+		for _, sb := range s.subs {
+			if g := sb.g; g != nil {
+				g.mu.Lock()
+				n := len(g.returned) + g.queue.Len()
+				g.mu.Unlock()
+				if n > 0 {
+					return true
+				}
 			}
 		}
 	}
@@ -755,6 +760,9 @@ func (c *connection) scanWanted(claim bool) (*Queue, *group, []*sub) {
 			}
 		}
 		return s.queue, nil, subs
+	}
+	if s.shared == 0 {
+		return nil, nil, nil
 	}
 	for _, sb := range s.subs {
 		g := sb.g

@@ -28,6 +28,10 @@ type session struct {
 	persistent bool
 	ended      bool
 	subs       map[string]*sub // by filter as subscribed (with any $share prefix)
+	// shared counts the shared subscriptions in subs (putSub, deleteSub):
+	// the sender's per-message looks for a group's work skip the walk of
+	// subs when it is 0.
+	shared     int
 	flights    map[uint16]flight
 	seq        uint64 // send order of flights
 	nextPID    uint16
@@ -630,7 +634,7 @@ func (e *Engine) subscribeLocked(s *session, subs []Subscribe) []added {
 // or its group's members.
 func (e *Engine) swapSubLocked(s *session, old, sb *sub) {
 	s.mu.Lock()
-	s.subs[sb.Filter] = sb
+	s.putSub(sb.Filter, sb)
 	connected := s.conn.Load() != nil
 	s.mu.Unlock()
 	if g := sb.g; g != nil {
@@ -783,7 +787,7 @@ func (cl *Client) Unsubscribe(filters []string) (existed []bool, err error) {
 func (e *Engine) unsubscribeLocked(s *session, sb *sub) {
 	s.mu.Lock()
 	if s.subs[sb.Filter] == sb {
-		delete(s.subs, sb.Filter)
+		s.deleteSub(sb.Filter)
 	}
 	s.mu.Unlock()
 	if sb.g == nil {
