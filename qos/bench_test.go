@@ -217,12 +217,18 @@ func BenchmarkPersistentConnects(b *testing.B) {
 
 // BenchmarkCheckpointSessions is a checkpoint of n persistent sessions, a
 // fleet of devices offline with one message waiting each and a quarter
-// online. Reported: the walk that holds the engine's lock and every
-// session's (walk-ms: every publish, delivery and acknowledgement of a
-// session waits that long at worst), the whole checkpoint
-// (checkpoint-ms: snapshot encoded into memory, cursor committed), and
-// the longest Client.Publish call of a connected device publishing QoS 1
-// all along took meanwhile (stall-ms: it takes its session's lock).
+// online. Reported: the checkpoint's walk of the sessions and groups
+// (walk-ms), the whole checkpoint (checkpoint-ms: the shadow state
+// copied, the walk, the snapshot encoded into memory, the cursor
+// committed), and the longest call of each kind made one after the other
+// during a checkpoint: a connected device's QoS 1 Client.Publish (stall-ms:
+// it takes its session's lock) all along, and, one kind per checkpoint,
+// offline devices coming back (connect-ms) and going again
+// (disconnect-ms), as a fleet does after an outage, and a connected device
+// subscribing to new filters (subscribe-ms: it waits for the dispatcher
+// too) and unsubscribing them (unsubscribe-ms). The devices that come and
+// go are a pool of n/10 of the n with nothing waiting: each comes back to
+// a short backlog to read, as it would after a short outage.
 func BenchmarkCheckpointSessions(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
@@ -237,67 +243,168 @@ func BenchmarkCheckpointSessions(b *testing.B) {
 			e.Start()
 			defer e.Close()
 			var online []*qos.Client
-			for i := range n {
-				id := fmt.Sprintf("dev-%d", i)
+			var pool []string // offline, nothing waiting
+			expiry := uint32(3600)
+			connect := func(id string) *qos.Client {
 				conn := &countConn{}
-				cl, _, err := e.Connect(conn, qos.ConnectInfo{ClientID: id, ProtocolVersion: 5, ExpiryInterval: 3600})
+				cl, _, err := e.Connect(conn, qos.ConnectInfo{ClientID: id, ProtocolVersion: 5, ExpiryInterval: expiry})
 				if err != nil {
 					b.Fatal(err)
 				}
 				conn.cl.Store(cl)
 				cl.Established()
+				return cl
+			}
+			device := func(i int) {
+				id := fmt.Sprintf("dev-%d", i)
+				cl := connect(id)
 				if err := cl.Subscribe([]qos.Subscribe{{Filter: "cmd/" + id, QoS: 1}}); err != nil {
 					b.Fatal(err)
 				}
 				cl.Suback()
 				if i%4 == 0 {
 					online = append(online, cl)
-					continue
+					return
 				}
-				expiry := uint32(3600)
 				cl.Disconnect(false, &expiry)
 			}
-			for i := range n {
+			waiting := n - n/10
+			for i := range waiting {
+				device(i)
+			}
+			for i := range waiting {
 				if err := e.Publish(context.Background(), &qos.Message{Topic: fmt.Sprintf("cmd/dev-%d", i), Payload: []byte("x"), QoS: 1}); err != nil {
 					b.Fatal(err)
 				}
 			}
 			e.WaitDispatched()
-			var walk, total, stall time.Duration
-			for range b.N {
-				stop := make(chan struct{})
-				done := make(chan time.Duration)
-				go func() { // one device publishing all along
-					var worst time.Duration
-					pid := uint16(0)
-					for {
-						select {
-						case <-stop:
-							done <- worst
-							return
-						default:
-						}
-						pid = pid%60000 + 1
-						t0 := time.Now()
-						if err := online[0].Publish(&qos.Message{Topic: "up/dev-0", Payload: []byte("y"), QoS: 1}, pid); err != nil {
-							b.Error(err)
-						}
-						worst = max(worst, time.Since(t0))
-						time.Sleep(100 * time.Microsecond)
-					}
-				}()
-				walk += e.FloorWalk()
-				t0 := time.Now()
-				if err := e.Checkpoint(); err != nil {
-					b.Fatal(err)
+			for i := waiting; i < n; i++ {
+				device(i)
+				if i%4 != 0 {
+					pool = append(pool, fmt.Sprintf("dev-%d", i))
 				}
-				total += time.Since(t0)
-				close(stop)
-				stall = max(stall, <-done)
+			}
+			e.WaitDispatched()
+			sub := online[1]
+			filter := func(i int) string { return fmt.Sprintf("extra/%d", i) }
+			// Each kind of call: what it needs ready (the calls it may
+			// make), the call, and what puts things back.
+			var back []*qos.Client // devices that came back
+			kinds := []struct {
+				unit     string
+				setup    func()
+				call     func(i int) bool // false: nothing more to do
+				teardown func()
+			}{
+				{"connect-ms", func() { back = back[:0] }, func(i int) bool {
+					if i >= len(pool) {
+						return false
+					}
+					back = append(back, connect(pool[i]))
+					return true
+				}, func() {
+					for _, cl := range back {
+						cl.Disconnect(false, &expiry)
+					}
+				}},
+				{"disconnect-ms", func() {
+					back = back[:0]
+					for _, id := range pool {
+						back = append(back, connect(id))
+					}
+				}, func(i int) bool {
+					if i >= len(back) {
+						return false
+					}
+					back[i].Disconnect(false, &expiry)
+					return true
+				}, func() {
+					for _, cl := range back {
+						cl.Disconnect(false, &expiry) // those left; again is nothing
+					}
+				}},
+				{"subscribe-ms", func() {}, func(i int) bool {
+					if err := sub.Subscribe([]qos.Subscribe{{Filter: filter(i), QoS: 1}}); err != nil {
+						b.Error(err)
+						return false
+					}
+					sub.Suback()
+					return true
+				}, func() {}},
+				{"unsubscribe-ms", func() {
+					for i := range len(pool) {
+						if err := sub.Subscribe([]qos.Subscribe{{Filter: filter(i), QoS: 1}}); err != nil {
+							b.Fatal(err)
+						}
+						sub.Suback()
+					}
+				}, func(i int) bool {
+					if i >= len(pool) {
+						return false
+					}
+					if _, err := sub.Unsubscribe([]string{filter(i)}); err != nil {
+						b.Error(err)
+						return false
+					}
+					return true
+				}, func() {}},
+			}
+			// repeat calls f one after the other until stop is closed (or
+			// f has nothing more to do) and sends the longest call.
+			repeat := func(stop <-chan struct{}, done chan<- time.Duration, f func(i int) bool) {
+				var worst time.Duration
+				defer func() { done <- worst }()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					t0 := time.Now()
+					more := f(i)
+					worst = max(worst, time.Since(t0))
+					if !more {
+						return
+					}
+					time.Sleep(500 * time.Microsecond)
+				}
+			}
+			pid := uint16(0)
+			publish := func(int) bool { // one device publishing all along
+				pid = pid%60000 + 1
+				if err := online[0].Publish(&qos.Message{Topic: "up/dev-0", Payload: []byte("y"), QoS: 1}, pid); err != nil {
+					b.Error(err)
+				}
+				return true
+			}
+			var walk, total, stall time.Duration
+			worst := make([]time.Duration, len(kinds))
+			for range b.N {
+				walk += e.FloorWalk()
+				for k, kind := range kinds {
+					kind.setup()
+					e.WaitDispatched()
+					stop := make(chan struct{})
+					pubDone, callDone := make(chan time.Duration, 1), make(chan time.Duration, 1)
+					go repeat(stop, pubDone, publish)
+					go repeat(stop, callDone, kind.call)
+					t0 := time.Now()
+					if err := e.Checkpoint(); err != nil {
+						b.Fatal(err)
+					}
+					total += time.Since(t0)
+					close(stop)
+					stall = max(stall, <-pubDone)
+					worst[k] = max(worst[k], <-callDone)
+					kind.teardown()
+				}
 			}
 			b.ReportMetric(float64(walk.Microseconds())/1000/float64(b.N), "walk-ms")
-			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "checkpoint-ms")
+			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N*len(kinds)), "checkpoint-ms")
 			b.ReportMetric(float64(stall.Microseconds())/1000, "stall-ms")
+			for k, kind := range kinds {
+				b.ReportMetric(float64(worst[k].Microseconds())/1000, kind.unit)
+			}
 		})
 	}
 }
