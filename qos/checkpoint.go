@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 )
@@ -158,19 +159,37 @@ func (e *Engine) trim() error {
 // took, what members gave back to a group. With st, it also brings st up
 // to the live sessions (step 1 above).
 //
-// It sees one state of sessions and groups together: a message moves
+// It holds one lock at a time, never for the whole walk: Engine.mu to
+// list the sessions and groups (live), then each session's lock, then
+// each group's, so a Connect, SUBSCRIBE or DISCONNECT waits for the list
+// at most, and a session's publishes, deliveries and acknowledgements for
+// the reading of that session (BenchmarkCheckpointSessions).
+//
+// Sessions and groups are read at different moments, and a message moves
 // between a group and a member (taken, found by the member's scan of the
-// group's backlog, given back) only under both their locks, or under
-// Engine.mu, so the walk holds Engine.mu and keeps the lock of every
-// session that has to do with a group (a member, or one holding a
-// group's flight or scan find) until it has read the groups too. A
-// session released before the groups were read could take a message, or
-// end a scan, in between, and the message would be in neither walk. Any
-// other session's lock goes as soon as it is read: no message can move
-// between it and a group while Engine.mu keeps memberships as they are,
-// so its publishes, deliveries and acknowledgements wait for the walk of
-// one session, not of all (BenchmarkCheckpointSessions).
+// group's backlog, given back, returned by a member going away) under
+// both their locks in between. One that went from a member to its group
+// after the member was read is in the group when the group is read, or
+// was taken from it again. One taken from a group after its member was
+// read would be in neither walk: so each group keeps the lowest offset it
+// has handed out since the walk began (group.lent, reset here first), and
+// its position counts from there, as if the group had been read when the
+// walk began. The checkpoint's group positions may then be lower than
+// the live ones by what was taken during the walk: a persistent member's
+// take is logged (a Deliver record after the checkpoint's offset, which
+// recovery replays, moving the group past it again), and a clean
+// member's is lost with it at a restart, when its group must hand it out
+// again, as for one the member held when the walk began. A session that
+// ended is skipped, as if it had ended before the walk: its record of the
+// end follows the checkpoint's offset, and what it held of a group went
+// back to the group as it ended.
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
+	sessions, groups := e.listLive()
+	for _, g := range groups {
+		g.mu.Lock()
+		g.lent = math.MaxUint64
+		g.mu.Unlock()
+	}
 	progress := e.fannedOut.Load()
 	floor := upTo
 	// A group's messages its members hold and the group's position does
@@ -182,17 +201,12 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			held[g] = off
 		}
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	locked := make([]*session, 0, len(e.sessions))
-	defer func() {
-		for _, s := range locked {
-			s.mu.Unlock()
-		}
-	}()
-	for id, s := range e.sessions {
+	for _, s := range sessions {
 		s.mu.Lock()
-		grouped := s.hasGroups()
+		if s.ended {
+			s.mu.Unlock()
+			continue
+		}
 		pos := s.queue.Position(progress)
 		if c := s.conn.Load(); c != nil {
 			for _, sc := range c.scanned { // read past, not yet taken
@@ -200,49 +214,40 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				if sc.g == nil { // the session's own: its position too
 					pos = min(pos, sc.Offset)
 				} else {
-					grouped = true
 					hold(sc.g, sc.Offset)
 				}
 			}
 		}
 		floor = min(floor, pos)
-		var ss *SessionState
-		if st != nil {
-			ss = st.Sessions[id]
-		}
-		if ss != nil && s.persistent {
-			ss.Next = max(ss.Next, pos)
-			clear(ss.Inflight)
+		var inflight map[uint16]Inflight
+		if st != nil && s.persistent && st.Sessions[s.id] != nil {
+			inflight = make(map[uint16]Inflight, len(s.flights))
 		}
 		for pid, f := range s.flights {
 			if !f.released {
 				floor = min(floor, f.offset)
-			}
-			if f.group != nil {
-				grouped = true
 			}
 			if f.group != nil && !s.persistent {
 				// A clean member's message is lost with it at a restart:
 				// the group takes it again from its position.
 				hold(f.group, f.offset)
 			}
-			if ss != nil && s.persistent {
+			if inflight != nil {
 				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain}
 				if f.group != nil {
 					in.Group = f.group.key
 				}
-				ss.Inflight[pid] = in
+				inflight[pid] = in
 			}
 		}
-		if grouped {
-			locked = append(locked, s)
-		} else {
-			s.mu.Unlock()
+		s.mu.Unlock()
+		if inflight != nil {
+			st.live(s.id, pos, inflight)
 		}
 	}
-	for key, g := range e.groups {
+	for _, g := range groups {
 		g.mu.Lock()
-		pos := g.queue.Position(progress)
+		pos := min(g.queue.Position(progress), g.lent)
 		for _, r := range g.returned {
 			pos = min(pos, r.Offset)
 		}
@@ -252,10 +257,27 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 		}
 		floor = min(floor, pos)
 		if st != nil {
-			if _, ok := st.GroupNext[key]; ok {
-				st.GroupNext[key] = max(st.GroupNext[key], pos)
+			if _, ok := st.GroupNext[g.key]; ok {
+				st.GroupNext[g.key] = max(st.GroupNext[g.key], pos)
 			}
 		}
 	}
 	return floor
+}
+
+// listLive returns the sessions and the shared groups the engine holds
+// now, for a walk that visits them one at a time, each under its own
+// lock, rather than under Engine.mu for the whole of it.
+func (e *Engine) listLive() ([]*session, []*group) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sessions := make([]*session, 0, len(e.sessions))
+	for _, s := range e.sessions {
+		sessions = append(sessions, s)
+	}
+	groups := make([]*group, 0, len(e.groups))
+	for _, g := range e.groups {
+		groups = append(groups, g)
+	}
+	return sessions, groups
 }

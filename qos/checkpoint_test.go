@@ -1,9 +1,16 @@
 package qos_test
 
 import (
+	"bytes"
+	"flag"
 	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -277,4 +284,424 @@ func checkpointDuringGroupScan(t *testing.T, round int) {
 	if got := receiveAll(a, seen, n); got < n {
 		t.Fatalf("round %d: a got %d of %d after the crash", round, got, n)
 	}
+}
+
+// TestCheckpointFloorSeesGroupTakes: a message a shared group's member
+// takes while the checkpoint's walk is between that member and the group
+// is in neither when each is read: the member did not hold it yet, the
+// group's position is past it. A clean member's take is not logged, so
+// the checkpoint must hold the group's position below it, or a crash
+// after the checkpoint loses it for the group: its persistent member,
+// back after the crash, never gets it. Here the walk is held at another
+// session's lock (its PUBREC's Release record is appended under it)
+// while the message is published and taken; a walk that passed the
+// taking member first (map order, so the test tries several times)
+// would lose it without the group's note of what it lent.
+func TestCheckpointFloorSeesGroupTakes(t *testing.T) {
+	for round := range 8 {
+		checkpointDuringGroupTake(t, round)
+	}
+}
+
+func checkpointDuringGroupTake(t *testing.T, round int) {
+	h := newHarness(t, nil)
+	b := h.connect("b", true)
+	b.subscribe("b", 2)
+	keeper := h.connect("keeper", true) // the group's persistent member, offline
+	keeper.subscribe("$share/g/s/#", 1)
+	keeper.cl.Disconnect(false, nil)
+	a := h.connect("a", false) // clean: its takes are not logged
+	a.subscribe("$share/g/s/#", 1)
+	src := h.connect("src", false)
+	src.publish("b", 2, 1, "b")
+	held := b.conn.waitFor(t, 1)[0] // b's QoS 2 flight, PUBREC held back
+	src.conn.waitFor(t, 1)
+	h.e.WaitDispatched()
+
+	// b's PUBREC appends its Release record under b's lock: held there.
+	appending, appendGo := make(chan struct{}), make(chan struct{})
+	h.log.mu.Lock()
+	h.log.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == qos.KindRelease {
+			close(appending)
+			<-appendGo
+		}
+	}
+	h.log.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); b.cl.Pubrec(held.PacketID, 0) }()
+	<-appending
+	var cerr error
+	go func() { defer wg.Done(); cerr = h.e.Checkpoint() }()
+	time.Sleep(20 * time.Millisecond) // the walk reaches b's lock
+	src.publish("s/t", 1, 2, "m")
+	a.conn.waitFor(t, 1) // taken, not acknowledged
+	close(appendGo)
+	wg.Wait()
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	h.log.mu.Lock()
+	h.log.beforeAppend = nil
+	h.log.mu.Unlock()
+	h.crash()
+	keeper.reconnect()
+	if got := receiveAll(keeper, map[string]bool{}, 1); got < 1 {
+		t.Fatalf("round %d: the group's message lost in the crash after the checkpoint", round)
+	}
+}
+
+var (
+	churnFor = flag.Duration("qos.churn", 500*time.Millisecond, "how long each seed of TestCheckpointDuringChurnRecoversAsReplay runs")
+	// With a small limit the shared group's queue overflows into scans of
+	// the log, whose finds a member going away gives back: see the test.
+	churnQueue = flag.Int("qos.churnqueue", 4, "QueueLimit of TestCheckpointDuringChurnRecoversAsReplay")
+)
+
+// TestCheckpointDuringChurnRecoversAsReplay: checkpoints taken while
+// persistent devices connect (resuming, or starting clean), subscribe,
+// unsubscribe, publish, acknowledge or hold their deliveries back and
+// disconnect, shared group members among them, and clean devices come
+// and go, beside many idle sessions (so that the walk takes a while),
+// each record what recovery needs: recovery from the newest
+// snapshot and the log after it gives every persistent session the same
+// session, subscriptions and messages due (its flights, and the backlog
+// its position and subscriptions leave) as a replay of the whole log, and
+// the same retained and inbound QoS 2 state; the shared group gets every
+// message of its filter no member completed or released (the log says
+// which: a replay cannot, as a QoS 1 flight a member gave back as it went
+// stays its flight there) after the last one a member's Deliver record
+// names; and the log, trimmed to the engine's cursor, still holds every
+// message due but those of released flights (only their PUBREL is due).
+// The walk holds no lock for long, so all of that goes on during it.
+//
+// Below the last Deliver record the group may lose messages, checkpoint
+// or not: a group's position is one offset, which recovery moves past
+// every delivery logged, so what a member gave back (a QoS 1 flight as it
+// went, what its scan found and it did not take) below a later logged
+// delivery is not taken again after a restart. The churn test sees that
+// about once in 80 runs, or often with -qos.churnqueue 4; not checked here.
+//
+// Longer: go test ./qos -run TestCheckpointDuringChurn -qos.churn 5s.
+func TestCheckpointDuringChurnRecoversAsReplay(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { churnCheckpoints(t, seed) })
+	}
+}
+
+func churnCheckpoints(t *testing.T, seed uint64) {
+	h := newHarness(t, func(c *qos.Config) {
+		c.QueueLimit = *churnQueue
+		c.MaxInflight = 4
+	})
+	if _, err := h.log.Cursor("replay"); err != nil { // keeps the whole log for the replay
+		t.Fatal(err)
+	}
+	// Offline sessions with nothing to do, for the walk to take a while.
+	// Each goes once it has caught up with the log: one that went before
+	// (its sender had not read the few records appended between its
+	// creation and its SUBSCRIBE-less start) would hold the log's trim
+	// point where it stopped until it came back.
+	idle := make([]*qos.Client, 2000)
+	for i := range idle {
+		cl, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: fmt.Sprint("idle", i), ProtocolVersion: 5, ExpiryInterval: math.MaxUint32})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.Established()
+		idle[i] = cl
+	}
+	h.e.WaitDispatched()
+	time.Sleep(50 * time.Millisecond)
+	for _, cl := range idle {
+		cl.Disconnect(false, nil)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var checkpoints atomic.Int64
+	device := func(n int, id string, persistent, shared bool) {
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(seed, uint64(n)))
+		c := &client{t: t, h: h, id: id, rec: map[uint16]bool{}}
+		c.info = qos.ConnectInfo{ClientID: id, ProtocolVersion: 5}
+		if persistent {
+			c.info.ExpiryInterval = math.MaxUint32
+		}
+		online, pid := false, uint16(0)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			time.Sleep(time.Duration(r.IntN(300)) * time.Microsecond)
+			if !online {
+				// A shared group's members stay: the group is one group
+				// from its first member's SUBSCRIBE on, for the check below.
+				c.info.CleanStart = !shared && r.IntN(8) == 0
+				c.conn = newFakeConn()
+				cl, _, err := h.e.Connect(c.conn, c.info)
+				if err != nil {
+					t.Errorf("connect %s: %v", id, err)
+					return
+				}
+				c.cl, online = cl, true
+				cl.Established()
+				continue
+			}
+			filter := fmt.Sprintf("t/%d", r.IntN(4))
+			if shared {
+				filter = "$share/g/t/#"
+			}
+			switch n := r.IntN(20); {
+			case n < 4:
+				if err := c.cl.Subscribe([]qos.Subscribe{{Filter: filter, QoS: byte(1 + r.IntN(2))}}); err != nil {
+					t.Errorf("subscribe %s: %v", id, err)
+					return
+				}
+				c.cl.Suback()
+			case n < 5 && !shared:
+				if _, err := c.cl.Unsubscribe([]string{filter}); err != nil {
+					t.Errorf("unsubscribe %s: %v", id, err)
+					return
+				}
+			case n < 10:
+				pid = pid%60000 + 1
+				m := &qos.Message{Topic: fmt.Sprintf("t/%d", r.IntN(4)), QoS: byte(1 + r.IntN(2)), Payload: []byte(fmt.Sprint(id, ":", pid))}
+				if err := c.cl.Publish(m, pid); err != nil {
+					t.Errorf("publish %s: %v", id, err)
+					return
+				}
+			case n < 18:
+				if r.IntN(4) > 0 { // else held back a while
+					c.ackAll(c.conn.take())
+				}
+			default:
+				c.cl.Disconnect(false, nil)
+				online = false
+			}
+		}
+	}
+	n := 0
+	for i := range 6 {
+		wg.Add(1)
+		go device(n, fmt.Sprint("p", i), true, false)
+		n++
+	}
+	for i := range 3 {
+		wg.Add(1)
+		go device(n, fmt.Sprint("g", i), true, true)
+		n++
+	}
+	for i := range 2 {
+		wg.Add(1)
+		go device(n, fmt.Sprint("c", i), false, false)
+		n++
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := h.e.Checkpoint(); err != nil {
+				t.Errorf("checkpoint: %v", err)
+				return
+			}
+			checkpoints.Add(1)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(*churnFor)
+	close(stop)
+	wg.Wait()
+	h.e.Crash()
+	if t.Failed() {
+		return
+	}
+
+	h.snaps.mu.Lock()
+	newest := h.snaps.snaps[len(h.snaps.snaps)-1]
+	h.snaps.mu.Unlock()
+	cp, from, err := qos.ReadSnapshot(bytes.NewReader(newest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.log.mu.Lock()
+	recs := slices.Clone(h.log.recs)
+	trimmed := h.log.cursors[qos.DefaultConfig(nil).CursorName].off
+	h.log.mu.Unlock()
+	replay := qos.NewState()
+	for i, rec := range recs {
+		off := uint64(i + 1)
+		if off >= from {
+			if err := cp.Apply(off, rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := replay.Apply(off, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	topics := map[uint64]string{} // the messages' offsets: their topics
+	for i, rec := range recs {
+		if qos.KindOf(rec) == qos.KindMessage {
+			var m qos.Message
+			if err := m.UnmarshalBinary(rec); err != nil {
+				t.Fatal(err)
+			}
+			topics[uint64(i+1)] = m.Topic
+		}
+	}
+	// due returns the messages due to the session of id through its own
+	// subscriptions, and those due to each shared group.
+	// A Deliver record can come after the end of its flight: a sender
+	// that made the flight is slow to append it, and meanwhile the flight
+	// is resent on a newer connection and acknowledged. A replay then
+	// holds a flight that ended (a message delivered again after a
+	// restart). Such a flight is not compared: the checkpoint, which takes
+	// the live flights, may rightly not hold it.
+	late := map[string]bool{} // Ref, packet id and offset of such a Deliver
+	{
+		open, ended := map[string]bool{}, map[string]bool{}
+		for _, rec := range recs {
+			k, v, _ := qos.Decode(rec)
+			switch r := v.(type) {
+			case *qos.Deliver:
+				id := fmt.Sprint(r.Ref, "/", r.PacketID)
+				if ended[id] {
+					late[fmt.Sprint(id, "/", r.Offset)] = true
+				}
+				open[id], ended[id] = true, false
+			case *qos.PacketRef:
+				if id := fmt.Sprint(r.Ref, "/", r.PacketID); (k == qos.KindComplete || k == qos.KindRelease) && !open[id] {
+					ended[id] = true
+				} else if k == qos.KindComplete {
+					delete(open, id)
+				}
+			}
+		}
+	}
+	due := func(st *qos.State, id string) map[uint64]bool {
+		ss := st.Sessions[id]
+		out := map[uint64]bool{}
+		for pid, in := range ss.Inflight {
+			if in.Group == "" && !late[fmt.Sprint(ss.Ref, "/", pid, "/", in.Offset)] {
+				out[in.Offset] = !in.Released
+			}
+		}
+		for off, topic := range topics {
+			for f, sub := range ss.Subs {
+				if name, _ := qos.SplitShared(f); name == "" && off >= ss.Next && off >= sub.Since && qos.Match(f, topic) {
+					out[off] = true
+				}
+			}
+		}
+		return out
+	}
+	groupDue := func(st *qos.State, key string) map[uint64]bool {
+		out := map[uint64]bool{}
+		_, inner := qos.SplitShared(key)
+		since := uint64(math.MaxUint64)
+		for _, ss := range st.Sessions {
+			if sub, ok := ss.Subs[key]; ok {
+				since = min(since, sub.Since)
+			}
+			for _, in := range ss.Inflight {
+				if in.Group == key {
+					out[in.Offset] = out[in.Offset] || !in.Released
+				}
+			}
+		}
+		for off, topic := range topics {
+			if off >= st.GroupNext[key] && off >= since && qos.Match(inner, topic) {
+				out[off] = true
+			}
+		}
+		return out
+	}
+	kept := func(what string, offs map[uint64]bool) {
+		for off, needed := range offs {
+			if needed && off < trimmed {
+				t.Errorf("seed %d: %s: the message at %d is due, the log is trimmed to %d", seed, what, off, trimmed)
+			}
+		}
+	}
+	if !slices.Equal(slices.Sorted(maps.Keys(cp.Sessions)), slices.Sorted(maps.Keys(replay.Sessions))) {
+		t.Fatalf("seed %d: sessions %v after recovery from the checkpoint at %d, %v after a replay", seed, slices.Sorted(maps.Keys(cp.Sessions)), from, slices.Sorted(maps.Keys(replay.Sessions)))
+	}
+	for id, want := range replay.Sessions {
+		got := cp.Sessions[id]
+		if !reflect.DeepEqual(got.Session, want.Session) || got.Connected != want.Connected || got.DisconnectedAt != want.DisconnectedAt ||
+			got.WillDue != want.WillDue || !reflect.DeepEqual(got.Subs, want.Subs) {
+			t.Errorf("seed %d: session %s after recovery from the checkpoint at %d:\n%+v\nafter a replay:\n%+v", seed, id, from, got, want)
+			continue
+		}
+		g, w := due(cp, id), due(replay, id)
+		if !slices.Equal(slices.Sorted(maps.Keys(g)), slices.Sorted(maps.Keys(w))) {
+			t.Errorf("seed %d: session %s: due after recovery from the checkpoint at %d %v, after a replay %v", seed, id, from, slices.Sorted(maps.Keys(g)), slices.Sorted(maps.Keys(w)))
+		}
+		kept("session "+id, g)
+	}
+	if !reflect.DeepEqual(cp.Retained, replay.Retained) {
+		t.Errorf("seed %d: retained after recovery from the checkpoint differ from a replay's", seed)
+	}
+	if !reflect.DeepEqual(cp.Inbound, replay.Inbound) {
+		t.Errorf("seed %d: inbound QoS 2 after recovery from the checkpoint %v, after a replay %v", seed, cp.Inbound, replay.Inbound)
+	}
+	// The group's messages no member completed or released, from the
+	// log: its deliveries, and their ends, named by session and packet id.
+	const key = "$share/g/t/#"
+	_, inner := qos.SplitShared(key)
+	first := uint64(0)     // the first member's SUBSCRIBE
+	delivered := uint64(0) // the last message a Deliver record gives a member
+	names := map[uint64]string{}
+	open := map[string]uint64{} // client id and packet id: the message
+	done := map[uint64]bool{}
+	for i, rec := range recs {
+		k, v, err := qos.Decode(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := func(client string, ref uint64) string {
+			if ref != 0 {
+				return names[ref]
+			}
+			return client
+		}
+		switch r := v.(type) {
+		case *qos.Session:
+			names[r.Ref] = r.Client
+		case *qos.Subscribe:
+			if r.Filter == key && first == 0 {
+				first = uint64(i + 1)
+			}
+		case *qos.Deliver:
+			if r.Group == key {
+				delivered = max(delivered, r.Offset)
+				open[fmt.Sprint(name(r.Client, r.Ref), "/", r.PacketID)] = r.Offset
+			}
+		case *qos.PacketRef:
+			id := fmt.Sprint(name(r.Client, r.Ref), "/", r.PacketID)
+			if off, ok := open[id]; ok && (k == qos.KindComplete || k == qos.KindRelease) {
+				done[off] = true
+				delete(open, id)
+			}
+		}
+	}
+	g := groupDue(cp, key)
+	for off, topic := range topics {
+		if first > 0 && off > max(first, delivered) && qos.Match(inner, topic) && !done[off] && !g[off] {
+			t.Errorf("seed %d: group %s: the message at %d is due (no member completed it), not after recovery from the checkpoint at %d", seed, key, off, from)
+		}
+	}
+	kept("group "+key, g)
+	if trimmed <= 1 {
+		t.Errorf("seed %d: the log was never trimmed: a checkpoint that holds everything passes the rest", seed)
+	}
+	t.Logf("seed %d: %d checkpoints, the newest at %d of %d records, the log trimmed to %d; %d sessions; %d Deliver records after their flight's end", seed, checkpoints.Load(), from, len(recs), trimmed, len(replay.Sessions), len(late))
 }

@@ -96,9 +96,9 @@ func DefaultConfig(l Log) Config {
 // Lock order: Engine.mu, then index.mu, then session.mu, then group.mu,
 // then a Queue's. The dispatcher holds index.mu for reading while it
 // offers a message and takes no session lock meanwhile. The
-// checkpointer's snaps.mu comes before Engine.mu. Only a checkpoint's
-// walk (floor) holds several sessions' locks at once, under Engine.mu;
-// nothing else may hold one session's lock and wait for another's.
+// checkpointer's snaps.mu comes before Engine.mu; its walk (floor) holds
+// one lock at a time. Nothing may hold one session's lock and wait for
+// another's.
 type Engine struct {
 	cfg    Config
 	log    Log
@@ -796,9 +796,13 @@ func (e *Engine) Stats() Stats {
 		}
 	}
 	e.mu.Lock()
-	st.Sessions = len(e.sessions)
 	st.Retained = len(e.retained)
-	for _, s := range e.sessions {
+	e.mu.Unlock()
+	// Each session under its own lock, as a checkpoint's walk: a scrape
+	// holds no CONNECT up for the walk of every session.
+	sessions, groups := e.listLive()
+	st.Sessions = len(sessions)
+	for _, s := range sessions {
 		if s.conn.Load() != nil {
 			st.Connected++
 		}
@@ -808,10 +812,9 @@ func (e *Engine) Stats() Stats {
 		s.mu.Unlock()
 		note(s.queue)
 	}
-	for _, g := range e.groups {
+	for _, g := range groups {
 		note(g.queue)
 	}
-	e.mu.Unlock()
 	if created, ok := e.createdFrom(oldest); ok {
 		st.OldestQueued = time.Unix(0, created)
 	}

@@ -45,10 +45,11 @@ func (cl *Client) LockSession() (unlock func()) {
 	return cl.c.s.mu.Unlock
 }
 
-// FloorWalk runs the checkpoint's walk of the sessions and groups (the
-// engine's lock and every session's held until it ends) over the current
-// state, and returns how long it took.
+// FloorWalk runs the checkpoint's walk of the sessions and groups over
+// the current state, and returns how long it took.
 func (e *Engine) FloorWalk() time.Duration {
+	e.snaps.mu.Lock() // one walk at a time, as for checkpoints
+	defer e.snaps.mu.Unlock()
 	st, off := e.shadowCopy()
 	start := time.Now()
 	e.floor(st, off)

@@ -358,6 +358,7 @@ func (c *connection) nextShared() (Entry, *group, uint16, logged, bool) {
 			g.mu.Unlock()
 			continue
 		}
+		g.lend(en.Offset)
 		s.lastGroups = (s.lastGroups + i + 1) % len(gs)
 		en = grantShared(en, sb)
 		pid, rec := c.takeSharedLocked(en, g)
@@ -846,6 +847,9 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 	}
 	for i := range found {
 		c.scanned = append(c.scanned, scanned{Entry: found[i], g: g})
+		if g != nil {
+			g.lend(found[i].Offset)
+		}
 	}
 }
 

@@ -74,7 +74,14 @@ type group struct {
 	returned []Entry // QoS 1 messages a leaving member held unacknowledged: taken first
 	scanning bool
 	mark     uint64 // dispatcher's: the last offset offered
+	// lent is the lowest offset handed out (taken by a member, or found
+	// by a member's scan) since a checkpoint's walk began (see floor).
+	lent uint64
 }
+
+// lend notes that the message at off left the group for a member. Called
+// with g.mu held.
+func (g *group) lend(off uint64) { g.lent = min(g.lent, off) }
 
 // ConnectInfo is what the engine needs from a CONNECT.
 type ConnectInfo struct {
@@ -376,8 +383,7 @@ func (e *Engine) endSessionLocked(s *session, taken bool) {
 	s.mu.Lock()
 	s.ended = true
 	subs := slices.Collect(maps.Values(s.subs))
-	flights := s.flights
-	s.flights = map[uint16]flight{}
+	returned := s.returnFlightsLocked(func(flight) bool { return true })
 	c := s.conn.Swap(nil)
 	if c != nil {
 		c.gone = true
@@ -389,21 +395,41 @@ func (e *Engine) endSessionLocked(s *session, taken bool) {
 	for _, sb := range subs {
 		e.unsubscribeLocked(s, sb)
 	}
-	e.returnFlights(s, flights)
+	kickGroups(returned)
 }
 
-// returnFlights gives the QoS 1 messages s held from shared groups back
-// to their groups, for another member [MQTT-4.8.2]; QoS 2 ones stay with
-// the member (or end with its session).
-func (e *Engine) returnFlights(s *session, flights map[uint16]flight) {
-	for _, f := range flights {
+// returnFlightsLocked takes the flights leaving picks out of s, and gives
+// the QoS 1 ones of shared groups back to their groups, for another
+// member [MQTT-4.8.2] (a member going away keeps its QoS 2 ones, or they
+// end with its session). Each goes from s to its group under both their
+// locks, in one step: a checkpoint's walk sees it in one place or the
+// other. It returns the groups to kick (kickGroups) once s.mu is
+// released. Called with s.mu held.
+func (s *session) returnFlightsLocked(leaving func(flight) bool) []*group {
+	var gs []*group
+	for pid, f := range s.flights {
+		if !leaving(f) {
+			continue
+		}
+		delete(s.flights, pid)
 		if f.group == nil || f.qos != 1 {
 			continue
 		}
 		f.group.mu.Lock()
 		f.group.returned = append(f.group.returned, Entry{Offset: f.offset, Msg: f.msg})
 		f.group.mu.Unlock()
-		f.group.kickMembers(nil)
+		if !slices.Contains(gs, f.group) {
+			gs = append(gs, f.group)
+		}
+	}
+	return gs
+}
+
+// kickGroups starts the senders of the groups' connected members, for
+// the messages returned to them.
+func kickGroups(gs []*group) {
+	for _, g := range gs {
+		g.kickMembers(nil)
 	}
 }
 
@@ -453,18 +479,10 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 		}
 		e.appendRecord(EncodeDisconnect(Disconnect{Client: s.id, Ref: s.ref.Load(), At: at, ExpiryInterval: s.expiry, WillPending: will != nil}))
 	}
-	var groupFlights map[uint16]flight
-	for pid, f := range s.flights {
-		if f.group != nil && f.qos == 1 {
-			if groupFlights == nil {
-				groupFlights = map[uint16]flight{}
-			}
-			groupFlights[pid] = f
-			// No Complete record: should the broker stop before another
-			// member takes it, the log still gives it to this one.
-			delete(s.flights, pid)
-		}
-	}
+	// No Complete record: should the broker stop before another member
+	// takes one, the log still gives it to this one (unless a checkpoint
+	// came since: see doc.go).
+	returned := s.returnFlightsLocked(func(f flight) bool { return f.group != nil && f.qos == 1 })
 	// Retained messages of a SUBSCRIBE not yet sent wait for the next
 	// connection of a persistent session (not across a restart).
 	if !persistent {
@@ -479,7 +497,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 			sb.g.mu.Unlock()
 		}
 	}
-	e.returnFlights(s, groupFlights)
+	kickGroups(returned)
 	if !persistent {
 		if s.persistent {
 			e.appendRecord(EncodeEnd(ClientRef{Client: s.id, Ref: s.ref.Load()}))

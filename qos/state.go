@@ -3,6 +3,7 @@ package qos
 import (
 	"fmt"
 	"maps"
+	"sync/atomic"
 )
 
 // Inflight is one outbound QoS 1/2 message a session holds under a packet id.
@@ -44,6 +45,10 @@ type SessionState struct {
 	// WillDue is when the pending will is published, Unix seconds; 0 while
 	// connected or when no will waits. Session.Will is the will itself.
 	WillDue int64
+
+	// gen is the generation of the State that may change it in place
+	// (State.gen); any other copies it first (see State.Clone).
+	gen uint64
 }
 
 // Expired reports whether the session has outlived its expiry at now (Unix
@@ -62,7 +67,8 @@ type Retained struct {
 }
 
 // State is everything the broker must remember across a restart, rebuilt by
-// applying the log's records in order. It is not safe for concurrent use.
+// applying the log's records in order. It is not safe for concurrent use;
+// a State and its clones are safe to use each on its own goroutine.
 type State struct {
 	// Sessions by client id.
 	Sessions map[string]*SessionState
@@ -79,7 +85,15 @@ type State struct {
 	// refs maps a session's Ref to its client id, for the records that
 	// name it so; it follows Sessions (a snapshot holds it in them).
 	refs map[uint64]string
+	// gen marks the sessions st may change in place: those of the same
+	// gen. A new State and its sessions are of gen 0; Clone gives the
+	// clone and st new ones, so that neither changes a session they share.
+	gen uint64
 }
+
+// stateGens hands out State generations (State.gen): 0 is every new
+// State's.
+var stateGens atomic.Uint64
 
 // NewState returns an empty State.
 func NewState() *State {
@@ -102,13 +116,44 @@ func (st *State) client(client string, ref uint64) string {
 	return st.refs[ref]
 }
 
-// session returns the session a record names, or nil.
+// session returns the session a record names, or nil, as st's own to
+// change (own).
 func (st *State) session(client string, ref uint64) *SessionState {
 	id := st.client(client, ref)
 	if id == "" {
 		return nil
 	}
-	return st.Sessions[id]
+	return st.own(id)
+}
+
+// own returns the session of id (nil: none) as st's own to change: one it
+// shares with a clone (or the State it was cloned from) is copied first.
+func (st *State) own(id string) *SessionState {
+	s := st.Sessions[id]
+	if s == nil || s.gen == st.gen {
+		return s
+	}
+	c := *s
+	c.Subs, c.Inflight, c.gen = maps.Clone(s.Subs), maps.Clone(s.Inflight), st.gen
+	st.Sessions[id] = &c
+	return &c
+}
+
+// live brings the session of id, which must exist, up to what the engine
+// knows and its records do not say yet (a checkpoint's step 1): its
+// backlog starts at next at the latest, and it holds the flights
+// inflight (some of their Deliver or Complete records may not be durable
+// yet). Only Next and Inflight change, so a session st shares is copied
+// without its Subs, which stay shared (the copy is not st's own either).
+func (st *State) live(id string, next uint64, inflight map[uint16]Inflight) {
+	s := st.Sessions[id]
+	if s.gen != st.gen {
+		c := *s
+		s = &c
+		st.Sessions[id] = s
+	}
+	s.Next = max(s.Next, next)
+	s.Inflight = inflight
 }
 
 // NextRef returns a Ref no session in st has: one above the highest.
@@ -139,7 +184,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	switch r := v.(type) {
 	case *Message:
 		if r.Will {
-			if s := st.Sessions[r.Origin]; s != nil {
+			if s := st.own(r.Origin); s != nil {
 				s.Will, s.WillDue = nil, 0 // published
 			}
 		}
@@ -159,9 +204,9 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	case *Session:
-		s := st.Sessions[r.Client]
+		s := st.own(r.Client)
 		if s == nil {
-			s = &SessionState{Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}, Next: offset + 1}
+			s = &SessionState{Subs: map[string]Sub{}, Inflight: map[uint16]Inflight{}, Next: offset + 1, gen: st.gen}
 			st.Sessions[r.Client] = s
 			// QoS 2 exchanges of the client id are a clean session's that
 			// ended (logs from before its end was logged, or a crash): a
@@ -266,20 +311,23 @@ func (st *State) dropGroup(key string) {
 	delete(st.GroupNext, key)
 }
 
-// Clone returns a deep copy, for comparing a live state with a replayed one.
+// Clone returns a copy of st that changes independently of it through
+// Apply. The two share their sessions (a copy of the session list, not of
+// the sessions): whichever Applies a record to a shared session copies it
+// first. So Clone costs a copy of the lists, not of every session's
+// subscriptions and flights, and it changes st too (which sessions st may
+// change in place): call it as Apply would be called. Change a session
+// of either only through Apply.
 func (st *State) Clone() *State {
-	c := NewState()
-	for id, s := range st.Sessions {
-		cs := *s
-		cs.Subs = maps.Clone(s.Subs)
-		cs.Inflight = maps.Clone(s.Inflight)
-		c.Sessions[id] = &cs
+	c := &State{
+		Sessions: maps.Clone(st.Sessions), Retained: maps.Clone(st.Retained),
+		Inbound:   make(map[string]map[uint16]uint64, len(st.Inbound)),
+		GroupNext: maps.Clone(st.GroupNext), refs: maps.Clone(st.refs),
+		gen: stateGens.Add(1),
 	}
-	maps.Copy(c.Retained, st.Retained)
+	st.gen = stateGens.Add(1)
 	for id, in := range st.Inbound {
 		c.Inbound[id] = maps.Clone(in)
 	}
-	maps.Copy(c.GroupNext, st.GroupNext)
-	maps.Copy(c.refs, st.refs)
 	return c
 }
