@@ -161,8 +161,8 @@ func (e *Engine) trim() error {
 //
 // It holds one lock at a time, never for the whole walk: Engine.mu to
 // list the sessions and groups (live), then each session's lock, then
-// each group's, so a Connect, SUBSCRIBE or DISCONNECT waits for the list
-// at most, and a session's publishes, deliveries and acknowledgements for
+// each group's, so a Connect, SUBSCRIBE, UNSUBSCRIBE or DISCONNECT waits
+// for the list at most, and a session's publishes, deliveries and acknowledgements for
 // the reading of that session (BenchmarkCheckpointSessions).
 //
 // Sessions and groups are read at different moments, and a message moves
@@ -180,9 +180,10 @@ func (e *Engine) trim() error {
 // recovery replays, moving the group past it again), and a clean
 // member's is lost with it at a restart, when its group must hand it out
 // again, as for one the member held when the walk began. A session that
-// ended is skipped, as if it had ended before the walk: its record of the
-// end follows the checkpoint's offset, and what it held of a group went
-// back to the group as it ended.
+// ended is skipped, as if it had ended before the walk: it ended after the
+// state was copied, so its record of the end (if it has one) follows the
+// checkpoint's offset, and what it held of a group went back to the group
+// as it ended.
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	sessions, groups := e.listLive()
 	for _, g := range groups {
