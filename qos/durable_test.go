@@ -183,6 +183,48 @@ func TestSharedResubscribeKeepsBacklog(t *testing.T) {
 	}
 }
 
+// TestSharedGroupEndsWithItsLastSubscriber: a shared group stays while any
+// session, online or not, holds its subscription (its backlog waits for
+// them), and ends with the last one's UNSUBSCRIBE or end [MQTT-4.8.2]: a
+// group subscribed again later starts afresh, without what came between.
+func TestSharedGroupEndsWithItsLastSubscriber(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("a", true)
+	a.subscribe("$share/g/s/#", 1)
+	a.cl.Disconnect(false, nil)
+	b := h.connect("b", false)
+	b.subscribe("$share/g/s/#", 1)
+	if _, err := b.cl.Unsubscribe([]string{"$share/g/s/#"}); err != nil {
+		t.Fatal(err)
+	}
+	c := h.connect("c", false) // a clean member that ends with its connection
+	c.subscribe("$share/g/s/#", 1)
+	c.cl.Disconnect(false, nil)
+	src := h.connect("src", false)
+	src.publish("s/t", 1, 1, "kept")
+	src.conn.waitFor(t, 1)
+	h.e.WaitDispatched()
+	a.reconnect()
+	if got := receiveAll(a, map[string]bool{}, 1); got < 1 {
+		t.Fatal("the group ended while an offline session held its subscription")
+	}
+	if _, err := a.cl.Unsubscribe([]string{"$share/g/s/#"}); err != nil {
+		t.Fatal(err)
+	}
+	src.publish("s/t", 1, 2, "between")
+	src.conn.waitFor(t, 1)
+	h.e.WaitDispatched()
+	d := h.connect("d", false)
+	d.subscribe("$share/g/s/#", 1)
+	src.publish("s/t", 1, 3, "after")
+	src.conn.waitFor(t, 1)
+	seen := map[string]bool{}
+	receiveAll(d, seen, 2)
+	if !seen["after"] || seen["between"] {
+		t.Fatalf("a new group after the last subscriber left got %v, want only after", seen)
+	}
+}
+
 // A connection taken over between its SUBSCRIBE and its SUBACK never
 // writes that SUBACK, or writes it late: the new connection's retained
 // messages wait for their own SUBACK, no more and no less

@@ -133,6 +133,7 @@ func (e *Engine) recover() error {
 				e.idx.add(inner, g.sub)
 			}
 			g.since = min(g.since, sr.Since)
+			g.subscribers++
 			sb.g = g
 		}
 		pids := slices.SortedFunc(maps.Keys(ss.Inflight), func(a, b uint16) int {

@@ -68,6 +68,9 @@ type group struct {
 	since  uint64
 	queue  *Queue
 	sub    *sub // the group's entry in the index
+	// subscribers counts the sessions, online or not, that hold the
+	// subscription (under Engine.mu): the group ends with the last.
+	subscribers int
 
 	mu       sync.Mutex
 	members  map[*session]*sub
@@ -641,6 +644,9 @@ func (e *Engine) subscribeLocked(s *session, subs []Subscribe) []added {
 				e.idx.add(inner, g.sub)
 			}
 			nb.g = g
+			if old == nil {
+				g.subscribers++
+			}
 		}
 		e.swapSubLocked(s, old, nb)
 		out = append(out, added{sb: nb, old: old, retained: e.retainedForLocked(nb, old == nil)})
@@ -804,7 +810,8 @@ func (cl *Client) Unsubscribe(filters []string) (existed []bool, err error) {
 // unsubscribeLocked takes sb out of s, the index and its group.
 func (e *Engine) unsubscribeLocked(s *session, sb *sub) {
 	s.mu.Lock()
-	if s.subs[sb.Filter] == sb {
+	held := s.subs[sb.Filter] == sb
+	if held {
 		s.deleteSub(sb.Filter)
 	}
 	s.mu.Unlock()
@@ -816,17 +823,12 @@ func (e *Engine) unsubscribeLocked(s *session, sb *sub) {
 	g.mu.Lock()
 	delete(g.members, s)
 	g.mu.Unlock()
+	if held {
+		g.subscribers--
+	}
 	// The group stays while any session, online or not, subscribes to it.
-	for _, o := range e.sessions {
-		if o == s {
-			continue
-		}
-		o.mu.Lock()
-		_, in := o.subs[g.key]
-		o.mu.Unlock()
-		if in {
-			return
-		}
+	if g.subscribers > 0 {
+		return
 	}
 	delete(e.groups, g.key)
 	e.idx.remove(g.filter, g.sub)
