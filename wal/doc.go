@@ -134,7 +134,9 @@
 // # The writer and the Go scheduler
 //
 // While the log is quiet under "always" (nothing was appended for at
-// least an fsync's time after the previous batch, the batch holds at most
+// least an fsync's time after the previous batches, on average over about
+// the last 8, so that two publishes close together at a low rate do not
+// count as load; the batch holds at most
 // 4 records and 16 KiB, nothing is queued behind it, the last 8 fsyncs
 // each took under 2 ms), the writer makes its
 // pwrite and fsync as raw system calls on Linux (64-bit for the pwrite),

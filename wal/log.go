@@ -65,7 +65,7 @@ type Log struct {
 	lastFsync   atomic.Int64  // nanoseconds of the last segment fsync
 	fastFsyncs  int           // batch fsyncs in a row under quietFsync (see quiet)
 	idleFrom    time.Time     // when the writer ended its last batch
-	idle        time.Duration // from then to the first record of the batch it writes
+	idle        time.Duration // from then to the first record of the next batch, on average (sawGap)
 	closeErr    error         // the final fsync's failure, for Close
 	errLog      rateLimit     // for the writer's repeating errors
 

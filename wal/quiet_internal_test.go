@@ -73,9 +73,9 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 	}
 }
 
-// quiet holds only under SyncAlways, for a small batch whose first record
-// came at least an fsync's time after the last batch, after quietAfter
-// fast fsyncs in a row.
+// quiet holds only under SyncAlways, for a small batch when the batches'
+// first records came at least an fsync's time after the batch before, on
+// average (idle), after quietAfter fast fsyncs in a row.
 func TestQuietRule(t *testing.T) {
 	const fsync = 300 * time.Microsecond
 	for _, tc := range []struct {
@@ -90,7 +90,7 @@ func TestQuietRule(t *testing.T) {
 		{SyncAlways, quietAfter, quietRecords, quietBytes, 2 * fsync, true},
 		{SyncAlways, quietAfter, 1, quietBytes + 1, fsync, false},
 		{SyncAlways, quietAfter, quietRecords + 1, 300, fsync, false},
-		{SyncAlways, quietAfter, 1, 300, fsync - 1, false}, // the next batch came at once: load
+		{SyncAlways, quietAfter, 1, 300, fsync - 1, false}, // the batches came at once: load
 		{SyncAlways, quietAfter - 1, 1, 300, fsync, false},
 		{SyncInterval, quietAfter, 1, 300, fsync, false},
 		{SyncNever, quietAfter, 1, 300, fsync, false},
@@ -99,6 +99,34 @@ func TestQuietRule(t *testing.T) {
 		l.lastFsync.Store(int64(fsync))
 		if got := l.quiet(tc.records, tc.bytes); got != tc.want {
 			t.Errorf("%s, %d fast fsyncs, %d records, %d bytes, idle %v: quiet %v, want %v", tc.sync, tc.fast, tc.records, tc.bytes, tc.idle, got, tc.want)
+		}
+	}
+}
+
+// At a low rate one batch that comes at once after the one before (two
+// publishes close together, a client's retry) does not end holding: the
+// gap quiet looks at is the mean over about quietSpan batches (sawGap). A
+// run of batches that come at once (load) ends it within 2 x quietSpan of
+// them, after a low rate or after a long quiet spell (a gap counts as at
+// most quietFsync).
+func TestQuietRuleMeanGap(t *testing.T) {
+	const fsync = 300 * time.Microsecond
+	l := &Log{cfg: Config{Sync: SyncAlways}, fastFsyncs: quietAfter}
+	l.lastFsync.Store(int64(fsync))
+	for _, quietGap := range []time.Duration{time.Millisecond, time.Hour} {
+		for range 4 * quietSpan {
+			l.sawGap(quietGap)
+		}
+		l.sawGap(20 * time.Microsecond)
+		if !l.quiet(1, 300) {
+			t.Fatalf("after gaps of %v, one batch at once ended holding", quietGap)
+		}
+		n := 1
+		for ; l.quiet(1, 300) && n <= 4*quietSpan; n++ {
+			l.sawGap(20 * time.Microsecond)
+		}
+		if n > 2*quietSpan {
+			t.Fatalf("after gaps of %v, holding lasted %d batches into load, want at most %d", quietGap, n, 2*quietSpan)
 		}
 	}
 }

@@ -82,7 +82,7 @@ func (l *Log) flush() bool {
 		l.qmu.Lock()
 	}
 	b := l.q
-	l.idle = b.at.Sub(l.idleFrom)
+	l.sawGap(b.at.Sub(l.idleFrom))
 	l.q = l.spare
 	l.q.reset()
 	l.spare = batch{}
@@ -264,18 +264,34 @@ func (l *Log) writeBatch(b *batch) {
 	}
 }
 
-// The writer is quiet (see quiet) when the batch's first record came at
-// least as long after the previous batch ended as the last fsync took,
-// the batch is at most quietRecords and quietBytes, and the last
-// quietAfter fsyncs each took less than quietFsync (a variable for the
-// tests, which cannot count on a fast disk).
+// The writer is quiet (see quiet) when the batches' first records came,
+// on average over about quietSpan batches (sawGap), at least as long after
+// the previous batch ended as the last fsync took, the batch is at most
+// quietRecords and quietBytes, and the last quietAfter fsyncs each took
+// less than quietFsync (a variable for the tests, which cannot count on a
+// fast disk).
 const (
 	quietRecords = 4
 	quietBytes   = 16 << 10
 	quietAfter   = 8
+	quietSpan    = 8
 )
 
 var quietFsync = 2 * time.Millisecond
+
+// sawGap takes d, the time from the end of a batch to the first record of
+// the next, into idle: the mean over about the last quietSpan batches,
+// each gap counted as at most quietFsync (else a long quiet spell would
+// keep the mean high through the first batches of the load that ends it).
+// One batch that comes at once after another at a low rate (two publishes
+// close together: a third of the batches at 1,000 msg/s from a generator
+// whose timer woke late) says nothing about load, and with GOMAXPROCS=1
+// the ordinary calls it then made (sysmon woken, the P taken away during
+// the fsync, another thread started and the P handed back) were most of
+// sysmon's work at that rate; a run of them is load.
+func (l *Log) sawGap(d time.Duration) {
+	l.idle += (min(max(d, 0), quietFsync) - l.idle) / quietSpan
+}
 
 // quiet reports whether the writer writes a batch of this many records
 // and bytes,
@@ -294,9 +310,9 @@ var quietFsync = 2 * time.Millisecond
 // nothing at all: no read loop reads the next publishes, no timer fires),
 // and a garbage collection that stops the world waits for the fsync to
 // end. So the writer holds only while the log is quiet: nothing was
-// appended for at least an fsync's time after the previous batch (the log
-// is idle half the time or more), the batch is small, and the disk has
-// been fast,
+// appended for at least an fsync's time after the previous batches, on
+// average (the log is idle half the time or more), the batch is small,
+// and the disk has been fast,
 // so the P is held about as long as the previous fsyncs took, under 2 ms,
 // when there is little else to run (the next publish's append waits for
 // this fsync anyway). Under load the next batch's first record comes at
