@@ -25,7 +25,8 @@ import (
 //  3. saves the snapshot (Snapshots.Save, which keeps it and the one
 //     before it);
 //  4. commits the engine's cursor to the lowest offset anything still
-//     needs: each queue's position, each unreleased flight, and the
+//     needs: each queue's position (a session's only while it has a
+//     subscription of its own), each unreleased flight, and the
 //     offset of the older snapshot kept, so that recovery from it, when
 //     the newest reads back damaged, finds every record after it. The log
 //     may then remove whole segments below it.
@@ -219,7 +220,13 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				}
 			}
 		}
-		floor = min(floor, pos)
+		if len(s.subs) > s.shared {
+			// Only a session's own subscriptions give its queue a
+			// backlog: the position of one that has none (a device that
+			// only publishes, gone before its sender caught up with the
+			// log, or back from a restart) holds nothing.
+			floor = min(floor, pos)
+		}
 		var inflight map[uint16]Inflight
 		if st != nil && s.persistent && st.Sessions[s.id] != nil {
 			inflight = make(map[uint16]Inflight, len(s.flights))
