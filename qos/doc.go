@@ -86,9 +86,10 @@
 //   - No Connect, Subscribe, Unsubscribe, Disconnect or publish waits for
 //     a checkpoint's walk of the sessions: it takes one lock at a time
 //     (Engine.mu only to list the sessions and groups), and the dispatcher's
-//     state is copied on write (State.Clone), not whole under its lock
-//     (BenchmarkCheckpointSessions: at 10,000 sessions each call waits
-//     well under a millisecond).
+//     state is copied on write (State.Clone: a copy of the session list
+//     under the shadow's lock, which the dispatcher, on the log's
+//     goroutine too, waits for), not whole. BenchmarkCheckpointSessions
+//     reports the longest call during a checkpoint.
 //
 // # What it does not
 //
