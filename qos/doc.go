@@ -110,6 +110,13 @@
 //     the group again only if a checkpoint came between (the checkpoint
 //     holds the group's position below it), not when a later persistent
 //     member's delivery was logged first.
+//   - A sender logs a new flight's Deliver record after it releases the
+//     session's lock: should the session's next connection (a takeover)
+//     resend the flight and the client complete it first, the Deliver
+//     record follows the flight's end in the log, and a restart that
+//     replays across it (no checkpoint since: a checkpoint takes the live
+//     flights) delivers the message again, at QoS 2 too
+//     (TestCheckpointDuringChurnRecoversAsReplay sees such records).
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.
