@@ -111,8 +111,9 @@
 //     holds the group's position below it), not when a later persistent
 //     member's delivery was logged first.
 //   - A sender logs a new flight's Deliver record after it releases the
-//     session's lock: should the session's next connection (a takeover)
-//     resend the flight and the client complete it first, the Deliver
+//     session's lock: should the session's next connection (the old one
+//     taken over or gone meanwhile) resend the flight and the client
+//     complete it first, the Deliver
 //     record follows the flight's end in the log, and a restart that
 //     replays across it (no checkpoint since: a checkpoint takes the live
 //     flights) delivers the message again, at QoS 2 too
