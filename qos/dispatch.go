@@ -36,6 +36,20 @@ import (
 // appender's goroutine) may have read before this record was published,
 // and the wake covers that too. A wake too many costs the dispatcher
 // goroutine one look.
+//
+// Why nothing else sees a difference: the reader never waits inside the
+// log (Next with a context already done: a reader parked in Next would
+// be woken by every batch, which is the hand-off this saves); it is read
+// only under disp.mu, so a record trimmed away (ErrTrimmed, the reader
+// sent on to FirstOffset) or unreadable is handled once, by whoever
+// holds it. A checkpoint copies the shadow under shadowMu, which
+// dispatchNext takes for each record on either goroutine, after the
+// record's offers and before fannedOut moves, as it always did: the copy
+// stands for a prefix of the log whichever goroutine applied it. Close and
+// Crash set disp.stopped under disp.mu once the context is cancelled
+// (stopDispatch), so no durability event of a log that outlives the
+// engine dispatches into a stopped engine (its final checkpoint, its
+// connections).
 
 // dispatcher is the dispatching state, all of it under mu but wake.
 type dispatcher struct {

@@ -248,11 +248,12 @@ func (e *Engine) Close() error {
 // wait for it. The work is a check per waiting connection, an atomic load
 // while the log has had no failure, and a write or a sender per resolved
 // one. It takes no lock but durMu and, to start a sender, none the log
-// holds. Then the records made durable are dispatched, here while the
+// holds. First the records made durable are dispatched, here while the
 // log is quiet, or by the dispatcher goroutine, which this wakes
-// (dispatchQuiet).
+// (dispatchQuiet): woken first, it fans out on another P, under load,
+// while this goroutine writes the acknowledgements.
 func (e *Engine) durableMoved() {
-	defer e.dispatchQuiet()
+	e.dispatchQuiet()
 	e.durMu.Lock()
 	var w []*connection
 	keep := e.durWait[:0]
