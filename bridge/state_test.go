@@ -62,6 +62,10 @@ func TestStateTruthful(t *testing.T) {
 	got := localTopics(t, b, "actuator")
 	cloud := client(t, "tcp://"+up.addr, "cloud", true, nil)
 	downlinkThrough(t, cloud, got, "cmd/1")
+	// Counted once its wait for durability returns, which may be after the
+	// local subscriber got it (the log's durability event can deliver it
+	// before the downlink's wait wakes).
+	waitStatus(t, b, "central", 5*time.Second, func(s bridge.Status) bool { return s.Received >= 1 })
 	if f, r := m("edgemq_bridge_forwarded_messages_total"), m("edgemq_bridge_received_messages_total"); f != 100 || r < 1 {
 		t.Errorf("forwarded %v received %v, want 100 and at least 1", f, r)
 	}
