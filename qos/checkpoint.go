@@ -161,7 +161,8 @@ func (e *Engine) trim() error {
 // to the live sessions (step 1 above).
 //
 // It holds one lock at a time, never for the whole walk: Engine.mu to
-// list the sessions and groups (live), then each session's lock, then
+// list the sessions and groups (listLiveLocked) and reset the groups'
+// lent, then each session's lock, then
 // each group's, so a Connect, SUBSCRIBE, UNSUBSCRIBE or DISCONNECT waits
 // for the list at most, and a session's publishes, deliveries and acknowledgements for
 // the reading of that session (BenchmarkCheckpointSessions).
@@ -186,12 +187,17 @@ func (e *Engine) trim() error {
 // checkpoint's offset, and what it held of a group went back to the group
 // as it ended.
 func (e *Engine) floor(st *State, upTo uint64) uint64 {
-	sessions, groups := e.listLive()
+	// The groups' notes start under Engine.mu with the list: a session
+	// that joins a group after it, and so is not walked, takes nothing
+	// from the group unnoted.
+	e.mu.Lock()
+	sessions, groups := e.listLiveLocked()
 	for _, g := range groups {
 		g.mu.Lock()
 		g.lent = math.MaxUint64
 		g.mu.Unlock()
 	}
+	e.mu.Unlock()
 	progress := e.fannedOut.Load()
 	floor := upTo
 	// A group's messages its members hold and the group's position does
@@ -279,6 +285,11 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 func (e *Engine) listLive() ([]*session, []*group) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	return e.listLiveLocked()
+}
+
+// listLiveLocked is listLive with Engine.mu held.
+func (e *Engine) listLiveLocked() ([]*session, []*group) {
 	sessions := make([]*session, 0, len(e.sessions))
 	for _, s := range e.sessions {
 		sessions = append(sessions, s)
