@@ -244,7 +244,36 @@ func checkpointDuringGroupScan(t *testing.T, round int) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	// b's PUBREC appends its Release record under b's lock: held there.
+	finish := checkpointHeldAt(h, b, held)
+	close(scanGo)
+	// The scan ends and a takes its first find, unless the walk holds a's
+	// lock (then both wait for the walk).
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for a.conn.written() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := finish(); err != nil {
+		t.Fatal(err)
+	}
+	h.log.mu.Lock()
+	h.log.onRead, h.log.beforeAppend = nil, nil
+	h.log.mu.Unlock()
+	for _, m := range a.ackAll(a.conn.take()) {
+		seen[string(m.Payload)] = true
+	}
+	h.crash()
+	a.reconnect()
+	if got := receiveAll(a, seen, n); got < n {
+		t.Fatalf("round %d: a got %d of %d after the crash", round, got, n)
+	}
+}
+
+// checkpointHeldAt starts a checkpoint whose walk waits at b's lock:
+// b's PUBREC of held appends its Release record under that lock, and the
+// append waits until finish, which then waits for the PUBREC and the
+// checkpoint and returns the checkpoint's error. It returns once the
+// walk had 20 ms to reach b's lock.
+func checkpointHeldAt(h *harness, b *client, held qos.Packet) (finish func() error) {
 	appending, appendGo := make(chan struct{}), make(chan struct{})
 	h.log.mu.Lock()
 	h.log.beforeAppend = func(recs [][]byte) {
@@ -261,28 +290,10 @@ func checkpointDuringGroupScan(t *testing.T, round int) {
 	var cerr error
 	go func() { defer wg.Done(); cerr = h.e.Checkpoint() }()
 	time.Sleep(20 * time.Millisecond) // the walk reaches b's lock
-	close(scanGo)
-	// The scan ends and a takes its first find, unless the walk holds a's
-	// lock (then both wait for the walk).
-	deadline := time.Now().Add(200 * time.Millisecond)
-	for a.conn.written() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	close(appendGo)
-	wg.Wait()
-	if cerr != nil {
-		t.Fatal(cerr)
-	}
-	h.log.mu.Lock()
-	h.log.onRead, h.log.beforeAppend = nil, nil
-	h.log.mu.Unlock()
-	for _, m := range a.ackAll(a.conn.take()) {
-		seen[string(m.Payload)] = true
-	}
-	h.crash()
-	a.reconnect()
-	if got := receiveAll(a, seen, n); got < n {
-		t.Fatalf("round %d: a got %d of %d after the crash", round, got, n)
+	return func() error {
+		close(appendGo)
+		wg.Wait()
+		return cerr
 	}
 }
 
@@ -318,29 +329,11 @@ func checkpointDuringGroupTake(t *testing.T, round int) {
 	src.conn.waitFor(t, 1)
 	h.e.WaitDispatched()
 
-	// b's PUBREC appends its Release record under b's lock: held there.
-	appending, appendGo := make(chan struct{}), make(chan struct{})
-	h.log.mu.Lock()
-	h.log.beforeAppend = func(recs [][]byte) {
-		if qos.KindOf(recs[0]) == qos.KindRelease {
-			close(appending)
-			<-appendGo
-		}
-	}
-	h.log.mu.Unlock()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); b.cl.Pubrec(held.PacketID, 0) }()
-	<-appending
-	var cerr error
-	go func() { defer wg.Done(); cerr = h.e.Checkpoint() }()
-	time.Sleep(20 * time.Millisecond) // the walk reaches b's lock
+	finish := checkpointHeldAt(h, b, held)
 	src.publish("s/t", 1, 2, "m")
 	a.conn.waitFor(t, 1) // taken, not acknowledged
-	close(appendGo)
-	wg.Wait()
-	if cerr != nil {
-		t.Fatal(cerr)
+	if err := finish(); err != nil {
+		t.Fatal(err)
 	}
 	h.log.mu.Lock()
 	h.log.beforeAppend = nil
