@@ -85,7 +85,8 @@
 //     with connects, subscriptions and disconnects during checkpoints).
 //   - No Connect, Subscribe, Unsubscribe, Disconnect or publish waits for
 //     a checkpoint's walk of the sessions: it takes one lock at a time
-//     (Engine.mu only to list the sessions and groups), and the dispatcher's
+//     (Engine.mu only to list the sessions and groups and to start the
+//     groups' notes of what they lend), and the dispatcher's
 //     state is copied on write (State.Clone: a copy of the session list
 //     under the shadow's lock, which the dispatcher, on the log's
 //     goroutine too, waits for), not whole. BenchmarkCheckpointSessions
