@@ -72,7 +72,16 @@ type dispatcher struct {
 	owed, stopped bool
 	// busy is set by a dispatch on the log's goroutine whose direct write
 	// a socket did not take at once: the event stops there.
-	busy  bool
+	busy bool
+	// wide is set while messages fan out wider than the log's goroutine
+	// takes (a shared group, more than deliverNowFanout sessions, a
+	// retained message): the last message dispatched, on either
+	// goroutine, says. While it is set the events leave the records to
+	// the dispatcher goroutine at once, rather than read and match each
+	// only to hand it over (a fan-out to 50 sessions would be matched
+	// twice, and the dispatcher's wake wait for the first match). The
+	// dispatcher goroutine clears it at the first narrow message.
+	wide  bool
 	wake  chan struct{} // capacity 1
 	wakes atomic.Uint64 // the dispatcher goroutine's, for tests
 }
@@ -143,7 +152,7 @@ func (e *Engine) dispatchQuiet() {
 	}
 	if last, next := e.log.LastOffset(), d.r.Offset(); next > last {
 		return // nothing new (a failed batch, or read already)
-	} else if last-next >= quietDispatchMax || !e.log.Idle() {
+	} else if last-next >= quietDispatchMax || d.wide || !e.log.Idle() {
 		d.owed = true
 		d.signal()
 		return
@@ -202,6 +211,9 @@ func (e *Engine) dispatchNext(onLog bool) bool {
 	var groupBuf [4]*group
 	var groups []*group
 	if err == nil && msg != nil {
+		if onLog && msg.Retain {
+			d.wide = true
+		}
 		if onLog && (msg.Retain || !e.idx.mu.TryRLock()) {
 			d.held.ok, d.held.off, d.held.k, d.held.v = true, off, k, v
 			return false
@@ -211,7 +223,8 @@ func (e *Engine) dispatchNext(onLog bool) bool {
 		}
 		groups = e.match(&d.m, off, msg, groupBuf[:0])
 		e.idx.mu.RUnlock()
-		if onLog && (len(groups) > 0 || len(d.m.grants) > deliverNowFanout) {
+		d.wide = msg.Retain || len(groups) > 0 || len(d.m.grants) > deliverNowFanout
+		if onLog && d.wide {
 			d.held.ok, d.held.off, d.held.k, d.held.v = true, off, k, v
 			return false
 		}

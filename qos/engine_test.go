@@ -528,8 +528,20 @@ func TestQuietDispatchOnTheEvent(t *testing.T) {
 	if want := "[m0 m1 m2 m3 busy]"; fmt.Sprint(payloads(got)) != want {
 		t.Fatalf("got %v, want %s", payloads(got), want)
 	}
+	// onFlush runs after the packets are out: wait for the last one's.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		done := len(by) > n
+		mu.Unlock()
+		if done || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
+	if len(by) <= n {
+		t.Fatalf("%d PUBLISH flushes seen, want %d", len(by), n+1)
+	}
 	for i, g := range by[:n] {
 		if g != me {
 			t.Errorf("PUBLISH %d written by goroutine %s, not the durability event's (%s)", i, g, me)
@@ -567,5 +579,49 @@ func TestQuietDispatchDoesNotWaitForTheSessionLock(t *testing.T) {
 	unlock()
 	if got := sub.conn.waitFor(t, 1); got[0].Type != qos.PacketPublish || string(got[0].Message.Payload) != "m" {
 		t.Fatalf("got %s, want the PUBLISH", types(got))
+	}
+}
+
+// A message wider than the durability event dispatches (here more than 4
+// sessions) goes to the dispatcher goroutine, and while messages are
+// that wide the events hand the records over without reading them
+// first; the first narrow one the dispatcher goroutine dispatches gives
+// the events their quiet path back.
+func TestQuietDispatchLeavesWideFanoutsToTheDispatcher(t *testing.T) {
+	h := newHarness(t, nil)
+	var subs []*client
+	for i := range 5 {
+		s := h.connect(fmt.Sprint("sub", i), false)
+		s.subscribe("w", 1)
+		subs = append(subs, s)
+	}
+	narrow := h.connect("narrow", false)
+	narrow.subscribe("n", 1)
+	pub := h.connect("pub", false)
+	h.e.WaitDispatched()
+	me := goid()
+	var mu sync.Mutex
+	readBy := map[uint64]string{}
+	h.log.mu.Lock()
+	h.log.onNext = func(off uint64) {
+		mu.Lock()
+		readBy[off] = goid()
+		mu.Unlock()
+	}
+	h.log.mu.Unlock()
+	step := func(topic string, pid uint16, to *client) (readHere bool) {
+		t.Helper()
+		time.Sleep(time.Millisecond) // past deliverNowGap
+		pub.publish(topic, 1, pid, topic)
+		off := h.log.LastOffset()
+		to.ackAll(to.conn.waitFor(t, 1))
+		h.e.WaitDispatched()
+		mu.Lock()
+		defer mu.Unlock()
+		return readBy[off] == me
+	}
+	got := []bool{step("w", 1, subs[0]), step("w", 2, subs[0]), step("n", 3, narrow), step("n", 4, narrow)}
+	if want := []bool{true, false, false, true}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("read on the durability event's goroutine: %v for wide, wide, narrow, narrow; want %v", got, want)
 	}
 }
