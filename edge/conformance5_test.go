@@ -269,7 +269,7 @@ func TestConformance5Properties(t *testing.T) {
 }
 
 // TestConformance5PayloadFormatInvalid: a server may check that a
-// payload whose Payload Format Indicator is 1 is UTF-8 [MQTT-1.5.4-1]
+// payload whose Payload Format Indicator is 1 is well-formed UTF-8
 // (§3.3.2.3.2), and the will's (§3.1.3.2.3); edgemq does, and refuses one
 // that is not with 0x99 Payload format invalid: in PUBACK or PUBREC, in a
 // DISCONNECT for QoS 0 (which has no acknowledgement), in CONNACK for a

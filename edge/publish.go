@@ -81,9 +81,10 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 	return nil
 }
 
-// payloadFormatInvalid reports whether a payload is not the UTF-8
-// [MQTT-1.5.4-1] its MQTT 5 Payload Format Indicator of 1 says it is. A
-// server may check it and refuse the message with 0x99 Payload format
+// payloadFormatInvalid reports whether a payload is not the well-formed
+// UTF-8 (RFC 3629) its MQTT 5 Payload Format Indicator of 1 says it is
+// (§3.3.2.3.2's text; [MQTT-1.5.4-1] is the same rule for UTF-8 Encoded
+// Strings, not payloads). A server may check it and refuse the message with 0x99 Payload format
 // invalid (§3.3.2.3.2, and §3.1.3.2.3 for a will); edgemq does, as
 // Moquette does (HiveMQ, off by default; Mosquitto does not), so that a
 // subscriber the indicator promised text never gets bytes that are not.
