@@ -1392,6 +1392,58 @@ func TestConformance5Flow(t *testing.T) {
 	})
 }
 
+// TestConformance5DisconnectAfterWrites: a client still writing when the
+// server refuses one of its packets reads the DISCONNECT that says why, as
+// Paho's interoperability suite (client_test5.py test_flow_control2) checks:
+// one QoS 2 PUBLISH over the Receive Maximum [MQTT-3.3.4-7] gets DISCONNECT
+// 0x93 (§3.3.4, §4.13.2), and the client, which keeps writing (a PINGREQ,
+// PUBRELs for the PUBRECs queued before the DISCONNECT), reaches it. After
+// the DISCONNECT the server sends nothing more [MQTT-3.14.4-1] and closes
+// the connection [MQTT-3.14.4-2]: had it closed the socket at once, the
+// bytes the client sent after it would have met a closed socket, whose
+// reset fails the client's next write and can drop the unread DISCONNECT.
+func TestConformance5DisconnectAfterWrites(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.ReceiveMaximum = 8
+	tb := startBroker(t, cfg)
+	rc := dialRaw(t, tb.Addr("tcp").String(), 5)
+	rc.connect("bye-flood", true, 30)
+	for i := range 9 {
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, TopicName: "bye/f", PacketID: uint16(i + 1), Payload: []byte("f")})
+	}
+	time.Sleep(300 * time.Millisecond) // the ninth is read and refused
+	write := func(pk packets.Packet) {
+		t.Helper()
+		if _, err := rc.c.Write(encode(t, 5, pk)); err != nil {
+			t.Fatalf("write %d after the refused PUBLISH: %v (the server closed before the client read its DISCONNECT)", pk.FixedHeader.Type, err)
+		}
+		time.Sleep(20 * time.Millisecond) // a reset comes back before the next write
+	}
+	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	for {
+		pk, err := rc.read(5 * time.Second)
+		if err != nil {
+			t.Fatalf("%v, want DISCONNECT 0x93", err)
+		}
+		switch pk.FixedHeader.Type {
+		case packets.Pubrec:
+			write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: pk.PacketID})
+			continue
+		case packets.Disconnect:
+			if pk.ReasonCode != packets.ErrReceiveMaximum.Code {
+				t.Fatalf("DISCONNECT %#x, want 0x93", pk.ReasonCode)
+			}
+		default:
+			t.Fatalf("packet type %d, want PUBREC or DISCONNECT 0x93", pk.FixedHeader.Type)
+		}
+		break
+	}
+	if !rc.closed(5 * time.Second) {
+		t.Error("[MQTT-3.14.4-2] the connection stayed open after the DISCONNECT")
+	}
+}
+
 // TestConformance5Reconnect: what a new connection to a session does not
 // inherit from the old one.
 func TestConformance5Reconnect(t *testing.T) {

@@ -115,6 +115,12 @@ type conn struct {
 	// with the error that ended it: it closes and forgets the connection.
 	end func(err error)
 
+	// bye is set once a DISCONNECT that refuses the client's packet went
+	// out (refusesPacket), lingered once linger ran: Close then lets the
+	// client read it before the socket goes (see linger).
+	bye      atomic.Bool
+	lingered atomic.Bool
+
 	broken    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -194,17 +200,58 @@ func (c *conn) goodbye() error {
 			return err
 		}
 	}
+	c.linger()
+	return err
+}
+
+// linger ends the sending side (FIN; TLS close_notify) and reads and drops
+// what the client still sends, until it closes or for drainTime, once per
+// connection: after a DISCONNECT the server sends nothing more
+// [MQTT-3.14.4-1] and closes the connection [MQTT-3.14.4-2], but a client
+// that was writing when it came (a QoS 2 flood over the Receive Maximum
+// still answering its PUBRECs, as Paho's test_flow_control2 does) must be
+// able to read it. A socket closed with the client's bytes still arriving
+// answers them with a reset, which fails the client's next write before it
+// reads the DISCONNECT, and can make its stack throw the DISCONNECT away.
+// It runs on the goroutine that closes: the read goroutine, for the
+// packets refusesPacket names. Not on WebSocket: its close handshake ends it.
+func (c *conn) linger() {
 	hc, ok := c.Conn.(interface{ CloseWrite() error })
-	if !ok {
-		return err // WebSocket: its close handshake ends it
+	if !ok || !c.lingered.CompareAndSwap(false, true) {
+		return
 	}
 	_ = hc.CloseWrite()
 	_ = c.Conn.SetReadDeadline(time.Now().Add(drainTime))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.Conn, drainBytes))
-	return err
 }
 
-// drainTime and drainBytes bound what goodbye reads and drops.
+// refusesPacket reports whether p is a DISCONNECT whose reason code refuses
+// a packet the client just sent (§4.13.2: malformed 0x81, protocol error
+// 0x82, topic name invalid 0x90, receive maximum exceeded 0x93, topic alias
+// invalid 0x94, packet too large 0x95, payload format invalid 0x99, retain
+// or QoS not supported 0x9A 0x9B): the server sends it on the read
+// goroutine, while the client may still be writing. Not those sent for
+// other reasons (0x8B shutting down, 0x8D keep alive timeout, 0x8E session
+// taken over), often from another goroutine, where Close must not wait.
+func refusesPacket(p []byte) bool {
+	if len(p) < 3 || p[0] != packets.Disconnect<<4 {
+		return false
+	}
+	i := 1 // the reason code follows the remaining length (a variable byte integer)
+	for i < len(p) && i < 5 && p[i]&0x80 != 0 {
+		i++
+	}
+	if i+1 >= len(p) {
+		return false
+	}
+	switch p[i+1] {
+	case 0x81, 0x82, 0x90, 0x93, 0x94, 0x95, 0x99, 0x9A, 0x9B:
+		return true
+	}
+	return false
+}
+
+// drainTime and drainBytes bound what linger reads and drops.
 const (
 	drainTime  = time.Second
 	drainBytes = 16 << 20
@@ -225,6 +272,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	if c.broken.Load() {
 		return 0, errConnBroken
+	}
+	if refusesPacket(p) {
+		c.bye.Store(true)
 	}
 	if !c.corked {
 		return c.writeLocked(p)
@@ -439,9 +489,10 @@ func (c *conn) writeLocked(p []byte) (int, error) {
 	return n, err
 }
 
-// Close closes the connection once, after writing what a cork collected.
-// After a failed write it skips the goodbye, which would block on the same
-// stuck socket.
+// Close closes the connection once, after writing what a cork collected,
+// and after a DISCONNECT that refused the client's packet, once the client
+// could read it (linger). After a failed write it skips the goodbye, which
+// would block on the same stuck socket.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		if c.broken.Load() {
@@ -457,6 +508,9 @@ func (c *conn) Close() error {
 		if c.broken.Load() {
 			c.closeErr = c.closeNow()
 			return
+		}
+		if c.bye.Load() {
+			c.linger()
 		}
 		c.closeErr = c.Conn.Close()
 	})
