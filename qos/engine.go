@@ -95,7 +95,8 @@ func DefaultConfig(l Log) Config {
 //
 // Lock order: Engine.mu, then index.mu, then session.mu, then group.mu,
 // then a Queue's. The dispatcher holds index.mu for reading while it
-// offers a message and takes no session lock meanwhile. The
+// matches a message and takes no session lock meanwhile; it offers the
+// message after it let go. The
 // checkpointer's snaps.mu comes before Engine.mu; its walk (floor) holds
 // one lock at a time. Nothing may hold one session's lock and wait for
 // another's.
