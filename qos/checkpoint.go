@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"sync"
 	"time"
 )
@@ -158,7 +157,9 @@ func (e *Engine) trim() error {
 // floor returns the lowest offset below upTo the engine still needs: each
 // queue's position, each unreleased flight, what a scan read and nobody
 // took, what members gave back to a group. With st, it also brings st up
-// to the live sessions (step 1 above).
+// to the live sessions and groups (step 1 above): a group's backlog
+// starts at the lowest offset it may have to hand out again, and what
+// members took from there on is State.GroupTaken.
 //
 // It holds one lock at a time, never for the whole walk: Engine.mu to
 // list the sessions and groups (listLiveLocked) and reset the groups'
@@ -173,15 +174,16 @@ func (e *Engine) trim() error {
 // both their locks in between. One that went from a member to its group
 // after the member was read is in the group when the group is read, or
 // was taken from it again. One taken from a group after its member was
-// read would be in neither walk: so each group keeps the lowest offset it
-// has handed out since the walk began (group.lent, reset here first), and
-// its position counts from there, as if the group had been read when the
-// walk began. The checkpoint's group positions may then be lower than
-// the live ones by what was taken during the walk: a persistent member's
-// take is logged (a Deliver record after the checkpoint's offset, which
-// recovery replays, moving the group past it again), and a clean
-// member's is lost with it at a restart, when its group must hand it out
-// again, as for one the member held when the walk began. A session that
+// read would be in neither walk: so each group keeps the offsets it has
+// handed out since the walk began (group.lent, while walking), and its
+// position counts from the lowest, and they are not among what members
+// took, as if the group had been read when the walk began. The
+// checkpoint's group positions may then be lower than the live ones by
+// what was taken during the walk: a persistent member's take is logged
+// (a Deliver record after the checkpoint's offset, which recovery
+// replays, noting it taken again), and a clean member's is lost with it
+// at a restart, when its group must hand it out again, as for one the
+// member held when the walk began. A session that
 // ended is skipped, as if it had ended before the walk: it ended after the
 // state was copied, so its record of the end (if it has one) follows the
 // checkpoint's offset, and what it held of a group went back to the group
@@ -194,16 +196,21 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	sessions, groups := e.listLiveLocked()
 	for _, g := range groups {
 		g.mu.Lock()
-		g.lent = math.MaxUint64
+		g.lent, g.walking = g.lent[:0], true
 		g.mu.Unlock()
 	}
 	e.mu.Unlock()
 	progress := e.fannedOut.Load()
 	floor := upTo
-	// A group's messages its members hold and the group's position does
-	// not: a clean member's flights (lost with it at a restart) and what
-	// a scan found and nobody took yet.
+	// A group's messages its members hold that are the group's again
+	// should the member go or the broker stop, which the group's position
+	// must not pass: a persistent member's QoS 1 flights (given back as
+	// it goes), a clean member's flights (lost with it at a restart) and
+	// what a scan found and nobody took yet. With st, owed notes the
+	// latter two, which the group must hand out again after a restart,
+	// and took a persistent member's flights, which it must not.
 	held := map[*group]uint64{}
+	owed, took := map[*group][]uint64{}, map[*group][]uint64{}
 	hold := func(g *group, off uint64) {
 		if h, ok := held[g]; !ok || off < h {
 			held[g] = off
@@ -223,6 +230,9 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 					pos = min(pos, sc.Offset)
 				} else {
 					hold(sc.g, sc.Offset)
+					if st != nil {
+						owed[sc.g] = append(owed[sc.g], sc.Offset)
+					}
 				}
 			}
 		}
@@ -241,10 +251,17 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			if !f.released {
 				floor = min(floor, f.offset)
 			}
-			if f.group != nil && !s.persistent {
-				// A clean member's message is lost with it at a restart:
-				// the group takes it again from its position.
-				hold(f.group, f.offset)
+			if f.group != nil {
+				if !s.persistent || f.qos == 1 {
+					hold(f.group, f.offset)
+				}
+				switch {
+				case st == nil:
+				case s.persistent:
+					took[f.group] = append(took[f.group], f.offset)
+				default:
+					owed[f.group] = append(owed[f.group], f.offset)
+				}
 			}
 			if inflight != nil {
 				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain}
@@ -261,20 +278,45 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	}
 	for _, g := range groups {
 		g.mu.Lock()
-		pos := min(g.queue.Position(progress), g.lent)
+		pos := g.queue.Position(progress)
 		for _, r := range g.returned {
 			pos = min(pos, r.Offset)
+			owed[g] = append(owed[g], r.Offset)
 		}
+		for _, off := range g.lent {
+			pos = min(pos, off)
+			owed[g] = append(owed[g], off)
+		}
+		g.lent, g.walking = nil, false
 		g.mu.Unlock()
 		if h, ok := held[g]; ok {
 			pos = min(pos, h)
 		}
 		floor = min(floor, pos)
-		if st != nil {
-			if _, ok := st.GroupNext[g.key]; ok {
-				st.GroupNext[g.key] = max(st.GroupNext[g.key], pos)
+		if st == nil {
+			continue
+		}
+		if _, ok := st.GroupNext[g.key]; !ok {
+			continue // subscribed after the state: its Subscribe record follows
+		}
+		// What members took from pos on: the logged deliveries the state
+		// knows and the persistent members' flights, but what the group
+		// hands out again.
+		taken := map[uint64]bool{}
+		for off := range st.GroupTaken[g.key] {
+			if off >= pos {
+				taken[off] = true
 			}
 		}
+		for _, off := range took[g] {
+			if off >= pos {
+				taken[off] = true
+			}
+		}
+		for _, off := range owed[g] {
+			delete(taken, off)
+		}
+		st.setGroup(g.key, pos, taken)
 	}
 	return floor
 }

@@ -65,8 +65,9 @@
 // # What it guarantees
 //
 //   - An acknowledged QoS 1/2 publish is durable, and reaches every session
-//     subscribed before it was read (persistent ones across disconnects,
-//     crashes and restarts); a QoS 2 one reaches each at most once; each
+//     and shared group subscribed before it was read (persistent ones
+//     across disconnects, crashes and restarts; a group at least once:
+//     see below); a QoS 2 one reaches each session at most once; each
 //     publisher's messages arrive in order (a model-based randomized test
 //     checks this, see model_test.go).
 //   - No more unacknowledged QoS 1/2 deliveries than the client's Receive
@@ -98,19 +99,21 @@
 //     from the publisher's goroutine to the matching connections, bounded by
 //     QoS0Limit per connection, and are not kept for offline sessions (at
 //     most once [MQTT-4.3.1]).
-//   - A shared group's QoS 1 message a member held unacknowledged when it
-//     left goes to another member; should the broker stop before that, the
-//     first member gets it again after the restart (at least once) if no
-//     checkpoint came since it left, or the group does if no delivery of
-//     the group was logged since. A group's position is one offset, which
-//     recovery moves past every delivery logged: what a member gave back
-//     (such a flight, or what its scan of the group's backlog found and it
-//     did not take) below a later logged delivery is not taken again after
-//     a crash that follows a checkpoint. A clean member's deliveries are
-//     not logged: a message it held unacknowledged at a crash is given to
-//     the group again only if a checkpoint came between (the checkpoint
-//     holds the group's position below it), not when a later persistent
-//     member's delivery was logged first.
+//   - A shared group gets its messages at least once across a crash, not
+//     exactly once. Its durable state is the offset its backlog starts at
+//     and the messages from there on that members took with a logged
+//     delivery (a persistent member's) and did not give back
+//     (State.GroupNext, State.GroupTaken; a member going away gives its
+//     QoS 1 flights back, and so does a replay of its Disconnect or end
+//     record); a checkpoint moves the offset up to the lowest message the
+//     group may still have to hand out (without Snapshots it stays at the
+//     group's start). Recovery hands out everything else from there
+//     again: what a member gave back, what its scan found and it did not
+//     take, and a clean member's deliveries (not logged: acknowledged or
+//     not); a message given back below the offset (a checkpoint passed it
+//     while its member held it) moves the offset back to it, and what lies
+//     between comes again too. A QoS 2 message stays the member's that
+//     took it [MQTT-4.8.2].
 //   - A sender logs a new flight's Deliver record after it releases the
 //     session's lock: should the session's next connection (the old one
 //     taken over or gone meanwhile) resend the flight and the client

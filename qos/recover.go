@@ -73,6 +73,16 @@ func (e *Engine) recover() error {
 
 	e.lastRef = st.NextRef() - 1
 	now := e.now()
+	// A session connected when the broker stopped lost its connection
+	// then, and one that expired ends: either gives its QoS 1 flights of
+	// shared groups back to their groups, as it does going away while the
+	// broker runs (the Disconnect or end record appended below says so to
+	// a later replay).
+	for id, ss := range st.Sessions {
+		if ss.Connected || ss.Expired(now) {
+			st.giveBack(st.own(id))
+		}
+	}
 	var wills []*Message
 	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
 		ss := st.Sessions[id]
@@ -150,6 +160,14 @@ func (e *Engine) recover() error {
 			s.nextPID = max(s.nextPID, pid)
 		}
 		maps.Copy(s.inbound, st.Inbound[id])
+	}
+	for key, g := range e.groups {
+		// What members took of the group's backlog, for its scans to pass
+		// over: a copy, as st goes on as the dispatcher's.
+		if t := st.GroupTaken[key]; len(t) > 0 {
+			g.skip = maps.Clone(t)
+			g.skipTop = slices.Max(slices.Collect(maps.Keys(t)))
+		}
 	}
 	for _, w := range wills { // due while the broker was down
 		e.publishAsync(w)

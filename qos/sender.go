@@ -790,6 +790,12 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 	e, s := c.e, c.s
 	from, _ := q.Scan()
 	end := e.dispatched.Load()
+	var skip map[uint64]bool // what members took of a recovered backlog
+	if g != nil {
+		g.mu.Lock()
+		skip = g.skip
+		g.mu.Unlock()
+	}
 	var found []Entry
 	off := from
 	for ; off < end && len(found) < scanBatch; off++ {
@@ -815,7 +821,7 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 			continue
 		}
 		if g != nil {
-			if off >= g.since && Match(g.filter, m.Topic) {
+			if off >= g.since && !skip[off] && Match(g.filter, m.Topic) {
 				found = append(found, grantShared(Entry{Offset: off, Msg: m}, subs[0]))
 			}
 			continue
@@ -841,6 +847,9 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 	}
 	if c.gone {
 		return
+	}
+	if g != nil && skip != nil && off > g.skipTop {
+		g.skip = nil // the scans are past it
 	}
 	if off > from {
 		q.Scanned(off - 1)

@@ -77,14 +77,25 @@ type group struct {
 	returned []Entry // QoS 1 messages a leaving member held unacknowledged: taken first
 	scanning bool
 	mark     uint64 // dispatcher's: the last offset offered
-	// lent is the lowest offset handed out (taken by a member, or found
-	// by a member's scan) since a checkpoint's walk began (see floor).
-	lent uint64
+	// lent holds the offsets handed out (taken by a member, or found by
+	// a member's scan) since a checkpoint's walk began, while walking
+	// (see floor).
+	lent    []uint64
+	walking bool
+	// skip is what members took of the backlog a recovery gave the group
+	// (State.GroupTaken), for its scans to pass over; read only, dropped
+	// once the scans are past skipTop.
+	skip    map[uint64]bool
+	skipTop uint64
 }
 
 // lend notes that the message at off left the group for a member. Called
 // with g.mu held.
-func (g *group) lend(off uint64) { g.lent = min(g.lent, off) }
+func (g *group) lend(off uint64) {
+	if g.walking {
+		g.lent = append(g.lent, off)
+	}
+}
 
 // ConnectInfo is what the engine needs from a CONNECT.
 type ConnectInfo struct {

@@ -23,9 +23,12 @@ var snapshotMagic = [7]byte{'E', 'D', 'G', 'E', 'S', 'N', 'P'}
 
 // Snapshot versions. Version 1 was gob, which could not encode a State
 // holding a retained message; it is still read (see doc.go), never written.
+// Version 2 had no GroupTaken section (its group positions were past every
+// delivery logged); it is still read, with none taken.
 const (
 	snapshotGob     = 1
-	snapshotVersion = 2
+	snapshotNoTaken = 2
+	snapshotVersion = 3
 )
 
 // snapshotHeader is magic, version, offset, body length, CRC-32C. From
@@ -80,7 +83,7 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 		return nil, 0, fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
 	version := hdr[7]
-	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || (version != snapshotVersion && version != snapshotGob) {
+	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || (version != snapshotVersion && version != snapshotNoTaken && version != snapshotGob) {
 		return nil, 0, fmt.Errorf("%w: not a version %d snapshot", ErrBadSnapshot, snapshotVersion)
 	}
 	offset := binary.BigEndian.Uint64(hdr[8:])
@@ -100,7 +103,7 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 	if version == snapshotGob {
 		st, err = decodeGobState(body)
 	} else {
-		st, err = decodeState(body)
+		st, err = decodeState(body, version)
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: decode: %v", ErrBadSnapshot, err)
@@ -108,7 +111,7 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 	return st, offset, nil
 }
 
-// appendBinary appends the body of a snapshot: four sections, each a count
+// appendBinary appends the body of a snapshot: five sections, each a count
 // and its entries in key order, so that equal states encode equally.
 // Sessions, subscriptions and messages are embedded as their own records
 // (Encode), so a field added to a record reaches snapshots with the
@@ -188,12 +191,28 @@ func (st *State) appendBinary(b []byte) ([]byte, error) {
 		b = appendString(b, key)
 		b = binary.AppendUvarint(b, st.GroupNext[key])
 	}
+	// GroupTaken: per group, its offsets in order, each as the distance
+	// from the one before (the first from the group's position).
+	b = binary.AppendUvarint(b, uint64(len(st.GroupTaken)))
+	for _, key := range slices.Sorted(maps.Keys(st.GroupTaken)) {
+		offs := slices.Sorted(maps.Keys(st.GroupTaken[key]))
+		b = appendString(b, key)
+		b = binary.AppendUvarint(b, uint64(len(offs)))
+		prev := st.GroupNext[key]
+		for _, off := range offs {
+			if off < prev {
+				return nil, fmt.Errorf("%w: group %q taken %d below %d", ErrBadRecord, key, off, prev)
+			}
+			b = binary.AppendUvarint(b, off-prev)
+			prev = off
+		}
+	}
 	return b, nil
 }
 
 // decodeState decodes what appendBinary wrote. Every error wraps
 // ErrBadRecord.
-func decodeState(body []byte) (*State, error) {
+func decodeState(body []byte, version byte) (*State, error) {
 	st := NewState()
 	d := decoder{b: body}
 	for range d.count() {
@@ -268,6 +287,25 @@ func decodeState(body []byte) (*State, error) {
 	for range d.count() {
 		key := d.string()
 		st.GroupNext[key] = d.uvarint()
+	}
+	if version >= snapshotVersion {
+		for range d.count() {
+			key := d.string()
+			next, ok := st.GroupNext[key]
+			if !ok && d.err == nil {
+				d.fail("taken of no group")
+			}
+			t := map[uint64]bool{}
+			prev := next
+			for range d.count() {
+				prev += d.uvarint()
+				t[prev] = true
+			}
+			if d.err != nil {
+				break
+			}
+			st.GroupTaken[key] = t
+		}
 	}
 	if d.err != nil {
 		return nil, d.err

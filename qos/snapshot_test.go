@@ -113,6 +113,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		kinds["retained"] = kinds["retained"] || len(st.Retained) > 0
 		kinds["inbound"] = kinds["inbound"] || len(st.Inbound) > 0
 		kinds["groups"] = kinds["groups"] || len(st.GroupNext) > 0
+		kinds["group taken"] = kinds["group taken"] || len(st.GroupTaken) > 0
 		for _, s := range st.Sessions {
 			kinds["subs"] = kinds["subs"] || len(s.Subs) > 0
 			kinds["wills"] = kinds["wills"] || s.WillDue > 0
@@ -121,7 +122,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"retained", "inbound", "groups", "subs", "wills", "inflight qos 1 released false", "inflight qos 2 released true"} {
+	for _, k := range []string{"retained", "inbound", "groups", "group taken", "subs", "wills", "inflight qos 1 released false", "inflight qos 2 released true"} {
 		if !kinds[k] {
 			t.Errorf("no random state had %s", k)
 		}

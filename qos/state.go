@@ -78,9 +78,15 @@ type State struct {
 	// not arrived: client id -> packet id -> offset of the message. A
 	// duplicate PUBLISH of one of them must not be delivered again [MQTT-4.3.3].
 	Inbound map[string]map[uint16]uint64
-	// GroupNext is, per shared group key ("$share/<group>/<filter>"), the
-	// first offset not yet handed to a member.
+	// GroupNext is, per shared group key ("$share/<group>/<filter>"),
+	// where the group's backlog starts: every message of its filter from
+	// there on is the group's to hand out but those in GroupTaken.
 	GroupNext map[string]uint64
+	// GroupTaken is, per shared group key, the offsets from GroupNext on
+	// that a member took with a logged delivery (the member holds them, or
+	// finished them) and did not give back. A member that goes (its
+	// Disconnect or end) gives its QoS 1 ones back [MQTT-4.8.2].
+	GroupTaken map[string]map[uint64]bool
 
 	// refs maps a session's Ref to its client id, for the records that
 	// name it so; it follows Sessions (a snapshot holds it in them).
@@ -89,6 +95,9 @@ type State struct {
 	// gen. A new State and its sessions are of gen 0; Clone gives the
 	// clone and st new ones, so that neither changes a session they share.
 	gen uint64
+	// shared marks the GroupTaken sets st shares with a clone (or the
+	// State it was cloned from): copied before st changes one.
+	shared map[string]bool
 }
 
 // stateGens hands out State generations (State.gen): 0 is every new
@@ -98,11 +107,12 @@ var stateGens atomic.Uint64
 // NewState returns an empty State.
 func NewState() *State {
 	return &State{
-		Sessions:  map[string]*SessionState{},
-		Retained:  map[string]Retained{},
-		Inbound:   map[string]map[uint16]uint64{},
-		GroupNext: map[string]uint64{},
-		refs:      map[uint64]string{},
+		Sessions:   map[string]*SessionState{},
+		Retained:   map[string]Retained{},
+		Inbound:    map[string]map[uint16]uint64{},
+		GroupNext:  map[string]uint64{},
+		GroupTaken: map[string]map[uint64]bool{},
+		refs:       map[uint64]string{},
 	}
 }
 
@@ -224,6 +234,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 		s.WillDue = 0 // a new connection cancels a pending will [MQTT-3.1.3-9]
 	case *Disconnect:
 		if s := st.session(r.Client, r.Ref); s != nil {
+			st.giveBack(s)
 			s.Connected = false
 			s.DisconnectedAt = r.At
 			s.ExpiryInterval = r.ExpiryInterval
@@ -236,6 +247,7 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	case *ClientRef:
 		id := st.client(r.Client, r.Ref)
 		if s := st.Sessions[id]; s != nil {
+			st.giveBack(s)
 			delete(st.Sessions, id)
 			delete(st.refs, s.Ref)
 			for filter := range s.Subs {
@@ -262,10 +274,10 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			st.dropGroup(r.Filter)
 		}
 	case *Deliver:
-		if r.Group != "" {
-			st.GroupNext[r.Group] = max(st.GroupNext[r.Group], r.Offset+1)
-		}
 		if s := st.session(r.Client, r.Ref); s != nil {
+			if r.Group != "" {
+				st.took(r.Group, r.Offset)
+			}
 			if r.QoS > 0 { // a QoS 0 delivery only moves the position
 				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Retain: r.Retain, Group: r.Group}
 			}
@@ -296,6 +308,68 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 	}
 }
 
+// took notes that a member took the message at off from group key with a
+// logged delivery. One below the group's position is not the group's any
+// more already.
+func (st *State) took(key string, off uint64) {
+	if next, ok := st.GroupNext[key]; !ok || off < next {
+		return
+	}
+	st.taken(key)[off] = true
+}
+
+// giveBack gives s's QoS 1 flights of shared groups back to their groups,
+// as a member going away does (session.returnFlightsLocked): the group
+// hands them out again, and s no longer holds them. Its QoS 2 ones stay
+// its own [MQTT-4.8.2]. s must be st's own.
+func (st *State) giveBack(s *SessionState) {
+	for pid, in := range s.Inflight {
+		if in.Group == "" || in.QoS != 1 {
+			continue
+		}
+		delete(s.Inflight, pid)
+		next, ok := st.GroupNext[in.Group]
+		if !ok {
+			continue
+		}
+		if in.Offset < next {
+			// Below the position (a checkpoint moved it past what members
+			// held): the group's backlog starts there again, and hands out
+			// what lies between but what members took (at least once).
+			st.GroupNext[in.Group] = in.Offset
+		} else if t := st.GroupTaken[in.Group]; t[in.Offset] {
+			delete(st.taken(in.Group), in.Offset)
+		}
+	}
+}
+
+// taken returns the GroupTaken set of key as st's own to change.
+func (st *State) taken(key string) map[uint64]bool {
+	t := st.GroupTaken[key]
+	switch {
+	case t == nil:
+		t = map[uint64]bool{}
+		st.GroupTaken[key] = t
+	case st.shared[key]:
+		t = maps.Clone(t)
+		st.GroupTaken[key] = t
+		delete(st.shared, key)
+	}
+	return t
+}
+
+// setGroup puts group key's backlog at next, but taken (st keeps it):
+// what a checkpoint knows of it from the live group.
+func (st *State) setGroup(key string, next uint64, taken map[uint64]bool) {
+	st.GroupNext[key] = next
+	delete(st.shared, key)
+	if len(taken) == 0 {
+		delete(st.GroupTaken, key)
+		return
+	}
+	st.GroupTaken[key] = taken
+}
+
 // dropGroup forgets a shared group's position once no session has the
 // subscription: the group ended with its last member [MQTT-4.8.2], and one
 // subscribed later starts afresh.
@@ -309,6 +383,8 @@ func (st *State) dropGroup(key string) {
 		}
 	}
 	delete(st.GroupNext, key)
+	delete(st.GroupTaken, key)
+	delete(st.shared, key)
 }
 
 // Clone returns a copy of st that changes independently of it through
@@ -322,10 +398,16 @@ func (st *State) Clone() *State {
 	c := &State{
 		Sessions: maps.Clone(st.Sessions), Retained: maps.Clone(st.Retained),
 		Inbound:   make(map[string]map[uint16]uint64, len(st.Inbound)),
-		GroupNext: maps.Clone(st.GroupNext), refs: maps.Clone(st.refs),
-		gen: stateGens.Add(1),
+		GroupNext: maps.Clone(st.GroupNext), GroupTaken: maps.Clone(st.GroupTaken),
+		refs: maps.Clone(st.refs), gen: stateGens.Add(1),
 	}
 	st.gen = stateGens.Add(1)
+	// Both share every GroupTaken set now.
+	st.shared = make(map[string]bool, len(st.GroupTaken))
+	for key := range st.GroupTaken {
+		st.shared[key] = true
+	}
+	c.shared = maps.Clone(st.shared)
 	for id, in := range st.Inbound {
 		c.Inbound[id] = maps.Clone(in)
 	}

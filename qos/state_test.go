@@ -50,8 +50,8 @@ func TestStateApply(t *testing.T) {
 	if s.Next != 5 {
 		t.Fatalf("next = %d, want 5 (after the last message delivered)", s.Next)
 	}
-	if st.GroupNext["$share/g/b"] != 11 {
-		t.Fatalf("group next = %v", st.GroupNext)
+	if st.GroupNext["$share/g/b"] != 3 || !st.GroupTaken["$share/g/b"][10] || len(st.GroupTaken["$share/g/b"]) != 1 {
+		t.Fatalf("group next = %v, taken %v, want 3 (after its Subscribe) and 10 taken", st.GroupNext, st.GroupTaken)
 	}
 	if st.Inbound["p"][7] != 3 {
 		t.Fatalf("inbound = %v", st.Inbound)
@@ -128,6 +128,49 @@ func TestStateGroupEndsWithLastMember(t *testing.T) {
 	}
 	if got := st.GroupNext["$share/g/x"]; got != 8 {
 		t.Fatalf("group next %d after a new subscription at 7, want 8", got)
+	}
+}
+
+// TestStateGroupGivenBack: a member that goes gives its QoS 1 flights of a
+// shared group back to the group, as the engine does: it no longer holds
+// them and they are not among what the group's members took; its QoS 2
+// ones stay its own [MQTT-4.8.2]. One below the group's position (a
+// checkpoint moved it past what members held) moves the position back.
+func TestStateGroupGivenBack(t *testing.T) {
+	const key = "$share/g/x"
+	st := qos.NewState()
+	recs := [][]byte{
+		mustEncode(t, &qos.Session{Client: "a", Ref: 1, ExpiryInterval: 100}),
+		mustEncode(t, &qos.Session{Client: "b", Ref: 2, ExpiryInterval: 100}),
+		mustEncode(t, &qos.Subscribe{Client: "a", Ref: 1, Filter: key, QoS: 2}), // 3
+		mustEncode(t, &qos.Subscribe{Client: "b", Ref: 2, Filter: key, QoS: 2}),
+		mustEncode(t, &qos.Message{Topic: "x", QoS: 1}), // 5
+		mustEncode(t, &qos.Message{Topic: "x", QoS: 2}), // 6
+		mustEncode(t, &qos.Message{Topic: "x", QoS: 1}), // 7
+		mustEncode(t, &qos.Deliver{Ref: 1, PacketID: 1, Offset: 5, QoS: 1, Group: key}),
+		mustEncode(t, &qos.Deliver{Ref: 1, PacketID: 2, Offset: 6, QoS: 2, Group: key}),
+		mustEncode(t, &qos.Deliver{Ref: 2, PacketID: 1, Offset: 7, QoS: 1, Group: key}),
+		mustEncode(t, &qos.Disconnect{Ref: 1, At: 1, ExpiryInterval: 100}),
+	}
+	for i, rec := range recs {
+		if err := st.Apply(uint64(i+1), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := st.Sessions["a"]; len(a.Inflight) != 1 || a.Inflight[2].Offset != 6 {
+		t.Fatalf("a holds %+v after it went, want its QoS 2 flight only", a.Inflight)
+	}
+	if got := st.GroupTaken[key]; len(got) != 2 || !got[6] || !got[7] {
+		t.Fatalf("taken %v, want 6 and 7", got)
+	}
+	// A checkpoint put the position past b's flight; b's end gives it back.
+	st.GroupNext[key] = 8
+	delete(st.GroupTaken, key)
+	if err := st.Apply(12, qos.EncodeEnd(qos.ClientRef{Ref: 2})); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.GroupNext[key]; got != 7 {
+		t.Fatalf("group next %d after b's end, want 7 (b's flight)", got)
 	}
 }
 
