@@ -111,6 +111,52 @@ func BenchmarkFanoutQoS1(b *testing.B) {
 	}
 }
 
+// BenchmarkSharedQoS1 is one QoS 1 publish to a shared group of 3
+// persistent members: append, publisher's PUBACK, dispatch, one member's
+// delivery with its Deliver record and its PUBACK with its Complete
+// record, over the in-memory log. The shadow state notes each delivery
+// among what the group's members took.
+func BenchmarkSharedQoS1(b *testing.B) {
+	e := benchEngine(b)
+	members := make([]*countConn, 3)
+	for i := range members {
+		conn := &countConn{}
+		cl, _, err := e.Connect(conn, qos.ConnectInfo{ClientID: fmt.Sprint("member", i), ProtocolVersion: 5, ExpiryInterval: 1 << 31})
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn.cl.Store(cl)
+		cl.Established()
+		if err := cl.Subscribe([]qos.Subscribe{{Filter: "$share/g/bench/#", QoS: 1}}); err != nil {
+			b.Fatal(err)
+		}
+		cl.Suback()
+		members[i] = conn
+	}
+	pub, pconn := benchConnect(b, e, "pub")
+	payload := make([]byte, 256)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cputime.Self()
+	for i := range b.N {
+		pub.Publish(&qos.Message{Topic: "bench/t", QoS: 1, Payload: payload}, uint16(i%60000+1))
+		for pconn.acks.Load() < int64(i+1)-100 {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	for {
+		var n int64
+		for _, m := range members {
+			n += m.published.Load()
+		}
+		if n >= int64(b.N) {
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.ReportMetric(float64((cputime.Self()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/delivery")
+}
+
 // BenchmarkFanoutQoS0 is one QoS 0 publish (not logged) to n subscribers.
 func BenchmarkFanoutQoS0(b *testing.B) {
 	e := benchEngine(b)

@@ -298,7 +298,11 @@ func decodeState(body []byte, version byte) (*State, error) {
 			t := map[uint64]bool{}
 			prev := next
 			for range d.count() {
-				prev += d.uvarint()
+				next := prev + d.uvarint()
+				if next < prev {
+					d.fail("taken offset")
+				}
+				prev = next
 				t[prev] = true
 			}
 			if d.err != nil {

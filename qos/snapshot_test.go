@@ -166,6 +166,27 @@ func TestSnapshotVersion1(t *testing.T) {
 	}
 }
 
+// TestSnapshotVersion2: a snapshot of the version before GroupTaken (its
+// body ends with the group positions) still reads, with nothing taken.
+func TestSnapshotVersion2(t *testing.T) {
+	st := randomState(t, 5, 300)
+	clear(st.GroupTaken)
+	if len(st.GroupNext) == 0 {
+		t.Fatal("no group in the state")
+	}
+	body := snapshotBytes(t, st, 9)[28:]
+	if body[len(body)-1] != 0 {
+		t.Fatal("the body does not end with an empty GroupTaken section")
+	}
+	got, off, err := qos.ReadSnapshot(bytes.NewReader(frame(2, 9, body[:len(body)-1])))
+	if err != nil || off != 9 {
+		t.Fatalf("read: offset %d, %v", off, err)
+	}
+	if !reflect.DeepEqual(got, st) {
+		t.Fatalf("version 2 differs:\n got %+v\nwant %+v", got, st)
+	}
+}
+
 // frame wraps a body in a snapshot header of the given version.
 func frame(version byte, off uint64, body []byte) []byte {
 	b := append([]byte("EDGESNP"), version)
@@ -189,7 +210,7 @@ func FuzzSnapshotBody(f *testing.F) {
 		f.Add(b[28:])
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		st, _, err := qos.ReadSnapshot(bytes.NewReader(frame(2, 1, body)))
+		st, _, err := qos.ReadSnapshot(bytes.NewReader(frame(3, 1, body)))
 		if err != nil {
 			if !errors.Is(err, qos.ErrBadSnapshot) {
 				t.Fatalf("error does not wrap ErrBadSnapshot: %v", err)
