@@ -14,7 +14,9 @@ import (
 //
 //  1. takes from the live sessions what the records do not say yet: each
 //     queue's position (it also knows what did not match) and the flights
-//     as they are (some Deliver or Complete records may not be durable);
+//     as they are (some Deliver or Complete records may not be durable),
+//     and from the shared groups where each one's backlog starts (the
+//     lowest message it may still have to hand out again);
 //  2. appends a checkpoint record, waits for it and makes the log durable
 //     up to it (Log.Sync: under sync "interval" an append returns before
 //     any fsync), so every record the snapshot covers, and every Deliver

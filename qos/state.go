@@ -85,7 +85,11 @@ type State struct {
 	// GroupTaken is, per shared group key, the offsets from GroupNext on
 	// that a member took with a logged delivery (the member holds them, or
 	// finished them) and did not give back. A member that goes (its
-	// Disconnect or end) gives its QoS 1 ones back [MQTT-4.8.2].
+	// Disconnect or end) gives its QoS 1 ones back [MQTT-4.8.2]. It
+	// grows by one offset per logged delivery of the group until a
+	// checkpoint moves GroupNext past them: no further than the oldest
+	// message the group may still have to hand out again (one a member
+	// holds unacknowledged among them).
 	GroupTaken map[string]map[uint64]bool
 
 	// refs maps a session's Ref to its client id, for the records that
