@@ -103,17 +103,18 @@
 //     exactly once. Its durable state is the offset its backlog starts at
 //     and the messages from there on that members took with a logged
 //     delivery (a persistent member's) and did not give back
-//     (State.GroupNext, State.GroupTaken; a member going away gives its
-//     QoS 1 flights back, and so does a replay of its Disconnect or end
-//     record); a checkpoint moves the offset up to the lowest message the
-//     group may still have to hand out (without Snapshots it stays at the
-//     group's start). Recovery hands out everything else from there
-//     again: what a member gave back, what its scan found and it did not
-//     take, and a clean member's deliveries (not logged: acknowledged or
-//     not); a message given back below the offset (a checkpoint passed it
-//     while its member held it) moves the offset back to it, and what lies
-//     between comes again too. A QoS 2 message stays the member's that
-//     took it [MQTT-4.8.2].
+//     (State.GroupNext, State.GroupTaken; a member going away gives its QoS
+//     1 flights back, and so does a replay of its Disconnect or end record);
+//     a checkpoint moves the offset up to the lowest message the group may
+//     still have to hand out (without Snapshots it stays at the group's
+//     start). Recovery hands out everything else from there again: what a
+//     member gave back, what its scan found and it did not take, and the
+//     deliveries no record names (a clean member's, acknowledged or not, and
+//     a message a member's QoS 0 subscription got, which so may come twice);
+//     a message given back below the offset (a checkpoint passed it while
+//     its member held it) moves the offset back to it, and what lies between
+//     comes again too. A QoS 2 message a persistent member took stays its
+//     own [MQTT-4.8.2].
 //   - A sender logs a new flight's Deliver record after it releases the
 //     session's lock: should the session's next connection (the old one
 //     taken over or gone meanwhile) resend the flight and the client
