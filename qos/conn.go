@@ -86,16 +86,7 @@ type outgoing struct {
 	f       flight // QoS 1/2
 	e       Entry  // QoS 0, or the message of a new flight
 	resend  bool
-	rec     logged // the Deliver record that must be durable first
-	refused bool   // not written: its record could not be made
-}
-
-// logged is a Deliver record that must be durable before its PUBLISH is
-// written: where it was appended (0: none to wait for), and the record,
-// to append again if its write fails.
-type logged struct {
-	off uint64
-	rec []byte
+	refused bool // not written: its record could not be made
 }
 
 // Publish takes an inbound PUBLISH with packet id pid (0 for QoS 0). QoS 0

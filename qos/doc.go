@@ -48,7 +48,9 @@
 // it to every matching session's queue (a shared message, no copy) and
 // kicks their senders; each sender takes what its client's window allows,
 // assigns the engine's packet ids, logs a Deliver record for a persistent
-// session (waited for at QoS 2 before the PUBLISH) and writes the PUBLISH.
+// session (under the session's lock, so that it precedes the flight's end
+// in the log even when the next connection resends the flight; waited
+// for at QoS 2 before the PUBLISH, a resend's too) and writes the PUBLISH.
 // At a low rate the dispatcher writes a clean session's message itself,
 // the same way and never waiting for the socket. While the log is quiet
 // (nothing queued behind the batch, Log.Idle) and the dispatcher
@@ -115,14 +117,6 @@
 //     its member held it) moves the offset back to it, and what lies between
 //     comes again too. A QoS 2 message a persistent member took stays its
 //     own [MQTT-4.8.2].
-//   - A sender logs a new flight's Deliver record after it releases the
-//     session's lock: should the session's next connection (the old one
-//     taken over or gone meanwhile) resend the flight and the client
-//     complete it first, the Deliver
-//     record follows the flight's end in the log, and a restart that
-//     replays across it (no checkpoint since: a checkpoint takes the live
-//     flights) delivers the message again, at QoS 2 too
-//     (TestCheckpointDuringChurnRecoversAsReplay sees such records).
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.

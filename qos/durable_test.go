@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -414,5 +415,113 @@ func TestRepeatedWildcardSubscriptionReplaces(t *testing.T) {
 		}
 		sub.cl.Disconnect(false, nil)
 		pub.conn.settle()
+	}
+}
+
+// A sender appends a new flight's Deliver record in the step that makes
+// the flight: should the session's next connection (a takeover) resend
+// the flight and the client complete it before that record is appended,
+// the record would follow the flight's end in the log, and a restart
+// with no checkpoint since would deliver the message once more, at QoS 2
+// too. Here the first Deliver record's append stops until the takeover's
+// connection has resent and completed the flight, or half a second
+// passed (a takeover that waits for the append: the resend comes after
+// it).
+func TestTakeoverDuringDeliverAppendDeliversOnce(t *testing.T) {
+	for _, q := range []byte{1, 2} {
+		t.Run(fmt.Sprint("qos", q), func(t *testing.T) {
+			h := newHarness(t, nil)
+			sub := h.connect("sub", true)
+			sub.subscribe("t", q)
+			reached, resume := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			h.log.mu.Lock()
+			h.log.beforeAppend = func(recs [][]byte) {
+				if qos.KindOf(recs[0]) != qos.KindDeliver {
+					return
+				}
+				once.Do(func() {
+					close(reached)
+					select {
+					case <-resume:
+					case <-time.After(500 * time.Millisecond):
+					}
+				})
+			}
+			h.log.mu.Unlock()
+			pub := h.connect("pub", false)
+			pub.publish("t", q, 1, "m")
+			if !returned(reached) {
+				t.Fatal("no Deliver record appended")
+			}
+			next := &client{t: t, h: h, id: "sub", info: sub.info, rec: map[uint16]bool{}, conn: newFakeConn()}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				cl, _, err := h.e.Connect(next.conn, next.info)
+				if err != nil {
+					t.Errorf("takeover: %v", err)
+					return
+				}
+				next.cl = cl
+				cl.Established()
+			}()
+			if !returned(done) || t.Failed() {
+				t.Fatal("the takeover did not return")
+			}
+			next.ackAll(next.conn.waitFor(t, 1)) // the resend
+			if q == 2 {
+				next.ackAll(next.conn.waitFor(t, 1)) // PUBREL
+			}
+			close(resume)
+			waitKind(t, h.log, qos.KindComplete, 1)
+			waitKind(t, h.log, qos.KindDeliver, 1)
+			h.crash()
+			again := h.connect("sub", true)
+			if got := again.ackAll(again.conn.settle()); len(got) > 0 {
+				t.Fatalf("after a restart, delivered again: %q", payloads(got))
+			}
+		})
+	}
+}
+
+// A QoS 2 flight resent on the session's next connection waits for its
+// Deliver record as its first PUBLISH did [MQTT-4.3.3]: a resend before
+// the record is durable, and a crash that loses the record, deliver the
+// message again after the restart, under another packet id. Here the
+// record waits for a slow fsync while the takeover's connection (whose
+// Session record the full log refused: a resumed session goes on) has
+// the flight.
+func TestTakeoverResendWaitsForDeliverRecord(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 2)
+	var once sync.Once
+	h.log.mu.Lock()
+	h.log.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == qos.KindDeliver {
+			once.Do(func() { h.log.holdFrom() })
+		}
+	}
+	h.log.fail = func(recs [][]byte) error {
+		if qos.KindOf(recs[0]) == qos.KindSession {
+			return qos.ErrFull
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	pub := h.connect("pub", false)
+	pub.publish("t", 2, 1, "m")
+	waitKind(t, h.log, qos.KindDeliver, 1)
+	next := h.connect("sub", true)
+	got := len(next.ackAll(next.conn.settle()))
+	h.log.mu.Lock()
+	h.log.fail = nil
+	h.log.mu.Unlock()
+	h.crash() // the Deliver record was not durable yet
+	again := h.connect("sub", true)
+	got += len(again.ackAll(again.conn.settle()))
+	if got != 1 {
+		t.Fatalf("delivered %d times, want once", got)
 	}
 }

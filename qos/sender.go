@@ -8,10 +8,11 @@ import (
 
 // step is one round of the sender: under the session's lock it takes the
 // acknowledgements, the resends and the new deliveries the window allows
-// (assigning packet ids and recording flights), then writes them without
-// the lock. It reports whether it found anything to do.
+// (assigning packet ids, recording flights and, for a persistent session,
+// logging them: logDeliverLocked), then writes them without the lock. It
+// reports whether it found anything to do.
 func (c *connection) step() bool {
-	e, s := c.e, c.s
+	s := c.s
 	s.mu.Lock()
 	if c.gone || c.closing {
 		c.acks, c.qos0, c.resend = nil, nil, nil
@@ -33,24 +34,23 @@ func (c *connection) step() bool {
 		batch = append(batch, outgoing{pid: pid, f: s.flights[pid], resend: true})
 	}
 	c.resend = c.resend[:copy(c.resend, c.resend[n:])]
-	nNew := 0
 	for len(s.flights) < c.window {
-		en, g, pid, logged, ok := c.next()
+		en, g, pid, ok := c.next()
 		if !ok {
 			break
 		}
 		if pid != 0 { // a shared group's, flight made and logged as it was taken
-			batch = append(batch, outgoing{pid: pid, f: s.flights[pid], e: en, rec: logged})
+			batch = append(batch, outgoing{pid: pid, f: s.flights[pid], e: en})
 			continue
 		}
 		o, ok := c.outgoingFor(en, g)
 		if !ok {
 			continue
 		}
-		batch = append(batch, o)
-		if o.pid != 0 {
-			nNew++
+		if o.pid != 0 && s.persistent {
+			c.logDeliverLocked(&o)
 		}
+		batch = append(batch, o)
 	}
 	var scanQ *Queue
 	var scanG *group
@@ -58,40 +58,11 @@ func (c *connection) step() bool {
 	if len(s.flights) < c.window {
 		scanQ, scanG, scanSubs = c.scanWanted(true)
 	}
-	persistent := s.persistent
 	s.mu.Unlock()
 	c.batch = batch
 
 	if len(c.acksOut) == 0 && len(batch) == 0 && len(c.qos0Out) == 0 && scanQ == nil {
 		return false
-	}
-	if persistent && nNew > 0 {
-		for i := range batch {
-			o := &batch[i]
-			if o.resend || o.f.qos == 0 || o.f.group != nil {
-				continue // a group's delivery was logged as it was taken
-			}
-			rec := c.deliverRecord(o.pid, o.f)
-			switch {
-			case rec == nil && o.f.qos == 2:
-				o.refused = true // never without its record [MQTT-4.3.3]
-				c.dropFlight(o.pid)
-				continue
-			case rec == nil:
-				continue // sent unlogged, as when the log refuses the record
-			case o.f.qos < 2:
-				e.appendRecord(rec)
-				continue
-			}
-			// A QoS 2 PUBLISH is written only once its packet id is
-			// durable, or a restart could deliver it again under another
-			// [MQTT-4.3.3]: on a full log it waits for room.
-			off, ok := c.appendUntil(rec)
-			if !ok {
-				return c.lostClaim(scanG)
-			}
-			o.rec = logged{off: off, rec: rec}
-		}
 	}
 	for _, a := range c.acksOut {
 		if !c.writeAck(a) {
@@ -119,31 +90,124 @@ func (c *connection) step() bool {
 	return true
 }
 
-// appendUntil appends rec, trying again every second while the log
-// refuses it (a full disk), so that the sender outlives the episode. It
-// returns false when the connection or the engine ends first.
-func (c *connection) appendUntil(rec []byte) (uint64, bool) {
+// logDeliverLocked appends the Deliver record of o, a new flight of a
+// persistent session, before the session's lock is released: from then
+// on the flight is also the next connection's to resend (after a
+// takeover, or a disconnect) and its client's to complete, and a record
+// appended after that could follow the flight's end (Complete, Release)
+// in the log, where a replay takes it for a flight still open: the
+// message delivered again after a restart, at QoS 2 too. Every Deliver
+// record is appended so, under s.mu, by the session's current connection
+// and while its flight is open (relog too), so it precedes the flight's
+// end, which only a party that saw the flight under s.mu appends. The
+// append may wait for room in the log's queue with the lock held, as
+// Pubrec's Release record and a group's Deliver record (takeSharedLocked)
+// do: the log's goroutine, the only one that makes room, never waits for
+// a session's lock (it tries it: kickTry, writeAcksNow, deliverNow). It
+// is the work the sender did after the lock before, so a delivery costs
+// nothing more. Called with s.mu held.
+func (c *connection) logDeliverLocked(o *outgoing) {
+	s := c.s
+	rec := c.deliverRecord(o.pid, o.f)
+	switch {
+	case rec == nil && o.f.qos == 2:
+		delete(s.flights, o.pid) // never written without its record [MQTT-4.3.3]
+		o.refused = true
+		return
+	case rec == nil:
+		return // sent unlogged, as when the log refuses the record
+	case o.f.qos < 2:
+		c.e.appendRecord(rec)
+		return
+	}
+	// A QoS 2 PUBLISH is written only once its packet id is durable, or
+	// a restart could deliver it again under another [MQTT-4.3.3]: its
+	// writer waits for the record (awaitDeliver), on this connection or
+	// the next one, and appends it again if the log refused it.
+	off, err := c.e.log.AppendAsync(rec)
+	if err != nil {
+		c.e.stats.recordFailures.Add(1)
+		c.e.lg.Debug("delivery waits: its record is not logged", "client", s.id, "error", err)
+		o.f.unlogged = true
+	} else {
+		o.f.logged = off
+	}
+	s.flights[o.pid] = o.f
+}
+
+// awaitDeliver waits until the Deliver record of o, an open QoS 2 flight
+// of a persistent session, is durable: its PUBLISH, the first or a resend
+// on the next connection, is written only then [MQTT-4.3.3]. A record not
+// in the log (refused, or its write failed: the offset is a hole) is
+// appended again first (relog). It reports whether to write the PUBLISH
+// (not when the flight ended meanwhile), and ok false when the connection
+// or the engine ends first.
+func (c *connection) awaitDeliver(o *outgoing) (write, ok bool) {
 	e := c.e
 	for {
+		if o.f.unlogged {
+			if write, ok := c.relog(o); !write || !ok {
+				return write, ok
+			}
+		}
+		if !c.flushBefore(o.f.logged) {
+			return false, false
+		}
+		err := e.log.WaitDurable(e.ctx, o.f.logged)
+		if err == nil {
+			return true, true
+		}
+		if e.ctx.Err() != nil {
+			return false, false
+		}
+		o.f.unlogged = true // its write failed: the record again
+	}
+}
+
+// relog appends o's Deliver record under the session's lock, as
+// logDeliverLocked does, while o's flight is open and this connection
+// the session's (a connection gone leaves it to the next one's resend);
+// on a full log it tries again every second, so that the sender outlives
+// the episode. It reports as awaitDeliver does.
+func (c *connection) relog(o *outgoing) (write, ok bool) {
+	e, s := c.e, c.s
+	for {
+		s.mu.Lock()
+		f, open := s.flights[o.pid]
+		if c.gone || c.closing {
+			s.mu.Unlock()
+			return false, false
+		}
+		if !open || f.seq != o.f.seq || f.released {
+			s.mu.Unlock()
+			return false, true // ended meanwhile: nothing to write
+		}
+		rec := c.deliverRecord(o.pid, f)
+		if rec == nil {
+			delete(s.flights, o.pid) // never written without its record [MQTT-4.3.3]
+			s.mu.Unlock()
+			return false, true
+		}
 		off, err := e.log.AppendAsync(rec)
 		if err == nil {
-			return off, true
+			f.logged, f.unlogged = off, false
+			s.flights[o.pid] = f
+			s.mu.Unlock()
+			o.f = f
+			return true, true
 		}
+		f.unlogged = true
+		s.flights[o.pid] = f
+		s.mu.Unlock()
 		e.stats.recordFailures.Add(1)
-		e.lg.Debug("delivery waits: its record is not logged", "client", c.s.id, "error", err)
+		e.lg.Debug("delivery waits: its record is not logged", "client", s.id, "error", err)
 		if !c.flush() {
-			return 0, false
+			return false, false
 		}
 		select {
 		case <-e.ctx.Done():
-			return 0, false
+			return false, false
 		case <-time.After(time.Second):
-		}
-		c.s.mu.Lock()
-		gone := c.gone
-		c.s.mu.Unlock()
-		if gone {
-			return 0, false
 		}
 	}
 }
@@ -207,7 +271,7 @@ func (c *connection) readable(m *Message) bool {
 // next takes the next message for the connection: retained messages of a
 // SUBSCRIBE whose SUBACK is out, the session's queue, then its shared
 // groups in turn. Called with s.mu held.
-func (c *connection) next() (en Entry, g *group, pid uint16, rec logged, ok bool) {
+func (c *connection) next() (en Entry, g *group, pid uint16, ok bool) {
 	s := c.s
 	if len(c.scanned) > 0 {
 		sc := c.scanned[0]
@@ -216,16 +280,16 @@ func (c *connection) next() (en Entry, g *group, pid uint16, rec logged, ok bool
 		if sc.g != nil {
 			return c.takeShared(sc.Entry, sc.g)
 		}
-		return sc.Entry, nil, 0, logged{}, true
+		return sc.Entry, nil, 0, true
 	}
 	if c.holdRet == 0 && len(s.retained) > 0 {
 		en := s.retained[0]
 		s.retained[0] = Entry{}
 		s.retained = s.retained[1:]
-		return en, nil, 0, logged{}, true
+		return en, nil, 0, true
 	}
 	if en, ok := s.queue.Pop(); ok {
-		return en, nil, 0, logged{}, true
+		return en, nil, 0, true
 	}
 	return c.nextShared()
 }
@@ -260,17 +324,19 @@ func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
 // for a persistent session, appends its Deliver record, all under g.mu:
 // the group's deliveries are logged in the order its members take them,
 // so that a replay, which puts the group after its last logged delivery,
-// never passes one taken and not yet logged. A QoS 2 delivery returns its
-// record, to be durable before its PUBLISH [MQTT-4.3.3]. Called with s.mu
-// and g.mu held, or, for a scan's find, s.mu alone (it takes g.mu).
-func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, logged) {
+// never passes one taken and not yet logged (and under s.mu, before the
+// flight can end: see logDeliverLocked). A QoS 2 flight keeps its
+// record's offset, to be durable before its PUBLISH [MQTT-4.3.3]. It
+// returns the flight's packet id, 0 for none. Called with s.mu and g.mu
+// held, or, for a scan's find, s.mu alone (it takes g.mu).
+func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 	s := c.s
 	if en.QoS == 0 || !c.wouldDeliver(en.Msg) {
-		return 0, logged{} // the sender's usual path writes or drops it
+		return 0 // the sender's usual path writes or drops it
 	}
 	pid, f := c.newFlightLocked(en, g)
 	if !s.persistent {
-		return pid, logged{}
+		return pid
 	}
 	rec := c.deliverRecord(pid, f)
 	if rec == nil {
@@ -278,9 +344,9 @@ func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, logged) {
 			// Never written without its record, and not given back: it
 			// would fail again.
 			delete(s.flights, pid)
-			return 0, logged{}
+			return 0
 		}
-		return pid, logged{} // sent unlogged, as when the log refuses it
+		return pid // sent unlogged, as when the log refuses it
 	}
 	off, err := c.e.log.AppendAsync(rec)
 	if err != nil {
@@ -289,14 +355,15 @@ func (c *connection) takeSharedLocked(en Entry, g *group) (uint16, logged) {
 			// Not written without its record: it goes back to the group.
 			delete(s.flights, pid)
 			g.returned = append([]Entry{en}, g.returned...)
-			return 0, logged{}
+			return 0
 		}
-		return pid, logged{}
+		return pid
 	}
 	if f.qos == 2 {
-		return pid, logged{off: off, rec: rec} // written once durable [MQTT-4.3.3]
+		f.logged = off // written once durable [MQTT-4.3.3]
+		s.flights[pid] = f
 	}
-	return pid, logged{}
+	return pid
 }
 
 // deliverRecord returns the Deliver record of flight f under pid, or nil
@@ -319,22 +386,22 @@ func (c *connection) deliverRecord(pid uint16, f flight) []byte {
 }
 
 // takeShared is takeSharedLocked for an entry already out of the group.
-func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, logged, bool) {
+func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	pid, rec := c.takeSharedLocked(en, g)
+	pid := c.takeSharedLocked(en, g)
 	if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-		return Entry{}, nil, 0, logged{}, false // given back: the log refused its record
+		return Entry{}, nil, 0, false // given back: the log refused its record
 	}
-	return en, g, pid, rec, true
+	return en, g, pid, true
 }
 
 // nextShared takes one message from one of the session's groups, round
 // robin. Called with s.mu held.
-func (c *connection) nextShared() (Entry, *group, uint16, logged, bool) {
+func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 	s := c.s
 	if s.shared == 0 {
-		return Entry{}, nil, 0, logged{}, false
+		return Entry{}, nil, 0, false
 	}
 	var gs []*sub
 	for _, sb := range s.subs {
@@ -361,14 +428,14 @@ func (c *connection) nextShared() (Entry, *group, uint16, logged, bool) {
 		g.lend(en.Offset)
 		s.lastGroups = (s.lastGroups + i + 1) % len(gs)
 		en = grantShared(en, sb)
-		pid, rec := c.takeSharedLocked(en, g)
+		pid := c.takeSharedLocked(en, g)
 		g.mu.Unlock()
 		if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-			return Entry{}, nil, 0, logged{}, false // given back: the log refused its record
+			return Entry{}, nil, 0, false // given back: the log refused its record
 		}
-		return en, g, pid, rec, true
+		return en, g, pid, true
 	}
-	return Entry{}, nil, 0, logged{}, false
+	return Entry{}, nil, 0, false
 }
 
 // grantShared applies a member's subscription to a group's message.
@@ -436,23 +503,12 @@ func (c *connection) writePublish(o *outgoing) bool {
 	if o.refused {
 		return true
 	}
-	for o.rec.off > 0 {
-		if !c.flushBefore(o.rec.off) {
-			return false
-		}
-		err := e.log.WaitDurable(e.ctx, o.rec.off)
-		if err == nil {
-			break
-		}
-		if e.ctx.Err() != nil {
-			return false
-		}
-		// Its write failed (the offset is a hole): the record again.
-		off, ok := c.appendUntil(o.rec.rec)
-		if !ok {
+	if o.f.qos == 2 && !o.f.released && (o.f.logged > 0 || o.f.unlogged) {
+		if write, ok := c.awaitDeliver(o); !ok {
 			return false // the flight waits for the next connection
+		} else if !write {
+			return true
 		}
-		o.rec.off = off
 	}
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}

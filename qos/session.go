@@ -58,6 +58,14 @@ type flight struct {
 	ids         []int
 	group       *group
 	msg         *Message // nil after a restart: read from the log when resent
+	// logged is where a persistent session's QoS 2 flight has its Deliver
+	// record, which must be durable before its PUBLISH is written, the
+	// first time or again [MQTT-4.3.3] (0: none to wait for, as for one
+	// recovered from the log); unlogged says the record is not in the log
+	// (refused, or its write failed), so the connection that writes the
+	// PUBLISH appends it first (see logDeliverLocked).
+	logged   uint64
+	unlogged bool
 }
 
 // group is a shared subscription group: one queue its connected members
