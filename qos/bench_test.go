@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,8 +62,13 @@ func benchEngine(b *testing.B) *qos.Engine {
 
 func benchConnect(b *testing.B, e *qos.Engine, id string) (*qos.Client, *countConn) {
 	b.Helper()
+	return benchConnectInfo(b, e, qos.ConnectInfo{ClientID: id, ProtocolVersion: 5})
+}
+
+func benchConnectInfo(b *testing.B, e *qos.Engine, info qos.ConnectInfo) (*qos.Client, *countConn) {
+	b.Helper()
 	conn := &countConn{}
-	cl, _, err := e.Connect(conn, qos.ConnectInfo{ClientID: id, ProtocolVersion: 5})
+	cl, _, err := e.Connect(conn, info)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -74,13 +80,19 @@ func benchConnect(b *testing.B, e *qos.Engine, id string) (*qos.Client, *countCo
 // BenchmarkFanoutQoS1 is one QoS 1 publish to n clean subscribers: append,
 // publisher's PUBACK, dispatch, n deliveries and their PUBACKs, over the
 // in-memory log (no fsync, no socket).
-func BenchmarkFanoutQoS1(b *testing.B) {
+func BenchmarkFanoutQoS1(b *testing.B) { benchFanoutQoS1(b, 0) }
+
+// BenchmarkFanoutQoS1Persistent is BenchmarkFanoutQoS1 to persistent
+// subscribers: each delivery logs its Deliver and Complete records too.
+func BenchmarkFanoutQoS1Persistent(b *testing.B) { benchFanoutQoS1(b, math.MaxUint32) }
+
+func benchFanoutQoS1(b *testing.B, expiry uint32) {
 	for _, n := range []int{1, 50} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			e := benchEngine(b)
 			subs := make([]*countConn, n)
 			for i := range subs {
-				cl, conn := benchConnect(b, e, fmt.Sprint("sub", i))
+				cl, conn := benchConnectInfo(b, e, qos.ConnectInfo{ClientID: fmt.Sprint("sub", i), ProtocolVersion: 5, ExpiryInterval: expiry})
 				if err := cl.Subscribe([]qos.Subscribe{{Filter: "bench/#", QoS: 1}}); err != nil {
 					b.Fatal(err)
 				}
