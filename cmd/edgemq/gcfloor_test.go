@@ -59,20 +59,10 @@ func TestGCFloor(t *testing.T) {
 	with := collectionsWhileAllocating(t, garbage)
 	// The floor adjusts from a cleanup, a moment after each collection:
 	// until then the goal is computed with the GOGC set after the one before.
-	live, goal := uint64(0), uint64(0)
-	func() {
-		for range 20 {
-			collectionsWhileAllocating(t, 16<<20)
-			runtime.GC()
-			for range 100 {
-				if live, goal = readMetric(t, "/gc/heap/live:bytes"), readMetric(t, "/gc/heap/goal:bytes"); goal >= live+headroom {
-					return
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}
+	live, goal, ok := heapGoalAbove(t, headroom)
+	if !ok {
 		t.Errorf("heap goal %d with a live heap of %d and a headroom of %d", goal, live, headroom)
-	}()
+	}
 	t.Logf("collections for %d MiB of garbage: %d without the floor, %d with a %d MiB floor (live heap %d)", garbage>>20, without, with, headroom>>20, live)
 	// One every 128 MiB, and a few at GOGC's goal: before the first
 	// collection showed the floor that the process is busy, and after a
@@ -240,21 +230,27 @@ func TestGCFloorUnderProcessMemory(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1)) // none in force
 	stop := startGCFloor(1<<30, memory)
 	defer stop()
-	live, goal := uint64(0), uint64(0)
+	live, goal, _ := heapGoalAbove(t, room)
+	if most := live + room + live/50 + 1<<20; goal < live+room || goal > most {
+		t.Errorf("heap goal %d with a live heap of %d, a floor of 1 GiB and %d MiB the process may use: want %d to %d", goal, live, memory>>20, live+room, most)
+	}
+}
+
+// heapGoalAbove collects while allocating until the heap goal is at least
+// room above the live heap, or 20 tries of 100 ms passed (the floor adjusts
+// from a cleanup, a moment after each collection); it returns the last
+// live heap and goal read, and whether the goal got there.
+func heapGoalAbove(t *testing.T, room uint64) (live, goal uint64, ok bool) {
+	t.Helper()
 	for range 20 {
 		collectionsWhileAllocating(t, 16<<20)
 		runtime.GC()
 		for range 100 {
 			if live, goal = readMetric(t, "/gc/heap/live:bytes"), readMetric(t, "/gc/heap/goal:bytes"); goal >= live+room {
-				break
+				return live, goal, true
 			}
 			time.Sleep(time.Millisecond)
 		}
-		if goal >= live+room {
-			break
-		}
 	}
-	if most := live + room + live/50 + 1<<20; goal < live+room || goal > most {
-		t.Errorf("heap goal %d with a live heap of %d, a floor of 1 GiB and %d MiB the process may use: want %d to %d", goal, live, memory>>20, live+room, most)
-	}
+	return live, goal, false
 }
