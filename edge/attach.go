@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -78,23 +77,23 @@ type attached struct {
 // serve is a connection's goroutine from CONNACK to its end.
 func (b *Broker) serve(a *attached) {
 	err := b.readLoop(a)
-	if keepAliveExpired(a.cl, err) && a.cl.Properties.ProtocolVersion == 5 {
+	if keepAliveExpired(a.cl, err) {
 		// Closed as if the network had failed (the will is published)
 		// [MQTT-3.1.2-22], after a DISCONNECT 0x8D Keep Alive timeout
 		// that tells an MQTT 5 client why (§3.14.2.1; mochi sends none).
-		// Not on WebSocket: coder/websocket has closed the connection
-		// when the deadline passed during the read.
-		_ = disconnectClient(b.srv, a.cl, packets.ErrKeepAliveTimeout)
+		// On WebSocket the deadline's timer said it already, if the read
+		// was waiting when it passed (wsConn).
+		a.wc.keepAliveTimeout()
 	}
 	b.detach(a.cl, a.wc, &a.w, true, err)
 }
 
 // keepAliveExpired reports whether the read loop ended with err because
 // the client sent nothing for 1.5 keepalives: the read deadline after
-// CONNACK is refreshDeadline's alone. A TCP or TLS read says
-// os.ErrDeadlineExceeded, coder/websocket's context.DeadlineExceeded.
+// CONNACK is refreshDeadline's alone. Every transport's read says
+// os.ErrDeadlineExceeded (WebSocket's: wsConn).
 func keepAliveExpired(cl *mqtt.Client, err error) bool {
-	return cl.State.Keepalive > 0 && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded))
+	return cl.State.Keepalive > 0 && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // detach ends a connection as mochi's attachClient does: the will

@@ -1700,9 +1700,11 @@ func TestConformance5Sessions(t *testing.T) {
 // TestConformance5ServerKeepAlive: a v5 client asking for a longer
 // keepalive than max_keepalive is told the Server Keep Alive in CONNACK
 // (§3.2.2.3.14, which it must then use [MQTT-3.2.2-21]), and held to it:
-// silent for 1.5 times that, it is disconnected [MQTT-3.1.2-22], told why
-// first over TCP: DISCONNECT 0x8D Keep Alive timeout (§3.14.2.1; a server
-// may send DISCONNECT before it closes the connection, §3.14).
+// silent for 1.5 times that, it is disconnected as if the network had
+// failed [MQTT-3.1.2-22], so its will is published [MQTT-3.1.2-8], told
+// why first: DISCONNECT 0x8D Keep Alive timeout (§3.14.2.1; a server may
+// send DISCONNECT before it closes the connection, §4.13), over every
+// transport.
 func TestConformance5ServerKeepAlive(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Limits.MaxKeepalive = 2 * time.Second
@@ -1710,22 +1712,25 @@ func TestConformance5ServerKeepAlive(t *testing.T) {
 	for _, network := range []string{"tcp", "ws"} {
 		t.Run(network, func(t *testing.T) {
 			t.Parallel()
+			topic := "will/keepalive-" + network
+			// paho pings: the watcher is held to the same maximum.
+			watch, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "keepalive-watch-" + network, keepalive: 1})
+			watch.subscribe(t, topic, 1)
 			c := dialNet(t, network, tb.Addr(network).String(), nil)
 			t.Cleanup(func() { _ = c.Close() })
 			rc := &rawClient{t: t, c: c, r: newReader(c), version: 5}
-			ack := rc.connectWith("server-keepalive-"+network, true, 30, nil)
+			ack := rc.connectWith("server-keepalive-"+network, true, 30, willConnect(topic, 0, 0))
 			if !ack.Properties.ServerKeepAliveFlag || ack.Properties.ServerKeepAlive != 2 {
 				t.Errorf("server keep alive %d (sent %v), want 2", ack.Properties.ServerKeepAlive, ack.Properties.ServerKeepAliveFlag)
 			}
-			if network == "tcp" {
-				// coder/websocket closes a connection whose read deadline
-				// passes during a read: WebSocket clients get no DISCONNECT.
-				if pk := rc.expect(packets.Disconnect, 6*time.Second); pk.ReasonCode != 0x8D {
-					t.Errorf("disconnect reason %#x, want 0x8d keep alive timeout", pk.ReasonCode)
-				}
+			if pk := rc.expect(packets.Disconnect, 6*time.Second); pk.ReasonCode != 0x8D {
+				t.Errorf("disconnect reason %#x, want 0x8d keep alive timeout", pk.ReasonCode)
 			}
 			if !rc.closed(6 * time.Second) {
 				t.Error("a client silent for 6 s with a server keep alive of 2 s still connected")
+			}
+			if got := watch.receive(t, 1)[0]; got.Topic != topic {
+				t.Errorf("will on %q, want %q", got.Topic, topic)
 			}
 		})
 	}

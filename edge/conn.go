@@ -120,6 +120,8 @@ type conn struct {
 	// client read it before the socket goes (see linger).
 	bye      atomic.Bool
 	lingered atomic.Bool
+	// saidKeepAlive is set once keepAliveTimeout wrote its DISCONNECT.
+	saidKeepAlive atomic.Bool
 
 	broken    atomic.Bool
 	closeOnce sync.Once
@@ -247,6 +249,20 @@ func refusesPacket(p []byte) bool {
 		return false
 	}
 	return p[i+1] == packets.ErrReceiveMaximum.Code
+}
+
+// keepAliveTimeout tells an MQTT 5 client, once, that it is cut for its
+// silence: DISCONNECT 0x8D Keep Alive timeout (§3.14.2.1) before the
+// close [MQTT-3.1.2-22], with no properties: a reason string could make
+// it larger than the client's Maximum Packet Size [MQTT-3.14.2-3]. MQTT
+// 3.1.1 has no DISCONNECT from the server. The caller closes.
+func (c *conn) keepAliveTimeout() {
+	if !c.v5.Load() || !c.saidKeepAlive.CompareAndSwap(false, true) {
+		return
+	}
+	if _, err := c.Write([]byte{packets.Disconnect << 4, 2, packets.ErrKeepAliveTimeout.Code, 0}); err == nil {
+		_ = c.flush()
+	}
 }
 
 // drainTime and drainBytes bound what linger reads and drops.

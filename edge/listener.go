@@ -145,6 +145,9 @@ func (b *Broker) serveConn(listener string, c net.Conn, closeNow func() error, t
 		},
 	}
 	wc.ra.setRaw(c)
+	if ws, ok := c.(*wsConn); ok {
+		ws.onExpire = wc.keepAliveTimeout
+	}
 	if m := b.cfg.Limits.MaxPacketSize; m > 0 {
 		wc.framer = &packetFramer{max: int64(m)}
 		wc.onRefused = func(reason, property byte) {

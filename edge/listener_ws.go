@@ -8,13 +8,17 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"path"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -165,10 +169,93 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(websocket.StatusPolicyViolation, "subprotocol mqtt required")
 		return
 	}
-	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	nc := newWSConn(websocket.NetConn(context.Background(), ws, websocket.MessageBinary), ws.CloseNow)
 	ws.SetReadLimit(l.readLimit)
 	handed = true
 	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.gate.leave)
+}
+
+// errReadExpired is what a WebSocket read returns once its deadline
+// passed: os.ErrDeadlineExceeded, as a TCP or TLS read says.
+var errReadExpired = fmt.Errorf("edge: websocket read: %w", os.ErrDeadlineExceeded)
+
+// wsConn is coder/websocket's NetConn with a read deadline of its own.
+// coder's closes the WebSocket the moment its read deadline passes during
+// a read, so a client silent for 1.5 keepalives could not be told why
+// first (DISCONNECT 0x8D Keep Alive timeout, §3.14.2.1), as TCP and TLS
+// clients are (Broker.serve). Here the deadline's timer, when it finds a
+// read waiting, has onExpire say goodbye (conn.keepAliveTimeout) and then
+// closes the WebSocket, without its close handshake, which would wait up
+// to 5 s for a client that sends nothing: the read then fails with
+// errReadExpired. With no read waiting, the next read fails so, and the
+// read goroutine says goodbye itself. Writes and their deadlines are
+// coder's.
+type wsConn struct {
+	net.Conn // websocket.NetConn
+	closeNow func() error
+	// onExpire is set before the first deadline (serveConn) and runs on
+	// the timer's goroutine.
+	onExpire func()
+	timer    *time.Timer
+	readMu   sync.Mutex // held by Read
+	expired  atomic.Bool
+}
+
+func newWSConn(nc net.Conn, closeNow func() error) *wsConn {
+	w := &wsConn{Conn: nc, closeNow: closeNow}
+	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.expire)
+	w.timer.Stop()
+	return w
+}
+
+// expire is the read deadline's timer.
+func (w *wsConn) expire() {
+	w.expired.Store(true)
+	if w.readMu.TryLock() {
+		w.readMu.Unlock() // no read waits: the next one fails
+		return
+	}
+	if w.onExpire != nil {
+		w.onExpire()
+	}
+	_ = w.closeNow()
+}
+
+// Read reads the next bytes of the stream; see wsConn.
+func (w *wsConn) Read(p []byte) (int, error) {
+	w.readMu.Lock()
+	defer w.readMu.Unlock()
+	if w.expired.Load() {
+		return 0, errReadExpired
+	}
+	n, err := w.Conn.Read(p)
+	if err != nil && w.expired.Load() {
+		err = errReadExpired
+	}
+	return n, err
+}
+
+// SetReadDeadline arms the deadline's timer; the zero time stops it.
+func (w *wsConn) SetReadDeadline(t time.Time) error {
+	w.expired.Store(false)
+	if t.IsZero() {
+		w.timer.Stop()
+		return nil
+	}
+	w.timer.Reset(max(time.Until(t), 1))
+	return nil
+}
+
+// SetDeadline sets both deadlines, the read deadline ours.
+func (w *wsConn) SetDeadline(t time.Time) error {
+	_ = w.Conn.SetWriteDeadline(t)
+	return w.SetReadDeadline(t)
+}
+
+// Close stops the deadline's timer and closes the WebSocket.
+func (w *wsConn) Close() error {
+	w.timer.Stop()
+	return w.Conn.Close()
 }
 
 // originAllowed decides a browser's WebSocket request by its Origin
