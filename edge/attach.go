@@ -281,7 +281,7 @@ func (b *Broker) inheritSession(cl *mqtt.Client, pk *packets.Packet) bool {
 		}
 		return false
 	}
-	_ = disconnectClient(s, existing, packets.ErrSessionTakenOver)
+	closeTakenOver(s, existing)
 	if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) {
 		s.UnsubscribeClient(existing)
 		existing.ClearInflights()
@@ -300,6 +300,29 @@ func (b *Broker) inheritSession(cl *mqtt.Client, pk *packets.Packet) bool {
 	}
 	existing.ClearInflights()
 	return true
+}
+
+// takeoverGoodbye bounds what a takeover waits for the connection it
+// replaces to take its DISCONNECT 0x8E and close: on a healthy connection
+// that is a write to a socket with room, microseconds; a client that
+// reads nothing more, its socket full and a write of ours blocked on it
+// for up to limits.write_timeout, would hold the new connection's
+// CONNACK back that long.
+const takeoverGoodbye = 500 * time.Millisecond
+
+// closeTakenOver ends the connection of cl, whose client id a new
+// connection took: DISCONNECT 0x8E Session taken over to an MQTT 5
+// client, then the close [MQTT-3.1.4-3] (3.1.1: the close alone,
+// [MQTT-3.1.4-2]), at once: what does not go within takeoverGoodbye
+// (the DISCONNECT waiting behind a blocked write, a TLS close_notify or a
+// WebSocket close frame on a full socket) is cut (conn.cut), which ends
+// the blocked writes too. The client cannot read a goodbye then anyway.
+func closeTakenOver(s *mqtt.Server, cl *mqtt.Client) {
+	if wc, ok := cl.Net.Conn.(*conn); ok {
+		cut := time.AfterFunc(takeoverGoodbye, wc.cut)
+		defer cut.Stop()
+	}
+	_ = disconnectClient(s, cl, packets.ErrSessionTakenOver)
 }
 
 // markTakenOver and takenOver keep, on our conn, what mochi keeps in its

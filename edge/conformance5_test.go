@@ -2181,3 +2181,47 @@ func TestConformance5OptionsAfterRestart(t *testing.T) {
 		t.Error("Retain As Published lost in the restart: RETAIN 0")
 	}
 }
+
+// TestConformanceTakeoverAtOnce: a second connection with a client id
+// closes the first at once [MQTT-3.1.4-3] (3.1.1: [MQTT-3.1.4-2]) and
+// gets its CONNACK without waiting for the old client, here one that
+// reads nothing more: on WebSocket a close handshake with it would wait
+// 5 s for its close frame, on every transport a goodbye it does not read
+// must not hold the new connection back. An MQTT 5 client is told why
+// first, DISCONNECT 0x8E Session taken over (§3.14.2.1). 2.5 s is far
+// from either wait and from what a takeover takes on a busy machine.
+func TestConformanceTakeoverAtOnce(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	for _, version := range []byte{4, 5} {
+		for _, network := range []string{"tcp", "ws"} {
+			t.Run(fmt.Sprintf("v%d/%s", version, network), func(t *testing.T) {
+				t.Parallel()
+				id := fmt.Sprintf("takeover-%d-%s", version, network)
+				dial := func() *rawClient {
+					c := dialNet(t, network, tb.Addr(network).String(), nil)
+					t.Cleanup(func() { _ = c.Close() })
+					return &rawClient{t: t, c: c, r: newReader(c), version: version}
+				}
+				old := dial()
+				if ack := old.connect(id, true, 60); ack.ReasonCode != 0 {
+					t.Fatalf("first connack %#x", ack.ReasonCode)
+				}
+				start := time.Now()
+				if ack := dial().connect(id, true, 60); ack.ReasonCode != 0 {
+					t.Fatalf("second connack %#x", ack.ReasonCode)
+				}
+				if d := time.Since(start); d > 2500*time.Millisecond {
+					t.Errorf("CONNACK of the new connection after %v, want at once", d)
+				}
+				if version == 5 {
+					if pk := old.expect(packets.Disconnect, time.Second); pk.ReasonCode != 0x8E {
+						t.Errorf("old connection: disconnect %#x, want 0x8e session taken over", pk.ReasonCode)
+					}
+				}
+				if !old.closed(2500*time.Millisecond - time.Since(start)) {
+					t.Errorf("old connection still open %v after the takeover", time.Since(start))
+				}
+			})
+		}
+	}
+}

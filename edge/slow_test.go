@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"fmt"
 	"net"
 	"runtime"
 	"slices"
@@ -13,8 +14,13 @@ import (
 
 // stuckSubscriber connects over network ("tcp" or "ws") with a small receive
 // buffer, subscribes to topic at QoS 1 with a persistent session, and then
-// never reads again.
+// never reads again. It speaks MQTT 3.1.1 (stuckSubscriberV: version).
 func stuckSubscriber(t testing.TB, network, addr, id, topic string) *rawClient {
+	t.Helper()
+	return stuckSubscriberV(t, 4, network, addr, id, topic)
+}
+
+func stuckSubscriberV(t testing.TB, version byte, network, addr, id, topic string) *rawClient {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) {
@@ -32,7 +38,7 @@ func stuckSubscriber(t testing.TB, network, addr, id, topic string) *rawClient {
 		c = dialNet(t, "ws", addr, nil) // coder's client; it reads only when asked
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	rc := &rawClient{t: t, c: c, r: newReader(c), version: 4}
+	rc := &rawClient{t: t, c: c, r: newReader(c), version: version}
 	if ack := rc.connect(id, false, 0); ack.ReasonCode != 0 {
 		t.Fatalf("connack %#x", ack.ReasonCode)
 	}
@@ -164,4 +170,53 @@ func TestBlockedWritersGauge(t *testing.T) {
 	eventually(t, "the blocked subscriber cut", func() bool {
 		return tb.metric(t, "edgemq_mqtt_slow_consumer_disconnects_total") == 1 && tb.metric(t, "edgemq_mqtt_blocked_writers") == 0
 	})
+}
+
+// TestTakeoverOfStuckConnection: a takeover closes the old connection at
+// once [MQTT-3.1.4-3] though the old client reads nothing and its socket
+// is full, the write in progress blocked: the new connection gets its
+// CONNACK without waiting for limits.write_timeout (30 s here), over TCP
+// and WebSocket, and an MQTT 5 client's DISCONNECT 0x8E, which cannot
+// reach it, does not wait either. 5 s is far from that and from what a
+// takeover takes on a busy machine.
+func TestTakeoverOfStuckConnection(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.WriteTimeout = 30 * time.Second
+	cfg.Limits.MaxInflight = 65535
+	cfg.Storage.Sync = "never"
+	tb := startBroker(t, cfg)
+	for _, version := range []byte{4, 5} {
+		for _, network := range []string{"tcp", "ws"} {
+			t.Run(fmt.Sprintf("v%d/%s", version, network), func(t *testing.T) {
+				addr := tb.Addr(network).String()
+				id := fmt.Sprintf("stuck-take-%d-%s", version, network)
+				topic := "stuck/take/" + id
+				old := stuckSubscriberV(t, version, network, addr, id, topic)
+				pub, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "pub-" + id})
+				body := make([]byte, 1024)
+				for i := 0; tb.metric(t, "edgemq_mqtt_blocked_writers") == 0; i++ {
+					if i > 50000 {
+						t.Fatal("no writer blocked after 50000 messages")
+					}
+					if _, err := pub.publish(t, topic, 0, false, body); err != nil {
+						t.Fatal(err)
+					}
+				}
+				start := time.Now()
+				c := dialNet(t, network, addr, nil)
+				t.Cleanup(func() { _ = c.Close() })
+				nc := &rawClient{t: t, c: c, r: newReader(c), version: version}
+				ack := nc.connect(id, false, 0)
+				if d := time.Since(start); d > 5*time.Second {
+					t.Errorf("CONNACK of the new connection after %v, want at once", d)
+				}
+				if ack.ReasonCode != 0 || !ack.SessionPresent {
+					t.Errorf("connack %#x, session present %v; want 0 and present", ack.ReasonCode, ack.SessionPresent)
+				}
+				if !old.closed(5*time.Second - time.Since(start)) {
+					t.Errorf("old connection still open %v after the takeover", time.Since(start))
+				}
+			})
+		}
+	}
 }
