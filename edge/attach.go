@@ -70,8 +70,9 @@ type attached struct {
 	// hc is the connection in the delivery hook, looked up once: every
 	// publish and acknowledgement it reads goes to its engine client.
 	hc *hookClient
-	// hdr is readFixedHeader's scratch, on the heap: the read escapes.
-	hdr [2]byte
+	// hdr is readFixedHeader's scratch, on the heap: the read escapes;
+	// then the body of a short acknowledgement (bodyFor).
+	hdr [8]byte
 }
 
 // serve is a connection's goroutine from CONNACK to its end.
@@ -369,7 +370,14 @@ func (b *Broker) readLoop(a *attached) error {
 //go:noinline
 func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	s, cl := b.srv, a.cl
-	pk, err := readPacket(s, cl, a.wc, fh)
+	buf, bd := bodyFor(fh, s.Options.Capabilities.MaximumQos, a.hdr[:])
+	if bd != nil {
+		// Nothing keeps the packet's bytes after this call (bodyFor): a
+		// topic alias it sets keeps a copy of the topic (publish).
+		defer bodies.Put(bd)
+	}
+	var pk packets.Packet
+	err := readPacketInto(s, cl, a.wc, fh, &pk, buf)
 	if err != nil {
 		if errors.As(err, new(packets.Code)) {
 			// Malformed, or a protocol error its decoding found: a v5

@@ -132,8 +132,13 @@ func (h *authHook) fixRead(pk *packets.Packet) {
 //     [MQTT-4.8.2-2]: 0x90 Topic
 //     Name invalid, the code of a name that is not malformed but not
 //     accepted (in PUBACK, PUBREC and CONNACK alike).
+//
+// Both begin with '$': any other topic passes at once, without the scan of
+// the whole topic that IsValidFilter makes.
 func reservedTopic(topic string) (code packets.Code, ok bool) {
 	switch {
+	case topic == "" || topic[0] != '$':
+		return packets.Code{}, false
 	case len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix):
 		return packets.ErrNotAuthorized, true
 	case !strings.ContainsAny(topic, "+#") && !mqtt.IsValidFilter(topic, true):

@@ -3,6 +3,7 @@ package edge
 import (
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -67,13 +68,21 @@ func readFixedHeader(s *mqtt.Server, r io.Reader, hdr []byte, fh *packets.FixedH
 // for cl (whose protocol version it inherits) into a buffer of its own,
 // which the packet's byte fields (a payload, a password) then share.
 func readPacket(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedHeader) (pk packets.Packet, err error) {
+	err = readPacketInto(s, cl, r, fh, &pk, make([]byte, fh.Remaining))
+	return pk, err
+}
+
+// readPacketInto is readPacket into pk (which it overwrites) with body as
+// the packet's buffer (len(body) == fh.Remaining): pk's byte fields and
+// strings share body, so it must not be reused while anything keeps them.
+// A packet of 800 bytes is not copied out on return.
+func readPacketInto(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedHeader, pk *packets.Packet, b []byte) (err error) {
 	atomic.AddInt64(&s.Info.PacketsReceived, 1)
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion
 	pk.FixedHeader = *fh
-	b := make([]byte, fh.Remaining)
 	n, err := io.ReadFull(r, b)
 	if err != nil {
-		return pk, err
+		return err
 	}
 	atomic.AddInt64(&s.Info.BytesReceived, int64(n))
 	switch fh.Type {
@@ -120,7 +129,46 @@ func readPacket(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedH
 	default:
 		err = fmt.Errorf("invalid packet type; %v", fh.Type)
 	}
-	return pk, err
+	return err
+}
+
+// bodies holds the buffers of the packets receive reads often and nothing
+// keeps once it has handled them (bodyFor), so that they cost no
+// allocation each: a QoS 1/2 PUBLISH is encoded into its log record
+// (qos.Client.Publish keeps none of its bytes), an acknowledgement is
+// reduced to its packet id and reason code.
+var bodies = sync.Pool{New: func() any { return new(body) }}
+
+// body is a pooled packet buffer.
+type body struct{ b []byte }
+
+// maxPooledBody bounds the buffer a pooled body keeps: one grown by a large
+// packet is let go.
+const maxPooledBody = 64 << 10
+
+// bodyFor returns the buffer receive reads the packet fh began into, and
+// the pooled body it belongs to (nil: none, the buffer is the packet's own
+// and may be kept). A PUBLISH that is QoS 0 once capped to maxQoS gets its
+// own: the engine keeps its payload for the connections it goes to
+// (qos.Client.Publish), and any packet mochi handles may be kept by mochi.
+// An acknowledgement of a few bytes is read into scratch (it holds the
+// fixed header until then).
+func bodyFor(fh *packets.FixedHeader, maxQoS byte, scratch []byte) ([]byte, *body) {
+	switch fh.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
+		if fh.Remaining <= len(scratch) {
+			return scratch[:fh.Remaining], nil
+		}
+	case packets.Publish:
+		if min(fh.Qos, maxQoS) > 0 && fh.Remaining <= maxPooledBody {
+			bd := bodies.Get().(*body)
+			if cap(bd.b) < fh.Remaining {
+				bd.b = make([]byte, max(fh.Remaining, 512))
+			}
+			return bd.b[:fh.Remaining], bd
+		}
+	}
+	return make([]byte, fh.Remaining), nil
 }
 
 // The SUBSCRIBE errors mochi's decoder does not find.

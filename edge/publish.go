@@ -52,7 +52,9 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
 		// The connection's own aliases [MQTT-3.3.2-7]: an alias it never
 		// set resolves to "", which the delivery hook refuses.
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+		// The alias keeps a copy of the topic: pk's bytes are the read
+		// loop's, reused for its next packet (bodyFor).
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, strings.Clone(pk.TopicName))
 	}
 	if pk.FixedHeader.Qos > caps.MaximumQos {
 		pk.FixedHeader.Qos = caps.MaximumQos // [MQTT-3.2.2-9]

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"syscall"
@@ -76,7 +75,7 @@ func (r *readAhead) recvInto(fd uintptr) bool {
 	}
 	n, err := readNonblock(fd, *r.buf)
 	switch {
-	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR):
+	case err == syscall.EAGAIN || err == syscall.EINTR: // readNonblock's errors are bare Errnos
 		readAheadPool.Put(r.buf)
 		r.buf = nil
 		return false

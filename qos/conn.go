@@ -15,6 +15,8 @@ type connection struct {
 	conn   Conn
 	info   ConnectInfo
 	window int // outbound QoS 1/2 window: min(client Receive Maximum, MaxInflight)
+	// sender is run, as the goroutine Engine.startSender starts.
+	sender func()
 
 	running atomic.Bool
 	// inbound counts the unacknowledged QoS 1/2 publishes [MQTT-3.3.4-8]:
@@ -329,7 +331,7 @@ func (c *connection) kick() {
 // start starts the sender unless it runs.
 func (c *connection) start() {
 	if c.running.CompareAndSwap(false, true) {
-		if !c.e.goSender(c.run) {
+		if !c.e.startSender(c) {
 			c.running.Store(false)
 		}
 	}
@@ -350,7 +352,7 @@ func (c *connection) ackNow() {
 		c.kickTry() // work that came meanwhile saw the sender running
 		return
 	}
-	if !c.e.goSender(c.run) {
+	if !c.e.startSender(c) {
 		c.running.Store(false)
 	}
 }
@@ -505,7 +507,7 @@ func (c *connection) deliverNow(onLog bool) (left bool) {
 	}
 	c.lastDirect = now
 	if c.writeDeliveriesNow(onLog) {
-		if !c.e.goSender(c.run) {
+		if !c.e.startSender(c) {
 			c.running.Store(false)
 		}
 		return true

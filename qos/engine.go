@@ -305,6 +305,22 @@ func (e *Engine) awaitDurable(c *connection, off uint64) {
 // WaitDurable would not wait for it.
 func (e *Engine) resolved(off uint64) bool { return e.log.Resolved(off) }
 
+// startSender starts c's sender (c.sender) as a goroutine the engine
+// waits for; false once the engine is closing. It allocates nothing: the
+// goroutine's function is the connection's, made once (connect), where a
+// closure per start cost two allocations (the method value and the
+// goroutine's wrapper), and a busy connection starts its sender often.
+func (e *Engine) startSender(c *connection) bool {
+	e.runMu.RLock()
+	defer e.runMu.RUnlock()
+	if e.closed {
+		return false
+	}
+	e.wg.Add(1)
+	go c.sender()
+	return true
+}
+
 // goSender starts f as a goroutine the engine waits for; false once the
 // engine is closing.
 func (e *Engine) goSender(f func()) bool {

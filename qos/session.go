@@ -313,6 +313,10 @@ func (e *Engine) connect(conn Conn, info ConnectInfo) (*connection, bool, connec
 		s.queue.CatchUp(e.dispatched.Load) // nothing to read: offers from now on
 	}
 	c := &connection{e: e, s: s, conn: conn, info: info, held: true}
+	c.sender = func() {
+		defer e.wg.Done()
+		c.run()
+	}
 	c.window = min(int(info.ReceiveMaximum), e.cfg.MaxInflight)
 	s.mu.Lock()
 	if prev := s.conn.Load(); prev != nil {

@@ -37,6 +37,15 @@ func (r *Reader) Seek(offset uint64) { r.next, r.w = offset, window{} }
 func (r *Reader) Next(ctx context.Context) (offset uint64, rec []byte, err error) {
 	for {
 		off := r.next
+		if off > r.l.durable.Load() {
+			// Nothing durable to read yet: the common case of a reader
+			// that keeps up, which readWindow would answer with an error
+			// built for the purpose (an allocation per look).
+			if err := r.l.waitFor(ctx, off); err != nil {
+				return 0, nil, err
+			}
+			continue
+		}
 		// A new window also when the next record is past what was durable
 		// when this one was read: the window may hold it written, not yet
 		// durable.
