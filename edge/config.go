@@ -186,8 +186,9 @@ type LimitsConfig struct {
 	// filters. Default: 1000. Each filter costs a few KiB of memory.
 	MaxSubscriptions int `yaml:"max_subscriptions"`
 	// MinKeepalive and MaxKeepalive bound the client keepalive. A v5 client
-	// asking for more than MaxKeepalive is told the server keepalive; 0 from a
-	// client (no keepalive) is raised to MaxKeepalive. Defaults: 0s and 1h.
+	// asking for 0 (none) or more than MaxKeepalive is told MaxKeepalive
+	// (Server Keep Alive); a v3 client asking for more is refused, and its 0
+	// means none (3.1.1 cannot tell it another value). Defaults: 0s and 1h.
 	MinKeepalive time.Duration `yaml:"min_keepalive"`
 	MaxKeepalive time.Duration `yaml:"max_keepalive"`
 	// ReceiveMaximum is the inbound QoS 1/2 window per client (v5 Receive

@@ -448,3 +448,41 @@ func TestConformance311KeepaliveGrace(t *testing.T) {
 		}
 	}
 }
+
+// TestConformance311KeepaliveZero: a 3.1.1 client's Keep Alive of 0 turns
+// the keep alive mechanism off (§3.1.2.10): the server has no way to tell
+// it another value, so limits.max_keepalive does not apply and a silent
+// client stays connected past 1.5 times it. An MQTT 5 client asking for
+// 0 is told max_keepalive in CONNACK (Server Keep Alive, which it MUST
+// use [MQTT-3.2.2-21]) and held to it [MQTT-3.1.2-22].
+func TestConformance311KeepaliveZero(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxKeepalive = time.Second
+	tb := startBroker(t, cfg)
+	addr := tb.Addr("tcp").String()
+	t.Run("v3 none", func(t *testing.T) {
+		t.Parallel()
+		rc := dialRaw(t, addr, 4)
+		if ack := rc.connect("keepalive-zero-v3", true, 0); ack.ReasonCode != 0 {
+			t.Fatalf("connack %#x", ack.ReasonCode)
+		}
+		if pk, err := rc.read(3 * time.Second); err == nil {
+			t.Fatalf("silent with keep alive 0: got packet type %d (reason %#x), want none", pk.FixedHeader.Type, pk.ReasonCode)
+		}
+		rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		if pk, err := rc.read(5 * time.Second); err != nil || pk.FixedHeader.Type != packets.Pingresp {
+			t.Fatalf("ping after 3 s silent with keep alive 0: %v (type %d), want PINGRESP", err, pk.FixedHeader.Type)
+		}
+	})
+	t.Run("v5 server keep alive", func(t *testing.T) {
+		t.Parallel()
+		rc := dialRaw(t, addr, 5)
+		ack := rc.connect("keepalive-zero-v5", true, 0)
+		if ack.ReasonCode != 0 || !ack.Properties.ServerKeepAliveFlag || ack.Properties.ServerKeepAlive != 1 {
+			t.Fatalf("connack %#x, server keep alive %d (sent %v), want 1", ack.ReasonCode, ack.Properties.ServerKeepAlive, ack.Properties.ServerKeepAliveFlag)
+		}
+		if pk := rc.expect(packets.Disconnect, 5*time.Second); pk.ReasonCode != 0x8D {
+			t.Errorf("disconnect reason %#x, want 0x8d keep alive timeout", pk.ReasonCode)
+		}
+	})
+}

@@ -119,13 +119,16 @@ func (h *limitsHook) fixRead(pk *packets.Packet) {
 // OnConnect bounds the keepalive and the will topic.
 //
 // Keepalive: a v5 client is told the server's value in CONNACK (Server Keep
-// Alive, which it MUST then use [MQTT-3.2.2-21]): 0 or more than
+// Alive, which it MUST then use [MQTT-3.2.2-21]): 0 (none) or more than
 // max_keepalive becomes max_keepalive, less than min_keepalive becomes
-// min_keepalive. A v3 client cannot be told. Raising its value only makes
-// the server wait longer, so 0 becomes max_keepalive and a short one
-// min_keepalive; a value above max_keepalive is refused with 0x02
-// (identifier rejected, as Mosquitto does), since shortening it would cut a
-// client that keeps to its own promise.
+// min_keepalive. A v3 client cannot be told. Its 0 turns the keep alive
+// mechanism off (3.1.1 §3.1.2.10): it keeps no schedule of PINGREQs, so
+// holding it to max_keepalive would cut a silent client that broke no
+// promise; the listeners' TCP keep-alive probes still find a dead peer.
+// Raising a short value only makes the server wait longer, so one under
+// min_keepalive becomes min_keepalive; a value above max_keepalive is
+// refused with 0x02 (identifier rejected, as Mosquitto does), since
+// shortening it would cut a client that keeps to its own promise.
 func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if wc, ok := cl.Net.Conn.(*conn); ok {
 		wc.v5.Store(cl.Properties.ProtocolVersion == 5)
@@ -151,6 +154,8 @@ func (h *limitsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	ka := cl.State.Keepalive
 	want := ka
 	switch {
+	case ka == 0 && !v5:
+		// None (see above).
 	case ka == 0:
 		want = h.maxKeepalive
 	case h.maxKeepalive > 0 && ka > h.maxKeepalive:
