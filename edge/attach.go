@@ -459,13 +459,13 @@ func disconnectClient(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error 
 }
 
 // sharedNoLocal reports whether a SUBSCRIBE asks for No Local on a
-// shared subscription [MQTT-3.8.3-4] (only MQTT 5 has the bit). It asks
-// mochi, whose own check would answer SUBACK 0x82: mochi takes $SHARE/
-// without case for shared (TestMochiSharesWithoutCase), so No Local on
-// $SHARE/g/t, an ordinary filter [MQTT-4.7.3-4], is refused too.
+// shared subscription [MQTT-3.8.3-4] (only MQTT 5 has the bit): a filter
+// that starts with "$share/", in lower case [MQTT-4.8.2-1]; No Local on
+// "$SHARE/g/t", an ordinary filter [MQTT-4.7.3-4], is allowed, though
+// mochi refuses it (mochiSharesWithoutCase).
 func sharedNoLocal(pk *packets.Packet) bool {
 	for _, f := range pk.Filters {
-		if f.NoLocal && mqtt.IsSharedFilter(f.Filter) {
+		if f.NoLocal && strings.HasPrefix(f.Filter, "$share/") {
 			return true
 		}
 	}

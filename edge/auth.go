@@ -123,28 +123,42 @@ func (h *authHook) fixRead(pk *packets.Packet) {
 
 // reservedTopic is the refusal of a topic no client may publish to, in a
 // PUBLISH or as its will, past the check for wildcards [MQTT-3.3.2-2];
-// ok is false when there is none. It is what mochi's IsValidFilter
-// refuses for a publish besides wildcards:
-//   - $SYS is the broker's [MQTT-4.7.2-1] (mochi compares it without
-//     case): 0x87 Not authorized.
-//   - "$share" or "$share/<group>" with no topic after it is the start of
-//     a shared subscription's filter, no topic [MQTT-4.8.2-1]
-//     [MQTT-4.8.2-2]: 0x90 Topic
-//     Name invalid, the code of a name that is not malformed but not
-//     accepted (in PUBACK, PUBREC and CONNACK alike).
+// ok is false when there is none:
+//   - $SYS is the broker's [MQTT-4.7.2-1] (compared without case, as mochi
+//     does): 0x87 Not authorized.
+//   - "$share", "$share/<group>" or "$share/<group>/" with no topic after
+//     it is the start of a shared subscription's filter, no topic
+//     [MQTT-4.8.2-1] [MQTT-4.8.2-2]: 0x90 Topic Name invalid, the code of
+//     a name that is not malformed but not accepted (in PUBACK, PUBREC
+//     and CONNACK alike). In lower case only: "$SHARE/g" is an ordinary
+//     topic [MQTT-4.7.3-4], which the filter "$SHARE/g" matches
+//     (mochiSharesWithoutCase).
 //
-// Both begin with '$': any other topic passes at once, without the scan of
-// the whole topic that IsValidFilter makes.
+// Both begin with '$': any other topic passes at once.
 func reservedTopic(topic string) (code packets.Code, ok bool) {
 	switch {
 	case topic == "" || topic[0] != '$':
 		return packets.Code{}, false
 	case len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix):
 		return packets.ErrNotAuthorized, true
-	case !strings.ContainsAny(topic, "+#") && !mqtt.IsValidFilter(topic, true):
+	case shareWithoutTopic(topic):
 		return packets.ErrTopicNameInvalid, true
 	}
 	return packets.Code{}, false
+}
+
+// shareWithoutTopic reports whether topic is "$share", or "$share/"
+// and a group with no topic after it.
+func shareWithoutTopic(topic string) bool {
+	if topic == "$share" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(topic, "$share/")
+	if !ok {
+		return false
+	}
+	_, inner, _ := strings.Cut(rest, "/")
+	return inner == ""
 }
 
 // refuseReserved answers a PUBLISH to a reserved topic, which mochi would

@@ -537,6 +537,48 @@ func TestConformance5Subscriptions(t *testing.T) {
 	})
 }
 
+// TestConformance5ShareCase: a shared subscription's filter starts with
+// "$share/" (§4.8.2 [MQTT-4.8.2-1]), and topic filters and names are
+// case-sensitive (§4.7.3 [MQTT-4.7.3-4]): "$SHARE" in another case is an
+// ordinary filter's first level, so the forms that would be no valid
+// shared filter are valid ordinary ones, granted, No Local allowed on
+// them ([MQTT-3.8.3-4] is for shared subscriptions only), and a topic name
+// of those forms is published to their subscribers: "$SHARE", "$SHARE/g",
+// "$SHARE/#", "$SHARE/+/x", and No Local on "$Share/g/t". In MQTT 3.1.1
+// too, where the filters are the same.
+func TestConformance5ShareCase(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	subs := []packets.Subscription{{Filter: "$SHARE", Qos: 1}, {Filter: "$SHARE/g", Qos: 1}, {Filter: "$SHARE/#", Qos: 1},
+		{Filter: "$SHARE/+/x", Qos: 1}, {Filter: "$Share/g/t", Qos: 1, NoLocal: true}}
+	sub, _ := v5(t, addr, "share-case", true, nil)
+	if codes := sub.subscribeWith(1, 0, subs...); !bytes.Equal(codes, []byte{1, 1, 1, 1, 1}) {
+		t.Fatalf("suback %x, want 01 01 01 01 01", codes)
+	}
+	pub, _ := v5(t, addr, "share-case-pub", true, nil)
+	for i, topic := range []string{"$SHARE", "$SHARE/g", "$SHARE/g/x", "$Share/g/t"} {
+		pub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i + 1), TopicName: topic, Payload: []byte(topic)})
+		if ack := pub.expect(packets.Puback, 5*time.Second); ack.ReasonCode != 0 {
+			t.Errorf("publish to %q: puback %#x, want 0 (its subscriber matches)", topic, ack.ReasonCode)
+			continue
+		}
+		got := sub.expect(packets.Publish, 5*time.Second)
+		if got.TopicName != topic {
+			t.Errorf("got %q, want %q", got.TopicName, topic)
+		}
+		sub.ackPublish(got)
+	}
+	// No Local holds: the subscriber's own publish is not sent back.
+	sub.publishAcked(packets.Packet{FixedHeader: packets.FixedHeader{Qos: 1}, PacketID: 9, TopicName: "$Share/g/t", Payload: []byte("own")})
+	sub.none(300 * time.Millisecond)
+
+	v3c, _ := v3(t, addr, "share-case-v3", true, nil)
+	v3c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, Filters: subs[:4]})
+	if ack := v3c.expect(packets.Suback, 5*time.Second); !bytes.Equal(ack.ReasonCodes, []byte{1, 1, 1, 1}) {
+		t.Errorf("3.1.1 suback %x, want 01 01 01 01", ack.ReasonCodes)
+	}
+}
+
 // sendUnsubscribe sends UNSUBSCRIBE for filters.
 func (rc *rawClient) sendUnsubscribe(pid uint16, filters ...string) {
 	rc.t.Helper()

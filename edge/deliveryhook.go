@@ -26,7 +26,8 @@ import (
 //
 // The places where mochi would act on its own are each one named
 // function here, pinned by a test of the mochi behaviour it relies on
-// (mochi_test.go): takeWill, refuseConnack, failSuback, and
+// (mochi_test.go): takeWill, refuseConnack, failSuback,
+// mochiSharesWithoutCase, and
 // Broker.publish for the steps of a publish. The acknowledgements of our exchanges never reach mochi
 // (takeAck).
 type deliveryHook struct {
@@ -58,6 +59,15 @@ type hookClient struct {
 	// existed is, per UNSUBSCRIBE packet id until its UNSUBACK, which of
 	// its filters the engine's session held (unsubackCodes).
 	existed map[uint16][]bool
+	// shareCase is, per SUBSCRIBE packet id until its SUBACK, the codes
+	// mochiSharesWithoutCase gave filters mochi misjudged.
+	shareCase map[uint16][]subackCode
+}
+
+// subackCode is the reason code of a SUBACK's index-th filter.
+type subackCode struct {
+	index int
+	code  byte
 }
 
 // ID names the hook.
@@ -173,7 +183,8 @@ func takeWill(cl *mqtt.Client, pk packets.Packet) (*qos.Message, uint32) {
 
 // OnPacketEncode completes the packets mochi writes from what the engine
 // knows: CONNACK's session present flag (mochi does not know the sessions
-// the log kept) [MQTT-3.2.2-3], refusals (refuseConnack, failSuback), and
+// the log kept) [MQTT-3.2.2-3], refusals (refuseConnack, failSuback), the
+// SUBACK's codes of filters mochi misjudged (mochiSharesWithoutCase), and
 // the UNSUBACK's codes (unsubackCodes).
 func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
@@ -195,9 +206,17 @@ func (h *deliveryHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 			if pk.FixedHeader.Type == packets.Unsuback {
 				delete(hc.existed, pk.PacketID)
 			}
+			var fixed []subackCode
+			if pk.FixedHeader.Type == packets.Suback {
+				fixed = hc.shareCase[pk.PacketID]
+				delete(hc.shareCase, pk.PacketID)
+			}
 			h.mu.Unlock()
 			if failed {
 				return failSuback(pk)
+			}
+			if fixed != nil {
+				return withCodes(pk, fixed)
 			}
 			if unsub && pk.FixedHeader.Type == packets.Unsuback {
 				return unsubackCodes(pk, existed)
@@ -222,6 +241,19 @@ func refuseConnack(cl *mqtt.Client, pk packets.Packet, err error) packets.Packet
 	if cl.Properties.ProtocolVersion < 5 {
 		pk.ReasonCode = v3
 	}
+	return pk
+}
+
+// withCodes is pk, a SUBACK, with the reason codes fixed at their
+// indexes.
+func withCodes(pk packets.Packet, fixed []subackCode) packets.Packet {
+	codes := append([]byte(nil), pk.ReasonCodes...)
+	for _, c := range fixed {
+		if c.index < len(codes) {
+			codes[c.index] = c.code
+		}
+	}
+	pk.ReasonCodes = codes
 	return pk
 }
 
@@ -360,6 +392,7 @@ func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 	if hc == nil || hc.qc == nil {
 		return
 	}
+	codes = h.mochiSharesWithoutCase(hc, cl, pk, codes)
 	var subs []qos.Subscribe
 	for i, f := range pk.Filters {
 		if i >= len(codes) || codes[i] >= 0x80 {
@@ -372,6 +405,48 @@ func (h *deliveryHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []
 		h.lg.Warn("subscription not logged: refused", "client", cl.ID, "error", err)
 		h.markFailed(hc, pk.PacketID)
 	}
+}
+
+// mochiSharesWithoutCase decides the filters of a SUBSCRIBE whose first
+// level is "$share" in another case ("$SHARE", "$Share/g/t"): filters are
+// case-sensitive [MQTT-4.7.3-4] and a shared subscription's starts with
+// "$share/" [MQTT-4.8.2-1], so they are ordinary filters, but mochi takes
+// them for shared in any case (pinned by TestMochiSharesWithoutCase) and
+// refuses them before its ACL check: those that would be no valid shared
+// filter ("$SHARE", "$SHARE/g", "$SHARE/#", "$SHARE/+/x") with 0x8F (v3
+// 0x80), No Local on any ("$SHARE/g/t") with 0x82. limitsHook.OnSubscribe
+// has refused what is no valid filter of ours already; what is left of
+// those forms gets the ACL's answer (0x87, v3 0x80) or its QoS, in the
+// SUBACK too (OnPacketEncode). It returns the codes the engine takes.
+func (h *deliveryHook) mochiSharesWithoutCase(hc *hookClient, cl *mqtt.Client, pk packets.Packet, codes []byte) []byte {
+	var fixed []subackCode
+	for i, f := range pk.Filters {
+		level, _, _ := strings.Cut(f.Filter, "/")
+		if i >= len(codes) || codes[i] < 0x80 || level == "$share" || !strings.EqualFold(level, "$share") {
+			continue
+		}
+		code := min(f.Qos, h.srv.Options.Capabilities.MaximumQos) // [MQTT-3.2.2-9] [MQTT-3.9.3-1]
+		if !h.canRead(cl, f.Filter) {
+			code = packets.ErrNotAuthorized.Code
+			if cl.Properties.ProtocolVersion < 5 {
+				code = packets.ErrUnspecifiedError.Code // 3.1.1's only failure [MQTT-3.9.3-2]
+			}
+		}
+		if fixed == nil {
+			codes = append([]byte(nil), codes...)
+		}
+		codes[i] = code
+		fixed = append(fixed, subackCode{i, code})
+	}
+	if fixed != nil {
+		h.mu.Lock()
+		if hc.shareCase == nil {
+			hc.shareCase = map[uint16][]subackCode{}
+		}
+		hc.shareCase[pk.PacketID] = fixed
+		h.mu.Unlock()
+	}
+	return codes
 }
 
 // OnSelectSubscribers drops, from the shared subscriptions mochi found for

@@ -46,8 +46,7 @@ func plainMochi(t *testing.T, hooks ...mqtt.Hook) string {
 // Broker.publish takes a PUBLISH from mochi's decoder on, in mochi's
 // steps, and relies on these functions of mochi doing what processPacket
 // and processPublish have them do: PublishValidate refuses what MQTT
-// forbids, with the reason code the client gets; IsValidFilter refuses
-// $SYS and wildcards in a topic name; a connection's inbound aliases
+// forbids, with the reason code the client gets; a connection's inbound aliases
 // resolve an empty topic to the one the alias was set to, and to nothing
 // for an alias the connection never set [MQTT-3.3.2-7].
 func TestMochiPublishSteps(t *testing.T) {
@@ -71,11 +70,6 @@ func TestMochiPublishSteps(t *testing.T) {
 	} {
 		if got := tc.pk.PublishValidate(10); got != tc.want {
 			t.Errorf("PublishValidate %s: %v, want %v", tc.name, got, tc.want)
-		}
-	}
-	for topic, want := range map[string]bool{"a/b": true, "": true, "$SYS/x": false, "$sys/x": false, "a/#": false, "$share/g": false} {
-		if got := mqtt.IsValidFilter(topic, true); got != want {
-			t.Errorf("IsValidFilter(%q, publish) = %v, want %v", topic, got, want)
 		}
 	}
 	aliases := mqtt.NewInboundTopicAliases(10)
@@ -284,13 +278,17 @@ func TestMochiSharedWildcardGetsSys(t *testing.T) {
 	}
 }
 
-// OnSelectSubscribers and sharedNoLocal rely on this: plain mochi takes
-// $SHARE/... in any case for a shared subscription (the spec's prefix is
-// "$share" [MQTT-4.7.3-4]), so that $SHARE/g/$SYS/# gets $SYS topics,
-// No Local on $SHARE/g/t is refused (SUBACK 0x82), and so is $SHARE/#, a
-// "group" with a wildcard (0x8F): docs/ARCHITECTURE.md lists these.
+// OnSelectSubscribers and mochiSharesWithoutCase rely on this: plain
+// mochi takes $SHARE/... in any case for a shared subscription (the
+// spec's prefix is "$share/" [MQTT-4.8.2-1], and filters are
+// case-sensitive [MQTT-4.7.3-4]), so that $SHARE/g/$SYS/# gets $SYS
+// topics, No Local on $SHARE/g/t is refused (SUBACK 0x82), and so are
+// $SHARE, $SHARE/g, $SHARE/# and $SHARE/+/x, shared filters without a
+// group or a filter or with a wildcard group (0x8F); OnSubscribed gets
+// every filter with the SUBACK's code: docs/ARCHITECTURE.md lists these.
 func TestMochiSharesWithoutCase(t *testing.T) {
-	addr := plainMochi(t)
+	h := &subscribedCodes{}
+	addr := plainMochi(t, h)
 	rc := dialRaw(t, addr, 5)
 	rc.connect("upper-share", true, 30)
 	rc.subscribeWith(1, 0, packets.Subscription{Filter: "$SHARE/g/$SYS/#", Qos: 0})
@@ -298,19 +296,42 @@ func TestMochiSharesWithoutCase(t *testing.T) {
 		t.Errorf("got %q, want a $SYS topic", got.TopicName)
 	}
 	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2,
-		Filters: packets.Subscriptions{{Filter: "$SHARE/g/t", Qos: 0, NoLocal: true}, {Filter: "$SHARE/#", Qos: 0}}})
+		Filters: packets.Subscriptions{{Filter: "$SHARE/g/t", Qos: 0, NoLocal: true}, {Filter: "$SHARE/#", Qos: 0},
+			{Filter: "$SHARE", Qos: 0}, {Filter: "$SHARE/g", Qos: 0}, {Filter: "$SHARE/+/x", Qos: 0}}})
+	want := []byte{0x82, 0x8F, 0x8F, 0x8F, 0x8F}
 	for {
 		pk, err := rc.read(5 * time.Second)
 		if err != nil {
 			t.Fatalf("no SUBACK: %v", err)
 		}
 		if pk.FixedHeader.Type == packets.Suback {
-			if !bytes.Equal(pk.ReasonCodes, []byte{0x82, 0x8F}) {
-				t.Errorf("suback %x for No Local on $SHARE/g/t and for $SHARE/#, want 82 8f", pk.ReasonCodes)
+			if !bytes.Equal(pk.ReasonCodes, want) {
+				t.Errorf("suback %x for No Local on $SHARE/g/t, $SHARE/#, $SHARE, $SHARE/g and $SHARE/+/x, want %x", pk.ReasonCodes, want)
 			}
-			return
+			break
 		}
 	}
+	if got := h.last.Load(); got == nil || len(got.filters) != len(want) || !bytes.Equal(got.codes, want) {
+		t.Errorf("OnSubscribed got %+v, want the 5 filters with codes %x", got, want)
+	}
+}
+
+// subscribedCodes keeps the last SUBSCRIBE's filters and codes
+// OnSubscribed got.
+type subscribedCodes struct {
+	mqtt.HookBase
+	last atomic.Pointer[subscribed]
+}
+
+type subscribed struct {
+	filters packets.Subscriptions
+	codes   []byte
+}
+
+func (h *subscribedCodes) ID() string           { return "subscribed-codes" }
+func (h *subscribedCodes) Provides(b byte) bool { return b == mqtt.OnSubscribed }
+func (h *subscribedCodes) OnSubscribed(_ *mqtt.Client, pk packets.Packet, codes []byte) {
+	h.last.Store(&subscribed{pk.Filters, append([]byte(nil), codes...)})
 }
 
 // keepWill relies on this: plain mochi publishes a will after DISCONNECT
