@@ -215,16 +215,18 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		h.b.log.Debug("will topic reserved", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
 		return refuseConnect(cl, code, packets.Err3NotAuthorized.Code)
 	}
+	// Authorization before the payload's check, as for a PUBLISH
+	// (Broker.publish).
+	if pk.Connect.WillFlag && !pol.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
+		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
+		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
+		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
+	}
 	if pk.Connect.WillFlag && payloadFormatInvalid(&pk.Connect.WillProperties, pk.Connect.WillPayload) {
 		// CONNACK 0x99 (§3.1.3.2.3, payloadFormatInvalid).
 		h.b.metrics.dropped.payloadFormat.Add(1)
 		h.b.log.Debug("will payload is not the UTF-8 its payload format indicator says", "client", cl.ID, "username", user)
 		return refuseConnect(cl, packets.ErrPayloadFormatInvalid, packets.Err3ServerUnavailable.Code) // v3: never (no properties)
-	}
-	if pk.Connect.WillFlag && !pol.acl.allowed(user, cl.ID, pk.Connect.WillTopic, true) {
-		h.b.metrics.aclDenials.WithLabelValues("write").Inc()
-		h.b.log.Debug("will topic denied by acl", "client", cl.ID, "username", user, "topic", pk.Connect.WillTopic)
-		return refuseConnect(cl, packets.ErrNotAuthorized, packets.Err3NotAuthorized.Code)
 	}
 	if h.clientIDPrefix != "" && !strings.HasPrefix(cl.ID, strings.ReplaceAll(h.clientIDPrefix, "%u", user)) {
 		h.b.metrics.authFailures.WithLabelValues("client_id").Inc()

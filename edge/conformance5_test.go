@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgemq/edgemq/edge"
 )
 
 // The MQTT 5 normative statements an interoperability suite walks
@@ -316,6 +318,49 @@ func TestConformance5PayloadFormatInvalid(t *testing.T) {
 	})
 	if ack.ReasonCode != 0x99 {
 		t.Errorf("will with an invalid UTF-8 payload: connack %#x, want 0x99", ack.ReasonCode)
+	}
+}
+
+// TestConformance5PayloadFormatAfterAuthorization: a publish (or a will)
+// the client may not make is answered as not authorized whatever its payload: at
+// QoS 1 PUBACK 0x87 (§3.4.2.1), at QoS 0, which has no acknowledgement,
+// a drop with the connection kept, as for any other payload; the
+// Payload Format Indicator's check (0x99, §3.3.2.3.2) is for messages the
+// server would take. Checked the other way round, the answer to a client
+// that may not publish there depended on its payload, and at QoS 0 it was
+// disconnected (0x99) for a message that was to be dropped anyway.
+func TestConformance5PayloadFormatAfterAuthorization(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.ACL = []edge.ACLRule{{Topic: "ok/#", Access: "readwrite"}}
+	tb := startBroker(t, cfg)
+	rc, _ := v5(t, tb.Addr("tcp").String(), "pfi-acl", true, nil)
+	bad := []byte{'o', 'k', 0xff, 0xfe}
+	publish := func(pid uint16, q byte, topic string) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: q}, PacketID: pid, TopicName: topic, Payload: bad}
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+		rc.send(pk)
+	}
+	publish(1, 1, "denied/x")
+	if ack := rc.expect(packets.Puback, 5*time.Second); ack.PacketID != 1 || ack.ReasonCode != 0x87 {
+		t.Errorf("QoS 1: puback %d reason %#x, want 1 0x87 not authorized", ack.PacketID, ack.ReasonCode)
+	}
+	publish(0, 0, "denied/x")
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	if pk := rc.expect(packets.Pingresp, 5*time.Second); pk.FixedHeader.Type != packets.Pingresp {
+		t.Errorf("QoS 0: got type %d, want the PINGRESP of a connection kept", pk.FixedHeader.Type)
+	}
+	publish(2, 1, "ok/x")
+	if ack := rc.expect(packets.Puback, 5*time.Second); ack.PacketID != 2 || ack.ReasonCode != 0x99 {
+		t.Errorf("QoS 1 allowed: puback %d reason %#x, want 2 0x99 payload format invalid", ack.PacketID, ack.ReasonCode)
+	}
+	// A will so: CONNACK 0x87, not 0x99 (§3.1.3.2.3).
+	ack := dialRaw(t, tb.Addr("tcp").String(), 5).connectWith("pfi-acl-will", true, 30, func(pk *packets.Packet) {
+		willConnect("denied/will", 0, 0)(pk)
+		pk.Connect.WillPayload = bad
+		pk.Connect.WillProperties.PayloadFormat, pk.Connect.WillProperties.PayloadFormatFlag = 1, true
+	})
+	if ack.ReasonCode != 0x87 {
+		t.Errorf("will on a denied topic with an invalid UTF-8 payload: connack %#x, want 0x87", ack.ReasonCode)
 	}
 }
 

@@ -65,6 +65,14 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 		a.hc.refuse(pk, packets.ErrTopicNameInvalid)
 		return nil
 	}
+	// Authorization first: a client that may not publish to the topic
+	// gets that answer (v5 QoS 1/2 0x87, §3.4.2.1; QoS 0 a drop; 3.1.1 a
+	// normal acknowledgement [MQTT-3.3.5-2]) whatever the payload, and
+	// the payload's check is for messages the server would take.
+	if !b.auth.mayWrite(cl, pk.TopicName) {
+		a.hc.refuse(pk, packets.ErrNotAuthorized)
+		return nil
+	}
 	if payloadFormatInvalid(&pk.Properties, pk.Payload) {
 		b.metrics.dropped.payloadFormat.Add(1)
 		if pk.FixedHeader.Qos == 0 {
@@ -73,10 +81,6 @@ func (b *Broker) publish(a *attached, pk *packets.Packet) error {
 			return packets.ErrPayloadFormatInvalid
 		}
 		a.hc.refuse(pk, packets.ErrPayloadFormatInvalid)
-		return nil
-	}
-	if !b.auth.mayWrite(cl, pk.TopicName) {
-		a.hc.refuse(pk, packets.ErrNotAuthorized)
 		return nil
 	}
 	a.hc.publish(cl, pk, now)
