@@ -39,6 +39,8 @@ type connection struct {
 	closing bool      // closed by the engine (0x93): the rest is dropped
 	scanned []scanned // what the last scan of the log found, not yet taken
 	holdRet int       // SUBACKs not yet written: the session's retained messages wait for them
+	// recScratch holds the last Deliver record deliverRecord encoded.
+	recScratch []byte
 
 	// carried holds the QoS 2 packet ids that awaited PUBREL when this
 	// connection began: they took no place of its inbound window, so their
@@ -206,7 +208,7 @@ func (cl *Client) Pubrel(pid uint16) {
 	s.mu.Unlock()
 	a := ack{typ: PacketPubcomp, pid: pid, counts: ok && !carried}
 	if ok {
-		off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
+		off, err := e.logRef(KindInboundRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 		if err != nil {
 			e.stats.recordFailures.Add(1)
 			s.mu.Lock()
@@ -249,7 +251,7 @@ func (cl *Client) complete(pid uint16, q byte) {
 	s.mu.Unlock()
 	e.stats.acked.Add(1)
 	if persistent {
-		e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
+		e.appendRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 	}
 	cl.c.kick()
 	if f.group != nil {
@@ -283,14 +285,14 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 		persistent := s.persistent
 		s.mu.Unlock()
 		if persistent {
-			e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
+			e.appendRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 		}
 		c.kick()
 		return
 	}
 	var off uint64
 	if !f.released && s.persistent {
-		off = e.appendRecord(EncodeRef(KindRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
+		off = e.appendRef(KindRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 		if off == 0 {
 			// Without its record a restart would send the PUBLISH again
 			// after the PUBREL: no PUBREL now; the next connection resends

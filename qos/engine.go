@@ -607,7 +607,7 @@ func (e *Engine) Release(ctx context.Context, origin string, id uint16) error {
 	if !ok {
 		return nil
 	}
-	off, err := e.log.AppendAsync(EncodeRef(KindInboundRelease, PacketRef{Client: origin, PacketID: id}))
+	off, err := e.logRef(KindInboundRelease, PacketRef{Client: origin, PacketID: id})
 	if err != nil {
 		return err
 	}
@@ -656,13 +656,42 @@ func (e *Engine) publishAsync(m *Message) {
 // waiting; a failure is logged and counted (what it recorded is also in
 // the next checkpoint, which takes the live state).
 func (e *Engine) appendRecord(rec []byte) uint64 {
-	off, err := e.log.AppendAsync(rec)
+	off, err := e.appendOne(rec)
 	if err != nil {
 		e.stats.recordFailures.Add(1)
 		e.lg.Warn("delivery record not logged", "kind", KindOf(rec), "error", err)
 		return 0
 	}
 	return off
+}
+
+// appendRef is appendRecord of the reference record k of r, encoded into
+// a pooled buffer (the log copies it): a flight's end costs no allocation.
+func (e *Engine) appendRef(k Kind, r PacketRef) uint64 {
+	rb := recBufs.Get().(*recBuf)
+	defer rb.put()
+	rb.b = appendRef(rb.b[:0], k, r)
+	return e.appendRecord(rb.b)
+}
+
+// logRef is Log.AppendAsync of the reference record k of r, encoded into
+// a pooled buffer.
+func (e *Engine) logRef(k Kind, r PacketRef) (uint64, error) {
+	rb := recBufs.Get().(*recBuf)
+	defer rb.put()
+	rb.b = appendRef(rb.b[:0], k, r)
+	rb.recs = append(rb.recs, rb.b)
+	return e.log.AppendAsync(rb.recs...)
+}
+
+// appendOne is Log.AppendAsync of one record, through a pooled list of
+// records: the list an interface's variadic call is passed escapes, an
+// allocation per record.
+func (e *Engine) appendOne(rec []byte) (uint64, error) {
+	rb := recBufs.Get().(*recBuf)
+	defer rb.put()
+	rb.recs = append(rb.recs, rec)
+	return e.log.AppendAsync(rb.recs...)
 }
 
 // appendWait appends records and waits until they are durable. It does

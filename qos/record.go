@@ -242,23 +242,28 @@ func Encode(v any) ([]byte, error) {
 	case *Unsubscribe:
 		return EncodeUnsubscribe(*r), nil
 	case *Deliver:
-		if r.QoS > 2 {
-			return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
-		}
-		flags := r.QoS
-		if r.Retain {
-			flags |= deliverRetain
-		}
-		if r.AtSubscribe {
-			flags |= deliverAtSubscribe
-		}
-		b = append(b, byte(KindDeliver), versionFor(r.Ref), flags)
-		b = binary.BigEndian.AppendUint16(b, r.PacketID)
-		b = binary.AppendUvarint(b, r.Offset)
-		b = appendWho(b, r.Client, r.Ref)
-		return appendString(b, r.Group), nil
+		return appendDeliver(b, r)
 	}
 	return nil, fmt.Errorf("%w: cannot encode %T", ErrBadRecord, v)
+}
+
+// appendDeliver appends r's KindDeliver record to b (Encode).
+func appendDeliver(b []byte, r *Deliver) ([]byte, error) {
+	if r.QoS > 2 {
+		return nil, fmt.Errorf("%w: deliver qos %d", ErrBadRecord, r.QoS)
+	}
+	flags := r.QoS
+	if r.Retain {
+		flags |= deliverRetain
+	}
+	if r.AtSubscribe {
+		flags |= deliverAtSubscribe
+	}
+	b = append(b, byte(KindDeliver), versionFor(r.Ref), flags)
+	b = binary.BigEndian.AppendUint16(b, r.PacketID)
+	b = binary.AppendUvarint(b, r.Offset)
+	b = appendWho(b, r.Client, r.Ref)
+	return appendString(b, r.Group), nil
 }
 
 // EncodeDisconnect returns a KindDisconnect record. Unlike Encode it
@@ -286,7 +291,11 @@ func EncodeUnsubscribe(r Unsubscribe) []byte {
 
 // EncodeRef returns a KindRelease, KindComplete or KindInboundRelease record.
 func EncodeRef(k Kind, r PacketRef) []byte {
-	b := make([]byte, 0, 16+len(r.Client))
+	return appendRef(make([]byte, 0, 16+len(r.Client)), k, r)
+}
+
+// appendRef appends the reference record k of r to b (EncodeRef).
+func appendRef(b []byte, k Kind, r PacketRef) []byte {
 	b = append(b, byte(k), versionFor(r.Ref))
 	b = binary.BigEndian.AppendUint16(b, r.PacketID)
 	return appendWho(b, r.Client, r.Ref)

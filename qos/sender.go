@@ -124,7 +124,7 @@ func (c *connection) logDeliverLocked(o *outgoing) {
 	// a restart could deliver it again under another [MQTT-4.3.3]: its
 	// writer waits for the record (awaitDeliver), on this connection or
 	// the next one, and appends it again if the log refused it.
-	off, err := c.e.log.AppendAsync(rec)
+	off, err := c.e.appendOne(rec)
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)
 		c.e.lg.Debug("delivery waits: its record is not logged", "client", s.id, "error", err)
@@ -188,7 +188,7 @@ func (c *connection) relog(o *outgoing) (write, ok bool) {
 			s.mu.Unlock()
 			return false, true
 		}
-		off, err := e.log.AppendAsync(rec)
+		off, err := e.appendOne(rec)
 		if err == nil {
 			f.logged, f.unlogged = off, false
 			s.flights[o.pid] = f
@@ -348,7 +348,7 @@ func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 		}
 		return pid // sent unlogged, as when the log refuses it
 	}
-	off, err := c.e.log.AppendAsync(rec)
+	off, err := c.e.appendOne(rec)
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)
 		if f.qos == 2 {
@@ -370,18 +370,22 @@ func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 // (counted and logged) if it cannot be encoded. A flight is QoS 1 or 2,
 // which always encodes: nil is a bug caught, and the caller refuses the
 // delivery as it would a record the log refused, except that a QoS 2 one
-// is dropped rather than tried again.
+// is dropped rather than tried again. The record is the connection's
+// scratch (recScratch), good until the next call, and the log copies it: a
+// delivery to a persistent session costs no allocation for it. Called with
+// s.mu held.
 func (c *connection) deliverRecord(pid uint16, f flight) []byte {
 	d := Deliver{Client: c.s.id, Ref: c.s.ref.Load(), PacketID: pid, Offset: f.offset, QoS: f.qos, Retain: f.retain, AtSubscribe: f.atSubscribe}
 	if f.group != nil {
 		d.Group = f.group.key
 	}
-	rec, err := Encode(&d)
+	rec, err := appendDeliver(c.recScratch[:0], &d)
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)
 		c.e.lg.Error("delivery record not encoded: delivery refused", "client", c.s.id, "qos", f.qos, "error", err)
 		return nil
 	}
+	c.recScratch = rec
 	return rec
 }
 
@@ -648,7 +652,7 @@ func (c *connection) dropFlight(pid uint16) {
 	persistent := s.persistent
 	s.mu.Unlock()
 	if ok && persistent {
-		c.e.appendRecord(EncodeRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid}))
+		c.e.appendRef(KindComplete, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 	}
 }
 
