@@ -125,18 +125,23 @@ func (m *Message) UnmarshalBinary(b []byte) error { return m.unmarshal(b, false)
 func (m *Message) UnmarshalOwned(b []byte) error { return m.unmarshal(b, true) }
 
 func (m *Message) unmarshal(b []byte, owned bool) error {
-	d := decoder{b: b, owned: owned}
-	if Kind(d.byte()) != KindMessage {
+	if len(b) == 0 || Kind(b[0]) != KindMessage {
 		return fmt.Errorf("%w: not a message", ErrBadRecord)
 	}
-	if v := d.byte(); v != messageVersion && d.err == nil {
-		return fmt.Errorf("%w: message version %d", ErrBadRecord, v)
+	if len(b) > 1 && b[1] != messageVersion {
+		return fmt.Errorf("%w: message version %d", ErrBadRecord, b[1])
+	}
+	// kind, version, QoS, flags, payload format, origin packet id
+	const head = 7
+	if len(b) < head {
+		return fmt.Errorf("%w: truncated at the header", ErrBadRecord)
 	}
 	var out Message
-	out.QoS = d.byte()
-	flags := d.byte()
-	out.PayloadFormat = d.byte()
-	out.OriginPacketID = d.uint16()
+	out.QoS = b[2]
+	flags := b[3]
+	out.PayloadFormat = b[4]
+	out.OriginPacketID = binary.BigEndian.Uint16(b[5:head])
+	d := decoder{b: b[head:], owned: owned}
 	out.Created = d.varint()
 	out.Expiry = d.varint()
 	out.Topic = d.string()
@@ -226,7 +231,17 @@ func (d *decoder) varint() int64 {
 	return v
 }
 
+// uvarint reads an unsigned varint; a one-byte one (a field's length
+// below 128, the usual case) without a call.
 func (d *decoder) uvarint() uint64 {
+	if b := d.b; len(b) > 0 && b[0] < 0x80 {
+		d.b = b[1:]
+		return uint64(b[0])
+	}
+	return d.uvarintLong()
+}
+
+func (d *decoder) uvarintLong() uint64 {
 	v, n := binary.Uvarint(d.b)
 	if n <= 0 {
 		d.fail("uvarint")
@@ -237,8 +252,10 @@ func (d *decoder) uvarint() uint64 {
 }
 
 func (d *decoder) field() []byte {
-	n := d.uvarint()
-	if d.err != nil {
+	var n uint64
+	if b := d.b; len(b) > 0 && b[0] < 0x80 { // uvarint's fast path, without its call
+		n, d.b = uint64(b[0]), b[1:]
+	} else if n = d.uvarintLong(); d.err != nil {
 		return nil
 	}
 	if n > maxField || n > uint64(len(d.b)) {
