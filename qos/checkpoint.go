@@ -183,8 +183,8 @@ func (e *Engine) trim() error {
 // checkpoint's group positions may then be lower than the live ones by
 // what was taken during the walk: a persistent member's take is logged
 // (a Deliver record after the checkpoint's offset, which recovery
-// replays, noting it taken again), and a clean member's is lost with it
-// at a restart, when its group must hand it out again, as for one the
+// replays, noting it taken again), and so is a clean member's QoS 2 take;
+// a clean member's QoS 1 take is lost with it at a restart, when its group must hand it out again, as for one the
 // member held when the walk began. A session that
 // ended is skipped, as if it had ended before the walk: it ended after the
 // state was copied, so its record of the end (if it has one) follows the
@@ -207,7 +207,8 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	// A group's messages its members hold that are the group's again
 	// should the member go or the broker stop, which the group's position
 	// must not pass: a persistent member's QoS 1 flights (given back as
-	// it goes), a clean member's flights (lost with it at a restart) and
+	// it goes), a clean member's QoS 1 flights and QoS 2 ones not logged
+	// (lost with it at a restart) and
 	// what a scan found and nobody took yet. With st, owed notes the
 	// latter two, which the group must hand out again after a restart,
 	// and took a persistent member's flights, which it must not.
@@ -254,12 +255,16 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				floor = min(floor, f.offset)
 			}
 			if f.group != nil {
-				if !s.persistent || f.qos == 1 {
+				// A QoS 2 flight is its member's for good once written, or
+				// logged to be [MQTT-4.8.2-5]; a clean member's unlogged
+				// one is lost with it at a restart, as its QoS 1 ones are.
+				kept := f.qos == 2 && (s.persistent || !f.unlogged)
+				if !kept {
 					hold(f.group, f.offset)
 				}
 				switch {
 				case st == nil:
-				case s.persistent:
+				case s.persistent || kept:
 					took[f.group] = append(took[f.group], f.offset)
 				default:
 					owed[f.group] = append(owed[f.group], f.offset)

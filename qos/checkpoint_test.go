@@ -756,3 +756,82 @@ func churnCheckpoints(t *testing.T, seed uint64) {
 	}
 	t.Logf("seed %d: %d checkpoints, the newest at %d of %d records, the log trimmed to %d; %d sessions; %d Deliver records after their flight's end", seed, checkpoints.Load(), from, len(recs), trimmed, len(replay.Sessions), late)
 }
+
+// TestGroupCleanMemberQoS2NotHandedOutAgain: a shared group's QoS 2
+// message goes to one member, and a clean member's session ends with its
+// connection [MQTT-3.1.2-6]: the message must not go to another member
+// then [MQTT-4.8.2-5] (MQTT 5 §4.8.2: the Server MUST NOT send it to any
+// other subscribed Client), not after a crash either. Unlogged, a clean
+// member's take was lost at a crash and the group handed the message out
+// again, to a second member: a QoS 2 message delivered twice.
+func TestGroupCleanMemberQoS2NotHandedOutAgain(t *testing.T) {
+	for _, complete := range []bool{false, true} {
+		t.Run(fmt.Sprint("complete=", complete), func(t *testing.T) {
+			h := newHarness(t, nil)
+			p := h.connect("p", true)
+			p.subscribe("$share/g/s/#", 2)
+			p.cl.Disconnect(false, nil)
+			c := h.connect("c", false)
+			c.subscribe("$share/g/s/#", 2)
+			src := h.connect("src", false)
+			src.publish("s/t", 2, 1, "m")
+			got := c.conn.waitFor(t, 1)
+			n := 0
+			if complete {
+				n += len(c.ackAll(got))
+				n += len(c.ackAll(c.conn.waitFor(t, 1))) // PUBREL
+			} else {
+				n++ // its PUBLISH reached the client
+			}
+			h.e.WaitDispatched()
+			h.crash()
+			p.reconnect()
+			for range 3 {
+				n += len(p.ackAll(p.conn.settle()))
+			}
+			if n != 1 {
+				t.Fatalf("the group's QoS 2 message delivered %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestGroupQoS2OnFullLogBacksOff: a member's QoS 2 take from a shared
+// group whose Deliver record the full log refuses waits, trying the
+// record again after a pause, and is delivered once the log takes it:
+// handed back to the group at once, it was taken again at once, a sender
+// spinning on the full log.
+func TestGroupQoS2OnFullLogBacksOff(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("a", true)
+	a.subscribe("$share/g/s/#", 2)
+	var mu sync.Mutex
+	refused, full := 0, true
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if full && qos.KindOf(recs[0]) == qos.KindDeliver {
+			refused++
+			return qos.ErrFull
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	src := h.connect("src", false)
+	src.publish("s/t", 2, 1, "m")
+	src.conn.waitFor(t, 1)
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	tries := refused
+	full = false
+	mu.Unlock()
+	if tries == 0 || tries > 5 {
+		t.Fatalf("the Deliver record was tried %d times in 300 ms on a full log, want a few", tries)
+	}
+	got := payloads(a.ackAll(a.conn.waitFor(t, 1))) // within its second's pause
+	a.ackAll(a.conn.waitFor(t, 1))                  // PUBREL
+	if got = append(got, payloads(a.ackAll(a.conn.settle()))...); len(got) != 1 || got[0] != "m" {
+		t.Fatalf("after the log took records again, got %q", got)
+	}
+}

@@ -290,7 +290,12 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 		c.kick()
 		return
 	}
-	var off uint64
+	// The PUBREL waits for the Release record (a PUBREC again for a
+	// released flight: the same record), and so does a resend of it on
+	// the next connection (flight.logged): the client forgets the packet
+	// id on PUBREL [MQTT-4.3.3-9], and a restart that lost the record
+	// would send the PUBLISH again, a new message to it.
+	off := f.logged
 	if !f.released && s.persistent {
 		off = e.appendRef(KindRelease, PacketRef{Client: s.id, Ref: s.ref.Load(), PacketID: pid})
 		if off == 0 {
@@ -300,6 +305,9 @@ func (cl *Client) Pubrec(pid uint16, reason byte) {
 			s.mu.Unlock()
 			return
 		}
+		f.logged, f.unlogged = off, false
+	} else if !s.persistent {
+		off = 0
 	}
 	f.released = true
 	s.flights[pid] = f

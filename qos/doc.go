@@ -50,7 +50,8 @@
 // assigns the engine's packet ids, logs a Deliver record for a persistent
 // session (under the session's lock, so that it precedes the flight's end
 // in the log even when the next connection resends the flight; waited
-// for at QoS 2 before the PUBLISH, a resend's too) and writes the PUBLISH.
+// for at QoS 2 before the PUBLISH, a resend's too, as the Release record
+// is before a PUBREL) and writes the PUBLISH.
 // At a low rate the dispatcher writes a clean session's message itself,
 // the same way and never waiting for the socket. While the log is quiet
 // (nothing queued behind the batch, Log.Idle) and the dispatcher
@@ -111,12 +112,16 @@
 //     still have to hand out (without Snapshots it stays at the group's
 //     start). Recovery hands out everything else from there again: what a
 //     member gave back, what its scan found and it did not take, and the
-//     deliveries no record names (a clean member's, acknowledged or not, and
-//     a message a member's QoS 0 subscription got, which so may come twice);
+//     deliveries no record names (a clean member's QoS 1 ones, acknowledged
+//     or not, and a message a member's QoS 0 subscription got, which so may
+//     come twice);
 //     a message given back below the offset (a checkpoint passed it while
 //     its member held it) moves the offset back to it, and what lies between
-//     comes again too. A QoS 2 message a persistent member took stays its
-//     own [MQTT-4.8.2].
+//     comes again too. A QoS 2 message a member took stays its own, a clean
+//     member's too once its session ended [MQTT-4.8.2-5]: its take is
+//     logged, and the PUBLISH written only once the record is durable (one
+//     the full log refuses is tried again once a second; a member that goes
+//     before it was written gives it back).
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.

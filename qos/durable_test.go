@@ -525,3 +525,91 @@ func TestTakeoverResendWaitsForDeliverRecord(t *testing.T) {
 		t.Fatalf("delivered %d times, want once", got)
 	}
 }
+
+// A released QoS 2 flight's PUBREL, resent on the session's next
+// connection, waits for the flight's Release record as the first PUBREL
+// did: the client forgets the packet id on PUBREL [MQTT-4.3.3-9], and
+// should a crash lose the record, the restart resends the PUBLISH (DUP),
+// which the client takes for a new message [MQTT-4.3.3]. Here the Release
+// record waits for a slow fsync while the takeover's connection (whose
+// Session record the full log refused: a resumed session goes on) resends
+// the flight; the client keeps its QoS 2 state across its connections.
+func TestTakeoverResentPubrelWaitsForReleaseRecord(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 2)
+	var once sync.Once
+	h.log.mu.Lock()
+	h.log.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == qos.KindRelease {
+			once.Do(func() { h.log.holdFrom() })
+		}
+	}
+	h.log.mu.Unlock()
+	pub := h.connect("pub", false)
+	pub.publish("t", 2, 1, "m")
+	got := len(sub.ackAll(sub.conn.waitFor(t, 1))) // PUBLISH, answered with PUBREC
+	waitKind(t, h.log, qos.KindRelease, 1)
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		if qos.KindOf(recs[0]) == qos.KindSession {
+			return qos.ErrFull
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	sub.reconnect()
+	got += len(sub.ackAll(sub.conn.settle())) // a PUBREL now is answered
+	h.log.mu.Lock()
+	h.log.fail = nil
+	h.log.mu.Unlock()
+	h.crash() // the Release record was not durable yet
+	sub.reconnect()
+	for range 3 {
+		got += len(sub.ackAll(sub.conn.settle()))
+	}
+	if got != 1 {
+		t.Fatalf("delivered %d times, want once", got)
+	}
+}
+
+// A PUBREL whose Release record's write failed is not written: the record
+// is appended again and the PUBREL follows once it is durable. Written at
+// once (with a reason code), the client forgets the packet id, and a
+// restart that lost its PUBCOMP's Complete record resends the PUBLISH,
+// which the Release record's hole left unreleased: a new message to the
+// client [MQTT-4.3.3].
+func TestPubrelWaitsForReleaseRecordWrittenAgain(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 2)
+	var failOnce, holdOnce sync.Once
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) (err error) {
+		if qos.KindOf(recs[0]) == qos.KindRelease {
+			failOnce.Do(func() { err = errors.New("EIO") })
+		}
+		return err
+	}
+	h.log.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == qos.KindComplete {
+			holdOnce.Do(func() { h.log.holdFrom() })
+		}
+	}
+	h.log.mu.Unlock()
+	pub := h.connect("pub", false)
+	pub.publish("t", 2, 1, "m")
+	got := 0
+	for range 3 {
+		got += len(sub.ackAll(sub.conn.settle()))
+	}
+	waitKind(t, h.log, qos.KindComplete, 1)
+	h.crash() // the Complete record was not durable yet
+	sub.reconnect()
+	for range 3 {
+		got += len(sub.ackAll(sub.conn.settle()))
+	}
+	if got != 1 {
+		t.Fatalf("delivered %d times, want once", got)
+	}
+}

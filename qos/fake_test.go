@@ -74,6 +74,9 @@ type memLog struct {
 func (l *memLog) crash(keep int) {
 	l.mu.Lock()
 	end := min(uint64(len(l.recs)), l.durableLocked()+uint64(max(keep, 0)))
+	for end > 0 && l.recs[end-1] == nil && l.failed[end] != nil {
+		end-- // a failed write at the tail is not on disk: the next process writes there
+	}
 	for off := end + 1; off <= uint64(len(l.recs)); off++ {
 		delete(l.failed, off)
 	}

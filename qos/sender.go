@@ -122,7 +122,7 @@ func (c *connection) logDeliverLocked(o *outgoing) {
 	}
 	// A QoS 2 PUBLISH is written only once its packet id is durable, or
 	// a restart could deliver it again under another [MQTT-4.3.3]: its
-	// writer waits for the record (awaitDeliver), on this connection or
+	// writer waits for the record (awaitRecord), on this connection or
 	// the next one, and appends it again if the log refused it.
 	off, err := c.e.appendOne(rec)
 	if err != nil {
@@ -135,14 +135,15 @@ func (c *connection) logDeliverLocked(o *outgoing) {
 	s.flights[o.pid] = o.f
 }
 
-// awaitDeliver waits until the Deliver record of o, an open QoS 2 flight
-// of a persistent session, is durable: its PUBLISH, the first or a resend
-// on the next connection, is written only then [MQTT-4.3.3]. A record not
-// in the log (refused, or its write failed: the offset is a hole) is
-// appended again first (relog). It reports whether to write the PUBLISH
-// (not when the flight ended meanwhile), and ok false when the connection
-// or the engine ends first.
-func (c *connection) awaitDeliver(o *outgoing) (write, ok bool) {
+// awaitRecord waits until the record of o's stage is durable: for o, an
+// open QoS 2 flight of a persistent session, its Deliver record before
+// the PUBLISH, the first or a resend on the next connection, and its
+// Release record before a resent PUBREL [MQTT-4.3.3] (flight.logged). A
+// record not in the log (refused, or its write failed: the offset is a
+// hole) is appended again first (relog). It reports whether to write the
+// packet (not when the flight ended or passed the stage meanwhile), and
+// ok false when the connection or the engine ends first.
+func (c *connection) awaitRecord(o *outgoing) (write, ok bool) {
 	e := c.e
 	for {
 		if o.f.unlogged {
@@ -164,11 +165,11 @@ func (c *connection) awaitDeliver(o *outgoing) (write, ok bool) {
 	}
 }
 
-// relog appends o's Deliver record under the session's lock, as
-// logDeliverLocked does, while o's flight is open and this connection
-// the session's (a connection gone leaves it to the next one's resend);
-// on a full log it tries again every second, so that the sender outlives
-// the episode. It reports as awaitDeliver does.
+// relog appends the record of o's stage (stageRecord) under the session's
+// lock, as logDeliverLocked does, while o's flight is open at that stage
+// and this connection the session's (a connection gone leaves it to the
+// next one's resend); on a full log it tries again every second, so that
+// the sender outlives the episode. It reports as awaitRecord does.
 func (c *connection) relog(o *outgoing) (write, ok bool) {
 	e, s := c.e, c.s
 	for {
@@ -178,11 +179,11 @@ func (c *connection) relog(o *outgoing) (write, ok bool) {
 			s.mu.Unlock()
 			return false, false
 		}
-		if !open || f.seq != o.f.seq || f.released {
+		if !open || f.seq != o.f.seq || f.released != o.f.released {
 			s.mu.Unlock()
-			return false, true // ended meanwhile: nothing to write
+			return false, true // ended or released meanwhile: nothing to write
 		}
-		rec := c.deliverRecord(o.pid, f)
+		rec := c.stageRecord(o.pid, f)
 		if rec == nil {
 			delete(s.flights, o.pid) // never written without its record [MQTT-4.3.3]
 			s.mu.Unlock()
@@ -210,6 +211,15 @@ func (c *connection) relog(o *outgoing) (write, ok bool) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// stageRecord is the record of flight f's stage: its Deliver record, or
+// once released its Release record.
+func (c *connection) stageRecord(pid uint16, f flight) []byte {
+	if f.released {
+		return EncodeRef(KindRelease, PacketRef{Client: c.s.id, Ref: c.s.ref.Load(), PacketID: pid})
+	}
+	return c.deliverRecord(pid, f)
 }
 
 // lostClaim is lost for a round that claimed g's backlog scan (g nil: no
@@ -321,21 +331,24 @@ func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
 }
 
 // takeSharedLocked makes the flight of a message taken from group g and,
-// for a persistent session, appends its Deliver record, all under g.mu:
-// the group's deliveries are logged in the order its members take them,
-// so that a replay, which puts the group after its last logged delivery,
-// never passes one taken and not yet logged (and under s.mu, before the
-// flight can end: see logDeliverLocked). A QoS 2 flight keeps its
-// record's offset, to be durable before its PUBLISH [MQTT-4.3.3]. It
-// returns the flight's packet id, 0 for none. Called with s.mu and g.mu
-// held, or, for a scan's find, s.mu alone (it takes g.mu).
+// for a persistent session, appends its Deliver record, all under g.mu
+// (and under s.mu, before the flight can end: see logDeliverLocked). A
+// QoS 2 one is logged for a clean member too: the message is that
+// member's alone, also once its session ends with the connection
+// [MQTT-4.8.2-5], so that a crash must not hand it out again, to another
+// member; and it keeps its record's offset, to be durable before its
+// PUBLISH [MQTT-4.3.3]. A QoS 2 record the log refuses (full) stays the
+// flight's to append again (relog: once a second, not a sender spinning
+// on the full log taking it from the group again and again). It returns
+// the flight's packet id, 0 for none. Called with s.mu and g.mu held,
+// or, for a scan's find, s.mu alone (it takes g.mu).
 func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 	s := c.s
 	if en.QoS == 0 || !c.wouldDeliver(en.Msg) {
 		return 0 // the sender's usual path writes or drops it
 	}
 	pid, f := c.newFlightLocked(en, g)
-	if !s.persistent {
+	if !s.persistent && f.qos < 2 {
 		return pid
 	}
 	rec := c.deliverRecord(pid, f)
@@ -352,10 +365,8 @@ func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 	if err != nil {
 		c.e.stats.recordFailures.Add(1)
 		if f.qos == 2 {
-			// Not written without its record: it goes back to the group.
-			delete(s.flights, pid)
-			g.returned = append([]Entry{en}, g.returned...)
-			return 0
+			f.unlogged = true // written once logged and durable (awaitRecord)
+			s.flights[pid] = f
 		}
 		return pid
 	}
@@ -393,11 +404,7 @@ func (c *connection) deliverRecord(pid uint16, f flight) []byte {
 func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	pid := c.takeSharedLocked(en, g)
-	if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-		return Entry{}, nil, 0, false // given back: the log refused its record
-	}
-	return en, g, pid, true
+	return en, g, c.takeSharedLocked(en, g), true
 }
 
 // nextShared takes one message from one of the session's groups, round
@@ -434,9 +441,6 @@ func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 		en = grantShared(en, sb)
 		pid := c.takeSharedLocked(en, g)
 		g.mu.Unlock()
-		if pid == 0 && en.QoS > 0 && c.wouldDeliver(en.Msg) {
-			return Entry{}, nil, 0, false // given back: the log refused its record
-		}
 		return en, g, pid, true
 	}
 	return Entry{}, nil, 0, false
@@ -484,6 +488,10 @@ func (c *connection) writeAck(a ack) bool {
 				return false
 			}
 			// Not on disk (a failed write: the offset is a hole).
+			if a.typ == PacketPubrel {
+				c.releaseAgain(a)
+				return true
+			}
 			a.reason = reasonImplementationSpecific
 			if a.typ == PacketPubrec {
 				c.s.mu.Lock()
@@ -499,6 +507,27 @@ func (c *connection) writeAck(a ack) bool {
 	return c.write(&c.pkt) == nil
 }
 
+// releaseAgain takes a PUBREL whose Release record's write failed off the
+// acknowledgements: its flight, released, is resent (c.resend), which
+// appends the record again and writes the PUBREL once it is durable
+// (awaitRecord), as the next connection's resend would. A PUBREL that
+// reached the client before its record could be followed, after a
+// restart, by the PUBLISH again [MQTT-4.3.3].
+func (c *connection) releaseAgain(a ack) {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.flights[a.pid]
+	if !ok || !f.released || f.logged != a.offset || c.gone {
+		return // ended meanwhile, or the next connection's to resend
+	}
+	f.unlogged = true
+	s.flights[a.pid] = f
+	if !slices.Contains(c.resend, a.pid) {
+		c.resend = append(c.resend, a.pid)
+	}
+}
+
 // writePublish writes one PUBLISH (or, for a released QoS 2 flight, its
 // PUBREL). A packet too large for the client is dropped, counted, and its
 // flight freed, so the next message flows.
@@ -507,8 +536,8 @@ func (c *connection) writePublish(o *outgoing) bool {
 	if o.refused {
 		return true
 	}
-	if o.f.qos == 2 && !o.f.released && (o.f.logged > 0 || o.f.unlogged) {
-		if write, ok := c.awaitDeliver(o); !ok {
+	if o.f.qos == 2 && (o.f.logged > 0 || o.f.unlogged) {
+		if write, ok := c.awaitRecord(o); !ok {
 			return false // the flight waits for the next connection
 		} else if !write {
 			return true

@@ -58,14 +58,27 @@ type flight struct {
 	ids         []int
 	group       *group
 	msg         *Message // nil after a restart: read from the log when resent
-	// logged is where a persistent session's QoS 2 flight has its Deliver
-	// record, which must be durable before its PUBLISH is written, the
-	// first time or again [MQTT-4.3.3] (0: none to wait for, as for one
-	// recovered from the log); unlogged says the record is not in the log
-	// (refused, or its write failed), so the connection that writes the
-	// PUBLISH appends it first (see logDeliverLocked).
+	// logged is where a persistent session's QoS 2 flight has the record
+	// of its stage, which must be durable before the stage's packet is
+	// written, the first time or again [MQTT-4.3.3]: its Deliver record
+	// before the PUBLISH, its Release record (once released) before the
+	// PUBREL, since the client forgets the packet id on PUBREL and takes
+	// a PUBLISH resent after a restart that lost the record for a new
+	// message (0: none to wait for, as for one recovered from the log).
+	// unlogged says the record is not in the log (refused, or its write
+	// failed), so the connection that writes the packet appends it first
+	// (see logDeliverLocked, relog).
 	logged   uint64
 	unlogged bool
+}
+
+// givenBack reports whether f goes back to its shared group when its
+// member goes away: a QoS 1 flight [MQTT-4.8.2], and a QoS 2 one whose
+// PUBLISH was never written (its Deliver record is not in the log, and
+// the PUBLISH waits for it: awaitRecord); a QoS 2 one written stays the
+// member's [MQTT-4.8.2-5]. Called with s.mu held.
+func (f flight) givenBack() bool {
+	return f.group != nil && (f.qos == 1 || (f.unlogged && !f.released))
 }
 
 // group is a shared subscription group: one queue its connected members
@@ -427,7 +440,8 @@ func (e *Engine) endSessionLocked(s *session, taken bool) {
 // returnFlightsLocked takes the flights leaving picks out of s, and gives
 // the QoS 1 ones of shared groups back to their groups, for another
 // member [MQTT-4.8.2] (a member going away keeps its QoS 2 ones, or they
-// end with its session). Each goes from s to its group under both their
+// end with its session [MQTT-4.8.2-5], but those never written: their
+// records are not logged, see givenBack). Each goes from s to its group under both their
 // locks, in one step: a checkpoint's walk sees it in one place or the
 // other. It returns the groups to kick (kickGroups) once s.mu is
 // released. Called with s.mu held.
@@ -438,7 +452,7 @@ func (s *session) returnFlightsLocked(leaving func(flight) bool) []*group {
 			continue
 		}
 		delete(s.flights, pid)
-		if f.group == nil || f.qos != 1 {
+		if !f.givenBack() {
 			continue
 		}
 		f.group.mu.Lock()
@@ -508,7 +522,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	// No Complete record: should the broker stop before another member
 	// takes one, the log still gives it to this one (unless a checkpoint
 	// came since: see doc.go).
-	returned := s.returnFlightsLocked(func(f flight) bool { return f.group != nil && f.qos == 1 })
+	returned := s.returnFlightsLocked(flight.givenBack)
 	// Retained messages of a SUBSCRIBE not yet sent wait for the next
 	// connection of a persistent session (not across a restart).
 	if !persistent {

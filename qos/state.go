@@ -84,7 +84,8 @@ type State struct {
 	GroupNext map[string]uint64
 	// GroupTaken is, per shared group key, the offsets from GroupNext on
 	// that a member took with a logged delivery (the member holds them, or
-	// finished them) and did not give back. A member that goes (its
+	// finished them) and did not give back: a persistent member's QoS 1/2
+	// and a clean member's QoS 2 takes. A persistent member that goes (its
 	// Disconnect or end) gives its QoS 1 ones back [MQTT-4.8.2]. It
 	// grows by one offset per logged delivery of the group until a
 	// checkpoint moves GroupNext past them: no further than the oldest
@@ -278,7 +279,13 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			st.dropGroup(r.Filter)
 		}
 	case *Deliver:
-		if s := st.session(r.Client, r.Ref); s != nil {
+		s := st.session(r.Client, r.Ref)
+		if s == nil && r.Ref == 0 && r.Group != "" && r.QoS == 2 {
+			// A clean member's QoS 2 take: the message is its own, also
+			// once its session ended with its connection [MQTT-4.8.2-5].
+			st.took(r.Group, r.Offset)
+		}
+		if s != nil {
 			if r.Group != "" {
 				st.took(r.Group, r.Offset)
 			}
