@@ -15,8 +15,8 @@ import (
 //  1. takes from the live sessions what the records do not say yet: each
 //     queue's position (it also knows what did not match) and the flights
 //     as they are (some Deliver or Complete records may not be durable),
-//     and from the shared groups where each one's backlog starts (the
-//     lowest message it may still have to hand out again);
+//     and from the shared groups where each one's backlog stands and
+//     what it lent out below that and may have to hand out again (owed);
 //  2. appends a checkpoint record, waits for it and makes the log durable
 //     up to it (Log.Sync: under sync "interval" an append returns before
 //     any fsync), so every record the snapshot covers, and every Deliver
@@ -122,6 +122,9 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 		e.stats.checkpointFailures.Add(1)
 		return fmt.Errorf("save snapshot: %w", err)
 	}
+	e.shadowMu.Lock()
+	e.shadow.settleGroups(st)
+	e.shadowMu.Unlock()
 	if offset != e.snaps.newest { // a Save of the same offset replaced it
 		e.snaps.older, e.snaps.newest = e.snaps.newest, offset
 	}
@@ -160,8 +163,10 @@ func (e *Engine) trim() error {
 // queue's position, each unreleased flight, what a scan read and nobody
 // took, what members gave back to a group. With st, it also brings st up
 // to the live sessions and groups (step 1 above): a group's backlog
-// starts at the lowest offset it may have to hand out again, and what
-// members took from there on is State.GroupTaken.
+// starts where its queue stands, what it lent out below that and may have
+// to hand out again is State.GroupOwed, and what members took from there
+// on State.GroupTaken; once the snapshot is saved, the dispatcher's state
+// drops what it holds taken below the new position (State.settleGroups).
 //
 // It holds one lock at a time, never for the whole walk: Engine.mu to
 // list the sessions and groups (listLiveLocked) and reset the groups'
@@ -177,15 +182,14 @@ func (e *Engine) trim() error {
 // after the member was read is in the group when the group is read, or
 // was taken from it again. One taken from a group after its member was
 // read would be in neither walk: so each group keeps the offsets it has
-// handed out since the walk began (group.lent, while walking), and its
-// position counts from the lowest, and they are not among what members
-// took, as if the group had been read when the walk began. The
-// checkpoint's group positions may then be lower than the live ones by
-// what was taken during the walk: a persistent member's take is logged
+// handed out since the walk began (group.lent, while walking): they are
+// owed, and not among what members took, as if the group had been read
+// when the walk began. A persistent member's take among them is logged
 // (a Deliver record after the checkpoint's offset, which recovery
-// replays, noting it taken again), and so is a clean member's QoS 2 take;
-// a clean member's QoS 1 take is lost with it at a restart, when its group must hand it out again, as for one the
-// member held when the walk began. A session that
+// replays, settling what is owed), and so is a clean member's QoS 2
+// take; a clean member's QoS 1 take is lost with it at a restart, when
+// its group must hand it out again, as for one the member held when the
+// walk began. A session that
 // ended is skipped, as if it had ended before the walk: it ended after the
 // state was copied, so its record of the end (if it has one) follows the
 // checkpoint's offset, and what it held of a group went back to the group
@@ -204,21 +208,15 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	e.mu.Unlock()
 	progress := e.fannedOut.Load()
 	floor := upTo
-	// A group's messages its members hold that are the group's again
-	// should the member go or the broker stop, which the group's position
-	// must not pass: a persistent member's QoS 1 flights (given back as
-	// it goes), a clean member's QoS 1 flights and QoS 2 ones not logged
-	// (lost with it at a restart) and
-	// what a scan found and nobody took yet. With st, owed notes the
-	// latter two, which the group must hand out again after a restart,
-	// and took a persistent member's flights, which it must not.
-	held := map[*group]uint64{}
+	// With st, owed notes what members hold of a group that the group
+	// must hand out again after a restart, below its position (a clean
+	// member's QoS 1 flights and unlogged QoS 2 ones, lost with it, and
+	// what a scan found and nobody took yet), and took what members took
+	// with a logged delivery, which it must not: a persistent member's
+	// flights (its QoS 1 ones it gives back as it goes: the state's
+	// records say so) and a clean member's logged QoS 2 ones. The trim
+	// point stays below all of them: the flights' offsets, the finds'.
 	owed, took := map[*group][]uint64{}, map[*group][]uint64{}
-	hold := func(g *group, off uint64) {
-		if h, ok := held[g]; !ok || off < h {
-			held[g] = off
-		}
-	}
 	for _, s := range sessions {
 		s.mu.Lock()
 		if s.ended {
@@ -231,11 +229,8 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				floor = min(floor, sc.Offset)
 				if sc.g == nil { // the session's own: its position too
 					pos = min(pos, sc.Offset)
-				} else {
-					hold(sc.g, sc.Offset)
-					if st != nil {
-						owed[sc.g] = append(owed[sc.g], sc.Offset)
-					}
+				} else if st != nil {
+					owed[sc.g] = append(owed[sc.g], sc.Offset)
 				}
 			}
 		}
@@ -259,9 +254,6 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				// logged to be [MQTT-4.8.2-5]; a clean member's unlogged
 				// one is lost with it at a restart, as its QoS 1 ones are.
 				kept := f.qos == 2 && (s.persistent || !f.unlogged)
-				if !kept {
-					hold(f.group, f.offset)
-				}
 				switch {
 				case st == nil:
 				case s.persistent || kept:
@@ -285,21 +277,24 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 	}
 	for _, g := range groups {
 		g.mu.Lock()
+		// The group's position is where its backlog stands: what it lent
+		// out below it and may have to hand out again is owed (or, held
+		// by a persistent member, its state's flight), not a position
+		// held back, so a member that never acknowledges one message holds
+		// one offset, not every later delivery's.
 		pos := g.queue.Position(progress)
+		low := pos
 		for _, r := range g.returned {
-			pos = min(pos, r.Offset)
+			low = min(low, r.Offset)
 			owed[g] = append(owed[g], r.Offset)
 		}
 		for _, off := range g.lent {
-			pos = min(pos, off)
+			low = min(low, off)
 			owed[g] = append(owed[g], off)
 		}
 		g.lent, g.walking = nil, false
 		g.mu.Unlock()
-		if h, ok := held[g]; ok {
-			pos = min(pos, h)
-		}
-		floor = min(floor, pos)
+		floor = min(floor, low)
 		if st == nil {
 			continue
 		}
@@ -307,9 +302,9 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			continue // subscribed after the state: its Subscribe record follows
 		}
 		// What members took from pos on: the logged deliveries the state
-		// knows and the persistent members' flights, but what the group
-		// hands out again.
-		taken := map[uint64]bool{}
+		// knows and the members' flights, but what the group hands out
+		// again; what it owes below pos.
+		taken, owes := map[uint64]bool{}, map[uint64]bool{}
 		for off := range st.GroupTaken[g.key] {
 			if off >= pos {
 				taken[off] = true
@@ -322,8 +317,11 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 		}
 		for _, off := range owed[g] {
 			delete(taken, off)
+			if off < pos {
+				owes[off] = true
+			}
 		}
-		st.setGroup(g.key, pos, taken)
+		st.setGroup(g.key, pos, taken, owes)
 	}
 	return floor
 }

@@ -675,6 +675,9 @@ func churnCheckpoints(t *testing.T, seed uint64) {
 				out[off] = true
 			}
 		}
+		for off := range st.GroupOwed[key] {
+			out[off] = true
+		}
 		return out
 	}
 	kept := func(what string, offs map[uint64]bool) {
@@ -833,5 +836,60 @@ func TestGroupQoS2OnFullLogBacksOff(t *testing.T) {
 	a.ackAll(a.conn.waitFor(t, 1))                  // PUBREL
 	if got = append(got, payloads(a.ackAll(a.conn.settle()))...); len(got) != 1 || got[0] != "m" {
 		t.Fatalf("after the log took records again, got %q", got)
+	}
+}
+
+// TestGroupTakenBoundedByCheckpoints: a member that holds one QoS 1
+// message of its shared group unacknowledged while it acknowledges every
+// later one must not hold the group's durable state back: a checkpoint
+// moves the group's position past what was delivered, the message held
+// owed to the group should the member go, and what the group holds taken
+// (in the snapshot and in RAM) stays small, however many messages pass.
+// Held back at the message, the taken set grew by one offset per
+// delivery until the member acknowledged it. Then the member goes and a
+// crash follows: the message held goes to the group's other member, and
+// nothing acknowledged comes again.
+func TestGroupTakenBoundedByCheckpoints(t *testing.T) {
+	const key = "$share/g/s/#"
+	h := newHarness(t, nil)
+	a := h.connect("a", true)
+	a.subscribe(key, 1)
+	b := h.connect("b", true)
+	b.subscribe(key, 1)
+	b.cl.Disconnect(false, nil)
+	src := h.connect("src", false)
+	src.publish("s/t", 1, 1, "held")
+	if got := a.conn.waitFor(t, 1); string(got[0].Message.Payload) != "held" {
+		t.Fatalf("got %+v", got)
+	}
+	const n = 300
+	for i := range n {
+		src.publish("s/t", 1, uint16(i+2), fmt.Sprint(i))
+		if i%100 == 99 {
+			a.drain(100)
+			h.e.WaitDispatched()
+			if err := h.e.Checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if held := h.e.GroupTakenHeld(key); held > 10 {
+		t.Errorf("the group holds %d offsets taken in RAM after %d deliveries, want a few", held, n)
+	}
+	st, _, err := qos.ReadSnapshot(bytes.NewReader(h.snaps.snaps[len(h.snaps.snaps)-1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if taken := len(st.GroupTaken[key]); taken > 10 {
+		t.Errorf("the snapshot holds %d offsets taken after %d deliveries, want a few", taken, n)
+	}
+	a.cl.Disconnect(false, nil) // "held" goes back to the group
+	h.crash()
+	b.reconnect()
+	if seen := b.drain(1); len(seen) != 1 || seen["held"] != 1 {
+		t.Fatalf("after the crash the other member got %v, want only the message held", seen)
+	}
+	if got := b.conn.settle(); len(got) > 0 {
+		t.Fatalf("and then %d packets more: %+v", len(got), got)
 	}
 }

@@ -103,25 +103,27 @@
 //     QoS0Limit per connection, and are not kept for offline sessions (at
 //     most once [MQTT-4.3.1]).
 //   - A shared group gets its messages at least once across a crash, not
-//     exactly once. Its durable state is the offset its backlog starts at
-//     and the messages from there on that members took with a logged
-//     delivery (a persistent member's) and did not give back
-//     (State.GroupNext, State.GroupTaken; a member going away gives its QoS
-//     1 flights back, and so does a replay of its Disconnect or end record);
-//     a checkpoint moves the offset up to the lowest message the group may
-//     still have to hand out (without Snapshots it stays at the group's
-//     start). Recovery hands out everything else from there again: what a
-//     member gave back, what its scan found and it did not take, and the
-//     deliveries no record names (a clean member's QoS 1 ones, acknowledged
-//     or not, and a message a member's QoS 0 subscription got, which so may
-//     come twice);
-//     a message given back below the offset (a checkpoint passed it while
-//     its member held it) moves the offset back to it, and what lies between
-//     comes again too. A QoS 2 message a member took stays its own, a clean
-//     member's too once its session ended [MQTT-4.8.2-5]: its take is
-//     logged, and the PUBLISH written only once the record is durable (one
-//     the full log refuses is tried again once a second; a member that goes
-//     before it was written gives it back).
+//     exactly once. Its durable state is the offset its backlog starts at,
+//     the messages from there on that members took with a logged delivery
+//     (a persistent member's, a clean member's QoS 2 one) and did not give
+//     back, and the messages below it the group owes (State.GroupNext,
+//     State.GroupTaken, State.GroupOwed; a member going away gives its QoS
+//     1 flights back, and so does a replay of its Disconnect or end
+//     record); a checkpoint moves the offset up to where the group's
+//     backlog stands and notes as owed what the group lent out below it
+//     and may have to hand out again, so the taken set holds the logged
+//     deliveries since the last checkpoint, and the owed set what members
+//     held then, whatever a member that never acknowledges holds back
+//     (without Snapshots the offset stays at the group's start).
+//     Recovery hands out the owed messages and everything from the offset
+//     on again: what a member gave back, what its scan found and it did
+//     not take, and the deliveries no record names (a clean member's QoS 1
+//     ones, acknowledged or not, and a message a member's QoS 0
+//     subscription got, which so may come twice). A QoS 2 message a member
+//     took stays its own, a clean member's too once its session ended
+//     [MQTT-4.8.2-5]: its take is logged, and the PUBLISH written only once
+//     the record is durable (one the full log refuses is tried again once
+//     a second; a member that goes before it was written gives it back).
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.

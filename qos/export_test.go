@@ -58,3 +58,11 @@ func (e *Engine) FloorWalk() time.Duration {
 
 // DispatcherWakes counts the times the dispatcher goroutine woke to read.
 func (e *Engine) DispatcherWakes() uint64 { return e.disp.wakes.Load() }
+
+// GroupTakenHeld returns how many offsets the dispatcher's shadow state
+// holds taken for shared group key.
+func (e *Engine) GroupTakenHeld(key string) int {
+	e.shadowMu.Lock()
+	defer e.shadowMu.Unlock()
+	return len(e.shadow.GroupTaken[key])
+}

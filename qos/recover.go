@@ -168,6 +168,17 @@ func (e *Engine) recover() error {
 			g.skip = maps.Clone(t)
 			g.skipTop = slices.Max(slices.Collect(maps.Keys(t)))
 		}
+		// What the group owes below its backlog goes out first, as what
+		// members gave back does.
+		for _, off := range slices.Sorted(maps.Keys(st.GroupOwed[key])) {
+			m, err := e.readMessage(off)
+			if err != nil {
+				e.stats.dropUnreadable.Add(1)
+				e.lg.Error("shared group's message unreadable: not handed out again", "group", key, "offset", off, "error", err)
+				continue
+			}
+			g.returned = append(g.returned, Entry{Offset: off, Msg: m})
+		}
 	}
 	for _, w := range wills { // due while the broker was down
 		e.publishAsync(w)

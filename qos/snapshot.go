@@ -24,11 +24,14 @@ var snapshotMagic = [7]byte{'E', 'D', 'G', 'E', 'S', 'N', 'P'}
 // Snapshot versions. Version 1 was gob, which could not encode a State
 // holding a retained message; it is still read (see doc.go), never written.
 // Version 2 had no GroupTaken section (its group positions were past every
-// delivery logged); it is still read, with none taken.
+// delivery logged); it is still read, with none taken. Version 3 had no
+// GroupOwed section (its group positions stayed below what members held);
+// it is still read, with none owed.
 const (
 	snapshotGob     = 1
 	snapshotNoTaken = 2
-	snapshotVersion = 3
+	snapshotNoOwed  = 3
+	snapshotVersion = 4
 )
 
 // snapshotHeader is magic, version, offset, body length, CRC-32C. From
@@ -83,7 +86,7 @@ func ReadSnapshot(r io.Reader) (*State, uint64, error) {
 		return nil, 0, fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
 	version := hdr[7]
-	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || (version != snapshotVersion && version != snapshotNoTaken && version != snapshotGob) {
+	if !bytes.Equal(hdr[:7], snapshotMagic[:]) || (version != snapshotVersion && version != snapshotNoOwed && version != snapshotNoTaken && version != snapshotGob) {
 		return nil, 0, fmt.Errorf("%w: not a version %d snapshot", ErrBadSnapshot, snapshotVersion)
 	}
 	offset := binary.BigEndian.Uint64(hdr[8:])
@@ -207,6 +210,19 @@ func (st *State) appendBinary(b []byte) ([]byte, error) {
 			prev = off
 		}
 	}
+	// GroupOwed: per group, its offsets in order, each as the distance
+	// from the one before (the first from 0).
+	b = binary.AppendUvarint(b, uint64(len(st.GroupOwed)))
+	for _, key := range slices.Sorted(maps.Keys(st.GroupOwed)) {
+		offs := slices.Sorted(maps.Keys(st.GroupOwed[key]))
+		b = appendString(b, key)
+		b = binary.AppendUvarint(b, uint64(len(offs)))
+		var prev uint64
+		for _, off := range offs {
+			b = binary.AppendUvarint(b, off-prev)
+			prev = off
+		}
+	}
 	return b, nil
 }
 
@@ -288,7 +304,7 @@ func decodeState(body []byte, version byte) (*State, error) {
 		key := d.string()
 		st.GroupNext[key] = d.uvarint()
 	}
-	if version >= snapshotVersion {
+	if version >= snapshotNoOwed {
 		for range d.count() {
 			key := d.string()
 			next, ok := st.GroupNext[key]
@@ -309,6 +325,28 @@ func decodeState(body []byte, version byte) (*State, error) {
 				break
 			}
 			st.GroupTaken[key] = t
+		}
+	}
+	if version >= snapshotVersion {
+		for range d.count() {
+			key := d.string()
+			if _, ok := st.GroupNext[key]; !ok && d.err == nil {
+				d.fail("owed of no group")
+			}
+			o := map[uint64]bool{}
+			var prev uint64
+			for range d.count() {
+				next := prev + d.uvarint()
+				if next < prev || (next == prev && len(o) > 0) {
+					d.fail("owed offset")
+				}
+				prev = next
+				o[prev] = true
+			}
+			if d.err != nil {
+				break
+			}
+			st.GroupOwed[key] = o
 		}
 	}
 	if d.err != nil {

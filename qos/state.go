@@ -88,10 +88,19 @@ type State struct {
 	// and a clean member's QoS 2 takes. A persistent member that goes (its
 	// Disconnect or end) gives its QoS 1 ones back [MQTT-4.8.2]. It
 	// grows by one offset per logged delivery of the group until a
-	// checkpoint moves GroupNext past them: no further than the oldest
-	// message the group may still have to hand out again (one a member
-	// holds unacknowledged among them).
+	// checkpoint moves GroupNext past them (see GroupOwed).
 	GroupTaken map[string]map[uint64]bool
+	// GroupOwed is, per shared group key, the offsets below GroupNext the
+	// group must hand out again: what a member gave back (its QoS 1
+	// flights as it went [MQTT-4.8.2]) or, at a checkpoint, what the group
+	// had lent and not seen taken with a logged delivery (what members
+	// gave back, what a scan found and no member took, a clean member's
+	// QoS 1 flights and unlogged QoS 2 ones, lost with it at a restart).
+	// A member's logged take of one settles it. A checkpoint puts
+	// GroupNext where the group's backlog stands, past what members hold,
+	// so that GroupTaken holds no more than the takes since, and GroupOwed
+	// no more than what is lent out and not finished.
+	GroupOwed map[string]map[uint64]bool
 
 	// refs maps a session's Ref to its client id, for the records that
 	// name it so; it follows Sessions (a snapshot holds it in them).
@@ -117,6 +126,7 @@ func NewState() *State {
 		Inbound:    map[string]map[uint16]uint64{},
 		GroupNext:  map[string]uint64{},
 		GroupTaken: map[string]map[uint64]bool{},
+		GroupOwed:  map[string]map[uint64]bool{},
 		refs:       map[uint64]string{},
 	}
 }
@@ -321,12 +331,21 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 
 // took notes that a member took the message at off from group key with a
 // logged delivery. One below the group's position is not the group's any
-// more already.
+// more, but when it was owed: then it is settled.
 func (st *State) took(key string, off uint64) {
-	if next, ok := st.GroupNext[key]; !ok || off < next {
-		return
+	next, ok := st.GroupNext[key]
+	switch {
+	case !ok:
+	case off < next:
+		if o := st.GroupOwed[key]; o[off] {
+			delete(o, off)
+			if len(o) == 0 {
+				delete(st.GroupOwed, key)
+			}
+		}
+	default:
+		st.taken(key)[off] = true
 	}
-	st.taken(key)[off] = true
 }
 
 // giveBack gives s's QoS 1 flights of shared groups back to their groups,
@@ -345,9 +364,13 @@ func (st *State) giveBack(s *SessionState) {
 		}
 		if in.Offset < next {
 			// Below the position (a checkpoint moved it past what members
-			// held): the group's backlog starts there again, and hands out
-			// what lies between but what members took (at least once).
-			st.GroupNext[in.Group] = in.Offset
+			// held): owed.
+			o := st.GroupOwed[in.Group]
+			if o == nil {
+				o = map[uint64]bool{}
+				st.GroupOwed[in.Group] = o
+			}
+			o[in.Offset] = true
 		} else if t := st.GroupTaken[in.Group]; t[in.Offset] {
 			delete(st.taken(in.Group), in.Offset)
 		}
@@ -369,16 +392,55 @@ func (st *State) taken(key string) map[uint64]bool {
 	return t
 }
 
-// setGroup puts group key's backlog at next, but taken (st keeps it):
-// what a checkpoint knows of it from the live group.
-func (st *State) setGroup(key string, next uint64, taken map[uint64]bool) {
+// setGroup puts group key's backlog at next, but taken, with owed below
+// it (st keeps both): what a checkpoint knows of it from the live group.
+func (st *State) setGroup(key string, next uint64, taken, owed map[uint64]bool) {
 	st.GroupNext[key] = next
 	delete(st.shared, key)
 	if len(taken) == 0 {
 		delete(st.GroupTaken, key)
-		return
+	} else {
+		st.GroupTaken[key] = taken
 	}
-	st.GroupTaken[key] = taken
+	if len(owed) == 0 {
+		delete(st.GroupOwed, key)
+	} else {
+		st.GroupOwed[key] = owed
+	}
+}
+
+// settleGroups brings the groups of st, the dispatcher's state, to where
+// a checkpoint put them in cp (a clone of st, older, brought up to the
+// live groups): a group's position moves up to cp's, since the live one
+// never goes back, and what st holds taken below it goes; its GroupOwed
+// is cp's, which the checkpoint took from the live group (a checkpoint
+// reads only the live group's). So the state the dispatcher keeps holds
+// what the snapshot does, not one offset per delivery for ever.
+func (st *State) settleGroups(cp *State) {
+	for key, next := range cp.GroupNext {
+		cur, ok := st.GroupNext[key]
+		if !ok || next <= cur {
+			continue
+		}
+		st.GroupNext[key] = next
+		if len(st.GroupTaken[key]) > 0 {
+			t := st.taken(key)
+			for off := range t {
+				if off < next {
+					delete(t, off)
+				}
+			}
+			if len(t) == 0 {
+				delete(st.GroupTaken, key)
+				delete(st.shared, key)
+			}
+		}
+		if o := cp.GroupOwed[key]; len(o) > 0 {
+			st.GroupOwed[key] = maps.Clone(o)
+		} else {
+			delete(st.GroupOwed, key)
+		}
+	}
 }
 
 // dropGroup forgets a shared group's position once no session has the
@@ -395,6 +457,7 @@ func (st *State) dropGroup(key string) {
 	}
 	delete(st.GroupNext, key)
 	delete(st.GroupTaken, key)
+	delete(st.GroupOwed, key)
 	delete(st.shared, key)
 }
 
@@ -421,6 +484,10 @@ func (st *State) Clone() *State {
 	c.shared = maps.Clone(st.shared)
 	for id, in := range st.Inbound {
 		c.Inbound[id] = maps.Clone(in)
+	}
+	c.GroupOwed = make(map[string]map[uint64]bool, len(st.GroupOwed))
+	for key, o := range st.GroupOwed { // what was lent out: a few
+		c.GroupOwed[key] = maps.Clone(o)
 	}
 	return c
 }

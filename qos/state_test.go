@@ -169,8 +169,15 @@ func TestStateGroupGivenBack(t *testing.T) {
 	if err := st.Apply(12, qos.EncodeEnd(qos.ClientRef{Ref: 2})); err != nil {
 		t.Fatal(err)
 	}
-	if got := st.GroupNext[key]; got != 7 {
-		t.Fatalf("group next %d after b's end, want 7 (b's flight)", got)
+	if got, owed := st.GroupNext[key], st.GroupOwed[key]; got != 8 || len(owed) != 1 || !owed[7] {
+		t.Fatalf("group next %d, owed %v after b's end, want 8 and b's flight, 7, owed", got, owed)
+	}
+	// A member's logged take settles it.
+	if err := st.Apply(13, mustEncode(t, &qos.Deliver{Ref: 1, PacketID: 3, Offset: 7, QoS: 1, Group: key})); err != nil {
+		t.Fatal(err)
+	}
+	if owed := st.GroupOwed[key]; len(owed) != 0 {
+		t.Fatalf("owed %v after a's take of 7, want none", owed)
 	}
 }
 
