@@ -42,7 +42,7 @@ func newEngineCollector(e *qos.Engine) *engineCollector {
 		acked:              d("edgemq_deliveries_acknowledged_total", "Outbound QoS 1/2 messages acknowledged by their subscriber (PUBACK or PUBCOMP)."),
 		dispatched:         d("edgemq_messages_dispatched_total", "Logged messages the dispatcher has matched against subscriptions."),
 		refused:            d("edgemq_publishes_refused_total", "Publishes refused because the log could not take them, by reason.", "reason"),
-		dropped:            d("edgemq_deliveries_dropped_total", "Deliveries not made, by reason (expired, acl, too_large, unreadable; QoS 0 over the queue bound is edgemq_mqtt_dropped_messages_total with reason queue_full).", "reason"),
+		dropped:            d("edgemq_deliveries_dropped_total", "Deliveries not made, by reason (expired, acl, too_large, unreadable, at_most_once: a shared group's QoS 0 hand-out that may have gone out before a restart; QoS 0 over the queue bound is edgemq_mqtt_dropped_messages_total with reason queue_full).", "reason"),
 		delivered:          d("edgemq_deliveries_total", "PUBLISH packets written to subscribers by the engine, resends included, by delivery QoS.", "qos"),
 		redelivered:        d("edgemq_redeliveries_total", "PUBLISH packets written again (DUP) after a reconnect or restart."),
 		checkpoints:        d("edgemq_storage_checkpoints_total", "Checkpoints written (snapshot of the state, then the log trimmed below what is still needed)."),
@@ -92,6 +92,7 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dropped, st.DroppedDenied, "acl")
 	counter(c.dropped, st.DroppedTooLarge, "too_large")
 	counter(c.dropped, st.DroppedUnreadable, "unreadable")
+	counter(c.dropped, st.DroppedAtMostOnce, "at_most_once")
 	for q, n := range st.DeliveredQoS {
 		counter(c.delivered, n, string(rune('0'+q)))
 	}

@@ -19,10 +19,10 @@
 //     connection (edge adapts *wal.Log and mochi's client), with the error
 //     sentinels ErrHole, ErrTrimmed, ErrLogClosed, ErrFull and ErrTooLarge.
 //   - Message, Session, Disconnect, Subscribe, Unsubscribe, Deliver,
-//     PacketRef, Checkpoint: the records, with Encode (which fails for a
+//     PacketRef, Checkpoint, GroupHandout: the records, with Encode (which fails for a
 //     body that has no encoding) and the encoders of the bodies that
 //     always encode (EncodeDisconnect, EncodeUnsubscribe, EncodeRef,
-//     EncodeEnd, EncodeCheckpoint), and Decode. Every record starts with its Kind and a
+//     EncodeEnd, EncodeCheckpoint, EncodeGroupHandout), and Decode. Every record starts with its Kind and a
 //     version byte; kinds are never renumbered. A record about a session
 //     names it by its Ref (version 2), a short id given at its creation
 //     that its Session record and every snapshot map to the client id;
@@ -118,8 +118,12 @@
 //     Recovery hands out the owed messages and everything from the offset
 //     on again: what a member gave back, what its scan found and it did
 //     not take, and the deliveries no record names (a clean member's QoS 1
-//     ones, acknowledged or not, and a message a member's QoS 0
-//     subscription got, which so may come twice). A QoS 2 message a member
+//     ones, acknowledged or not). What the group handed out at QoS 0 it
+//     hands out at QoS 0 once at most [MQTT-4.3.1]: a GroupHandout record,
+//     one per 1,024 log offsets, is durable before such a PUBLISH, and
+//     recovery hands nothing below it out at QoS 0 again (a crash may lose
+//     those not handed out yet, counted: Stats.DroppedAtMostOnce; a QoS 1/2
+//     member still gets them). A QoS 2 message a member
 //     took stays its own, a clean member's too once its session ended
 //     [MQTT-4.8.2-5]: its take is logged, and the PUBLISH written only once
 //     the record is durable (one the full log refuses is tried again once

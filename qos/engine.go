@@ -756,6 +756,7 @@ type counters struct {
 	published, acked, dispatched           atomic.Uint64
 	delivered                              [3]atomic.Uint64 // by delivery QoS
 	dropTooLarge, dropQoS0, dropExpired    atomic.Uint64
+	dropAtMostOnce                         atomic.Uint64
 	dropDenied, dropUnreadable, redelivers atomic.Uint64
 	recordFailures, refused, checkpoints   atomic.Uint64
 	checkpointFailures, refusedFull        atomic.Uint64
@@ -778,6 +779,11 @@ type Stats struct {
 	// QoS 0 over QoS0Limit, expired [MQTT-3.3.2-5], refused by the read
 	// ACL, unreadable in the log.
 	DroppedTooLarge, DroppedQoS0, DroppedExpired, DroppedDenied, DroppedUnreadable uint64
+	// DroppedAtMostOnce counts a shared group's QoS 0 hand-outs not made
+	// so as to stay at most once [MQTT-4.3.1]: of a message the group may
+	// have handed out at QoS 0 before a restart, or whose GroupHandout
+	// record the log did not take.
+	DroppedAtMostOnce uint64
 	// Refused counts publishes refused (wills the log did not take
 	// included), RefusedFull those of them refused for want of room
 	// (admission, ErrFull).
@@ -818,7 +824,8 @@ func (e *Engine) Stats() Stats {
 		Dispatched: c.dispatched.Load(), Acked: c.acked.Load(),
 		DroppedTooLarge: c.dropTooLarge.Load(), DroppedQoS0: c.dropQoS0.Load(), DroppedExpired: c.dropExpired.Load(),
 		DroppedDenied: c.dropDenied.Load(), DroppedUnreadable: c.dropUnreadable.Load(),
-		Refused: c.refused.Load(), RefusedFull: c.refusedFull.Load(), RecordFailures: c.recordFailures.Load(),
+		DroppedAtMostOnce: c.dropAtMostOnce.Load(),
+		Refused:           c.refused.Load(), RefusedFull: c.refusedFull.Load(), RecordFailures: c.recordFailures.Load(),
 		Duplicates: c.duplicates.Load(), Wills: c.wills.Load(), Expired: c.expired.Load(),
 		Checkpoints: c.checkpoints.Load(), CheckpointFailures: c.checkpointFailures.Load(),
 	}

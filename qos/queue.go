@@ -19,6 +19,11 @@ type Entry struct {
 	// atSubscribe marks a retained message sent at a SUBSCRIBE, not taken
 	// from a queue (see Deliver.AtSubscribe).
 	atSubscribe bool
+	// wait is, for a shared group's QoS 0 hand-out, the GroupHandout
+	// record to be durable before it is written; drop says it is not
+	// handed out (see connection.handOutZeroLocked).
+	wait uint64
+	drop bool
 }
 
 // Queue is one consumer's backlog: the log offsets it must still take, in

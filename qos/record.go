@@ -30,6 +30,9 @@ const (
 	// KindCheckpoint marks that a snapshot of the state before an offset
 	// is being written; replay ignores it (EncodeCheckpoint).
 	KindCheckpoint Kind = 11
+	// KindGroupHandout says how far a shared group's QoS 0 hand-outs may
+	// reach (GroupHandout).
+	KindGroupHandout Kind = 12
 )
 
 // Record versions. A record about a session names it by its client id
@@ -191,7 +194,8 @@ type PacketRef struct {
 // no encoding (a QoS or Retain Handling above 2, a type it does not
 // know), and the caller must refuse what the record was for; the bodies
 // that always encode have encoders without an error (EncodeDisconnect,
-// EncodeUnsubscribe, EncodeRef, EncodeEnd, EncodeCheckpoint).
+// EncodeUnsubscribe, EncodeRef, EncodeEnd, EncodeCheckpoint,
+// EncodeGroupHandout).
 func Encode(v any) ([]byte, error) {
 	b := make([]byte, 0, 64)
 	switch r := v.(type) {
@@ -307,6 +311,24 @@ func EncodeCheckpoint(offset uint64) []byte {
 	return binary.AppendUvarint([]byte{byte(KindCheckpoint), recordByClient}, offset)
 }
 
+// GroupHandout is the body of KindGroupHandout: shared group Group may
+// have handed out any of its messages below Below at QoS 0, none of which
+// may be handed out at QoS 0 again, not after a crash either
+// [MQTT-4.3.1]. A group appends one before its first QoS 0 hand-out at or
+// above the last one's Below, reaching some way past the log's end, so
+// that its QoS 0 deliveries cost one record per stretch of the log, not
+// one each.
+type GroupHandout struct {
+	Group string
+	Below uint64
+}
+
+// EncodeGroupHandout returns a KindGroupHandout record.
+func EncodeGroupHandout(r GroupHandout) []byte {
+	b := appendString([]byte{byte(KindGroupHandout), recordByClient}, r.Group)
+	return binary.AppendUvarint(b, r.Below)
+}
+
 // EncodeEnd returns a KindSessionEnd record for a session.
 func EncodeEnd(r ClientRef) []byte {
 	return appendWho([]byte{byte(KindSessionEnd), versionFor(r.Ref)}, r.Client, r.Ref)
@@ -314,7 +336,7 @@ func EncodeEnd(r ClientRef) []byte {
 
 // Decode decodes any record into a pointer to its body type (*Message,
 // *Session, *Disconnect, *ClientRef, *Subscribe, *Unsubscribe, *Deliver,
-// *PacketRef or *Checkpoint) and returns its kind. Malformed input wraps ErrBadRecord.
+// *PacketRef, *Checkpoint or *GroupHandout) and returns its kind. Malformed input wraps ErrBadRecord.
 func Decode(rec []byte) (Kind, any, error) {
 	k := KindOf(rec)
 	if k == KindMessage {
@@ -341,7 +363,7 @@ func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 	d := decoder{b: rec}
 	d.byte()
 	v := d.byte()
-	if d.err == nil && v != recordByClient && (v != recordByRef || k == KindCheckpoint) {
+	if d.err == nil && v != recordByClient && (v != recordByRef || k == KindCheckpoint || k == KindGroupHandout) {
 		return k, nil, fmt.Errorf("%w: kind %d version %d", ErrBadRecord, k, v)
 	}
 	var out any
@@ -419,6 +441,8 @@ func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 		out = r
 	case KindCheckpoint:
 		out = &Checkpoint{Offset: d.uvarint()}
+	case KindGroupHandout:
+		out = &GroupHandout{Group: d.string(), Below: d.uvarint()}
 	default:
 		return k, nil, fmt.Errorf("%w: unknown kind %d", ErrBadRecord, k)
 	}

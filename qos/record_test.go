@@ -34,6 +34,7 @@ func sampleRecords() [][]byte {
 		qos.EncodeRef(qos.KindInboundRelease, qos.PacketRef{Client: "c1", PacketID: 3}),
 		qos.EncodeEnd(qos.ClientRef{Client: "c1"}),
 		qos.EncodeCheckpoint(1 << 33),
+		qos.EncodeGroupHandout(qos.GroupHandout{Group: "$share/g/a/#", Below: 1 << 35}),
 		// Version 2: a session's records name it by its Ref.
 		must(qos.Encode(&qos.Session{Client: "c5", Ref: 1, ProtocolVersion: 5, ExpiryInterval: 60, Username: "carol"})),
 		must(qos.Encode(&qos.Session{Client: "c6", Ref: 1 << 40, ProtocolVersion: 4, ExpiryInterval: 60, Will: will})),
@@ -67,6 +68,8 @@ func TestRecordsRoundTrip(t *testing.T) {
 			again = qos.EncodeEnd(*r)
 		case *qos.Checkpoint:
 			again = qos.EncodeCheckpoint(r.Offset)
+		case *qos.GroupHandout:
+			again = qos.EncodeGroupHandout(*r)
 		default:
 			again, err = qos.Encode(v)
 		}

@@ -168,6 +168,9 @@ func (e *Engine) recover() error {
 			g.skip = maps.Clone(t)
 			g.skipTop = slices.Max(slices.Collect(maps.Keys(t)))
 		}
+		// What it may have handed out at QoS 0 goes out at QoS 0 no more;
+		// from the log's end on nothing went out yet.
+		g.zeroBelow = min(st.GroupHandout[key], next)
 		// What the group owes below its backlog goes out first, as what
 		// members gave back does.
 		for _, off := range slices.Sorted(maps.Keys(st.GroupOwed[key])) {

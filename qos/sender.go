@@ -309,7 +309,7 @@ func (c *connection) next() (en Entry, g *group, pid uint16, ok bool) {
 // (expired or denied, counted). A QoS 1/2 one gets its flight. Called
 // with s.mu held.
 func (c *connection) outgoingFor(en Entry, g *group) (outgoing, bool) {
-	if !c.deliverable(en.Msg) {
+	if en.drop || !c.deliverable(en.Msg) {
 		return outgoing{}, false
 	}
 	if en.QoS == 0 {
@@ -342,12 +342,16 @@ func (c *connection) newFlightLocked(en Entry, g *group) (uint16, flight) {
 // on the full log taking it from the group again and again). It returns
 // the flight's packet id, 0 for none. Called with s.mu and g.mu held,
 // or, for a scan's find, s.mu alone (it takes g.mu).
-func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
+func (c *connection) takeSharedLocked(en *Entry, g *group) uint16 {
 	s := c.s
+	if en.QoS == 0 && c.wouldDeliver(en.Msg) {
+		en.drop = !c.handOutZeroLocked(en, g)
+		return 0 // the sender's usual path writes it
+	}
 	if en.QoS == 0 || !c.wouldDeliver(en.Msg) {
 		return 0 // the sender's usual path writes or drops it
 	}
-	pid, f := c.newFlightLocked(en, g)
+	pid, f := c.newFlightLocked(*en, g)
 	if !s.persistent && f.qos < 2 {
 		return pid
 	}
@@ -377,6 +381,45 @@ func (c *connection) takeSharedLocked(en Entry, g *group) uint16 {
 	return pid
 }
 
+// groupHandoutAhead is how far past the dispatcher's position a
+// GroupHandout record reaches: a group's QoS 0 hand-outs cost one record
+// per that many log records, and a crash loses at most the QoS 0
+// deliveries of the group's messages among them that were not handed out
+// yet (at most once allows it [MQTT-4.3.1]).
+const groupHandoutAhead = 1024
+
+// handOutZeroLocked readies en, a message of group g's log going out at
+// QoS 0, so that it goes out at most once across a crash [MQTT-4.3.1]:
+// unlogged, a restart would hand it out again from the group's backlog.
+// It is written only once a GroupHandout record reaching past it is
+// durable (en.wait), which one record does for the group's next
+// groupHandoutAhead log records; none below what such a record said
+// before a restart goes out at QoS 0 again. It reports false when en is
+// not handed out (counted): one such, or a record the log refused.
+// Called with s.mu and g.mu held.
+func (c *connection) handOutZeroLocked(en *Entry, g *group) bool {
+	e := c.e
+	if en.Offset < g.zeroBelow {
+		e.stats.dropAtMostOnce.Add(1) // may have gone out before the restart
+		return false
+	}
+	if g.zeroRec > 0 && en.Offset < g.zeroTop && !e.failedAppend(g.zeroRec) {
+		en.wait = g.zeroRec // durable, or on its way
+		return true
+	}
+	top := max(e.dispatched.Load(), en.Offset+1) + groupHandoutAhead
+	off, err := e.log.AppendAsync(EncodeGroupHandout(GroupHandout{Group: g.key, Below: top}))
+	if err != nil {
+		e.stats.recordFailures.Add(1)
+		e.stats.dropAtMostOnce.Add(1)
+		g.zeroRec, g.zeroTop = 0, 0
+		return false
+	}
+	g.zeroRec, g.zeroTop = off, top
+	en.wait = off
+	return true
+}
+
 // deliverRecord returns the Deliver record of flight f under pid, or nil
 // (counted and logged) if it cannot be encoded. A flight is QoS 1 or 2,
 // which always encodes: nil is a bug caught, and the caller refuses the
@@ -404,7 +447,8 @@ func (c *connection) deliverRecord(pid uint16, f flight) []byte {
 func (c *connection) takeShared(en Entry, g *group) (Entry, *group, uint16, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return en, g, c.takeSharedLocked(en, g), true
+	pid := c.takeSharedLocked(&en, g)
+	return en, g, pid, true
 }
 
 // nextShared takes one message from one of the session's groups, round
@@ -439,7 +483,7 @@ func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 		g.lend(en.Offset)
 		s.lastGroups = (s.lastGroups + i + 1) % len(gs)
 		en = grantShared(en, sb)
-		pid := c.takeSharedLocked(en, g)
+		pid := c.takeSharedLocked(&en, g)
 		g.mu.Unlock()
 		return en, g, pid, true
 	}
@@ -546,6 +590,20 @@ func (c *connection) writePublish(o *outgoing) bool {
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}
 		return c.write(&c.pkt) == nil
+	}
+	if o.f.qos == 0 && o.e.wait > 0 {
+		// A shared group's QoS 0 hand-out: once its GroupHandout record
+		// is durable, or not at all (at most once [MQTT-4.3.1]).
+		if !c.flushBefore(o.e.wait) {
+			return false
+		}
+		if err := e.log.WaitDurable(e.ctx, o.e.wait); err != nil {
+			if e.ctx.Err() != nil {
+				return false
+			}
+			e.stats.dropAtMostOnce.Add(1)
+			return true
+		}
 	}
 	m := o.e.Msg
 	q, retain, ids := o.e.QoS, o.e.Retain, o.e.IDs

@@ -108,6 +108,12 @@ type group struct {
 	// once the scans are past skipTop.
 	skip    map[uint64]bool
 	skipTop uint64
+	// zeroTop is where the group's last GroupHandout record, at offset
+	// zeroRec, reaches: its QoS 0 hand-outs below it need no record more.
+	// zeroBelow is, after a recovery, the offset below which the group may
+	// have handed messages out at QoS 0 before: none goes out at QoS 0
+	// again [MQTT-4.3.1].
+	zeroTop, zeroRec, zeroBelow uint64
 }
 
 // lend notes that the message at off left the group for a member. Called

@@ -25,8 +25,8 @@ var snapshotMagic = [7]byte{'E', 'D', 'G', 'E', 'S', 'N', 'P'}
 // holding a retained message; it is still read (see doc.go), never written.
 // Version 2 had no GroupTaken section (its group positions were past every
 // delivery logged); it is still read, with none taken. Version 3 had no
-// GroupOwed section (its group positions stayed below what members held);
-// it is still read, with none owed.
+// GroupOwed and GroupHandout sections (its group positions stayed below
+// what members held); it is still read, with none owed or handed out.
 const (
 	snapshotGob     = 1
 	snapshotNoTaken = 2
@@ -223,6 +223,11 @@ func (st *State) appendBinary(b []byte) ([]byte, error) {
 			prev = off
 		}
 	}
+	b = binary.AppendUvarint(b, uint64(len(st.GroupHandout)))
+	for _, key := range slices.Sorted(maps.Keys(st.GroupHandout)) {
+		b = appendString(b, key)
+		b = binary.AppendUvarint(b, st.GroupHandout[key])
+	}
 	return b, nil
 }
 
@@ -347,6 +352,13 @@ func decodeState(body []byte, version byte) (*State, error) {
 				break
 			}
 			st.GroupOwed[key] = o
+		}
+		for range d.count() {
+			key := d.string()
+			if _, ok := st.GroupNext[key]; !ok && d.err == nil {
+				d.fail("hand-out of no group")
+			}
+			st.GroupHandout[key] = d.uvarint()
 		}
 	}
 	if d.err != nil {

@@ -88,6 +88,9 @@ func randomState(t testing.TB, seed uint64, n int) *qos.State {
 		if next > 2 && rng.IntN(2) == 0 {
 			st.GroupOwed[key] = map[uint64]bool{1: true, next - 1: true}
 		}
+		if rng.IntN(2) == 0 {
+			st.GroupHandout[key] = next + uint64(rng.IntN(2000))
+		}
 	}
 	return st
 }
@@ -182,11 +185,12 @@ func TestSnapshotVersion2(t *testing.T) {
 		t.Fatal("no group in the state")
 	}
 	clear(st.GroupOwed)
+	clear(st.GroupHandout)
 	body := snapshotBytes(t, st, 9)[28:]
-	if !bytes.HasSuffix(body, []byte{0, 0}) {
-		t.Fatal("the body does not end with empty GroupTaken and GroupOwed sections")
+	if !bytes.HasSuffix(body, []byte{0, 0, 0}) {
+		t.Fatal("the body does not end with empty GroupTaken, GroupOwed and GroupHandout sections")
 	}
-	got, off, err := qos.ReadSnapshot(bytes.NewReader(frame(2, 9, body[:len(body)-2])))
+	got, off, err := qos.ReadSnapshot(bytes.NewReader(frame(2, 9, body[:len(body)-3])))
 	if err != nil || off != 9 {
 		t.Fatalf("read: offset %d, %v", off, err)
 	}
@@ -195,17 +199,18 @@ func TestSnapshotVersion2(t *testing.T) {
 	}
 }
 
-// TestSnapshotVersion3: a snapshot of the version before GroupOwed (its
-// body ends with the groups' taken offsets) still reads, with nothing
-// owed.
+// TestSnapshotVersion3: a snapshot of the version before GroupOwed and
+// GroupHandout (its body ends with the groups' taken offsets) still reads,
+// with nothing owed or handed out.
 func TestSnapshotVersion3(t *testing.T) {
 	st := randomState(t, 5, 300)
 	clear(st.GroupOwed)
+	clear(st.GroupHandout)
 	body := snapshotBytes(t, st, 9)[28:]
-	if body[len(body)-1] != 0 {
-		t.Fatal("the body does not end with an empty GroupOwed section")
+	if !bytes.HasSuffix(body, []byte{0, 0}) {
+		t.Fatal("the body does not end with empty GroupOwed and GroupHandout sections")
 	}
-	got, off, err := qos.ReadSnapshot(bytes.NewReader(frame(3, 9, body[:len(body)-1])))
+	got, off, err := qos.ReadSnapshot(bytes.NewReader(frame(3, 9, body[:len(body)-2])))
 	if err != nil || off != 9 {
 		t.Fatalf("read: offset %d, %v", off, err)
 	}

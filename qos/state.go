@@ -101,6 +101,10 @@ type State struct {
 	// so that GroupTaken holds no more than the takes since, and GroupOwed
 	// no more than what is lent out and not finished.
 	GroupOwed map[string]map[uint64]bool
+	// GroupHandout is, per shared group key, the offset below which the
+	// group may have handed out messages at QoS 0 (GroupHandout records):
+	// recovery hands none of them out at QoS 0 again [MQTT-4.3.1].
+	GroupHandout map[string]uint64
 
 	// refs maps a session's Ref to its client id, for the records that
 	// name it so; it follows Sessions (a snapshot holds it in them).
@@ -121,13 +125,14 @@ var stateGens atomic.Uint64
 // NewState returns an empty State.
 func NewState() *State {
 	return &State{
-		Sessions:   map[string]*SessionState{},
-		Retained:   map[string]Retained{},
-		Inbound:    map[string]map[uint16]uint64{},
-		GroupNext:  map[string]uint64{},
-		GroupTaken: map[string]map[uint64]bool{},
-		GroupOwed:  map[string]map[uint64]bool{},
-		refs:       map[uint64]string{},
+		Sessions:     map[string]*SessionState{},
+		Retained:     map[string]Retained{},
+		Inbound:      map[string]map[uint16]uint64{},
+		GroupNext:    map[string]uint64{},
+		GroupTaken:   map[string]map[uint64]bool{},
+		GroupOwed:    map[string]map[uint64]bool{},
+		GroupHandout: map[string]uint64{},
+		refs:         map[uint64]string{},
 	}
 }
 
@@ -306,6 +311,10 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 				s.Next = max(s.Next, r.Offset+1)
 			}
 		}
+	case *GroupHandout:
+		if _, ok := st.GroupNext[r.Group]; ok {
+			st.GroupHandout[r.Group] = max(st.GroupHandout[r.Group], r.Below)
+		}
 	case *PacketRef:
 		switch k {
 		case KindInboundRelease:
@@ -458,6 +467,7 @@ func (st *State) dropGroup(key string) {
 	delete(st.GroupNext, key)
 	delete(st.GroupTaken, key)
 	delete(st.GroupOwed, key)
+	delete(st.GroupHandout, key)
 	delete(st.shared, key)
 }
 
@@ -473,7 +483,8 @@ func (st *State) Clone() *State {
 		Sessions: maps.Clone(st.Sessions), Retained: maps.Clone(st.Retained),
 		Inbound:   make(map[string]map[uint16]uint64, len(st.Inbound)),
 		GroupNext: maps.Clone(st.GroupNext), GroupTaken: maps.Clone(st.GroupTaken),
-		refs: maps.Clone(st.refs), gen: stateGens.Add(1),
+		GroupHandout: maps.Clone(st.GroupHandout),
+		refs:         maps.Clone(st.refs), gen: stateGens.Add(1),
 	}
 	st.gen = stateGens.Add(1)
 	// Both share every GroupTaken set now.
