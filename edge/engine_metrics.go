@@ -113,6 +113,7 @@ type logCollector struct {
 	appends, appendBytes, fsyncs, fsyncSeconds, groupSize, appendSeconds   *prometheus.Desc
 	segments, diskBytes, maxBytes, first, last, writeErrors, syncErrors    *prometheus.Desc
 	fullRefusals, droppedRecords, removedSegments, corruptReads, cursorLag *prometheus.Desc
+	ledBatches                                                             *prometheus.Desc
 }
 
 func newLogCollector(l *wal.Log) *logCollector {
@@ -139,6 +140,7 @@ func newLogCollector(l *wal.Log) *logCollector {
 		removedSegments: d("removed_segments_total", "Segments removed by retention."),
 		corruptReads:    d("corrupt_reads_total", "Reads that met a bad checksum."),
 		cursorLag:       d("cursor_lag_records", "Durable records at or after a cursor.", "cursor"),
+		ledBatches:      d("led_batches_total", "Batches a publish wrote on its connection's goroutine (a quiet log), not the log's writer."),
 	}
 }
 
@@ -146,7 +148,7 @@ func newLogCollector(l *wal.Log) *logCollector {
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.appends, c.appendBytes, c.fsyncs, c.fsyncSeconds, c.groupSize, c.appendSeconds,
 		c.segments, c.diskBytes, c.maxBytes, c.first, c.last, c.writeErrors, c.syncErrors,
-		c.fullRefusals, c.droppedRecords, c.removedSegments, c.corruptReads, c.cursorLag} {
+		c.fullRefusals, c.droppedRecords, c.removedSegments, c.corruptReads, c.cursorLag, c.ledBatches} {
 		ch <- d
 	}
 }
@@ -180,6 +182,7 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.droppedRecords, st.DroppedRecords)
 	counter(c.removedSegments, st.RemovedSegments)
 	counter(c.corruptReads, st.CorruptReads)
+	counter(c.ledBatches, st.LedBatches)
 	for _, cs := range st.Cursors {
 		ch <- prometheus.MustNewConstMetric(c.cursorLag, prometheus.GaugeValue, float64(cs.Lag), cs.Name)
 	}

@@ -21,6 +21,13 @@ func (l walLog) AppendAsync(recs ...[]byte) (uint64, error) {
 	return off, walError(err)
 }
 
+// AppendAsyncLead is AppendAsync that may write the records on the
+// caller's goroutine while the log is quiet.
+func (l walLog) AppendAsyncLead(recs ...[]byte) (uint64, error) {
+	off, err := l.w.AppendAsyncLead(recs...)
+	return off, walError(err)
+}
+
 // WaitDurable waits until offset is durable.
 func (l walLog) WaitDurable(ctx context.Context, offset uint64) error {
 	return walError(l.w.WaitDurable(ctx, offset))

@@ -131,7 +131,11 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 		}
 		s.mu.Unlock()
 	}
-	off, err := e.appendMessage(m, true)
+	// The read goroutine holds no lock of ours here: the log may write the
+	// record on it (AppendAsyncLead), and its durability event dispatch
+	// the message here too.
+	one := [1]*Message{m}
+	off, err := e.appendMessages(one[:], true, true)
 	if err != nil {
 		if m.QoS == 0 {
 			return err
@@ -161,6 +165,13 @@ func (cl *Client) Publish(m *Message, pid uint16) error {
 	}
 	c.acks = append(c.acks, ack{offset: off, typ: ackType(m.QoS), pid: pid, counts: m.QoS == 1})
 	s.mu.Unlock()
+	if e.resolved(off) {
+		// Durable already (the log wrote it on this goroutine, or its
+		// writer was quick): the acknowledgement is written here when the
+		// socket takes it at once, with no sender started for it.
+		c.ackNow()
+		return nil
+	}
 	c.kick()
 	return nil
 }
@@ -348,8 +359,9 @@ func (c *connection) start() {
 }
 
 // ackNow is the log's durability event for a connection that waited for
-// it: when its only work is acknowledgements whose records are durable,
-// it writes them on the calling goroutine (the log's) and, if the socket
+// it, and Publish's for a record durable at once: when its only work is
+// acknowledgements whose records are durable, it writes them on the
+// calling goroutine (the log's, or the publisher's read goroutine) and, if the socket
 // takes them at once, starts no sender at all; otherwise the sender
 // writes them, or what the socket left of them. It never waits for the
 // client: a slow or dead socket cannot hold the log's writer.

@@ -36,8 +36,10 @@
 // # The path of one QoS 1 message
 //
 // The publisher's connection calls Client.Publish on its read goroutine:
-// the message is appended without waiting (Log.AppendAsync) and its PUBACK
-// queued. The publisher's sender (a goroutine that runs only while its
+// the message is appended without waiting (Log.AppendAsyncLead: a quiet
+// log may write it on this goroutine, durability event included, before
+// it returns) and its PUBACK queued; one already durable is written there
+// and then when the socket takes it at once (ackNow). The publisher's sender (a goroutine that runs only while its
 // connection has work) writes the PUBACK once the record is durable; a
 // window of publishes shares one group commit. A connection whose only
 // work is such a PUBACK starts no sender to wait for it: the log's

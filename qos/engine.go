@@ -427,7 +427,7 @@ func (e *Engine) PublishAsync(ms ...*Message) (wait func(ctx context.Context) er
 	}
 	var first uint64
 	if len(fresh) > 0 {
-		if first, err = e.appendMessages(fresh, true); err != nil {
+		if first, err = e.appendMessages(fresh, true, false); err != nil {
 			return nil, err
 		}
 	}
@@ -531,13 +531,16 @@ func (e *Engine) publishDirect(m *Message) bool {
 // here or in appendMessages: client publishes, Engine.Publish and wills.
 func (e *Engine) appendMessage(m *Message, admit bool) (uint64, error) {
 	one := [1]*Message{m}
-	return e.appendMessages(one[:], admit)
+	return e.appendMessages(one[:], admit, false)
 }
 
 // appendMessages is appendMessage for several messages in one append (they
 // are durable together or not at all); admission is asked once, for all
 // their bytes. It returns the offset of the first; the others follow.
-func (e *Engine) appendMessages(ms []*Message, admit bool) (uint64, error) {
+//
+// With lead, the caller holds none of the engine's locks, and the log may
+// write the records on its goroutine (Log.AppendAsyncLead).
+func (e *Engine) appendMessages(ms []*Message, admit, lead bool) (uint64, error) {
 	rb := recBufs.Get().(*recBuf)
 	defer rb.put()
 	b, ends := rb.b[:0], rb.ends[:0]
@@ -559,7 +562,11 @@ func (e *Engine) appendMessages(ms []*Message, admit bool) (uint64, error) {
 			rb.recs = append(rb.recs, b[start:end])
 			start = end
 		}
-		off, err = e.log.AppendAsync(rb.recs...)
+		if lead {
+			off, err = e.log.AppendAsyncLead(rb.recs...)
+		} else {
+			off, err = e.log.AppendAsync(rb.recs...)
+		}
 	}
 	if err != nil {
 		e.stats.refused.Add(uint64(len(ms)))

@@ -264,6 +264,10 @@ func (l *memLog) AppendAsync(recs ...[]byte) (uint64, error) {
 	return off, err
 }
 
+// AppendAsyncLead is AppendAsync: the fake's durability event already
+// comes on the appender's goroutine when the records are durable at once.
+func (l *memLog) AppendAsyncLead(recs ...[]byte) (uint64, error) { return l.AppendAsync(recs...) }
+
 func (l *memLog) appendAsync(recs [][]byte) (uint64, error) {
 	l.mu.Lock()
 	before := l.beforeAppend

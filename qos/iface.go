@@ -48,6 +48,14 @@ type Log interface {
 	// queued; ErrFull (wrapped) means no room. It keeps neither recs nor
 	// the records: the caller may reuse them.
 	AppendAsync(recs ...[]byte) (first uint64, err error)
+	// AppendAsyncLead is AppendAsync for a caller that holds no lock of
+	// the engine's: when the log's writer is idle and the log quiet, the
+	// log may write and fsync the records on the caller's goroutine, and
+	// deliver its durability event (NotifyDurable) there, before it
+	// returns (wal: a low rate on a fast disk), saving the hand-off to
+	// the log's goroutine. The engine uses it for a client's publish, on
+	// the connection's read goroutine.
+	AppendAsyncLead(recs ...[]byte) (first uint64, err error)
 	// WaitDurable waits until the record at offset is durable under the
 	// log's sync policy, and returns the append's error if it failed. When
 	// it returns nil for an offset, every record below it is either durable

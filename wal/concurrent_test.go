@@ -211,6 +211,59 @@ func TestCloseWithAsyncAppends(t *testing.T) {
 	}
 }
 
+// TestCloseDuringLeadingAppends: appenders that may write their batches
+// themselves (AppendAsyncLead), at a low rate and under load, while Close
+// runs: every offset handed out is durable after Close, in a reopened log,
+// and an append after Close gets ErrClosed.
+func TestCloseDuringLeadingAppends(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.Sync = wal.SyncAlways
+	l := mustOpen(t, dir, cfg)
+	var mu sync.Mutex
+	got := map[uint64]uint64{} // offset -> id
+	var wg sync.WaitGroup
+	for w := uint64(0); w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := uint64(1); ; i++ {
+				id := w<<32 | i
+				off, err := l.AppendAsyncLead(rec(id))
+				if errors.Is(err, wal.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				mu.Lock()
+				got[off] = id
+				mu.Unlock()
+				if w < 2 {
+					time.Sleep(500 * time.Microsecond) // a low rate: these may lead
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	l = mustOpen(t, dir, cfg)
+	defer l.Close()
+	for off, id := range got {
+		r, err := l.Read(off)
+		if err != nil || !bytes.Equal(r, rec(id)) {
+			t.Fatalf("offset %d (id %x): %q, %v", off, id, r, err)
+		}
+	}
+	if uint64(len(got)) != l.LastOffset() {
+		t.Fatalf("%d offsets handed out, last offset %d", len(got), l.LastOffset())
+	}
+}
+
 // TestTidwallCompatible: the segment files are tidwall/wal's binary format;
 // tidwall.Open reads them, and each entry is our frame around the record.
 func TestTidwallCompatible(t *testing.T) {

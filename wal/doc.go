@@ -5,7 +5,9 @@
 //
 // Open(dir, Config) and Close. Append(ctx, records...) returns the offset of
 // the first record once all are durable under the sync policy; AppendAsync
-// returns at once and WaitDurable waits later (Resolved says, without a
+// returns at once and WaitDurable waits later (AppendAsyncLead is
+// AppendAsync that, on a quiet log, writes the batch on the caller's
+// goroutine: see below; Resolved says, without a
 // lock, whether it would wait; NotifyDurable sets a function the writer
 // calls at each durability event, and Idle says, with an atomic load,
 // whether anything is queued behind the batch it made durable, so a
@@ -149,6 +151,22 @@
 // the P for its whole time, once; after it the writer hands the P off
 // again until the disk is fast again. Under load and on slow disks the
 // calls are the ordinary blocking ones. See quiet in writer.go.
+//
+// On such a quiet log an appender of AppendAsyncLead (qos's engine, for a
+// client's publish, on the connection's read goroutine) writes and fsyncs
+// the batch itself when no batch is being written, and calls
+// NotifyDurable's function there: the writer goroutine is not woken, and
+// at 1,000 msg/s the publish goes from the socket to the disk and to the
+// subscriber on one goroutine. The writer goroutine and such an appender
+// take turns through one mutex (writeMu), held for a whole batch, so
+// exactly one writes at a time, in offset order, with the same code
+// (flush): the bytes, the fsyncs, the holes and the rollback of a failed
+// batch are the same whoever writes, and so is everything above about
+// power cuts (TestPowerLoss has such an appender). Under load the
+// appender finds the log not quiet, or a batch being written, and the
+// writer goroutine writes its records (group commit). An appender never
+// leads under "interval" or "never", nor when the writer would linger for
+// more appenders, nor once Close began.
 //
 // # Torn or damaged: the frame, and why it stays tidwall's
 //

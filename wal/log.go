@@ -16,8 +16,9 @@ import (
 
 // Log is an open append log. All methods are safe for concurrent use.
 //
-// Lock order: qmu, then smu, then segment.mu; syncMu, then segment.mu. The
-// cursor table's locks and retMu are never taken under these.
+// Lock order: writeMu, then qmu, then smu, then segment.mu; syncMu, then
+// segment.mu. The cursor table's locks and retMu are never taken under
+// these but writeMu.
 type Log struct {
 	dir  string
 	cfg  Config
@@ -36,10 +37,16 @@ type Log struct {
 	// table records. Under SyncAlways it is durable; under the other
 	// policies it trails it.
 	syncedOff atomic.Uint64
-	durableCh chan struct{}
-	holes     []span // offsets whose append failed, since Open
-	failed    error  // sticky: see ErrFailed
-	closed    bool
+	// durableCh is closed (and replaced) when durable moves, a hole is
+	// marked, the log fails or closes, but only once a waiter took it
+	// (durableWatched, set under smu's read lock by durableWait): at a
+	// durability event that no goroutine waits for (qos's engine is told
+	// by NotifyDurable), no channel is made.
+	durableCh      chan struct{}
+	durableWatched atomic.Bool
+	holes          []span // offsets whose append failed, since Open
+	failed         error  // sticky: see ErrFailed
+	closed         bool
 	// troubled is set (under smu) once there are holes, a failure or a
 	// close: until then Resolved answers from durable alone.
 	troubled atomic.Bool
@@ -50,13 +57,21 @@ type Log struct {
 	q       batch
 	spare   batch
 	qclosed bool
-	spaceCh chan struct{} // closed when the writer takes the queue
+	// spaceCh is closed (and replaced) when the writer takes the queue,
+	// once an appender waiting for room took it (spaceWatched).
+	spaceCh      chan struct{}
+	spaceWatched bool
 
 	kick chan struct{} // capacity 1: "the queue is not empty"
 	stop chan struct{}
 	done chan struct{}
 
-	// Writer goroutine state (no lock: only the writer touches it).
+	// writeMu is held by whoever writes a batch: the writer goroutine, or
+	// an appender that found it idle and writes its batch itself
+	// (AppendAsyncLead). One batch at a time, in offset order.
+	writeMu sync.Mutex
+
+	// Writer state: only the holder of writeMu touches it.
 	tail        *segment
 	holeFrom    uint64 // offsets [holeFrom, holeTo] failed and still need
 	holeTo      uint64 // hole entries on disk (holeFrom == 0: none)
@@ -288,8 +303,7 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	l.qclosed = true
-	close(l.spaceCh)
-	l.spaceCh = make(chan struct{})
+	l.wakeSpace()
 	l.qmu.Unlock()
 	close(l.stop)
 	<-l.done
@@ -297,8 +311,7 @@ func (l *Log) Close() error {
 	l.smu.Lock()
 	l.closed = true
 	l.troubled.Store(true)
-	close(l.durableCh)
-	l.durableCh = make(chan struct{})
+	l.wakeDurable()
 	l.smu.Unlock()
 	err := l.closeErr
 	if err == nil && l.failure() == nil {
@@ -344,7 +357,7 @@ func (l *Log) Append(ctx context.Context, recs ...[]byte) (first uint64, err err
 		return 0, nil
 	}
 	start := time.Now()
-	first, err = l.enqueue(ctx, recs)
+	first, err = l.enqueue(ctx, recs, false)
 	if err != nil {
 		return 0, err
 	}
@@ -364,7 +377,25 @@ func (l *Log) AppendAsync(recs ...[]byte) (first uint64, err error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
-	return l.enqueue(nil, recs)
+	return l.enqueue(nil, recs, false)
+}
+
+// AppendAsyncLead is AppendAsync for a caller that can take the writer's
+// place: when no batch is being written and the log is quiet (under
+// SyncAlways only: a low rate on a fast disk, see quiet), the caller
+// writes and fsyncs the queue, its records and any queued before them, on
+// its own goroutine, and calls NotifyDurable's function there, before it
+// returns: its records are then durable or failed. Otherwise it is
+// AppendAsync, and the writer goroutine writes them. It saves the hand-off
+// to the writer goroutine and back that an append at a low rate costs
+// (the scheduler's wake-ups, another thread on a second core). The caller
+// must hold no lock that NotifyDurable's function takes, and be one that
+// may spend an fsync's time (with a quiet log, under 2 ms).
+func (l *Log) AppendAsyncLead(recs ...[]byte) (first uint64, err error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	return l.enqueue(nil, recs, true)
 }
 
 // WaitDurable waits until offset is durable under the sync policy. It
@@ -413,7 +444,10 @@ func (l *Log) Resolved(offset uint64) bool {
 // goroutine while it is true delays no batch but its own next one.
 func (l *Log) Idle() bool { return l.stats.queued.Load() == 0 }
 
-func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
+// enqueue queues recs and has them written: by the caller itself when lead
+// and the writer is idle and the log quiet (lead), or else by the writer
+// goroutine, which it kicks.
+func (l *Log) enqueue(ctx context.Context, recs [][]byte, lead bool) (uint64, error) {
 	total := 0
 	for _, r := range recs {
 		if len(r) > l.cfg.MaxRecordSize {
@@ -434,6 +468,7 @@ func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 			break
 		}
 		ch := l.spaceCh
+		l.spaceWatched = true
 		l.qmu.Unlock()
 		if ctx == nil {
 			<-ch
@@ -464,11 +499,40 @@ func (l *Log) enqueue(ctx context.Context, recs [][]byte) (uint64, error) {
 	}
 	l.stats.queued.Add(int64(total))
 	l.qmu.Unlock()
+	if lead && l.lead() {
+		return first, nil
+	}
 	select {
 	case l.kick <- struct{}{}:
 	default:
 	}
 	return first, nil
+}
+
+// lead writes the queue on the caller's goroutine when no batch is being
+// written (writeMu is free) and the log is quiet, as the writer goroutine
+// would have: the same flush, so the same bytes in the same order, the
+// same fsync, holes and rollback. It reports whether the queue needs the
+// writer no more (it wrote it, or a writer took it meanwhile). Not when
+// the writer would linger for more appenders (concurrency) or Close has
+// begun: the writer does those.
+func (l *Log) lead() bool {
+	if l.cfg.Sync != SyncAlways || !l.writeMu.TryLock() {
+		return false
+	}
+	defer l.writeMu.Unlock()
+	l.qmu.Lock()
+	records, bytes := len(l.q.sizes), len(l.q.buf)
+	l.qmu.Unlock()
+	if records == 0 {
+		return true
+	}
+	if l.concurrency >= 2 || l.closing() || !l.quiet(records, bytes) {
+		return false
+	}
+	l.flush()
+	l.stats.led.Add(1)
+	return true
 }
 
 func (l *Log) failure() error {
@@ -481,7 +545,7 @@ func (l *Log) failure() error {
 func (l *Log) wait(ctx context.Context, first, last uint64) error {
 	for {
 		l.smu.RLock()
-		d, ch, closed, failed := l.durable.Load(), l.durableCh, l.closed, l.failed
+		d, ch, closed, failed := l.durable.Load(), l.durableWait(), l.closed, l.failed
 		herr := l.holeErr(first, last)
 		l.smu.RUnlock()
 		switch {
@@ -506,6 +570,33 @@ func (l *Log) wait(ctx context.Context, first, last uint64) error {
 	}
 }
 
+// durableWait returns the channel the next durability event closes, and
+// has that event close it. Called with smu held (read or write): the
+// event's wakeDurable, under smu's write lock, sees the mark.
+func (l *Log) durableWait() chan struct{} {
+	l.durableWatched.Store(true)
+	return l.durableCh
+}
+
+// wakeDurable wakes every goroutine waiting in durableWait's channel.
+// Called with smu held for writing.
+func (l *Log) wakeDurable() {
+	if l.durableWatched.Swap(false) {
+		close(l.durableCh)
+		l.durableCh = make(chan struct{})
+	}
+}
+
+// wakeSpace wakes every appender waiting for room in the queue. Called
+// with qmu held.
+func (l *Log) wakeSpace() {
+	if l.spaceWatched {
+		l.spaceWatched = false
+		close(l.spaceCh)
+		l.spaceCh = make(chan struct{})
+	}
+}
+
 // holeErr returns the error of a failed append overlapping [first, last].
 // Called with smu held.
 func (l *Log) holeErr(first, last uint64) error {
@@ -522,7 +613,8 @@ func (l *Log) holeErr(first, last uint64) error {
 // became durable or failed (after WaitDurable stops waiting for them, and
 // once they no longer count in Stats.QueuedBytes), and when the log fails: a consumer can then start what waits for them
 // instead of keeping a goroutine blocked in WaitDurable. fn runs on the
-// log's writer goroutine (or its sync goroutine), so it must not block:
+// log's writer goroutine (or its sync goroutine, or inside an
+// AppendAsyncLead that wrote the batch itself), so it must not block:
 // every fsync waits for it. nil removes it.
 func (l *Log) NotifyDurable(fn func()) {
 	if fn == nil {

@@ -41,6 +41,7 @@ type powerRun struct {
 	appendEr map[string]int    // append errors by text, for the log
 	fsyncs   []string          // the files the run fsynced, in order (base names)
 	trace    []string          // the file-system operations, numbered
+	led      uint64            // batches an appender wrote itself (AppendAsyncLead)
 }
 
 type ackedRec struct {
@@ -207,7 +208,17 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 					ids[k] = w<<40 | i<<8 | uint64(k)
 					recs[k] = payload(ids[k])
 				}
-				off, err := l.Append(ctx, recs...)
+				var off uint64
+				var err error
+				if w == 2 {
+					// An appender that may write its batch itself
+					// (AppendAsyncLead), acknowledged once durable.
+					if off, err = l.AppendAsyncLead(recs...); err == nil {
+						err = l.WaitDurable(ctx, off+uint64(n)-1)
+					}
+				} else {
+					off, err = l.Append(ctx, recs...)
+				}
 				p := ops()
 				r.mu.Lock()
 				if err != nil {
@@ -258,6 +269,7 @@ func runPowerWorkload(t *testing.T, pol wal.SyncPolicy, failSync, sample int) *p
 	}()
 	appenders.Wait()
 	close(stop)
+	r.led = l.Stats().LedBatches
 	wg.Wait()
 	{
 		from := ops()
@@ -506,8 +518,8 @@ func TestPowerLoss(t *testing.T) {
 		t.Run(string(pol), func(t *testing.T) {
 			r := runPowerWorkload(t, pol, 0, 7)
 			n := checkPowerRun(t, r, seed, states, every)
-			t.Logf("%d records acknowledged, %d crash points, %d states checked, append errors %v",
-				len(r.acked), len(r.points), n, r.appendEr)
+			t.Logf("%d records acknowledged, %d crash points, %d states checked, append errors %v, %d batches written by an appender",
+				len(r.acked), len(r.points), n, r.appendEr, r.led)
 		})
 	}
 }

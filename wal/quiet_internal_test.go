@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -128,5 +129,71 @@ func TestQuietRuleMeanGap(t *testing.T) {
 		if n > 2*quietSpan {
 			t.Fatalf("after gaps of %v, holding lasted %d batches into load, want at most %d", quietGap, n, 2*quietSpan)
 		}
+	}
+}
+
+// An appender of AppendAsyncLead on a quiet log writes and fsyncs its
+// batch itself: when it returns, the record is durable and the durability
+// event (NotifyDurable) has run, on its goroutine. Under any policy but
+// SyncAlways, or while the log is not quiet, the writer goroutine writes.
+// A reopened log has every record.
+func TestAppendLeadWritesOnTheAppendersGoroutine(t *testing.T) {
+	defer func(d time.Duration) { quietFsync = d }(quietFsync)
+	quietFsync = time.Hour // the test's disk may be slow; the rule is not what is tested here
+	for _, pol := range []SyncPolicy{SyncAlways, SyncInterval} {
+		t.Run(string(pol), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := DefaultConfig()
+			cfg.Sync = pol
+			cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			l, err := Open(dir, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var events atomic.Int64
+			l.NotifyDurable(func() { events.Add(1) })
+			const n = 3 * quietAfter
+			payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
+			led := 0
+			for i := 1; i <= n; i++ {
+				start := time.Now()
+				before, ledBefore := events.Load(), l.Stats().LedBatches
+				off, err := l.AppendAsyncLead(payload(i))
+				if err != nil || off != uint64(i) {
+					t.Fatalf("append %d: offset %d, %v", i, off, err)
+				}
+				if l.Stats().LedBatches > ledBefore {
+					led++
+					if !l.Resolved(off) || events.Load() == before {
+						t.Fatalf("append %d led, but returned before its record was durable (%v) or its event ran (%d events before, %d after)",
+							i, l.Resolved(off), before, events.Load())
+					}
+				}
+				if err := l.WaitDurable(context.Background(), off); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * time.Since(start)) // a low rate
+			}
+			switch {
+			case pol == SyncAlways && led < n-quietAfter-1:
+				t.Fatalf("%d of %d appends wrote their batch, want at least %d (after %d fast fsyncs)", led, n, n-quietAfter-1, quietAfter)
+			case pol != SyncAlways && led != 0:
+				t.Fatalf("%d appends wrote their batch under %s", led, pol)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l, err = Open(dir, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			for i := 1; i <= n; i++ {
+				got, err := l.Read(uint64(i))
+				if err != nil || !bytes.Equal(got, payload(i)) {
+					t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
+				}
+			}
+		})
 	}
 }

@@ -87,7 +87,7 @@ func (l *Log) isClosed() bool {
 func (l *Log) waitFor(ctx context.Context, offset uint64) error {
 	for {
 		l.smu.RLock()
-		d, ch, closed := l.durable.Load(), l.durableCh, l.closed
+		d, ch, closed := l.durable.Load(), l.durableWait(), l.closed
 		l.smu.RUnlock()
 		if d >= offset {
 			return nil

@@ -55,6 +55,9 @@ type Stats struct {
 	// the log keeps in memory (a reader at the end of the log), without a
 	// read of the file.
 	CachedReads uint64
+	// LedBatches counts the batches an appender wrote itself
+	// (AppendAsyncLead) rather than the writer goroutine.
+	LedBatches uint64
 	// Cursors has one entry per cursor, by name.
 	Cursors []CursorStats
 }
@@ -155,6 +158,7 @@ type counters struct {
 	writeErrors, syncErrors, fullRefusals, dropped atomic.Uint64
 	removedSegments, corrupt, cachedReads          atomic.Uint64
 	heldFsyncs                                     atomic.Uint64 // fsyncs made holding the P (quiet)
+	led                                            atomic.Uint64 // batches an appender wrote itself (lead)
 	segments, diskBytes, queued, tornBytes         atomic.Int64
 	fsyncLatency, groupSize, appendWait, roll      *hist
 }
@@ -191,6 +195,7 @@ func (l *Log) Stats() Stats {
 		TornBytes:       l.stats.tornBytes.Load(),
 		CorruptReads:    l.stats.corrupt.Load(),
 		CachedReads:     l.stats.cachedReads.Load(),
+		LedBatches:      l.stats.led.Load(),
 	}
 	l.smu.RLock()
 	s.FirstOffset, s.LastOffset = l.segs[0].base, l.durable.Load()

@@ -8,11 +8,13 @@ import (
 	"time"
 )
 
-// run is the writer goroutine, the only one that writes segment files. It
-// takes everything queued at once, writes it with one write() per segment it
-// touches, and (under SyncAlways) fsyncs once for the whole batch: while one
-// fsync runs, the next batch queues up, so one fsync covers every appender
-// that arrived meanwhile (group commit). Started by Open, stopped by Close.
+// run is the writer goroutine, which writes segment files (and, while it
+// is idle, an appender of AppendAsyncLead may write one batch in its
+// place: writeMu makes them take turns). It takes everything queued at
+// once, writes it with one write() per segment it touches, and (under
+// SyncAlways) fsyncs once for the whole batch: while one fsync runs, the
+// next batch queues up, so one fsync covers every appender that arrived
+// meanwhile (group commit). Started by Open, stopped by Close.
 func (l *Log) run() {
 	defer close(l.done)
 	var syncDone chan struct{}
@@ -25,12 +27,16 @@ func (l *Log) run() {
 	for {
 		select {
 		case <-l.kick:
+			l.writeMu.Lock()
 			l.flush()
+			l.writeMu.Unlock()
 		case <-ret.C:
 			l.retain(0)
 		case <-l.stop:
+			l.writeMu.Lock()
 			for l.flush() {
 			}
+			l.writeMu.Unlock()
 			if syncDone != nil {
 				<-syncDone
 			}
@@ -69,6 +75,7 @@ func (l *Log) syncLoop(done chan struct{}) {
 }
 
 // flush writes the queue. It reports whether there was anything to write.
+// Called with writeMu held.
 func (l *Log) flush() bool {
 	l.qmu.Lock()
 	if len(l.q.sizes) == 0 {
@@ -86,8 +93,7 @@ func (l *Log) flush() bool {
 	l.q = l.spare
 	l.q.reset()
 	l.spare = batch{}
-	close(l.spaceCh)
-	l.spaceCh = make(chan struct{})
+	l.wakeSpace()
 	l.qmu.Unlock()
 
 	l.writeBatch(&b)
@@ -388,8 +394,7 @@ func (l *Log) fail(cause error) {
 	if first {
 		l.failed = fmt.Errorf("%w: %w", ErrFailed, cause)
 		l.troubled.Store(true)
-		close(l.durableCh)
-		l.durableCh = make(chan struct{})
+		l.wakeDurable()
 	}
 	l.smu.Unlock()
 	if first {
@@ -508,8 +513,7 @@ func (l *Log) publish(chunks []chunk, prevTail *segment, last uint64, records, b
 	}
 	l.smu.Lock()
 	l.durable.Store(last)
-	close(l.durableCh)
-	l.durableCh = make(chan struct{})
+	l.wakeDurable()
 	l.smu.Unlock()
 	l.holeFrom, l.holeTo = 0, 0
 	l.stats.appends.Add(uint64(records))
@@ -610,13 +614,12 @@ func (l *Log) markHoles(first, last uint64, cause error) {
 		l.holes = append(l.holes, span{from: first, to: last, err: cause})
 	}
 	l.troubled.Store(true)
-	close(l.durableCh)
-	l.durableCh = make(chan struct{})
+	l.wakeDurable()
 	l.smu.Unlock()
 }
 
 // rateLimit lets one log line through per second and counts the others, so
-// that a full disk under load does not flood the log. Writer goroutine only.
+// that a full disk under load does not flood the log. Holder of writeMu only.
 type rateLimit struct {
 	last       time.Time
 	suppressed int
