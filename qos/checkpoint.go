@@ -27,7 +27,8 @@ import (
 //     before it);
 //  4. commits the engine's cursor to the lowest offset anything still
 //     needs: each queue's position (a session's only while it has a
-//     subscription of its own), each unreleased flight, and the
+//     subscription of its own), each unreleased flight (but a retained
+//     message's sent at a SUBSCRIBE, which holds its message), and the
 //     offset of the older snapshot kept, so that recovery from it, when
 //     the newest reads back damaged, finds every record after it. The log
 //     may then remove whole segments below it.
@@ -246,7 +247,9 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 			inflight = make(map[uint16]Inflight, len(s.flights))
 		}
 		for pid, f := range s.flights {
-			if !f.released {
+			// A retained message sent at a SUBSCRIBE outlives its record:
+			// the flight, and the state's Inflight, hold the message.
+			if !f.released && !(f.atSubscribe && f.msg != nil) {
 				floor = min(floor, f.offset)
 			}
 			if f.group != nil {
@@ -263,7 +266,10 @@ func (e *Engine) floor(st *State, upTo uint64) uint64 {
 				}
 			}
 			if inflight != nil {
-				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain}
+				in := Inflight{Offset: f.offset, QoS: f.qos, Released: f.released, Retain: f.retain, AtSubscribe: f.atSubscribe}
+				if f.atSubscribe {
+					in.Msg = f.msg // it outlives its record
+				}
 				if f.group != nil {
 					in.Group = f.group.key
 				}

@@ -2,6 +2,7 @@ package qos_test
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -643,8 +644,8 @@ func churnCheckpoints(t *testing.T, seed uint64) {
 		ss := st.Sessions[id]
 		out := map[uint64]bool{}
 		for _, in := range ss.Inflight {
-			if in.Group == "" {
-				out[in.Offset] = !in.Released
+			if in.Group == "" { // a retained message sent at a SUBSCRIBE holds its message
+				out[in.Offset] = !in.Released && !(in.AtSubscribe && in.Msg != nil)
 			}
 		}
 		for off, topic := range topics {
@@ -932,5 +933,135 @@ func TestGroupQoS0HandOutAtMostOnce(t *testing.T) {
 	}
 	if n := h.log.count(qos.KindGroupHandout); n > 3 {
 		t.Fatalf("%d GroupHandout records for 52 QoS 0 hand-outs across a restart, want at most 3", n)
+	}
+}
+
+// TestRetainedFlightOutlivesItsRecord: a retained message outlives its
+// record (the snapshots keep it, the log is trimmed past it), so a
+// SUBSCRIBE may get it as a flight whose record is gone, at any time, not
+// only in a checkpoint's walk. Unacknowledged at a crash, the flight must
+// be resent after the restart [MQTT-4.4.0-1], also when a newer retained
+// message has replaced it meanwhile: the replaced one was found by its
+// offset among the retained messages, or dropped as unreadable.
+func TestRetainedFlightOutlivesItsRecord(t *testing.T) {
+	for _, checkpoint := range []bool{false, true} {
+		t.Run(fmt.Sprint("checkpoint=", checkpoint), func(t *testing.T) { retainedFlightOutlivesItsRecord(t, checkpoint) })
+	}
+}
+
+func retainedFlightOutlivesItsRecord(t *testing.T, checkpoint bool) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false)
+	pub.cl.Publish(&qos.Message{Topic: "r", QoS: 1, Retain: true, Payload: []byte("old")}, 1)
+	for i := range 20 { // more records, so that the trim point has somewhere to go
+		pub.publish("other", 1, uint16(2+i), "x")
+	}
+	pub.conn.waitFor(t, 21)
+	h.e.WaitDispatched()
+	if err := h.e.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.Checkpoint(); err != nil { // the older snapshot kept is past it too
+		t.Fatal(err)
+	}
+	if _, err := h.log.Read(1); !errors.Is(err, qos.ErrTrimmed) {
+		t.Fatalf("the retained message's record: %v, want it trimmed", err)
+	}
+	sub := h.connect("sub", true)
+	sub.subscribe("r", 1)
+	if got := sub.conn.waitFor(t, 1); string(got[0].Message.Payload) != "old" {
+		t.Fatalf("at SUBSCRIBE got %+v", got)
+	}
+	sub.cl.Disconnect(false, nil) // not acknowledged
+	pub.cl.Publish(&qos.Message{Topic: "r", QoS: 1, Retain: true, Payload: []byte("new")}, 30)
+	pub.conn.waitFor(t, 1)
+	h.e.WaitDispatched()
+	if checkpoint { // the snapshot holds the flight's message
+		if err := h.e.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.crash()
+	sub.reconnect()
+	got := map[string]bool{}
+	for _, m := range sub.ackAll(sub.conn.settle()) {
+		got[string(m.Payload)] = true
+	}
+	if !got["old"] {
+		t.Fatalf("after the restart got %v, want the unacknowledged old one resent", got)
+	}
+}
+
+// TestRetainedFlightHoldsNoTrimPoint: a retained message sent at a
+// SUBSCRIBE holds its message (it outlives its record anyway), so a
+// subscriber that never acknowledges it does not keep the log from being
+// trimmed; after a crash it is resent all the same.
+func TestRetainedFlightHoldsNoTrimPoint(t *testing.T) {
+	h := newHarness(t, nil)
+	pub := h.connect("pub", false)
+	pub.cl.Publish(&qos.Message{Topic: "r", QoS: 1, Retain: true, Payload: []byte("kept")}, 1)
+	pub.conn.waitFor(t, 1)
+	sub := h.connect("sub", true)
+	sub.subscribe("r", 1)
+	sub.conn.waitFor(t, 1) // not acknowledged
+	for i := range 20 {
+		pub.publish("other", 1, uint16(2+i), "x")
+	}
+	pub.conn.waitFor(t, 20)
+	h.e.WaitDispatched()
+	for range 2 {
+		if err := h.e.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first := h.log.FirstOffset(); first <= 1 {
+		t.Fatalf("the log is trimmed to %d: the unacknowledged retained flight holds it", first)
+	}
+	h.crash()
+	sub.reconnect()
+	if got := payloads(sub.ackAll(sub.conn.settle())); len(got) != 1 || got[0] != "kept" {
+		t.Fatalf("after the restart got %q, want kept resent", got)
+	}
+}
+
+// TestGroupQoS2NeverWrittenGoesBack: a member's QoS 2 take whose Deliver
+// record the full log refused was never written (it waits for the
+// record), so a clean member going away gives it back to the group
+// rather than ending with it [MQTT-4.8.2]: another member gets it.
+func TestGroupQoS2NeverWrittenGoesBack(t *testing.T) {
+	const key = "$share/g/s/#"
+	h := newHarness(t, nil)
+	p := h.connect("p", true)
+	p.subscribe(key, 2)
+	p.cl.Disconnect(false, nil)
+	var mu sync.Mutex
+	full := true
+	h.log.mu.Lock()
+	h.log.fail = func(recs [][]byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if full && qos.KindOf(recs[0]) == qos.KindDeliver {
+			return qos.ErrFull
+		}
+		return nil
+	}
+	h.log.mu.Unlock()
+	c := h.connect("c", false)
+	c.subscribe(key, 2)
+	src := h.connect("src", false)
+	src.publish("s/t", 2, 1, "m")
+	src.conn.waitFor(t, 1)
+	if got := c.conn.settle(); len(got) > 0 {
+		t.Fatalf("written before its record: %+v", got)
+	}
+	c.cl.Disconnect(false, nil)
+	mu.Lock()
+	full = false
+	mu.Unlock()
+	p.reconnect()
+	got := payloads(p.ackAll(p.conn.waitFor(t, 1)))
+	p.ackAll(p.conn.waitFor(t, 1)) // PUBREL
+	if len(got) != 1 || got[0] != "m" {
+		t.Fatalf("the other member got %q, want m", got)
 	}
 }

@@ -75,6 +75,10 @@
 //     see below); a QoS 2 one reaches each session at most once; each
 //     publisher's messages arrive in order (a model-based randomized test
 //     checks this, see model_test.go).
+//   - A retained message sent at a SUBSCRIBE is a flight that holds its
+//     message, also in the snapshots (State's Inflight.Msg): it is resent
+//     after a restart though the log was trimmed past its record and a
+//     newer retained message replaced it, and it holds no trim point.
 //   - No more unacknowledged QoS 1/2 deliveries than the client's Receive
 //     Maximum and the engine's MaxInflight, retained messages included
 //     [MQTT-3.3.4-9]; a client exceeding the Receive Maximum it was given

@@ -152,7 +152,8 @@ func (e *Engine) recover() error {
 		for _, pid := range pids {
 			in := ss.Inflight[pid]
 			s.seq++
-			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released, retain: in.Retain}
+			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released, retain: in.Retain,
+				atSubscribe: in.AtSubscribe, msg: in.Msg}
 			if in.Group != "" {
 				f.group = e.groups[in.Group]
 			}

@@ -155,17 +155,35 @@ func (st *State) appendBinary(b []byte) ([]byte, error) {
 			if in.QoS > 2 {
 				return nil, fmt.Errorf("%w: session %q inflight qos %d", ErrBadRecord, id, in.QoS)
 			}
-			var flags byte // 1 released, 2 retain; snapshots before retain hold 0 or 1
+			// Flags: 1 released, 2 retain, 4 at a SUBSCRIBE, 8 its message
+			// follows (one no longer retained: the retained one at its
+			// offset is the message otherwise); snapshots before retain
+			// hold 0 or 1, before version 4 at most 3.
+			var flags byte
 			if in.Released {
 				flags |= 1
 			}
 			if in.Retain {
 				flags |= 2
 			}
+			var msg []byte
+			if in.AtSubscribe {
+				flags |= 4
+				if _, ok := st.retainedAt[in.Offset]; !ok && in.Msg != nil {
+					flags |= 8
+					var err error
+					if msg, err = in.Msg.AppendBinary(nil); err != nil {
+						return nil, fmt.Errorf("session %q inflight %d: %w", id, pid, err)
+					}
+				}
+			}
 			b = binary.BigEndian.AppendUint16(b, pid)
 			b = binary.AppendUvarint(b, in.Offset)
 			b = append(b, in.QoS, flags)
 			b = appendString(b, in.Group)
+			if msg != nil {
+				b = appendBytes(b, msg)
+			}
 		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(st.Retained)))
@@ -266,10 +284,19 @@ func decodeState(body []byte, version byte) (*State, error) {
 			pid := d.uint16()
 			in := Inflight{Offset: d.uvarint(), QoS: d.byte()}
 			flags := d.byte()
-			in.Released, in.Retain = flags&1 != 0, flags&2 != 0
+			in.Released, in.Retain, in.AtSubscribe = flags&1 != 0, flags&2 != 0, flags&4 != 0
 			in.Group = d.string()
-			if d.err == nil && (in.QoS > 2 || flags > 3) {
+			if d.err == nil && (in.QoS > 2 || flags > 15 || (version < snapshotVersion && flags > 3) || (flags&8 != 0 && flags&4 == 0)) {
 				return nil, fmt.Errorf("%w: inflight qos %d flags %#x", ErrBadRecord, in.QoS, flags)
+			}
+			if flags&8 != 0 {
+				rec := d.field()
+				if d.err == nil {
+					in.Msg = new(Message)
+					if err := in.Msg.UnmarshalBinary(rec); err != nil {
+						return nil, err
+					}
+				}
 			}
 			s.Inflight[pid] = in
 		}
@@ -292,6 +319,18 @@ func decodeState(body []byte, version byte) (*State, error) {
 			return nil, err
 		}
 		st.Retained[m.Topic] = Retained{Offset: off, Message: m}
+		st.retainedAt[off] = m.Topic
+	}
+	// A flight of a retained message sent at a SUBSCRIBE that is still
+	// the retained one has its message there.
+	for _, s := range st.Sessions {
+		for pid, in := range s.Inflight {
+			if in.AtSubscribe && in.Msg == nil {
+				if in.Msg = st.retainedMessage(in.Offset); in.Msg != nil {
+					s.Inflight[pid] = in
+				}
+			}
+		}
 	}
 	for range d.count() {
 		id := d.string()
@@ -375,6 +414,9 @@ func decodeGobState(body []byte) (*State, error) {
 	st := NewState()
 	if err := gob.NewDecoder(bytes.NewReader(body)).Decode(st); err != nil {
 		return nil, err
+	}
+	for topic, r := range st.Retained {
+		st.retainedAt[r.Offset] = topic
 	}
 	for id, s := range st.Sessions {
 		if s.Ref != 0 {

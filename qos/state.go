@@ -19,6 +19,13 @@ type Inflight struct {
 	Retain bool
 	// Group is the shared subscription group the message came through.
 	Group string
+	// AtSubscribe marks a retained message sent at a SUBSCRIBE, and Msg
+	// is that message (nil when not among the retained messages as the
+	// Deliver record came): it outlives its record, which the log may
+	// have trimmed, and once a newer retained message replaces it only
+	// the flight has it, to resend after a restart [MQTT-4.4.0-1].
+	AtSubscribe bool
+	Msg         *Message
 }
 
 // Sub is a granted subscription and where in the log it starts: only
@@ -106,6 +113,9 @@ type State struct {
 	// recovery hands none of them out at QoS 0 again [MQTT-4.3.1].
 	GroupHandout map[string]uint64
 
+	// retainedAt maps a retained message's offset to its topic; it
+	// follows Retained.
+	retainedAt map[uint64]string
 	// refs maps a session's Ref to its client id, for the records that
 	// name it so; it follows Sessions (a snapshot holds it in them).
 	refs map[uint64]string
@@ -132,6 +142,7 @@ func NewState() *State {
 		GroupTaken:   map[string]map[uint64]bool{},
 		GroupOwed:    map[string]map[uint64]bool{},
 		GroupHandout: map[string]uint64{},
+		retainedAt:   map[uint64]string{},
 		refs:         map[uint64]string{},
 	}
 }
@@ -227,10 +238,14 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			in[r.OriginPacketID] = offset
 		}
 		if r.Retain {
+			if old, ok := st.Retained[r.Topic]; ok {
+				delete(st.retainedAt, old.Offset)
+			}
 			if len(r.Payload) == 0 {
 				delete(st.Retained, r.Topic) // [MQTT-3.3.1-6]
 			} else {
 				st.Retained[r.Topic] = Retained{Offset: offset, Message: *r}
+				st.retainedAt[offset] = r.Topic
 			}
 		}
 	case *Session:
@@ -305,7 +320,11 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 				st.took(r.Group, r.Offset)
 			}
 			if r.QoS > 0 { // a QoS 0 delivery only moves the position
-				s.Inflight[r.PacketID] = Inflight{Offset: r.Offset, QoS: r.QoS, Retain: r.Retain, Group: r.Group}
+				in := Inflight{Offset: r.Offset, QoS: r.QoS, Retain: r.Retain, Group: r.Group, AtSubscribe: r.AtSubscribe}
+				if r.AtSubscribe {
+					in.Msg = st.retainedMessage(r.Offset)
+				}
+				s.Inflight[r.PacketID] = in
 			}
 			if r.Group == "" && !r.AtSubscribe {
 				s.Next = max(s.Next, r.Offset+1)
@@ -336,6 +355,16 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 			}
 		}
 	}
+}
+
+// retainedMessage returns the retained message logged at off, or nil.
+func (st *State) retainedMessage(off uint64) *Message {
+	topic, ok := st.retainedAt[off]
+	if !ok {
+		return nil
+	}
+	m := st.Retained[topic].Message
+	return &m
 }
 
 // took notes that a member took the message at off from group key with a
@@ -483,8 +512,8 @@ func (st *State) Clone() *State {
 		Sessions: maps.Clone(st.Sessions), Retained: maps.Clone(st.Retained),
 		Inbound:   make(map[string]map[uint16]uint64, len(st.Inbound)),
 		GroupNext: maps.Clone(st.GroupNext), GroupTaken: maps.Clone(st.GroupTaken),
-		GroupHandout: maps.Clone(st.GroupHandout),
-		refs:         maps.Clone(st.refs), gen: stateGens.Add(1),
+		GroupHandout: maps.Clone(st.GroupHandout), retainedAt: maps.Clone(st.retainedAt),
+		refs: maps.Clone(st.refs), gen: stateGens.Add(1),
 	}
 	st.gen = stateGens.Add(1)
 	// Both share every GroupTaken set now.
