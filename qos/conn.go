@@ -66,9 +66,11 @@ type connection struct {
 	// acksLeft is what writeAcksNow took and could not write at once,
 	// for the sender to write first.
 	acksLeft []ack
-	// lastDirect is when deliverNow last wrote (the dispatching party's,
-	// under the engine's disp.mu).
+	// lastDirect is when deliverNow last wrote, and quick how many of its
+	// rounds in a row came within deliverNowGap of the one before (the
+	// dispatching party's, under the engine's disp.mu).
 	lastDirect time.Time
+	quick      int
 	batch      []outgoing
 	acksOut    []ack
 	qos0Out    []Entry
@@ -507,46 +509,51 @@ func (c *connection) writeAcksLeft() bool {
 // work is the few messages just offered to its queue, it writes them on
 // the dispatching goroutine when the socket takes them at once, and
 // starts no sender; otherwise it kicks, or leaves what the socket did not
-// take to the sender, and reports that it did (left). It never waits for
+// take to the sender. It never waits for
 // the client: a slow or dead socket cannot hold the dispatcher. onLog: it
 // runs on the log's goroutine (dispatchQuiet), and tries the session's
 // lock rather than waiting for it (kickTry, writeDeliveriesNow).
-func (c *connection) deliverNow(onLog bool) (left bool) {
+func (c *connection) deliverNow(onLog bool) {
 	if c.running.Load() {
-		return false // the sender runs: it takes them
+		return // the sender runs: it takes them
 	}
 	kick := c.kick
 	if onLog {
 		kick = c.kickTry
 	}
 	now := time.Now()
-	if now.Sub(c.lastDirect) < deliverNowGap {
+	if now.Sub(c.lastDirect) >= deliverNowGap {
+		c.quick = 0
+	} else if c.quick++; c.quick >= deliverNowQuick {
 		kick() // a busy connection: its sender writes many per write
-		return false
+		return
 	}
 	if !c.running.CompareAndSwap(false, true) {
-		return false
+		return
 	}
 	c.lastDirect = now
 	if c.writeDeliveriesNow(onLog) {
 		if !c.e.startSender(c) {
 			c.running.Store(false)
 		}
-		return true
+		return
 	}
 	c.running.Store(false)
 	kick() // its work, or what came meanwhile and saw the sender running
-	return false
 }
 
 // deliverNowMax is the most messages deliverNow takes from a queue, and
 // deliverNowGap the least time between two of its rounds for one
-// connection: a connection that gets more messages than that (4,000/s)
-// is left to its sender, which, running for a while, writes many of them
-// per system call; the dispatcher would write each alone.
+// connection: a connection whose rounds come closer than that
+// deliverNowQuick times in a row (over 4,000 messages a second) is left
+// to its sender, which, running for a while, writes many of them per
+// system call; the dispatcher would write each alone. One close pair, as
+// a steady 1,000 a second has every few messages, is not a busy
+// connection: its sender would start for one message and stop.
 const (
-	deliverNowMax = 4
-	deliverNowGap = 250 * time.Microsecond
+	deliverNowMax   = 4
+	deliverNowGap   = 250 * time.Microsecond
+	deliverNowQuick = 2
 )
 
 // writeDeliveriesNow takes the session's queued messages and writes them

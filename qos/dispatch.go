@@ -70,9 +70,6 @@ type dispatcher struct {
 	// everything to it. stopped is set by Close (and Crash): no event
 	// dispatches any more.
 	owed, stopped bool
-	// busy is set by a dispatch on the log's goroutine whose direct write
-	// a socket did not take at once: the event stops there.
-	busy bool
 	// wide is set while messages fan out wider than the log's goroutine
 	// takes (a shared group, more than deliverNowFanout sessions, a
 	// retained message): the last message dispatched, on either
@@ -81,7 +78,13 @@ type dispatcher struct {
 	// only to hand it over (a fan-out to 50 sessions would be matched
 	// twice, and the dispatcher's wake wait for the first match). The
 	// dispatcher goroutine clears it at the first narrow message.
-	wide  bool
+	wide bool
+	// later holds the connections a durability event's records were
+	// offered to on the log's goroutine: dispatchQuiet writes to them once
+	// all its records are offered (deliverNow), so that a batch of two
+	// messages for one connection goes out in one write on that goroutine,
+	// where the first one's kick started the connection's sender for it.
+	later []*connection
 	wake  chan struct{} // capacity 1
 	wakes atomic.Uint64 // the dispatcher goroutine's, for tests
 }
@@ -158,11 +161,15 @@ func (e *Engine) dispatchQuiet() {
 		return
 	}
 	for range quietDispatchMax {
-		if !e.pending() || !e.dispatchNext(true) || d.busy {
+		if !e.pending() || !e.dispatchNext(true) {
 			break
 		}
 	}
-	d.busy = false
+	for i, c := range d.later {
+		c.deliverNow(true)
+		d.later[i] = nil
+	}
+	d.later = d.later[:0]
 	if e.pending() {
 		d.owed = true
 		d.signal()
@@ -239,9 +246,7 @@ func (e *Engine) dispatchNext(onLog bool) bool {
 		e.stats.dropUnreadable.Add(1)
 		e.lg.Error("dispatcher: record unreadable, skipped", "offset", off, "error", err)
 	} else if msg != nil {
-		if e.fanout(&d.m, off, msg, groups, onLog) {
-			d.busy = true
-		}
+		e.fanout(&d.m, off, msg, groups, onLog)
 		e.stats.dispatched.Add(1)
 	}
 	e.shadowMu.Lock()
@@ -323,10 +328,9 @@ func (e *Engine) match(m *matcher, off uint64, msg *Message, groups []*group) []
 
 // fanout offers a logged message to the queues of the sessions (m.grants)
 // and groups it matched, and keeps the retained one. onLog: on the log's
-// goroutine (dispatchQuiet: no group, not retained), where it tries the
-// sessions' locks rather than waiting for them; it reports whether a
-// socket did not take a direct write at once.
-func (e *Engine) fanout(m *matcher, off uint64, msg *Message, groups []*group, onLog bool) (busy bool) {
+// goroutine (dispatchQuiet: no group, not retained), where the sessions
+// are written to at the end of the event (disp.later).
+func (e *Engine) fanout(m *matcher, off uint64, msg *Message, groups []*group, onLog bool) {
 	if msg.Retain {
 		e.mu.Lock()
 		if len(msg.Payload) == 0 {
@@ -348,10 +352,14 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message, groups []*group, o
 		g.s.queue.Offer(g.en)
 		if c := g.s.conn.Load(); c != nil {
 			switch {
-			case direct:
-				busy = c.deliverNow(onLog) || busy
 			case onLog:
-				c.kickTry()
+				// Written at the end of the event (dispatchQuiet), with
+				// what its later records bring.
+				if !slices.Contains(e.disp.later, c) {
+					e.disp.later = append(e.disp.later, c)
+				}
+			case direct:
+				c.deliverNow(false)
 			default:
 				c.kick()
 			}
@@ -362,7 +370,6 @@ func (e *Engine) fanout(m *matcher, off uint64, msg *Message, groups []*group, o
 		g.queue.Offer(Entry{Offset: off, Msg: msg})
 		g.kickMembers(nil)
 	}
-	return busy
 }
 
 // deliverNowFanout is the most sessions a message may match for the

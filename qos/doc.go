@@ -60,10 +60,12 @@
 // goroutine is parked with nothing left, the durability event itself
 // dispatches the few records it made durable, on the log's goroutine, so
 // that such a message goes from the log's writer to the subscriber's
-// socket with no goroutine woken in between; a large fan-out, a retained
-// message, a shared group, a lock held or a socket that does not take the
-// write at once leave the rest to the dispatcher goroutine (dispatch.go
-// says why no record is dispatched twice or left behind). The subscriber's PUBACK
+// socket with no goroutine woken in between (the batch's messages for one
+// connection in one write, once all are offered); a large fan-out, a
+// retained message, a shared group or a lock held leave the rest to the
+// dispatcher goroutine, and what a socket does not take at once goes to
+// the connection's sender (dispatch.go says why no record is dispatched
+// twice or left behind). The subscriber's PUBACK
 // (Client.Puback) frees the packet id and logs a Complete record for a
 // persistent session.
 //

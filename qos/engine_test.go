@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -552,6 +553,46 @@ func TestQuietDispatchOnTheEvent(t *testing.T) {
 	}
 	if w := h.e.DispatcherWakes() - wakes; w != 1 {
 		t.Errorf("the dispatcher goroutine woke %d times, want once (for the busy one)", w)
+	}
+}
+
+// A durability event that makes several messages for one clean
+// subscriber durable writes them together, on its own goroutine, once it
+// has offered them all: the first one's kick started the subscriber's
+// sender, a goroutine for one message, where the event writes both in one
+// write anyway.
+func TestQuietDispatchWritesABatchOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", false)
+	sub.subscribe("t", 1)
+	pub := h.connect("pub", false)
+	h.e.WaitDispatched()
+	var mu sync.Mutex
+	var flushes [][2]string // per flush with a PUBLISH: its goroutine and payloads
+	sub.conn.mu.Lock()
+	sub.conn.onFlush = func(ps []qos.Packet) {
+		mu.Lock()
+		defer mu.Unlock()
+		var got []string
+		for _, p := range ps {
+			if p.Type == qos.PacketPublish {
+				got = append(got, string(p.Message.Payload))
+			}
+		}
+		if len(got) > 0 {
+			flushes = append(flushes, [2]string{goid(), strings.Join(got, " ")})
+		}
+	}
+	sub.conn.mu.Unlock()
+	release := h.log.holdFrom()
+	pub.publish("t", 1, 1, "m0")
+	pub.publish("t", 1, 2, "m1")
+	release() // the durability event of both, on this goroutine
+	sub.ackAll(sub.conn.waitFor(t, 2))
+	mu.Lock()
+	defer mu.Unlock()
+	if want := [][2]string{{goid(), "m0 m1"}}; !reflect.DeepEqual(flushes, want) {
+		t.Fatalf("PUBLISH flushes (goroutine, payloads) %v, want %v: both at once by the durability event's goroutine", flushes, want)
 	}
 }
 
