@@ -76,6 +76,7 @@ type Log struct {
 	holeFrom    uint64 // offsets [holeFrom, holeTo] failed and still need
 	holeTo      uint64 // hole entries on disk (holeFrom == 0: none)
 	hbuf        []byte
+	chunks      []chunk       // writeBatch's, reused
 	concurrency int           // Append calls in the last batch and queued behind it
 	lastFsync   atomic.Int64  // nanoseconds of the last segment fsync
 	fastFsyncs  int           // batch fsyncs in a row under quietFsync (see quiet)
@@ -86,9 +87,12 @@ type Log struct {
 
 	// syncMu guards what waits for an fsync: the writer adds, syncFiles
 	// (writer or, under SyncInterval, the sync goroutine) takes.
-	syncMu   sync.Mutex
-	synced   []*segment // segments with unsynced data (the tail included)
-	dirDirty bool       // a segment file was created since the last dir fsync
+	syncMu sync.Mutex
+	synced []*segment // segments with unsynced data (the tail included)
+	// syncSpare is the list syncFiles took the last time, emptied, for
+	// synced to take next (no list made per fsync); syncRun's holder's.
+	syncSpare []*segment
+	dirDirty  bool // a segment file was created since the last dir fsync
 	// syncRun is held through a whole syncFiles, so that a Sync never
 	// returns while an fsync that took its segments is still running.
 	syncRun sync.Mutex

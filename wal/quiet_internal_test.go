@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,5 +196,44 @@ func TestAppendLeadWritesOnTheAppendersGoroutine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A batch written on a quiet log costs no allocation: the list of
+// segments to fsync and the chunks written are reused, and the durability
+// event makes no channel when no one waits on one (the caller of
+// AppendAsyncLead, told by NotifyDurable, does not).
+func TestQuietBatchAllocatesNothing(t *testing.T) {
+	defer func(d time.Duration) { quietFsync = d }(quietFsync)
+	quietFsync = time.Hour // the test's disk may be slow; the rule is not what is tested here
+	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	l, err := Open(t.TempDir(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.NotifyDurable(func() {})
+	rec := make([]byte, 300)
+	appends := func(n int) {
+		for range n {
+			if _, err := l.AppendAsyncLead(rec); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Microsecond) // a low rate
+		}
+	}
+	appends(3 * quietAfter)
+	led := l.Stats().LedBatches
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 200
+	appends(n)
+	runtime.ReadMemStats(&after)
+	if led = l.Stats().LedBatches - led; led < n/2 {
+		t.Fatalf("%d of %d appends wrote their batch", led, n)
+	}
+	if per := float64(after.Mallocs-before.Mallocs) / n; per > 0.5 {
+		t.Fatalf("%.2f allocations per append on a quiet log, want none", per)
 	}
 }

@@ -191,7 +191,11 @@ func (l *Log) writeBatch(b *batch) {
 	start := time.Now()
 	prevTail := l.tail
 	var created []*segment
-	var chunks []chunk
+	chunks := l.chunks[:0]
+	defer func() {
+		clear(chunks) // no segment kept alive by the spare
+		l.chunks = chunks[:0]
+	}()
 	// Start a new segment at the batch boundary rather than splitting the
 	// batch, so that the finished segment was already fsynced by the
 	// batches before (under SyncAlways) and the roll costs no extra fsync
@@ -439,8 +443,12 @@ func (l *Log) syncFilesHold(hold bool) error {
 	upto := l.LastOffset()
 	l.syncMu.Lock()
 	list, dir := l.synced, l.dirDirty
-	l.synced, l.dirDirty = nil, false
+	l.synced, l.dirDirty = l.syncSpare[:0], false
 	l.syncMu.Unlock()
+	defer func() {
+		clear(list)
+		l.syncSpare = list[:0]
+	}()
 	var err error
 	for _, s := range list {
 		s.mu.Lock()
