@@ -374,7 +374,7 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 	if bd != nil {
 		// Nothing keeps the packet's bytes after this call (bodyFor): a
 		// topic alias it sets keeps a copy of the topic (publish).
-		defer bodies.Put(bd)
+		defer putBody(bd)
 	}
 	var pk packets.Packet
 	err := readPacketInto(s, cl, a.wc, fh, &pk, buf)

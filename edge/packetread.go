@@ -142,6 +142,23 @@ var bodies = sync.Pool{New: func() any { return new(body) }}
 // body is a pooled packet buffer.
 type body struct{ b []byte }
 
+// putBody gives bd back to bodies. Under the package's tests
+// (poisonBodies) it overwrites the buffer first, so that whatever kept a
+// packet's bytes past its handling reads garbage there, and the test that
+// looks at them fails rather than pass by luck until a later packet
+// happens to reuse the buffer.
+func putBody(bd *body) {
+	if poisonBodies {
+		for i := range bd.b[:cap(bd.b)] {
+			bd.b[i] = 0xA5
+		}
+	}
+	bodies.Put(bd)
+}
+
+// poisonBodies is set by the package's tests (putBody).
+var poisonBodies bool
+
 // maxPooledBody bounds the buffer a pooled body keeps: one grown by a large
 // packet is let go.
 const maxPooledBody = 64 << 10

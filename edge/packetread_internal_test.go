@@ -119,6 +119,10 @@ func TestReadFixedHeaderLengthAtMostFourBytes(t *testing.T) {
 	}
 }
 
+// Every test of the package reads its pooled packet bodies poisoned once
+// handled (putBody): a reference kept past the packet reads 0xA5 bytes.
+func init() { poisonBodies = true }
+
 // BenchmarkReadPacket is the read loop's read of one packet (fixed header,
 // body, mochi's decoder) as receive does it, with the body's buffer from
 // bodyFor: a QoS 1 PUBLISH and a PUBACK read into reused buffers, a QoS 0
