@@ -40,10 +40,9 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 				t.Fatal(err)
 			}
 			const n = 3 * quietAfter
-			payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
 			for i := 1; i <= n; i++ {
 				start := time.Now()
-				off, err := l.Append(context.Background(), payload(i))
+				off, err := l.Append(context.Background(), quietPayload(i))
 				if err != nil || off != uint64(i) {
 					t.Fatalf("append %d: offset %d, %v", i, off, err)
 				}
@@ -57,20 +56,7 @@ func TestQuietWriterHoldsItsP(t *testing.T) {
 			case !wrapped && held < n-quietAfter:
 				t.Fatalf("%d of %d fsyncs held, want at least %d (after %d fast ones)", held, n, n-quietAfter, quietAfter)
 			}
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			l, err = Open(dir, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
-			for i := 1; i <= n; i++ {
-				got, err := l.Read(uint64(i))
-				if err != nil || !bytes.Equal(got, payload(i)) {
-					t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
-				}
-			}
+			rereadAfterClose(t, l, dir, cfg, n)
 		})
 	}
 }
@@ -154,12 +140,11 @@ func TestAppendLeadWritesOnTheAppendersGoroutine(t *testing.T) {
 			var events atomic.Int64
 			l.NotifyDurable(func() { events.Add(1) })
 			const n = 3 * quietAfter
-			payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
 			led := 0
 			for i := 1; i <= n; i++ {
 				start := time.Now()
 				before, ledBefore := events.Load(), l.Stats().LedBatches
-				off, err := l.AppendAsyncLead(payload(i))
+				off, err := l.AppendAsyncLead(quietPayload(i))
 				if err != nil || off != uint64(i) {
 					t.Fatalf("append %d: offset %d, %v", i, off, err)
 				}
@@ -181,20 +166,7 @@ func TestAppendLeadWritesOnTheAppendersGoroutine(t *testing.T) {
 			case pol != SyncAlways && led != 0:
 				t.Fatalf("%d appends wrote their batch under %s", led, pol)
 			}
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			l, err = Open(dir, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
-			for i := 1; i <= n; i++ {
-				got, err := l.Read(uint64(i))
-				if err != nil || !bytes.Equal(got, payload(i)) {
-					t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
-				}
-			}
+			rereadAfterClose(t, l, dir, cfg, n)
 		})
 	}
 }
@@ -235,5 +207,28 @@ func TestQuietBatchAllocatesNothing(t *testing.T) {
 	}
 	if per := float64(after.Mallocs-before.Mallocs) / n; per > 0.5 {
 		t.Fatalf("%.2f allocations per append on a quiet log, want none", per)
+	}
+}
+
+// quietPayload is the record the quiet tests append at offset i.
+func quietPayload(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
+
+// rereadAfterClose closes l and checks that dir, opened again with cfg,
+// has records 1 to n as the quiet tests appended them (quietPayload).
+func rereadAfterClose(t *testing.T, l *Log, dir string, cfg Config, n int) {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 1; i <= n; i++ {
+		got, err := l.Read(uint64(i))
+		if err != nil || !bytes.Equal(got, quietPayload(i)) {
+			t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
+		}
 	}
 }
