@@ -549,8 +549,12 @@ func (l *Log) failure() error {
 func (l *Log) wait(ctx context.Context, first, last uint64) error {
 	for {
 		l.smu.RLock()
-		d, ch, closed, failed := l.durable.Load(), l.durableWait(), l.closed, l.failed
+		d, closed, failed := l.durable.Load(), l.closed, l.failed
 		herr := l.holeErr(first, last)
+		var ch chan struct{}
+		if herr == nil && d < last && failed == nil && !closed && (ctx == nil || ctx.Err() == nil) {
+			ch = l.durableWait() // only a wait takes it: a look makes no channel
+		}
 		l.smu.RUnlock()
 		switch {
 		case herr != nil:

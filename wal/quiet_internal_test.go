@@ -3,11 +3,13 @@ package wal
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -230,5 +232,69 @@ func rereadAfterClose(t *testing.T, l *Log, dir string, cfg Config, n int) {
 		if err != nil || !bytes.Equal(got, quietPayload(i)) {
 			t.Fatalf("reopened, offset %d: %d bytes, %v", i, len(got), err)
 		}
+	}
+}
+
+// syncHeld is a segment file whose fsyncs wait while hold is set.
+type syncHeld struct {
+	*os.File
+	hold *atomic.Pointer[chan struct{}]
+}
+
+func (f syncHeld) Sync() error {
+	if ch := f.hold.Load(); ch != nil {
+		<-*ch
+	}
+	return f.File.Sync()
+}
+
+// A look at a record not yet durable (WaitDurable with a context already
+// done, a Reader's Next so: qos's engine looks so per acknowledgement and
+// per dispatch) takes no durability channel, so the event that makes the
+// record durable makes no new one (durableWatched); a wait does take one,
+// and that event wakes it.
+func TestLookTakesNoDurableChannel(t *testing.T) {
+	var hold atomic.Pointer[chan struct{}]
+	cfg := DefaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.FS = FS{OpenFile: func(name string, flag int, perm os.FileMode) (File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		return syncHeld{f, &hold}, nil
+	}}
+	l, err := Open(t.TempDir(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan struct{})
+	hold.Store(&ch)
+	release := sync.OnceFunc(func() { hold.Store(nil); close(ch) })
+	defer l.Close()
+	defer release() // before Close, which waits for the writer's fsync
+	off, err := l.AppendAsync([]byte("r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.WaitDurable(done, off); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a look at a record being written: %v, want context.Canceled", err)
+	}
+	if _, _, err := l.NewReader(off).Next(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a reader's look at a record being written: %v, want context.Canceled", err)
+	}
+	if l.durableWatched.Load() {
+		t.Fatal("a look took the durability channel: the next event makes a new one for nobody")
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- l.WaitDurable(context.Background(), off) }()
+	for !l.durableWatched.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	release()
+	if err := <-waited; err != nil {
+		t.Fatalf("the wait: %v", err)
 	}
 }

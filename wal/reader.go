@@ -87,7 +87,11 @@ func (l *Log) isClosed() bool {
 func (l *Log) waitFor(ctx context.Context, offset uint64) error {
 	for {
 		l.smu.RLock()
-		d, ch, closed := l.durable.Load(), l.durableWait(), l.closed
+		d, closed := l.durable.Load(), l.closed
+		var ch chan struct{}
+		if d < offset && !closed && ctx.Err() == nil {
+			ch = l.durableWait() // only a wait takes it: a look makes no channel
+		}
 		l.smu.RUnlock()
 		if d >= offset {
 			return nil
