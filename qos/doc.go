@@ -120,22 +120,23 @@
 //     record); a checkpoint moves the offset up to where the group's
 //     backlog stands and notes as owed what the group lent out below it
 //     and may have to hand out again, so the taken set holds the logged
-//     deliveries since the last checkpoint, and the owed set what members
-//     held then, whatever a member that never acknowledges holds back
-//     (without Snapshots the offset stays at the group's start).
-//     Recovery hands out the owed messages and everything from the offset
-//     on again: what a member gave back, what its scan found and it did
-//     not take, and the deliveries no record names (a clean member's QoS 1
-//     ones, acknowledged or not). What the group handed out at QoS 0 it
-//     hands out at QoS 0 once at most [MQTT-4.3.1]: a GroupHandout record,
-//     one per 1,024 log offsets, is durable before such a PUBLISH, and
+//     deliveries since the last checkpoint and the owed set what was lent
+//     out and not finished then: a member that never acknowledges a
+//     message holds one offset, not every later delivery's (without
+//     Snapshots the offset stays at the group's start). Recovery hands out
+//     the owed messages and everything from the offset on again: what a
+//     member gave back, what its scan found and it did not take, and the
+//     deliveries no record names (a clean member's QoS 1 ones,
+//     acknowledged or not). What the group handed out at QoS 0 it hands
+//     out at QoS 0 once at most [MQTT-4.3.1]: a GroupHandout record, one
+//     per 1,024 log offsets, is durable before such a PUBLISH, and
 //     recovery hands nothing below it out at QoS 0 again (a crash may lose
-//     those not handed out yet, counted: Stats.DroppedAtMostOnce; a QoS 1/2
-//     member still gets them). A QoS 2 message a member
-//     took stays its own, a clean member's too once its session ended
-//     [MQTT-4.8.2-5]: its take is logged, and the PUBLISH written only once
-//     the record is durable (one the full log refuses is tried again once
-//     a second; a member that goes before it was written gives it back).
+//     those not handed out yet, counted: Stats.DroppedAtMostOnce; a QoS
+//     1/2 member still gets them). A QoS 2 message a member took stays its
+//     own, a clean member's too once its session ended [MQTT-4.8.2-5]: its
+//     take is logged, and the PUBLISH written only once the record is
+//     durable (one the full log refuses is tried again once a second; a
+//     member that goes before it was written gives it back).
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.

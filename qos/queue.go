@@ -8,22 +8,23 @@ import "sync"
 type Entry struct {
 	Offset uint64
 	Msg    *Message
+	// IDs are the identifiers of the matching subscriptions
+	// [MQTT-3.3.4-3]; shared, read only.
+	IDs []int
+	// wait is, for a shared group's QoS 0 hand-out, the GroupHandout
+	// record to be durable before it is written; drop says it is not
+	// handed out (see connection.handOutZeroLocked). (The small fields
+	// last: an Entry is copied per delivery, and stays 56 bytes.)
+	wait uint64
 	// QoS is the delivery QoS: the message's, at most the highest of the
 	// matching subscriptions' [MQTT-3.8.4-8].
 	QoS byte
 	// Retain is the RETAIN flag of the delivery [MQTT-3.3.1-12].
 	Retain bool
-	// IDs are the identifiers of the matching subscriptions
-	// [MQTT-3.3.4-3]; shared, read only.
-	IDs []int
 	// atSubscribe marks a retained message sent at a SUBSCRIBE, not taken
 	// from a queue (see Deliver.AtSubscribe).
 	atSubscribe bool
-	// wait is, for a shared group's QoS 0 hand-out, the GroupHandout
-	// record to be durable before it is written; drop says it is not
-	// handed out (see connection.handOutZeroLocked).
-	wait uint64
-	drop bool
+	drop        bool
 }
 
 // Queue is one consumer's backlog: the log offsets it must still take, in

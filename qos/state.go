@@ -17,15 +17,16 @@ type Inflight struct {
 	Released bool
 	// Retain is the RETAIN flag it was sent with, and is resent with.
 	Retain bool
-	// Group is the shared subscription group the message came through.
-	Group string
 	// AtSubscribe marks a retained message sent at a SUBSCRIBE, and Msg
 	// is that message (nil when not among the retained messages as the
 	// Deliver record came): it outlives its record, which the log may
 	// have trimmed, and once a newer retained message replaces it only
 	// the flight has it, to resend after a restart [MQTT-4.4.0-1].
 	AtSubscribe bool
-	Msg         *Message
+	// Group is the shared subscription group the message came through.
+	Group string
+	// Msg is the message of a flight that is AtSubscribe (see there).
+	Msg *Message
 }
 
 // Sub is a granted subscription and where in the log it starts: only
