@@ -124,7 +124,7 @@ func (e *Engine) checkpoint(st *State, offset uint64) error {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
 	e.shadowMu.Lock()
-	e.shadow.settleGroups(st)
+	e.shadow.settleGroups(st, offset)
 	e.shadowMu.Unlock()
 	if offset != e.snaps.newest { // a Save of the same offset replaced it
 		e.snaps.older, e.snaps.newest = e.snaps.newest, offset

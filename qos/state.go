@@ -454,11 +454,14 @@ func (st *State) setGroup(key string, next uint64, taken, owed map[uint64]bool) 
 // never goes back, and what st holds taken below it goes; its GroupOwed
 // is cp's, which the checkpoint took from the live group (a checkpoint
 // reads only the live group's). So the state the dispatcher keeps holds
-// what the snapshot does, not one offset per delivery for ever.
-func (st *State) settleGroups(cp *State) {
+// what the snapshot does, not one offset per delivery for ever. cp is the
+// state after the records below offset: a group whose position in st is
+// past it ended and was subscribed again since (its Subscribe record
+// follows offset), another group, which cp knows nothing of.
+func (st *State) settleGroups(cp *State, offset uint64) {
 	for key, next := range cp.GroupNext {
 		cur, ok := st.GroupNext[key]
-		if !ok || next <= cur {
+		if !ok || next <= cur || cur > offset {
 			continue
 		}
 		st.GroupNext[key] = next
