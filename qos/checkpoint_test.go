@@ -1034,18 +1034,7 @@ func TestGroupQoS2NeverWrittenGoesBack(t *testing.T) {
 	p := h.connect("p", true)
 	p.subscribe(key, 2)
 	p.cl.Disconnect(false, nil)
-	var mu sync.Mutex
-	full := true
-	h.log.mu.Lock()
-	h.log.fail = func(recs [][]byte) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if full && qos.KindOf(recs[0]) == qos.KindDeliver {
-			return qos.ErrFull
-		}
-		return nil
-	}
-	h.log.mu.Unlock()
+	roomAgain := h.log.refuseKind(qos.KindDeliver)
 	c := h.connect("c", false)
 	c.subscribe(key, 2)
 	src := h.connect("src", false)
@@ -1055,9 +1044,7 @@ func TestGroupQoS2NeverWrittenGoesBack(t *testing.T) {
 		t.Fatalf("written before its record: %+v", got)
 	}
 	c.cl.Disconnect(false, nil)
-	mu.Lock()
-	full = false
-	mu.Unlock()
+	roomAgain()
 	p.reconnect()
 	got := payloads(p.ackAll(p.conn.waitFor(t, 1)))
 	p.ackAll(p.conn.waitFor(t, 1)) // PUBREL

@@ -496,28 +496,14 @@ func TestTakeoverResendWaitsForDeliverRecord(t *testing.T) {
 	h := newHarness(t, nil)
 	sub := h.connect("sub", true)
 	sub.subscribe("t", 2)
-	var once sync.Once
-	h.log.mu.Lock()
-	h.log.beforeAppend = func(recs [][]byte) {
-		if qos.KindOf(recs[0]) == qos.KindDeliver {
-			once.Do(func() { h.log.holdFrom() })
-		}
-	}
-	h.log.fail = func(recs [][]byte) error {
-		if qos.KindOf(recs[0]) == qos.KindSession {
-			return qos.ErrFull
-		}
-		return nil
-	}
-	h.log.mu.Unlock()
+	h.log.holdAtKind(qos.KindDeliver)
+	roomAgain := h.log.refuseKind(qos.KindSession)
 	pub := h.connect("pub", false)
 	pub.publish("t", 2, 1, "m")
 	waitKind(t, h.log, qos.KindDeliver, 1)
 	next := h.connect("sub", true)
 	got := len(next.ackAll(next.conn.settle()))
-	h.log.mu.Lock()
-	h.log.fail = nil
-	h.log.mu.Unlock()
+	roomAgain()
 	h.crash() // the Deliver record was not durable yet
 	again := h.connect("sub", true)
 	got += len(again.ackAll(again.conn.settle()))
@@ -538,31 +524,15 @@ func TestTakeoverResentPubrelWaitsForReleaseRecord(t *testing.T) {
 	h := newHarness(t, nil)
 	sub := h.connect("sub", true)
 	sub.subscribe("t", 2)
-	var once sync.Once
-	h.log.mu.Lock()
-	h.log.beforeAppend = func(recs [][]byte) {
-		if qos.KindOf(recs[0]) == qos.KindRelease {
-			once.Do(func() { h.log.holdFrom() })
-		}
-	}
-	h.log.mu.Unlock()
+	h.log.holdAtKind(qos.KindRelease)
 	pub := h.connect("pub", false)
 	pub.publish("t", 2, 1, "m")
 	got := len(sub.ackAll(sub.conn.waitFor(t, 1))) // PUBLISH, answered with PUBREC
 	waitKind(t, h.log, qos.KindRelease, 1)
-	h.log.mu.Lock()
-	h.log.fail = func(recs [][]byte) error {
-		if qos.KindOf(recs[0]) == qos.KindSession {
-			return qos.ErrFull
-		}
-		return nil
-	}
-	h.log.mu.Unlock()
+	roomAgain := h.log.refuseKind(qos.KindSession)
 	sub.reconnect()
 	got += len(sub.ackAll(sub.conn.settle())) // a PUBREL now is answered
-	h.log.mu.Lock()
-	h.log.fail = nil
-	h.log.mu.Unlock()
+	roomAgain()
 	h.crash() // the Release record was not durable yet
 	sub.reconnect()
 	for range 3 {
@@ -583,7 +553,7 @@ func TestPubrelWaitsForReleaseRecordWrittenAgain(t *testing.T) {
 	h := newHarness(t, nil)
 	sub := h.connect("sub", true)
 	sub.subscribe("t", 2)
-	var failOnce, holdOnce sync.Once
+	var failOnce sync.Once
 	h.log.mu.Lock()
 	h.log.fail = func(recs [][]byte) (err error) {
 		if qos.KindOf(recs[0]) == qos.KindRelease {
@@ -591,12 +561,8 @@ func TestPubrelWaitsForReleaseRecordWrittenAgain(t *testing.T) {
 		}
 		return err
 	}
-	h.log.beforeAppend = func(recs [][]byte) {
-		if qos.KindOf(recs[0]) == qos.KindComplete {
-			holdOnce.Do(func() { h.log.holdFrom() })
-		}
-	}
 	h.log.mu.Unlock()
+	h.log.holdAtKind(qos.KindComplete)
 	pub := h.connect("pub", false)
 	pub.publish("t", 2, 1, "m")
 	got := 0

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,6 +187,37 @@ func (l *memLog) holdFrom() (release func()) {
 	l.hold = uint64(len(l.recs)) + 1
 	epoch := l.epoch
 	return func() { l.releaseIn(epoch) }
+}
+
+// holdAtKind makes the first append whose first record is of kind k
+// begin a slow fsync (holdFrom): that append's records and all after it
+// wait for release. It replaces any beforeAppend.
+func (l *memLog) holdAtKind(k qos.Kind) {
+	var once sync.Once
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.beforeAppend = func(recs [][]byte) {
+		if qos.KindOf(recs[0]) == k {
+			once.Do(func() { l.holdFrom() })
+		}
+	}
+}
+
+// refuseKind makes the log refuse as full (qos.ErrFull) every append whose
+// first record is of kind k, until the returned function is called. It
+// replaces any fail.
+func (l *memLog) refuseKind(k qos.Kind) (stop func()) {
+	var full atomic.Bool
+	full.Store(true)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fail = func(recs [][]byte) error {
+		if full.Load() && qos.KindOf(recs[0]) == k {
+			return qos.ErrFull
+		}
+		return nil
+	}
+	return func() { full.Store(false) }
 }
 
 // release makes the held records durable.

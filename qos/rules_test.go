@@ -605,14 +605,7 @@ func TestFailedWillCounted(t *testing.T) {
 	c := h.connect("w", false, func(i *qos.ConnectInfo) {
 		i.Will = &qos.Message{Topic: "will/w", QoS: 1, Payload: []byte("w"), Will: true}
 	})
-	h.log.mu.Lock()
-	h.log.fail = func(recs [][]byte) error {
-		if qos.KindOf(recs[0]) == qos.KindMessage {
-			return qos.ErrFull
-		}
-		return nil
-	}
-	h.log.mu.Unlock()
+	h.log.refuseKind(qos.KindMessage)
 	c.cl.Disconnect(true, nil)
 	deadline := time.Now().Add(5 * time.Second)
 	for h.e.Stats().Refused == 0 && time.Now().Before(deadline) {
