@@ -1052,3 +1052,48 @@ func TestGroupQoS2NeverWrittenGoesBack(t *testing.T) {
 		t.Fatalf("the other member got %q, want m", got)
 	}
 }
+
+// A clean member going away while its QoS 2 take's Deliver record waits
+// for a slow fsync, its PUBLISH not written, gives the message back to
+// the group: no client has it, so another member gets it [MQTT-4.8.2]
+// (it was lost, with no crash at all). With crash, the crash comes once
+// the group has it back, before another member took it: the GroupReturn
+// record gives it back in the replay too.
+func TestGroupCleanMemberQoS2PendingTakeGoesBack(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+			const key = "$share/g/s/#"
+			h := newHarness(t, nil)
+			p := h.connect("p", true)
+			p.subscribe(key, 2)
+			p.cl.Disconnect(false, nil)
+			h.log.holdAtKind(qos.KindDeliver)
+			c := h.connect("c", false)
+			c.subscribe(key, 2)
+			src := h.connect("src", false)
+			src.publish("s/t", 2, 1, "m")
+			src.conn.waitFor(t, 1)
+			waitKind(t, h.log, qos.KindDeliver, 1)
+			if got := c.conn.settle(); len(got) > 0 {
+				t.Fatalf("written before its record: %+v", got)
+			}
+			c.cl.Disconnect(false, nil)
+			h.log.release()
+			if crash {
+				waitKind(t, h.log, qos.KindGroupReturn, 1)
+				h.crash()
+			}
+			p.reconnect()
+			got := payloads(p.ackAll(p.conn.waitFor(t, 1)))
+			for range 3 {
+				got = append(got, payloads(p.ackAll(p.conn.settle()))...)
+			}
+			if len(got) != 1 || got[0] != "m" {
+				t.Fatalf("the other member got %q, want m once", got)
+			}
+			if got := c.conn.settle(); len(got) > 0 {
+				t.Fatalf("the member that went away was written %+v", got)
+			}
+		})
+	}
+}

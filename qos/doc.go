@@ -19,10 +19,10 @@
 //     connection (edge adapts *wal.Log and mochi's client), with the error
 //     sentinels ErrHole, ErrTrimmed, ErrLogClosed, ErrFull and ErrTooLarge.
 //   - Message, Session, Disconnect, Subscribe, Unsubscribe, Deliver,
-//     PacketRef, Checkpoint, GroupHandout: the records, with Encode (which fails for a
+//     PacketRef, Checkpoint, GroupHandout, GroupReturn: the records, with Encode (which fails for a
 //     body that has no encoding) and the encoders of the bodies that
 //     always encode (EncodeDisconnect, EncodeUnsubscribe, EncodeRef,
-//     EncodeEnd, EncodeCheckpoint, EncodeGroupHandout), and Decode. Every record starts with its Kind and a
+//     EncodeEnd, EncodeCheckpoint, EncodeGroupHandout, EncodeGroupReturn), and Decode. Every record starts with its Kind and a
 //     version byte; kinds are never renumbered. A record about a session
 //     names it by its Ref (version 2), a short id given at its creation
 //     that its Session record and every snapshot map to the client id;
@@ -135,8 +135,13 @@
 //     1/2 member still gets them). A QoS 2 message a member took stays its
 //     own, a clean member's too once its session ended [MQTT-4.8.2-5]: its
 //     take is logged, and the PUBLISH written only once the record is
-//     durable (one the full log refuses is tried again once a second; a
-//     member that goes before it was written gives it back).
+//     durable (one the full log refuses is tried again once a second). A
+//     member that goes before its PUBLISH was written (flight.written,
+//     set under the session's lock before the write) gives it back, with
+//     a GroupReturn record when its take was logged, so that a replay
+//     gives it back too; the record comes before any other member's take
+//     in the log. (A crash before that record is durable keeps it the
+//     member's, lost with its session.)
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.

@@ -33,6 +33,9 @@ const (
 	// KindGroupHandout says how far a shared group's QoS 0 hand-outs may
 	// reach (GroupHandout).
 	KindGroupHandout Kind = 12
+	// KindGroupReturn gives a message a shared group's clean member took
+	// at QoS 2 back to the group, its PUBLISH never written (GroupReturn).
+	KindGroupReturn Kind = 13
 )
 
 // Record versions. A record about a session names it by its client id
@@ -195,7 +198,7 @@ type PacketRef struct {
 // know), and the caller must refuse what the record was for; the bodies
 // that always encode have encoders without an error (EncodeDisconnect,
 // EncodeUnsubscribe, EncodeRef, EncodeEnd, EncodeCheckpoint,
-// EncodeGroupHandout).
+// EncodeGroupHandout, EncodeGroupReturn).
 func Encode(v any) ([]byte, error) {
 	b := make([]byte, 0, 64)
 	switch r := v.(type) {
@@ -329,6 +332,22 @@ func EncodeGroupHandout(r GroupHandout) []byte {
 	return binary.AppendUvarint(b, r.Below)
 }
 
+// GroupReturn is the body of KindGroupReturn: the message at Offset,
+// which a clean member of shared group Group took at QoS 2 (its Deliver
+// record), goes back to the group, to be handed out again: the member
+// went away before its PUBLISH was written, so no client has it and
+// [MQTT-4.8.2-5] does not keep it the member's.
+type GroupReturn struct {
+	Group  string
+	Offset uint64
+}
+
+// EncodeGroupReturn returns a KindGroupReturn record.
+func EncodeGroupReturn(r GroupReturn) []byte {
+	b := appendString([]byte{byte(KindGroupReturn), recordByClient}, r.Group)
+	return binary.AppendUvarint(b, r.Offset)
+}
+
 // EncodeEnd returns a KindSessionEnd record for a session.
 func EncodeEnd(r ClientRef) []byte {
 	return appendWho([]byte{byte(KindSessionEnd), versionFor(r.Ref)}, r.Client, r.Ref)
@@ -336,7 +355,7 @@ func EncodeEnd(r ClientRef) []byte {
 
 // Decode decodes any record into a pointer to its body type (*Message,
 // *Session, *Disconnect, *ClientRef, *Subscribe, *Unsubscribe, *Deliver,
-// *PacketRef, *Checkpoint or *GroupHandout) and returns its kind. Malformed input wraps ErrBadRecord.
+// *PacketRef, *Checkpoint, *GroupHandout or *GroupReturn) and returns its kind. Malformed input wraps ErrBadRecord.
 func Decode(rec []byte) (Kind, any, error) {
 	k := KindOf(rec)
 	if k == KindMessage {
@@ -363,7 +382,7 @@ func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 	d := decoder{b: rec}
 	d.byte()
 	v := d.byte()
-	if d.err == nil && v != recordByClient && (v != recordByRef || k == KindCheckpoint || k == KindGroupHandout) {
+	if d.err == nil && v != recordByClient && (v != recordByRef || k == KindCheckpoint || k == KindGroupHandout || k == KindGroupReturn) {
 		return k, nil, fmt.Errorf("%w: kind %d version %d", ErrBadRecord, k, v)
 	}
 	var out any
@@ -443,6 +462,8 @@ func decodeRecord(k Kind, rec []byte) (Kind, any, error) {
 		out = &Checkpoint{Offset: d.uvarint()}
 	case KindGroupHandout:
 		out = &GroupHandout{Group: d.string(), Below: d.uvarint()}
+	case KindGroupReturn:
+		out = &GroupReturn{Group: d.string(), Offset: d.uvarint()}
 	default:
 		return k, nil, fmt.Errorf("%w: unknown kind %d", ErrBadRecord, k)
 	}

@@ -35,6 +35,7 @@ func sampleRecords() [][]byte {
 		qos.EncodeEnd(qos.ClientRef{Client: "c1"}),
 		qos.EncodeCheckpoint(1 << 33),
 		qos.EncodeGroupHandout(qos.GroupHandout{Group: "$share/g/a/#", Below: 1 << 35}),
+		qos.EncodeGroupReturn(qos.GroupReturn{Group: "$share/g/a/#", Offset: 1 << 36}),
 		// Version 2: a session's records name it by its Ref.
 		must(qos.Encode(&qos.Session{Client: "c5", Ref: 1, ProtocolVersion: 5, ExpiryInterval: 60, Username: "carol"})),
 		must(qos.Encode(&qos.Session{Client: "c6", Ref: 1 << 40, ProtocolVersion: 4, ExpiryInterval: 60, Will: will})),
@@ -70,6 +71,8 @@ func TestRecordsRoundTrip(t *testing.T) {
 			again = qos.EncodeCheckpoint(r.Offset)
 		case *qos.GroupHandout:
 			again = qos.EncodeGroupHandout(*r)
+		case *qos.GroupReturn:
+			again = qos.EncodeGroupReturn(*r)
 		default:
 			again, err = qos.Encode(v)
 		}

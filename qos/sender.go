@@ -572,6 +572,27 @@ func (c *connection) releaseAgain(a ack) {
 	}
 }
 
+// markWritten marks o, a shared group's QoS 2 flight whose PUBLISH is
+// about to be written, written (flight.written), and reports whether it
+// is still this connection's to write: not when the member went away
+// meanwhile and gave it back to the group, for another member, who
+// would get it too. Takes the session's lock.
+func (c *connection) markWritten(o *outgoing) bool {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.flights[o.pid]
+	if !ok || f.seq != o.f.seq || c.gone {
+		return false
+	}
+	if !f.written {
+		f.written = true
+		s.flights[o.pid] = f
+	}
+	o.f.written = true
+	return true
+}
+
 // writePublish writes one PUBLISH (or, for a released QoS 2 flight, its
 // PUBREL). A packet too large for the client is dropped, counted, and its
 // flight freed, so the next message flows.
@@ -586,6 +607,9 @@ func (c *connection) writePublish(o *outgoing) bool {
 		} else if !write {
 			return true
 		}
+	}
+	if o.f.group != nil && o.f.qos == 2 && !o.f.released && !c.markWritten(o) {
+		return true // given back to its group meanwhile (givenBack)
 	}
 	if o.resend && o.f.released {
 		c.pkt = Packet{Type: PacketPubrel, PacketID: o.pid}

@@ -70,15 +70,24 @@ type flight struct {
 	// (see logDeliverLocked, relog).
 	logged   uint64
 	unlogged bool
+	// written says a shared group's QoS 2 flight had its PUBLISH written,
+	// or about to be: its writer sets it, under the session's lock,
+	// before it writes, and writes only a flight still the session's
+	// (writePublish). From then on the message is its member's
+	// [MQTT-4.8.2-5]; before, a clean member going away gives it back.
+	written bool
 }
 
-// givenBack reports whether f goes back to its shared group when its
-// member goes away: a QoS 1 flight [MQTT-4.8.2], and a QoS 2 one whose
-// PUBLISH was never written (its Deliver record is not in the log, and
-// the PUBLISH waits for it: awaitRecord); a QoS 2 one written stays the
-// member's [MQTT-4.8.2-5]. Called with s.mu held.
-func (f flight) givenBack() bool {
-	return f.group != nil && (f.qos == 1 || (f.unlogged && !f.released))
+// givenBack reports whether f, a flight of a persistent session or not,
+// goes back to its shared group when its member goes away: a QoS 1 flight
+// [MQTT-4.8.2], and a QoS 2 one whose PUBLISH was never written, so that
+// no client has it: one whose Deliver record is not in the log (the
+// PUBLISH waits for it: awaitRecord), and a clean member's whose PUBLISH
+// waited for its record (written). A QoS 2 one written stays the
+// member's [MQTT-4.8.2-5], and so does a persistent member's logged one,
+// which its next connection sends. Called with s.mu held.
+func (f flight) givenBack(persistent bool) bool {
+	return f.group != nil && (f.qos == 1 || (!f.released && (f.unlogged || (!persistent && !f.written))))
 }
 
 // group is a shared subscription group: one queue its connected members
@@ -428,7 +437,7 @@ func (e *Engine) endSessionLocked(s *session, taken bool) {
 	s.mu.Lock()
 	s.ended = true
 	subs := slices.Collect(maps.Values(s.subs))
-	returned := s.returnFlightsLocked(func(flight) bool { return true })
+	returned := s.returnFlightsLocked(e, func(flight) bool { return true })
 	c := s.conn.Swap(nil)
 	if c != nil {
 		c.gone = true
@@ -446,20 +455,27 @@ func (e *Engine) endSessionLocked(s *session, taken bool) {
 // returnFlightsLocked takes the flights leaving picks out of s, and gives
 // the QoS 1 ones of shared groups back to their groups, for another
 // member [MQTT-4.8.2] (a member going away keeps its QoS 2 ones, or they
-// end with its session [MQTT-4.8.2-5], but those never written: their
-// records are not logged, see givenBack). Each goes from s to its group under both their
+// end with its session [MQTT-4.8.2-5], but those whose PUBLISH was never
+// written, see givenBack; one whose Deliver record was logged gets a
+// GroupReturn record). Each goes from s to its group under both their
 // locks, in one step: a checkpoint's walk sees it in one place or the
 // other. It returns the groups to kick (kickGroups) once s.mu is
 // released. Called with s.mu held.
-func (s *session) returnFlightsLocked(leaving func(flight) bool) []*group {
+func (s *session) returnFlightsLocked(e *Engine, leaving func(flight) bool) []*group {
 	var gs []*group
 	for pid, f := range s.flights {
 		if !leaving(f) {
 			continue
 		}
 		delete(s.flights, pid)
-		if !f.givenBack() {
+		if !f.givenBack(s.persistent) {
 			continue
+		}
+		if f.qos == 2 && f.logged > 0 && !f.unlogged {
+			// Its Deliver record is in the log: a replay would keep the
+			// message taken. The record giving it back precedes any
+			// other member's take of it, which comes after it in g.
+			e.appendRecord(EncodeGroupReturn(GroupReturn{Group: f.group.key, Offset: f.offset}))
 		}
 		f.group.mu.Lock()
 		f.group.returned = append(f.group.returned, Entry{Offset: f.offset, Msg: f.msg})
@@ -528,7 +544,7 @@ func (cl *Client) Disconnect(willPending bool, expiry *uint32) {
 	// No Complete record: should the broker stop before another member
 	// takes one, the log still gives it to this one (unless a checkpoint
 	// came since: see doc.go).
-	returned := s.returnFlightsLocked(flight.givenBack)
+	returned := s.returnFlightsLocked(e, func(f flight) bool { return f.givenBack(s.persistent) })
 	// Retained messages of a SUBSCRIBE not yet sent wait for the next
 	// connection of a persistent session (not across a restart).
 	if !persistent {

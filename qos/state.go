@@ -331,6 +331,8 @@ func (st *State) ApplyDecoded(offset uint64, k Kind, v any) {
 				s.Next = max(s.Next, r.Offset+1)
 			}
 		}
+	case *GroupReturn:
+		st.returnTaken(r.Group, r.Offset)
 	case *GroupHandout:
 		if _, ok := st.GroupNext[r.Group]; ok {
 			st.GroupHandout[r.Group] = max(st.GroupHandout[r.Group], r.Below)
@@ -397,22 +399,26 @@ func (st *State) giveBack(s *SessionState) {
 			continue
 		}
 		delete(s.Inflight, pid)
-		next, ok := st.GroupNext[in.Group]
-		if !ok {
-			continue
+		st.returnTaken(in.Group, in.Offset)
+	}
+}
+
+// returnTaken gives the message at off, which a member of group key took,
+// back to the group: owed below the group's position (a checkpoint moved
+// it past what members held), no longer taken at or above it.
+func (st *State) returnTaken(key string, off uint64) {
+	next, ok := st.GroupNext[key]
+	switch {
+	case !ok:
+	case off < next:
+		o := st.GroupOwed[key]
+		if o == nil {
+			o = map[uint64]bool{}
+			st.GroupOwed[key] = o
 		}
-		if in.Offset < next {
-			// Below the position (a checkpoint moved it past what members
-			// held): owed.
-			o := st.GroupOwed[in.Group]
-			if o == nil {
-				o = map[uint64]bool{}
-				st.GroupOwed[in.Group] = o
-			}
-			o[in.Offset] = true
-		} else if t := st.GroupTaken[in.Group]; t[in.Offset] {
-			delete(st.taken(in.Group), in.Offset)
-		}
+		o[off] = true
+	case st.GroupTaken[key][off]:
+		delete(st.taken(key), off)
 	}
 }
 
