@@ -328,8 +328,14 @@ type GroupHandout struct {
 
 // EncodeGroupHandout returns a KindGroupHandout record.
 func EncodeGroupHandout(r GroupHandout) []byte {
-	b := appendString([]byte{byte(KindGroupHandout), recordByClient}, r.Group)
-	return binary.AppendUvarint(b, r.Below)
+	return encodeGroupOffset(KindGroupHandout, r.Group, r.Below)
+}
+
+// encodeGroupOffset returns a record of kind k that names a shared group
+// and an offset: GroupHandout's and GroupReturn's encoding.
+func encodeGroupOffset(k Kind, group string, off uint64) []byte {
+	b := appendString([]byte{byte(k), recordByClient}, group)
+	return binary.AppendUvarint(b, off)
 }
 
 // GroupReturn is the body of KindGroupReturn: the message at Offset,
@@ -344,8 +350,7 @@ type GroupReturn struct {
 
 // EncodeGroupReturn returns a KindGroupReturn record.
 func EncodeGroupReturn(r GroupReturn) []byte {
-	b := appendString([]byte{byte(KindGroupReturn), recordByClient}, r.Group)
-	return binary.AppendUvarint(b, r.Offset)
+	return encodeGroupOffset(KindGroupReturn, r.Group, r.Offset)
 }
 
 // EncodeEnd returns a KindSessionEnd record for a session.
