@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -229,7 +230,14 @@ func TestCompareSteady(t *testing.T) {
 	for _, c := range rep.Cells {
 		got[c.Scenario] = c
 	}
-	for _, name := range []string{steadyName, fsyncName, cpuName} {
+	if runtime.GOOS == "linux" && r.FsyncCPUMicros <= 0 {
+		t.Errorf("fsync CPU not measured: %v µs", r.FsyncCPUMicros)
+	}
+	names := []string{steadyName, fsyncName, cpuName}
+	if runtime.GOOS == "linux" {
+		names = append(names, fsyncCPU)
+	}
+	for _, name := range names {
 		if c := got[name]; c == nil || len(c.Values) != 1 || c.Broker != "mochi" {
 			t.Errorf("cell %q: %+v", name, c)
 		}

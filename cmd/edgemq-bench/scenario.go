@@ -158,7 +158,10 @@ type Result struct {
 	// Fsync is the latency of a small write plus fsync on the broker's disk,
 	// measured during the publish phase in its directory (params.fsyncDir).
 	Fsync *latencyStats `json:"fsync,omitempty"`
-	Notes []string      `json:"notes,omitempty"`
+	// FsyncCPUMicros is the fsync probe's own CPU, user and system, per
+	// small write and fsync (measureFsync); 0 where not measured.
+	FsyncCPUMicros float64  `json:"fsync_cpu_us,omitempty"`
+	Notes          []string `json:"notes,omitempty"`
 }
 
 // phaseResult is one phase of the burst scenario, by send time.
@@ -515,12 +518,13 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	remaining.Store(int64(len(pubs)))
 	var pubWG sync.WaitGroup
 	var fsyncStats latencyStats
+	var fsyncCPU float64
 	var fsyncErr error
 	if p.fsyncDir != "" {
 		pubWG.Add(1)
 		go func() {
 			defer pubWG.Done()
-			fsyncStats, fsyncErr = measureFsync(pubCtx, p.fsyncDir)
+			fsyncStats, fsyncCPU, fsyncErr = measureFsync(pubCtx, p.fsyncDir)
 		}()
 	}
 	for _, pb := range pubs {
@@ -564,6 +568,7 @@ func runFlow(ctx context.Context, p params, r *Result) error {
 	}
 	if p.fsyncDir != "" {
 		r.Fsync = &fsyncStats
+		r.FsyncCPUMicros = fsyncCPU
 	}
 
 	// Drain: wait for the acks, then for the deliveries, each until complete
