@@ -140,8 +140,21 @@
 //     set under the session's lock before the write) gives it back, with
 //     a GroupReturn record when its take was logged, so that a replay
 //     gives it back too; the record comes before any other member's take
-//     in the log. (A crash before that record is durable keeps it the
-//     member's, lost with its session.)
+//     in the log. A crash before that record is durable keeps it the
+//     member's, lost with its session, and this is the rule, not a
+//     shortcut: the log then holds exactly what it holds when the PUBLISH
+//     was written and the crash came after (the take's Deliver record and
+//     nothing of the member after it: a clean member logs nothing more),
+//     so recovery cannot tell the two apart, and in the second another
+//     member getting it would get it twice, which [MQTT-4.8.2-5] forbids
+//     (the message ends with the member's session, and a clean session
+//     does not survive the restart [MQTT-3.1.2-5]). Only a GroupReturn
+//     record proves a durable take was never written. No other record
+//     would close the gap: one proving the PUBLISH was about to be
+//     written must be durable before it, so a member going away while
+//     that one waits for its fsync needs a record again
+//     (TestGroupReturnLostKeepsTheTake). So the group gets such a
+//     message once at most across a crash, not at least once.
 //   - Order between different publishers is log order, not arrival order
 //     across connections; QoS 0 and QoS 1/2 messages of one publisher are
 //     not ordered against each other.
