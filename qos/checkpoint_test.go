@@ -1168,3 +1168,41 @@ func TestGroupReturnLostKeepsTheTake(t *testing.T) {
 		t.Fatalf("a second member got the message (%d), where the log says it may have reached the first", n)
 	}
 }
+
+// TestGroupRecoveredQoS2FlightStaysTheMembers: a persistent member's QoS
+// 2 take from a shared group whose PUBLISH reached the client before a
+// crash is recovered as a flight, and stays the member's [MQTT-4.8.2-5],
+// also when the session is resumed with an expiry of 0 (so that it ends
+// with this connection, as a clean one does) and goes before the resend
+// was written: the recovered flight did not say it had been written, and
+// such a session going gave it back to the group, to a second member,
+// who got the message the first had (it failed so before).
+func TestGroupRecoveredQoS2FlightStaysTheMembers(t *testing.T) {
+	const key = "$share/g/s/#"
+	h := newHarness(t, nil)
+	p := h.connect("p", true)
+	p.subscribe(key, 2)
+	p.cl.Disconnect(false, nil)
+	a := h.connect("a", true)
+	a.subscribe(key, 2)
+	src := h.connect("src", false)
+	src.publish("s/t", 2, 1, "m")
+	a.conn.waitFor(t, 1) // its PUBLISH reached a, not acknowledged yet
+	n := 1
+	h.e.WaitDispatched()
+	h.crash()
+	// a comes back for this connection only, and goes before its sender
+	// resent anything (no Established: CONNACK not written).
+	cl, _, err := h.e.Connect(newFakeConn(), qos.ConnectInfo{ClientID: "a", ProtocolVersion: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Disconnect(false, nil)
+	p.reconnect()
+	for range 3 {
+		n += len(p.ackAll(p.conn.settle()))
+	}
+	if n != 1 {
+		t.Fatalf("the group's QoS 2 message delivered %d times, want once", n)
+	}
+}

@@ -155,7 +155,11 @@ func (e *Engine) recover() error {
 			f := flight{offset: in.Offset, seq: s.seq, qos: in.QoS, released: in.Released, retain: in.Retain,
 				atSubscribe: in.AtSubscribe, msg: in.Msg}
 			if in.Group != "" {
-				f.group = e.groups[in.Group]
+				// Its PUBLISH may have been written before the restart:
+				// a QoS 2 one is its member's from then on, also if the
+				// session now ends with its connection [MQTT-4.8.2-5]
+				// (givenBack).
+				f.group, f.written = e.groups[in.Group], true
 			}
 			s.flights[pid] = f
 			s.nextPID = max(s.nextPID, pid)

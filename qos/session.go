@@ -73,8 +73,10 @@ type flight struct {
 	// written says a shared group's QoS 2 flight had its PUBLISH written,
 	// or about to be: its writer sets it, under the session's lock,
 	// before it writes, and writes only a flight still the session's
-	// (writePublish). From then on the message is its member's
-	// [MQTT-4.8.2-5]; before, a clean member going away gives it back.
+	// (writePublish); a flight recovered from the log has it set, as its
+	// PUBLISH may have been written before the restart. From then on the
+	// message is its member's [MQTT-4.8.2-5]; before, a member whose
+	// session ends with its connection gives it back when it goes.
 	written bool
 }
 
