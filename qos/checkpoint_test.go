@@ -1206,3 +1206,41 @@ func TestGroupRecoveredQoS2FlightStaysTheMembers(t *testing.T) {
 		t.Fatalf("the group's QoS 2 message delivered %d times, want once", n)
 	}
 }
+
+// TestGroupGivenBackRecoveredFlightGrantsMessageQoS: a QoS 1 message a
+// persistent member holds as a flight recovered without its message
+// (read from the log when resent) that goes back to its shared group is
+// granted to the next member at the lesser of the message's QoS and the
+// member's subscription's [MQTT-3.8.4-8] (MQTT 5 §3.3.1.2), with its
+// RETAIN as the member asked [MQTT-3.3.1-12]: it was granted the
+// subscription's QoS 2, a QoS 1 message delivered at QoS 2 (it failed so
+// before). The member's session, resumed on a full log that refused its
+// Session record, is offline in the log, so recovery keeps the flight
+// its own; a clean start ends the session and gives the flight back.
+func TestGroupGivenBackRecoveredFlightGrantsMessageQoS(t *testing.T) {
+	const key = "$share/g/s/#"
+	h := newHarness(t, nil)
+	p := h.connect("p", true)
+	p.subscribe(key, 2)
+	p.cl.Disconnect(false, nil)
+	a := h.connect("a", true)
+	a.subscribe(key, 1)
+	a.cl.Disconnect(false, nil)
+	roomAgain := h.log.refuseKind(qos.KindSession)
+	a.reconnect()
+	roomAgain()
+	src := h.connect("src", false)
+	src.publish("s/t", 1, 1, "m")
+	if got := a.conn.waitFor(t, 1); got[0].QoS != 1 {
+		t.Fatalf("a got %+v", got)
+	}
+	h.e.WaitDispatched()
+	h.crash()
+	a.info.CleanStart = true // ends the session: its flight goes back
+	a.reconnect()
+	p.reconnect()
+	got := p.conn.waitFor(t, 1)
+	if len(got) != 1 || got[0].Type != qos.PacketPublish || got[0].QoS != 1 || string(got[0].Message.Payload) != "m" {
+		t.Fatalf("the other member got %+v, want m at QoS 1", got)
+	}
+}

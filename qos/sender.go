@@ -476,6 +476,18 @@ func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 		} else {
 			en, ok = g.queue.Pop()
 		}
+		if ok && en.Msg == nil {
+			// Given back by a flight recovered without its message: its
+			// grant is the message's (grantShared), so it is read here,
+			// under the locks, once per such flight.
+			m, err := c.e.logMessage(en.Offset)
+			if err != nil {
+				c.e.stats.dropUnreadable.Add(1)
+				c.e.lg.Error("shared group's message unreadable: not handed out again", "group", g.key, "offset", en.Offset, "error", err)
+				ok = false
+			}
+			en.Msg = m
+		}
 		if !ok {
 			g.mu.Unlock()
 			continue
@@ -490,14 +502,13 @@ func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 	return Entry{}, nil, 0, false
 }
 
-// grantShared applies a member's subscription to a group's message.
+// grantShared applies a member's subscription to a group's message (en
+// holds it): the lesser of the message's QoS and the subscription's
+// [MQTT-3.8.4-8], RETAIN as published only if the member asked for it
+// [MQTT-3.3.1-12] [MQTT-3.3.1-13].
 func grantShared(en Entry, sb *sub) Entry {
-	if en.Msg != nil {
-		en.QoS = min(en.Msg.QoS, sb.QoS)
-		en.Retain = en.Msg.Retain && sb.RetainAsPublished
-	} else {
-		en.QoS = sb.QoS
-	}
+	en.QoS = min(en.Msg.QoS, sb.QoS)
+	en.Retain = en.Msg.Retain && sb.RetainAsPublished
 	en.IDs = sb.ids
 	return en
 }
@@ -785,17 +796,31 @@ func (c *connection) alias(topic string) (a uint16, only bool) {
 	return c.nextAlias, false
 }
 
-// readMessage reads and decodes the message at offset.
+// readMessage reads and decodes the message at offset, or finds it among
+// the retained messages (it outlives its record). It takes Engine.mu.
 func (e *Engine) readMessage(offset uint64) (*Message, error) {
-	rec, err := e.log.Read(offset)
+	m, err := e.logMessage(offset)
+	if errors.Is(err, ErrBadRecord) {
+		return nil, err
+	}
 	if err != nil {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		for _, r := range e.retained { // a retained message outlives its record
+		for _, r := range e.retained {
 			if r.Offset == offset {
 				return &r.Message, nil
 			}
 		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// logMessage reads and decodes the message at offset from the log alone;
+// it takes no lock of the engine's.
+func (e *Engine) logMessage(offset uint64) (*Message, error) {
+	rec, err := e.log.Read(offset)
+	if err != nil {
 		return nil, err
 	}
 	m := new(Message)
