@@ -303,26 +303,14 @@ func (b *Broker) inheritSession(cl *mqtt.Client, pk *packets.Packet) bool {
 	return true
 }
 
-// takeoverGoodbye bounds what a takeover waits for the connection it
-// replaces to take its DISCONNECT 0x8E and close: on a healthy connection
-// that is a write to a socket with room, microseconds; a client that
-// reads nothing more, its socket full and a write of ours blocked on it
-// for up to limits.write_timeout, would hold the new connection's
-// CONNACK back that long.
-const takeoverGoodbye = 500 * time.Millisecond
-
 // closeTakenOver ends the connection of cl, whose client id a new
 // connection took: DISCONNECT 0x8E Session taken over to an MQTT 5
 // client, then the close [MQTT-3.1.4-3] (3.1.1: the close alone,
-// [MQTT-3.1.4-2]), at once: what does not go within takeoverGoodbye
-// (the DISCONNECT waiting behind a blocked write, a TLS close_notify or a
-// WebSocket close frame on a full socket) is cut (conn.cut), which ends
-// the blocked writes too. The client cannot read a goodbye then anyway.
+// [MQTT-3.1.4-2]), within the goodbye's bound (goodbyeTimeout): an old
+// client that reads nothing more, a write of ours blocked on its full
+// socket, would hold the new connection's CONNACK back for
+// limits.write_timeout.
 func closeTakenOver(s *mqtt.Server, cl *mqtt.Client) {
-	if wc, ok := cl.Net.Conn.(*conn); ok {
-		cut := time.AfterFunc(takeoverGoodbye, wc.cut)
-		defer cut.Stop()
-	}
 	_ = disconnectClient(s, cl, packets.ErrSessionTakenOver)
 }
 
@@ -448,13 +436,19 @@ func keepWill(pk *packets.Packet) {
 // disconnectClient ends cl's connection with code, and returns code: an
 // MQTT 5 client gets DISCONNECT with it first [MQTT-3.14.2]; 3.1.1 has
 // no DISCONNECT from the server, its connection is closed (mochi's
-// DisconnectClient writes a DISCONNECT whatever the version).
+// DisconnectClient writes a DISCONNECT whatever the version). Every
+// DISCONNECT the server sends after CONNACK goes through it or through
+// conn.disconnect, which it calls: the goodbye's bound starts before it
+// waits for anything (a write of mochi's holding the client's lock, one
+// of the engine's holding the connection), so the connection is closed
+// within goodbyeTimeout, whatever the client reads.
 func disconnectClient(s *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
-	if cl.Properties.ProtocolVersion == 5 {
+	if wc, ok := cl.Net.Conn.(*conn); ok {
+		_ = wc.disconnect(code.Code)
+	} else if cl.Properties.ProtocolVersion == 5 {
 		_ = s.DisconnectClient(cl, code)
-	} else {
-		cl.Stop(code)
 	}
+	cl.Stop(code)
 	return code
 }
 
@@ -477,7 +471,7 @@ func sharedNoLocal(pk *packets.Packet) bool {
 func (b *Broker) packetFailed(cl *mqtt.Client, pk *packets.Packet, err error) error {
 	var code packets.Code
 	if errors.As(err, &code) && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
-		_ = b.srv.DisconnectClient(cl, code)
+		_ = disconnectClient(b.srv, cl, code)
 	}
 	b.srv.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", *pk)
 	return err

@@ -116,12 +116,17 @@ type conn struct {
 	end func(err error)
 
 	// bye is set once a DISCONNECT that refuses the client's packet went
-	// out (refusesPacket), lingered once linger ran: Close then lets the
+	// out (disconnect), lingered once linger ran: Close then lets the
 	// client read it before the socket goes (see linger).
 	bye      atomic.Bool
 	lingered atomic.Bool
-	// saidKeepAlive is set once keepAliveTimeout wrote its DISCONNECT.
-	saidKeepAlive atomic.Bool
+	// saidBye is set once disconnect wrote a DISCONNECT: the server sends
+	// nothing after it [MQTT-3.14.4-1], a second one included.
+	saidBye atomic.Bool
+	// byeTimer cuts the connection when its goodbye takes longer than
+	// goodbyeTimeout (boundGoodbye); set once, under byeOnce.
+	byeOnce  sync.Once
+	byeTimer *time.Timer
 
 	broken    atomic.Bool
 	closeOnce sync.Once
@@ -173,12 +178,11 @@ func (c *conn) Read(p []byte) (int, error) {
 }
 
 // goodbye tells a v5 client why it is cut (CONNACK, or DISCONNECT after
-// CONNECT, with the framer's reason code and an empty property list: it could be left out
-// [MQTT-3.14.2.2.1], but some decoders, mochi's own, then miss the reason)
-// and lets the refused packet's bytes drain for a moment: closing a TCP
-// socket with unread bytes sends a reset, and the client's stack then
-// throws away the DISCONNECT before the client reads it. It returns the
-// error that ends mochi's read loop.
+// CONNECT, with the framer's reason code) and lets the refused packet's
+// bytes drain for a moment (linger): closing a TCP socket with unread
+// bytes sends a reset, and the client's stack then throws away the
+// DISCONNECT before the client reads it. It returns the error that ends
+// mochi's read loop.
 func (c *conn) goodbye() error {
 	err := errPacketTooLarge
 	if c.refused == packets.ErrProtocolViolation.Code {
@@ -188,22 +192,83 @@ func (c *conn) goodbye() error {
 		c.onRefused(c.refused, c.framer.property)
 		c.onRefused = nil
 	}
-	var last []byte
-	switch {
-	case c.framer.inConnect:
+	var werr error
+	if c.framer.inConnect {
 		// Before mochi saw CONNECT: a CONNACK refuses it [MQTT-3.2.2-8]
 		// (session present 0, no properties).
-		last = []byte{packets.Connack << 4, 3, 0, c.refused, 0}
-	case c.v5.Load():
-		last = []byte{packets.Disconnect << 4, 2, c.refused, 0}
+		werr = c.sayGoodbye([]byte{packets.Connack << 4, 3, 0, c.refused, 0})
+	} else {
+		werr = c.disconnect(c.refused)
 	}
-	if last != nil {
-		if _, werr := c.Write(last); werr != nil || c.flush() != nil {
-			return err
-		}
+	if werr == nil {
+		c.linger()
 	}
-	c.linger()
 	return err
+}
+
+// goodbyeTimeout bounds the server's goodbye to a client, from its first
+// step (sayGoodbye, or Close) to the closed socket: the wait for a write
+// of ours already in progress, what a cork holds, the DISCONNECT (or
+// refusing CONNACK) that says why, and the close (a TLS close_notify, the
+// WebSocket close handshake). On a healthy connection that is a write to
+// a socket with room, microseconds; a client that reads nothing more, its
+// socket full and a write of ours blocked on it, would hold them for
+// limits.write_timeout (TLS and coder/websocket bound their close by 5 s
+// more of their own), and with them the goroutine that says goodbye (the
+// read goroutine, and with it the session's disconnect and its will; a
+// takeover's CONNACK; a shutdown batch). What is not done by then is cut
+// (conn.cut), which ends the blocked writes too: the client cannot read a
+// goodbye then anyway. linger, which waits for a client that is still
+// writing, moves the bound by drainTime.
+const goodbyeTimeout = 500 * time.Millisecond
+
+// boundGoodbye starts the goodbye's bound, once: goodbyeTimeout from now,
+// the connection is cut. Close stops it once closed.
+func (c *conn) boundGoodbye() {
+	c.byeOnce.Do(func() { c.byeTimer = time.AfterFunc(goodbyeTimeout, c.cut) })
+}
+
+// sayGoodbye begins the end of the connection, which the server takes
+// this way whatever its reason: it starts the goodbye's bound and writes
+// last (the packet that says why; nil: nothing) after whatever a cork
+// holds. The caller then closes (Close), or its read goroutine does,
+// ending; both are within the bound.
+func (c *conn) sayGoodbye(last []byte) error {
+	c.boundGoodbye()
+	if last == nil {
+		return nil
+	}
+	if _, err := c.Write(last); err != nil {
+		return err
+	}
+	return c.flush()
+}
+
+// disconnect is sayGoodbye with DISCONNECT reason to an MQTT 5 client
+// (§3.14.2.1), once: the reason code and an empty property list, which
+// could be left out [MQTT-3.14.2.2.1] but whose absence some decoders,
+// mochi's own, read as no reason; no reason string, which could make it
+// larger than the client's Maximum Packet Size [MQTT-3.14.2-3]. MQTT
+// 3.1.1 has no DISCONNECT from the server: nothing is written.
+//
+// After 0x93 Receive Maximum exceeded (§3.3.4, §4.13.2), sent on the read
+// goroutine to a client that is sending a stream of QoS 1/2 publishes and
+// may still be writing, Close lingers. Not after the others: those sent
+// for other reasons (0x8B shutting down, 0x8D keep alive timeout, 0x8E
+// session taken over) come often from another goroutine, where Close must
+// not wait, and a client refused for a single packet (0x82 for a second
+// CONNECT) is waiting for an answer, not writing: Paho's suite, whose
+// client spins on a socket that reads end-of-file, hung in 2 of 8 runs of
+// test_basic when those lingered too, and in none of 8 without. The
+// framer's refusals (goodbye) linger as before.
+func (c *conn) disconnect(reason byte) error {
+	if !c.v5.Load() || !c.saidBye.CompareAndSwap(false, true) {
+		return c.sayGoodbye(nil)
+	}
+	if reason == packets.ErrReceiveMaximum.Code {
+		c.bye.Store(true)
+	}
+	return c.sayGoodbye([]byte{packets.Disconnect << 4, 2, reason, 0})
 }
 
 // linger ends the sending side (FIN; TLS close_notify) and reads and drops
@@ -216,53 +281,26 @@ func (c *conn) goodbye() error {
 // answers them with a reset, which fails the client's next write before it
 // reads the DISCONNECT, and can make its stack throw the DISCONNECT away.
 // It runs on the goroutine that closes: the read goroutine, for the
-// DISCONNECT refusesPacket names. Not on WebSocket: its close handshake ends it.
+// DISCONNECT 0x93 (disconnect). Not on WebSocket: its close handshake ends
+// it. The goodbye's bound moves to drainTime (and goodbyeTimeout for the
+// close) from its start.
 func (c *conn) linger() {
 	hc, ok := c.Conn.(interface{ CloseWrite() error })
 	if !ok || !c.lingered.CompareAndSwap(false, true) {
 		return
 	}
+	c.boundGoodbye()
+	c.byeTimer.Reset(drainTime + goodbyeTimeout)
 	_ = hc.CloseWrite()
 	_ = c.Conn.SetReadDeadline(time.Now().Add(drainTime))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.Conn, drainBytes))
 }
 
-// refusesPacket reports whether p is a DISCONNECT 0x93 Receive Maximum
-// exceeded (§3.3.4, §4.13.2): the server sends it on the read goroutine,
-// to a client that is sending a stream of QoS 1/2 publishes and may still
-// be writing. Not the others: those sent for other reasons (0x8B shutting
-// down, 0x8D keep alive timeout, 0x8E session taken over) come often from
-// another goroutine, where Close must not wait, and a client refused for
-// a single packet (0x82 for a second CONNECT) is waiting for an answer,
-// not writing: Paho's suite, whose client spins on a socket that reads
-// end-of-file, hung in 2 of 8 runs of test_basic when those lingered too,
-// and in none of 8 without. The framer's refusals (goodbye) linger as before.
-func refusesPacket(p []byte) bool {
-	if len(p) < 3 || p[0] != packets.Disconnect<<4 {
-		return false
-	}
-	i := 1 // the reason code follows the remaining length (a variable byte integer)
-	for i < len(p) && i < 5 && p[i]&0x80 != 0 {
-		i++
-	}
-	if i+1 >= len(p) {
-		return false
-	}
-	return p[i+1] == packets.ErrReceiveMaximum.Code
-}
-
-// keepAliveTimeout tells an MQTT 5 client, once, that it is cut for its
+// keepAliveTimeout tells an MQTT 5 client that it is cut for its
 // silence: DISCONNECT 0x8D Keep Alive timeout (§3.14.2.1) before the
-// close [MQTT-3.1.2-22], with no properties: a reason string could make
-// it larger than the client's Maximum Packet Size [MQTT-3.14.2-3]. MQTT
-// 3.1.1 has no DISCONNECT from the server. The caller closes.
+// close [MQTT-3.1.2-22]. The caller closes.
 func (c *conn) keepAliveTimeout() {
-	if !c.v5.Load() || !c.saidKeepAlive.CompareAndSwap(false, true) {
-		return
-	}
-	if _, err := c.Write([]byte{packets.Disconnect << 4, 2, packets.ErrKeepAliveTimeout.Code, 0}); err == nil {
-		_ = c.flush()
-	}
+	_ = c.disconnect(packets.ErrKeepAliveTimeout.Code)
 }
 
 // drainTime and drainBytes bound what linger reads and drops.
@@ -286,9 +324,6 @@ func (c *conn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	if c.broken.Load() {
 		return 0, errConnBroken
-	}
-	if refusesPacket(p) {
-		c.bye.Store(true)
 	}
 	if !c.corked {
 		return c.writeLocked(p)
@@ -505,10 +540,13 @@ func (c *conn) writeLocked(p []byte) (int, error) {
 
 // Close closes the connection once, after writing what a cork collected,
 // and after a DISCONNECT that refused the client's packet, once the client
-// could read it (linger). After a failed write it skips the goodbye, which
-// would block on the same stuck socket.
+// could read it (linger), all within the goodbye's bound (boundGoodbye).
+// After a failed write it skips the goodbye, which would block on the
+// same stuck socket.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
+		c.boundGoodbye()
+		defer c.byeTimer.Stop()
 		if c.broken.Load() {
 			c.closeErr = c.closeNow()
 			return

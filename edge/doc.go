@@ -20,6 +20,12 @@
 //     keeps what it was owed. mochi alone holds the subscriber's lock across
 //     the write, which blocks every QoS 1/2 publisher to it for as long as
 //     the socket stays blocked.
+//   - A connection the server ends (a DISCONNECT for any reason, a keep
+//     alive that expired, a takeover, a shutdown, a refused packet) is
+//     closed within 500 ms of that decision (goodbyeTimeout), its
+//     DISCONNECT written first when the client's socket takes it: a client
+//     that reads nothing more does not hold the read goroutine, the
+//     session's disconnect or a takeover for limits.write_timeout.
 //   - With neither auth.password_file nor auth.allow_anonymous, every
 //     listener and the HTTP side are bound to loopback whatever their
 //     configured host, and a warning says so.

@@ -124,7 +124,9 @@ func (c mochiConn) Close(reason byte) {
 	_ = disconnectClient(c.srv, c.cl, packets.Code{Code: reason, Reason: reasonText(reason)})
 }
 
-// reasonText is the reason string of a DISCONNECT the engine asks for.
+// reasonText names the reason the engine ends a connection with, for the
+// client's stop cause (the disconnect's log line); the DISCONNECT carries
+// the code alone (conn.disconnect).
 func reasonText(reason byte) string {
 	switch reason {
 	case 0x93:

@@ -155,7 +155,7 @@ func (b *Broker) disconnectClients(ctx context.Context) {
 				b.disconnect(cl)
 			}()
 		}
-		// Each disconnect is bounded by the write timeout of its DISCONNECT.
+		// Each disconnect is bounded by goodbyeTimeout (disconnectClient).
 		wg.Wait()
 	}
 }

@@ -1,14 +1,17 @@
 package edge_test
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"runtime"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -21,6 +24,13 @@ func stuckSubscriber(t testing.TB, network, addr, id, topic string) *rawClient {
 }
 
 func stuckSubscriberV(t testing.TB, version byte, network, addr, id, topic string) *rawClient {
+	t.Helper()
+	return stuckSubscriberWith(t, version, network, addr, id, topic, 0, nil)
+}
+
+// stuckSubscriberWith is stuckSubscriberV with a keepalive and a chance to
+// change the CONNECT packet (tune, nil: none).
+func stuckSubscriberWith(t testing.TB, version byte, network, addr, id, topic string, keepalive uint16, tune func(*packets.Packet)) *rawClient {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) {
@@ -35,11 +45,20 @@ func stuckSubscriberV(t testing.TB, version byte, network, addr, id, topic strin
 			t.Fatal(err)
 		}
 	case "ws":
-		c = dialNet(t, "ws", addr, nil) // coder's client; it reads only when asked
+		// coder's client, which reads only when asked, on a small receive
+		// buffer too.
+		ws, _, err := websocket.Dial(context.Background(), "ws://"+addr+"/mqtt", &websocket.DialOptions{
+			Subprotocols: []string{"mqtt"},
+			HTTPClient:   &http.Client{Transport: &http.Transport{DialContext: d.DialContext}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	rc := &rawClient{t: t, c: c, r: newReader(c), version: version}
-	if ack := rc.connect(id, false, 0); ack.ReasonCode != 0 {
+	if ack := rc.connectWith(id, false, keepalive, tune); ack.ReasonCode != 0 {
 		t.Fatalf("connack %#x", ack.ReasonCode)
 	}
 	rc.subscribe(1, topic, 1)
@@ -218,5 +237,67 @@ func TestTakeoverOfStuckConnection(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// fillStuck publishes 16 KiB QoS 0 messages to topic until a write of ours
+// to a stuck subscriber of it has been blocked for a second
+// (edgemq_mqtt_blocked_writers).
+func fillStuck(t testing.TB, tb *testBroker, topic string) {
+	t.Helper()
+	pub, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "fill-" + topic})
+	body := make([]byte, 16<<10)
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i%16 != 0 || tb.metric(t, "edgemq_mqtt_blocked_writers") == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no writer blocked after %d messages", i)
+		}
+		if _, err := pub.publish(t, topic, 0, false, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestKeepAliveOfStuckConnection: an MQTT 5 client that stopped reading
+// and sending, its socket full and a write of ours blocked on it, is cut
+// 1.5 keepalives after its last packet [MQTT-3.1.2-22], over TCP and
+// WebSocket, and its session's disconnect (its will) follows at once: its
+// DISCONNECT 0x8D Keep Alive timeout, which cannot reach it, does not
+// hold the close for limits.write_timeout (60 s here).
+func TestKeepAliveOfStuckConnection(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.WriteTimeout = 60 * time.Second
+	cfg.Limits.MaxInflight = 65535
+	cfg.Storage.Sync = "never"
+	tb := startBroker(t, cfg)
+	for _, network := range []string{"tcp", "ws"} {
+		t.Run(network, func(t *testing.T) {
+			addr := tb.Addr(network).String()
+			id := "stuck-keepalive-" + network
+			topic := "stuck/keepalive/" + network
+			will := "will/stuck-keepalive/" + network
+			watch, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "watch-" + id})
+			watch.subscribe(t, will, 1)
+			const keepalive = 4 // s: the deadline is 6 s after the SUBSCRIBE
+			start := time.Now()
+			stuck := stuckSubscriberWith(t, 5, network, addr, id, topic, keepalive, willConnect(will, 0, 300))
+			t.Logf("subscribed in %v", time.Since(start))
+			fillStuck(t, tb, topic)
+			if d := time.Since(start); d > keepalive*time.Second {
+				t.Fatalf("the socket took %v to fill: the keepalive (%d s) may have passed before a write blocked", d, keepalive)
+			}
+			select {
+			case m := <-watch.msgs:
+				if m.Topic != will {
+					t.Errorf("will on %q, want %q", m.Topic, will)
+				}
+				t.Logf("will %v after the SUBSCRIBE (keepalive deadline 6 s)", time.Since(start))
+			case <-time.After(12*time.Second - time.Since(start)):
+				t.Fatalf("no will %v after the SUBSCRIBE of a client silent since (keepalive deadline 6 s, write timeout 60 s)", time.Since(start))
+			}
+			if !stuck.closed(time.Second) {
+				t.Error("stuck connection still open after its will")
+			}
+		})
 	}
 }
