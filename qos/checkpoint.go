@@ -31,7 +31,10 @@ import (
 //     message's sent at a SUBSCRIBE, which holds its message), and the
 //     offset of the older snapshot kept, so that recovery from it, when
 //     the newest reads back damaged, finds every record after it. The log
-//     may then remove whole segments below it.
+//     may then remove whole segments below it. A floor below the log's
+//     first offset (retention's age or size limit removed what it
+//     pointed at, counted by the log) commits the first offset
+//     (Cursor.Commit).
 //
 // When nothing came since the newest snapshot but its own checkpoint
 // record, or when a checkpoint fails (a full log refuses its record), the

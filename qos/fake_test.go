@@ -429,7 +429,8 @@ type memCursor struct {
 
 func (c *memCursor) Offset() uint64 { c.l.mu.Lock(); defer c.l.mu.Unlock(); return c.off }
 
-// Commit moves the cursor and trims the log below the oldest cursor.
+// Commit moves the cursor (not below the first offset, as wal's) and
+// trims the log below the oldest cursor.
 func (c *memCursor) Commit(next uint64) error {
 	l := c.l
 	l.mu.Lock()
@@ -437,7 +438,7 @@ func (c *memCursor) Commit(next uint64) error {
 	if next > uint64(len(l.recs))+1 {
 		return fmt.Errorf("cursor %d beyond the log", next)
 	}
-	c.off = next
+	c.off = max(next, l.first)
 	low := next
 	for _, o := range l.cursors {
 		low = min(low, o.off)

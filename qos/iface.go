@@ -127,7 +127,10 @@ type LogReader interface {
 type Cursor interface {
 	// Offset returns the next offset the consumer needs.
 	Offset() uint64
-	// Commit records durably that every record before next is done.
+	// Commit records durably that every record before next is done. A
+	// next below the log's first offset (the engine's floor can be, once
+	// retention's age or size limits removed what it still needed)
+	// commits the first offset: nothing below it is left.
 	Commit(next uint64) error
 }
 

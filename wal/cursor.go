@@ -53,19 +53,30 @@ func (c *Cursor) Offset() uint64 { return c.off.Load() }
 // Commit records that every record before next is done, durably (under
 // SyncAlways it returns after an fsync; under the other policies after the
 // write, and Sync, Close and retention fsync it). next may move backwards
-// (a replay) but not beyond LastOffset()+1.
+// (a replay) but not beyond LastOffset()+1. A next below FirstOffset()
+// (a position from before retention removed what it pointed at) commits
+// FirstOffset(): nothing below it is left to need, and a cursor below it
+// would count records removed before the commit as dropped by the next
+// removal.
 func (c *Cursor) Commit(next uint64) error {
 	if last := c.l.LastOffset(); next > last+1 || next == 0 {
 		return fmt.Errorf("%w: commit %s to %d: beyond the log (last offset %d)", ErrCursor, c.name, next, last)
 	}
-	c.off.Store(next)
 	t := &c.l.cursors
+	t.mu.Lock()
+	c.off.Store(max(next, t.first))
+	t.mu.Unlock()
 	return t.flush(c.l, t.changed(), c.l.cfg.Sync == SyncAlways)
 }
 
 type cursorTable struct {
-	mu sync.Mutex // guards m
+	mu sync.Mutex // guards m and first
 	m  map[string]*Cursor
+	// first is the log's first offset as retention last moved the
+	// cursors up to it (advance; FirstOffset at Open): no commit puts a
+	// cursor below it. Under mu, so that a commit racing a segment's
+	// removal cannot land below it once advance ran.
+	first uint64
 
 	gen atomic.Uint64 // bumped after every change
 
@@ -92,8 +103,9 @@ func (l *Log) Cursor(name string) (*Cursor, error) {
 	return l.CursorFrom(name, 0)
 }
 
-// CursorFrom returns the named cursor, creating it at from (0: FirstOffset)
-// if it does not exist. An existing cursor keeps its position.
+// CursorFrom returns the named cursor, creating it at from (0, or below
+// FirstOffset: FirstOffset) if it does not exist. An existing cursor keeps
+// its position.
 func (l *Log) CursorFrom(name string, from uint64) (*Cursor, error) {
 	if name == "" || len(name) > maxCursorName {
 		return nil, fmt.Errorf("%w: name must be 1 to %d bytes (got %d)", ErrCursor, maxCursorName, len(name))
@@ -104,9 +116,7 @@ func (l *Log) CursorFrom(name string, from uint64) (*Cursor, error) {
 		t.mu.Unlock()
 		return c, nil
 	}
-	if from == 0 {
-		from = l.FirstOffset()
-	}
+	from = max(from, t.first)
 	if last := l.LastOffset(); from > last+1 {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("%w: create %s at %d: beyond the log (last offset %d)", ErrCursor, name, from, last)
@@ -168,6 +178,7 @@ func (t *cursorTable) advance(first uint64) (uint64, bool) {
 	defer t.mu.Unlock()
 	var most uint64
 	moved := false
+	t.first = max(t.first, first)
 	for _, c := range t.m {
 		if o := c.off.Load(); o < first {
 			c.off.Store(first)
@@ -426,12 +437,18 @@ func (t *cursorTable) read(l *Log) (map[string]uint64, error) {
 func (t *cursorTable) load(l *Log, best map[string]uint64) {
 	t.m = map[string]*Cursor{}
 	last := l.durable.Load()
+	t.first = l.FirstOffset()
 	for name, off := range best {
 		c := &Cursor{l: l, name: name}
 		if off > last+1 {
 			l.log.Warn("wal: cursor beyond the log; moved back", "cursor", name, "offset", off, "last_offset", last)
 			off = last + 1
 		}
+		// One below the first offset stays: segments it needed went
+		// outside the log (retention moves the cursors first), and its
+		// consumer must see the loss (ErrTruncated), as the next
+		// removal's count does.
+
 		c.off.Store(off)
 		t.m[name] = c
 	}

@@ -289,3 +289,47 @@ func TestCursorTableBothDamaged(t *testing.T) {
 		t.Fatalf("check after repair: %v %+v", err, rep)
 	}
 }
+
+// TestCommitBelowFirstOffset: a commit below the log's first offset (a
+// consumer's position from before retention removed what it pointed at,
+// as the engine's floor can be after MaxAge) puts the cursor at the first
+// offset: nothing below it exists, so it needs nothing there. Kept below,
+// the cursor came back so after a reopen, and the next segment removed
+// counted as dropped the records gone before the commit too.
+func TestCommitBelowFirstOffset(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.SegmentSize = 4 << 10
+	cfg.RetentionCheck = 10 * time.Millisecond
+	l := mustOpen(t, dir, cfg)
+	c, _ := l.Cursor("c")
+	appendN(t, l, 1, 500)
+	if err := c.Commit(300); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return l.FirstOffset() > 1 })
+	first := l.FirstOffset()
+	if err := c.Commit(2); err != nil {
+		t.Fatalf("commit below the first offset %d: %v", first, err)
+	}
+	if got := c.Offset(); got != first {
+		t.Fatalf("cursor at %d after a commit below the first offset %d, want %d", got, first, first)
+	}
+	if _, err := l.CursorFrom("d", 1); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := l.Cursor("d"); d.Offset() != first {
+		t.Fatalf("cursor created below the first offset %d at %d", first, d.Offset())
+	}
+	l.Close()
+
+	cfg.MaxAge = time.Nanosecond // every segment but the tail goes, needed or not
+	l = mustOpen(t, dir, cfg)
+	defer l.Close()
+	c, _ = l.Cursor("c")
+	waitFor(t, func() bool { return segCount(l) == 1 })
+	s := l.Stats()
+	if want := l.FirstOffset() - first; s.DroppedRecords != want || s.Cursors[0].Dropped != want || c.Offset() != l.FirstOffset() {
+		t.Fatalf("dropped %d (cursor %d), want %d (from %d to %d); cursor at %d", s.DroppedRecords, s.Cursors[0].Dropped, want, first, l.FirstOffset(), c.Offset())
+	}
+}

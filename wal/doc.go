@@ -98,7 +98,12 @@
 //   - Cursor commits are durable when Commit returns under "always" (an
 //     fsync); under the other policies when a later fsync covers them
 //     (Sync, Close; retention fsyncs the cursor table before acting on it).
-//     Concurrent commits share one write.
+//     Concurrent commits share one write. A commit or a creation below
+//     the first offset puts the cursor at it (nothing below it is left to
+//     need), so Dropped counts only records removed while a cursor needed
+//     them; a cursor Open reads below it stays there (its segments went
+//     outside the log: its consumer sees ErrTruncated, the next removal
+//     counts them).
 //
 // # What it does not guarantee
 //
