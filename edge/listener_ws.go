@@ -94,6 +94,9 @@ func (l *wsListener) Init(*slog.Logger) error {
 		IdleTimeout:       l.b.connectTimeout(),
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          log.New(httpErrorLog{l}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, socketKey{}, c)
+		},
 	}
 	if l.tlsConfig != nil {
 		l.setTLS(l.tlsConfig)
@@ -169,10 +172,38 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(websocket.StatusPolicyViolation, "subprotocol mqtt required")
 		return
 	}
-	nc := newWSConn(websocket.NetConn(context.Background(), ws, websocket.MessageBinary), ws.CloseNow)
+	cut := cutWS(r, ws)
+	nc := newWSConn(websocket.NetConn(context.Background(), ws, websocket.MessageBinary), cut)
 	ws.SetReadLimit(l.readLimit)
 	handed = true
-	l.b.serveConn(l.name, nc, ws.CloseNow, r.TLS, l.useCN, l.gate.leave)
+	l.b.serveConn(l.name, nc, cut, r.TLS, l.useCN, l.gate.leave)
+}
+
+// socketKey keys, in each request's context, the connection the HTTP
+// server accepted (http.Server.ConnContext).
+type socketKey struct{}
+
+// cutWS returns what closes ws at once, without its close handshake: the
+// TCP socket under it (under TLS too) first, then coder's CloseNow. Not
+// CloseNow alone: while a close handshake runs (Close, which writes a
+// close frame and waits up to 5 s each for it to go and for the client's),
+// CloseNow waits for it to end, so a client that never answers it, or
+// whose socket is full, would hold the close for up to 10 s, past the
+// goodbye's bound (goodbyeTimeout) and a write timeout's cut; with the
+// socket closed, the handshake's writes and reads fail at once.
+func cutWS(r *http.Request, ws *websocket.Conn) func() error {
+	sock, _ := r.Context().Value(socketKey{}).(net.Conn)
+	if tc, ok := sock.(*tls.Conn); ok {
+		sock = tc.NetConn()
+	}
+	if sock == nil {
+		return ws.CloseNow
+	}
+	return func() error {
+		err := sock.Close()
+		_ = ws.CloseNow()
+		return err
+	}
 }
 
 // errReadExpired is what a WebSocket read returns once its deadline

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -297,6 +298,44 @@ func TestKeepAliveOfStuckConnection(t *testing.T) {
 			}
 			if !stuck.closed(time.Second) {
 				t.Error("stuck connection still open after its will")
+			}
+		})
+	}
+}
+
+// TestWebSocketCloseOfSilentClient: a WebSocket client that ends its
+// session (DISCONNECT 0x04, with its will) and then reads nothing, so
+// never answers the WebSocket close handshake, does not hold its session's
+// disconnect for the handshake's own timeout (5 s in coder/websocket): the
+// goodbye's bound cuts the close, and the will follows at once; over WS
+// and WSS.
+func TestWebSocketCloseOfSilentClient(t *testing.T) {
+	tb, pki := allTransports(t)
+	for _, network := range []string{"ws", "wss"} {
+		t.Run(network, func(t *testing.T) {
+			will := "will/silent-close/" + network
+			watch, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "watch-silent-close-" + network})
+			watch.subscribe(t, will, 1)
+			var tlsConfig *tls.Config
+			if network == "wss" {
+				tlsConfig = pki.clientTLS(false)
+			}
+			c := dialNet(t, network, tb.Addr(network).String(), tlsConfig)
+			t.Cleanup(func() { _ = c.Close() })
+			rc := &rawClient{t: t, c: c, r: newReader(c), version: 5}
+			rc.connectWith("silent-close-"+network, true, 0, willConnect(will, 0, 0))
+			start := time.Now()
+			rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ReasonCode: packets.CodeDisconnectWillMessage.Code})
+			select {
+			case m := <-watch.msgs:
+				if m.Topic != will {
+					t.Errorf("will on %q, want %q", m.Topic, will)
+				}
+				if d := time.Since(start); d > 3*time.Second {
+					t.Errorf("will %v after the DISCONNECT, want at once (the goodbye's bound is 500 ms)", d)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no will 10 s after the DISCONNECT")
 			}
 		})
 	}
