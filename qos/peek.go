@@ -1,5 +1,7 @@
 package qos
 
+import "unsafe"
+
 // MessageHead is what a message record holds before its properties and
 // payload: enough to tell which filters it matches and how old it is.
 // Topic and Origin alias the record.
@@ -26,4 +28,11 @@ func PeekMessage(rec []byte) (h MessageHead, ok bool) {
 	h.Topic = d.field()
 	h.Origin = d.field()
 	return h, d.err == nil
+}
+
+// strings returns Topic and Origin as strings that alias the record, as
+// UnmarshalOwned's do: for a record its reader owns and nobody writes
+// again (what Log.Read returns), and only while the record is.
+func (h MessageHead) strings() (topic, origin string) {
+	return unsafe.String(unsafe.SliceData(h.Topic), len(h.Topic)), unsafe.String(unsafe.SliceData(h.Origin), len(h.Origin))
 }

@@ -1011,18 +1011,30 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 		if KindOf(rec) != KindMessage {
 			continue
 		}
+		// Matched on the record's head first: only a message the scan
+		// keeps is decoded (its Message, its properties), the one
+		// allocation of the scan besides the record's (BenchmarkBacklogScan).
+		h, ok := PeekMessage(rec)
+		if !ok {
+			e.stats.dropUnreadable.Add(1)
+			continue
+		}
+		topic, origin := h.strings()
+		if g != nil {
+			if off < g.since || skip[off] || !Match(g.filter, topic) {
+				continue
+			}
+		} else if !slices.ContainsFunc(subs, func(sb *sub) bool { return sb.wants(off, topic, origin, s.id) }) {
+			continue
+		}
 		m := new(Message)
 		if err := m.UnmarshalOwned(rec); err != nil {
 			e.stats.dropUnreadable.Add(1)
 			continue
 		}
 		if g != nil {
-			if off >= g.since && !skip[off] && Match(g.filter, m.Topic) {
-				found = append(found, grantShared(Entry{Offset: off, Msg: m}, subs[0]))
-			}
-			continue
-		}
-		if en, ok := grant(off, m, s.id, subs); ok {
+			found = append(found, grantShared(Entry{Offset: off, Msg: m}, subs[0]))
+		} else if en, ok := grant(off, m, s.id, subs); ok {
 			found = append(found, en)
 		}
 	}
@@ -1073,13 +1085,21 @@ func grant(off uint64, m *Message, client string, subs []*sub) (Entry, bool) {
 	en := Entry{Offset: off, Msg: m}
 	ok := false
 	for _, sb := range subs {
-		if off < sb.since || !Match(sb.Filter, m.Topic) || (sb.NoLocal && m.Origin == client) {
+		if !sb.wants(off, m.Topic, m.Origin, client) {
 			continue
 		}
 		en = mergeGrant(en, ok, sb, m)
 		ok = true
 	}
 	return en, ok
+}
+
+// wants reports whether sb, a session's own subscription, matches the
+// message at off on topic from origin, for the session of client: logged
+// after it began, its filter matching, not its own with No Local
+// [MQTT-3.8.3-3].
+func (sb *sub) wants(off uint64, topic, origin, client string) bool {
+	return off >= sb.since && Match(sb.Filter, topic) && !(sb.NoLocal && origin == client)
 }
 
 // mergeGrant adds one more matching subscription to a delivery.
