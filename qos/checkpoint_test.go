@@ -772,9 +772,7 @@ func TestGroupCleanMemberQoS2NotHandedOutAgain(t *testing.T) {
 	for _, complete := range []bool{false, true} {
 		t.Run(fmt.Sprint("complete=", complete), func(t *testing.T) {
 			h := newHarness(t, nil)
-			p := h.connect("p", true)
-			p.subscribe("$share/g/s/#", 2)
-			p.cl.Disconnect(false, nil)
+			p := h.offlineMember("p", "$share/g/s/#")
 			c := h.connect("c", false)
 			c.subscribe("$share/g/s/#", 2)
 			src := h.connect("src", false)
@@ -790,9 +788,7 @@ func TestGroupCleanMemberQoS2NotHandedOutAgain(t *testing.T) {
 			h.e.WaitDispatched()
 			h.crash()
 			p.reconnect()
-			for range 3 {
-				n += len(p.ackAll(p.conn.settle()))
-			}
+			n += len(p.settled())
 			if n != 1 {
 				t.Fatalf("the group's QoS 2 message delivered %d times, want once", n)
 			}
@@ -1031,9 +1027,7 @@ func TestRetainedFlightHoldsNoTrimPoint(t *testing.T) {
 func TestGroupQoS2NeverWrittenGoesBack(t *testing.T) {
 	const key = "$share/g/s/#"
 	h := newHarness(t, nil)
-	p := h.connect("p", true)
-	p.subscribe(key, 2)
-	p.cl.Disconnect(false, nil)
+	p := h.offlineMember("p", key)
 	roomAgain := h.log.refuseKind(qos.KindDeliver)
 	c := h.connect("c", false)
 	c.subscribe(key, 2)
@@ -1064,9 +1058,7 @@ func TestGroupCleanMemberQoS2PendingTakeGoesBack(t *testing.T) {
 		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
 			const key = "$share/g/s/#"
 			h := newHarness(t, nil)
-			p := h.connect("p", true)
-			p.subscribe(key, 2)
-			p.cl.Disconnect(false, nil)
+			p := h.offlineMember("p", key)
 			h.log.holdAtKind(qos.KindDeliver)
 			c := h.connect("c", false)
 			c.subscribe(key, 2)
@@ -1085,9 +1077,7 @@ func TestGroupCleanMemberQoS2PendingTakeGoesBack(t *testing.T) {
 			}
 			p.reconnect()
 			got := payloads(p.ackAll(p.conn.waitFor(t, 1)))
-			for range 3 {
-				got = append(got, payloads(p.ackAll(p.conn.settle()))...)
-			}
+			got = append(got, payloads(p.settled())...)
 			if len(got) != 1 || got[0] != "m" {
 				t.Fatalf("the other member got %q, want m once", got)
 			}
@@ -1112,9 +1102,7 @@ func TestGroupReturnLostKeepsTheTake(t *testing.T) {
 	const key = "$share/g/s/#"
 	run := func(written bool) (*harness, *client) {
 		h := newHarness(t, nil)
-		p := h.connect("p", true)
-		p.subscribe(key, 2)
-		p.cl.Disconnect(false, nil)
+		p := h.offlineMember("p", key)
 		if !written {
 			h.log.holdAtKind(qos.KindDeliver)
 		}
@@ -1160,11 +1148,7 @@ func TestGroupReturnLostKeepsTheTake(t *testing.T) {
 		t.Fatalf("the logs differ, so recovery could tell:\nwritten:    %q\ngiven back: %q", a, b)
 	}
 	p.reconnect()
-	n := 0
-	for range 3 {
-		n += len(p.ackAll(p.conn.settle()))
-	}
-	if n != 0 {
+	if n := len(p.settled()); n != 0 {
 		t.Fatalf("a second member got the message (%d), where the log says it may have reached the first", n)
 	}
 }
@@ -1180,9 +1164,7 @@ func TestGroupReturnLostKeepsTheTake(t *testing.T) {
 func TestGroupRecoveredQoS2FlightStaysTheMembers(t *testing.T) {
 	const key = "$share/g/s/#"
 	h := newHarness(t, nil)
-	p := h.connect("p", true)
-	p.subscribe(key, 2)
-	p.cl.Disconnect(false, nil)
+	p := h.offlineMember("p", key)
 	a := h.connect("a", true)
 	a.subscribe(key, 2)
 	src := h.connect("src", false)
@@ -1199,9 +1181,7 @@ func TestGroupRecoveredQoS2FlightStaysTheMembers(t *testing.T) {
 	}
 	cl.Disconnect(false, nil)
 	p.reconnect()
-	for range 3 {
-		n += len(p.ackAll(p.conn.settle()))
-	}
+	n += len(p.settled())
 	if n != 1 {
 		t.Fatalf("the group's QoS 2 message delivered %d times, want once", n)
 	}
@@ -1220,9 +1200,7 @@ func TestGroupRecoveredQoS2FlightStaysTheMembers(t *testing.T) {
 func TestGroupGivenBackRecoveredFlightGrantsMessageQoS(t *testing.T) {
 	const key = "$share/g/s/#"
 	h := newHarness(t, nil)
-	p := h.connect("p", true)
-	p.subscribe(key, 2)
-	p.cl.Disconnect(false, nil)
+	p := h.offlineMember("p", key)
 	a := h.connect("a", true)
 	a.subscribe(key, 1)
 	a.cl.Disconnect(false, nil)

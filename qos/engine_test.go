@@ -178,6 +178,28 @@ func (c *client) ackAll(pkts []qos.Packet) []*qos.Message {
 	return got
 }
 
+// settled acknowledges what c receives until the engine has written
+// everything, three quiet spells in a row (a resend may follow one), and
+// returns the messages delivered to the application.
+func (c *client) settled() []*qos.Message {
+	var got []*qos.Message
+	for range 3 {
+		got = append(got, c.ackAll(c.conn.settle())...)
+	}
+	return got
+}
+
+// offlineMember is a persistent session of client id that subscribed to
+// shared group key at QoS 2 and went offline: a member for later, which
+// takes nothing until it reconnects.
+func (h *harness) offlineMember(id, key string) *client {
+	h.t.Helper()
+	c := h.connect(id, true)
+	c.subscribe(key, 2)
+	c.cl.Disconnect(false, nil)
+	return c
+}
+
 func payloads(ms []*qos.Message) []string {
 	var s []string
 	for _, m := range ms {
