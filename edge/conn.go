@@ -595,8 +595,10 @@ func (c *conn) certUsername() (string, bool) {
 	return cn, cn != ""
 }
 
-// isTimeout reports whether a write error came from its deadline. coder's
-// NetConn reports a deadline as a cancelled context, so the clock decides too.
+// isTimeout reports whether a write error came from its deadline: the
+// error says so (a WebSocket write's too, wsConn), or, for a transport
+// that reports it otherwise (a write ended by the close its deadline
+// made), the clock.
 func isTimeout(err error, deadline time.Time) bool {
 	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 		return true

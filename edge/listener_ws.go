@@ -206,86 +206,164 @@ func cutWS(r *http.Request, ws *websocket.Conn) func() error {
 	}
 }
 
-// errReadExpired is what a WebSocket read returns once its deadline
-// passed: os.ErrDeadlineExceeded, as a TCP or TLS read says.
-var errReadExpired = fmt.Errorf("edge: websocket read: %w", os.ErrDeadlineExceeded)
+// errReadExpired and errWriteExpired are what a WebSocket read or write
+// returns once its deadline passed: os.ErrDeadlineExceeded, as a TCP or
+// TLS read or write says.
+var (
+	errReadExpired  = fmt.Errorf("edge: websocket read: %w", os.ErrDeadlineExceeded)
+	errWriteExpired = fmt.Errorf("edge: websocket write: %w", os.ErrDeadlineExceeded)
+)
 
-// wsConn is coder/websocket's NetConn with a read deadline of its own.
-// coder's closes the WebSocket the moment its read deadline passes during
-// a read, so a client silent for 1.5 keepalives could not be told why
-// first (DISCONNECT 0x8D Keep Alive timeout, §3.14.2.1), as TCP and TLS
-// clients are (Broker.serve). Here the deadline's timer, when it finds a
-// read waiting, has onExpire say goodbye (conn.keepAliveTimeout) and then
-// closes the WebSocket, without its close handshake, which would wait up
-// to 5 s for a client that sends nothing: the read then fails with
-// errReadExpired. With no read waiting, the next read fails so, and the
-// read goroutine says goodbye itself. Writes and their deadlines are
-// coder's.
+// wsConn is coder/websocket's NetConn with deadlines of its own
+// (wsDeadline), coder's left unused. coder's closes the WebSocket the
+// moment its read deadline passes during a read, so a client silent for
+// 1.5 keepalives could not be told why first (DISCONNECT 0x8D Keep Alive
+// timeout, §3.14.2.1), as TCP and TLS clients are (Broker.serve). Here
+// the read deadline, when it finds a read waiting, has onExpire say
+// goodbye (conn.keepAliveTimeout) and then closes the WebSocket, without
+// its close handshake, which would wait up to 5 s for a client that sends
+// nothing: the read then fails with errReadExpired. With no read waiting,
+// the next read fails so, and the read goroutine says goodbye itself. A
+// write deadline that passes during a write closes the connection, as
+// coder's does (conn then cuts it as a slow consumer).
 type wsConn struct {
 	net.Conn // websocket.NetConn
 	closeNow func() error
 	// onExpire is set before the first deadline (serveConn) and runs on
 	// the timer's goroutine.
 	onExpire func()
-	timer    *time.Timer
-	readMu   sync.Mutex // held by Read
-	expired  atomic.Bool
+	rd, wd   wsDeadline
 }
 
 func newWSConn(nc net.Conn, closeNow func() error) *wsConn {
 	w := &wsConn{Conn: nc, closeNow: closeNow}
-	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.expire)
-	w.timer.Stop()
+	w.rd.init(func() {
+		if w.onExpire != nil {
+			w.onExpire()
+		}
+		_ = w.closeNow()
+	})
+	w.wd.init(func() { _ = w.closeNow() })
 	return w
 }
 
-// expire is the read deadline's timer.
-func (w *wsConn) expire() {
-	w.expired.Store(true)
-	if w.readMu.TryLock() {
-		w.readMu.Unlock() // no read waits: the next one fails
+// wsDeadline is one direction's deadline on a wsConn: a timer, and the
+// deadline in force, which alone its callback acts on. coder's NetConn
+// deadlines (and the one wsConn had) clear the expired mark and then reset
+// the timer: a timer that fired for the previous deadline between the two
+// marked the new one expired, and the next read (write) failed at a
+// deadline no longer in force. Here set and fire take turns under mu, and
+// fire, for an earlier deadline than the one in force, waits for that.
+type wsDeadline struct {
+	mu    sync.Mutex // guards by, and fire's decision
+	by    time.Time  // the deadline in force; zero: none
+	timer *time.Timer
+	// expired is set once by passed: the read (write) in progress fails,
+	// and so does every next one until set moves the deadline.
+	expired atomic.Bool
+	// busy is held by the read (write) in progress (wsConn.Read, Write).
+	busy sync.Mutex
+	// onPass runs, on the timer's goroutine, when by passes during a read
+	// (write); it closes the connection, which ends it.
+	onPass func()
+}
+
+func (d *wsDeadline) init(onPass func()) {
+	d.onPass = onPass
+	d.timer = time.AfterFunc(time.Duration(math.MaxInt64), d.fire)
+	d.timer.Stop()
+}
+
+// set puts deadline t in force; the zero time: none.
+func (d *wsDeadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.by = t
+	d.expired.Store(false)
+	if t.IsZero() {
+		d.timer.Stop()
 		return
 	}
-	if w.onExpire != nil {
-		w.onExpire()
+	d.timer.Reset(max(time.Until(t), 1))
+}
+
+// fire is the timer's callback: it marks the deadline in force expired
+// once it passed, and has onPass end the read (write) in progress.
+func (d *wsDeadline) fire() {
+	d.mu.Lock()
+	if d.by.IsZero() {
+		d.mu.Unlock()
+		return // stopped since the timer fired
 	}
-	_ = w.closeNow()
+	if left := time.Until(d.by); left > 0 {
+		// Fired for an earlier deadline, which set moved since (it may
+		// have re-armed the timer already: once more is harmless).
+		d.timer.Reset(left)
+		d.mu.Unlock()
+		return
+	}
+	d.expired.Store(true)
+	during := !d.busy.TryLock()
+	if !during {
+		d.busy.Unlock() // none in progress: the next one fails
+	}
+	d.mu.Unlock()
+	if during {
+		d.onPass()
+	}
 }
 
 // Read reads the next bytes of the stream; see wsConn.
 func (w *wsConn) Read(p []byte) (int, error) {
-	w.readMu.Lock()
-	defer w.readMu.Unlock()
-	if w.expired.Load() {
+	w.rd.busy.Lock()
+	defer w.rd.busy.Unlock()
+	if w.rd.expired.Load() {
 		return 0, errReadExpired
 	}
 	n, err := w.Conn.Read(p)
-	if err != nil && w.expired.Load() {
+	if err != nil && w.rd.expired.Load() {
 		err = errReadExpired
 	}
 	return n, err
 }
 
-// SetReadDeadline arms the deadline's timer; the zero time stops it.
-func (w *wsConn) SetReadDeadline(t time.Time) error {
-	w.expired.Store(false)
-	if t.IsZero() {
-		w.timer.Stop()
-		return nil
+// Write writes p as one binary message; see wsConn.
+func (w *wsConn) Write(p []byte) (int, error) {
+	w.wd.busy.Lock()
+	defer w.wd.busy.Unlock()
+	if w.wd.expired.Load() {
+		return 0, errWriteExpired
 	}
-	w.timer.Reset(max(time.Until(t), 1))
+	n, err := w.Conn.Write(p)
+	if err != nil && w.wd.expired.Load() {
+		err = errWriteExpired
+	}
+	return n, err
+}
+
+// SetReadDeadline sets the read deadline; the zero time: none.
+func (w *wsConn) SetReadDeadline(t time.Time) error {
+	w.rd.set(t)
 	return nil
 }
 
-// SetDeadline sets both deadlines, the read deadline ours.
-func (w *wsConn) SetDeadline(t time.Time) error {
-	_ = w.Conn.SetWriteDeadline(t)
-	return w.SetReadDeadline(t)
+// SetWriteDeadline sets the write deadline; the zero time: none.
+func (w *wsConn) SetWriteDeadline(t time.Time) error {
+	w.wd.set(t)
+	return nil
 }
 
-// Close stops the deadline's timer and closes the WebSocket.
+// SetDeadline sets both deadlines.
+func (w *wsConn) SetDeadline(t time.Time) error {
+	w.rd.set(t)
+	w.wd.set(t)
+	return nil
+}
+
+// Close stops the deadlines' timers and closes the WebSocket.
 func (w *wsConn) Close() error {
-	w.timer.Stop()
+	w.rd.set(time.Time{})
+	w.wd.set(time.Time{})
 	return w.Conn.Close()
 }
 
