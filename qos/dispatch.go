@@ -86,7 +86,9 @@ type dispatcher struct {
 	// where the first one's kick started the connection's sender for it.
 	later []*connection
 	wake  chan struct{} // capacity 1
-	wakes atomic.Uint64 // the dispatcher goroutine's, for tests
+	// wakes and parks count the dispatcher goroutine's wakes and parks,
+	// for tests: parks is wakes+1 while it is parked or about to.
+	wakes, parks atomic.Uint64
 }
 
 // signal wakes the dispatcher goroutine (or makes its next park return at
@@ -109,6 +111,7 @@ func (e *Engine) dispatch() {
 		for e.ctx.Err() == nil && e.pending() && e.dispatchNext(false) {
 		}
 		d.mu.Unlock()
+		d.parks.Add(1)
 		select {
 		case <-d.wake:
 			d.wakes.Add(1)

@@ -48,6 +48,9 @@ func (h *harness) start() {
 		h.t.Fatal(err)
 	}
 	e.Start()
+	// Every test starts with the dispatcher goroutine parked, so that the
+	// first durability event finds it idle, however late it was scheduled.
+	e.WaitParked()
 	h.e = e
 }
 

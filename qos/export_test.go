@@ -59,6 +59,23 @@ func (e *Engine) FloorWalk() time.Duration {
 // DispatcherWakes counts the times the dispatcher goroutine woke to read.
 func (e *Engine) DispatcherWakes() uint64 { return e.disp.wakes.Load() }
 
+// WaitParked waits until the dispatcher goroutine is parked with no wake
+// pending: from then on a durability event finds it idle (disp.mu free)
+// and dispatches a quiet batch itself, until an event wakes it. Sound
+// while no durability event runs meanwhile: no wake can come after the
+// empty channel is seen, so parks one ahead of wakes means parked for good.
+func (e *Engine) WaitParked() {
+	d := &e.disp
+	for {
+		empty := len(d.wake) == 0
+		parks := d.parks.Load()
+		if empty && parks == d.wakes.Load()+1 || e.ctx.Err() != nil {
+			return
+		}
+		time.Sleep(10 * time.Microsecond)
+	}
+}
+
 // GroupTakenHeld returns how many offsets the dispatcher's shadow state
 // holds taken for shared group key.
 func (e *Engine) GroupTakenHeld(key string) int {
