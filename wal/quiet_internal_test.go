@@ -191,10 +191,16 @@ func TestQuietBatchAllocatesNothing(t *testing.T) {
 	rec := make([]byte, 300)
 	appends := func(n int) {
 		for range n {
-			if _, err := l.AppendAsyncLead(rec); err != nil {
+			off, err := l.AppendAsyncLead(rec)
+			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(300 * time.Microsecond) // a low rate
+			for !l.Resolved(off) { // a look takes no channel, as a wait would
+				runtime.Gosched()
+			}
+			// A low rate: idle for twice the fsync the batch took, so that
+			// the log is quiet however slow the test's disk is today.
+			time.Sleep(2 * time.Duration(l.lastFsync.Load()))
 		}
 	}
 	appends(3 * quietAfter)
