@@ -365,7 +365,10 @@ func (b *Broker) receive(a *attached, fh *packets.FixedHeader) error {
 		defer putBody(bd)
 	}
 	var pk packets.Packet
-	err := readPacketInto(s, cl, a.wc, fh, &pk, buf)
+	body, err := readPacketInto(s, cl, a.wc, fh, &pk, buf)
+	if bd != nil {
+		bd.b = body[:cap(body)] // as far as it grew
+	}
 	if err != nil {
 		if errors.As(err, new(packets.Code)) {
 			// Malformed, or a protocol error its decoding found: a v5

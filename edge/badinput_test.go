@@ -3,10 +3,12 @@ package edge_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -407,4 +409,63 @@ func TestConnectRefusalCodes(t *testing.T) {
 	if ack := dialRaw(t, auth.Addr("tcp").String(), 4).connectWith("nopw", true, 30, emptyPassword); ack.ReasonCode != 0x04 {
 		t.Errorf("empty password with a password file: %#x, want 0x04", ack.ReasonCode)
 	}
+}
+
+// TestPartialPacketHoldsLittle: a client that declares a large packet and
+// sends a few bytes of it holds memory for what it sent, not for what it
+// declared, while its read waits (limits.connect_timeout before CONNECT,
+// 1.5 keepalives after): 16 sockets that each begin a CONNECT of nearly
+// limits.max_packet_size (1 MiB) and stop, which no client limit counts
+// (max_clients counts clients past CONNECT), and 16 connected clients that
+// each begin such a PUBLISH. Without a bound, each held its 1 MiB at once.
+func TestPartialPacketHoldsLittle(t *testing.T) {
+	tb := startBroker(t, testConfig(t))
+	addr := tb.Addr("tcp").String()
+	const each = 16
+	remaining := 1<<20 - 16
+	var length []byte // the remaining length, a variable byte integer
+	for v := remaining; ; v >>= 7 {
+		if v < 128 {
+			length = append(length, byte(v))
+			break
+		}
+		length = append(length, byte(v&127|128))
+	}
+	begin := func(typ byte) []byte {
+		return append(append([]byte{typ << 4}, length...), 0, 4, 'M', 'Q', 'T', 'T')
+	}
+	var clients []*rawClient
+	for i := range each {
+		rc := dialRaw(t, addr, 5)
+		rc.connect(fmt.Sprintf("partial-%d", i), true, 60)
+		clients = append(clients, rc)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range each {
+		rc := dialRaw(t, addr, 5)
+		if _, err := rc.c.Write(begin(packets.Connect)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, rc := range clients {
+		if _, err := rc.c.Write(begin(packets.Publish)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reads begin at once; what they allocate shows within a moment.
+	var grew uint64
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var now runtime.MemStats
+		runtime.ReadMemStats(&now)
+		if grew = now.TotalAlloc - before.TotalAlloc; grew > 2*each<<20/2 {
+			break
+		}
+	}
+	t.Logf("allocated %d KiB for %d partial packets of 1 MiB", grew>>10, 2*each)
+	if grew > 8<<20 {
+		t.Errorf("%d partial packets of 1 MiB, a few bytes each sent, allocated %d MiB", 2*each, grew>>20)
+	}
+	stillServes(t, tb)
 }

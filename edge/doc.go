@@ -39,6 +39,8 @@
 //     topic length, keepalive bounds (v5 clients are told the server keep
 //     alive), inbound and outbound QoS 1/2 windows, the per-client outbound
 //     queue, and a connect timeout for connections that never send CONNECT.
+//     A packet being read holds memory for the bytes its client sent of it
+//     (at most twice that, and 4 KiB), not for the size it declares.
 //   - Shutdown stops accepting, disconnects clients in batches over the
 //     grace period (v5: DISCONNECT 0x8B), closes storage last, honours its
 //     context, and leaves no goroutine behind.

@@ -68,23 +68,24 @@ func readFixedHeader(s *mqtt.Server, r io.Reader, hdr []byte, fh *packets.FixedH
 // for cl (whose protocol version it inherits) into a buffer of its own,
 // which the packet's byte fields (a payload, a password) then share.
 func readPacket(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedHeader) (pk packets.Packet, err error) {
-	err = readPacketInto(s, cl, r, fh, &pk, make([]byte, fh.Remaining))
+	_, err = readPacketInto(s, cl, r, fh, &pk, nil)
 	return pk, err
 }
 
-// readPacketInto is readPacket into pk (which it overwrites) with body as
-// the packet's buffer (len(body) == fh.Remaining): pk's byte fields and
-// strings share body, so it must not be reused while anything keeps them.
-// A packet of 800 bytes is not copied out on return.
-func readPacketInto(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedHeader, pk *packets.Packet, b []byte) (err error) {
+// readPacketInto is readPacket into pk (which it overwrites) with buf's
+// memory for the packet's buffer, as far as it goes (readBody), and
+// returns that buffer: pk's byte fields and strings share it, so it must
+// not be reused while anything keeps them. A packet of 800 bytes is not
+// copied out on return.
+func readPacketInto(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.FixedHeader, pk *packets.Packet, buf []byte) (b []byte, err error) {
 	atomic.AddInt64(&s.Info.PacketsReceived, 1)
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion
 	pk.FixedHeader = *fh
-	n, err := io.ReadFull(r, b)
+	b, err = readBody(r, buf, fh.Remaining)
 	if err != nil {
-		return err
+		return b, err
 	}
-	atomic.AddInt64(&s.Info.BytesReceived, int64(n))
+	atomic.AddInt64(&s.Info.BytesReceived, int64(len(b)))
 	switch fh.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(b)
@@ -129,7 +130,49 @@ func readPacketInto(s *mqtt.Server, cl *mqtt.Client, r io.Reader, fh *packets.Fi
 	default:
 		err = fmt.Errorf("invalid packet type; %v", fh.Type)
 	}
-	return err
+	return b, err
+}
+
+// bodyStep is the most readBody allocates for a packet body before any of
+// its bytes came.
+const bodyStep = 4 << 10
+
+// readBody reads the n bytes of a packet's body, as io.ReadFull does, into
+// buf when it has the capacity, and otherwise into a buffer that grows as
+// the bytes arrive: from bodyStep (or buf's capacity), doubling, to n
+// exactly. A client that declares a large packet (up to
+// limits.max_packet_size) and sends a few bytes of it, then nothing more
+// until its read deadline (limits.connect_timeout before CONNECT, where
+// no client limit counts it yet; 1.5 keepalives after), holds memory for
+// what it sent, not for what it declared. Only packets larger than
+// bodyStep and than buf pay for the growth: a copy of what came so far at
+// each doubling.
+func readBody(r io.Reader, buf []byte, n int) ([]byte, error) {
+	if cap(buf) >= n {
+		b := buf[:n]
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := buf[:0]
+	if cap(b) < bodyStep {
+		b = make([]byte, 0, min(n, bodyStep))
+	}
+	for len(b) < n {
+		if len(b) == cap(b) {
+			grown := make([]byte, len(b), min(2*cap(b), n))
+			copy(grown, b)
+			b = grown
+		}
+		k, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+k]
+		if err != nil && len(b) < n {
+			if err == io.EOF && len(b) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return b, err
+		}
+	}
+	return b, nil
 }
 
 // bodies holds the buffers of the packets receive reads often and nothing
@@ -149,8 +192,9 @@ type body struct{ b []byte }
 // happens to reuse the buffer.
 func putBody(bd *body) {
 	if poisonBodies {
-		for i := range bd.b[:cap(bd.b)] {
-			bd.b[i] = 0xA5
+		b := bd.b[:cap(bd.b)]
+		for i := range b {
+			b[i] = 0xA5
 		}
 	}
 	bodies.Put(bd)
@@ -164,12 +208,14 @@ var poisonBodies bool
 const maxPooledBody = 64 << 10
 
 // bodyFor returns the buffer receive reads the packet fh began into, and
-// the pooled body it belongs to (nil: none, the buffer is the packet's own
-// and may be kept). A PUBLISH that is QoS 0 once capped to maxQoS gets its
-// own: the engine keeps its payload for the connections it goes to
-// (qos.Client.Publish), and any packet mochi handles may be kept by mochi.
-// An acknowledgement of a few bytes is read into scratch (it holds the
-// fixed header until then).
+// the pooled body it belongs to; a buffer shorter than the packet grows as
+// its bytes come (readBody), and receive keeps a pooled body's grown
+// buffer in the body. No body: the buffer is the packet's own and may be
+// kept (a nil one: readBody allocates it). A PUBLISH that is QoS 0 once
+// capped to maxQoS gets its own: the engine keeps its payload for the
+// connections it goes to (qos.Client.Publish), and any packet mochi
+// handles may be kept by mochi. An acknowledgement of a few bytes is read
+// into scratch (it holds the fixed header until then).
 func bodyFor(fh *packets.FixedHeader, maxQoS byte, scratch []byte) ([]byte, *body) {
 	switch fh.Type {
 	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
@@ -179,13 +225,13 @@ func bodyFor(fh *packets.FixedHeader, maxQoS byte, scratch []byte) ([]byte, *bod
 	case packets.Publish:
 		if min(fh.Qos, maxQoS) > 0 && fh.Remaining <= maxPooledBody {
 			bd := bodies.Get().(*body)
-			if cap(bd.b) < fh.Remaining {
-				bd.b = make([]byte, max(fh.Remaining, 512))
+			if want := min(fh.Remaining, bodyStep); cap(bd.b) < want {
+				bd.b = make([]byte, max(want, 512))
 			}
-			return bd.b[:fh.Remaining], bd
+			return bd.b[:0], bd
 		}
 	}
-	return make([]byte, fh.Remaining), nil
+	return nil, nil
 }
 
 // The SUBSCRIBE errors mochi's decoder does not find.

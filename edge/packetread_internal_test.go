@@ -162,10 +162,12 @@ func BenchmarkReadPacket(b *testing.B) {
 				}
 				buf, bd := bodyFor(&fh, 2, a.hdr[:])
 				var pk packets.Packet
-				if err := readPacketInto(s, cl, r, &fh, &pk, buf); err != nil {
+				body, err := readPacketInto(s, cl, r, &fh, &pk, buf)
+				if err != nil {
 					b.Fatal(err)
 				}
 				if bd != nil {
+					bd.b = body[:cap(body)]
 					bodies.Put(bd)
 				}
 			}
