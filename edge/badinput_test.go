@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -468,4 +469,26 @@ func TestPartialPacketHoldsLittle(t *testing.T) {
 		t.Errorf("%d partial packets of 1 MiB, a few bytes each sent, allocated %d MiB", 2*each, grew>>20)
 	}
 	stillServes(t, tb)
+}
+
+// TestHTTPRequestBodyNeverSent: an HTTP request that declares a body and
+// never sends it does not hold its connection past the HTTP side's read
+// timeout: net/http reads the rest of an unread body after the handler
+// answered, to reuse the connection, and without a read timeout waited for
+// it as long as the client kept the socket open.
+func TestHTTPRequestBodyNeverSent(t *testing.T) {
+	t.Parallel() // it waits out the read timeout, 10 s
+	tb := startBroker(t, testConfig(t))
+	c := dialNet(t, "tcp", tb.HTTPAddr().String(), nil)
+	t.Cleanup(func() { _ = c.Close() })
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := io.Copy(io.Discard, c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("connection with a body never sent still open %v later (the read timeout is 10 s)", time.Since(start))
+	}
+	t.Logf("closed %v after the request", time.Since(start))
 }

@@ -74,13 +74,24 @@ func newHTTPSide(b *Broker, c HTTPConfig, gatherer prometheus.Gatherer) *httpSid
 			}
 			mux.ServeHTTP(w, r)
 		}),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: httpTimeout,
+		ReadTimeout:       httpTimeout,
+		WriteTimeout:      httpTimeout,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
 	}
 	return h
 }
+
+// httpTimeout bounds the HTTP side's reading of a request (its headers,
+// and its body, which net/http reads to its end after the handler
+// answered, to reuse the connection) and the writing of its answer: a
+// client that declares a body and never sends it, or stops reading a
+// /metrics answer, holds its connection and goroutine no longer (without
+// it, as long as it kept the socket open). Prometheus gives up on a
+// scrape after 10 s by default too.
+const httpTimeout = 10 * time.Second
 
 // hostAllowed decides a request by its Host header: an IP address (a
 // scraper by address; a page on an IP address is on its own origin, which
