@@ -114,7 +114,8 @@ func TestOversizedPacket(t *testing.T) {
 }
 
 // TestWebSocketHandshake: a text frame is closed with 1003, a client that
-// offers no mqtt subprotocol with 1008, a foreign Origin gets 403 unless
+// offers no mqtt subprotocol with 1008 (at once, whether it answers the
+// close or not), a foreign Origin gets 403 unless
 // allowed, another path 404.
 func TestWebSocketHandshake(t *testing.T) {
 	cfg := testConfig(t)
@@ -181,6 +182,27 @@ func TestWebSocketHandshake(t *testing.T) {
 			t.Fatalf("close status %v (%v), want 1008", s, err)
 		}
 	})
+	t.Run("no subprotocol, close never answered", func(t *testing.T) {
+		// A raw upgrade whose client never reads the close frame, so
+		// never answers it: the refusal's close handshake is cut within
+		// the goodbye's bound, not coder's 5 s.
+		c := dialNet(t, "tcp", tb.Addr("ws").String(), nil)
+		defer c.Close()
+		req := "GET /mqtt HTTP/1.1\r\nHost: " + tb.Addr("ws").String() + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		if _, err := c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.Copy(io.Discard, c) // bytes, not frames: no close frame goes back
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("refused upgrade still open after 10 s")
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("refused upgrade closed %v after its request, want at once (the goodbye's bound is 500 ms)", d)
+		}
+	})
 	t.Run("foreign origin", func(t *testing.T) {
 		_, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 			Subprotocols: []string{"mqtt"},
@@ -211,8 +233,8 @@ func TestWebSocketHandshake(t *testing.T) {
 			t.Fatalf("err %v, response %v, want 404", err, resp)
 		}
 	})
-	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "ws", "reason", "ws_subprotocol"); v != 1 {
-		t.Errorf("rejected{ws_subprotocol} = %v, want 1", v)
+	if v := tb.metric(t, "edgemq_listener_rejected_connections_total", "listener", "ws", "reason", "ws_subprotocol"); v != 2 {
+		t.Errorf("rejected{ws_subprotocol} = %v, want 2", v)
 	}
 	stillServes(t, tb)
 }

@@ -225,8 +225,14 @@ const goodbyeTimeout = 500 * time.Millisecond
 // boundGoodbye starts the goodbye's bound, once: goodbyeTimeout from now,
 // the connection is cut. Close stops it once closed.
 func (c *conn) boundGoodbye() {
-	c.byeOnce.Do(func() { c.byeTimer = time.AfterFunc(goodbyeTimeout, c.cut) })
+	c.byeOnce.Do(func() { c.byeTimer = goodbyeBound(c.cut) })
 }
+
+// goodbyeBound starts a goodbye's bound: goodbyeTimeout from now, cut
+// runs, unless the timer it returns is stopped first. Every goodbye the
+// server says takes it: a connection's (boundGoodbye) and a WebSocket
+// refused before it is one (wsListener.handle).
+func goodbyeBound(cut func()) *time.Timer { return time.AfterFunc(goodbyeTimeout, cut) }
 
 // sayGoodbye begins the end of the connection, which the server takes
 // this way whatever its reason: it starts the goodbye's bound and writes

@@ -166,13 +166,17 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		l.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "error", err)
 		return
 	}
+	cut := cutWS(r, ws)
 	if ws.Subprotocol() == "" {
 		l.b.metrics.rejected.WithLabelValues(l.name, "ws_subprotocol").Inc()
 		l.log.Debug("websocket client offered no mqtt subprotocol", "remote", r.RemoteAddr)
+		// Within the goodbye's bound: coder's close handshake waits up to
+		// 5 s for a close frame the client may never send.
+		bound := goodbyeBound(func() { _ = cut() })
 		_ = ws.Close(websocket.StatusPolicyViolation, "subprotocol mqtt required")
+		bound.Stop()
 		return
 	}
-	cut := cutWS(r, ws)
 	nc := newWSConn(websocket.NetConn(context.Background(), ws, websocket.MessageBinary), cut)
 	ws.SetReadLimit(l.readLimit)
 	handed = true
