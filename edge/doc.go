@@ -110,7 +110,5 @@
 //     for a user trust whatever name a client sends.
 //   - MaxClients counts clients past CONNECT; sockets that have not sent
 //     CONNECT yet are bounded only by limits.connect_timeout.
-//   - An oversized packet closes the connection without a v5 DISCONNECT
-//     0x95 (mochi reports it as a read error).
 //   - MQTT 5 enhanced authentication (AUTH packets) is not supported.
 package edge
