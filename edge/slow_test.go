@@ -177,16 +177,7 @@ func TestBlockedWritersGauge(t *testing.T) {
 	tb := startBroker(t, cfg)
 	addr := tb.Addr("tcp").String()
 	stuckSubscriber(t, "tcp", addr, "blocked", "blk/t")
-	pub, _ := connectV5(t, dialNet(t, "tcp", addr, nil), v5Opts{id: "blk-pub"})
-	body := make([]byte, 1024)
-	for i := 0; tb.metric(t, "edgemq_mqtt_blocked_writers") == 0; i++ {
-		if i > 50000 {
-			t.Fatal("no writer blocked after 50000 messages")
-		}
-		if _, err := pub.publish(t, "blk/t", 1, false, body); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fillStuck(t, tb, "blk/t")
 	eventually(t, "the blocked subscriber cut", func() bool {
 		return tb.metric(t, "edgemq_mqtt_slow_consumer_disconnects_total") == 1 && tb.metric(t, "edgemq_mqtt_blocked_writers") == 0
 	})
@@ -212,16 +203,7 @@ func TestTakeoverOfStuckConnection(t *testing.T) {
 				id := fmt.Sprintf("stuck-take-%d-%s", version, network)
 				topic := "stuck/take/" + id
 				old := stuckSubscriberV(t, version, network, addr, id, topic)
-				pub, _ := connectV5(t, dialNet(t, "tcp", tb.Addr("tcp").String(), nil), v5Opts{id: "pub-" + id})
-				body := make([]byte, 1024)
-				for i := 0; tb.metric(t, "edgemq_mqtt_blocked_writers") == 0; i++ {
-					if i > 50000 {
-						t.Fatal("no writer blocked after 50000 messages")
-					}
-					if _, err := pub.publish(t, topic, 0, false, body); err != nil {
-						t.Fatal(err)
-					}
-				}
+				fillStuck(t, tb, topic)
 				start := time.Now()
 				c := dialNet(t, network, addr, nil)
 				t.Cleanup(func() { _ = c.Close() })
