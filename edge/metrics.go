@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"sync/atomic"
 
@@ -29,6 +30,9 @@ import (
 //	edgemq_listener_accepted_connections_total{listener}
 //	edgemq_listener_rejected_connections_total{listener,reason}  tls_handshake, ws_handshake, ws_subprotocol, ws_origin, packet_too_large, protocol_error, max_clients
 //	go_*, process_*                                       the Go runtime's and the process's collectors
+//	go_gc_heap_live_bytes                        gauge    the heap the last collection left live: what grows
+//	                                                      if the broker keeps something, where RSS and
+//	                                                      go_memstats_* also hold the garbage (gc_headroom)
 //
 // Sessions, subscriptions, retained and inflight messages and queues are
 // the delivery engine's (engine_metrics.go): it owns them, connected or
@@ -115,7 +119,8 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server, blocked func() int)
 			Name: "edgemq_mqtt_sent_bytes_total",
 			Help: "Bytes of MQTT packets sent.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.BytesSent)) }),
-		collectors.NewGoCollector(),
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	for i, c := range collectors {
