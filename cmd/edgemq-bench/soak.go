@@ -45,7 +45,12 @@ import (
 // come and go; short-lived v5 sessions subscribe, leave and expire.
 //
 // It prints a status line every 10 s and a summary at the end, and returns
-// an error (exit status 1) if any check failed.
+// an error (exit status 1) if any check failed. The summary's memory
+// figures are first, peak and last (at the end of the drain) of RSS and of
+// the live heap (what the last collection kept, where RSS also holds the
+// garbage of up to gc_headroom), and idle: once the load is gone and the
+// broker collected (quiesce), what it keeps. Growth shows in the live
+// heap and in idle, and only over one broker's life (-kill-every).
 
 type soakParams struct {
 	duration      time.Duration
@@ -171,15 +176,22 @@ type soak struct {
 
 	first, last, peak metricSample
 	samples           int
+	idle              metricSample  // after the load, once the broker collected (quiesce)
+	idleAfter         time.Duration // how long after the final checks idle was taken
+	idleCollected     bool          // whether a collection came before it
+	lastUp            time.Duration // how long the broker of last and idle had been up
 	checkpointFails   float64       // summed over broker lifetimes
 	loaded            time.Duration // how long the load ran
 	interrupted       bool
 	longestGap        time.Duration // the longest time without an accepted publish, as sampled
 }
 
-// metricSample is what the monitor reads from /metrics.
+// metricSample is what the monitor reads from /metrics. live is the heap
+// the last collection left (0 from a broker that does not say), gcs the
+// collections so far.
 type metricSample struct {
 	goroutines, rss, diskBytes, cpFailures, cpLast, lastOffset, sessions, queued float64
+	live, gcs                                                                    float64
 }
 
 // soakSub is a checked persistent subscriber.
@@ -358,7 +370,52 @@ log:
 	s.checkTrimmed()
 	stopMon()
 	<-monDone
+	s.quiesce(ctx)
 	return nil
+}
+
+// quiesceMax bounds quiesce: the runtime collects an idle process at least
+// every 2 minutes.
+const quiesceMax = 150 * time.Second
+
+// quiesceSteady is how many samples (2 s apart) RSS must stay within 1%
+// after the collection for quiesce to take it.
+const quiesceSteady = 5
+
+// quiesce waits, once the load and the final checks are over, for the
+// broker to collect its garbage and give the freed pages back, and takes
+// the summary's idle sample then: what the broker keeps after the load.
+// Under load its heap, and RSS with it, holds up to gc_headroom (32 MiB)
+// of garbage between collections, so the end of the drain (last) falls
+// anywhere in that saw-tooth; an idle broker is collected late (the goal
+// its last busy collection set stands until the heap reaches it or the
+// runtime forces one), then RSS falls within seconds. It waits for one collection after it began,
+// then for RSS to stop falling (quiesceSteady samples within 1%), at
+// most quiesceMax; the summary says when no collection came.
+func (s *soak) quiesce(ctx context.Context) {
+	begin := time.Now()
+	_, upFor := s.up()
+	base, _, err := scrape(s.http)
+	if err != nil {
+		return
+	}
+	var prev []float64
+	for time.Since(begin) < quiesceMax && ctx.Err() == nil {
+		sleepCtx(ctx, 2*time.Second)
+		m, _, err := scrape(s.http)
+		if err != nil {
+			continue
+		}
+		s.mu.Lock()
+		s.idle, s.idleAfter, s.idleCollected, s.lastUp = m, time.Since(begin).Round(time.Second), m.gcs > base.gcs, upFor+time.Since(begin)
+		s.mu.Unlock()
+		if m.gcs <= base.gcs {
+			continue
+		}
+		if prev = append(prev, m.rss); len(prev) > quiesceSteady && prev[len(prev)-1-quiesceSteady] <= m.rss*1.01 {
+			return
+		}
+	}
 }
 
 // start starts the broker and waits until it listens.
@@ -875,6 +932,9 @@ func (s *soak) monitor(ctx context.Context) {
 		if s.samples == 0 {
 			s.first = m
 		}
+		if s.first.live == 0 { // none before the first collection
+			s.first.live = m.live
+		}
 		s.samples++
 		s.last = m
 		s.peak.goroutines = max(s.peak.goroutines, m.goroutines)
@@ -882,6 +942,7 @@ func (s *soak) monitor(ctx context.Context) {
 		s.peak.diskBytes = max(s.peak.diskBytes, m.diskBytes)
 		s.peak.sessions = max(s.peak.sessions, m.sessions)
 		s.peak.queued = max(s.peak.queued, m.queued)
+		s.peak.live = max(s.peak.live, m.live)
 		s.mu.Unlock()
 		episode := s.episode.Load() || time.Since(time.Unix(0, s.episodeEnd.Load())) < 15*time.Second
 		if havePrev && m.cpFailures > prev.cpFailures {
@@ -948,6 +1009,8 @@ func scrape(addr string) (m metricSample, missing []string, err error) {
 		"edgemq_log_last_offset":                                   &m.lastOffset,
 		"edgemq_mqtt_sessions":                                     &m.sessions,
 		"edgemq_mqtt_queued_messages":                              &m.queued,
+		"go_gc_duration_seconds_count":                             &m.gcs,
+		"go_gc_heap_live_bytes":                                    &m.live,
 	}
 	for _, p := range fields {
 		*p = -1
@@ -970,7 +1033,9 @@ func scrape(addr string) (m metricSample, missing []string, err error) {
 	}
 	for name, p := range fields {
 		if *p < 0 {
-			missing = append(missing, name)
+			if name != "go_gc_heap_live_bytes" { // an older broker's: its figures are only not reported
+				missing = append(missing, name)
+			}
 			*p = 0
 		}
 	}
@@ -1124,7 +1189,28 @@ func (s *soak) summary(w io.Writer) {
 		s.kills.Load(), s.drops.Load(), s.willsGot.Load(), s.takeovers.Load(), s.cleanConns.Load(), s.expiring.Load(), s.lostSessions.Load())
 	fmt.Fprintf(w, "  checkpoint failures %.0f (during the full-disk episode they are expected)\n", s.checkpointFails)
 	fmt.Fprintf(w, "  log size     first %s  peak %s  last %s\n", mib(s.first.diskBytes), mib(s.peak.diskBytes), mib(s.last.diskBytes))
-	fmt.Fprintf(w, "  broker RSS   first %s  peak %s  last %s\n", mib(s.first.rss), mib(s.peak.rss), mib(s.last.rss))
+	idle := "none (interrupted)"
+	if s.idleAfter > 0 {
+		idle = fmt.Sprintf("%s after the checks, after a collection", s.idleAfter)
+		if !s.idleCollected {
+			idle = fmt.Sprintf("%s after the checks, NO collection came: it still holds the garbage", s.idleAfter)
+		}
+	}
+	fmt.Fprintf(w, "  broker RSS   first %s  peak %s  last %s  idle %s (%s)\n", mib(s.first.rss), mib(s.peak.rss), mib(s.last.rss), mib(s.idle.rss), idle)
+	if s.peak.live > 0 {
+		live := func(v float64) string { // 0: the broker has not collected since it started
+			if v == 0 {
+				return "none yet"
+			}
+			return mib(v)
+		}
+		fmt.Fprintf(w, "  live heap    first %s  peak %s  last %s  idle %s (what the last collection kept: RSS also holds up to gc_headroom of garbage)\n",
+			live(s.first.live), live(s.peak.live), live(s.last.live), live(s.idle.live))
+	}
+	if s.lastUp > 0 && s.p.killEvery > 0 {
+		fmt.Fprintf(w, "  the broker of last and idle had been up %s: growth over a longer life than kill -9 every %s allows does not show (-kill-every 0 for it)\n",
+			s.lastUp.Round(time.Second), s.p.killEvery)
+	}
 	fmt.Fprintf(w, "  goroutines   first %.0f  peak %.0f  last %.0f\n", s.first.goroutines, s.peak.goroutines, s.last.goroutines)
 	fmt.Fprintf(w, "  sessions peak %.0f, queued messages peak %.0f, metric samples %d\n", s.peak.sessions, s.peak.queued, s.samples)
 	if len(s.violations) == 0 {
