@@ -229,7 +229,7 @@ func checkpointDuringGroupScan(t *testing.T, round int) {
 	scanning, scanGo := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	h.log.mu.Lock()
-	h.log.onRead = func(uint64) {
+	h.log.onScan = func(uint64) {
 		once.Do(func() { close(scanning); <-scanGo })
 	}
 	h.log.mu.Unlock()
@@ -257,7 +257,7 @@ func checkpointDuringGroupScan(t *testing.T, round int) {
 		t.Fatal(err)
 	}
 	h.log.mu.Lock()
-	h.log.onRead, h.log.beforeAppend = nil, nil
+	h.log.onScan, h.log.beforeAppend = nil, nil
 	h.log.mu.Unlock()
 	for _, m := range a.ackAll(a.conn.take()) {
 		seen[string(m.Payload)] = true

@@ -74,6 +74,11 @@ type connection struct {
 	batch      []outgoing
 	acksOut    []ack
 	qos0Out    []Entry
+	// scanR reads the backlog for scan, in order (a random Log.Read
+	// fetches a window of the log for each record): kept from one round
+	// to the next while the scan goes on, dropped when it reaches what
+	// the dispatcher offered and when the connection is gone.
+	scanR LogReader
 }
 
 // ack is one acknowledgement to write once the record at offset (0: none)

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,12 +40,12 @@ type memLog struct {
 	// not durable until release (WaitDurable waits, readers and
 	// LastOffset stop below it).
 	hold uint64
-	// onRead, if set, is called (without the lock) before every Read: a
-	// test can stop a reader there.
-	onRead func(off uint64)
 	// onNext, if set, is called (without the lock) before a reader's Next
 	// returns the record at off: a test can hold the dispatcher there.
-	onNext func(off uint64)
+	// onScan is the same for the readers of a sender's backlog scan
+	// (memReader.scan), which onNext does not see: a test can stop a scan
+	// there without stopping the dispatcher.
+	onNext, onScan func(off uint64)
 	// onDurable is NotifyDurable's function, called without the lock
 	// after every append (durable or failed at once) and release.
 	onDurable func()
@@ -367,12 +369,6 @@ func (l *memLog) Resolved(off uint64) bool {
 
 func (l *memLog) Read(off uint64) ([]byte, error) {
 	l.mu.Lock()
-	onRead := l.onRead
-	l.mu.Unlock()
-	if onRead != nil {
-		onRead(off)
-	}
-	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
 	case l.closed:
@@ -389,7 +385,23 @@ func (l *memLog) NewReader(from uint64) qos.LogReader {
 	if from == 0 {
 		from = l.FirstOffset()
 	}
-	return &memReader{l: l, off: from}
+	return &memReader{l: l, off: from, scan: calledFrom("qos.(*connection).scanReader")}
+}
+
+// calledFrom reports whether fn (package-qualified, as the runtime names
+// it) is on the caller's stack.
+func calledFrom(fn string) bool {
+	pc := make([]uintptr, 32)
+	frames := runtime.CallersFrames(pc[:runtime.Callers(2, pc)])
+	for {
+		f, more := frames.Next()
+		if strings.HasSuffix(f.Function, "/"+fn) {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
 }
 
 // Sync does nothing: every append is durable at once.
@@ -450,8 +462,9 @@ func (c *memCursor) Commit(next uint64) error {
 }
 
 type memReader struct {
-	l   *memLog
-	off uint64
+	l    *memLog
+	off  uint64
+	scan bool // a sender's backlog scan's (onScan), not the dispatcher's or recovery's (onNext)
 }
 
 func (r *memReader) Offset() uint64  { return r.off }
@@ -473,6 +486,9 @@ func (r *memReader) Next(ctx context.Context) (uint64, []byte, error) {
 			off, rec := r.off, l.recs[r.off-1]
 			r.off++
 			onNext := l.onNext
+			if r.scan {
+				onNext = l.onScan
+			}
 			l.mu.Unlock()
 			if rec == nil {
 				continue

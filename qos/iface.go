@@ -82,7 +82,10 @@ type Log interface {
 	// next batch; it must be cheap (wal: an atomic load).
 	Idle() bool
 	// Read returns the durable record at offset (the caller's to keep:
-	// the log never writes to it again).
+	// the log never writes to it again). The engine reads single records
+	// so (a resent message); a run of them it reads with a LogReader,
+	// which is cheaper per record (wal: Read fetches a window of the log
+	// for each one).
 	// Errors wrap ErrHole, ErrTrimmed or ErrLogClosed; any other error is a
 	// damaged record, which the engine skips and counts.
 	Read(offset uint64) ([]byte, error)
@@ -108,7 +111,9 @@ type Log interface {
 
 // LogReader reads a Log in offset order from a position, skipping holes,
 // and waits for new durable records at the end. It is used by one
-// goroutine at a time.
+// goroutine at a time. It holds nothing the log must release (no file,
+// no goroutine): the engine drops one without closing it, as a sender's
+// backlog scan does when the scan ends or the connection goes.
 type LogReader interface {
 	// Next returns the next durable record (the caller's to keep, as
 	// Read's: the engine decodes messages into its bytes), waiting for it

@@ -818,7 +818,7 @@ func TestTakeoverDuringBacklogScan(t *testing.T) {
 	blocked, release, reread := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	state := 0 // 0: before the first read, -1: in it, 1: released, 2: the old scan read the last
 	h.log.mu.Lock()
-	h.log.onRead = func(off uint64) {
+	h.log.onScan = func(off uint64) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {

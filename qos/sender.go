@@ -1,6 +1,7 @@
 package qos
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"time"
@@ -15,7 +16,7 @@ func (c *connection) step() bool {
 	s := c.s
 	s.mu.Lock()
 	if c.gone || c.closing {
-		c.acks, c.qos0, c.resend = nil, nil, nil
+		c.acks, c.qos0, c.resend, c.scanR = nil, nil, nil, nil
 		s.mu.Unlock()
 		return false
 	}
@@ -993,21 +994,32 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 		g.mu.Unlock()
 	}
 	var found []Entry
-	off := from
-	for ; off < end && len(found) < scanBatch; off++ {
-		rec, err := e.log.Read(off)
+	r := c.scanReader(from)
+	off := from // where the next round begins: every offset before it was looked at
+read:
+	for off < end && len(found) < scanBatch {
+		at, rec, err := r.Next(doneCtx) // never waits: below end every record is durable
 		switch {
-		case errors.Is(err, ErrHole):
-			continue
+		case errors.Is(err, context.Canceled): // only holes up to the log's end
+			off = min(r.Offset(), end)
+			break read
 		case errors.Is(err, ErrTrimmed):
 			e.stats.dropUnreadable.Add(1)
-			off = max(off, e.log.FirstOffset()) - 1
+			r.Seek(max(r.Offset(), e.log.FirstOffset()))
+			off = r.Offset()
 			continue
 		case err != nil:
 			e.stats.dropUnreadable.Add(1)
-			e.lg.Error("backlog record unreadable: skipped", "offset", off, "error", err)
+			e.lg.Error("backlog record unreadable: skipped", "offset", r.Offset(), "error", err)
+			r.Seek(r.Offset() + 1)
+			off = r.Offset()
 			continue
 		}
+		if at >= end { // past what the dispatcher offered: the next round reads it again
+			off = end
+			break
+		}
+		off = at + 1
 		if KindOf(rec) != KindMessage {
 			continue
 		}
@@ -1021,10 +1033,10 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 		}
 		topic, origin := h.strings()
 		if g != nil {
-			if off < g.since || skip[off] || !Match(g.filter, topic) {
+			if at < g.since || skip[at] || !Match(g.filter, topic) {
 				continue
 			}
-		} else if !slices.ContainsFunc(subs, func(sb *sub) bool { return sb.wants(off, topic, origin, s.id) }) {
+		} else if !slices.ContainsFunc(subs, func(sb *sub) bool { return sb.wants(at, topic, origin, s.id) }) {
 			continue
 		}
 		m := new(Message)
@@ -1033,8 +1045,8 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 			continue
 		}
 		if g != nil {
-			found = append(found, grantShared(Entry{Offset: off, Msg: m}, subs[0]))
-		} else if en, ok := grant(off, m, s.id, subs); ok {
+			found = append(found, grantShared(Entry{Offset: at, Msg: m}, subs[0]))
+		} else if en, ok := grant(at, m, s.id, subs); ok {
 			found = append(found, en)
 		}
 	}
@@ -1053,6 +1065,9 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 		defer g.mu.Unlock()
 		g.scanning = false
 	}
+	if c.gone || off >= e.dispatched.Load() {
+		c.scanR = nil // the scan is over, or the next round starts it again
+	}
 	if c.gone {
 		return
 	}
@@ -1068,6 +1083,19 @@ func (c *connection) scan(q *Queue, g *group, subs []*sub) {
 			g.lend(found[i].Offset)
 		}
 	}
+}
+
+// scanReader returns the connection's reader of the log for a scan,
+// positioned at from (a round that ended on a record past the
+// dispatcher's position, or a scan of another queue, moved it). The
+// sender's own.
+func (c *connection) scanReader(from uint64) LogReader {
+	if c.scanR == nil {
+		c.scanR = c.e.log.NewReader(from)
+	} else if c.scanR.Offset() != from {
+		c.scanR.Seek(from)
+	}
+	return c.scanR
 }
 
 // scanned is a message a scan found for the connection.
