@@ -1147,3 +1147,44 @@ func TestRefuseInAckOrder(t *testing.T) {
 		t.Fatalf("closed with %#x", pub.conn.reason)
 	}
 }
+
+// TestBacklogScanOfClosedLogDropsNothing: a backlog scan that finds the log
+// closed under it ends its round without counting the records it could not
+// read as dropped: the log still holds them (it counted every one left up
+// to the dispatcher's position as unreadable before).
+func TestBacklogScanOfClosedLogDropsNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	sub := h.connect("sub", true)
+	sub.subscribe("t", 1)
+	sub.cl.Disconnect(false, nil)
+	src := h.connect("src", false)
+	for i := range 5 {
+		src.publish("t", 1, uint16(i+1), fmt.Sprint(i))
+	}
+	src.conn.waitFor(t, 5) // PUBACKs
+	last := h.log.LastOffset()
+	for h.e.FannedOut() <= last {
+		time.Sleep(time.Millisecond)
+	}
+	scanned := make(chan struct{})
+	var once sync.Once
+	h.log.mu.Lock()
+	h.log.onScan = func(uint64) { // the scan's first record: the log closes behind it
+		once.Do(func() {
+			h.log.mu.Lock()
+			h.log.closed = true
+			h.log.mu.Unlock()
+			close(scanned)
+		})
+	}
+	h.log.mu.Unlock()
+	sub.reconnect()
+	<-scanned
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if st := h.e.Stats(); st.DroppedUnreadable != 0 {
+			t.Fatalf("%d records counted unreadable: the log closed, it dropped none", st.DroppedUnreadable)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -483,8 +483,13 @@ func (c *connection) nextShared() (Entry, *group, uint16, bool) {
 			// under the locks, once per such flight.
 			m, err := c.e.logMessage(en.Offset)
 			if err != nil {
-				c.e.stats.dropUnreadable.Add(1)
-				c.e.lg.Error("shared group's message unreadable: not handed out again", "group", g.key, "offset", en.Offset, "error", err)
+				// Not handed out again. A closed log drops nothing: the
+				// log still holds the flight's records, which a restart
+				// gives back again.
+				if !errors.Is(err, ErrLogClosed) {
+					c.e.stats.dropUnreadable.Add(1)
+					c.e.lg.Error("shared group's message unreadable: not handed out again", "group", g.key, "offset", en.Offset, "error", err)
+				}
 				ok = false
 			}
 			en.Msg = m
@@ -1002,6 +1007,13 @@ read:
 		switch {
 		case errors.Is(err, context.Canceled): // only holes up to the log's end
 			off = min(r.Offset(), end)
+			break read
+		case errors.Is(err, ErrLogClosed):
+			// Nothing more can be read, nor dropped: the round ends at the
+			// dispatcher's position, counting nothing (no checkpoint can
+			// record it, its record cannot be appended either; a restart
+			// reads the backlog from the log again).
+			off = end
 			break read
 		case errors.Is(err, ErrTrimmed):
 			e.stats.dropUnreadable.Add(1)
