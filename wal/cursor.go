@@ -448,7 +448,6 @@ func (t *cursorTable) load(l *Log, best map[string]uint64) {
 		// outside the log (retention moves the cursors first), and its
 		// consumer must see the loss (ErrTruncated), as the next
 		// removal's count does.
-
 		c.off.Store(off)
 		t.m[name] = c
 	}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // registers /debug/pprof/ on http.DefaultServeMux
@@ -19,6 +20,7 @@ func init() {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "edgemq: EDGEMQ_PPROF: %v (no pprof)\n", err)
 		return
 	}
 	go func() { _ = http.Serve(ln, nil) }()
